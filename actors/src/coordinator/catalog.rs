@@ -1,0 +1,222 @@
+//! Collection metadata: schema validation, creation (with its DML streams), lookup, drop.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::stream;
+use quiver_runtime::{Bus, Error, Result};
+use quiver_schemas::{CollectionInfo, CollectionSchema, DataType, IndexParams, IndexType, SegmentInfo};
+use serde::{Deserialize, Serialize};
+
+/// Maximum vector dimension accepted.
+pub const MAX_DIM: u32 = 32_768;
+
+/// Where each shard's DML channel is consumed and served, and which nodes hold which segments.
+/// Persisted as `layout.<collection id>` so a restarted coordinator keeps its assignments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    pub shards: Vec<ShardLayout>,
+    /// Segment id → query nodes that confirmed they serve it.
+    pub holders: BTreeMap<u64, Vec<String>>,
+    /// Segment id → query node chosen to load it (confirmed or not yet).
+    pub targets: BTreeMap<u64, String>,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardLayout {
+    pub shard: u32,
+    /// Query node serving the shard's growing data (shard leader).
+    pub leader: String,
+    /// Data node consuming the shard's DML channel.
+    pub channel_owner: String,
+}
+
+pub fn collection_key(name: &str) -> String {
+    format!("collection.{name}")
+}
+
+pub fn segment_key(collection: u64, segment: u64) -> String {
+    format!("segment.{collection}.{segment}")
+}
+
+pub fn segment_prefix(collection: u64) -> String {
+    format!("segment.{collection}.")
+}
+
+pub fn layout_key(collection: u64) -> String {
+    format!("layout.{collection}")
+}
+
+fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 255
+}
+
+/// Checks a schema, filling in defaults; every error names the offending field.
+pub fn validate_schema(mut schema: CollectionSchema, default_shards: u32) -> Result<CollectionSchema> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if !valid_identifier(&schema.name) {
+        return bad(format!(
+            "collection name {:?} is invalid: use 1-255 letters, digits or '_', starting with a letter or '_'",
+            schema.name
+        ));
+    }
+    if schema.num_shards == 0 {
+        schema.num_shards = default_shards;
+    }
+    if schema.num_shards > 64 {
+        return bad(format!("num_shards {} is too large (at most 64)", schema.num_shards));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for f in &mut schema.fields {
+        if !valid_identifier(&f.name) {
+            return bad(format!("field name {:?} is invalid: use letters, digits or '_'", f.name));
+        }
+        if !seen.insert(f.name.clone()) {
+            return bad(format!("field {:?} appears twice", f.name));
+        }
+        if f.data_type == DataType::VarChar {
+            if f.max_length == 0 {
+                f.max_length = 65_535;
+            }
+            if f.max_length > 65_535 {
+                return bad(format!("field {:?}: max_length {} exceeds 65535", f.name, f.max_length));
+            }
+        }
+    }
+    let primaries: Vec<_> = schema.fields.iter().filter(|f| f.is_primary).collect();
+    match primaries.as_slice() {
+        [pk] => {
+            if !matches!(pk.data_type, DataType::Int64 | DataType::VarChar) {
+                return bad(format!("primary key {:?} must be Int64 or VarChar", pk.name));
+            }
+            if pk.auto_id && pk.data_type != DataType::Int64 {
+                return bad(format!("auto_id on {:?} needs an Int64 primary key", pk.name));
+            }
+        }
+        [] => return bad("the schema has no primary key field (set is_primary on one Int64 or VarChar field)".into()),
+        _ => return bad("the schema has more than one primary key field".into()),
+    }
+    let vectors: Vec<_> = schema.fields.iter().filter(|f| f.data_type == DataType::FloatVector).collect();
+    match vectors.as_slice() {
+        [v] if v.dim == 0 || v.dim > MAX_DIM => {
+            return bad(format!("vector field {:?}: dim {} must be between 1 and {MAX_DIM}", v.name, v.dim))
+        }
+        [_] => {}
+        [] => return bad("the schema has no FloatVector field".into()),
+        _ => return bad("the schema has more than one FloatVector field (one is supported)".into()),
+    }
+    if schema.fields.iter().any(|f| f.auto_id && !f.is_primary) {
+        return bad("auto_id is only valid on the primary key field".into());
+    }
+    Ok(schema)
+}
+
+/// Checks index parameters against the collection's dimension; zero means "default".
+pub fn validate_index(p: &IndexParams, dim: u32) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    if p.nlist > 65_536 {
+        return bad(format!("nlist {} is too large (at most 65536)", p.nlist));
+    }
+    if p.index_type == IndexType::IvfPq {
+        let m = if p.m == 0 { crate::vector::DEFAULT_PQ_M as u32 } else { p.m };
+        if dim % m != 0 {
+            return bad(format!("IVF_PQ: m = {m} must divide the dimension {dim}"));
+        }
+        if p.nbits > 16 {
+            return bad(format!("IVF_PQ: nbits {} must be at most 16", p.nbits));
+        }
+    }
+    if p.index_type == IndexType::Hnsw && p.m > 2048 {
+        return bad(format!("HNSW: M = {} is too large (at most 2048)", p.m));
+    }
+    Ok(())
+}
+
+/// Creates the JetStream stream of each shard (idempotent).
+pub async fn create_streams(bus: &Bus, info: &CollectionInfo, replicas: usize) -> Result<()> {
+    for shard in 0..info.schema.num_shards {
+        let subjects = bus.subjects();
+        let config = stream::Config {
+            name: subjects.dml_stream(info.id, shard),
+            subjects: vec![format!("{}.*", subjects.dml(info.id, shard))],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_message_size: -1,
+            ..Default::default()
+        };
+        bus.jetstream()
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot create DML stream for shard {shard}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Deletes the DML streams of a collection.
+pub async fn delete_streams(bus: &Bus, info: &CollectionInfo) {
+    for shard in 0..info.schema.num_shards {
+        let name = bus.subjects().dml_stream(info.id, shard);
+        if let Err(e) = bus.jetstream().delete_stream(&name).await {
+            tracing::warn!(stream = %name, error = %e, "could not delete DML stream");
+        }
+    }
+}
+
+/// Rows in sealed segments (what Milvus reports as `row_count`).
+pub fn sealed_rows(segments: &BTreeMap<u64, SegmentInfo>) -> u64 {
+    segments.values().map(|s| s.rows).sum()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use quiver_schemas::FieldSchema;
+
+    fn field(name: &str, t: DataType) -> FieldSchema {
+        FieldSchema {
+            name: name.into(), data_type: t, is_primary: false, auto_id: false, dim: 0, max_length: 0,
+            description: String::new(),
+        }
+    }
+
+    fn schema() -> CollectionSchema {
+        let mut pk = field("id", DataType::Int64);
+        pk.is_primary = true;
+        let mut v = field("v", DataType::FloatVector);
+        v.dim = 8;
+        CollectionSchema {
+            name: "c1".into(), description: String::new(), fields: vec![pk, v],
+            enable_dynamic_field: true, num_shards: 0,
+        }
+    }
+
+    #[test]
+    fn accepts_valid_and_fills_defaults() {
+        let s = validate_schema(schema(), 2).unwrap();
+        assert_eq!(s.num_shards, 2);
+    }
+
+    #[test]
+    fn rejects_with_named_problems() {
+        let mut s = schema();
+        s.fields[1].dim = 0;
+        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("dim"));
+        let mut s = schema();
+        s.fields.push(field("id", DataType::Bool));
+        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("twice"));
+        let mut s = schema();
+        s.fields[0].is_primary = false;
+        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("primary"));
+        let mut s = schema();
+        s.name = "bad name".into();
+        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("invalid"));
+        let mut s = schema();
+        s.fields[0].data_type = DataType::VarChar;
+        s.fields[0].auto_id = true;
+        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("auto_id"));
+    }
+}

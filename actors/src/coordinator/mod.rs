@@ -1,0 +1,300 @@
+//! The coordinator: collection metadata, timestamp (TSO) and id allocation, the segment
+//! lifecycle (flushed → indexed), placement of sealed segments and shard leaders on query
+//! nodes, channel assignment to data nodes, and index-build tasks. One active instance per
+//! cluster; all state lives in the metadata KV bucket, so a restarted coordinator resumes.
+//!
+//! - `catalog.rs`: schema validation, DML streams, metadata keys and the persisted `Layout`.
+//! - `tso.rs`: the timestamp oracle and id allocator.
+//! - `placement.rs`: reconciliation of the desired layout with live nodes; index builds.
+
+mod catalog;
+mod placement;
+mod tso;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+
+use async_nats::Message;
+use futures::future::LocalBoxFuture;
+use quiver_runtime::{Error, Result, RoleContext};
+use quiver_schemas::{
+    Alloc, AllocRange, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
+    CreateIndex, Distribution, Empty, FlushResult, Role, SegmentFlushed, SegmentInfo,
+};
+use tokio::sync::{Mutex, Notify};
+
+pub use catalog::{validate_schema, Layout, ShardLayout};
+
+use crate::node::{start_role, Node, RoleHandler};
+
+/// The coordinator's in-memory view of the metadata bucket.
+#[derive(Default)]
+struct Catalog {
+    collections: BTreeMap<String, CollectionInfo>,
+    segments: BTreeMap<u64, BTreeMap<u64, SegmentInfo>>,
+    layouts: BTreeMap<u64, Layout>,
+}
+
+impl Catalog {
+    fn by_name(&self, name: &str) -> Result<&CollectionInfo> {
+        self.collections.get(name).ok_or_else(|| not_found(name))
+    }
+}
+
+pub(crate) fn not_found(name: &str) -> Error {
+    Error::NotFound(format!("collection {name:?} does not exist"))
+}
+
+pub struct Coordinator {
+    node: Node,
+    catalog: Mutex<Catalog>,
+    tso: Mutex<tso::Tso>,
+    ids: Mutex<tso::IdAllocator>,
+    /// Wakes the reconcile loop early (after a flush, an index build, a new collection).
+    reconcile: Notify,
+    /// Per (node, collection): what was last sent, and the node incarnation it was sent to.
+    sent: std::cell::RefCell<HashMap<(String, u64), placement::Sent>>,
+    building: std::cell::RefCell<HashSet<u64>>,
+}
+
+/// Starts the coordinator role on the current arbiter.
+pub fn start(rc: RoleContext) {
+    start_role(rc, Box::new(|node| Box::pin(Coordinator::load(node))));
+}
+
+impl Coordinator {
+    async fn load(node: Node) -> Result<Coordinator> {
+        let meta = &node.shared.meta;
+        let mut catalog = Catalog::default();
+        for info in meta.values::<CollectionInfo>("collection.").await? {
+            let segments: Vec<SegmentInfo> = meta.values(&catalog::segment_prefix(info.id)).await?;
+            catalog.segments.insert(info.id, segments.into_iter().map(|s| (s.id, s)).collect());
+            let layout: Layout = meta.get(&catalog::layout_key(info.id)).await?.unwrap_or_default();
+            catalog.layouts.insert(info.id, layout);
+            catalog.collections.insert(info.schema.name.clone(), info);
+        }
+        tracing::info!(collections = catalog.collections.len(), "coordinator loaded metadata");
+        let tso = tso::Tso::load(meta).await?;
+        let ids = tso::IdAllocator::load(meta).await?;
+        Ok(Coordinator {
+            node,
+            catalog: Mutex::new(catalog),
+            tso: Mutex::new(tso),
+            ids: Mutex::new(ids),
+            reconcile: Notify::new(),
+            sent: Default::default(),
+            building: Default::default(),
+        })
+    }
+
+    async fn alloc_ts(&self, count: u64) -> Result<u64> {
+        self.tso.lock().await.alloc(&self.node.shared.meta, count).await
+    }
+
+    async fn alloc_ids(&self, count: u64) -> Result<u64> {
+        self.ids.lock().await.alloc(&self.node.shared.meta, count).await
+    }
+
+    async fn create_collection(&self, req: CreateCollection) -> Result<Empty> {
+        let config = &self.node.shared.config;
+        let schema = validate_schema(req.schema, config.coordinator.default_shards)?;
+        let mut catalog = self.catalog.lock().await;
+        if let Some(existing) = catalog.collections.get(&schema.name) {
+            if existing.schema == schema {
+                return Ok(Empty {});
+            }
+            return Err(Error::AlreadyExists(format!(
+                "collection {:?} already exists with a different schema",
+                schema.name
+            )));
+        }
+        let id = self.alloc_ids(1).await?;
+        let created_ts = self.alloc_ts(1).await?;
+        let info = CollectionInfo { id, schema, index: None, created_ts };
+        catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
+        let layout = Layout {
+            shards: (0..info.schema.num_shards).map(|shard| ShardLayout { shard, ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        let meta = &self.node.shared.meta;
+        meta.put(&catalog::layout_key(id), &layout).await?;
+        meta.put(&catalog::collection_key(&info.schema.name), &info).await?;
+        tracing::info!(collection = %info.schema.name, id, shards = info.schema.num_shards, "collection created");
+        catalog.layouts.insert(id, layout);
+        catalog.segments.insert(id, BTreeMap::new());
+        catalog.collections.insert(info.schema.name.clone(), info);
+        drop(catalog);
+        self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    async fn drop_collection(&self, req: CollectionName) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.name)?.clone();
+        let meta = &self.node.shared.meta;
+        meta.delete(&catalog::collection_key(&info.schema.name)).await?;
+        catalog.collections.remove(&info.schema.name);
+        let segments = catalog.segments.remove(&info.id).unwrap_or_default();
+        catalog.layouts.remove(&info.id);
+        drop(catalog);
+        meta.delete(&catalog::layout_key(info.id)).await?;
+        for seg in segments.values() {
+            meta.delete(&catalog::segment_key(info.id, seg.id)).await?;
+            let _ = self.node.shared.objects.delete(&seg.data_path).await;
+            if let Some(p) = &seg.index_path {
+                let _ = self.node.shared.objects.delete(p).await;
+            }
+        }
+        self.release_everywhere(info.id).await;
+        catalog::delete_streams(&self.node.shared.bus, &info).await;
+        self.publish_change(info.id).await;
+        tracing::info!(collection = %info.schema.name, "collection dropped");
+        Ok(Empty {})
+    }
+
+    async fn describe(&self, req: CollectionName) -> Result<CollectionDescription> {
+        let catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.name)?.clone();
+        let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
+        Ok(CollectionDescription {
+            info,
+            num_rows: catalog::sealed_rows(&segments),
+            sealed_segments: segments.len() as u32,
+        })
+    }
+
+    async fn list(&self) -> Result<CollectionList> {
+        Ok(CollectionList { names: self.catalog.lock().await.collections.keys().cloned().collect() })
+    }
+
+    async fn create_index(&self, req: CreateIndex) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.collection)?.clone();
+        catalog::validate_index(&req.params, info.dim())?;
+        match &info.index {
+            Some(existing) if *existing == req.params => return Ok(Empty {}),
+            Some(_) => {
+                return Err(Error::AlreadyExists(format!(
+                    "collection {:?} already has a different index; drop it first",
+                    req.collection
+                )))
+            }
+            None => {}
+        }
+        let mut updated = info.clone();
+        updated.index = Some(req.params);
+        self.node.shared.meta.put(&catalog::collection_key(&req.collection), &updated).await?;
+        catalog.collections.insert(req.collection.clone(), updated);
+        drop(catalog);
+        tracing::info!(collection = %req.collection, "index defined; building for sealed segments");
+        self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    async fn segment_flushed(&self, req: SegmentFlushed) -> Result<Empty> {
+        let seg = req.segment;
+        let mut catalog = self.catalog.lock().await;
+        if !catalog.segments.contains_key(&seg.collection) {
+            return Err(Error::NotFound(format!("collection id {} no longer exists", seg.collection)));
+        }
+        self.node.shared.meta.put(&catalog::segment_key(seg.collection, seg.id), &seg).await?;
+        tracing::info!(segment = seg.id, collection = seg.collection, shard = seg.shard, rows = seg.rows,
+            seqs = ?(seg.start_seq, seg.end_seq), "segment flushed");
+        catalog.segments.entry(seg.collection).or_default().insert(seg.id, seg);
+        drop(catalog);
+        self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    async fn flush(&self, req: CollectionName) -> Result<FlushResult> {
+        let (info, owners) = {
+            let catalog = self.catalog.lock().await;
+            let info = catalog.by_name(&req.name)?.clone();
+            let owners: HashSet<String> = catalog
+                .layouts
+                .get(&info.id)
+                .map(|l| l.shards.iter().map(|s| s.channel_owner.clone()).collect())
+                .unwrap_or_default();
+            (info, owners)
+        };
+        if owners.iter().any(String::is_empty) {
+            return Err(Error::Unavailable(format!(
+                "collection {:?} has a shard with no data node yet; retry shortly",
+                info.schema.name
+            )));
+        }
+        let mut segments = Vec::new();
+        for owner in owners {
+            let subject = self.node.shared.bus.subjects().node(&owner, "flush");
+            let res: FlushResult = self.node.shared.bus.request(subject, &req).await?;
+            segments.extend(res.segments);
+        }
+        Ok(FlushResult { segments })
+    }
+
+    async fn distribution(&self, req: CollectionName) -> Result<Distribution> {
+        let catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.name)?.clone();
+        Ok(placement::distribution(&catalog, &info))
+    }
+}
+
+impl RoleHandler for Coordinator {
+    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
+        vec![(node.shared.bus.subjects().coord("*"), Some("coordinator".into()))]
+    }
+
+    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let node = self.node.clone();
+            let me = &self;
+            match method.as_str() {
+                "create_collection" => node.serve(&msg, |r| me.create_collection(r)).await,
+                "drop_collection" => node.serve(&msg, |r| me.drop_collection(r)).await,
+                "describe_collection" => node.serve(&msg, |r| me.describe(r)).await,
+                "list_collections" => node.serve(&msg, |_: Empty| me.list()).await,
+                "create_index" => node.serve(&msg, |r| me.create_index(r)).await,
+                "segment_flushed" => node.serve(&msg, |r| me.segment_flushed(r)).await,
+                "flush" => node.serve(&msg, |r| me.flush(r)).await,
+                "get_distribution" => node.serve(&msg, |r| me.distribution(r)).await,
+                "alloc_ts" => {
+                    node.serve(&msg, |r: Alloc| async move {
+                        Ok(AllocRange { start: me.alloc_ts(r.count).await?, count: r.count })
+                    })
+                    .await
+                }
+                "alloc_ids" => {
+                    node.serve(&msg, |r: Alloc| async move {
+                        if r.count == 0 || r.count > 10_000_000 {
+                            return Err(Error::InvalidArgument(format!("cannot allocate {} ids", r.count)));
+                        }
+                        Ok(AllocRange { start: me.alloc_ids(r.count).await?, count: r.count })
+                    })
+                    .await
+                }
+                _ => node.unknown_method(&msg).await,
+            }
+        })
+    }
+
+    fn start(self: Rc<Self>) {
+        let me = self.clone();
+        self.node.spawn_loop("reconcile", async move { me.reconcile_loop().await });
+    }
+
+    fn heartbeat(&self) -> (u32, String) {
+        match self.catalog.try_lock() {
+            Ok(c) => (
+                c.segments.values().map(|s| s.len() as u32).sum(),
+                format!("{} collections", c.collections.len()),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+}
+
+/// Nodes of `role` in the registry that are healthy.
+pub(crate) async fn live_nodes(node: &Node, role: Role) -> Result<Vec<quiver_schemas::NodeStatus>> {
+    Ok(node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == role && n.healthy).collect())
+}

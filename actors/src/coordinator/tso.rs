@@ -1,0 +1,72 @@
+//! Timestamp oracle and id allocator. Both persist a reservation ahead of what they hand out,
+//! so a restarted coordinator never repeats a timestamp or an id.
+
+use quiver_runtime::{bus::now_ms, JsonBucket, Result};
+use quiver_schemas::{ts_compose, TS_LOGICAL_BITS};
+
+const TSO_KEY: &str = "tso";
+const IDS_KEY: &str = "ids";
+/// How far ahead of the wall clock the TSO reserves (ms).
+const TSO_WINDOW_MS: u64 = 3_000;
+/// How many ids are reserved per KV write.
+const ID_BLOCK: u64 = 100_000;
+
+pub struct Tso {
+    physical: u64,
+    logical: u64,
+    reserved_until: u64,
+}
+
+impl Tso {
+    pub async fn load(meta: &JsonBucket) -> Result<Tso> {
+        let saved: u64 = meta.get(TSO_KEY).await?.unwrap_or(0);
+        Ok(Tso { physical: saved.max(now_ms()), logical: 0, reserved_until: saved })
+    }
+
+    /// `count` consecutive hybrid timestamps; returns the first.
+    pub async fn alloc(&mut self, meta: &JsonBucket, count: u64) -> Result<u64> {
+        let max_logical = 1u64 << TS_LOGICAL_BITS;
+        let now = now_ms();
+        if now > self.physical {
+            self.physical = now;
+            self.logical = 0;
+        }
+        if self.logical + count >= max_logical {
+            self.physical += 1;
+            self.logical = 0;
+        }
+        if self.physical >= self.reserved_until {
+            let until = self.physical + TSO_WINDOW_MS;
+            meta.put(TSO_KEY, &until).await?;
+            self.reserved_until = until;
+        }
+        let ts = ts_compose(self.physical, self.logical);
+        self.logical += count.max(1);
+        Ok(ts)
+    }
+}
+
+pub struct IdAllocator {
+    next: u64,
+    reserved_until: u64,
+}
+
+impl IdAllocator {
+    pub async fn load(meta: &JsonBucket) -> Result<IdAllocator> {
+        let saved: u64 = meta.get(IDS_KEY).await?.unwrap_or(1);
+        Ok(IdAllocator { next: saved, reserved_until: saved })
+    }
+
+    /// `count` consecutive ids; returns the first.
+    pub async fn alloc(&mut self, meta: &JsonBucket, count: u64) -> Result<u64> {
+        let count = count.max(1);
+        if self.next + count > self.reserved_until {
+            let until = self.next + count + ID_BLOCK;
+            meta.put(IDS_KEY, &until).await?;
+            self.reserved_until = until;
+        }
+        let start = self.next;
+        self.next += count;
+        Ok(start)
+    }
+}

@@ -1,0 +1,163 @@
+//! The proxy: the native NATS API (`quiver.<cluster>.api.*`, all proxies in one queue group),
+//! request validation, the write path into the DML log and scatter/gather reads. Stateless
+//! apart from a cache of serving layouts, invalidated by the coordinator's change events.
+//!
+//! - `validate.rs`: checks on inserts, searches and keys.
+//! - `write.rs`: insert and delete.
+//! - `read.rs`: search and get, with routing, retries and the top-k merge.
+
+mod read;
+mod validate;
+mod write;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::Message;
+use dashmap::DashMap;
+use futures::future::LocalBoxFuture;
+use quiver_policy::{Rendezvous, Router};
+use quiver_runtime::{bus, Result, RoleContext};
+use quiver_schemas::{
+    ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
+    CreateIndex, Distribution, Empty, FlushResult,
+};
+
+pub use read::merge;
+pub use validate::shard_of;
+
+use crate::node::{start_role, Node, RoleHandler};
+
+struct Cached {
+    dist: Arc<Distribution>,
+    fetched: Instant,
+}
+
+pub struct Proxy {
+    node: Node,
+    layouts: DashMap<String, Cached>,
+    router: Box<dyn Router>,
+}
+
+/// Starts the proxy role on the current arbiter.
+pub fn start(rc: RoleContext) {
+    start_role(
+        rc,
+        Box::new(|node| Box::pin(async move { Ok(Proxy { node, layouts: DashMap::new(), router: Box::new(Rendezvous) }) })),
+    );
+}
+
+impl Proxy {
+    /// The cached layout of a collection, fetched when missing or older than the refresh period.
+    async fn distribution(&self, name: &str) -> Result<Arc<Distribution>> {
+        let max_age = self.node.shared.config.proxy.distribution_refresh;
+        if let Some(c) = self.layouts.get(name) {
+            if c.fetched.elapsed() < max_age {
+                return Ok(c.dist.clone());
+            }
+        }
+        self.refresh(name).await
+    }
+
+    async fn refresh(&self, name: &str) -> Result<Arc<Distribution>> {
+        let bus = &self.node.shared.bus;
+        let req = CollectionName { name: name.to_string() };
+        let dist: Distribution = bus.request(bus.subjects().coord("get_distribution"), &req).await?;
+        let dist = Arc::new(dist);
+        self.layouts.insert(name.to_string(), Cached { dist: dist.clone(), fetched: Instant::now() });
+        Ok(dist)
+    }
+
+    async fn collection(&self, name: &str) -> Result<CollectionInfo> {
+        Ok(self.distribution(name).await?.collection.clone())
+    }
+
+    fn forget(&self, name: &str) {
+        self.layouts.remove(name);
+    }
+
+    async fn forward<Req: quiver_schemas::Wire, Resp: quiver_schemas::Wire>(&self, method: &str, req: &Req) -> Result<Resp> {
+        let bus = &self.node.shared.bus;
+        bus.request(bus.subjects().coord(method), req).await
+    }
+
+    async fn status(&self) -> Result<ClusterStatus> {
+        Ok(ClusterStatus {
+            cluster: self.node.shared.config.cluster.name.clone(),
+            nodes: self.node.shared.registry.nodes().await?,
+        })
+    }
+
+    async fn dispatch(&self, method: &str, msg: &Message) {
+        let node = &self.node;
+        match method {
+            "create_collection" => {
+                node.serve(msg, |r: CreateCollection| async move {
+                    self.forget(&r.schema.name);
+                    self.forward::<_, Empty>(method, &r).await
+                })
+                .await
+            }
+            "drop_collection" => {
+                node.serve(msg, |r: CollectionName| async move {
+                    let out = self.forward::<_, Empty>(method, &r).await;
+                    self.forget(&r.name);
+                    out
+                })
+                .await
+            }
+            "describe_collection" => {
+                node.serve(msg, |r: CollectionName| async move { self.forward::<_, CollectionDescription>(method, &r).await })
+                    .await
+            }
+            "list_collections" => node.serve(msg, |r: Empty| async move { self.forward::<_, CollectionList>(method, &r).await }).await,
+            "create_index" => {
+                node.serve(msg, |r: CreateIndex| async move {
+                    let out = self.forward::<_, Empty>(method, &r).await;
+                    self.forget(&r.collection);
+                    out
+                })
+                .await
+            }
+            "flush" => node.serve(msg, |r: CollectionName| async move { self.forward::<_, FlushResult>(method, &r).await }).await,
+            "distribution" => node.serve(msg, |r: CollectionName| async move { self.refresh(&r.name).await.map(|d| (*d).clone()) }).await,
+            "insert" => node.serve(msg, |r| self.insert(r)).await,
+            "delete" => node.serve(msg, |r| self.delete(r)).await,
+            "get" => node.serve(msg, |r| self.get(r)).await,
+            "search" => {
+                let trace = bus::traceparent_of(msg);
+                node.serve(msg, |r| self.search(r, trace)).await
+            }
+            "status" => node.serve(msg, |_: Empty| self.status()).await,
+            _ => node.unknown_method(msg).await,
+        }
+    }
+}
+
+impl RoleHandler for Proxy {
+    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
+        let subjects = node.shared.bus.subjects();
+        vec![(subjects.api("*"), Some("proxy".into())), (subjects.distribution_events(), None)]
+    }
+
+    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            if msg.subject.contains(".event.distribution.") {
+                // A layout changed: drop the cached copy so the next read fetches it.
+                let id: u64 = msg.subject.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                self.layouts.retain(|_, c| c.dist.collection.id != id);
+                return;
+            }
+            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let started = Instant::now();
+            self.dispatch(&method, &msg).await;
+            metrics::histogram!("quiver_request_seconds", "method" => method.clone()).record(started.elapsed().as_secs_f64());
+            metrics::counter!("quiver_requests_total", "method" => method).increment(1);
+        })
+    }
+
+    fn heartbeat(&self) -> (u32, String) {
+        (0, format!("{} layouts cached, router {}", self.layouts.len(), self.router.name()))
+    }
+}

@@ -1,0 +1,232 @@
+//! Request validation at the proxy: every error names the field or value that was wrong.
+
+use std::collections::HashSet;
+
+use quiver_runtime::{Error, Result};
+use quiver_schemas::{CollectionInfo, DataType, PrimaryKey, RowBatch, ScalarValue, Search};
+
+fn bad(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn check_vectors(vectors: &[f32], dim: usize, what: &str) -> Result<usize> {
+    if dim == 0 || vectors.len() % dim != 0 {
+        return Err(bad(format!("{what}: {} floats is not a whole number of {dim}-dimensional vectors", vectors.len())));
+    }
+    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("{what}: vector {} contains NaN or infinity (element {})", i / dim, i % dim)));
+    }
+    Ok(vectors.len() / dim)
+}
+
+fn dim_mismatch(info: &CollectionInfo, got: u32) -> Error {
+    bad(format!(
+        "dimension mismatch: collection {:?} stores {}-dimensional vectors, got {got}",
+        info.schema.name,
+        info.dim()
+    ))
+}
+
+/// Checks a primary key against the schema.
+pub fn check_pk(info: &CollectionInfo, pk: &PrimaryKey) -> Result<()> {
+    let Some(field) = info.primary_field() else { return Err(Error::Internal("collection without primary key".into())) };
+    match (field.data_type, pk) {
+        (DataType::Int64, PrimaryKey::Int64(_)) => Ok(()),
+        (DataType::VarChar, PrimaryKey::VarChar(s)) if s.len() <= field.max_length as usize => Ok(()),
+        (DataType::VarChar, PrimaryKey::VarChar(s)) => {
+            Err(bad(format!("primary key {:?} is {} bytes, longer than max_length {}", field.name, s.len(), field.max_length)))
+        }
+        (t, _) => Err(bad(format!("primary key {:?} is {t:?}; got a key of another type", field.name))),
+    }
+}
+
+fn value_fits(t: DataType, v: &ScalarValue) -> bool {
+    matches!(
+        (t, v),
+        (DataType::Bool, ScalarValue::Bool(_))
+            | (DataType::Int64, ScalarValue::Int64(_))
+            | (DataType::Float, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
+            | (DataType::Double, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
+            | (DataType::VarChar, ScalarValue::VarChar(_))
+            | (DataType::Json, ScalarValue::Json(_))
+    )
+}
+
+/// Coerces numbers to the field's type (an int into a float field, say).
+fn coerce(t: DataType, v: ScalarValue) -> ScalarValue {
+    match (t, v) {
+        (DataType::Float, ScalarValue::Double(d)) => ScalarValue::Float(d as f32),
+        (DataType::Float, ScalarValue::Int64(i)) => ScalarValue::Float(i as f32),
+        (DataType::Double, ScalarValue::Float(f)) => ScalarValue::Double(f64::from(f)),
+        (DataType::Double, ScalarValue::Int64(i)) => ScalarValue::Double(i as f64),
+        (_, v) => v,
+    }
+}
+
+/// Checks (and normalises) an insert batch. Returns the row count.
+pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize) -> Result<usize> {
+    let name = &info.schema.name;
+    if rows.vectors.is_empty() {
+        return Err(bad(format!("empty batch: an insert into {name:?} needs at least one row")));
+    }
+    if rows.dim != info.dim() {
+        return Err(dim_mismatch(info, rows.dim));
+    }
+    let n = check_vectors(&rows.vectors, info.dim() as usize, "insert")?;
+    if n > max_rows {
+        return Err(bad(format!("insert of {n} rows exceeds the limit of {max_rows} rows per request; split it")));
+    }
+    let pk_field = info.primary_field().ok_or_else(|| Error::Internal("collection without primary key".into()))?;
+    if pk_field.auto_id {
+        if !rows.pks.is_empty() {
+            return Err(bad(format!("primary key {:?} is auto_id: do not supply it", pk_field.name)));
+        }
+    } else {
+        if rows.pks.len() != n {
+            return Err(bad(format!(
+                "primary key {:?}: got {} values for {n} rows",
+                pk_field.name,
+                rows.pks.len()
+            )));
+        }
+        for pk in &rows.pks {
+            check_pk(info, pk)?;
+        }
+    }
+    let scalar_fields: Vec<_> = info
+        .schema
+        .fields
+        .iter()
+        .filter(|f| !f.is_primary && f.data_type != DataType::FloatVector)
+        .collect();
+    let mut seen = HashSet::new();
+    for col in &mut rows.columns {
+        let Some(field) = scalar_fields.iter().find(|f| f.name == col.name) else {
+            return Err(bad(format!("field {:?} is not in the schema of {name:?}", col.name)));
+        };
+        if !seen.insert(col.name.clone()) {
+            return Err(bad(format!("field {:?} is given twice", col.name)));
+        }
+        if col.values.len() != n {
+            return Err(bad(format!("field {:?}: got {} values for {n} rows", col.name, col.values.len())));
+        }
+        for (i, v) in col.values.iter().enumerate() {
+            if !value_fits(field.data_type, v) {
+                return Err(bad(format!("field {:?} is {:?}; row {i} has {v:?}", col.name, field.data_type)));
+            }
+            if let (DataType::VarChar, ScalarValue::VarChar(s)) = (field.data_type, v) {
+                if s.len() > field.max_length as usize {
+                    return Err(bad(format!("field {:?}: row {i} exceeds max_length {}", col.name, field.max_length)));
+                }
+            }
+        }
+        let t = field.data_type;
+        col.values = std::mem::take(&mut col.values).into_iter().map(|v| coerce(t, v)).collect();
+    }
+    if let Some(missing) = scalar_fields.iter().find(|f| !seen.contains(&f.name)) {
+        return Err(bad(format!("field {:?} is missing from the insert", missing.name)));
+    }
+    if !rows.dynamic.is_empty() {
+        if !info.schema.enable_dynamic_field {
+            return Err(bad(format!("collection {name:?} has no dynamic field; remove the extra keys")));
+        }
+        if rows.dynamic.len() != n {
+            return Err(bad(format!("dynamic field: got {} objects for {n} rows", rows.dynamic.len())));
+        }
+        for (i, d) in rows.dynamic.iter().enumerate() {
+            if d.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<serde_json::Value>(d) {
+                Ok(serde_json::Value::Object(_)) => {}
+                _ => return Err(bad(format!("dynamic field of row {i} is not a JSON object"))),
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Checks a search and expands `*` in its output fields.
+pub fn check_search(info: &CollectionInfo, search: &mut Search, max_top_k: u32, max_nq: usize) -> Result<usize> {
+    if search.top_k == 0 || search.top_k > max_top_k {
+        return Err(bad(format!("top_k must be between 1 and {max_top_k}, got {}", search.top_k)));
+    }
+    if search.vectors.is_empty() {
+        return Err(bad("search has no query vectors".into()));
+    }
+    if search.dim != info.dim() {
+        return Err(dim_mismatch(info, search.dim));
+    }
+    let nq = check_vectors(&search.vectors, info.dim() as usize, "search")?;
+    if nq > max_nq {
+        return Err(bad(format!("{nq} query vectors exceed the limit of {max_nq} per search")));
+    }
+    search.output_fields = check_output_fields(info, &search.output_fields)?;
+    Ok(nq)
+}
+
+/// Validates output field names; `*` means every scalar field (and the dynamic field).
+pub fn check_output_fields(info: &CollectionInfo, fields: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in fields {
+        if f == "*" {
+            for field in &info.schema.fields {
+                if !field.is_primary && field.data_type != DataType::FloatVector && !out.contains(&field.name) {
+                    out.push(field.name.clone());
+                }
+            }
+            if info.schema.enable_dynamic_field && !out.iter().any(|o| o == "$meta") {
+                out.push("$meta".into());
+            }
+            continue;
+        }
+        let known = info.schema.fields.iter().any(|x| &x.name == f && x.data_type != DataType::FloatVector);
+        let vector = info.schema.fields.iter().any(|x| &x.name == f && x.data_type == DataType::FloatVector);
+        if vector {
+            return Err(bad(format!("output field {f:?} is the vector field; vectors are returned by get, not by search")));
+        }
+        if !known && !info.schema.enable_dynamic_field {
+            return Err(bad(format!("output field {f:?} does not exist in collection {:?}", info.schema.name)));
+        }
+        if !out.contains(f) {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Rows `indices` of a batch.
+pub fn select_rows(rows: &RowBatch, indices: &[usize]) -> RowBatch {
+    let dim = rows.dim as usize;
+    let mut vectors = Vec::with_capacity(indices.len() * dim);
+    for &i in indices {
+        vectors.extend_from_slice(&rows.vectors[i * dim..(i + 1) * dim]);
+    }
+    RowBatch {
+        pks: indices.iter().map(|&i| rows.pks[i].clone()).collect(),
+        dim: rows.dim,
+        vectors,
+        columns: rows
+            .columns
+            .iter()
+            .map(|c| quiver_schemas::Column {
+                name: c.name.clone(),
+                values: indices.iter().map(|&i| c.values[i].clone()).collect(),
+            })
+            .collect(),
+        dynamic: if rows.dynamic.is_empty() {
+            Vec::new()
+        } else {
+            indices.iter().map(|&i| rows.dynamic[i].clone()).collect()
+        },
+    }
+}
+
+/// The shard a primary key belongs to.
+pub fn shard_of(pk: &PrimaryKey, shards: u32) -> u32 {
+    let h = match pk {
+        PrimaryKey::Int64(v) => quiver_policy::fnv1a(&v.to_le_bytes()),
+        PrimaryKey::VarChar(s) => quiver_policy::fnv1a(s.as_bytes()),
+    };
+    (h % u64::from(shards.max(1))) as u32
+}

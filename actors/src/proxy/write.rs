@@ -1,0 +1,97 @@
+//! Inserts and deletes: validate, allocate ids and a timestamp, split by shard, append to the
+//! shards' JetStream logs and acknowledge only after JetStream acknowledged every part.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use quiver_runtime::{Error, Result};
+use quiver_schemas::{Alloc, AllocRange, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Wire};
+
+use super::validate::{check_insert, check_pk, select_rows, shard_of};
+use super::Proxy;
+use crate::dml::KIND_HEADER;
+
+/// Room left in each log message for headers and framing.
+const PAYLOAD_MARGIN: usize = 64 * 1024;
+
+impl Proxy {
+    async fn alloc(&self, method: &str, count: u64) -> Result<u64> {
+        let bus = &self.node.shared.bus;
+        let range: AllocRange = bus.request(bus.subjects().coord(method), &Alloc { count }).await?;
+        Ok(range.start)
+    }
+
+    pub(super) async fn insert(&self, mut req: Insert) -> Result<MutationResult> {
+        let info = self.collection(&req.collection).await?;
+        let max_rows = self.node.shared.config.proxy.max_insert_rows;
+        let n = check_insert(&info, &mut req.rows, max_rows)?;
+        if req.rows.pks.is_empty() {
+            let start = self.alloc("alloc_ids", n as u64).await? as i64;
+            req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
+        }
+        let timestamp = self.alloc("alloc_ts", 1).await?;
+        let shards = info.schema.num_shards;
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); shards as usize];
+        for (i, pk) in req.rows.pks.iter().enumerate() {
+            by_shard[shard_of(pk, shards) as usize].push(i);
+        }
+        // Keep each log message under the server's payload limit.
+        let max_payload = self.node.shared.bus.client().server_info().max_payload.max(1 << 20);
+        let row_bytes = (info.dim() as usize * 4 + 64).max(1);
+        let rows_per_msg = ((max_payload.saturating_sub(PAYLOAD_MARGIN)) / row_bytes).max(1);
+        let mut acks = Vec::new();
+        for (shard, rows) in by_shard.iter().enumerate() {
+            for chunk in rows.chunks(rows_per_msg) {
+                let part = if chunk.len() == n { req.rows.clone() } else { select_rows(&req.rows, chunk) };
+                let entry = DmlEntry::Insert { timestamp, rows: part };
+                acks.push(self.append(info.id, shard as u32, "insert", entry.to_bytes()).await?);
+            }
+        }
+        for ack in acks {
+            ack.await.map_err(|e| Error::Unavailable(format!("the log did not acknowledge the insert: {e}")))?;
+        }
+        metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
+        Ok(MutationResult { pks: req.rows.pks, timestamp })
+    }
+
+    pub(super) async fn delete(&self, req: Delete) -> Result<MutationResult> {
+        let info = self.collection(&req.collection).await?;
+        if req.pks.is_empty() {
+            return Err(Error::InvalidArgument("delete needs at least one primary key".into()));
+        }
+        for pk in &req.pks {
+            check_pk(&info, pk)?;
+        }
+        let timestamp = self.alloc("alloc_ts", 1).await?;
+        let shards = info.schema.num_shards;
+        let mut by_shard: Vec<Vec<PrimaryKey>> = vec![Vec::new(); shards as usize];
+        for pk in &req.pks {
+            by_shard[shard_of(pk, shards) as usize].push(pk.clone());
+        }
+        let mut acks = Vec::new();
+        for (shard, pks) in by_shard.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let entry = DmlEntry::Delete { timestamp, pks };
+            acks.push(self.append(info.id, shard as u32, "delete", entry.to_bytes()).await?);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| Error::Unavailable(format!("the log did not acknowledge the delete: {e}")))?;
+        }
+        Ok(MutationResult { pks: req.pks, timestamp })
+    }
+
+    async fn append(
+        &self,
+        collection: u64,
+        shard: u32,
+        kind: &str,
+        payload: Vec<u8>,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
+        let bus = &self.node.shared.bus;
+        let subject = format!("{}.{kind}", bus.subjects().dml(collection, shard));
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND_HEADER, kind);
+        bus.jetstream()
+            .publish_with_headers(subject, headers, Bytes::from(payload))
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot append to the log: {e}")))
+    }
+}

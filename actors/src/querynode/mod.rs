@@ -1,0 +1,268 @@
+//! The query node: loads sealed segments and their indexes from the object store, reads the
+//! shard logs (deletes always; growing rows for the shards it leads), and answers its share
+//! of searches and gets. What it holds is set by the coordinator: every `load` message is the
+//! node's full desired state for one collection, applied idempotently.
+//!
+//! - `shard.rs`: the shard log reader, growing rows, deletes, consistency waits.
+//! - `search.rs`: top-k search and get over segments and growing rows.
+
+mod search;
+mod shard;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_nats::Message;
+use futures::future::LocalBoxFuture;
+use quiver_runtime::{bus::now_ms, Error, Result, RoleContext};
+use quiver_schemas::{
+    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeSearch, ReleaseSegments, SearchResults,
+    SegmentInfo, ShardPlacement,
+};
+
+pub use search::Sealed;
+use shard::{Shard, ShardData};
+
+use crate::node::{start_role, Node, RoleHandler};
+use crate::rows::decode_segment;
+use crate::vector::VectorIndex;
+
+/// The metric a collection's vectors are compared with.
+pub fn metric_of(info: &CollectionInfo) -> MetricType {
+    info.index.as_ref().map_or(crate::DEFAULT_METRIC, |i| i.metric)
+}
+
+struct Loaded {
+    info: CollectionInfo,
+    segments: HashMap<u64, Arc<Sealed>>,
+    shards: HashMap<u32, Shard>,
+}
+
+pub struct QueryNode {
+    node: Node,
+    collections: RefCell<HashMap<u64, Loaded>>,
+    /// Serialises `load` per node so concurrent loads never race on the same collection.
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// Starts the query node role on the current arbiter.
+pub fn start(rc: RoleContext) {
+    start_role(
+        rc,
+        Box::new(|node| {
+            Box::pin(async move {
+                crate::vector::set_faiss_threads(node.shared.config.querynode.faiss_threads.max(1));
+                Ok(QueryNode { node, collections: Default::default(), loading: Default::default() })
+            })
+        }),
+    );
+}
+
+impl QueryNode {
+    async fn fetch_segment(&self, seg: &SegmentInfo, metric: MetricType) -> Result<Sealed> {
+        let objects = &self.node.shared.objects;
+        let data = objects.get(&seg.data_path).await?;
+        let index = match &seg.index_path {
+            Some(p) => Some(objects.get(p).await?),
+            None => None,
+        };
+        let seg = seg.clone();
+        tokio::task::spawn_blocking(move || {
+            let (_, rows) = decode_segment(&data)?;
+            let index = match index {
+                Some(bytes) => Some(VectorIndex::from_bytes(&bytes).map_err(|e| Error::Internal(e.to_string()))?),
+                None => None,
+            };
+            Sealed::new(seg, rows, index, metric)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    async fn load(&self, req: LoadSegments) -> Result<Empty> {
+        let _serial = self.loading.lock().await;
+        let info = req.collection.clone();
+        let metric = metric_of(&info);
+        // Fetch what is missing (or needs its index) without holding the map borrowed.
+        let mut fetched = Vec::new();
+        for seg in &req.segments {
+            let have = self.collections.borrow().get(&info.id).and_then(|c| c.segments.get(&seg.id).cloned());
+            let current = have.is_some_and(|s| s.info.index_path == seg.index_path);
+            if !current {
+                fetched.push(Arc::new(self.fetch_segment(seg, metric).await?));
+            }
+        }
+        let mut collections = self.collections.borrow_mut();
+        let loaded = collections
+            .entry(info.id)
+            .or_insert_with(|| Loaded { info: info.clone(), segments: HashMap::new(), shards: HashMap::new() });
+        loaded.info = info.clone();
+        for seg in fetched {
+            loaded.segments.insert(seg.info.id, seg);
+        }
+        let wanted: HashSet<u64> = req.segments.iter().map(|s| s.id).collect();
+        loaded.segments.retain(|id, _| wanted.contains(id));
+        // Shards: every shard we hold a segment of (for deletes) plus the ones we lead.
+        let leads: HashMap<u32, &ShardPlacement> = req.lead_shards.iter().map(|l| (l.shard, l)).collect();
+        let mut needed: HashSet<u32> = loaded.segments.values().map(|s| s.info.shard).collect();
+        needed.extend(leads.keys().copied());
+        loaded.shards.retain(|id, s| needed.contains(id) && s.data.leader == leads.contains_key(id));
+        let dim = info.dim() as usize;
+        for shard in needed {
+            let lead = leads.get(&shard);
+            match loaded.shards.get(&shard) {
+                Some(existing) => {
+                    if let Some(l) = lead {
+                        existing.data.advance_sealed(l.sealed_seq)?;
+                    }
+                }
+                None => {
+                    let sealed = lead.map_or(0, |l| l.sealed_seq);
+                    let s = Shard::open(&self.node, info.id, shard, dim, metric, lead.is_some(), sealed);
+                    loaded.shards.insert(shard, s);
+                }
+            }
+        }
+        if loaded.segments.is_empty() && loaded.shards.is_empty() {
+            collections.remove(&info.id);
+        }
+        Ok(Empty {})
+    }
+
+    fn release(&self, req: ReleaseSegments) -> Result<Empty> {
+        let mut collections = self.collections.borrow_mut();
+        if req.all {
+            collections.remove(&req.collection);
+        } else if let Some(c) = collections.get_mut(&req.collection) {
+            for id in &req.segments {
+                c.segments.remove(id);
+            }
+        }
+        Ok(Empty {})
+    }
+
+    /// Resolves the sources a request names, or explains why this node cannot serve it.
+    #[allow(clippy::type_complexity)]
+    fn sources(
+        &self,
+        collection: u64,
+        segments: &[u64],
+        growing: &[ShardPlacement],
+    ) -> Result<(CollectionInfo, Vec<(Arc<Sealed>, Arc<ShardData>)>, Vec<(Arc<ShardData>, u64)>)> {
+        let collections = self.collections.borrow();
+        let loaded = collections
+            .get(&collection)
+            .ok_or_else(|| Error::Stale(format!("collection {collection} is not loaded on node {}", self.node.id)))?;
+        let mut segs = Vec::with_capacity(segments.len());
+        for id in segments {
+            let seg = loaded
+                .segments
+                .get(id)
+                .ok_or_else(|| Error::Stale(format!("segment {id} is not loaded on node {}", self.node.id)))?;
+            let shard = loaded
+                .shards
+                .get(&seg.info.shard)
+                .ok_or_else(|| Error::Stale(format!("shard {} is not open on node {}", seg.info.shard, self.node.id)))?;
+            segs.push((seg.clone(), shard.data.clone()));
+        }
+        let mut grow = Vec::with_capacity(growing.len());
+        for g in growing {
+            let shard = loaded.shards.get(&g.shard).filter(|s| s.data.leader).ok_or_else(|| {
+                Error::Stale(format!("node {} does not lead shard {} of collection {collection}", self.node.id, g.shard))
+            })?;
+            let ours = shard.data.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+            if g.sealed_seq < ours {
+                return Err(Error::Stale(format!(
+                    "shard {} has sealed up to {ours}, the request's view only to {}; refresh",
+                    g.shard, g.sealed_seq
+                )));
+            }
+            grow.push((shard.data.clone(), g.sealed_seq));
+        }
+        Ok((loaded.info.clone(), segs, grow))
+    }
+
+    async fn wait_shards(
+        &self,
+        segs: &[(Arc<Sealed>, Arc<ShardData>)],
+        grow: &[(Arc<ShardData>, u64)],
+        consistency: quiver_schemas::Consistency,
+        guarantee_ts: u64,
+        arrived: u64,
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
+        let shards = segs.iter().map(|(_, s)| s).chain(grow.iter().map(|(s, _)| s));
+        for shard in shards {
+            if seen.insert(shard.shard) {
+                shard.wait_consistent(&self.node, consistency, guarantee_ts, arrived).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn search(&self, req: NodeSearch) -> Result<SearchResults> {
+        let arrived = now_ms();
+        let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived).await?;
+        let plan = search::SearchPlan {
+            dim: req.search.dim as usize,
+            k: req.search.top_k as usize,
+            params: req.search.params,
+            metric: metric_of(&info),
+            segments,
+            growing,
+            output_fields: req.search.output_fields,
+            queries: req.search.vectors,
+        };
+        tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)?
+    }
+
+    async fn get(&self, req: NodeGet) -> Result<GetResults> {
+        let arrived = now_ms();
+        let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived).await?;
+        let dim = info.dim() as usize;
+        let (rows, seqs) = tokio::task::spawn_blocking(move || {
+            search::run_get(&req.get.pks, &req.get.output_fields, &segments, &growing, dim)
+        })
+        .await
+        .map_err(Error::internal)??;
+        Ok(GetResults { rows, seqs })
+    }
+}
+
+impl RoleHandler for QueryNode {
+    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
+        ["search", "get", "load", "release"].iter().map(|m| (node.subject(m), None)).collect()
+    }
+
+    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let node = self.node.clone();
+            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let me = &self;
+            match method.as_str() {
+                "search" => node.serve(&msg, |r| me.search(r)).await,
+                "get" => node.serve(&msg, |r| me.get(r)).await,
+                "load" => node.serve(&msg, |r| me.load(r)).await,
+                "release" => node.serve(&msg, |r| async move { me.release(r) }).await,
+                _ => node.unknown_method(&msg).await,
+            }
+        })
+    }
+
+    fn heartbeat(&self) -> (u32, String) {
+        let collections = self.collections.borrow();
+        let segments: usize = collections.values().map(|c| c.segments.len()).sum();
+        let growing: usize = collections
+            .values()
+            .flat_map(|c| c.shards.values())
+            .map(|s| s.data.growing.read().map_or(0, |g| g.rows.len()))
+            .sum();
+        let leads: usize =
+            collections.values().flat_map(|c| c.shards.values()).filter(|s| s.data.leader).count();
+        (segments as u32, format!("{} collections, leads {leads} shards, {growing} growing rows", collections.len()))
+    }
+}

@@ -1,0 +1,187 @@
+//! One shard as a query node sees it: the delete log (always) and, when this node is the
+//! shard leader, the growing rows after the sealed position. Fed by an ordered consumer of
+//! the shard's DML stream; `applied` tells waiting searches how far the log has been read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use quiver_runtime::{bus::now_ms, Error, Result};
+use quiver_schemas::{ts_physical_ms, Consistency, DmlEntry, MetricType, PrimaryKey, Seq, Timestamp};
+use tokio::sync::watch;
+
+use crate::dml::{self, ShardLog};
+use crate::node::Node;
+use crate::rows::RowStore;
+use crate::vector::FlatVectors;
+
+/// Growing rows of a led shard, with their brute-force search structure.
+pub struct Growing {
+    pub rows: RowStore,
+    pub flat: FlatVectors,
+}
+
+/// Latest delete position per primary key of a shard.
+#[derive(Default)]
+pub struct Deletes {
+    pub by_pk: HashMap<PrimaryKey, Seq>,
+    /// Bumped on every applied delete (cache key for per-segment counts).
+    pub version: u64,
+}
+
+impl Deletes {
+    /// Whether the row `(pk, seq)` was deleted after it was written.
+    pub fn hides(&self, pk: &PrimaryKey, seq: Seq) -> bool {
+        self.by_pk.get(pk).is_some_and(|d| *d > seq)
+    }
+}
+
+/// State shared between the log reader and searches (searches run on blocking threads).
+pub struct ShardData {
+    pub collection: u64,
+    pub shard: u32,
+    pub leader: bool,
+    pub growing: RwLock<Growing>,
+    pub deletes: RwLock<Deletes>,
+    pub sealed_seq: std::sync::atomic::AtomicU64,
+    applied: watch::Sender<Seq>,
+    /// Wall-clock ms at which the reader was last known to be caught up with the stream.
+    caught_up_ms: std::sync::atomic::AtomicU64,
+}
+
+pub struct Shard {
+    pub data: Arc<ShardData>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shard {
+    /// Starts reading the shard log from its beginning (deletes) and keeps growing rows after
+    /// `sealed_seq` when `leader`.
+    pub fn open(node: &Node, collection: u64, shard: u32, dim: usize, metric: MetricType, leader: bool, sealed_seq: Seq) -> Shard {
+        let (applied, _) = watch::channel(0);
+        let data = Arc::new(ShardData {
+            collection,
+            shard,
+            leader,
+            growing: RwLock::new(Growing { rows: RowStore::new(dim), flat: FlatVectors::new(dim, metric) }),
+            deletes: RwLock::new(Deletes::default()),
+            sealed_seq: sealed_seq.into(),
+            applied,
+            caught_up_ms: 0.into(),
+        });
+        let task = node.spawn_loop("shard log reader", read_log(node.clone(), data.clone()));
+        Shard { data, task }
+    }
+}
+
+async fn read_log(node: Node, data: Arc<ShardData>) -> Result<()> {
+    let bus = node.shared.bus.clone();
+    let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
+    let mut log = ShardLog::open(&bus, data.collection, data.shard, 0, skip).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            entry = log.next() => {
+                let Some(entry) = entry else { return Err(Error::Unavailable("DML consumer ended".into())) };
+                data.apply(entry?)?;
+            }
+            _ = tick.tick() => {
+                // Keep Bounded reads from waiting when the log is idle.
+                let started = now_ms();
+                if let Ok(last) = dml::last_seq(&bus, data.collection, data.shard).await {
+                    if *data.applied.borrow() >= last {
+                        data.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Internal("shard state lock poisoned".into())
+}
+
+impl ShardData {
+    fn apply(&self, entry: dml::LogEntry) -> Result<()> {
+        match entry.entry {
+            Some(DmlEntry::Insert { rows, .. }) if self.leader => {
+                if entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) {
+                    let mut g = self.growing.write().map_err(poisoned)?;
+                    g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
+                    g.rows.append(&rows, entry.seq);
+                }
+            }
+            Some(DmlEntry::Delete { pks, .. }) => {
+                let mut d = self.deletes.write().map_err(poisoned)?;
+                for pk in pks {
+                    let slot = d.by_pk.entry(pk).or_insert(0);
+                    *slot = (*slot).max(entry.seq);
+                }
+                d.version += 1;
+            }
+            _ => {}
+        }
+        self.applied.send_replace(entry.seq);
+        Ok(())
+    }
+
+    /// Moves the sealed position: growing rows at or below it are now served from segments.
+    pub fn advance_sealed(&self, sealed_seq: Seq) -> Result<()> {
+        let old = self.sealed_seq.fetch_max(sealed_seq, std::sync::atomic::Ordering::AcqRel);
+        if sealed_seq <= old {
+            return Ok(());
+        }
+        let mut g = self.growing.write().map_err(poisoned)?;
+        let n = g.rows.seqs.iter().take_while(|s| **s <= sealed_seq).count();
+        if n > 0 {
+            g.rows.drain_front(n);
+            let (dim, metric) = (g.flat.dim(), g.flat.metric());
+            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until this shard's state satisfies the consistency level of a request that
+    /// arrived at `arrived_ms`.
+    pub async fn wait_consistent(
+        &self,
+        node: &Node,
+        consistency: Consistency,
+        guarantee_ts: Timestamp,
+        arrived_ms: u64,
+    ) -> Result<()> {
+        let caught_up = || self.caught_up_ms.load(std::sync::atomic::Ordering::Acquire);
+        match consistency {
+            Consistency::Eventually => return Ok(()),
+            Consistency::Bounded if caught_up() >= ts_physical_ms(guarantee_ts) => return Ok(()),
+            Consistency::Strong if caught_up() >= arrived_ms => return Ok(()),
+            _ => {}
+        }
+        // Anything acknowledged before the request was sent is at or below the stream's last
+        // position as read now.
+        let started = now_ms();
+        let target = dml::last_seq(&node.shared.bus, self.collection, self.shard).await?;
+        let limit = node.shared.config.querynode.max_consistency_wait;
+        let mut rx = self.applied.subscribe();
+        let wait = async move { rx.wait_for(|applied| *applied >= target).await.map(|_| ()) };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(_)) => {
+                self.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Error::Unavailable("shard reader stopped".into())),
+            Err(_) => Err(Error::Unavailable(format!(
+                "shard {} is still {} log entries behind after {limit:?}; retry",
+                self.shard,
+                target.saturating_sub(*self.applied.borrow())
+            ))),
+        }
+    }
+}

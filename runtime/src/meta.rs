@@ -1,0 +1,141 @@
+//! Metadata and the node registry in JetStream KV buckets. Values are JSON of the plain types.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use quiver_schemas::NodeStatus;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::bus::Bus;
+use crate::error::{Error, Result};
+
+/// A KV bucket holding JSON values.
+#[derive(Clone)]
+pub struct JsonBucket {
+    store: kv::Store,
+}
+
+impl JsonBucket {
+    /// Opens the bucket, creating it if needed. `max_age` > 0 makes entries expire.
+    pub async fn open(bus: &Bus, name: &str, max_age: Duration, replicas: usize) -> Result<JsonBucket> {
+        let js = bus.jetstream();
+        if let Ok(store) = js.get_key_value(name).await {
+            return Ok(JsonBucket { store });
+        }
+        let config = kv::Config {
+            bucket: name.to_string(),
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let store = match js.create_key_value(config).await {
+            Ok(store) => store,
+            // Another node may have created it between our get and our create.
+            Err(create_err) => js
+                .get_key_value(name)
+                .await
+                .map_err(|_| Error::Unavailable(format!("cannot create KV bucket {name}: {create_err}")))?,
+        };
+        Ok(JsonBucket { store })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let raw = self.store.get(key).await.map_err(|e| Error::Unavailable(format!("KV get {key}: {e}")))?;
+        match raw {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("KV value {key} is corrupt: {e}"))),
+        }
+    }
+
+    /// Gets a value with its revision (for compare-and-set).
+    pub async fn get_rev<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+        let entry = self.store.entry(key).await.map_err(|e| Error::Unavailable(format!("KV get {key}: {e}")))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => serde_json::from_slice(&e.value)
+                .map(|v| Some((v, e.revision)))
+                .map_err(|err| Error::Internal(format!("KV value {key} is corrupt: {err}"))),
+            _ => Ok(None),
+        }
+    }
+
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<u64> {
+        let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
+        self.store.put(key, bytes.into()).await.map_err(|e| Error::Unavailable(format!("KV put {key}: {e}")))
+    }
+
+    /// Writes only if the key is still at `revision` (0 = must not exist).
+    pub async fn update<T: Serialize>(&self, key: &str, value: &T, revision: u64) -> Result<u64> {
+        let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
+        if revision == 0 {
+            self.store
+                .create(key, bytes.into())
+                .await
+                .map_err(|e| Error::Stale(format!("KV create {key}: {e}")))
+        } else {
+            self.store
+                .update(key, bytes.into(), revision)
+                .await
+                .map_err(|e| Error::Stale(format!("KV update {key}: {e}")))
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.store.purge(key).await.map_err(|e| Error::Unavailable(format!("KV delete {key}: {e}")))
+    }
+
+    /// Every key starting with `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = self.store.keys().await.map_err(|e| Error::Unavailable(format!("KV keys: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| Error::Unavailable(format!("KV keys: {e}")))?;
+            if k.starts_with(prefix) {
+                out.push(k);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every value whose key starts with `prefix`.
+    pub async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for key in self.keys(prefix).await? {
+            if let Some(v) = self.get(&key).await? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The node registry: each node refreshes its [`NodeStatus`] every heartbeat; entries expire.
+#[derive(Clone)]
+pub struct Registry {
+    bucket: JsonBucket,
+}
+
+impl Registry {
+    pub async fn open(bus: &Bus, ttl: Duration, replicas: usize) -> Result<Registry> {
+        let name = bus.subjects().nodes_bucket();
+        Ok(Registry { bucket: JsonBucket::open(bus, &name, ttl, replicas).await? })
+    }
+
+    pub async fn heartbeat(&self, status: &NodeStatus) -> Result<()> {
+        self.bucket.put(&status.node_id, status).await.map(|_| ())
+    }
+
+    pub async fn deregister(&self, node_id: &str) -> Result<()> {
+        self.bucket.delete(node_id).await
+    }
+
+    /// Live nodes (whose entries have not expired), sorted by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        self.bucket.values("").await
+    }
+}

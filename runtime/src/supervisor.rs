@@ -1,0 +1,275 @@
+//! The supervisor: what actix lacks. Every role runs as an actor on an arbiter (thread) of its
+//! own, so a panic stays inside that role. When a role's actor goes away — a panic unwinding
+//! through a handler, or the actor stopping itself after an error — its [`LifeGuard`] tells the
+//! supervisor, which stops the old arbiter (and every task on it), waits an exponential backoff
+//! and starts the role again on a fresh arbiter. More than `max_restarts` failures within
+//! `restart_window` escalates: the node is marked unhealthy and the process exits non-zero.
+//!
+//! ```text
+//!   Running ──actor dropped──▶ Backoff(d) ──timer──▶ Running      (d doubles, capped)
+//!      │                          │
+//!      └── budget spent ──────────┴──▶ Escalated: unhealthy, exit(70)
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use quiver_schemas::Role;
+
+use crate::config::SupervisorConfig;
+use crate::Shared;
+
+/// Exit code of a node whose restart budget is spent.
+pub const EXIT_ESCALATED: i32 = 70;
+
+/// Health counters of one supervised role, shared with its heartbeat.
+#[derive(Debug, Default)]
+pub struct RoleHealth {
+    pub restarts: AtomicU32,
+    pub unhealthy: AtomicBool,
+}
+
+impl RoleHealth {
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    pub fn healthy(&self) -> bool {
+        !self.unhealthy.load(Ordering::Relaxed)
+    }
+}
+
+/// What a role's start function gets: the shared handles, its identity, its health, and the
+/// guard it must keep inside its actor.
+pub struct RoleContext {
+    pub node_id: String,
+    pub role: Role,
+    pub shared: Shared,
+    pub health: Arc<RoleHealth>,
+    pub guard: LifeGuard,
+}
+
+/// Starts a role's actor on the current arbiter. Called again on every restart.
+pub type StartFn = Arc<dyn Fn(RoleContext) + Send + Sync>;
+
+/// One supervised role of this process.
+pub struct RoleSpec {
+    pub role: Role,
+    pub node_id: String,
+    pub start: StartFn,
+}
+
+/// Held by a role's actor; dropping it (actor stopped or unwound by a panic) reports the exit.
+pub struct LifeGuard {
+    supervisor: Addr<Supervisor>,
+    index: usize,
+    generation: u64,
+}
+
+impl Drop for LifeGuard {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        self.supervisor.do_send(ChildExited { index: self.index, generation: self.generation, panicked });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChildExited {
+    index: usize,
+    generation: u64,
+    panicked: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StartChild {
+    index: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Shutdown;
+
+struct Child {
+    spec: RoleSpec,
+    arbiter: Option<Arbiter>,
+    generation: u64,
+    failures: VecDeque<Instant>,
+    health: Arc<RoleHealth>,
+}
+
+/// Supervises the roles of one process.
+pub struct Supervisor {
+    children: Vec<Child>,
+    shared: Shared,
+    config: SupervisorConfig,
+    stopping: bool,
+    exit: tokio::sync::watch::Sender<Option<i32>>,
+}
+
+/// Handle on a running supervisor.
+pub struct SupervisorHandle {
+    addr: Addr<Supervisor>,
+    exit: tokio::sync::watch::Receiver<Option<i32>>,
+    /// Node id, role and health of each child.
+    pub roles: Vec<(String, Role, Arc<RoleHealth>)>,
+}
+
+impl SupervisorHandle {
+    /// Resolves with the exit code once the supervisor gives up (budget spent).
+    pub async fn escalated(&mut self) -> i32 {
+        loop {
+            if let Some(code) = *self.exit.borrow() {
+                return code;
+            }
+            if self.exit.changed().await.is_err() {
+                return EXIT_ESCALATED;
+            }
+        }
+    }
+
+    /// Stops every role and waits for their arbiters to finish.
+    pub async fn shutdown(&self) {
+        let _ = self.addr.send(Shutdown).await;
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor and every role. Must run inside an actix `System`.
+    pub fn start(specs: Vec<RoleSpec>, shared: Shared, config: SupervisorConfig) -> SupervisorHandle {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let children: Vec<Child> = specs
+            .into_iter()
+            .map(|spec| Child {
+                spec,
+                arbiter: None,
+                generation: 0,
+                failures: VecDeque::new(),
+                health: Arc::new(RoleHealth::default()),
+            })
+            .collect();
+        let roles =
+            children.iter().map(|c| (c.spec.node_id.clone(), c.spec.role, c.health.clone())).collect();
+        let addr = Supervisor { children, shared, config, stopping: false, exit: tx }.start();
+        SupervisorHandle { addr, exit: rx, roles }
+    }
+
+    fn spawn_child(&mut self, index: usize, me: Addr<Supervisor>) {
+        let shared = self.shared.clone();
+        let Some(child) = self.children.get_mut(index) else { return };
+        child.generation += 1;
+        let arbiter = Arbiter::new();
+        let ctx = RoleContext {
+            node_id: child.spec.node_id.clone(),
+            role: child.spec.role,
+            shared,
+            health: child.health.clone(),
+            guard: LifeGuard { supervisor: me, index, generation: child.generation },
+        };
+        let start = child.spec.start.clone();
+        let role = child.spec.role.as_str();
+        if !arbiter.spawn_fn(move || start(ctx)) {
+            tracing::error!(role, "could not start arbiter");
+        }
+        tracing::info!(role, node = %child.spec.node_id, generation = child.generation, "role started");
+        child.arbiter = Some(arbiter);
+    }
+
+    fn backoff(&self, recent_failures: usize) -> Duration {
+        let exp = recent_failures.saturating_sub(1).min(20) as u32;
+        self.config.backoff_initial.saturating_mul(2u32.saturating_pow(exp)).min(self.config.backoff_max)
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        for index in 0..self.children.len() {
+            self.spawn_child(index, me.clone());
+        }
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        let window = self.config.restart_window;
+        let max = self.config.max_restarts as usize;
+        let Some(child) = self.children.get_mut(msg.index) else { return };
+        if child.generation != msg.generation {
+            return; // an older incarnation finishing late
+        }
+        let role = child.spec.role.as_str();
+        let node = child.spec.node_id.clone();
+        if let Some(arbiter) = child.arbiter.take() {
+            arbiter.stop();
+        }
+        let now = Instant::now();
+        child.failures.push_back(now);
+        while child.failures.front().is_some_and(|t| now.duration_since(*t) > window) {
+            child.failures.pop_front();
+        }
+        let recent = child.failures.len();
+        metrics::counter!("quiver_role_failures_total", "role" => role).increment(1);
+        if recent > max {
+            child.health.unhealthy.store(true, Ordering::Relaxed);
+            tracing::error!(
+                role, node = %node, failures = recent, window = ?window,
+                "restart budget spent; node is unhealthy and exits with code {EXIT_ESCALATED}"
+            );
+            metrics::counter!("quiver_role_escalations_total", "role" => role).increment(1);
+            let _ = self.exit.send(Some(EXIT_ESCALATED));
+            return;
+        }
+        child.health.restarts.fetch_add(1, Ordering::Relaxed);
+        let delay = self.backoff(recent);
+        let cause = if msg.panicked { "panicked" } else { "stopped" };
+        tracing::warn!(role, node = %node, cause, restart_in = ?delay, failures = recent, "role failed; restarting");
+        metrics::counter!("quiver_role_restarts_total", "role" => role).increment(1);
+        ctx.notify_later(StartChild { index: msg.index }, delay);
+    }
+}
+
+impl Handler<StartChild> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartChild, ctx: &mut Context<Self>) {
+        if !self.stopping {
+            self.spawn_child(msg.index, ctx.address());
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        let arbiters: Vec<Arbiter> = self.children.iter_mut().filter_map(|c| c.arbiter.take()).collect();
+        let registry = self.shared.registry.clone();
+        let nodes: Vec<String> = self.children.iter().map(|c| c.spec.node_id.clone()).collect();
+        Box::pin(async move {
+            for arbiter in &arbiters {
+                arbiter.stop();
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                for arbiter in arbiters {
+                    let _ = arbiter.join();
+                }
+            })
+            .await;
+            for node in nodes {
+                let _ = registry.deregister(&node).await;
+            }
+        })
+    }
+}

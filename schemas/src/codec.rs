@@ -1,0 +1,1926 @@
+//! Cap'n Proto wire format of the bus messages.
+//!
+//! Every message type that travels on the bus implements [`Wire`]. Bytes are the unpacked
+//! flat Cap'n Proto serialization (`capnp::serialize`): a segment table followed by the
+//! segments, normally exactly one because encoding sizes the first segment up front. The
+//! schema is `schemas/quiver.capnp`.
+//!
+//! Decoding treats its input as untrusted: garbage, truncated or empty input, unknown enum
+//! values and invalid UTF-8 all come back as [`DecodeError::Malformed`], naming the message
+//! type and the field path where decoding failed. Input need not be 8-byte aligned (it is
+//! copied once if it is not). Float and integer lists are copied in bulk.
+
+use std::fmt;
+
+use capnp::message::{HeapAllocator, ReaderOptions};
+use capnp::traits::{Owned, OwnedStruct};
+use capnp::{primitive_list, struct_list, text_list};
+
+use crate::quiver_capnp as cp;
+use crate::types::*;
+
+/// A bus message: converts to and from Cap'n Proto bytes.
+///
+/// Lists are limited by Cap'n Proto to 2²⁹ − 1 elements each: larger values cannot be
+/// represented (the `capnp` crate panics when asked to build such a list), and messages
+/// over [`TRAVERSAL_LIMIT_WORDS`] are refused by the decoder anyway.
+pub trait Wire: Sized {
+    /// Encodes to Cap'n Proto bytes (unpacked, single segment where possible).
+    fn to_bytes(&self) -> Vec<u8>;
+    /// Decodes, with a clear error naming what was malformed.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// Why bytes could not be decoded as a bus message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a valid Cap'n Proto encoding of `message_type`.
+    #[error("malformed {message_type} message: {reason}")]
+    Malformed {
+        /// The message type that was being decoded, e.g. `"Insert"`.
+        message_type: &'static str,
+        /// What was wrong, with the field path where it was found when known.
+        reason: String,
+    },
+}
+
+/// Upper bound on the words a decoder will read from one message (1 GiB): room for very
+/// large insert batches while bounding the work and memory a hostile message can cause.
+pub const TRAVERSAL_LIMIT_WORDS: usize = (1 << 30) / 8;
+
+/// Largest first segment we ask the allocator for (Cap'n Proto's segment limit).
+const MAX_SEGMENT_WORDS: usize = 1 << 29;
+
+fn reader_options() -> ReaderOptions {
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
+    options
+}
+
+// ---- encoding / decoding drivers ----
+
+/// Builds a message of root type `T` with `fill`, sizing the first segment from
+/// `hint_words` so that the result is a single segment. If the hint was too small the
+/// message is rebuilt once with the exact size.
+fn encode<T: Owned>(hint_words: usize, fill: impl Fn(T::Builder<'_>)) -> Vec<u8> {
+    let build = |words: usize| {
+        let words = words.clamp(16, MAX_SEGMENT_WORDS) as u32;
+        let mut message =
+            capnp::message::Builder::new(HeapAllocator::new().first_segment_words(words));
+        fill(message.init_root::<T::Builder<'_>>());
+        message
+    };
+    let mut message = build(hint_words);
+    if message.get_segments_for_output().len() > 1 {
+        message = build(message.size_in_words() + 16);
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
+
+/// Reads a message of root type `T` from `bytes` and converts it with `get`.
+fn decode<T: Owned, V>(
+    bytes: &[u8],
+    message_type: &'static str,
+    get: impl FnOnce(T::Reader<'_>) -> Result<V, Fault>,
+) -> Result<V, DecodeError> {
+    decode_inner::<T, V>(bytes, get).map_err(|fault| DecodeError::Malformed {
+        message_type,
+        reason: fault.to_string(),
+    })
+}
+
+fn decode_inner<T: Owned, V>(
+    bytes: &[u8],
+    get: impl FnOnce(T::Reader<'_>) -> Result<V, Fault>,
+) -> Result<V, Fault> {
+    if bytes.is_empty() {
+        return Err(Fault::new("empty input".to_string()));
+    }
+    let partial_word = bytes.len() % 8;
+    if partial_word != 0 {
+        return Err(Fault::new(format!(
+            "length {} is not a whole number of 8-byte words ({partial_word} extra bytes; truncated?)",
+            bytes.len()
+        )));
+    }
+    // Cap'n Proto reads words in place, so the input must be 8-byte aligned; NATS payloads
+    // usually are, otherwise copy once.
+    let aligned_copy: Vec<capnp::Word>;
+    let mut slice: &[u8] = if bytes.as_ptr().align_offset(8) == 0 {
+        bytes
+    } else {
+        let mut words = capnp::Word::allocate_zeroed_vec(bytes.len() / 8);
+        capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(bytes);
+        aligned_copy = words;
+        capnp::Word::words_to_bytes(&aligned_copy)
+    };
+    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, reader_options())?;
+    if !slice.is_empty() {
+        return Err(Fault::new(format!(
+            "{} trailing bytes after the message",
+            slice.len()
+        )));
+    }
+    let root = message.get_root::<T::Reader<'_>>()?;
+    get(root)
+}
+
+// ---- errors with a field path ----
+
+enum PathPart {
+    Field(&'static str),
+    Index(usize),
+}
+
+/// A decoding failure and where it happened (innermost part first).
+struct Fault {
+    path: Vec<PathPart>,
+    reason: String,
+}
+
+impl Fault {
+    fn new(reason: String) -> Self {
+        Fault {
+            path: Vec::new(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            for (i, part) in self.path.iter().rev().enumerate() {
+                match part {
+                    PathPart::Field(name) if i == 0 => write!(f, "{name}")?,
+                    PathPart::Field(name) => write!(f, ".{name}")?,
+                    PathPart::Index(index) => write!(f, "[{index}]")?,
+                }
+            }
+            write!(f, ": ")?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl From<capnp::Error> for Fault {
+    fn from(e: capnp::Error) -> Self {
+        Fault::new(e.to_string())
+    }
+}
+
+impl From<capnp::NotInSchema> for Fault {
+    fn from(e: capnp::NotInSchema) -> Self {
+        Fault::new(format!("unknown enum value or union variant {}", e.0))
+    }
+}
+
+impl From<std::str::Utf8Error> for Fault {
+    fn from(e: std::str::Utf8Error) -> Self {
+        Fault::new(format!("invalid UTF-8 in text: {e}"))
+    }
+}
+
+/// Adds a field name to the path of an error.
+trait At<T> {
+    fn at(self, field: &'static str) -> Result<T, Fault>;
+}
+
+impl<T, E: Into<Fault>> At<T> for Result<T, E> {
+    fn at(self, field: &'static str) -> Result<T, Fault> {
+        self.map_err(|e| {
+            let mut fault = e.into();
+            fault.path.push(PathPart::Field(field));
+            fault
+        })
+    }
+}
+
+// ---- list and text helpers ----
+
+/// Converts a Rust length to a Cap'n Proto list length (saturating; Cap'n Proto itself
+/// refuses lists of 2²⁹ elements or more).
+fn len32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Bulk copies for primitive lists (`as_slice` on little-endian targets, element-wise
+/// otherwise or when the list was encoded with a wider element layout).
+macro_rules! prim_list_codec {
+    ($fill:ident, $read:ident, $t:ty) => {
+        fn $fill(mut list: primitive_list::Builder<'_, $t>, values: &[$t]) {
+            #[cfg(target_endian = "little")]
+            if let Some(slice) = list.as_slice() {
+                if slice.len() == values.len() {
+                    slice.copy_from_slice(values);
+                    return;
+                }
+            }
+            for (i, v) in values.iter().enumerate() {
+                list.set(i as u32, *v);
+            }
+        }
+
+        fn $read(list: capnp::Result<primitive_list::Reader<'_, $t>>) -> Result<Vec<$t>, Fault> {
+            let list = list?;
+            #[cfg(target_endian = "little")]
+            if let Some(slice) = list.as_slice() {
+                if slice.len() == list.len() as usize {
+                    return Ok(slice.to_vec());
+                }
+            }
+            Ok(list.iter().collect())
+        }
+    };
+}
+
+prim_list_codec!(fill_f32s, read_f32s, f32);
+prim_list_codec!(fill_u64s, read_u64s, u64);
+
+fn fill_strings(mut list: text_list::Builder<'_>, values: &[String]) {
+    for (i, v) in values.iter().enumerate() {
+        list.set(i as u32, v.as_str());
+    }
+}
+
+fn read_string(text: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Fault> {
+    Ok(text?.to_str()?.to_owned())
+}
+
+fn read_strings(list: capnp::Result<text_list::Reader<'_>>) -> Result<Vec<String>, Fault> {
+    let list = list?;
+    let mut out = Vec::with_capacity(list.len() as usize);
+    for (i, text) in list.iter().enumerate() {
+        out.push(read_string(text).map_err(|mut f| {
+            f.path.push(PathPart::Index(i));
+            f
+        })?);
+    }
+    Ok(out)
+}
+
+fn fill_structs<T: OwnedStruct, V>(
+    mut list: struct_list::Builder<'_, T>,
+    values: &[V],
+    put: impl Fn(&V, T::Builder<'_>),
+) {
+    for (i, v) in values.iter().enumerate() {
+        put(v, list.reborrow().get(i as u32));
+    }
+}
+
+fn read_structs<'a, T: OwnedStruct, V>(
+    list: capnp::Result<struct_list::Reader<'a, T>>,
+    get: impl Fn(T::Reader<'a>) -> Result<V, Fault>,
+) -> Result<Vec<V>, Fault> {
+    let list = list?;
+    let mut out = Vec::with_capacity(list.len() as usize);
+    for (i, item) in list.iter().enumerate() {
+        out.push(get(item).map_err(|mut f| {
+            f.path.push(PathPart::Index(i));
+            f
+        })?);
+    }
+    Ok(out)
+}
+
+// ---- enums ----
+
+fn data_type_to(v: DataType) -> cp::DataType {
+    match v {
+        DataType::Bool => cp::DataType::Bool,
+        DataType::Int64 => cp::DataType::Int64,
+        DataType::Float => cp::DataType::Float,
+        DataType::Double => cp::DataType::Double,
+        DataType::VarChar => cp::DataType::VarChar,
+        DataType::Json => cp::DataType::Json,
+        DataType::FloatVector => cp::DataType::FloatVector,
+    }
+}
+
+fn data_type_from(v: cp::DataType) -> DataType {
+    match v {
+        cp::DataType::Bool => DataType::Bool,
+        cp::DataType::Int64 => DataType::Int64,
+        cp::DataType::Float => DataType::Float,
+        cp::DataType::Double => DataType::Double,
+        cp::DataType::VarChar => DataType::VarChar,
+        cp::DataType::Json => DataType::Json,
+        cp::DataType::FloatVector => DataType::FloatVector,
+    }
+}
+
+fn metric_to(v: MetricType) -> cp::MetricType {
+    match v {
+        MetricType::L2 => cp::MetricType::L2,
+        MetricType::Ip => cp::MetricType::Ip,
+        MetricType::Cosine => cp::MetricType::Cosine,
+    }
+}
+
+fn metric_from(v: cp::MetricType) -> MetricType {
+    match v {
+        cp::MetricType::L2 => MetricType::L2,
+        cp::MetricType::Ip => MetricType::Ip,
+        cp::MetricType::Cosine => MetricType::Cosine,
+    }
+}
+
+fn index_type_to(v: IndexType) -> cp::IndexType {
+    match v {
+        IndexType::Flat => cp::IndexType::Flat,
+        IndexType::IvfFlat => cp::IndexType::IvfFlat,
+        IndexType::IvfSq8 => cp::IndexType::IvfSq8,
+        IndexType::IvfPq => cp::IndexType::IvfPq,
+        IndexType::Hnsw => cp::IndexType::Hnsw,
+    }
+}
+
+fn index_type_from(v: cp::IndexType) -> IndexType {
+    match v {
+        cp::IndexType::Flat => IndexType::Flat,
+        cp::IndexType::IvfFlat => IndexType::IvfFlat,
+        cp::IndexType::IvfSq8 => IndexType::IvfSq8,
+        cp::IndexType::IvfPq => IndexType::IvfPq,
+        cp::IndexType::Hnsw => IndexType::Hnsw,
+    }
+}
+
+fn consistency_to(v: Consistency) -> cp::Consistency {
+    match v {
+        Consistency::Strong => cp::Consistency::Strong,
+        Consistency::Bounded => cp::Consistency::Bounded,
+        Consistency::Eventually => cp::Consistency::Eventually,
+    }
+}
+
+fn consistency_from(v: cp::Consistency) -> Consistency {
+    match v {
+        cp::Consistency::Strong => Consistency::Strong,
+        cp::Consistency::Bounded => Consistency::Bounded,
+        cp::Consistency::Eventually => Consistency::Eventually,
+    }
+}
+
+fn segment_state_to(v: SegmentState) -> cp::SegmentState {
+    match v {
+        SegmentState::Flushed => cp::SegmentState::Flushed,
+        SegmentState::Indexed => cp::SegmentState::Indexed,
+        SegmentState::Dropped => cp::SegmentState::Dropped,
+    }
+}
+
+fn segment_state_from(v: cp::SegmentState) -> SegmentState {
+    match v {
+        cp::SegmentState::Flushed => SegmentState::Flushed,
+        cp::SegmentState::Indexed => SegmentState::Indexed,
+        cp::SegmentState::Dropped => SegmentState::Dropped,
+    }
+}
+
+fn role_to(v: Role) -> cp::Role {
+    match v {
+        Role::Coordinator => cp::Role::Coordinator,
+        Role::Proxy => cp::Role::Proxy,
+        Role::DataNode => cp::Role::DataNode,
+        Role::IndexNode => cp::Role::IndexNode,
+        Role::QueryNode => cp::Role::QueryNode,
+    }
+}
+
+fn role_from(v: cp::Role) -> Role {
+    match v {
+        cp::Role::Coordinator => Role::Coordinator,
+        cp::Role::Proxy => Role::Proxy,
+        cp::Role::DataNode => Role::DataNode,
+        cp::Role::IndexNode => Role::IndexNode,
+        cp::Role::QueryNode => Role::QueryNode,
+    }
+}
+
+// ---- values, keys, rows ----
+
+fn put_scalar(v: &ScalarValue, mut b: cp::scalar_value::Builder<'_>) {
+    match v {
+        ScalarValue::Null => b.set_null(()),
+        ScalarValue::Bool(x) => b.set_bool(*x),
+        ScalarValue::Int64(x) => b.set_int64(*x),
+        ScalarValue::Float(x) => b.set_float(*x),
+        ScalarValue::Double(x) => b.set_double(*x),
+        ScalarValue::VarChar(x) => b.set_var_char(x.as_str()),
+        ScalarValue::Json(x) => b.set_json(x.as_str()),
+    }
+}
+
+fn get_scalar(r: cp::scalar_value::Reader<'_>) -> Result<ScalarValue, Fault> {
+    use cp::scalar_value::Which;
+    Ok(match r.which()? {
+        Which::Null(()) => ScalarValue::Null,
+        Which::Bool(x) => ScalarValue::Bool(x),
+        Which::Int64(x) => ScalarValue::Int64(x),
+        Which::Float(x) => ScalarValue::Float(x),
+        Which::Double(x) => ScalarValue::Double(x),
+        Which::VarChar(x) => ScalarValue::VarChar(read_string(x).at("varChar")?),
+        Which::Json(x) => ScalarValue::Json(read_string(x).at("json")?),
+    })
+}
+
+fn put_pk(v: &PrimaryKey, mut b: cp::primary_key::Builder<'_>) {
+    match v {
+        PrimaryKey::Int64(x) => b.set_int64(*x),
+        PrimaryKey::VarChar(x) => b.set_var_char(x.as_str()),
+    }
+}
+
+fn get_pk(r: cp::primary_key::Reader<'_>) -> Result<PrimaryKey, Fault> {
+    use cp::primary_key::Which;
+    Ok(match r.which()? {
+        Which::Int64(x) => PrimaryKey::Int64(x),
+        Which::VarChar(x) => PrimaryKey::VarChar(read_string(x).at("varChar")?),
+    })
+}
+
+fn put_column(v: &Column, mut b: cp::column::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    fill_structs(b.init_values(len32(v.values.len())), &v.values, put_scalar);
+}
+
+fn get_column(r: cp::column::Reader<'_>) -> Result<Column, Fault> {
+    Ok(Column {
+        name: read_string(r.get_name()).at("name")?,
+        values: read_structs(r.get_values(), get_scalar).at("values")?,
+    })
+}
+
+fn put_row_batch(v: &RowBatch, mut b: cp::row_batch::Builder<'_>) {
+    fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    b.set_dim(v.dim);
+    fill_f32s(
+        b.reborrow().init_vectors(len32(v.vectors.len())),
+        &v.vectors,
+    );
+    fill_structs(
+        b.reborrow().init_columns(len32(v.columns.len())),
+        &v.columns,
+        put_column,
+    );
+    fill_strings(b.init_dynamic(len32(v.dynamic.len())), &v.dynamic);
+}
+
+fn get_row_batch(r: cp::row_batch::Reader<'_>) -> Result<RowBatch, Fault> {
+    Ok(RowBatch {
+        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+        dim: r.get_dim(),
+        vectors: read_f32s(r.get_vectors()).at("vectors")?,
+        columns: read_structs(r.get_columns(), get_column).at("columns")?,
+        dynamic: read_strings(r.get_dynamic()).at("dynamic")?,
+    })
+}
+
+// ---- schemas, collections, segments ----
+
+fn put_field_schema(v: &FieldSchema, mut b: cp::field_schema::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_data_type(data_type_to(v.data_type));
+    b.set_is_primary(v.is_primary);
+    b.set_auto_id(v.auto_id);
+    b.set_dim(v.dim);
+    b.set_max_length(v.max_length);
+    b.set_description(v.description.as_str());
+}
+
+fn get_field_schema(r: cp::field_schema::Reader<'_>) -> Result<FieldSchema, Fault> {
+    Ok(FieldSchema {
+        name: read_string(r.get_name()).at("name")?,
+        data_type: data_type_from(r.get_data_type().at("dataType")?),
+        is_primary: r.get_is_primary(),
+        auto_id: r.get_auto_id(),
+        dim: r.get_dim(),
+        max_length: r.get_max_length(),
+        description: read_string(r.get_description()).at("description")?,
+    })
+}
+
+fn put_collection_schema(v: &CollectionSchema, mut b: cp::collection_schema::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_description(v.description.as_str());
+    fill_structs(
+        b.reborrow().init_fields(len32(v.fields.len())),
+        &v.fields,
+        put_field_schema,
+    );
+    b.set_enable_dynamic_field(v.enable_dynamic_field);
+    b.set_num_shards(v.num_shards);
+}
+
+fn get_collection_schema(r: cp::collection_schema::Reader<'_>) -> Result<CollectionSchema, Fault> {
+    Ok(CollectionSchema {
+        name: read_string(r.get_name()).at("name")?,
+        description: read_string(r.get_description()).at("description")?,
+        fields: read_structs(r.get_fields(), get_field_schema).at("fields")?,
+        enable_dynamic_field: r.get_enable_dynamic_field(),
+        num_shards: r.get_num_shards(),
+    })
+}
+
+fn put_index_params(v: &IndexParams, mut b: cp::index_params::Builder<'_>) {
+    b.set_index_type(index_type_to(v.index_type));
+    b.set_metric(metric_to(v.metric));
+    b.set_nlist(v.nlist);
+    b.set_m(v.m);
+    b.set_nbits(v.nbits);
+    b.set_ef_construction(v.ef_construction);
+}
+
+fn get_index_params(r: cp::index_params::Reader<'_>) -> Result<IndexParams, Fault> {
+    Ok(IndexParams {
+        index_type: index_type_from(r.get_index_type().at("indexType")?),
+        metric: metric_from(r.get_metric().at("metric")?),
+        nlist: r.get_nlist(),
+        m: r.get_m(),
+        nbits: r.get_nbits(),
+        ef_construction: r.get_ef_construction(),
+    })
+}
+
+fn put_collection_info(v: &CollectionInfo, mut b: cp::collection_info::Builder<'_>) {
+    b.set_id(v.id);
+    put_collection_schema(&v.schema, b.reborrow().init_schema());
+    match &v.index {
+        None => b.reborrow().init_index().set_none(()),
+        Some(params) => put_index_params(params, b.reborrow().init_index().init_some()),
+    }
+    b.set_created_ts(v.created_ts);
+}
+
+fn get_collection_info(r: cp::collection_info::Reader<'_>) -> Result<CollectionInfo, Fault> {
+    use cp::collection_info::index::Which;
+    let index = match r.get_index().which().at("index")? {
+        Which::None(()) => None,
+        Which::Some(params) => Some(get_index_params(params.at("index")?).at("index")?),
+    };
+    Ok(CollectionInfo {
+        id: r.get_id(),
+        schema: get_collection_schema(r.get_schema().at("schema")?).at("schema")?,
+        index,
+        created_ts: r.get_created_ts(),
+    })
+}
+
+fn put_segment_info(v: &SegmentInfo, mut b: cp::segment_info::Builder<'_>) {
+    b.set_id(v.id);
+    b.set_collection(v.collection);
+    b.set_shard(v.shard);
+    b.set_rows(v.rows);
+    b.set_start_seq(v.start_seq);
+    b.set_end_seq(v.end_seq);
+    b.set_data_path(v.data_path.as_str());
+    match &v.index_path {
+        None => b.reborrow().init_index_path().set_none(()),
+        Some(path) => b.reborrow().init_index_path().set_some(path.as_str()),
+    }
+    b.set_state(segment_state_to(v.state));
+    b.set_mem_size(v.mem_size);
+}
+
+fn get_segment_info(r: cp::segment_info::Reader<'_>) -> Result<SegmentInfo, Fault> {
+    use cp::segment_info::index_path::Which;
+    let index_path = match r.get_index_path().which().at("indexPath")? {
+        Which::None(()) => None,
+        Which::Some(path) => Some(read_string(path).at("indexPath")?),
+    };
+    Ok(SegmentInfo {
+        id: r.get_id(),
+        collection: r.get_collection(),
+        shard: r.get_shard(),
+        rows: r.get_rows(),
+        start_seq: r.get_start_seq(),
+        end_seq: r.get_end_seq(),
+        data_path: read_string(r.get_data_path()).at("dataPath")?,
+        index_path,
+        state: segment_state_from(r.get_state().at("state")?),
+        mem_size: r.get_mem_size(),
+    })
+}
+
+fn put_segment_placement(v: &SegmentPlacement, mut b: cp::segment_placement::Builder<'_>) {
+    put_segment_info(&v.segment, b.reborrow().init_segment());
+    fill_strings(b.init_nodes(len32(v.nodes.len())), &v.nodes);
+}
+
+fn get_segment_placement(r: cp::segment_placement::Reader<'_>) -> Result<SegmentPlacement, Fault> {
+    Ok(SegmentPlacement {
+        segment: get_segment_info(r.get_segment().at("segment")?).at("segment")?,
+        nodes: read_strings(r.get_nodes()).at("nodes")?,
+    })
+}
+
+fn put_shard_placement(v: &ShardPlacement, mut b: cp::shard_placement::Builder<'_>) {
+    b.set_shard(v.shard);
+    b.set_leader(v.leader.as_str());
+    b.set_sealed_seq(v.sealed_seq);
+}
+
+fn get_shard_placement(r: cp::shard_placement::Reader<'_>) -> Result<ShardPlacement, Fault> {
+    Ok(ShardPlacement {
+        shard: r.get_shard(),
+        leader: read_string(r.get_leader()).at("leader")?,
+        sealed_seq: r.get_sealed_seq(),
+    })
+}
+
+fn put_distribution(v: &Distribution, mut b: cp::distribution::Builder<'_>) {
+    put_collection_info(&v.collection, b.reborrow().init_collection());
+    fill_structs(
+        b.reborrow().init_shards(len32(v.shards.len())),
+        &v.shards,
+        put_shard_placement,
+    );
+    fill_structs(
+        b.reborrow().init_segments(len32(v.segments.len())),
+        &v.segments,
+        put_segment_placement,
+    );
+    b.set_version(v.version);
+}
+
+fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fault> {
+    Ok(Distribution {
+        collection: get_collection_info(r.get_collection().at("collection")?).at("collection")?,
+        shards: read_structs(r.get_shards(), get_shard_placement).at("shards")?,
+        segments: read_structs(r.get_segments(), get_segment_placement).at("segments")?,
+        version: r.get_version(),
+    })
+}
+
+fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
+    b.set_node_id(v.node_id.as_str());
+    b.set_role(role_to(v.role));
+    b.set_host(v.host.as_str());
+    b.set_pid(v.pid);
+    b.set_healthy(v.healthy);
+    b.set_mem_used(v.mem_used);
+    b.set_mem_capacity(v.mem_capacity);
+    b.set_segments(v.segments);
+    b.set_restarts(v.restarts);
+    b.set_started_ms(v.started_ms);
+    b.set_heartbeat_ms(v.heartbeat_ms);
+    b.set_detail(v.detail.as_str());
+}
+
+fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
+    Ok(NodeStatus {
+        node_id: read_string(r.get_node_id()).at("nodeId")?,
+        role: role_from(r.get_role().at("role")?),
+        host: read_string(r.get_host()).at("host")?,
+        pid: r.get_pid(),
+        healthy: r.get_healthy(),
+        mem_used: r.get_mem_used(),
+        mem_capacity: r.get_mem_capacity(),
+        segments: r.get_segments(),
+        restarts: r.get_restarts(),
+        started_ms: r.get_started_ms(),
+        heartbeat_ms: r.get_heartbeat_ms(),
+        detail: read_string(r.get_detail()).at("detail")?,
+    })
+}
+
+fn put_search_params(v: &SearchParams, mut b: cp::search_params::Builder<'_>) {
+    b.set_nprobe(v.nprobe);
+    b.set_ef(v.ef);
+}
+
+fn get_search_params(r: cp::search_params::Reader<'_>) -> SearchParams {
+    SearchParams {
+        nprobe: r.get_nprobe(),
+        ef: r.get_ef(),
+    }
+}
+
+fn put_hits(v: &Hits, mut b: cp::hits::Builder<'_>) {
+    fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    fill_f32s(b.reborrow().init_scores(len32(v.scores.len())), &v.scores);
+    fill_structs(
+        b.init_columns(len32(v.columns.len())),
+        &v.columns,
+        put_column,
+    );
+}
+
+fn get_hits(r: cp::hits::Reader<'_>) -> Result<Hits, Fault> {
+    Ok(Hits {
+        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+        scores: read_f32s(r.get_scores()).at("scores")?,
+        columns: read_structs(r.get_columns(), get_column).at("columns")?,
+    })
+}
+
+// ---- messages ----
+
+fn put_create_collection(v: &CreateCollection, b: cp::create_collection::Builder<'_>) {
+    put_collection_schema(&v.schema, b.init_schema());
+}
+
+fn get_create_collection(r: cp::create_collection::Reader<'_>) -> Result<CreateCollection, Fault> {
+    Ok(CreateCollection {
+        schema: get_collection_schema(r.get_schema().at("schema")?).at("schema")?,
+    })
+}
+
+fn put_collection_name(v: &CollectionName, mut b: cp::collection_name::Builder<'_>) {
+    b.set_name(v.name.as_str());
+}
+
+fn get_collection_name(r: cp::collection_name::Reader<'_>) -> Result<CollectionName, Fault> {
+    Ok(CollectionName {
+        name: read_string(r.get_name()).at("name")?,
+    })
+}
+
+fn put_empty(_: &Empty, _: cp::empty::Builder<'_>) {}
+
+fn get_empty(_: cp::empty::Reader<'_>) -> Result<Empty, Fault> {
+    Ok(Empty {})
+}
+
+fn put_collection_list(v: &CollectionList, b: cp::collection_list::Builder<'_>) {
+    fill_strings(b.init_names(len32(v.names.len())), &v.names);
+}
+
+fn get_collection_list(r: cp::collection_list::Reader<'_>) -> Result<CollectionList, Fault> {
+    Ok(CollectionList {
+        names: read_strings(r.get_names()).at("names")?,
+    })
+}
+
+fn put_collection_description(
+    v: &CollectionDescription,
+    mut b: cp::collection_description::Builder<'_>,
+) {
+    put_collection_info(&v.info, b.reborrow().init_info());
+    b.set_num_rows(v.num_rows);
+    b.set_sealed_segments(v.sealed_segments);
+}
+
+fn get_collection_description(
+    r: cp::collection_description::Reader<'_>,
+) -> Result<CollectionDescription, Fault> {
+    Ok(CollectionDescription {
+        info: get_collection_info(r.get_info().at("info")?).at("info")?,
+        num_rows: r.get_num_rows(),
+        sealed_segments: r.get_sealed_segments(),
+    })
+}
+
+fn put_create_index(v: &CreateIndex, mut b: cp::create_index::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    put_index_params(&v.params, b.init_params());
+}
+
+fn get_create_index(r: cp::create_index::Reader<'_>) -> Result<CreateIndex, Fault> {
+    Ok(CreateIndex {
+        collection: read_string(r.get_collection()).at("collection")?,
+        params: get_index_params(r.get_params().at("params")?).at("params")?,
+    })
+}
+
+fn put_insert(v: &Insert, mut b: cp::insert::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    put_row_batch(&v.rows, b.init_rows());
+}
+
+fn get_insert(r: cp::insert::Reader<'_>) -> Result<Insert, Fault> {
+    Ok(Insert {
+        collection: read_string(r.get_collection()).at("collection")?,
+        rows: get_row_batch(r.get_rows().at("rows")?).at("rows")?,
+    })
+}
+
+fn put_delete(v: &Delete, mut b: cp::delete::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    fill_structs(b.init_pks(len32(v.pks.len())), &v.pks, put_pk);
+}
+
+fn get_delete(r: cp::delete::Reader<'_>) -> Result<Delete, Fault> {
+    Ok(Delete {
+        collection: read_string(r.get_collection()).at("collection")?,
+        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+    })
+}
+
+fn put_mutation_result(v: &MutationResult, mut b: cp::mutation_result::Builder<'_>) {
+    fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    b.set_timestamp(v.timestamp);
+}
+
+fn get_mutation_result(r: cp::mutation_result::Reader<'_>) -> Result<MutationResult, Fault> {
+    Ok(MutationResult {
+        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+        timestamp: r.get_timestamp(),
+    })
+}
+
+fn put_get(v: &Get, mut b: cp::get::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    fill_strings(
+        b.reborrow()
+            .init_output_fields(len32(v.output_fields.len())),
+        &v.output_fields,
+    );
+    b.set_consistency(consistency_to(v.consistency));
+}
+
+fn get_get(r: cp::get::Reader<'_>) -> Result<Get, Fault> {
+    Ok(Get {
+        collection: read_string(r.get_collection()).at("collection")?,
+        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+        output_fields: read_strings(r.get_output_fields()).at("outputFields")?,
+        consistency: consistency_from(r.get_consistency().at("consistency")?),
+    })
+}
+
+fn put_search(v: &Search, mut b: cp::search::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    b.set_dim(v.dim);
+    fill_f32s(
+        b.reborrow().init_vectors(len32(v.vectors.len())),
+        &v.vectors,
+    );
+    b.set_top_k(v.top_k);
+    put_search_params(&v.params, b.reborrow().init_params());
+    fill_strings(
+        b.reborrow()
+            .init_output_fields(len32(v.output_fields.len())),
+        &v.output_fields,
+    );
+    b.set_consistency(consistency_to(v.consistency));
+}
+
+fn get_search(r: cp::search::Reader<'_>) -> Result<Search, Fault> {
+    Ok(Search {
+        collection: read_string(r.get_collection()).at("collection")?,
+        dim: r.get_dim(),
+        vectors: read_f32s(r.get_vectors()).at("vectors")?,
+        top_k: r.get_top_k(),
+        params: get_search_params(r.get_params().at("params")?),
+        output_fields: read_strings(r.get_output_fields()).at("outputFields")?,
+        consistency: consistency_from(r.get_consistency().at("consistency")?),
+    })
+}
+
+fn put_search_results(v: &SearchResults, b: cp::search_results::Builder<'_>) {
+    fill_structs(b.init_results(len32(v.results.len())), &v.results, put_hits);
+}
+
+fn get_search_results(r: cp::search_results::Reader<'_>) -> Result<SearchResults, Fault> {
+    Ok(SearchResults {
+        results: read_structs(r.get_results(), get_hits).at("results")?,
+    })
+}
+
+fn put_flush_result(v: &FlushResult, b: cp::flush_result::Builder<'_>) {
+    fill_u64s(b.init_segments(len32(v.segments.len())), &v.segments);
+}
+
+fn get_flush_result(r: cp::flush_result::Reader<'_>) -> Result<FlushResult, Fault> {
+    Ok(FlushResult {
+        segments: read_u64s(r.get_segments()).at("segments")?,
+    })
+}
+
+fn put_cluster_status(v: &ClusterStatus, mut b: cp::cluster_status::Builder<'_>) {
+    b.set_cluster(v.cluster.as_str());
+    fill_structs(
+        b.init_nodes(len32(v.nodes.len())),
+        &v.nodes,
+        put_node_status,
+    );
+}
+
+fn get_cluster_status(r: cp::cluster_status::Reader<'_>) -> Result<ClusterStatus, Fault> {
+    Ok(ClusterStatus {
+        cluster: read_string(r.get_cluster()).at("cluster")?,
+        nodes: read_structs(r.get_nodes(), get_node_status).at("nodes")?,
+    })
+}
+
+fn put_alloc(v: &Alloc, mut b: cp::alloc::Builder<'_>) {
+    b.set_count(v.count);
+}
+
+fn get_alloc(r: cp::alloc::Reader<'_>) -> Result<Alloc, Fault> {
+    Ok(Alloc {
+        count: r.get_count(),
+    })
+}
+
+fn put_alloc_range(v: &AllocRange, mut b: cp::alloc_range::Builder<'_>) {
+    b.set_start(v.start);
+    b.set_count(v.count);
+}
+
+fn get_alloc_range(r: cp::alloc_range::Reader<'_>) -> Result<AllocRange, Fault> {
+    Ok(AllocRange {
+        start: r.get_start(),
+        count: r.get_count(),
+    })
+}
+
+fn put_dml_entry(v: &DmlEntry, b: cp::dml_entry::Builder<'_>) {
+    match v {
+        DmlEntry::Insert { timestamp, rows } => {
+            let mut g = b.init_insert();
+            g.set_timestamp(*timestamp);
+            put_row_batch(rows, g.init_rows());
+        }
+        DmlEntry::Delete { timestamp, pks } => {
+            let mut g = b.init_delete();
+            g.set_timestamp(*timestamp);
+            fill_structs(g.init_pks(len32(pks.len())), pks, put_pk);
+        }
+    }
+}
+
+fn get_dml_entry(r: cp::dml_entry::Reader<'_>) -> Result<DmlEntry, Fault> {
+    use cp::dml_entry::Which;
+    Ok(match r.which()? {
+        Which::Insert(g) => DmlEntry::Insert {
+            timestamp: g.get_timestamp(),
+            rows: get_row_batch(g.get_rows().at("insert.rows")?).at("insert.rows")?,
+        },
+        Which::Delete(g) => DmlEntry::Delete {
+            timestamp: g.get_timestamp(),
+            pks: read_structs(g.get_pks(), get_pk).at("delete.pks")?,
+        },
+    })
+}
+
+fn put_segment_flushed(v: &SegmentFlushed, b: cp::segment_flushed::Builder<'_>) {
+    put_segment_info(&v.segment, b.init_segment());
+}
+
+fn get_segment_flushed(r: cp::segment_flushed::Reader<'_>) -> Result<SegmentFlushed, Fault> {
+    Ok(SegmentFlushed {
+        segment: get_segment_info(r.get_segment().at("segment")?).at("segment")?,
+    })
+}
+
+fn put_build_index(v: &BuildIndex, mut b: cp::build_index::Builder<'_>) {
+    put_segment_info(&v.segment, b.reborrow().init_segment());
+    put_index_params(&v.params, b.reborrow().init_params());
+    b.set_dim(v.dim);
+}
+
+fn get_build_index(r: cp::build_index::Reader<'_>) -> Result<BuildIndex, Fault> {
+    Ok(BuildIndex {
+        segment: get_segment_info(r.get_segment().at("segment")?).at("segment")?,
+        params: get_index_params(r.get_params().at("params")?).at("params")?,
+        dim: r.get_dim(),
+    })
+}
+
+fn put_index_built(v: &IndexBuilt, mut b: cp::index_built::Builder<'_>) {
+    b.set_segment(v.segment);
+    b.set_collection(v.collection);
+    b.set_index_path(v.index_path.as_str());
+    b.set_build_ms(v.build_ms);
+}
+
+fn get_index_built(r: cp::index_built::Reader<'_>) -> Result<IndexBuilt, Fault> {
+    Ok(IndexBuilt {
+        segment: r.get_segment(),
+        collection: r.get_collection(),
+        index_path: read_string(r.get_index_path()).at("indexPath")?,
+        build_ms: r.get_build_ms(),
+    })
+}
+
+fn put_load_segments(v: &LoadSegments, mut b: cp::load_segments::Builder<'_>) {
+    put_collection_info(&v.collection, b.reborrow().init_collection());
+    fill_structs(
+        b.reborrow().init_segments(len32(v.segments.len())),
+        &v.segments,
+        put_segment_info,
+    );
+    fill_structs(
+        b.init_lead_shards(len32(v.lead_shards.len())),
+        &v.lead_shards,
+        put_shard_placement,
+    );
+}
+
+fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, Fault> {
+    Ok(LoadSegments {
+        collection: get_collection_info(r.get_collection().at("collection")?).at("collection")?,
+        segments: read_structs(r.get_segments(), get_segment_info).at("segments")?,
+        lead_shards: read_structs(r.get_lead_shards(), get_shard_placement).at("leadShards")?,
+    })
+}
+
+fn put_release_segments(v: &ReleaseSegments, mut b: cp::release_segments::Builder<'_>) {
+    b.set_collection(v.collection);
+    fill_u64s(
+        b.reborrow().init_segments(len32(v.segments.len())),
+        &v.segments,
+    );
+    b.set_all(v.all);
+}
+
+fn get_release_segments(r: cp::release_segments::Reader<'_>) -> Result<ReleaseSegments, Fault> {
+    Ok(ReleaseSegments {
+        collection: r.get_collection(),
+        segments: read_u64s(r.get_segments()).at("segments")?,
+        all: r.get_all(),
+    })
+}
+
+fn put_node_search(v: &NodeSearch, mut b: cp::node_search::Builder<'_>) {
+    b.set_collection(v.collection);
+    put_search(&v.search, b.reborrow().init_search());
+    fill_u64s(
+        b.reborrow().init_segments(len32(v.segments.len())),
+        &v.segments,
+    );
+    fill_structs(
+        b.reborrow().init_growing(len32(v.growing.len())),
+        &v.growing,
+        put_shard_placement,
+    );
+    b.set_guarantee_ts(v.guarantee_ts);
+}
+
+fn get_node_search(r: cp::node_search::Reader<'_>) -> Result<NodeSearch, Fault> {
+    Ok(NodeSearch {
+        collection: r.get_collection(),
+        search: get_search(r.get_search().at("search")?).at("search")?,
+        segments: read_u64s(r.get_segments()).at("segments")?,
+        growing: read_structs(r.get_growing(), get_shard_placement).at("growing")?,
+        guarantee_ts: r.get_guarantee_ts(),
+    })
+}
+
+fn put_node_get(v: &NodeGet, mut b: cp::node_get::Builder<'_>) {
+    b.set_collection(v.collection);
+    put_get(&v.get, b.reborrow().init_get());
+    fill_u64s(
+        b.reborrow().init_segments(len32(v.segments.len())),
+        &v.segments,
+    );
+    fill_structs(
+        b.reborrow().init_growing(len32(v.growing.len())),
+        &v.growing,
+        put_shard_placement,
+    );
+    b.set_guarantee_ts(v.guarantee_ts);
+}
+
+fn get_node_get(r: cp::node_get::Reader<'_>) -> Result<NodeGet, Fault> {
+    Ok(NodeGet {
+        collection: r.get_collection(),
+        get: get_get(r.get_get().at("get")?).at("get")?,
+        segments: read_u64s(r.get_segments()).at("segments")?,
+        growing: read_structs(r.get_growing(), get_shard_placement).at("growing")?,
+        guarantee_ts: r.get_guarantee_ts(),
+    })
+}
+
+fn put_get_results(v: &GetResults, mut b: cp::get_results::Builder<'_>) {
+    put_row_batch(&v.rows, b.reborrow().init_rows());
+    fill_u64s(b.init_seqs(len32(v.seqs.len())), &v.seqs);
+}
+
+fn get_get_results(r: cp::get_results::Reader<'_>) -> Result<GetResults, Fault> {
+    Ok(GetResults {
+        rows: get_row_batch(r.get_rows().at("rows")?).at("rows")?,
+        seqs: read_u64s(r.get_seqs()).at("seqs")?,
+    })
+}
+
+// ---- size hints (words), so that big messages are encoded in one segment ----
+
+/// Default first segment size for messages without a sizeable payload.
+const SMALL_HINT: usize = 256;
+
+fn text_words(s: &str) -> usize {
+    // Pointer + NUL-terminated bytes rounded up to words.
+    1 + (s.len() + 8) / 8
+}
+
+fn pks_words(pks: &[PrimaryKey]) -> usize {
+    pks.iter()
+        .map(|pk| match pk {
+            PrimaryKey::Int64(_) => 3,
+            PrimaryKey::VarChar(s) => 3 + text_words(s),
+        })
+        .sum::<usize>()
+        + 1
+}
+
+fn columns_words(columns: &[Column]) -> usize {
+    columns
+        .iter()
+        .map(|c| {
+            text_words(&c.name)
+                + 3
+                + c.values
+                    .iter()
+                    .map(|v| match v {
+                        ScalarValue::VarChar(s) | ScalarValue::Json(s) => 3 + text_words(s),
+                        _ => 3,
+                    })
+                    .sum::<usize>()
+        })
+        .sum::<usize>()
+        + 1
+}
+
+fn row_batch_words(rows: &RowBatch) -> usize {
+    8 + pks_words(&rows.pks)
+        + rows.vectors.len().div_ceil(2)
+        + columns_words(&rows.columns)
+        + rows.dynamic.iter().map(|s| text_words(s)).sum::<usize>()
+}
+
+fn strings_words(strings: &[String]) -> usize {
+    1 + strings.iter().map(|s| text_words(s)).sum::<usize>()
+}
+
+fn search_words(search: &Search) -> usize {
+    SMALL_HINT + search.vectors.len().div_ceil(2) + strings_words(&search.output_fields)
+}
+
+fn get_words(get: &Get) -> usize {
+    SMALL_HINT + pks_words(&get.pks) + strings_words(&get.output_fields)
+}
+
+// ---- Wire impls ----
+
+/// Estimated encoded size in words, used to size the first segment.
+trait SizeHint {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT
+    }
+}
+
+impl SizeHint for CreateCollection {}
+impl SizeHint for CollectionName {}
+impl SizeHint for CollectionDescription {}
+impl SizeHint for CreateIndex {}
+impl SizeHint for SegmentFlushed {}
+impl SizeHint for BuildIndex {}
+impl SizeHint for IndexBuilt {}
+impl SizeHint for NodeStatus {}
+
+impl SizeHint for Empty {
+    fn hint_words(&self) -> usize {
+        16
+    }
+}
+
+impl SizeHint for Alloc {
+    fn hint_words(&self) -> usize {
+        16
+    }
+}
+
+impl SizeHint for AllocRange {
+    fn hint_words(&self) -> usize {
+        16
+    }
+}
+
+impl SizeHint for CollectionList {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + strings_words(&self.names)
+    }
+}
+
+impl SizeHint for Insert {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + row_batch_words(&self.rows)
+    }
+}
+
+impl SizeHint for Delete {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + pks_words(&self.pks)
+    }
+}
+
+impl SizeHint for MutationResult {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + pks_words(&self.pks)
+    }
+}
+
+impl SizeHint for Get {
+    fn hint_words(&self) -> usize {
+        get_words(self)
+    }
+}
+
+impl SizeHint for Search {
+    fn hint_words(&self) -> usize {
+        search_words(self)
+    }
+}
+
+impl SizeHint for SearchResults {
+    fn hint_words(&self) -> usize {
+        let hits = |h: &Hits| {
+            4 + pks_words(&h.pks) + h.scores.len().div_ceil(2) + columns_words(&h.columns)
+        };
+        SMALL_HINT + self.results.iter().map(hits).sum::<usize>()
+    }
+}
+
+impl SizeHint for FlushResult {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.segments.len()
+    }
+}
+
+impl SizeHint for ClusterStatus {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.nodes.len() * 32
+    }
+}
+
+impl SizeHint for DmlEntry {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT
+            + match self {
+                DmlEntry::Insert { rows, .. } => row_batch_words(rows),
+                DmlEntry::Delete { pks, .. } => pks_words(pks),
+            }
+    }
+}
+
+impl SizeHint for LoadSegments {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.segments.len() * 24 + self.lead_shards.len() * 8
+    }
+}
+
+impl SizeHint for ReleaseSegments {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.segments.len()
+    }
+}
+
+impl SizeHint for NodeSearch {
+    fn hint_words(&self) -> usize {
+        search_words(&self.search) + self.segments.len() + self.growing.len() * 8
+    }
+}
+
+impl SizeHint for NodeGet {
+    fn hint_words(&self) -> usize {
+        get_words(&self.get) + self.segments.len() + self.growing.len() * 8
+    }
+}
+
+impl SizeHint for GetResults {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + row_batch_words(&self.rows) + self.seqs.len()
+    }
+}
+
+impl SizeHint for Distribution {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.segments.len() * 32 + self.shards.len() * 8
+    }
+}
+
+/// `impl Wire for $ty` through the generated struct `cp::$module` and the `$put`/`$get`
+/// conversion functions.
+macro_rules! wire {
+    ($($ty:ident => $module:ident, $put:ident, $get:ident;)*) => {$(
+        impl Wire for $ty {
+            fn to_bytes(&self) -> Vec<u8> {
+                encode::<cp::$module::Owned>(self.hint_words(), |b| $put(self, b))
+            }
+
+            fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+                decode::<cp::$module::Owned, _>(bytes, stringify!($ty), $get)
+            }
+        }
+    )*};
+}
+
+wire! {
+    CreateCollection => create_collection, put_create_collection, get_create_collection;
+    CollectionName => collection_name, put_collection_name, get_collection_name;
+    Empty => empty, put_empty, get_empty;
+    CollectionList => collection_list, put_collection_list, get_collection_list;
+    CollectionDescription => collection_description, put_collection_description, get_collection_description;
+    CreateIndex => create_index, put_create_index, get_create_index;
+    Insert => insert, put_insert, get_insert;
+    Delete => delete, put_delete, get_delete;
+    MutationResult => mutation_result, put_mutation_result, get_mutation_result;
+    Get => get, put_get, get_get;
+    Search => search, put_search, get_search;
+    SearchResults => search_results, put_search_results, get_search_results;
+    FlushResult => flush_result, put_flush_result, get_flush_result;
+    ClusterStatus => cluster_status, put_cluster_status, get_cluster_status;
+    Alloc => alloc, put_alloc, get_alloc;
+    AllocRange => alloc_range, put_alloc_range, get_alloc_range;
+    DmlEntry => dml_entry, put_dml_entry, get_dml_entry;
+    SegmentFlushed => segment_flushed, put_segment_flushed, get_segment_flushed;
+    BuildIndex => build_index, put_build_index, get_build_index;
+    IndexBuilt => index_built, put_index_built, get_index_built;
+    LoadSegments => load_segments, put_load_segments, get_load_segments;
+    ReleaseSegments => release_segments, put_release_segments, get_release_segments;
+    NodeSearch => node_search, put_node_search, get_node_search;
+    NodeGet => node_get, put_node_get, get_node_get;
+    GetResults => get_results, put_get_results, get_get_results;
+    Distribution => distribution, put_distribution, get_distribution;
+    NodeStatus => node_status, put_node_status, get_node_status;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Debug;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn field(name: &str, data_type: DataType) -> FieldSchema {
+        FieldSchema {
+            name: name.to_string(),
+            data_type,
+            is_primary: data_type == DataType::Int64,
+            auto_id: data_type == DataType::Int64,
+            dim: if data_type == DataType::FloatVector {
+                4
+            } else {
+                0
+            },
+            max_length: if data_type == DataType::VarChar {
+                128
+            } else {
+                0
+            },
+            description: format!("the {name} field"),
+        }
+    }
+
+    fn schema() -> CollectionSchema {
+        CollectionSchema {
+            name: "docs".to_string(),
+            description: "documents — with unicode ✓".to_string(),
+            fields: vec![
+                field("id", DataType::Int64),
+                field("flag", DataType::Bool),
+                field("f", DataType::Float),
+                field("d", DataType::Double),
+                field("title", DataType::VarChar),
+                field("meta", DataType::Json),
+                field("emb", DataType::FloatVector),
+            ],
+            enable_dynamic_field: true,
+            num_shards: 3,
+        }
+    }
+
+    fn index_params(index_type: IndexType, metric: MetricType) -> IndexParams {
+        IndexParams {
+            index_type,
+            metric,
+            nlist: 128,
+            m: 16,
+            nbits: 8,
+            ef_construction: 200,
+        }
+    }
+
+    fn info(index: Option<IndexParams>) -> CollectionInfo {
+        CollectionInfo {
+            id: 42,
+            schema: schema(),
+            index,
+            created_ts: ts_compose(1_700_000_000_000, 7),
+        }
+    }
+
+    fn segment(id: SegmentId, index_path: Option<String>, state: SegmentState) -> SegmentInfo {
+        SegmentInfo {
+            id,
+            collection: 42,
+            shard: 2,
+            rows: 10_000,
+            start_seq: 5,
+            end_seq: 10_004,
+            data_path: format!("segments/42/{id}.data"),
+            index_path,
+            state,
+            mem_size: u64::MAX - 1,
+        }
+    }
+
+    fn all_scalars() -> Vec<ScalarValue> {
+        vec![
+            ScalarValue::Null,
+            ScalarValue::Bool(true),
+            ScalarValue::Bool(false),
+            ScalarValue::Int64(i64::MIN),
+            ScalarValue::Float(-1.5),
+            ScalarValue::Double(std::f64::consts::PI),
+            ScalarValue::VarChar("héllo".to_string()),
+            ScalarValue::VarChar(String::new()),
+            ScalarValue::Json(r#"{"a":[1,2]}"#.to_string()),
+        ]
+    }
+
+    fn pks() -> Vec<PrimaryKey> {
+        vec![
+            PrimaryKey::Int64(-7),
+            PrimaryKey::VarChar("key-1".to_string()),
+            PrimaryKey::Int64(i64::MAX),
+            PrimaryKey::VarChar(String::new()),
+        ]
+    }
+
+    fn rows() -> RowBatch {
+        let n = all_scalars().len();
+        RowBatch {
+            pks: (0..n as i64).map(PrimaryKey::Int64).collect(),
+            dim: 4,
+            vectors: (0..n * 4).map(|i| i as f32 * 0.25 - 3.0).collect(),
+            columns: vec![
+                Column {
+                    name: "mixed".to_string(),
+                    values: all_scalars(),
+                },
+                Column {
+                    name: "empty".to_string(),
+                    values: vec![],
+                },
+            ],
+            dynamic: (0..n).map(|i| format!(r#"{{"extra":{i}}}"#)).collect(),
+        }
+    }
+
+    fn get() -> Get {
+        Get {
+            collection: "docs".to_string(),
+            pks: pks(),
+            output_fields: vec!["title".to_string(), "meta".to_string()],
+            consistency: Consistency::Strong,
+        }
+    }
+
+    fn search(consistency: Consistency) -> Search {
+        Search {
+            collection: "docs".to_string(),
+            dim: 4,
+            vectors: vec![0.5, -0.5, 1e-30, f32::MAX, 1.0, 2.0, 3.0, f32::MIN_POSITIVE],
+            top_k: 10,
+            params: SearchParams { nprobe: 16, ef: 64 },
+            output_fields: vec!["title".to_string()],
+            consistency,
+        }
+    }
+
+    fn placement(shard: ShardId) -> ShardPlacement {
+        ShardPlacement {
+            shard,
+            leader: format!("qn-{shard}"),
+            sealed_seq: 99 + u64::from(shard),
+        }
+    }
+
+    fn node(role: Role, healthy: bool) -> NodeStatus {
+        NodeStatus {
+            node_id: format!("{}-1", role.as_str()),
+            role,
+            host: "10.0.0.1".to_string(),
+            pid: 4242,
+            healthy,
+            mem_used: 1 << 30,
+            mem_capacity: 8 << 30,
+            segments: 12,
+            restarts: 1,
+            started_ms: 1_700_000_000_000,
+            heartbeat_ms: 1_700_000_001_000,
+            detail: if healthy {
+                String::new()
+            } else {
+                "lagging".to_string()
+            },
+        }
+    }
+
+    /// Round-trips `value`, checks single-segment framing, and decodes from an unaligned copy.
+    fn rt<T: Wire + PartialEq + Debug>(value: &T) -> Vec<u8> {
+        let bytes = value.to_bytes();
+        assert_eq!(&bytes[..4], &[0, 0, 0, 0], "expected a single segment");
+        let back = T::from_bytes(&bytes).unwrap();
+        assert_eq!(&back, value);
+        let mut unaligned = vec![0u8; bytes.len() + 1];
+        unaligned[1..].copy_from_slice(&bytes);
+        assert_eq!(&T::from_bytes(&unaligned[1..]).unwrap(), value);
+        bytes
+    }
+
+    /// Every bus message type, with varied values; returns their encodings.
+    #[allow(clippy::vec_init_then_push)]
+    fn all_encodings() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        out.push(rt(&CreateCollection { schema: schema() }));
+        out.push(rt(&CreateCollection {
+            schema: CollectionSchema {
+                name: String::new(),
+                description: String::new(),
+                fields: vec![],
+                enable_dynamic_field: false,
+                num_shards: 0,
+            },
+        }));
+        out.push(rt(&CollectionName {
+            name: "docs".to_string(),
+        }));
+        out.push(rt(&Empty {}));
+        out.push(rt(&CollectionList {
+            names: vec!["a".to_string(), String::new(), "c".to_string()],
+        }));
+        out.push(rt(&CollectionList { names: vec![] }));
+        out.push(rt(&CollectionDescription {
+            info: info(Some(index_params(IndexType::Hnsw, MetricType::Cosine))),
+            num_rows: 1_000_000,
+            sealed_segments: 9,
+        }));
+        out.push(rt(&CollectionDescription {
+            info: info(None),
+            num_rows: 0,
+            sealed_segments: 0,
+        }));
+        for (t, m) in [
+            (IndexType::Flat, MetricType::L2),
+            (IndexType::IvfFlat, MetricType::Ip),
+            (IndexType::IvfSq8, MetricType::Cosine),
+            (IndexType::IvfPq, MetricType::L2),
+            (IndexType::Hnsw, MetricType::Ip),
+        ] {
+            out.push(rt(&CreateIndex {
+                collection: "docs".to_string(),
+                params: index_params(t, m),
+            }));
+        }
+        out.push(rt(&Insert {
+            collection: "docs".to_string(),
+            rows: rows(),
+        }));
+        out.push(rt(&Insert {
+            collection: "docs".to_string(),
+            rows: RowBatch::default(),
+        }));
+        out.push(rt(&Delete {
+            collection: "docs".to_string(),
+            pks: pks(),
+        }));
+        out.push(rt(&Delete {
+            collection: "docs".to_string(),
+            pks: vec![],
+        }));
+        out.push(rt(&MutationResult {
+            pks: pks(),
+            timestamp: 123 << TS_LOGICAL_BITS,
+        }));
+        out.push(rt(&get()));
+        for c in [
+            Consistency::Strong,
+            Consistency::Bounded,
+            Consistency::Eventually,
+        ] {
+            out.push(rt(&search(c)));
+            out.push(rt(&Get {
+                consistency: c,
+                ..get()
+            }));
+        }
+        out.push(rt(&SearchResults {
+            results: vec![
+                Hits {
+                    pks: pks(),
+                    scores: vec![0.1, 0.2, 0.3, 0.4],
+                    columns: vec![Column {
+                        name: "title".to_string(),
+                        values: all_scalars()[..4].to_vec(),
+                    }],
+                },
+                Hits::default(),
+            ],
+        }));
+        out.push(rt(&SearchResults::default()));
+        out.push(rt(&FlushResult {
+            segments: vec![1, 2, u64::MAX],
+        }));
+        out.push(rt(&FlushResult { segments: vec![] }));
+        out.push(rt(&ClusterStatus {
+            cluster: "prod".to_string(),
+            nodes: Role::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| node(*r, i % 2 == 0))
+                .collect(),
+        }));
+        out.push(rt(&Alloc { count: 1000 }));
+        out.push(rt(&AllocRange {
+            start: u64::MAX - 5,
+            count: 5,
+        }));
+        out.push(rt(&DmlEntry::Insert {
+            timestamp: 77,
+            rows: rows(),
+        }));
+        out.push(rt(&DmlEntry::Insert {
+            timestamp: 0,
+            rows: RowBatch::default(),
+        }));
+        out.push(rt(&DmlEntry::Delete {
+            timestamp: 78,
+            pks: pks(),
+        }));
+        out.push(rt(&DmlEntry::Delete {
+            timestamp: 79,
+            pks: vec![],
+        }));
+        out.push(rt(&SegmentFlushed {
+            segment: segment(1, None, SegmentState::Flushed),
+        }));
+        out.push(rt(&BuildIndex {
+            segment: segment(2, Some("idx/2".to_string()), SegmentState::Indexed),
+            params: index_params(IndexType::IvfPq, MetricType::L2),
+            dim: 384,
+        }));
+        out.push(rt(&IndexBuilt {
+            segment: 2,
+            collection: 42,
+            index_path: "idx/2".to_string(),
+            build_ms: 1234,
+        }));
+        out.push(rt(&LoadSegments {
+            collection: info(Some(index_params(IndexType::IvfFlat, MetricType::Ip))),
+            segments: vec![
+                segment(1, None, SegmentState::Flushed),
+                segment(2, Some(String::new()), SegmentState::Dropped),
+            ],
+            lead_shards: vec![placement(0), placement(1)],
+        }));
+        out.push(rt(&LoadSegments {
+            collection: info(None),
+            segments: vec![],
+            lead_shards: vec![],
+        }));
+        out.push(rt(&ReleaseSegments {
+            collection: 42,
+            segments: vec![1, 2],
+            all: false,
+        }));
+        out.push(rt(&ReleaseSegments {
+            collection: 42,
+            segments: vec![],
+            all: true,
+        }));
+        out.push(rt(&NodeSearch {
+            collection: 42,
+            search: search(Consistency::Bounded),
+            segments: vec![3, 4],
+            growing: vec![placement(0)],
+            guarantee_ts: 555,
+        }));
+        out.push(rt(&NodeGet {
+            collection: 42,
+            get: get(),
+            segments: vec![],
+            growing: vec![placement(1), placement(2)],
+            guarantee_ts: 0,
+        }));
+        out.push(rt(&GetResults { rows: rows(), seqs: vec![1, 2, u64::MAX] }));
+        out.push(rt(&GetResults {
+            rows: RowBatch::default(),
+            seqs: Vec::new(),
+        }));
+        out.push(rt(&Distribution {
+            collection: info(Some(index_params(IndexType::Flat, MetricType::L2))),
+            shards: vec![placement(0), placement(1)],
+            segments: vec![SegmentPlacement {
+                segment: segment(5, Some("idx/5".to_string()), SegmentState::Indexed),
+                nodes: vec!["qn-0".to_string(), "qn-1".to_string()],
+            }],
+            version: 17,
+        }));
+        for (i, r) in Role::ALL.into_iter().enumerate() {
+            out.push(rt(&node(r, i % 2 == 1)));
+        }
+        out
+    }
+
+    #[test]
+    fn round_trips_every_message_type() {
+        assert!(all_encodings().len() > 40);
+    }
+
+    /// Decodes `bytes` as every message type, returning how many succeeded. Must not panic.
+    fn decode_as_all(bytes: &[u8]) -> Vec<Result<(), DecodeError>> {
+        fn one<T: Wire>(bytes: &[u8]) -> Result<(), DecodeError> {
+            T::from_bytes(bytes).map(|_| ())
+        }
+        vec![
+            one::<CreateCollection>(bytes),
+            one::<CollectionName>(bytes),
+            one::<Empty>(bytes),
+            one::<CollectionList>(bytes),
+            one::<CollectionDescription>(bytes),
+            one::<CreateIndex>(bytes),
+            one::<Insert>(bytes),
+            one::<Delete>(bytes),
+            one::<MutationResult>(bytes),
+            one::<Get>(bytes),
+            one::<Search>(bytes),
+            one::<SearchResults>(bytes),
+            one::<FlushResult>(bytes),
+            one::<ClusterStatus>(bytes),
+            one::<Alloc>(bytes),
+            one::<AllocRange>(bytes),
+            one::<DmlEntry>(bytes),
+            one::<SegmentFlushed>(bytes),
+            one::<BuildIndex>(bytes),
+            one::<IndexBuilt>(bytes),
+            one::<LoadSegments>(bytes),
+            one::<ReleaseSegments>(bytes),
+            one::<NodeSearch>(bytes),
+            one::<NodeGet>(bytes),
+            one::<GetResults>(bytes),
+            one::<Distribution>(bytes),
+            one::<NodeStatus>(bytes),
+        ]
+    }
+
+    #[test]
+    fn empty_garbage_and_truncated_input_is_an_error() {
+        let garbage: [&[u8]; 5] = [
+            b"",
+            b"\x00",
+            b"garbage!",
+            b"garbage!garbage!garbage!",
+            &[0xff; 64],
+        ];
+        for bytes in garbage {
+            for result in decode_as_all(bytes) {
+                assert!(result.is_err(), "{bytes:?} decoded");
+            }
+        }
+
+        let err = Insert::from_bytes(b"").unwrap_err();
+        let DecodeError::Malformed {
+            message_type,
+            reason,
+        } = &err;
+        assert_eq!(*message_type, "Insert");
+        assert!(reason.contains("empty"), "{reason}");
+        assert!(err.to_string().contains("Insert"), "{err}");
+
+        let bytes = Insert {
+            collection: "docs".to_string(),
+            rows: rows(),
+        }
+        .to_bytes();
+        for len in 0..bytes.len() {
+            let err = Insert::from_bytes(&bytes[..len]).unwrap_err();
+            assert!(!err.to_string().is_empty());
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0; 8]);
+        let err = Insert::from_bytes(&longer).unwrap_err().to_string();
+        assert!(err.contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_and_utf8_name_the_field() {
+        // Get's data section holds only `consistency` (UInt16 at offset 0, stored XOR the
+        // default): segment table (8 bytes), root pointer (8 bytes), then the data section.
+        let mut bytes = get().to_bytes();
+        bytes[16] = 0xc8;
+        bytes[17] = 0x00;
+        let err = Get::from_bytes(&bytes).unwrap_err().to_string();
+        assert!(err.contains("consistency"), "{err}");
+
+        let mut bytes = CollectionName {
+            name: "abc".to_string(),
+        }
+        .to_bytes();
+        let at = bytes.windows(3).position(|w| w == b"abc").unwrap();
+        bytes[at] = 0xff;
+        let err = CollectionName::from_bytes(&bytes).unwrap_err().to_string();
+        assert!(err.contains("name") && err.contains("UTF-8"), "{err}");
+
+        let mut bytes = Insert {
+            collection: "c".to_string(),
+            rows: RowBatch {
+                columns: vec![Column {
+                    name: "n".into(),
+                    values: all_scalars(),
+                }],
+                ..RowBatch::default()
+            },
+        }
+        .to_bytes();
+        let needle = "héllo".as_bytes();
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        bytes[at + 1] = 0xff;
+        let err = Insert::from_bytes(&bytes).unwrap_err().to_string();
+        assert!(err.contains("rows.columns[0].values[6].varChar"), "{err}");
+    }
+
+    #[test]
+    fn corrupted_input_never_panics() {
+        let encodings = all_encodings();
+        for bytes in &encodings {
+            for i in 0..bytes.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut corrupt = bytes.clone();
+                    corrupt[i] ^= flip;
+                    let _ = decode_as_all(&corrupt);
+                }
+            }
+        }
+        // Random bodies behind a plausible single-segment header exercise pointer decoding.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let words = (next() % 32) as usize;
+            let mut bytes = vec![0u8; 8 + words * 8];
+            bytes[4..8].copy_from_slice(&(words as u32).to_le_bytes());
+            for chunk in bytes[8..].chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_le_bytes());
+            }
+            let _ = decode_as_all(&bytes);
+        }
+    }
+
+    #[test]
+    fn underestimated_size_is_still_one_segment() {
+        let long = "n".repeat(200);
+        let distribution = Distribution {
+            collection: info(None),
+            shards: vec![],
+            segments: (0..50)
+                .map(|i| SegmentPlacement {
+                    segment: segment(i, Some(long.clone()), SegmentState::Indexed),
+                    nodes: vec![long.clone(); 20],
+                })
+                .collect(),
+            version: 1,
+        };
+        rt(&distribution);
+    }
+
+    #[test]
+    fn big_insert_timing() {
+        let (n, dim) = (1000usize, 384usize);
+        let insert = Insert {
+            collection: "docs".to_string(),
+            rows: RowBatch {
+                pks: (0..n as i64).map(PrimaryKey::Int64).collect(),
+                dim: dim as u32,
+                vectors: (0..n * dim).map(|i| (i % 1000) as f32 / 1000.0).collect(),
+                columns: vec![Column {
+                    name: "title".to_string(),
+                    values: (0..n)
+                        .map(|i| ScalarValue::VarChar(format!("doc {i}")))
+                        .collect(),
+                }],
+                dynamic: vec![],
+            },
+        };
+        let bytes = rt(&insert);
+        let iterations = 20;
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let bytes = insert.to_bytes();
+            std::hint::black_box(&bytes);
+        }
+        let encode = start.elapsed() / iterations;
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let back = Insert::from_bytes(&bytes).unwrap();
+            std::hint::black_box(&back);
+        }
+        let decode = start.elapsed() / iterations;
+        println!(
+            "insert {n}x{dim}: {} bytes, encode {encode:?}, decode {decode:?}",
+            bytes.len()
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! Plain Rust types carried on the bus. Actors work on these; `codec` turns them into
+//! Cap'n Proto bytes and back. Metadata stored in NATS KV uses their serde form.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub type CollectionId = u64;
+pub type SegmentId = u64;
+pub type ShardId = u32;
+/// Hybrid timestamp from the coordinator's TSO: physical milliseconds << 18 | logical counter.
+pub type Timestamp = u64;
+/// JetStream stream sequence of a DML message within its shard stream.
+pub type Seq = u64;
+
+/// Bits reserved for the logical part of a hybrid timestamp.
+pub const TS_LOGICAL_BITS: u32 = 18;
+
+/// The physical (wall clock, ms since the epoch) part of a hybrid timestamp.
+pub fn ts_physical_ms(ts: Timestamp) -> u64 {
+    ts >> TS_LOGICAL_BITS
+}
+
+/// Builds a hybrid timestamp from wall-clock milliseconds and a logical counter.
+pub fn ts_compose(physical_ms: u64, logical: u64) -> Timestamp {
+    (physical_ms << TS_LOGICAL_BITS) | (logical & ((1 << TS_LOGICAL_BITS) - 1))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataType {
+    Bool,
+    Int64,
+    Float,
+    Double,
+    VarChar,
+    Json,
+    FloatVector,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldSchema {
+    pub name: String,
+    pub data_type: DataType,
+    pub is_primary: bool,
+    /// Primary key values are allocated by Quiver (int64 keys only).
+    pub auto_id: bool,
+    /// Vector dimension (FloatVector only).
+    pub dim: u32,
+    /// Maximum length in bytes (VarChar only; 0 = default 65535).
+    pub max_length: u32,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionSchema {
+    pub name: String,
+    pub description: String,
+    pub fields: Vec<FieldSchema>,
+    /// Keys not in the schema are kept in a dynamic JSON field.
+    pub enable_dynamic_field: bool,
+    /// Number of shards (DML channels); 0 means the configured default.
+    pub num_shards: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetricType {
+    L2,
+    Ip,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexType {
+    Flat,
+    IvfFlat,
+    IvfSq8,
+    IvfPq,
+    Hnsw,
+}
+
+/// How the vectors of sealed segments are indexed. Unused parameters are ignored by the type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexParams {
+    pub index_type: IndexType,
+    pub metric: MetricType,
+    /// IVF: number of lists.
+    pub nlist: u32,
+    /// IVF_PQ: number of sub-quantizers; HNSW: graph degree M.
+    pub m: u32,
+    /// IVF_PQ: bits per code.
+    pub nbits: u32,
+    /// HNSW: efConstruction.
+    pub ef_construction: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the request.
+    Strong,
+    /// Sees writes older than the configured staleness bound (the default, as in Milvus).
+    #[default]
+    Bounded,
+    /// Serves whatever the node has.
+    Eventually,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd, Serialize, Deserialize)]
+pub enum ScalarValue {
+    Null,
+    Bool(bool),
+    Int64(i64),
+    Float(f32),
+    Double(f64),
+    VarChar(String),
+    /// A JSON document, serialized.
+    Json(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PrimaryKey {
+    Int64(i64),
+    VarChar(String),
+}
+
+/// A named column of scalar values, one per row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub values: Vec<ScalarValue>,
+}
+
+/// Rows in columnar form. `vectors` is `rows × dim` floats, row-major.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RowBatch {
+    /// Empty when the collection allocates ids and the batch comes from a client.
+    pub pks: Vec<PrimaryKey>,
+    pub dim: u32,
+    pub vectors: Vec<f32>,
+    pub columns: Vec<Column>,
+    /// Dynamic-field JSON object per row (empty when the collection has none).
+    pub dynamic: Vec<String>,
+}
+
+impl RowBatch {
+    /// Number of rows, taken from whichever part is present.
+    pub fn num_rows(&self) -> usize {
+        if self.dim > 0 && !self.vectors.is_empty() {
+            self.vectors.len() / self.dim as usize
+        } else {
+            self.pks.len()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    pub id: CollectionId,
+    pub schema: CollectionSchema,
+    pub index: Option<IndexParams>,
+    pub created_ts: Timestamp,
+}
+
+impl CollectionInfo {
+    pub fn vector_field(&self) -> Option<&FieldSchema> {
+        self.schema.fields.iter().find(|f| f.data_type == DataType::FloatVector)
+    }
+    pub fn primary_field(&self) -> Option<&FieldSchema> {
+        self.schema.fields.iter().find(|f| f.is_primary)
+    }
+    pub fn dim(&self) -> u32 {
+        self.vector_field().map(|f| f.dim).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SegmentState {
+    /// Flushed to the object store, no index yet (served by brute force).
+    Flushed,
+    /// Flushed and indexed.
+    Indexed,
+    /// Replaced or dropped; kept for reference until garbage-collected.
+    Dropped,
+}
+
+/// A sealed segment: rows of one shard between two log positions, stored in the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    pub collection: CollectionId,
+    pub shard: ShardId,
+    pub rows: u64,
+    /// First and last stream sequence covered (inclusive).
+    pub start_seq: Seq,
+    pub end_seq: Seq,
+    /// Object-store path of the segment data.
+    pub data_path: String,
+    /// Object-store path of the index, once built.
+    pub index_path: Option<String>,
+    pub state: SegmentState,
+    /// Approximate bytes in memory when loaded.
+    pub mem_size: u64,
+}
+
+/// Where a sealed segment is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentPlacement {
+    pub segment: SegmentInfo,
+    pub nodes: Vec<String>,
+}
+
+/// Where a shard's growing data is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    pub shard: ShardId,
+    pub leader: String,
+    /// Highest sequence covered by a sealed segment that is being served.
+    pub sealed_seq: Seq,
+}
+
+/// The serving layout of one collection, as the coordinator knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distribution {
+    pub collection: CollectionInfo,
+    pub shards: Vec<ShardPlacement>,
+    pub segments: Vec<SegmentPlacement>,
+    /// Bumped on every change, so caches can tell they are stale.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Coordinator,
+    Proxy,
+    DataNode,
+    IndexNode,
+    QueryNode,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] =
+        [Role::Coordinator, Role::Proxy, Role::DataNode, Role::IndexNode, Role::QueryNode];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Proxy => "proxy",
+            Role::DataNode => "datanode",
+            Role::IndexNode => "indexnode",
+            Role::QueryNode => "querynode",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What a node publishes in the registry with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub role: Role,
+    pub host: String,
+    pub pid: u32,
+    pub healthy: bool,
+    /// Resident memory of the process, bytes.
+    pub mem_used: u64,
+    /// Memory budget for this node, bytes.
+    pub mem_capacity: u64,
+    pub segments: u32,
+    pub restarts: u32,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+    pub detail: String,
+}
+
+/// Search-time knobs. Zero means the index's default.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct SearchParams {
+    pub nprobe: u32,
+    pub ef: u32,
+}
+
+/// One query's hits, best first.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Hits {
+    pub pks: Vec<PrimaryKey>,
+    pub scores: Vec<f32>,
+    /// Requested output fields, one value per hit.
+    pub columns: Vec<Column>,
+}
+
+// ---- API (client → proxy) ----
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateCollection {
+    pub schema: CollectionSchema,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionName {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionList {
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionDescription {
+    pub info: CollectionInfo,
+    pub num_rows: u64,
+    pub sealed_segments: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateIndex {
+    pub collection: String,
+    pub params: IndexParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Insert {
+    pub collection: String,
+    pub rows: RowBatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delete {
+    pub collection: String,
+    pub pks: Vec<PrimaryKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutationResult {
+    /// Primary keys written (inserts) or targeted (deletes).
+    pub pks: Vec<PrimaryKey>,
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Get {
+    pub collection: String,
+    pub pks: Vec<PrimaryKey>,
+    pub output_fields: Vec<String>,
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Search {
+    pub collection: String,
+    pub dim: u32,
+    /// `nq × dim` floats.
+    pub vectors: Vec<f32>,
+    pub top_k: u32,
+    pub params: SearchParams,
+    pub output_fields: Vec<String>,
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub results: Vec<Hits>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushResult {
+    pub segments: Vec<SegmentId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub nodes: Vec<NodeStatus>,
+}
+
+// ---- internal ----
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alloc {
+    pub count: u64,
+}
+
+/// `count` consecutive values starting at `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocRange {
+    pub start: u64,
+    pub count: u64,
+}
+
+/// A DML log entry (one JetStream message on a shard subject).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DmlEntry {
+    Insert { timestamp: Timestamp, rows: RowBatch },
+    Delete { timestamp: Timestamp, pks: Vec<PrimaryKey> },
+}
+
+/// Data node → coordinator: a segment was sealed and written to the object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentFlushed {
+    pub segment: SegmentInfo,
+}
+
+/// Coordinator → index node: build the index of one segment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildIndex {
+    pub segment: SegmentInfo,
+    pub params: IndexParams,
+    pub dim: u32,
+}
+
+/// Index node → coordinator: an index is built and stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexBuilt {
+    pub segment: SegmentId,
+    pub collection: CollectionId,
+    pub index_path: String,
+    pub build_ms: u64,
+}
+
+/// Coordinator → query node: serve these sealed segments and lead these shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadSegments {
+    pub collection: CollectionInfo,
+    pub segments: Vec<SegmentInfo>,
+    /// Shards whose growing data this node serves, with the sealed position to stream after.
+    pub lead_shards: Vec<ShardPlacement>,
+}
+
+/// Coordinator → query node: stop serving these segments (and shards).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseSegments {
+    pub collection: CollectionId,
+    pub segments: Vec<SegmentId>,
+    /// Release the whole collection, growing data included.
+    pub all: bool,
+}
+
+/// Proxy → query node: one node's share of a search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSearch {
+    pub collection: CollectionId,
+    pub search: Search,
+    pub segments: Vec<SegmentId>,
+    /// Shards whose growing rows (after the given sealed sequence) this node must search.
+    pub growing: Vec<ShardPlacement>,
+    /// The node must have applied every log entry with a timestamp ≤ this before searching (0 = no wait).
+    pub guarantee_ts: Timestamp,
+}
+
+/// Proxy → query node: one node's share of a get-by-key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGet {
+    pub collection: CollectionId,
+    pub get: Get,
+    pub segments: Vec<SegmentId>,
+    pub growing: Vec<ShardPlacement>,
+    pub guarantee_ts: Timestamp,
+}
+
+/// A get-by-key answer: rows found, in columnar form, primary keys in `rows.pks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetResults {
+    pub rows: RowBatch,
+    /// Log position that wrote each row (so the latest version of a key wins).
+    pub seqs: Vec<Seq>,
+}
+
+/// Parameters by name, for the CLI and error messages.
+pub type Params = BTreeMap<String, String>;

@@ -1,0 +1,196 @@
+//! Rust client for Quiver over NATS. Talks only to the public API subjects
+//! (`quiver.<cluster>.api.<method>`), which every proxy serves in one queue group, so a client
+//! needs no load balancer: NATS picks a proxy per request.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quiver_client::ClientError> {
+//! use quiver_client::{Client, schema};
+//! let client = Client::connect("nats://127.0.0.1:4222", "quiver").await?;
+//! client.create_collection(schema::simple("docs", 384)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod schema;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+pub use quiver_schemas::*;
+use quiver_schemas::status::{Code, HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS};
+
+/// What a call can fail with. `Unavailable` and `Timeout` are worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("server error: {0}")]
+    Internal(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("malformed reply: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl ClientError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_) | ClientError::Timeout(_))
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A connection to a Quiver cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    cluster: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to the cluster `cluster` through the NATS server(s) at `url` (comma separated).
+    pub async fn connect(url: &str, cluster: &str) -> Result<Client> {
+        let nats = async_nats::ConnectOptions::new()
+            .name("quiver-client")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+        Ok(Client { nats, cluster: cluster.to_string(), timeout: Duration::from_secs(60) })
+    }
+
+    /// Sets the per-call deadline (default 60 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The largest message the NATS server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.nats.server_info().max_payload
+    }
+
+    /// Sends raw bytes to an API method (tests use it to send malformed messages).
+    pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Bytes> {
+        let subject = format!("quiver.{}.api.{method}", self.cluster);
+        let mut headers = HeaderMap::new();
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + self.timeout.as_millis() as u64;
+        headers.insert(HEADER_DEADLINE, deadline.to_string().as_str());
+        let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
+        let msg = self.nats.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                ClientError::Unavailable(format!("no proxy serves {subject}: is Quiver running with cluster name {:?}?", self.cluster))
+            }
+            async_nats::RequestErrorKind::TimedOut => ClientError::Timeout(format!("{method} after {:?}", self.timeout)),
+            _ => ClientError::Unavailable(format!("{method}: {e}")),
+        })?;
+        if let Some(h) = &msg.headers {
+            if let Some(status) = h.get(HEADER_STATUS) {
+                let text = h.get(HEADER_ERROR).map(|v| v.as_str().to_string()).unwrap_or_default();
+                return Err(match Code::from_u16(status.as_str().parse().unwrap_or(6)) {
+                    Code::InvalidArgument => ClientError::InvalidArgument(text),
+                    Code::NotFound => ClientError::NotFound(text),
+                    Code::AlreadyExists => ClientError::AlreadyExists(text),
+                    Code::Unavailable | Code::Stale => ClientError::Unavailable(text),
+                    Code::Timeout => ClientError::Timeout(text),
+                    Code::Internal => ClientError::Internal(text),
+                });
+            }
+        }
+        Ok(msg.payload)
+    }
+
+    async fn call<Req: Wire, Resp: Wire>(&self, method: &str, req: &Req) -> Result<Resp> {
+        let bytes = self.call_raw(method, req.to_bytes()).await?;
+        Ok(Resp::from_bytes(&bytes)?)
+    }
+
+    pub async fn create_collection(&self, schema: CollectionSchema) -> Result<()> {
+        self.call::<_, Empty>("create_collection", &CreateCollection { schema }).await.map(|_| ())
+    }
+
+    pub async fn drop_collection(&self, name: &str) -> Result<()> {
+        self.call::<_, Empty>("drop_collection", &CollectionName { name: name.into() }).await.map(|_| ())
+    }
+
+    pub async fn describe_collection(&self, name: &str) -> Result<CollectionDescription> {
+        self.call("describe_collection", &CollectionName { name: name.into() }).await
+    }
+
+    pub async fn list_collections(&self) -> Result<Vec<String>> {
+        self.call::<_, CollectionList>("list_collections", &Empty {}).await.map(|l| l.names)
+    }
+
+    pub async fn create_index(&self, collection: &str, params: IndexParams) -> Result<()> {
+        self.call::<_, Empty>("create_index", &CreateIndex { collection: collection.into(), params }).await.map(|_| ())
+    }
+
+    /// Inserts rows; acknowledged once they are durable in the log. Batches larger than the
+    /// server's message limit are sent as several requests (each atomic on its own).
+    pub async fn insert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
+        let n = rows.num_rows();
+        let row_bytes = rows.dim as usize * 4 + 128;
+        let per_call = ((self.max_payload().saturating_sub(64 * 1024)) / row_bytes.max(1)).max(1);
+        if n <= per_call {
+            return self.call("insert", &Insert { collection: collection.into(), rows }).await;
+        }
+        let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0 };
+        let mut start = 0;
+        while start < n {
+            let end = (start + per_call).min(n);
+            let part = schema::slice_rows(&rows, start, end);
+            let res: MutationResult = self.call("insert", &Insert { collection: collection.into(), rows: part }).await?;
+            out.pks.extend(res.pks);
+            out.timestamp = res.timestamp;
+            start = end;
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, collection: &str, pks: Vec<PrimaryKey>) -> Result<MutationResult> {
+        self.call("delete", &Delete { collection: collection.into(), pks }).await
+    }
+
+    pub async fn get(
+        &self,
+        collection: &str,
+        pks: Vec<PrimaryKey>,
+        output_fields: Vec<String>,
+        consistency: Consistency,
+    ) -> Result<GetResults> {
+        self.call("get", &Get { collection: collection.into(), pks, output_fields, consistency }).await
+    }
+
+    pub async fn search(&self, search: &Search) -> Result<SearchResults> {
+        self.call("search", search).await
+    }
+
+    /// Seals and persists everything inserted so far.
+    pub async fn flush(&self, collection: &str) -> Result<FlushResult> {
+        self.call("flush", &CollectionName { name: collection.into() }).await
+    }
+
+    /// Where each segment and shard of a collection is served.
+    pub async fn distribution(&self, collection: &str) -> Result<Distribution> {
+        self.call("distribution", &CollectionName { name: collection.into() }).await
+    }
+
+    /// Every live node with its role, health, memory, segments and restarts.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        self.call("status", &Empty {}).await
+    }
+}

@@ -1,0 +1,391 @@
+//! The command-line client: `quiver ctl …`, `quiver load`, `quiver search`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use quiver_client::schema;
+use quiver_client::{
+    Client, Consistency, DataType, IndexParams, IndexType, MetricType, PrimaryKey, ScalarValue, SearchParams,
+};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// NATS URL of the cluster.
+    #[arg(long, env = "QUIVER_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// Cluster name.
+    #[arg(long, env = "QUIVER_CLUSTER", default_value = "quiver")]
+    pub cluster: String,
+}
+
+impl Conn {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let client = tokio::time::timeout(Duration::from_secs(10), Client::connect(&self.url, &self.cluster))
+            .await
+            .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
+        Ok(client)
+    }
+}
+
+#[derive(Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Nodes, roles, health, memory, segments and restarts.
+    Status,
+    /// List collections.
+    Collections,
+    /// Create a collection: Int64 key `id`, vector field `vector`, dynamic fields on.
+    Create {
+        name: String,
+        #[arg(long)]
+        dim: u32,
+        #[arg(long, default_value_t = 0)]
+        shards: u32,
+    },
+    /// Show a collection's schema, index and row count.
+    Describe { name: String },
+    /// Drop a collection and its data.
+    Drop { name: String },
+    /// Seal and persist everything inserted so far.
+    Flush { name: String },
+    /// Define the index of a collection (built for every sealed segment).
+    Index(IndexArgs),
+    /// Where each segment and shard of a collection is served.
+    Segments { name: String },
+}
+
+#[derive(Args, Clone)]
+pub struct IndexArgs {
+    pub name: String,
+    /// FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW.
+    #[arg(long = "type", default_value = "HNSW")]
+    pub index_type: String,
+    /// L2, IP or COSINE.
+    #[arg(long, default_value = "IP")]
+    pub metric: String,
+    #[arg(long, default_value_t = 0)]
+    pub nlist: u32,
+    /// PQ sub-quantizers or HNSW M.
+    #[arg(long, default_value_t = 0)]
+    pub m: u32,
+    #[arg(long, default_value_t = 0)]
+    pub nbits: u32,
+    #[arg(long, default_value_t = 0)]
+    pub ef_construction: u32,
+}
+
+pub fn parse_index(a: &IndexArgs) -> anyhow::Result<IndexParams> {
+    let index_type = match a.index_type.to_ascii_uppercase().as_str() {
+        "FLAT" => IndexType::Flat,
+        "IVF_FLAT" => IndexType::IvfFlat,
+        "IVF_SQ8" => IndexType::IvfSq8,
+        "IVF_PQ" => IndexType::IvfPq,
+        "HNSW" | "AUTOINDEX" => IndexType::Hnsw,
+        other => anyhow::bail!("unknown index type {other:?}: use FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW"),
+    };
+    Ok(IndexParams {
+        index_type,
+        metric: parse_metric(&a.metric)?,
+        nlist: a.nlist,
+        m: a.m,
+        nbits: a.nbits,
+        ef_construction: a.ef_construction,
+    })
+}
+
+pub fn parse_metric(s: &str) -> anyhow::Result<MetricType> {
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "L2" => MetricType::L2,
+        "IP" => MetricType::Ip,
+        "COSINE" => MetricType::Cosine,
+        other => anyhow::bail!("unknown metric {other:?}: use L2, IP or COSINE"),
+    })
+}
+
+fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "strong" => Consistency::Strong,
+        "bounded" => Consistency::Bounded,
+        "eventually" => Consistency::Eventually,
+        other => anyhow::bail!("unknown consistency {other:?}: use strong, bounded or eventually"),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
+    runtime()?.block_on(async move {
+        let client = args.conn.connect().await?;
+        match args.command {
+            CtlCommand::Status => print_status(&client).await?,
+            CtlCommand::Collections => {
+                for name in client.list_collections().await? {
+                    println!("{name}");
+                }
+            }
+            CtlCommand::Create { name, dim, shards } => {
+                let mut s = schema::simple(&name, dim);
+                s.num_shards = shards;
+                client.create_collection(s).await?;
+                println!("created {name}");
+            }
+            CtlCommand::Describe { name } => {
+                let d = client.describe_collection(&name).await?;
+                println!("collection {} (id {})", d.info.schema.name, d.info.id);
+                println!("  shards: {}  sealed segments: {}  sealed rows: {}", d.info.schema.num_shards, d.sealed_segments, d.num_rows);
+                for f in &d.info.schema.fields {
+                    let extra = match f.data_type {
+                        DataType::FloatVector => format!(" dim={}", f.dim),
+                        DataType::VarChar => format!(" max_length={}", f.max_length),
+                        _ => String::new(),
+                    };
+                    let pk = if f.is_primary { if f.auto_id { " primary auto_id" } else { " primary" } } else { "" };
+                    println!("  {:<20} {:?}{extra}{pk}", f.name, f.data_type);
+                }
+                match &d.info.index {
+                    Some(i) => println!("  index: {:?} {:?} nlist={} m={} nbits={} efConstruction={}", i.index_type, i.metric, i.nlist, i.m, i.nbits, i.ef_construction),
+                    None => println!("  index: none (brute force)"),
+                }
+            }
+            CtlCommand::Drop { name } => {
+                client.drop_collection(&name).await?;
+                println!("dropped {name}");
+            }
+            CtlCommand::Flush { name } => {
+                let r = client.flush(&name).await?;
+                println!("flushed {name}: {} new sealed segments {:?}", r.segments.len(), r.segments);
+            }
+            CtlCommand::Index(a) => {
+                client.create_index(&a.name, parse_index(&a)?).await?;
+                println!("index defined on {}; sealed segments are being indexed", a.name);
+            }
+            CtlCommand::Segments { name } => {
+                let d = client.distribution(&name).await?;
+                println!("{:<8} {:<6} {:>9} {:>18} {:<9} NODES", "SEGMENT", "SHARD", "ROWS", "LOG RANGE", "STATE");
+                for s in &d.segments {
+                    let seg = &s.segment;
+                    println!("{:<8} {:<6} {:>9} {:>18} {:<9} {}", seg.id, seg.shard, seg.rows,
+                        format!("{}..{}", seg.start_seq, seg.end_seq), format!("{:?}", seg.state), s.nodes.join(","));
+                }
+                for s in &d.shards {
+                    println!("shard {} leader {} (growing after log position {})", s.shard, s.leader, s.sealed_seq);
+                }
+            }
+        }
+        Ok(0)
+    })
+}
+
+async fn print_status(client: &Client) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    let now = quiver_runtime::bus::now_ms();
+    println!("cluster {}: {} nodes", status.cluster, status.nodes.len());
+    println!(
+        "{:<28} {:<12} {:<8} {:>8} {:<10} {:>11} {:>9} {:>8} {:>7}  DETAIL",
+        "NODE", "ROLE", "HOST", "PID", "HEALTH", "MEMORY", "SEGMENTS", "RESTARTS", "UPTIME"
+    );
+    for n in &status.nodes {
+        let uptime = Duration::from_secs(now.saturating_sub(n.started_ms) / 1000);
+        println!(
+            "{:<28} {:<12} {:<8} {:>8} {:<10} {:>11} {:>9} {:>8} {:>7}  {}",
+            n.node_id,
+            n.role.as_str(),
+            n.host.chars().take(8).collect::<String>(),
+            n.pid,
+            if n.healthy { "healthy" } else { "UNHEALTHY" },
+            human_bytes(n.mem_used),
+            n.segments,
+            n.restarts,
+            humantime::format_duration(uptime).to_string().split(' ').next().unwrap_or("0s"),
+            n.detail
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    collection: String,
+    /// .fvecs file of vectors; row numbers become primary keys.
+    #[arg(long)]
+    file: PathBuf,
+    /// Optional TSV (`name<TAB>text` per row) stored in the dynamic fields `name` and `text`.
+    #[arg(long)]
+    tsv: Option<PathBuf>,
+    #[arg(long, default_value_t = usize::MAX)]
+    limit: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Flush when done (seal segments so they get indexed).
+    #[arg(long)]
+    flush: bool,
+}
+
+pub fn load(args: LoadArgs) -> anyhow::Result<i32> {
+    let (dim, vectors) = crate::dataset::read_fvecs(&args.file, args.limit)?;
+    let n = vectors.len() / dim;
+    let texts: Vec<(String, String)> = match &args.tsv {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .take(n)
+            .map(|l| {
+                let (a, b) = l.split_once('\t').unwrap_or((l, ""));
+                (a.to_string(), b.to_string())
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    runtime()?.block_on(async move {
+        let client = args.conn.connect().await?;
+        if !client.list_collections().await?.contains(&args.collection) {
+            client.create_collection(schema::simple(&args.collection, dim as u32)).await?;
+            eprintln!("created collection {} (dim {dim})", args.collection);
+        }
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let started = Instant::now();
+        let mut start = 0;
+        while start < n {
+            let end = (start + args.batch.max(1)).min(n);
+            let mut rows = schema::rows(start as i64..end as i64, dim as u32, vectors[start * dim..end * dim].to_vec());
+            if !texts.is_empty() {
+                rows.dynamic = (start..end)
+                    .map(|i| {
+                        let (name, text) = texts.get(i).cloned().unwrap_or_default();
+                        serde_json::json!({ "name": name, "text": text }).to_string()
+                    })
+                    .collect();
+            }
+            client.insert(&args.collection, rows).await?;
+            bar.set_position(end as u64);
+            start = end;
+        }
+        bar.finish();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("inserted {n} rows in {secs:.1}s ({:.0} rows/s)", n as f64 / secs.max(1e-9));
+        if args.flush {
+            let r = client.flush(&args.collection).await?;
+            eprintln!("flushed: sealed segments {:?}", r.segments);
+        }
+        Ok(0)
+    })
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    collection: String,
+    /// .fvecs file of query vectors.
+    #[arg(long)]
+    file: PathBuf,
+    /// Number of queries to run (from the start of the file).
+    #[arg(long, default_value_t = 1)]
+    limit: usize,
+    #[arg(short, long, default_value_t = 10)]
+    k: u32,
+    #[arg(long, default_value_t = 0)]
+    nprobe: u32,
+    #[arg(long, default_value_t = 0)]
+    ef: u32,
+    /// strong, bounded or eventually.
+    #[arg(long, default_value = "bounded")]
+    consistency: String,
+    /// Output fields, comma separated (`*` for all).
+    #[arg(long, default_value = "")]
+    output: String,
+    /// Ground truth (.ivecs) to report recall@k.
+    #[arg(long)]
+    groundtruth: Option<PathBuf>,
+}
+
+pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
+    let (dim, queries) = crate::dataset::read_fvecs(&args.file, args.limit)?;
+    let nq = queries.len() / dim;
+    let truth = match &args.groundtruth {
+        Some(p) => Some(crate::dataset::read_ivecs(p, nq)?),
+        None => None,
+    };
+    let consistency = parse_consistency(&args.consistency)?;
+    let output: Vec<String> = args.output.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    runtime()?.block_on(async move {
+        let client = args.conn.connect().await?;
+        let mut hits_total = 0usize;
+        let mut latencies = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let mut req = schema::search(&args.collection, dim as u32, queries[q * dim..(q + 1) * dim].to_vec(), args.k);
+            req.params = SearchParams { nprobe: args.nprobe, ef: args.ef };
+            req.consistency = consistency;
+            req.output_fields = output.clone();
+            let t = Instant::now();
+            let res = client.search(&req).await?;
+            latencies.push(t.elapsed());
+            let hits = res.results.into_iter().next().unwrap_or_default();
+            if let Some((tdim, ids)) = &truth {
+                let gt: std::collections::HashSet<i64> =
+                    ids[q * tdim..q * tdim + (args.k as usize).min(*tdim)].iter().map(|v| i64::from(*v)).collect();
+                hits_total += hits.pks.iter().filter(|p| matches!(p, PrimaryKey::Int64(v) if gt.contains(v))).count();
+            }
+            if nq <= 5 {
+                println!("query {q}:");
+                for (i, (pk, score)) in hits.pks.iter().zip(&hits.scores).enumerate() {
+                    let fields: Vec<String> = hits
+                        .columns
+                        .iter()
+                        .map(|c| format!("{}={}", c.name, show(c.values.get(i))))
+                        .collect();
+                    let key = match pk { PrimaryKey::Int64(v) => v.to_string(), PrimaryKey::VarChar(s) => s.clone() };
+                    println!("  {key:>8}  {score:>9.4}  {}", fields.join("  "));
+                }
+            }
+        }
+        latencies.sort();
+        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+        eprintln!("{nq} queries: p50 {:?}, p99 {:?}", pct(0.5), pct(0.99));
+        if truth.is_some() {
+            println!("recall@{}: {:.4}", args.k, hits_total as f64 / (nq * args.k as usize).max(1) as f64);
+        }
+        Ok(0)
+    })
+}
+
+fn show(v: Option<&ScalarValue>) -> String {
+    match v {
+        None | Some(ScalarValue::Null) => "null".into(),
+        Some(ScalarValue::Bool(b)) => b.to_string(),
+        Some(ScalarValue::Int64(i)) => i.to_string(),
+        Some(ScalarValue::Float(f)) => f.to_string(),
+        Some(ScalarValue::Double(f)) => f.to_string(),
+        Some(ScalarValue::VarChar(s)) | Some(ScalarValue::Json(s)) => s.clone(),
+    }
+}

@@ -1,0 +1,92 @@
+//! `quiver`: the one binary. `standalone` runs every role in one process (with its own
+//! nats-server); `run` runs chosen roles as one node of a multi-process cluster; `ctl`,
+//! `load` and `search` are the command-line client; `bench` measures Quiver against raw faiss.
+
+mod bench;
+mod ctl;
+mod dataset;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "quiver", version, about = "Quiver: a distributed vector database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process, with an embedded nats-server unless nats.url is set.
+    Standalone {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run one or more roles as a node of a multi-process cluster (needs nats.url).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// coordinator, proxy, datanode, indexnode or querynode (repeatable).
+        #[arg(long = "role", short, required = true)]
+        roles: Vec<String>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect and administer a running cluster.
+    Ctl(ctl::CtlArgs),
+    /// Load vectors from an .fvecs file into a collection (created if missing).
+    Load(ctl::LoadArgs),
+    /// Search a collection with query vectors from an .fvecs file.
+    Search(ctl::SearchArgs),
+    /// Benchmark Quiver standalone against raw faiss on a dataset.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration.
+    Default,
+    /// Validate a configuration file (with environment overrides applied).
+    Check { file: PathBuf },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Standalone { config } => server::standalone(config.as_deref()),
+        Command::Run { config, roles } => server::run(config.as_deref(), &roles),
+        Command::Config { command: ConfigCommand::Default } => {
+            print!("{}", quiver_runtime::Config::default_toml());
+            Ok(0)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            quiver_runtime::Config::load(Some(&file), std::env::vars()).map(|_| {
+                println!("{}: ok", file.display());
+                0
+            }).map_err(Into::into)
+        }
+        Command::Ctl(args) => ctl::ctl(args),
+        Command::Load(args) => ctl::load(args),
+        Command::Search(args) => ctl::search(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Running node processes: `quiver standalone` and `quiver run`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use quiver_runtime::nats_server::EmbeddedNats;
+use quiver_runtime::{telemetry, Config, Shared, Supervisor};
+use quiver_schemas::Role;
+
+/// All roles in one process; starts nats-server unless `nats.url` is set.
+pub fn standalone(config: Option<&Path>) -> anyhow::Result<i32> {
+    let config = Config::load(config, std::env::vars())?;
+    serve(config, Role::ALL.to_vec(), true)
+}
+
+/// Chosen roles as one node of a cluster.
+pub fn run(config: Option<&Path>, roles: &[String]) -> anyhow::Result<i32> {
+    let config = Config::load(config, std::env::vars())?;
+    let mut parsed = Vec::new();
+    for r in roles {
+        match Role::parse(r) {
+            Some(role) if !parsed.contains(&role) => parsed.push(role),
+            Some(_) => bail!("role {r:?} given twice"),
+            None => bail!("unknown role {r:?}: use coordinator, proxy, datanode, indexnode or querynode"),
+        }
+    }
+    if config.nats.url.is_empty() {
+        bail!("`quiver run` needs nats.url (or QUIVER_NATS__URL): the nodes of a cluster share one NATS");
+    }
+    serve(config, parsed, false)
+}
+
+fn node_base(config: &Config, standalone: bool) -> String {
+    if !config.node.id.is_empty() {
+        config.node.id.clone()
+    } else if standalone {
+        "standalone".into()
+    } else {
+        format!("{}-{}", telemetry::hostname(), std::process::id())
+    }
+}
+
+fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i32> {
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("quiver-io")
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")?;
+    let _io_guard = io.enter();
+    if let Some(addr) = telemetry::install_prometheus(&config.metrics.listen)? {
+        tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+    }
+    std::fs::create_dir_all(&config.cluster.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.cluster.data_dir.display()))?;
+    let embedded = if standalone && config.nats.url.is_empty() {
+        let store = config.cluster.data_dir.join("nats");
+        let nats = io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store))?;
+        tracing::info!(url = nats.url(), "embedded nats-server started");
+        Some(nats)
+    } else {
+        None
+    };
+    let url = embedded.as_ref().map(|n| n.url().to_string()).unwrap_or_else(|| config.nats.url.clone());
+    let base = node_base(&config, standalone);
+    let supervisor_cfg = config.supervisor.clone();
+    let cluster = config.cluster.name.clone();
+    let shared = io.block_on(Shared::connect(config, &url, &format!("quiver-{base}")))?;
+    let specs = roles.iter().map(|r| quiver_actors::role_spec(*r, format!("{base}-{}", r.as_str()))).collect();
+    let signals = io.spawn(shutdown_signal());
+    tracing::info!(cluster = %cluster, nats = %url, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "Quiver starting");
+    let system = actix::System::new();
+    let code = system.block_on(async move {
+        let mut supervisor = Supervisor::start(specs, shared, supervisor_cfg);
+        tokio::select! {
+            _ = signals => {
+                tracing::info!("shutting down");
+                supervisor.shutdown().await;
+                0
+            }
+            code = supervisor.escalated() => {
+                supervisor.shutdown().await;
+                code
+            }
+        }
+    });
+    if let Some(nats) = embedded {
+        io.block_on(nats.stop());
+    }
+    tracing::info!(code, "Quiver stopped");
+    Ok(code)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
