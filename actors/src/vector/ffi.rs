@@ -45,9 +45,7 @@ impl Drop for RawIndex {
 
 impl RawIndex {
     fn from_out(p: *mut fs::FaissIndex, what: &str) -> Result<Self> {
-        NonNull::new(p)
-            .map(RawIndex)
-            .ok_or_else(|| VectorError::Faiss(format!("{what} returned no index")))
+        NonNull::new(p).map(RawIndex).ok_or_else(|| VectorError::Faiss(format!("{what} returned no index")))
     }
 
     /// `faiss::index_factory(dim, description, metric)`.
@@ -117,9 +115,7 @@ impl RawIndex {
         // SAFETY: ps receives a new ParameterSpace that we free below.
         check(unsafe { fs::faiss_ParameterSpace_new(&mut ps) }, "ParameterSpace_new")?;
         // SAFETY: ps and the index are valid; exclusivity is the caller's obligation.
-        let code = unsafe {
-            fs::faiss_ParameterSpace_set_index_parameter(ps, self.0.as_ptr(), cname.as_ptr(), value)
-        };
+        let code = unsafe { fs::faiss_ParameterSpace_set_index_parameter(ps, self.0.as_ptr(), cname.as_ptr(), value) };
         // SAFETY: ps was created above and is not used afterwards.
         unsafe { fs::faiss_ParameterSpace_free(ps) };
         check(code, &format!("setting index parameter {name}={value}"))
@@ -132,10 +128,7 @@ impl RawIndex {
         // SAFETY: open_memstream stores its buffer pointer/size in buf/size, which outlive f.
         let f = unsafe { libc::open_memstream(&mut buf, &mut size) };
         if f.is_null() {
-            return Err(VectorError::Io(format!(
-                "open_memstream failed: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(VectorError::Io(format!("open_memstream failed: {}", std::io::Error::last_os_error())));
         }
         // SAFETY: f is an open FILE*; faiss writes to it without closing it.
         let code = unsafe { fs::faiss_write_index(self.as_ptr(), f.cast::<fs::FILE>()) };
@@ -169,14 +162,10 @@ impl RawIndex {
         }
         // SAFETY: the stream is opened read-only ("rb"), so fmemopen never writes through the
         // (const-cast) pointer; `bytes` outlives the stream, which is closed below.
-        let f = unsafe {
-            libc::fmemopen(bytes.as_ptr().cast_mut().cast::<libc::c_void>(), bytes.len(), c"rb".as_ptr())
-        };
+        let f =
+            unsafe { libc::fmemopen(bytes.as_ptr().cast_mut().cast::<libc::c_void>(), bytes.len(), c"rb".as_ptr()) };
         if f.is_null() {
-            return Err(VectorError::Io(format!(
-                "fmemopen failed: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(VectorError::Io(format!("fmemopen failed: {}", std::io::Error::last_os_error())));
         }
         let mut out: *mut fs::FaissIndex = ptr::null_mut();
         // SAFETY: f is an open FILE*; out receives a new index owned by us.

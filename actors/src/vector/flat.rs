@@ -115,11 +115,7 @@ impl FlatVectors {
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.data.len() / self.dim
-        }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
 
     /// Whether there are no rows.
@@ -165,7 +161,7 @@ impl FlatVectors {
     /// Large batches are split across threads (the count set by
     /// [`super::set_faiss_threads`], else all cores); `skip` is evaluated once per row, up front.
     pub fn search(&self, queries: &[f32], k: usize, skip: &dyn Fn(usize) -> bool) -> (Vec<f32>, Vec<i64>) {
-        let nq = if self.dim == 0 { 0 } else { queries.len() / self.dim };
+        let nq = queries.len().checked_div(self.dim).unwrap_or(0);
         let total = nq.saturating_mul(k);
         let mut out_d = vec![worst_distance(self.metric); total];
         let mut out_l = vec![-1i64; total];
@@ -251,7 +247,7 @@ fn check_rows(dim: usize, len: usize) -> Result<()> {
     if dim == 0 {
         return Err(VectorError::InvalidParams("dim is 0; pass the vector field's dimension".into()));
     }
-    if len % dim != 0 {
+    if len.checked_rem(dim) != Some(0) {
         return Err(VectorError::InvalidParams(format!(
             "{len} floats is not a multiple of dim {dim}; pass whole rows (rows * dim floats)"
         )));

@@ -8,8 +8,8 @@ use faiss_sys as fs;
 use super::ffi::{check, IvfSearchParams, RawIndex};
 use super::plan::{BuildPlan, Header, HEADER_LEN};
 use super::{
-    apply_faiss_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result,
-    SearchParams, VectorError,
+    apply_faiss_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
+    VectorError,
 };
 
 /// IVF lists probed when [`SearchParams::nprobe`] is 0 (clamped to the index's nlist).
@@ -76,7 +76,7 @@ fn check_dim(dim: usize, data: &[f32], what: &str) -> Result<usize> {
     if dim == 0 {
         return Err(VectorError::InvalidParams("dim is 0; pass the vector field's dimension".into()));
     }
-    if data.len() % dim != 0 {
+    if data.len().checked_rem(dim) != Some(0) {
         return Err(VectorError::InvalidParams(format!(
             "{what} has {} floats, not a multiple of dim {dim}; pass whole rows (rows * dim floats)",
             data.len()
@@ -164,9 +164,9 @@ impl VectorIndex {
     /// `params.nprobe` / `params.ef` of 0 mean [`DEFAULT_NPROBE`] / [`DEFAULT_EF_SEARCH`].
     pub fn search(&self, queries: &[f32], k: usize, params: &SearchParams) -> Result<(Vec<f32>, Vec<i64>)> {
         let nq = check_dim(self.dim, queries, "queries")?;
-        let total = nq.checked_mul(k).ok_or_else(|| {
-            VectorError::InvalidParams(format!("nq {nq} * k {k} overflows; lower k"))
-        })?;
+        let total = nq
+            .checked_mul(k)
+            .ok_or_else(|| VectorError::InvalidParams(format!("nq {nq} * k {k} overflows; lower k")))?;
         if total == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -240,9 +240,9 @@ impl VectorIndex {
         deleted_count: usize,
     ) -> Result<(Vec<f32>, Vec<i64>)> {
         let nq = check_dim(self.dim, queries, "queries")?;
-        let total = nq.checked_mul(k).ok_or_else(|| {
-            VectorError::InvalidParams(format!("nq {nq} * k {k} overflows; lower k"))
-        })?;
+        let total = nq
+            .checked_mul(k)
+            .ok_or_else(|| VectorError::InvalidParams(format!("nq {nq} * k {k} overflows; lower k")))?;
         let mut out_d = vec![worst_distance(self.metric); total];
         let mut out_l = vec![-1i64; total];
         let len = self.len();
@@ -291,7 +291,11 @@ impl VectorIndex {
     /// type, parameters) followed by faiss' `write_index` output.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let header = Header { metric: self.metric, plan: self.plan.clone(), dim: self.dim }.encode()?;
-        let body = self.raw.write_to_vec()?;
+        // The read lock keeps a concurrent HNSW efSearch change from racing with the writer.
+        let body = {
+            let _ef = self.hnsw_ef.read().unwrap_or_else(|e| e.into_inner());
+            self.raw.write_to_vec()?
+        };
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.extend_from_slice(&header);
         out.extend_from_slice(&body);

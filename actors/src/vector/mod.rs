@@ -26,8 +26,7 @@ mod tests;
 pub use flat::FlatVectors;
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH, DEFAULT_NPROBE};
 pub use plan::{
-    DEFAULT_EF_CONSTRUCTION, DEFAULT_HNSW_M, DEFAULT_NBITS, DEFAULT_NLIST, DEFAULT_PQ_M,
-    MIN_POINTS_PER_CENTROID,
+    DEFAULT_EF_CONSTRUCTION, DEFAULT_HNSW_M, DEFAULT_NBITS, DEFAULT_NLIST, DEFAULT_PQ_M, MIN_POINTS_PER_CENTROID,
 };
 pub use quiver_schemas::types::{IndexParams, IndexType, MetricType, SearchParams};
 
@@ -108,10 +107,29 @@ thread_local! {
 /// thread next enters faiss through this module ([`VectorIndex`] build / search / load).
 /// Quiver and the raw-faiss benchmark both call this, so they run with identical threading;
 /// code calling faiss directly on another thread should call it on that thread too.
+///
+/// If the process uses OpenBLAS (faiss calls BLAS for flat searches of 20+ queries and for
+/// k-means), its own thread pool is set to `n` too, through `openblas_set_num_threads` when
+/// that symbol is present.
 pub fn set_faiss_threads(n: usize) {
     let n = n.max(1);
     FAISS_THREADS.store(n, Ordering::Relaxed);
     apply_faiss_threads();
+    set_openblas_threads(n);
+}
+
+/// Calls `openblas_set_num_threads(n)` if OpenBLAS is loaded (looked up at run time, so other
+/// BLAS implementations still link).
+fn set_openblas_threads(n: usize) {
+    let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks up a symbol.
+    let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr()) };
+    if !sym.is_null() {
+        // SAFETY: OpenBLAS declares `void openblas_set_num_threads(int)`; the symbol found
+        // under that name has this signature.
+        let f = unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn(libc::c_int)>(sym) };
+        f(n);
+    }
 }
 
 /// Applies the thread count from [`set_faiss_threads`] to the current OS thread, if it

@@ -40,7 +40,7 @@ fn or_default(v: u32, default: usize) -> usize {
 
 /// Largest divisor of `dim` that is at most [`DEFAULT_PQ_M`].
 fn default_pq_m(dim: usize) -> usize {
-    (1..=DEFAULT_PQ_M.min(dim)).rev().find(|m| dim % m == 0).unwrap_or(1)
+    (1..=DEFAULT_PQ_M.min(dim)).rev().find(|&m| dim.checked_rem(m) == Some(0)).unwrap_or(1)
 }
 
 impl BuildPlan {
@@ -49,20 +49,14 @@ impl BuildPlan {
     /// Errors for parameters that can never work (`dim % m != 0`, `nbits > 16`, HNSW `m == 1`);
     /// falls back with a warning when the segment is too small to train the requested type.
     pub(crate) fn new(params: &IndexParams, dim: usize, n: usize) -> Result<Self> {
-        let mut plan = BuildPlan {
-            kind: params.index_type,
-            nlist: 0,
-            m: 0,
-            nbits: 0,
-            ef_construction: 0,
-        };
+        let mut plan = BuildPlan { kind: params.index_type, nlist: 0, m: 0, nbits: 0, ef_construction: 0 };
         match params.index_type {
             IndexType::Flat => {}
             IndexType::Hnsw => {
                 plan.m = or_default(params.m, DEFAULT_HNSW_M);
-                if plan.m < 2 || plan.m > 512 {
+                if plan.m < 2 || plan.m > 2048 {
                     return Err(VectorError::InvalidParams(format!(
-                        "HNSW m (graph degree M) = {} is out of range; use 2..=512 (typical 8..64) or 0 for the default {DEFAULT_HNSW_M}",
+                        "HNSW m (graph degree M) = {} is out of range; use 2..=2048 (typical 8..64) or 0 for the default {DEFAULT_HNSW_M}",
                         plan.m
                     )));
                 }
@@ -72,7 +66,7 @@ impl BuildPlan {
                 if params.index_type == IndexType::IvfPq {
                     plan.m = or_default(params.m, default_pq_m(dim));
                     plan.nbits = or_default(params.nbits, DEFAULT_NBITS);
-                    if dim % plan.m != 0 {
+                    if dim.checked_rem(plan.m) != Some(0) {
                         return Err(VectorError::InvalidParams(format!(
                             "IVF_PQ m = {} does not divide the vector dim {dim}; choose m among the divisors of {dim} (or 0 for a default)",
                             plan.m
@@ -140,11 +134,7 @@ impl BuildPlan {
                 let ksub = 1u64 << self.nbits;
                 let code = (self.m as u64 * self.nbits as u64).div_ceil(8);
                 // L2 with residuals keeps a precomputed table of nlist * m * ksub floats.
-                let table = if metric == MetricType::L2 {
-                    self.nlist as u64 * self.m as u64 * ksub * 4
-                } else {
-                    0
-                };
+                let table = if metric == MetricType::L2 { self.nlist as u64 * self.m as u64 * ksub * 4 } else { 0 };
                 n * (code + id) + centroids + ksub * d * 4 + table
             }
             // Vectors, 2*M level-0 links, ~1 upper-level link, level + offset bookkeeping.
@@ -245,13 +235,7 @@ impl Header {
             c => return Err(VectorError::Corrupt(format!("unknown index type code {c} in index header"))),
         };
         let packed = word(20);
-        let plan = BuildPlan {
-            kind,
-            nlist: word(12),
-            m: word(16),
-            nbits: packed & 0xFF,
-            ef_construction: packed >> 8,
-        };
+        let plan = BuildPlan { kind, nlist: word(12), m: word(16), nbits: packed & 0xFF, ef_construction: packed >> 8 };
         Ok(Header { metric, plan, dim: word(8) })
     }
 }

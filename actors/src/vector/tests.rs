@@ -60,7 +60,11 @@ fn recall_per_type_and_metric() {
             let (d, l) = index.search(&queries, K, &search_params(&index)).unwrap();
             assert_eq!(l.len(), NQ * K);
             let r = recall(&truth, &l, K);
-            println!("recall@{K} {ty:?} {metric:?} nlist={} = {r:.4} (mem ~{} KiB)", index.nlist(), index.mem_bytes() / 1024);
+            println!(
+                "recall@{K} {ty:?} {metric:?} nlist={} = {r:.4} (mem ~{} KiB)",
+                index.nlist(),
+                index.mem_bytes() / 1024
+            );
             let min = match ty {
                 IndexType::Flat | IndexType::IvfFlat => 0.99,
                 IndexType::IvfSq8 => 0.85,
@@ -220,7 +224,7 @@ fn flat_vectors_exact_with_skip_and_threads() {
         flat.push(&data[1000 * DIM..]).unwrap();
         assert_eq!(flat.len(), 3000);
         assert!(flat.push(&data[..5]).is_err());
-        let skip = |r: usize| r % 3 == 0;
+        let skip = |r: usize| r.checked_rem(3) == Some(0);
         let (d, l) = flat.search(&queries, K, &skip); // 64*3000*32 → multi-threaded
         let (d1, l1) = flat.search(&queries[..DIM], K, &skip); // single-threaded
         assert_eq!((&d[..K], &l[..K]), (&d1[..], &l1[..]));
