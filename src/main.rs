@@ -57,13 +57,18 @@ enum ConfigCommand {
 }
 
 fn main() {
+    let cli = Cli::parse();
+    // Nodes log what they do; client commands only what goes wrong (RUST_LOG overrides both).
+    let default_filter = match cli.command {
+        Command::Standalone { .. } | Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Standalone { config } => server::standalone(config.as_deref()),
         Command::Run { config, roles } => server::run(config.as_deref(), &roles),

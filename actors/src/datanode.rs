@@ -243,10 +243,7 @@ impl ShardWriter {
         self.oldest = None;
         self.gauge.set(0);
         metrics::counter!("quiver_segments_flushed_total").increment(1);
-        // Keep the entry at end_seq itself so the stream's last position always stays readable.
-        if let Err(e) = dml::purge_inserts(&shared.bus, self.info.id, self.shard, info.end_seq).await {
-            tracing::warn!(error = %e, "could not purge flushed inserts from the log");
-        }
+        // The coordinator purges these inserts from the log once a query node serves the segment.
         Ok(Some(id))
     }
 }

@@ -19,6 +19,9 @@ pub struct Layout {
     pub holders: BTreeMap<u64, Vec<String>>,
     /// Segment id → query node chosen to load it (confirmed or not yet).
     pub targets: BTreeMap<u64, String>,
+    /// Incarnation (`started_ms`) of each query node when it last confirmed a load: a holder
+    /// whose node restarted since holds nothing any more.
+    pub epochs: BTreeMap<String, u64>,
     pub version: u64,
 }
 
@@ -29,6 +32,9 @@ pub struct ShardLayout {
     pub leader: String,
     /// Data node consuming the shard's DML channel.
     pub channel_owner: String,
+    /// Log position up to which rows are served from sealed segments (never moves back); the
+    /// leader serves growing rows after it, and inserts before it are purged from the log.
+    pub served_seq: u64,
 }
 
 pub fn collection_key(name: &str) -> String {

@@ -21,7 +21,7 @@ use quiver_schemas::{
     SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement,
 };
 
-use super::catalog::{layout_key, segment_key, Layout};
+use super::catalog::{layout_key, segment_key, Layout, ShardLayout};
 use super::{live_nodes, Catalog, Coordinator};
 
 /// What was last sent to a node for a collection.
@@ -31,38 +31,36 @@ pub struct Sent {
     digest: u64,
 }
 
-/// Segments of `shard` that proxies may use: the longest prefix (by log position) whose
-/// segments all have a confirmed holder. Returns them and the sealed position they cover.
-fn served_prefix<'a>(
-    segments: &'a BTreeMap<u64, SegmentInfo>,
-    layout: &Layout,
-    shard: u32,
-) -> (Vec<&'a SegmentInfo>, u64) {
+/// The log position up to which `shard` can be served from sealed segments: the end of the
+/// longest prefix (by log position) of segments that all have a confirmed holder, and never
+/// less than what was already published.
+fn served_seq(segments: &BTreeMap<u64, SegmentInfo>, layout: &Layout, shard: &ShardLayout) -> u64 {
     let mut of_shard: Vec<&SegmentInfo> =
-        segments.values().filter(|s| s.shard == shard && s.state != SegmentState::Dropped).collect();
+        segments.values().filter(|s| s.shard == shard.shard && s.state != SegmentState::Dropped).collect();
     of_shard.sort_by_key(|s| s.end_seq);
-    let mut served = Vec::new();
-    let mut sealed_seq = 0;
+    let mut served = shard.served_seq;
     for s in of_shard {
+        if s.end_seq <= served {
+            continue;
+        }
         if layout.holders.get(&s.id).is_none_or(|h| h.is_empty()) {
             break;
         }
-        sealed_seq = s.end_seq;
-        served.push(s);
+        served = s.end_seq;
     }
-    (served, sealed_seq)
+    served
 }
 
-/// The serving layout proxies use.
+/// The serving layout proxies use: every segment at or below its shard's served position,
+/// with its current holders (none while it is being reloaded: reads then wait and retry).
 pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     let empty = BTreeMap::new();
     let segments = catalog.segments.get(&info.id).unwrap_or(&empty);
     let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
     let mut out = Distribution { collection: info.clone(), shards: Vec::new(), segments: Vec::new(), version: layout.version };
     for shard in &layout.shards {
-        let (served, sealed_seq) = served_prefix(segments, &layout, shard.shard);
-        out.shards.push(ShardPlacement { shard: shard.shard, leader: shard.leader.clone(), sealed_seq });
-        for s in served {
+        out.shards.push(ShardPlacement { shard: shard.shard, leader: shard.leader.clone(), sealed_seq: shard.served_seq });
+        for s in segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq) {
             let nodes = layout.holders.get(&s.id).cloned().unwrap_or_default();
             out.segments.push(SegmentPlacement { segment: s.clone(), nodes });
         }
@@ -134,6 +132,7 @@ impl Coordinator {
         let results = futures::future::join_all(calls).await;
         let mut catalog = self.catalog.lock().await;
         let mut changed = Vec::new();
+        let mut purges = Vec::new();
         for ((node, epoch, load), result) in sends.into_iter().zip(results) {
             let cid = load.collection.id;
             if let Err(e) = result {
@@ -142,8 +141,9 @@ impl Coordinator {
             }
             let digest = digest(&load);
             self.sent.borrow_mut().insert((node.clone(), cid), Sent { epoch, digest });
+            let segments = catalog.segments.get(&cid).cloned().unwrap_or_default();
             let Some(layout) = catalog.layouts.get_mut(&cid) else { continue };
-            let before = layout.holders.clone();
+            let before = layout.clone();
             for holders in layout.holders.values_mut() {
                 holders.retain(|h| h != &node);
             }
@@ -151,7 +151,15 @@ impl Coordinator {
                 layout.holders.entry(s.id).or_default().push(node.clone());
             }
             layout.holders.retain(|_, h| !h.is_empty());
-            if layout.holders != before {
+            layout.epochs.insert(node.clone(), epoch);
+            for i in 0..layout.shards.len() {
+                let served = served_seq(&segments, layout, &layout.shards[i]);
+                if served > layout.shards[i].served_seq {
+                    layout.shards[i].served_seq = served;
+                    purges.push((cid, layout.shards[i].shard, served));
+                }
+            }
+            if *layout != before {
                 changed.push(cid);
             }
         }
@@ -167,6 +175,13 @@ impl Coordinator {
         for cid in changed {
             self.publish_change(cid).await;
             self.reconcile.notify_one();
+        }
+        // Rows up to the served position come from segments now; drop their inserts from the
+        // log (keeping the entry at the position itself, so the stream's end stays readable).
+        for (cid, shard, served) in purges {
+            if let Err(e) = crate::dml::purge_inserts(&self.node.shared.bus, cid, shard, served).await {
+                tracing::warn!(collection = cid, shard, error = %e, "could not purge served inserts from the log");
+            }
         }
         Ok(())
     }
@@ -184,15 +199,12 @@ impl Coordinator {
         let mut next = layout.clone();
         let alive = |id: &str| epochs.contains_key(id);
         // A restarted query node (new incarnation) lost what it held.
-        let sent = self.sent.borrow();
-        let restarted = |id: &str| {
-            sent.get(&(id.to_string(), info.id)).is_some_and(|s| epochs.get(id).is_some_and(|e| *e != s.epoch))
-        };
+        let restarted = |id: &str| layout.epochs.get(id) != epochs.get(id);
         for holders in next.holders.values_mut() {
             holders.retain(|h| alive(h) && !restarted(h));
         }
         next.holders.retain(|_, h| !h.is_empty());
-        drop(sent);
+        next.epochs.retain(|id, _| alive(id) && !restarted(id));
         let mut memory: Vec<NodeMemory> = queries
             .iter()
             .map(|q| NodeMemory { node_id: q.node_id.clone(), used: q.mem_used, capacity: q.mem_capacity })
@@ -317,7 +329,7 @@ fn desired_for(
         .shards
         .iter()
         .filter(|s| s.leader == node)
-        .map(|s| ShardPlacement { shard: s.shard, leader: s.leader.clone(), sealed_seq: served_prefix(segments, layout, s.shard).1 })
+        .map(|s| ShardPlacement { shard: s.shard, leader: s.leader.clone(), sealed_seq: s.served_seq })
         .collect();
     LoadSegments { collection: info.clone(), segments: mine, lead_shards }
 }

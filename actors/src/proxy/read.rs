@@ -19,8 +19,8 @@ use super::Proxy;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
 
-/// Attempts for a read before the error goes back to the client.
-const READ_ATTEMPTS: u32 = 6;
+/// Attempts for a read before the error goes back to the client (backoff 20 ms doubling to 1 s: ~5 s in all).
+const READ_ATTEMPTS: u32 = 10;
 
 /// One node's share of a read.
 #[derive(Default)]

@@ -61,7 +61,6 @@ impl Client {
     pub async fn connect(url: &str, cluster: &str) -> Result<Client> {
         let nats = async_nats::ConnectOptions::new()
             .name("quiver-client")
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
