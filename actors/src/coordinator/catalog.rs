@@ -127,9 +127,9 @@ pub fn validate_index(p: &IndexParams, dim: u32) -> Result<()> {
         return bad(format!("nlist {} is too large (at most 65536)", p.nlist));
     }
     if p.index_type == IndexType::IvfPq {
-        let m = if p.m == 0 { crate::vector::DEFAULT_PQ_M as u32 } else { p.m };
-        if dim % m != 0 {
-            return bad(format!("IVF_PQ: m = {m} must divide the dimension {dim}"));
+        // m = 0 lets the build pick the largest divisor of the dimension up to 8.
+        if p.m != 0 && !dim.is_multiple_of(p.m) {
+            return bad(format!("IVF_PQ: m = {} must divide the dimension {dim}", p.m));
         }
         if p.nbits > 16 {
             return bad(format!("IVF_PQ: nbits {} must be at most 16", p.nbits));

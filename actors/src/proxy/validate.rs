@@ -10,7 +10,7 @@ fn bad(msg: String) -> Error {
 }
 
 fn check_vectors(vectors: &[f32], dim: usize, what: &str) -> Result<usize> {
-    if dim == 0 || vectors.len() % dim != 0 {
+    if dim == 0 || !vectors.len().is_multiple_of(dim) {
         return Err(bad(format!("{what}: {} floats is not a whole number of {dim}-dimensional vectors", vectors.len())));
     }
     if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {

@@ -111,12 +111,12 @@ fn poisoned<T>(_: T) -> Error {
 impl ShardData {
     fn apply(&self, entry: dml::LogEntry) -> Result<()> {
         match entry.entry {
-            Some(DmlEntry::Insert { rows, .. }) if self.leader => {
-                if entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) {
-                    let mut g = self.growing.write().map_err(poisoned)?;
-                    g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
-                    g.rows.append(&rows, entry.seq);
-                }
+            Some(DmlEntry::Insert { rows, .. })
+                if self.leader && entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                let mut g = self.growing.write().map_err(poisoned)?;
+                g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
+                g.rows.append(&rows, entry.seq);
             }
             Some(DmlEntry::Delete { pks, .. }) => {
                 let mut d = self.deletes.write().map_err(poisoned)?;
