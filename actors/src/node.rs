@@ -82,7 +82,10 @@ impl Node {
         F: FnOnce(Req) -> Fut,
         Fut: Future<Output = Result<Resp>>,
     {
+        // A request whose caller has already given up is not worth serving.
+        let expired = bus::deadline_of(msg).is_some_and(|d| bus::now_ms() > d);
         let result = match bus::decode::<Req>(msg) {
+            _ if expired => Err(Error::DeadlineExceeded(format!("{} arrived after its deadline", msg.subject))),
             Ok(req) => f(req).await,
             Err(e) => Err(e),
         };

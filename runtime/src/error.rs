@@ -19,6 +19,8 @@ pub enum Error {
     Timeout { subject: String, timeout: Duration },
     #[error("{0}")]
     Stale(String),
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     Internal(String),
     #[error("invalid configuration: {0}")]
@@ -41,7 +43,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable(_) => Code::Unavailable,
-            Error::Timeout { .. } => Code::Timeout,
+            Error::Timeout { .. } | Error::DeadlineExceeded(_) => Code::Timeout,
             Error::Stale(_) => Code::Stale,
             Error::Internal(_) | Error::ObjectStore(_) | Error::Io(_) => Code::Internal,
         }
@@ -62,7 +64,7 @@ impl Error {
 
     /// Whether retrying (possibly on another node) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_))
+        matches!(self, Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_) | Error::DeadlineExceeded(_))
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Error {
