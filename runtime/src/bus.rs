@@ -176,11 +176,24 @@ impl Bus {
         Ok(msg.payload)
     }
 
-    /// Answers a request with `result`.
+    /// Answers a request with `result`. A reply larger than the server's `max_payload` cannot
+    /// be sent; the caller gets an error saying so instead of waiting for its deadline.
     pub async fn reply<T: Wire>(&self, request: &Message, result: Result<T>) {
         let Some(reply_to) = request.reply.clone() else { return };
+        let max = self.client.server_info().max_payload;
+        let result = result.map(|body| body.to_bytes()).and_then(|bytes| {
+            if max > 0 && bytes.len() > max {
+                Err(Error::InvalidArgument(format!(
+                    "the reply would be {} bytes, more than the NATS server's max_payload of {max} bytes; \
+                     ask for fewer rows or results per request",
+                    bytes.len()
+                )))
+            } else {
+                Ok(bytes)
+            }
+        });
         let outcome = match result {
-            Ok(body) => self.client.publish(reply_to, Bytes::from(body.to_bytes())).await,
+            Ok(bytes) => self.client.publish(reply_to, Bytes::from(bytes)).await,
             Err(err) => {
                 self.client.publish_with_headers(reply_to, error_headers(&err), Bytes::new()).await
             }

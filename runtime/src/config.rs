@@ -252,10 +252,12 @@ impl Config {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
             let Some((section, field)) = rest.split_once("__") else { continue };
             let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
-            let parsed = raw.parse::<toml::Value>().ok().filter(|v| !v.is_str());
-            let parsed = parsed
-                .or_else(|| toml::from_str::<toml::Table>(&format!("v = {raw}")).ok().and_then(|t| t.get("v").cloned()))
-                .unwrap_or(toml::Value::String(raw.clone()));
+            // A TOML value (number, bool, duration string in quotes, ...); anything else,
+            // the empty string included, is taken as a plain string.
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
             let table = value
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -345,6 +347,13 @@ mod tests {
         assert_eq!(c.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(c.proxy.max_top_k, 100);
         assert_eq!(c.node.heartbeat_ttl, Duration::from_secs(9));
+        // An empty value is the empty string (here: metrics disabled), not an empty table.
+        let c = Config::load(None, vec![("QUIVER_METRICS__LISTEN".to_string(), String::new())]).unwrap();
+        assert_eq!(c.metrics.listen, "");
+        let c = Config::load(None, vec![("QUIVER_METRICS__LISTEN".to_string(), "127.0.0.1:0".to_string())]).unwrap();
+        assert_eq!(c.metrics.listen, "127.0.0.1:0");
+        let c = Config::load(None, vec![("QUIVER_DEBUG__FAULT_INJECTION".to_string(), "true".to_string())]).unwrap();
+        assert!(c.debug.fault_injection);
     }
 
     #[test]
