@@ -1,9 +1,1618 @@
-//! `quiver bench` (written below).
-use clap::Args;
+//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK, in one
+//! run, on the same data, index parameters, queries and thread counts.
+//!
+//! 1. Loads base vectors, queries and ground truth (exact ground truth is recomputed by brute
+//!    force when only part of the base is used, or the file does not fit the metric / k).
+//! 2. Raw faiss: builds the index through [`VectorIndex::build`] (the code Quiver's index node
+//!    runs), then searches one query per call from 1 and 2 OS threads.
+//! 3. Quiver: starts `quiver standalone` as a child process (embedded nats-server, free port,
+//!    temporary data dir, one segment for the whole base), inserts, flushes, creates the same
+//!    index, waits until the query node serves it, then runs the same queries through
+//!    [`Client::search`].
+//! 4. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
+//!
+//! faiss runs with one OpenMP thread everywhere ([`set_faiss_threads`]), as the query node does
+//! by default (`querynode.faiss_threads = 1`); in standalone that setting is process-wide, so
+//! Quiver's index node builds with one thread too, and so does the raw build here.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use quiver_actors::vector::{set_faiss_threads, VectorIndex};
+use quiver_client::schema;
+use quiver_client::{
+    Client, Consistency, IndexParams, IndexType, MetricType, PrimaryKey, Role, SearchParams, SegmentState,
+};
+
+use crate::ctl::{parse_index, IndexArgs};
+use crate::dataset::{read_fvecs, read_ivecs};
+
+/// Collection the benchmark creates in its private Quiver.
+const COLLECTION: &str = "bench";
+/// Cluster name of the private Quiver.
+const CLUSTER: &str = "quiverbench";
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs.
+    #[arg(long, default_value = "/work/shared/datasets/pypi-minilm")]
+    dataset: PathBuf,
+    /// Base vectors to use (default: the whole file). Below the file size, exact ground truth
+    /// is recomputed by brute force.
+    #[arg(long)]
+    base_limit: Option<usize>,
+    /// Query vectors to use (from the start of query.fvecs).
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW.
+    #[arg(long, default_value = "HNSW")]
+    index_type: String,
+    /// L2, IP or COSINE.
+    #[arg(long, default_value = "IP")]
+    metric: String,
+    /// HNSW M or PQ sub-quantizers (0 = default).
+    #[arg(long, default_value_t = 16)]
+    m: u32,
+    /// HNSW efConstruction (0 = default).
+    #[arg(long, default_value_t = 200)]
+    ef_construction: u32,
+    /// IVF lists (0 = default).
+    #[arg(long, default_value_t = 0)]
+    nlist: u32,
+    /// PQ bits per code (0 = default).
+    #[arg(long, default_value_t = 0)]
+    nbits: u32,
+    /// HNSW efSearch.
+    #[arg(long, default_value_t = 64)]
+    ef: u32,
+    /// IVF lists probed (0 = default).
+    #[arg(long, default_value_t = 0)]
+    nprobe: u32,
+    /// Hits per query (recall is measured at this k).
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// Measured seconds per configuration.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Unmeasured warm-up seconds before each configuration.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Client thread counts to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Rows per insert call when loading Quiver.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// How Quiver's concurrent clients run: `threads` = one OS thread per client, each with
+    /// its own current-thread tokio runtime and its own NATS connection; `tasks` = one task per
+    /// client on a multi-thread runtime with that many workers, sharing one connection.
+    #[arg(long, value_enum, default_value_t = ClientMode::Threads)]
+    client_mode: ClientMode,
+    /// Consistency levels to measure Quiver with, comma separated (eventually, bounded, strong).
+    #[arg(long, value_delimiter = ',', default_value = "eventually,bounded")]
+    consistency: Vec<String>,
+    /// Skip the raw faiss half (Quiver rows then have no ratio).
+    #[arg(long)]
+    skip_raw: bool,
+    /// Skip the Quiver half.
+    #[arg(long)]
+    skip_quiver: bool,
+    /// Before each measured configuration, wait up to this many seconds for the rest of the
+    /// machine to go quiet (other processes using under --quiet-cores cores); 0 = don't wait.
+    /// The CPU table reports what other processes used during each window either way.
+    #[arg(long, default_value_t = 120.0)]
+    quiet_wait_secs: f64,
+    /// Busy cores of other processes that still count as quiet.
+    #[arg(long, default_value_t = 0.15)]
+    quiet_cores: f64,
+    /// Extra environment for the `quiver standalone` child (and so its nats-server), e.g.
+    /// `--child-env GOMAXPROCS=1` or `--child-env QUIVER_QUERYNODE__FAISS_THREADS=2`. Repeatable.
+    #[arg(long = "child-env", value_name = "KEY=VALUE")]
+    child_env: Vec<String>,
+    /// Skip the latency breakdown (NATS echo and direct query-node rows).
+    #[arg(long)]
+    no_breakdown: bool,
+    /// Keep the Quiver child running after the measurements until Enter is pressed (for
+    /// attaching a profiler); prints its pid and NATS URL.
+    #[arg(long)]
+    pause: bool,
+}
 
-pub fn bench(_args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("not yet")
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientMode {
+    Threads,
+    Tasks,
+}
+
+impl ClientMode {
+    fn describe(self) -> &'static str {
+        match self {
+            ClientMode::Threads => {
+                "one OS thread per client, each with its own current-thread tokio runtime and NATS connection"
+            }
+            ClientMode::Tasks => {
+                "one tokio task per client on a multi-thread runtime (workers = clients), one shared NATS connection"
+            }
+        }
+    }
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    if args.threads.is_empty() || args.threads.contains(&0) {
+        bail!("--threads needs positive thread counts, e.g. 1,2");
+    }
+    if args.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    if !(args.duration_secs > 0.0) || !(args.warmup_secs >= 0.0) {
+        bail!("--duration-secs must be > 0 and --warmup-secs >= 0");
+    }
+    let consistencies = args.consistency.iter().map(|c| parse_consistency(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let params = parse_index(&IndexArgs {
+        name: COLLECTION.into(),
+        index_type: args.index_type.clone(),
+        metric: args.metric.clone(),
+        nlist: args.nlist,
+        m: args.m,
+        nbits: args.nbits,
+        ef_construction: args.ef_construction,
+    })?;
+    let search_params = SearchParams { nprobe: args.nprobe, ef: args.ef };
+    let data = Data::load(&args, params.metric)?;
+    let mut report = Report::new(&args, &data, &params);
+
+    let raw_rows =
+        if args.skip_raw { Vec::new() } else { run_raw(&args, &data, &params, &search_params, &mut report)? };
+    report.raw = raw_rows;
+    if !args.skip_quiver {
+        run_quiver(&args, &data, &params, &search_params, &consistencies, &mut report)?;
+    }
+    print!("{}", report.markdown());
+    Ok(0)
+}
+
+fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
+    Ok(match s.trim().to_ascii_lowercase().as_str() {
+        "strong" => Consistency::Strong,
+        "bounded" => Consistency::Bounded,
+        "eventually" => Consistency::Eventually,
+        other => bail!("unknown consistency {other:?}: use strong, bounded or eventually"),
+    })
+}
+
+// ---------------------------------------------------------------- data
+
+struct Data {
+    dim: usize,
+    base: Vec<f32>,
+    n: usize,
+    queries: Vec<f32>,
+    nq: usize,
+    /// Exact top-k ids per query.
+    truth: Vec<Vec<i64>>,
+    truth_source: String,
+}
+
+impl Data {
+    fn load(args: &BenchArgs, metric: MetricType) -> anyhow::Result<Data> {
+        let base_path = args.dataset.join("base.fvecs");
+        let file_rows = fvecs_rows(&base_path)?;
+        let limit = args.base_limit.unwrap_or(usize::MAX);
+        let t = Instant::now();
+        let (dim, base) = read_fvecs(&base_path, limit)?;
+        let n = base.len() / dim;
+        let (qdim, queries) = read_fvecs(&args.dataset.join("query.fvecs"), args.queries)?;
+        if qdim != dim {
+            bail!("query.fvecs has dim {qdim} but base.fvecs has dim {dim}");
+        }
+        let nq = queries.len() / dim;
+        if n == 0 || nq == 0 {
+            bail!("need at least one base vector and one query (got {n} and {nq})");
+        }
+        eprintln!("loaded {n} base vectors and {nq} queries (dim {dim}) in {:.1}s", t.elapsed().as_secs_f64());
+        let gt_path = args.dataset.join("groundtruth.ivecs");
+        // The shipped ground truth is by inner product over the whole base; the vectors are
+        // L2-normalised, so it also holds for COSINE (and L2 ranks the same way up to ties,
+        // but we recompute for L2 to be exact).
+        let file_fits = n == file_rows && metric != MetricType::L2 && gt_path.exists();
+        let mut from_file = None;
+        if file_fits {
+            let (gdim, ids) = read_ivecs(&gt_path, nq)?;
+            if gdim >= args.k && ids.len() / gdim == nq {
+                from_file = Some(
+                    (0..nq).map(|q| ids[q * gdim..q * gdim + args.k].iter().map(|v| i64::from(*v)).collect()).collect(),
+                );
+            }
+        }
+        let (truth, truth_source) = match from_file {
+            Some(t) => (t, format!("{} (first {} of each row)", gt_path.display(), args.k)),
+            None => {
+                let t = Instant::now();
+                let truth = exact_truth(dim, &base, &queries, args.k, metric)?;
+                eprintln!("computed exact ground truth by brute force in {:.1}s", t.elapsed().as_secs_f64());
+                (truth, format!("exact brute force ({metric:?}) over the {n} base vectors used"))
+            }
+        };
+        Ok(Data { dim, base, n, queries, nq, truth, truth_source })
+    }
+
+    fn query(&self, q: usize) -> &[f32] {
+        &self.queries[q * self.dim..(q + 1) * self.dim]
+    }
+}
+
+/// Rows of an .fvecs file, from its size and first dimension field.
+fn fvecs_rows(path: &Path) -> anyhow::Result<usize> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).with_context(|| format!("{} is too short", path.display()))?;
+    let dim = u32::from_le_bytes(head) as usize;
+    let len = f.metadata()?.len() as usize;
+    Ok(len / (4 + dim * 4).max(1))
+}
+
+/// Exact top-k by brute force (faiss flat index, batched, all cores).
+fn exact_truth(
+    dim: usize,
+    base: &[f32],
+    queries: &[f32],
+    k: usize,
+    metric: MetricType,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    set_faiss_threads(available_cores());
+    let flat = IndexParams { index_type: IndexType::Flat, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0 };
+    let index = VectorIndex::build(&flat, dim, base).map_err(|e| anyhow!("flat index: {e}"))?;
+    let mut truth = Vec::with_capacity(queries.len() / dim);
+    for chunk in queries.chunks(dim * 256) {
+        let (_, labels) = index.search(chunk, k, &SearchParams::default()).map_err(|e| anyhow!("flat search: {e}"))?;
+        truth.extend(labels.chunks(k).map(<[i64]>::to_vec));
+    }
+    set_faiss_threads(1);
+    Ok(truth)
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+// ---------------------------------------------------------------- load driver
+
+/// Outcome of one configuration.
+struct LoadResult {
+    threads: usize,
+    calls: usize,
+    errors: usize,
+    first_error: Option<String>,
+    qps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    recall: f64,
+    queries_seen: usize,
+    cpu: Option<CpuUsage>,
+}
+
+/// Per-worker measurements.
+struct Recorder {
+    warm_end: Instant,
+    end: Instant,
+    latencies_ns: Vec<u64>,
+    last_end: Option<Instant>,
+    /// Hits in the ground truth, from the first answer to each query.
+    correct: Vec<Option<u32>>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// Abort a configuration after this many failed calls (per worker).
+const MAX_ERRORS: usize = 1000;
+
+impl Recorder {
+    fn new(nq: usize, warmup: Duration, duration: Duration) -> Recorder {
+        let now = Instant::now();
+        Recorder {
+            warm_end: now + warmup,
+            end: now + warmup + duration,
+            latencies_ns: Vec::with_capacity(64 * 1024),
+            last_end: None,
+            correct: vec![None; nq],
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        Instant::now() < self.end && self.errors < MAX_ERRORS
+    }
+
+    fn record(&mut self, q: usize, t0: Instant, t1: Instant, result: anyhow::Result<Vec<i64>>, truth: &[i64]) {
+        match result {
+            Ok(ids) => {
+                if t0 >= self.warm_end {
+                    self.latencies_ns.push(t1.duration_since(t0).as_nanos() as u64);
+                    self.last_end = Some(t1);
+                }
+                if let Some(slot) = self.correct.get_mut(q) {
+                    if slot.is_none() {
+                        let gt: HashSet<i64> = truth.iter().copied().collect();
+                        *slot = Some(ids.iter().take(truth.len()).filter(|id| gt.contains(id)).count() as u32);
+                    }
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+}
+
+fn summarize(threads: usize, k: usize, recorders: Vec<Recorder>) -> anyhow::Result<LoadResult> {
+    let warm_end = recorders.iter().map(|r| r.warm_end).min().ok_or_else(|| anyhow!("no workers ran"))?;
+    let last = recorders.iter().filter_map(|r| r.last_end).max();
+    let mut lat: Vec<u64> = recorders.iter().flat_map(|r| r.latencies_ns.iter().copied()).collect();
+    lat.sort_unstable();
+    let errors: usize = recorders.iter().map(|r| r.errors).sum();
+    let first_error = recorders.iter().find_map(|r| r.first_error.clone());
+    let nq = recorders.first().map_or(0, |r| r.correct.len());
+    let mut seen = 0usize;
+    let mut hits = 0u64;
+    for q in 0..nq {
+        if let Some(c) = recorders.iter().find_map(|r| r.correct[q]) {
+            seen += 1;
+            hits += u64::from(c);
+        }
+    }
+    let elapsed = last.map_or(0.0, |l| l.duration_since(warm_end).as_secs_f64());
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        lat[rank - 1] as f64 / 1000.0
+    };
+    Ok(LoadResult {
+        threads,
+        calls: lat.len(),
+        errors,
+        first_error,
+        qps: if elapsed > 0.0 { lat.len() as f64 / elapsed } else { 0.0 },
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        mean_us: if lat.is_empty() { f64::NAN } else { lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1000.0 },
+        recall: if seen > 0 { hits as f64 / (seen * k) as f64 } else { f64::NAN },
+        queries_seen: seen,
+        cpu: None,
+    })
+}
+
+/// Runs `threads` OS threads; each calls `setup(thread)` once to get its search function,
+/// then, after all are ready, searches queries round-robin (each thread starting at its own
+/// offset) through warm-up and the measured window.
+fn drive_threads<S, Q>(
+    data: &Data,
+    k: usize,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+    watch: &[Watched],
+    setup: S,
+) -> anyhow::Result<LoadResult>
+where
+    S: Fn(usize) -> anyhow::Result<Q> + Sync,
+    Q: FnMut(usize) -> anyhow::Result<Vec<i64>>,
+{
+    // The workers and this thread start together; this thread samples CPU use over the
+    // measured window.
+    let barrier = Barrier::new(threads + 1);
+    let failed = AtomicBool::new(false);
+    let (outcomes, cpu) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, failed, setup) = (&barrier, &failed, &setup);
+                s.spawn(move || -> anyhow::Result<Recorder> {
+                    // A panicking setup must still reach the barrier, or the others wait forever.
+                    let search = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| setup(t)))
+                        .unwrap_or_else(|_| Err(anyhow!("benchmark worker setup panicked")));
+                    if search.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                    barrier.wait();
+                    let mut search = search?;
+                    if failed.load(Ordering::SeqCst) {
+                        bail!("another worker failed to start");
+                    }
+                    let mut rec = Recorder::new(data.nq, warmup, duration);
+                    let mut i = t * data.nq / threads;
+                    while rec.running() {
+                        let q = i % data.nq;
+                        let t0 = Instant::now();
+                        let result = search(q);
+                        let t1 = Instant::now();
+                        rec.record(q, t0, t1, result, &data.truth[q]);
+                        i += 1;
+                    }
+                    Ok(rec)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let cpu = if failed.load(Ordering::SeqCst) {
+            None
+        } else {
+            std::thread::sleep(warmup);
+            let before = CpuSnap::take(watch);
+            std::thread::sleep(duration);
+            Some(CpuSnap::take(watch).since(&before, watch))
+        };
+        let outcomes: Vec<anyhow::Result<Recorder>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a benchmark worker thread panicked"))))
+            .collect();
+        (outcomes, cpu)
+    });
+    let recorders = outcomes.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let mut result = summarize(threads, k, recorders)?;
+    result.cpu = cpu;
+    Ok(result)
+}
+
+// ---------------------------------------------------------------- CPU accounting
+
+/// A process whose CPU time is tracked, with a label for the report.
+#[derive(Clone)]
+struct Watched {
+    pid: u32,
+    label: String,
+}
+
+/// Busy CPU time of the machine and of each watched process, in clock ticks.
+struct CpuSnap {
+    at: Instant,
+    busy: u64,
+    procs: Vec<u64>,
+}
+
+/// CPU use over a window, in cores (1.0 = one core fully busy).
+struct CpuUsage {
+    parts: Vec<(String, f64)>,
+    /// Everything else on the machine (other processes, kernel work not charged to ours).
+    other: f64,
+}
+
+impl CpuSnap {
+    fn take(watch: &[Watched]) -> CpuSnap {
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let line = t.lines().next()?.to_string();
+                let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                // user nice system idle iowait irq softirq steal (guest time is inside user).
+                Some(v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| *x).sum())
+            })
+            .unwrap_or(0);
+        let procs = watch.iter().map(|w| proc_ticks(w.pid)).collect();
+        CpuSnap { at: Instant::now(), busy, procs }
+    }
+
+    fn since(&self, before: &CpuSnap, watch: &[Watched]) -> CpuUsage {
+        let hz = clock_ticks_per_sec();
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        let cores = |ticks: u64| ticks as f64 / hz / wall;
+        let mut ours = 0u64;
+        let mut parts: Vec<(String, f64)> = Vec::new();
+        for (w, (a, b)) in watch.iter().zip(self.procs.iter().zip(&before.procs)) {
+            let d = a.saturating_sub(*b);
+            ours += d;
+            match parts.iter_mut().find(|p| p.0 == w.label) {
+                Some(p) => p.1 += cores(d),
+                None => parts.push((w.label.clone(), cores(d))),
+            }
+        }
+        CpuUsage { parts, other: cores(self.busy.saturating_sub(before.busy).saturating_sub(ours)) }
+    }
+}
+
+/// Waits (up to --quiet-wait-secs) until processes other than `ours` use under
+/// --quiet-cores cores over a 1 s sample.
+fn wait_quiet(args: &BenchArgs, ours: &[Watched]) {
+    if args.quiet_wait_secs <= 0.0 {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.quiet_wait_secs);
+    let mut announced = false;
+    loop {
+        let before = CpuSnap::take(ours);
+        std::thread::sleep(Duration::from_secs(1));
+        let other = CpuSnap::take(ours).since(&before, ours).other;
+        if other < args.quiet_cores {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("machine still busy ({other:.2} cores used by other processes); measuring anyway");
+            return;
+        }
+        if !announced {
+            eprintln!("waiting for the machine to go quiet ({other:.2} cores used by other processes)...");
+            announced = true;
+        }
+    }
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+// ---------------------------------------------------------------- raw faiss
+
+struct RawRow {
+    result: LoadResult,
+}
+
+fn run_raw(
+    args: &BenchArgs,
+    data: &Data,
+    params: &IndexParams,
+    search_params: &SearchParams,
+    report: &mut Report,
+) -> anyhow::Result<Vec<RawRow>> {
+    set_faiss_threads(1);
+    let before = proc_mem(std::process::id());
+    eprintln!(
+        "raw faiss: building {:?} {:?} over {} vectors (1 faiss thread)...",
+        params.index_type, params.metric, data.n
+    );
+    let t = Instant::now();
+    let index = VectorIndex::build(params, data.dim, &data.base).map_err(|e| anyhow!("raw faiss build: {e}"))?;
+    let build = t.elapsed();
+    let after = proc_mem(std::process::id());
+    eprintln!("raw faiss: built in {:.1}s ({:?}, {} rows)", build.as_secs_f64(), index.index_type(), index.len());
+    report.raw_build = Some(build);
+    report.raw_index_type = Some(index.index_type());
+    report.raw_rss = Some((before, after, index.mem_bytes()));
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        let index = &index;
+        wait_quiet(args, &[Watched { pid: std::process::id(), label: String::new() }]);
+        let watch = [Watched { pid: std::process::id(), label: "bench (faiss)".into() }];
+        let result = drive_threads(data, args.k, threads, warmup, duration, &watch, |_| {
+            Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
+                let (_, labels) = index.search(data.query(q), args.k, search_params).map_err(|e| anyhow!("{e}"))?;
+                Ok(labels)
+            })
+        })?;
+        eprintln!(
+            "raw faiss, {threads} thread(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}",
+            result.qps, result.p50_us, result.p99_us, args.k, result.recall
+        );
+        rows.push(RawRow { result });
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------- Quiver
+
+/// The `quiver standalone` child and its data dir; stopped and removed on drop.
+struct QuiverChild {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    url: String,
+}
+
+impl QuiverChild {
+    fn start(segment_max_rows: usize, extra_env: &[(String, String)]) -> anyhow::Result<QuiverChild> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "quiver-bench-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = dir.join("quiver.log");
+        let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        // /proc/self/exe still names this very binary if a rebuild replaced the file meanwhile.
+        let exe = match Path::new("/proc/self/exe").exists() {
+            true => PathBuf::from("/proc/self/exe"),
+            false => std::env::current_exe().context("cannot find the quiver executable")?,
+        };
+        let mut cmd = Command::new(exe);
+        cmd.arg("standalone")
+            .env("QUIVER_NATS__URL", "\"\"")
+            .env("QUIVER_NATS__EMBEDDED_PORT", port.to_string())
+            .env("QUIVER_CLUSTER__NAME", CLUSTER)
+            .env("QUIVER_CLUSTER__DATA_DIR", dir.join("data"))
+            .env("QUIVER_STORAGE__URL", "\"\"")
+            // Metrics stay on, as in a default deployment, on a free port.
+            .env("QUIVER_METRICS__LISTEN", "127.0.0.1:0")
+            .env("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        // Spawned from the main thread, so the death signal only fires if the bench exits.
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child
+            // when this process (its spawning thread, the main thread) dies.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().context("cannot start `quiver standalone`")?;
+        Ok(QuiverChild { child: Some(child), dir, log, url: format!("nats://127.0.0.1:{port}") })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Errors if the child has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!("`quiver standalone` exited with {status}; last log lines:\n{}", self.log_tail(30));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM, wait up to 20 s (then SIGKILL), remove the data dir.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => {
+                        status = Some(s);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    _ => {
+                        eprintln!("quiver standalone did not stop within 20 s; killing it");
+                        let _ = child.kill();
+                        status = child.wait().ok();
+                        break;
+                    }
+                }
+            }
+        }
+        if self.dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+            }
+        }
+        status
+    }
+}
+
+impl Drop for QuiverChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// What the Quiver half measured besides search rows.
+#[derive(Default)]
+struct QuiverLoad {
+    startup: Duration,
+    insert: Duration,
+    flush_served: Duration,
+    segments: usize,
+    segment_rows: Vec<u64>,
+    brute_force_p50_us: f64,
+    index_built: Duration,
+    index_live: Duration,
+    index_live_note: String,
+    /// (pid, name, VmRSS, VmHWM) of the child and its descendants after load + index ...
+    rss: Vec<(u32, String, u64, u64)>,
+    /// ... and after the search runs.
+    rss_end: Vec<(u32, String, u64, u64)>,
+}
+
+/// Latency decomposition: the same queries over shorter paths (1 client, Eventually).
+struct Breakdown {
+    /// bench → nats-server → echo responder (own thread + connection) → back; search-sized payload.
+    echo: LoadResult,
+    echo_bytes: usize,
+    /// bench → query node directly (`NodeSearch`, skipping the proxy).
+    querynode: LoadResult,
+    /// The full SDK path measured right after, for a like-for-like comparison.
+    full: LoadResult,
+}
+
+struct QuiverRow {
+    consistency: Consistency,
+    result: LoadResult,
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()?)
+}
+
+fn run_quiver(
+    args: &BenchArgs,
+    data: &Data,
+    params: &IndexParams,
+    search_params: &SearchParams,
+    consistencies: &[Consistency],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let segment_max_rows = data.n.max(200_000);
+    report.segment_max_rows = segment_max_rows;
+    let started = Instant::now();
+    let extra_env = args
+        .child_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--child-env wants KEY=VALUE, got {kv:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut child = QuiverChild::start(segment_max_rows, &extra_env)?;
+    eprintln!(
+        "quiver: started `quiver standalone` (pid {}) on {}, data in {}",
+        child.pid(),
+        child.url,
+        child.dir.display()
+    );
+    let rt = runtime(2)?;
+    let mut load = QuiverLoad::default();
+    let client = rt.block_on(wait_ready(&mut child))?;
+    load.startup = started.elapsed();
+    eprintln!("quiver: ready in {:.1}s", load.startup.as_secs_f64());
+
+    // Load: create, insert in batches, flush, wait until the sealed segment is served.
+    rt.block_on(async {
+        let mut s = schema::simple(COLLECTION, data.dim as u32);
+        s.num_shards = 1;
+        client.create_collection(s).await?;
+        let t = Instant::now();
+        let batch = args.batch.max(1);
+        let mut start = 0;
+        while start < data.n {
+            let end = (start + batch).min(data.n);
+            let rows = schema::rows(
+                start as i64..end as i64,
+                data.dim as u32,
+                data.base[start * data.dim..end * data.dim].to_vec(),
+            );
+            client.insert(COLLECTION, rows).await.with_context(|| format!("insert rows {start}..{end}"))?;
+            start = end;
+        }
+        load.insert = t.elapsed();
+        eprintln!(
+            "quiver: inserted {} rows in {:.1}s ({:.0} rows/s)",
+            data.n,
+            load.insert.as_secs_f64(),
+            data.n as f64 / load.insert.as_secs_f64().max(1e-9)
+        );
+        let t = Instant::now();
+        retry("flush", || client.flush(COLLECTION)).await?;
+        wait_segments(&client, data.n as u64, false, Duration::from_secs(600)).await?;
+        load.flush_served = t.elapsed();
+        eprintln!("quiver: flushed; sealed segment(s) served after {:.1}s", load.flush_served.as_secs_f64());
+        anyhow::Ok(())
+    })?;
+    child.check_alive()?;
+
+    // Brute-force latency before the index exists: the yardstick for "index is live".
+    let probe_n = data.nq.min(20);
+    load.brute_force_p50_us = rt.block_on(probe_p50(&client, data, search_params, args.k, probe_n))?;
+    eprintln!("quiver: brute-force search (no index yet) p50 {:.0} µs", load.brute_force_p50_us);
+
+    // Index: create, wait until every segment is Indexed, then until the query node serves it.
+    rt.block_on(async {
+        let t = Instant::now();
+        retry("create_index", || client.create_index(COLLECTION, params.clone())).await?;
+        eprintln!("quiver: index defined; waiting for the index node...");
+        let dist = wait_segments(&client, data.n as u64, true, Duration::from_secs(7200)).await?;
+        load.index_built = t.elapsed();
+        load.segments = dist.len();
+        load.segment_rows = dist;
+        eprintln!("quiver: all {} segment(s) Indexed after {:.1}s", load.segments, load.index_built.as_secs_f64());
+        // Brute force over the whole base is far slower than an index search; when it is
+        // clearly slow, the index is live once the probe latency falls to a third of it.
+        let threshold = (load.brute_force_p50_us >= 3000.0).then_some(load.brute_force_p50_us / 3.0);
+        match threshold {
+            Some(th) => {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                loop {
+                    let p50 = probe_p50(&client, data, search_params, args.k, probe_n).await?;
+                    if p50 < th {
+                        load.index_live_note = format!(
+                            "probe p50 {p50:.0} µs fell below {th:.0} µs, a third of the brute-force p50"
+                        );
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("the query node still searches by brute force 10 minutes after the index was built (probe p50 {p50:.0} µs)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            None => {
+                // Brute force is fast (small base): latency cannot tell, so give the
+                // coordinator two reconcile rounds to hand the index to the query node.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                load.index_live_note = "fixed 5 s wait after Indexed (brute force not distinguishable by latency)".into();
+            }
+        }
+        load.index_live = t.elapsed();
+        eprintln!("quiver: index serving on the query node after {:.1}s ({})", load.index_live.as_secs_f64(), load.index_live_note);
+        anyhow::Ok(())
+    })?;
+    child.check_alive()?;
+    load.rss = tree_mem(child.pid());
+    relabel(&mut load.rss, child.pid());
+
+    // Searches. CPU is tracked for this process (the clients), the Quiver child and its
+    // descendants (the nats-server).
+    let mut watch = vec![Watched { pid: std::process::id(), label: "bench client".into() }];
+    for (pid, name, _, _) in &load.rss {
+        watch.push(Watched { pid: *pid, label: name.clone() });
+    }
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    for &consistency in consistencies {
+        for &threads in &args.threads {
+            wait_quiet(args, &watch);
+            let result = match args.client_mode {
+                ClientMode::Threads => quiver_threads(
+                    &child.url,
+                    data,
+                    args.k,
+                    *search_params,
+                    consistency,
+                    threads,
+                    warmup,
+                    duration,
+                    &watch,
+                )?,
+                ClientMode::Tasks => quiver_tasks(
+                    &child.url,
+                    data,
+                    args.k,
+                    *search_params,
+                    consistency,
+                    threads,
+                    warmup,
+                    duration,
+                    &watch,
+                )?,
+            };
+            eprintln!(
+                "quiver {consistency:?}, {threads} client(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}{}",
+                result.qps,
+                result.p50_us,
+                result.p99_us,
+                args.k,
+                result.recall,
+                if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
+            );
+            report.quiver.push(QuiverRow { consistency, result });
+            child.check_alive()?;
+        }
+    }
+    if !args.no_breakdown {
+        wait_quiet(args, &watch);
+        match rt.block_on(breakdown_setup(&client)) {
+            Ok(target) => {
+                let b = run_breakdown(&child.url, data, args.k, *search_params, warmup, duration, &watch, &target)?;
+                eprintln!(
+                    "breakdown p50: echo {:.0} µs, query node direct {:.0} µs, full SDK {:.0} µs",
+                    b.echo.p50_us, b.querynode.p50_us, b.full.p50_us
+                );
+                report.breakdown = Some(b);
+            }
+            Err(e) => eprintln!("warning: no latency breakdown: {e:#}"),
+        }
+    }
+    // Again after the search load (VmHWM there is the peak over the whole run).
+    load.rss_end = tree_mem(child.pid());
+    relabel(&mut load.rss_end, child.pid());
+    if args.pause {
+        eprintln!(
+            "quiver: paused; pid {} at {} (cluster {CLUSTER}, collection {COLLECTION}). Press Enter to stop.",
+            child.pid(),
+            child.url
+        );
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    drop(client);
+    drop(rt);
+    let status = child.stop();
+    eprintln!("quiver: stopped ({})", status.map_or("unknown status".into(), |s| s.to_string()));
+    report.quiver_load = Some(load);
+    Ok(())
+}
+
+/// Connects and waits until every role reports healthy.
+async fn wait_ready(child: &mut QuiverChild) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The embedded nats-server first: the SDK would otherwise keep retrying in the background.
+    let addr = child.url.trim_start_matches("nats://").to_string();
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        child.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after 120 s; log:\n{}", child.log_tail(30));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = tokio::time::timeout(Duration::from_secs(10), Client::connect(&child.url, CLUSTER))
+        .await
+        .with_context(|| format!("connecting to {} timed out", child.url))??
+        .with_timeout(Duration::from_secs(120));
+    loop {
+        child.check_alive()?;
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), client.status()).await {
+            let healthy: Vec<Role> = status.nodes.iter().filter(|n| n.healthy).map(|n| n.role).collect();
+            if Role::ALL.iter().all(|r| healthy.contains(r)) {
+                return Ok(client);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "Quiver did not report all {} roles healthy within 120 s; log:\n{}",
+                Role::ALL.len(),
+                child.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retries a call that failed with a retryable error (Unavailable, Timeout) for up to 60 s.
+async fn retry<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, quiver_client::ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::debug!(what, error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(anyhow!("{what}: {e}")),
+        }
+    }
+}
+
+/// Waits until the served segments hold `rows` rows (and, with `indexed`, are all Indexed).
+/// Returns the rows per segment.
+async fn wait_segments(client: &Client, rows: u64, indexed: bool, limit: Duration) -> anyhow::Result<Vec<u64>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let d = retry("distribution", || client.distribution(COLLECTION)).await?;
+        let live: Vec<_> = d.segments.iter().filter(|s| s.segment.state != SegmentState::Dropped).collect();
+        let total: u64 = live.iter().map(|s| s.segment.rows).sum();
+        let served = live.iter().all(|s| !s.nodes.is_empty());
+        let all_indexed = live.iter().all(|s| s.segment.state == SegmentState::Indexed);
+        if total == rows && served && (!indexed || all_indexed) {
+            return Ok(live.iter().map(|s| s.segment.rows).collect());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {limit:?}: {} segment(s) served with {total} of {rows} rows, states {:?}",
+                live.len(),
+                live.iter().map(|s| s.segment.state).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn search_request(
+    data: &Data,
+    q: usize,
+    k: usize,
+    params: SearchParams,
+    consistency: Consistency,
+) -> quiver_client::Search {
+    let mut req = schema::search(COLLECTION, data.dim as u32, data.query(q).to_vec(), k as u32);
+    req.params = params;
+    req.consistency = consistency;
+    req
+}
+
+fn ids_of(res: quiver_client::SearchResults) -> Vec<i64> {
+    res.results
+        .into_iter()
+        .next()
+        .map(|h| h.pks.into_iter().filter_map(|p| if let PrimaryKey::Int64(v) = p { Some(v) } else { None }).collect())
+        .unwrap_or_default()
+}
+
+/// Median latency of `n` sequential Eventually searches.
+async fn probe_p50(client: &Client, data: &Data, params: &SearchParams, k: usize, n: usize) -> anyhow::Result<f64> {
+    let mut lat = Vec::with_capacity(n);
+    for q in 0..n {
+        let req = search_request(data, q, k, *params, Consistency::Eventually);
+        let t = Instant::now();
+        client.search(&req).await?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    lat.sort_unstable();
+    Ok(lat.get(lat.len() / 2).copied().unwrap_or(0) as f64 / 1000.0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quiver_threads(
+    url: &str,
+    data: &Data,
+    k: usize,
+    params: SearchParams,
+    consistency: Consistency,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+    watch: &[Watched],
+) -> anyhow::Result<LoadResult> {
+    drive_threads(data, k, threads, warmup, duration, watch, |_| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let client = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), Client::connect(url, CLUSTER)).await })
+            .context("connecting a benchmark client timed out")??;
+        Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
+            let req = search_request(data, q, k, params, consistency);
+            Ok(ids_of(rt.block_on(client.search(&req))?))
+        })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quiver_tasks(
+    url: &str,
+    data: &Data,
+    k: usize,
+    params: SearchParams,
+    consistency: Consistency,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+    watch: &[Watched],
+) -> anyhow::Result<LoadResult> {
+    let rt = runtime(threads)?;
+    rt.block_on(async {
+        let client = tokio::time::timeout(Duration::from_secs(10), Client::connect(url, CLUSTER))
+            .await
+            .context("connecting the benchmark client timed out")??;
+        // The tasks need 'static data: share the queries and ground truth through an Arc.
+        let shared = std::sync::Arc::new((data.queries.clone(), data.truth.clone(), data.dim, data.nq));
+        let mut handles = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let client = client.clone();
+            let shared = shared.clone();
+            handles.push(tokio::spawn(async move {
+                let (queries, truth, dim, nq) = (&shared.0, &shared.1, shared.2, shared.3);
+                let mut rec = Recorder::new(nq, warmup, duration);
+                let mut i = t * nq / threads;
+                while rec.running() {
+                    let q = i % nq;
+                    let mut req =
+                        schema::search(COLLECTION, dim as u32, queries[q * dim..(q + 1) * dim].to_vec(), k as u32);
+                    req.params = params;
+                    req.consistency = consistency;
+                    let t0 = Instant::now();
+                    let result = client.search(&req).await.map(ids_of).map_err(anyhow::Error::from);
+                    let t1 = Instant::now();
+                    rec.record(q, t0, t1, result, &truth[q]);
+                    i += 1;
+                }
+                rec
+            }));
+        }
+        tokio::time::sleep(warmup).await;
+        let before = CpuSnap::take(watch);
+        tokio::time::sleep(duration).await;
+        let cpu = CpuSnap::take(watch).since(&before, watch);
+        let mut recorders = Vec::with_capacity(threads);
+        for h in handles {
+            recorders.push(h.await.map_err(|e| anyhow!("benchmark task failed: {e}"))?);
+        }
+        let mut result = summarize(threads, k, recorders)?;
+        result.cpu = Some(cpu);
+        Ok(result)
+    })
+}
+
+/// Where a direct query-node search goes: the node's subject and the collection's layout.
+struct DirectTarget {
+    subject: String,
+    dist: quiver_client::Distribution,
+}
+
+async fn breakdown_setup(client: &Client) -> anyhow::Result<DirectTarget> {
+    let dist = client.distribution(COLLECTION).await?;
+    let mut nodes: Vec<&String> = dist.segments.iter().flat_map(|s| s.nodes.iter()).collect();
+    nodes.extend(dist.shards.iter().map(|s| &s.leader));
+    nodes.sort();
+    nodes.dedup();
+    let [node] = nodes.as_slice() else {
+        bail!("the collection is served by {} query nodes; the direct path needs exactly one", nodes.len());
+    };
+    let subject = quiver_runtime::Subjects::new(CLUSTER).node(node, "search");
+    Ok(DirectTarget { subject, dist })
+}
+
+async fn connect_bus(url: &str, name: &str) -> anyhow::Result<quiver_runtime::Bus> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        quiver_runtime::Bus::connect(url, CLUSTER, name, Duration::from_secs(60)),
+    )
+    .await
+    .context("connecting to NATS timed out")?
+    .map_err(|e| anyhow!("{e}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_breakdown(
+    url: &str,
+    data: &Data,
+    k: usize,
+    params: SearchParams,
+    warmup: Duration,
+    duration: Duration,
+    watch: &[Watched],
+    target: &DirectTarget,
+) -> anyhow::Result<Breakdown> {
+    use futures::StreamExt;
+    use quiver_client::Wire;
+    let opts = quiver_runtime::bus::CallOptions::default();
+    // Echo responder: its own thread, runtime and connection, like a role on its arbiter.
+    let echo_subject = format!("quiver.{CLUSTER}.bench.echo");
+    let payload = search_request(data, 0, k, params, Consistency::Eventually).to_bytes();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let responder = {
+        let (url, subject) = (url.to_string(), echo_subject.clone());
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let setup = async {
+                    let bus = connect_bus(&url, "bench-echo").await?;
+                    let sub = bus.subscribe(subject).await.map_err(|e| anyhow!("{e}"))?;
+                    bus.flush().await.map_err(|e| anyhow!("{e}"))?;
+                    anyhow::Ok((bus, sub))
+                };
+                let (bus, mut sub) = match setup.await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let mut stop = stop_rx;
+                loop {
+                    tokio::select! {
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { break };
+                            if let Some(reply) = msg.reply {
+                                let _ = bus.client().publish(reply, msg.payload).await;
+                            }
+                        }
+                        _ = &mut stop => break,
+                    }
+                }
+            });
+        })
+    };
+    ready_rx.recv().map_err(|_| anyhow!("echo responder thread died"))??;
+    let echo = drive_threads(data, k, 1, warmup, duration, watch, |_| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let bus = rt.block_on(connect_bus(url, "bench-echo-client"))?;
+        let (subject, payload, opts) = (echo_subject.clone(), payload.clone(), opts.clone());
+        Ok(move |_q: usize| -> anyhow::Result<Vec<i64>> {
+            rt.block_on(bus.request_bytes(subject.clone(), payload.clone().into(), &opts))
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(Vec::new())
+        })
+    });
+    let _ = stop_tx.send(());
+    let _ = responder.join();
+    let echo = echo?;
+    let querynode = drive_threads(data, k, 1, warmup, duration, watch, |_| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let bus = rt.block_on(connect_bus(url, "bench-direct"))?;
+        let opts = opts.clone();
+        Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
+            let msg = quiver_client::NodeSearch {
+                collection: target.dist.collection.id,
+                search: search_request(data, q, k, params, Consistency::Eventually),
+                segments: target.dist.segments.iter().map(|s| s.segment.id).collect(),
+                growing: target.dist.shards.clone(),
+                guarantee_ts: 0,
+            };
+            let reply = rt
+                .block_on(bus.request_bytes(target.subject.clone(), msg.to_bytes().into(), &opts))
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(ids_of(quiver_client::SearchResults::from_bytes(&reply)?))
+        })
+    })?;
+    let full = quiver_threads(url, data, k, params, Consistency::Eventually, 1, warmup, duration, watch)?;
+    Ok(Breakdown { echo, echo_bytes: payload.len(), querynode, full })
+}
+
+// ---------------------------------------------------------------- memory
+
+/// (VmRSS, VmHWM) of a process in bytes.
+fn proc_mem(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// Direct children of a process, from every thread's `children` list.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// (pid, name, VmRSS, VmHWM) of a process and all its descendants.
+fn tree_mem(root: u32) -> Vec<(u32, String, u64, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        let (rss, hwm) = proc_mem(pid);
+        out.push((pid, comm(pid), rss, hwm));
+        stack.extend(children(pid));
+    }
+    out
+}
+
+/// Names the Quiver child "quiver" (started through /proc/self/exe, its comm is "exe").
+fn relabel(list: &mut [(u32, String, u64, u64)], quiver: u32) {
+    for e in list.iter_mut().filter(|e| e.0 == quiver) {
+        e.1 = "quiver".into();
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+// ---------------------------------------------------------------- report
+
+struct Report {
+    cpu: String,
+    cores: usize,
+    dataset: String,
+    n: usize,
+    nq: usize,
+    dim: usize,
+    k: usize,
+    truth_source: String,
+    params: IndexParams,
+    search: SearchParams,
+    duration_secs: f64,
+    warmup_secs: f64,
+    client_mode: ClientMode,
+    raw_build: Option<Duration>,
+    raw_index_type: Option<IndexType>,
+    /// ((rss, hwm) before, (rss, hwm) after, estimated index bytes)
+    raw_rss: Option<((u64, u64), (u64, u64), u64)>,
+    raw: Vec<RawRow>,
+    segment_max_rows: usize,
+    batch: usize,
+    child_env: Vec<String>,
+    quiver_load: Option<QuiverLoad>,
+    quiver: Vec<QuiverRow>,
+    breakdown: Option<Breakdown>,
+}
+
+impl Report {
+    fn new(args: &BenchArgs, data: &Data, params: &IndexParams) -> Report {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        Report {
+            cpu,
+            cores: available_cores(),
+            dataset: args.dataset.display().to_string(),
+            n: data.n,
+            nq: data.nq,
+            dim: data.dim,
+            k: args.k,
+            truth_source: data.truth_source.clone(),
+            params: params.clone(),
+            search: SearchParams { nprobe: args.nprobe, ef: args.ef },
+            duration_secs: args.duration_secs,
+            warmup_secs: args.warmup_secs,
+            client_mode: args.client_mode,
+            raw_build: None,
+            raw_index_type: None,
+            raw_rss: None,
+            raw: Vec::new(),
+            segment_max_rows: 0,
+            batch: args.batch,
+            child_env: args.child_env.clone(),
+            quiver_load: None,
+            quiver: Vec::new(),
+            breakdown: None,
+        }
+    }
+
+    fn raw_for(&self, threads: usize) -> Option<&LoadResult> {
+        self.raw.iter().map(|r| &r.result).find(|r| r.threads == threads)
+    }
+
+    fn markdown(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let p = &self.params;
+        let _ = writeln!(s, "## quiver bench\n");
+        let _ = writeln!(s, "- machine: {} × {} cores", self.cpu, self.cores);
+        let _ = writeln!(
+            s,
+            "- dataset: {} — {} base × {} dim, {} queries, k = {}",
+            self.dataset, self.n, self.dim, self.nq, self.k
+        );
+        let _ = writeln!(s, "- ground truth: {}", self.truth_source);
+        let _ = writeln!(
+            s,
+            "- index: {:?} {:?} (M/m {}, efConstruction {}, nlist {}, nbits {}; 0 = default); search ef {}, nprobe {} (0 = default); faiss threads 1",
+            p.index_type, p.metric, p.m, p.ef_construction, p.nlist, p.nbits, self.search.ef, self.search.nprobe
+        );
+        let _ = writeln!(
+            s,
+            "- one query per call; {} s warm-up + {} s measured per row",
+            self.warmup_secs, self.duration_secs
+        );
+        let _ = writeln!(s, "- Quiver clients: {}", self.client_mode.describe());
+        if !self.child_env.is_empty() {
+            let _ = writeln!(s, "- extra environment of the Quiver child: `{}`", self.child_env.join(" "));
+        }
+        if self.segment_max_rows > 0 {
+            let _ = writeln!(
+                s,
+                "- Quiver: `quiver standalone` child, 1 shard, datanode.segment_max_rows = {} so the whole base is one segment (same index shape as raw faiss)",
+                self.segment_max_rows
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| system | consistency | client threads | calls | QPS | p50 µs | p99 µs | mean µs | recall@{} | QPS / raw | added p50 µs |", self.k);
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let fmt_row = |s: &mut String, system: &str, cons: &str, r: &LoadResult, raw: Option<&LoadResult>| {
+            let (ratio, added) = match raw {
+                Some(b) if b.qps > 0.0 => {
+                    (format!("{:.0}%", 100.0 * r.qps / b.qps), format!("{:+.0}", r.p50_us - b.p50_us))
+                }
+                _ => ("—".into(), "—".into()),
+            };
+            let errors = if r.errors > 0 { format!(" ({} errors)", r.errors) } else { String::new() };
+            let _ = writeln!(
+                s,
+                "| {system} | {cons} | {} | {} | {:.0}{errors} | {:.0} | {:.0} | {:.0} | {:.4} | {ratio} | {added} |",
+                r.threads, r.calls, r.qps, r.p50_us, r.p99_us, r.mean_us, r.recall
+            );
+        };
+        for r in &self.raw {
+            fmt_row(&mut s, "raw faiss (in-process)", "—", &r.result, None);
+        }
+        for q in &self.quiver {
+            let cons = format!("{:?}", q.consistency);
+            fmt_row(&mut s, "Quiver standalone (NATS SDK)", &cons, &q.result, self.raw_for(q.result.threads));
+        }
+        let _ = writeln!(s);
+        for r in self.raw.iter().map(|r| &r.result).chain(self.quiver.iter().map(|q| &q.result)) {
+            if r.queries_seen < self.nq {
+                let _ = writeln!(
+                    s,
+                    "- note: a {}-thread row saw only {} of {} queries (recall over those)",
+                    r.threads, r.queries_seen, self.nq
+                );
+            }
+            if let Some(e) = &r.first_error {
+                let _ = writeln!(s, "- errors in a {}-thread row: {} (first: {e})", r.threads, r.errors);
+            }
+        }
+        if let Some(b) = &self.breakdown {
+            let raw = self.raw_for(1);
+            let _ = writeln!(s, "### Where the time goes (1 client, Eventually)\n");
+            let _ = writeln!(s, "| path | p50 µs | p99 µs | mean µs | QPS |");
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+            let row = |s: &mut String, name: &str, r: &LoadResult| {
+                let _ = writeln!(s, "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |", r.p50_us, r.p99_us, r.mean_us, r.qps);
+            };
+            if let Some(r) = raw {
+                row(&mut s, "raw faiss search, in-process", r);
+            }
+            row(
+                &mut s,
+                &format!("NATS echo: request/reply of {} B through nats-server to a responder thread (1 round trip, no work)", b.echo_bytes),
+                &b.echo,
+            );
+            row(
+                &mut s,
+                "query node directly: NodeSearch request → query node → faiss → reply (1 round trip)",
+                &b.querynode,
+            );
+            row(&mut s, "full SDK search: client → proxy → query node → proxy → client (2 round trips)", &b.full);
+            let _ = writeln!(s);
+            if let Some(r) = raw {
+                let qn_over = b.querynode.p50_us - r.p50_us - b.echo.p50_us;
+                let proxy = b.full.p50_us - b.querynode.p50_us;
+                let _ = writeln!(
+                    s,
+                    "p50 decomposition: faiss {:.0} µs + NATS round trip {:.0} µs + query-node work beyond faiss (decode, dispatch, spawn_blocking, encode) {:.0} µs = query node direct {:.0} µs; the proxy hop adds {:.0} µs (of which one more NATS round trip ≈ {:.0} µs, proxy work ≈ {:.0} µs).\n",
+                    r.p50_us,
+                    b.echo.p50_us,
+                    qn_over,
+                    b.querynode.p50_us,
+                    proxy,
+                    b.echo.p50_us,
+                    proxy - b.echo.p50_us
+                );
+            }
+        }
+        let _ = writeln!(s, "### CPU during the measured windows\n");
+        let _ = writeln!(
+            s,
+            "Cores busy (1.0 = one core) per process from /proc/<pid>/stat, and CPU µs per query; \"other\" is the rest of the machine's busy time (/proc/stat) — other processes and kernel work not charged to ours.\n"
+        );
+        let _ = writeln!(s, "| system | consistency | client threads | CPU by process: cores (µs per query) | total µs/query | other (cores) |");
+        let _ = writeln!(s, "|---|---|---:|---|---:|---:|");
+        let cpu_row = |s: &mut String, system: &str, cons: &str, r: &LoadResult| {
+            let Some(cpu) = &r.cpu else { return };
+            let per_q = |cores: f64| if r.qps > 0.0 { cores / r.qps * 1e6 } else { f64::NAN };
+            let parts: Vec<String> =
+                cpu.parts.iter().map(|(name, c)| format!("{name} {c:.2} ({:.0})", per_q(*c))).collect();
+            let total: f64 = cpu.parts.iter().map(|p| p.1).sum();
+            let _ = writeln!(
+                s,
+                "| {system} | {cons} | {} | {} | {:.0} | {:.2} |",
+                r.threads,
+                parts.join(", "),
+                per_q(total),
+                cpu.other
+            );
+        };
+        for r in &self.raw {
+            cpu_row(&mut s, "raw faiss", "—", &r.result);
+        }
+        for q in &self.quiver {
+            cpu_row(&mut s, "Quiver", &format!("{:?}", q.consistency), &q.result);
+        }
+        if let Some(b) = &self.breakdown {
+            cpu_row(&mut s, "NATS echo", "—", &b.echo);
+            cpu_row(&mut s, "query node direct", "Eventually", &b.querynode);
+            cpu_row(&mut s, "Quiver (breakdown run)", "Eventually", &b.full);
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "### Build, load and memory\n");
+        if let Some(b) = self.raw_build {
+            let built = self.raw_index_type.map_or(String::new(), |t| format!(" (built as {t:?})"));
+            let _ = writeln!(s, "- raw faiss build: {:.1} s{built}", b.as_secs_f64());
+        }
+        if let Some(((rb, _), (ra, ha), est)) = self.raw_rss {
+            let _ = writeln!(
+                s,
+                "- raw faiss RSS: bench process {} before build → {} after (index ≈ {} by RSS delta; estimate {}; peak {})",
+                mib(rb),
+                mib(ra),
+                mib(ra.saturating_sub(rb)),
+                mib(est),
+                mib(ha)
+            );
+        }
+        if let Some(l) = &self.quiver_load {
+            let _ = writeln!(s, "- Quiver startup (spawn → 5 healthy roles): {:.1} s", l.startup.as_secs_f64());
+            let _ = writeln!(
+                s,
+                "- Quiver insert: {} rows in {:.1} s = {:.0} rows/s (SDK, batches of {}); flush → segment served {:.1} s",
+                self.n,
+                l.insert.as_secs_f64(),
+                self.n as f64 / l.insert.as_secs_f64().max(1e-9),
+                self.batch,
+                l.flush_served.as_secs_f64()
+            );
+            let _ = writeln!(s, "- Quiver segments: {} with rows {:?}", l.segments, l.segment_rows);
+            let _ = writeln!(
+                s,
+                "- Quiver brute-force search before the index (p50, 1 client): {:.0} µs",
+                l.brute_force_p50_us
+            );
+            let _ = writeln!(
+                s,
+                "- Quiver index build (create_index → all segments Indexed): {:.1} s; serving on the query node after {:.1} s ({})",
+                l.index_built.as_secs_f64(),
+                l.index_live.as_secs_f64(),
+                l.index_live_note
+            );
+            for (when, list) in [("after load + index", &l.rss), ("after the search runs", &l.rss_end)] {
+                let total: u64 = list.iter().map(|e| e.2).sum();
+                let peak: u64 = list.iter().map(|e| e.3).sum();
+                let parts: Vec<String> = list
+                    .iter()
+                    .map(|(pid, name, rss, hwm)| format!("{name} (pid {pid}) {} (peak {})", mib(*rss), mib(*hwm)))
+                    .collect();
+                let _ = writeln!(s, "- Quiver RSS {when}: {} (peak {}) = {}", mib(total), mib(peak), parts.join(" + "));
+            }
+        }
+        s
+    }
 }

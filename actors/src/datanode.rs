@@ -201,16 +201,24 @@ impl ShardWriter {
         }
     }
 
-    /// Catches up with everything acknowledged so far, then seals.
+    /// Catches up with everything acknowledged so far, then seals. Catching up seals full
+    /// segments on the way, so a flush never makes a segment larger than `segment_max_rows`
+    /// (plus one log entry).
     async fn flush_now(&mut self, log: &mut ShardLog) -> Result<Vec<u64>> {
         let target = dml::last_seq(&self.node.shared.bus, self.info.id, self.shard).await?;
+        let max_rows = self.node.shared.config.datanode.segment_max_rows;
+        let mut sealed = Vec::new();
         while self.applied < target {
             match log.next().await {
                 Some(entry) => self.apply(entry?),
                 None => return Err(Error::Unavailable("DML consumer ended".into())),
             }
+            if self.rows.len() as u64 >= max_rows {
+                sealed.extend(self.seal().await?);
+            }
         }
-        Ok(self.seal().await?.into_iter().collect())
+        sealed.extend(self.seal().await?);
+        Ok(sealed)
     }
 
     async fn seal(&mut self) -> Result<Option<u64>> {

@@ -1,7 +1,11 @@
 //! Reading a shard's DML log: an ordered JetStream consumer from a given position, and the
 //! catch-up check that consistency and flush rely on.
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::push::{self, OrderedErrorKind};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 use quiver_runtime::{Bus, Error, Result};
 use quiver_schemas::{DmlEntry, Seq, Wire};
@@ -16,46 +20,111 @@ pub struct LogEntry {
 }
 
 /// An ordered push consumer over one shard stream, starting after `after`.
+///
+/// Survives NATS server restarts: when the client has reconnected since the consumer was
+/// created, or the consumer stops sending heartbeats, a fresh consumer resumes right after
+/// the last delivered position. (The client's own ordered consumer can miss a quick
+/// disconnect/reconnect and then wait on a consumer the restarted server no longer has.)
 pub struct ShardLog {
+    bus: Bus,
+    collection: u64,
+    shard: u32,
     messages: push::Ordered,
     skip_inserts_until: Seq,
+    /// Last position delivered (or the start position): a new consumer resumes after it.
+    last: Seq,
+    /// The client's connection count when `messages` was created.
+    connects: u64,
+}
+
+/// How often an idle reader checks whether the NATS connection was re-established.
+const RECONNECT_CHECK: Duration = Duration::from_secs(1);
+/// How long a reader keeps trying to recreate its consumer before giving up (role restart).
+const REOPEN_LIMIT: Duration = Duration::from_secs(30);
+
+fn connects(bus: &Bus) -> u64 {
+    bus.client().statistics().connects.load(Ordering::Relaxed)
+}
+
+async fn ordered_consumer(bus: &Bus, collection: u64, shard: u32, after: Seq) -> Result<push::Ordered> {
+    let name = bus.subjects().dml_stream(collection, shard);
+    let stream = bus
+        .jetstream()
+        .get_stream(&name)
+        .await
+        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let deliver_policy =
+        if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: bus.client().new_inbox(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot read DML stream {name}: {e}")))?;
+    consumer.messages().await.map_err(|e| Error::Unavailable(format!("cannot read DML stream {name}: {e}")))
 }
 
 impl ShardLog {
     /// Opens the shard log of `collection/shard` from sequence `after + 1`. Insert payloads at or
     /// below `skip_inserts_until` are not decoded (the reader already has them sealed).
     pub async fn open(bus: &Bus, collection: u64, shard: u32, after: Seq, skip_inserts_until: Seq) -> Result<ShardLog> {
-        let name = bus.subjects().dml_stream(collection, shard);
-        let stream = bus
-            .jetstream()
-            .get_stream(&name)
-            .await
-            .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
-        let deliver_policy =
-            if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: bus.client().new_inbox(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot read DML stream {name}: {e}")))?;
-        let messages =
-            consumer.messages().await.map_err(|e| Error::Unavailable(format!("cannot read DML stream {name}: {e}")))?;
-        Ok(ShardLog { messages, skip_inserts_until })
+        let connects = connects(bus);
+        let messages = ordered_consumer(bus, collection, shard, after).await?;
+        Ok(ShardLog { bus: bus.clone(), collection, shard, messages, skip_inserts_until, last: after, connects })
+    }
+
+    /// Replaces the consumer with a new one starting after the last delivered position,
+    /// retrying while the server is not ready.
+    async fn reopen(&mut self, why: &str) -> Result<()> {
+        tracing::debug!(collection = self.collection, shard = self.shard, after = self.last, why, "reopening DML consumer");
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let connects = connects(&self.bus);
+            match ordered_consumer(&self.bus, self.collection, self.shard, self.last).await {
+                Ok(messages) => {
+                    tracing::info!(collection = self.collection, shard = self.shard, after = self.last, why, "DML consumer reopened");
+                    self.messages = messages;
+                    self.connects = connects;
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() < REOPEN_LIMIT => {
+                    tracing::warn!(error = %e, "cannot reopen DML consumer yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The next entry; `None` when the consumer ended.
     pub async fn next(&mut self) -> Option<Result<LogEntry>> {
-        let msg = match self.messages.next().await? {
-            Ok(m) => m,
-            Err(e) => return Some(Err(Error::Unavailable(format!("DML stream: {e}")))),
+        let msg = loop {
+            if connects(&self.bus) != self.connects {
+                if let Err(e) = self.reopen("reconnected to NATS").await {
+                    return Some(Err(e));
+                }
+            }
+            match tokio::time::timeout(RECONNECT_CHECK, self.messages.next()).await {
+                Err(_) => continue,
+                Ok(None) => return None,
+                Ok(Some(Ok(m))) => break m,
+                Ok(Some(Err(e))) if e.kind() == OrderedErrorKind::MissingHeartbeat => {
+                    if let Err(e) = self.reopen("missed heartbeats").await {
+                        return Some(Err(e));
+                    }
+                }
+                Ok(Some(Err(e))) => return Some(Err(Error::Unavailable(format!("DML stream: {e}")))),
+            }
         };
         let seq = match msg.info() {
             Ok(info) => info.stream_sequence,
             Err(e) => return Some(Err(Error::Internal(format!("DML message without metadata: {e}")))),
         };
+        self.last = self.last.max(seq);
         let is_insert = msg
             .headers
             .as_ref()

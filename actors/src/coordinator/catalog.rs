@@ -135,8 +135,9 @@ pub fn validate_index(p: &IndexParams, dim: u32) -> Result<()> {
             return bad(format!("IVF_PQ: nbits {} must be at most 16", p.nbits));
         }
     }
-    if p.index_type == IndexType::Hnsw && p.m > 2048 {
-        return bad(format!("HNSW: M = {} is too large (at most 2048)", p.m));
+    // M = 1 cannot build a graph; accepting it would leave every index build failing.
+    if p.index_type == IndexType::Hnsw && (p.m == 1 || p.m > 2048) {
+        return bad(format!("HNSW: M = {} must be between 2 and 2048 (0 = the default 16)", p.m));
     }
     Ok(())
 }

@@ -92,9 +92,12 @@ async fn read_log(node: Node, data: Arc<ShardData>) -> Result<()> {
                 data.apply(entry?)?;
             }
             _ = tick.tick() => {
-                // Keep Bounded reads from waiting when the log is idle.
+                // Keep Bounded reads from waiting when the log is idle. Bounded in time: a
+                // request lost to a NATS reconnect must not stall the reader for a whole
+                // request timeout.
                 let started = now_ms();
-                if let Ok(last) = dml::last_seq(&bus, data.collection, data.shard).await {
+                let last = tokio::time::timeout(Duration::from_secs(1), dml::last_seq(&bus, data.collection, data.shard)).await;
+                if let Ok(Ok(last)) = last {
                     if *data.applied.borrow() >= last {
                         data.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
                     }

@@ -1,0 +1,13 @@
+//! Integration tests: real `quiver` processes (standalone and multi-process clusters over a
+//! real `nats-server`), driven through the Rust SDK and the CLI. See `common` for the harness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod bad_input;
+mod cli;
+mod cluster;
+mod crud;
+mod durability;
+mod search;
+mod supervisor;
