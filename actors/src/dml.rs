@@ -48,11 +48,8 @@ fn connects(bus: &Bus) -> u64 {
 
 async fn ordered_consumer(bus: &Bus, collection: u64, shard: u32, after: Seq) -> Result<push::Ordered> {
     let name = bus.subjects().dml_stream(collection, shard);
-    let stream = bus
-        .jetstream()
-        .get_stream(&name)
-        .await
-        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let stream =
+        bus.jetstream().get_stream(&name).await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
     let deliver_policy =
         if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
     let consumer = stream
@@ -78,14 +75,26 @@ impl ShardLog {
     /// Replaces the consumer with a new one starting after the last delivered position,
     /// retrying while the server is not ready.
     async fn reopen(&mut self, why: &str) -> Result<()> {
-        tracing::debug!(collection = self.collection, shard = self.shard, after = self.last, why, "reopening DML consumer");
+        tracing::debug!(
+            collection = self.collection,
+            shard = self.shard,
+            after = self.last,
+            why,
+            "reopening DML consumer"
+        );
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
             let connects = connects(&self.bus);
             match ordered_consumer(&self.bus, self.collection, self.shard, self.last).await {
                 Ok(messages) => {
-                    tracing::info!(collection = self.collection, shard = self.shard, after = self.last, why, "DML consumer reopened");
+                    tracing::info!(
+                        collection = self.collection,
+                        shard = self.shard,
+                        after = self.last,
+                        why,
+                        "DML consumer reopened"
+                    );
                     self.messages = messages;
                     self.connects = connects;
                     return Ok(());
@@ -100,9 +109,10 @@ impl ShardLog {
         }
     }
 
-    /// The next entry; `None` when the consumer ended.
+    /// The next entry; `None` when the consumer ended. Positions only grow: an entry at or
+    /// below one already delivered (a replay across a consumer switch) is skipped.
     pub async fn next(&mut self) -> Option<Result<LogEntry>> {
-        let msg = loop {
+        let (msg, seq) = loop {
             if connects(&self.bus) != self.connects {
                 if let Err(e) = self.reopen("reconnected to NATS").await {
                     return Some(Err(e));
@@ -111,7 +121,14 @@ impl ShardLog {
             match tokio::time::timeout(RECONNECT_CHECK, self.messages.next()).await {
                 Err(_) => continue,
                 Ok(None) => return None,
-                Ok(Some(Ok(m))) => break m,
+                Ok(Some(Ok(m))) => match m.info() {
+                    Ok(info) if info.stream_sequence <= self.last => continue,
+                    Ok(info) => {
+                        let seq = info.stream_sequence;
+                        break (m, seq);
+                    }
+                    Err(e) => return Some(Err(Error::Internal(format!("DML message without metadata: {e}")))),
+                },
                 Ok(Some(Err(e))) if e.kind() == OrderedErrorKind::MissingHeartbeat => {
                     if let Err(e) = self.reopen("missed heartbeats").await {
                         return Some(Err(e));
@@ -120,16 +137,8 @@ impl ShardLog {
                 Ok(Some(Err(e))) => return Some(Err(Error::Unavailable(format!("DML stream: {e}")))),
             }
         };
-        let seq = match msg.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => return Some(Err(Error::Internal(format!("DML message without metadata: {e}")))),
-        };
-        self.last = self.last.max(seq);
-        let is_insert = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(KIND_HEADER))
-            .is_some_and(|v| v.as_str() == "insert");
+        self.last = seq;
+        let is_insert = msg.headers.as_ref().and_then(|h| h.get(KIND_HEADER)).is_some_and(|v| v.as_str() == "insert");
         if is_insert && seq <= self.skip_inserts_until {
             return Some(Ok(LogEntry { seq, entry: None }));
         }
@@ -146,11 +155,8 @@ impl ShardLog {
 /// The last sequence currently in a shard's stream (0 when empty).
 pub async fn last_seq(bus: &Bus, collection: u64, shard: u32) -> Result<Seq> {
     let name = bus.subjects().dml_stream(collection, shard);
-    let stream = bus
-        .jetstream()
-        .get_stream(&name)
-        .await
-        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let stream =
+        bus.jetstream().get_stream(&name).await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
     Ok(stream.cached_info().state.last_sequence)
 }
 

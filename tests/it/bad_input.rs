@@ -59,7 +59,10 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
         // Wrong dimension, insert and search.
         let short = schema::rows([1], 128, vec![0.5; 128]);
         invalid(client.insert("good", short).await, &["dimension", "384", "128"]);
-        invalid(client.insert("good", schema::rows([1], 384, vec![0.5; 383])).await, &["383 floats", "384-dimensional"]);
+        invalid(
+            client.insert("good", schema::rows([1], 384, vec![0.5; 383])).await,
+            &["383 floats", "384-dimensional"],
+        );
         let s = schema::search("good", 128, vec![0.5; 128], 10);
         invalid(client.search(&s).await, &["dimension", "384", "128"]);
 
@@ -106,7 +109,10 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
         invalid(client.insert("typed", rows.clone()).await, &["primary key", "Int64"]);
         rows.pks = vec![PrimaryKey::Int64(1), PrimaryKey::Int64(2)];
         invalid(client.insert("typed", rows.clone()).await, &["primary key", "2 values for 1 rows"]);
-        invalid(client.get("good", vec![PrimaryKey::VarChar("x".into())], Vec::new(), Consistency::Strong).await, &["primary key"]);
+        invalid(
+            client.get("good", vec![PrimaryKey::VarChar("x".into())], Vec::new(), Consistency::Strong).await,
+            &["primary key"],
+        );
         invalid(client.delete("good", vec![PrimaryKey::VarChar("x".into())]).await, &["primary key"]);
         invalid(client.delete("good", Vec::new()).await, &["at least one primary key"]);
         rows.pks = vec![PrimaryKey::Int64(1)];
@@ -120,7 +126,8 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
         let truncated = valid[..valid.len() / 2].to_vec();
         let garbage: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         for method in ["insert", "search", "create_collection"] {
-            for (what, bytes) in [("garbage", garbage.clone()), ("empty", Vec::new()), ("truncated", truncated.clone())] {
+            for (what, bytes) in [("garbage", garbage.clone()), ("empty", Vec::new()), ("truncated", truncated.clone())]
+            {
                 let res = client.call_raw(method, bytes).await;
                 match res {
                     Err(ClientError::InvalidArgument(msg)) => {
@@ -154,9 +161,15 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
         invalid(client.create_index("good", pq).await, &["m = 7", "384"]);
         let pq = quiver_client::IndexParams { nbits: 20, ..data::index(IndexType::IvfPq, MetricType::Ip, 64, 8, 0) };
         invalid(client.create_index("good", pq).await, &["nbits"]);
-        invalid(client.create_index("good", data::index(IndexType::IvfFlat, MetricType::Ip, 100_000, 0, 0)).await, &["nlist"]);
+        invalid(
+            client.create_index("good", data::index(IndexType::IvfFlat, MetricType::Ip, 100_000, 0, 0)).await,
+            &["nlist"],
+        );
         invalid(client.create_index("good", data::index(IndexType::Hnsw, MetricType::Ip, 0, 1, 0)).await, &["M = 1"]);
-        invalid(client.create_index("good", data::index(IndexType::Hnsw, MetricType::Ip, 0, 5_000, 0)).await, &["M = 5000"]);
+        invalid(
+            client.create_index("good", data::index(IndexType::Hnsw, MetricType::Ip, 0, 5_000, 0)).await,
+            &["M = 5000"],
+        );
         // None of the rejected definitions stuck: a valid one is accepted and used.
         assert_eq!(client.describe_collection("good").await.expect("describe").info.index, None);
         let hnsw = data::index(IndexType::Hnsw, MetricType::Ip, 0, 16, 64);

@@ -9,7 +9,8 @@ fn default_config_round_trips_and_bad_configs_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (status, default, stderr) = quiver_cli(&["config", "default"], &[], dir.path());
     assert!(status.success(), "config default failed: {stderr}");
-    for section in ["[cluster]", "[nats]", "[storage]", "[node]", "[metrics]", "[supervisor]", "[proxy]", "[datanode]"] {
+    for section in ["[cluster]", "[nats]", "[storage]", "[node]", "[metrics]", "[supervisor]", "[proxy]", "[datanode]"]
+    {
         assert!(default.contains(section), "default config has {section}:\n{default}");
     }
     let path = dir.path().join("quiver.toml");
@@ -40,7 +41,8 @@ fn default_config_round_trips_and_bad_configs_name_the_key() {
         assert!(err.contains("invalid configuration"), "{err}");
     }
     // Environment overrides are validated the same way.
-    let (status, _, err) = quiver_cli(&["config", "check", &file], &[("QUIVER_COORDINATOR__DEFAULT_SHARDS", "0")], dir.path());
+    let (status, _, err) =
+        quiver_cli(&["config", "check", &file], &[("QUIVER_COORDINATOR__DEFAULT_SHARDS", "0")], dir.path());
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("coordinator.default_shards"), "{err}");
     // A server refuses to start on a bad configuration, saying why.

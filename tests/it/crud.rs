@@ -33,7 +33,10 @@ fn product_rows(items: &[(i64, usize)], title: &str) -> RowBatch {
     }
     let mut rows = schema::rows(items.iter().map(|(id, _)| *id), ds.dim32(), vectors);
     rows.columns = vec![
-        Column { name: "title".into(), values: items.iter().map(|(id, _)| ScalarValue::VarChar(format!("{title}-{id}"))).collect() },
+        Column {
+            name: "title".into(),
+            values: items.iter().map(|(id, _)| ScalarValue::VarChar(format!("{title}-{id}"))).collect(),
+        },
         // Int64 values into a Double field are coerced.
         Column { name: "price".into(), values: items.iter().map(|(id, _)| ScalarValue::Int64(*id * 2)).collect() },
     ];
@@ -46,10 +49,14 @@ fn pks(ids: &[i64]) -> Vec<PrimaryKey> {
 }
 
 fn found(res: &GetResults) -> Vec<i64> {
-    res.rows.pks.iter().map(|p| match p {
-        PrimaryKey::Int64(v) => *v,
-        other => panic!("{other:?}"),
-    }).collect()
+    res.rows
+        .pks
+        .iter()
+        .map(|p| match p {
+            PrimaryKey::Int64(v) => *v,
+            other => panic!("{other:?}"),
+        })
+        .collect()
 }
 
 async fn get(client: &quiver_client::Client, ids: &[i64]) -> GetResults {
@@ -62,7 +69,9 @@ fn check_row(res: &GetResults, id: i64, row: usize, title: &str) {
     let ds = dataset();
     let i = res.rows.pks.iter().position(|p| *p == PrimaryKey::Int64(id)).unwrap_or_else(|| panic!("{id} missing"));
     assert_eq!(&res.rows.vectors[i * ds.dim..(i + 1) * ds.dim], ds.row(row), "vector of {id}");
-    let col = |name: &str| res.rows.columns.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no column {name}")).values[i].clone();
+    let col = |name: &str| {
+        res.rows.columns.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no column {name}")).values[i].clone()
+    };
     assert_eq!(col("title"), ScalarValue::VarChar(format!("{title}-{id}")));
     assert_eq!(col("price"), ScalarValue::Double((id * 2) as f64));
     assert_eq!(col("tag"), ScalarValue::VarChar(format!("t{}", id % 7)));
@@ -81,7 +90,11 @@ async fn assert_not_searchable(client: &quiver_client::Client, deleted: &[i64]) 
     for (q, hits) in res.results.iter().enumerate() {
         assert_eq!(hits.pks.len(), 20);
         for d in deleted {
-            assert!(!hits.pks.contains(&PrimaryKey::Int64(*d)), "deleted key {d} returned by search {q}: {:?}", hits.pks);
+            assert!(
+                !hits.pks.contains(&PrimaryKey::Int64(*d)),
+                "deleted key {d} returned by search {q}: {:?}",
+                hits.pks
+            );
         }
     }
 }
@@ -92,7 +105,10 @@ fn get_delete_and_reinsert_with_scalar_fields() {
         let h = Harness::standalone("crud", &[]);
         let client = h.client().await;
         h.wait_ready(&client, &h.standalone_nodes(), READY).await;
-        crate::common::retry("create", Duration::from_secs(10), || client.create_collection(products_schema("products"))).await;
+        crate::common::retry("create", Duration::from_secs(10), || {
+            client.create_collection(products_schema("products"))
+        })
+        .await;
         let items: Vec<(i64, usize)> = (0..1_000).map(|i| (i, i as usize)).collect();
         let res = client.insert("products", product_rows(&items, "first")).await.expect("insert");
         assert_eq!(res.pks.len(), 1_000);
@@ -180,7 +196,11 @@ fn strong_consistency_reads_its_own_writes() {
                 .unwrap_or_else(|e| panic!("insert {i}: {e}"));
             let req = data::search("ryw", ds.rows(row, row + 1), 1, SearchParams::default(), Consistency::Strong);
             let res = client.search(&req).await.unwrap_or_else(|e| panic!("search {i}: {e}"));
-            assert_eq!(res.results[0].pks, vec![PrimaryKey::Int64(key)], "iteration {i}: own write not found by search");
+            assert_eq!(
+                res.results[0].pks,
+                vec![PrimaryKey::Int64(key)],
+                "iteration {i}: own write not found by search"
+            );
             assert!(res.results[0].scores[0] > 0.999);
             let got = client
                 .get("ryw", vec![PrimaryKey::Int64(key)], Vec::new(), Consistency::Strong)

@@ -20,7 +20,10 @@ async fn assert_all_present(client: &Client, collection: &str, n: usize) {
     for start in (0..n).step_by(500) {
         let end = (start + 500).min(n);
         let keys: Vec<PrimaryKey> = (start..end).map(|i| PrimaryKey::Int64(i as i64)).collect();
-        let got = retry("get", Duration::from_secs(15), || client.get(collection, keys.clone(), Vec::new(), Consistency::Strong)).await;
+        let got = retry("get", Duration::from_secs(15), || {
+            client.get(collection, keys.clone(), Vec::new(), Consistency::Strong)
+        })
+        .await;
         assert_eq!(got.rows.pks, keys, "{collection}: every acknowledged key in {start}..{end} is present");
         assert_eq!(got.rows.vectors, ds.rows(start, end), "{collection}: vectors of {start}..{end}");
     }
@@ -55,7 +58,11 @@ fn sigkill_standalone_loses_no_acknowledged_write() {
         h.proc("standalone").kill();
         // The embedded nats-server dies with its parent (PR_SET_PDEATHSIG).
         eventually("embedded nats-server gone", Duration::from_secs(5), || async {
-            if process_alive(nats) { Err(format!("nats-server {nats} still alive")) } else { Ok(()) }
+            if process_alive(nats) {
+                Err(format!("nats-server {nats} still alive"))
+            } else {
+                Ok(())
+            }
         })
         .await;
 
@@ -91,7 +98,8 @@ async fn check_recovered(client: &Client, collection: &str, before: usize, after
     let ds = dataset();
     // The first writes may fail while Quiver reconnects; a failed insert is not acknowledged.
     let rows = schema::rows(before as i64..after as i64, ds.dim32(), ds.rows(before, after));
-    let res = retry("insert after NATS restart", Duration::from_secs(20), || client.insert(collection, rows.clone())).await;
+    let res =
+        retry("insert after NATS restart", Duration::from_secs(20), || client.insert(collection, rows.clone())).await;
     assert_eq!(res.pks.len(), after - before);
     assert_finds_itself(client, collection, after - 1).await;
     assert_finds_itself(client, collection, 10).await;
@@ -111,7 +119,8 @@ fn embedded_nats_server_killed_is_restarted() {
 
         let quiver = h.pid("standalone");
         let old = nats_child(quiver).expect("embedded nats-server");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill");
         let new = eventually("nats-server restarted by quiver", Duration::from_secs(10), || async {
             match nats_child(quiver) {
                 Some(pid) if pid != old => Ok(pid),
@@ -138,8 +147,10 @@ fn external_nats_server_killed_and_restarted() {
         h.start_node("all", &["coordinator", "proxy", "datanode", "indexnode", "querynode"], &[]);
         let client = h.client().await;
         let pid = h.pid("all");
-        let nodes: Vec<(String, u32)> =
-            ["coordinator", "proxy", "datanode", "indexnode", "querynode"].iter().map(|r| (format!("all-{r}"), pid)).collect();
+        let nodes: Vec<(String, u32)> = ["coordinator", "proxy", "datanode", "indexnode", "querynode"]
+            .iter()
+            .map(|r| (format!("all-{r}"), pid))
+            .collect();
         h.wait_ready(&client, &nodes, READY).await;
         data::create_simple(&client, "c").await;
         data::insert_rows(&client, "c", 0, 2_000, 1_000).await;
@@ -156,5 +167,30 @@ fn external_nats_server_killed_and_restarted() {
         check_recovered(&client, "c", 3_000, 4_000).await;
         assert!(h.proc("all").is_running(), "the quiver node survived the NATS outage");
         h.wait_ready(&client, &nodes, READY).await;
+    });
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_data_survives() {
+    run(Duration::from_secs(40), async {
+        let mut h = Harness::standalone("sigterm", &[]);
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        data::create_simple(&client, "c").await;
+        data::insert_rows(&client, "c", 0, 1_000, 500).await;
+        drop(client);
+
+        let nats = nats_child(h.pid("standalone")).expect("embedded nats-server");
+        let status = h.proc("standalone").terminate(Duration::from_secs(15)).expect("quiver exits after SIGTERM");
+        assert!(status.success(), "clean shutdown exits with 0: {status:?}");
+        assert!(!process_alive(nats), "the embedded nats-server was stopped too");
+        assert!(h.proc("standalone").log().contains("Quiver stopped"));
+
+        h.proc("standalone").restart();
+        let port = h.nats_port;
+        crate::common::wait_for_port(h.proc("standalone"), port, READY);
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        assert_all_present(&client, "c", 1_000).await;
     });
 }

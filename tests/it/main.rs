@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 mod bad_input;
 mod cli;
 mod cluster;
+mod common;
 mod crud;
 mod durability;
 mod search;

@@ -226,4 +226,21 @@ mod tests {
         s.fields[0].auto_id = true;
         assert!(validate_schema(s, 1).unwrap_err().to_string().contains("auto_id"));
     }
+
+    #[test]
+    fn index_params_that_cannot_build_are_rejected() {
+        let hnsw = |m| IndexParams {
+            index_type: IndexType::Hnsw,
+            metric: quiver_schemas::MetricType::Ip,
+            nlist: 0,
+            m,
+            nbits: 0,
+            ef_construction: 0,
+        };
+        assert!(validate_index(&hnsw(1), 8).unwrap_err().to_string().contains("M = 1"));
+        assert!(validate_index(&hnsw(4096), 8).unwrap_err().to_string().contains("M = 4096"));
+        assert!(validate_index(&hnsw(0), 8).is_ok());
+        assert!(validate_index(&hnsw(2), 8).is_ok());
+        assert!(validate_index(&hnsw(2048), 8).is_ok());
+    }
 }

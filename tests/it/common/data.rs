@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use quiver_client::{
-    schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Search,
-    SearchParams, SearchResults, SegmentState,
+    schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Search, SearchParams,
+    SearchResults, SegmentState,
 };
 
 use super::{eventually, retry};

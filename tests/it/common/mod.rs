@@ -8,6 +8,10 @@
 //!
 //! Tests are plain `#[test]` functions whose async body runs through [`run`], which applies a
 //! hard time limit.
+//!
+//! Debugging aids (environment of the test run): `QUIVER_IT_KEEP=1` keeps the temp dir of a
+//! failed test (`=all`: of every test); `QUIVER_IT_LOG` sets `RUST_LOG` of the quiver
+//! processes (default `info`); `QUIVER_IT_DATASET` points at another copy of pypi-minilm.
 
 pub mod data;
 
@@ -72,10 +76,7 @@ impl Proc {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log.try_clone().expect("log file")).stderr(log);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("QUIVER_")) {
             cmd.env_remove(k);
         }
