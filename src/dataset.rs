@@ -27,7 +27,7 @@ fn read_vecs(bytes: &[u8], limit: usize, path: &Path) -> anyhow::Result<(usize, 
         bail!("{}: implausible dimension {dim}; is it really .fvecs/.ivecs?", path.display());
     }
     let row = 4 + dim * 4;
-    if bytes.len() % row != 0 {
+    if !bytes.len().is_multiple_of(row) {
         bail!("{}: size {} is not a multiple of the row size {row}", path.display(), bytes.len());
     }
     let n = (bytes.len() / row).min(limit);
