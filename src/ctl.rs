@@ -154,18 +154,32 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
             CtlCommand::Describe { name } => {
                 let d = client.describe_collection(&name).await?;
                 println!("collection {} (id {})", d.info.schema.name, d.info.id);
-                println!("  shards: {}  sealed segments: {}  sealed rows: {}", d.info.schema.num_shards, d.sealed_segments, d.num_rows);
+                println!(
+                    "  shards: {}  sealed segments: {}  sealed rows: {}",
+                    d.info.schema.num_shards, d.sealed_segments, d.num_rows
+                );
                 for f in &d.info.schema.fields {
                     let extra = match f.data_type {
                         DataType::FloatVector => format!(" dim={}", f.dim),
                         DataType::VarChar => format!(" max_length={}", f.max_length),
                         _ => String::new(),
                     };
-                    let pk = if f.is_primary { if f.auto_id { " primary auto_id" } else { " primary" } } else { "" };
+                    let pk = if f.is_primary {
+                        if f.auto_id {
+                            " primary auto_id"
+                        } else {
+                            " primary"
+                        }
+                    } else {
+                        ""
+                    };
                     println!("  {:<20} {:?}{extra}{pk}", f.name, f.data_type);
                 }
                 match &d.info.index {
-                    Some(i) => println!("  index: {:?} {:?} nlist={} m={} nbits={} efConstruction={}", i.index_type, i.metric, i.nlist, i.m, i.nbits, i.ef_construction),
+                    Some(i) => println!(
+                        "  index: {:?} {:?} nlist={} m={} nbits={} efConstruction={}",
+                        i.index_type, i.metric, i.nlist, i.m, i.nbits, i.ef_construction
+                    ),
                     None => println!("  index: none (brute force)"),
                 }
             }
@@ -186,8 +200,15 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
                 println!("{:<8} {:<6} {:>9} {:>18} {:<9} NODES", "SEGMENT", "SHARD", "ROWS", "LOG RANGE", "STATE");
                 for s in &d.segments {
                     let seg = &s.segment;
-                    println!("{:<8} {:<6} {:>9} {:>18} {:<9} {}", seg.id, seg.shard, seg.rows,
-                        format!("{}..{}", seg.start_seq, seg.end_seq), format!("{:?}", seg.state), s.nodes.join(","));
+                    println!(
+                        "{:<8} {:<6} {:>9} {:>18} {:<9} {}",
+                        seg.id,
+                        seg.shard,
+                        seg.rows,
+                        format!("{}..{}", seg.start_seq, seg.end_seq),
+                        format!("{:?}", seg.state),
+                        s.nodes.join(",")
+                    );
                 }
                 for s in &d.shards {
                     println!("shard {} leader {} (growing after log position {})", s.shard, s.leader, s.sealed_seq);
@@ -343,7 +364,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
         let mut hits_total = 0usize;
         let mut latencies = Vec::with_capacity(nq);
         for q in 0..nq {
-            let mut req = schema::search(&args.collection, dim as u32, queries[q * dim..(q + 1) * dim].to_vec(), args.k);
+            let mut req =
+                schema::search(&args.collection, dim as u32, queries[q * dim..(q + 1) * dim].to_vec(), args.k);
             req.params = SearchParams { nprobe: args.nprobe, ef: args.ef };
             req.consistency = consistency;
             req.output_fields = output.clone();
@@ -359,18 +381,23 @@ pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
             if nq <= 5 {
                 println!("query {q}:");
                 for (i, (pk, score)) in hits.pks.iter().zip(&hits.scores).enumerate() {
-                    let fields: Vec<String> = hits
-                        .columns
-                        .iter()
-                        .map(|c| format!("{}={}", c.name, show(c.values.get(i))))
-                        .collect();
-                    let key = match pk { PrimaryKey::Int64(v) => v.to_string(), PrimaryKey::VarChar(s) => s.clone() };
+                    let fields: Vec<String> =
+                        hits.columns.iter().map(|c| format!("{}={}", c.name, show(c.values.get(i)))).collect();
+                    let key = match pk {
+                        PrimaryKey::Int64(v) => v.to_string(),
+                        PrimaryKey::VarChar(s) => s.clone(),
+                    };
                     println!("  {key:>8}  {score:>9.4}  {}", fields.join("  "));
                 }
             }
         }
         latencies.sort();
-        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
         eprintln!("{nq} queries: p50 {:?}, p99 {:?}", pct(0.5), pct(0.99));
         if truth.is_some() {
             println!("recall@{}: {:.4}", args.k, hits_total as f64 / (nq * args.k as usize).max(1) as f64);

@@ -77,10 +77,12 @@ fn main() {
             Ok(0)
         }
         Command::Config { command: ConfigCommand::Check { file } } => {
-            quiver_runtime::Config::load(Some(&file), std::env::vars()).map(|_| {
-                println!("{}: ok", file.display());
-                0
-            }).map_err(Into::into)
+            quiver_runtime::Config::load(Some(&file), std::env::vars())
+                .map(|_| {
+                    println!("{}: ok", file.display());
+                    0
+                })
+                .map_err(Into::into)
         }
         Command::Ctl(args) => ctl::ctl(args),
         Command::Load(args) => ctl::load(args),

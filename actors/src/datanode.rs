@@ -91,7 +91,8 @@ impl DataNode {
         }
         let mut segments = Vec::new();
         for w in waits {
-            let ids = w.await.map_err(|_| Error::Unavailable("shard writer restarted during flush; retry".into()))??;
+            let ids =
+                w.await.map_err(|_| Error::Unavailable("shard writer restarted during flush; retry".into()))??;
             segments.extend(ids);
         }
         Ok(FlushResult { segments })
@@ -246,8 +247,10 @@ impl ShardWriter {
             .await
             .map_err(Error::internal)??;
         shared.objects.put(&info.data_path, bytes.into()).await?;
-        let _: Empty =
-            shared.bus.request(shared.bus.subjects().coord("segment_flushed"), &SegmentFlushed { segment: info.clone() }).await?;
+        let _: Empty = shared
+            .bus
+            .request(shared.bus.subjects().coord("segment_flushed"), &SegmentFlushed { segment: info.clone() })
+            .await?;
         self.oldest = None;
         self.gauge.set(0);
         metrics::counter!("quiver_segments_flushed_total").increment(1);

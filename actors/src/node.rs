@@ -141,8 +141,7 @@ pub fn start_role<H: RoleHandler>(rc: RoleContext, init: Init<H>) {
         started_ms: bus::now_ms(),
         failures: tx,
     };
-    RoleActor { node, init: Some(init), handler: None, failures: Some(rx), fault_injection, _guard: rc.guard }
-        .start();
+    RoleActor { node, init: Some(init), handler: None, failures: Some(rx), fault_injection, _guard: rc.guard }.start();
 }
 
 struct Ready<H>(Rc<H>, Vec<async_nats::Subscriber>);

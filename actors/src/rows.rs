@@ -244,8 +244,16 @@ mod tests {
         assert_eq!(cols[0].values[0], ScalarValue::Int64(1));
         assert_eq!(cols[1].values[0], ScalarValue::Int64(1));
         let info = SegmentInfo {
-            id: 7, collection: 1, shard: 0, rows: 5, start_seq: 1, end_seq: 2,
-            data_path: "x".into(), index_path: None, state: SegmentState::Flushed, mem_size: 0,
+            id: 7,
+            collection: 1,
+            shard: 0,
+            rows: 5,
+            start_seq: 1,
+            end_seq: 2,
+            data_path: "x".into(),
+            index_path: None,
+            state: SegmentState::Flushed,
+            mem_size: 0,
         };
         let bytes = encode_segment(&info, &rows).unwrap();
         let (info2, rows2) = decode_segment(&bytes).unwrap();

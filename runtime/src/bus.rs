@@ -194,9 +194,7 @@ impl Bus {
         });
         let outcome = match result {
             Ok(bytes) => self.client.publish(reply_to, Bytes::from(bytes)).await,
-            Err(err) => {
-                self.client.publish_with_headers(reply_to, error_headers(&err), Bytes::new()).await
-            }
+            Err(err) => self.client.publish_with_headers(reply_to, error_headers(&err), Bytes::new()).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(subject = %request.subject, error = %e, "failed to send reply");

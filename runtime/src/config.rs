@@ -258,9 +258,7 @@ impl Config {
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or_else(|| toml::Value::String(raw.clone()));
-            let table = value
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let table = value.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match table {
                 toml::Value::Table(t) => {
                     t.insert(field, parsed);
@@ -268,9 +266,8 @@ impl Config {
                 _ => return Err(Error::Config(format!("{key}: [{section}] is not a section"))),
             }
         }
-        let config: Config = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        let config: Config =
+            toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

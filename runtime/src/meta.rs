@@ -72,10 +72,7 @@ impl JsonBucket {
     pub async fn update<T: Serialize>(&self, key: &str, value: &T, revision: u64) -> Result<u64> {
         let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
         if revision == 0 {
-            self.store
-                .create(key, bytes.into())
-                .await
-                .map_err(|e| Error::Stale(format!("KV create {key}: {e}")))
+            self.store.create(key, bytes.into()).await.map_err(|e| Error::Stale(format!("KV create {key}: {e}")))
         } else {
             self.store
                 .update(key, bytes.into(), revision)

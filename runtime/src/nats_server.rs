@@ -71,11 +71,7 @@ impl Spawner {
         );
         std::fs::write(&conf, text)?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child
         // when this process dies.
         unsafe {

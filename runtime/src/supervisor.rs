@@ -151,8 +151,7 @@ impl Supervisor {
                 health: Arc::new(RoleHealth::default()),
             })
             .collect();
-        let roles =
-            children.iter().map(|c| (c.spec.node_id.clone(), c.spec.role, c.health.clone())).collect();
+        let roles = children.iter().map(|c| (c.spec.node_id.clone(), c.spec.role, c.health.clone())).collect();
         let addr = Supervisor { children, shared, config, stopping: false, exit: tx }.start();
         SupervisorHandle { addr, exit: rx, roles }
     }

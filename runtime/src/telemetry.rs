@@ -10,8 +10,7 @@ pub fn install_prometheus(listen: &str) -> Result<Option<SocketAddr>> {
     if listen.is_empty() {
         return Ok(None);
     }
-    let mut addr: SocketAddr =
-        listen.parse().map_err(|e| Error::Config(format!("metrics.listen {listen}: {e}")))?;
+    let mut addr: SocketAddr = listen.parse().map_err(|e| Error::Config(format!("metrics.listen {listen}: {e}")))?;
     if addr.port() == 0 {
         // Reserve a free port: the exporter wants a concrete address.
         let probe = std::net::TcpListener::bind(addr)?;

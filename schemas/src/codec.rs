@@ -65,8 +65,7 @@ fn reader_options() -> ReaderOptions {
 fn encode<T: Owned>(hint_words: usize, fill: impl Fn(T::Builder<'_>)) -> Vec<u8> {
     let build = |words: usize| {
         let words = words.clamp(16, MAX_SEGMENT_WORDS) as u32;
-        let mut message =
-            capnp::message::Builder::new(HeapAllocator::new().first_segment_words(words));
+        let mut message = capnp::message::Builder::new(HeapAllocator::new().first_segment_words(words));
         fill(message.init_root::<T::Builder<'_>>());
         message
     };
@@ -83,16 +82,10 @@ fn decode<T: Owned, V>(
     message_type: &'static str,
     get: impl FnOnce(T::Reader<'_>) -> Result<V, Fault>,
 ) -> Result<V, DecodeError> {
-    decode_inner::<T, V>(bytes, get).map_err(|fault| DecodeError::Malformed {
-        message_type,
-        reason: fault.to_string(),
-    })
+    decode_inner::<T, V>(bytes, get).map_err(|fault| DecodeError::Malformed { message_type, reason: fault.to_string() })
 }
 
-fn decode_inner<T: Owned, V>(
-    bytes: &[u8],
-    get: impl FnOnce(T::Reader<'_>) -> Result<V, Fault>,
-) -> Result<V, Fault> {
+fn decode_inner<T: Owned, V>(bytes: &[u8], get: impl FnOnce(T::Reader<'_>) -> Result<V, Fault>) -> Result<V, Fault> {
     if bytes.is_empty() {
         return Err(Fault::new("empty input".to_string()));
     }
@@ -116,10 +109,7 @@ fn decode_inner<T: Owned, V>(
     };
     let message = capnp::serialize::read_message_from_flat_slice(&mut slice, reader_options())?;
     if !slice.is_empty() {
-        return Err(Fault::new(format!(
-            "{} trailing bytes after the message",
-            slice.len()
-        )));
+        return Err(Fault::new(format!("{} trailing bytes after the message", slice.len())));
     }
     let root = message.get_root::<T::Reader<'_>>()?;
     get(root)
@@ -140,10 +130,7 @@ struct Fault {
 
 impl Fault {
     fn new(reason: String) -> Self {
-        Fault {
-            path: Vec::new(),
-            reason,
-        }
+        Fault { path: Vec::new(), reason }
     }
 }
 
@@ -455,15 +442,8 @@ fn get_column(r: cp::column::Reader<'_>) -> Result<Column, Fault> {
 fn put_row_batch(v: &RowBatch, mut b: cp::row_batch::Builder<'_>) {
     fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
     b.set_dim(v.dim);
-    fill_f32s(
-        b.reborrow().init_vectors(len32(v.vectors.len())),
-        &v.vectors,
-    );
-    fill_structs(
-        b.reborrow().init_columns(len32(v.columns.len())),
-        &v.columns,
-        put_column,
-    );
+    fill_f32s(b.reborrow().init_vectors(len32(v.vectors.len())), &v.vectors);
+    fill_structs(b.reborrow().init_columns(len32(v.columns.len())), &v.columns, put_column);
     fill_strings(b.init_dynamic(len32(v.dynamic.len())), &v.dynamic);
 }
 
@@ -504,11 +484,7 @@ fn get_field_schema(r: cp::field_schema::Reader<'_>) -> Result<FieldSchema, Faul
 fn put_collection_schema(v: &CollectionSchema, mut b: cp::collection_schema::Builder<'_>) {
     b.set_name(v.name.as_str());
     b.set_description(v.description.as_str());
-    fill_structs(
-        b.reborrow().init_fields(len32(v.fields.len())),
-        &v.fields,
-        put_field_schema,
-    );
+    fill_structs(b.reborrow().init_fields(len32(v.fields.len())), &v.fields, put_field_schema);
     b.set_enable_dynamic_field(v.enable_dynamic_field);
     b.set_num_shards(v.num_shards);
 }
@@ -631,16 +607,8 @@ fn get_shard_placement(r: cp::shard_placement::Reader<'_>) -> Result<ShardPlacem
 
 fn put_distribution(v: &Distribution, mut b: cp::distribution::Builder<'_>) {
     put_collection_info(&v.collection, b.reborrow().init_collection());
-    fill_structs(
-        b.reborrow().init_shards(len32(v.shards.len())),
-        &v.shards,
-        put_shard_placement,
-    );
-    fill_structs(
-        b.reborrow().init_segments(len32(v.segments.len())),
-        &v.segments,
-        put_segment_placement,
-    );
+    fill_structs(b.reborrow().init_shards(len32(v.shards.len())), &v.shards, put_shard_placement);
+    fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_placement);
     b.set_version(v.version);
 }
 
@@ -691,20 +659,13 @@ fn put_search_params(v: &SearchParams, mut b: cp::search_params::Builder<'_>) {
 }
 
 fn get_search_params(r: cp::search_params::Reader<'_>) -> SearchParams {
-    SearchParams {
-        nprobe: r.get_nprobe(),
-        ef: r.get_ef(),
-    }
+    SearchParams { nprobe: r.get_nprobe(), ef: r.get_ef() }
 }
 
 fn put_hits(v: &Hits, mut b: cp::hits::Builder<'_>) {
     fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
     fill_f32s(b.reborrow().init_scores(len32(v.scores.len())), &v.scores);
-    fill_structs(
-        b.init_columns(len32(v.columns.len())),
-        &v.columns,
-        put_column,
-    );
+    fill_structs(b.init_columns(len32(v.columns.len())), &v.columns, put_column);
 }
 
 fn get_hits(r: cp::hits::Reader<'_>) -> Result<Hits, Fault> {
@@ -722,9 +683,7 @@ fn put_create_collection(v: &CreateCollection, b: cp::create_collection::Builder
 }
 
 fn get_create_collection(r: cp::create_collection::Reader<'_>) -> Result<CreateCollection, Fault> {
-    Ok(CreateCollection {
-        schema: get_collection_schema(r.get_schema().at("schema")?).at("schema")?,
-    })
+    Ok(CreateCollection { schema: get_collection_schema(r.get_schema().at("schema")?).at("schema")? })
 }
 
 fn put_collection_name(v: &CollectionName, mut b: cp::collection_name::Builder<'_>) {
@@ -732,9 +691,7 @@ fn put_collection_name(v: &CollectionName, mut b: cp::collection_name::Builder<'
 }
 
 fn get_collection_name(r: cp::collection_name::Reader<'_>) -> Result<CollectionName, Fault> {
-    Ok(CollectionName {
-        name: read_string(r.get_name()).at("name")?,
-    })
+    Ok(CollectionName { name: read_string(r.get_name()).at("name")? })
 }
 
 fn put_empty(_: &Empty, _: cp::empty::Builder<'_>) {}
@@ -748,23 +705,16 @@ fn put_collection_list(v: &CollectionList, b: cp::collection_list::Builder<'_>) 
 }
 
 fn get_collection_list(r: cp::collection_list::Reader<'_>) -> Result<CollectionList, Fault> {
-    Ok(CollectionList {
-        names: read_strings(r.get_names()).at("names")?,
-    })
+    Ok(CollectionList { names: read_strings(r.get_names()).at("names")? })
 }
 
-fn put_collection_description(
-    v: &CollectionDescription,
-    mut b: cp::collection_description::Builder<'_>,
-) {
+fn put_collection_description(v: &CollectionDescription, mut b: cp::collection_description::Builder<'_>) {
     put_collection_info(&v.info, b.reborrow().init_info());
     b.set_num_rows(v.num_rows);
     b.set_sealed_segments(v.sealed_segments);
 }
 
-fn get_collection_description(
-    r: cp::collection_description::Reader<'_>,
-) -> Result<CollectionDescription, Fault> {
+fn get_collection_description(r: cp::collection_description::Reader<'_>) -> Result<CollectionDescription, Fault> {
     Ok(CollectionDescription {
         info: get_collection_info(r.get_info().at("info")?).at("info")?,
         num_rows: r.get_num_rows(),
@@ -814,20 +764,13 @@ fn put_mutation_result(v: &MutationResult, mut b: cp::mutation_result::Builder<'
 }
 
 fn get_mutation_result(r: cp::mutation_result::Reader<'_>) -> Result<MutationResult, Fault> {
-    Ok(MutationResult {
-        pks: read_structs(r.get_pks(), get_pk).at("pks")?,
-        timestamp: r.get_timestamp(),
-    })
+    Ok(MutationResult { pks: read_structs(r.get_pks(), get_pk).at("pks")?, timestamp: r.get_timestamp() })
 }
 
 fn put_get(v: &Get, mut b: cp::get::Builder<'_>) {
     b.set_collection(v.collection.as_str());
     fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
-    fill_strings(
-        b.reborrow()
-            .init_output_fields(len32(v.output_fields.len())),
-        &v.output_fields,
-    );
+    fill_strings(b.reborrow().init_output_fields(len32(v.output_fields.len())), &v.output_fields);
     b.set_consistency(consistency_to(v.consistency));
 }
 
@@ -843,17 +786,10 @@ fn get_get(r: cp::get::Reader<'_>) -> Result<Get, Fault> {
 fn put_search(v: &Search, mut b: cp::search::Builder<'_>) {
     b.set_collection(v.collection.as_str());
     b.set_dim(v.dim);
-    fill_f32s(
-        b.reborrow().init_vectors(len32(v.vectors.len())),
-        &v.vectors,
-    );
+    fill_f32s(b.reborrow().init_vectors(len32(v.vectors.len())), &v.vectors);
     b.set_top_k(v.top_k);
     put_search_params(&v.params, b.reborrow().init_params());
-    fill_strings(
-        b.reborrow()
-            .init_output_fields(len32(v.output_fields.len())),
-        &v.output_fields,
-    );
+    fill_strings(b.reborrow().init_output_fields(len32(v.output_fields.len())), &v.output_fields);
     b.set_consistency(consistency_to(v.consistency));
 }
 
@@ -874,9 +810,7 @@ fn put_search_results(v: &SearchResults, b: cp::search_results::Builder<'_>) {
 }
 
 fn get_search_results(r: cp::search_results::Reader<'_>) -> Result<SearchResults, Fault> {
-    Ok(SearchResults {
-        results: read_structs(r.get_results(), get_hits).at("results")?,
-    })
+    Ok(SearchResults { results: read_structs(r.get_results(), get_hits).at("results")? })
 }
 
 fn put_flush_result(v: &FlushResult, b: cp::flush_result::Builder<'_>) {
@@ -884,18 +818,12 @@ fn put_flush_result(v: &FlushResult, b: cp::flush_result::Builder<'_>) {
 }
 
 fn get_flush_result(r: cp::flush_result::Reader<'_>) -> Result<FlushResult, Fault> {
-    Ok(FlushResult {
-        segments: read_u64s(r.get_segments()).at("segments")?,
-    })
+    Ok(FlushResult { segments: read_u64s(r.get_segments()).at("segments")? })
 }
 
 fn put_cluster_status(v: &ClusterStatus, mut b: cp::cluster_status::Builder<'_>) {
     b.set_cluster(v.cluster.as_str());
-    fill_structs(
-        b.init_nodes(len32(v.nodes.len())),
-        &v.nodes,
-        put_node_status,
-    );
+    fill_structs(b.init_nodes(len32(v.nodes.len())), &v.nodes, put_node_status);
 }
 
 fn get_cluster_status(r: cp::cluster_status::Reader<'_>) -> Result<ClusterStatus, Fault> {
@@ -910,9 +838,7 @@ fn put_alloc(v: &Alloc, mut b: cp::alloc::Builder<'_>) {
 }
 
 fn get_alloc(r: cp::alloc::Reader<'_>) -> Result<Alloc, Fault> {
-    Ok(Alloc {
-        count: r.get_count(),
-    })
+    Ok(Alloc { count: r.get_count() })
 }
 
 fn put_alloc_range(v: &AllocRange, mut b: cp::alloc_range::Builder<'_>) {
@@ -921,10 +847,7 @@ fn put_alloc_range(v: &AllocRange, mut b: cp::alloc_range::Builder<'_>) {
 }
 
 fn get_alloc_range(r: cp::alloc_range::Reader<'_>) -> Result<AllocRange, Fault> {
-    Ok(AllocRange {
-        start: r.get_start(),
-        count: r.get_count(),
-    })
+    Ok(AllocRange { start: r.get_start(), count: r.get_count() })
 }
 
 fn put_dml_entry(v: &DmlEntry, b: cp::dml_entry::Builder<'_>) {
@@ -949,10 +872,9 @@ fn get_dml_entry(r: cp::dml_entry::Reader<'_>) -> Result<DmlEntry, Fault> {
             timestamp: g.get_timestamp(),
             rows: get_row_batch(g.get_rows().at("insert.rows")?).at("insert.rows")?,
         },
-        Which::Delete(g) => DmlEntry::Delete {
-            timestamp: g.get_timestamp(),
-            pks: read_structs(g.get_pks(), get_pk).at("delete.pks")?,
-        },
+        Which::Delete(g) => {
+            DmlEntry::Delete { timestamp: g.get_timestamp(), pks: read_structs(g.get_pks(), get_pk).at("delete.pks")? }
+        }
     })
 }
 
@@ -961,9 +883,7 @@ fn put_segment_flushed(v: &SegmentFlushed, b: cp::segment_flushed::Builder<'_>) 
 }
 
 fn get_segment_flushed(r: cp::segment_flushed::Reader<'_>) -> Result<SegmentFlushed, Fault> {
-    Ok(SegmentFlushed {
-        segment: get_segment_info(r.get_segment().at("segment")?).at("segment")?,
-    })
+    Ok(SegmentFlushed { segment: get_segment_info(r.get_segment().at("segment")?).at("segment")? })
 }
 
 fn put_build_index(v: &BuildIndex, mut b: cp::build_index::Builder<'_>) {
@@ -998,16 +918,8 @@ fn get_index_built(r: cp::index_built::Reader<'_>) -> Result<IndexBuilt, Fault> 
 
 fn put_load_segments(v: &LoadSegments, mut b: cp::load_segments::Builder<'_>) {
     put_collection_info(&v.collection, b.reborrow().init_collection());
-    fill_structs(
-        b.reborrow().init_segments(len32(v.segments.len())),
-        &v.segments,
-        put_segment_info,
-    );
-    fill_structs(
-        b.init_lead_shards(len32(v.lead_shards.len())),
-        &v.lead_shards,
-        put_shard_placement,
-    );
+    fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_info);
+    fill_structs(b.init_lead_shards(len32(v.lead_shards.len())), &v.lead_shards, put_shard_placement);
 }
 
 fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, Fault> {
@@ -1020,10 +932,7 @@ fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, F
 
 fn put_release_segments(v: &ReleaseSegments, mut b: cp::release_segments::Builder<'_>) {
     b.set_collection(v.collection);
-    fill_u64s(
-        b.reborrow().init_segments(len32(v.segments.len())),
-        &v.segments,
-    );
+    fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
     b.set_all(v.all);
 }
 
@@ -1038,15 +947,8 @@ fn get_release_segments(r: cp::release_segments::Reader<'_>) -> Result<ReleaseSe
 fn put_node_search(v: &NodeSearch, mut b: cp::node_search::Builder<'_>) {
     b.set_collection(v.collection);
     put_search(&v.search, b.reborrow().init_search());
-    fill_u64s(
-        b.reborrow().init_segments(len32(v.segments.len())),
-        &v.segments,
-    );
-    fill_structs(
-        b.reborrow().init_growing(len32(v.growing.len())),
-        &v.growing,
-        put_shard_placement,
-    );
+    fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
+    fill_structs(b.reborrow().init_growing(len32(v.growing.len())), &v.growing, put_shard_placement);
     b.set_guarantee_ts(v.guarantee_ts);
 }
 
@@ -1063,15 +965,8 @@ fn get_node_search(r: cp::node_search::Reader<'_>) -> Result<NodeSearch, Fault> 
 fn put_node_get(v: &NodeGet, mut b: cp::node_get::Builder<'_>) {
     b.set_collection(v.collection);
     put_get(&v.get, b.reborrow().init_get());
-    fill_u64s(
-        b.reborrow().init_segments(len32(v.segments.len())),
-        &v.segments,
-    );
-    fill_structs(
-        b.reborrow().init_growing(len32(v.growing.len())),
-        &v.growing,
-        put_shard_placement,
-    );
+    fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
+    fill_structs(b.reborrow().init_growing(len32(v.growing.len())), &v.growing, put_shard_placement);
     b.set_guarantee_ts(v.guarantee_ts);
 }
 
@@ -1228,9 +1123,7 @@ impl SizeHint for Search {
 
 impl SizeHint for SearchResults {
     fn hint_words(&self) -> usize {
-        let hits = |h: &Hits| {
-            4 + pks_words(&h.pks) + h.scores.len().div_ceil(2) + columns_words(&h.columns)
-        };
+        let hits = |h: &Hits| 4 + pks_words(&h.pks) + h.scores.len().div_ceil(2) + columns_words(&h.columns);
         SMALL_HINT + self.results.iter().map(hits).sum::<usize>()
     }
 }
@@ -1352,16 +1245,8 @@ mod tests {
             data_type,
             is_primary: data_type == DataType::Int64,
             auto_id: data_type == DataType::Int64,
-            dim: if data_type == DataType::FloatVector {
-                4
-            } else {
-                0
-            },
-            max_length: if data_type == DataType::VarChar {
-                128
-            } else {
-                0
-            },
+            dim: if data_type == DataType::FloatVector { 4 } else { 0 },
+            max_length: if data_type == DataType::VarChar { 128 } else { 0 },
             description: format!("the {name} field"),
         }
     }
@@ -1385,23 +1270,11 @@ mod tests {
     }
 
     fn index_params(index_type: IndexType, metric: MetricType) -> IndexParams {
-        IndexParams {
-            index_type,
-            metric,
-            nlist: 128,
-            m: 16,
-            nbits: 8,
-            ef_construction: 200,
-        }
+        IndexParams { index_type, metric, nlist: 128, m: 16, nbits: 8, ef_construction: 200 }
     }
 
     fn info(index: Option<IndexParams>) -> CollectionInfo {
-        CollectionInfo {
-            id: 42,
-            schema: schema(),
-            index,
-            created_ts: ts_compose(1_700_000_000_000, 7),
-        }
+        CollectionInfo { id: 42, schema: schema(), index, created_ts: ts_compose(1_700_000_000_000, 7) }
     }
 
     fn segment(id: SegmentId, index_path: Option<String>, state: SegmentState) -> SegmentInfo {
@@ -1449,14 +1322,8 @@ mod tests {
             dim: 4,
             vectors: (0..n * 4).map(|i| i as f32 * 0.25 - 3.0).collect(),
             columns: vec![
-                Column {
-                    name: "mixed".to_string(),
-                    values: all_scalars(),
-                },
-                Column {
-                    name: "empty".to_string(),
-                    values: vec![],
-                },
+                Column { name: "mixed".to_string(), values: all_scalars() },
+                Column { name: "empty".to_string(), values: vec![] },
             ],
             dynamic: (0..n).map(|i| format!(r#"{{"extra":{i}}}"#)).collect(),
         }
@@ -1484,11 +1351,7 @@ mod tests {
     }
 
     fn placement(shard: ShardId) -> ShardPlacement {
-        ShardPlacement {
-            shard,
-            leader: format!("qn-{shard}"),
-            sealed_seq: 99 + u64::from(shard),
-        }
+        ShardPlacement { shard, leader: format!("qn-{shard}"), sealed_seq: 99 + u64::from(shard) }
     }
 
     fn node(role: Role, healthy: bool) -> NodeStatus {
@@ -1504,11 +1367,7 @@ mod tests {
             restarts: 1,
             started_ms: 1_700_000_000_000,
             heartbeat_ms: 1_700_000_001_000,
-            detail: if healthy {
-                String::new()
-            } else {
-                "lagging".to_string()
-            },
+            detail: if healthy { String::new() } else { "lagging".to_string() },
         }
     }
 
@@ -1538,24 +1397,16 @@ mod tests {
                 num_shards: 0,
             },
         }));
-        out.push(rt(&CollectionName {
-            name: "docs".to_string(),
-        }));
+        out.push(rt(&CollectionName { name: "docs".to_string() }));
         out.push(rt(&Empty {}));
-        out.push(rt(&CollectionList {
-            names: vec!["a".to_string(), String::new(), "c".to_string()],
-        }));
+        out.push(rt(&CollectionList { names: vec!["a".to_string(), String::new(), "c".to_string()] }));
         out.push(rt(&CollectionList { names: vec![] }));
         out.push(rt(&CollectionDescription {
             info: info(Some(index_params(IndexType::Hnsw, MetricType::Cosine))),
             num_rows: 1_000_000,
             sealed_segments: 9,
         }));
-        out.push(rt(&CollectionDescription {
-            info: info(None),
-            num_rows: 0,
-            sealed_segments: 0,
-        }));
+        out.push(rt(&CollectionDescription { info: info(None), num_rows: 0, sealed_segments: 0 }));
         for (t, m) in [
             (IndexType::Flat, MetricType::L2),
             (IndexType::IvfFlat, MetricType::Ip),
@@ -1563,104 +1414,48 @@ mod tests {
             (IndexType::IvfPq, MetricType::L2),
             (IndexType::Hnsw, MetricType::Ip),
         ] {
-            out.push(rt(&CreateIndex {
-                collection: "docs".to_string(),
-                params: index_params(t, m),
-            }));
+            out.push(rt(&CreateIndex { collection: "docs".to_string(), params: index_params(t, m) }));
         }
-        out.push(rt(&Insert {
-            collection: "docs".to_string(),
-            rows: rows(),
-        }));
-        out.push(rt(&Insert {
-            collection: "docs".to_string(),
-            rows: RowBatch::default(),
-        }));
-        out.push(rt(&Delete {
-            collection: "docs".to_string(),
-            pks: pks(),
-        }));
-        out.push(rt(&Delete {
-            collection: "docs".to_string(),
-            pks: vec![],
-        }));
-        out.push(rt(&MutationResult {
-            pks: pks(),
-            timestamp: 123 << TS_LOGICAL_BITS,
-        }));
+        out.push(rt(&Insert { collection: "docs".to_string(), rows: rows() }));
+        out.push(rt(&Insert { collection: "docs".to_string(), rows: RowBatch::default() }));
+        out.push(rt(&Delete { collection: "docs".to_string(), pks: pks() }));
+        out.push(rt(&Delete { collection: "docs".to_string(), pks: vec![] }));
+        out.push(rt(&MutationResult { pks: pks(), timestamp: 123 << TS_LOGICAL_BITS }));
         out.push(rt(&get()));
-        for c in [
-            Consistency::Strong,
-            Consistency::Bounded,
-            Consistency::Eventually,
-        ] {
+        for c in [Consistency::Strong, Consistency::Bounded, Consistency::Eventually] {
             out.push(rt(&search(c)));
-            out.push(rt(&Get {
-                consistency: c,
-                ..get()
-            }));
+            out.push(rt(&Get { consistency: c, ..get() }));
         }
         out.push(rt(&SearchResults {
             results: vec![
                 Hits {
                     pks: pks(),
                     scores: vec![0.1, 0.2, 0.3, 0.4],
-                    columns: vec![Column {
-                        name: "title".to_string(),
-                        values: all_scalars()[..4].to_vec(),
-                    }],
+                    columns: vec![Column { name: "title".to_string(), values: all_scalars()[..4].to_vec() }],
                 },
                 Hits::default(),
             ],
         }));
         out.push(rt(&SearchResults::default()));
-        out.push(rt(&FlushResult {
-            segments: vec![1, 2, u64::MAX],
-        }));
+        out.push(rt(&FlushResult { segments: vec![1, 2, u64::MAX] }));
         out.push(rt(&FlushResult { segments: vec![] }));
         out.push(rt(&ClusterStatus {
             cluster: "prod".to_string(),
-            nodes: Role::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, r)| node(*r, i % 2 == 0))
-                .collect(),
+            nodes: Role::ALL.iter().enumerate().map(|(i, r)| node(*r, i % 2 == 0)).collect(),
         }));
         out.push(rt(&Alloc { count: 1000 }));
-        out.push(rt(&AllocRange {
-            start: u64::MAX - 5,
-            count: 5,
-        }));
-        out.push(rt(&DmlEntry::Insert {
-            timestamp: 77,
-            rows: rows(),
-        }));
-        out.push(rt(&DmlEntry::Insert {
-            timestamp: 0,
-            rows: RowBatch::default(),
-        }));
-        out.push(rt(&DmlEntry::Delete {
-            timestamp: 78,
-            pks: pks(),
-        }));
-        out.push(rt(&DmlEntry::Delete {
-            timestamp: 79,
-            pks: vec![],
-        }));
-        out.push(rt(&SegmentFlushed {
-            segment: segment(1, None, SegmentState::Flushed),
-        }));
+        out.push(rt(&AllocRange { start: u64::MAX - 5, count: 5 }));
+        out.push(rt(&DmlEntry::Insert { timestamp: 77, rows: rows() }));
+        out.push(rt(&DmlEntry::Insert { timestamp: 0, rows: RowBatch::default() }));
+        out.push(rt(&DmlEntry::Delete { timestamp: 78, pks: pks() }));
+        out.push(rt(&DmlEntry::Delete { timestamp: 79, pks: vec![] }));
+        out.push(rt(&SegmentFlushed { segment: segment(1, None, SegmentState::Flushed) }));
         out.push(rt(&BuildIndex {
             segment: segment(2, Some("idx/2".to_string()), SegmentState::Indexed),
             params: index_params(IndexType::IvfPq, MetricType::L2),
             dim: 384,
         }));
-        out.push(rt(&IndexBuilt {
-            segment: 2,
-            collection: 42,
-            index_path: "idx/2".to_string(),
-            build_ms: 1234,
-        }));
+        out.push(rt(&IndexBuilt { segment: 2, collection: 42, index_path: "idx/2".to_string(), build_ms: 1234 }));
         out.push(rt(&LoadSegments {
             collection: info(Some(index_params(IndexType::IvfFlat, MetricType::Ip))),
             segments: vec![
@@ -1669,21 +1464,9 @@ mod tests {
             ],
             lead_shards: vec![placement(0), placement(1)],
         }));
-        out.push(rt(&LoadSegments {
-            collection: info(None),
-            segments: vec![],
-            lead_shards: vec![],
-        }));
-        out.push(rt(&ReleaseSegments {
-            collection: 42,
-            segments: vec![1, 2],
-            all: false,
-        }));
-        out.push(rt(&ReleaseSegments {
-            collection: 42,
-            segments: vec![],
-            all: true,
-        }));
+        out.push(rt(&LoadSegments { collection: info(None), segments: vec![], lead_shards: vec![] }));
+        out.push(rt(&ReleaseSegments { collection: 42, segments: vec![1, 2], all: false }));
+        out.push(rt(&ReleaseSegments { collection: 42, segments: vec![], all: true }));
         out.push(rt(&NodeSearch {
             collection: 42,
             search: search(Consistency::Bounded),
@@ -1699,10 +1482,7 @@ mod tests {
             guarantee_ts: 0,
         }));
         out.push(rt(&GetResults { rows: rows(), seqs: vec![1, 2, u64::MAX] }));
-        out.push(rt(&GetResults {
-            rows: RowBatch::default(),
-            seqs: Vec::new(),
-        }));
+        out.push(rt(&GetResults { rows: RowBatch::default(), seqs: Vec::new() }));
         out.push(rt(&Distribution {
             collection: info(Some(index_params(IndexType::Flat, MetricType::L2))),
             shards: vec![placement(0), placement(1)],
@@ -1761,13 +1541,7 @@ mod tests {
 
     #[test]
     fn empty_garbage_and_truncated_input_is_an_error() {
-        let garbage: [&[u8]; 5] = [
-            b"",
-            b"\x00",
-            b"garbage!",
-            b"garbage!garbage!garbage!",
-            &[0xff; 64],
-        ];
+        let garbage: [&[u8]; 5] = [b"", b"\x00", b"garbage!", b"garbage!garbage!garbage!", &[0xff; 64]];
         for bytes in garbage {
             for result in decode_as_all(bytes) {
                 assert!(result.is_err(), "{bytes:?} decoded");
@@ -1775,19 +1549,12 @@ mod tests {
         }
 
         let err = Insert::from_bytes(b"").unwrap_err();
-        let DecodeError::Malformed {
-            message_type,
-            reason,
-        } = &err;
+        let DecodeError::Malformed { message_type, reason } = &err;
         assert_eq!(*message_type, "Insert");
         assert!(reason.contains("empty"), "{reason}");
         assert!(err.to_string().contains("Insert"), "{err}");
 
-        let bytes = Insert {
-            collection: "docs".to_string(),
-            rows: rows(),
-        }
-        .to_bytes();
+        let bytes = Insert { collection: "docs".to_string(), rows: rows() }.to_bytes();
         for len in 0..bytes.len() {
             let err = Insert::from_bytes(&bytes[..len]).unwrap_err();
             assert!(!err.to_string().is_empty());
@@ -1808,10 +1575,7 @@ mod tests {
         let err = Get::from_bytes(&bytes).unwrap_err().to_string();
         assert!(err.contains("consistency"), "{err}");
 
-        let mut bytes = CollectionName {
-            name: "abc".to_string(),
-        }
-        .to_bytes();
+        let mut bytes = CollectionName { name: "abc".to_string() }.to_bytes();
         let at = bytes.windows(3).position(|w| w == b"abc").unwrap();
         bytes[at] = 0xff;
         let err = CollectionName::from_bytes(&bytes).unwrap_err().to_string();
@@ -1819,20 +1583,11 @@ mod tests {
 
         let mut bytes = Insert {
             collection: "c".to_string(),
-            rows: RowBatch {
-                columns: vec![Column {
-                    name: "n".into(),
-                    values: all_scalars(),
-                }],
-                ..RowBatch::default()
-            },
+            rows: RowBatch { columns: vec![Column { name: "n".into(), values: all_scalars() }], ..RowBatch::default() },
         }
         .to_bytes();
         let needle = "héllo".as_bytes();
-        let at = bytes
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .unwrap();
+        let at = bytes.windows(needle.len()).position(|w| w == needle).unwrap();
         bytes[at + 1] = 0xff;
         let err = Insert::from_bytes(&bytes).unwrap_err().to_string();
         assert!(err.contains("rows.columns[0].values[6].varChar"), "{err}");
@@ -1897,9 +1652,7 @@ mod tests {
                 vectors: (0..n * dim).map(|i| (i % 1000) as f32 / 1000.0).collect(),
                 columns: vec![Column {
                     name: "title".to_string(),
-                    values: (0..n)
-                        .map(|i| ScalarValue::VarChar(format!("doc {i}")))
-                        .collect(),
+                    values: (0..n).map(|i| ScalarValue::VarChar(format!("doc {i}"))).collect(),
                 }],
                 dynamic: vec![],
             },
@@ -1918,9 +1671,6 @@ mod tests {
             std::hint::black_box(&back);
         }
         let decode = start.elapsed() / iterations;
-        println!(
-            "insert {n}x{dim}: {} bytes, encode {encode:?}, decode {decode:?}",
-            bytes.len()
-        );
+        println!("insert {n}x{dim}: {} bytes, encode {encode:?}, decode {decode:?}", bytes.len());
     }
 }

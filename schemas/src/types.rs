@@ -237,8 +237,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] =
-        [Role::Coordinator, Role::Proxy, Role::DataNode, Role::IndexNode, Role::QueryNode];
+    pub const ALL: [Role; 5] = [Role::Coordinator, Role::Proxy, Role::DataNode, Role::IndexNode, Role::QueryNode];
 
     pub fn as_str(self) -> &'static str {
         match self {

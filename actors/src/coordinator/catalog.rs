@@ -185,7 +185,12 @@ mod tests {
 
     fn field(name: &str, t: DataType) -> FieldSchema {
         FieldSchema {
-            name: name.into(), data_type: t, is_primary: false, auto_id: false, dim: 0, max_length: 0,
+            name: name.into(),
+            data_type: t,
+            is_primary: false,
+            auto_id: false,
+            dim: 0,
+            max_length: 0,
             description: String::new(),
         }
     }
@@ -196,8 +201,11 @@ mod tests {
         let mut v = field("v", DataType::FloatVector);
         v.dim = 8;
         CollectionSchema {
-            name: "c1".into(), description: String::new(), fields: vec![pk, v],
-            enable_dynamic_field: true, num_shards: 0,
+            name: "c1".into(),
+            description: String::new(),
+            fields: vec![pk, v],
+            enable_dynamic_field: true,
+            num_shards: 0,
         }
     }
 

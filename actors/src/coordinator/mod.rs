@@ -285,10 +285,9 @@ impl RoleHandler for Coordinator {
 
     fn heartbeat(&self) -> (u32, String) {
         match self.catalog.try_lock() {
-            Ok(c) => (
-                c.segments.values().map(|s| s.len() as u32).sum(),
-                format!("{} collections", c.collections.len()),
-            ),
+            Ok(c) => {
+                (c.segments.values().map(|s| s.len() as u32).sum(), format!("{} collections", c.collections.len()))
+            }
             Err(_) => (0, String::new()),
         }
     }

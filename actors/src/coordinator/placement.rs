@@ -57,9 +57,14 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     let empty = BTreeMap::new();
     let segments = catalog.segments.get(&info.id).unwrap_or(&empty);
     let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
-    let mut out = Distribution { collection: info.clone(), shards: Vec::new(), segments: Vec::new(), version: layout.version };
+    let mut out =
+        Distribution { collection: info.clone(), shards: Vec::new(), segments: Vec::new(), version: layout.version };
     for shard in &layout.shards {
-        out.shards.push(ShardPlacement { shard: shard.shard, leader: shard.leader.clone(), sealed_seq: shard.served_seq });
+        out.shards.push(ShardPlacement {
+            shard: shard.shard,
+            leader: shard.leader.clone(),
+            sealed_seq: shard.served_seq,
+        });
         for s in segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq) {
             let nodes = layout.holders.get(&s.id).cloned().unwrap_or_default();
             out.segments.push(SegmentPlacement { segment: s.clone(), nodes });
@@ -322,7 +327,10 @@ fn desired_for(
 ) -> LoadSegments {
     let mine: Vec<SegmentInfo> = segments
         .values()
-        .filter(|s| layout.targets.get(&s.id).is_some_and(|t| t == node) || layout.holders.get(&s.id).is_some_and(|h| h.iter().any(|x| x == node)))
+        .filter(|s| {
+            layout.targets.get(&s.id).is_some_and(|t| t == node)
+                || layout.holders.get(&s.id).is_some_and(|h| h.iter().any(|x| x == node))
+        })
         .cloned()
         .collect();
     let lead_shards = layout

@@ -44,7 +44,9 @@ pub struct Proxy {
 pub fn start(rc: RoleContext) {
     start_role(
         rc,
-        Box::new(|node| Box::pin(async move { Ok(Proxy { node, layouts: DashMap::new(), router: Box::new(Rendezvous) }) })),
+        Box::new(|node| {
+            Box::pin(async move { Ok(Proxy { node, layouts: DashMap::new(), router: Box::new(Rendezvous) }) })
+        }),
     );
 }
 
@@ -77,7 +79,11 @@ impl Proxy {
         self.layouts.remove(name);
     }
 
-    async fn forward<Req: quiver_schemas::Wire, Resp: quiver_schemas::Wire>(&self, method: &str, req: &Req) -> Result<Resp> {
+    async fn forward<Req: quiver_schemas::Wire, Resp: quiver_schemas::Wire>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp> {
         let bus = &self.node.shared.bus;
         bus.request(bus.subjects().coord(method), req).await
     }
@@ -108,10 +114,14 @@ impl Proxy {
                 .await
             }
             "describe_collection" => {
-                node.serve(msg, |r: CollectionName| async move { self.forward::<_, CollectionDescription>(method, &r).await })
-                    .await
+                node.serve(msg, |r: CollectionName| async move {
+                    self.forward::<_, CollectionDescription>(method, &r).await
+                })
+                .await
             }
-            "list_collections" => node.serve(msg, |r: Empty| async move { self.forward::<_, CollectionList>(method, &r).await }).await,
+            "list_collections" => {
+                node.serve(msg, |r: Empty| async move { self.forward::<_, CollectionList>(method, &r).await }).await
+            }
             "create_index" => {
                 node.serve(msg, |r: CreateIndex| async move {
                     let out = self.forward::<_, Empty>(method, &r).await;
@@ -120,8 +130,14 @@ impl Proxy {
                 })
                 .await
             }
-            "flush" => node.serve(msg, |r: CollectionName| async move { self.forward::<_, FlushResult>(method, &r).await }).await,
-            "distribution" => node.serve(msg, |r: CollectionName| async move { self.refresh(&r.name).await.map(|d| (*d).clone()) }).await,
+            "flush" => {
+                node.serve(msg, |r: CollectionName| async move { self.forward::<_, FlushResult>(method, &r).await })
+                    .await
+            }
+            "distribution" => {
+                node.serve(msg, |r: CollectionName| async move { self.refresh(&r.name).await.map(|d| (*d).clone()) })
+                    .await
+            }
             "insert" => node.serve(msg, |r| self.insert(r)).await,
             "delete" => node.serve(msg, |r| self.delete(r)).await,
             "get" => node.serve(msg, |r| self.get(r)).await,
@@ -152,7 +168,8 @@ impl RoleHandler for Proxy {
             let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
             let started = Instant::now();
             self.dispatch(&method, &msg).await;
-            metrics::histogram!("quiver_request_seconds", "method" => method.clone()).record(started.elapsed().as_secs_f64());
+            metrics::histogram!("quiver_request_seconds", "method" => method.clone())
+                .record(started.elapsed().as_secs_f64());
             metrics::counter!("quiver_requests_total", "method" => method).increment(1);
         })
     }

@@ -10,8 +10,8 @@ use quiver_policy::{NodeLoad, SegmentCandidates};
 use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
-    ts_compose, Consistency, Distribution, Get, GetResults, Hits, NodeGet, NodeSearch, RowBatch, Search,
-    SearchResults, ShardPlacement,
+    ts_compose, Consistency, Distribution, Get, GetResults, Hits, NodeGet, NodeSearch, RowBatch, Search, SearchResults,
+    ShardPlacement,
 };
 
 use super::validate::{check_output_fields, check_pk, check_search};

@@ -11,7 +11,10 @@ fn bad(msg: String) -> Error {
 
 fn check_vectors(vectors: &[f32], dim: usize, what: &str) -> Result<usize> {
     if dim == 0 || !vectors.len().is_multiple_of(dim) {
-        return Err(bad(format!("{what}: {} floats is not a whole number of {dim}-dimensional vectors", vectors.len())));
+        return Err(bad(format!(
+            "{what}: {} floats is not a whole number of {dim}-dimensional vectors",
+            vectors.len()
+        )));
     }
     if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(bad(format!("{what}: vector {} contains NaN or infinity (element {})", i / dim, i % dim)));
@@ -29,13 +32,18 @@ fn dim_mismatch(info: &CollectionInfo, got: u32) -> Error {
 
 /// Checks a primary key against the schema.
 pub fn check_pk(info: &CollectionInfo, pk: &PrimaryKey) -> Result<()> {
-    let Some(field) = info.primary_field() else { return Err(Error::Internal("collection without primary key".into())) };
+    let Some(field) = info.primary_field() else {
+        return Err(Error::Internal("collection without primary key".into()));
+    };
     match (field.data_type, pk) {
         (DataType::Int64, PrimaryKey::Int64(_)) => Ok(()),
         (DataType::VarChar, PrimaryKey::VarChar(s)) if s.len() <= field.max_length as usize => Ok(()),
-        (DataType::VarChar, PrimaryKey::VarChar(s)) => {
-            Err(bad(format!("primary key {:?} is {} bytes, longer than max_length {}", field.name, s.len(), field.max_length)))
-        }
+        (DataType::VarChar, PrimaryKey::VarChar(s)) => Err(bad(format!(
+            "primary key {:?} is {} bytes, longer than max_length {}",
+            field.name,
+            s.len(),
+            field.max_length
+        ))),
         (t, _) => Err(bad(format!("primary key {:?} is {t:?}; got a key of another type", field.name))),
     }
 }
@@ -83,22 +91,14 @@ pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize)
         }
     } else {
         if rows.pks.len() != n {
-            return Err(bad(format!(
-                "primary key {:?}: got {} values for {n} rows",
-                pk_field.name,
-                rows.pks.len()
-            )));
+            return Err(bad(format!("primary key {:?}: got {} values for {n} rows", pk_field.name, rows.pks.len())));
         }
         for pk in &rows.pks {
             check_pk(info, pk)?;
         }
     }
-    let scalar_fields: Vec<_> = info
-        .schema
-        .fields
-        .iter()
-        .filter(|f| !f.is_primary && f.data_type != DataType::FloatVector)
-        .collect();
+    let scalar_fields: Vec<_> =
+        info.schema.fields.iter().filter(|f| !f.is_primary && f.data_type != DataType::FloatVector).collect();
     let mut seen = HashSet::new();
     for col in &mut rows.columns {
         let Some(field) = scalar_fields.iter().find(|f| f.name == col.name) else {
@@ -183,7 +183,9 @@ pub fn check_output_fields(info: &CollectionInfo, fields: &[String]) -> Result<V
         let known = info.schema.fields.iter().any(|x| &x.name == f && x.data_type != DataType::FloatVector);
         let vector = info.schema.fields.iter().any(|x| &x.name == f && x.data_type == DataType::FloatVector);
         if vector {
-            return Err(bad(format!("output field {f:?} is the vector field; vectors are returned by get, not by search")));
+            return Err(bad(format!(
+                "output field {f:?} is the vector field; vectors are returned by get, not by search"
+            )));
         }
         if !known && !info.schema.enable_dynamic_field {
             return Err(bad(format!("output field {f:?} does not exist in collection {:?}", info.schema.name)));

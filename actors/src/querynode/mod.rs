@@ -95,9 +95,11 @@ impl QueryNode {
             }
         }
         let mut collections = self.collections.borrow_mut();
-        let loaded = collections
-            .entry(info.id)
-            .or_insert_with(|| Loaded { info: info.clone(), segments: HashMap::new(), shards: HashMap::new() });
+        let loaded = collections.entry(info.id).or_insert_with(|| Loaded {
+            info: info.clone(),
+            segments: HashMap::new(),
+            shards: HashMap::new(),
+        });
         loaded.info = info.clone();
         for seg in fetched {
             loaded.segments.insert(seg.info.id, seg);
@@ -161,16 +163,18 @@ impl QueryNode {
                 .segments
                 .get(id)
                 .ok_or_else(|| Error::Stale(format!("segment {id} is not loaded on node {}", self.node.id)))?;
-            let shard = loaded
-                .shards
-                .get(&seg.info.shard)
-                .ok_or_else(|| Error::Stale(format!("shard {} is not open on node {}", seg.info.shard, self.node.id)))?;
+            let shard = loaded.shards.get(&seg.info.shard).ok_or_else(|| {
+                Error::Stale(format!("shard {} is not open on node {}", seg.info.shard, self.node.id))
+            })?;
             segs.push((seg.clone(), shard.data.clone()));
         }
         let mut grow = Vec::with_capacity(growing.len());
         for g in growing {
             let shard = loaded.shards.get(&g.shard).filter(|s| s.data.leader).ok_or_else(|| {
-                Error::Stale(format!("node {} does not lead shard {} of collection {collection}", self.node.id, g.shard))
+                Error::Stale(format!(
+                    "node {} does not lead shard {} of collection {collection}",
+                    self.node.id, g.shard
+                ))
             })?;
             let ours = shard.data.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
             if g.sealed_seq < ours {
@@ -261,8 +265,7 @@ impl RoleHandler for QueryNode {
             .flat_map(|c| c.shards.values())
             .map(|s| s.data.growing.read().map_or(0, |g| g.rows.len()))
             .sum();
-        let leads: usize =
-            collections.values().flat_map(|c| c.shards.values()).filter(|s| s.data.leader).count();
+        let leads: usize = collections.values().flat_map(|c| c.shards.values()).filter(|s| s.data.leader).count();
         (segments as u32, format!("{} collections, leads {leads} shards, {growing} growing rows", collections.len()))
     }
 }

@@ -28,7 +28,8 @@ impl Sealed {
         let flat = match index {
             Some(_) => None,
             None => Some(
-                FlatVectors::from_vec(rows.dim, metric, rows.vectors.clone()).map_err(|e| Error::Internal(e.to_string()))?,
+                FlatVectors::from_vec(rows.dim, metric, rows.vectors.clone())
+                    .map_err(|e| Error::Internal(e.to_string()))?,
             ),
         };
         let pk_index = rows.pk_index();
@@ -108,11 +109,8 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
         };
         collect(&mut per_query, &d, &l, k, Source::Segment(i));
     }
-    let growing: Vec<_> = plan
-        .growing
-        .iter()
-        .map(|(s, _)| s.growing.read().map_err(lock_err))
-        .collect::<Result<_>>()?;
+    let growing: Vec<_> =
+        plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
     for (i, ((shard, after), g)) in plan.growing.iter().zip(&growing).enumerate() {
         if g.rows.is_empty() {
             continue;
@@ -151,7 +149,8 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             hits.pks.push(pk.clone());
             hits.scores.push(c.score);
             if !plan.output_fields.is_empty() {
-                for (col, out) in rows.output_columns(&[c.row], &plan.output_fields).into_iter().zip(&mut hits.columns) {
+                for (col, out) in rows.output_columns(&[c.row], &plan.output_fields).into_iter().zip(&mut hits.columns)
+                {
                     out.values.extend(col.values);
                 }
             }

@@ -63,7 +63,15 @@ impl Drop for Shard {
 impl Shard {
     /// Starts reading the shard log from its beginning (deletes) and keeps growing rows after
     /// `sealed_seq` when `leader`.
-    pub fn open(node: &Node, collection: u64, shard: u32, dim: usize, metric: MetricType, leader: bool, sealed_seq: Seq) -> Shard {
+    pub fn open(
+        node: &Node,
+        collection: u64,
+        shard: u32,
+        dim: usize,
+        metric: MetricType,
+        leader: bool,
+        sealed_seq: Seq,
+    ) -> Shard {
         let (applied, _) = watch::channel(0);
         let data = Arc::new(ShardData {
             collection,
@@ -146,7 +154,8 @@ impl ShardData {
         if n > 0 {
             g.rows.drain_front(n);
             let (dim, metric) = (g.flat.dim(), g.flat.metric());
-            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone())
+                .map_err(|e| Error::Internal(e.to_string()))?;
         }
         Ok(())
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-pub use quiver_schemas::*;
 use quiver_schemas::status::{Code, HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS};
+pub use quiver_schemas::*;
 
 /// What a call can fail with. `Unavailable` and `Timeout` are worth retrying.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +91,13 @@ impl Client {
         headers.insert(HEADER_DEADLINE, deadline.to_string().as_str());
         let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
         let msg = self.nats.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => {
-                ClientError::Unavailable(format!("no proxy serves {subject}: is Quiver running with cluster name {:?}?", self.cluster))
+            async_nats::RequestErrorKind::NoResponders => ClientError::Unavailable(format!(
+                "no proxy serves {subject}: is Quiver running with cluster name {:?}?",
+                self.cluster
+            )),
+            async_nats::RequestErrorKind::TimedOut => {
+                ClientError::Timeout(format!("{method} after {:?}", self.timeout))
             }
-            async_nats::RequestErrorKind::TimedOut => ClientError::Timeout(format!("{method} after {:?}", self.timeout)),
             _ => ClientError::Unavailable(format!("{method}: {e}")),
         })?;
         if let Some(h) = &msg.headers {
@@ -152,7 +155,8 @@ impl Client {
         while start < n {
             let end = (start + per_call).min(n);
             let part = schema::slice_rows(&rows, start, end);
-            let res: MutationResult = self.call("insert", &Insert { collection: collection.into(), rows: part }).await?;
+            let res: MutationResult =
+                self.call("insert", &Insert { collection: collection.into(), rows: part }).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
             start = end;
