@@ -116,6 +116,9 @@ pub struct BenchArgs {
     /// `--child-env GOMAXPROCS=1` or `--child-env QUIVER_QUERYNODE__FAISS_THREADS=2`. Repeatable.
     #[arg(long = "child-env", value_name = "KEY=VALUE")]
     child_env: Vec<String>,
+    /// Write the Quiver child's log here (kept after the run) instead of into its temp dir.
+    #[arg(long)]
+    child_log: Option<PathBuf>,
     /// Skip the latency breakdown (NATS echo and direct query-node rows).
     #[arg(long)]
     no_breakdown: bool,
@@ -151,7 +154,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if args.k == 0 {
         bail!("-k must be at least 1");
     }
-    if !(args.duration_secs > 0.0) || !(args.warmup_secs >= 0.0) {
+    if args.duration_secs.is_nan() || args.duration_secs <= 0.0 || args.warmup_secs.is_nan() || args.warmup_secs < 0.0 {
         bail!("--duration-secs must be > 0 and --warmup-secs >= 0");
     }
     let consistencies = args.consistency.iter().map(|c| parse_consistency(c)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -628,7 +631,11 @@ struct QuiverChild {
 }
 
 impl QuiverChild {
-    fn start(segment_max_rows: usize, extra_env: &[(String, String)]) -> anyhow::Result<QuiverChild> {
+    fn start(
+        segment_max_rows: usize,
+        extra_env: &[(String, String)],
+        log: Option<&Path>,
+    ) -> anyhow::Result<QuiverChild> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!(
             "quiver-bench-{}-{}",
@@ -636,7 +643,7 @@ impl QuiverChild {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let log = dir.join("quiver.log");
+        let log = log.map_or_else(|| dir.join("quiver.log"), Path::to_path_buf);
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         // /proc/self/exe still names this very binary if a rebuild replaced the file meanwhile.
         let exe = match Path::new("/proc/self/exe").exists() {
@@ -797,7 +804,7 @@ fn run_quiver(
                 .ok_or_else(|| anyhow!("--child-env wants KEY=VALUE, got {kv:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut child = QuiverChild::start(segment_max_rows, &extra_env)?;
+    let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref())?;
     eprintln!(
         "quiver: started `quiver standalone` (pid {}) on {}, data in {}",
         child.pid(),
@@ -1368,6 +1375,7 @@ struct Report {
     raw_build: Option<Duration>,
     raw_index_type: Option<IndexType>,
     /// ((rss, hwm) before, (rss, hwm) after, estimated index bytes)
+    #[allow(clippy::type_complexity)] // (RSS, HWM) before and after the raw build, index bytes
     raw_rss: Option<((u64, u64), (u64, u64), u64)>,
     raw: Vec<RawRow>,
     segment_max_rows: usize,
