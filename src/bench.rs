@@ -41,8 +41,9 @@ const CLUSTER: &str = "quiverbench";
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs.
-    #[arg(long, default_value = "/work/shared/datasets/pypi-minilm")]
+    /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs
+    /// (default: the shared dataset beside the repository, when run from its root).
+    #[arg(long, default_value = "../shared/datasets/pypi-minilm")]
     dataset: PathBuf,
     /// Base vectors to use (default: the whole file). Below the file size, exact ground truth
     /// is recomputed by brute force.

@@ -46,10 +46,11 @@ impl Dataset {
     }
 }
 
+/// `QUIVER_IT_DATASET`, else `shared/datasets/pypi-minilm` beside the repository.
 fn dataset_dir() -> PathBuf {
     std::env::var_os("QUIVER_IT_DATASET")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/datasets/pypi-minilm"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pypi-minilm"))
 }
 
 /// Reads at most `limit` rows of a TEXMEX `.fvecs` file.
