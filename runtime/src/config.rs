@@ -22,6 +22,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub datanode: DataNodeConfig,
     pub querynode: QueryNodeConfig,
+    pub plugins: PluginsConfig,
+    pub balance: BalanceConfig,
+    pub discovery: DiscoveryConfig,
     pub debug: DebugConfig,
 }
 
@@ -224,6 +227,99 @@ pub struct DebugConfig {
     pub fault_injection: bool,
 }
 
+/// Which policy plugins run and how they are sandboxed. The names select built-in plugins
+/// (bundled with the binary as Wasm components) until an operator activates another version
+/// with `quiver ctl plugin activate`; the cluster-wide choice in NATS KV then wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Router of the proxy: `rendezvous`, `round-robin`, `hash` or `least-loaded`.
+    pub router: String,
+    /// Balancer of the coordinator: `memory` or `row-count`.
+    pub balancer: String,
+    /// Service discovery of the coordinator: `heartbeat` or `static`.
+    pub discovery: String,
+    /// Autoscaler: `threshold`.
+    pub autoscaler: String,
+    /// `wasm` runs policies as sandboxed Wasm components; `native` runs the same algorithms
+    /// compiled into the binary (no hot swap; for comparison and emergencies).
+    pub engine: String,
+    /// Deadline of one plugin call; past it the call is interrupted and the built-in policy answers.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Linear-memory cap of one plugin instance, in MiB.
+    pub memory_limit_mb: u64,
+    /// After this many failed calls in a row a plugin is switched off (the built-in policy
+    /// answers) until an operator activates or rolls back a version.
+    pub max_consecutive_failures: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            router: "rendezvous".into(),
+            balancer: "memory".into(),
+            discovery: "heartbeat".into(),
+            autoscaler: "threshold".into(),
+            engine: "wasm".into(),
+            call_timeout: Duration::from_millis(50),
+            memory_limit_mb: 64,
+            max_consecutive_failures: 5,
+        }
+    }
+}
+
+/// Query-load balancing over query nodes (MISSION S1.2; Milvus' `queryCoord.*` keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// How often the coordinator asks the balancer for a plan (`balanceIntervalSeconds`).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A node above this memory use (%) is overloaded (`overloadedMemoryThresholdPercentage`).
+    pub overloaded_memory_threshold_percentage: f64,
+    /// Balance when two nodes' memory use differs by more than this many points
+    /// (`memoryUsageMaxDifferencePercentage`).
+    pub memory_usage_max_difference_percentage: f64,
+    /// At most this many segment moves per plan.
+    pub max_moves: u32,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        BalanceConfig {
+            interval: Duration::from_secs(60),
+            overloaded_memory_threshold_percentage: 90.0,
+            memory_usage_max_difference_percentage: 30.0,
+            max_moves: 16,
+        }
+    }
+}
+
+/// Membership decisions (MISSION S4.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// A node silent for longer is suspect: it keeps its work but gets no new work.
+    #[serde(with = "humantime_serde")]
+    pub suspect_after: Duration,
+    /// A node silent for longer is dead: its work is reassigned.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    /// Node ids of the cluster for the `static` discovery plugin; others are ignored.
+    pub static_nodes: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            suspect_after: Duration::from_secs(3),
+            dead_after: Duration::from_secs(5),
+            static_nodes: Vec::new(),
+        }
+    }
+}
+
 /// Prefix of environment overrides: `QUIVER_NATS__URL=nats://h:4222` sets `nats.url`.
 pub const ENV_PREFIX: &str = "QUIVER_";
 
@@ -303,6 +399,48 @@ impl Config {
         }
         if self.datanode.segment_max_rows == 0 {
             return fail("datanode.segment_max_rows", "must be at least 1");
+        }
+        let names: [(&str, &str, &[&str]); 4] = [
+            ("plugins.router", &self.plugins.router, quiver_policy::builtin::ROUTERS),
+            ("plugins.balancer", &self.plugins.balancer, quiver_policy::builtin::BALANCERS),
+            ("plugins.discovery", &self.plugins.discovery, quiver_policy::builtin::DISCOVERIES),
+            ("plugins.autoscaler", &self.plugins.autoscaler, quiver_policy::builtin::AUTOSCALERS),
+        ];
+        for (key, name, known) in names {
+            if !known.contains(&name) {
+                return fail(key, &format!("unknown plugin {name:?}; built-in ones are {}", known.join(", ")));
+            }
+        }
+        if self.plugins.engine != "wasm" && self.plugins.engine != "native" {
+            return fail("plugins.engine", "must be \"wasm\" or \"native\"");
+        }
+        if self.plugins.call_timeout < Duration::from_millis(1) {
+            return fail("plugins.call_timeout", "must be at least 1ms");
+        }
+        if !(1..=4096).contains(&self.plugins.memory_limit_mb) {
+            return fail("plugins.memory_limit_mb", "must be between 1 and 4096");
+        }
+        if self.plugins.max_consecutive_failures == 0 {
+            return fail("plugins.max_consecutive_failures", "must be at least 1");
+        }
+        if self.balance.interval.is_zero() {
+            return fail("balance.interval", "must be greater than zero");
+        }
+        let pct_ok = |v: f64| v > 0.0 && v <= 100.0;
+        if !pct_ok(self.balance.overloaded_memory_threshold_percentage) {
+            return fail("balance.overloaded_memory_threshold_percentage", "must be in (0, 100]");
+        }
+        if !pct_ok(self.balance.memory_usage_max_difference_percentage) {
+            return fail("balance.memory_usage_max_difference_percentage", "must be in (0, 100]");
+        }
+        if self.discovery.suspect_after > self.discovery.dead_after {
+            return fail("discovery.suspect_after", "must not exceed discovery.dead_after");
+        }
+        if self.discovery.dead_after < self.node.heartbeat_interval {
+            return fail("discovery.dead_after", "must be at least node.heartbeat_interval");
+        }
+        if self.plugins.discovery == "static" && self.discovery.static_nodes.is_empty() {
+            return fail("discovery.static_nodes", "must list the cluster's node ids when plugins.discovery = \"static\"");
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");

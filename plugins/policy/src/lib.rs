@@ -1,16 +1,20 @@
-//! Quiver's policy algorithms as plain Rust with no dependencies, so the same code runs
-//! natively in the proxy and coordinator and (in a later step) inside Wasm plugins.
+//! Quiver's policy algorithms as plain Rust with no dependencies. The same code runs natively
+//! (the built-in fallback in the proxy and coordinator) and inside the Wasm plugins built from
+//! `plugins/*` with the plugin SDK, so there is exactly one copy of each algorithm.
 //!
-//! - [`Router`]: which node serves each sealed segment of a search (proxy). Default:
-//!   [`Rendezvous`] — weighted rendezvous (HRW) hashing at segment level.
-//! - [`Placement`]: which query node loads a new segment or leads a shard (coordinator).
-//!   Default: [`MemoryPlacement`] — the node with the lowest memory use.
+//! One module per policy kind, each mirroring its WIT interface in `wit/`:
+//! - [`router`]: which node serves each sealed segment of a search (proxy).
+//! - [`balancer`]: placement and move plans over query nodes (coordinator).
+//! - [`discovery`]: membership and liveness from heartbeats (coordinator).
+//! - [`autoscaler`]: replica size recommendations.
+//!
+//! [`builtin`] maps the names operators use in config to these implementations.
 
-mod placement;
-mod routing;
-
-pub use placement::{MemoryPlacement, NodeMemory, Placement};
-pub use routing::{hrw_score, NodeLoad, Rendezvous, Router, SegmentCandidates};
+pub mod autoscaler;
+pub mod balancer;
+pub mod builtin;
+pub mod discovery;
+pub mod router;
 
 /// 64-bit FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
