@@ -16,6 +16,7 @@ pub mod datanode;
 pub mod dml;
 pub mod indexnode;
 pub mod node;
+pub mod policies;
 pub mod proxy;
 pub mod querynode;
 pub mod rows;

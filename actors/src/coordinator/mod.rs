@@ -6,8 +6,15 @@
 //! - `catalog.rs`: schema validation, DML streams, metadata keys and the persisted `Layout`.
 //! - `tso.rs`: the timestamp oracle and id allocator.
 //! - `placement.rs`: reconciliation of the desired layout with live nodes; index builds.
+//! - `membership.rs`: who is alive, suspect or dead (discovery policy).
+//! - `balance.rs`: periodic move plans over query nodes (balancer policy) and hand-offs.
+//!
+//! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
+//! plugin host, with the built-in algorithms as fallback (`crate::policies`).
 
+mod balance;
 mod catalog;
+mod membership;
 mod placement;
 mod tso;
 
@@ -19,7 +26,7 @@ use futures::future::LocalBoxFuture;
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::{
     Alloc, AllocRange, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, Role, SegmentFlushed, SegmentInfo,
+    CreateIndex, Distribution, Empty, FlushResult, SegmentFlushed, SegmentInfo,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -55,6 +62,8 @@ pub struct Coordinator {
     /// Per (node, collection): what was last sent, and the node incarnation it was sent to.
     sent: std::cell::RefCell<HashMap<(String, u64), placement::Sent>>,
     building: std::cell::RefCell<HashSet<u64>>,
+    membership: membership::Membership,
+    policies: crate::policies::CoordinatorPolicies,
 }
 
 /// Starts the coordinator role on the current arbiter.
@@ -64,6 +73,7 @@ pub fn start(rc: RoleContext) {
 
 impl Coordinator {
     async fn load(node: Node) -> Result<Coordinator> {
+        let node_for_policies = node.clone();
         let meta = &node.shared.meta;
         let mut catalog = Catalog::default();
         for info in meta.values::<CollectionInfo>("collection.").await? {
@@ -84,6 +94,8 @@ impl Coordinator {
             reconcile: Notify::new(),
             sent: Default::default(),
             building: Default::default(),
+            membership: Default::default(),
+            policies: crate::policies::CoordinatorPolicies::start(&node_for_policies)?,
         })
     }
 
@@ -281,19 +293,25 @@ impl RoleHandler for Coordinator {
     fn start(self: Rc<Self>) {
         let me = self.clone();
         self.node.spawn_loop("reconcile", async move { me.reconcile_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("balance", async move { me.balance_loop().await });
     }
 
     fn heartbeat(&self) -> (u32, String) {
         match self.catalog.try_lock() {
             Ok(c) => {
-                (c.segments.values().map(|s| s.len() as u32).sum(), format!("{} collections", c.collections.len()))
+                let verdicts = self.membership.verdicts();
+                let count = |l| verdicts.values().filter(|&&v| v == l).count();
+                let detail = format!(
+                    "{} collections; members {} alive, {} suspect, {} dead",
+                    c.collections.len(),
+                    count(quiver_policy::discovery::Liveness::Alive),
+                    count(quiver_policy::discovery::Liveness::Suspect),
+                    count(quiver_policy::discovery::Liveness::Dead),
+                );
+                (c.segments.values().map(|s| s.len() as u32).sum(), detail)
             }
             Err(_) => (0, String::new()),
         }
     }
-}
-
-/// Nodes of `role` in the registry that are healthy.
-pub(crate) async fn live_nodes(node: &Node, role: Role) -> Result<Vec<quiver_schemas::NodeStatus>> {
-    Ok(node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == role && n.healthy).collect())
 }

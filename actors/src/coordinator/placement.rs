@@ -14,15 +14,21 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
-use quiver_policy::{MemoryPlacement, NodeMemory, Placement};
+use super::membership::Members;
+
+use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::{
-    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments, Role,
-    SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement,
+    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, ReleaseSegments, Role, SegmentInfo,
+    SegmentPlacement, SegmentState, ShardPlacement,
 };
 
+use super::balance::cluster_view;
 use super::catalog::{layout_key, segment_key, Layout, ShardLayout};
-use super::{live_nodes, Catalog, Coordinator};
+use super::{Catalog, Coordinator};
+
+/// Memory a shard leader or a DML channel is expected to need (growing rows), for placement.
+const CHANNEL_MEMORY_ESTIMATE: u64 = 64 << 20;
 
 /// What was last sent to a node for a collection.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,9 +108,10 @@ impl Coordinator {
     }
 
     async fn reconcile_once(self: &Rc<Self>) -> Result<()> {
-        let queries = live_nodes(&self.node, Role::QueryNode).await?;
-        let datas = live_nodes(&self.node, Role::DataNode).await?;
-        let epochs: HashMap<String, u64> = queries.iter().map(|n| (n.node_id.clone(), n.started_ms)).collect();
+        let classify = |n: &[_], s: &_| self.policies.classify(n, s);
+        let queries = self.membership.refresh(&self.node, Role::QueryNode, classify).await?;
+        let datas = self.membership.refresh(&self.node, Role::DataNode, classify).await?;
+        let epochs: HashMap<String, u64> = queries.serving().map(|n| (n.node_id.clone(), n.started_ms)).collect();
         let mut sends: Vec<(String, u64, LoadSegments)> = Vec::new();
         {
             let mut catalog = self.catalog.lock().await;
@@ -114,7 +121,7 @@ impl Coordinator {
                 self.start_index_builds(&catalog, &info);
                 let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
                 let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
-                for q in &queries {
+                for q in queries.serving() {
                     let load = desired_for(&info, &layout, &segments, &q.node_id);
                     let sent = Sent { epoch: q.started_ms, digest: digest(&load) };
                     let key = (q.node_id.clone(), info.id);
@@ -155,6 +162,12 @@ impl Coordinator {
             for s in &load.segments {
                 layout.holders.entry(s.id).or_default().push(node.clone());
             }
+            // Hand-off done: once a segment's target serves it, the other copies go (S1.4).
+            for (id, holders) in layout.holders.iter_mut() {
+                if let Some(target) = layout.targets.get(id).filter(|t| holders.contains(t)) {
+                    holders.retain(|h| h == target);
+                }
+            }
             layout.holders.retain(|_, h| !h.is_empty());
             layout.epochs.insert(node.clone(), epoch);
             for i in 0..layout.shards.len() {
@@ -191,59 +204,65 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Fixes the layout of one collection against the live nodes.
+    /// Fixes the layout of one collection against the members: work of dead or restarted
+    /// nodes is placed again (balancer policy) on alive nodes; suspect nodes keep theirs.
     async fn assign(
         &self,
         catalog: &mut Catalog,
         info: &CollectionInfo,
-        queries: &[NodeStatus],
-        datas: &[NodeStatus],
+        queries: &Members,
+        datas: &Members,
         epochs: &HashMap<String, u64>,
     ) -> Result<()> {
         let Some(layout) = catalog.layouts.get(&info.id).cloned() else { return Ok(()) };
         let mut next = layout.clone();
-        let alive = |id: &str| epochs.contains_key(id);
+        let serving = |id: &str| epochs.contains_key(id);
         // A restarted query node (new incarnation) lost what it held.
         let restarted = |id: &str| layout.epochs.get(id) != epochs.get(id);
         for holders in next.holders.values_mut() {
-            holders.retain(|h| alive(h) && !restarted(h));
+            holders.retain(|h| serving(h) && !restarted(h));
         }
         next.holders.retain(|_, h| !h.is_empty());
-        next.epochs.retain(|id, _| alive(id) && !restarted(id));
-        let mut memory: Vec<NodeMemory> = queries
-            .iter()
-            .map(|q| NodeMemory { node_id: q.node_id.clone(), used: q.mem_used, capacity: q.mem_capacity })
+        next.epochs.retain(|id, _| serving(id) && !restarted(id));
+
+        let channel_item = |id: u64| PlacementItem { id, memory_size: CHANNEL_MEMORY_ESTIMATE, rows: 0 };
+        let data_view = cluster_view(catalog, &datas.alive);
+        let orphan_channels: Vec<usize> = (0..next.shards.len())
+            .filter(|&i| !datas.serving().any(|d| d.node_id == next.shards[i].channel_owner))
             .collect();
-        let data_ids: Vec<quiver_policy::NodeLoad> = datas
-            .iter()
-            .map(|d| quiver_policy::NodeLoad { node_id: d.node_id.clone(), in_flight: 0, weight: 1.0 })
-            .collect();
-        for shard in &mut next.shards {
-            if !datas.iter().any(|d| d.node_id == shard.channel_owner) && !data_ids.is_empty() {
-                let key = u64::from(shard.shard) ^ (info.id << 8);
-                let cands = [quiver_policy::SegmentCandidates { segment: key, nodes: (0..data_ids.len()).collect() }];
-                use quiver_policy::Router;
-                if let Some(Some(i)) = quiver_policy::Rendezvous.route(&cands, &data_ids).first() {
-                    tracing::info!(collection = info.id, shard = shard.shard, node = %data_ids[*i].node_id, "shard channel assigned");
-                    shard.channel_owner = data_ids[*i].node_id.clone();
-                }
-            }
-            if !alive(&shard.leader) {
-                if let Some(i) = MemoryPlacement.place(0, &memory) {
-                    tracing::info!(collection = info.id, shard = shard.shard, node = %memory[i].node_id, "shard leader assigned");
-                    shard.leader = memory[i].node_id.clone();
-                }
+        let items: Vec<PlacementItem> =
+            orphan_channels.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
+        for (&i, placed) in orphan_channels.iter().zip(self.policies.place(&data_view, &items)) {
+            if let Some(node) = placed.and_then(|n| data_view.nodes.get(n as usize)) {
+                let shard = &mut next.shards[i];
+                tracing::info!(collection = info.id, shard = shard.shard, node = %node.node_id, "shard channel assigned");
+                shard.channel_owner = node.node_id.clone();
             }
         }
-        // Segments without a live holder or target go to the least-loaded node.
+
+        // Leaders and segments without a serving node go where the balancer says, in one call
+        // so that it accounts for what it already placed.
+        let query_view = cluster_view(catalog, &queries.alive);
+        let orphan_leaders: Vec<usize> = (0..next.shards.len()).filter(|&i| !serving(&next.shards[i].leader)).collect();
         let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
-        for seg in segments.values() {
-            let target_ok = next.targets.get(&seg.id).is_some_and(|t| alive(t));
-            if !target_ok {
-                if let Some(i) = MemoryPlacement.place(seg.mem_size, &memory) {
-                    next.targets.insert(seg.id, memory[i].node_id.clone());
-                    memory[i].used += seg.mem_size;
-                }
+        let orphan_segments: Vec<&SegmentInfo> =
+            segments.values().filter(|seg| !next.targets.get(&seg.id).is_some_and(|t| serving(t))).collect();
+        let mut items: Vec<PlacementItem> =
+            orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
+        items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
+        let placed = if items.is_empty() { Vec::new() } else { self.policies.place(&query_view, &items) };
+        let node_of = |p: Option<&Option<u32>>| {
+            p.copied().flatten().and_then(|n| query_view.nodes.get(n as usize)).map(|n| n.node_id.clone())
+        };
+        for (k, &i) in orphan_leaders.iter().enumerate() {
+            if let Some(node) = node_of(placed.get(k)) {
+                tracing::info!(collection = info.id, shard = next.shards[i].shard, node = %node, "shard leader assigned");
+                next.shards[i].leader = node;
+            }
+        }
+        for (k, seg) in orphan_segments.iter().enumerate() {
+            if let Some(node) = node_of(placed.get(orphan_leaders.len() + k)) {
+                next.targets.insert(seg.id, node);
             }
         }
         next.targets.retain(|id, _| segments.contains_key(id));
@@ -297,7 +316,9 @@ impl Coordinator {
 
     /// Tells every live query node to drop a collection.
     pub(super) async fn release_everywhere(&self, collection: u64) {
-        let Ok(queries) = live_nodes(&self.node, Role::QueryNode).await else { return };
+        let classify = |n: &[_], s: &_| self.policies.classify(n, s);
+        let Ok(queries) = self.membership.refresh(&self.node, Role::QueryNode, classify).await else { return };
+        let queries: Vec<_> = queries.serving().cloned().collect();
         let bus = &self.node.shared.bus;
         let req = ReleaseSegments { collection, segments: Vec::new(), all: true };
         for q in queries {

@@ -5,19 +5,22 @@
 //! - `validate.rs`: checks on inserts, searches and keys.
 //! - `write.rs`: insert and delete.
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
+//! - `load.rs`: per-node in-flight and latency figures for the router.
 
+mod load;
 mod read;
 mod validate;
 mod write;
 
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::Message;
 use dashmap::DashMap;
 use futures::future::LocalBoxFuture;
-use quiver_policy::{Rendezvous, Router};
+use quiver_policy::router::{RouteRequest, Router};
 use quiver_runtime::{bus, Result, RoleContext};
 use quiver_schemas::{
     ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
@@ -38,6 +41,9 @@ pub struct Proxy {
     node: Node,
     layouts: DashMap<String, Cached>,
     router: Box<dyn Router>,
+    /// Searches routed so far (the router's `sequence`).
+    sequence: AtomicU64,
+    load: load::NodeLoads,
 }
 
 /// Starts the proxy role on the current arbiter.
@@ -45,7 +51,18 @@ pub fn start(rc: RoleContext) {
     start_role(
         rc,
         Box::new(|node| {
-            Box::pin(async move { Ok(Proxy { node, layouts: DashMap::new(), router: Box::new(Rendezvous) }) })
+            Box::pin(async move {
+                let name = &node.shared.config.plugins.router;
+                let router =
+                    quiver_policy::builtin::router(name).unwrap_or_else(|| Box::new(quiver_policy::router::Rendezvous));
+                Ok(Proxy {
+                    node,
+                    layouts: DashMap::new(),
+                    router,
+                    sequence: AtomicU64::new(0),
+                    load: load::NodeLoads::default(),
+                })
+            })
         }),
     );
 }
@@ -73,6 +90,10 @@ impl Proxy {
 
     async fn collection(&self, name: &str) -> Result<CollectionInfo> {
         Ok(self.distribution(name).await?.collection.clone())
+    }
+
+    fn route(&self, request: &RouteRequest) -> Vec<Option<u32>> {
+        self.router.route(request)
     }
 
     fn forget(&self, name: &str) {
@@ -175,6 +196,6 @@ impl RoleHandler for Proxy {
     }
 
     fn heartbeat(&self) -> (u32, String) {
-        (0, format!("{} layouts cached, router {}", self.layouts.len(), self.router.name()))
+        (0, format!("{} layouts cached, router {}", self.layouts.len(), self.node.shared.config.plugins.router))
     }
 }

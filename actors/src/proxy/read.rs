@@ -3,10 +3,11 @@
 //! gather and merge. A stale or failed node reply refreshes the cached layout and retries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_policy::{NodeLoad, SegmentCandidates};
+use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
@@ -42,31 +43,31 @@ impl Proxy {
             }
             shares.entry(shard.leader.clone()).or_default().growing.push(shard.clone());
         }
-        let mut nodes: Vec<NodeLoad> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let candidates: Vec<SegmentCandidates> = dist
-            .segments
-            .iter()
-            .map(|s| SegmentCandidates {
-                segment: s.segment.id,
-                nodes: s
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        *index.entry(n.as_str()).or_insert_with(|| {
-                            nodes.push(NodeLoad { node_id: n.clone(), in_flight: 0, weight: 1.0 });
-                            nodes.len() - 1
-                        })
+        let mut request = RouteRequest {
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            collection: dist.collection.id,
+            ..RouteRequest::default()
+        };
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        for s in &dist.segments {
+            let holders: Vec<u32> = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    *index.entry(n.as_str()).or_insert_with(|| {
+                        request.nodes.push(self.load.of(n));
+                        request.nodes.len() as u32 - 1
                     })
-                    .collect(),
-            })
-            .collect();
-        let routed = self.router.route(&candidates, &nodes);
+                })
+                .collect();
+            request.push_segment(s.segment.id, s.segment.rows, holders);
+        }
+        let routed = self.route(&request);
         for (seg, choice) in dist.segments.iter().zip(routed) {
-            let Some(i) = choice else {
+            let Some(node) = choice.and_then(|i| request.nodes.get(i as usize)) else {
                 return Err(Error::Unavailable(format!("segment {} has no query node", seg.segment.id)));
             };
-            shares.entry(nodes[i].node_id.clone()).or_default().segments.push(seg.segment.id);
+            shares.entry(node.node_id.clone()).or_default().segments.push(seg.segment.id);
         }
         Ok(shares)
     }
@@ -128,7 +129,10 @@ impl Proxy {
                     };
                     let subject = bus.subjects().node(&node, "search");
                     let opts = opts.clone();
-                    async move { bus.request_with::<_, SearchResults>(subject, &msg, &opts).await }
+                    async move {
+                        let _call = self.load.start(&node);
+                        bus.request_with::<_, SearchResults>(subject, &msg, &opts).await
+                    }
                 });
                 let parts = futures::future::try_join_all(calls).await?;
                 let better = higher_is_better(metric_of(&dist.collection));

@@ -1,0 +1,103 @@
+//! Membership: which registered nodes take part in the cluster, decided by the discovery
+//! policy (MISSION S4.3) from the registry's entries and heartbeats.
+//!
+//! Nodes register by writing their status to the registry bucket, refresh it every heartbeat
+//! and delete it when they stop. The coordinator remembers every node it has seen, so a node
+//! whose entry expired is still shown to the policy with its last heartbeat (and becomes
+//! suspect, then dead); an entry deleted while still fresh means the node deregistered.
+//!
+//! Verdicts: `Alive` nodes get new work; `Suspect` nodes keep what they hold but get nothing
+//! new; `Dead` nodes' work is reassigned.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use quiver_policy::discovery::{DiscoverySettings, Liveness, NodeRecord};
+use quiver_runtime::bus::now_ms;
+use quiver_runtime::{Config, Result};
+use quiver_schemas::{NodeStatus, Role};
+
+use crate::node::Node;
+
+/// Members of one role, by verdict.
+#[derive(Debug, Default, Clone)]
+pub struct Members {
+    pub alive: Vec<NodeStatus>,
+    pub suspect: Vec<NodeStatus>,
+}
+
+impl Members {
+    /// Alive and suspect nodes: everyone that keeps its work.
+    pub fn serving(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.alive.iter().chain(&self.suspect)
+    }
+}
+
+/// The coordinator's memory of registered nodes.
+#[derive(Default)]
+pub struct Membership {
+    seen: RefCell<BTreeMap<String, NodeStatus>>,
+    verdicts: RefCell<BTreeMap<String, Liveness>>,
+}
+
+pub fn settings(config: &Config, now_ms: u64) -> DiscoverySettings {
+    DiscoverySettings {
+        now_ms,
+        heartbeat_interval_ms: config.node.heartbeat_interval.as_millis() as u64,
+        suspect_after_ms: config.discovery.suspect_after.as_millis() as u64,
+        dead_after_ms: config.discovery.dead_after.as_millis() as u64,
+        static_nodes: config.discovery.static_nodes.clone(),
+    }
+}
+
+impl Membership {
+    /// Reads the registry and classifies every known node; returns the members of `role`.
+    pub async fn refresh(
+        &self,
+        node: &Node,
+        role: Role,
+        classify: impl Fn(&[NodeRecord], &DiscoverySettings) -> Vec<Liveness>,
+    ) -> Result<Members> {
+        let entries = node.shared.registry.nodes().await?;
+        let config = &node.shared.config;
+        let now = now_ms();
+        let ttl_ms = config.node.heartbeat_ttl.as_millis() as u64;
+        {
+            let mut seen = self.seen.borrow_mut();
+            let present: BTreeMap<String, NodeStatus> = entries.into_iter().map(|n| (n.node_id.clone(), n)).collect();
+            // Gone while still fresh: deleted by the node itself on the way out.
+            seen.retain(|id, last| present.contains_key(id) || now.saturating_sub(last.heartbeat_ms) >= ttl_ms);
+            seen.extend(present);
+        }
+        let seen = self.seen.borrow();
+        let candidates: Vec<&NodeStatus> = seen.values().filter(|n| n.role == role && n.healthy).collect();
+        let records: Vec<NodeRecord> = candidates
+            .iter()
+            .map(|n| NodeRecord {
+                node_id: n.node_id.clone(),
+                role: n.role.as_str().to_string(),
+                started_ms: n.started_ms,
+                last_heartbeat_ms: n.heartbeat_ms,
+            })
+            .collect();
+        let verdicts = classify(&records, &settings(config, now));
+        let mut members = Members::default();
+        let mut previous = self.verdicts.borrow_mut();
+        for (status, verdict) in candidates.into_iter().zip(verdicts) {
+            if previous.insert(status.node_id.clone(), verdict) != Some(verdict) {
+                tracing::info!(node = %status.node_id, ?verdict, "membership changed");
+            }
+            match verdict {
+                Liveness::Alive => members.alive.push(status.clone()),
+                Liveness::Suspect => members.suspect.push(status.clone()),
+                Liveness::Dead => {}
+            }
+        }
+        Ok(members)
+    }
+
+    /// The last verdict per node, for status output.
+    pub fn verdicts(&self) -> BTreeMap<String, Liveness> {
+        self.verdicts.borrow().clone()
+    }
+}
