@@ -296,6 +296,31 @@ struct ClusterStatus {
   nodes @1 :List(NodeStatus);
 }
 
+# Plugin administration (`quiver ctl plugin ...`), answered by the coordinator.
+# A plugin binary to validate and add to the cluster's catalog.
+struct PluginUpload {
+  kind @0 :Text;
+  name @1 :Text;
+  wasm @2 :Data;
+}
+
+# Make `name@version` the active plugin of its kind (version "builtin" for bundled ones).
+struct PluginActivate {
+  name @0 :Text;
+  version @1 :Text;
+}
+
+# Go back to the previously active plugin of `kind`.
+struct PluginRollback {
+  kind @0 :Text;
+}
+
+# The coordinator's answer: a JSON document of the runtime's plugin catalog types (the same
+# documents the catalog stores in NATS KV), printed by `quiver ctl plugin`.
+struct PluginReport {
+  json @0 :Text;
+}
+
 # ---------------------------------------------------------------------------------------
 # Internal messages (between nodes)
 # ---------------------------------------------------------------------------------------

@@ -833,6 +833,48 @@ fn get_cluster_status(r: cp::cluster_status::Reader<'_>) -> Result<ClusterStatus
     })
 }
 
+fn put_plugin_upload(v: &PluginUpload, mut b: cp::plugin_upload::Builder<'_>) {
+    b.set_kind(v.kind.as_str());
+    b.set_name(v.name.as_str());
+    b.set_wasm(&v.wasm);
+}
+
+fn get_plugin_upload(r: cp::plugin_upload::Reader<'_>) -> Result<PluginUpload, Fault> {
+    Ok(PluginUpload {
+        kind: read_string(r.get_kind()).at("kind")?,
+        name: read_string(r.get_name()).at("name")?,
+        wasm: r.get_wasm().map(|d| d.to_vec()).map_err(Fault::from).at("wasm")?,
+    })
+}
+
+fn put_plugin_activate(v: &PluginActivate, mut b: cp::plugin_activate::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_version(v.version.as_str());
+}
+
+fn get_plugin_activate(r: cp::plugin_activate::Reader<'_>) -> Result<PluginActivate, Fault> {
+    Ok(PluginActivate {
+        name: read_string(r.get_name()).at("name")?,
+        version: read_string(r.get_version()).at("version")?,
+    })
+}
+
+fn put_plugin_rollback(v: &PluginRollback, mut b: cp::plugin_rollback::Builder<'_>) {
+    b.set_kind(v.kind.as_str());
+}
+
+fn get_plugin_rollback(r: cp::plugin_rollback::Reader<'_>) -> Result<PluginRollback, Fault> {
+    Ok(PluginRollback { kind: read_string(r.get_kind()).at("kind")? })
+}
+
+fn put_plugin_report(v: &PluginReport, mut b: cp::plugin_report::Builder<'_>) {
+    b.set_json(v.json.as_str());
+}
+
+fn get_plugin_report(r: cp::plugin_report::Reader<'_>) -> Result<PluginReport, Fault> {
+    Ok(PluginReport { json: read_string(r.get_json()).at("json")? })
+}
+
 fn put_alloc(v: &Alloc, mut b: cp::alloc::Builder<'_>) {
     b.set_count(v.count);
 }
@@ -1140,6 +1182,30 @@ impl SizeHint for ClusterStatus {
     }
 }
 
+impl SizeHint for PluginUpload {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.wasm.len() / 8 + 1
+    }
+}
+
+impl SizeHint for PluginActivate {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT
+    }
+}
+
+impl SizeHint for PluginRollback {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT
+    }
+}
+
+impl SizeHint for PluginReport {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.json.len() / 8 + 1
+    }
+}
+
 impl SizeHint for DmlEntry {
     fn hint_words(&self) -> usize {
         SMALL_HINT
@@ -1217,6 +1283,10 @@ wire! {
     SearchResults => search_results, put_search_results, get_search_results;
     FlushResult => flush_result, put_flush_result, get_flush_result;
     ClusterStatus => cluster_status, put_cluster_status, get_cluster_status;
+    PluginUpload => plugin_upload, put_plugin_upload, get_plugin_upload;
+    PluginActivate => plugin_activate, put_plugin_activate, get_plugin_activate;
+    PluginRollback => plugin_rollback, put_plugin_rollback, get_plugin_rollback;
+    PluginReport => plugin_report, put_plugin_report, get_plugin_report;
     Alloc => alloc, put_alloc, get_alloc;
     AllocRange => alloc_range, put_alloc_range, get_alloc_range;
     DmlEntry => dml_entry, put_dml_entry, get_dml_entry;

@@ -377,6 +377,33 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
 }
 
+/// A plugin binary to validate and add to the cluster's catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginUpload {
+    pub kind: String,
+    pub name: String,
+    pub wasm: Vec<u8>,
+}
+
+/// Make `name@version` the active plugin of its kind (`version` "builtin" for bundled ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginActivate {
+    pub name: String,
+    pub version: String,
+}
+
+/// Go back to the previously active plugin of `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRollback {
+    pub kind: String,
+}
+
+/// A JSON document of the runtime's plugin catalog types (as stored in NATS KV).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginReport {
+    pub json: String,
+}
+
 // ---- internal ----
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,17 +3,24 @@
 
 mod memory;
 mod row_count;
+mod simulation;
 
 pub use memory::MemoryBalancer;
 pub use row_count::RowCountBalancer;
 
 /// A query node as the coordinator sees it.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct NodeUsage {
+    /// The node's id.
     pub node_id: String,
+    /// Memory in use, in bytes.
     pub memory_used: u64,
+    /// The node's memory capacity in bytes (0 = unknown).
     pub memory_capacity: u64,
+    /// Rows the node holds.
     pub rows: u64,
+    /// Sealed segments the node holds.
     pub segments: u32,
 }
 
@@ -35,34 +42,51 @@ pub fn percent(used: u64, capacity: u64) -> f64 {
 
 /// One copy of a sealed segment on a node.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SegmentLoad {
+    /// Segment id.
     pub id: u64,
+    /// The collection it belongs to.
     pub collection: u64,
     /// Index into [`ClusterView::nodes`].
     pub node: u32,
+    /// Memory the segment takes when loaded, in bytes.
     pub memory_size: u64,
+    /// Rows in the segment.
     pub rows: u64,
 }
 
+/// The query nodes and the sealed segment copies on them.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClusterView {
+    /// The query nodes.
     pub nodes: Vec<NodeUsage>,
+    /// Every copy of every sealed segment, one entry per (segment, node).
     pub segments: Vec<SegmentLoad>,
 }
 
 /// Something to place: a segment, or a shard leader (sizes 0).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PlacementItem {
+    /// Segment id (or shard id for a leader).
     pub id: u64,
+    /// Memory it takes when loaded, in bytes.
     pub memory_size: u64,
+    /// Rows in it.
     pub rows: u64,
 }
 
 /// The operator's balance settings (`[balance]` in the config).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BalanceSettings {
+    /// A node above this memory use (%) is overloaded (`overloadedMemoryThresholdPercentage`, 90).
     pub overloaded_memory_threshold_percentage: f64,
+    /// Balance when two nodes' memory use differs by more (`memoryUsageMaxDifferencePercentage`, 30).
     pub memory_usage_max_difference_percentage: f64,
+    /// At most this many moves per plan.
     pub max_moves: u32,
 }
 
@@ -79,9 +103,13 @@ impl Default for BalanceSettings {
 
 /// Move `segment` from node `source` to node `target` (indexes into the view's nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SegmentMove {
+    /// The segment's id.
     pub segment: u64,
+    /// The node that holds it now and releases it once the target serves it.
     pub source: u32,
+    /// The node that loads it.
     pub target: u32,
 }
 
