@@ -61,6 +61,36 @@ enum CtlCommand {
     Index(IndexArgs),
     /// Where each segment and shard of a collection is served.
     Segments { name: String },
+    /// Policy plugins: list, validate, load, activate, roll back.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// The catalog, the active plugin of each kind and what every node runs.
+    List {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a plugin file locally (no cluster needed): kind, imports, exports, self-test.
+    Validate { file: PathBuf },
+    /// Validate a plugin file in the cluster and add it to the catalog as the next version of NAME.
+    Load {
+        /// router, balancer, discovery or autoscaler.
+        kind: String,
+        name: String,
+        file: PathBuf,
+    },
+    /// Make NAME@VERSION the active plugin of its kind on every node (VERSION `builtin` for
+    /// the bundled plugins).
+    Activate {
+        #[arg(value_name = "NAME@VERSION")]
+        target: String,
+    },
+    /// Go back to the plugin that was active before the current one.
+    Rollback { kind: String },
 }
 
 #[derive(Args, Clone)]
@@ -136,6 +166,9 @@ fn human_bytes(b: u64) -> String {
 }
 
 pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
+    if let CtlCommand::Plugin(PluginCommand::Validate { file }) = &args.command {
+        return crate::plugin_cli::validate(file);
+    }
     runtime()?.block_on(async move {
         let client = args.conn.connect().await?;
         match args.command {
@@ -214,9 +247,54 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
                     println!("shard {} leader {} (growing after log position {})", s.shard, s.leader, s.sealed_seq);
                 }
             }
+            CtlCommand::Plugin(command) => return plugin(&client, command).await,
         }
         Ok(0)
     })
+}
+
+async fn plugin(client: &Client, command: PluginCommand) -> anyhow::Result<i32> {
+    use crate::plugin_cli::{print_choice, print_listing};
+    match command {
+        PluginCommand::List { json } => {
+            let doc = client.plugin_list().await?;
+            if json {
+                println!("{doc}");
+            } else {
+                print_listing(&serde_json::from_str(&doc).context("the coordinator sent a malformed listing")?);
+            }
+        }
+        PluginCommand::Validate { .. } => unreachable_validate()?,
+        PluginCommand::Load { kind, name, file } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let doc = client.plugin_load(&kind, &name, wasm).await?;
+            let v: quiver_runtime::plugin::PluginVersion =
+                serde_json::from_str(&doc).context("the coordinator sent a malformed answer")?;
+            println!(
+                "loaded {} {}@{} ({} bytes, sha256 {}); activate it with `quiver ctl plugin activate {}@{}`",
+                v.kind.as_str(),
+                v.name,
+                v.version,
+                v.size,
+                &v.sha256[..v.sha256.len().min(12)],
+                v.name,
+                v.version
+            );
+        }
+        PluginCommand::Activate { target } => {
+            let Some((name, version)) = target.split_once('@') else {
+                anyhow::bail!("expected NAME@VERSION (e.g. least-loaded@2 or rendezvous@builtin), got {target:?}");
+            };
+            print_choice("activated", &client.plugin_activate(name, version).await?)?;
+        }
+        PluginCommand::Rollback { kind } => print_choice("rolled back to", &client.plugin_rollback(&kind).await?)?,
+    }
+    Ok(0)
+}
+
+/// `validate` runs locally and is dispatched before connecting.
+fn unreachable_validate() -> anyhow::Result<()> {
+    anyhow::bail!("plugin validate runs locally; this is a bug in the command dispatch")
 }
 
 async fn print_status(client: &Client) -> anyhow::Result<()> {

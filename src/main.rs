@@ -5,6 +5,7 @@
 mod bench;
 mod ctl;
 mod dataset;
+mod plugin_cli;
 mod server;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     Search(ctl::SearchArgs),
     /// Benchmark Quiver standalone against raw faiss on a dataset.
     Bench(bench::BenchArgs),
+    /// Work on policy plugins locally: run one against recorded inputs, print sample inputs.
+    Plugin(plugin_cli::PluginArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,7 @@ fn main() {
         Command::Load(args) => ctl::load(args),
         Command::Search(args) => ctl::search(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Plugin(args) => plugin_cli::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

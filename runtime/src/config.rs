@@ -440,7 +440,10 @@ impl Config {
             return fail("discovery.dead_after", "must be at least node.heartbeat_interval");
         }
         if self.plugins.discovery == "static" && self.discovery.static_nodes.is_empty() {
-            return fail("discovery.static_nodes", "must list the cluster's node ids when plugins.discovery = \"static\"");
+            return fail(
+                "discovery.static_nodes",
+                "must list the cluster's node ids when plugins.discovery = \"static\"",
+            );
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");

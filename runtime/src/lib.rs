@@ -4,6 +4,8 @@
 //! - [`bus`]: typed request/reply and pub/sub over NATS, subjects namespaced by cluster.
 //! - [`meta`]: JetStream KV buckets for metadata and the node registry (heartbeats with TTL).
 //! - [`objects`]: the shared object store (local filesystem or S3-compatible).
+//! - [`plugin`]: sandboxed Wasm policy plugins (router, balancer, discovery, autoscaler) with
+//!   native fallback, hot swap and cluster-wide distribution.
 //! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
 //! - [`nats_server`]: the embedded, supervised nats-server of standalone mode.
 //! - [`telemetry`]: the Prometheus endpoint and process statistics.
@@ -15,6 +17,7 @@ pub mod error;
 pub mod meta;
 pub mod nats_server;
 pub mod objects;
+pub mod plugin;
 pub mod supervisor;
 pub mod telemetry;
 
@@ -25,6 +28,7 @@ pub use config::Config;
 pub use error::{Code, Error, Result};
 pub use meta::{JsonBucket, Registry};
 pub use objects::Objects;
+pub use plugin::PluginHost;
 pub use supervisor::{LifeGuard, RoleContext, RoleHealth, RoleSpec, StartFn, Supervisor, SupervisorHandle};
 
 /// Handles every role of a process shares. Cheap to clone.
@@ -35,6 +39,8 @@ pub struct Shared {
     pub objects: Objects,
     pub registry: Registry,
     pub meta: JsonBucket,
+    /// The process's Wasm plugin engine, shared by every policy slot.
+    pub plugins: Arc<plugin::PluginHost>,
 }
 
 impl Shared {
@@ -45,6 +51,7 @@ impl Shared {
         let meta_name = bus.subjects().meta_bucket();
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;
         let objects = Objects::open(&config)?;
-        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta })
+        let plugins = Arc::new(plugin::PluginHost::new(&config.plugins)?);
+        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta, plugins })
     }
 }

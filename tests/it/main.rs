@@ -9,5 +9,6 @@ mod cluster;
 mod common;
 mod crud;
 mod durability;
+mod plugins;
 mod search;
 mod supervisor;

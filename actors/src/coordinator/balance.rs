@@ -80,13 +80,14 @@ impl Coordinator {
 
     /// One balance round: asks the balancer for a plan and starts its moves.
     pub(super) async fn balance_once(&self) -> Result<Vec<SegmentMove>> {
-        let members = self.membership.refresh(&self.node, Role::QueryNode, |n, s| self.policies.classify(n, s)).await?;
+        let members =
+            self.membership.refresh(&self.node, Role::QueryNode, |n, s| self.policies.discovery.classify(n, s)).await?;
         if members.alive.len() < 2 {
             return Ok(Vec::new());
         }
         let mut catalog = self.catalog.lock().await;
         let view = cluster_view(&catalog, &members.alive);
-        let moves = self.policies.plan(&view, &settings(&self.node.shared.config));
+        let moves = self.policies.balancer.plan(&view, &settings(&self.node.shared.config));
         if moves.is_empty() {
             return Ok(moves);
         }

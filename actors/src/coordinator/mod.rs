@@ -8,6 +8,7 @@
 //! - `placement.rs`: reconciliation of the desired layout with live nodes; index builds.
 //! - `membership.rs`: who is alive, suspect or dead (discovery policy).
 //! - `balance.rs`: periodic move plans over query nodes (balancer policy) and hand-offs.
+//! - `plugins.rs`: plugin administration (load, activate, roll back, list).
 //!
 //! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
@@ -16,6 +17,7 @@ mod balance;
 mod catalog;
 mod membership;
 mod placement;
+mod plugins;
 mod tso;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -95,7 +97,7 @@ impl Coordinator {
             sent: Default::default(),
             building: Default::default(),
             membership: Default::default(),
-            policies: crate::policies::CoordinatorPolicies::start(&node_for_policies)?,
+            policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
         })
     }
 
@@ -270,6 +272,10 @@ impl RoleHandler for Coordinator {
                 "segment_flushed" => node.serve(&msg, |r| me.segment_flushed(r)).await,
                 "flush" => node.serve(&msg, |r| me.flush(r)).await,
                 "get_distribution" => node.serve(&msg, |r| me.distribution(r)).await,
+                "plugin_load" => node.serve(&msg, |r| me.plugin_load(r)).await,
+                "plugin_activate" => node.serve(&msg, |r| me.plugin_activate(r)).await,
+                "plugin_rollback" => node.serve(&msg, |r| me.plugin_rollback(r)).await,
+                "plugin_list" => node.serve(&msg, |_: Empty| me.plugin_list()).await,
                 "alloc_ts" => {
                     node.serve(&msg, |r: Alloc| async move {
                         Ok(AllocRange { start: me.alloc_ts(r.count).await?, count: r.count })

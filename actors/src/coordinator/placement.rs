@@ -108,7 +108,7 @@ impl Coordinator {
     }
 
     async fn reconcile_once(self: &Rc<Self>) -> Result<()> {
-        let classify = |n: &[_], s: &_| self.policies.classify(n, s);
+        let classify = |n: &[_], s: &_| self.policies.discovery.classify(n, s);
         let queries = self.membership.refresh(&self.node, Role::QueryNode, classify).await?;
         let datas = self.membership.refresh(&self.node, Role::DataNode, classify).await?;
         let epochs: HashMap<String, u64> = queries.serving().map(|n| (n.node_id.clone(), n.started_ms)).collect();
@@ -232,7 +232,7 @@ impl Coordinator {
             .collect();
         let items: Vec<PlacementItem> =
             orphan_channels.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
-        for (&i, placed) in orphan_channels.iter().zip(self.policies.place(&data_view, &items)) {
+        for (&i, placed) in orphan_channels.iter().zip(self.policies.balancer.place(&data_view, &items)) {
             if let Some(node) = placed.and_then(|n| data_view.nodes.get(n as usize)) {
                 let shard = &mut next.shards[i];
                 tracing::info!(collection = info.id, shard = shard.shard, node = %node.node_id, "shard channel assigned");
@@ -250,7 +250,7 @@ impl Coordinator {
         let mut items: Vec<PlacementItem> =
             orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
         items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
-        let placed = if items.is_empty() { Vec::new() } else { self.policies.place(&query_view, &items) };
+        let placed = if items.is_empty() { Vec::new() } else { self.policies.balancer.place(&query_view, &items) };
         let node_of = |p: Option<&Option<u32>>| {
             p.copied().flatten().and_then(|n| query_view.nodes.get(n as usize)).map(|n| n.node_id.clone())
         };
@@ -316,7 +316,7 @@ impl Coordinator {
 
     /// Tells every live query node to drop a collection.
     pub(super) async fn release_everywhere(&self, collection: u64) {
-        let classify = |n: &[_], s: &_| self.policies.classify(n, s);
+        let classify = |n: &[_], s: &_| self.policies.discovery.classify(n, s);
         let Ok(queries) = self.membership.refresh(&self.node, Role::QueryNode, classify).await else { return };
         let queries: Vec<_> = queries.serving().cloned().collect();
         let bus = &self.node.shared.bus;

@@ -20,11 +20,11 @@ use std::time::Instant;
 use async_nats::Message;
 use dashmap::DashMap;
 use futures::future::LocalBoxFuture;
-use quiver_policy::router::{RouteRequest, Router};
+use quiver_policy::router::RouteRequest;
 use quiver_runtime::{bus, Result, RoleContext};
 use quiver_schemas::{
     ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult,
+    CreateIndex, Distribution, Empty, FlushResult, PluginActivate, PluginReport, PluginRollback, PluginUpload,
 };
 
 pub use read::merge;
@@ -40,7 +40,7 @@ struct Cached {
 pub struct Proxy {
     node: Node,
     layouts: DashMap<String, Cached>,
-    router: Box<dyn Router>,
+    policies: crate::policies::ProxyPolicies,
     /// Searches routed so far (the router's `sequence`).
     sequence: AtomicU64,
     load: load::NodeLoads,
@@ -52,13 +52,11 @@ pub fn start(rc: RoleContext) {
         rc,
         Box::new(|node| {
             Box::pin(async move {
-                let name = &node.shared.config.plugins.router;
-                let router =
-                    quiver_policy::builtin::router(name).unwrap_or_else(|| Box::new(quiver_policy::router::Rendezvous));
+                let policies = crate::policies::ProxyPolicies::start(&node).await?;
                 Ok(Proxy {
                     node,
                     layouts: DashMap::new(),
-                    router,
+                    policies,
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
                 })
@@ -93,7 +91,7 @@ impl Proxy {
     }
 
     fn route(&self, request: &RouteRequest) -> Vec<Option<u32>> {
-        self.router.route(request)
+        self.policies.router.route(request)
     }
 
     fn forget(&self, name: &str) {
@@ -167,6 +165,21 @@ impl Proxy {
                 node.serve(msg, |r| self.search(r, trace)).await
             }
             "status" => node.serve(msg, |_: Empty| self.status()).await,
+            "plugin_load" => {
+                node.serve(msg, |r: PluginUpload| async move { self.forward::<_, PluginReport>(method, &r).await })
+                    .await
+            }
+            "plugin_activate" => {
+                node.serve(msg, |r: PluginActivate| async move { self.forward::<_, PluginReport>(method, &r).await })
+                    .await
+            }
+            "plugin_rollback" => {
+                node.serve(msg, |r: PluginRollback| async move { self.forward::<_, PluginReport>(method, &r).await })
+                    .await
+            }
+            "plugin_list" => {
+                node.serve(msg, |r: Empty| async move { self.forward::<_, PluginReport>(method, &r).await }).await
+            }
             _ => node.unknown_method(msg).await,
         }
     }
@@ -196,6 +209,7 @@ impl RoleHandler for Proxy {
     }
 
     fn heartbeat(&self) -> (u32, String) {
-        (0, format!("{} layouts cached, router {}", self.layouts.len(), self.node.shared.config.plugins.router))
+        let router = self.policies.router.source();
+        (0, format!("{} layouts cached, router {}@{}", self.layouts.len(), router.name, router.version))
     }
 }

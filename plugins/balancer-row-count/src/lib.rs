@@ -1,1 +1,7 @@
-//! Placeholder (being written).
+//! The built-in `row-count` balancer (evens out row counts) as a `balancer-policy` component, which
+//! Quiver embeds (`quiver-plugins-bundled`) and loads like any other plugin.
+//!
+//! The algorithm is `quiver_policy::balancer::RowCountBalancer`, the same code the native fallback
+//! runs; this crate only exports it.
+
+quiver_plugin_sdk::export_balancer!(quiver_plugin_sdk::balancer::RowCountBalancer);

@@ -196,4 +196,28 @@ impl Client {
     pub async fn status(&self) -> Result<ClusterStatus> {
         self.call("status", &Empty {}).await
     }
+
+    /// Validates a policy plugin (a Wasm component) in the cluster and adds it to the catalog
+    /// as the next version of `name`. Returns the catalog entry as JSON.
+    pub async fn plugin_load(&self, kind: &str, name: &str, wasm: Vec<u8>) -> Result<String> {
+        let req = PluginUpload { kind: kind.into(), name: name.into(), wasm };
+        Ok(self.call::<_, PluginReport>("plugin_load", &req).await?.json)
+    }
+
+    /// Makes `name@version` the active plugin of its kind on every node ("builtin" for the
+    /// bundled plugins). Returns the new active choice as JSON.
+    pub async fn plugin_activate(&self, name: &str, version: &str) -> Result<String> {
+        let req = PluginActivate { name: name.into(), version: version.into() };
+        Ok(self.call::<_, PluginReport>("plugin_activate", &req).await?.json)
+    }
+
+    /// Goes back to the previously active plugin of `kind`. Returns the new choice as JSON.
+    pub async fn plugin_rollback(&self, kind: &str) -> Result<String> {
+        Ok(self.call::<_, PluginReport>("plugin_rollback", &PluginRollback { kind: kind.into() }).await?.json)
+    }
+
+    /// The plugin catalog, the active plugin per kind and what every node runs, as JSON.
+    pub async fn plugin_list(&self) -> Result<String> {
+        Ok(self.call::<_, PluginReport>("plugin_list", &Empty {}).await?.json)
+    }
 }
