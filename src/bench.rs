@@ -1625,3 +1625,123 @@ impl Report {
         s
     }
 }
+
+/// End-to-end search throughput with the router running as a Wasm plugin vs natively
+/// (`quiver plugin bench --e2e`): two standalone children, identical but for
+/// `plugins.engine`, each holding the same slice of the dataset in many small segments so
+/// the router has work on every search; measured alternately, `rounds` times each.
+pub struct RouterE2e {
+    pub dataset: PathBuf,
+    pub rows: usize,
+    pub segment_rows: usize,
+    pub threads: usize,
+    pub duration: Duration,
+    pub rounds: usize,
+}
+
+pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+    let Wrap { args } = <Wrap as clap::Parser>::try_parse_from([
+        "bench".to_string(),
+        "--dataset".into(),
+        cfg.dataset.display().to_string(),
+        "--base-limit".into(),
+        cfg.rows.to_string(),
+        "--queries".into(),
+        "200".into(),
+    ])?;
+    let data = Data::load(&args, MetricType::Ip)?;
+    let rt = runtime(2)?;
+    let mut children = Vec::new();
+    for engine in ["wasm", "native"] {
+        let env = [("QUIVER_PLUGINS__ENGINE".to_string(), engine.to_string())];
+        let mut child = QuiverChild::start(cfg.segment_rows, &env, None)?;
+        let client = rt.block_on(wait_ready(&mut child))?;
+        rt.block_on(async {
+            let mut s = schema::simple(COLLECTION, data.dim as u32);
+            s.num_shards = 1;
+            client.create_collection(s).await?;
+            for start in (0..data.n).step_by(2000) {
+                let end = (start + 2000).min(data.n);
+                let rows = schema::rows(
+                    start as i64..end as i64,
+                    data.dim as u32,
+                    data.base[start * data.dim..end * data.dim].to_vec(),
+                );
+                client.insert(COLLECTION, rows).await?;
+            }
+            retry("flush", || client.flush(COLLECTION)).await?;
+            let segments = wait_segments(&client, data.n as u64, false, Duration::from_secs(300)).await?;
+            eprintln!("router e2e: {engine} child ready, {} rows in {} segments", data.n, segments.len());
+            anyhow::Ok(())
+        })?;
+        children.push((engine, child, client));
+    }
+    let mut rows: Vec<(&str, usize, LoadResult)> = Vec::new();
+    for round in 0..cfg.rounds {
+        for (engine, child, _) in &mut children {
+            child.check_alive()?;
+            let r = quiver_threads(
+                &child.url,
+                &data,
+                10,
+                SearchParams::default(),
+                Consistency::Eventually,
+                cfg.threads,
+                Duration::from_secs(1),
+                cfg.duration,
+                &[],
+            )?;
+            eprintln!(
+                "router e2e round {round} {engine}: {:.0} QPS p50 {:.0} µs, {} errors",
+                r.qps, r.p50_us, r.errors
+            );
+            rows.push((engine, round, r));
+        }
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{} rows of {} in {} segments (≤ {} rows each), brute force, 1 shard, Eventually, top-10, {} client threads, {:.0} s per window, windows alternating wasm / native\n\n",
+        data.n,
+        cfg.dataset.display(),
+        data.n.div_ceil(cfg.segment_rows),
+        cfg.segment_rows,
+        cfg.threads,
+        cfg.duration.as_secs_f64()
+    ));
+    out.push_str(
+        "| router engine | round | QPS | p50 µs | p99 µs | recall@10 | errors |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (engine, round, r) in &rows {
+        out.push_str(&format!(
+            "| {engine} | {round} | {:.0} | {:.0} | {:.0} | {:.4} | {} |\n",
+            r.qps, r.p50_us, r.p99_us, r.recall, r.errors
+        ));
+    }
+    let mean = |e: &str| {
+        let qps: Vec<f64> = rows.iter().filter(|r| r.0 == e).map(|r| r.2.qps).collect();
+        qps.iter().sum::<f64>() / qps.len().max(1) as f64
+    };
+    let (wasm, native) = (mean("wasm"), mean("native"));
+    out.push_str(&format!(
+        "\nMean QPS: wasm {wasm:.0}, native {native:.0}: the Wasm router costs {:.2}% of QPS (bar: ≤ 2%).\n",
+        (1.0 - wasm / native.max(1e-9)) * 100.0
+    ));
+    if let Some((_, _, client)) = children.first() {
+        if let Ok(doc) = rt.block_on(client.plugin_list()) {
+            if let Ok(l) = serde_json::from_str::<quiver_runtime::plugin::CatalogListing>(&doc) {
+                for s in l.nodes.iter().flat_map(|n| n.slots.iter()).filter(|s| s.kind.as_str() == "router") {
+                    out.push_str(&format!(
+                        "Wasm child's router slot: {}@{} engine {}, {} calls, {} fallbacks.\n",
+                        s.name, s.version, s.engine, s.calls, s.fallbacks
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -122,7 +122,11 @@ unsafe impl ComponentType for Routes {
 
 // SAFETY: reads only within the guest memory, after checking bounds and alignment.
 unsafe impl Lift for Routes {
-    fn linear_lift_from_flat(cx: &mut LiftContext<'_>, _ty: InterfaceType, src: &Self::Lower) -> wasmtime::Result<Self> {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        _ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
         decode(cx.memory(), src[0].get_u32() as usize, src[1].get_u32() as usize)
     }
 
@@ -166,18 +170,28 @@ impl RouteFunc {
     /// Finds `quiver:policy/router@0.1.0#route` in `instance` and checks its type once.
     pub(crate) fn new(store: &mut Store<Sandbox>, instance: &Instance) -> wasmtime::Result<RouteFunc> {
         let missing = || wasmtime::Error::msg("the plugin does not export quiver:policy/router@0.1.0#route");
-        let interface = instance.get_export_index(&mut *store, None, "quiver:policy/router@0.1.0").ok_or_else(missing)?;
+        let interface =
+            instance.get_export_index(&mut *store, None, "quiver:policy/router@0.1.0").ok_or_else(missing)?;
         let index = instance.get_export_index(&mut *store, Some(&interface), "route").ok_or_else(missing)?;
         let func = instance.get_func(&mut *store, index).ok_or_else(missing)?;
         func.typed::<(RouteRequestAbi<'static>,), (Routes,)>(&*store)?;
         Ok(RouteFunc(func))
     }
 
-    pub(crate) fn call(&self, store: &mut Store<Sandbox>, request: &pr::RouteRequest) -> wasmtime::Result<Vec<Option<u32>>> {
+    pub(crate) fn call(
+        &self,
+        store: &mut Store<Sandbox>,
+        request: &pr::RouteRequest,
+    ) -> wasmtime::Result<Vec<Option<u32>>> {
         let nodes: Vec<wr::NodeLoad<'_>> = request
             .nodes
             .iter()
-            .map(|n| wr::NodeLoad { node_id: &n.node_id, in_flight: n.in_flight, latency_us: n.latency_us, weight: n.weight })
+            .map(|n| wr::NodeLoad {
+                node_id: &n.node_id,
+                in_flight: n.in_flight,
+                latency_us: n.latency_us,
+                weight: n.weight,
+            })
             .collect();
         let segments: Vec<SegmentAbi> = request.segments.iter().copied().map(SegmentAbi).collect();
         let wire = RouteRequestAbi {

@@ -139,9 +139,7 @@ impl PolicySlot<dyn Autoscaler> {
 }
 
 pub(crate) fn route_on(pool: &InstancePool, request: &RouteRequest) -> Result<Vec<Option<u32>>, PluginFailure> {
-    let routes = pool.call(|exports, store| exports.route(store, request))?;
-    request.check(&routes).map_err(PluginFailure::invalid_output)?;
-    Ok(routes)
+    pool.call(|exports, store| exports.route(store, request), |routes| request.check(routes))
 }
 
 fn place_on(
@@ -149,9 +147,7 @@ fn place_on(
     view: &ClusterView,
     items: &[PlacementItem],
 ) -> Result<Vec<Option<u32>>, PluginFailure> {
-    let placed = pool.call(|exports, store| exports.place(store, view, items))?;
-    view.check_placement(items, &placed).map_err(PluginFailure::invalid_output)?;
-    Ok(placed)
+    pool.call(|exports, store| exports.place(store, view, items), |placed| view.check_placement(items, placed))
 }
 
 fn plan_on(
@@ -159,9 +155,7 @@ fn plan_on(
     view: &ClusterView,
     settings: &BalanceSettings,
 ) -> Result<Vec<SegmentMove>, PluginFailure> {
-    let moves = pool.call(|exports, store| exports.plan(store, view, settings))?;
-    view.check_plan(settings, &moves).map_err(PluginFailure::invalid_output)?;
-    Ok(moves)
+    pool.call(|exports, store| exports.plan(store, view, settings), |moves| view.check_plan(settings, moves))
 }
 
 fn classify_on(
@@ -169,15 +163,13 @@ fn classify_on(
     nodes: &[NodeRecord],
     settings: &DiscoverySettings,
 ) -> Result<Vec<Liveness>, PluginFailure> {
-    let verdicts = pool.call(|exports, store| exports.classify(store, nodes, settings))?;
-    if verdicts.len() != nodes.len() {
-        return Err(PluginFailure::invalid_output(format!(
-            "returned {} verdicts for {} nodes",
-            verdicts.len(),
-            nodes.len()
-        )));
-    }
-    Ok(verdicts)
+    pool.call(
+        |exports, store| exports.classify(store, nodes, settings),
+        |verdicts| match verdicts.len() == nodes.len() {
+            true => Ok(()),
+            false => Err(format!("returned {} verdicts for {} nodes", verdicts.len(), nodes.len())),
+        },
+    )
 }
 
 /// Longest `reason` kept from a recommendation; the rest is cut (it only goes to logs).
@@ -189,17 +181,20 @@ fn recommend_on(
     current: &ReplicaSize,
     settings: &AutoscaleSettings,
 ) -> Result<Recommendation, PluginFailure> {
-    let mut recommendation = pool.call(|exports, store| exports.recommend(store, window, current, settings))?;
-    let memory = recommendation.size.memory_bytes;
-    if memory < settings.min_memory_bytes || memory > settings.max_memory_bytes {
-        return Err(PluginFailure::invalid_output(format!(
-            "recommended {memory} bytes of memory, outside the bounds {} ..= {}",
-            settings.min_memory_bytes, settings.max_memory_bytes
-        )));
-    }
-    if recommendation.size.cpu_millis == 0 {
-        return Err(PluginFailure::invalid_output("recommended 0 CPU".into()));
-    }
+    let check = |r: &Recommendation| {
+        let memory = r.size.memory_bytes;
+        if memory < settings.min_memory_bytes || memory > settings.max_memory_bytes {
+            return Err(format!(
+                "recommended {memory} bytes of memory, outside the bounds {} ..= {}",
+                settings.min_memory_bytes, settings.max_memory_bytes
+            ));
+        }
+        if r.size.cpu_millis == 0 {
+            return Err("recommended 0 CPU".into());
+        }
+        Ok(())
+    };
+    let mut recommendation = pool.call(|exports, store| exports.recommend(store, window, current, settings), check)?;
     if recommendation.reason.len() > REASON_MAX {
         let mut cut = REASON_MAX;
         while !recommendation.reason.is_char_boundary(cut) {

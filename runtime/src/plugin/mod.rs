@@ -27,7 +27,7 @@
 //! - `pool`: warm instances of one compiled plugin and a single call under the deadline.
 //! - [`slot`]: [`PolicySlot`], the never-failing entry point of one policy kind with fallback,
 //!   failure counting, switch-off and hot swap; [`kinds`] adds the typed methods per kind.
-//! - `samples`: the built-in inputs of the self-test every version passes before it is published.
+//! - [`samples`]: the built-in inputs of the self-test every version passes before it is published.
 //! - [`catalog`]: [`PluginCatalog`], versions in the object store and NATS KV, activation,
 //!   rollback, listing, inspection.
 //! - [`watch`]: [`PluginWatcher`], the per-process task applying the cluster's choice.
@@ -35,8 +35,8 @@
 
 pub mod bench;
 mod bindings;
-mod fast_route;
 pub mod catalog;
+mod fast_route;
 pub mod host;
 pub mod kinds;
 mod pool;
@@ -45,8 +45,6 @@ mod sandbox;
 pub mod slot;
 pub mod watch;
 
-#[cfg(test)]
-mod scratch;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Warm instances of one compiled plugin version, and one call under the deadline.
 //!
 //! A call takes an idle instance (or instantiates one), sets the epoch deadline, calls, logs
-//! what the plugin printed, and gives the instance back. An instance that trapped, timed out
-//! or hit its memory cap is dropped (a component instance cannot be entered after a trap), and
+//! what the plugin printed, checks the answer, and gives the instance back. An instance that
+//! trapped, timed out, hit its memory cap or answered invalidly is dropped (a component instance cannot be entered after a trap), and
 //! one that served `recycle_after_calls` calls is replaced, bounding leaks inside the guest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,10 +57,13 @@ impl InstancePool {
         self.instantiations.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` on a warm instance under the call deadline and memory cap.
+    /// Runs `f` on a warm instance under the call deadline and memory cap, and checks its
+    /// answer with `check`. An instance whose answer is invalid is dropped like one that
+    /// trapped: its state is suspect.
     pub(crate) fn call<R>(
         &self,
         f: impl FnOnce(&KindExports, &mut Store<Sandbox>) -> wasmtime::Result<R>,
+        check: impl FnOnce(&R) -> Result<(), String>,
     ) -> Result<R, PluginFailure> {
         let mut warm = match self.take() {
             Some(warm) => warm,
@@ -70,14 +73,11 @@ impl InstancePool {
         warm.store.set_epoch_deadline(self.deadline_ticks);
         let outcome = f(&warm.exports, &mut warm.store);
         warm.store.data_mut().output.flush_to_log(&self.label);
-        match outcome {
-            Ok(value) => {
-                warm.calls += 1;
-                self.give_back(warm);
-                Ok(value)
-            }
-            Err(error) => Err(self.classify(&error, warm.store.data())),
-        }
+        let value = outcome.map_err(|error| self.classify(&error, warm.store.data()))?;
+        check(&value).map_err(PluginFailure::invalid_output)?;
+        warm.calls += 1;
+        self.give_back(warm);
+        Ok(value)
     }
 
     fn take(&self) -> Option<Warm> {

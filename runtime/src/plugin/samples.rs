@@ -1,5 +1,6 @@
 //! Built-in sample inputs: the self-test of every plugin version before a slot publishes it,
-//! and the inputs the tests compare Wasm plugins with their native twins on.
+//! the inputs the tests compare Wasm plugins with their native twins on, and what
+//! `quiver plugin sample` prints for plugin authors.
 
 use quiver_policy::autoscaler::{AutoscaleSettings, MetricSample, ReplicaSize, GIB};
 use quiver_policy::balancer::{ClusterView, NodeUsage, PlacementItem, SegmentLoad};

@@ -108,15 +108,16 @@ fn hostile_router_is_contained_counted_and_switched_off() {
         let compiled = host.compile(HOSTILE_ROUTER).unwrap();
         slot.activate_wasm(compiled.clone(), source("hostile", VersionRef::Number(1))).unwrap();
         // A memory bomb is stopped by the memory cap or, if committing 64 MiB takes longer
-        // than the deadline on a loaded machine, by the deadline: contained either way. It is
-        // checked against a small cap below.
+        // than the deadline on a loaded machine, by the deadline: contained either way (it is
+        // checked against a small cap below). A huge answer (32 MiB in the guest, plus its
+        // canonical-ABI copy) may hit the cap before the host sees its length.
         let cases: [(u64, &[&str]); 7] = [
             (1, &["timeout"]),
             (2, &["memory", "timeout"]),
             (3, &["trap"]),
             (4, &["invalid-output"]),
             (5, &["invalid-output"]),
-            (6, &["invalid-output"]),
+            (6, &["invalid-output", "memory"]),
             (7, &[]),
         ];
         for (collection, reason) in cases {
@@ -135,7 +136,10 @@ fn hostile_router_is_contained_counted_and_switched_off() {
                 assert_eq!(after.failures, before.failures + 1, "case {collection} not counted");
                 assert_eq!(after.fallbacks, before.fallbacks + 1);
                 let last = after.last_failure.clone().unwrap();
-                assert!(reason.iter().any(|r| last.starts_with(r)), "case {collection}: expected {reason:?}, got {last}");
+                assert!(
+                    reason.iter().any(|r| last.starts_with(r)),
+                    "case {collection}: expected {reason:?}, got {last}"
+                );
             } else {
                 assert_eq!(after.failures, before.failures, "case {collection}: {:?}", after.last_failure);
             }
@@ -190,10 +194,12 @@ fn hostile_router_is_contained_counted_and_switched_off() {
     });
     let text = metrics_text.render();
     let failures = "quiver_plugin_failures_total";
-    let (timeouts, memory) = (counter(&text, failures, r#"reason="timeout""#), counter(&text, failures, r#"reason="memory""#));
-    assert!(timeouts >= 1 && memory >= 1 && timeouts + memory == 3, "{text}");
-    assert_eq!(counter(&text, failures, r#"reason="trap""#), 1 + 5);
-    assert_eq!(counter(&text, failures, r#"reason="invalid-output""#), 3);
+    let count = |reason: &str| counter(&text, failures, &format!("reason=\"{reason}\""));
+    let (timeouts, memory, invalid) = (count("timeout"), count("memory"), count("invalid-output"));
+    assert!(timeouts >= 1 && memory >= 1 && invalid >= 2, "{text}");
+    assert_eq!(count("trap"), 1 + 5);
+    // Six failing cases, five traps in a row, and the bomb under the small cap.
+    assert_eq!(timeouts + memory + invalid + count("trap"), 6 + 5 + 1);
     assert!(counter(&text, "quiver_plugin_calls_total", r#"plugin="hostile""#) >= 20);
     assert!(text.contains("quiver_plugin_call_seconds"));
 }
