@@ -223,8 +223,14 @@ fn bench(iterations: usize) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|");
     for bundled in quiver_plugins_bundled::BUNDLED.iter().filter(|b| b.kind == "router") {
         for segments in [10, 100, 1000] {
-            let r =
-                quiver_runtime::plugin::bench::bench_router(&host, bundled.name, bundled.wasm, segments, 3, iterations)?;
+            let r = quiver_runtime::plugin::bench::bench_router(
+                &host,
+                bundled.name,
+                bundled.wasm,
+                segments,
+                3,
+                iterations,
+            )?;
             anyhow::ensure!(r.fallbacks == 0, "{}: {} calls fell back to the built-in", bundled.name, r.fallbacks);
             println!(
                 "| {} | {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} |",

@@ -143,7 +143,7 @@ unsafe impl Lift for Routes {
 }
 
 fn decode(memory: &[u8], ptr: usize, len: usize) -> wasmtime::Result<Routes> {
-    if ptr % 4 != 0 {
+    if !ptr.is_multiple_of(4) {
         return Err(wasmtime::Error::msg("the answer list is not aligned"));
     }
     let bytes = len

@@ -114,11 +114,13 @@ pub struct PluginHost {
     settings: SandboxSettings,
     config: PluginsConfig,
     cache: Mutex<HashMap<String, (u64, Arc<CompiledPlugin>)>>,
-    ticker: Option<Ticker>,
+    /// Started by the first compile: processes that never run a plugin never tick.
+    ticker: Mutex<Option<Ticker>>,
 }
 
 impl PluginHost {
-    /// Creates the engine (epoch interruption on), the sandbox linker and the ticker thread.
+    /// Creates the engine (epoch interruption on) and the sandbox linker. The epoch ticker
+    /// thread starts with the first compile.
     pub fn new(config: &PluginsConfig) -> Result<PluginHost> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true);
@@ -128,14 +130,13 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker)
             .map_err(|e| Error::Internal(format!("cannot set up the plugin sandbox: {e:#}")))?;
-        let ticker = Ticker::start(engine.clone())?;
         Ok(PluginHost {
             engine,
             linker,
             settings: SandboxSettings::from_config(config),
             config: config.clone(),
             cache: Mutex::new(HashMap::new()),
-            ticker: Some(ticker),
+            ticker: Mutex::new(None),
         })
     }
 
@@ -161,6 +162,7 @@ impl PluginHost {
     /// Compiles and checks a plugin binary, or returns the cached result for the same bytes.
     /// Slow (tens to hundreds of ms): call it off the hot path, e.g. in `spawn_blocking`.
     pub fn compile(&self, wasm: &[u8]) -> Result<Arc<CompiledPlugin>> {
+        self.start_ticker()?;
         let sha256 = sha256_hex(wasm);
         if let Some(hit) = self.cached(&sha256) {
             return Ok(hit);
@@ -198,6 +200,16 @@ impl PluginHost {
         let start = Instant::now();
         self_test(plugin.kind(), &pool)?;
         Ok(start.elapsed())
+    }
+
+    /// Deadlines only work while the epoch advances: every instance comes from a compiled
+    /// plugin, so starting here covers every call.
+    fn start_ticker(&self) -> Result<()> {
+        let mut ticker = self.ticker.lock().map_err(|_| Error::internal("plugin ticker lock poisoned"))?;
+        if ticker.is_none() {
+            *ticker = Some(Ticker::start(self.engine.clone())?);
+        }
+        Ok(())
     }
 
     fn cached(&self, sha256: &str) -> Option<Arc<CompiledPlugin>> {
@@ -239,7 +251,7 @@ impl PluginHost {
 
 impl Drop for PluginHost {
     fn drop(&mut self) {
-        if let Some(ticker) = self.ticker.take() {
+        if let Some(ticker) = self.ticker.get_mut().ok().and_then(Option::take) {
             ticker.stop();
         }
     }
@@ -320,11 +332,9 @@ mod tests {
 
     #[test]
     fn deadline_is_counted_in_ticks() {
-        let mut config = PluginsConfig::default();
-        config.call_timeout = Duration::from_millis(50);
-        assert_eq!(SandboxSettings::from_config(&config).deadline_ticks(), 50);
-        config.call_timeout = Duration::from_micros(10);
-        assert_eq!(SandboxSettings::from_config(&config).deadline_ticks(), 1);
+        let config = |call_timeout| PluginsConfig { call_timeout, ..PluginsConfig::default() };
+        assert_eq!(SandboxSettings::from_config(&config(Duration::from_millis(50))).deadline_ticks(), 50);
+        assert_eq!(SandboxSettings::from_config(&config(Duration::from_micros(10))).deadline_ticks(), 1);
     }
 
     #[test]
@@ -342,6 +352,9 @@ mod tests {
     #[test]
     fn host_drop_stops_the_ticker() {
         let host = PluginHost::new(&PluginsConfig::default()).unwrap();
+        assert!(host.ticker.lock().unwrap().is_none(), "no ticker before the first compile");
+        host.compile_bundled(Kind::Router, "rendezvous").unwrap();
+        assert!(host.ticker.lock().unwrap().is_some());
         let before = std::time::Instant::now();
         drop(host);
         assert!(before.elapsed() < Duration::from_secs(1));

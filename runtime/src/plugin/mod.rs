@@ -4,17 +4,19 @@
 //! whenever a plugin fails.
 //!
 //! ```text
-//!   quiver ctl plugin load/activate/rollback            every node (proxy, coordinator)
-//!            │                                            ┌──────────────────────────────┐
-//!            ▼                                            │ PluginWatcher (one task)     │
-//!   PluginCatalog ── objects: plugins/<kind>/<name>/<v>.wasm   KV watch active.<kind>   │
-//!            └────── KV quiver_<cluster>_plugins ─────────► fetch, compile, self-test ──┼─► swap
-//!                      catalog.<kind>.<name>.<v>          │ writes node.<node-id>        │
-//!                      active.<kind>   node.<node-id>     └──────────────────────────────┘
-//!
+//!   quiver ctl plugin load / activate / rollback
+//!          │
+//!          ▼
+//!   PluginCatalog ──► object store   plugins/<kind>/<name>/<version>.wasm
+//!          └────────► KV quiver_<cluster>_plugins
+//!                       catalog.<kind>.<name>.<version>   active.<kind>   node.<node-id>
+//!                                                             │ watch          ▲ status
+//!                                                             ▼                │
+//!   every proxy / coordinator:  PluginWatcher: fetch, compile, self-test, swap ┘
+//!                                                             │
 //!   caller ──► PolicySlot (ArcSwap<Active>, generation) ──► InstancePool ──► warm instance
-//!                 │  on trap / timeout / memory / invalid output                (Store + deadline
-//!                 └─────────────────────────────► native built-in answers         + memory cap)
+//!                 │                                                      (deadline, memory cap)
+//!                 └─ trap / timeout / memory / invalid output ──► native built-in answers
 //! ```
 //!
 //! Layout, one concern per file:

@@ -2,8 +2,9 @@
 //!
 //! A call takes an idle instance (or instantiates one), sets the epoch deadline, calls, logs
 //! what the plugin printed, checks the answer, and gives the instance back. An instance that
-//! trapped, timed out, hit its memory cap or answered invalidly is dropped (a component instance cannot be entered after a trap), and
-//! one that served `recycle_after_calls` calls is replaced, bounding leaks inside the guest.
+//! trapped, timed out or hit its memory cap is dropped (a component instance cannot be entered
+//! after a trap), and so is one that answered invalidly (its state is suspect); one that served
+//! `recycle_after_calls` calls is replaced, bounding leaks inside the guest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

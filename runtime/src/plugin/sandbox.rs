@@ -407,6 +407,7 @@ impl terminal_stderr::Host for Sandbox {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -381,7 +381,7 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
             "reason" => failure.reason.as_str(),
         )
         .increment(1);
-        if total == 1 || total % 100 == 0 {
+        if total == 1 || total.is_multiple_of(100) {
             tracing::warn!(
                 kind = %N::KIND,
                 plugin = %active.source.name,

@@ -72,19 +72,25 @@ impl Router for Rendezvous {
             .segments
             .iter()
             .map(|s| {
-                // (holder, (id hash, weight)) of the best holder so far; a later holder wins a tie.
-                let mut best: Option<(u32, (u64, f64))> = None;
+                // (node index, draw, weight) of the best holder so far; each draw computed once.
+                let mut best: Option<(u32, u64, f64)> = None;
                 for &i in request.holders_of(s) {
                     let (Some(node), Some(&hash)) = (request.nodes.get(i as usize), hashes.get(i as usize)) else {
                         continue;
                     };
-                    let candidate = (hash, node.weight);
-                    best = match best {
-                        Some((b, b_key)) if hrw_cmp(s.id, candidate, b_key) == Ordering::Less => Some((b, b_key)),
-                        _ => Some((i, candidate)),
+                    let draw = hrw_draw(s.id, hash);
+                    let wins = match best {
+                        None => true,
+                        Some((_, b_draw, b_weight)) if b_weight == node.weight => draw >= b_draw,
+                        Some((_, b_draw, b_weight)) => {
+                            weighted_cmp(draw, node.weight, b_draw, b_weight) != Ordering::Less
+                        }
                     };
+                    if wins {
+                        best = Some((i, draw, node.weight));
+                    }
                 }
-                best.map(|(i, _)| i)
+                best.map(|(i, _, _)| i)
             })
             .collect()
     }
