@@ -21,8 +21,12 @@ use super::{sha256_hex, short_sha, Kind, WIT_VERSION};
 use crate::config::PluginsConfig;
 use crate::error::{Error, Result};
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The epoch advances every `call_timeout / TICKS_PER_TIMEOUT`, clamped to this range: fine
+/// enough that a call is interrupted within ~10 % of its deadline, coarse enough that the
+/// ticker thread costs nothing measurable (a 50 ms timeout ticks every 5 ms).
+const TICKS_PER_TIMEOUT: u32 = 10;
+const EPOCH_TICK_MIN: Duration = Duration::from_millis(1);
+const EPOCH_TICK_MAX: Duration = Duration::from_millis(10);
 
 /// Compiled plugins kept for reuse (a swap back to a recent version does not recompile).
 const CACHE_ENTRIES: usize = 32;
@@ -40,6 +44,8 @@ pub struct SandboxSettings {
     pub recycle_after_calls: u32,
     /// Warm instances kept per plugin version; more concurrent calls instantiate extra ones.
     pub idle_instances: usize,
+    /// How often the epoch advances; call deadlines are counted in these ticks.
+    pub epoch_tick: Duration,
 }
 
 impl SandboxSettings {
@@ -52,12 +58,13 @@ impl SandboxSettings {
             max_consecutive_failures: config.max_consecutive_failures.max(1),
             recycle_after_calls: 10_000,
             idle_instances: (cpus * 2).clamp(2, 16),
+            epoch_tick: (config.call_timeout / TICKS_PER_TIMEOUT).clamp(EPOCH_TICK_MIN, EPOCH_TICK_MAX),
         }
     }
 
     /// The call deadline in epoch ticks (at least one).
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos().max(1);
+        let tick = self.epoch_tick.as_nanos().max(1);
         (self.call_timeout.as_nanos().div_ceil(tick) as u64).max(1)
     }
 }
@@ -207,7 +214,7 @@ impl PluginHost {
     fn start_ticker(&self) -> Result<()> {
         let mut ticker = self.ticker.lock().map_err(|_| Error::internal("plugin ticker lock poisoned"))?;
         if ticker.is_none() {
-            *ticker = Some(Ticker::start(self.engine.clone())?);
+            *ticker = Some(Ticker::start(self.engine.clone(), self.settings.epoch_tick)?);
         }
         Ok(())
     }
@@ -295,7 +302,7 @@ fn is_core_module(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [1, 0, 0, 0]
 }
 
-/// The thread advancing the engine's epoch every [`EPOCH_TICK`]; calls past their deadline
+/// The thread advancing the engine's epoch every `epoch_tick`; calls past their deadline
 /// trap at the next check in the guest's loops and function entries.
 struct Ticker {
     stop: Arc<AtomicBool>,
@@ -303,14 +310,14 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: Engine) -> Result<Ticker> {
+    fn start(engine: Engine, tick: Duration) -> Result<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("quiver-plugin-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(EPOCH_TICK);
+                    std::thread::park_timeout(tick);
                     engine.increment_epoch();
                 }
             })
@@ -333,8 +340,12 @@ mod tests {
     #[test]
     fn deadline_is_counted_in_ticks() {
         let config = |call_timeout| PluginsConfig { call_timeout, ..PluginsConfig::default() };
-        assert_eq!(SandboxSettings::from_config(&config(Duration::from_millis(50))).deadline_ticks(), 50);
-        assert_eq!(SandboxSettings::from_config(&config(Duration::from_micros(10))).deadline_ticks(), 1);
+        let default = SandboxSettings::from_config(&config(Duration::from_millis(50)));
+        assert_eq!((default.epoch_tick, default.deadline_ticks()), (Duration::from_millis(5), 10));
+        let tiny = SandboxSettings::from_config(&config(Duration::from_micros(10)));
+        assert_eq!((tiny.epoch_tick, tiny.deadline_ticks()), (Duration::from_millis(1), 1));
+        let long = SandboxSettings::from_config(&config(Duration::from_secs(2)));
+        assert_eq!((long.epoch_tick, long.deadline_ticks()), (Duration::from_millis(10), 200));
     }
 
     #[test]

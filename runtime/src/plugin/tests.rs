@@ -18,7 +18,7 @@ use super::*;
 use quiver_plugins_bundled::testing::{FORBIDDEN_IMPORT, HOSTILE_ROUTER};
 use quiver_plugins_bundled::{BUNDLED, EXAMPLE_ROUTER};
 
-/// Slack over the call timeout for a contained call (the epoch ticks every 1 ms; the rest is
+/// Slack over the call timeout for a contained call (one epoch tick, 10 % of it; the rest is
 /// scheduling on a loaded 2-core machine, dropping the instance, and the native answer).
 const SLACK: Duration = Duration::from_millis(150);
 
