@@ -267,6 +267,15 @@ impl PluginCatalog {
     /// the active version again re-enables it where it was switched off.
     pub async fn activate(&self, name: &str, version: VersionRef, by: &str) -> Result<ActiveChoice> {
         let (kind, sha256) = match version {
+            VersionRef::Native => {
+                let kind = Kind::of_builtin(name).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "there is no built-in policy {name:?} to run natively; built-in ones are {}",
+                        builtin_names().join(", ")
+                    ))
+                })?;
+                (kind, String::new())
+            }
             VersionRef::Builtin => {
                 let kind = Kind::of_builtin(name).ok_or_else(|| {
                     Error::NotFound(format!(
@@ -390,6 +399,9 @@ impl PluginCatalog {
     pub async fn fetch(&self, kind: Kind, name: &str, version: VersionRef) -> Result<Bytes> {
         match version {
             VersionRef::Builtin => Ok(Bytes::from_static(bundled(kind, name)?)),
+            VersionRef::Native => Err(Error::InvalidArgument(format!(
+                "{name}@native is compiled into the binary; there is nothing to fetch"
+            ))),
             VersionRef::Number(n) => {
                 let entry = self.version(name, n).await?;
                 let wasm = self.objects.get(&entry.path).await?;

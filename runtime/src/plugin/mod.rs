@@ -182,12 +182,16 @@ pub fn short_sha(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
 }
 
-/// A plugin version as operators name it: `builtin` (bundled with the binary) or a number
-/// assigned by `quiver ctl plugin load`. In JSON: the string `"builtin"` or the number.
+/// A plugin version as operators name it: `builtin` (bundled with the binary), `native` (the
+/// same built-in algorithm compiled into the binary, run without the sandbox) or a number
+/// assigned by `quiver ctl plugin load`. In JSON: the string `"builtin"` / `"native"` or the number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VersionRef {
     /// The plugin bundled with this binary under a built-in name.
     Builtin,
+    /// The built-in algorithm of that name compiled into the binary: no Wasm, no sandbox (an
+    /// escape hatch, and the baseline for measuring the sandbox's cost).
+    Native,
     /// A version loaded into the cluster's catalog (1, 2, ...).
     Number(u32),
 }
@@ -196,6 +200,7 @@ impl fmt::Display for VersionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VersionRef::Builtin => f.write_str("builtin"),
+            VersionRef::Native => f.write_str("native"),
             VersionRef::Number(n) => write!(f, "{n}"),
         }
     }
@@ -205,11 +210,15 @@ impl FromStr for VersionRef {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<VersionRef> {
-        if s == "builtin" {
-            return Ok(VersionRef::Builtin);
+        match s {
+            "builtin" => return Ok(VersionRef::Builtin),
+            "native" => return Ok(VersionRef::Native),
+            _ => {}
         }
         s.trim_start_matches('v').parse().map(VersionRef::Number).map_err(|_| {
-            Error::InvalidArgument(format!("invalid plugin version {s:?}: use a number such as 3, or \"builtin\""))
+            Error::InvalidArgument(format!(
+                "invalid plugin version {s:?}: use a number such as 3, \"builtin\" or \"native\""
+            ))
         })
     }
 }
@@ -218,6 +227,7 @@ impl Serialize for VersionRef {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         match self {
             VersionRef::Builtin => serializer.serialize_str("builtin"),
+            VersionRef::Native => serializer.serialize_str("native"),
             VersionRef::Number(n) => serializer.serialize_u32(*n),
         }
     }

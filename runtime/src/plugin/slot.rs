@@ -226,8 +226,14 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
 
     /// Publishes the native built-in `name` (no Wasm at all).
     pub fn activate_native(&self, name: &str) -> Result<SlotStatus> {
+        self.activate_native_as(name, VersionRef::Builtin)
+    }
+
+    /// Publishes the native built-in `name`, reporting it as `version` (`builtin` when the
+    /// node runs natively by config, `native` when an operator chose `name@native`).
+    pub fn activate_native_as(&self, name: &str, version: VersionRef) -> Result<SlotStatus> {
         let native = native_builtin::<N>(name)?;
-        let source = PluginSource::builtin(name);
+        let source = PluginSource { version, ..PluginSource::builtin(name) };
         Ok(self.publish(|generation| Active::build(generation, source, None, native, name.to_string())))
     }
 
@@ -452,6 +458,8 @@ pub trait ManagedSlot: Send + Sync {
     fn activate_wasm(&self, plugin: Arc<CompiledPlugin>, source: PluginSource) -> Result<SlotStatus>;
     /// See [`PolicySlot::activate_native`].
     fn activate_native(&self, name: &str) -> Result<SlotStatus>;
+    /// See [`PolicySlot::activate_native_as`].
+    fn activate_native_as(&self, name: &str, version: VersionRef) -> Result<SlotStatus>;
     /// See [`PolicySlot::set_apply_error`].
     fn set_apply_error(&self, error: Option<String>);
 }
@@ -475,6 +483,10 @@ impl<N: NativePolicy + ?Sized> ManagedSlot for PolicySlot<N> {
 
     fn activate_native(&self, name: &str) -> Result<SlotStatus> {
         PolicySlot::activate_native(self, name)
+    }
+
+    fn activate_native_as(&self, name: &str, version: VersionRef) -> Result<SlotStatus> {
+        PolicySlot::activate_native_as(self, name, version)
     }
 
     fn set_apply_error(&self, error: Option<String>) {

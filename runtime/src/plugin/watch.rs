@@ -227,6 +227,13 @@ impl WatchState {
     async fn switch(&self, slot: &Arc<dyn ManagedSlot>, choice: &ActiveChoice) -> Result<SlotStatus> {
         let host = self.catalog.host().clone();
         let kind = choice.kind;
+        if choice.version == VersionRef::Native {
+            let running = slot.source();
+            if running.name == choice.name && running.version == VersionRef::Native {
+                return Ok(slot.status());
+            }
+            return slot.activate_native_as(&choice.name, VersionRef::Native);
+        }
         if !host.wasm_enabled() {
             if choice.version == VersionRef::Builtin && kind.builtin_names().contains(&choice.name.as_str()) {
                 let running = slot.source();
