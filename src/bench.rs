@@ -1686,8 +1686,10 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
         let mut s = schema::simple(COLLECTION, data.dim as u32);
         s.num_shards = 1;
         client.create_collection(s).await?;
-        for start in (0..data.n).step_by(2000) {
-            let end = (start + 2000).min(data.n);
+        // One insert per segment: a segment is sealed after the log entry that fills it.
+        let batch = cfg.segment_rows;
+        for start in (0..data.n).step_by(batch) {
+            let end = (start + batch).min(data.n);
             let rows = schema::rows(
                 start as i64..end as i64,
                 data.dim as u32,
@@ -1701,7 +1703,12 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
     eprintln!("router e2e: {} rows in {} segments", data.n, segments.len());
     let mut rows: Vec<(&str, usize, LoadResult)> = Vec::new();
     for round in 0..cfg.rounds {
-        for (engine, version) in [("wasm", "builtin"), ("native", "native")] {
+        // Alternate which engine goes first, so an order effect cancels out.
+        let mut order = [("wasm", "builtin"), ("native", "native")];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (engine, version) in order {
             child.check_alive()?;
             rt.block_on(switch_router(&client, version))?;
             let r = quiver_threads(
@@ -1726,7 +1733,7 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
     out.push_str(&format!(
         "{} rows of {} in {} segments (≤ {} rows each), brute force, 1 shard, Eventually, top-10, {} client threads, \
          {:.0} s per window; one `quiver standalone`, router switched between rendezvous@builtin (Wasm) and \
-         rendezvous@native before each window\n\n",
+         rendezvous@native before each window (wasm first in even rounds, native first in odd ones)\n\n",
         data.n,
         cfg.dataset.display(),
         segments.len(),

@@ -84,7 +84,7 @@ enum PluginCommand {
         file: PathBuf,
     },
     /// Make NAME@VERSION the active plugin of its kind on every node (VERSION `builtin` for
-    /// the bundled plugins).
+    /// the bundled plugins, `native` for a built-in compiled into the binary, without sandbox).
     Activate {
         #[arg(value_name = "NAME@VERSION")]
         target: String,

@@ -97,6 +97,11 @@ pub fn bench_router(
     let native = quiver_policy::builtin::router(&status.fallback)
         .ok_or_else(|| Error::Internal(format!("no native router {}", status.fallback)))?;
     let mut request = samples::route_request(segments, nodes);
+    // As the proxy sends them: every node at weight 1 (weighted rendezvous takes a logarithm
+    // per comparison, which the proxy's requests never need today).
+    for node in &mut request.nodes {
+        node.weight = 1.0;
+    }
     let warmup = (iterations / 10).clamp(10, 1_000);
     for _ in 0..warmup {
         request.sequence += 1;
