@@ -264,7 +264,8 @@ async fn plugin(client: &Client, command: PluginCommand) -> anyhow::Result<i32> 
                 print_listing(&serde_json::from_str(&doc).context("the coordinator sent a malformed listing")?);
             }
         }
-        PluginCommand::Validate { .. } => unreachable_validate()?,
+        // Normally dispatched before connecting (it needs no cluster); same thing here.
+        PluginCommand::Validate { file } => return crate::plugin_cli::validate(&file),
         PluginCommand::Load { kind, name, file } => {
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let doc = client.plugin_load(&kind, &name, wasm).await?;
@@ -290,11 +291,6 @@ async fn plugin(client: &Client, command: PluginCommand) -> anyhow::Result<i32> 
         PluginCommand::Rollback { kind } => print_choice("rolled back to", &client.plugin_rollback(&kind).await?)?,
     }
     Ok(0)
-}
-
-/// `validate` runs locally and is dispatched before connecting.
-fn unreachable_validate() -> anyhow::Result<()> {
-    anyhow::bail!("plugin validate runs locally; this is a bug in the command dispatch")
 }
 
 async fn print_status(client: &Client) -> anyhow::Result<()> {

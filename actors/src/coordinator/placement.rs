@@ -14,8 +14,6 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::membership::Members;
-
 use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::{
@@ -25,6 +23,7 @@ use quiver_schemas::{
 
 use super::balance::cluster_view;
 use super::catalog::{layout_key, segment_key, Layout, ShardLayout};
+use super::membership::Members;
 use super::{Catalog, Coordinator};
 
 /// Memory a shard leader or a DML channel is expected to need (growing rows), for placement.
@@ -226,13 +225,14 @@ impl Coordinator {
         next.epochs.retain(|id, _| serving(id) && !restarted(id));
 
         let channel_item = |id: u64| PlacementItem { id, memory_size: CHANNEL_MEMORY_ESTIMATE, rows: 0 };
-        let data_view = cluster_view(catalog, &datas.alive);
         let orphan_channels: Vec<usize> = (0..next.shards.len())
             .filter(|&i| !datas.serving().any(|d| d.node_id == next.shards[i].channel_owner))
             .collect();
         let items: Vec<PlacementItem> =
             orphan_channels.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
-        for (&i, placed) in orphan_channels.iter().zip(self.policies.balancer.place(&data_view, &items)) {
+        let data_view = if items.is_empty() { Default::default() } else { cluster_view(catalog, &datas.alive) };
+        let placed = if items.is_empty() { Vec::new() } else { self.policies.balancer.place(&data_view, &items) };
+        for (&i, placed) in orphan_channels.iter().zip(placed) {
             if let Some(node) = placed.and_then(|n| data_view.nodes.get(n as usize)) {
                 let shard = &mut next.shards[i];
                 tracing::info!(collection = info.id, shard = shard.shard, node = %node.node_id, "shard channel assigned");
@@ -242,7 +242,6 @@ impl Coordinator {
 
         // Leaders and segments without a serving node go where the balancer says, in one call
         // so that it accounts for what it already placed.
-        let query_view = cluster_view(catalog, &queries.alive);
         let orphan_leaders: Vec<usize> = (0..next.shards.len()).filter(|&i| !serving(&next.shards[i].leader)).collect();
         let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
         let orphan_segments: Vec<&SegmentInfo> =
@@ -250,6 +249,7 @@ impl Coordinator {
         let mut items: Vec<PlacementItem> =
             orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
         items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
+        let query_view = if items.is_empty() { Default::default() } else { cluster_view(catalog, &queries.alive) };
         let placed = if items.is_empty() { Vec::new() } else { self.policies.balancer.place(&query_view, &items) };
         let node_of = |p: Option<&Option<u32>>| {
             p.copied().flatten().and_then(|n| query_view.nodes.get(n as usize)).map(|n| n.node_id.clone())
