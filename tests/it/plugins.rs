@@ -256,7 +256,7 @@ fn balancer_moves_segments_to_a_new_query_node_while_searches_stay_exact() {
             ("QUIVER_BALANCE__INTERVAL", "1s"),
             ("QUIVER_BALANCE__MAX_MOVES", "2"),
         ];
-        for (id, role) in [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode")] {
+        for (id, role) in [("coord", "coordinator"), ("proxy", "proxy"), ("proxy2", "proxy"), ("dn", "datanode")] {
             h.start_node(id, &[role], &env);
         }
         // qn1 reports a small memory budget (so it looks full), qn2 joins later with a large one.
@@ -298,5 +298,27 @@ fn balancer_moves_segments_to_a_new_query_node_while_searches_stay_exact() {
         let d = client.distribution("docs").await.expect("distribution");
         let served: u64 = d.segments.iter().map(|s| s.segment.rows).sum();
         assert_eq!(served, rows as u64);
+
+        // One activation switches the router of every proxy process of the cluster.
+        let started = Instant::now();
+        client.plugin_activate("least-loaded", "builtin").await.expect("activate");
+        for proxy in ["proxy-proxy", "proxy2-proxy"] {
+            eventually(&format!("{proxy} runs least-loaded"), Duration::from_secs(5), || async {
+                let s = router_slot(&client, proxy).await?;
+                if s.name == "least-loaded" {
+                    Ok(())
+                } else {
+                    Err(format!("{proxy} runs {}@{}", s.name, s.version))
+                }
+            })
+            .await;
+        }
+        eprintln!("both proxies switched routers within {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let res = client
+            .search(&data::search("docs", dataset().queries(2), 10, SearchParams::default(), Consistency::Strong))
+            .await
+            .expect("search after the switch");
+        assert_eq!(res.results.len(), 2);
     });
 }
