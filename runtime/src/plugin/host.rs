@@ -169,6 +169,13 @@ impl PluginHost {
     /// Compiles and checks a plugin binary, or returns the cached result for the same bytes.
     /// Slow (tens to hundreds of ms): call it off the hot path, e.g. in `spawn_blocking`.
     pub fn compile(&self, wasm: &[u8]) -> Result<Arc<CompiledPlugin>> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(Error::InvalidArgument(format!(
+                "not a WebAssembly component: the {} bytes do not start with the \\0asm magic \
+                 (build the plugin with `cargo build --target wasm32-wasip2` and pass the .wasm file)",
+                wasm.len()
+            )));
+        }
         self.start_ticker()?;
         let sha256 = sha256_hex(wasm);
         if let Some(hit) = self.cached(&sha256) {

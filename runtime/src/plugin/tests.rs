@@ -20,7 +20,7 @@ use quiver_plugins_bundled::{BUNDLED, EXAMPLE_ROUTER};
 
 /// Slack over the call timeout for a contained call (one epoch tick, 10 % of it; the rest is
 /// scheduling on a loaded 2-core machine, dropping the instance, and the native answer).
-const SLACK: Duration = Duration::from_millis(150);
+const SLACK: Duration = Duration::from_millis(400);
 
 fn source(name: &str, version: VersionRef) -> PluginSource {
     PluginSource { name: name.into(), version, sha256: String::new() }
@@ -117,14 +117,15 @@ fn hostile_router_is_contained_counted_and_switched_off() {
         // A memory bomb is stopped by the memory cap or, if committing 64 MiB takes longer
         // than the deadline on a loaded machine, by the deadline: contained either way (it is
         // checked against a small cap below). A huge answer (32 MiB in the guest, plus its
-        // canonical-ABI copy) may hit the cap before the host sees its length.
+        // canonical-ABI copy) may hit the cap before the host sees its length, or, on a loaded
+        // machine, the deadline while it fills memory.
         let cases: [(u64, &[&str]); 7] = [
             (1, &["timeout"]),
             (2, &["memory", "timeout"]),
             (3, &["trap"]),
             (4, &["invalid-output"]),
             (5, &["invalid-output"]),
-            (6, &["invalid-output", "memory"]),
+            (6, &["invalid-output", "memory", "timeout"]),
             (7, &[]),
         ];
         for (collection, reason) in cases {
@@ -272,7 +273,7 @@ fn non_components_and_wrong_kinds_are_refused() {
     let err = host.compile(b"\0asm\x01\0\0\0").unwrap_err().to_string();
     assert!(err.contains("core WebAssembly module, not a component"), "{err}");
     let err = host.compile(b"hello").unwrap_err().to_string();
-    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+    assert!(err.contains("not a WebAssembly component: the 5 bytes do not start"), "{err}");
     let router = host.compile(HOSTILE_ROUTER).unwrap();
     let slot = BalancerSlot::new(host.clone()).unwrap();
     let err = slot.activate_wasm(router, source("x", VersionRef::Number(1))).unwrap_err().to_string();
