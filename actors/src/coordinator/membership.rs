@@ -65,8 +65,13 @@ impl Membership {
         {
             let mut seen = self.seen.borrow_mut();
             let present: BTreeMap<String, NodeStatus> = entries.into_iter().map(|n| (n.node_id.clone(), n)).collect();
-            // Gone while still fresh: deleted by the node itself on the way out.
-            seen.retain(|id, last| present.contains_key(id) || now.saturating_sub(last.heartbeat_ms) >= ttl_ms);
+            // Gone while still fresh: deleted by the node itself on the way out. Long dead:
+            // forgotten (it was reported dead for a while already).
+            let forget_after_ms = (config.discovery.dead_after.as_millis() as u64).saturating_mul(10).max(60_000);
+            seen.retain(|id, last| {
+                let silent = now.saturating_sub(last.heartbeat_ms);
+                present.contains_key(id) || (silent >= ttl_ms && silent < forget_after_ms)
+            });
             seen.extend(present);
         }
         let seen = self.seen.borrow();
@@ -83,6 +88,7 @@ impl Membership {
         let verdicts = classify(&records, &settings(config, now));
         let mut members = Members::default();
         let mut previous = self.verdicts.borrow_mut();
+        previous.retain(|id, _| seen.contains_key(id));
         for (status, verdict) in candidates.into_iter().zip(verdicts) {
             if previous.insert(status.node_id.clone(), verdict) != Some(verdict) {
                 tracing::info!(node = %status.node_id, ?verdict, "membership changed");
