@@ -1,6 +1,9 @@
 """Render the FileDescriptorProtos embedded in pymilvus' generated *_pb2.py modules as .proto text.
 
-Usage: python render.py <pymilvus/grpc_gen dir> <out dir>
+Usage: python scripts/milvus-proto-from-pymilvus.py <pymilvus/grpc_gen dir> <out dir> [RPC,RPC,...]
+
+With a list of rpcs, the output is the subset they need: the service keeps only those rpcs,
+and only the messages and enums reachable from them (transitively) are written.
 The serialized descriptors are what pymilvus itself speaks, so package, message, field names
 and field numbers are exactly upstream's (milvus-proto at the version pymilvus pins).
 """
@@ -8,6 +11,7 @@ import ast, re, sys, pathlib
 from google.protobuf import descriptor_pb2 as d
 
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+keep_rpcs = set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None
 out.mkdir(parents=True, exist_ok=True)
 T = d.FieldDescriptorProto
 TYPES = {T.TYPE_DOUBLE: "double", T.TYPE_FLOAT: "float", T.TYPE_INT64: "int64", T.TYPE_UINT64: "uint64",
@@ -74,13 +78,76 @@ def render_msg(m, pkg, ind):
     lines.append(f"{ind}}}")
     return lines
 
+files = []
 for py in sorted(src.glob("*_pb2.py")):
-    text = py.read_text()
-    m = re.search(r"AddSerializedFile\((b'.*?')\)\n", text, re.S)
-    if not m:
-        continue
-    fd = d.FileDescriptorProto.FromString(ast.literal_eval(m.group(1)))
+    m = re.search(r"AddSerializedFile\((b'.*?')\)\n", py.read_text(), re.S)
+    if m:
+        files.append((py, d.FileDescriptorProto.FromString(ast.literal_eval(m.group(1)))))
+
+# Every top-level message and enum by full name, and what each message refers to.
+top = {}
+for _, fd in files:
+    for msg in fd.message_type:
+        top[f".{fd.package}.{msg.name}"] = msg
+    for e in fd.enum_type:
+        top[f".{fd.package}.{e.name}"] = e
+
+def refs(msg):
+    for f in msg.field:
+        if f.type_name:
+            yield f.type_name
+    for n in msg.nested_type:
+        yield from refs(n)
+
+def top_of(name):
+    # ".pkg.Outer.Inner" -> the top-level ".pkg.Outer" that defines it
+    while name and name not in top:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+needed = None
+if keep_rpcs is not None:
+    needed, todo = set(), []
+    known = {r.name for _, fd in files for svc in fd.service for r in svc.method}
+    if keep_rpcs - known:
+        sys.exit(f"unknown rpcs: {sorted(keep_rpcs - known)}")
+    for _, fd in files:
+        for svc in fd.service:
+            for r in svc.method:
+                if r.name in keep_rpcs:
+                    todo += [r.input_type, r.output_type]
+    while todo:
+        name = top_of(todo.pop())
+        if name in needed or name not in top:
+            continue
+        needed.add(name)
+        if isinstance(top[name], d.DescriptorProto):
+            todo += list(refs(top[name]))
+
+for py, fd in files:
     pkg = fd.package
+    if needed is not None:
+        msgs = [m for m in fd.message_type if f".{pkg}.{m.name}" in needed]
+        enums = [e for e in fd.enum_type if f".{pkg}.{e.name}" in needed]
+        if not msgs and not enums and not fd.service:
+            continue
+        del fd.message_type[:]
+        fd.message_type.extend(msgs)
+        del fd.enum_type[:]
+        fd.enum_type.extend(enums)
+        for svc in fd.service:
+            kept = [r for r in svc.method if r.name in keep_rpcs]
+            del svc.method[:]
+            svc.method.extend(kept)
+        services = [svc for svc in fd.service if svc.method]
+        del fd.service[:]
+        fd.service.extend(services)
+        used = {top_of(t).rsplit(".", 1)[0] for m in msgs for t in refs(m)} | {
+            t.rsplit(".", 1)[0] for s in fd.service for r in s.method for t in (r.input_type, r.output_type)}
+        deps = [dep for dep in fd.dependency
+                if any(f".{other.package}" in used and other.name == dep for _, other in files)]
+        del fd.dependency[:]
+        fd.dependency.extend(deps)
     lines = [f"// Generated from the descriptor of {fd.name} embedded in pymilvus' {py.name}; do not edit.",
              'syntax = "proto3";', "", f"package {pkg};", ""]
     for dep in fd.dependency:
