@@ -247,13 +247,24 @@ impl Harness {
         self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
     }
 
-    /// A client of this cluster (20 s per call).
+    /// A client of this cluster (20 s per call). Retries the connection for up to 15 s: a
+    /// nats-server that is (re)starting may accept a TCP connection and then reset it.
     pub async fn client(&self) -> Client {
-        let c = tokio::time::timeout(Duration::from_secs(15), Client::connect(&self.url(), &self.cluster))
-            .await
-            .expect("NATS connect timed out")
-            .expect("connect");
-        c.with_timeout(Duration::from_secs(20))
+        let start = Instant::now();
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), Client::connect(&self.url(), &self.cluster)).await;
+            match attempt {
+                Ok(Ok(c)) => return c.with_timeout(Duration::from_secs(20)),
+                Ok(Err(e)) if start.elapsed() < Duration::from_secs(15) => {
+                    eprintln!("connect to {} failed ({e}); retrying", self.url());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) if start.elapsed() < Duration::from_secs(15) => {}
+                Ok(Err(e)) => panic!("connect: {e:?} (for {:?})", start.elapsed()),
+                Err(_) => panic!("NATS connect timed out (for {:?})", start.elapsed()),
+            }
+        }
     }
 
     /// Pid of a running process by name.
