@@ -266,25 +266,20 @@ impl PluginCatalog {
     /// Makes every node run `name` at `version` (`builtin` for the bundled plugin). Activating
     /// the active version again re-enables it where it was switched off.
     pub async fn activate(&self, name: &str, version: VersionRef, by: &str) -> Result<ActiveChoice> {
+        let builtin_kind = || {
+            Kind::of_builtin(name).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "there is no built-in plugin {name:?} (@{version}); built-in ones are {}",
+                    builtin_names().join(", ")
+                ))
+            })
+        };
         let (kind, sha256) = match version {
-            VersionRef::Native => {
-                let kind = Kind::of_builtin(name).ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "there is no built-in policy {name:?} to run natively; built-in ones are {}",
-                        builtin_names().join(", ")
-                    ))
-                })?;
-                (kind, String::new())
-            }
+            // Compiled into the binary: no bytes to check.
+            VersionRef::Native => (builtin_kind()?, String::new()),
             VersionRef::Builtin => {
-                let kind = Kind::of_builtin(name).ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "there is no built-in plugin {name:?}; built-in ones are {}",
-                        builtin_names().join(", ")
-                    ))
-                })?;
-                let bundled = bundled(kind, name)?;
-                (kind, sha256_hex(bundled))
+                let kind = builtin_kind()?;
+                (kind, sha256_hex(bundled(kind, name)?))
             }
             VersionRef::Number(n) => {
                 let entry = self.version(name, n).await?;

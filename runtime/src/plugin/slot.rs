@@ -456,8 +456,6 @@ pub trait ManagedSlot: Send + Sync {
     fn status(&self) -> SlotStatus;
     /// See [`PolicySlot::activate_wasm`].
     fn activate_wasm(&self, plugin: Arc<CompiledPlugin>, source: PluginSource) -> Result<SlotStatus>;
-    /// See [`PolicySlot::activate_native`].
-    fn activate_native(&self, name: &str) -> Result<SlotStatus>;
     /// See [`PolicySlot::activate_native_as`].
     fn activate_native_as(&self, name: &str, version: VersionRef) -> Result<SlotStatus>;
     /// See [`PolicySlot::set_apply_error`].
@@ -479,10 +477,6 @@ impl<N: NativePolicy + ?Sized> ManagedSlot for PolicySlot<N> {
 
     fn activate_wasm(&self, plugin: Arc<CompiledPlugin>, source: PluginSource) -> Result<SlotStatus> {
         PolicySlot::activate_wasm(self, plugin, source)
-    }
-
-    fn activate_native(&self, name: &str) -> Result<SlotStatus> {
-        PolicySlot::activate_native(self, name)
     }
 
     fn activate_native_as(&self, name: &str, version: VersionRef) -> Result<SlotStatus> {

@@ -227,24 +227,25 @@ impl WatchState {
     async fn switch(&self, slot: &Arc<dyn ManagedSlot>, choice: &ActiveChoice) -> Result<SlotStatus> {
         let host = self.catalog.host().clone();
         let kind = choice.kind;
-        if choice.version == VersionRef::Native {
+        // Natively: an operator's NAME@native, or a built-in on a node with plugins.engine = "native".
+        let native = match choice.version {
+            VersionRef::Native => Some(VersionRef::Native),
+            VersionRef::Builtin if !host.wasm_enabled() && kind.builtin_names().contains(&choice.name.as_str()) => {
+                Some(VersionRef::Builtin)
+            }
+            _ if !host.wasm_enabled() => {
+                return Err(Error::InvalidArgument(
+                    "plugins.engine = \"native\" on this node: only built-ins run here".into(),
+                ))
+            }
+            _ => None,
+        };
+        if let Some(version) = native {
             let running = slot.source();
-            if running.name == choice.name && running.version == VersionRef::Native {
+            if running.name == choice.name && running.version == version {
                 return Ok(slot.status());
             }
-            return slot.activate_native_as(&choice.name, VersionRef::Native);
-        }
-        if !host.wasm_enabled() {
-            if choice.version == VersionRef::Builtin && kind.builtin_names().contains(&choice.name.as_str()) {
-                let running = slot.source();
-                if running.name == choice.name && running.version == VersionRef::Builtin {
-                    return Ok(slot.status());
-                }
-                return slot.activate_native(&choice.name);
-            }
-            return Err(Error::InvalidArgument(
-                "plugins.engine = \"native\" on this node: only built-ins run here".into(),
-            ));
+            return slot.activate_native_as(&choice.name, version);
         }
         let wasm = self.catalog.fetch(kind, &choice.name, choice.version).await?;
         let sha256 = sha256_hex(&wasm);
