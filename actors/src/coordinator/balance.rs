@@ -80,8 +80,7 @@ impl Coordinator {
 
     /// One balance round: asks the balancer for a plan and starts its moves.
     pub(super) async fn balance_once(&self) -> Result<Vec<SegmentMove>> {
-        let members =
-            self.membership.refresh(&self.node, Role::QueryNode, |n, s| self.policies.discovery.classify(n, s)).await?;
+        let members = self.membership.refresh(&self.node, &self.policies.discovery).await?.members(Role::QueryNode);
         if members.alive.len() < 2 {
             return Ok(Vec::new());
         }

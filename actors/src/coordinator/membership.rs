@@ -14,10 +14,32 @@ use std::collections::BTreeMap;
 
 use quiver_policy::discovery::{DiscoverySettings, Liveness, NodeRecord};
 use quiver_runtime::bus::now_ms;
+use quiver_runtime::plugin::DiscoverySlot;
 use quiver_runtime::{Config, Result};
 use quiver_schemas::{NodeStatus, Role};
 
 use crate::node::Node;
+
+/// Every known node with its verdict, from one read of the registry.
+#[derive(Debug, Default, Clone)]
+pub struct Verdicts {
+    nodes: Vec<(NodeStatus, Liveness)>,
+}
+
+impl Verdicts {
+    /// The members of `role`.
+    pub fn members(&self, role: Role) -> Members {
+        let mut members = Members::default();
+        for (status, verdict) in self.nodes.iter().filter(|(n, _)| n.role == role) {
+            match verdict {
+                Liveness::Alive => members.alive.push(status.clone()),
+                Liveness::Suspect => members.suspect.push(status.clone()),
+                Liveness::Dead => {}
+            }
+        }
+        members
+    }
+}
 
 /// Members of one role, by verdict.
 #[derive(Debug, Default, Clone)]
@@ -51,13 +73,9 @@ pub fn settings(config: &Config, now_ms: u64) -> DiscoverySettings {
 }
 
 impl Membership {
-    /// Reads the registry and classifies every known node; returns the members of `role`.
-    pub async fn refresh(
-        &self,
-        node: &Node,
-        role: Role,
-        classify: impl Fn(&[NodeRecord], &DiscoverySettings) -> Vec<Liveness>,
-    ) -> Result<Members> {
+    /// Reads the registry once and classifies every known (healthy) node of every role with
+    /// the discovery policy, in one call.
+    pub async fn refresh(&self, node: &Node, discovery: &DiscoverySlot) -> Result<Verdicts> {
         let entries = node.shared.registry.nodes().await?;
         let config = &node.shared.config;
         let now = now_ms();
@@ -75,7 +93,7 @@ impl Membership {
             seen.extend(present);
         }
         let seen = self.seen.borrow();
-        let candidates: Vec<&NodeStatus> = seen.values().filter(|n| n.role == role && n.healthy).collect();
+        let candidates: Vec<&NodeStatus> = seen.values().filter(|n| n.healthy).collect();
         let records: Vec<NodeRecord> = candidates
             .iter()
             .map(|n| NodeRecord {
@@ -85,21 +103,17 @@ impl Membership {
                 last_heartbeat_ms: n.heartbeat_ms,
             })
             .collect();
-        let verdicts = classify(&records, &settings(config, now));
-        let mut members = Members::default();
+        let verdicts = discovery.classify(&records, &settings(config, now));
         let mut previous = self.verdicts.borrow_mut();
         previous.retain(|id, _| seen.contains_key(id));
+        let mut out = Verdicts::default();
         for (status, verdict) in candidates.into_iter().zip(verdicts) {
             if previous.insert(status.node_id.clone(), verdict) != Some(verdict) {
                 tracing::info!(node = %status.node_id, ?verdict, "membership changed");
             }
-            match verdict {
-                Liveness::Alive => members.alive.push(status.clone()),
-                Liveness::Suspect => members.suspect.push(status.clone()),
-                Liveness::Dead => {}
-            }
+            out.nodes.push((status.clone(), verdict));
         }
-        Ok(members)
+        Ok(out)
     }
 
     /// The last verdict per node, for status output.

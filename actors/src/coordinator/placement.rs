@@ -17,8 +17,8 @@ use std::time::Duration;
 use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::{
-    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, ReleaseSegments, Role, SegmentInfo,
-    SegmentPlacement, SegmentState, ShardPlacement,
+    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments, Role,
+    SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement,
 };
 
 use super::balance::cluster_view;
@@ -107,9 +107,8 @@ impl Coordinator {
     }
 
     async fn reconcile_once(self: &Rc<Self>) -> Result<()> {
-        let classify = |n: &[_], s: &_| self.policies.discovery.classify(n, s);
-        let queries = self.membership.refresh(&self.node, Role::QueryNode, classify).await?;
-        let datas = self.membership.refresh(&self.node, Role::DataNode, classify).await?;
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+        let (queries, datas) = (verdicts.members(Role::QueryNode), verdicts.members(Role::DataNode));
         let epochs: HashMap<String, u64> = queries.serving().map(|n| (n.node_id.clone(), n.started_ms)).collect();
         let mut sends: Vec<(String, u64, LoadSegments)> = Vec::new();
         {
@@ -230,13 +229,12 @@ impl Coordinator {
             .collect();
         let items: Vec<PlacementItem> =
             orphan_channels.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
-        let data_view = if items.is_empty() { Default::default() } else { cluster_view(catalog, &datas.alive) };
-        let placed = if items.is_empty() { Vec::new() } else { self.policies.balancer.place(&data_view, &items) };
-        for (&i, placed) in orphan_channels.iter().zip(placed) {
-            if let Some(node) = placed.and_then(|n| data_view.nodes.get(n as usize)) {
+        let placed = self.place(catalog, &datas.alive, &items);
+        for (&i, node) in orphan_channels.iter().zip(placed) {
+            if let Some(node) = node {
                 let shard = &mut next.shards[i];
-                tracing::info!(collection = info.id, shard = shard.shard, node = %node.node_id, "shard channel assigned");
-                shard.channel_owner = node.node_id.clone();
+                tracing::info!(collection = info.id, shard = shard.shard, node = %node, "shard channel assigned");
+                shard.channel_owner = node;
             }
         }
 
@@ -249,19 +247,15 @@ impl Coordinator {
         let mut items: Vec<PlacementItem> =
             orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
         items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
-        let query_view = if items.is_empty() { Default::default() } else { cluster_view(catalog, &queries.alive) };
-        let placed = if items.is_empty() { Vec::new() } else { self.policies.balancer.place(&query_view, &items) };
-        let node_of = |p: Option<&Option<u32>>| {
-            p.copied().flatten().and_then(|n| query_view.nodes.get(n as usize)).map(|n| n.node_id.clone())
-        };
-        for (k, &i) in orphan_leaders.iter().enumerate() {
-            if let Some(node) = node_of(placed.get(k)) {
+        let mut placed = self.place(catalog, &queries.alive, &items).into_iter();
+        for &i in &orphan_leaders {
+            if let Some(node) = placed.next().flatten() {
                 tracing::info!(collection = info.id, shard = next.shards[i].shard, node = %node, "shard leader assigned");
                 next.shards[i].leader = node;
             }
         }
-        for (k, seg) in orphan_segments.iter().enumerate() {
-            if let Some(node) = node_of(placed.get(orphan_leaders.len() + k)) {
+        for seg in &orphan_segments {
+            if let Some(node) = placed.next().flatten() {
                 next.targets.insert(seg.id, node);
             }
         }
@@ -274,6 +268,17 @@ impl Coordinator {
             catalog.layouts.insert(info.id, next);
         }
         Ok(())
+    }
+
+    /// Asks the balancer where `items` go among `nodes`: one node id per item, in order (none
+    /// when no node can take it). No call when there is nothing to place.
+    fn place(&self, catalog: &Catalog, nodes: &[NodeStatus], items: &[PlacementItem]) -> Vec<Option<String>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let view = cluster_view(catalog, nodes);
+        let placed = self.policies.balancer.place(&view, items);
+        placed.into_iter().map(|p| p.and_then(|n| view.nodes.get(n as usize)).map(|n| n.node_id.clone())).collect()
     }
 
     fn start_index_builds(self: &Rc<Self>, catalog: &Catalog, info: &CollectionInfo) {
@@ -316,9 +321,8 @@ impl Coordinator {
 
     /// Tells every live query node to drop a collection.
     pub(super) async fn release_everywhere(&self, collection: u64) {
-        let classify = |n: &[_], s: &_| self.policies.discovery.classify(n, s);
-        let Ok(queries) = self.membership.refresh(&self.node, Role::QueryNode, classify).await else { return };
-        let queries: Vec<_> = queries.serving().cloned().collect();
+        let Ok(verdicts) = self.membership.refresh(&self.node, &self.policies.discovery).await else { return };
+        let queries: Vec<_> = verdicts.members(Role::QueryNode).serving().cloned().collect();
         let bus = &self.node.shared.bus;
         let req = ReleaseSegments { collection, segments: Vec::new(), all: true };
         for q in queries {
