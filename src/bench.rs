@@ -1640,20 +1640,19 @@ pub struct RouterE2e {
     pub rounds: usize,
 }
 
+/// The router slot of every proxy, as the cluster's plugin listing reports them.
+async fn router_slots(client: &Client) -> anyhow::Result<Vec<quiver_runtime::plugin::SlotStatus>> {
+    let listing: quiver_runtime::plugin::CatalogListing = serde_json::from_str(&client.plugin_list().await?)?;
+    Ok(listing.nodes.into_iter().flat_map(|n| n.slots).filter(|s| s.kind.as_str() == "router").collect())
+}
+
 /// Switches the router of every proxy to `rendezvous@version` and waits until the proxy runs it.
 async fn switch_router(client: &Client, version: &str) -> anyhow::Result<()> {
     client.plugin_activate("rendezvous", version).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let doc = client.plugin_list().await?;
-        let listing: quiver_runtime::plugin::CatalogListing = serde_json::from_str(&doc)?;
-        let running = listing
-            .nodes
-            .iter()
-            .flat_map(|n| n.slots.iter())
-            .filter(|s| s.kind.as_str() == "router")
-            .all(|s| s.version.to_string() == version && s.name == "rendezvous");
-        if running {
+        let slots = router_slots(client).await?;
+        if slots.iter().all(|s| s.version.to_string() == version && s.name == "rendezvous") {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -1770,15 +1769,11 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
         (wasm / native.max(1e-9) - 1.0) * 100.0,
         (median - 1.0) * 100.0
     ));
-    if let Ok(doc) = rt.block_on(client.plugin_list()) {
-        if let Ok(l) = serde_json::from_str::<quiver_runtime::plugin::CatalogListing>(&doc) {
-            for s in l.nodes.iter().flat_map(|n| n.slots.iter()).filter(|s| s.kind.as_str() == "router") {
-                out.push_str(&format!(
-                    "Router slot at the end: {}@{} engine {}, generation {}, {} fallbacks.\n",
-                    s.name, s.version, s.engine, s.generation, s.fallbacks
-                ));
-            }
-        }
+    for s in rt.block_on(router_slots(&client)).unwrap_or_default() {
+        out.push_str(&format!(
+            "Router slot at the end: {}@{} engine {}, generation {}, {} fallbacks.\n",
+            s.name, s.version, s.engine, s.generation, s.fallbacks
+        ));
     }
     Ok(out)
 }
