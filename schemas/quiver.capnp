@@ -259,6 +259,7 @@ struct Insert {
 struct Delete {
   collection @0 :Text;
   pks @1 :List(PrimaryKey);
+  filter @2 :Text;              # Milvus boolean expression: delete every matching row (with `pks` empty).
 }
 
 struct MutationResult {
@@ -281,6 +282,22 @@ struct Search {
   params @4 :SearchParams;
   outputFields @5 :List(Text);
   consistency @6 :Consistency = bounded;
+  filter @7 :Text;              # Milvus boolean expression; only matching rows are searched (pre-filter).
+}
+
+# Rows matching a filter, or the count of them (output field `count(*)`).
+struct Query {
+  collection @0 :Text;
+  filter @1 :Text;              # Milvus boolean expression; empty = every row (then `limit` is required).
+  outputFields @2 :List(Text);  # Field names, `*` for all scalar fields, or exactly `count(*)`.
+  limit @3 :UInt64;             # 0 = no limit.
+  offset @4 :UInt64;            # Rows to skip, in primary-key order.
+  consistency @5 :Consistency = bounded;
+}
+
+# Query answer: matching rows in primary-key order (`rows.pks`), or one `count(*)` column.
+struct QueryResults {
+  rows @0 :RowBatch;
 }
 
 struct SearchResults {
@@ -391,6 +408,17 @@ struct NodeSearch {
   segments @2 :List(UInt64);
   growing @3 :List(ShardPlacement);
   guaranteeTs @4 :UInt64;       # Wait until applied up to this timestamp (0 = no wait).
+  filter @5 :Text;              # The search's filter parsed by the proxy (expr::Expr as JSON); empty = none.
+}
+
+# Proxy -> query node: one node's share of a query (answered with GetResults).
+struct NodeQuery {
+  collection @0 :UInt64;
+  query @1 :Query;
+  segments @2 :List(UInt64);
+  growing @3 :List(ShardPlacement);
+  guaranteeTs @4 :UInt64;
+  filter @5 :Text;              # The query's filter parsed by the proxy (expr::Expr as JSON); empty = every row.
 }
 
 # Proxy -> query node: one node's share of a get-by-key.

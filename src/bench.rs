@@ -1289,6 +1289,7 @@ fn run_breakdown(
                 segments: target.dist.segments.iter().map(|s| s.segment.id).collect(),
                 growing: target.dist.shards.clone(),
                 guarantee_ts: 0,
+                filter: String::new(),
             };
             let reply = rt
                 .block_on(bus.request_bytes(target.subject.clone(), msg.to_bytes().into(), &opts))

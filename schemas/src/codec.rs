@@ -748,13 +748,15 @@ fn get_insert(r: cp::insert::Reader<'_>) -> Result<Insert, Fault> {
 
 fn put_delete(v: &Delete, mut b: cp::delete::Builder<'_>) {
     b.set_collection(v.collection.as_str());
-    fill_structs(b.init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
+    b.set_filter(v.filter.as_str());
 }
 
 fn get_delete(r: cp::delete::Reader<'_>) -> Result<Delete, Fault> {
     Ok(Delete {
         collection: read_string(r.get_collection()).at("collection")?,
         pks: read_structs(r.get_pks(), get_pk).at("pks")?,
+        filter: read_string(r.get_filter()).at("filter")?,
     })
 }
 
@@ -791,6 +793,7 @@ fn put_search(v: &Search, mut b: cp::search::Builder<'_>) {
     put_search_params(&v.params, b.reborrow().init_params());
     fill_strings(b.reborrow().init_output_fields(len32(v.output_fields.len())), &v.output_fields);
     b.set_consistency(consistency_to(v.consistency));
+    b.set_filter(v.filter.as_str());
 }
 
 fn get_search(r: cp::search::Reader<'_>) -> Result<Search, Fault> {
@@ -802,7 +805,36 @@ fn get_search(r: cp::search::Reader<'_>) -> Result<Search, Fault> {
         params: get_search_params(r.get_params().at("params")?),
         output_fields: read_strings(r.get_output_fields()).at("outputFields")?,
         consistency: consistency_from(r.get_consistency().at("consistency")?),
+        filter: read_string(r.get_filter()).at("filter")?,
     })
+}
+
+fn put_query(v: &Query, mut b: cp::query::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    b.set_filter(v.filter.as_str());
+    fill_strings(b.reborrow().init_output_fields(len32(v.output_fields.len())), &v.output_fields);
+    b.set_limit(v.limit);
+    b.set_offset(v.offset);
+    b.set_consistency(consistency_to(v.consistency));
+}
+
+fn get_query(r: cp::query::Reader<'_>) -> Result<Query, Fault> {
+    Ok(Query {
+        collection: read_string(r.get_collection()).at("collection")?,
+        filter: read_string(r.get_filter()).at("filter")?,
+        output_fields: read_strings(r.get_output_fields()).at("outputFields")?,
+        limit: r.get_limit(),
+        offset: r.get_offset(),
+        consistency: consistency_from(r.get_consistency().at("consistency")?),
+    })
+}
+
+fn put_query_results(v: &QueryResults, b: cp::query_results::Builder<'_>) {
+    put_row_batch(&v.rows, b.init_rows());
+}
+
+fn get_query_results(r: cp::query_results::Reader<'_>) -> Result<QueryResults, Fault> {
+    Ok(QueryResults { rows: get_row_batch(r.get_rows().at("rows")?).at("rows")? })
 }
 
 fn put_search_results(v: &SearchResults, b: cp::search_results::Builder<'_>) {
@@ -992,6 +1024,7 @@ fn put_node_search(v: &NodeSearch, mut b: cp::node_search::Builder<'_>) {
     fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
     fill_structs(b.reborrow().init_growing(len32(v.growing.len())), &v.growing, put_shard_placement);
     b.set_guarantee_ts(v.guarantee_ts);
+    b.set_filter(v.filter.as_str());
 }
 
 fn get_node_search(r: cp::node_search::Reader<'_>) -> Result<NodeSearch, Fault> {
@@ -1001,6 +1034,27 @@ fn get_node_search(r: cp::node_search::Reader<'_>) -> Result<NodeSearch, Fault> 
         segments: read_u64s(r.get_segments()).at("segments")?,
         growing: read_structs(r.get_growing(), get_shard_placement).at("growing")?,
         guarantee_ts: r.get_guarantee_ts(),
+        filter: read_string(r.get_filter()).at("filter")?,
+    })
+}
+
+fn put_node_query(v: &NodeQuery, mut b: cp::node_query::Builder<'_>) {
+    b.set_collection(v.collection);
+    put_query(&v.query, b.reborrow().init_query());
+    fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
+    fill_structs(b.reborrow().init_growing(len32(v.growing.len())), &v.growing, put_shard_placement);
+    b.set_guarantee_ts(v.guarantee_ts);
+    b.set_filter(v.filter.as_str());
+}
+
+fn get_node_query(r: cp::node_query::Reader<'_>) -> Result<NodeQuery, Fault> {
+    Ok(NodeQuery {
+        collection: r.get_collection(),
+        query: get_query(r.get_query().at("query")?).at("query")?,
+        segments: read_u64s(r.get_segments()).at("segments")?,
+        growing: read_structs(r.get_growing(), get_shard_placement).at("growing")?,
+        guarantee_ts: r.get_guarantee_ts(),
+        filter: read_string(r.get_filter()).at("filter")?,
     })
 }
 
@@ -1084,7 +1138,7 @@ fn strings_words(strings: &[String]) -> usize {
 }
 
 fn search_words(search: &Search) -> usize {
-    SMALL_HINT + search.vectors.len().div_ceil(2) + strings_words(&search.output_fields)
+    SMALL_HINT + search.vectors.len().div_ceil(2) + strings_words(&search.output_fields) + text_words(&search.filter)
 }
 
 fn get_words(get: &Get) -> usize {
@@ -1234,6 +1288,24 @@ impl SizeHint for NodeSearch {
     }
 }
 
+impl SizeHint for Query {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + text_words(&self.filter) + strings_words(&self.output_fields)
+    }
+}
+
+impl SizeHint for QueryResults {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + row_batch_words(&self.rows)
+    }
+}
+
+impl SizeHint for NodeQuery {
+    fn hint_words(&self) -> usize {
+        self.query.hint_words() + text_words(&self.filter) + self.segments.len() + self.growing.len() * 8
+    }
+}
+
 impl SizeHint for NodeGet {
     fn hint_words(&self) -> usize {
         get_words(&self.get) + self.segments.len() + self.growing.len() * 8
@@ -1280,6 +1352,8 @@ wire! {
     MutationResult => mutation_result, put_mutation_result, get_mutation_result;
     Get => get, put_get, get_get;
     Search => search, put_search, get_search;
+    Query => query, put_query, get_query;
+    QueryResults => query_results, put_query_results, get_query_results;
     SearchResults => search_results, put_search_results, get_search_results;
     FlushResult => flush_result, put_flush_result, get_flush_result;
     ClusterStatus => cluster_status, put_cluster_status, get_cluster_status;
@@ -1297,6 +1371,7 @@ wire! {
     ReleaseSegments => release_segments, put_release_segments, get_release_segments;
     NodeSearch => node_search, put_node_search, get_node_search;
     NodeGet => node_get, put_node_get, get_node_get;
+    NodeQuery => node_query, put_node_query, get_node_query;
     GetResults => get_results, put_get_results, get_get_results;
     Distribution => distribution, put_distribution, get_distribution;
     NodeStatus => node_status, put_node_status, get_node_status;
@@ -1417,6 +1492,7 @@ mod tests {
             params: SearchParams { nprobe: 16, ef: 64 },
             output_fields: vec!["title".to_string()],
             consistency,
+            filter: "title like \"a%\" and $meta[\"k\"] > 1".to_string(),
         }
     }
 
@@ -1488,8 +1564,26 @@ mod tests {
         }
         out.push(rt(&Insert { collection: "docs".to_string(), rows: rows() }));
         out.push(rt(&Insert { collection: "docs".to_string(), rows: RowBatch::default() }));
-        out.push(rt(&Delete { collection: "docs".to_string(), pks: pks() }));
-        out.push(rt(&Delete { collection: "docs".to_string(), pks: vec![] }));
+        out.push(rt(&Delete { collection: "docs".to_string(), pks: pks(), filter: String::new() }));
+        out.push(rt(&Delete { collection: "docs".to_string(), pks: vec![], filter: "f > 0.5".to_string() }));
+        let query = Query {
+            collection: "docs".to_string(),
+            filter: "id in [1, 2]".to_string(),
+            output_fields: vec!["*".to_string()],
+            limit: 10,
+            offset: 5,
+            consistency: Consistency::Eventually,
+        };
+        out.push(rt(&query));
+        out.push(rt(&QueryResults { rows: rows() }));
+        out.push(rt(&NodeQuery {
+            collection: 42,
+            query,
+            segments: vec![7],
+            growing: vec![placement(0)],
+            guarantee_ts: 9,
+            filter: "{\"in\":[]}".to_string(),
+        }));
         out.push(rt(&MutationResult { pks: pks(), timestamp: 123 << TS_LOGICAL_BITS }));
         out.push(rt(&get()));
         for c in [Consistency::Strong, Consistency::Bounded, Consistency::Eventually] {
@@ -1543,6 +1637,7 @@ mod tests {
             segments: vec![3, 4],
             growing: vec![placement(0)],
             guarantee_ts: 555,
+            filter: String::new(),
         }));
         out.push(rt(&NodeGet {
             collection: 42,
@@ -1590,6 +1685,9 @@ mod tests {
             one::<MutationResult>(bytes),
             one::<Get>(bytes),
             one::<Search>(bytes),
+            one::<Query>(bytes),
+            one::<QueryResults>(bytes),
+            one::<NodeQuery>(bytes),
             one::<SearchResults>(bytes),
             one::<FlushResult>(bytes),
             one::<ClusterStatus>(bytes),

@@ -332,6 +332,9 @@ pub struct Insert {
 pub struct Delete {
     pub collection: String,
     pub pks: Vec<PrimaryKey>,
+    /// Milvus boolean expression: delete every row it matches (with `pks` empty).
+    #[serde(default)]
+    pub filter: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,6 +362,33 @@ pub struct Search {
     pub params: SearchParams,
     pub output_fields: Vec<String>,
     pub consistency: Consistency,
+    /// Milvus boolean expression; only matching rows are searched (empty = all).
+    #[serde(default)]
+    pub filter: String,
+}
+
+/// The output field that turns a query into a count.
+pub const COUNT_STAR: &str = "count(*)";
+
+/// Rows matching a filter (or their count, with the output field [`COUNT_STAR`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub collection: String,
+    /// Milvus boolean expression; empty = every row (then `limit` is required).
+    pub filter: String,
+    /// Field names, `*` for every scalar field, or exactly `count(*)`.
+    pub output_fields: Vec<String>,
+    /// At most this many rows (0 = no limit).
+    pub limit: u64,
+    /// Rows to skip, in primary-key order.
+    pub offset: u64,
+    pub consistency: Consistency,
+}
+
+/// Matching rows in primary-key order, or one `count(*)` column with a single value.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct QueryResults {
+    pub rows: RowBatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -476,6 +506,20 @@ pub struct NodeSearch {
     pub growing: Vec<ShardPlacement>,
     /// The node must have applied every log entry with a timestamp ≤ this before searching (0 = no wait).
     pub guarantee_ts: Timestamp,
+    /// The search's filter as parsed by the proxy (`expr::Expr` as JSON); empty = none.
+    pub filter: String,
+}
+
+/// Proxy → query node: one node's share of a query (answered with [`GetResults`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeQuery {
+    pub collection: CollectionId,
+    pub query: Query,
+    pub segments: Vec<SegmentId>,
+    pub growing: Vec<ShardPlacement>,
+    pub guarantee_ts: Timestamp,
+    /// The query's filter as parsed by the proxy (`expr::Expr` as JSON); empty = every row.
+    pub filter: String,
 }
 
 /// Proxy → query node: one node's share of a get-by-key.

@@ -126,6 +126,7 @@ impl Proxy {
                         segments: share.segments,
                         growing: share.growing,
                         guarantee_ts,
+                        filter: String::new(),
                     };
                     let subject = bus.subjects().node(&node, "search");
                     let opts = opts.clone();

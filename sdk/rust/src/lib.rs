@@ -165,7 +165,17 @@ impl Client {
     }
 
     pub async fn delete(&self, collection: &str, pks: Vec<PrimaryKey>) -> Result<MutationResult> {
-        self.call("delete", &Delete { collection: collection.into(), pks }).await
+        self.call("delete", &Delete { collection: collection.into(), pks, filter: String::new() }).await
+    }
+
+    /// Deletes every row matching a Milvus boolean expression; returns the keys deleted.
+    pub async fn delete_where(&self, collection: &str, filter: &str) -> Result<MutationResult> {
+        self.call("delete", &Delete { collection: collection.into(), pks: Vec::new(), filter: filter.into() }).await
+    }
+
+    /// Rows matching a filter (see [`Query`]); `output_fields = ["count(*)"]` counts them.
+    pub async fn query(&self, query: &Query) -> Result<QueryResults> {
+        self.call("query", query).await
     }
 
     pub async fn get(

@@ -2,7 +2,7 @@
 
 use quiver_schemas::{
     CollectionSchema, Column, Consistency, DataType, FieldSchema, IndexParams, IndexType, MetricType, PrimaryKey,
-    RowBatch, Search, SearchParams,
+    Query, RowBatch, Search, SearchParams,
 };
 
 /// A field with everything but name and type defaulted.
@@ -58,6 +58,19 @@ pub fn search(collection: &str, dim: u32, vectors: Vec<f32>, top_k: u32) -> Sear
         top_k,
         params: SearchParams::default(),
         output_fields: Vec::new(),
+        consistency: Consistency::default(),
+        filter: String::new(),
+    }
+}
+
+/// A query for rows matching `filter` (empty = every row, then give a limit).
+pub fn query(collection: &str, filter: &str, output_fields: &[&str], limit: u64) -> Query {
+    Query {
+        collection: collection.into(),
+        filter: filter.into(),
+        output_fields: output_fields.iter().map(|f| f.to_string()).collect(),
+        limit,
+        offset: 0,
         consistency: Consistency::default(),
     }
 }
