@@ -133,6 +133,7 @@ struct CollectionSchema {
   fields @2 :List(FieldSchema);
   enableDynamicField @3 :Bool;
   numShards @4 :UInt32;         # 0 = configured default.
+  consistency @5 :Consistency = bounded;  # Default read consistency (Milvus clients that name none get this).
 }
 
 # How the vectors of sealed segments are indexed.

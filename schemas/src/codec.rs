@@ -487,6 +487,7 @@ fn put_collection_schema(v: &CollectionSchema, mut b: cp::collection_schema::Bui
     fill_structs(b.reborrow().init_fields(len32(v.fields.len())), &v.fields, put_field_schema);
     b.set_enable_dynamic_field(v.enable_dynamic_field);
     b.set_num_shards(v.num_shards);
+    b.set_consistency(consistency_to(v.consistency));
 }
 
 fn get_collection_schema(r: cp::collection_schema::Reader<'_>) -> Result<CollectionSchema, Fault> {
@@ -496,6 +497,7 @@ fn get_collection_schema(r: cp::collection_schema::Reader<'_>) -> Result<Collect
         fields: read_structs(r.get_fields(), get_field_schema).at("fields")?,
         enable_dynamic_field: r.get_enable_dynamic_field(),
         num_shards: r.get_num_shards(),
+        consistency: consistency_from(r.get_consistency().at("consistency")?),
     })
 }
 
@@ -1411,6 +1413,7 @@ mod tests {
             ],
             enable_dynamic_field: true,
             num_shards: 3,
+            consistency: Consistency::Eventually,
         }
     }
 
@@ -1541,6 +1544,7 @@ mod tests {
                 fields: vec![],
                 enable_dynamic_field: false,
                 num_shards: 0,
+                consistency: Consistency::Strong,
             },
         }));
         out.push(rt(&CollectionName { name: "docs".to_string() }));

@@ -60,6 +60,9 @@ pub struct CollectionSchema {
     pub enable_dynamic_field: bool,
     /// Number of shards (DML channels); 0 means the configured default.
     pub num_shards: u32,
+    /// Default read consistency, for Milvus clients that do not name one per request.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

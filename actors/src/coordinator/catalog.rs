@@ -206,6 +206,7 @@ mod tests {
             fields: vec![pk, v],
             enable_dynamic_field: true,
             num_shards: 0,
+            consistency: Default::default(),
         }
     }
 

@@ -30,6 +30,7 @@ pub fn simple(name: &str, dim: u32) -> CollectionSchema {
         fields: vec![id, vector],
         enable_dynamic_field: true,
         num_shards: 0,
+        consistency: Consistency::default(),
     }
 }
 
