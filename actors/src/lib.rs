@@ -7,13 +7,15 @@
 //! - [`querynode`]: serves sealed segments and growing rows; answers searches and gets.
 //!
 //! Shared pieces: [`node`] (the actor every role runs as), [`dml`] (reading shard logs),
-//! [`rows`] (row storage and the segment file format), [`vector`] (faiss indexes).
+//! [`rows`] (row storage and the segment file format), [`filter`] (evaluating filter
+//! expressions into row bitmaps), [`vector`] (faiss indexes).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod coordinator;
 pub mod datanode;
 pub mod dml;
+pub mod filter;
 pub mod indexnode;
 pub mod node;
 pub mod policies;

@@ -4,6 +4,7 @@
 //! faiss' C++ `search` is `const` and safe to call from several threads at once.
 
 use std::ffi::{c_char, c_int, CStr, CString};
+use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
 use faiss_sys as fs;
@@ -186,11 +187,14 @@ impl RawIndex {
 pub(crate) struct IvfSearchParams(NonNull<fs::FaissSearchParametersIVF>);
 
 impl IvfSearchParams {
-    pub(crate) fn new(nprobe: usize) -> Result<Self> {
+    /// `selector`: `None` searches every id; otherwise it must outlive these parameters
+    /// (faiss keeps the pointer and does not own it).
+    pub(crate) fn new(nprobe: usize, selector: Option<&BitmapSelector<'_>>) -> Result<Self> {
         let mut p: *mut fs::FaissSearchParametersIVF = ptr::null_mut();
-        // SAFETY: p receives a new object owned by us; a null selector means "all ids";
-        // max_codes 0 means unlimited.
-        let code = unsafe { fs::faiss_SearchParametersIVF_new_with(&mut p, ptr::null_mut(), nprobe, 0) };
+        let sel = selector.map_or(ptr::null_mut(), BitmapSelector::as_ptr);
+        // SAFETY: p receives a new object owned by us; a null selector means "all ids", else
+        // it is a live selector the caller keeps alive; max_codes 0 means unlimited.
+        let code = unsafe { fs::faiss_SearchParametersIVF_new_with(&mut p, sel, nprobe, 0) };
         check(code, "SearchParametersIVF_new_with")?;
         NonNull::new(p)
             .map(IvfSearchParams)
@@ -206,5 +210,69 @@ impl Drop for IvfSearchParams {
     fn drop(&mut self) {
         // SAFETY: owned pointer, freed once.
         unsafe { fs::faiss_SearchParametersIVF_free(self.0.as_ptr()) }
+    }
+}
+
+/// Owned `faiss::IDSelectorBitmap` over a borrowed bitmap: faiss keeps the pointer without
+/// copying, so the borrow keeps the bits alive (and unchanged) as long as the selector.
+pub(crate) struct BitmapSelector<'b> {
+    sel: NonNull<fs::FaissIDSelectorBitmap>,
+    _bits: PhantomData<&'b [u8]>,
+}
+
+impl<'b> BitmapSelector<'b> {
+    /// Selects id `i` iff bit `i & 7` of `bits[i >> 3]` is set; ids past the slice are not.
+    pub(crate) fn new(bits: &'b [u8]) -> Result<Self> {
+        let mut p: *mut fs::FaissIDSelectorBitmap = ptr::null_mut();
+        // SAFETY: p receives a new selector owned by us. faiss' `n` is the bitmap's size in
+        // bytes and it never reads past it; `bits` outlives the selector (lifetime 'b).
+        let code = unsafe { fs::faiss_IDSelectorBitmap_new(&mut p, bits.len(), bits.as_ptr()) };
+        check(code, "IDSelectorBitmap_new")?;
+        NonNull::new(p)
+            .map(|sel| BitmapSelector { sel, _bits: PhantomData })
+            .ok_or_else(|| VectorError::Faiss("IDSelectorBitmap_new returned null".into()))
+    }
+
+    /// As a plain `IDSelector*` (its base class; single inheritance, same address).
+    pub(crate) fn as_ptr(&self) -> *mut fs::FaissIDSelector {
+        self.sel.as_ptr().cast::<fs::FaissIDSelector>()
+    }
+}
+
+impl Drop for BitmapSelector<'_> {
+    fn drop(&mut self) {
+        // SAFETY: owned pointer, freed once; any parameters using it were dropped first
+        // (they borrow the selector).
+        unsafe { fs::faiss_IDSelectorBitmap_free(self.sel.as_ptr()) }
+    }
+}
+
+/// Owned generic `faiss::SearchParameters` carrying an ID selector (FLAT and HNSW; HNSW's
+/// efSearch stays the value set in the index, since the C API has no SearchParametersHNSW).
+pub(crate) struct SelectorParams<'s> {
+    params: NonNull<fs::FaissSearchParameters>,
+    _selector: PhantomData<&'s BitmapSelector<'s>>,
+}
+
+impl<'s> SelectorParams<'s> {
+    pub(crate) fn new(selector: &'s BitmapSelector<'_>) -> Result<Self> {
+        let mut p: *mut fs::FaissSearchParameters = ptr::null_mut();
+        // SAFETY: p receives a new object owned by us; the selector outlives it ('s).
+        let code = unsafe { fs::faiss_SearchParameters_new(&mut p, selector.as_ptr()) };
+        check(code, "SearchParameters_new")?;
+        NonNull::new(p)
+            .map(|params| SelectorParams { params, _selector: PhantomData })
+            .ok_or_else(|| VectorError::Faiss("SearchParameters_new returned null".into()))
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const fs::FaissSearchParameters {
+        self.params.as_ptr().cast_const()
+    }
+}
+
+impl Drop for SelectorParams<'_> {
+    fn drop(&mut self) {
+        // SAFETY: owned pointer, freed once; faiss does not free the selector with it.
+        unsafe { fs::faiss_SearchParameters_free(self.params.as_ptr()) }
     }
 }

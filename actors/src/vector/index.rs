@@ -5,7 +5,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 
 use faiss_sys as fs;
 
-use super::ffi::{check, IvfSearchParams, RawIndex};
+use super::ffi::{check, BitmapSelector, IvfSearchParams, RawIndex, SelectorParams};
 use super::plan::{BuildPlan, Header, HEADER_LEN};
 use super::{
     apply_faiss_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
@@ -163,6 +163,43 @@ impl VectorIndex {
     /// their distances with its own sentinel). COSINE queries are normalised here.
     /// `params.nprobe` / `params.ef` of 0 mean [`DEFAULT_NPROBE`] / [`DEFAULT_EF_SEARCH`].
     pub fn search(&self, queries: &[f32], k: usize, params: &SearchParams) -> Result<(Vec<f32>, Vec<i64>)> {
+        self.search_with(queries, k, params, None)
+    }
+
+    /// Top-k among the rows whose bit is set in `allowed` (faiss IDSelectorBitmap passed in
+    /// the search parameters: a pre-filter inside faiss, no over-fetching). Row `i` is bit
+    /// `(allowed[i >> 3] >> (i & 7)) & 1` (the layout of [`crate::filter::Bitmap`]); rows past
+    /// the end of `allowed` count as not allowed, so pass at least [`VectorIndex::len`] bits.
+    ///
+    /// Same knobs and result layout as [`VectorIndex::search`], except that missing hits
+    /// (fewer than `k` allowed rows, or an approximate index that runs out of reachable
+    /// allowed rows) are padded with label `-1` and [`super::worst_distance`].
+    pub fn search_selected(
+        &self,
+        queries: &[f32],
+        k: usize,
+        params: &SearchParams,
+        allowed: &[u8],
+    ) -> Result<(Vec<f32>, Vec<i64>)> {
+        let selector = BitmapSelector::new(allowed)?;
+        let (mut dist, labels) = self.search_with(queries, k, params, Some(&selector))?;
+        let worst = worst_distance(self.metric);
+        for (d, l) in dist.iter_mut().zip(&labels) {
+            if *l < 0 {
+                *d = worst;
+            }
+        }
+        Ok((dist, labels))
+    }
+
+    /// [`VectorIndex::search`], restricted to `selector`'s ids when given.
+    fn search_with(
+        &self,
+        queries: &[f32],
+        k: usize,
+        params: &SearchParams,
+        selector: Option<&BitmapSelector<'_>>,
+    ) -> Result<(Vec<f32>, Vec<i64>)> {
         let nq = check_dim(self.dim, queries, "queries")?;
         let total = nq
             .checked_mul(k)
@@ -184,29 +221,38 @@ impl VectorIndex {
         let index = self.raw.as_ptr();
         let (qp, dp, lp) = (q.as_ptr(), dist.as_mut_ptr(), labels.as_mut_ptr());
         let nq_i = nq as i64;
+        // FLAT and HNSW take the selector in generic parameters; IVF in its own (with nprobe).
+        let generic = match (self.plan.kind, selector) {
+            (IndexType::Flat | IndexType::Hnsw, Some(sel)) => Some(SelectorParams::new(sel)?),
+            _ => None,
+        };
+        // SAFETY (both arms): index is valid and only read; q holds nq*dim floats; dist/labels
+        // hold nq*k slots; the parameters and the selector they point to outlive the call.
+        let run = || match &generic {
+            Some(sp) => unsafe { fs::faiss_Index_search_with_params(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) },
+            None => unsafe { fs::faiss_Index_search(index, nq_i, qp, k_i, dp, lp) },
+        };
         let code = match self.plan.kind {
             IndexType::IvfFlat | IndexType::IvfSq8 | IndexType::IvfPq => {
                 let nprobe = if params.nprobe == 0 { DEFAULT_NPROBE } else { params.nprobe as usize };
-                let sp = IvfSearchParams::new(nprobe.clamp(1, self.plan.nlist.max(1)))?;
-                // SAFETY: index is valid and only read; q holds nq*dim floats; dist/labels hold
-                // nq*k slots; sp outlives the call.
+                let sp = IvfSearchParams::new(nprobe.clamp(1, self.plan.nlist.max(1)), selector)?;
+                // SAFETY: as above; sp (and the selector) outlive the call.
                 unsafe { fs::faiss_Index_search_with_params(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) }
             }
             IndexType::Hnsw => {
                 let ef = if params.ef == 0 { DEFAULT_EF_SEARCH } else { params.ef as usize };
                 let read = self.hnsw_ef.read().unwrap_or_else(|e| e.into_inner());
                 if *read == ef {
-                    // SAFETY: as above; the read lock keeps efSearch from changing.
-                    unsafe { fs::faiss_Index_search(index, nq_i, qp, k_i, dp, lp) }
+                    // The read lock keeps efSearch from changing.
+                    run()
                 } else {
                     drop(read);
+                    // The write lock makes this search exclusive.
                     let _write = self.set_ef(ef)?;
-                    // SAFETY: as above; the write lock makes this search exclusive.
-                    unsafe { fs::faiss_Index_search(index, nq_i, qp, k_i, dp, lp) }
+                    run()
                 }
             }
-            // SAFETY: as above.
-            IndexType::Flat => unsafe { fs::faiss_Index_search(index, nq_i, qp, k_i, dp, lp) },
+            IndexType::Flat => run(),
         };
         check(code, "search")?;
         Ok((dist, labels))

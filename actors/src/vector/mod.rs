@@ -58,7 +58,8 @@ pub fn higher_is_better(metric: MetricType) -> bool {
 }
 
 /// The distance used to pad missing hits (label `-1`) in results produced by this module's
-/// own code ([`FlatVectors::search`], [`VectorIndex::search_filtered`]): the worst possible
+/// own code ([`FlatVectors::search`], [`VectorIndex::search_filtered`],
+/// [`VectorIndex::search_selected`]): the worst possible
 /// value for `metric` (`+inf` for L2, `-inf` for IP / COSINE), so it sorts last when merging.
 pub fn worst_distance(metric: MetricType) -> f32 {
     if higher_is_better(metric) {

@@ -286,3 +286,119 @@ fn faiss_threads_apply_to_other_threads() {
     assert_eq!(other.join().unwrap(), 3);
     set_faiss_threads(std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1));
 }
+
+/// A bitmap (faiss IDSelectorBitmap layout) of the rows `0..n` for which `keep` holds.
+fn bitmap(n: usize, keep: impl Fn(usize) -> bool) -> Vec<u8> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for i in (0..n).filter(|&i| keep(i)) {
+        bits[i >> 3] |= 1 << (i & 7);
+    }
+    bits
+}
+
+fn allowed(bits: &[u8], row: i64) -> bool {
+    row >= 0 && bits.get(row as usize >> 3).is_some_and(|b| (b >> (row & 7)) & 1 == 1)
+}
+
+#[test]
+fn search_selected_prefilters_inside_faiss() {
+    let data = random_vectors(1, N, DIM);
+    let queries = random_vectors(2, NQ, DIM);
+    let five = [7usize, 123, 999, 2500, 4999];
+    let filters: [(&str, Vec<u8>); 3] = [
+        ("every 3rd row", bitmap(N, |i| i % 3 == 0)),
+        ("10% of rows", bitmap(N, |i| i % 10 == 4)),
+        ("5 rows", bitmap(N, |i| five.contains(&i))),
+    ];
+    for metric in METRICS {
+        for ty in [IndexType::Flat, IndexType::IvfFlat, IndexType::IvfSq8, IndexType::Hnsw] {
+            let index = VectorIndex::build(&params(ty, metric), DIM, &data).unwrap();
+            let sp = search_params(&index);
+            for (name, bits) in &filters {
+                let (d, l) = index.search_selected(&queries, K, &sp, bits).unwrap();
+                assert_eq!((d.len(), l.len()), (NQ * K, NQ * K));
+                for (&label, &dist) in l.iter().zip(&d) {
+                    assert!(label == -1 || allowed(bits, label), "{ty:?} {metric:?} {name}: label {label} not allowed");
+                    if label == -1 {
+                        assert_eq!(dist, worst_distance(metric), "{ty:?} {metric:?} {name}: padding");
+                    }
+                }
+                let flat = FlatVectors::from_vec(DIM, metric, data.clone()).unwrap();
+                let (truth_d, truth) = flat.search(&queries, K, &|r| !allowed(bits, r as i64));
+                // Recall over the hits that exist (the 5-row filter has only 5 per query).
+                let r = recall(&truth, &l, K) * truth.len() as f64 / truth.iter().filter(|&&x| x >= 0).count() as f64;
+                println!("search_selected {ty:?} {metric:?} {name}: recall@{K} vs exact = {r:.4}");
+                match ty {
+                    // Exact: FLAT, and IVF_FLAT probing every list, equal brute force over the
+                    // allowed rows (distances compared, so exact ties may swap labels).
+                    IndexType::Flat | IndexType::IvfFlat => {
+                        assert!(r >= 0.998, "{ty:?} {metric:?} {name}: recall {r}");
+                        for (a, b) in d.iter().zip(&truth_d) {
+                            let close = a == b || (a - b).abs() <= 1e-3 * (1.0 + b.abs());
+                            assert!(close, "{ty:?} {metric:?} {name}: {a} vs {b}");
+                        }
+                    }
+                    IndexType::IvfSq8 => assert!(r >= 0.85, "{ty:?} {metric:?} {name}: recall {r}"),
+                    // The 5-row filter leaves the graph mostly unreachable; only check labels.
+                    IndexType::Hnsw if *name != "5 rows" => {
+                        assert!(r >= 0.9, "{ty:?} {metric:?} {name}: recall {r}")
+                    }
+                    _ => {}
+                }
+                if *name == "5 rows" && ty != IndexType::Hnsw {
+                    // Every allowed row is found, then padding.
+                    for q in l.chunks(K) {
+                        let mut got: Vec<i64> = q[..5].to_vec();
+                        got.sort_unstable();
+                        assert_eq!(got, five.iter().map(|&i| i as i64).collect::<Vec<_>>(), "{ty:?} {metric:?}");
+                        assert!(q[5..].iter().all(|&x| x == -1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn search_selected_with_all_rows_equals_search() {
+    let data = random_vectors(3, N, DIM);
+    let queries = random_vectors(4, 20, DIM);
+    let all = bitmap(N, |_| true);
+    for metric in METRICS {
+        for ty in TYPES {
+            let index = VectorIndex::build(&params(ty, metric), DIM, &data).unwrap();
+            let sp = SearchParams { nprobe: 8, ef: 32 };
+            let (d0, l0) = index.search(&queries, K, &sp).unwrap();
+            let (d1, l1) = index.search_selected(&queries, K, &sp, &all).unwrap();
+            // With a selector faiss takes its non-BLAS path, so distances may differ in the
+            // last bits (and exact ties may swap).
+            let r = recall(&l0, &l1, K);
+            assert!(r >= 0.99, "{ty:?} {metric:?}: recall {r}");
+            for (a, b) in d0.iter().zip(&d1) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{ty:?} {metric:?}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn search_selected_edge_cases() {
+    let data = random_vectors(5, 300, DIM);
+    let queries = random_vectors(6, 3, DIM);
+    let index = VectorIndex::build(&params(IndexType::Hnsw, MetricType::L2), DIM, &data).unwrap();
+    // No bits (and a bitmap shorter than the index): nothing is allowed.
+    for bits in [Vec::new(), vec![0u8; 38], vec![0xFF; 2]] {
+        let (d, l) = index.search_selected(&queries, K, &SearchParams::default(), &bits).unwrap();
+        assert!(l.iter().all(|&x| x == -1 || (bits.len() == 2 && x < 16)), "{l:?}");
+        assert!(l.iter().zip(&d).all(|(&x, &y)| x != -1 || y == f32::INFINITY));
+    }
+    // An HNSW search at another ef through the write lock.
+    let bits = bitmap(300, |i| i % 2 == 1);
+    let (_, l) = index.search_selected(&queries, K, &SearchParams { nprobe: 0, ef: 200 }, &bits).unwrap();
+    assert!(l.iter().all(|&x| x % 2 == 1), "{l:?}");
+    assert!(index.search_selected(&queries[..5], K, &SearchParams::default(), &bits).is_err());
+    let empty = VectorIndex::build(&params(IndexType::Flat, MetricType::Ip), DIM, &[]).unwrap();
+    let (d, l) = empty.search_selected(&queries, 2, &SearchParams::default(), &[]).unwrap();
+    assert_eq!(l, vec![-1; 6]);
+    assert_eq!(d, vec![f32::NEG_INFINITY; 6]);
+}
