@@ -29,4 +29,12 @@ if [ "$installed" != "$VERSION" ] || ! "$PY" -c 'import pytest, numpy' 2>/dev/nu
 fi
 
 cd "$ROOT"
-exec "$PY" -m pytest tests/pymilvus -q "$@"
+# default to the whole suite unless a test path (file, dir or node id) was given
+target=(tests/pymilvus)
+for a in "$@"; do
+    case "$a" in
+        -*) ;;
+        *tests/pymilvus*|*.py|*::*) target=() ;;
+    esac
+done
+exec "$PY" -m pytest "${target[@]}" -q -p no:cacheprovider "$@"
