@@ -1,0 +1,228 @@
+"""Fixtures of the pymilvus compatibility suite.
+
+The suite talks to a Milvus-compatible gRPC endpoint through `pymilvus.MilvusClient`:
+
+* `QUIVER_MILVUS_URI=http://host:19530` — use that running server (Quiver or a real Milvus);
+* otherwise start `quiver standalone` from `QUIVER_BIN` (or `quiver` on PATH) with a temp data
+  dir and free ports (embedded NATS, gRPC; metrics off), wait until `MilvusClient(uri)` connects
+  (60 s), and stop it at the end (SIGTERM, then SIGKILL). Its log is printed when a test failed.
+
+`QUIVER_PYMILVUS_TRACE=FILE` appends one JSON line per RPC pymilvus makes (test, rpc, set request
+fields, response fields): the exact protocol the tests exercise.
+"""
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+from pymilvus import MilvusClient
+
+START_TIMEOUT = 60.0
+_failed = []
+_current_test = {"name": ""}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _quiver_bin():
+    b = os.environ.get("QUIVER_BIN") or shutil.which("quiver")
+    if not b:
+        cand = os.path.expanduser("~/.cache/quiver-target/release/quiver")
+        b = cand if os.path.exists(cand) else None
+    if not b:
+        pytest.exit("set QUIVER_MILVUS_URI (running server) or QUIVER_BIN (quiver binary to start)", 2)
+    return b
+
+
+def _set_pdeathsig():
+    # the server dies with the test runner, even if pytest is SIGKILLed
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class _Server:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="quiver-pymilvus-")
+        self.log_path = os.path.join(self.dir, "standalone.log")
+        self.grpc_port = _free_port()
+        self.nats_port = _free_port()
+        self.proc = None
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
+        env.update(
+            {
+                "QUIVER_CLUSTER__NAME": f"pymilvus_{os.getpid()}",
+                "QUIVER_CLUSTER__DATA_DIR": os.path.join(self.dir, "data"),
+                "QUIVER_NATS__EMBEDDED_PORT": str(self.nats_port),
+                "QUIVER_PROXY__GRPC_PORT": str(self.grpc_port),
+                "QUIVER_METRICS__LISTEN": "",
+                "RUST_LOG": os.environ.get("QUIVER_PYMILVUS_LOG", "info"),
+            }
+        )
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [_quiver_bin(), "standalone"],
+            env=env,
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_set_pdeathsig,
+        )
+        log.close()
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def wait_ready(self, uri):
+        deadline = time.time() + START_TIMEOUT
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"quiver standalone exited ({self.proc.returncode}) before serving gRPC\n{self.log_tail()}")
+            try:
+                c = MilvusClient(uri=uri, timeout=5)
+                c.list_collections()
+                c.close()
+                return
+            except Exception as e:  # not up yet
+                last = e
+                time.sleep(0.5)
+        raise RuntimeError(f"no Milvus gRPC answer on {uri} after {START_TIMEOUT:.0f}s (last error: {last})\n{self.log_tail()}")
+
+    def log_tail(self, lines=200):
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "----- quiver standalone log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _install_tracer(path):
+    """Wraps every MilvusService stub method to log request/response fields as JSON lines."""
+    from google.protobuf.json_format import MessageToDict
+    from pymilvus.grpc_gen import milvus_pb2_grpc
+
+    def fields(msg, limit=600):
+        try:
+            d = MessageToDict(msg, preserving_proto_field_name=True)
+        except Exception:
+            return str(type(msg))
+        s = json.dumps(d)
+        return d if len(s) <= limit else {k: (v if len(json.dumps(v)) < 200 else "<%d chars>" % len(json.dumps(v))) for k, v in d.items()}
+
+    def record(name, req, resp):
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": _current_test["name"], "rpc": name, "req": fields(req), "resp": fields(resp) if resp is not None else None}) + "\n")
+
+    class Wrapped:
+        def __init__(self, name, inner):
+            self.name, self.inner = name, inner
+
+        def __call__(self, request=None, *a, **kw):
+            resp = self.inner(request, *a, **kw)
+            record(self.name, request, resp)
+            return resp
+
+        def future(self, request=None, *a, **kw):
+            fut = self.inner.future(request, *a, **kw)
+            try:
+                record(self.name, request, fut.result())
+            except Exception:
+                record(self.name, request, None)
+            return fut
+
+    orig = milvus_pb2_grpc.MilvusServiceStub.__init__
+
+    def init(self, channel):
+        orig(self, channel)
+        for k, v in list(vars(self).items()):
+            if k[0].isupper():
+                setattr(self, k, Wrapped(k, v))
+
+    milvus_pb2_grpc.MilvusServiceStub.__init__ = init
+
+
+if os.environ.get("QUIVER_PYMILVUS_TRACE"):
+    _install_tracer(os.environ["QUIVER_PYMILVUS_TRACE"])
+
+
+_server = None
+
+
+@pytest.fixture(scope="session")
+def uri():
+    global _server
+    given = os.environ.get("QUIVER_MILVUS_URI")
+    if given:
+        yield given
+        return
+    _server = _Server()
+    u = _server.start()
+    try:
+        _server.wait_ready(u)
+        yield u
+    finally:
+        _server.stop()
+        if _failed:
+            print("\n" + _server.log_tail())
+        if os.environ.get("QUIVER_PYMILVUS_KEEP") or _failed:
+            print(f"quiver data and log kept in {_server.dir}")
+        else:
+            shutil.rmtree(_server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def client(uri):
+    c = MilvusClient(uri=uri)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def name(client, request):
+    """A unique collection name for the test, dropped at the end."""
+    n = ("t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_"))[:180]
+    n = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in n) + "_" + uuid.uuid4().hex[:8]
+    yield n
+    try:
+        if client.has_collection(n):
+            client.drop_collection(n)
+    except Exception:
+        pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current_test["name"] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        _failed.append(item.nodeid)
