@@ -43,8 +43,12 @@ class Server:
     cluster: str
     pid: int
     log: Path
+    #: The log's last lines, kept when the temp dir is removed at the end of the session.
+    final_tail: Optional[str] = None
 
     def log_tail(self, lines: int = 80) -> str:
+        if self.final_tail is not None:
+            return self.final_tail
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError as e:
@@ -139,6 +143,7 @@ def server() -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        srv.final_tail = srv.log_tail()
         if not os.environ.get("QUIVER_PY_KEEP"):
             shutil.rmtree(tmp, ignore_errors=True)
 
