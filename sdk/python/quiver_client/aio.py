@@ -91,8 +91,9 @@ class AsyncClient:
                 nc.connect(
                     servers=servers,
                     name="quiver-client-python",
-                    connect_timeout=min(connect_timeout, 2.0),
-                    reconnect_time_wait=0.25,
+                    # nats-py annotates these as int but sleeps / waits on them: fractions work.
+                    connect_timeout=min(connect_timeout, 2.0),  # type: ignore[arg-type]
+                    reconnect_time_wait=0.25,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     error_cb=quiet,
                 ),

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-import capnp  # type: ignore[import-untyped]
+import capnp
 import numpy as np
 
 from .errors import DecodeError

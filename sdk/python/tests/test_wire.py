@@ -32,7 +32,8 @@ def test_scalars_and_keys_round_trip() -> None:
     assert wire.scalar_to_wire(quiver.Json('{"k":1}')) == {"json": '{"k":1}'}
     assert wire.scalar_to_wire(np.int32(3)) == {"int64": 3}
     assert wire.scalar_to_wire(np.float32(0.5)) == {"double": 0.5}
-    for pk in [5, "five"]:
+    keys: list[quiver.PrimaryKey] = [5, "five"]
+    for pk in keys:
         assert wire.pk_from_wire(wire.pk_to_wire(pk)) == pk
     with pytest.raises(TypeError):
         wire.pk_to_wire(True)
