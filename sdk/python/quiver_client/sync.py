@@ -9,6 +9,7 @@ import threading
 from typing import Any, Coroutine, List, Sequence, TypeVar, Union
 
 from .aio import DEFAULT_TIMEOUT, DEFAULT_URL, AsyncClient
+from .errors import ConnectError
 from .types import (
     ClusterStatus,
     CollectionDescription,
@@ -36,11 +37,15 @@ class _LoopThread:
     """An asyncio loop running forever on a daemon thread."""
 
     def __init__(self) -> None:
+        self.stopped = False
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="quiver-client-loop", daemon=True)
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.stopped:
+            coro.close()
+            raise ConnectError("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
@@ -49,6 +54,7 @@ class _LoopThread:
             raise
 
     def stop(self) -> None:
+        self.stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
@@ -108,9 +114,11 @@ class Client:
     def close(self) -> None:
         """Closes the connection and stops the loop thread (shared with :meth:`with_timeout`
         clients)."""
-        if not self._loop.loop.is_closed():
-            self._loop.run(self._inner.close())
-            self._loop.stop()
+        if not self._loop.stopped:
+            try:
+                self._loop.run(self._inner.close())
+            finally:
+                self._loop.stop()
 
     def __enter__(self) -> "Client":
         return self

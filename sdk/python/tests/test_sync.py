@@ -74,5 +74,8 @@ def test_sync_client(server: Server) -> None:
         with pytest.raises(quiver.NotFound):
             client.with_timeout(5.0).describe_collection("nope")
         client.drop_collection(name)
+    client.close()  # a second close is a no-op
+    with pytest.raises(quiver.ConnectError, match="closed"):
+        client.list_collections()
     with pytest.raises(quiver.ConnectError):
         quiver.Client.connect("nats://127.0.0.1:1", connect_timeout=0.5)
