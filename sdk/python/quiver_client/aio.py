@@ -1,0 +1,286 @@
+"""The asyncio client (the core; :mod:`quiver_client.sync` wraps it for synchronous code).
+
+A call is one NATS request to ``quiver.<cluster>.api.<method>``, which every proxy serves in one
+queue group, so no load balancer is needed. The request carries a Cap'n Proto body and a
+``Quiver-Deadline`` header (unix ms); a reply without a ``Quiver-Status`` header is a success
+whose payload is the response message, otherwise ``Quiver-Status`` holds the error code and
+``Quiver-Error`` the reason (``schemas/src/status.rs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Callable, List, Sequence, TypeVar, Union
+
+import nats.errors
+from nats.aio.client import Client as Nats
+
+from . import wire
+from .errors import ConnectError, InvalidArgument, Timeout, Unavailable, error_from_status
+from .types import (
+    ClusterStatus,
+    CollectionDescription,
+    CollectionSchema,
+    Consistency,
+    Distribution,
+    FlushResult,
+    GetResults,
+    IndexParams,
+    MutationResult,
+    PrimaryKey,
+    Query,
+    QueryResults,
+    RowBatch,
+    Search,
+    SearchResults,
+)
+
+__all__ = ["AsyncClient", "DEFAULT_URL", "DEFAULT_TIMEOUT"]
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+#: Per-call deadline, seconds (as in the Rust SDK).
+DEFAULT_TIMEOUT = 60.0
+
+HEADER_STATUS = "Quiver-Status"
+HEADER_ERROR = "Quiver-Error"
+HEADER_DEADLINE = "Quiver-Deadline"
+
+# Insert splitting, as in the Rust SDK: room left in each request for everything but the rows,
+# an estimate of each row's overhead, and the server's default `proxy.max_insert_rows`.
+_ENVELOPE_BYTES = 64 * 1024
+_ROW_OVERHEAD_BYTES = 128
+_MAX_INSERT_ROWS = 100_000
+
+log = logging.getLogger("quiver_client")
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A connection to a Quiver cluster. Create it with :meth:`connect`; close it with
+    :meth:`close` or ``async with``."""
+
+    def __init__(self, nc: Nats, cluster: str, timeout: float) -> None:
+        self._nc = nc
+        self.cluster = cluster
+        #: Per-call deadline, seconds.
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        url: Union[str, Sequence[str]] = DEFAULT_URL,
+        cluster: str = "quiver",
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = 5.0,
+    ) -> "AsyncClient":
+        """Connects to the cluster ``cluster`` through the NATS server(s) at ``url`` (a list, or
+        comma separated). Retries for up to ``connect_timeout`` seconds, then raises
+        :class:`ConnectError`; once connected, it reconnects forever."""
+        servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+
+        async def quiet(e: Exception) -> None:
+            log.debug("NATS: %s", e)
+
+        nc = Nats()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=servers,
+                    name="quiver-client-python",
+                    # nats-py annotates these as int but sleeps / waits on them: fractions work.
+                    connect_timeout=min(connect_timeout, 2.0),  # type: ignore[arg-type]
+                    reconnect_time_wait=0.25,  # type: ignore[arg-type]
+                    max_reconnect_attempts=-1,
+                    error_cb=quiet,
+                ),
+                connect_timeout,
+            )
+        except Exception as e:
+            await nc.close()
+            reason = f"no answer within {connect_timeout}s" if isinstance(e, asyncio.TimeoutError) else str(e)
+            raise ConnectError(f"{','.join(servers)}: {reason}") from None
+        return cls(nc, cluster, timeout)
+
+    def with_timeout(self, timeout: float) -> "AsyncClient":
+        """A client sharing this connection with another per-call deadline (seconds)."""
+        return AsyncClient(self._nc, self.cluster, timeout)
+
+    async def close(self) -> None:
+        """Closes the connection (shared with clients made by :meth:`with_timeout`)."""
+        if not self._nc.is_closed:
+            await self._nc.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the NATS server accepts, bytes."""
+        return int(self._nc.max_payload)
+
+    # ---- transport ------------------------------------------------------------------------
+
+    async def call_raw(self, method: str, payload: bytes) -> bytes:
+        """Sends raw bytes to an API method and returns the raw reply (tests use it to send
+        malformed messages)."""
+        subject = f"quiver.{self.cluster}.api.{method}"
+        deadline = int(time.time() * 1000) + int(self.timeout * 1000)
+        try:
+            msg = await self._nc.request(
+                subject, payload, timeout=self.timeout, headers={HEADER_DEADLINE: str(deadline)}
+            )
+        except nats.errors.NoRespondersError:
+            raise Unavailable(
+                f"no proxy serves {subject}: is Quiver running with cluster name {self.cluster!r}?"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise Timeout(f"{method} after {self.timeout}s") from None
+        except nats.errors.MaxPayloadError:
+            raise InvalidArgument(
+                f"{method}: the request is {len(payload)} bytes, more than the NATS server's max_payload "
+                f"of {self.max_payload} bytes; send smaller batches"
+            ) from None
+        except nats.errors.Error as e:
+            raise Unavailable(f"{method}: {e}") from None
+        headers = msg.headers or {}
+        if HEADER_STATUS in headers:
+            raise error_from_status(headers.get(HEADER_STATUS), headers.get(HEADER_ERROR, ""))
+        return bytes(msg.data)
+
+    async def _call(self, method: str, request: str, body: wire.Dict_, reply: str, convert: Callable[[wire.Dict_], T]) -> T:
+        data = await self.call_raw(method, wire.encode(request, body))
+        return convert(wire.decode(reply, data))
+
+    async def _call_empty(self, method: str, request: str, body: wire.Dict_) -> None:
+        await self._call(method, request, body, "Empty", lambda _: None)
+
+    async def _plugin(self, method: str, request: str, body: wire.Dict_) -> Any:
+        return await self._call(method, request, body, "PluginReport", lambda d: json.loads(d.get("json") or "null"))
+
+    # ---- collections ----------------------------------------------------------------------
+
+    async def create_collection(self, schema: CollectionSchema) -> None:
+        await self._call_empty("create_collection", "CreateCollection", {"schema": wire.schema_to_wire(schema)})
+
+    async def drop_collection(self, name: str) -> None:
+        await self._call_empty("drop_collection", "CollectionName", {"name": name})
+
+    async def describe_collection(self, name: str) -> CollectionDescription:
+        return await self._call(
+            "describe_collection", "CollectionName", {"name": name}, "CollectionDescription", wire.description_from_wire
+        )
+
+    async def list_collections(self) -> List[str]:
+        return await self._call("list_collections", "Empty", {}, "CollectionList", wire.names_from_wire)
+
+    async def create_index(self, collection: str, params: IndexParams) -> None:
+        """Sets the collection's index; sealed segments get it built in the background."""
+        body = {"collection": collection, "params": wire.index_to_wire(params)}
+        await self._call_empty("create_index", "CreateIndex", body)
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    async def insert(self, collection: str, rows: RowBatch) -> MutationResult:
+        """Inserts rows; acknowledged once they are durable in the log. Batches larger than the
+        server's message limit are sent as several requests (each atomic on its own)."""
+        n = rows.num_rows
+        per_call = self._rows_per_insert(rows)
+        if n <= per_call:
+            return await self._insert_one(collection, rows)
+        out = MutationResult([], 0)
+        for start in range(0, n, per_call):
+            res = await self._insert_one(collection, rows.slice(start, min(start + per_call, n)))
+            out.pks.extend(res.pks)
+            out.timestamp = res.timestamp
+        return out
+
+    def _rows_per_insert(self, rows: RowBatch) -> int:
+        n = max(rows.num_rows, 1)
+        # Unlike the Rust SDK, count text cells too: a batch of long titles must still fit.
+        text = sum(len(v) for c in rows.columns for v in c.values if isinstance(v, str))
+        text += sum(len(d) for d in rows.dynamic)
+        row_bytes = rows.dim * 4 + _ROW_OVERHEAD_BYTES + text // n
+        fit = max(self.max_payload - _ENVELOPE_BYTES, 0) // max(row_bytes, 1)
+        return max(1, min(fit, _MAX_INSERT_ROWS))
+
+    async def _insert_one(self, collection: str, rows: RowBatch) -> MutationResult:
+        body = {"collection": collection, "rows": wire.rows_to_wire(rows)}
+        return await self._call("insert", "Insert", body, "MutationResult", wire.mutation_from_wire)
+
+    async def delete(self, collection: str, pks: Sequence[PrimaryKey]) -> MutationResult:
+        """Deletes rows by primary key."""
+        body = {"collection": collection, "pks": [wire.pk_to_wire(p) for p in pks], "filter": ""}
+        return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
+
+    async def delete_where(self, collection: str, filter: str) -> MutationResult:
+        """Deletes every row matching a Milvus boolean expression; returns the keys deleted."""
+        body = {"collection": collection, "pks": [], "filter": filter}
+        return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
+
+    async def flush(self, collection: str) -> FlushResult:
+        """Seals and persists everything inserted so far."""
+        return await self._call("flush", "CollectionName", {"name": collection}, "FlushResult", wire.flush_from_wire)
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def get(
+        self,
+        collection: str,
+        pks: Sequence[PrimaryKey],
+        output_fields: Sequence[str] = (),
+        consistency: Consistency = Consistency.BOUNDED,
+    ) -> GetResults:
+        """Rows by primary key, in request order (unknown keys are skipped), with their vectors
+        and ``output_fields``."""
+        body = wire.get_to_wire(collection, pks, output_fields, consistency)
+        return await self._call("get", "Get", body, "GetResults", wire.get_results_from_wire)
+
+    async def search(self, search: Search) -> SearchResults:
+        """Top-k hits of each query vector (see :class:`Search`; ``schema.search`` builds one)."""
+        return await self._call(
+            "search", "Search", wire.search_to_wire(search), "SearchResults", wire.search_results_from_wire
+        )
+
+    async def query(self, query: Query) -> QueryResults:
+        """Rows matching a filter (see :class:`Query`); ``output_fields=["count(*)"]`` counts
+        them (``results.count``)."""
+        return await self._call("query", "Query", wire.query_to_wire(query), "QueryResults", wire.query_results_from_wire)
+
+    # ---- cluster --------------------------------------------------------------------------
+
+    async def distribution(self, collection: str) -> Distribution:
+        """Where each segment and shard of a collection is served."""
+        return await self._call(
+            "distribution", "CollectionName", {"name": collection}, "Distribution", wire.distribution_from_wire
+        )
+
+    async def status(self) -> ClusterStatus:
+        """Every live node with its role, health, memory, segments and restarts."""
+        return await self._call("status", "Empty", {}, "ClusterStatus", wire.status_from_wire)
+
+    # ---- plugins (answers are the coordinator's JSON documents, parsed) ------------------
+
+    async def plugin_load(self, kind: str, name: str, wasm: bytes) -> Any:
+        """Validates a policy plugin (a Wasm component) in the cluster and adds it to the
+        catalog as the next version of ``name``. Returns the catalog entry."""
+        return await self._plugin("plugin_load", "PluginUpload", {"kind": kind, "name": name, "wasm": bytes(wasm)})
+
+    async def plugin_activate(self, name: str, version: str) -> Any:
+        """Makes ``name@version`` the active plugin of its kind on every node (``"builtin"`` for
+        the bundled plugins). Returns the new active choice."""
+        return await self._plugin("plugin_activate", "PluginActivate", {"name": name, "version": version})
+
+    async def plugin_rollback(self, kind: str) -> Any:
+        """Goes back to the previously active plugin of ``kind``. Returns the new choice."""
+        return await self._plugin("plugin_rollback", "PluginRollback", {"kind": kind})
+
+    async def plugin_list(self) -> Any:
+        """The plugin catalog, the active plugin per kind and what every node runs."""
+        return await self._plugin("plugin_list", "Empty", {})

@@ -1,0 +1,438 @@
+# Quiver bus schema.
+#
+# Every message that travels between Quiver nodes over NATS (request/reply subjects, the
+# JetStream DML log, registry heartbeats) is one of the root structs below, serialized as an
+# unpacked Cap'n Proto message (`capnp::serialize` flat format: segment table + segments).
+#
+# The structs mirror the plain Rust types in `schemas/src/types.rs` one to one; the
+# conversion lives in `schemas/src/codec.rs` (trait `Wire`). Conventions:
+#
+#  * Rust enums without data become Cap'n Proto enums.
+#  * Rust enums with data (ScalarValue, PrimaryKey, DmlEntry) become structs holding an
+#    unnamed union.
+#  * `Option<T>` becomes a named union `{ none :Void; some :T }` (`none` is the default).
+#  * `Vec<f32>` becomes `List(Float32)`, copied in bulk on little-endian targets.
+#  * Ids and timestamps keep their Rust widths: CollectionId, SegmentId, Timestamp and Seq
+#    are UInt64, ShardId is UInt32. Timestamps are hybrid (physical ms << 18 | logical).
+#
+# Evolution rules: only append fields (next ordinal), never renumber or change a type.
+
+@0xc1052de8e46fcde5;
+
+# ---------------------------------------------------------------------------------------
+# Enums
+# ---------------------------------------------------------------------------------------
+
+# Type of a collection field.
+enum DataType {
+  bool @0;
+  int64 @1;
+  float @2;
+  double @3;
+  varChar @4;
+  json @5;
+  floatVector @6;
+}
+
+# Vector distance metric.
+enum MetricType {
+  l2 @0;
+  ip @1;
+  cosine @2;
+}
+
+# Vector index kind for sealed segments.
+enum IndexType {
+  flat @0;
+  ivfFlat @1;
+  ivfSq8 @2;
+  ivfPq @3;
+  hnsw @4;
+}
+
+# Read consistency level of a search or get.
+enum Consistency {
+  strong @0;
+  bounded @1;
+  eventually @2;
+}
+
+# Lifecycle state of a sealed segment.
+enum SegmentState {
+  flushed @0;
+  indexed @1;
+  dropped @2;
+}
+
+# Role a node process plays in the cluster.
+enum Role {
+  coordinator @0;
+  proxy @1;
+  dataNode @2;
+  indexNode @3;
+  queryNode @4;
+}
+
+# ---------------------------------------------------------------------------------------
+# Values and keys
+# ---------------------------------------------------------------------------------------
+
+# One scalar cell (Rust `ScalarValue`).
+struct ScalarValue {
+  union {
+    null @0 :Void;
+    bool @1 :Bool;
+    int64 @2 :Int64;
+    float @3 :Float32;
+    double @4 :Float64;
+    varChar @5 :Text;
+    json @6 :Text;      # A serialized JSON document.
+  }
+}
+
+# A primary key (Rust `PrimaryKey`).
+struct PrimaryKey {
+  union {
+    int64 @0 :Int64;
+    varChar @1 :Text;
+  }
+}
+
+# A named column of scalar values, one per row.
+struct Column {
+  name @0 :Text;
+  values @1 :List(ScalarValue);
+}
+
+# Rows in columnar form.
+struct RowBatch {
+  pks @0 :List(PrimaryKey);     # Empty when Quiver allocates ids and the batch comes from a client.
+  dim @1 :UInt32;
+  vectors @2 :List(Float32);    # rows x dim floats, row-major.
+  columns @3 :List(Column);
+  dynamic @4 :List(Text);       # Dynamic-field JSON object per row (empty when unused).
+}
+
+# ---------------------------------------------------------------------------------------
+# Schemas, collections, segments
+# ---------------------------------------------------------------------------------------
+
+struct FieldSchema {
+  name @0 :Text;
+  dataType @1 :DataType;
+  isPrimary @2 :Bool;
+  autoId @3 :Bool;              # Primary key values allocated by Quiver (int64 keys only).
+  dim @4 :UInt32;               # Vector dimension (floatVector only).
+  maxLength @5 :UInt32;         # Max bytes (varChar only; 0 = default 65535).
+  description @6 :Text;
+}
+
+struct CollectionSchema {
+  name @0 :Text;
+  description @1 :Text;
+  fields @2 :List(FieldSchema);
+  enableDynamicField @3 :Bool;
+  numShards @4 :UInt32;         # 0 = configured default.
+}
+
+# How the vectors of sealed segments are indexed.
+struct IndexParams {
+  indexType @0 :IndexType;
+  metric @1 :MetricType;
+  nlist @2 :UInt32;             # IVF: number of lists.
+  m @3 :UInt32;                 # IVF_PQ: sub-quantizers; HNSW: graph degree M.
+  nbits @4 :UInt32;             # IVF_PQ: bits per code.
+  efConstruction @5 :UInt32;    # HNSW: efConstruction.
+}
+
+struct CollectionInfo {
+  id @0 :UInt64;
+  schema @1 :CollectionSchema;
+  index :union {                # Rust `Option<IndexParams>`.
+    none @2 :Void;
+    some @3 :IndexParams;
+  }
+  createdTs @4 :UInt64;
+}
+
+# A sealed segment: rows of one shard between two log positions, in the object store.
+struct SegmentInfo {
+  id @0 :UInt64;
+  collection @1 :UInt64;
+  shard @2 :UInt32;
+  rows @3 :UInt64;
+  startSeq @4 :UInt64;          # First stream sequence covered (inclusive).
+  endSeq @5 :UInt64;            # Last stream sequence covered (inclusive).
+  dataPath @6 :Text;
+  indexPath :union {            # Rust `Option<String>`: object-store path of the index.
+    none @7 :Void;
+    some @8 :Text;
+  }
+  state @9 :SegmentState;
+  memSize @10 :UInt64;          # Approximate bytes in memory when loaded.
+}
+
+# Where a sealed segment is served.
+struct SegmentPlacement {
+  segment @0 :SegmentInfo;
+  nodes @1 :List(Text);
+}
+
+# Where a shard's growing data is served.
+struct ShardPlacement {
+  shard @0 :UInt32;
+  leader @1 :Text;
+  sealedSeq @2 :UInt64;         # Highest sequence covered by a served sealed segment.
+}
+
+# The serving layout of one collection (coordinator's view).
+struct Distribution {
+  collection @0 :CollectionInfo;
+  shards @1 :List(ShardPlacement);
+  segments @2 :List(SegmentPlacement);
+  version @3 :UInt64;           # Bumped on every change.
+}
+
+# What a node publishes in the registry with every heartbeat.
+struct NodeStatus {
+  nodeId @0 :Text;
+  role @1 :Role;
+  host @2 :Text;
+  pid @3 :UInt32;
+  healthy @4 :Bool;
+  memUsed @5 :UInt64;           # Resident memory, bytes.
+  memCapacity @6 :UInt64;       # Memory budget, bytes.
+  segments @7 :UInt32;
+  restarts @8 :UInt32;
+  startedMs @9 :UInt64;
+  heartbeatMs @10 :UInt64;
+  detail @11 :Text;
+}
+
+# Search-time knobs; 0 = the index's default.
+struct SearchParams {
+  nprobe @0 :UInt32;
+  ef @1 :UInt32;
+}
+
+# One query's hits, best first.
+struct Hits {
+  pks @0 :List(PrimaryKey);
+  scores @1 :List(Float32);
+  columns @2 :List(Column);     # Requested output fields, one value per hit.
+}
+
+# ---------------------------------------------------------------------------------------
+# API messages (client <-> proxy)
+# ---------------------------------------------------------------------------------------
+
+struct CreateCollection {
+  schema @0 :CollectionSchema;
+}
+
+struct CollectionName {
+  name @0 :Text;
+}
+
+struct Empty {}
+
+struct CollectionList {
+  names @0 :List(Text);
+}
+
+struct CollectionDescription {
+  info @0 :CollectionInfo;
+  numRows @1 :UInt64;
+  sealedSegments @2 :UInt32;
+}
+
+struct CreateIndex {
+  collection @0 :Text;
+  params @1 :IndexParams;
+}
+
+struct Insert {
+  collection @0 :Text;
+  rows @1 :RowBatch;
+}
+
+struct Delete {
+  collection @0 :Text;
+  pks @1 :List(PrimaryKey);
+  filter @2 :Text;              # Milvus boolean expression: delete every matching row (with `pks` empty).
+}
+
+struct MutationResult {
+  pks @0 :List(PrimaryKey);     # Keys written (inserts) or targeted (deletes).
+  timestamp @1 :UInt64;
+}
+
+struct Get {
+  collection @0 :Text;
+  pks @1 :List(PrimaryKey);
+  outputFields @2 :List(Text);
+  consistency @3 :Consistency = bounded;
+}
+
+struct Search {
+  collection @0 :Text;
+  dim @1 :UInt32;
+  vectors @2 :List(Float32);    # nq x dim floats, row-major.
+  topK @3 :UInt32;
+  params @4 :SearchParams;
+  outputFields @5 :List(Text);
+  consistency @6 :Consistency = bounded;
+  filter @7 :Text;              # Milvus boolean expression; only matching rows are searched (pre-filter).
+}
+
+# Rows matching a filter, or the count of them (output field `count(*)`).
+struct Query {
+  collection @0 :Text;
+  filter @1 :Text;              # Milvus boolean expression; empty = every row (then `limit` is required).
+  outputFields @2 :List(Text);  # Field names, `*` for all scalar fields, or exactly `count(*)`.
+  limit @3 :UInt64;             # 0 = no limit.
+  offset @4 :UInt64;            # Rows to skip, in primary-key order.
+  consistency @5 :Consistency = bounded;
+}
+
+# Query answer: matching rows in primary-key order (`rows.pks`), or one `count(*)` column.
+struct QueryResults {
+  rows @0 :RowBatch;
+}
+
+struct SearchResults {
+  results @0 :List(Hits);
+}
+
+struct FlushResult {
+  segments @0 :List(UInt64);
+}
+
+struct ClusterStatus {
+  cluster @0 :Text;
+  nodes @1 :List(NodeStatus);
+}
+
+# Plugin administration (`quiver ctl plugin ...`), answered by the coordinator.
+# A plugin binary to validate and add to the cluster's catalog.
+struct PluginUpload {
+  kind @0 :Text;
+  name @1 :Text;
+  wasm @2 :Data;
+}
+
+# Make `name@version` the active plugin of its kind (version "builtin" for bundled ones).
+struct PluginActivate {
+  name @0 :Text;
+  version @1 :Text;
+}
+
+# Go back to the previously active plugin of `kind`.
+struct PluginRollback {
+  kind @0 :Text;
+}
+
+# The coordinator's answer: a JSON document of the runtime's plugin catalog types (the same
+# documents the catalog stores in NATS KV), printed by `quiver ctl plugin`.
+struct PluginReport {
+  json @0 :Text;
+}
+
+# ---------------------------------------------------------------------------------------
+# Internal messages (between nodes)
+# ---------------------------------------------------------------------------------------
+
+# Request for `count` ids or timestamps.
+struct Alloc {
+  count @0 :UInt64;
+}
+
+# `count` consecutive values starting at `start`.
+struct AllocRange {
+  start @0 :UInt64;
+  count @1 :UInt64;
+}
+
+# A DML log entry (one JetStream message on a shard subject).
+struct DmlEntry {
+  union {
+    insert :group {
+      timestamp @0 :UInt64;
+      rows @1 :RowBatch;
+    }
+    delete :group {
+      timestamp @2 :UInt64;
+      pks @3 :List(PrimaryKey);
+    }
+  }
+}
+
+# Data node -> coordinator: a segment was sealed and written to the object store.
+struct SegmentFlushed {
+  segment @0 :SegmentInfo;
+}
+
+# Coordinator -> index node: build the index of one segment.
+struct BuildIndex {
+  segment @0 :SegmentInfo;
+  params @1 :IndexParams;
+  dim @2 :UInt32;
+}
+
+# Index node -> coordinator: an index is built and stored.
+struct IndexBuilt {
+  segment @0 :UInt64;
+  collection @1 :UInt64;
+  indexPath @2 :Text;
+  buildMs @3 :UInt64;
+}
+
+# Coordinator -> query node: serve these sealed segments and lead these shards.
+struct LoadSegments {
+  collection @0 :CollectionInfo;
+  segments @1 :List(SegmentInfo);
+  leadShards @2 :List(ShardPlacement);
+}
+
+# Coordinator -> query node: stop serving these segments (and shards).
+struct ReleaseSegments {
+  collection @0 :UInt64;
+  segments @1 :List(UInt64);
+  all @2 :Bool;                 # Release the whole collection, growing data included.
+}
+
+# Proxy -> query node: one node's share of a search.
+struct NodeSearch {
+  collection @0 :UInt64;
+  search @1 :Search;
+  segments @2 :List(UInt64);
+  growing @3 :List(ShardPlacement);
+  guaranteeTs @4 :UInt64;       # Wait until applied up to this timestamp (0 = no wait).
+  filter @5 :Text;              # The search's filter parsed by the proxy (expr::Expr as JSON); empty = none.
+}
+
+# Proxy -> query node: one node's share of a query (answered with GetResults).
+struct NodeQuery {
+  collection @0 :UInt64;
+  query @1 :Query;
+  segments @2 :List(UInt64);
+  growing @3 :List(ShardPlacement);
+  guaranteeTs @4 :UInt64;
+  filter @5 :Text;              # The query's filter parsed by the proxy (expr::Expr as JSON); empty = every row.
+}
+
+# Proxy -> query node: one node's share of a get-by-key.
+struct NodeGet {
+  collection @0 :UInt64;
+  get @1 :Get;
+  segments @2 :List(UInt64);
+  growing @3 :List(ShardPlacement);
+  guaranteeTs @4 :UInt64;
+}
+
+# A get-by-key answer: rows found, in columnar form, primary keys in `rows.pks`.
+struct GetResults {
+  rows @0 :RowBatch;
+  # Log position that wrote each row, so a proxy keeps the latest version of a key.
+  seqs @1 :List(UInt64);
+}
