@@ -192,6 +192,13 @@ struct Distribution {
   shards @1 :List(ShardPlacement);
   segments @2 :List(SegmentPlacement);
   version @3 :UInt64;           # Bumped on every change.
+  released @4 :Bool;            # Released (not served) until loaded again.
+}
+
+# Serve a collection from query nodes (again), with this many in-memory replicas.
+struct LoadCollection {
+  name @0 :Text;
+  replicas @1 :UInt32;          # 0 = 1.
 }
 
 # What a node publishes in the registry with every heartbeat.

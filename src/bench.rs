@@ -661,6 +661,7 @@ impl QuiverChild {
             // Metrics stay on, as in a default deployment, on a free port.
             .env("QUIVER_METRICS__LISTEN", "127.0.0.1:0")
             .env("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string())
+            .env("QUIVER_PROXY__GRPC_PORT", "0")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

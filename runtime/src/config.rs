@@ -174,6 +174,14 @@ pub struct ProxyConfig {
     /// How often the cached serving layout is refreshed even without a change event.
     #[serde(with = "humantime_serde")]
     pub distribution_refresh: Duration,
+    /// Port of the Milvus-compatible gRPC API (pymilvus' default is 19530); 0 turns it off.
+    pub grpc_port: u16,
+    /// Address the Milvus gRPC API listens on.
+    pub grpc_host: String,
+    /// Credentials the Milvus gRPC API accepts: "user:password" pairs or API tokens (as pymilvus
+    /// sends them: `token="user:password"`, `user=` + `password=`, or `token="<key>"`). Empty =
+    /// no authentication.
+    pub credentials: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -184,6 +192,9 @@ impl Default for ProxyConfig {
             max_nq: 16384,
             bounded_staleness: Duration::from_secs(5),
             distribution_refresh: Duration::from_secs(10),
+            grpc_port: 19530,
+            grpc_host: "0.0.0.0".to_string(),
+            credentials: Vec::new(),
         }
     }
 }
@@ -393,6 +404,9 @@ impl Config {
         }
         if self.coordinator.default_shards == 0 || self.coordinator.default_shards > 64 {
             return fail("coordinator.default_shards", "must be between 1 and 64");
+        }
+        if self.proxy.credentials.iter().any(|c| c.trim().is_empty()) {
+            return fail("proxy.credentials", "entries must be \"user:password\" or a token, not empty");
         }
         if self.proxy.max_top_k == 0 || self.proxy.max_top_k > 16384 {
             return fail("proxy.max_top_k", "must be between 1 and 16384");

@@ -612,6 +612,7 @@ fn put_distribution(v: &Distribution, mut b: cp::distribution::Builder<'_>) {
     fill_structs(b.reborrow().init_shards(len32(v.shards.len())), &v.shards, put_shard_placement);
     fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_placement);
     b.set_version(v.version);
+    b.set_released(v.released);
 }
 
 fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fault> {
@@ -620,7 +621,23 @@ fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fau
         shards: read_structs(r.get_shards(), get_shard_placement).at("shards")?,
         segments: read_structs(r.get_segments(), get_segment_placement).at("segments")?,
         version: r.get_version(),
+        released: r.get_released(),
     })
+}
+
+fn put_load_collection(v: &LoadCollection, mut b: cp::load_collection::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_replicas(v.replicas);
+}
+
+fn get_load_collection(r: cp::load_collection::Reader<'_>) -> Result<LoadCollection, Fault> {
+    Ok(LoadCollection { name: read_string(r.get_name()).at("name")?, replicas: r.get_replicas() })
+}
+
+impl SizeHint for LoadCollection {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + text_words(&self.name)
+    }
 }
 
 fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
@@ -1376,6 +1393,7 @@ wire! {
     NodeQuery => node_query, put_node_query, get_node_query;
     GetResults => get_results, put_get_results, get_get_results;
     Distribution => distribution, put_distribution, get_distribution;
+    LoadCollection => load_collection, put_load_collection, get_load_collection;
     NodeStatus => node_status, put_node_status, get_node_status;
 }
 
@@ -1660,6 +1678,7 @@ mod tests {
                 nodes: vec!["qn-0".to_string(), "qn-1".to_string()],
             }],
             version: 17,
+            released: true,
         }));
         for (i, r) in Role::ALL.into_iter().enumerate() {
             out.push(rt(&node(r, i % 2 == 1)));
@@ -1809,6 +1828,7 @@ mod tests {
                 })
                 .collect(),
             version: 1,
+            released: false,
         };
         rt(&distribution);
     }

@@ -228,6 +228,16 @@ pub struct Distribution {
     pub segments: Vec<SegmentPlacement>,
     /// Bumped on every change, so caches can tell they are stale.
     pub version: u64,
+    /// Released: no query node serves it until it is loaded again (reads are refused).
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// Serve a collection from query nodes (again), with `replicas` in-memory replicas (0 = 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadCollection {
+    pub name: String,
+    pub replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,9 @@ pub struct Layout {
     /// whose node restarted since holds nothing any more.
     pub epochs: BTreeMap<String, u64>,
     pub version: u64,
+    /// Released by an operator: no query node serves the collection until it is loaded again.
+    #[serde(default)]
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use futures::future::LocalBoxFuture;
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::{
     Alloc, AllocRange, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, SegmentFlushed, SegmentInfo,
+    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, Role, SegmentFlushed, SegmentInfo, SegmentState,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -166,6 +166,79 @@ impl Coordinator {
         Ok(Empty {})
     }
 
+    /// Serves a released collection again (shard leaders and segments are placed by the next
+    /// reconcile round; `GetLoadingProgress` follows it).
+    async fn load_collection(&self, req: LoadCollection) -> Result<Empty> {
+        let replicas = req.replicas.max(1);
+        if replicas > 1 {
+            let queries = self.node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == Role::QueryNode).count();
+            return Err(Error::InvalidArgument(format!(
+                "replica_number {replicas} is not supported yet: this Quiver version serves one in-memory replica per \
+                 collection ({queries} query nodes available)"
+            )));
+        }
+        self.set_released(&req.name, false).await
+    }
+
+    /// Stops serving a collection from query nodes (inserts are still accepted).
+    async fn release_collection(&self, req: CollectionName) -> Result<Empty> {
+        self.set_released(&req.name, true).await
+    }
+
+    async fn set_released(&self, name: &str, released: bool) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let id = catalog.by_name(name)?.id;
+        let Some(layout) = catalog.layouts.get_mut(&id) else {
+            return Err(Error::Internal(format!("collection {name:?} has no layout")));
+        };
+        if layout.released == released {
+            return Ok(Empty {});
+        }
+        layout.released = released;
+        layout.version += 1;
+        self.node.shared.meta.put(&catalog::layout_key(id), layout).await?;
+        drop(catalog);
+        tracing::info!(collection = %name, released, "collection {}", if released { "released" } else { "loaded" });
+        self.publish_change(id).await;
+        self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    /// Drops a released collection's vector index: segments are searched exactly until a new
+    /// index is created (Milvus' rule: release first).
+    async fn drop_index(&self, req: CollectionName) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.name)?.clone();
+        if catalog.layouts.get(&info.id).is_some_and(|l| !l.released) {
+            return Err(Error::InvalidArgument(format!(
+                "index cannot be dropped, collection {:?} is loaded, please release it first",
+                req.name
+            )));
+        }
+        if info.index.is_none() {
+            return Err(Error::NotFound(format!("index not found[collection={}]", req.name)));
+        }
+        let meta = &self.node.shared.meta;
+        let updated = CollectionInfo { index: None, ..info.clone() };
+        meta.put(&catalog::collection_key(&info.schema.name), &updated).await?;
+        catalog.collections.insert(info.schema.name.clone(), updated);
+        let mut stale = Vec::new();
+        if let Some(segments) = catalog.segments.get_mut(&info.id) {
+            for seg in segments.values_mut().filter(|s| s.index_path.is_some()) {
+                stale.extend(seg.index_path.take());
+                seg.state = SegmentState::Flushed;
+                meta.put(&catalog::segment_key(info.id, seg.id), &*seg).await?;
+            }
+        }
+        drop(catalog);
+        for path in stale {
+            let _ = self.node.shared.objects.delete(&path).await;
+        }
+        self.publish_change(info.id).await;
+        tracing::info!(collection = %req.name, "index dropped");
+        Ok(Empty {})
+    }
+
     async fn describe(&self, req: CollectionName) -> Result<CollectionDescription> {
         let catalog = self.catalog.lock().await;
         let info = catalog.by_name(&req.name)?.clone();
@@ -269,6 +342,9 @@ impl RoleHandler for Coordinator {
                 "describe_collection" => node.serve(&msg, |r| me.describe(r)).await,
                 "list_collections" => node.serve(&msg, |_: Empty| me.list()).await,
                 "create_index" => node.serve(&msg, |r| me.create_index(r)).await,
+                "drop_index" => node.serve(&msg, |r| me.drop_index(r)).await,
+                "load_collection" => node.serve(&msg, |r| me.load_collection(r)).await,
+                "release_collection" => node.serve(&msg, |r| me.release_collection(r)).await,
                 "segment_flushed" => node.serve(&msg, |r| me.segment_flushed(r)).await,
                 "flush" => node.serve(&msg, |r| me.flush(r)).await,
                 "get_distribution" => node.serve(&msg, |r| me.distribution(r)).await,

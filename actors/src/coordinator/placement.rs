@@ -62,8 +62,13 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     let empty = BTreeMap::new();
     let segments = catalog.segments.get(&info.id).unwrap_or(&empty);
     let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
-    let mut out =
-        Distribution { collection: info.clone(), shards: Vec::new(), segments: Vec::new(), version: layout.version };
+    let mut out = Distribution {
+        collection: info.clone(),
+        shards: Vec::new(),
+        segments: Vec::new(),
+        version: layout.version,
+        released: layout.released,
+    };
     for shard in &layout.shards {
         out.shards.push(ShardPlacement {
             shard: shard.shard,
@@ -80,6 +85,8 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
 
 fn digest(load: &LoadSegments) -> u64 {
     let mut h = DefaultHasher::new();
+    // A new or dropped index changes the metric growing rows are compared with.
+    format!("{:?}", load.collection.index).hash(&mut h);
     for s in &load.segments {
         s.id.hash(&mut h);
         s.index_path.hash(&mut h);
@@ -238,12 +245,24 @@ impl Coordinator {
             }
         }
 
+        // A released collection keeps its data nodes (inserts go on) but no query node.
+        if next.released {
+            for shard in &mut next.shards {
+                shard.leader.clear();
+            }
+            next.targets.clear();
+            next.holders.clear();
+        }
         // Leaders and segments without a serving node go where the balancer says, in one call
         // so that it accounts for what it already placed.
-        let orphan_leaders: Vec<usize> = (0..next.shards.len()).filter(|&i| !serving(&next.shards[i].leader)).collect();
+        let orphan_leaders: Vec<usize> = (0..next.shards.len())
+            .filter(|&i| !next.released && !serving(&next.shards[i].leader))
+            .collect();
         let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
-        let orphan_segments: Vec<&SegmentInfo> =
-            segments.values().filter(|seg| !next.targets.get(&seg.id).is_some_and(|t| serving(t))).collect();
+        let orphan_segments: Vec<&SegmentInfo> = segments
+            .values()
+            .filter(|seg| !next.released && !next.targets.get(&seg.id).is_some_and(|t| serving(t)))
+            .collect();
         let mut items: Vec<PlacementItem> =
             orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
         items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));

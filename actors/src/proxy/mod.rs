@@ -8,10 +8,12 @@
 //! - `load.rs`: per-node in-flight and latency figures for the router.
 
 mod load;
+pub mod milvus;
 mod read;
 mod validate;
 mod write;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use quiver_policy::router::RouteRequest;
 use quiver_runtime::{bus, Result, RoleContext};
 use quiver_schemas::{
     ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, PluginActivate, PluginReport, PluginRollback, PluginUpload,
+    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, PluginActivate, PluginReport, PluginRollback, PluginUpload,
 };
 
 pub use read::merge;
@@ -46,6 +48,21 @@ pub struct Proxy {
     load: load::NodeLoads,
 }
 
+/// The role: the proxy's state (shared with the Milvus gRPC server's tasks) and the switch
+/// that stops that server when the role stops or restarts.
+struct ProxyRole {
+    proxy: Arc<Proxy>,
+    grpc_stop: RefCell<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Drop for ProxyRole {
+    fn drop(&mut self) {
+        if let Some(stop) = self.grpc_stop.get_mut().take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Starts the proxy role on the current arbiter.
 pub fn start(rc: RoleContext) {
     start_role(
@@ -53,13 +70,14 @@ pub fn start(rc: RoleContext) {
         Box::new(|node| {
             Box::pin(async move {
                 let policies = crate::policies::ProxyPolicies::start(&node).await?;
-                Ok(Proxy {
+                let proxy = Proxy {
                     node,
                     layouts: DashMap::new(),
                     policies,
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
-                })
+                };
+                Ok(ProxyRole { proxy: Arc::new(proxy), grpc_stop: RefCell::new(None) })
             })
         }),
     );
@@ -107,6 +125,27 @@ impl Proxy {
         bus.request(bus.subjects().coord(method), req).await
     }
 
+    /// Serves a released collection again.
+    async fn load(&self, name: &str, replicas: u32) -> Result<()> {
+        let out = self.forward::<_, Empty>("load_collection", &LoadCollection { name: name.into(), replicas }).await;
+        self.forget(name);
+        out.map(|_| ())
+    }
+
+    /// Stops serving a collection from query nodes.
+    async fn release(&self, name: &str) -> Result<()> {
+        let out = self.forward::<_, Empty>("release_collection", &CollectionName { name: name.into() }).await;
+        self.forget(name);
+        out.map(|_| ())
+    }
+
+    /// Drops a released collection's vector index.
+    async fn drop_index(&self, name: &str) -> Result<()> {
+        let out = self.forward::<_, Empty>("drop_index", &CollectionName { name: name.into() }).await;
+        self.forget(name);
+        out.map(|_| ())
+    }
+
     async fn status(&self) -> Result<ClusterStatus> {
         Ok(ClusterStatus {
             cluster: self.node.shared.config.cluster.name.clone(),
@@ -149,6 +188,17 @@ impl Proxy {
                 })
                 .await
             }
+            "load_collection" => {
+                node.serve(msg, |r: LoadCollection| async move { self.load(&r.name, r.replicas).await.map(|()| Empty {}) })
+                    .await
+            }
+            "release_collection" => {
+                node.serve(msg, |r: CollectionName| async move { self.release(&r.name).await.map(|()| Empty {}) }).await
+            }
+            "drop_index" => {
+                node.serve(msg, |r: CollectionName| async move { self.drop_index(&r.name).await.map(|()| Empty {}) })
+                    .await
+            }
             "flush" => {
                 node.serve(msg, |r: CollectionName| async move { self.forward::<_, FlushResult>(method, &r).await })
                     .await
@@ -159,6 +209,8 @@ impl Proxy {
             }
             "insert" => node.serve(msg, |r| self.insert(r)).await,
             "delete" => node.serve(msg, |r| self.delete(r)).await,
+            "upsert" => node.serve(msg, |r| self.upsert(r)).await,
+            "query" => node.serve(msg, |r| self.query(r)).await,
             "get" => node.serve(msg, |r| self.get(r)).await,
             "search" => {
                 let trace = bus::traceparent_of(msg);
@@ -185,14 +237,37 @@ impl Proxy {
     }
 }
 
-impl RoleHandler for Proxy {
+impl RoleHandler for ProxyRole {
     fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
         let subjects = node.shared.bus.subjects();
         vec![(subjects.api("*"), Some("proxy".into())), (subjects.distribution_events(), None)]
     }
 
     fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
-        Box::pin(async move {
+        let proxy = self.proxy.clone();
+        Box::pin(async move { proxy.handle(msg).await })
+    }
+
+    fn start(self: Rc<Self>) {
+        let cfg = &self.proxy.node.shared.config.proxy;
+        if cfg.grpc_port == 0 {
+            return;
+        }
+        let addr = format!("{}:{}", cfg.grpc_host, cfg.grpc_port);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        *self.grpc_stop.borrow_mut() = Some(stop);
+        let proxy = self.proxy.clone();
+        self.proxy.node.spawn_loop("milvus-grpc", async move { milvus::serve(proxy, addr, stopped).await });
+    }
+
+    fn heartbeat(&self) -> (u32, String) {
+        self.proxy.heartbeat()
+    }
+}
+
+impl Proxy {
+    async fn handle(&self, msg: Message) {
+        {
             if msg.subject.contains(".event.distribution.") {
                 // A layout changed: drop the cached copy so the next read fetches it.
                 let id: u64 = msg.subject.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -205,7 +280,7 @@ impl RoleHandler for Proxy {
             metrics::histogram!("quiver_request_seconds", "method" => method.clone())
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("quiver_requests_total", "method" => method).increment(1);
-        })
+        }
     }
 
     fn heartbeat(&self) -> (u32, String) {

@@ -11,8 +11,8 @@ use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
-    ts_compose, Consistency, Distribution, Get, GetResults, Hits, NodeGet, NodeSearch, RowBatch, Search, SearchResults,
-    ShardPlacement,
+    ts_compose, CollectionInfo, Consistency, Distribution, Expr, Get, GetResults, Hits, NodeGet, NodeQuery, NodeSearch,
+    Query, QueryResults, RowBatch, ScalarValue, Search, SearchResults, ShardPlacement, COUNT_STAR,
 };
 
 use super::validate::{check_output_fields, check_pk, check_search};
@@ -33,6 +33,12 @@ struct NodeShare {
 impl Proxy {
     /// Splits a read over the nodes of the layout.
     fn plan(&self, dist: &Distribution) -> Result<BTreeMap<String, NodeShare>> {
+        if dist.released {
+            return Err(Error::InvalidArgument(format!(
+                "collection {:?} is not loaded; load it first (LoadCollection)",
+                dist.collection.schema.name
+            )));
+        }
         let mut shares: BTreeMap<String, NodeShare> = BTreeMap::new();
         for shard in &dist.shards {
             if shard.leader.is_empty() {
@@ -110,11 +116,13 @@ impl Proxy {
         let info = self.collection(&req.collection).await?;
         let cfg = &self.node.shared.config.proxy;
         let nq = check_search(&info, &mut req, cfg.max_top_k, cfg.max_nq)?;
+        let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
         let req = Arc::new(req);
         let opts = CallOptions { timeout: None, traceparent };
         self.with_retries(&req.collection.clone(), |dist| {
             let req = req.clone();
             let opts = opts.clone();
+            let filter = filter.clone();
             async move {
                 let shares = self.plan(&dist)?;
                 let guarantee_ts = self.guarantee(req.consistency);
@@ -126,7 +134,7 @@ impl Proxy {
                         segments: share.segments,
                         growing: share.growing,
                         guarantee_ts,
-                        filter: String::new(),
+                        filter: (*filter).clone(),
                     };
                     let subject = bus.subjects().node(&node, "search");
                     let opts = opts.clone();
@@ -176,6 +184,170 @@ impl Proxy {
         })
         .await
     }
+}
+
+/// Parses a filter against the collection's schema: the expression and its JSON form for the
+/// query nodes (both empty / `None` for an empty filter).
+pub(super) fn parse_filter(info: &CollectionInfo, text: &str) -> Result<(Option<Expr>, String)> {
+    if text.trim().is_empty() {
+        return Ok((None, String::new()));
+    }
+    let expr = quiver_schemas::expr::parse(text, &info.schema).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let json = serde_json::to_string(&expr).map_err(Error::internal)?;
+    Ok((Some(expr), json))
+}
+
+impl Proxy {
+    /// Rows matching a filter in primary-key order (or their count).
+    pub(super) async fn query(&self, mut req: Query) -> Result<QueryResults> {
+        let info = self.collection(&req.collection).await?;
+        let max = u64::from(self.node.shared.config.proxy.max_top_k);
+        let count = req.output_fields.iter().any(|f| f.trim() == COUNT_STAR);
+        if count && req.output_fields.len() > 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{COUNT_STAR} cannot be combined with other output fields ({:?})",
+                req.output_fields
+            )));
+        }
+        if req.filter.trim().is_empty() && req.limit == 0 && !count {
+            return Err(Error::InvalidArgument("a query with an empty filter needs a limit".into()));
+        }
+        if req.limit.saturating_add(req.offset) > max {
+            return Err(Error::InvalidArgument(format!(
+                "offset + limit is {}; at most {max} rows can be paged through (proxy.max_top_k)",
+                req.limit.saturating_add(req.offset)
+            )));
+        }
+        let (expr, filter) = parse_filter(&info, &req.filter)?;
+        let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
+        let wants_vector = req.output_fields.iter().any(|f| *f == vector);
+        let scalar: Vec<String> = req.output_fields.iter().filter(|f| **f != vector).cloned().collect();
+        req.output_fields = if count { Vec::new() } else { check_output_fields(&info, &scalar)? };
+        if wants_vector {
+            req.output_fields.push(vector.clone());
+        }
+        // Get by key is the cheaper path when the filter only names primary keys.
+        if let Some(pks) = expr.as_ref().and_then(Expr::primary_keys).filter(|_| !count && req.offset == 0) {
+            let get = Get {
+                collection: req.collection.clone(),
+                pks,
+                output_fields: req.output_fields.iter().filter(|f| **f != vector).cloned().collect(),
+                consistency: req.consistency,
+            };
+            let mut found = self.get(get).await?.rows;
+            if !wants_vector {
+                found.vectors.clear();
+            }
+            if req.limit > 0 {
+                found = truncate_rows(found, req.limit as usize);
+            }
+            return Ok(QueryResults { rows: found });
+        }
+        // Unbounded queries stop at `max` rows (+1 to tell that there were more).
+        let node_limit = if req.limit == 0 && !count { max + 1 } else { req.limit };
+        let req = Arc::new(req);
+        let filter = Arc::new(filter);
+        let parts: Vec<GetResults> = self
+            .with_retries(&req.collection.clone(), |dist| {
+                let req = req.clone();
+                let filter = filter.clone();
+                async move {
+                    let shares = self.plan(&dist)?;
+                    let guarantee_ts = self.guarantee(req.consistency);
+                    let bus = &self.node.shared.bus;
+                    let calls = shares.into_iter().map(|(node, share)| {
+                        let mut query = (*req).clone();
+                        query.limit = node_limit;
+                        let msg = NodeQuery {
+                            collection: dist.collection.id,
+                            query,
+                            segments: share.segments,
+                            growing: share.growing,
+                            guarantee_ts,
+                            filter: (*filter).clone(),
+                        };
+                        let subject = bus.subjects().node(&node, "query");
+                        async move { bus.request::<_, GetResults>(subject, &msg).await }
+                    });
+                    futures::future::try_join_all(calls).await
+                }
+            })
+            .await?;
+        let mut merged = merge_query(parts, info.dim());
+        if count {
+            let n = merged.rows.pks.len() as i64;
+            let column = quiver_schemas::Column { name: COUNT_STAR.into(), values: vec![ScalarValue::Int64(n)] };
+            return Ok(QueryResults { rows: RowBatch { columns: vec![column], ..Default::default() } });
+        }
+        if req.limit == 0 && merged.rows.pks.len() as u64 > max {
+            return Err(Error::InvalidArgument(format!(
+                "the filter matches more than {max} rows; page through them with limit and offset"
+            )));
+        }
+        let skip = (req.offset as usize).min(merged.rows.pks.len());
+        merged.rows = drop_front(merged.rows, skip);
+        if req.limit > 0 {
+            merged.rows = truncate_rows(merged.rows, req.limit as usize);
+        }
+        Ok(QueryResults { rows: merged.rows })
+    }
+}
+
+/// Keeps the latest version of every key across nodes, in primary-key order.
+fn merge_query(parts: Vec<GetResults>, dim: u32) -> GetResults {
+    let mut best: BTreeMap<&quiver_schemas::PrimaryKey, (u64, usize, usize)> = BTreeMap::new();
+    for (p, part) in parts.iter().enumerate() {
+        for (i, pk) in part.rows.pks.iter().enumerate() {
+            let seq = part.seqs.get(i).copied().unwrap_or(0);
+            if best.get(pk).is_none_or(|b| seq > b.0) {
+                best.insert(pk, (seq, p, i));
+            }
+        }
+    }
+    let names: Vec<String> =
+        parts.first().map(|p| p.rows.columns.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+    let mut rows = RowBatch {
+        dim,
+        columns: names.into_iter().map(|name| quiver_schemas::Column { name, values: Vec::new() }).collect(),
+        ..Default::default()
+    };
+    let mut seqs = Vec::with_capacity(best.len());
+    for (pk, (seq, p, i)) in best {
+        let src = &parts[p].rows;
+        rows.pks.push(pk.clone());
+        let d = src.dim as usize;
+        if src.vectors.len() >= (i + 1) * d {
+            rows.vectors.extend_from_slice(&src.vectors[i * d..(i + 1) * d]);
+        }
+        for (out, col) in rows.columns.iter_mut().zip(&src.columns) {
+            out.values.push(col.values.get(i).cloned().unwrap_or(ScalarValue::Null));
+        }
+        seqs.push(seq);
+    }
+    GetResults { rows, seqs }
+}
+
+fn truncate_rows(mut rows: RowBatch, n: usize) -> RowBatch {
+    if rows.pks.len() > n {
+        rows.pks.truncate(n);
+        rows.vectors.truncate(n * rows.dim as usize);
+        for c in &mut rows.columns {
+            c.values.truncate(n);
+        }
+    }
+    rows
+}
+
+fn drop_front(mut rows: RowBatch, n: usize) -> RowBatch {
+    if n > 0 {
+        rows.pks.drain(..n.min(rows.pks.len()));
+        let d = rows.dim as usize;
+        rows.vectors.drain(..(n * d).min(rows.vectors.len()));
+        for c in &mut rows.columns {
+            c.values.drain(..n.min(c.values.len()));
+        }
+    }
+    rows
 }
 
 /// Merges per-node top-k lists into the global top-k per query (keys deduplicated).

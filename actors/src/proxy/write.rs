@@ -4,7 +4,9 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use quiver_runtime::{Error, Result};
-use quiver_schemas::{Alloc, AllocRange, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Wire};
+use quiver_schemas::{
+    Alloc, AllocRange, Consistency, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Query, Wire,
+};
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
 use super::Proxy;
@@ -14,7 +16,7 @@ use crate::dml::KIND_HEADER;
 const PAYLOAD_MARGIN: usize = 64 * 1024;
 
 impl Proxy {
-    async fn alloc(&self, method: &str, count: u64) -> Result<u64> {
+    pub(super) async fn alloc(&self, method: &str, count: u64) -> Result<u64> {
         let bus = &self.node.shared.bus;
         let range: AllocRange = bus.request(bus.subjects().coord(method), &Alloc { count }).await?;
         Ok(range.start)
@@ -53,10 +55,19 @@ impl Proxy {
         Ok(MutationResult { pks: req.rows.pks, timestamp })
     }
 
-    pub(super) async fn delete(&self, req: Delete) -> Result<MutationResult> {
+    pub(super) async fn delete(&self, mut req: Delete) -> Result<MutationResult> {
         let info = self.collection(&req.collection).await?;
+        if !req.filter.trim().is_empty() {
+            if !req.pks.is_empty() {
+                return Err(Error::InvalidArgument("delete takes primary keys or a filter, not both".into()));
+            }
+            req.pks = self.matching_keys(&info, &req.filter).await?;
+            if req.pks.is_empty() {
+                return Ok(MutationResult { pks: Vec::new(), timestamp: self.alloc("alloc_ts", 1).await? });
+            }
+        }
         if req.pks.is_empty() {
-            return Err(Error::InvalidArgument("delete needs at least one primary key".into()));
+            return Err(Error::InvalidArgument("delete needs at least one primary key or a filter".into()));
         }
         for pk in &req.pks {
             check_pk(&info, pk)?;
@@ -76,6 +87,48 @@ impl Proxy {
             ack.await.map_err(|e| Error::Unavailable(format!("the log did not acknowledge the delete: {e}")))?;
         }
         Ok(MutationResult { pks: req.pks, timestamp })
+    }
+
+    /// Keys of the rows a delete filter selects (the filter's own keys when it only names keys).
+    async fn matching_keys(&self, info: &quiver_schemas::CollectionInfo, filter: &str) -> Result<Vec<PrimaryKey>> {
+        let (expr, _) = super::read::parse_filter(info, filter)?;
+        if let Some(pks) = expr.as_ref().and_then(quiver_schemas::Expr::primary_keys) {
+            return Ok(pks);
+        }
+        let mut keys = Vec::new();
+        let page = u64::from(self.node.shared.config.proxy.max_top_k);
+        loop {
+            let query = Query {
+                collection: info.schema.name.clone(),
+                filter: filter.to_string(),
+                output_fields: Vec::new(),
+                limit: page,
+                offset: 0,
+                consistency: Consistency::Strong,
+            };
+            let mut found = self.query(query).await?.rows.pks;
+            // Pages are in key order; later pages start after the last key seen.
+            found.retain(|pk| keys.last().is_none_or(|last| pk > last));
+            let done = (found.len() as u64) < page;
+            keys.extend(found);
+            if done || keys.len() > 10_000_000 {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Replaces rows by primary key: a delete of the keys followed by an insert of the rows.
+    pub(super) async fn upsert(&self, req: Insert) -> Result<MutationResult> {
+        let info = self.collection(&req.collection).await?;
+        if req.rows.pks.is_empty() {
+            return Err(Error::InvalidArgument("upsert needs the primary key of every row".into()));
+        }
+        let mut rows = req.rows.clone();
+        let max_rows = self.node.shared.config.proxy.max_insert_rows;
+        check_insert(&info, &mut rows, max_rows)?;
+        let delete = Delete { collection: req.collection.clone(), pks: req.rows.pks.clone(), filter: String::new() };
+        self.delete(delete).await?;
+        self.insert(req).await
     }
 
     async fn append(

@@ -18,7 +18,7 @@ use async_nats::Message;
 use futures::future::LocalBoxFuture;
 use quiver_runtime::{bus::now_ms, Error, Result, RoleContext};
 use quiver_schemas::{
-    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeSearch, ReleaseSegments, SearchResults,
+    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, ReleaseSegments, SearchResults,
     SegmentInfo, ShardPlacement,
 };
 
@@ -89,7 +89,10 @@ impl QueryNode {
         let mut fetched = Vec::new();
         for seg in &req.segments {
             let have = self.collections.borrow().get(&info.id).and_then(|c| c.segments.get(&seg.id).cloned());
-            let current = have.is_some_and(|s| s.info.index_path == seg.index_path);
+            // A segment searched by brute force must also use the collection's current metric.
+            let current = have.is_some_and(|s| {
+                s.info.index_path == seg.index_path && s.flat.as_ref().is_none_or(|f| f.metric() == metric)
+            });
             if !current {
                 fetched.push(Arc::new(self.fetch_segment(seg, metric).await?));
             }
@@ -116,6 +119,7 @@ impl QueryNode {
             let lead = leads.get(&shard);
             match loaded.shards.get(&shard) {
                 Some(existing) => {
+                    existing.data.set_metric(metric)?;
                     if let Some(l) = lead {
                         existing.data.advance_sealed(l.sealed_seq)?;
                     }
@@ -219,6 +223,7 @@ impl QueryNode {
             growing,
             output_fields: req.search.output_fields,
             queries: req.search.vectors,
+            filter: parse_filter(&req.filter)?,
         };
         tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)?
     }
@@ -235,11 +240,38 @@ impl QueryNode {
         .map_err(Error::internal)??;
         Ok(GetResults { rows, seqs })
     }
+
+    async fn query(&self, req: NodeQuery) -> Result<GetResults> {
+        let arrived = now_ms();
+        let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived).await?;
+        let filter = parse_filter(&req.filter)?;
+        let q = search::QueryPlan {
+            filter,
+            output_fields: req.query.output_fields,
+            limit: req.query.limit.saturating_add(req.query.offset),
+            dim: info.dim() as usize,
+            vector_field: info.vector_field().map(|f| f.name.clone()).unwrap_or_default(),
+            segments,
+            growing,
+        };
+        let (rows, seqs) =
+            tokio::task::spawn_blocking(move || search::run_query(&q)).await.map_err(Error::internal)??;
+        Ok(GetResults { rows, seqs })
+    }
+}
+
+/// The filter the proxy parsed, as shipped in a node request (JSON; empty = none).
+fn parse_filter(json: &str) -> Result<Option<quiver_schemas::Expr>> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(json).map(Some).map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
 }
 
 impl RoleHandler for QueryNode {
     fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        ["search", "get", "load", "release"].iter().map(|m| (node.subject(m), None)).collect()
+        ["search", "get", "query", "load", "release"].iter().map(|m| (node.subject(m), None)).collect()
     }
 
     fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
@@ -250,6 +282,7 @@ impl RoleHandler for QueryNode {
             match method.as_str() {
                 "search" => node.serve(&msg, |r| me.search(r)).await,
                 "get" => node.serve(&msg, |r| me.get(r)).await,
+                "query" => node.serve(&msg, |r| me.query(r)).await,
                 "load" => node.serve(&msg, |r| me.load(r)).await,
                 "release" => node.serve(&msg, |r| async move { me.release(r) }).await,
                 _ => node.unknown_method(&msg).await,

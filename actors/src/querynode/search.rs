@@ -5,11 +5,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use quiver_runtime::{Error, Result};
-use quiver_schemas::{Column, Hits, MetricType, PrimaryKey, RowBatch, SearchParams, SearchResults, SegmentInfo, Seq};
+use quiver_schemas::{
+    Column, Expr, Hits, MetricType, PrimaryKey, RowBatch, SearchParams, SearchResults, SegmentInfo, Seq,
+};
 
 use super::shard::{Deletes, ShardData};
+use crate::filter::{evaluate, Bitmap};
 use crate::rows::RowStore;
-use crate::vector::{higher_is_better, FlatVectors, VectorIndex};
+use crate::vector::{higher_is_better, worst_distance, FlatVectors, VectorIndex};
+
+/// A filtered search over an indexed segment is exact (brute force over the matching rows)
+/// when at most this many rows match, or fewer than 1 in [`EXACT_FRACTION`]: graph and
+/// cluster indexes lose recall when nearly every neighbour is filtered out, and scanning a few
+/// thousand vectors is cheaper than the index walk anyway.
+const EXACT_MAX_ROWS: usize = 4096;
+const EXACT_FRACTION: usize = 20;
 
 /// A loaded sealed segment.
 pub struct Sealed {
@@ -68,6 +78,8 @@ pub struct SearchPlan {
     /// Led shards and the sealed position the caller's view has for each.
     pub growing: Vec<(Arc<ShardData>, Seq)>,
     pub output_fields: Vec<String>,
+    /// Only rows matching this are searched (a pre-filter: bitmap ID selector in faiss).
+    pub filter: Option<Expr>,
 }
 
 #[derive(Clone, Copy)]
@@ -97,6 +109,25 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             let r = label as usize;
             deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r])
         };
+        if let Some(expr) = &plan.filter {
+            let mut allowed = evaluate(expr, &seg.rows);
+            if !deletes.by_pk.is_empty() {
+                allowed.and_not(|r| hidden(r as i64));
+            }
+            let count = allowed.count_ones();
+            if count == 0 {
+                continue;
+            }
+            let (d, l) = match (&seg.index, &seg.flat) {
+                (Some(index), _) if count > EXACT_MAX_ROWS && count * EXACT_FRACTION > seg.rows.len() => index
+                    .search_selected(&plan.queries, k, &plan.params, allowed.as_bytes())
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+                (None, Some(flat)) => flat.search(&plan.queries, k, &|r| !allowed.get(r)),
+                _ => exact(&seg.rows, &allowed, &plan.queries, k, plan.metric),
+            };
+            collect(&mut per_query, &d, &l, k, Source::Segment(i));
+            continue;
+        }
         let (d, l) = if let Some(index) = &seg.index {
             let count = seg.deleted_count(&deletes);
             index
@@ -116,7 +147,12 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             continue;
         }
         let deletes = shard.deletes.read().map_err(lock_err)?;
-        let skip = |r: usize| g.rows.seqs[r] <= *after || deletes.hides(&g.rows.pks[r], g.rows.seqs[r]);
+        let matching = plan.filter.as_ref().map(|expr| evaluate(expr, &g.rows));
+        let skip = |r: usize| {
+            g.rows.seqs[r] <= *after
+                || matching.as_ref().is_some_and(|m| !m.get(r))
+                || deletes.hides(&g.rows.pks[r], g.rows.seqs[r])
+        };
         let (d, l) = g.flat.search(&plan.queries, k, &skip);
         collect(&mut per_query, &d, &l, k, Source::Growing(i));
     }
@@ -158,6 +194,55 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
         results.push(hits);
     }
     Ok(SearchResults { results })
+}
+
+/// Exact top-k over the allowed rows of `rows` (raw vectors): `nq × k` distances and row
+/// labels, padded with -1 / the worst distance like faiss.
+fn exact(rows: &RowStore, allowed: &Bitmap, queries: &[f32], k: usize, metric: MetricType) -> (Vec<f32>, Vec<i64>) {
+    let dim = rows.dim.max(1);
+    let nq = queries.len() / dim;
+    let better = higher_is_better(metric);
+    let mut out_d = vec![worst_distance(metric); nq * k];
+    let mut out_l = vec![-1i64; nq * k];
+    let norms: Vec<f32> = match metric {
+        MetricType::Cosine => allowed.ones().map(|r| crate::vector::norm(rows.vector(r))).collect(),
+        _ => Vec::new(),
+    };
+    for (q, query) in queries.chunks_exact(dim).enumerate() {
+        let qn = crate::vector::norm(query);
+        let mut scored: Vec<(f32, usize)> = allowed
+            .ones()
+            .enumerate()
+            .map(|(j, r)| {
+                let v = rows.vector(r);
+                let s = match metric {
+                    MetricType::L2 => crate::vector::l2_sq(query, v),
+                    MetricType::Ip => crate::vector::dot(query, v),
+                    MetricType::Cosine => {
+                        let denom = qn * norms[j];
+                        if denom > 0.0 {
+                            crate::vector::dot(query, v) / denom
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                (s, r)
+            })
+            .collect();
+        let take = k.min(scored.len());
+        let cmp = |a: &(f32, usize), b: &(f32, usize)| if better { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) };
+        if take > 0 && take < scored.len() {
+            scored.select_nth_unstable_by(take - 1, cmp);
+            scored.truncate(take);
+        }
+        scored.sort_by(cmp);
+        for (j, (s, r)) in scored.into_iter().enumerate() {
+            out_d[q * k + j] = s;
+            out_l[q * k + j] = r as i64;
+        }
+    }
+    (out_d, out_l)
 }
 
 fn collect(per_query: &mut [Vec<Candidate>], d: &[f32], l: &[i64], k: usize, source: Source) {
@@ -214,5 +299,82 @@ pub fn run_get(
         }
     }
     out.columns = per_field;
+    Ok((out, seqs))
+}
+
+/// One node's share of a query, ready to run.
+pub struct QueryPlan {
+    pub filter: Option<Expr>,
+    pub output_fields: Vec<String>,
+    /// Rows to return at most, in primary-key order (offset + limit; 0 = all).
+    pub limit: u64,
+    pub dim: usize,
+    /// Name of the vector field: returned (as `vectors`) only when listed in `output_fields`.
+    pub vector_field: String,
+    pub segments: Vec<(Arc<Sealed>, Arc<ShardData>)>,
+    pub growing: Vec<(Arc<ShardData>, Seq)>,
+}
+
+fn offer<'a>(best: &mut HashMap<&'a PrimaryKey, (Seq, usize, usize)>, pk: &'a PrimaryKey, at: (Seq, usize, usize)) {
+    let e = best.entry(pk).or_insert(at);
+    if at.0 > e.0 {
+        *e = at;
+    }
+}
+
+/// Rows matching the filter, latest visible version per key, in primary-key order.
+pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
+    let guards: Vec<_> =
+        plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
+    // (pk, seq, source, row); a key written twice keeps its latest visible version.
+    let mut best: HashMap<&PrimaryKey, (Seq, usize, usize)> = HashMap::new();
+    let mut stores: Vec<&RowStore> = Vec::new();
+    for (seg, shard) in &plan.segments {
+        let deletes = shard.deletes.read().map_err(lock_err)?;
+        let src = stores.len();
+        stores.push(&seg.rows);
+        let matching = plan.filter.as_ref().map(|e| evaluate(e, &seg.rows));
+        for r in 0..seg.rows.len() {
+            let (pk, seq) = (&seg.rows.pks[r], seg.rows.seqs[r]);
+            if matching.as_ref().is_none_or(|m| m.get(r)) && !deletes.hides(pk, seq) {
+                offer(&mut best, pk, (seq, src, r));
+            }
+        }
+    }
+    for ((shard, after), g) in plan.growing.iter().zip(&guards) {
+        let deletes = shard.deletes.read().map_err(lock_err)?;
+        let src = stores.len();
+        stores.push(&g.rows);
+        let matching = plan.filter.as_ref().map(|e| evaluate(e, &g.rows));
+        for r in 0..g.rows.len() {
+            let (pk, seq) = (&g.rows.pks[r], g.rows.seqs[r]);
+            if seq > *after && matching.as_ref().is_none_or(|m| m.get(r)) && !deletes.hides(pk, seq) {
+                offer(&mut best, pk, (seq, src, r));
+            }
+        }
+    }
+    let mut hits: Vec<(&PrimaryKey, (Seq, usize, usize))> = best.into_iter().collect();
+    hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if plan.limit > 0 {
+        hits.truncate(usize::try_from(plan.limit).unwrap_or(usize::MAX));
+    }
+    let with_vectors = plan.output_fields.iter().any(|f| *f == plan.vector_field);
+    let fields: Vec<String> = plan.output_fields.iter().filter(|f| **f != plan.vector_field).cloned().collect();
+    let mut out = RowBatch { dim: plan.dim as u32, ..Default::default() };
+    let mut columns: Vec<Column> = fields.iter().map(|f| Column { name: f.clone(), values: Vec::new() }).collect();
+    let mut seqs = Vec::with_capacity(hits.len());
+    for (pk, (seq, src, row)) in hits {
+        out.pks.push(pk.clone());
+        seqs.push(seq);
+        if with_vectors {
+            out.vectors.extend_from_slice(stores[src].vector(row));
+        }
+        if !fields.is_empty() {
+            for (col, add) in columns.iter_mut().zip(stores[src].output_columns(&[row], &fields)) {
+                col.values.extend(add.values);
+            }
+        }
+    }
+    out.columns = columns;
     Ok((out, seqs))
 }

@@ -143,6 +143,16 @@ impl ShardData {
         Ok(())
     }
 
+    /// Compares growing rows with `metric` from now on (the collection's index chose it).
+    pub fn set_metric(&self, metric: MetricType) -> Result<()> {
+        let mut g = self.growing.write().map_err(poisoned)?;
+        if g.flat.metric() != metric {
+            let dim = g.flat.dim();
+            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Moves the sealed position: growing rows at or below it are now served from segments.
     pub fn advance_sealed(&self, sealed_seq: Seq) -> Result<()> {
         let old = self.sealed_seq.fetch_max(sealed_seq, std::sync::atomic::Ordering::AcqRel);

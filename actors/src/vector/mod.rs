@@ -23,7 +23,13 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use flat::{dot, l2_sq};
 pub use flat::FlatVectors;
+
+/// Euclidean norm of a vector.
+pub(crate) fn norm(v: &[f32]) -> f32 {
+    dot(v, v).sqrt()
+}
 pub use index::{VectorIndex, DEFAULT_EF_SEARCH, DEFAULT_NPROBE};
 pub use plan::{
     DEFAULT_EF_CONSTRUCTION, DEFAULT_HNSW_M, DEFAULT_NBITS, DEFAULT_NLIST, DEFAULT_PQ_M, MIN_POINTS_PER_CENTROID,

@@ -30,6 +30,7 @@ pub fn ok() -> common::Status {
 
 /// An error as a Milvus status: codes follow Milvus' merr numbers (100 collection not found,
 /// 1100 invalid parameter, 101 not loaded, …) so pymilvus raises the exception users expect.
+#[allow(deprecated)] // `error_code` is deprecated in milvus-proto, yet pymilvus 2.x still reads it.
 pub fn status_of(e: &Error) -> common::Status {
     let (error_code, code, retriable) = match e {
         Error::NotFound(_) => (ErrorCode::CollectionNotExists, 100, false),
@@ -119,6 +120,7 @@ fn u32_param(params: &[KeyValuePair], key: &str, field: &str) -> Result<u32> {
 }
 
 /// A Milvus `CreateCollectionRequest.schema` (serialized `schema.CollectionSchema`) as Quiver's schema.
+#[allow(deprecated)] // the schema-level `autoID` is deprecated, yet older clients still set it.
 pub fn schema_from(name: &str, bytes: &[u8], shards: i32, level: i32) -> Result<CollectionSchema> {
     let m = ms::CollectionSchema::decode(bytes).map_err(|e| bad(format!("malformed collection schema: {e}")))?;
     if !m.name.is_empty() && m.name != name {
@@ -682,7 +684,7 @@ pub fn vector_column(info: &CollectionInfo, vectors: Vec<f32>) -> FieldData {
 pub fn output_fields(info: &CollectionInfo, requested: &[String]) -> Result<(Vec<String>, bool)> {
     let mut out: Vec<String> = Vec::new();
     let mut vector = false;
-    let mut push = |out: &mut Vec<String>, f: &str| {
+    let push = |out: &mut Vec<String>, f: &str| {
         if !out.iter().any(|o| o == f) {
             out.push(f.to_string());
         }
@@ -693,6 +695,7 @@ pub fn output_fields(info: &CollectionInfo, requested: &[String]) -> Result<(Vec
             continue;
         }
         if f == "*" {
+            vector = true;
             for field in &info.schema.fields {
                 if !field.is_primary && field.data_type != DataType::FloatVector {
                     push(&mut out, &field.name);

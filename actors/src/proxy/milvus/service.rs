@@ -1,0 +1,1018 @@
+//! One method per Milvus RPC: translate the request, call the proxy's own code path, translate
+//! the answer. Errors become a failed `common.Status` in an OK reply (as Milvus does).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use quiver_runtime::{Error, Result};
+use quiver_schemas::{
+    CollectionDescription, CollectionList, CollectionName, CreateCollection, CreateIndex, Delete, Distribution, Empty,
+    FlushResult, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
+};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, kv, ok, status_of, META};
+use super::proto::common::{self, IndexState, LoadState};
+use super::proto::milvus::milvus_service_server::MilvusService;
+use super::proto::milvus::*;
+use super::proto::schema as ms;
+use crate::proxy::Proxy;
+
+/// The only database Quiver has.
+const DEFAULT_DB: &str = "default";
+/// Version reported to clients: the Milvus API level served.
+const API_VERSION: &str = "v2.5.0";
+
+pub struct MilvusApi {
+    proxy: Arc<Proxy>,
+    identifiers: AtomicI64,
+}
+
+impl MilvusApi {
+    pub fn new(proxy: Arc<Proxy>) -> MilvusApi {
+        let seed = quiver_runtime::bus::now_ms() as i64;
+        MilvusApi { proxy, identifiers: AtomicI64::new(seed) }
+    }
+
+    async fn describe(&self, name: &str) -> Result<CollectionDescription> {
+        self.proxy.forward("describe_collection", &CollectionName { name: name.to_string() }).await
+    }
+
+    async fn layout(&self, name: &str) -> Result<Arc<Distribution>> {
+        self.proxy.refresh(name).await
+    }
+}
+
+/// Responses that carry a `common.Status`, so a failure can be answered uniformly.
+trait Failed: Default {
+    fn failed(status: common::Status) -> Self;
+}
+
+macro_rules! failed {
+    ($($t:ty),* $(,)?) => {$(
+        impl Failed for $t {
+            fn failed(status: common::Status) -> Self {
+                Self { status: Some(status), ..Default::default() }
+            }
+        }
+    )*};
+}
+
+failed!(
+    BoolResponse,
+    DescribeCollectionResponse,
+    GetCollectionStatisticsResponse,
+    ShowCollectionsResponse,
+    GetLoadingProgressResponse,
+    GetLoadStateResponse,
+    DescribeIndexResponse,
+    MutationResult,
+    SearchResults,
+    FlushResponse,
+    QueryResults,
+    GetFlushStateResponse,
+    GetReplicasResponse,
+    ComponentStates,
+    GetVersionResponse,
+    CheckHealthResponse,
+    ConnectResponse,
+    AllocTimestampResponse,
+    ListDatabasesResponse,
+    DescribeDatabaseResponse,
+);
+
+impl Failed for common::Status {
+    fn failed(status: common::Status) -> Self {
+        status
+    }
+}
+
+/// Answers `result`, a failure as a failed status; records the call's latency and outcome.
+fn answer<T: Failed>(method: &'static str, started: Instant, result: Result<T>) -> Result<Response<T>, Status> {
+    metrics::histogram!("quiver_milvus_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("quiver_milvus_requests_total", "method" => method, "outcome" => outcome).increment(1);
+    Ok(Response::new(match result {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(method, error = %e, "Milvus API call failed");
+            T::failed(status_of(&e))
+        }
+    }))
+}
+
+/// Refuses databases other than `default` (from the request field or the `dbname` header).
+fn check_db<T>(req: &Request<T>, field: &str) -> Result<()> {
+    let header = req.metadata().get("dbname").and_then(|v| v.to_str().ok()).unwrap_or("");
+    for db in [field, header] {
+        if !db.is_empty() && db != DEFAULT_DB {
+            return Err(Error::NotFound(format!("database not found[database={db}]: Quiver has only \"default\"")));
+        }
+    }
+    Ok(())
+}
+
+fn name_check(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidArgument("collection name should not be empty".into()));
+    }
+    Ok(())
+}
+
+fn mutation(pks: &[quiver_schemas::PrimaryKey], ts: u64) -> MutationResult {
+    MutationResult {
+        status: Some(ok()),
+        i_ds: Some(convert::ids_to(pks)),
+        succ_index: (0..pks.len() as u32).collect(),
+        timestamp: ts,
+        ..Default::default()
+    }
+}
+
+/// A stable numeric id for a node name (Milvus node ids are integers).
+fn node_number(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+fn round(score: f32, digits: i32) -> f32 {
+    if digits < 0 {
+        return score;
+    }
+    let f = 10f64.powi(digits.min(10));
+    ((f64::from(score) * f).round() / f) as f32
+}
+
+#[tonic::async_trait]
+impl MilvusService for MilvusApi {
+    async fn connect(&self, req: Request<ConnectRequest>) -> Result<Response<ConnectResponse>, Status> {
+        let t = Instant::now();
+        let result = check_db(&req, "").map(|()| ConnectResponse {
+            status: Some(ok()),
+            server_info: Some(common::ServerInfo {
+                build_tags: format!("quiver {}", env!("CARGO_PKG_VERSION")),
+                deploy_mode: "QUIVER".into(),
+                ..Default::default()
+            }),
+            identifier: self.identifiers.fetch_add(1, Ordering::Relaxed),
+        });
+        answer("Connect", t, result)
+    }
+
+    async fn create_collection(
+        &self,
+        req: Request<CreateCollectionRequest>,
+    ) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            name_check(&r.collection_name)?;
+            let schema = convert::schema_from(&r.collection_name, &r.schema, r.shards_num, r.consistency_level)?;
+            // Milvus serves a collection only after LoadCollection; so does Quiver behind this API.
+            self.proxy.forget(&schema.name);
+            self.proxy.forward::<_, Empty>("create_collection", &CreateCollection { schema }).await?;
+            self.proxy.release(&r.collection_name).await?;
+            Ok(ok())
+        }
+        .await;
+        answer("CreateCollection", t, result)
+    }
+
+    async fn drop_collection(&self, req: Request<DropCollectionRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let name = req.into_inner().collection_name;
+            let out = self.proxy.forward::<_, Empty>("drop_collection", &CollectionName { name: name.clone() }).await;
+            self.proxy.forget(&name);
+            match out {
+                // Dropping what does not exist succeeds, as in Milvus.
+                Ok(_) | Err(Error::NotFound(_)) => Ok(ok()),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        answer("DropCollection", t, result)
+    }
+
+    async fn has_collection(&self, req: Request<HasCollectionRequest>) -> Result<Response<BoolResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            match self.describe(&req.get_ref().collection_name).await {
+                Ok(_) => Ok(BoolResponse { status: Some(ok()), value: true }),
+                Err(Error::NotFound(_)) => Ok(BoolResponse { status: Some(ok()), value: false }),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        answer("HasCollection", t, result)
+    }
+
+    async fn describe_collection(
+        &self,
+        req: Request<DescribeCollectionRequest>,
+    ) -> Result<Response<DescribeCollectionResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let d = self.describe(&req.get_ref().collection_name).await?;
+            let info = &d.info;
+            Ok(DescribeCollectionResponse {
+                status: Some(ok()),
+                schema: Some(convert::schema_to(info)),
+                collection_id: info.id as i64,
+                virtual_channel_names: (0..info.schema.num_shards).map(|s| channel(info.id, s)).collect(),
+                physical_channel_names: (0..info.schema.num_shards).map(|s| channel(info.id, s)).collect(),
+                created_timestamp: info.created_ts,
+                created_utc_timestamp: quiver_schemas::ts_physical_ms(info.created_ts),
+                shards_num: info.schema.num_shards as i32,
+                consistency_level: convert::consistency_to(info.schema.consistency) as i32,
+                collection_name: info.schema.name.clone(),
+                db_name: DEFAULT_DB.into(),
+                num_partitions: 1,
+                update_timestamp: info.created_ts,
+                ..Default::default()
+            })
+        }
+        .await;
+        answer("DescribeCollection", t, result)
+    }
+
+    async fn show_collections(
+        &self,
+        req: Request<ShowCollectionsRequest>,
+    ) -> Result<Response<ShowCollectionsResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let list: CollectionList = self.proxy.forward("list_collections", &Empty {}).await?;
+            Ok(ShowCollectionsResponse { status: Some(ok()), collection_names: list.names, ..Default::default() })
+        }
+        .await;
+        answer("ShowCollections", t, result)
+    }
+
+    async fn get_collection_statistics(
+        &self,
+        req: Request<GetCollectionStatisticsRequest>,
+    ) -> Result<Response<GetCollectionStatisticsResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let d = self.describe(&req.get_ref().collection_name).await?;
+            Ok(GetCollectionStatisticsResponse { status: Some(ok()), stats: vec![kv("row_count", d.num_rows)] })
+        }
+        .await;
+        answer("GetCollectionStatistics", t, result)
+    }
+
+    async fn load_collection(&self, req: Request<LoadCollectionRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.proxy.load(&r.collection_name, r.replica_number.max(1) as u32).await?;
+            Ok(ok())
+        }
+        .await;
+        answer("LoadCollection", t, result)
+    }
+
+    async fn release_collection(
+        &self,
+        req: Request<ReleaseCollectionRequest>,
+    ) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            self.proxy.release(&req.get_ref().collection_name).await?;
+            Ok(ok())
+        }
+        .await;
+        answer("ReleaseCollection", t, result)
+    }
+
+    async fn get_loading_progress(
+        &self,
+        req: Request<GetLoadingProgressRequest>,
+    ) -> Result<Response<GetLoadingProgressResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let dist = self.layout(&req.get_ref().collection_name).await?;
+            let progress = load_progress(&dist);
+            Ok(GetLoadingProgressResponse { status: Some(ok()), progress, refresh_progress: progress })
+        }
+        .await;
+        answer("GetLoadingProgress", t, result)
+    }
+
+    async fn get_load_state(
+        &self,
+        req: Request<GetLoadStateRequest>,
+    ) -> Result<Response<GetLoadStateResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let dist = self.layout(&req.get_ref().collection_name).await?;
+            let state = if dist.released {
+                LoadState::NotLoad
+            } else if load_progress(&dist) < 100 {
+                LoadState::Loading
+            } else {
+                LoadState::Loaded
+            };
+            Ok(GetLoadStateResponse { status: Some(ok()), state: state as i32 })
+        }
+        .await;
+        answer("GetLoadState", t, result)
+    }
+
+    async fn create_index(&self, req: Request<CreateIndexRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let d = self.describe(&r.collection_name).await?;
+            let field = d.info.schema.fields.iter().find(|f| f.name == r.field_name);
+            match field {
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot create index on non-exist field: {} (collection {:?})",
+                        r.field_name, r.collection_name
+                    )))
+                }
+                // Scalar indexes only speed up filters in Milvus; Quiver's filters scan, so
+                // accepting them keeps pymilvus code working without changing any answer.
+                Some(f) if f.data_type != quiver_schemas::DataType::FloatVector => return Ok(ok()),
+                Some(_) => {}
+            }
+            if !r.index_name.is_empty() && r.index_name != r.field_name {
+                tracing::debug!(index = %r.index_name, "index names other than the field name are not kept");
+            }
+            let params = convert::index_from(&r.extra_params)?;
+            let out = self
+                .proxy
+                .forward::<_, Empty>("create_index", &CreateIndex { collection: r.collection_name.clone(), params })
+                .await;
+            self.proxy.forget(&r.collection_name);
+            out.map(|_| ok())
+        }
+        .await;
+        answer("CreateIndex", t, result)
+    }
+
+    async fn describe_index(
+        &self,
+        req: Request<DescribeIndexRequest>,
+    ) -> Result<Response<DescribeIndexResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let dist = self.layout(&r.collection_name).await?;
+            let info = &dist.collection;
+            let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
+            let wanted = |n: &str| n.is_empty() || n == vector;
+            let Some(index) = info.index.as_ref().filter(|_| wanted(&r.index_name) && wanted(&r.field_name)) else {
+                return Err(index_not_found(&r.collection_name));
+            };
+            let total: u64 = dist.segments.iter().map(|s| s.segment.rows).sum();
+            let indexed: u64 = dist
+                .segments
+                .iter()
+                .filter(|s| s.segment.state == quiver_schemas::SegmentState::Indexed)
+                .map(|s| s.segment.rows)
+                .sum();
+            Ok(DescribeIndexResponse {
+                status: Some(ok()),
+                index_descriptions: vec![IndexDescription {
+                    index_name: vector.clone(),
+                    index_id: info.id as i64,
+                    params: convert::index_to(index),
+                    field_name: vector,
+                    indexed_rows: indexed as i64,
+                    total_rows: total as i64,
+                    pending_index_rows: total.saturating_sub(indexed) as i64,
+                    // Rows not indexed yet are searched exactly, so the index is usable at once.
+                    state: IndexState::Finished as i32,
+                    ..Default::default()
+                }],
+            })
+        }
+        .await;
+        answer("DescribeIndex", t, result)
+    }
+
+    async fn drop_index(&self, req: Request<DropIndexRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.proxy.drop_index(&r.collection_name).await?;
+            Ok(ok())
+        }
+        .await;
+        answer("DropIndex", t, result)
+    }
+
+    async fn insert(&self, req: Request<InsertRequest>) -> Result<Response<MutationResult>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let info = self.proxy.collection(&r.collection_name).await?;
+            let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, false)?;
+            let n = rows.num_rows() as i64;
+            let out: QMutation = self.proxy.insert(Insert { collection: r.collection_name, rows }).await?;
+            Ok(MutationResult { insert_cnt: n, ..mutation(&out.pks, out.timestamp) })
+        }
+        .await;
+        answer("Insert", t, result)
+    }
+
+    async fn upsert(&self, req: Request<UpsertRequest>) -> Result<Response<MutationResult>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let info = self.proxy.collection(&r.collection_name).await?;
+            let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, true)?;
+            let n = rows.num_rows() as i64;
+            let out = self.proxy.upsert(Insert { collection: r.collection_name, rows }).await?;
+            Ok(MutationResult { upsert_cnt: n, insert_cnt: n, delete_cnt: n, ..mutation(&out.pks, out.timestamp) })
+        }
+        .await;
+        answer("Upsert", t, result)
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<MutationResult>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            if r.expr.trim().is_empty() {
+                return Err(Error::InvalidArgument("delete needs a filter expression (expr)".into()));
+            }
+            let del = Delete { collection: r.collection_name, pks: Vec::new(), filter: r.expr };
+            let out = self.proxy.delete(del).await?;
+            // pymilvus reads `delete_cnt`; the ids stay empty, as Milvus leaves them.
+            Ok(MutationResult {
+                status: Some(ok()),
+                delete_cnt: out.pks.len() as i64,
+                timestamp: out.timestamp,
+                ..Default::default()
+            })
+        }
+        .await;
+        answer("Delete", t, result)
+    }
+
+    async fn search(&self, req: Request<SearchRequest>) -> Result<Response<SearchResults>, Status> {
+        let t = Instant::now();
+        let trace = req.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.run_search(r, trace).await
+        }
+        .await;
+        answer("Search", t, result)
+    }
+
+    async fn hybrid_search(&self, req: Request<HybridSearchRequest>) -> Result<Response<SearchResults>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            self.run_hybrid(req.into_inner()).await
+        }
+        .await;
+        answer("HybridSearch", t, result)
+    }
+
+    async fn flush(&self, req: Request<FlushRequest>) -> Result<Response<FlushResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let mut out = FlushResponse { status: Some(ok()), db_name: DEFAULT_DB.into(), ..Default::default() };
+            for name in r.collection_names {
+                let flushed: FlushResult =
+                    self.proxy.forward("flush", &CollectionName { name: name.clone() }).await?;
+                let ids: Vec<i64> = flushed.segments.iter().map(|&s| s as i64).collect();
+                let ts = self.proxy.alloc("alloc_ts", 1).await?;
+                out.coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids.clone() });
+                out.flush_coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids });
+                out.coll_seal_times.insert(name.clone(), (quiver_schemas::ts_physical_ms(ts) / 1000) as i64);
+                out.coll_flush_ts.insert(name, ts);
+            }
+            Ok(out)
+        }
+        .await;
+        answer("Flush", t, result)
+    }
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResults>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            self.run_query(req.into_inner()).await
+        }
+        .await;
+        answer("Query", t, result)
+    }
+
+    async fn get_flush_state(
+        &self,
+        req: Request<GetFlushStateRequest>,
+    ) -> Result<Response<GetFlushStateResponse>, Status> {
+        let t = Instant::now();
+        // Quiver's flush returns once its segments are durable in the object store.
+        let result = check_db(&req, &req.get_ref().db_name)
+            .map(|()| GetFlushStateResponse { status: Some(ok()), flushed: true });
+        answer("GetFlushState", t, result)
+    }
+
+    async fn get_replicas(&self, req: Request<GetReplicasRequest>) -> Result<Response<GetReplicasResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let name = if r.collection_name.is_empty() {
+                let list: CollectionList = self.proxy.forward("list_collections", &Empty {}).await?;
+                let mut found = None;
+                for n in list.names {
+                    if self.describe(&n).await.is_ok_and(|d| d.info.id as i64 == r.collection_id) {
+                        found = Some(n);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| Error::NotFound(format!("collection {} not found", r.collection_id)))?
+            } else {
+                r.collection_name
+            };
+            let dist = self.layout(&name).await?;
+            Ok(GetReplicasResponse { status: Some(ok()), replicas: replicas_of(&dist) })
+        }
+        .await;
+        answer("GetReplicas", t, result)
+    }
+
+    async fn get_component_states(
+        &self,
+        _req: Request<GetComponentStatesRequest>,
+    ) -> Result<Response<ComponentStates>, Status> {
+        let t = Instant::now();
+        let state = ComponentInfo {
+            role: "proxy".into(),
+            state_code: common::StateCode::Healthy as i32,
+            node_id: node_number(&self.proxy.node.id),
+            ..Default::default()
+        };
+        answer("GetComponentStates", t, Ok(ComponentStates { state: Some(state), status: Some(ok()), ..Default::default() }))
+    }
+
+    async fn get_version(&self, _req: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
+        answer("GetVersion", Instant::now(), Ok(GetVersionResponse { status: Some(ok()), version: API_VERSION.into() }))
+    }
+
+    async fn check_health(&self, _req: Request<CheckHealthRequest>) -> Result<Response<CheckHealthResponse>, Status> {
+        let t = Instant::now();
+        let result = async {
+            let status = self.proxy.status().await?;
+            let mut reasons: Vec<String> =
+                status.nodes.iter().filter(|n| !n.healthy).map(|n| format!("{} is unhealthy", n.node_id)).collect();
+            for role in quiver_schemas::Role::ALL {
+                if !status.nodes.iter().any(|n| n.role == role && n.healthy) {
+                    reasons.push(format!("no healthy {} node", role.as_str()));
+                }
+            }
+            Ok(CheckHealthResponse { status: Some(ok()), is_healthy: reasons.is_empty(), reasons, quota_states: vec![] })
+        }
+        .await;
+        answer("CheckHealth", t, result)
+    }
+
+    async fn alloc_timestamp(
+        &self,
+        _req: Request<AllocTimestampRequest>,
+    ) -> Result<Response<AllocTimestampResponse>, Status> {
+        let t = Instant::now();
+        let result = self.proxy.alloc("alloc_ts", 1).await.map(|ts| AllocTimestampResponse { status: Some(ok()), timestamp: ts });
+        answer("AllocTimestamp", t, result)
+    }
+
+    async fn list_databases(
+        &self,
+        _req: Request<ListDatabasesRequest>,
+    ) -> Result<Response<ListDatabasesResponse>, Status> {
+        let out = ListDatabasesResponse {
+            status: Some(ok()),
+            db_names: vec![DEFAULT_DB.into()],
+            created_timestamp: vec![0],
+            db_ids: vec![1],
+        };
+        answer("ListDatabases", Instant::now(), Ok(out))
+    }
+
+    async fn describe_database(
+        &self,
+        req: Request<DescribeDatabaseRequest>,
+    ) -> Result<Response<DescribeDatabaseResponse>, Status> {
+        let t = Instant::now();
+        let result = check_db(&req, &req.get_ref().db_name).map(|()| DescribeDatabaseResponse {
+            status: Some(ok()),
+            db_name: DEFAULT_DB.into(),
+            db_id: 1,
+            ..Default::default()
+        });
+        answer("DescribeDatabase", t, result)
+    }
+}
+
+fn channel(collection: u64, shard: u32) -> String {
+    format!("quiver-dml-{collection}-{shard}")
+}
+
+fn index_not_found(collection: &str) -> Error {
+    Error::NotFound(format!("index not found[collection={collection}]"))
+}
+
+/// Percentage of the collection's shards and segments that have a serving node.
+fn load_progress(dist: &Distribution) -> i64 {
+    let total = dist.shards.len() + dist.segments.len();
+    if total == 0 {
+        return 100;
+    }
+    let served = dist.shards.iter().filter(|s| !s.leader.is_empty()).count()
+        + dist.segments.iter().filter(|s| !s.nodes.is_empty()).count();
+    (served * 100 / total) as i64
+}
+
+/// The serving layout as Milvus replicas: one replica group with each shard's leader.
+fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
+    let mut nodes: Vec<&str> = dist.shards.iter().map(|s| s.leader.as_str()).filter(|n| !n.is_empty()).collect();
+    nodes.extend(dist.segments.iter().flat_map(|s| s.nodes.iter().map(String::as_str)));
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let shard_replicas = dist
+        .shards
+        .iter()
+        .map(|s| {
+            let mut holders: Vec<&str> = vec![s.leader.as_str()];
+            holders.extend(
+                dist.segments.iter().filter(|p| p.segment.shard == s.shard).flat_map(|p| p.nodes.iter().map(String::as_str)),
+            );
+            holders.sort_unstable();
+            holders.dedup();
+            ShardReplica {
+                leader_id: node_number(&s.leader),
+                leader_addr: s.leader.clone(),
+                dm_channel_name: channel(dist.collection.id, s.shard),
+                node_ids: holders.into_iter().map(node_number).collect(),
+            }
+        })
+        .collect();
+    vec![ReplicaInfo {
+        replica_id: 1,
+        collection_id: dist.collection.id as i64,
+        shard_replicas,
+        node_ids: nodes.into_iter().map(node_number).collect(),
+        resource_group_name: "__default_resource_group".into(),
+        ..Default::default()
+    }]
+}
+
+impl MilvusApi {
+    fn consistency(&self, info: &quiver_schemas::CollectionInfo, level: i32, use_default: bool) -> quiver_schemas::Consistency {
+        if use_default {
+            info.schema.consistency
+        } else {
+            convert::consistency_of(level)
+        }
+    }
+
+    async fn run_search(&self, r: SearchRequest, trace: Option<String>) -> Result<SearchResults> {
+        let info = self.proxy.collection(&r.collection_name).await?;
+        if !r.partition_names.is_empty() && r.partition_names.iter().any(|p| p != "_default") {
+            return Err(Error::InvalidArgument("partitions are not supported by Quiver (only _default)".into()));
+        }
+        let knobs = convert::knobs_from(&r.search_params)?;
+        let metric = crate::querynode::metric_of(&info);
+        if let Some(m) = knobs.metric {
+            if m != metric {
+                return Err(Error::InvalidArgument(format!(
+                    "metric type not match: invalid parameter[expected={}][actual={}]",
+                    convert::metric_name(metric),
+                    convert::metric_name(m)
+                )));
+            }
+        }
+        let (vectors, nq) = convert::vectors_from(&r.placeholder_group, info.dim())?;
+        let (fields, with_vectors) = convert::output_fields(&info, &r.output_fields)?;
+        let k = knobs.top_k.saturating_add(knobs.offset);
+        let search = Search {
+            collection: r.collection_name.clone(),
+            dim: info.dim(),
+            vectors,
+            top_k: k,
+            params: knobs.params,
+            output_fields: fields.clone(),
+            consistency: self.consistency(&info, r.consistency_level, r.use_default_consistency),
+            filter: r.dsl,
+        };
+        let consistency = search.consistency;
+        let results = self.proxy.search(search, trace).await?;
+        let mut out = search_results(&info, results, nq, &knobs, &r.output_fields, &fields);
+        if with_vectors {
+            // Searches return scalars; the vectors of the hits come from one get by key.
+            let data = out.results.get_or_insert_with(Default::default);
+            let pks = ids_of(data.ids.as_ref());
+            let get = Get { collection: r.collection_name, pks: pks.clone(), output_fields: Vec::new(), consistency };
+            let found = if pks.is_empty() { Default::default() } else { self.proxy.get(get).await?.rows };
+            let dim = info.dim() as usize;
+            let by_pk: HashMap<&quiver_schemas::PrimaryKey, &[f32]> =
+                found.pks.iter().enumerate().map(|(i, pk)| (pk, &found.vectors[i * dim..(i + 1) * dim])).collect();
+            let mut vectors = Vec::with_capacity(pks.len() * dim);
+            for pk in &pks {
+                match by_pk.get(pk) {
+                    Some(v) => vectors.extend_from_slice(v),
+                    None => vectors.extend(std::iter::repeat_n(0.0, dim)),
+                }
+            }
+            data.fields_data.push(convert::vector_column(&info, vectors));
+            if let Some(v) = info.vector_field() {
+                data.output_fields.push(v.name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run_hybrid(&self, r: HybridSearchRequest) -> Result<SearchResults> {
+        let info = self.proxy.collection(&r.collection_name).await?;
+        let params: HashMap<String, String> = r.rank_params.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        let limit: u32 = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
+        let offset: u32 = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let strategy = params.get("strategy").map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| "rrf".into());
+        let rank: serde_json::Value =
+            params.get("params").and_then(|p| serde_json::from_str(p).ok()).unwrap_or(serde_json::Value::Null);
+        let round_decimal = params.get("round_decimal").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let (fields, _) = convert::output_fields(&info, &r.output_fields)?;
+        let mut fused: Vec<HashMap<quiver_schemas::PrimaryKey, (f32, Vec<quiver_schemas::ScalarValue>)>> = Vec::new();
+        for (i, mut sub) in r.requests.into_iter().enumerate() {
+            sub.collection_name = r.collection_name.clone();
+            sub.output_fields = r.output_fields.clone();
+            sub.consistency_level = r.consistency_level;
+            sub.use_default_consistency = r.use_default_consistency;
+            let knobs = convert::knobs_from(&sub.search_params)?;
+            let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim())?;
+            let part = self.run_search(sub, None).await?;
+            let weight = match strategy.as_str() {
+                "weighted" => rank.get("weights").and_then(|w| w.get(i)).and_then(|w| w.as_f64()).unwrap_or(1.0),
+                _ => 1.0,
+            };
+            let k_rrf = rank.get("k").and_then(|k| k.as_f64()).unwrap_or(60.0);
+            let data = part.results.unwrap_or_default();
+            let pks = ids_of(data.ids.as_ref());
+            let mut at = 0usize;
+            for q in 0..nq {
+                if fused.len() <= q {
+                    fused.push(HashMap::new());
+                }
+                let n = data.topks.get(q).copied().unwrap_or(0) as usize;
+                for rank_pos in 0..n {
+                    let j = at + rank_pos;
+                    let Some(pk) = pks.get(j) else { break };
+                    let raw = data.scores.get(j).copied().unwrap_or(0.0);
+                    let score = if strategy == "weighted" {
+                        (weight * f64::from(normalize_score(raw, crate::querynode::metric_of(&info)))) as f32
+                    } else {
+                        (1.0 / (k_rrf + rank_pos as f64 + 1.0)) as f32
+                    };
+                    let values = field_values(&data.fields_data, j);
+                    let e = fused[q].entry(pk.clone()).or_insert((0.0, values));
+                    e.0 += score;
+                }
+                at += n;
+            }
+            let _ = knobs;
+        }
+        let mut results = quiver_schemas::SearchResults::default();
+        for per_query in fused {
+            let mut all: Vec<(quiver_schemas::PrimaryKey, f32, Vec<quiver_schemas::ScalarValue>)> =
+                per_query.into_iter().map(|(pk, (s, v))| (pk, s, v)).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let mut hits = quiver_schemas::Hits {
+                columns: fields.iter().map(|f| quiver_schemas::Column { name: f.clone(), values: Vec::new() }).collect(),
+                ..Default::default()
+            };
+            for (pk, s, values) in all.into_iter().take((limit + offset) as usize) {
+                hits.pks.push(pk);
+                hits.scores.push(s);
+                for (c, v) in hits.columns.iter_mut().zip(values) {
+                    c.values.push(v);
+                }
+            }
+            results.results.push(hits);
+        }
+        let nq = results.results.len();
+        let knobs = convert::Knobs { top_k: limit, offset, round_decimal, ..Default::default() };
+        Ok(search_results(&info, results, nq, &knobs, &r.output_fields, &fields))
+    }
+
+    async fn run_query(&self, r: QueryRequest) -> Result<QueryResults> {
+        let info = self.proxy.collection(&r.collection_name).await?;
+        let params: HashMap<String, String> =
+            r.query_params.iter().map(|p| (p.key.to_ascii_lowercase(), p.value.clone())).collect();
+        let number = |key: &str| -> Result<u64> {
+            match params.get(key) {
+                None => Ok(0),
+                Some(v) => v.trim().parse::<u64>().map_err(|_| Error::InvalidArgument(format!("{key} {v:?} is not a number"))),
+            }
+        };
+        let (limit, offset) = (number("limit")?, number("offset")?);
+        let count = r.output_fields.iter().any(|f| f.trim() == COUNT_STAR);
+        let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
+        let (mut fields, wants_vector) = if count {
+            (vec![COUNT_STAR.to_string()], false)
+        } else {
+            convert::output_fields(&info, &r.output_fields)?
+        };
+        if wants_vector {
+            fields.push(vector.clone());
+        }
+        let query = Query {
+            collection: r.collection_name.clone(),
+            filter: r.expr,
+            output_fields: fields.clone(),
+            limit,
+            offset,
+            consistency: self.consistency(&info, r.consistency_level, r.use_default_consistency),
+        };
+        let rows = self.proxy.query(query).await?.rows;
+        let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
+        let mut out = QueryResults {
+            status: Some(ok()),
+            collection_name: r.collection_name,
+            primary_field_name: pk_name.clone(),
+            ..Default::default()
+        };
+        if count {
+            out.fields_data = rows.columns.iter().map(|c| count_column(c)).collect();
+            out.output_fields = vec![COUNT_STAR.into()];
+            return Ok(out);
+        }
+        out.fields_data.push(convert::pk_column(&info, &rows.pks));
+        for c in &rows.columns {
+            out.fields_data.push(convert::column_to(&info, c));
+        }
+        if wants_vector {
+            out.fields_data.push(convert::vector_column(&info, rows.vectors));
+        }
+        out.output_fields = response_fields(&info, &r.output_fields, &fields, &pk_name);
+        Ok(out)
+    }
+}
+
+fn count_column(c: &quiver_schemas::Column) -> ms::FieldData {
+    let n = match c.values.first() {
+        Some(quiver_schemas::ScalarValue::Int64(n)) => *n,
+        _ => 0,
+    };
+    ms::FieldData {
+        r#type: ms::DataType::Int64 as i32,
+        field_name: COUNT_STAR.into(),
+        field: Some(ms::field_data::Field::Scalars(ms::ScalarField {
+            data: Some(ms::scalar_field::Data::LongData(ms::LongArray { data: vec![n] })),
+        })),
+        ..Default::default()
+    }
+}
+
+/// The `output_fields` a Milvus reply lists: the schema fields returned plus the dynamic keys
+/// the client asked for (pymilvus picks those out of `$meta`).
+fn response_fields(
+    info: &quiver_schemas::CollectionInfo,
+    requested: &[String],
+    returned: &[String],
+    pk: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = vec![pk.to_string()];
+    for f in returned {
+        if f != META && !out.contains(f) {
+            out.push(f.clone());
+        }
+    }
+    for f in requested {
+        let f = f.trim();
+        let dynamic = f != "*" && !f.is_empty() && info.schema.fields.iter().all(|x| x.name != f);
+        if dynamic && !out.iter().any(|o| o == f) {
+            out.push(f.to_string());
+        }
+    }
+    if requested.iter().any(|f| f.trim() == "*" || f.trim() == META) && returned.iter().any(|f| f == META) {
+        out.push(META.into());
+    }
+    out
+}
+
+fn ids_of(ids: Option<&ms::IDs>) -> Vec<quiver_schemas::PrimaryKey> {
+    match ids.and_then(|i| i.id_field.as_ref()) {
+        Some(ms::i_ds::IdField::IntId(a)) => a.data.iter().map(|&i| quiver_schemas::PrimaryKey::Int64(i)).collect(),
+        Some(ms::i_ds::IdField::StrId(a)) => {
+            a.data.iter().map(|s| quiver_schemas::PrimaryKey::VarChar(s.clone())).collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Row `j` of Milvus result columns back as Quiver values (for hybrid-search fusion).
+fn field_values(fields: &[ms::FieldData], j: usize) -> Vec<quiver_schemas::ScalarValue> {
+    use ms::scalar_field::Data;
+    use quiver_schemas::ScalarValue as V;
+    fields
+        .iter()
+        .map(|f| match &f.field {
+            Some(ms::field_data::Field::Scalars(s)) => match &s.data {
+                Some(Data::BoolData(a)) => a.data.get(j).map_or(V::Null, |v| V::Bool(*v)),
+                Some(Data::LongData(a)) => a.data.get(j).map_or(V::Null, |v| V::Int64(*v)),
+                Some(Data::FloatData(a)) => a.data.get(j).map_or(V::Null, |v| V::Float(*v)),
+                Some(Data::DoubleData(a)) => a.data.get(j).map_or(V::Null, |v| V::Double(*v)),
+                Some(Data::StringData(a)) => a.data.get(j).map_or(V::Null, |v| V::VarChar(v.clone())),
+                Some(Data::JsonData(a)) => {
+                    a.data.get(j).map_or(V::Null, |v| V::Json(String::from_utf8_lossy(v).into_owned()))
+                }
+                _ => V::Null,
+            },
+            _ => V::Null,
+        })
+        .collect()
+}
+
+/// Milvus' weighted ranker normalises each metric's score into [0, 1] before weighting.
+fn normalize_score(score: f32, metric: quiver_schemas::MetricType) -> f32 {
+    match metric {
+        quiver_schemas::MetricType::L2 => 1.0 - 2.0 * score.max(0.0).sqrt().atan() / std::f32::consts::PI,
+        quiver_schemas::MetricType::Ip => 0.5 + score.atan() / std::f32::consts::PI,
+        quiver_schemas::MetricType::Cosine => (score + 1.0) / 2.0,
+    }
+}
+
+/// Quiver hits as Milvus `SearchResultData`: all queries' hits concatenated, `topks` per query.
+fn search_results(
+    info: &quiver_schemas::CollectionInfo,
+    results: quiver_schemas::SearchResults,
+    nq: usize,
+    knobs: &convert::Knobs,
+    requested: &[String],
+    fields: &[String],
+) -> SearchResults {
+    let offset = knobs.offset as usize;
+    let mut pks = Vec::new();
+    let mut scores = Vec::new();
+    let mut topks = Vec::with_capacity(nq);
+    let mut columns: Vec<quiver_schemas::Column> =
+        fields.iter().map(|f| quiver_schemas::Column { name: f.clone(), values: Vec::new() }).collect();
+    for q in 0..nq {
+        let Some(h) = results.results.get(q) else {
+            topks.push(0);
+            continue;
+        };
+        let start = offset.min(h.pks.len());
+        let end = (start + knobs.top_k as usize).min(h.pks.len());
+        topks.push((end - start) as i64);
+        pks.extend_from_slice(&h.pks[start..end]);
+        scores.extend(h.scores[start..end].iter().map(|&s| round(s, knobs.round_decimal)));
+        for (out, col) in columns.iter_mut().zip(&h.columns) {
+            out.values.extend_from_slice(&col.values[start.min(col.values.len())..end.min(col.values.len())]);
+        }
+    }
+    let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
+    let data = ms::SearchResultData {
+        num_queries: nq as i64,
+        top_k: i64::from(knobs.top_k),
+        fields_data: columns.iter().map(|c| convert::column_to(info, c)).collect(),
+        scores: scores.clone(),
+        ids: Some(convert::ids_to(&pks)),
+        topks,
+        output_fields: response_fields(info, requested, fields, &pk_name)
+            .into_iter()
+            .filter(|f| *f != pk_name || requested.iter().any(|r| r == &pk_name))
+            .collect(),
+        distances: scores,
+        primary_field_name: pk_name,
+        ..Default::default()
+    };
+    SearchResults { status: Some(ok()), results: Some(data), collection_name: info.schema.name.clone(), session_ts: 0 }
+}
+
