@@ -144,6 +144,8 @@ struct IndexParams {
   m @3 :UInt32;                 # IVF_PQ: sub-quantizers; HNSW: graph degree M.
   nbits @4 :UInt32;             # IVF_PQ: bits per code.
   efConstruction @5 :UInt32;    # HNSW: efConstruction.
+  auto @6 :Bool;                # Asked for as AUTOINDEX (reported so; built as the type above).
+  name @7 :Text;                # Index name given by a Milvus client (empty = the field's name).
 }
 
 struct CollectionInfo {

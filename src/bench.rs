@@ -271,7 +271,16 @@ fn exact_truth(
     metric: MetricType,
 ) -> anyhow::Result<Vec<Vec<i64>>> {
     set_faiss_threads(available_cores());
-    let flat = IndexParams { index_type: IndexType::Flat, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0 };
+    let flat = IndexParams {
+        index_type: IndexType::Flat,
+        metric,
+        nlist: 0,
+        m: 0,
+        nbits: 0,
+        ef_construction: 0,
+        auto: false,
+        name: String::new(),
+    };
     let index = VectorIndex::build(&flat, dim, base).map_err(|e| anyhow!("flat index: {e}"))?;
     let mut truth = Vec::with_capacity(queries.len() / dim);
     for chunk in queries.chunks(dim * 256) {

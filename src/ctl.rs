@@ -129,6 +129,8 @@ pub fn parse_index(a: &IndexArgs) -> anyhow::Result<IndexParams> {
         m: a.m,
         nbits: a.nbits,
         ef_construction: a.ef_construction,
+        auto: a.index_type.eq_ignore_ascii_case("AUTOINDEX"),
+        name: String::new(),
     })
 }
 

@@ -508,6 +508,8 @@ fn put_index_params(v: &IndexParams, mut b: cp::index_params::Builder<'_>) {
     b.set_m(v.m);
     b.set_nbits(v.nbits);
     b.set_ef_construction(v.ef_construction);
+    b.set_auto(v.auto);
+    b.set_name(v.name.as_str());
 }
 
 fn get_index_params(r: cp::index_params::Reader<'_>) -> Result<IndexParams, Fault> {
@@ -518,6 +520,8 @@ fn get_index_params(r: cp::index_params::Reader<'_>) -> Result<IndexParams, Faul
         m: r.get_m(),
         nbits: r.get_nbits(),
         ef_construction: r.get_ef_construction(),
+        auto: r.get_auto(),
+        name: read_string(r.get_name()).at("name")?,
     })
 }
 
@@ -1436,7 +1440,16 @@ mod tests {
     }
 
     fn index_params(index_type: IndexType, metric: MetricType) -> IndexParams {
-        IndexParams { index_type, metric, nlist: 128, m: 16, nbits: 8, ef_construction: 200 }
+        IndexParams {
+            index_type,
+            metric,
+            nlist: 128,
+            m: 16,
+            nbits: 8,
+            ef_construction: 200,
+            auto: false,
+            name: "idx".into(),
+        }
     }
 
     fn info(index: Option<IndexParams>) -> CollectionInfo {

@@ -94,6 +94,12 @@ pub struct IndexParams {
     pub nbits: u32,
     /// HNSW: efConstruction.
     pub ef_construction: u32,
+    /// Asked for as AUTOINDEX: reported so to Milvus clients, built as `index_type`.
+    #[serde(default)]
+    pub auto: bool,
+    /// Index name given by a Milvus client (empty = the vector field's name).
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -248,6 +248,8 @@ mod tests {
             m,
             nbits: 0,
             ef_construction: 0,
+            auto: false,
+            name: String::new(),
         };
         assert!(validate_index(&hnsw(1), 8).unwrap_err().to_string().contains("M = 1"));
         assert!(validate_index(&hnsw(4096), 8).unwrap_err().to_string().contains("M = 4096"));

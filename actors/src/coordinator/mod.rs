@@ -171,7 +171,8 @@ impl Coordinator {
     async fn load_collection(&self, req: LoadCollection) -> Result<Empty> {
         let replicas = req.replicas.max(1);
         if replicas > 1 {
-            let queries = self.node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == Role::QueryNode).count();
+            let queries =
+                self.node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == Role::QueryNode).count();
             return Err(Error::InvalidArgument(format!(
                 "replica_number {replicas} is not supported yet: this Quiver version serves one in-memory replica per \
                  collection ({queries} query nodes available)"

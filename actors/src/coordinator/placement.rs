@@ -255,9 +255,8 @@ impl Coordinator {
         }
         // Leaders and segments without a serving node go where the balancer says, in one call
         // so that it accounts for what it already placed.
-        let orphan_leaders: Vec<usize> = (0..next.shards.len())
-            .filter(|&i| !next.released && !serving(&next.shards[i].leader))
-            .collect();
+        let orphan_leaders: Vec<usize> =
+            (0..next.shards.len()).filter(|&i| !next.released && !serving(&next.shards[i].leader)).collect();
         let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
         let orphan_segments: Vec<&SegmentInfo> = segments
             .values()

@@ -26,7 +26,8 @@ use quiver_policy::router::RouteRequest;
 use quiver_runtime::{bus, Result, RoleContext};
 use quiver_schemas::{
     ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, PluginActivate, PluginReport, PluginRollback, PluginUpload,
+    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, PluginActivate, PluginReport, PluginRollback,
+    PluginUpload,
 };
 
 pub use read::merge;
@@ -189,8 +190,11 @@ impl Proxy {
                 .await
             }
             "load_collection" => {
-                node.serve(msg, |r: LoadCollection| async move { self.load(&r.name, r.replicas).await.map(|()| Empty {}) })
-                    .await
+                node.serve(
+                    msg,
+                    |r: LoadCollection| async move { self.load(&r.name, r.replicas).await.map(|()| Empty {}) },
+                )
+                .await
             }
             "release_collection" => {
                 node.serve(msg, |r: CollectionName| async move { self.release(&r.name).await.map(|()| Empty {}) }).await

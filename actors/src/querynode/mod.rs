@@ -18,8 +18,8 @@ use async_nats::Message;
 use futures::future::LocalBoxFuture;
 use quiver_runtime::{bus::now_ms, Error, Result, RoleContext};
 use quiver_schemas::{
-    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, ReleaseSegments, SearchResults,
-    SegmentInfo, ShardPlacement,
+    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, ReleaseSegments,
+    SearchResults, SegmentInfo, ShardPlacement,
 };
 
 pub use search::Sealed;
@@ -266,7 +266,9 @@ fn parse_filter(json: &str) -> Result<Option<quiver_schemas::Expr>> {
     if json.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(json).map(Some).map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
 }
 
 impl RoleHandler for QueryNode {

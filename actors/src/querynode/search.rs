@@ -324,8 +324,7 @@ fn offer<'a>(best: &mut HashMap<&'a PrimaryKey, (Seq, usize, usize)>, pk: &'a Pr
 
 /// Rows matching the filter, latest visible version per key, in primary-key order.
 pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
-    let guards: Vec<_> =
-        plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
+    let guards: Vec<_> = plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
     // (pk, seq, source, row); a key written twice keeps its latest visible version.
     let mut best: HashMap<&PrimaryKey, (Seq, usize, usize)> = HashMap::new();
     let mut stores: Vec<&RowStore> = Vec::new();

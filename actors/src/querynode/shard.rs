@@ -148,7 +148,8 @@ impl ShardData {
         let mut g = self.growing.write().map_err(poisoned)?;
         if g.flat.metric() != metric {
             let dim = g.flat.dim();
-            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+            g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone())
+                .map_err(|e| Error::Internal(e.to_string()))?;
         }
         Ok(())
     }

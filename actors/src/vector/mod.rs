@@ -23,8 +23,8 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use flat::{dot, l2_sq};
 pub use flat::FlatVectors;
+pub(crate) use flat::{dot, l2_sq};
 
 /// Euclidean norm of a vector.
 pub(crate) fn norm(v: &[f32]) -> f32 {

@@ -25,7 +25,7 @@ fn random_vectors(seed: u64, rows: usize, dim: usize) -> Vec<f32> {
 }
 
 fn params(index_type: IndexType, metric: MetricType) -> IndexParams {
-    IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0 }
+    IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0, auto: false, name: String::new() }
 }
 
 /// Search knobs that should make each type (near) exact, except HNSW at ef 64.

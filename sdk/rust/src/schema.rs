@@ -36,7 +36,7 @@ pub fn simple(name: &str, dim: u32) -> CollectionSchema {
 
 /// Index parameters with defaults for everything but type and metric.
 pub fn index(index_type: IndexType, metric: MetricType) -> IndexParams {
-    IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0 }
+    IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0, auto: false, name: String::new() }
 }
 
 /// Rows with Int64 keys `ids` and the given vectors (row-major).

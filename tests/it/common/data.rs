@@ -138,7 +138,7 @@ pub fn search(collection: &str, queries: Vec<f32>, k: u32, params: SearchParams,
 
 /// Index parameters.
 pub fn index(index_type: IndexType, metric: MetricType, nlist: u32, m: u32, ef_construction: u32) -> IndexParams {
-    IndexParams { index_type, metric, nlist, m, nbits: 0, ef_construction }
+    IndexParams { index_type, metric, nlist, m, nbits: 0, ef_construction, auto: false, name: String::new() }
 }
 
 /// Inserts base rows `[start, end)` with keys = row numbers, `batch` rows per call.

@@ -11,9 +11,7 @@ use quiver_schemas::{
 };
 
 use super::proto::common::{self, ConsistencyLevel, ErrorCode, KeyValuePair};
-use super::proto::schema::{
-    self as ms, field_data, scalar_field, vector_field, FieldData, ScalarField, VectorField,
-};
+use super::proto::schema::{self as ms, field_data, scalar_field, vector_field, FieldData, ScalarField, VectorField};
 
 /// Milvus' own field ids start here; 0–99 are system fields (row id, timestamp).
 const FIRST_FIELD_ID: i64 = 100;
@@ -33,6 +31,7 @@ pub fn ok() -> common::Status {
 #[allow(deprecated)] // `error_code` is deprecated in milvus-proto, yet pymilvus 2.x still reads it.
 pub fn status_of(e: &Error) -> common::Status {
     let (error_code, code, retriable) = match e {
+        Error::NotFound(m) if m.starts_with("index not found") => (ErrorCode::IndexNotExist, 700, false),
         Error::NotFound(_) => (ErrorCode::CollectionNotExists, 100, false),
         Error::InvalidArgument(m) if m.contains("not loaded") => (ErrorCode::UnexpectedError, 101, false),
         Error::InvalidArgument(_) | Error::Decode(_) => (ErrorCode::IllegalArgument, 1100, false),
@@ -135,10 +134,7 @@ pub fn schema_from(name: &str, bytes: &[u8], shards: i32, level: i32) -> Result<
             continue;
         }
         if f.is_partition_key || f.is_clustering_key {
-            return Err(bad(format!(
-                "field {:?}: partition and clustering keys are not supported by Quiver",
-                f.name
-            )));
+            return Err(bad(format!("field {:?}: partition and clustering keys are not supported by Quiver", f.name)));
         }
         let data_type = data_type_from(f.data_type, &f.name)?;
         let dim = u32_param(&f.type_params, "dim", &f.name)?;
@@ -291,6 +287,8 @@ pub fn index_from(pairs: &[KeyValuePair]) -> Result<IndexParams> {
         m: num(&p, "m")?.unwrap_or(if auto { 16 } else { 0 }),
         nbits: num(&p, "nbits")?.unwrap_or(0),
         ef_construction: num(&p, "efconstruction")?.unwrap_or(if auto { 200 } else { 0 }),
+        auto,
+        name: String::new(),
     })
 }
 
@@ -312,11 +310,15 @@ pub fn index_to(i: &IndexParams) -> Vec<KeyValuePair> {
         }
         IndexType::Flat => {}
     }
-    vec![
-        kv("index_type", index_name(i.index_type)),
+    // Flattened, as pymilvus 2.4+ sends them (and shows them), plus the `params` JSON older
+    // clients read.
+    let mut out = vec![
+        kv("index_type", if i.auto { "AUTOINDEX" } else { index_name(i.index_type) }),
         kv("metric_type", metric_name(i.metric)),
-        kv("params", serde_json::Value::Object(params)),
-    ]
+    ];
+    out.extend(params.iter().map(|(k, v)| kv(k, v)));
+    out.push(kv("params", serde_json::Value::Object(params)));
+    out
 }
 
 // ---- search parameters ----
@@ -414,9 +416,8 @@ fn field_of<'a>(info: &'a CollectionInfo, name: &str) -> Option<&'a FieldSchema>
 
 fn scalar_values(field: &str, data: &ScalarField, want: DataType) -> Result<Vec<ScalarValue>> {
     use scalar_field::Data;
-    let wrong = |got: &str| {
-        bad(format!("the data type of field {field:?} doesn't match: expected {want:?}, got {got}"))
-    };
+    let wrong =
+        |got: &str| bad(format!("the data type of field {field:?} doesn't match: expected {want:?}, got {got}"));
     let Some(d) = &data.data else { return Err(bad(format!("field {field:?} has no data"))) };
     Ok(match (want, d) {
         (DataType::Bool, Data::BoolData(a)) => a.data.iter().map(|&v| ScalarValue::Bool(v)).collect(),
@@ -479,10 +480,7 @@ pub fn rows_from(info: &CollectionInfo, fields: &[FieldData], num_rows: u32, ups
             continue;
         }
         let Some(schema) = field_of(info, &fd.field_name) else {
-            return Err(bad(format!(
-                "field {:?} does not exist in collection {:?}",
-                fd.field_name, info.schema.name
-            )));
+            return Err(bad(format!("field {:?} does not exist in collection {:?}", fd.field_name, info.schema.name)));
         };
         match (&fd.field, schema.data_type) {
             (Some(field_data::Field::Vectors(v)), DataType::FloatVector) => {
@@ -536,10 +534,7 @@ fn float_vectors(field: &str, v: &VectorField, dim: u32) -> Result<Vec<f32>> {
         return Err(bad(format!("field {field:?} is FLOAT_VECTOR; got another vector type")));
     };
     if v.dim != i64::from(dim) {
-        return Err(bad(format!(
-            "the dim ({}) of field data({field}) is not equal to schema dim ({dim})",
-            v.dim
-        )));
+        return Err(bad(format!("the dim ({}) of field data({field}) is not equal to schema dim ({dim})", v.dim)));
     }
     Ok(a.data.clone())
 }
@@ -629,7 +624,10 @@ pub fn column_to(info: &CollectionInfo, col: &Column) -> FieldData {
                 .collect(),
         }),
         DataType::VarChar => Data::StringData(ms::StringArray {
-            data: vals.iter().map(|v| if let ScalarValue::VarChar(s) = v { s.clone() } else { String::new() }).collect(),
+            data: vals
+                .iter()
+                .map(|v| if let ScalarValue::VarChar(s) = v { s.clone() } else { String::new() })
+                .collect(),
         }),
         DataType::Json | DataType::FloatVector => {
             Data::JsonData(ms::JsonArray { data: vals.iter().map(json).collect() })

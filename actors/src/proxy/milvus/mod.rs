@@ -95,7 +95,8 @@ fn authenticate(credentials: &HashSet<String>, req: &tonic::Request<()>) -> Resu
     if credentials.is_empty() {
         return Ok(());
     }
-    let denied = || tonic::Status::unauthenticated("auth check failure, please check username and password are correct");
+    let denied =
+        || tonic::Status::unauthenticated("auth check failure, please check username and password are correct");
     let header = req.metadata().get("authorization").ok_or_else(denied)?;
     let text = header.to_str().map_err(|_| denied())?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| denied())?;

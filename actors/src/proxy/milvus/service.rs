@@ -278,6 +278,15 @@ impl MilvusService for MilvusApi {
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
+            // Milvus serves only indexed collections; so does Quiver behind this API.
+            let info = self.proxy.collection(&r.collection_name).await?;
+            if info.index.is_none() {
+                let field = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
+                return Err(Error::InvalidArgument(format!(
+                    "there is no vector index on field: [{field}], please create index firstly: collection={}",
+                    r.collection_name
+                )));
+            }
             self.proxy.load(&r.collection_name, r.replica_number.max(1) as u32).await?;
             Ok(ok())
         }
@@ -354,10 +363,10 @@ impl MilvusService for MilvusApi {
                 Some(f) if f.data_type != quiver_schemas::DataType::FloatVector => return Ok(ok()),
                 Some(_) => {}
             }
-            if !r.index_name.is_empty() && r.index_name != r.field_name {
-                tracing::debug!(index = %r.index_name, "index names other than the field name are not kept");
+            let mut params = convert::index_from(&r.extra_params)?;
+            if r.index_name != r.field_name {
+                params.name = r.index_name.clone();
             }
-            let params = convert::index_from(&r.extra_params)?;
             let out = self
                 .proxy
                 .forward::<_, Empty>("create_index", &CreateIndex { collection: r.collection_name.clone(), params })
@@ -380,8 +389,12 @@ impl MilvusService for MilvusApi {
             let dist = self.layout(&r.collection_name).await?;
             let info = &dist.collection;
             let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
-            let wanted = |n: &str| n.is_empty() || n == vector;
-            let Some(index) = info.index.as_ref().filter(|_| wanted(&r.index_name) && wanted(&r.field_name)) else {
+            let index_name =
+                |i: &quiver_schemas::IndexParams| if i.name.is_empty() { vector.clone() } else { i.name.clone() };
+            let Some(index) = info.index.as_ref().filter(|i| {
+                (r.index_name.is_empty() || r.index_name == index_name(i))
+                    && (r.field_name.is_empty() || r.field_name == vector)
+            }) else {
                 return Err(index_not_found(&r.collection_name));
             };
             let total: u64 = dist.segments.iter().map(|s| s.segment.rows).sum();
@@ -394,7 +407,7 @@ impl MilvusService for MilvusApi {
             Ok(DescribeIndexResponse {
                 status: Some(ok()),
                 index_descriptions: vec![IndexDescription {
-                    index_name: vector.clone(),
+                    index_name: index_name(index),
                     index_id: info.id as i64,
                     params: convert::index_to(index),
                     field_name: vector,
@@ -504,8 +517,7 @@ impl MilvusService for MilvusApi {
             let r = req.into_inner();
             let mut out = FlushResponse { status: Some(ok()), db_name: DEFAULT_DB.into(), ..Default::default() };
             for name in r.collection_names {
-                let flushed: FlushResult =
-                    self.proxy.forward("flush", &CollectionName { name: name.clone() }).await?;
+                let flushed: FlushResult = self.proxy.forward("flush", &CollectionName { name: name.clone() }).await?;
                 let ids: Vec<i64> = flushed.segments.iter().map(|&s| s as i64).collect();
                 let ts = self.proxy.alloc("alloc_ts", 1).await?;
                 out.coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids.clone() });
@@ -576,7 +588,11 @@ impl MilvusService for MilvusApi {
             node_id: node_number(&self.proxy.node.id),
             ..Default::default()
         };
-        answer("GetComponentStates", t, Ok(ComponentStates { state: Some(state), status: Some(ok()), ..Default::default() }))
+        answer(
+            "GetComponentStates",
+            t,
+            Ok(ComponentStates { state: Some(state), status: Some(ok()), ..Default::default() }),
+        )
     }
 
     async fn get_version(&self, _req: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
@@ -594,7 +610,12 @@ impl MilvusService for MilvusApi {
                     reasons.push(format!("no healthy {} node", role.as_str()));
                 }
             }
-            Ok(CheckHealthResponse { status: Some(ok()), is_healthy: reasons.is_empty(), reasons, quota_states: vec![] })
+            Ok(CheckHealthResponse {
+                status: Some(ok()),
+                is_healthy: reasons.is_empty(),
+                reasons,
+                quota_states: vec![],
+            })
         }
         .await;
         answer("CheckHealth", t, result)
@@ -605,7 +626,11 @@ impl MilvusService for MilvusApi {
         _req: Request<AllocTimestampRequest>,
     ) -> Result<Response<AllocTimestampResponse>, Status> {
         let t = Instant::now();
-        let result = self.proxy.alloc("alloc_ts", 1).await.map(|ts| AllocTimestampResponse { status: Some(ok()), timestamp: ts });
+        let result = self
+            .proxy
+            .alloc("alloc_ts", 1)
+            .await
+            .map(|ts| AllocTimestampResponse { status: Some(ok()), timestamp: ts });
         answer("AllocTimestamp", t, result)
     }
 
@@ -671,7 +696,10 @@ fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
         .map(|s| {
             let mut holders: Vec<&str> = vec![s.leader.as_str()];
             holders.extend(
-                dist.segments.iter().filter(|p| p.segment.shard == s.shard).flat_map(|p| p.nodes.iter().map(String::as_str)),
+                dist.segments
+                    .iter()
+                    .filter(|p| p.segment.shard == s.shard)
+                    .flat_map(|p| p.nodes.iter().map(String::as_str)),
             );
             holders.sort_unstable();
             holders.dedup();
@@ -694,7 +722,12 @@ fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
 }
 
 impl MilvusApi {
-    fn consistency(&self, info: &quiver_schemas::CollectionInfo, level: i32, use_default: bool) -> quiver_schemas::Consistency {
+    fn consistency(
+        &self,
+        info: &quiver_schemas::CollectionInfo,
+        level: i32,
+        use_default: bool,
+    ) -> quiver_schemas::Consistency {
         if use_default {
             info.schema.consistency
         } else {
@@ -717,6 +750,13 @@ impl MilvusApi {
                     convert::metric_name(m)
                 )));
             }
+        }
+        let max = self.proxy.node.shared.config.proxy.max_top_k;
+        if knobs.top_k == 0 || knobs.top_k.saturating_add(knobs.offset) > max {
+            return Err(Error::InvalidArgument(format!(
+                "topk [{}] is invalid, it should be in range [1, {max}] (with offset {})",
+                knobs.top_k, knobs.offset
+            )));
         }
         let (vectors, nq) = convert::vectors_from(&r.placeholder_group, info.dim())?;
         let (fields, with_vectors) = convert::output_fields(&info, &r.output_fields)?;
@@ -813,7 +853,10 @@ impl MilvusApi {
                 per_query.into_iter().map(|(pk, (s, v))| (pk, s, v)).collect();
             all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             let mut hits = quiver_schemas::Hits {
-                columns: fields.iter().map(|f| quiver_schemas::Column { name: f.clone(), values: Vec::new() }).collect(),
+                columns: fields
+                    .iter()
+                    .map(|f| quiver_schemas::Column { name: f.clone(), values: Vec::new() })
+                    .collect(),
                 ..Default::default()
             };
             for (pk, s, values) in all.into_iter().take((limit + offset) as usize) {
@@ -837,7 +880,9 @@ impl MilvusApi {
         let number = |key: &str| -> Result<u64> {
             match params.get(key) {
                 None => Ok(0),
-                Some(v) => v.trim().parse::<u64>().map_err(|_| Error::InvalidArgument(format!("{key} {v:?} is not a number"))),
+                Some(v) => {
+                    v.trim().parse::<u64>().map_err(|_| Error::InvalidArgument(format!("{key} {v:?} is not a number")))
+                }
             }
         };
         let (limit, offset) = (number("limit")?, number("offset")?);
@@ -1015,4 +1060,3 @@ fn search_results(
     };
     SearchResults { status: Some(ok()), results: Some(data), collection_name: info.schema.name.clone(), session_ts: 0 }
 }
-
