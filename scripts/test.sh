@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command to test Quiver: installs what is missing, checks formatting and lints, and runs
 # every unit and integration test (the integration tests start real nats-server and quiver
-# processes on free ports).
+# processes on free ports), then the Python suites against the freshly built binary: pymilvus
+# (pinned and newest) through the Milvus gRPC API, and the Python NATS SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -9,3 +10,8 @@ scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace -- --test-threads=2
+cargo build --release -p quiver
+# pymilvus: the version we pin and test with, and the newest release (see tests/pymilvus/README.md).
+tests/pymilvus/run.sh 2.5.14
+tests/pymilvus/run.sh 3.0.2
+sdk/python/run-tests.sh -q

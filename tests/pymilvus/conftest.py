@@ -55,7 +55,9 @@ def _set_pdeathsig():
 
 
 class _Server:
-    def __init__(self):
+    def __init__(self, extra_env=None, client_args=None):
+        self.extra_env = dict(extra_env or {})
+        self.client_args = dict(client_args or {})
         self.dir = tempfile.mkdtemp(prefix="quiver-pymilvus-")
         self.log_path = os.path.join(self.dir, "standalone.log")
         self.grpc_port = _free_port()
@@ -74,6 +76,7 @@ class _Server:
                 "RUST_LOG": os.environ.get("QUIVER_PYMILVUS_LOG", "info"),
             }
         )
+        env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [_quiver_bin(), "standalone"],
@@ -94,7 +97,7 @@ class _Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"quiver standalone exited ({self.proc.returncode}) before serving gRPC\n{self.log_tail()}")
             try:
-                c = MilvusClient(uri=uri, timeout=5)
+                c = MilvusClient(uri=uri, timeout=5, **self.client_args)
                 c.list_collections()
                 c.close()
                 return

@@ -185,6 +185,19 @@ class AsyncClient:
         body = {"collection": collection, "params": wire.index_to_wire(params)}
         await self._call_empty("create_index", "CreateIndex", body)
 
+    async def drop_index(self, collection: str) -> None:
+        """Drops the vector index of a released collection (segments are then searched exactly)."""
+        await self._call_empty("drop_index", "CollectionName", {"name": collection})
+
+    async def load_collection(self, collection: str, replicas: int = 1) -> None:
+        """Serves a released collection again (this version serves one replica)."""
+        await self._call_empty("load_collection", "LoadCollection", {"name": collection, "replicas": replicas})
+
+    async def release_collection(self, collection: str) -> None:
+        """Stops serving a collection from query nodes; reads are refused until it is loaded
+        again, inserts are still accepted."""
+        await self._call_empty("release_collection", "CollectionName", {"name": collection})
+
     # ---- writes ---------------------------------------------------------------------------
 
     async def insert(self, collection: str, rows: RowBatch) -> MutationResult:

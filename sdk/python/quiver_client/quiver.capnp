@@ -133,6 +133,7 @@ struct CollectionSchema {
   fields @2 :List(FieldSchema);
   enableDynamicField @3 :Bool;
   numShards @4 :UInt32;         # 0 = configured default.
+  consistency @5 :Consistency = bounded;  # Default read consistency (Milvus clients that name none get this).
 }
 
 # How the vectors of sealed segments are indexed.
@@ -143,6 +144,8 @@ struct IndexParams {
   m @3 :UInt32;                 # IVF_PQ: sub-quantizers; HNSW: graph degree M.
   nbits @4 :UInt32;             # IVF_PQ: bits per code.
   efConstruction @5 :UInt32;    # HNSW: efConstruction.
+  auto @6 :Bool;                # Asked for as AUTOINDEX (reported so; built as the type above).
+  name @7 :Text;                # Index name given by a Milvus client (empty = the field's name).
 }
 
 struct CollectionInfo {
@@ -191,6 +194,13 @@ struct Distribution {
   shards @1 :List(ShardPlacement);
   segments @2 :List(SegmentPlacement);
   version @3 :UInt64;           # Bumped on every change.
+  released @4 :Bool;            # Released (not served) until loaded again.
+}
+
+# Serve a collection from query nodes (again), with this many in-memory replicas.
+struct LoadCollection {
+  name @0 :Text;
+  replicas @1 :UInt32;          # 0 = 1.
 }
 
 # What a node publishes in the registry with every heartbeat.

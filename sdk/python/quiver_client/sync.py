@@ -144,6 +144,15 @@ class Client:
     def create_index(self, collection: str, params: IndexParams) -> None:
         self._loop.run(self._inner.create_index(collection, params))
 
+    def drop_index(self, collection: str) -> None:
+        self._loop.run(self._inner.drop_index(collection))
+
+    def load_collection(self, collection: str, replicas: int = 1) -> None:
+        self._loop.run(self._inner.load_collection(collection, replicas))
+
+    def release_collection(self, collection: str) -> None:
+        self._loop.run(self._inner.release_collection(collection))
+
     def insert(self, collection: str, rows: RowBatch) -> MutationResult:
         return self._loop.run(self._inner.insert(collection, rows))
 

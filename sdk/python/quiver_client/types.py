@@ -166,6 +166,8 @@ class CollectionSchema:
     enable_dynamic_field: bool = False
     #: Number of shards (DML channels); 0 means the configured default.
     num_shards: int = 0
+    #: Default read consistency (for Milvus clients that name none per request).
+    consistency: Consistency = Consistency.BOUNDED
 
     def field(self, name: str) -> Optional[FieldSchema]:
         """The field called ``name``, if any."""
@@ -186,6 +188,10 @@ class IndexParams:
     nbits: int = 0
     #: HNSW: efConstruction.
     ef_construction: int = 0
+    #: Asked for as AUTOINDEX (Milvus clients see that name; built as ``index_type``).
+    auto: bool = False
+    #: Index name given by a Milvus client (empty = the vector field's name).
+    name: str = ""
 
 
 @dataclass
@@ -320,6 +326,8 @@ class Distribution:
     segments: List[SegmentPlacement]
     #: Bumped on every change.
     version: int
+    #: Released: not served until loaded again (reads are refused).
+    released: bool = False
 
 
 @dataclass

@@ -189,6 +189,7 @@ def schema_to_wire(s: CollectionSchema) -> Dict_:
         "fields": [field_to_wire(f) for f in s.fields],
         "enableDynamicField": s.enable_dynamic_field,
         "numShards": s.num_shards,
+        "consistency": Consistency(s.consistency).value,
     }
 
 
@@ -199,6 +200,7 @@ def schema_from_wire(d: Dict_) -> CollectionSchema:
         fields=[field_from_wire(f) for f in d.get("fields", [])],
         enable_dynamic_field=bool(d.get("enableDynamicField", False)),
         num_shards=int(d.get("numShards", 0)),
+        consistency=Consistency(d.get("consistency", "bounded")),
     )
 
 
@@ -210,6 +212,8 @@ def index_to_wire(p: IndexParams) -> Dict_:
         "m": p.m,
         "nbits": p.nbits,
         "efConstruction": p.ef_construction,
+        "auto": p.auto,
+        "name": p.name,
     }
 
 
@@ -221,6 +225,8 @@ def index_from_wire(d: Dict_) -> IndexParams:
         m=int(d.get("m", 0)),
         nbits=int(d.get("nbits", 0)),
         ef_construction=int(d.get("efConstruction", 0)),
+        auto=bool(d.get("auto", False)),
+        name=d.get("name", ""),
     )
 
 
@@ -274,6 +280,7 @@ def distribution_from_wire(d: Dict_) -> Distribution:
             for s in d.get("segments", [])
         ],
         version=int(d.get("version", 0)),
+        released=bool(d.get("released", False)),
     )
 
 

@@ -155,11 +155,6 @@ async def test_filters_query_and_delete_where(client: quiver.AsyncClient) -> Non
     await client.drop_collection(name)
 
 
-@pytest.mark.xfail(
-    reason="server bug: with an L2 index, growing rows are scored by cosine similarity while indexed "
-    "segments give L2 distances, and the proxy merges both ascending",
-    strict=False,
-)
 async def test_search_over_indexed_and_growing_rows_uses_the_index_metric(client: quiver.AsyncClient) -> None:
     name = "mixed"
     base = random_vectors(400, 8, seed=7) * 3
@@ -174,5 +169,26 @@ async def test_search_over_indexed_and_growing_rows_uses_the_index_metric(client
         res = await client.search(schema.search(name, queries, 5, consistency=STRONG))
         truth = exact_top_k(base, queries, 5)
         assert [h.pks for h in res] == truth.tolist(), [(h.pks, h.scores) for h in res]
+    finally:
+        await client.drop_collection(name)
+
+
+async def test_release_and_load(client: quiver.AsyncClient) -> None:
+    name = "py_release_load"
+    await client.create_collection(schema.simple(name, 8))
+    try:
+        rows = schema.rows(range(10), np.eye(10, 8, dtype=np.float32))
+        await client.insert(name, rows)
+        await client.release_collection(name)
+        assert (await client.distribution(name)).released
+        with pytest.raises(quiver.InvalidArgument) as e:
+            await client.search(schema.search(name, np.ones((1, 8), dtype=np.float32), 3))
+        assert "not loaded" in e.value.message
+        await client.insert(name, schema.rows(range(10, 12), np.ones((2, 8), dtype=np.float32)))
+        await client.load_collection(name)
+        hits = await client.search(
+            schema.search(name, np.ones((1, 8), dtype=np.float32), 3, consistency=quiver.Consistency.STRONG)
+        )
+        assert len(hits.results[0].pks) == 3
     finally:
         await client.drop_collection(name)

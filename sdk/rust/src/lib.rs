@@ -141,6 +141,23 @@ impl Client {
         self.call::<_, Empty>("create_index", &CreateIndex { collection: collection.into(), params }).await.map(|_| ())
     }
 
+    /// Drops the vector index of a released collection (segments are then searched exactly).
+    pub async fn drop_index(&self, collection: &str) -> Result<()> {
+        self.call::<_, Empty>("drop_index", &CollectionName { name: collection.into() }).await.map(|_| ())
+    }
+
+    /// Serves a released collection again (`replicas` in-memory replicas; this version serves 1).
+    pub async fn load_collection(&self, collection: &str, replicas: u32) -> Result<()> {
+        let req = LoadCollection { name: collection.into(), replicas };
+        self.call::<_, Empty>("load_collection", &req).await.map(|_| ())
+    }
+
+    /// Stops serving a collection from query nodes; reads are refused until it is loaded again,
+    /// inserts are still accepted.
+    pub async fn release_collection(&self, collection: &str) -> Result<()> {
+        self.call::<_, Empty>("release_collection", &CollectionName { name: collection.into() }).await.map(|_| ())
+    }
+
     /// Inserts rows; acknowledged once they are durable in the log. Batches larger than the
     /// server's message limit are sent as several requests (each atomic on its own).
     pub async fn insert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
