@@ -34,6 +34,7 @@ fn schema(pk_type: DataType) -> CollectionSchema {
         ],
         enable_dynamic_field: true,
         num_shards: 1,
+        consistency: Default::default(),
     }
 }
 

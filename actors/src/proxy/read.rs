@@ -220,7 +220,7 @@ impl Proxy {
         }
         let (expr, filter) = parse_filter(&info, &req.filter)?;
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
-        let wants_vector = req.output_fields.iter().any(|f| *f == vector);
+        let wants_vector = req.output_fields.contains(&vector);
         let scalar: Vec<String> = req.output_fields.iter().filter(|f| **f != vector).cloned().collect();
         req.output_fields = if count { Vec::new() } else { check_output_fields(&info, &scalar)? };
         if wants_vector {

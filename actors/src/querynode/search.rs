@@ -357,7 +357,7 @@ pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
     if plan.limit > 0 {
         hits.truncate(usize::try_from(plan.limit).unwrap_or(usize::MAX));
     }
-    let with_vectors = plan.output_fields.iter().any(|f| *f == plan.vector_field);
+    let with_vectors = plan.output_fields.contains(&plan.vector_field);
     let fields: Vec<String> = plan.output_fields.iter().filter(|f| **f != plan.vector_field).cloned().collect();
     let mut out = RowBatch { dim: plan.dim as u32, ..Default::default() };
     let mut columns: Vec<Column> = fields.iter().map(|f| Column { name: f.clone(), values: Vec::new() }).collect();

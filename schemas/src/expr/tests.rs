@@ -29,6 +29,7 @@ pub(crate) fn schema(dynamic: bool) -> CollectionSchema {
         ],
         enable_dynamic_field: dynamic,
         num_shards: 1,
+        consistency: Default::default(),
     }
 }
 

@@ -519,7 +519,7 @@ pub fn rows_from(info: &CollectionInfo, fields: &[FieldData], num_rows: u32, ups
     }
     for f in &info.schema.fields {
         let given = fields.iter().any(|fd| fd.field_name == f.name);
-        if !given && !(f.is_primary && f.auto_id) {
+        if !(given || f.is_primary && f.auto_id) {
             return Err(bad(format!("insert missed field {:?}: every row needs it", f.name)));
         }
     }

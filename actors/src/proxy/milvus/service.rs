@@ -913,7 +913,7 @@ impl MilvusApi {
             ..Default::default()
         };
         if count {
-            out.fields_data = rows.columns.iter().map(|c| count_column(c)).collect();
+            out.fields_data = rows.columns.iter().map(count_column).collect();
             out.output_fields = vec![COUNT_STAR.into()];
             return Ok(out);
         }
