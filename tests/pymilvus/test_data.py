@@ -157,3 +157,26 @@ def test_empty_filter_query_without_limit_is_an_error(client, filled):
     with pytest.raises(MilvusException) as e:
         client.query(name, filter="", output_fields=["id"], **STRONG)
     assert "limit" in str(e.value).lower()
+
+
+def test_hybrid_search_rrf_and_weighted(client, filled):
+    from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+    name, data = filled
+    q = vectors(2, DIM, seed=31).tolist()
+    plain = client.search(name, data=q, limit=10, **STRONG)
+    reqs = [
+        AnnSearchRequest(data=q, anns_field="vector", param={}, limit=10),
+        AnnSearchRequest(data=q, anns_field="vector", param={}, limit=10, expr="age < 25"),
+    ]
+    for ranker in (RRFRanker(60), WeightedRanker(0.5, 0.5)):
+        out = client.hybrid_search(name, reqs, ranker=ranker, limit=5, output_fields=["age"], **STRONG)
+        assert len(out) == 2 and all(len(h) == 5 for h in out), out
+        for qi, hits in enumerate(out):
+            # the best plain hit that also passes the filter is in both lists: it must rank first
+            both = [h["id"] for h in plain[qi] if data[h["id"]]["age"] < 25]
+            if both:
+                assert hits[0]["id"] == both[0], (ranker, hits, both)
+            scores = [h["distance"] for h in hits]
+            assert scores == sorted(scores, reverse=True)
+            assert all("age" in h["entity"] for h in hits)

@@ -98,6 +98,22 @@ fn lock_err<T>(_: T) -> Error {
     Error::Internal("shard state lock poisoned".into())
 }
 
+/// The growing rows of a led shard, for a request whose view of the layout has sealed rows up to
+/// `after`. Checked under the lock: if a newer layout sealed (and dropped from growing) rows past
+/// `after` since the request was checked, the request's segment list lacks them, so it must be
+/// retried with a fresh layout rather than silently miss them.
+fn read_growing(shard: &ShardData, after: Seq) -> Result<std::sync::RwLockReadGuard<'_, super::shard::Growing>> {
+    let guard = shard.growing.read().map_err(lock_err)?;
+    let sealed = shard.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+    if sealed > after {
+        return Err(Error::Stale(format!(
+            "shard {} sealed up to {sealed} while the request's view ends at {after}; refresh",
+            shard.shard
+        )));
+    }
+    Ok(guard)
+}
+
 /// Runs a search plan: top-k per query across every source, best first.
 pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
     let nq = plan.queries.len() / plan.dim.max(1);
@@ -140,8 +156,7 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
         };
         collect(&mut per_query, &d, &l, k, Source::Segment(i));
     }
-    let growing: Vec<_> =
-        plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
+    let growing: Vec<_> = plan.growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
     for (i, ((shard, after), g)) in plan.growing.iter().zip(&growing).enumerate() {
         if g.rows.is_empty() {
             continue;
@@ -268,7 +283,7 @@ pub fn run_get(
     let mut seqs = Vec::new();
     let mut out = RowBatch { dim: dim as u32, ..Default::default() };
     let mut per_field: Vec<Column> = fields.iter().map(|f| Column { name: f.clone(), values: Vec::new() }).collect();
-    let guards: Vec<_> = growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
+    let guards: Vec<_> = growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
     for pk in pks {
         let mut best: Option<(Seq, &RowStore, usize)> = None;
         for (seg, shard) in segments {
@@ -324,7 +339,7 @@ fn offer<'a>(best: &mut HashMap<&'a PrimaryKey, (Seq, usize, usize)>, pk: &'a Pr
 
 /// Rows matching the filter, latest visible version per key, in primary-key order.
 pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
-    let guards: Vec<_> = plan.growing.iter().map(|(s, _)| s.growing.read().map_err(lock_err)).collect::<Result<_>>()?;
+    let guards: Vec<_> = plan.growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
     // (pk, seq, source, row); a key written twice keeps its latest visible version.
     let mut best: HashMap<&PrimaryKey, (Seq, usize, usize)> = HashMap::new();
     let mut stores: Vec<&RowStore> = Vec::new();

@@ -397,10 +397,11 @@ async fn catalog_distributes_versions_and_rolls_back() {
     assert_eq!(node.slots[0].version, VersionRef::Number(2));
     assert!(nodes.iter().any(|n| n.node_id == "proxy-native"));
 
-    // Rollback walks the history back to the configured built-in, then refuses.
+    // Rollback walks the history back to the configured built-in, then refuses. (The generation
+    // is read before the rollback: the watcher may apply it before this task runs again.)
+    let generation = slot.status().generation;
     let back = catalog.rollback(Kind::Router, "test").await.unwrap();
     assert_eq!(back.version, VersionRef::Number(2));
-    let generation = slot.status().generation;
     wait_until(Duration::from_secs(5), || slot.status().generation > generation)
         .await
         .expect("not met within 5s: slot.status().generation > generation");

@@ -719,3 +719,193 @@ pub fn output_fields(info: &CollectionInfo, requested: &[String]) -> Result<(Vec
     }
     Ok((out, vector))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_schemas::Consistency;
+
+    fn field(name: &str, t: ms::DataType, params: &[(&str, &str)]) -> ms::FieldSchema {
+        ms::FieldSchema {
+            name: name.into(),
+            data_type: t as i32,
+            type_params: params.iter().map(|(k, v)| kv(k, v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn schema_bytes(fields: Vec<ms::FieldSchema>, dynamic: bool) -> Vec<u8> {
+        ms::CollectionSchema { name: "c".into(), fields, enable_dynamic_field: dynamic, ..Default::default() }
+            .encode_to_vec()
+    }
+
+    fn info() -> CollectionInfo {
+        let mut id = field("id", ms::DataType::Int64, &[]);
+        id.is_primary_key = true;
+        let fields = vec![
+            id,
+            field("vector", ms::DataType::FloatVector, &[("dim", "2")]),
+            field("title", ms::DataType::VarChar, &[("max_length", "16")]),
+            field("$meta", ms::DataType::Json, &[]),
+        ];
+        let schema = schema_from("c", &schema_bytes(fields, true), 0, ConsistencyLevel::Strong as i32).unwrap();
+        CollectionInfo { id: 7, schema, index: None, created_ts: 1 }
+    }
+
+    fn longs(name: &str, v: Vec<i64>) -> FieldData {
+        FieldData {
+            field_name: name.into(),
+            field: scalar_field(scalar_field::Data::LongData(ms::LongArray { data: v })),
+            ..Default::default()
+        }
+    }
+
+    fn strings(name: &str, v: &[&str]) -> FieldData {
+        FieldData {
+            field_name: name.into(),
+            field: scalar_field(scalar_field::Data::StringData(ms::StringArray {
+                data: v.iter().map(|s| s.to_string()).collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn vectors(dim: i64, v: Vec<f32>) -> FieldData {
+        FieldData {
+            field_name: "vector".into(),
+            field: Some(field_data::Field::Vectors(VectorField {
+                dim,
+                data: Some(vector_field::Data::FloatVector(ms::FloatArray { data: v })),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn err<T: std::fmt::Debug>(r: Result<T>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn schemas_convert_both_ways_without_meta() {
+        let info = info();
+        assert_eq!(info.schema.fields.len(), 3, "$meta is not a field: {:?}", info.schema.fields);
+        assert!(info.schema.enable_dynamic_field);
+        assert_eq!(info.schema.consistency, Consistency::Strong);
+        assert_eq!(info.dim(), 2);
+        let back = schema_to(&info);
+        assert!(back.fields.iter().all(|f| f.field_id >= 100 && f.name != META));
+        let title = back.fields.iter().find(|f| f.name == "title").unwrap();
+        assert_eq!(find(&title.type_params, "max_length"), Some("16"));
+        let bad = schema_bytes(vec![field("n", ms::DataType::Int32, &[])], false);
+        let e = err(schema_from("c", &bad, 0, 0));
+        assert!(e.contains("\"n\"") && e.contains("INT32"), "{e}");
+        assert!(err(schema_from("c", b"\xff\xff", 0, 0)).contains("malformed collection schema"));
+    }
+
+    #[test]
+    fn index_params_flattened_or_as_json() {
+        let flat = [kv("index_type", "HNSW"), kv("metric_type", "IP"), kv("M", "8"), kv("efConstruction", "64")];
+        let p = index_from(&flat).unwrap();
+        assert_eq!(
+            (p.index_type, p.metric, p.m, p.ef_construction, p.auto),
+            (IndexType::Hnsw, MetricType::Ip, 8, 64, false)
+        );
+        let json =
+            [kv("index_type", "IVF_PQ"), kv("metric_type", "L2"), kv("params", r#"{"nlist": 8, "m": 4, "nbits": 8}"#)];
+        let p = index_from(&json).unwrap();
+        assert_eq!((p.nlist, p.m, p.nbits), (8, 4, 8));
+        let auto = index_from(&[kv("index_type", "AUTOINDEX")]).unwrap();
+        assert!(auto.auto && auto.index_type == IndexType::Hnsw && auto.metric == MetricType::Cosine);
+        let shown = index_to(&auto);
+        assert_eq!(find(&shown, "index_type"), Some("AUTOINDEX"));
+        assert_eq!(find(&shown, "M"), Some("16"));
+        assert!(err(index_from(&[kv("index_type", "DISKANN")])).contains("DISKANN"));
+        assert!(err(index_from(&[kv("metric_type", "HAMMING")])).contains("HAMMING"));
+        assert!(err(index_from(&[kv("params", "{nope")])).contains("not a JSON object"));
+        assert!(err(index_from(&[kv("nlist", "-3")])).contains("nlist"));
+    }
+
+    #[test]
+    fn search_knobs_and_placeholders() {
+        let k = knobs_from(&[kv("topk", "10"), kv("offset", "2"), kv("params", r#"{"ef": 64, "metric_type": "L2"}"#)])
+            .unwrap();
+        assert_eq!((k.top_k, k.offset, k.params.ef, k.metric), (10, 2, 64, Some(MetricType::L2)));
+        assert!(err(knobs_from(&[])).contains("topk"));
+        assert!(err(knobs_from(&[kv("topk", "3"), kv("params", r#"{"radius": 1}"#)])).contains("range search"));
+        let group = PlaceholderGroup {
+            placeholders: vec![PlaceholderValue {
+                tag: "$0".into(),
+                r#type: FLOAT_VECTOR_PLACEHOLDER,
+                values: vec![[1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect()],
+            }],
+        };
+        let (v, nq) = vectors_from(&group.encode_to_vec(), 2).unwrap();
+        assert_eq!((v, nq), (vec![1.0, 2.0], 1));
+        let e = err(vectors_from(&group.encode_to_vec(), 3));
+        assert!(e.contains("dimension") && e.contains('3'), "{e}");
+        assert!(err(vectors_from(b"\x0a\x05", 2)).contains("placeholder"));
+    }
+
+    #[test]
+    fn insert_rows_are_checked_against_the_schema() {
+        let info = info();
+        let meta = FieldData {
+            field_name: META.into(),
+            is_dynamic: true,
+            field: scalar_field(scalar_field::Data::JsonData(ms::JsonArray { data: vec![br#"{"k":1}"#.to_vec()] })),
+            ..Default::default()
+        };
+        let ok = rows_from(
+            &info,
+            &[longs("id", vec![5]), vectors(2, vec![0.5, 0.5]), strings("title", &["a"]), meta],
+            1,
+            false,
+        )
+        .unwrap();
+        assert_eq!(ok.pks, vec![PrimaryKey::Int64(5)]);
+        assert_eq!(ok.dynamic, vec![r#"{"k":1}"#.to_string()]);
+        let e = err(rows_from(&info, &[longs("id", vec![5]), vectors(2, vec![0.5, 0.5])], 1, false));
+        assert!(e.contains("title"), "{e}");
+        let e = err(rows_from(
+            &info,
+            &[longs("id", vec![5]), vectors(3, vec![0.5; 3]), strings("title", &["a"])],
+            1,
+            false,
+        ));
+        assert!(e.contains("dim (3)") && e.contains("schema dim (2)"), "{e}");
+        let e =
+            err(rows_from(&info, &[longs("id", vec![5]), vectors(2, vec![0.5; 2]), longs("title", vec![1])], 1, false));
+        assert!(e.contains("title") && e.contains("INT64"), "{e}");
+        let e = err(rows_from(
+            &info,
+            &[longs("id", vec![5, 6]), vectors(2, vec![0.5; 2]), strings("title", &["a"])],
+            1,
+            false,
+        ));
+        assert!(e.contains("2 values"), "{e}");
+        let e = err(rows_from(&info, &[longs("nope", vec![1])], 1, false));
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn output_fields_expand_and_route_dynamic_keys_through_meta() {
+        let info = info();
+        let (fields, vector) = output_fields(&info, &["*".into()]).unwrap();
+        assert_eq!(fields, vec!["title".to_string(), META.to_string()]);
+        assert!(vector);
+        let (fields, vector) = output_fields(&info, &["color".into(), "title".into(), "id".into()]).unwrap();
+        assert_eq!(fields, vec![META.to_string(), "title".to_string()]);
+        assert!(!vector);
+    }
+
+    #[test]
+    fn errors_map_to_milvus_codes() {
+        assert_eq!(status_of(&Error::NotFound("collection x not found".into())).code, 100);
+        assert_eq!(status_of(&Error::NotFound("index not found[collection=x]".into())).code, 700);
+        assert_eq!(status_of(&Error::InvalidArgument("collection \"x\" is not loaded".into())).code, 101);
+        assert_eq!(status_of(&Error::InvalidArgument("bad".into())).code, 1100);
+        let s = status_of(&Error::Unavailable("later".into()));
+        assert!(s.retriable && s.code != 0);
+        assert_eq!(ok().code, 0);
+    }
+}

@@ -814,7 +814,6 @@ impl MilvusApi {
             sub.output_fields = r.output_fields.clone();
             sub.consistency_level = r.consistency_level;
             sub.use_default_consistency = r.use_default_consistency;
-            let knobs = convert::knobs_from(&sub.search_params)?;
             let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim())?;
             let part = self.run_search(sub, None).await?;
             let weight = match strategy.as_str() {
@@ -845,7 +844,6 @@ impl MilvusApi {
                 }
                 at += n;
             }
-            let _ = knobs;
         }
         let mut results = quiver_schemas::SearchResults::default();
         for per_query in fused {
@@ -1007,7 +1005,7 @@ fn field_values(fields: &[ms::FieldData], j: usize) -> Vec<quiver_schemas::Scala
 /// Milvus' weighted ranker normalises each metric's score into [0, 1] before weighting.
 fn normalize_score(score: f32, metric: quiver_schemas::MetricType) -> f32 {
     match metric {
-        quiver_schemas::MetricType::L2 => 1.0 - 2.0 * score.max(0.0).sqrt().atan() / std::f32::consts::PI,
+        quiver_schemas::MetricType::L2 => 1.0 - 2.0 * score.max(0.0).atan() / std::f32::consts::PI,
         quiver_schemas::MetricType::Ip => 0.5 + score.atan() / std::f32::consts::PI,
         quiver_schemas::MetricType::Cosine => (score + 1.0) / 2.0,
     }
