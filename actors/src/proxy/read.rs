@@ -222,7 +222,7 @@ impl Proxy {
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
         let wants_vector = req.output_fields.contains(&vector);
         let scalar: Vec<String> = req.output_fields.iter().filter(|f| **f != vector).cloned().collect();
-        req.output_fields = if count { Vec::new() } else { check_output_fields(&info, &scalar)? };
+        req.output_fields = if count { vec![COUNT_STAR.to_string()] } else { check_output_fields(&info, &scalar)? };
         if wants_vector {
             req.output_fields.push(vector.clone());
         }
@@ -273,12 +273,18 @@ impl Proxy {
                 }
             })
             .await?;
-        let mut merged = merge_query(parts, info.dim());
         if count {
-            let n = merged.rows.pks.len() as i64;
+            // Each node counted its rows (a key is served by one node, except a key inserted
+            // twice without upsert, which Milvus does not deduplicate across nodes either).
+            let n: i64 = parts
+                .iter()
+                .filter_map(|p| p.rows.columns.first().and_then(|c| c.values.first()))
+                .map(|v| if let ScalarValue::Int64(n) = v { *n } else { 0 })
+                .sum();
             let column = quiver_schemas::Column { name: COUNT_STAR.into(), values: vec![ScalarValue::Int64(n)] };
             return Ok(QueryResults { rows: RowBatch { columns: vec![column], ..Default::default() } });
         }
+        let mut merged = merge_query(parts, info.dim());
         if req.limit == 0 && merged.rows.pks.len() as u64 > max {
             return Err(Error::InvalidArgument(format!(
                 "the filter matches more than {max} rows; page through them with limit and offset"

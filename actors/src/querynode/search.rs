@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
-    Column, Expr, Hits, MetricType, PrimaryKey, RowBatch, SearchParams, SearchResults, SegmentInfo, Seq,
+    Column, Expr, Hits, MetricType, PrimaryKey, RowBatch, ScalarValue, SearchParams, SearchResults, SegmentInfo, Seq,
+    COUNT_STAR,
 };
 
 use super::shard::{Deletes, ShardData};
@@ -366,6 +367,12 @@ pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
                 offer(&mut best, pk, (seq, src, r));
             }
         }
+    }
+    if plan.output_fields.len() == 1 && plan.output_fields[0] == COUNT_STAR {
+        // Counted here: only the number travels back (the proxy adds the nodes' counts).
+        let count = ScalarValue::Int64(i64::try_from(best.len()).unwrap_or(i64::MAX));
+        let columns = vec![Column { name: COUNT_STAR.into(), values: vec![count] }];
+        return Ok((RowBatch { columns, ..Default::default() }, Vec::new()));
     }
     let mut hits: Vec<(&PrimaryKey, (Seq, usize, usize))> = best.into_iter().collect();
     hits.sort_unstable_by(|a, b| a.0.cmp(b.0));
