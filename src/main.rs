@@ -3,6 +3,7 @@
 //! `load` and `search` are the command-line client; `bench` measures Quiver against raw faiss.
 
 mod bench;
+mod bench_filter;
 mod ctl;
 mod dataset;
 mod plugin_cli;
@@ -47,6 +48,8 @@ enum Command {
     Search(ctl::SearchArgs),
     /// Benchmark Quiver standalone against raw faiss on a dataset.
     Bench(bench::BenchArgs),
+    /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
+    BenchFilter(bench_filter::BenchFilterArgs),
     /// Work on policy plugins locally: run one against recorded inputs, print sample inputs.
     Plugin(plugin_cli::PluginArgs),
 }
@@ -91,6 +94,7 @@ fn main() {
         Command::Load(args) => ctl::load(args),
         Command::Search(args) => ctl::search(args),
         Command::Bench(args) => bench::bench(args),
+        Command::BenchFilter(args) => bench_filter::bench_filter(args).map(|()| 0),
         Command::Plugin(args) => plugin_cli::run(args),
     };
     match result {

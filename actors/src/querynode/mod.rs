@@ -22,7 +22,8 @@ use quiver_schemas::{
     SearchResults, SegmentInfo, ShardPlacement,
 };
 
-pub use search::Sealed;
+pub use search::{search_filtered, Sealed};
+pub use shard::Deletes;
 use shard::{Shard, ShardData};
 
 use crate::node::{start_role, Node, RoleHandler};

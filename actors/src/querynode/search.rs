@@ -21,6 +21,9 @@ use crate::vector::{higher_is_better, worst_distance, FlatVectors, VectorIndex};
 /// thousand vectors is cheaper than the index walk anyway.
 const EXACT_MAX_ROWS: usize = 4096;
 const EXACT_FRACTION: usize = 20;
+/// Filters whose row bitmaps a segment keeps (most recent first): applications repeat their
+/// filters (a tenant, a category), and evaluating one costs a pass over the segment's rows.
+const CACHED_FILTERS: usize = 8;
 
 /// A loaded sealed segment.
 pub struct Sealed {
@@ -32,6 +35,8 @@ pub struct Sealed {
     pub flat: Option<FlatVectors>,
     /// (delete-log version, rows of this segment hidden by deletes).
     deleted: Mutex<(u64, usize)>,
+    /// Recently used filters (their JSON) and the rows they match, before deletes.
+    filters: Mutex<Vec<(String, Arc<Bitmap>)>>,
 }
 
 impl Sealed {
@@ -44,13 +49,41 @@ impl Sealed {
             ),
         };
         let pk_index = rows.pk_index();
-        Ok(Sealed { info, rows, pk_index, index, flat, deleted: Mutex::new((u64::MAX, 0)) })
+        Ok(Sealed {
+            info,
+            rows,
+            pk_index,
+            index,
+            flat,
+            deleted: Mutex::new((u64::MAX, 0)),
+            filters: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Rows matching `expr` (deletes not applied), from the cache when it was used lately.
+    fn matching(&self, expr: &Expr) -> Arc<Bitmap> {
+        let key = serde_json::to_string(expr).unwrap_or_default();
+        if let Ok(mut cache) = self.filters.lock() {
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i);
+                let bitmap = hit.1.clone();
+                cache.insert(0, hit);
+                return bitmap;
+            }
+        }
+        let bitmap = Arc::new(evaluate(expr, &self.rows));
+        if let Ok(mut cache) = self.filters.lock() {
+            cache.insert(0, (key, bitmap.clone()));
+            cache.truncate(CACHED_FILTERS);
+        }
+        bitmap
     }
 
     pub fn mem_bytes(&self) -> u64 {
         self.rows.mem_bytes()
             + self.index.as_ref().map_or(0, |i| i.mem_bytes())
             + self.flat.as_ref().map_or(0, |f| f.mem_bytes())
+            + self.filters.lock().map_or(0, |c| c.iter().map(|(k, b)| (k.len() + b.as_bytes().len()) as u64).sum())
     }
 
     fn deleted_count(&self, deletes: &Deletes) -> usize {
@@ -127,21 +160,7 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r])
         };
         if let Some(expr) = &plan.filter {
-            let mut allowed = evaluate(expr, &seg.rows);
-            if !deletes.by_pk.is_empty() {
-                allowed.and_not(|r| hidden(r as i64));
-            }
-            let count = allowed.count_ones();
-            if count == 0 {
-                continue;
-            }
-            let (d, l) = match (&seg.index, &seg.flat) {
-                (Some(index), _) if count > EXACT_MAX_ROWS && count * EXACT_FRACTION > seg.rows.len() => index
-                    .search_selected(&plan.queries, k, &plan.params, allowed.as_bytes())
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-                (None, Some(flat)) => flat.search(&plan.queries, k, &|r| !allowed.get(r)),
-                _ => exact(&seg.rows, &allowed, &plan.queries, k, plan.metric),
-            };
+            let (d, l) = search_filtered(seg, expr, &deletes, &plan.queries, k, &plan.params, plan.metric)?;
             collect(&mut per_query, &d, &l, k, Source::Segment(i));
             continue;
         }
@@ -210,6 +229,36 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
         results.push(hits);
     }
     Ok(SearchResults { results })
+}
+
+/// Top-k of one sealed segment among the rows matching `expr` and not deleted: the filter is
+/// evaluated into a bitmap that faiss uses as its ID selector (a pre-filter), or, when few rows
+/// match, those rows are scanned exactly. `nq × k` distances and row labels (-1 = none).
+pub fn search_filtered(
+    seg: &Sealed,
+    expr: &Expr,
+    deletes: &Deletes,
+    queries: &[f32],
+    k: usize,
+    params: &SearchParams,
+    metric: MetricType,
+) -> Result<(Vec<f32>, Vec<i64>)> {
+    let mut allowed = Bitmap::clone(&seg.matching(expr));
+    if !deletes.by_pk.is_empty() {
+        allowed.and_not(|r| deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r]));
+    }
+    let count = allowed.count_ones();
+    if count == 0 {
+        let nq = queries.len() / seg.rows.dim.max(1);
+        return Ok((vec![worst_distance(metric); nq * k], vec![-1; nq * k]));
+    }
+    Ok(match (&seg.index, &seg.flat) {
+        (Some(index), _) if count > EXACT_MAX_ROWS && count * EXACT_FRACTION > seg.rows.len() => index
+            .search_selected(queries, k, params, allowed.as_bytes())
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        (None, Some(flat)) => flat.search(queries, k, &|r| !allowed.get(r)),
+        _ => exact(&seg.rows, &allowed, queries, k, metric),
+    })
 }
 
 /// Exact top-k over the allowed rows of `rows` (raw vectors): `nq × k` distances and row
