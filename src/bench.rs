@@ -1,5 +1,6 @@
-//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK, in one
-//! run, on the same data, index parameters, queries and thread counts.
+//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK (and, with
+//! `--milvus`, through pymilvus over the Milvus gRPC API), in one run, on the same data, index
+//! parameters, queries and thread counts.
 //!
 //! 1. Loads base vectors, queries and ground truth (exact ground truth is recomputed by brute
 //!    force when only part of the base is used, or the file does not fit the metric / k).
@@ -9,7 +10,11 @@
 //!    temporary data dir, one segment for the whole base), inserts, flushes, creates the same
 //!    index, waits until the query node serves it, then runs the same queries through
 //!    [`Client::search`].
-//! 4. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
+//! 4. With `--milvus`: the child also serves the Milvus gRPC API on a free port, and the same
+//!    queries run through unmodified pymilvus (`MilvusClient.search`, driver
+//!    `scripts/bench-pymilvus.py`), with the server-side mean per Search read from the child's
+//!    metrics endpoint ([`milvus`]).
+//! 5. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
 //!
 //! faiss runs with one OpenMP thread everywhere ([`set_faiss_threads`]), as the query node does
 //! by default (`querynode.faiss_threads = 1`); in standalone that setting is process-wide, so
