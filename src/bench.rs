@@ -1,5 +1,6 @@
-//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK, in one
-//! run, on the same data, index parameters, queries and thread counts.
+//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK (and, with
+//! `--milvus`, through pymilvus over the Milvus gRPC API), in one run, on the same data, index
+//! parameters, queries and thread counts.
 //!
 //! 1. Loads base vectors, queries and ground truth (exact ground truth is recomputed by brute
 //!    force when only part of the base is used, or the file does not fit the metric / k).
@@ -9,7 +10,11 @@
 //!    temporary data dir, one segment for the whole base), inserts, flushes, creates the same
 //!    index, waits until the query node serves it, then runs the same queries through
 //!    [`Client::search`].
-//! 4. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
+//! 4. With `--milvus`: the child also serves the Milvus gRPC API on a free port, and the same
+//!    queries run through unmodified pymilvus (`MilvusClient.search`, driver
+//!    `scripts/bench-pymilvus.py`), with the server-side mean per Search read from the child's
+//!    metrics endpoint ([`milvus`]).
+//! 5. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
 //!
 //! faiss runs with one OpenMP thread everywhere ([`set_faiss_threads`]), as the query node does
 //! by default (`querynode.faiss_threads = 1`); in standalone that setting is process-wide, so
@@ -33,6 +38,9 @@ use quiver_client::{
 
 use crate::ctl::{parse_index, IndexArgs};
 use crate::dataset::{read_fvecs, read_ivecs};
+
+mod milvus;
+use milvus::{Measured, MilvusRow, ServerShare};
 
 /// Collection the benchmark creates in its private Quiver.
 const COLLECTION: &str = "bench";
@@ -127,6 +135,20 @@ pub struct BenchArgs {
     /// attaching a profiler); prints its pid and NATS URL.
     #[arg(long)]
     pause: bool,
+    /// Also measure unmodified pymilvus (`MilvusClient.search`) against the child's Milvus gRPC
+    /// API, after the NATS SDK rows: same collection, queries, ground truth, search parameters
+    /// (Eventually), client counts and windows; one client per OS process.
+    #[arg(long)]
+    milvus: bool,
+    /// Python with pymilvus and numpy for --milvus (default: the venv of tests/pymilvus/run.sh,
+    /// ${QUIVER_PY_CACHE:-~/.cache/quiver-py}/pymilvus-2.5.14, created when missing).
+    #[arg(long, env = "QUIVER_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Filter for the filtered pymilvus rows ("" = no filtered rows). The bench inserts no
+    /// scalar field but the primary key, so the default matches every row: it measures the
+    /// filter path (parse, pre-filter bitmap, filtered search) at the unfiltered recall.
+    #[arg(long, default_value = "id >= 0")]
+    milvus_filter: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,14 +191,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         ef_construction: args.ef_construction,
     })?;
     let search_params = SearchParams { nprobe: args.nprobe, ef: args.ef };
+    if args.milvus && args.skip_quiver {
+        bail!("--milvus needs the Quiver half (drop --skip-quiver)");
+    }
+    // Before the long load: a missing python should fail now, not after the index build.
+    let python = if args.milvus { Some(milvus::resolve_python(args.python.as_deref())?) } else { None };
     let data = Data::load(&args, params.metric)?;
     let mut report = Report::new(&args, &data, &params);
+    report.python = python.as_ref().map(|p| p.display().to_string());
 
     let raw_rows =
         if args.skip_raw { Vec::new() } else { run_raw(&args, &data, &params, &search_params, &mut report)? };
     report.raw = raw_rows;
     if !args.skip_quiver {
-        run_quiver(&args, &data, &params, &search_params, &consistencies, &mut report)?;
+        run_quiver(&args, &data, &params, &search_params, &consistencies, python, &mut report)?;
     }
     print!("{}", report.markdown());
     Ok(0)
@@ -638,15 +666,23 @@ struct QuiverChild {
     dir: PathBuf,
     log: PathBuf,
     url: String,
+    /// The Prometheus endpoint (`/metrics`).
+    metrics: std::net::SocketAddr,
+    /// The Milvus gRPC API, when started with one.
+    grpc: Option<std::net::SocketAddr>,
 }
 
 impl QuiverChild {
+    /// `grpc`: serve the Milvus gRPC API on a free port (else it is off).
     fn start(
         segment_max_rows: usize,
         extra_env: &[(String, String)],
         log: Option<&Path>,
+        grpc: bool,
     ) -> anyhow::Result<QuiverChild> {
         let port = free_port()?;
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let grpc = if grpc { Some(std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
         let dir = std::env::temp_dir().join(format!(
             "quiver-bench-{}-{}",
             std::process::id(),
@@ -667,10 +703,11 @@ impl QuiverChild {
             .env("QUIVER_CLUSTER__NAME", CLUSTER)
             .env("QUIVER_CLUSTER__DATA_DIR", dir.join("data"))
             .env("QUIVER_STORAGE__URL", "\"\"")
-            // Metrics stay on, as in a default deployment, on a free port.
-            .env("QUIVER_METRICS__LISTEN", "127.0.0.1:0")
+            // Metrics stay on, as in a default deployment, on a free port (read by --milvus).
+            .env("QUIVER_METRICS__LISTEN", metrics.to_string())
             .env("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string())
-            .env("QUIVER_PROXY__GRPC_PORT", "0")
+            .env("QUIVER_PROXY__GRPC_HOST", "127.0.0.1")
+            .env("QUIVER_PROXY__GRPC_PORT", grpc.map_or(0, |a| a.port()).to_string())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -689,7 +726,7 @@ impl QuiverChild {
             }
         }
         let child = cmd.spawn().context("cannot start `quiver standalone`")?;
-        Ok(QuiverChild { child: Some(child), dir, log, url: format!("nats://127.0.0.1:{port}") })
+        Ok(QuiverChild { child: Some(child), dir, log, url: format!("nats://127.0.0.1:{port}"), metrics, grpc })
     }
 
     fn pid(&self) -> u32 {
@@ -789,6 +826,37 @@ struct Breakdown {
 struct QuiverRow {
     consistency: Consistency,
     result: LoadResult,
+    /// The proxy's own time per NATS search (`quiver_request_seconds{method="search"}`).
+    server: Option<ServerShare>,
+}
+
+/// The proxy's NATS search handler time (dispatch to reply sent).
+const NATS_SEARCH: Measured<'static> =
+    Measured { histogram: "quiver_request_seconds", counter: None, method: "search" };
+/// The Milvus gRPC API's Search handler time (tonic handler entry to reply built).
+const MILVUS_SEARCH: Measured<'static> = Measured {
+    histogram: "quiver_milvus_request_seconds",
+    counter: Some("quiver_milvus_requests_total"),
+    method: "Search",
+};
+
+/// Runs `window`, and reads the child's metrics before and after it for `m`'s server-side
+/// share; a failed scrape only loses the share (with a warning).
+fn with_server_share<T>(
+    metrics: std::net::SocketAddr,
+    m: Measured<'_>,
+    window: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<ServerShare>)> {
+    let before = milvus::scrape(metrics);
+    let out = window()?;
+    let share = match (before, milvus::scrape(metrics)) {
+        (Ok(b), Ok(a)) => Some(milvus::server_share(&b, &a, m)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("warning: no server-side share for this row: {e:#}");
+            None
+        }
+    };
+    Ok((out, share))
 }
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
@@ -801,6 +869,7 @@ fn run_quiver(
     params: &IndexParams,
     search_params: &SearchParams,
     consistencies: &[Consistency],
+    python: Option<PathBuf>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let segment_max_rows = data.n.max(200_000);
@@ -815,7 +884,7 @@ fn run_quiver(
                 .ok_or_else(|| anyhow!("--child-env wants KEY=VALUE, got {kv:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref())?;
+    let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref(), args.milvus)?;
     eprintln!(
         "quiver: started `quiver standalone` (pid {}) on {}, data in {}",
         child.pid(),
@@ -923,7 +992,7 @@ fn run_quiver(
     for &consistency in consistencies {
         for &threads in &args.threads {
             wait_quiet(args, &watch);
-            let result = match args.client_mode {
+            let (result, server) = with_server_share(child.metrics, NATS_SEARCH, || match args.client_mode {
                 ClientMode::Threads => quiver_threads(
                     &child.url,
                     data,
@@ -934,7 +1003,7 @@ fn run_quiver(
                     warmup,
                     duration,
                     &watch,
-                )?,
+                ),
                 ClientMode::Tasks => quiver_tasks(
                     &child.url,
                     data,
@@ -945,8 +1014,8 @@ fn run_quiver(
                     warmup,
                     duration,
                     &watch,
-                )?,
-            };
+                ),
+            })?;
             eprintln!(
                 "quiver {consistency:?}, {threads} client(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}{}",
                 result.qps,
@@ -956,7 +1025,7 @@ fn run_quiver(
                 result.recall,
                 if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
             );
-            report.quiver.push(QuiverRow { consistency, result });
+            report.quiver.push(QuiverRow { consistency, result, server });
             child.check_alive()?;
         }
     }
@@ -973,6 +1042,9 @@ fn run_quiver(
             }
             Err(e) => eprintln!("warning: no latency breakdown: {e:#}"),
         }
+    }
+    if let (Some(python), Some(grpc)) = (python, child.grpc) {
+        report.milvus = run_pymilvus(args, data, params.metric, search_params, python, grpc, &mut child, &watch)?;
     }
     // Again after the search load (VmHWM there is the peak over the whole run).
     load.rss_end = tree_mem(child.pid());
@@ -992,6 +1064,58 @@ fn run_quiver(
     eprintln!("quiver: stopped ({})", status.map_or("unknown status".into(), |s| s.to_string()));
     report.quiver_load = Some(load);
     Ok(())
+}
+
+/// The pymilvus rows: every client count unfiltered, then with --milvus-filter.
+#[allow(clippy::too_many_arguments)]
+fn run_pymilvus(
+    args: &BenchArgs,
+    data: &Data,
+    metric: MetricType,
+    search_params: &SearchParams,
+    python: PathBuf,
+    grpc: std::net::SocketAddr,
+    child: &mut QuiverChild,
+    watch: &[Watched],
+) -> anyhow::Result<Vec<MilvusRow>> {
+    milvus::wait_listening(grpc, Duration::from_secs(30))?;
+    let driver = milvus::Driver::prepare(
+        python,
+        format!("http://{grpc}"),
+        COLLECTION,
+        data,
+        milvus::DriverSearch { k: args.k, metric, ef: search_params.ef, nprobe: search_params.nprobe },
+    )?;
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let mut filters = vec![String::new()];
+    if !args.milvus_filter.trim().is_empty() {
+        filters.push(args.milvus_filter.clone());
+    }
+    let mut rows = Vec::new();
+    for filter in filters {
+        for &threads in &args.threads {
+            wait_quiet(args, watch);
+            let (out, server) =
+                with_server_share(child.metrics, MILVUS_SEARCH, || driver.run(threads, &filter, warmup, duration))?;
+            let p90_us = out.p90_us.unwrap_or(f64::NAN);
+            let result = out.into_load_result();
+            eprintln!(
+                "pymilvus{}, {threads} client(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}, server mean {}{}",
+                if filter.is_empty() { String::new() } else { format!(" (filter {filter:?})") },
+                result.qps,
+                result.p50_us,
+                result.p99_us,
+                args.k,
+                result.recall,
+                server.as_ref().map_or("?".into(), |s| format!("{:.0} µs", s.mean_us)),
+                if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
+            );
+            rows.push(MilvusRow { filter: filter.clone(), result, p90_us, server });
+            child.check_alive()?;
+        }
+    }
+    Ok(rows)
 }
 
 /// Connects and waits until every role reports healthy.
@@ -1396,6 +1520,9 @@ struct Report {
     quiver_load: Option<QuiverLoad>,
     quiver: Vec<QuiverRow>,
     breakdown: Option<Breakdown>,
+    /// The python that ran the pymilvus driver (--milvus).
+    python: Option<String>,
+    milvus: Vec<MilvusRow>,
 }
 
 impl Report {
@@ -1433,11 +1560,87 @@ impl Report {
             quiver_load: None,
             quiver: Vec::new(),
             breakdown: None,
+            python: None,
+            milvus: Vec::new(),
         }
     }
 
     fn raw_for(&self, threads: usize) -> Option<&LoadResult> {
         self.raw.iter().map(|r| &r.result).find(|r| r.threads == threads)
+    }
+
+    /// The Milvus gRPC section: pymilvus rows against raw faiss and the NATS SDK, with the
+    /// server-side means that split the gRPC path from the client.
+    fn milvus_markdown(&self, s: &mut String) {
+        use std::fmt::Write;
+        if self.milvus.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### Milvus gRPC API: pymilvus {} `MilvusClient.search`\n", milvus::PYMILVUS_VERSION);
+        let _ = writeln!(
+            s,
+            "One query per call, consistency Eventually, `search_params` {{metric_type, ef/nprobe as above}}, one `MilvusClient` per client process ({}). \
+             \"server mean\" is the handler time from the server's own histogram (`quiver_milvus_request_seconds{{method=\"Search\"}}` for gRPC, \
+             `quiver_request_seconds{{method=\"search\"}}` for the proxy's NATS handler), as _sum/_count read before and after the row \
+             (warm-up and set-up calls included); \"client side\" = client mean − server mean (client library, serialization, transport).\n",
+            self.python.as_deref().unwrap_or("python")
+        );
+        let _ = writeln!(
+            s,
+            "| client | filter | client threads | QPS | p50 µs | p90 µs | p99 µs | mean µs | recall@{} | added p50 vs raw µs | server mean µs | client side µs | other RPCs / errors |",
+            self.k
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let row = |s: &mut String,
+                   client: &str,
+                   filter: &str,
+                   r: &LoadResult,
+                   p90: f64,
+                   server: Option<&ServerShare>| {
+            let added = self.raw_for(r.threads).map_or("—".into(), |b| format!("{:+.0}", r.p50_us - b.p50_us));
+            let (mean, side, other) = match server {
+                Some(sh) => {
+                    let mut other: Vec<String> = sh.other.iter().map(|(m, n)| format!("{m} ×{n:.0}")).collect();
+                    if sh.errors > 0.0 {
+                        other.push(format!("{:.0} errors", sh.errors));
+                    }
+                    (
+                        format!("{:.0}", sh.mean_us),
+                        format!("{:.0}", r.mean_us - sh.mean_us),
+                        if other.is_empty() { "—".to_string() } else { other.join(", ") },
+                    )
+                }
+                None => ("?".into(), "?".into(), "?".into()),
+            };
+            let p90 = if p90.is_nan() { "—".into() } else { format!("{p90:.0}") };
+            let _ = writeln!(
+                s,
+                "| {client} | {filter} | {} | {:.0} | {:.0} | {p90} | {:.0} | {:.0} | {:.4} | {added} | {mean} | {side} | {other} |",
+                r.threads, r.qps, r.p50_us, r.p99_us, r.mean_us, r.recall
+            );
+        };
+        for q in self.quiver.iter().filter(|q| q.consistency == Consistency::Eventually) {
+            row(s, "NATS SDK (Rust)", "—", &q.result, f64::NAN, q.server.as_ref());
+        }
+        for m in &self.milvus {
+            let filter = if m.filter.is_empty() { "—".to_string() } else { format!("`{}`", m.filter) };
+            row(s, "pymilvus (gRPC)", &filter, &m.result, m.p90_us, m.server.as_ref());
+        }
+        let _ = writeln!(s);
+        for m in self.milvus.iter().filter(|m| m.filter.is_empty()) {
+            if let Some(raw) = self.raw_for(m.result.threads) {
+                let added = m.result.p50_us - raw.p50_us;
+                let _ = writeln!(
+                    s,
+                    "- {} client(s): pymilvus p50 {:.0} µs vs raw faiss {:.0} µs: {added:+.0} µs — bar (≤ +250 µs p50) {}",
+                    m.result.threads,
+                    m.result.p50_us,
+                    raw.p50_us,
+                    if added <= 250.0 { "met" } else { "not met" }
+                );
+            }
+        }
+        let _ = writeln!(s);
     }
 
     fn markdown(&self) -> String {
@@ -1497,8 +1700,14 @@ impl Report {
             let cons = format!("{:?}", q.consistency);
             fmt_row(&mut s, "Quiver standalone (NATS SDK)", &cons, &q.result, self.raw_for(q.result.threads));
         }
+        for m in &self.milvus {
+            let cons =
+                if m.filter.is_empty() { "Eventually".to_string() } else { format!("Eventually, `{}`", m.filter) };
+            fmt_row(&mut s, "Quiver standalone (pymilvus, gRPC)", &cons, &m.result, self.raw_for(m.result.threads));
+        }
         let _ = writeln!(s);
-        for r in self.raw.iter().map(|r| &r.result).chain(self.quiver.iter().map(|q| &q.result)) {
+        let rows = self.raw.iter().map(|r| &r.result).chain(self.quiver.iter().map(|q| &q.result));
+        for r in rows.chain(self.milvus.iter().map(|m| &m.result)) {
             if r.queries_seen < self.nq {
                 let _ = writeln!(
                     s,
@@ -1510,6 +1719,7 @@ impl Report {
                 let _ = writeln!(s, "- errors in a {}-thread row: {} (first: {e})", r.threads, r.errors);
             }
         }
+        self.milvus_markdown(&mut s);
         if let Some(b) = &self.breakdown {
             let raw = self.raw_for(1);
             let _ = writeln!(s, "### Where the time goes (1 client, Eventually)\n");
@@ -1690,7 +1900,7 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
     ])?;
     let data = Data::load(&args, MetricType::Ip)?;
     let rt = runtime(2)?;
-    let mut child = QuiverChild::start(cfg.segment_rows, &[], None)?;
+    let mut child = QuiverChild::start(cfg.segment_rows, &[], None, false)?;
     let client = rt.block_on(wait_ready(&mut child))?;
     let segments = rt.block_on(async {
         let mut s = schema::simple(COLLECTION, data.dim as u32);

@@ -196,3 +196,12 @@ def test_describe_replica(client, name):
 def test_server_answers_version(client):
     v = client.get_server_version()
     assert isinstance(v, str) and v
+
+
+def test_create_again_with_same_schema_keeps_data_and_load_state(client, name):
+    client.create_collection(name, dimension=8, **STRONG)
+    client.insert(name, [{"id": i, "vector": [float(i)] * 8} for i in range(1, 6)])
+    client.create_collection(name, dimension=8, **STRONG)  # same schema: a no-op, as in Milvus
+    assert client.get_load_state(name)["state"] == LoadState.Loaded
+    assert client.query(name, filter="", output_fields=["count(*)"], **STRONG)[0]["count(*)"] == 5
+    assert len(client.search(name, data=[[1.0] * 8], limit=3, **STRONG)[0]) == 3

@@ -174,10 +174,14 @@ impl MilvusService for MilvusApi {
             let r = req.into_inner();
             name_check(&r.collection_name)?;
             let schema = convert::schema_from(&r.collection_name, &r.schema, r.shards_num, r.consistency_level)?;
-            // Milvus serves a collection only after LoadCollection; so does Quiver behind this API.
+            // Milvus serves a new collection only after LoadCollection; so does Quiver behind this
+            // API. Creating an existing collection again (same schema) leaves its state alone.
+            let existed = self.describe(&schema.name).await.is_ok();
             self.proxy.forget(&schema.name);
             self.proxy.forward::<_, Empty>("create_collection", &CreateCollection { schema }).await?;
-            self.proxy.release(&r.collection_name).await?;
+            if !existed {
+                self.proxy.release(&r.collection_name).await?;
+            }
             Ok(ok())
         }
         .await;
