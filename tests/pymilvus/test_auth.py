@@ -9,6 +9,7 @@ import pytest
 from pymilvus import MilvusClient, MilvusException
 
 from conftest import _Server
+from pmutil import PYMILVUS
 
 CREDENTIALS = '["root:Milvus", "sk-quiver-test-token"]'
 
@@ -50,7 +51,13 @@ def test_refused_credentials(secured, args):
     with pytest.raises((MilvusException, grpc.RpcError)) as e:
         c = MilvusClient(uri=secured, timeout=10, **args)
         c.list_collections()
-    assert "auth" in str(e.value).lower() or "unauthenticated" in str(e.value).lower(), str(e.value)
+    msg = str(e.value).lower()
+    if PYMILVUS >= (3, 0):
+        # pymilvus 3 wraps every failed Connect, UNAUTHENTICATED included, as code 2 (it does the
+        # same against Milvus); the server's reason is in its log and in pymilvus' debug log.
+        assert "auth" in msg or "fail connecting" in msg, msg
+    else:
+        assert "auth" in msg or "unauthenticated" in msg, msg
     # the server still serves authenticated clients
     ok = MilvusClient(uri=secured, timeout=10, token="root:Milvus")
     ok.list_collections()
