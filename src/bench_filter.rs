@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use quiver_actors::filter::evaluate;
-use quiver_actors::querynode::{search_filtered, Deletes, Sealed};
+use quiver_actors::querynode::{search_filtered, Deletes, Filter, Sealed};
 use quiver_actors::rows::RowStore;
 use quiver_actors::vector::{set_faiss_threads, VectorIndex};
 use quiver_client::{
@@ -190,12 +190,13 @@ pub fn bench_filter(args: BenchFilterArgs) -> anyhow::Result<()> {
         let expr = quiver_client::expr::parse(text, &schema).map_err(|e| anyhow!("{e}"))?;
         let t = Instant::now();
         let bitmap = evaluate(&expr, &seg.rows);
+        let filter = Filter { json: serde_json::to_string(&expr)?, expr };
         let eval_us = t.elapsed().as_secs_f64() * 1e6;
         let allowed: Vec<usize> = bitmap.ones().collect();
         let truth: Vec<Vec<i64>> = queries.chunks_exact(dim).map(|q| exact_top_k(&base, dim, &allowed, q, k)).collect();
         let raw = measure(&queries, dim, &truth, |q| Ok(index.search_selected(q, k, &sp, bitmap.as_bytes())?.1))?;
         let ours = measure(&queries, dim, &truth, |q| {
-            Ok(search_filtered(&seg, &expr, &deletes, q, k, &sp, MetricType::Ip).map_err(|e| anyhow!("{e}"))?.1)
+            Ok(search_filtered(&seg, &filter, &deletes, q, k, &sp, MetricType::Ip).map_err(|e| anyhow!("{e}"))?.1)
         })?;
         println!(
             "{:<58} {:>8} {:>9.0} | {:>7.0} {:>7.0} {:>6.0} {:>5.3} | {:>7.0} {:>7.0} {:>6.0} {:>5.3}",

@@ -15,7 +15,7 @@ use quiver_schemas::{
     Query, QueryResults, RowBatch, ScalarValue, Search, SearchResults, ShardPlacement, COUNT_STAR,
 };
 
-use super::validate::{check_output_fields, check_pk, check_search};
+use super::validate::{check_output_fields, check_pk, check_search, select_rows};
 use super::Proxy;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
@@ -238,8 +238,8 @@ impl Proxy {
             if !wants_vector {
                 found.vectors.clear();
             }
-            if req.limit > 0 {
-                found = truncate_rows(found, req.limit as usize);
+            if req.limit > 0 && found.pks.len() as u64 > req.limit {
+                found = select_rows(&found, &(0..req.limit as usize).collect::<Vec<_>>());
             }
             return Ok(QueryResults { rows: found });
         }
@@ -290,10 +290,12 @@ impl Proxy {
                 "the filter matches more than {max} rows; page through them with limit and offset"
             )));
         }
-        let skip = (req.offset as usize).min(merged.rows.pks.len());
-        merged.rows = drop_front(merged.rows, skip);
-        if req.limit > 0 {
-            merged.rows = truncate_rows(merged.rows, req.limit as usize);
+        // The page: skip `offset` rows (in key order), keep at most `limit`.
+        let total = merged.rows.pks.len();
+        let start = (req.offset as usize).min(total);
+        let end = if req.limit > 0 { start.saturating_add(req.limit as usize).min(total) } else { total };
+        if (start, end) != (0, total) {
+            merged.rows = select_rows(&merged.rows, &(start..end).collect::<Vec<_>>());
         }
         Ok(QueryResults { rows: merged.rows })
     }
@@ -331,29 +333,6 @@ fn merge_query(parts: Vec<GetResults>, dim: u32) -> GetResults {
         seqs.push(seq);
     }
     GetResults { rows, seqs }
-}
-
-fn truncate_rows(mut rows: RowBatch, n: usize) -> RowBatch {
-    if rows.pks.len() > n {
-        rows.pks.truncate(n);
-        rows.vectors.truncate(n * rows.dim as usize);
-        for c in &mut rows.columns {
-            c.values.truncate(n);
-        }
-    }
-    rows
-}
-
-fn drop_front(mut rows: RowBatch, n: usize) -> RowBatch {
-    if n > 0 {
-        rows.pks.drain(..n.min(rows.pks.len()));
-        let d = rows.dim as usize;
-        rows.vectors.drain(..(n * d).min(rows.vectors.len()));
-        for c in &mut rows.columns {
-            c.values.drain(..n.min(c.values.len()));
-        }
-    }
-    rows
 }
 
 /// Merges per-node top-k lists into the global top-k per query (keys deduplicated).

@@ -200,9 +200,13 @@ pub fn check_output_fields(info: &CollectionInfo, fields: &[String]) -> Result<V
 /// Rows `indices` of a batch.
 pub fn select_rows(rows: &RowBatch, indices: &[usize]) -> RowBatch {
     let dim = rows.dim as usize;
-    let mut vectors = Vec::with_capacity(indices.len() * dim);
-    for &i in indices {
-        vectors.extend_from_slice(&rows.vectors[i * dim..(i + 1) * dim]);
+    let mut vectors = Vec::new();
+    // Query results carry no vectors unless asked for.
+    if !rows.vectors.is_empty() {
+        vectors.reserve(indices.len() * dim);
+        for &i in indices {
+            vectors.extend_from_slice(&rows.vectors[i * dim..(i + 1) * dim]);
+        }
     }
     RowBatch {
         pks: indices.iter().map(|&i| rows.pks[i].clone()).collect(),

@@ -5,7 +5,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
-    Alloc, AllocRange, Consistency, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Query, Wire,
+    Alloc, AllocRange, CollectionInfo, Consistency, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Query, Wire,
 };
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
@@ -26,6 +26,11 @@ impl Proxy {
         let info = self.collection(&req.collection).await?;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows)?;
+        self.append_rows(&info, req, n).await
+    }
+
+    /// Appends rows already checked against the schema (`n` of them) to the shards' logs.
+    async fn append_rows(&self, info: &CollectionInfo, mut req: Insert, n: usize) -> Result<MutationResult> {
         if req.rows.pks.is_empty() {
             let start = self.alloc("alloc_ids", n as u64).await? as i64;
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
@@ -90,7 +95,7 @@ impl Proxy {
     }
 
     /// Keys of the rows a delete filter selects (the filter's own keys when it only names keys).
-    async fn matching_keys(&self, info: &quiver_schemas::CollectionInfo, filter: &str) -> Result<Vec<PrimaryKey>> {
+    async fn matching_keys(&self, info: &CollectionInfo, filter: &str) -> Result<Vec<PrimaryKey>> {
         let (expr, _) = super::read::parse_filter(info, filter)?;
         if let Some(pks) = expr.as_ref().and_then(quiver_schemas::Expr::primary_keys) {
             return Ok(pks);
@@ -117,18 +122,18 @@ impl Proxy {
         }
     }
 
-    /// Replaces rows by primary key: a delete of the keys followed by an insert of the rows.
-    pub(super) async fn upsert(&self, req: Insert) -> Result<MutationResult> {
+    /// Replaces rows by primary key: a delete of the keys followed by an insert of the rows
+    /// (checked once, before anything is written).
+    pub(super) async fn upsert(&self, mut req: Insert) -> Result<MutationResult> {
         let info = self.collection(&req.collection).await?;
         if req.rows.pks.is_empty() {
             return Err(Error::InvalidArgument("upsert needs the primary key of every row".into()));
         }
-        let mut rows = req.rows.clone();
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
-        check_insert(&info, &mut rows, max_rows)?;
+        let n = check_insert(&info, &mut req.rows, max_rows)?;
         let delete = Delete { collection: req.collection.clone(), pks: req.rows.pks.clone(), filter: String::new() };
         self.delete(delete).await?;
-        self.insert(req).await
+        self.append_rows(&info, req, n).await
     }
 
     async fn append(

@@ -22,7 +22,7 @@ use quiver_schemas::{
     SearchResults, SegmentInfo, ShardPlacement,
 };
 
-pub use search::{search_filtered, Sealed};
+pub use search::{search_filtered, Filter, Sealed};
 pub use shard::Deletes;
 use shard::{Shard, ShardData};
 
@@ -224,7 +224,7 @@ impl QueryNode {
             growing,
             output_fields: req.search.output_fields,
             queries: req.search.vectors,
-            filter: parse_filter(&req.filter)?,
+            filter: search::Filter::from_json(&req.filter)?,
         };
         tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)?
     }
@@ -246,7 +246,7 @@ impl QueryNode {
         let arrived = now_ms();
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
         self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived).await?;
-        let filter = parse_filter(&req.filter)?;
+        let filter = search::Filter::from_json(&req.filter)?;
         let q = search::QueryPlan {
             filter,
             output_fields: req.query.output_fields,
@@ -260,16 +260,6 @@ impl QueryNode {
             tokio::task::spawn_blocking(move || search::run_query(&q)).await.map_err(Error::internal)??;
         Ok(GetResults { rows, seqs })
     }
-}
-
-/// The filter the proxy parsed, as shipped in a node request (JSON; empty = none).
-fn parse_filter(json: &str) -> Result<Option<quiver_schemas::Expr>> {
-    if json.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(json)
-        .map(Some)
-        .map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
 }
 
 impl RoleHandler for QueryNode {

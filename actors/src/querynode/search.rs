@@ -25,6 +25,25 @@ const EXACT_FRACTION: usize = 20;
 /// filters (a tenant, a category), and evaluating one costs a pass over the segment's rows.
 const CACHED_FILTERS: usize = 8;
 
+/// A filter as the proxy shipped it: its JSON (the key of the segments' filter caches) and the
+/// parsed tree.
+pub struct Filter {
+    pub json: String,
+    pub expr: Expr,
+}
+
+impl Filter {
+    /// The filter of a node request (empty JSON = none).
+    pub fn from_json(json: &str) -> Result<Option<Filter>> {
+        if json.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(json)
+            .map(|expr| Some(Filter { json: json.to_string(), expr }))
+            .map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
+    }
+}
+
 /// A loaded sealed segment.
 pub struct Sealed {
     pub info: SegmentInfo,
@@ -60,20 +79,19 @@ impl Sealed {
         })
     }
 
-    /// Rows matching `expr` (deletes not applied), from the cache when it was used lately.
-    fn matching(&self, expr: &Expr) -> Arc<Bitmap> {
-        let key = serde_json::to_string(expr).unwrap_or_default();
+    /// Rows matching `filter` (deletes not applied), from the cache when it was used lately.
+    fn matching(&self, filter: &Filter) -> Arc<Bitmap> {
         if let Ok(mut cache) = self.filters.lock() {
-            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            if let Some(i) = cache.iter().position(|(k, _)| *k == filter.json) {
                 let hit = cache.remove(i);
                 let bitmap = hit.1.clone();
                 cache.insert(0, hit);
                 return bitmap;
             }
         }
-        let bitmap = Arc::new(evaluate(expr, &self.rows));
+        let bitmap = Arc::new(evaluate(&filter.expr, &self.rows));
         if let Ok(mut cache) = self.filters.lock() {
-            cache.insert(0, (key, bitmap.clone()));
+            cache.insert(0, (filter.json.clone(), bitmap.clone()));
             cache.truncate(CACHED_FILTERS);
         }
         bitmap
@@ -113,7 +131,7 @@ pub struct SearchPlan {
     pub growing: Vec<(Arc<ShardData>, Seq)>,
     pub output_fields: Vec<String>,
     /// Only rows matching this are searched (a pre-filter: bitmap ID selector in faiss).
-    pub filter: Option<Expr>,
+    pub filter: Option<Filter>,
 }
 
 #[derive(Clone, Copy)]
@@ -159,8 +177,8 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             let r = label as usize;
             deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r])
         };
-        if let Some(expr) = &plan.filter {
-            let (d, l) = search_filtered(seg, expr, &deletes, &plan.queries, k, &plan.params, plan.metric)?;
+        if let Some(filter) = &plan.filter {
+            let (d, l) = search_filtered(seg, filter, &deletes, &plan.queries, k, &plan.params, plan.metric)?;
             collect(&mut per_query, &d, &l, k, Source::Segment(i));
             continue;
         }
@@ -182,7 +200,7 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             continue;
         }
         let deletes = shard.deletes.read().map_err(lock_err)?;
-        let matching = plan.filter.as_ref().map(|expr| evaluate(expr, &g.rows));
+        let matching = plan.filter.as_ref().map(|f| evaluate(&f.expr, &g.rows));
         let skip = |r: usize| {
             g.rows.seqs[r] <= *after
                 || matching.as_ref().is_some_and(|m| !m.get(r))
@@ -236,14 +254,14 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
 /// match, those rows are scanned exactly. `nq × k` distances and row labels (-1 = none).
 pub fn search_filtered(
     seg: &Sealed,
-    expr: &Expr,
+    filter: &Filter,
     deletes: &Deletes,
     queries: &[f32],
     k: usize,
     params: &SearchParams,
     metric: MetricType,
 ) -> Result<(Vec<f32>, Vec<i64>)> {
-    let mut allowed = Bitmap::clone(&seg.matching(expr));
+    let mut allowed = Bitmap::clone(&seg.matching(filter));
     if !deletes.by_pk.is_empty() {
         allowed.and_not(|r| deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r]));
     }
@@ -369,7 +387,7 @@ pub fn run_get(
 
 /// One node's share of a query, ready to run.
 pub struct QueryPlan {
-    pub filter: Option<Expr>,
+    pub filter: Option<Filter>,
     pub output_fields: Vec<String>,
     /// Rows to return at most, in primary-key order (offset + limit; 0 = all).
     pub limit: u64,
@@ -397,7 +415,7 @@ pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
         let deletes = shard.deletes.read().map_err(lock_err)?;
         let src = stores.len();
         stores.push(&seg.rows);
-        let matching = plan.filter.as_ref().map(|e| evaluate(e, &seg.rows));
+        let matching = plan.filter.as_ref().map(|f| seg.matching(f));
         for r in 0..seg.rows.len() {
             let (pk, seq) = (&seg.rows.pks[r], seg.rows.seqs[r]);
             if matching.as_ref().is_none_or(|m| m.get(r)) && !deletes.hides(pk, seq) {
@@ -409,7 +427,7 @@ pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
         let deletes = shard.deletes.read().map_err(lock_err)?;
         let src = stores.len();
         stores.push(&g.rows);
-        let matching = plan.filter.as_ref().map(|e| evaluate(e, &g.rows));
+        let matching = plan.filter.as_ref().map(|f| evaluate(&f.expr, &g.rows));
         for r in 0..g.rows.len() {
             let (pk, seq) = (&g.rows.pks[r], g.rows.seqs[r]);
             if seq > *after && matching.as_ref().is_none_or(|m| m.get(r)) && !deletes.hides(pk, seq) {
