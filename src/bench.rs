@@ -1428,7 +1428,8 @@ fn run_breakdown(
             let reply = rt
                 .block_on(bus.request_bytes(target.subject.clone(), msg.to_bytes().into(), &opts))
                 .map_err(|e| anyhow!("{e}"))?;
-            Ok(ids_of(quiver_client::SearchResults::from_bytes(&reply)?))
+            let part = quiver_schemas::NodeSearchResults::from_bytes(&reply)?;
+            Ok(ids_of(quiver_client::SearchResults { results: part.results }))
         })
     })?;
     let full = quiver_threads(url, data, k, params, Consistency::Eventually, 1, warmup, duration, watch)?;

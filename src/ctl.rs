@@ -61,6 +61,17 @@ enum CtlCommand {
     Index(IndexArgs),
     /// Where each segment and shard of a collection is served.
     Segments { name: String },
+    /// Serve a collection from query nodes, with N in-memory replicas on disjoint nodes (also
+    /// changes the replica number of a loaded collection).
+    Load {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+    },
+    /// Stop serving a collection from query nodes (inserts are still accepted).
+    Release { name: String },
+    /// A collection's replica groups: their query nodes and each shard's leader.
+    Replicas { name: String },
     /// Policy plugins: list, validate, load, activate, roll back.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -246,7 +257,45 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
                     );
                 }
                 for s in &d.shards {
-                    println!("shard {} leader {} (growing after log position {})", s.shard, s.leader, s.sealed_seq);
+                    println!(
+                        "shard {} replica {} leader {} (growing after log position {})",
+                        s.shard, s.replica, s.leader, s.sealed_seq
+                    );
+                }
+            }
+            CtlCommand::Load { name, replicas } => {
+                client.load_collection(&name, replicas).await?;
+                println!("{name}: loading with {replicas} replica(s); `quiver ctl replicas {name}` shows where");
+            }
+            CtlCommand::Release { name } => {
+                client.release_collection(&name).await?;
+                println!("{name}: released");
+            }
+            CtlCommand::Replicas { name } => {
+                let d = client.distribution(&name).await?;
+                if d.released {
+                    println!("{name} is released (not served by query nodes)");
+                }
+                println!("{:<8} {:<6} {:<30} {:>9} NODES", "REPLICA", "SHARD", "LEADER", "SEGMENTS");
+                for group in &d.replicas {
+                    let mut shards: Vec<u32> = d.shards.iter().map(|s| s.shard).collect();
+                    shards.dedup();
+                    for shard in shards {
+                        let leader = d.leaders_of(shard).find(|l| l.replica == group.id);
+                        let held = d
+                            .segments
+                            .iter()
+                            .filter(|s| s.segment.shard == shard && s.nodes.iter().any(|n| group.nodes.contains(n)))
+                            .count();
+                        println!(
+                            "{:<8} {:<6} {:<30} {:>9} {}",
+                            group.id,
+                            shard,
+                            leader.map_or("(none)", |l| l.leader.as_str()),
+                            held,
+                            group.nodes.join(",")
+                        );
+                    }
                 }
             }
             CtlCommand::Plugin(command) => return plugin(&client, command).await,

@@ -601,6 +601,7 @@ fn put_shard_placement(v: &ShardPlacement, mut b: cp::shard_placement::Builder<'
     b.set_shard(v.shard);
     b.set_leader(v.leader.as_str());
     b.set_sealed_seq(v.sealed_seq);
+    b.set_replica(v.replica);
 }
 
 fn get_shard_placement(r: cp::shard_placement::Reader<'_>) -> Result<ShardPlacement, Fault> {
@@ -608,6 +609,30 @@ fn get_shard_placement(r: cp::shard_placement::Reader<'_>) -> Result<ShardPlacem
         shard: r.get_shard(),
         leader: read_string(r.get_leader()).at("leader")?,
         sealed_seq: r.get_sealed_seq(),
+        replica: r.get_replica(),
+    })
+}
+
+fn put_replica_group(v: &ReplicaGroup, mut b: cp::replica_group::Builder<'_>) {
+    b.set_id(v.id);
+    fill_strings(b.init_nodes(len32(v.nodes.len())), &v.nodes);
+}
+
+fn get_replica_group(r: cp::replica_group::Reader<'_>) -> Result<ReplicaGroup, Fault> {
+    Ok(ReplicaGroup { id: r.get_id(), nodes: read_strings(r.get_nodes()).at("nodes")? })
+}
+
+fn put_shard_view(v: &ShardView, mut b: cp::shard_view::Builder<'_>) {
+    b.set_shard(v.shard);
+    b.set_version(v.version);
+    fill_u64s(b.init_segments(len32(v.segments.len())), &v.segments);
+}
+
+fn get_shard_view(r: cp::shard_view::Reader<'_>) -> Result<ShardView, Fault> {
+    Ok(ShardView {
+        shard: r.get_shard(),
+        version: r.get_version(),
+        segments: read_u64s(r.get_segments()).at("segments")?,
     })
 }
 
@@ -617,6 +642,7 @@ fn put_distribution(v: &Distribution, mut b: cp::distribution::Builder<'_>) {
     fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_placement);
     b.set_version(v.version);
     b.set_released(v.released);
+    fill_structs(b.init_replicas(len32(v.replicas.len())), &v.replicas, put_replica_group);
 }
 
 fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fault> {
@@ -626,6 +652,7 @@ fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fau
         segments: read_structs(r.get_segments(), get_segment_placement).at("segments")?,
         version: r.get_version(),
         released: r.get_released(),
+        replicas: read_structs(r.get_replicas(), get_replica_group).at("replicas")?,
     })
 }
 
@@ -868,6 +895,20 @@ fn get_search_results(r: cp::search_results::Reader<'_>) -> Result<SearchResults
     Ok(SearchResults { results: read_structs(r.get_results(), get_hits).at("results")? })
 }
 
+fn put_node_search_results(v: &NodeSearchResults, mut b: cp::node_search_results::Builder<'_>) {
+    fill_structs(b.reborrow().init_results(len32(v.results.len())), &v.results, put_hits);
+    fill_structs(b.reborrow().init_shards(len32(v.shards.len())), &v.shards, put_shard_view);
+    b.set_in_flight(v.in_flight);
+}
+
+fn get_node_search_results(r: cp::node_search_results::Reader<'_>) -> Result<NodeSearchResults, Fault> {
+    Ok(NodeSearchResults {
+        results: read_structs(r.get_results(), get_hits).at("results")?,
+        shards: read_structs(r.get_shards(), get_shard_view).at("shards")?,
+        in_flight: r.get_in_flight(),
+    })
+}
+
 fn put_flush_result(v: &FlushResult, b: cp::flush_result::Builder<'_>) {
     fill_u64s(b.init_segments(len32(v.segments.len())), &v.segments);
 }
@@ -1016,7 +1057,8 @@ fn get_index_built(r: cp::index_built::Reader<'_>) -> Result<IndexBuilt, Fault> 
 fn put_load_segments(v: &LoadSegments, mut b: cp::load_segments::Builder<'_>) {
     put_collection_info(&v.collection, b.reborrow().init_collection());
     fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_info);
-    fill_structs(b.init_lead_shards(len32(v.lead_shards.len())), &v.lead_shards, put_shard_placement);
+    fill_structs(b.reborrow().init_lead_shards(len32(v.lead_shards.len())), &v.lead_shards, put_shard_placement);
+    fill_structs(b.init_shard_views(len32(v.shard_views.len())), &v.shard_views, put_shard_view);
 }
 
 fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, Fault> {
@@ -1024,6 +1066,7 @@ fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, F
         collection: get_collection_info(r.get_collection().at("collection")?).at("collection")?,
         segments: read_structs(r.get_segments(), get_segment_info).at("segments")?,
         lead_shards: read_structs(r.get_lead_shards(), get_shard_placement).at("leadShards")?,
+        shard_views: read_structs(r.get_shard_views(), get_shard_view).at("shardViews")?,
     })
 }
 
@@ -1247,6 +1290,14 @@ impl SizeHint for SearchResults {
     }
 }
 
+impl SizeHint for NodeSearchResults {
+    fn hint_words(&self) -> usize {
+        let hits = |h: &Hits| 4 + pks_words(&h.pks) + h.scores.len().div_ceil(2) + columns_words(&h.columns);
+        let views: usize = self.shards.iter().map(|v| 4 + v.segments.len()).sum();
+        SMALL_HINT + self.results.iter().map(hits).sum::<usize>() + views
+    }
+}
+
 impl SizeHint for FlushResult {
     fn hint_words(&self) -> usize {
         SMALL_HINT + self.segments.len()
@@ -1295,7 +1346,8 @@ impl SizeHint for DmlEntry {
 
 impl SizeHint for LoadSegments {
     fn hint_words(&self) -> usize {
-        SMALL_HINT + self.segments.len() * 24 + self.lead_shards.len() * 8
+        let views: usize = self.shard_views.iter().map(|v| 4 + v.segments.len()).sum();
+        SMALL_HINT + self.segments.len() * 24 + self.lead_shards.len() * 8 + views
     }
 }
 
@@ -1343,7 +1395,8 @@ impl SizeHint for GetResults {
 
 impl SizeHint for Distribution {
     fn hint_words(&self) -> usize {
-        SMALL_HINT + self.segments.len() * 32 + self.shards.len() * 8
+        let groups: usize = self.replicas.iter().map(|g| 2 + g.nodes.len() * 8).sum();
+        SMALL_HINT + self.segments.len() * 32 + self.shards.len() * 8 + groups
     }
 }
 
@@ -1378,6 +1431,7 @@ wire! {
     Query => query, put_query, get_query;
     QueryResults => query_results, put_query_results, get_query_results;
     SearchResults => search_results, put_search_results, get_search_results;
+    NodeSearchResults => node_search_results, put_node_search_results, get_node_search_results;
     FlushResult => flush_result, put_flush_result, get_flush_result;
     ClusterStatus => cluster_status, put_cluster_status, get_cluster_status;
     PluginUpload => plugin_upload, put_plugin_upload, get_plugin_upload;
@@ -1531,7 +1585,7 @@ mod tests {
     }
 
     fn placement(shard: ShardId) -> ShardPlacement {
-        ShardPlacement { shard, leader: format!("qn-{shard}"), sealed_seq: 99 + u64::from(shard) }
+        ShardPlacement { shard, leader: format!("qn-{shard}"), sealed_seq: 99 + u64::from(shard), replica: shard % 2 }
     }
 
     fn node(role: Role, healthy: bool) -> NodeStatus {
@@ -1636,6 +1690,12 @@ mod tests {
             ],
         }));
         out.push(rt(&SearchResults::default()));
+        out.push(rt(&NodeSearchResults {
+            results: vec![Hits { pks: pks(), scores: vec![0.1, 0.2, 0.3, 0.4], columns: vec![] }],
+            shards: vec![ShardView { shard: 3, version: u64::MAX, segments: vec![7, 8, 9] }],
+            in_flight: 12,
+        }));
+        out.push(rt(&NodeSearchResults::default()));
         out.push(rt(&FlushResult { segments: vec![1, 2, u64::MAX] }));
         out.push(rt(&FlushResult { segments: vec![] }));
         out.push(rt(&ClusterStatus {
@@ -1662,8 +1722,14 @@ mod tests {
                 segment(2, Some(String::new()), SegmentState::Dropped),
             ],
             lead_shards: vec![placement(0), placement(1)],
+            shard_views: vec![ShardView { shard: 0, version: 9, segments: vec![1, 2] }, ShardView::default()],
         }));
-        out.push(rt(&LoadSegments { collection: info(None), segments: vec![], lead_shards: vec![] }));
+        out.push(rt(&LoadSegments {
+            collection: info(None),
+            segments: vec![],
+            lead_shards: vec![],
+            shard_views: vec![],
+        }));
         out.push(rt(&ReleaseSegments { collection: 42, segments: vec![1, 2], all: false }));
         out.push(rt(&ReleaseSegments { collection: 42, segments: vec![], all: true }));
         out.push(rt(&NodeSearch {
@@ -1692,6 +1758,10 @@ mod tests {
             }],
             version: 17,
             released: true,
+            replicas: vec![
+                ReplicaGroup { id: 0, nodes: vec!["qn-0".to_string()] },
+                ReplicaGroup { id: 1, nodes: vec!["qn-1".to_string(), "qn-2".to_string()] },
+            ],
         }));
         for (i, r) in Role::ALL.into_iter().enumerate() {
             out.push(rt(&node(r, i % 2 == 1)));
@@ -1725,6 +1795,7 @@ mod tests {
             one::<QueryResults>(bytes),
             one::<NodeQuery>(bytes),
             one::<SearchResults>(bytes),
+            one::<NodeSearchResults>(bytes),
             one::<FlushResult>(bytes),
             one::<ClusterStatus>(bytes),
             one::<Alloc>(bytes),
@@ -1842,6 +1913,7 @@ mod tests {
                 .collect(),
             version: 1,
             released: false,
+            replicas: vec![],
         };
         rt(&distribution);
     }

@@ -224,6 +224,27 @@ pub struct ShardPlacement {
     pub leader: String,
     /// Highest sequence covered by a sealed segment that is being served.
     pub sealed_seq: Seq,
+    /// The replica group whose leader this is (0-based).
+    #[serde(default)]
+    pub replica: u32,
+}
+
+/// One in-memory replica of a collection: the query nodes that together hold a full copy
+/// (each sealed segment on one of them, each shard led by one of them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaGroup {
+    pub id: u32,
+    pub nodes: Vec<String>,
+}
+
+/// A shard leader's authoritative list of its shard's served sealed segments (MISSION S2.6):
+/// sent to the leader with its load, returned with every search it answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardView {
+    pub shard: ShardId,
+    /// Layout version the list was taken from.
+    pub version: u64,
+    pub segments: Vec<SegmentId>,
 }
 
 /// The serving layout of one collection, as the coordinator knows it.
@@ -237,6 +258,16 @@ pub struct Distribution {
     /// Released: no query node serves it until it is loaded again (reads are refused).
     #[serde(default)]
     pub released: bool,
+    /// The in-memory replicas and their query nodes.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaGroup>,
+}
+
+impl Distribution {
+    /// The leaders of `shard`, one per replica group that has one.
+    pub fn leaders_of(&self, shard: ShardId) -> impl Iterator<Item = &ShardPlacement> {
+        self.shards.iter().filter(move |s| s.shard == shard && !s.leader.is_empty())
+    }
 }
 
 /// Serve a collection from query nodes (again), with `replicas` in-memory replicas (0 = 1).
@@ -415,6 +446,17 @@ pub struct SearchResults {
     pub results: Vec<Hits>,
 }
 
+/// Query node → proxy: one node's share of a search, plus what keeps the proxy's cache and
+/// routing current.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeSearchResults {
+    pub results: Vec<Hits>,
+    /// For each shard of the request this node leads: its authoritative segment list (S2.6).
+    pub shards: Vec<ShardView>,
+    /// Requests the node was serving when it answered, from all proxies (S2.7).
+    pub in_flight: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlushResult {
     pub segments: Vec<SegmentId>,
@@ -504,6 +546,10 @@ pub struct LoadSegments {
     pub segments: Vec<SegmentInfo>,
     /// Shards whose growing data this node serves, with the sealed position to stream after.
     pub lead_shards: Vec<ShardPlacement>,
+    /// For each lead shard: its served sealed segments, which the leader returns with every
+    /// search so proxies can check their cached layout (MISSION S2.6).
+    #[serde(default)]
+    pub shard_views: Vec<ShardView>,
 }
 
 /// Coordinator → query node: stop serving these segments (and shards).

@@ -10,5 +10,6 @@ mod common;
 mod crud;
 mod durability;
 mod plugins;
+mod replicas;
 mod search;
 mod supervisor;

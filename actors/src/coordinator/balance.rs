@@ -45,13 +45,12 @@ pub fn cluster_view(catalog: &Catalog, nodes: &[NodeStatus]) -> ClusterView {
         let Some(segments) = catalog.segments.get(cid) else { continue };
         for (id, holders) in &layout.holders {
             let Some(seg) = segments.get(id).filter(|s| s.state != SegmentState::Dropped) else { continue };
-            let target = layout.targets.get(id);
             for h in holders {
                 let Some(&node) = index.get(h.as_str()) else { continue };
                 let n = &mut view.nodes[node as usize];
                 n.rows += seg.rows;
                 n.segments += 1;
-                if target == Some(h) {
+                if layout.is_target(*id, h) {
                     view.segments.push(SegmentLoad {
                         id: *id,
                         collection: *cid,
@@ -99,7 +98,14 @@ impl Coordinator {
                 continue;
             };
             let Some(layout) = catalog.layouts.get_mut(&cid) else { continue };
-            layout.targets.insert(m.segment, target.node_id.clone());
+            // A copy moves within its replica group, so groups stay on disjoint nodes.
+            let Some(group) = layout.replicas.iter_mut().find(|g| g.nodes.contains(&source.node_id)) else { continue };
+            if !group.nodes.contains(&target.node_id) {
+                tracing::debug!(segment = m.segment, from = %source.node_id, to = %target.node_id,
+                    "balance: move would cross replica groups; skipped");
+                continue;
+            }
+            group.targets.insert(m.segment, target.node_id.clone());
             changed.push(cid);
             metrics::counter!("quiver_balance_moves_total").increment(1);
             tracing::info!(

@@ -12,13 +12,21 @@ pub const MAX_DIM: u32 = 32_768;
 
 /// Where each shard's DML channel is consumed and served, and which nodes hold which segments.
 /// Persisted as `layout.<collection id>` so a restarted coordinator keeps its assignments.
+///
+/// A loaded collection has `replica_number` replica groups (MISSION S2.2) on disjoint query
+/// nodes. Each group has one leader per shard (serving the shard's growing rows) and one target
+/// per sealed segment (spread over the group's nodes), so every group is a full copy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Layout {
     pub shards: Vec<ShardLayout>,
-    /// Segment id → query nodes that confirmed they serve it.
+    /// The replica groups (empty while released).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaLayout>,
+    /// Replica groups wanted (`replica_number`; 0 reads as 1).
+    #[serde(default)]
+    pub replica_number: u32,
+    /// Segment id → query nodes that confirmed they serve it (of any group).
     pub holders: BTreeMap<u64, Vec<String>>,
-    /// Segment id → query node chosen to load it (confirmed or not yet).
-    pub targets: BTreeMap<u64, String>,
     /// Incarnation (`started_ms`) of each query node when it last confirmed a load: a holder
     /// whose node restarted since holds nothing any more.
     pub epochs: BTreeMap<String, u64>,
@@ -26,18 +34,92 @@ pub struct Layout {
     /// Released by an operator: no query node serves the collection until it is loaded again.
     #[serde(default)]
     pub released: bool,
+    /// Before replicas (one implicit group): segment id → query node. Read once by `migrate`.
+    #[serde(default, skip_serializing)]
+    targets: BTreeMap<u64, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardLayout {
     pub shard: u32,
-    /// Query node serving the shard's growing data (shard leader).
-    pub leader: String,
     /// Data node consuming the shard's DML channel.
     pub channel_owner: String,
     /// Log position up to which rows are served from sealed segments (never moves back); the
-    /// leader serves growing rows after it, and inserts before it are purged from the log.
+    /// leaders serve growing rows after it, and inserts before it are purged from the log.
     pub served_seq: u64,
+    /// Before replicas: the shard's one leader. Read once by `Layout::migrate`.
+    #[serde(default, skip_serializing)]
+    leader: String,
+}
+
+impl ShardLayout {
+    fn new(shard: u32) -> ShardLayout {
+        ShardLayout { shard, ..Default::default() }
+    }
+}
+
+/// One replica group of a collection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaLayout {
+    pub id: u32,
+    /// The query nodes of the group (disjoint from the other groups' of the collection).
+    pub nodes: Vec<String>,
+    /// Per shard, in the order of `Layout::shards`: the group's leader of it.
+    pub leaders: Vec<ShardLeader>,
+    /// Segment id → the group's node chosen to load it (confirmed or not yet).
+    pub targets: BTreeMap<u64, String>,
+}
+
+/// A shard's leader in one replica group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardLeader {
+    /// Query node id; empty while none can be placed.
+    pub node: String,
+    /// The node confirmed it serves the shard's growing rows (loaded its desired state).
+    pub confirmed: bool,
+}
+
+impl Layout {
+    /// The layout of a new collection: `shards` shards, one replica, nothing placed yet.
+    pub fn new(shards: u32) -> Layout {
+        Layout { shards: (0..shards).map(ShardLayout::new).collect(), replica_number: 1, ..Default::default() }
+    }
+
+    /// Replica groups wanted (at least 1).
+    pub fn wanted_replicas(&self) -> usize {
+        self.replica_number.max(1) as usize
+    }
+
+    /// The replica group `node` belongs to.
+    pub fn group_of(&self, node: &str) -> Option<&ReplicaLayout> {
+        self.replicas.iter().find(|g| g.nodes.iter().any(|n| n == node))
+    }
+
+    /// Whether `node` is the target of `segment` in its group.
+    pub fn is_target(&self, segment: u64, node: &str) -> bool {
+        self.replicas.iter().any(|g| g.targets.get(&segment).is_some_and(|t| t == node))
+    }
+
+    /// Moves a layout written before replica groups existed into group 0.
+    pub fn migrate(&mut self) {
+        let legacy_leaders = self.shards.iter().any(|s| !s.leader.is_empty());
+        if !self.replicas.is_empty() || (!legacy_leaders && self.targets.is_empty()) {
+            return;
+        }
+        let mut group = ReplicaLayout { id: 0, targets: std::mem::take(&mut self.targets), ..Default::default() };
+        for shard in &mut self.shards {
+            let node = std::mem::take(&mut shard.leader);
+            group.leaders.push(ShardLeader { confirmed: !node.is_empty(), node });
+        }
+        let mut nodes: Vec<String> =
+            group.leaders.iter().map(|l| l.node.clone()).chain(group.targets.values().cloned()).collect();
+        nodes.retain(|n| !n.is_empty());
+        nodes.sort();
+        nodes.dedup();
+        group.nodes = nodes;
+        self.replicas.push(group);
+        self.replica_number = 1;
+    }
 }
 
 pub fn collection_key(name: &str) -> String {

@@ -32,7 +32,7 @@ use quiver_schemas::{
 };
 use tokio::sync::{Mutex, Notify};
 
-pub use catalog::{validate_schema, Layout, ShardLayout};
+pub use catalog::{validate_schema, Layout};
 
 use crate::node::{start_role, Node, RoleHandler};
 
@@ -49,6 +49,9 @@ impl Catalog {
         self.collections.get(name).ok_or_else(|| not_found(name))
     }
 }
+
+/// Most in-memory replica groups a collection can have.
+pub const MAX_REPLICAS: u32 = 20;
 
 pub(crate) fn not_found(name: &str) -> Error {
     Error::NotFound(format!("collection {name:?} does not exist"))
@@ -81,7 +84,8 @@ impl Coordinator {
         for info in meta.values::<CollectionInfo>("collection.").await? {
             let segments: Vec<SegmentInfo> = meta.values(&catalog::segment_prefix(info.id)).await?;
             catalog.segments.insert(info.id, segments.into_iter().map(|s| (s.id, s)).collect());
-            let layout: Layout = meta.get(&catalog::layout_key(info.id)).await?.unwrap_or_default();
+            let mut layout: Layout = meta.get(&catalog::layout_key(info.id)).await?.unwrap_or_default();
+            layout.migrate();
             catalog.layouts.insert(info.id, layout);
             catalog.collections.insert(info.schema.name.clone(), info);
         }
@@ -126,10 +130,7 @@ impl Coordinator {
         let created_ts = self.alloc_ts(1).await?;
         let info = CollectionInfo { id, schema, index: None, created_ts };
         catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
-        let layout = Layout {
-            shards: (0..info.schema.num_shards).map(|shard| ShardLayout { shard, ..Default::default() }).collect(),
-            ..Default::default()
-        };
+        let layout = Layout::new(info.schema.num_shards);
         let meta = &self.node.shared.meta;
         meta.put(&catalog::layout_key(id), &layout).await?;
         meta.put(&catalog::collection_key(&info.schema.name), &info).await?;
@@ -166,43 +167,63 @@ impl Coordinator {
         Ok(Empty {})
     }
 
-    /// Serves a released collection again (shard leaders and segments are placed by the next
-    /// reconcile round; `GetLoadingProgress` follows it).
+    /// Serves a collection from `replicas` in-memory replica groups (shard leaders and segments
+    /// are placed by the next reconcile round; `GetLoadingProgress` follows it). Loading a loaded
+    /// collection with another replica number adds or removes groups.
     async fn load_collection(&self, req: LoadCollection) -> Result<Empty> {
         let replicas = req.replicas.max(1);
-        if replicas > 1 {
-            let queries =
-                self.node.shared.registry.nodes().await?.into_iter().filter(|n| n.role == Role::QueryNode).count();
+        if replicas > MAX_REPLICAS {
             return Err(Error::InvalidArgument(format!(
-                "replica_number {replicas} is not supported yet: this Quiver version serves one in-memory replica per \
-                 collection ({queries} query nodes available)"
+                "replica_number {replicas} is too large (at most {MAX_REPLICAS})"
             )));
         }
-        self.set_released(&req.name, false).await
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+        let mut alive: Vec<String> = verdicts.members(Role::QueryNode).alive.into_iter().map(|n| n.node_id).collect();
+        alive.sort();
+        if alive.len() < replicas as usize {
+            return Err(Error::InvalidArgument(format!(
+                "replica_number {replicas} needs at least {replicas} query nodes (replicas are on disjoint nodes), \
+                 but {} {} alive{}",
+                alive.len(),
+                if alive.len() == 1 { "is" } else { "are" },
+                if alive.is_empty() { String::new() } else { format!(": {}", alive.join(", ")) }
+            )));
+        }
+        self.update_layout(&req.name, |layout| {
+            let changed = layout.released || layout.wanted_replicas() != replicas as usize;
+            layout.released = false;
+            layout.replica_number = replicas;
+            changed
+        })
+        .await?;
+        tracing::info!(collection = %req.name, replicas, "collection loaded");
+        Ok(Empty {})
     }
 
     /// Stops serving a collection from query nodes (inserts are still accepted).
     async fn release_collection(&self, req: CollectionName) -> Result<Empty> {
-        self.set_released(&req.name, true).await
+        self.update_layout(&req.name, |layout| !std::mem::replace(&mut layout.released, true)).await?;
+        tracing::info!(collection = %req.name, "collection released");
+        Ok(Empty {})
     }
 
-    async fn set_released(&self, name: &str, released: bool) -> Result<Empty> {
+    /// Applies `change` to a collection's layout; when it reports a change, the layout is
+    /// persisted with a new version, proxies are told and placement runs.
+    async fn update_layout(&self, name: &str, change: impl FnOnce(&mut Layout) -> bool) -> Result<()> {
         let mut catalog = self.catalog.lock().await;
         let id = catalog.by_name(name)?.id;
         let Some(layout) = catalog.layouts.get_mut(&id) else {
             return Err(Error::Internal(format!("collection {name:?} has no layout")));
         };
-        if layout.released == released {
-            return Ok(Empty {});
+        if !change(layout) {
+            return Ok(());
         }
-        layout.released = released;
         layout.version += 1;
         self.node.shared.meta.put(&catalog::layout_key(id), layout).await?;
         drop(catalog);
-        tracing::info!(collection = %name, released, "collection {}", if released { "released" } else { "loaded" });
         self.publish_change(id).await;
         self.reconcile.notify_one();
-        Ok(Empty {})
+        Ok(())
     }
 
     /// Drops a released collection's vector index: segments are searched exactly until a new

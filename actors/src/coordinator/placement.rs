@@ -9,7 +9,7 @@
 //! leader serves growing rows after it, so every row is served exactly once.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,12 +17,12 @@ use std::time::Duration;
 use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::{
-    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments, Role,
-    SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement,
+    BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments,
+    ReplicaGroup, Role, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardView,
 };
 
 use super::balance::cluster_view;
-use super::catalog::{layout_key, segment_key, Layout, ShardLayout};
+use super::catalog::{layout_key, segment_key, Layout, ReplicaLayout, ShardLayout, ShardLeader};
 use super::membership::Members;
 use super::{Catalog, Coordinator};
 
@@ -57,7 +57,9 @@ fn served_seq(segments: &BTreeMap<u64, SegmentInfo>, layout: &Layout, shard: &Sh
 }
 
 /// The serving layout proxies use: every segment at or below its shard's served position,
-/// with its current holders (none while it is being reloaded: reads then wait and retry).
+/// with its current holders (none while it is being reloaded: reads then wait and retry), and
+/// each shard's leaders. A leader that has not confirmed yet is published only while no leader
+/// of its shard has (a read sent to it waits or retries, as for a segment being reloaded).
 pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     let empty = BTreeMap::new();
     let segments = catalog.segments.get(&info.id).unwrap_or(&empty);
@@ -68,19 +70,42 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
         segments: Vec::new(),
         version: layout.version,
         released: layout.released,
+        replicas: layout.replicas.iter().map(|g| ReplicaGroup { id: g.id, nodes: g.nodes.clone() }).collect(),
     };
-    for shard in &layout.shards {
-        out.shards.push(ShardPlacement {
+    for (i, shard) in layout.shards.iter().enumerate() {
+        let leaders: Vec<(u32, &ShardLeader)> = layout
+            .replicas
+            .iter()
+            .filter_map(|g| g.leaders.get(i).filter(|l| !l.node.is_empty()).map(|l| (g.id, l)))
+            .collect();
+        let any_confirmed = leaders.iter().any(|(_, l)| l.confirmed);
+        let placement = |replica: u32, leader: String| ShardPlacement {
             shard: shard.shard,
-            leader: shard.leader.clone(),
+            leader,
             sealed_seq: shard.served_seq,
-        });
-        for s in segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq) {
+            replica,
+        };
+        for (replica, l) in leaders.iter().filter(|(_, l)| l.confirmed || !any_confirmed) {
+            out.shards.push(placement(*replica, l.node.clone()));
+        }
+        if leaders.is_empty() {
+            // Listed without a leader, so readers know the shard exists and has no node yet.
+            out.shards.push(placement(0, String::new()));
+        }
+        for s in served_segments(segments, shard) {
             let nodes = layout.holders.get(&s.id).cloned().unwrap_or_default();
             out.segments.push(SegmentPlacement { segment: s.clone(), nodes });
         }
     }
     out
+}
+
+/// The sealed segments of `shard` served to readers: those at or below its served position.
+fn served_segments<'a>(
+    segments: &'a BTreeMap<u64, SegmentInfo>,
+    shard: &'a ShardLayout,
+) -> impl Iterator<Item = &'a SegmentInfo> {
+    segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq)
 }
 
 fn digest(load: &LoadSegments) -> u64 {
@@ -94,6 +119,12 @@ fn digest(load: &LoadSegments) -> u64 {
     for l in &load.lead_shards {
         l.shard.hash(&mut h);
         l.sealed_seq.hash(&mut h);
+        l.replica.hash(&mut h);
+    }
+    // Not the views' layout version: a new version with the same lists needs no new load.
+    for v in &load.shard_views {
+        v.shard.hash(&mut h);
+        v.segments.hash(&mut h);
     }
     h.finish()
 }
@@ -167,13 +198,15 @@ impl Coordinator {
             for s in &load.segments {
                 layout.holders.entry(s.id).or_default().push(node.clone());
             }
-            // Hand-off done: once a segment's target serves it, the other copies go (S1.4).
-            for (id, holders) in layout.holders.iter_mut() {
-                if let Some(target) = layout.targets.get(id).filter(|t| holders.contains(t)) {
-                    holders.retain(|h| h == target);
+            settle_holders(layout);
+            let leads: HashSet<u32> = load.lead_shards.iter().map(|l| l.shard).collect();
+            for group in &mut layout.replicas {
+                for (leader, shard) in group.leaders.iter_mut().zip(&layout.shards) {
+                    if leader.node == node {
+                        leader.confirmed = leads.contains(&shard.shard);
+                    }
                 }
             }
-            layout.holders.retain(|_, h| !h.is_empty());
             layout.epochs.insert(node.clone(), epoch);
             for i in 0..layout.shards.len() {
                 let served = served_seq(&segments, layout, &layout.shards[i]);
@@ -247,45 +280,73 @@ impl Coordinator {
 
         // A released collection keeps its data nodes (inserts go on) but no query node.
         if next.released {
-            for shard in &mut next.shards {
-                shard.leader.clear();
-            }
-            next.targets.clear();
+            next.replicas.clear();
             next.holders.clear();
-        }
-        // Leaders and segments without a serving node go where the balancer says, in one call
-        // so that it accounts for what it already placed.
-        let orphan_leaders: Vec<usize> =
-            (0..next.shards.len()).filter(|&i| !next.released && !serving(&next.shards[i].leader)).collect();
-        let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
-        let orphan_segments: Vec<&SegmentInfo> = segments
-            .values()
-            .filter(|seg| !next.released && !next.targets.get(&seg.id).is_some_and(|t| serving(t)))
-            .collect();
-        let mut items: Vec<PlacementItem> =
-            orphan_leaders.iter().map(|&i| channel_item(u64::from(next.shards[i].shard))).collect();
-        items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
-        let mut placed = self.place(catalog, &queries.alive, &items).into_iter();
-        for &i in &orphan_leaders {
-            if let Some(node) = placed.next().flatten() {
-                tracing::info!(collection = info.id, shard = next.shards[i].shard, node = %node, "shard leader assigned");
-                next.shards[i].leader = node;
+        } else {
+            form_groups(&mut next, &queries.alive, serving);
+            let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
+            for g in 0..next.replicas.len() {
+                self.place_group(catalog, info, &mut next, g, &segments, &queries.alive, serving, restarted);
             }
         }
-        for seg in &orphan_segments {
-            if let Some(node) = placed.next().flatten() {
-                next.targets.insert(seg.id, node);
-            }
-        }
-        next.targets.retain(|id, _| segments.contains_key(id));
         if next != layout {
-            if next.shards != layout.shards || next.holders != layout.holders {
+            if published(&next) != published(&layout) {
                 next.version += 1;
             }
             self.node.shared.meta.put(&layout_key(info.id), &next).await?;
             catalog.layouts.insert(info.id, next);
         }
         Ok(())
+    }
+
+    /// Gives replica group `g` a leader for every shard and a target for every segment, among
+    /// its alive nodes: leaders and targets on nodes that left the group or stopped serving are
+    /// placed again, in one balancer call so that it accounts for what it already placed.
+    #[allow(clippy::too_many_arguments)]
+    fn place_group(
+        &self,
+        catalog: &Catalog,
+        info: &CollectionInfo,
+        layout: &mut Layout,
+        g: usize,
+        segments: &BTreeMap<u64, SegmentInfo>,
+        alive: &[NodeStatus],
+        serving: impl Fn(&str) -> bool,
+        restarted: impl Fn(&str) -> bool,
+    ) {
+        let shards: Vec<u32> = layout.shards.iter().map(|s| s.shard).collect();
+        let group = &mut layout.replicas[g];
+        let member = |id: &str| serving(id) && group.nodes.iter().any(|n| n == id);
+        group.leaders.resize(shards.len(), ShardLeader::default());
+        for leader in &mut group.leaders {
+            if !member(&leader.node) {
+                *leader = ShardLeader::default();
+            } else if restarted(&leader.node) {
+                leader.confirmed = false;
+            }
+        }
+        let mut targets = std::mem::take(&mut group.targets);
+        targets.retain(|id, t| segments.contains_key(id) && member(t));
+        let orphan_leaders: Vec<usize> = (0..shards.len()).filter(|&i| group.leaders[i].node.is_empty()).collect();
+        let orphan_segments: Vec<&SegmentInfo> = segments.values().filter(|s| !targets.contains_key(&s.id)).collect();
+        let nodes: Vec<NodeStatus> = alive.iter().filter(|n| group.nodes.contains(&n.node_id)).cloned().collect();
+        let channel_item = |id: u64| PlacementItem { id, memory_size: CHANNEL_MEMORY_ESTIMATE, rows: 0 };
+        let mut items: Vec<PlacementItem> =
+            orphan_leaders.iter().map(|&i| channel_item(u64::from(shards[i]))).collect();
+        items.extend(orphan_segments.iter().map(|s| PlacementItem { id: s.id, memory_size: s.mem_size, rows: s.rows }));
+        let mut placed = self.place(catalog, &nodes, &items).into_iter();
+        for &i in &orphan_leaders {
+            if let Some(node) = placed.next().flatten() {
+                tracing::info!(collection = info.id, shard = shards[i], replica = group.id, node = %node, "shard leader assigned");
+                group.leaders[i] = ShardLeader { node, confirmed: false };
+            }
+        }
+        for seg in &orphan_segments {
+            if let Some(node) = placed.next().flatten() {
+                targets.insert(seg.id, node);
+            }
+        }
+        group.targets = targets;
     }
 
     /// Asks the balancer where `items` go among `nodes`: one node id per item, in order (none
@@ -361,7 +422,9 @@ impl Coordinator {
     }
 }
 
-/// The full state query node `node` should have for one collection.
+/// The full state query node `node` should have for one collection: the segments it is the
+/// target of or still holds, the shards it leads in its replica group, and for each of those
+/// the shard's served segments (its authoritative view, MISSION S2.6).
 fn desired_for(
     info: &CollectionInfo,
     layout: &Layout,
@@ -371,16 +434,223 @@ fn desired_for(
     let mine: Vec<SegmentInfo> = segments
         .values()
         .filter(|s| {
-            layout.targets.get(&s.id).is_some_and(|t| t == node)
-                || layout.holders.get(&s.id).is_some_and(|h| h.iter().any(|x| x == node))
+            layout.is_target(s.id, node) || layout.holders.get(&s.id).is_some_and(|h| h.iter().any(|x| x == node))
         })
         .cloned()
         .collect();
-    let lead_shards = layout
-        .shards
-        .iter()
-        .filter(|s| s.leader == node)
-        .map(|s| ShardPlacement { shard: s.shard, leader: s.leader.clone(), sealed_seq: s.served_seq })
-        .collect();
-    LoadSegments { collection: info.clone(), segments: mine, lead_shards }
+    let mut lead_shards = Vec::new();
+    let mut shard_views = Vec::new();
+    if let Some(group) = layout.group_of(node) {
+        for (shard, leader) in layout.shards.iter().zip(&group.leaders) {
+            if leader.node != node {
+                continue;
+            }
+            lead_shards.push(ShardPlacement {
+                shard: shard.shard,
+                leader: leader.node.clone(),
+                sealed_seq: shard.served_seq,
+                replica: group.id,
+            });
+            shard_views.push(ShardView {
+                shard: shard.shard,
+                version: layout.version,
+                segments: served_segments(segments, shard).map(|s| s.id).collect(),
+            });
+        }
+    }
+    LoadSegments { collection: info.clone(), segments: mine, lead_shards, shard_views }
+}
+
+/// Keeps `layout.replicas` at the wanted number of groups over the query nodes: nodes that
+/// stopped serving leave their group, alive nodes in no group join the smallest one, and while
+/// two groups differ by two nodes or more, the largest gives the smallest the node with the least
+/// to reload (fewest leads, then fewest segments).
+fn form_groups(layout: &mut Layout, alive: &[NodeStatus], serving: impl Fn(&str) -> bool) {
+    let want = layout.wanted_replicas();
+    layout.replicas.truncate(want);
+    while layout.replicas.len() < want {
+        let id = layout.replicas.iter().map(|g| g.id + 1).max().unwrap_or(0);
+        layout.replicas.push(ReplicaLayout { id, ..Default::default() });
+    }
+    for group in &mut layout.replicas {
+        group.nodes.retain(|n| serving(n));
+    }
+    let mut spare: Vec<&str> =
+        alive.iter().map(|n| n.node_id.as_str()).filter(|n| layout.group_of(n).is_none()).collect();
+    spare.sort_unstable();
+    for node in spare {
+        if let Some(group) = layout.replicas.iter_mut().min_by_key(|g| (g.nodes.len(), g.id)) {
+            tracing::info!(node, replica = group.id, "query node joins replica group");
+            group.nodes.push(node.to_string());
+        }
+    }
+    // Sizes differ by at most one, so each group has about the same capacity.
+    loop {
+        let size = |i: &usize| (layout.replicas[*i].nodes.len(), *i);
+        let (Some(small), Some(large)) =
+            ((0..layout.replicas.len()).min_by_key(size), (0..layout.replicas.len()).max_by_key(size))
+        else {
+            break;
+        };
+        if layout.replicas[large].nodes.len() < layout.replicas[small].nodes.len() + 2 {
+            break;
+        }
+        let group = &layout.replicas[large];
+        let cost = |n: &String| {
+            let leads = group.leaders.iter().filter(|l| &l.node == n).count();
+            let targets = group.targets.values().filter(|t| *t == n).count();
+            (leads, targets, n.clone())
+        };
+        let Some(node) = group.nodes.iter().min_by_key(|n| cost(n)).cloned() else { break };
+        tracing::info!(node = %node, from = group.id, to = layout.replicas[small].id, "query node moves to a smaller replica group");
+        layout.replicas[large].nodes.retain(|n| n != &node);
+        layout.replicas[small].nodes.push(node);
+    }
+}
+
+/// Hand-off done (S1.4): once a group's target of a segment serves it, the group's other
+/// copies go, and so do copies on nodes that are in no group any more.
+fn settle_holders(layout: &mut Layout) {
+    let Layout { holders, replicas, .. } = layout;
+    let group_of = |node: &str| replicas.iter().position(|g| g.nodes.iter().any(|n| n == node));
+    for (id, holders) in holders.iter_mut() {
+        for (g, group) in replicas.iter().enumerate() {
+            let Some(target) = group.targets.get(id).filter(|t| holders.contains(t)) else { continue };
+            holders.retain(|h| h == target || group_of(h).is_some_and(|other| other != g));
+        }
+    }
+    holders.retain(|_, h| !h.is_empty());
+}
+
+/// What proxies see of a layout (a change bumps its version): shards, holders, groups and leaders.
+fn published(layout: &Layout) -> impl PartialEq + '_ {
+    let groups: Vec<(&Vec<String>, &Vec<ShardLeader>)> =
+        layout.replicas.iter().map(|g| (&g.nodes, &g.leaders)).collect();
+    (&layout.shards, &layout.holders, groups)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn alive(ids: &[&str]) -> Vec<NodeStatus> {
+        ids.iter()
+            .map(|id| NodeStatus {
+                node_id: id.to_string(),
+                role: Role::QueryNode,
+                host: String::new(),
+                pid: 1,
+                healthy: true,
+                mem_used: 0,
+                mem_capacity: 0,
+                segments: 0,
+                restarts: 0,
+                started_ms: 1,
+                heartbeat_ms: 1,
+                detail: String::new(),
+            })
+            .collect()
+    }
+
+    fn groups(layout: &Layout) -> Vec<Vec<&str>> {
+        layout.replicas.iter().map(|g| g.nodes.iter().map(String::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn groups_are_disjoint_and_refilled_when_a_node_goes() {
+        let mut layout = Layout::new(1);
+        layout.replica_number = 2;
+        let nodes = alive(&["a", "b", "c", "d"]);
+        form_groups(&mut layout, &nodes, |_: &str| true);
+        assert_eq!(groups(&layout), [vec!["a", "c"], vec!["b", "d"]]);
+
+        // b and d die: group 1 is empty and takes the node of group 0 with the least to reload.
+        layout.replicas[0].leaders = vec![ShardLeader { node: "a".into(), confirmed: true }];
+        let serving = |n: &str| n == "a" || n == "c";
+        form_groups(&mut layout, &alive(&["a", "c"]), serving);
+        assert_eq!(groups(&layout), [vec!["a"], vec!["c"]], "the leader stays");
+
+        // A returning node joins the smallest group; a third group takes a node from a pair.
+        form_groups(&mut layout, &alive(&["a", "c", "b"]), |n: &str| n != "d");
+        assert_eq!(groups(&layout), [vec!["a", "b"], vec!["c"]]);
+        layout.replica_number = 3;
+        form_groups(&mut layout, &alive(&["a", "c", "b"]), |n: &str| n != "d");
+        assert_eq!(groups(&layout), [vec!["a"], vec!["c"], vec!["b"]]);
+
+        // Fewer replicas: the dropped group's node joins a remaining one.
+        layout.replica_number = 2;
+        form_groups(&mut layout, &alive(&["a", "c", "b"]), |n: &str| n != "d");
+        assert_eq!(groups(&layout), [vec!["a", "b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn a_confirmed_target_retires_its_groups_other_copies_only() {
+        let mut layout = Layout::new(1);
+        layout.replicas = vec![
+            ReplicaLayout { id: 0, nodes: vec!["a".into(), "x".into()], ..Default::default() },
+            ReplicaLayout { id: 1, nodes: vec!["b".into()], ..Default::default() },
+        ];
+        layout.replicas[0].targets.insert(5, "a".into());
+        layout.replicas[1].targets.insert(5, "b".into());
+        // x held it before a (a hand-off inside group 0); gone is in no group any more.
+        layout.holders.insert(5, vec!["x".into(), "gone".into()]);
+        settle_holders(&mut layout);
+        assert_eq!(layout.holders[&5], ["x", "gone"], "no target serves it yet: nothing retires");
+        layout.holders.get_mut(&5).unwrap().push("b".into());
+        settle_holders(&mut layout);
+        assert_eq!(layout.holders[&5], ["x", "b"], "group 1's copy retires the stray one, not group 0's");
+        layout.holders.get_mut(&5).unwrap().push("a".into());
+        settle_holders(&mut layout);
+        assert_eq!(layout.holders[&5], ["b", "a"]);
+    }
+
+    #[test]
+    fn unconfirmed_leaders_are_published_only_while_no_leader_is_confirmed() {
+        let info = CollectionInfo {
+            id: 1,
+            schema: quiver_schemas::CollectionSchema {
+                name: "docs".into(),
+                description: String::new(),
+                fields: Vec::new(),
+                enable_dynamic_field: false,
+                num_shards: 1,
+                consistency: quiver_schemas::Consistency::Bounded,
+            },
+            index: None,
+            created_ts: 0,
+        };
+        let mut layout = Layout::new(1);
+        layout.replica_number = 2;
+        layout.replicas = vec![
+            ReplicaLayout { id: 0, nodes: vec!["a".into()], ..Default::default() },
+            ReplicaLayout { id: 1, nodes: vec!["b".into()], ..Default::default() },
+        ];
+        layout.replicas[0].leaders = vec![ShardLeader { node: "a".into(), confirmed: false }];
+        layout.replicas[1].leaders = vec![ShardLeader { node: "b".into(), confirmed: false }];
+        let mut catalog = Catalog::default();
+        catalog.layouts.insert(1, layout);
+        let leaders = |c: &Catalog| -> Vec<(String, u32)> {
+            distribution(c, &info).shards.into_iter().map(|s| (s.leader, s.replica)).collect()
+        };
+        assert_eq!(leaders(&catalog), [("a".to_string(), 0), ("b".to_string(), 1)]);
+        catalog.layouts.get_mut(&1).unwrap().replicas[1].leaders[0].confirmed = true;
+        assert_eq!(leaders(&catalog), [("b".to_string(), 1)]);
+        let d = distribution(&catalog, &info);
+        assert_eq!(d.replicas.len(), 2);
+    }
+
+    #[test]
+    fn layouts_from_before_replicas_move_into_group_zero() {
+        let old = r#"{"shards":[{"shard":0,"leader":"q1","channel_owner":"d1","served_seq":9}],
+            "holders":{"5":["q2"]},"targets":{"5":"q2"},"epochs":{},"version":4}"#;
+        let mut layout: Layout = serde_json::from_str(old).unwrap();
+        layout.migrate();
+        assert_eq!(layout.replica_number, 1);
+        assert_eq!(groups(&layout), [vec!["q1", "q2"]]);
+        assert_eq!(layout.replicas[0].leaders, [ShardLeader { node: "q1".into(), confirmed: true }]);
+        assert!(layout.is_target(5, "q2"));
+        let json = serde_json::to_value(&layout).unwrap();
+        assert!(json.get("targets").is_none() && json["shards"][0].get("leader").is_none(), "{json}");
+    }
 }

@@ -1,6 +1,7 @@
-//! Searches and gets: route each sealed segment to one of the nodes holding it (router
-//! policy), send each shard's growing part to its leader, scatter the per-node requests,
-//! gather and merge. A stale or failed node reply refreshes the cached layout and retries.
+//! Searches, gets and queries: route each sealed segment to one of the nodes holding it
+//! (router policy; with replicas every group's copy is a candidate), send each shard's growing
+//! part to one of its leaders, scatter the per-node requests, gather and merge. A failed or
+//! stale share is retried alone on a fresh layout, on another replica when there is one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -12,9 +13,11 @@ use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
     ts_compose, CollectionInfo, Consistency, Distribution, Expr, Get, GetResults, Hits, NodeGet, NodeQuery, NodeSearch,
-    Query, QueryResults, RowBatch, ScalarValue, Search, SearchResults, ShardPlacement, COUNT_STAR,
+    NodeSearchResults, Query, QueryResults, RowBatch, ScalarValue, Search, SearchResults, SegmentPlacement,
+    ShardPlacement, ShardView, COUNT_STAR,
 };
 
+use super::load::NodeLoads;
 use super::validate::{check_output_fields, check_pk, check_search, select_rows};
 use super::Proxy;
 use crate::querynode::metric_of;
@@ -24,60 +27,130 @@ use crate::vector::higher_is_better;
 const READ_ATTEMPTS: u32 = 10;
 
 /// One node's share of a read.
-#[derive(Default)]
-struct NodeShare {
+#[derive(Debug, Default, Clone)]
+pub(super) struct NodeShare {
     segments: Vec<u64>,
     growing: Vec<ShardPlacement>,
 }
 
-impl Proxy {
-    /// Splits a read over the nodes of the layout.
-    fn plan(&self, dist: &Distribution) -> Result<BTreeMap<String, NodeShare>> {
-        if dist.released {
-            return Err(Error::InvalidArgument(format!(
-                "collection {:?} is not loaded; load it first (LoadCollection)",
-                dist.collection.schema.name
-            )));
-        }
-        let mut shares: BTreeMap<String, NodeShare> = BTreeMap::new();
-        for shard in &dist.shards {
-            if shard.leader.is_empty() {
-                return Err(Error::Unavailable(format!(
-                    "shard {} of {:?} has no query node yet",
-                    shard.shard, dist.collection.schema.name
-                )));
-            }
-            shares.entry(shard.leader.clone()).or_default().growing.push(shard.clone());
-        }
-        let mut request = RouteRequest {
-            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
-            collection: dist.collection.id,
-            ..RouteRequest::default()
-        };
-        let mut index: HashMap<&str, u32> = HashMap::new();
-        for s in &dist.segments {
-            let holders: Vec<u32> = s
-                .nodes
-                .iter()
-                .map(|n| {
-                    *index.entry(n.as_str()).or_insert_with(|| {
-                        request.nodes.push(self.load.of(n));
-                        request.nodes.len() as u32 - 1
-                    })
-                })
-                .collect();
-            request.push_segment(s.segment.id, s.segment.rows, holders);
-        }
-        let routed = self.route(&request);
-        for (seg, choice) in dist.segments.iter().zip(routed) {
-            let Some(node) = choice.and_then(|i| request.nodes.get(i as usize)) else {
-                return Err(Error::Unavailable(format!("segment {} has no query node", seg.segment.id)));
-            };
-            shares.entry(node.node_id.clone()).or_default().segments.push(seg.segment.id);
-        }
-        Ok(shares)
+/// What a read still needs after some shares failed: sealed segments, and per shard everything
+/// after the log position the failed request's view had sealed (segments sealed since then
+/// plus the growing rows after the fresh view's position).
+#[derive(Default)]
+struct Pending {
+    segments: HashSet<u64>,
+    shards: BTreeMap<u32, u64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.shards.is_empty()
     }
 
+    fn add(&mut self, share: NodeShare) {
+        self.segments.extend(share.segments);
+        for g in share.growing {
+            let after = self.shards.entry(g.shard).or_insert(g.sealed_seq);
+            *after = (*after).min(g.sealed_seq);
+        }
+    }
+}
+
+/// Splits a read over the nodes of the layout: each shard's growing rows to one of its leaders
+/// (the least loaded), each sealed segment to one of its holders (`route`: the router policy).
+/// Only what `pending` names when given; nodes in `avoid` (they just failed) are passed over
+/// when another node can serve the part.
+fn plan(
+    dist: &Distribution,
+    pending: Option<&Pending>,
+    avoid: &HashSet<String>,
+    sequence: u64,
+    loads: &NodeLoads,
+    route: impl FnOnce(&RouteRequest) -> Vec<Option<u32>>,
+) -> Result<BTreeMap<String, NodeShare>> {
+    if dist.released {
+        return Err(Error::InvalidArgument(format!(
+            "collection {:?} is not loaded; load it first (LoadCollection)",
+            dist.collection.schema.name
+        )));
+    }
+    let mut shares: BTreeMap<String, NodeShare> = BTreeMap::new();
+    let mut shards: Vec<u32> = dist.shards.iter().map(|s| s.shard).collect();
+    shards.dedup();
+    for shard in shards.into_iter().filter(|s| pending.is_none_or(|p| p.shards.contains_key(s))) {
+        let leaders: Vec<&ShardPlacement> = dist.leaders_of(shard).collect();
+        let usable: Vec<&ShardPlacement> = leaders.iter().copied().filter(|l| !avoid.contains(&l.leader)).collect();
+        let choices = if usable.is_empty() { &leaders } else { &usable };
+        let Some(leader) = least_loaded(loads, choices, sequence.wrapping_add(u64::from(shard))) else {
+            return Err(Error::Unavailable(format!(
+                "shard {shard} of {:?} has no query node yet",
+                dist.collection.schema.name
+            )));
+        };
+        shares.entry(leader.leader.clone()).or_default().growing.push(leader.clone());
+    }
+    let wanted = |s: &SegmentPlacement| match pending {
+        None => true,
+        Some(p) => {
+            p.segments.contains(&s.segment.id)
+                || p.shards.get(&s.segment.shard).is_some_and(|&after| s.segment.start_seq > after)
+        }
+    };
+    let mut request = RouteRequest { sequence, collection: dist.collection.id, ..RouteRequest::default() };
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    let mut routed_segments = Vec::new();
+    for s in dist.segments.iter().filter(|s| wanted(s)) {
+        let usable = s.nodes.iter().any(|n| !avoid.contains(n));
+        let holders: Vec<u32> = s
+            .nodes
+            .iter()
+            .filter(|n| !usable || !avoid.contains(*n))
+            .map(|n| {
+                *index.entry(n.as_str()).or_insert_with(|| {
+                    request.nodes.push(loads.of(n));
+                    request.nodes.len() as u32 - 1
+                })
+            })
+            .collect();
+        request.push_segment(s.segment.id, s.segment.rows, holders);
+        routed_segments.push(s.segment.id);
+    }
+    if let Some(p) = pending {
+        // Failed segments the fresh layout no longer has were compacted or dropped (S2.5).
+        let known: HashSet<u64> = dist.segments.iter().map(|s| s.segment.id).collect();
+        let gone = p.segments.iter().filter(|id| !known.contains(id)).count();
+        if gone > 0 {
+            tracing::debug!(collection = dist.collection.id, gone, "segments no longer in the layout are skipped");
+            metrics::counter!("quiver_proxy_segments_skipped_total").increment(gone as u64);
+        }
+    }
+    let routed = if routed_segments.is_empty() { Vec::new() } else { route(&request) };
+    for (id, choice) in routed_segments.into_iter().zip(routed) {
+        let Some(node) = choice.and_then(|i| request.nodes.get(i as usize)) else {
+            return Err(Error::Unavailable(format!("segment {id} has no query node")));
+        };
+        shares.entry(node.node_id.clone()).or_default().segments.push(id);
+    }
+    Ok(shares)
+}
+
+/// The leader with the lowest expected wait (sub-requests in flight × smoothed latency); equal
+/// ones take turns by `spread`.
+fn least_loaded<'a>(loads: &NodeLoads, leaders: &[&'a ShardPlacement], spread: u64) -> Option<&'a ShardPlacement> {
+    if leaders.len() <= 1 {
+        return leaders.first().copied();
+    }
+    let cost = |l: &ShardPlacement| {
+        let load = loads.of(&l.leader);
+        u64::from(load.in_flight + 1) * u64::from(load.latency_us.max(1))
+    };
+    let costs: Vec<u64> = leaders.iter().map(|l| cost(l)).collect();
+    let best = costs.iter().copied().min()?;
+    let tied: Vec<usize> = (0..leaders.len()).filter(|&i| costs[i] == best).collect();
+    tied.get((spread % tied.len() as u64) as usize).map(|&i| leaders[i])
+}
+
+impl Proxy {
     fn guarantee(&self, consistency: Consistency) -> u64 {
         match consistency {
             Consistency::Bounded => {
@@ -88,26 +161,62 @@ impl Proxy {
         }
     }
 
-    /// Runs `attempt` until it succeeds or fails for a reason a refresh cannot fix.
-    async fn with_retries<T, F, Fut>(&self, collection: &str, mut attempt: F) -> Result<T>
+    /// Scatters a read over the layout's nodes (`send` sends one node's share) and gathers the
+    /// answers. A share that fails for a reason a refresh can fix (node gone, layout stale) is
+    /// planned again on a fresh layout, away from the nodes that failed (another replica when
+    /// there is one), and only that share is sent again (MISSION S2.5); the other answers are
+    /// kept. Gives up after `READ_ATTEMPTS` rounds.
+    pub(super) async fn scatter<T, F, Fut>(&self, collection: &str, send: F) -> Result<Vec<T>>
     where
-        F: FnMut(Arc<Distribution>) -> Fut,
+        F: Fn(Arc<Distribution>, String, NodeShare) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        let mut dist = self.distribution(collection).await?;
+        let mut parts = Vec::new();
+        let mut pending: Option<Pending> = None;
+        let mut avoid = self.load.failing();
         let mut delay = Duration::from_millis(20);
         let mut last = None;
-        for n in 0..READ_ATTEMPTS {
-            let dist = if n == 0 { self.distribution(collection).await? } else { self.refresh(collection).await? };
-            match attempt(dist).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    tracing::debug!(collection, attempt = n, error = %e, "read failed; refreshing layout");
-                    last = Some(e);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(1000));
+        for attempt in 0..READ_ATTEMPTS {
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let planned = plan(&dist, pending.as_ref(), &avoid, sequence, &self.load, |r| self.route(r));
+            let mut failed = Pending::default();
+            match planned {
+                Ok(shares) => {
+                    let shares: Vec<(String, NodeShare)> = shares.into_iter().collect();
+                    let calls = shares.iter().map(|(node, share)| send(dist.clone(), node.clone(), share.clone()));
+                    let results = futures::future::join_all(calls).await;
+                    for ((node, share), result) in shares.into_iter().zip(results) {
+                        match result {
+                            Ok(part) => parts.push(part),
+                            Err(e) if e.is_retryable() => {
+                                tracing::debug!(collection, node = %node, attempt, error = %e, "node share failed; retrying it elsewhere");
+                                if matches!(e, Error::Unavailable(_) | Error::Timeout { .. }) {
+                                    self.load.failed(&node);
+                                }
+                                avoid.insert(node);
+                                failed.add(share);
+                                last = Some(e);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if failed.is_empty() {
+                        return Ok(parts);
+                    }
+                    metrics::counter!("quiver_proxy_failovers_total").increment(1);
+                    pending = Some(failed);
                 }
+                Err(e) if e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e),
             }
+            // The first retry goes out at once (another replica usually has the part); later
+            // ones back off while the coordinator moves the work.
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(1000));
+            }
+            dist = self.refresh(collection).await?;
         }
         Err(last.unwrap_or_else(|| Error::Unavailable("read failed".into())))
     }
@@ -119,36 +228,49 @@ impl Proxy {
         let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
         let req = Arc::new(req);
         let opts = CallOptions { timeout: None, traceparent };
-        self.with_retries(&req.collection.clone(), |dist| {
-            let req = req.clone();
-            let opts = opts.clone();
-            let filter = filter.clone();
-            async move {
-                let shares = self.plan(&dist)?;
-                let guarantee_ts = self.guarantee(req.consistency);
-                let bus = &self.node.shared.bus;
-                let calls = shares.into_iter().map(|(node, share)| {
-                    let msg = NodeSearch {
-                        collection: dist.collection.id,
-                        search: (*req).clone(),
-                        segments: share.segments,
-                        growing: share.growing,
-                        guarantee_ts,
-                        filter: (*filter).clone(),
-                    };
+        let guarantee_ts = self.guarantee(req.consistency);
+        let bus = &self.node.shared.bus;
+        let parts = self
+            .scatter(&req.collection, |dist, node, share| {
+                let msg = NodeSearch {
+                    collection: dist.collection.id,
+                    search: (*req).clone(),
+                    segments: share.segments,
+                    growing: share.growing,
+                    guarantee_ts,
+                    filter: (*filter).clone(),
+                };
+                let opts = opts.clone();
+                async move {
                     let subject = bus.subjects().node(&node, "search");
-                    let opts = opts.clone();
-                    async move {
-                        let _call = self.load.start(&node);
-                        bus.request_with::<_, SearchResults>(subject, &msg, &opts).await
-                    }
-                });
-                let parts = futures::future::try_join_all(calls).await?;
-                let better = higher_is_better(metric_of(&dist.collection));
-                Ok(merge(parts, nq, req.top_k as usize, better))
+                    let call = self.load.start(&node);
+                    let part: NodeSearchResults = bus.request_with(subject, &msg, &opts).await?;
+                    drop(call);
+                    self.load.report(&node, part.in_flight);
+                    self.check_views(&dist, &part.shards);
+                    Ok(SearchResults { results: part.results })
+                }
+            })
+            .await?;
+        let better = higher_is_better(metric_of(&info));
+        Ok(merge(parts, nq, req.top_k as usize, better))
+    }
+
+    /// Compares the shard leaders' authoritative segment lists with the cached layout they
+    /// were read with (MISSION S2.6): a newer, different list means the cache is stale, so the
+    /// next read fetches the layout again.
+    fn check_views(&self, dist: &Distribution, views: &[ShardView]) {
+        for view in views.iter().filter(|v| v.version > dist.version) {
+            let cached = dist.segments.iter().filter(|s| s.segment.shard == view.shard).map(|s| s.segment.id);
+            if !cached.eq(view.segments.iter().copied()) {
+                let name = &dist.collection.schema.name;
+                tracing::debug!(collection = %name, shard = view.shard, cached = dist.version, leader = view.version,
+                    "shard leader's segment list differs from the cached layout; refreshing it");
+                metrics::counter!("quiver_proxy_cache_invalidations_total", "reason" => "shard_leader").increment(1);
+                self.layouts.remove_if(name, |_, c| c.dist.version < view.version);
+                return;
             }
-        })
-        .await
+        }
     }
 
     pub(super) async fn get(&self, mut req: Get) -> Result<GetResults> {
@@ -161,28 +283,24 @@ impl Proxy {
         }
         req.output_fields = check_output_fields(&info, &req.output_fields)?;
         let req = Arc::new(req);
-        self.with_retries(&req.collection.clone(), |dist| {
-            let req = req.clone();
-            async move {
-                let shares = self.plan(&dist)?;
-                let guarantee_ts = self.guarantee(req.consistency);
-                let bus = &self.node.shared.bus;
-                let calls = shares.into_iter().map(|(node, share)| {
-                    let msg = NodeGet {
-                        collection: dist.collection.id,
-                        get: (*req).clone(),
-                        segments: share.segments,
-                        growing: share.growing,
-                        guarantee_ts,
-                    };
-                    let subject = bus.subjects().node(&node, "get");
-                    async move { bus.request::<_, GetResults>(subject, &msg).await }
-                });
-                let parts = futures::future::try_join_all(calls).await?;
-                Ok(merge_get(parts, &req, dist.collection.dim()))
-            }
-        })
-        .await
+        let guarantee_ts = self.guarantee(req.consistency);
+        let bus = &self.node.shared.bus;
+        let parts = self
+            .scatter(&req.collection, |dist, node, share| {
+                let msg = NodeGet {
+                    collection: dist.collection.id,
+                    get: (*req).clone(),
+                    segments: share.segments,
+                    growing: share.growing,
+                    guarantee_ts,
+                };
+                async move {
+                    let _call = self.load.start(&node);
+                    bus.request::<_, GetResults>(bus.subjects().node(&node, "get"), &msg).await
+                }
+            })
+            .await?;
+        Ok(merge_get(parts, &req, info.dim()))
     }
 }
 
@@ -247,29 +365,23 @@ impl Proxy {
         let node_limit = if req.limit == 0 && !count { max + 1 } else { req.limit };
         let req = Arc::new(req);
         let filter = Arc::new(filter);
+        let guarantee_ts = self.guarantee(req.consistency);
+        let bus = &self.node.shared.bus;
         let parts: Vec<GetResults> = self
-            .with_retries(&req.collection.clone(), |dist| {
-                let req = req.clone();
-                let filter = filter.clone();
+            .scatter(&req.collection, |dist, node, share| {
+                let mut query = (*req).clone();
+                query.limit = node_limit;
+                let msg = NodeQuery {
+                    collection: dist.collection.id,
+                    query,
+                    segments: share.segments,
+                    growing: share.growing,
+                    guarantee_ts,
+                    filter: (*filter).clone(),
+                };
                 async move {
-                    let shares = self.plan(&dist)?;
-                    let guarantee_ts = self.guarantee(req.consistency);
-                    let bus = &self.node.shared.bus;
-                    let calls = shares.into_iter().map(|(node, share)| {
-                        let mut query = (*req).clone();
-                        query.limit = node_limit;
-                        let msg = NodeQuery {
-                            collection: dist.collection.id,
-                            query,
-                            segments: share.segments,
-                            growing: share.growing,
-                            guarantee_ts,
-                            filter: (*filter).clone(),
-                        };
-                        let subject = bus.subjects().node(&node, "query");
-                        async move { bus.request::<_, GetResults>(subject, &msg).await }
-                    });
-                    futures::future::try_join_all(calls).await
+                    let _call = self.load.start(&node);
+                    bus.request::<_, GetResults>(bus.subjects().node(&node, "query"), &msg).await
                 }
             })
             .await?;
@@ -418,4 +530,143 @@ fn merge_get(parts: Vec<GetResults>, req: &Get, dim: u32) -> GetResults {
         seqs.push(seq);
     }
     GetResults { rows, seqs }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use quiver_policy::router::{Rendezvous, Router};
+    use quiver_schemas::{CollectionSchema, ReplicaGroup, SegmentInfo, SegmentState};
+
+    use super::*;
+
+    fn segment(id: u64, start_seq: u64, end_seq: u64, nodes: &[&str]) -> SegmentPlacement {
+        SegmentPlacement {
+            segment: SegmentInfo {
+                id,
+                collection: 7,
+                shard: 0,
+                rows: 100,
+                start_seq,
+                end_seq,
+                data_path: String::new(),
+                index_path: None,
+                state: SegmentState::Flushed,
+                mem_size: 0,
+            },
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    /// Shard 0 led by `qa` (group 0) and `qb` (group 1), sealed up to 100 in segments 1 and 2,
+    /// each held in both groups.
+    fn dist() -> Distribution {
+        let schema = CollectionSchema {
+            name: "docs".into(),
+            description: String::new(),
+            fields: Vec::new(),
+            enable_dynamic_field: false,
+            num_shards: 1,
+            consistency: Consistency::Bounded,
+        };
+        let leader =
+            |leader: &str, replica| ShardPlacement { shard: 0, leader: leader.into(), sealed_seq: 100, replica };
+        Distribution {
+            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0 },
+            shards: vec![leader("qa", 0), leader("qb", 1)],
+            segments: vec![segment(1, 1, 50, &["qa", "qb"]), segment(2, 51, 100, &["qa", "qb"])],
+            version: 3,
+            released: false,
+            replicas: vec![
+                ReplicaGroup { id: 0, nodes: vec!["qa".into()] },
+                ReplicaGroup { id: 1, nodes: vec!["qb".into()] },
+            ],
+        }
+    }
+
+    fn plan_of(
+        d: &Distribution,
+        pending: Option<&Pending>,
+        avoid: &[&str],
+        loads: &NodeLoads,
+    ) -> Result<BTreeMap<String, NodeShare>> {
+        let avoid: HashSet<String> = avoid.iter().map(|s| s.to_string()).collect();
+        plan(d, pending, &avoid, 0, loads, |r| Rendezvous.route(r))
+    }
+
+    /// (node, segments, shards of growing parts with their sealed position), sorted.
+    fn summary(shares: &BTreeMap<String, NodeShare>) -> Vec<(String, Vec<u64>, Vec<(u32, u64)>)> {
+        shares
+            .iter()
+            .map(|(n, s)| {
+                let mut segs = s.segments.clone();
+                segs.sort_unstable();
+                (n.clone(), segs, s.growing.iter().map(|g| (g.shard, g.sealed_seq)).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_part_goes_to_exactly_one_replica() {
+        let shares = plan_of(&dist(), None, &[], &NodeLoads::default()).unwrap();
+        let mut segments: Vec<u64> = shares.values().flat_map(|s| s.segments.clone()).collect();
+        segments.sort_unstable();
+        assert_eq!(segments, [1, 2], "every sealed segment once");
+        let growing: Vec<u32> = shares.values().flat_map(|s| s.growing.iter().map(|g| g.shard)).collect();
+        assert_eq!(growing, [0], "the shard's growing rows from one of its two leaders");
+    }
+
+    #[test]
+    fn growing_rows_go_to_the_less_busy_leader() {
+        let loads = NodeLoads::default();
+        let _busy = [loads.start("qa"), loads.start("qa")];
+        for _ in 0..4 {
+            let shares = plan_of(&dist(), None, &[], &loads).unwrap();
+            assert!(shares.get("qb").is_some_and(|s| s.growing.len() == 1), "{:?}", summary(&shares));
+        }
+    }
+
+    #[test]
+    fn a_failed_node_is_avoided_while_another_replica_serves_the_part() {
+        let loads = NodeLoads::default();
+        let shares = plan_of(&dist(), None, &["qa"], &loads).unwrap();
+        assert_eq!(summary(&shares), [("qb".to_string(), vec![1, 2], vec![(0, 100)])]);
+        // When every copy is on avoided nodes, they are tried anyway (they may have recovered).
+        let shares = plan_of(&dist(), None, &["qa", "qb"], &loads).unwrap();
+        assert_eq!(shares.values().map(|s| s.segments.len()).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn a_failed_share_is_planned_again_on_the_fresh_layout() {
+        // Node qa failed with segment 1 and the growing rows after 100; meanwhile rows up to 150
+        // were sealed into segment 3. Segment 2 (answered by qb) is not asked again.
+        let mut fresh = dist();
+        for s in &mut fresh.shards {
+            s.sealed_seq = 150;
+        }
+        fresh.segments.push(segment(3, 101, 150, &["qa", "qb"]));
+        let mut pending = Pending::default();
+        pending.add(NodeShare { segments: vec![1], growing: vec![dist().shards[0].clone()] });
+        let shares = plan_of(&fresh, Some(&pending), &["qa"], &NodeLoads::default()).unwrap();
+        assert_eq!(summary(&shares), [("qb".to_string(), vec![1, 3], vec![(0, 150)])]);
+    }
+
+    #[test]
+    fn segments_gone_from_the_fresh_layout_are_skipped() {
+        // Compacted away (S2.5): not an error, nothing to ask for it.
+        let pending = Pending { segments: HashSet::from([9]), shards: BTreeMap::new() };
+        let shares = plan_of(&dist(), Some(&pending), &[], &NodeLoads::default()).unwrap();
+        assert!(shares.is_empty(), "{:?}", summary(&shares));
+    }
+
+    #[test]
+    fn unserved_layouts_are_explained() {
+        let released = Distribution { released: true, ..dist() };
+        let err = plan_of(&released, None, &[], &NodeLoads::default()).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("not loaded")), "{err}");
+        let mut leaderless = dist();
+        leaderless.shards = vec![ShardPlacement { shard: 0, leader: String::new(), sealed_seq: 100, replica: 0 }];
+        let err = plan_of(&leaderless, None, &[], &NodeLoads::default()).unwrap_err();
+        assert!(matches!(&err, Error::Unavailable(m) if m.contains("no query node yet")), "{err}");
+    }
 }

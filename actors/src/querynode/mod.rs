@@ -18,8 +18,8 @@ use async_nats::Message;
 use futures::future::LocalBoxFuture;
 use quiver_runtime::{bus::now_ms, Error, Result, RoleContext};
 use quiver_schemas::{
-    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, ReleaseSegments,
-    SearchResults, SegmentInfo, ShardPlacement,
+    CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, NodeSearchResults,
+    ReleaseSegments, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
 pub use search::{search_filtered, Filter, Sealed};
@@ -39,11 +39,16 @@ struct Loaded {
     info: CollectionInfo,
     segments: HashMap<u64, Arc<Sealed>>,
     shards: HashMap<u32, Shard>,
+    /// For each shard this node leads: the coordinator's list of its served sealed segments,
+    /// returned with every search (MISSION S2.6).
+    views: HashMap<u32, ShardView>,
 }
 
 pub struct QueryNode {
     node: Node,
     collections: RefCell<HashMap<u64, Loaded>>,
+    /// Searches, gets and queries being served, reported with search replies (S2.7).
+    in_flight: std::cell::Cell<u32>,
     /// Serialises `load` per node so concurrent loads never race on the same collection.
     loading: tokio::sync::Mutex<()>,
 }
@@ -55,7 +60,12 @@ pub fn start(rc: RoleContext) {
         Box::new(|node| {
             Box::pin(async move {
                 crate::vector::set_faiss_threads(node.shared.config.querynode.faiss_threads.max(1));
-                Ok(QueryNode { node, collections: Default::default(), loading: Default::default() })
+                Ok(QueryNode {
+                    node,
+                    collections: Default::default(),
+                    in_flight: Default::default(),
+                    loading: Default::default(),
+                })
             })
         }),
     );
@@ -103,8 +113,10 @@ impl QueryNode {
             info: info.clone(),
             segments: HashMap::new(),
             shards: HashMap::new(),
+            views: HashMap::new(),
         });
         loaded.info = info.clone();
+        loaded.views = req.shard_views.iter().map(|v| (v.shard, v.clone())).collect();
         for seg in fetched {
             loaded.segments.insert(seg.info.id, seg);
         }
@@ -211,9 +223,14 @@ impl QueryNode {
         Ok(())
     }
 
-    async fn search(&self, req: NodeSearch) -> Result<SearchResults> {
+    async fn search(&self, req: NodeSearch) -> Result<NodeSearchResults> {
         let arrived = now_ms();
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        let shards: Vec<ShardView> = {
+            let collections = self.collections.borrow();
+            let views = collections.get(&req.collection).map(|c| &c.views);
+            req.growing.iter().filter_map(|g| views.and_then(|v| v.get(&g.shard)).cloned()).collect()
+        };
         self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived).await?;
         let plan = search::SearchPlan {
             dim: req.search.dim as usize,
@@ -226,7 +243,9 @@ impl QueryNode {
             queries: req.search.vectors,
             filter: search::Filter::from_json(&req.filter)?,
         };
-        tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)?
+        let found: SearchResults =
+            tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)??;
+        Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.get() })
     }
 
     async fn get(&self, req: NodeGet) -> Result<GetResults> {
@@ -262,6 +281,22 @@ impl QueryNode {
     }
 }
 
+/// Counts a request being served until dropped.
+struct InFlight<'a>(&'a std::cell::Cell<u32>);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a std::cell::Cell<u32>) -> InFlight<'a> {
+        count.set(count.get() + 1);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 impl RoleHandler for QueryNode {
     fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
         ["search", "get", "query", "load", "release"].iter().map(|m| (node.subject(m), None)).collect()
@@ -272,6 +307,7 @@ impl RoleHandler for QueryNode {
             let node = self.node.clone();
             let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
             let me = &self;
+            let _serving = matches!(method.as_str(), "search" | "get" | "query").then(|| InFlight::new(&me.in_flight));
             match method.as_str() {
                 "search" => node.serve(&msg, |r| me.search(r)).await,
                 "get" => node.serve(&msg, |r| me.get(r)).await,

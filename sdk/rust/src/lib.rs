@@ -146,7 +146,9 @@ impl Client {
         self.call::<_, Empty>("drop_index", &CollectionName { name: collection.into() }).await.map(|_| ())
     }
 
-    /// Serves a released collection again (`replicas` in-memory replicas; this version serves 1).
+    /// Serves a collection from `replicas` in-memory replica groups on disjoint query nodes (0
+    /// counts as 1). On a loaded collection it changes the number of replicas. Fails with
+    /// `InvalidArgument` when fewer query nodes than `replicas` are alive.
     pub async fn load_collection(&self, collection: &str, replicas: u32) -> Result<()> {
         let req = LoadCollection { name: collection.into(), replicas };
         self.call::<_, Empty>("load_collection", &req).await.map(|_| ())

@@ -674,55 +674,62 @@ fn index_not_found(collection: &str) -> Error {
     Error::NotFound(format!("index not found[collection={collection}]"))
 }
 
-/// Percentage of the collection's shards and segments that have a serving node.
+/// Percentage of the collection's shards and segments that have a serving node (in at least
+/// one replica: a collection answers searches once one replica is loaded).
 fn load_progress(dist: &Distribution) -> i64 {
-    let total = dist.shards.len() + dist.segments.len();
+    let mut shards: Vec<u32> = dist.shards.iter().map(|s| s.shard).collect();
+    shards.dedup();
+    let total = shards.len() + dist.segments.len();
     if total == 0 {
         return 100;
     }
-    let served = dist.shards.iter().filter(|s| !s.leader.is_empty()).count()
+    let served = shards.iter().filter(|&&s| dist.leaders_of(s).next().is_some()).count()
         + dist.segments.iter().filter(|s| !s.nodes.is_empty()).count();
     (served * 100 / total) as i64
 }
 
-/// The serving layout as Milvus replicas: one replica group with each shard's leader.
+/// The serving layout as Milvus replicas: one per replica group, with its nodes and, per
+/// shard, the group's leader and the group's nodes holding the shard's segments.
 fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
-    let mut nodes: Vec<&str> = dist.shards.iter().map(|s| s.leader.as_str()).filter(|n| !n.is_empty()).collect();
-    nodes.extend(dist.segments.iter().flat_map(|s| s.nodes.iter().map(String::as_str)));
-    nodes.sort_unstable();
-    nodes.dedup();
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let shard_replicas = dist
-        .shards
+    let mut shards: Vec<u32> = dist.shards.iter().map(|s| s.shard).collect();
+    shards.dedup();
+    dist.replicas
         .iter()
-        .map(|s| {
-            let mut holders: Vec<&str> = vec![s.leader.as_str()];
-            holders.extend(
-                dist.segments
-                    .iter()
-                    .filter(|p| p.segment.shard == s.shard)
-                    .flat_map(|p| p.nodes.iter().map(String::as_str)),
-            );
-            holders.sort_unstable();
-            holders.dedup();
-            ShardReplica {
-                leader_id: node_number(&s.leader),
-                leader_addr: s.leader.clone(),
-                dm_channel_name: channel(dist.collection.id, s.shard),
-                node_ids: holders.into_iter().map(node_number).collect(),
+        .map(|group| {
+            let in_group = |n: &str| group.nodes.iter().any(|g| g == n);
+            let shard_replicas = shards
+                .iter()
+                .map(|&shard| {
+                    let leader =
+                        dist.leaders_of(shard).find(|l| l.replica == group.id).map(|l| l.leader.as_str()).unwrap_or("");
+                    let mut holders: Vec<&str> = dist
+                        .segments
+                        .iter()
+                        .filter(|p| p.segment.shard == shard)
+                        .flat_map(|p| p.nodes.iter().map(String::as_str))
+                        .filter(|n| in_group(n))
+                        .chain((!leader.is_empty()).then_some(leader))
+                        .collect();
+                    holders.sort_unstable();
+                    holders.dedup();
+                    ShardReplica {
+                        leader_id: node_number(leader),
+                        leader_addr: leader.to_string(),
+                        dm_channel_name: channel(dist.collection.id, shard),
+                        node_ids: holders.into_iter().map(node_number).collect(),
+                    }
+                })
+                .collect();
+            ReplicaInfo {
+                replica_id: i64::from(group.id) + 1,
+                collection_id: dist.collection.id as i64,
+                shard_replicas,
+                node_ids: group.nodes.iter().map(|n| node_number(n)).collect(),
+                resource_group_name: "__default_resource_group".into(),
+                ..Default::default()
             }
         })
-        .collect();
-    vec![ReplicaInfo {
-        replica_id: 1,
-        collection_id: dist.collection.id as i64,
-        shard_replicas,
-        node_ids: nodes.into_iter().map(node_number).collect(),
-        resource_group_name: "__default_resource_group".into(),
-        ..Default::default()
-    }]
+        .collect()
 }
 
 impl MilvusApi {
