@@ -1,9 +1,11 @@
 //! `quiver`: the one binary. `standalone` runs every role in one process (with its own
 //! nats-server); `run` runs chosen roles as one node of a multi-process cluster; `ctl`,
-//! `load` and `search` are the command-line client; `bench` measures Quiver against raw faiss.
+//! `load` and `search` are the command-line client; `cluster` runs a local multi-process
+//! cluster under a supervisor; `bench` measures Quiver against raw faiss.
 
 mod bench;
 mod bench_filter;
+mod cluster;
 mod ctl;
 mod dataset;
 mod plugin_cli;
@@ -42,6 +44,8 @@ enum Command {
     },
     /// Inspect and administer a running cluster.
     Ctl(ctl::CtlArgs),
+    /// A local multi-process cluster from a cluster file: up, status, down.
+    Cluster(cluster::ClusterArgs),
     /// Load vectors from an .fvecs file into a collection (created if missing).
     Load(ctl::LoadArgs),
     /// Search a collection with query vectors from an .fvecs file.
@@ -65,11 +69,15 @@ enum ConfigCommand {
 fn main() {
     let cli = Cli::parse();
     // Nodes log what they do; client commands only what goes wrong (RUST_LOG overrides both).
-    let default_filter = match cli.command {
+    let default_filter = match &cli.command {
         Command::Standalone { .. } | Command::Run { .. } => "info",
+        Command::Cluster(args) if args.is_supervisor() => "info",
         _ => "warn",
     };
+    // Colours only on a terminal: nodes of `quiver cluster` (and the test harness) log to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
@@ -91,6 +99,7 @@ fn main() {
                 .map_err(Into::into)
         }
         Command::Ctl(args) => ctl::ctl(args),
+        Command::Cluster(args) => cluster::cluster(args),
         Command::Load(args) => ctl::load(args),
         Command::Search(args) => ctl::search(args),
         Command::Bench(args) => bench::bench(args),

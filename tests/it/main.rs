@@ -6,6 +6,7 @@
 mod bad_input;
 mod cli;
 mod cluster;
+mod cluster_cli;
 mod common;
 mod crud;
 mod durability;

@@ -1,0 +1,516 @@
+//! The cluster file (`quiver cluster … --config FILE`): TOML with unknown keys refused, checked
+//! into a [`ClusterSpec`] with every path absolute. Relative paths in the file are relative to
+//! the file's own directory, so the same file works from any working directory.
+//!
+//! Checking goes as far as loading each node's effective node configuration (the shared node
+//! config file plus the environment the supervisor will give it) through
+//! [`quiver_runtime::Config::load`], so a bad override fails here, naming the node and the key,
+//! before anything is started.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use quiver_schemas::Role;
+use serde::Deserialize;
+
+/// Environment keys the cluster file itself decides for every node; `env` tables may not set them.
+const RESERVED_ENV: [(&str, &str); 4] = [
+    ("QUIVER_CLUSTER__NAME", "[cluster] name"),
+    ("QUIVER_CLUSTER__DATA_DIR", "[cluster] data_dir"),
+    ("QUIVER_NATS__URL", "[nats]"),
+    ("QUIVER_NODE__ID", "the node's id"),
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    cluster: ClusterSection,
+    #[serde(default)]
+    nats: NatsSection,
+    #[serde(default)]
+    supervisor: SupervisorSection,
+    #[serde(default, rename = "node")]
+    nodes: Vec<NodeSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    /// Cluster name: every node's `cluster.name`.
+    name: String,
+    /// Shared data dir (object store, NATS store) and home of the cluster's logs and state.
+    data_dir: PathBuf,
+    /// Node configuration file every node loads; absent = the built-in defaults.
+    config: Option<PathBuf>,
+    /// Environment of every node (`QUIVER_<SECTION>__<KEY>` overrides, `RUST_LOG`, ...).
+    #[serde(default)]
+    env: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NatsSection {
+    /// Start a nats-server with JetStream on 127.0.0.1 at this port (default 4222).
+    port: Option<u16>,
+    /// ... or use the NATS server(s) at this URL (comma separated) and start none.
+    url: Option<String>,
+    /// The nats-server binary to start.
+    server_bin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SupervisorSection {
+    /// Delay before the first restart of a process that exited; doubles on each further exit.
+    #[serde(with = "humantime_serde")]
+    backoff_initial: Duration,
+    /// Upper bound of the restart delay.
+    #[serde(with = "humantime_serde")]
+    backoff_max: Duration,
+    /// A process that ran at least this long before exiting starts over at `backoff_initial`.
+    #[serde(with = "humantime_serde")]
+    backoff_reset_after: Duration,
+    /// On `down`, how long processes get after SIGTERM before they are SIGKILLed.
+    #[serde(with = "humantime_serde")]
+    stop_grace: Duration,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        SupervisorSection {
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            backoff_reset_after: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    id: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Prometheus endpoint `host:port` of this node; absent or empty = off.
+    metrics: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, toml::Value>,
+}
+
+/// A checked cluster file.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Absolute path of the cluster file.
+    pub file: PathBuf,
+    pub name: String,
+    /// Absolute shared data dir.
+    pub data_dir: PathBuf,
+    /// Absolute path of the node configuration file, if any.
+    pub node_config: Option<PathBuf>,
+    /// Environment of every node, before the node's own `env`.
+    pub env: BTreeMap<String, String>,
+    pub nats: NatsSpec,
+    pub supervisor: SupervisorSpec,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Where the cluster's NATS comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsSpec {
+    /// The supervisor runs a nats-server with JetStream on `127.0.0.1:port`.
+    Managed { port: u16, server_bin: String },
+    /// An existing NATS server (cluster).
+    External { url: String },
+}
+
+/// Restart and stop timing of the cluster supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorSpec {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset_after: Duration,
+    pub stop_grace: Duration,
+}
+
+/// One node process: `quiver run --role …` as node `id`.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: String,
+    pub roles: Vec<Role>,
+    /// `metrics.listen` of the node ("" = off).
+    pub metrics: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl NodeSpec {
+    /// Role names, for display.
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|r| r.as_str().to_string()).collect()
+    }
+
+    /// The id this node's role registers under (`<node id>-<role>`).
+    pub fn registry_id(&self, role: Role) -> String {
+        format!("{}-{}", self.id, role.as_str())
+    }
+}
+
+impl ClusterSpec {
+    /// Reads and checks a cluster file. Every error names the file and the offending key.
+    pub fn load(path: &Path) -> anyhow::Result<ClusterSpec> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file = absolute(path)?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        let parsed: ClusterFile =
+            toml::from_str(&text).with_context(|| format!("{}: invalid cluster file", path.display()))?;
+        let spec = ClusterSpec::check(parsed, file, &base).with_context(|| format!("{}", path.display()))?;
+        spec.check_node_configs().with_context(|| format!("{}", path.display()))?;
+        Ok(spec)
+    }
+
+    fn check(f: ClusterFile, file: PathBuf, base: &Path) -> anyhow::Result<ClusterSpec> {
+        if !is_name(&f.cluster.name) {
+            bail!("cluster.name: {:?} must be non-empty and use only letters, digits, '-' and '_'", f.cluster.name);
+        }
+        if f.cluster.data_dir.as_os_str().is_empty() {
+            bail!("cluster.data_dir: must not be empty");
+        }
+        let nats = match (f.nats.port, f.nats.url) {
+            (Some(_), Some(_)) => {
+                bail!("nats: set either `port` (start a nats-server) or `url` (use a running one), not both")
+            }
+            (None, Some(url)) => {
+                if url.trim().is_empty() {
+                    bail!("nats.url: must not be empty (or leave it out and set nats.port)");
+                }
+                if f.nats.server_bin.is_some() {
+                    bail!("nats.server_bin: only used with nats.port (no nats-server is started for nats.url)");
+                }
+                NatsSpec::External { url }
+            }
+            (port, None) => {
+                let port = port.unwrap_or(4222);
+                if port == 0 {
+                    bail!("nats.port: must be a fixed port (1-65535): the nodes are given its URL");
+                }
+                NatsSpec::Managed { port, server_bin: f.nats.server_bin.unwrap_or_else(|| "nats-server".into()) }
+            }
+        };
+        let s = f.supervisor;
+        if s.backoff_initial.is_zero() {
+            bail!("supervisor.backoff_initial: must be greater than zero");
+        }
+        if s.backoff_initial > s.backoff_max {
+            bail!("supervisor.backoff_initial: must not exceed supervisor.backoff_max");
+        }
+        let supervisor = SupervisorSpec {
+            backoff_initial: s.backoff_initial,
+            backoff_max: s.backoff_max,
+            backoff_reset_after: s.backoff_reset_after,
+            stop_grace: s.stop_grace,
+        };
+        let env = env_table("cluster.env", f.cluster.env)?;
+        if f.nodes.is_empty() {
+            bail!("node: no [[node]] tables; list the cluster's processes, each with an id and roles");
+        }
+        let mut nodes: Vec<NodeSpec> = Vec::with_capacity(f.nodes.len());
+        for (i, n) in f.nodes.into_iter().enumerate() {
+            let at = format!("node[{i}]");
+            if !is_name(&n.id) {
+                bail!("{at}.id: {:?} must be non-empty and use only letters, digits, '-' and '_'", n.id);
+            }
+            if let Some(j) = nodes.iter().position(|o| o.id == n.id) {
+                bail!("{at}.id: {:?} is also the id of node[{j}]; node ids must be unique", n.id);
+            }
+            let at = format!("node {:?}", n.id);
+            if n.roles.is_empty() {
+                bail!(
+                    "{at}: roles: missing or empty; list one or more of coordinator, proxy, datanode, \
+                     indexnode, querynode"
+                );
+            }
+            let mut roles = Vec::with_capacity(n.roles.len());
+            for r in &n.roles {
+                match Role::parse(r) {
+                    Some(role) if roles.contains(&role) => bail!("{at}: roles: {r:?} listed twice"),
+                    Some(role) => roles.push(role),
+                    None => bail!(
+                        "{at}: roles: unknown role {r:?}; use coordinator, proxy, datanode, indexnode or querynode"
+                    ),
+                }
+            }
+            let env = env_table(&format!("{at}: env"), n.env)?;
+            nodes.push(NodeSpec { id: n.id, roles, metrics: n.metrics.unwrap_or_default(), env });
+        }
+        let with_role = |role: Role| nodes.iter().filter(|n| n.roles.contains(&role)).count();
+        if with_role(Role::Coordinator) != 1 {
+            bail!("node: {} nodes have the coordinator role; a cluster has exactly one", with_role(Role::Coordinator));
+        }
+        if with_role(Role::Proxy) == 0 {
+            bail!("node: no node has the proxy role; clients (and `cluster up`) reach the cluster through a proxy");
+        }
+        Ok(ClusterSpec {
+            file,
+            name: f.cluster.name,
+            data_dir: resolve(base, &f.cluster.data_dir),
+            node_config: f.cluster.config.map(|c| resolve(base, &c)),
+            env,
+            nats,
+            supervisor,
+            nodes,
+        })
+    }
+
+    /// Loads every node's effective configuration (as `quiver run` will) and checks that
+    /// addresses which must differ between processes on one machine do.
+    fn check_node_configs(&self) -> anyhow::Result<()> {
+        if let Some(c) = &self.node_config {
+            if !c.is_file() {
+                bail!("cluster.config: {} is not a file", c.display());
+            }
+        }
+        let mut metrics: HashMap<String, &str> = HashMap::new();
+        let mut grpc: HashMap<String, &str> = HashMap::new();
+        for node in &self.nodes {
+            let config =
+                quiver_runtime::Config::load(self.node_config.as_deref(), self.node_env(node)).with_context(|| {
+                    format!(
+                        "node {:?}: its node configuration (cluster.config, then [cluster] env, then its env) \
+                         is invalid",
+                        node.id
+                    )
+                })?;
+            let listen = &config.metrics.listen;
+            if !listen.is_empty() && !listen.ends_with(":0") {
+                if let Some(other) = metrics.insert(listen.clone(), &node.id) {
+                    bail!(
+                        "node {:?}: metrics: {listen} is also node {other:?}'s; give each node its own \
+                         `metrics` address (or leave it out: no endpoint)",
+                        node.id
+                    );
+                }
+            }
+            if node.roles.contains(&Role::Proxy) && config.proxy.grpc_port != 0 {
+                let addr = format!("{}:{}", config.proxy.grpc_host, config.proxy.grpc_port);
+                if let Some(other) = grpc.insert(addr.clone(), &node.id) {
+                    bail!(
+                        "node {:?}: the Milvus gRPC address {addr} is also node {other:?}'s; set \
+                         QUIVER_PROXY__GRPC_PORT in the node's env (0 turns it off)",
+                        node.id
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The NATS URL the nodes (and the CLI) use.
+    pub fn nats_url(&self) -> String {
+        match &self.nats {
+            NatsSpec::Managed { port, .. } => format!("nats://127.0.0.1:{port}"),
+            NatsSpec::External { url } => url.clone(),
+        }
+    }
+
+    /// The `QUIVER_*` environment of a node process: what the cluster file decides, then
+    /// `[cluster] env`, then the node's `env` (later entries win).
+    pub fn node_env(&self, node: &NodeSpec) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("QUIVER_CLUSTER__NAME".into(), self.name.clone());
+        env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
+        env.insert("QUIVER_NATS__URL".into(), self.nats_url());
+        env.insert("QUIVER_NODE__ID".into(), node.id.clone());
+        env.insert("QUIVER_METRICS__LISTEN".into(), node.metrics.clone());
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(node.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.into_iter().collect()
+    }
+
+    /// Arguments of a node process after the binary.
+    pub fn node_args(&self, node: &NodeSpec) -> Vec<String> {
+        let mut args = vec!["run".to_string()];
+        if let Some(c) = &self.node_config {
+            args.push("--config".into());
+            args.push(c.display().to_string());
+        }
+        for r in &node.roles {
+            args.push("--role".into());
+            args.push(r.as_str().into());
+        }
+        args
+    }
+
+    /// `<data_dir>/logs`: one log per process, the supervisor's included.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// The log of a node (or of `nats-server`, `supervisor`).
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log"))
+    }
+
+    /// `<data_dir>/cluster`: the supervisor's lock and state file.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("cluster")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir().join("state.json")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir().join("supervisor.lock")
+    }
+
+    /// JetStream store of the managed nats-server.
+    pub fn nats_store(&self) -> PathBuf {
+        self.data_dir.join("nats")
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks an `env` table: names are environment variable names, `QUIVER_` ones are config
+/// overrides (`QUIVER_<SECTION>__<KEY>`) other than those the cluster file decides, values
+/// are strings, numbers or booleans.
+fn env_table(at: &str, table: BTreeMap<String, toml::Value>) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            bail!("{at}.{key}: not an environment variable name");
+        }
+        if let Some(rest) = key.strip_prefix(quiver_runtime::config::ENV_PREFIX) {
+            if !rest.contains("__") {
+                bail!(
+                    "{at}.{key}: not a config override; those are QUIVER_<SECTION>__<KEY>, \
+                     e.g. QUIVER_PROXY__GRPC_PORT"
+                );
+            }
+            if let Some((_, owner)) = RESERVED_ENV.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+                bail!("{at}.{key}: set by the cluster file ({owner}); remove it from env");
+            }
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!("{at}.{key}: must be a string, number or boolean, not {}", other.type_str()),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// `path` made absolute against the working directory, `.` components dropped.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    Ok(resolve(&cwd, path))
+}
+
+/// `path` made absolute against `base`, with `.` and `..` resolved lexically (it may not
+/// exist yet), as `filepath.Clean` does.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<ClusterSpec> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        ClusterSpec::load(&path)
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", load(text).unwrap_err())
+    }
+
+    const MINIMAL: &str = r#"
+        [cluster]
+        name = "t"
+        data_dir = "./data"
+        [[node]]
+        id = "all"
+        roles = ["coordinator", "proxy", "datanode", "indexnode", "querynode"]
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let spec = load(MINIMAL).unwrap();
+        assert_eq!(spec.nats, NatsSpec::Managed { port: 4222, server_bin: "nats-server".into() });
+        assert!(spec.data_dir.is_absolute() && spec.data_dir.ends_with("data"), "{:?}", spec.data_dir);
+        assert!(!spec.data_dir.components().any(|c| c == Component::CurDir));
+        assert_eq!(resolve(Path::new("/a/b"), Path::new("../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(resolve(Path::new("/a"), Path::new("/x/../y")), PathBuf::from("/y"));
+        assert_eq!(spec.supervisor.backoff_initial, Duration::from_secs(1));
+        let env = spec.node_env(&spec.nodes[0]);
+        assert!(env.contains(&("QUIVER_NODE__ID".into(), "all".into())));
+        assert!(env.contains(&("QUIVER_METRICS__LISTEN".into(), String::new())));
+        assert!(env.contains(&("QUIVER_NATS__URL".into(), "nats://127.0.0.1:4222".into())));
+        assert_eq!(spec.node_args(&spec.nodes[0]).iter().filter(|a| *a == "--role").count(), 5);
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster.toml");
+        let spec = ClusterSpec::load(&path).unwrap();
+        assert_eq!(spec.nodes.iter().filter(|n| n.roles.contains(&Role::QueryNode)).count(), 3);
+    }
+
+    #[test]
+    fn node_env_overrides_cluster_env() {
+        let spec = load(&format!(
+            "{MINIMAL}\n env = {{ QUIVER_PROXY__GRPC_PORT = 0, RUST_LOG = \"debug\" }}\n \
+             [cluster.env]\n QUIVER_PROXY__GRPC_PORT = 19531\n RUST_LOG = \"info\"\n"
+        ))
+        .unwrap();
+        let env = spec.node_env(&spec.nodes[0]);
+        assert!(env.contains(&("QUIVER_PROXY__GRPC_PORT".into(), "0".into())), "{env:?}");
+        assert!(env.contains(&("RUST_LOG".into(), "debug".into())), "{env:?}");
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        assert!(err("[cluster]\nname = \"t\"\ndata_dir = \"d\"\nbogus = 1\n").contains("bogus"));
+        let no_roles = "[cluster]\nname = \"t\"\ndata_dir = \"d\"\n[[node]]\nid = \"a\"\n";
+        assert!(err(no_roles).contains("roles"), "{}", err(no_roles));
+        let dup = format!("{MINIMAL}\n[[node]]\nid = \"all\"\nroles = [\"querynode\"]\n");
+        assert!(err(&dup).contains("node[1].id"), "{}", err(&dup));
+        let two = format!("{MINIMAL}\n[nats]\nport = 4333\nurl = \"nats://h:4222\"\n");
+        assert!(err(&two).contains("either `port`"), "{}", err(&two));
+        let reserved = MINIMAL.replace("roles = [", "env = { QUIVER_NODE__ID = \"x\" }\n roles = [");
+        assert!(err(&reserved).contains("QUIVER_NODE__ID"), "{}", err(&reserved));
+        let unknown_override = MINIMAL.replace("roles = [", "env = { QUIVER_PROXY__NO_SUCH = 1 }\n roles = [");
+        assert!(err(&unknown_override).contains("no_such"), "{}", err(&unknown_override));
+        let bad_role = MINIMAL.replace("\"querynode\"", "\"qnode\"");
+        assert!(err(&bad_role).contains("qnode"));
+        let no_proxy = MINIMAL.replace("\"proxy\", ", "");
+        assert!(err(&no_proxy).contains("proxy"));
+        let metrics = format!(
+            "{}\nmetrics = \"127.0.0.1:9200\"\n\
+             [[node]]\nid = \"q\"\nroles = [\"querynode\"]\nmetrics = \"127.0.0.1:9200\"\n",
+            MINIMAL.trim_end()
+        );
+        assert!(err(&metrics).contains("127.0.0.1:9200"), "{}", err(&metrics));
+    }
+}
