@@ -174,6 +174,11 @@ pub struct ProxyConfig {
     /// How often the cached serving layout is refreshed even without a change event.
     #[serde(with = "humantime_serde")]
     pub distribution_refresh: Duration,
+    /// With two or more replicas, the longest a read waits for one node's share before sending it
+    /// to another replica (a node killed mid-request never answers). The wait adapts to the
+    /// node: 8 × its smoothed latency, at least 100 ms, at most this.
+    #[serde(with = "humantime_serde")]
+    pub replica_timeout: Duration,
     /// Port of the Milvus-compatible gRPC API (pymilvus' default is 19530); 0 turns it off.
     pub grpc_port: u16,
     /// Address the Milvus gRPC API listens on.
@@ -192,6 +197,7 @@ impl Default for ProxyConfig {
             max_nq: 16384,
             bounded_staleness: Duration::from_secs(5),
             distribution_refresh: Duration::from_secs(10),
+            replica_timeout: Duration::from_secs(1),
             grpc_port: 19530,
             grpc_host: "0.0.0.0".to_string(),
             credentials: Vec::new(),

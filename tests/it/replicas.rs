@@ -277,14 +277,20 @@ fn two_replicas_survive_query_node_kills_under_load() {
         assert_eq!(format!("{:?}", rows.rows.columns[0].values), "[Int64(20000)]", "every row counted once");
 
         // A restarted coordinator keeps the replica groups and who holds what.
-        let before = wait_replicated(&client, 2, &[], Duration::from_secs(20)).await;
+        let before = eventually("all four nodes back in groups", Duration::from_secs(40), || async {
+            let d = client.distribution("docs").await.map_err(|e| e.to_string())?;
+            fully_replicated(&d, 2, &[])?;
+            let members: usize = d.replicas.iter().map(|g| g.nodes.len()).sum();
+            (members == 4).then_some(d).ok_or_else(|| format!("{members} nodes in groups"))
+        })
+        .await;
         h.proc("coord").kill();
         h.proc("coord").restart();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = wait_replicated(&client, 2, &[], Duration::from_secs(30)).await;
         assert_eq!(before.replicas, after.replicas, "replica groups survive a coordinator restart");
-        let holders = |d: &Distribution| -> BTreeMap<u64, Vec<String>> {
-            d.segments.iter().map(|s| (s.segment.id, s.nodes.clone())).collect()
+        let holders = |d: &Distribution| -> BTreeMap<u64, BTreeSet<String>> {
+            d.segments.iter().map(|s| (s.segment.id, s.nodes.iter().cloned().collect())).collect()
         };
         assert_eq!(holders(&before), holders(&after), "no segment moved because the coordinator restarted");
         let r = recall(&client.search(&req).await.expect("search"), &queries, &truth, 10);

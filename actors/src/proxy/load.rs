@@ -85,6 +85,13 @@ impl NodeLoads {
         stat.reported_at_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// How long to wait for `node` before asking another replica: 8 × its smoothed latency,
+    /// within [100 ms, `max`].
+    pub fn patience(&self, node: &str, max: Duration) -> Duration {
+        let latency = Duration::from_micros(u64::from(self.of(node).latency_us));
+        (latency * 8).clamp(Duration::from_millis(100).min(max), max)
+    }
+
     /// Notes that `node` failed a request (gone or not answering).
     pub fn failed(&self, node: &str) {
         let until = self.now_ms() + AVOID_FAILED_FOR.as_millis() as u64;
@@ -153,5 +160,16 @@ mod tests {
         loads.stat("a").reported_at_ms.store(0, Ordering::Relaxed);
         std::thread::sleep(REPORT_VALID_FOR + Duration::from_millis(10));
         assert_eq!(loads.of("a").in_flight, 1, "a stale report no longer counts");
+    }
+
+    #[test]
+    fn patience_follows_latency_within_bounds() {
+        let loads = NodeLoads::default();
+        let max = Duration::from_secs(1);
+        assert_eq!(loads.patience("new", max), Duration::from_millis(100));
+        loads.stat("a").latency_us.store(50_000, Ordering::Relaxed);
+        assert_eq!(loads.patience("a", max), Duration::from_millis(400));
+        loads.stat("a").latency_us.store(900_000, Ordering::Relaxed);
+        assert_eq!(loads.patience("a", max), max);
     }
 }

@@ -184,7 +184,22 @@ impl Proxy {
             match planned {
                 Ok(shares) => {
                     let shares: Vec<(String, NodeShare)> = shares.into_iter().collect();
-                    let calls = shares.iter().map(|(node, share)| send(dist.clone(), node.clone(), share.clone()));
+                    // With replicas, a node that does not answer in time (killed mid-request,
+                    // stuck) is given up on and its share asked of another replica.
+                    let replicated = dist.replicas.len() > 1;
+                    let max_wait = self.node.shared.config.proxy.replica_timeout;
+                    let calls = shares.iter().map(|(node, share)| {
+                        let call = send(dist.clone(), node.clone(), share.clone());
+                        let patience = replicated.then(|| self.load.patience(node, max_wait));
+                        async move {
+                            match patience {
+                                Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                                    Err(Error::Timeout { subject: format!("node {node}"), timeout: limit })
+                                }),
+                                None => call.await,
+                            }
+                        }
+                    });
                     let results = futures::future::join_all(calls).await;
                     for ((node, share), result) in shares.into_iter().zip(results) {
                         match result {
