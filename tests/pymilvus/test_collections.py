@@ -160,6 +160,11 @@ def test_load_release_state(client, name):
     with pytest.raises(MilvusException) as e:
         client.search(name, data=[vectors(1, DIM).tolist()[0]], limit=1, **STRONG)
     assert "load" in str(e.value).lower()
+    # One query node in standalone: two replicas cannot be placed on disjoint nodes.
+    with pytest.raises(MilvusException) as e:
+        client.load_collection(name, replica_number=2)
+    assert "needs at least 2 query nodes" in str(e.value), e.value
+    assert client.get_load_state(name)["state"] == LoadState.NotLoad
     client.load_collection(name, replica_number=1)
     assert client.get_load_state(name)["state"] == LoadState.Loaded
     client.refresh_load(name)

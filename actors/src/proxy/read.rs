@@ -134,6 +134,15 @@ fn plan(
     Ok(shares)
 }
 
+/// The first leader view that comes from a newer layout than `dist` and lists other segments
+/// for its shard than `dist` does.
+fn newer_view<'a>(dist: &Distribution, views: &'a [ShardView]) -> Option<&'a ShardView> {
+    views.iter().filter(|v| v.version > dist.version).find(|view| {
+        let cached = dist.segments.iter().filter(|s| s.segment.shard == view.shard).map(|s| s.segment.id);
+        !cached.eq(view.segments.iter().copied())
+    })
+}
+
 /// The leader with the lowest expected wait (sub-requests in flight × smoothed latency); equal
 /// ones take turns by `spread`.
 fn least_loaded<'a>(loads: &NodeLoads, leaders: &[&'a ShardPlacement], spread: u64) -> Option<&'a ShardPlacement> {
@@ -275,16 +284,12 @@ impl Proxy {
     /// were read with (MISSION S2.6): a newer, different list means the cache is stale, so the
     /// next read fetches the layout again.
     fn check_views(&self, dist: &Distribution, views: &[ShardView]) {
-        for view in views.iter().filter(|v| v.version > dist.version) {
-            let cached = dist.segments.iter().filter(|s| s.segment.shard == view.shard).map(|s| s.segment.id);
-            if !cached.eq(view.segments.iter().copied()) {
-                let name = &dist.collection.schema.name;
-                tracing::debug!(collection = %name, shard = view.shard, cached = dist.version, leader = view.version,
-                    "shard leader's segment list differs from the cached layout; refreshing it");
-                metrics::counter!("quiver_proxy_cache_invalidations_total", "reason" => "shard_leader").increment(1);
-                self.layouts.remove_if(name, |_, c| c.dist.version < view.version);
-                return;
-            }
+        if let Some(view) = newer_view(dist, views) {
+            let name = &dist.collection.schema.name;
+            tracing::debug!(collection = %name, shard = view.shard, cached = dist.version, leader = view.version,
+                "shard leader's segment list differs from the cached layout; refreshing it");
+            metrics::counter!("quiver_proxy_cache_invalidations_total", "reason" => "shard_leader").increment(1);
+            self.layouts.remove_if(name, |_, c| c.dist.version < view.version);
         }
     }
 
@@ -672,6 +677,17 @@ mod tests {
         let pending = Pending { segments: HashSet::from([9]), shards: BTreeMap::new() };
         let shares = plan_of(&dist(), Some(&pending), &[], &NodeLoads::default()).unwrap();
         assert!(shares.is_empty(), "{:?}", summary(&shares));
+    }
+
+    #[test]
+    fn a_newer_different_leader_view_marks_the_cache_stale() {
+        let d = dist();
+        let view = |version, segments: &[u64]| ShardView { shard: 0, version, segments: segments.to_vec() };
+        assert!(newer_view(&d, &[view(3, &[1, 2])]).is_none(), "same version");
+        assert!(newer_view(&d, &[view(2, &[1])]).is_none(), "an older view says nothing");
+        assert!(newer_view(&d, &[view(4, &[1, 2])]).is_none(), "newer but the same segments");
+        assert_eq!(newer_view(&d, &[view(4, &[1, 2, 3])]).map(|v| v.version), Some(4), "a segment the cache lacks");
+        assert!(newer_view(&d, &[view(5, &[2])]).is_some(), "a segment the cache still lists is gone");
     }
 
     #[test]

@@ -190,7 +190,9 @@ class AsyncClient:
         await self._call_empty("drop_index", "CollectionName", {"name": collection})
 
     async def load_collection(self, collection: str, replicas: int = 1) -> None:
-        """Serves a released collection again (this version serves one replica)."""
+        """Serves a collection from ``replicas`` in-memory replica groups on disjoint query nodes
+        (on a loaded collection, changes the number of replicas). Raises ``InvalidArgument`` when
+        fewer query nodes than ``replicas`` are alive."""
         await self._call_empty("load_collection", "LoadCollection", {"name": collection, "replicas": replicas})
 
     async def release_collection(self, collection: str) -> None:

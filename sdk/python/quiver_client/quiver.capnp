@@ -186,6 +186,20 @@ struct ShardPlacement {
   shard @0 :UInt32;
   leader @1 :Text;
   sealedSeq @2 :UInt64;         # Highest sequence covered by a served sealed segment.
+  replica @3 :UInt32;           # Replica group whose leader this is (0-based).
+}
+
+# One in-memory replica of a collection: the query nodes that together hold a full copy.
+struct ReplicaGroup {
+  id @0 :UInt32;
+  nodes @1 :List(Text);
+}
+
+# A shard leader's authoritative list of its shard's served sealed segments (MISSION S2.6).
+struct ShardView {
+  shard @0 :UInt32;
+  version @1 :UInt64;           # Layout version the list was taken from.
+  segments @2 :List(UInt64);
 }
 
 # The serving layout of one collection (coordinator's view).
@@ -195,6 +209,7 @@ struct Distribution {
   segments @2 :List(SegmentPlacement);
   version @3 :UInt64;           # Bumped on every change.
   released @4 :Bool;            # Released (not served) until loaded again.
+  replicas @5 :List(ReplicaGroup);  # The in-memory replicas (replica_number of them when enough nodes).
 }
 
 # Serve a collection from query nodes (again), with this many in-memory replicas.
@@ -314,6 +329,14 @@ struct SearchResults {
   results @0 :List(Hits);
 }
 
+# Query node -> proxy: one node's share of a search, plus what keeps the proxy's cache and
+# routing current.
+struct NodeSearchResults {
+  results @0 :List(Hits);
+  shards @1 :List(ShardView);   # For each shard of the request this node leads (S2.6).
+  inFlight @2 :UInt32;          # Requests the node was serving when it answered, from all proxies (S2.7).
+}
+
 struct FlushResult {
   segments @0 :List(UInt64);
 }
@@ -402,6 +425,7 @@ struct LoadSegments {
   collection @0 :CollectionInfo;
   segments @1 :List(SegmentInfo);
   leadShards @2 :List(ShardPlacement);
+  shardViews @3 :List(ShardView);   # For each lead shard: its served sealed segments.
 }
 
 # Coordinator -> query node: stop serving these segments (and shards).

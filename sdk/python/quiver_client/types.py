@@ -43,6 +43,7 @@ __all__ = [
     "SegmentPlacement",
     "ShardPlacement",
     "Distribution",
+    "ReplicaGroup",
     "NodeStatus",
     "ClusterStatus",
     "SearchParams",
@@ -315,6 +316,16 @@ class ShardPlacement:
     leader: str
     #: Highest sequence covered by a served sealed segment.
     sealed_seq: int
+    #: The replica group whose leader this is.
+    replica: int = 0
+
+
+@dataclass
+class ReplicaGroup:
+    """One in-memory replica: the query nodes that together hold a full copy."""
+
+    id: int
+    nodes: List[str]
 
 
 @dataclass
@@ -328,6 +339,8 @@ class Distribution:
     version: int
     #: Released: not served until loaded again (reads are refused).
     released: bool = False
+    #: The in-memory replica groups (one entry per leader and replica in ``shards``).
+    replicas: List[ReplicaGroup] = field(default_factory=list)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from .types import (
     PrimaryKey,
     Query,
     QueryResults,
+    ReplicaGroup,
     Role,
     RowBatch,
     Scalar,
@@ -272,7 +273,9 @@ def distribution_from_wire(d: Dict_) -> Distribution:
     return Distribution(
         collection=info_from_wire(d.get("collection", {})),
         shards=[
-            ShardPlacement(int(s.get("shard", 0)), s.get("leader", ""), int(s.get("sealedSeq", 0)))
+            ShardPlacement(
+                int(s.get("shard", 0)), s.get("leader", ""), int(s.get("sealedSeq", 0)), int(s.get("replica", 0))
+            )
             for s in d.get("shards", [])
         ],
         segments=[
@@ -281,6 +284,7 @@ def distribution_from_wire(d: Dict_) -> Distribution:
         ],
         version=int(d.get("version", 0)),
         released=bool(d.get("released", False)),
+        replicas=[ReplicaGroup(int(g.get("id", 0)), list(g.get("nodes", []))) for g in d.get("replicas", [])],
     )
 
 

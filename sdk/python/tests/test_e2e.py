@@ -185,10 +185,15 @@ async def test_release_and_load(client: quiver.AsyncClient) -> None:
             await client.search(schema.search(name, np.ones((1, 8), dtype=np.float32), 3))
         assert "not loaded" in e.value.message
         await client.insert(name, schema.rows(range(10, 12), np.ones((2, 8), dtype=np.float32)))
+        with pytest.raises(quiver.InvalidArgument) as e:
+            await client.load_collection(name, replicas=2)
+        assert "needs at least 2 query nodes" in e.value.message, e.value.message
         await client.load_collection(name)
         hits = await client.search(
             schema.search(name, np.ones((1, 8), dtype=np.float32), 3, consistency=quiver.Consistency.STRONG)
         )
         assert len(hits.results[0].pks) == 3
+        d = await client.distribution(name)
+        assert [len(g.nodes) for g in d.replicas] == [1] and d.shards[0].replica == 0, d
     finally:
         await client.drop_collection(name)
