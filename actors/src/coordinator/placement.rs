@@ -149,11 +149,14 @@ impl Coordinator {
         let (queries, datas) = (verdicts.members(Role::QueryNode), verdicts.members(Role::DataNode));
         let epochs: HashMap<String, u64> = queries.serving().map(|n| (n.node_id.clone(), n.started_ms)).collect();
         let mut sends: Vec<(String, u64, LoadSegments)> = Vec::new();
+        let mut reassigned = Vec::new();
         {
             let mut catalog = self.catalog.lock().await;
             let infos: Vec<CollectionInfo> = catalog.collections.values().cloned().collect();
             for info in infos {
-                self.assign(&mut catalog, &info, &queries, &datas, &epochs).await?;
+                if self.assign(&mut catalog, &info, &queries, &datas, &epochs).await? {
+                    reassigned.push(info.id);
+                }
                 self.start_index_builds(&catalog, &info);
                 let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
                 let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
@@ -166,6 +169,9 @@ impl Coordinator {
                     }
                 }
             }
+        }
+        for cid in reassigned {
+            self.publish_change(cid).await;
         }
         if sends.is_empty() {
             return Ok(());
@@ -244,6 +250,8 @@ impl Coordinator {
 
     /// Fixes the layout of one collection against the members: work of dead or restarted
     /// nodes is placed again (balancer policy) on alive nodes; suspect nodes keep theirs.
+    /// Tells whether what proxies see changed (holders of a dead node dropped, new groups or
+    /// leaders), so they can be told.
     async fn assign(
         &self,
         catalog: &mut Catalog,
@@ -251,8 +259,8 @@ impl Coordinator {
         queries: &Members,
         datas: &Members,
         epochs: &HashMap<String, u64>,
-    ) -> Result<()> {
-        let Some(layout) = catalog.layouts.get(&info.id).cloned() else { return Ok(()) };
+    ) -> Result<bool> {
+        let Some(layout) = catalog.layouts.get(&info.id).cloned() else { return Ok(false) };
         let mut next = layout.clone();
         let serving = |id: &str| epochs.contains_key(id);
         // A restarted query node (new incarnation) lost what it held.
@@ -289,14 +297,16 @@ impl Coordinator {
                 self.place_group(catalog, info, &mut next, g, &segments, &queries.alive, serving, restarted);
             }
         }
+        let mut republish = false;
         if next != layout {
             if published(&next) != published(&layout) {
                 next.version += 1;
+                republish = true;
             }
             self.node.shared.meta.put(&layout_key(info.id), &next).await?;
             catalog.layouts.insert(info.id, next);
         }
-        Ok(())
+        Ok(republish)
     }
 
     /// Gives replica group `g` a leader for every shard and a target for every segment, among
