@@ -614,8 +614,11 @@ mod tests {
         plan(d, pending, &avoid, 0, loads, |r| Rendezvous.route(r))
     }
 
-    /// (node, segments, shards of growing parts with their sealed position), sorted.
-    fn summary(shares: &BTreeMap<String, NodeShare>) -> Vec<(String, Vec<u64>, Vec<(u32, u64)>)> {
+    /// A node's share as (node, segments, growing parts as (shard, sealed position)).
+    type ShareSummary = (String, Vec<u64>, Vec<(u32, u64)>);
+
+    /// Every node's share, segments sorted.
+    fn summary(shares: &BTreeMap<String, NodeShare>) -> Vec<ShareSummary> {
         shares
             .iter()
             .map(|(n, s)| {
