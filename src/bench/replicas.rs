@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use quiver_actors::vector::{higher_is_better, set_faiss_threads, VectorIndex};
 use quiver_client::{schema, Client, Consistency, Distribution, IndexParams, NodeStatus, SearchParams, SegmentState};
 use serde::Deserialize;
 
@@ -270,6 +271,10 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         false => run_raw(&bench_args, &data, &params, &search, &mut raw_report)?,
     };
     let segment_max_rows = data.n.div_ceil(args.segments).max(1);
+    let raw_segments = match args.skip_raw {
+        true => None,
+        false => Some(run_raw_segments(&args, &bench_args, &data, &params, &search, segment_max_rows)?),
+    };
     let mut report = ReplicaReport {
         command: command_line(),
         cpu: raw_report.cpu.clone(),
@@ -292,6 +297,7 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         warmup_secs: args.warmup_secs,
         raw: raw.into_iter().map(|r| r.result).collect(),
         raw_build: raw_report.raw_build,
+        raw_segments,
         segment_max_rows,
         batch: args.batch,
         node_env: node_env.clone(),
@@ -313,6 +319,65 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         eprintln!("report written to {}", out.display());
     }
     Ok(0)
+}
+
+/// What the query nodes compute, without them: raw faiss in-process over the same segments
+/// (one index per `segment_max_rows` rows, cut as the data node cuts them), every segment
+/// searched for each query one after the other and the hits merged, from the same client
+/// threads. Returns the build time and one row per thread count.
+fn run_raw_segments(
+    args: &BenchReplicasArgs,
+    bench_args: &BenchArgs,
+    data: &Data,
+    params: &IndexParams,
+    search: &SearchParams,
+    segment_max_rows: usize,
+) -> anyhow::Result<(Duration, Vec<LoadResult>)> {
+    set_faiss_threads(1);
+    let t = Instant::now();
+    let mut indexes = Vec::new();
+    for start in (0..data.n).step_by(segment_max_rows) {
+        let end = (start + segment_max_rows).min(data.n);
+        let index = VectorIndex::build(params, data.dim, &data.base[start * data.dim..end * data.dim])
+            .map_err(|e| anyhow!("raw faiss build of rows {start}..{end}: {e}"))?;
+        indexes.push((start as i64, index));
+    }
+    let build = t.elapsed();
+    eprintln!("raw faiss: built {} segment indexes in {:.1}s (1 faiss thread)", indexes.len(), build.as_secs_f64());
+    let higher = higher_is_better(params.metric);
+    let (warmup, duration) = (Duration::from_secs_f64(args.warmup_secs), Duration::from_secs_f64(args.duration_secs));
+    let me = std::process::id();
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        wait_quiet(bench_args, &[Watched { pid: me, label: String::new() }]);
+        let watch = [Watched { pid: me, label: "bench (faiss)".into() }];
+        let indexes = &indexes;
+        let r = drive_threads(data, args.k, threads, warmup, duration, &watch, |_| {
+            Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
+                let mut hits: Vec<(f32, i64)> = Vec::with_capacity(args.k * indexes.len());
+                for (offset, index) in indexes {
+                    let (d, l) = index.search(data.query(q), args.k, search).map_err(|e| anyhow!("{e}"))?;
+                    hits.extend(d.into_iter().zip(l).filter(|(_, l)| *l >= 0).map(|(d, l)| (d, l + offset)));
+                }
+                match higher {
+                    true => hits.sort_by(|a, b| b.0.total_cmp(&a.0)),
+                    false => hits.sort_by(|a, b| a.0.total_cmp(&b.0)),
+                }
+                Ok(hits.into_iter().take(args.k).map(|h| h.1).collect())
+            })
+        })?;
+        eprintln!(
+            "raw faiss, {} segments, {threads} thread(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}",
+            indexes.len(),
+            r.qps,
+            r.p50_us,
+            r.p99_us,
+            args.k,
+            r.recall
+        );
+        rows.push(r);
+    }
+    Ok((build, rows))
 }
 
 // ---------------------------------------------------------------- the cluster
@@ -1070,6 +1135,8 @@ struct ReplicaReport {
     warmup_secs: f64,
     raw: Vec<LoadResult>,
     raw_build: Option<Duration>,
+    /// Raw faiss over the same segments: (build time, rows).
+    raw_segments: Option<(Duration, Vec<LoadResult>)>,
     segment_max_rows: usize,
     batch: usize,
     node_env: Vec<(String, String)>,
@@ -1142,12 +1209,17 @@ impl ReplicaReport {
         let procs: Vec<String> = l.processes.iter().map(|(name, pid)| format!("{name} {pid}")).collect();
         let _ = writeln!(
             s,
-            "- cluster: `quiver cluster up` — nats-server, coordinator, proxy, data node, index node, {} query nodes, each its own process (pids: {}); 1 shard; datanode.segment_max_rows = {} → {} sealed segments {:?}; balancer row-count, balance interval 1h{}",
+            "- cluster: `quiver cluster up` — nats-server, coordinator, proxy, data node, index node, {} query nodes, each its own process (pids: {}); 1 shard; datanode.segment_max_rows = {} → {} sealed segments {:?}; balancer row-count, balance interval 1h; proxy router {}{}",
             l.processes.iter().filter(|(name, _)| name.starts_with("qn")).count(),
             procs.join(", "),
             self.segment_max_rows,
             l.segment_rows.len(),
             l.segment_rows,
+            self.node_env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "QUIVER_PLUGINS__ROUTER")
+                .map_or("rendezvous (the default)".to_string(), |(_, v)| v.clone()),
             if self.node_env.is_empty() {
                 String::new()
             } else {
@@ -1159,12 +1231,13 @@ impl ReplicaReport {
         );
         let _ = writeln!(
             s,
-            "- load: insert {} (batches of ≤ {} rows, cut at segment boundaries), flush → served {}, create_index → all segments Indexed {} (raw faiss build of the whole base: {}); then release and load again, so every holder loads its segments with their index",
+            "- load: insert {} (batches of ≤ {} rows, cut at segment boundaries), flush → served {}, create_index → all segments Indexed {} (raw faiss, 1 thread: whole base {}, the same segments {}); then release and load again, so every holder loads its segments with their index",
             secs(l.insert),
             self.batch,
             secs(l.flush_served),
             secs(l.index_built),
-            self.raw_build.map_or("—".into(), secs)
+            self.raw_build.map_or("—".into(), secs),
+            self.raw_segments.as_ref().map_or("—".into(), |(b, _)| secs(*b))
         );
         for (replicas, t, layout) in &l.loads {
             let _ = writeln!(s, "- load_collection({replicas}) → fully replicated in {t:.1} s: {layout}");
@@ -1172,19 +1245,21 @@ impl ReplicaReport {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| system | client threads | calls | QPS | p50 µs | p99 µs | mean µs | recall@{} | errors | QPS / raw | QPS / 1 replica |",
+            "| system | client threads | calls | QPS | p50 µs | p99 µs | mean µs | recall@{} | errors | QPS / raw | QPS / raw segments | QPS / 1 replica |",
             self.k
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let ratio = |a: f64, b: Option<&LoadResult>| {
             b.filter(|b| b.qps > 0.0).map_or("—".into(), |b| format!("{:.0}%", 100.0 * a / b.qps))
         };
         let raw_for = |t: usize| self.raw.iter().find(|r| r.threads == t);
+        let seg_rows = self.raw_segments.as_ref().map_or(&[][..], |(_, rows)| rows.as_slice());
+        let seg_for = |t: usize| seg_rows.iter().find(|r| r.threads == t);
         let one_for = |t: usize| self.rows.iter().find(|(n, r)| *n == 1 && r.threads == t).map(|(_, r)| r);
         let mut row = |name: &str, r: &LoadResult, one: Option<&LoadResult>| {
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {:.0} | {} | {} | {} | {:.4} | {} | {} | {} |",
+                "| {name} | {} | {} | {:.0} | {} | {} | {} | {:.4} | {} | {} | {} | {} |",
                 r.threads,
                 r.calls,
                 r.qps,
@@ -1194,11 +1269,15 @@ impl ReplicaReport {
                 r.recall,
                 r.errors,
                 ratio(r.qps, raw_for(r.threads)),
+                ratio(r.qps, seg_for(r.threads)),
                 ratio(r.qps, one)
             );
         };
         for r in &self.raw {
-            row("raw faiss (in-process)", r, None);
+            row("raw faiss, 1 index of the whole base (in-process)", r, None);
+        }
+        for r in seg_rows {
+            row(&format!("raw faiss, {} segment indexes searched in turn (in-process)", l.segment_rows.len()), r, None);
         }
         for (n, r) in &self.rows {
             row(&format!("Quiver, {n} replica{}", if *n == 1 { "" } else { "s" }), r, one_for(r.threads));
@@ -1216,7 +1295,12 @@ impl ReplicaReport {
         let _ = writeln!(s, "| system | client threads | CPU |");
         let _ = writeln!(s, "|---|---:|---|");
         for r in &self.raw {
-            let _ = writeln!(s, "| raw faiss | {} | {} |", r.threads, cpu_cell(r.cpu.as_ref()));
+            let _ = writeln!(s, "| raw faiss, 1 index | {} | {} |", r.threads, cpu_cell(r.cpu.as_ref()));
+        }
+        if let Some((_, rows)) = &self.raw_segments {
+            for r in rows {
+                let _ = writeln!(s, "| raw faiss, segments | {} | {} |", r.threads, cpu_cell(r.cpu.as_ref()));
+            }
         }
         for (n, r) in &self.rows {
             let _ = writeln!(s, "| Quiver, {n} replica(s) | {} | {} |", r.threads, cpu_cell(r.cpu.as_ref()));
