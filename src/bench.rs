@@ -40,6 +40,7 @@ use crate::ctl::{parse_index, IndexArgs};
 use crate::dataset::{read_fvecs, read_ivecs};
 
 mod milvus;
+pub mod replicas;
 use milvus::{Measured, MilvusRow, ServerShare};
 
 /// Collection the benchmark creates in its private Quiver.
