@@ -176,7 +176,8 @@ pub struct ProxyConfig {
     pub distribution_refresh: Duration,
     /// With two or more replicas, the longest a read waits for one node's share before sending it
     /// to another replica (a node killed mid-request never answers). The wait adapts to the
-    /// node: 8 × its smoothed latency, at least 100 ms, at most this.
+    /// node: 8 × its smoothed latency, at least 100 ms, at most this. Applies to a read's first
+    /// try only, so a read that is slow on every replica still completes.
     #[serde(with = "humantime_serde")]
     pub replica_timeout: Duration,
     /// Port of the Milvus-compatible gRPC API (pymilvus' default is 19530); 0 turns it off.

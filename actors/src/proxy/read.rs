@@ -194,8 +194,9 @@ impl Proxy {
                 Ok(shares) => {
                     let shares: Vec<(String, NodeShare)> = shares.into_iter().collect();
                     // With replicas, a node that does not answer in time (killed mid-request,
-                    // stuck) is given up on and its share asked of another replica.
-                    let replicated = dist.replicas.len() > 1;
+                    // stuck) is given up on and its share asked of another replica. Only in the
+                    // first round: a read that is slow everywhere (huge nq or k) still finishes.
+                    let replicated = dist.replicas.len() > 1 && attempt == 0;
                     let max_wait = self.node.shared.config.proxy.replica_timeout;
                     let calls = shares.iter().map(|(node, share)| {
                         let call = send(dist.clone(), node.clone(), share.clone());
