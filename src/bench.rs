@@ -48,46 +48,54 @@ const COLLECTION: &str = "bench";
 /// Cluster name of the private Quiver.
 const CLUSTER: &str = "quiverbench";
 
-#[derive(Args)]
-pub struct BenchArgs {
+/// What is searched and how: the dataset, the index and the search parameters. Shared by
+/// `quiver bench` and `quiver bench-replicas`.
+#[derive(Args, Clone)]
+pub struct Workload {
     /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs
     /// (default: the shared dataset beside the repository, when run from its root).
     #[arg(long, default_value = "../shared/datasets/pypi-minilm")]
-    dataset: PathBuf,
+    pub(crate) dataset: PathBuf,
+    /// Query vectors to use (from the start of query.fvecs).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) queries: usize,
+    /// FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW.
+    #[arg(long, default_value = "HNSW")]
+    pub(crate) index_type: String,
+    /// L2, IP or COSINE.
+    #[arg(long, default_value = "IP")]
+    pub(crate) metric: String,
+    /// HNSW M or PQ sub-quantizers (0 = default).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) m: u32,
+    /// HNSW efConstruction (0 = default).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) ef_construction: u32,
+    /// IVF lists (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) nlist: u32,
+    /// PQ bits per code (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) nbits: u32,
+    /// HNSW efSearch.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) ef: u32,
+    /// IVF lists probed (0 = default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) nprobe: u32,
+    /// Hits per query (recall is measured at this k).
+    #[arg(short, long, default_value_t = 10)]
+    pub(crate) k: usize,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) workload: Workload,
     /// Base vectors to use (default: the whole file). Below the file size, exact ground truth
     /// is recomputed by brute force.
     #[arg(long)]
     base_limit: Option<usize>,
-    /// Query vectors to use (from the start of query.fvecs).
-    #[arg(long, default_value_t = 1000)]
-    queries: usize,
-    /// FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW.
-    #[arg(long, default_value = "HNSW")]
-    index_type: String,
-    /// L2, IP or COSINE.
-    #[arg(long, default_value = "IP")]
-    metric: String,
-    /// HNSW M or PQ sub-quantizers (0 = default).
-    #[arg(long, default_value_t = 16)]
-    m: u32,
-    /// HNSW efConstruction (0 = default).
-    #[arg(long, default_value_t = 200)]
-    ef_construction: u32,
-    /// IVF lists (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nlist: u32,
-    /// PQ bits per code (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nbits: u32,
-    /// HNSW efSearch.
-    #[arg(long, default_value_t = 64)]
-    ef: u32,
-    /// IVF lists probed (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nprobe: u32,
-    /// Hits per query (recall is measured at this k).
-    #[arg(short, long, default_value_t = 10)]
-    k: usize,
     /// Measured seconds per configuration.
     #[arg(long, default_value_t = 5.0)]
     duration_secs: f64,
@@ -175,7 +183,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if args.threads.is_empty() || args.threads.contains(&0) {
         bail!("--threads needs positive thread counts, e.g. 1,2");
     }
-    if args.k == 0 {
+    if args.workload.k == 0 {
         bail!("-k must be at least 1");
     }
     if args.duration_secs.is_nan() || args.duration_secs <= 0.0 || args.warmup_secs.is_nan() || args.warmup_secs < 0.0 {
@@ -184,14 +192,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     let consistencies = args.consistency.iter().map(|c| parse_consistency(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let params = parse_index(&IndexArgs {
         name: COLLECTION.into(),
-        index_type: args.index_type.clone(),
-        metric: args.metric.clone(),
-        nlist: args.nlist,
-        m: args.m,
-        nbits: args.nbits,
-        ef_construction: args.ef_construction,
+        index_type: args.workload.index_type.clone(),
+        metric: args.workload.metric.clone(),
+        nlist: args.workload.nlist,
+        m: args.workload.m,
+        nbits: args.workload.nbits,
+        ef_construction: args.workload.ef_construction,
     })?;
-    let search_params = SearchParams { nprobe: args.nprobe, ef: args.ef };
+    let search_params = SearchParams { nprobe: args.workload.nprobe, ef: args.workload.ef };
     if args.milvus && args.skip_quiver {
         bail!("--milvus needs the Quiver half (drop --skip-quiver)");
     }
@@ -235,13 +243,13 @@ struct Data {
 
 impl Data {
     fn load(args: &BenchArgs, metric: MetricType) -> anyhow::Result<Data> {
-        let base_path = args.dataset.join("base.fvecs");
+        let base_path = args.workload.dataset.join("base.fvecs");
         let file_rows = fvecs_rows(&base_path)?;
         let limit = args.base_limit.unwrap_or(usize::MAX);
         let t = Instant::now();
         let (dim, base) = read_fvecs(&base_path, limit)?;
         let n = base.len() / dim;
-        let (qdim, queries) = read_fvecs(&args.dataset.join("query.fvecs"), args.queries)?;
+        let (qdim, queries) = read_fvecs(&args.workload.dataset.join("query.fvecs"), args.workload.queries)?;
         if qdim != dim {
             bail!("query.fvecs has dim {qdim} but base.fvecs has dim {dim}");
         }
@@ -250,7 +258,7 @@ impl Data {
             bail!("need at least one base vector and one query (got {n} and {nq})");
         }
         eprintln!("loaded {n} base vectors and {nq} queries (dim {dim}) in {:.1}s", t.elapsed().as_secs_f64());
-        let gt_path = args.dataset.join("groundtruth.ivecs");
+        let gt_path = args.workload.dataset.join("groundtruth.ivecs");
         // The shipped ground truth is by inner product over the whole base; the vectors are
         // L2-normalised, so it also holds for COSINE (and L2 ranks the same way up to ties,
         // but we recompute for L2 to be exact).
@@ -258,17 +266,19 @@ impl Data {
         let mut from_file = None;
         if file_fits {
             let (gdim, ids) = read_ivecs(&gt_path, nq)?;
-            if gdim >= args.k && ids.len() / gdim == nq {
+            if gdim >= args.workload.k && ids.len() / gdim == nq {
                 from_file = Some(
-                    (0..nq).map(|q| ids[q * gdim..q * gdim + args.k].iter().map(|v| i64::from(*v)).collect()).collect(),
+                    (0..nq)
+                        .map(|q| ids[q * gdim..q * gdim + args.workload.k].iter().map(|v| i64::from(*v)).collect())
+                        .collect(),
                 );
             }
         }
         let (truth, truth_source) = match from_file {
-            Some(t) => (t, format!("{} (first {} of each row)", gt_path.display(), args.k)),
+            Some(t) => (t, format!("{} (first {} of each row)", gt_path.display(), args.workload.k)),
             None => {
                 let t = Instant::now();
-                let truth = exact_truth(dim, &base, &queries, args.k, metric)?;
+                let truth = exact_truth(dim, &base, &queries, args.workload.k, metric)?;
                 eprintln!("computed exact ground truth by brute force in {:.1}s", t.elapsed().as_secs_f64());
                 (truth, format!("exact brute force ({metric:?}) over the {n} base vectors used"))
             }
@@ -644,15 +654,16 @@ fn run_raw(
         let index = &index;
         wait_quiet(args, &[Watched { pid: std::process::id(), label: String::new() }]);
         let watch = [Watched { pid: std::process::id(), label: "bench (faiss)".into() }];
-        let result = drive_threads(data, args.k, threads, warmup, duration, &watch, |_| {
+        let result = drive_threads(data, args.workload.k, threads, warmup, duration, &watch, |_| {
             Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
-                let (_, labels) = index.search(data.query(q), args.k, search_params).map_err(|e| anyhow!("{e}"))?;
+                let (_, labels) =
+                    index.search(data.query(q), args.workload.k, search_params).map_err(|e| anyhow!("{e}"))?;
                 Ok(labels)
             })
         })?;
         eprintln!(
             "raw faiss, {threads} thread(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}",
-            result.qps, result.p50_us, result.p99_us, args.k, result.recall
+            result.qps, result.p50_us, result.p99_us, args.workload.k, result.recall
         );
         rows.push(RawRow { result });
     }
@@ -934,7 +945,7 @@ fn run_quiver(
 
     // Brute-force latency before the index exists: the yardstick for "index is live".
     let probe_n = data.nq.min(20);
-    load.brute_force_p50_us = rt.block_on(probe_p50(&client, data, search_params, args.k, probe_n))?;
+    load.brute_force_p50_us = rt.block_on(probe_p50(&client, data, search_params, args.workload.k, probe_n))?;
     eprintln!("quiver: brute-force search (no index yet) p50 {:.0} µs", load.brute_force_p50_us);
 
     // Index: create, wait until every segment is Indexed, then until the query node serves it.
@@ -954,7 +965,7 @@ fn run_quiver(
             Some(th) => {
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
-                    let p50 = probe_p50(&client, data, search_params, args.k, probe_n).await?;
+                    let p50 = probe_p50(&client, data, search_params, args.workload.k, probe_n).await?;
                     if p50 < th {
                         load.index_live_note = format!(
                             "probe p50 {p50:.0} µs fell below {th:.0} µs, a third of the brute-force p50"
@@ -997,7 +1008,7 @@ fn run_quiver(
                 ClientMode::Threads => quiver_threads(
                     &child.url,
                     data,
-                    args.k,
+                    args.workload.k,
                     *search_params,
                     consistency,
                     threads,
@@ -1008,7 +1019,7 @@ fn run_quiver(
                 ClientMode::Tasks => quiver_tasks(
                     &child.url,
                     data,
-                    args.k,
+                    args.workload.k,
                     *search_params,
                     consistency,
                     threads,
@@ -1022,7 +1033,7 @@ fn run_quiver(
                 result.qps,
                 result.p50_us,
                 result.p99_us,
-                args.k,
+                args.workload.k,
                 result.recall,
                 if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
             );
@@ -1034,7 +1045,16 @@ fn run_quiver(
         wait_quiet(args, &watch);
         match rt.block_on(breakdown_setup(&client)) {
             Ok(target) => {
-                let b = run_breakdown(&child.url, data, args.k, *search_params, warmup, duration, &watch, &target)?;
+                let b = run_breakdown(
+                    &child.url,
+                    data,
+                    args.workload.k,
+                    *search_params,
+                    warmup,
+                    duration,
+                    &watch,
+                    &target,
+                )?;
                 eprintln!(
                     "breakdown p50: echo {:.0} µs, query node direct {:.0} µs, full SDK {:.0} µs",
                     b.echo.p50_us, b.querynode.p50_us, b.full.p50_us
@@ -1085,7 +1105,7 @@ fn run_pymilvus(
         format!("http://{grpc}"),
         COLLECTION,
         data,
-        milvus::DriverSearch { k: args.k, metric, ef: search_params.ef, nprobe: search_params.nprobe },
+        milvus::DriverSearch { k: args.workload.k, metric, ef: search_params.ef, nprobe: search_params.nprobe },
     )?;
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);
@@ -1107,7 +1127,7 @@ fn run_pymilvus(
                 result.qps,
                 result.p50_us,
                 result.p99_us,
-                args.k,
+                args.workload.k,
                 result.recall,
                 server.as_ref().map_or("?".into(), |s| format!("{:.0} µs", s.mean_us)),
                 if result.errors > 0 { format!(", {} errors", result.errors) } else { String::new() }
@@ -1541,14 +1561,14 @@ impl Report {
         Report {
             cpu,
             cores: available_cores(),
-            dataset: args.dataset.display().to_string(),
+            dataset: args.workload.dataset.display().to_string(),
             n: data.n,
             nq: data.nq,
             dim: data.dim,
-            k: args.k,
+            k: args.workload.k,
             truth_source: data.truth_source.clone(),
             params: params.clone(),
-            search: SearchParams { nprobe: args.nprobe, ef: args.ef },
+            search: SearchParams { nprobe: args.workload.nprobe, ef: args.workload.ef },
             duration_secs: args.duration_secs,
             warmup_secs: args.warmup_secs,
             client_mode: args.client_mode,

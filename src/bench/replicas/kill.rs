@@ -103,14 +103,14 @@ pub(super) fn kill_phase(
             };
             ctx.run(&started, warmup + kill_after)
         });
-        let result = drive_threads(data, args.k, threads, warmup, phase, watch, |t| {
+        let result = drive_threads(data, args.workload.k, threads, warmup, phase, watch, |t| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let client = rt
                 .block_on(async {
                     tokio::time::timeout(Duration::from_secs(10), Client::connect(&cluster.url, CLUSTER)).await
                 })
                 .context("connecting a benchmark client timed out")??;
-            let (slot, started, k, search) = (&samples[t], &started, args.k, *search);
+            let (slot, started, k, search) = (&samples[t], &started, args.workload.k, *search);
             Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
                 let req = search_request(data, q, k, search, Consistency::Eventually);
                 let t0 = Instant::now();

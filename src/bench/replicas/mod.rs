@@ -44,50 +44,18 @@ use serde::Deserialize;
 
 use super::{
     available_cores, drive_threads, free_port, ids_of, quiver_threads, retry, run_raw, runtime, search_request,
-    wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, CLUSTER, COLLECTION,
+    wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, Workload, CLUSTER, COLLECTION,
 };
 use crate::ctl::{parse_index, IndexArgs};
 
 #[derive(Args)]
 pub struct BenchReplicasArgs {
-    /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs
-    /// (default: the shared dataset beside the repository, when run from its root).
-    #[arg(long, default_value = "../shared/datasets/pypi-minilm")]
-    dataset: PathBuf,
+    #[command(flatten)]
+    workload: Workload,
     /// Base rows to use (default: the whole file). Below the file size, exact ground truth is
     /// recomputed by brute force.
     #[arg(long)]
     rows: Option<usize>,
-    /// Query vectors to use (from the start of query.fvecs).
-    #[arg(long, default_value_t = 1000)]
-    queries: usize,
-    /// FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW.
-    #[arg(long, default_value = "HNSW")]
-    index_type: String,
-    /// L2, IP or COSINE.
-    #[arg(long, default_value = "IP")]
-    metric: String,
-    /// HNSW M or PQ sub-quantizers (0 = default).
-    #[arg(long, default_value_t = 16)]
-    m: u32,
-    /// HNSW efConstruction (0 = default).
-    #[arg(long, default_value_t = 200)]
-    ef_construction: u32,
-    /// IVF lists (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nlist: u32,
-    /// PQ bits per code (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nbits: u32,
-    /// HNSW efSearch.
-    #[arg(long, default_value_t = 64)]
-    ef: u32,
-    /// IVF lists probed (0 = default).
-    #[arg(long, default_value_t = 0)]
-    nprobe: u32,
-    /// Hits per query (recall is measured at this k).
-    #[arg(short, long, default_value_t = 10)]
-    k: usize,
     /// Client thread counts for the raw-faiss, 1-replica and 2-replica rows, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
@@ -154,7 +122,7 @@ impl BenchReplicasArgs {
         if self.query_nodes < 2 {
             bail!("--query-nodes must be at least 2 (2 replicas need 2 query nodes)");
         }
-        if self.segments == 0 || self.k == 0 || self.batch == 0 {
+        if self.segments == 0 || self.workload.k == 0 || self.batch == 0 {
             bail!("--segments, -k and --batch must be at least 1");
         }
         let secs = [
@@ -204,28 +172,6 @@ impl BenchReplicasArgs {
         let threads = self.threads.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
         let mut argv = vec![
             "bench".to_string(),
-            "--dataset".into(),
-            self.dataset.display().to_string(),
-            "--queries".into(),
-            self.queries.to_string(),
-            "--index-type".into(),
-            self.index_type.clone(),
-            "--metric".into(),
-            self.metric.clone(),
-            "--m".into(),
-            self.m.to_string(),
-            "--ef-construction".into(),
-            self.ef_construction.to_string(),
-            "--nlist".into(),
-            self.nlist.to_string(),
-            "--nbits".into(),
-            self.nbits.to_string(),
-            "--ef".into(),
-            self.ef.to_string(),
-            "--nprobe".into(),
-            self.nprobe.to_string(),
-            "-k".into(),
-            self.k.to_string(),
             "--threads".into(),
             threads,
             "--duration-secs".into(),
@@ -240,7 +186,8 @@ impl BenchReplicasArgs {
         if let Some(rows) = self.rows {
             argv.extend(["--base-limit".into(), rows.to_string()]);
         }
-        let Wrap { args } = <Wrap as clap::Parser>::try_parse_from(argv).context("internal: bench arguments")?;
+        let Wrap { mut args } = <Wrap as clap::Parser>::try_parse_from(argv).context("internal: bench arguments")?;
+        args.workload = self.workload.clone();
         Ok(args)
     }
 }
@@ -259,14 +206,14 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
     let bench_args = args.bench_args()?;
     let params = parse_index(&IndexArgs {
         name: COLLECTION.into(),
-        index_type: args.index_type.clone(),
-        metric: args.metric.clone(),
-        nlist: args.nlist,
-        m: args.m,
-        nbits: args.nbits,
-        ef_construction: args.ef_construction,
+        index_type: args.workload.index_type.clone(),
+        metric: args.workload.metric.clone(),
+        nlist: args.workload.nlist,
+        m: args.workload.m,
+        nbits: args.workload.nbits,
+        ef_construction: args.workload.ef_construction,
     })?;
-    let search = SearchParams { nprobe: args.nprobe, ef: args.ef };
+    let search = SearchParams { nprobe: args.workload.nprobe, ef: args.workload.ef };
     let loadavg_start = loadavg();
     let data = Data::load(&bench_args, params.metric)?;
     let mut raw_report = Report::new(&bench_args, &data, &params);
@@ -287,16 +234,16 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         loadavg_end: String::new(),
         data_facts: format!(
             "{} — {} base × {} dim, {} queries, k = {}; ground truth: {}",
-            args.dataset.display(),
+            args.workload.dataset.display(),
             data.n,
             data.dim,
             data.nq,
-            args.k,
+            args.workload.k,
             data.truth_source
         ),
         params: params.clone(),
         search,
-        k: args.k,
+        k: args.workload.k,
         duration_secs: args.duration_secs,
         warmup_secs: args.warmup_secs,
         raw: raw.into_iter().map(|r| r.result).collect(),
@@ -356,18 +303,18 @@ fn run_raw_segments(
         wait_quiet(bench_args, &[Watched { pid: me, label: String::new() }]);
         let watch = [Watched { pid: me, label: "bench (faiss)".into() }];
         let indexes = &indexes;
-        let r = drive_threads(data, args.k, threads, warmup, duration, &watch, |_| {
+        let r = drive_threads(data, args.workload.k, threads, warmup, duration, &watch, |_| {
             Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
-                let mut hits: Vec<(f32, i64)> = Vec::with_capacity(args.k * indexes.len());
+                let mut hits: Vec<(f32, i64)> = Vec::with_capacity(args.workload.k * indexes.len());
                 for (offset, index) in indexes {
-                    let (d, l) = index.search(data.query(q), args.k, search).map_err(|e| anyhow!("{e}"))?;
+                    let (d, l) = index.search(data.query(q), args.workload.k, search).map_err(|e| anyhow!("{e}"))?;
                     hits.extend(d.into_iter().zip(l).filter(|(_, l)| *l >= 0).map(|(d, l)| (d, l + offset)));
                 }
                 match higher {
                     true => hits.sort_by(|a, b| b.0.total_cmp(&a.0)),
                     false => hits.sort_by(|a, b| a.0.total_cmp(&b.0)),
                 }
-                Ok(hits.into_iter().take(args.k).map(|h| h.1).collect())
+                Ok(hits.into_iter().take(args.workload.k).map(|h| h.1).collect())
             })
         })?;
         eprintln!(
@@ -376,7 +323,7 @@ fn run_raw_segments(
             r.qps,
             r.p50_us,
             r.p99_us,
-            args.k,
+            args.workload.k,
             r.recall
         );
         rows.push(r);
@@ -497,7 +444,7 @@ fn run_cluster(
             let r = quiver_threads(
                 &cluster.url,
                 data,
-                args.k,
+                args.workload.k,
                 *search,
                 Consistency::Eventually,
                 threads,
@@ -507,7 +454,7 @@ fn run_cluster(
             )?;
             eprintln!(
                 "quiver {replicas} replica(s), {threads} client(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}, {} errors",
-                r.qps, r.p50_us, r.p99_us, args.k, r.recall, r.errors
+                r.qps, r.p50_us, r.p99_us, args.workload.k, r.recall, r.errors
             );
             report.rows.push((replicas, r));
         }

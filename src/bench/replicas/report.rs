@@ -1,6 +1,6 @@
 //! The markdown report.
 
-use super::kill::{stats, KillReport, Sample, POLL};
+use super::kill::{stats, KillReport, Sample, Stats, POLL};
 use super::*;
 
 pub(super) struct ReplicaReport {
@@ -239,16 +239,7 @@ impl KillReport {
             ("2 s after the kill (calls overlapping it)", &after),
             ("from 2 s after the kill to the end", &rest),
         ] {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} | {} | {} | {:.4} |",
-                st.calls,
-                st.failed,
-                us(st.p50),
-                us(st.p99),
-                us(st.max),
-                st.recall
-            );
+            let _ = writeln!(s, "| {name} | {} |", st.cells());
         }
         let _ = writeln!(s);
         let _ = writeln!(
@@ -299,18 +290,23 @@ impl KillReport {
             let from = self.window_start + Duration::from_secs(sec);
             let to = from + Duration::from_secs(1);
             let st = stats(in_window.iter().copied().filter(|x| x.start >= from && x.start < to), k);
-            let _ = writeln!(
-                s,
-                "| {sec}{} | {} | {} | {} | {} | {} | {:.4} |",
-                if sec == kill_sec { " ◀" } else { "" },
-                st.calls,
-                st.failed,
-                us(st.p50),
-                us(st.p99),
-                us(st.max),
-                st.recall
-            );
+            let _ = writeln!(s, "| {sec}{} | {} |", if sec == kill_sec { " ◀" } else { "" }, st.cells());
         }
         let _ = writeln!(s);
+    }
+}
+
+impl Stats {
+    /// The table cells after the label: calls, failed, p50, p99, max, recall.
+    fn cells(&self) -> String {
+        format!(
+            "{} | {} | {} | {} | {} | {:.4}",
+            self.calls,
+            self.failed,
+            us(self.p50),
+            us(self.p99),
+            us(self.max),
+            self.recall
+        )
     }
 }
