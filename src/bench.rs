@@ -88,6 +88,22 @@ pub struct Workload {
     pub(crate) k: usize,
 }
 
+impl Workload {
+    /// The index to build and the search parameters, checked.
+    pub(crate) fn params(&self) -> anyhow::Result<(IndexParams, SearchParams)> {
+        let index = parse_index(&IndexArgs {
+            name: COLLECTION.into(),
+            index_type: self.index_type.clone(),
+            metric: self.metric.clone(),
+            nlist: self.nlist,
+            m: self.m,
+            nbits: self.nbits,
+            ef_construction: self.ef_construction,
+        })?;
+        Ok((index, SearchParams { nprobe: self.nprobe, ef: self.ef }))
+    }
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -190,16 +206,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         bail!("--duration-secs must be > 0 and --warmup-secs >= 0");
     }
     let consistencies = args.consistency.iter().map(|c| parse_consistency(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    let params = parse_index(&IndexArgs {
-        name: COLLECTION.into(),
-        index_type: args.workload.index_type.clone(),
-        metric: args.workload.metric.clone(),
-        nlist: args.workload.nlist,
-        m: args.workload.m,
-        nbits: args.workload.nbits,
-        ef_construction: args.workload.ef_construction,
-    })?;
-    let search_params = SearchParams { nprobe: args.workload.nprobe, ef: args.workload.ef };
+    let (params, search_params) = args.workload.params()?;
     if args.milvus && args.skip_quiver {
         bail!("--milvus needs the Quiver half (drop --skip-quiver)");
     }

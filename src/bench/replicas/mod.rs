@@ -46,7 +46,6 @@ use super::{
     available_cores, drive_threads, free_port, ids_of, quiver_threads, retry, run_raw, runtime, search_request,
     wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, Workload, CLUSTER, COLLECTION,
 };
-use crate::ctl::{parse_index, IndexArgs};
 
 #[derive(Args)]
 pub struct BenchReplicasArgs {
@@ -204,16 +203,7 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let bench_args = args.bench_args()?;
-    let params = parse_index(&IndexArgs {
-        name: COLLECTION.into(),
-        index_type: args.workload.index_type.clone(),
-        metric: args.workload.metric.clone(),
-        nlist: args.workload.nlist,
-        m: args.workload.m,
-        nbits: args.workload.nbits,
-        ef_construction: args.workload.ef_construction,
-    })?;
-    let search = SearchParams { nprobe: args.workload.nprobe, ef: args.workload.ef };
+    let (params, search) = args.workload.params()?;
     let loadavg_start = loadavg();
     let data = Data::load(&bench_args, params.metric)?;
     let mut raw_report = Report::new(&bench_args, &data, &params);
