@@ -39,8 +39,15 @@ pub struct CtlArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Nodes, roles, health, memory, segments and restarts.
+    /// Nodes, roles, lifecycle state, health, memory, segments and restarts.
     Status,
+    /// Drain one node (its id as `status` lists it): it takes no new work, hands off or
+    /// finishes what it holds, and stops. With --wait, returns once it is gone.
+    Drain {
+        node: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// List collections.
     Collections,
     /// Create a collection: Int64 key `id`, vector field `vector`, dynamic fields on.
@@ -186,6 +193,16 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
         let client = args.conn.connect().await?;
         match args.command {
             CtlCommand::Status => print_status(&client).await?,
+            CtlCommand::Drain { node, wait } => {
+                client.drain_node(&node).await?;
+                println!("{node}: draining");
+                if wait {
+                    while client.status().await?.nodes.iter().any(|n| n.node_id == node) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    println!("{node}: stopped");
+                }
+            }
             CtlCommand::Collections => {
                 for name in client.list_collections().await? {
                     println!("{name}");
@@ -349,17 +366,18 @@ async fn print_status(client: &Client) -> anyhow::Result<()> {
     let now = quiver_runtime::bus::now_ms();
     println!("cluster {}: {} nodes", status.cluster, status.nodes.len());
     println!(
-        "{:<28} {:<12} {:<8} {:>8} {:<10} {:>11} {:>9} {:>8} {:>7}  DETAIL",
-        "NODE", "ROLE", "HOST", "PID", "HEALTH", "MEMORY", "SEGMENTS", "RESTARTS", "UPTIME"
+        "{:<28} {:<12} {:<8} {:>8} {:<9} {:<10} {:>11} {:>9} {:>8} {:>7}  DETAIL",
+        "NODE", "ROLE", "HOST", "PID", "STATE", "HEALTH", "MEMORY", "SEGMENTS", "RESTARTS", "UPTIME"
     );
     for n in &status.nodes {
         let uptime = Duration::from_secs(now.saturating_sub(n.started_ms) / 1000);
         println!(
-            "{:<28} {:<12} {:<8} {:>8} {:<10} {:>11} {:>9} {:>8} {:>7}  {}",
+            "{:<28} {:<12} {:<8} {:>8} {:<9} {:<10} {:>11} {:>9} {:>8} {:>7}  {}",
             n.node_id,
             n.role.as_str(),
             n.host.chars().take(8).collect::<String>(),
             n.pid,
+            n.state.as_str(),
             if n.healthy { "healthy" } else { "UNHEALTHY" },
             human_bytes(n.mem_used),
             n.segments,

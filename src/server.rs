@@ -64,6 +64,7 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     let url = embedded.as_ref().map(|n| n.url().to_string()).unwrap_or_else(|| config.nats.url.clone());
     let base = node_base(&config, standalone);
     let supervisor_cfg = config.supervisor.clone();
+    let drain_timeout = config.node.drain_timeout;
     let cluster = config.cluster.name.clone();
     let shared = io.block_on(Shared::connect(config, &url, &format!("quiver-{base}")))?;
     let specs = roles.iter().map(|r| quiver_actors::role_spec(*r, format!("{base}-{}", r.as_str()))).collect();
@@ -72,13 +73,30 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     let system = actix::System::new();
     let code = system.block_on(async move {
         let mut supervisor = Supervisor::start(specs, shared, supervisor_cfg);
+        let mut signals = std::pin::pin!(signals);
+        let signalled = tokio::select! {
+            ready = supervisor.ready() => {
+                if ready {
+                    tracing::info!("Quiver ready: every role serves");
+                }
+                false
+            }
+            _ = &mut signals => true,
+        };
+        let stop = async move {
+            if !signalled {
+                let _ = signals.await;
+            }
+        };
         tokio::select! {
-            _ = signals => {
-                tracing::info!("shutting down");
-                supervisor.shutdown().await;
+            _ = stop => {
+                // SIGTERM / SIGINT: drain (proxies, then workers, then the coordinator), each
+                // phase bounded by node.drain_timeout; a second signal is not waited for.
+                tracing::info!(?drain_timeout, "draining, then stopping");
+                supervisor.drain(drain_timeout).await;
                 0
             }
-            code = supervisor.escalated() => {
+            code = supervisor.exited() => {
                 supervisor.shutdown().await;
                 code
             }

@@ -1,31 +1,42 @@
-//! The data node: consumes the DML log of the shards assigned to it, keeps growing segments,
-//! seals them by size, age or on request, writes them to the object store and reports them
-//! to the coordinator. Its log position (checkpoint) is the end of the last flushed segment of
-//! each shard, kept in the metadata bucket, so a restarted data node resumes exactly there.
+//! The data node: consumes the DML log of the shards the coordinator assigns to it (pushed as
+//! `WatchChannels`, the node's full set, each shard with its checkpoint), keeps growing
+//! segments, seals them by size, age or on request, writes them to the object store and
+//! reports them to the coordinator. A shard's checkpoint is the end of its last flushed
+//! segment, so a restarted or new owner resumes exactly there. A shard taken away is flushed
+//! first and released only then (the hand-over protocol: `coordinator/channels.rs`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use async_nats::Message;
 use futures::future::LocalBoxFuture;
+use quiver_runtime::bus::{CallOptions, RequestContext};
 use quiver_runtime::{Error, Result, RoleContext};
+use quiver_schemas::protocol::{coord, keys, DataNodeRequest};
 use quiver_schemas::{
-    CollectionInfo, CollectionName, DmlEntry, Empty, FlushResult, SegmentFlushed, SegmentInfo, SegmentState, Seq,
+    Alloc, CollectionInfo, CollectionName, DmlEntry, Empty, FlushResult, NodeState, Role, SegmentFlushed, SegmentInfo,
+    SegmentState, Seq, WatchChannels,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::coordinator::Layout;
 use crate::dml::{self, ShardLog};
 use crate::node::{start_role, Node, RoleHandler};
 use crate::rows::{encode_segment, RowStore};
 
 type FlushReply = oneshot::Sender<Result<Vec<u64>>>;
 
+/// What a shard writer is asked to do besides consuming the log.
+enum WriterCommand {
+    /// Catch up with everything acknowledged so far and seal it.
+    Flush(FlushReply),
+    /// Flush, then stop consuming: the shard can be handed over at its checkpoint.
+    Stop(FlushReply),
+}
+
 struct Writer {
     collection: String,
-    flush: mpsc::UnboundedSender<FlushReply>,
+    commands: mpsc::UnboundedSender<WriterCommand>,
     task: tokio::task::JoinHandle<()>,
     rows: Rc<std::cell::Cell<usize>>,
 }
@@ -33,45 +44,95 @@ struct Writer {
 pub struct DataNode {
     node: Node,
     writers: RefCell<HashMap<(u64, u32), Writer>>,
+    /// Serialises channel changes, so two pushes never race on the same shard.
+    watching: tokio::sync::Mutex<()>,
 }
 
 /// Starts the data node role on the current arbiter.
 pub fn start(rc: RoleContext) {
-    start_role(rc, Box::new(|node| Box::pin(async move { Ok(DataNode { node, writers: Default::default() }) })));
+    start_role(
+        rc,
+        Box::new(|node| {
+            Box::pin(async move { Ok(DataNode { node, writers: Default::default(), watching: Default::default() }) })
+        }),
+    );
 }
 
 impl DataNode {
-    /// Starts writers for shards assigned to this node and stops the others.
-    async fn sync_channels(&self) -> Result<()> {
-        let meta = &self.node.shared.meta;
-        let infos: Vec<CollectionInfo> = meta.values("collection.").await?;
-        let mut wanted = HashMap::new();
-        for info in infos {
-            let Some(layout) = meta.get::<Layout>(&format!("layout.{}", info.id)).await? else { continue };
-            for s in layout.shards.iter().filter(|s| s.channel_owner == self.node.id) {
-                wanted.insert((info.id, s.shard), info.clone());
+    /// Consumes exactly the shards of `req`: shards no longer wanted are flushed and released
+    /// (their writers stop after sealing what they consumed), new ones start at their
+    /// checkpoint. Answers once the released shards are flushed.
+    async fn watch_channels(&self, req: WatchChannels) -> Result<Empty> {
+        let _serial = self.watching.lock().await;
+        let wanted: HashSet<(u64, u32)> = req.channels.iter().map(|c| (c.collection.id, c.shard)).collect();
+        let stopping: Vec<((u64, u32), Writer)> = {
+            let mut writers = self.writers.borrow_mut();
+            let gone: Vec<(u64, u32)> = writers
+                .iter()
+                .filter(|(key, w)| !wanted.contains(key) || w.task.is_finished())
+                .map(|(key, _)| *key)
+                .collect();
+            gone.into_iter().filter_map(|key| writers.remove(&key).map(|w| (key, w))).collect()
+        };
+        for ((collection, shard), writer) in stopping {
+            if writer.task.is_finished() {
+                continue;
             }
+            let (tx, rx) = oneshot::channel();
+            let _ = writer.commands.send(WriterCommand::Stop(tx));
+            let sealed =
+                rx.await.map_err(|_| Error::Unavailable("shard writer ended before it flushed; retry".into()))??;
+            tracing::info!(collection, shard, ?sealed, "shard flushed and released");
+        }
+        if self.node.draining() {
+            return Ok(Empty {});
         }
         let mut writers = self.writers.borrow_mut();
-        writers.retain(|key, w| {
-            let keep = wanted.contains_key(key) && !w.task.is_finished();
-            if !keep {
-                w.task.abort();
-            }
-            keep
-        });
-        for (key, info) in wanted {
+        for channel in req.channels {
+            let key = (channel.collection.id, channel.shard);
             if writers.contains_key(&key) {
                 continue;
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let rows = Rc::new(std::cell::Cell::new(0));
+            let info = channel.collection;
             let shard = ShardWriter::new(self.node.clone(), info.clone(), key.1, rows.clone());
-            let task = self.node.spawn_loop("shard writer", shard.run(rx));
-            tracing::info!(collection = %info.schema.name, shard = key.1, "data node consuming shard");
-            writers.insert(key, Writer { collection: info.schema.name.clone(), flush: tx, task, rows });
+            let task = self.node.spawn_loop("shard writer", shard.run(channel.checkpoint, rx));
+            tracing::info!(collection = %info.schema.name, shard = key.1, checkpoint = channel.checkpoint,
+                "data node consuming shard");
+            writers.insert(key, Writer { collection: info.schema.name.clone(), commands: tx, task, rows });
         }
-        Ok(())
+        Ok(Empty {})
+    }
+
+    /// Whether another data node serves and could take this one's shards.
+    async fn has_peer(&self) -> bool {
+        let nodes = self.node.shared.registry.nodes().await.unwrap_or_default();
+        nodes.iter().any(|n| {
+            n.role == Role::DataNode && n.node_id != self.node.id && n.healthy && n.state == NodeState::Serving
+        })
+    }
+
+    /// Flushes and stops every writer (no other node takes the shards while this one drains).
+    async fn release_all(&self) {
+        let stops: Vec<(String, oneshot::Receiver<Result<Vec<u64>>>)> = self
+            .writers
+            .borrow_mut()
+            .drain()
+            .map(|(_, w)| {
+                let (tx, rx) = oneshot::channel();
+                let _ = w.commands.send(WriterCommand::Stop(tx));
+                (w.collection, rx)
+            })
+            .collect();
+        for (collection, stopped) in stops {
+            match stopped.await {
+                Ok(Ok(sealed)) => tracing::info!(%collection, ?sealed, "shard flushed before stopping"),
+                Ok(Err(e)) => tracing::warn!(%collection, error = %e,
+                    "could not flush before stopping; the next owner replays from the checkpoint"),
+                Err(_) => tracing::warn!(%collection, "shard writer ended before it flushed"),
+            }
+        }
     }
 
     async fn flush(&self, req: CollectionName) -> Result<FlushResult> {
@@ -82,7 +143,7 @@ impl DataNode {
             .filter(|w| w.collection == req.name)
             .map(|w| {
                 let (tx, rx) = oneshot::channel();
-                let _ = w.flush.send(tx);
+                let _ = w.commands.send(WriterCommand::Flush(tx));
                 rx
             })
             .collect();
@@ -100,31 +161,36 @@ impl DataNode {
 }
 
 impl RoleHandler for DataNode {
-    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        vec![(node.subject("flush"), None)]
-    }
+    type Request = DataNodeRequest;
 
-    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+    fn handle(self: Rc<Self>, req: DataNodeRequest, _ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
         Box::pin(async move {
-            let node = self.node.clone();
-            if msg.subject.ends_with(".flush") {
-                node.serve(&msg, |r| self.flush(r)).await;
-            } else {
-                node.unknown_method(&msg).await;
+            match req {
+                DataNodeRequest::Flush(r) => r.serve(|r| self.flush(r)).await,
+                DataNodeRequest::WatchChannels(r) => r.serve(|r| self.watch_channels(r)).await,
             }
         })
     }
 
-    fn start(self: Rc<Self>) {
-        let me = self.clone();
-        self.node.spawn_loop("channel sync", async move {
+    /// The coordinator sees the node draining and takes its shards away (each flushed here
+    /// first, then resumed by another data node at its checkpoint: no row lost or written
+    /// twice). Without another data node, the node flushes everything itself and stops; the
+    /// shards wait in the log for the next owner.
+    fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
             loop {
-                if let Err(e) = me.sync_channels().await {
-                    tracing::warn!(error = %e, "cannot read channel assignments");
+                if self.writers.borrow().is_empty() {
+                    tracing::info!(node = %self.node.id, "every shard handed over");
+                    return;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !self.has_peer().await {
+                    tracing::info!(node = %self.node.id, "no other data node serves; flushing every shard and stopping");
+                    self.release_all().await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        });
+        })
     }
 
     fn heartbeat(&self) -> (u32, String) {
@@ -154,13 +220,7 @@ impl ShardWriter {
         ShardWriter { node, info, shard, rows: RowStore::new(dim), applied: 0, first_seq: 0, oldest: None, gauge }
     }
 
-    async fn checkpoint(&self) -> Result<Seq> {
-        let segments: Vec<SegmentInfo> = self.node.shared.meta.values(&format!("segment.{}.", self.info.id)).await?;
-        Ok(segments.iter().filter(|s| s.shard == self.shard).map(|s| s.end_seq).max().unwrap_or(0))
-    }
-
-    async fn run(mut self, mut flushes: mpsc::UnboundedReceiver<FlushReply>) -> Result<()> {
-        let checkpoint = self.checkpoint().await?;
+    async fn run(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
         self.applied = checkpoint;
         let bus = self.node.shared.bus.clone();
         let mut log = ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await?;
@@ -177,10 +237,19 @@ impl ShardWriter {
                         self.seal().await?;
                     }
                 }
-                Some(reply) = flushes.recv() => {
-                    let result = self.flush_now(&mut log).await;
-                    let _ = reply.send(result);
-                }
+                Some(command) = commands.recv() => match command {
+                    WriterCommand::Flush(reply) => {
+                        let result = self.flush_now(&mut log).await;
+                        let _ = reply.send(result);
+                    }
+                    WriterCommand::Stop(reply) => {
+                        let result = self.flush_now(&mut log).await;
+                        let failed = result.is_err();
+                        let _ = reply.send(result);
+                        // A failed flush stops the role: a restart replays from the checkpoint.
+                        return if failed { Err(Error::Unavailable("flush before stopping failed".into())) } else { Ok(()) };
+                    }
+                },
                 _ = tick.tick() => {
                     if self.oldest.is_some_and(|t| t.elapsed() >= cfg.seal_after) {
                         self.seal().await?;
@@ -227,9 +296,8 @@ impl ShardWriter {
             return Ok(None);
         }
         let shared = &self.node.shared;
-        let range: quiver_schemas::AllocRange =
-            shared.bus.request(shared.bus.subjects().coord("alloc_ids"), &quiver_schemas::Alloc { count: 1 }).await?;
-        let id = range.start;
+        let opts = CallOptions::default();
+        let id = shared.bus.call::<coord::AllocIds>(&Alloc { count: 1 }, &opts).await?.start;
         let rows = std::mem::replace(&mut self.rows, RowStore::new(self.info.dim() as usize));
         let info = SegmentInfo {
             id,
@@ -238,7 +306,7 @@ impl ShardWriter {
             rows: rows.len() as u64,
             start_seq: self.first_seq,
             end_seq: self.applied,
-            data_path: format!("collections/{}/segments/{id}/data", self.info.id),
+            data_path: keys::paths::segment_data(self.info.id, id),
             index_path: None,
             state: SegmentState::Flushed,
             mem_size: rows.mem_bytes(),
@@ -247,10 +315,7 @@ impl ShardWriter {
             .await
             .map_err(Error::internal)??;
         shared.objects.put(&info.data_path, bytes.into()).await?;
-        let _: Empty = shared
-            .bus
-            .request(shared.bus.subjects().coord("segment_flushed"), &SegmentFlushed { segment: info.clone() })
-            .await?;
+        shared.bus.call::<coord::SegmentFlushed>(&SegmentFlushed { segment: info.clone() }, &opts).await?;
         self.oldest = None;
         self.gauge.set(0);
         metrics::counter!("quiver_segments_flushed_total").increment(1);

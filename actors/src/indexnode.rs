@@ -4,9 +4,10 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use async_nats::Message;
 use futures::future::LocalBoxFuture;
+use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result, RoleContext};
+use quiver_schemas::protocol::{keys, IndexNodeRequest};
 use quiver_schemas::{BuildIndex, IndexBuilt};
 
 use crate::node::{start_role, Node, RoleHandler};
@@ -32,14 +33,15 @@ impl IndexNode {
         let params = task.params.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
             let (_, rows) = decode_segment(&bytes)?;
+            // The parameters were validated when the index was defined: a failure here is ours.
             let index = VectorIndex::build(&params, rows.dim, &rows.vectors)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                .map_err(|e| Error::Internal(format!("faiss could not build the index: {e}")))?;
             index.to_bytes().map_err(|e| Error::Internal(e.to_string()))
         })
         .await;
         self.building.set(self.building.get().saturating_sub(1));
         let index_bytes = built.map_err(Error::internal)??;
-        let index_path = format!("collections/{}/segments/{}/index", seg.collection, seg.id);
+        let index_path = keys::paths::segment_index(seg.collection, seg.id);
         self.node.shared.objects.put(&index_path, index_bytes.into()).await?;
         let build_ms = started.elapsed().as_millis() as u64;
         tracing::info!(segment = seg.id, rows = seg.rows, build_ms, "index built");
@@ -47,15 +49,17 @@ impl IndexNode {
     }
 }
 
+/// Draining leaves the queue group, so no new build arrives; builds already running finish
+/// (waited for as running requests). One cut off by `node.drain_timeout` is not lost: the
+/// coordinator's request times out and it asks another index node.
 impl RoleHandler for IndexNode {
-    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        vec![(node.shared.bus.subjects().index_build(), Some("indexnode".into()))]
-    }
+    type Request = IndexNodeRequest;
 
-    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+    fn handle(self: Rc<Self>, req: IndexNodeRequest, _ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
         Box::pin(async move {
-            let node = self.node.clone();
-            node.serve(&msg, |t| self.build(t)).await;
+            match req {
+                IndexNodeRequest::Build(r) => r.serve(|t| self.build(t)).await,
+            }
         })
     }
 

@@ -3,86 +3,108 @@
 //!
 //! Replies carry their outcome in headers: no `Quiver-Status` header means success and the
 //! payload is the response message; otherwise the payload is empty and `Quiver-Error` explains.
+//!
+//! Every request carries its caller's remaining budget (`Quiver-Timeout-Ms`); a server turns
+//! it into a [`RequestContext`] on arrival and bounds every sub-request and retry by it, so
+//! no work goes on for a caller that gave up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
-use quiver_schemas::Wire;
+use quiver_schemas::protocol::{NodeCall, QueueCall};
+use quiver_schemas::{Subjects, Wire};
 
 use crate::error::{Code, Error, Result};
 
-pub use quiver_schemas::status::{HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS, HEADER_TRACEPARENT};
-
-/// Subjects, streams and buckets of one cluster.
-#[derive(Debug, Clone)]
-pub struct Subjects {
-    cluster: String,
-}
-
-impl Subjects {
-    pub fn new(cluster: &str) -> Subjects {
-        Subjects { cluster: cluster.to_string() }
-    }
-
-    pub fn cluster(&self) -> &str {
-        &self.cluster
-    }
-
-    /// Public API served by every proxy in one queue group.
-    pub fn api(&self, method: &str) -> String {
-        format!("quiver.{}.api.{method}", self.cluster)
-    }
-
-    /// Served by the active coordinator.
-    pub fn coord(&self, method: &str) -> String {
-        format!("quiver.{}.coord.{method}", self.cluster)
-    }
-
-    /// Methods of one specific node.
-    pub fn node(&self, node_id: &str, method: &str) -> String {
-        format!("quiver.{}.node.{node_id}.{method}", self.cluster)
-    }
-
-    /// Index-build tasks, taken by any index node of the queue group.
-    pub fn index_build(&self) -> String {
-        format!("quiver.{}.index.build", self.cluster)
-    }
-
-    /// Published by the coordinator whenever a collection's serving layout changes.
-    pub fn distribution_event(&self, collection: u64) -> String {
-        format!("quiver.{}.event.distribution.{collection}", self.cluster)
-    }
-
-    pub fn distribution_events(&self) -> String {
-        format!("quiver.{}.event.distribution.*", self.cluster)
-    }
-
-    /// The DML subject of one shard.
-    pub fn dml(&self, collection: u64, shard: u32) -> String {
-        format!("quiver.{}.dml.{collection}.{shard}", self.cluster)
-    }
-
-    /// The JetStream stream holding one shard's DML log.
-    pub fn dml_stream(&self, collection: u64, shard: u32) -> String {
-        format!("QUIVER_{}_DML_{collection}_{shard}", self.cluster)
-    }
-
-    pub fn meta_bucket(&self) -> String {
-        format!("quiver_{}_meta", self.cluster)
-    }
-
-    pub fn nodes_bucket(&self) -> String {
-        format!("quiver_{}_nodes", self.cluster)
-    }
-}
+pub use quiver_schemas::status::{HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT};
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
+    /// How long this call may take (the bus default when `None`).
     pub timeout: Option<Duration>,
     pub traceparent: Option<String>,
+}
+
+/// What a request brings from its caller: when the caller stops waiting, and the trace
+/// context. Built once where a request arrives ([`RequestContext::of`]) and passed down to
+/// everything done for it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    deadline: Option<Instant>,
+    /// W3C trace context of the request.
+    pub traceparent: Option<String>,
+}
+
+impl RequestContext {
+    /// A context whose caller waits `timeout` from now.
+    pub fn with_timeout(timeout: Duration) -> RequestContext {
+        RequestContext { deadline: Some(Instant::now() + timeout), traceparent: None }
+    }
+
+    /// A context with no deadline (background work of the node itself).
+    pub fn background() -> RequestContext {
+        RequestContext::default()
+    }
+
+    /// The context of a request that arrived on the bus: its budget header (relative, so
+    /// clocks need not agree), else its absolute deadline header (older clients), else none.
+    pub fn of(msg: &Message) -> RequestContext {
+        let headers = msg.headers.as_ref();
+        let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.as_str().parse::<u64>().ok());
+        let deadline = match (header(HEADER_TIMEOUT), header(HEADER_DEADLINE)) {
+            (Some(ms), _) => Some(Instant::now() + Duration::from_millis(ms)),
+            (None, Some(at)) => Some(Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))),
+            (None, None) => None,
+        };
+        let traceparent = headers.and_then(|h| h.get(HEADER_TRACEPARENT)).map(|v| v.as_str().to_string());
+        RequestContext { deadline, traceparent }
+    }
+
+    /// Also stops at `deadline` if that is earlier.
+    pub fn at_most(mut self, timeout: Duration) -> RequestContext {
+        let limit = Instant::now() + timeout;
+        self.deadline = Some(self.deadline.map_or(limit, |d| d.min(limit)));
+        self
+    }
+
+    /// Time left before the caller gives up (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the caller has given up.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Fails with `DeadlineExceeded` (naming `what`) once the caller has given up.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.expired() {
+            return Err(Error::DeadlineExceeded(format!("the caller stopped waiting before {what}")));
+        }
+        Ok(())
+    }
+
+    /// Options for one try or sub-request: `min(remaining, patience)`, and the trace context.
+    /// Fails with `DeadlineExceeded` when nothing is left.
+    pub fn try_options(&self, patience: Duration, what: &str) -> Result<CallOptions> {
+        self.check(what)?;
+        let timeout = self.remaining().map_or(patience, |left| left.min(patience));
+        Ok(CallOptions { timeout: Some(timeout), traceparent: self.traceparent.clone() })
+    }
+
+    /// Runs `work` unless the deadline passes first (then `DeadlineExceeded`, naming `what`).
+    pub async fn bound<T>(&self, what: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match self.remaining() {
+            None => work.await,
+            Some(left) => tokio::time::timeout(left, work)
+                .await
+                .unwrap_or_else(|_| Err(Error::DeadlineExceeded(format!("the caller stopped waiting during {what}")))),
+        }
+    }
 }
 
 /// A connected bus. Cheap to clone.
@@ -133,29 +155,33 @@ impl Bus {
         self.timeout
     }
 
-    /// Sends `req` and waits for the typed reply (default deadline).
-    pub async fn request<Req: Wire, Resp: Wire>(&self, subject: String, req: &Req) -> Result<Resp> {
-        self.request_with(subject, req, &CallOptions::default()).await
+    /// Calls method `C` of a queue-group service (API, coordinator, index nodes).
+    pub async fn call<C: QueueCall>(&self, req: &C::Request, opts: &CallOptions) -> Result<C::Reply> {
+        self.request_with(self.subjects.call::<C>(), req, opts).await
     }
 
-    /// Sends `req` and waits for the typed reply.
-    pub async fn request_with<Req: Wire, Resp: Wire>(
+    /// Calls method `C` of node `node`.
+    pub async fn call_node<C: NodeCall>(&self, node: &str, req: &C::Request, opts: &CallOptions) -> Result<C::Reply> {
+        self.request_with(self.subjects.node_call::<C>(node), req, opts).await
+    }
+
+    async fn request_with<Req: Wire, Resp: Wire>(
         &self,
         subject: String,
         req: &Req,
         opts: &CallOptions,
     ) -> Result<Resp> {
         let payload = Bytes::from(req.to_bytes());
-        let reply = self.request_bytes(subject, payload, opts).await?;
-        Ok(Resp::from_bytes(&reply)?)
+        let reply = self.request_bytes(subject.clone(), payload, opts).await?;
+        // A reply that does not decode is the replier's fault, not the caller's.
+        Resp::from_bytes(&reply).map_err(|e| Error::Internal(format!("malformed reply from {subject}: {e}")))
     }
 
     /// Raw request/reply; decodes the status headers into an error.
     pub async fn request_bytes(&self, subject: String, payload: Bytes, opts: &CallOptions) -> Result<Bytes> {
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let mut headers = HeaderMap::new();
-        let deadline = now_ms() + timeout.as_millis() as u64;
-        headers.insert(HEADER_DEADLINE, deadline.to_string().as_str());
+        headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
         if let Some(tp) = &opts.traceparent {
             headers.insert(HEADER_TRACEPARENT, tp.as_str());
         }
@@ -176,12 +202,12 @@ impl Bus {
         Ok(msg.payload)
     }
 
-    /// Answers a request with `result`. A reply larger than the server's `max_payload` cannot
+    /// Answers a request with an encoded reply or an error. A reply larger than the server's `max_payload` cannot
     /// be sent; the caller gets an error saying so instead of waiting for its deadline.
-    pub async fn reply<T: Wire>(&self, request: &Message, result: Result<T>) {
+    pub async fn reply(&self, request: &Message, result: Result<Vec<u8>>) {
         let Some(reply_to) = request.reply.clone() else { return };
         let max = self.client.server_info().max_payload;
-        let result = result.map(|body| body.to_bytes()).and_then(|bytes| {
+        let result = result.and_then(|bytes| {
             if max > 0 && bytes.len() > max {
                 Err(Error::InvalidArgument(format!(
                     "the reply would be {} bytes, more than the NATS server's max_payload of {max} bytes; \
@@ -227,21 +253,6 @@ impl Bus {
     pub async fn flush(&self) -> Result<()> {
         self.client.flush().await.map_err(|e| Error::Unavailable(format!("flush failed: {e}")))
     }
-}
-
-/// Decodes a request body, naming the message type on failure.
-pub fn decode<T: Wire>(msg: &Message) -> Result<T> {
-    Ok(T::from_bytes(&msg.payload)?)
-}
-
-/// The request's deadline, if the caller set one.
-pub fn deadline_of(msg: &Message) -> Option<u64> {
-    msg.headers.as_ref()?.get(HEADER_DEADLINE)?.as_str().parse().ok()
-}
-
-/// The request's trace context, if any.
-pub fn traceparent_of(msg: &Message) -> Option<String> {
-    Some(msg.headers.as_ref()?.get(HEADER_TRACEPARENT)?.as_str().to_string())
 }
 
 fn error_headers(err: &Error) -> HeaderMap {

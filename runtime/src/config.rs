@@ -91,6 +91,10 @@ pub struct NodeConfig {
     /// A registry entry not refreshed for this long expires (the node is considered gone).
     #[serde(with = "humantime_serde")]
     pub heartbeat_ttl: Duration,
+    /// Longest a draining node (SIGTERM, `quiver ctl drain`) waits for its work to be handed
+    /// off and its running requests to finish before it stops anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -100,6 +104,7 @@ impl Default for NodeConfig {
             memory_limit_mb: 0,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_ttl: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -402,6 +407,9 @@ impl Config {
         }
         if self.node.heartbeat_ttl <= self.node.heartbeat_interval {
             return fail("node.heartbeat_ttl", "must be longer than node.heartbeat_interval");
+        }
+        if self.node.drain_timeout.is_zero() {
+            return fail("node.drain_timeout", "must be greater than zero");
         }
         if self.supervisor.max_restarts == 0 {
             return fail("supervisor.max_restarts", "must be at least 1");

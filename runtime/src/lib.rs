@@ -23,12 +23,13 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-pub use bus::{Bus, Subjects};
+pub use bus::{Bus, RequestContext};
 pub use config::Config;
 pub use error::{Code, Error, Result};
 pub use meta::{JsonBucket, Registry};
 pub use objects::Objects;
 pub use plugin::PluginHost;
+pub use quiver_schemas::Subjects;
 pub use supervisor::{LifeGuard, RoleContext, RoleHealth, RoleSpec, StartFn, Supervisor, SupervisorHandle};
 
 /// Handles every role of a process shares. Cheap to clone.

@@ -45,7 +45,11 @@ impl Objects {
 
     pub async fn get(&self, path: &str) -> Result<Bytes> {
         let got = self.store.get(&self.full(path)).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => Error::NotFound(format!("object {path} not found")),
+            // A missing object is Quiver's problem (a segment or index it wrote is gone), never
+            // the caller's "not found".
+            object_store::Error::NotFound { .. } => {
+                Error::Internal(format!("object {path} is missing from the object store"))
+            }
             other => Error::ObjectStore(other),
         })?;
         Ok(got.bytes().await?)

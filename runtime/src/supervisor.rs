@@ -8,8 +8,15 @@
 //! ```text
 //!   Running ──actor dropped──▶ Backoff(d) ──timer──▶ Running      (d doubles, capped)
 //!      │                          │
-//!      └── budget spent ──────────┴──▶ Escalated: unhealthy, exit(70)
+//!      ├── budget spent ──────────┴──▶ Escalated: unhealthy, exit(70)
+//!      └── drained (SIGTERM, drain request) ──▶ Stopped: not restarted; all stopped → exit(0)
 //! ```
+//!
+//! Each role also has a lifecycle state ([`NodeState`]: starting → serving → draining →
+//! stopped) in its [`RoleHealth`]; [`SupervisorHandle::ready`] waits for every role to serve,
+//! and [`SupervisorHandle::drain`] drains them in dependency order (proxies first, so no new
+//! work enters; then the workers, which may still need the coordinator to hand off; the
+//! coordinator last), each bounded by the drain timeout.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use quiver_schemas::Role;
+use quiver_schemas::{NodeState, Role};
+use tokio::sync::watch;
 
 use crate::config::SupervisorConfig;
 use crate::Shared;
@@ -25,11 +33,24 @@ use crate::Shared;
 /// Exit code of a node whose restart budget is spent.
 pub const EXIT_ESCALATED: i32 = 70;
 
-/// Health counters of one supervised role, shared with its heartbeat.
-#[derive(Debug, Default)]
+/// Health counters and lifecycle state of one supervised role, shared with its heartbeat.
+#[derive(Debug)]
 pub struct RoleHealth {
     pub restarts: AtomicU32,
     pub unhealthy: AtomicBool,
+    state: watch::Sender<NodeState>,
+    drain: watch::Sender<bool>,
+}
+
+impl Default for RoleHealth {
+    fn default() -> Self {
+        RoleHealth {
+            restarts: AtomicU32::new(0),
+            unhealthy: AtomicBool::new(false),
+            state: watch::channel(NodeState::Starting).0,
+            drain: watch::channel(false).0,
+        }
+    }
 }
 
 impl RoleHealth {
@@ -38,6 +59,39 @@ impl RoleHealth {
     }
     pub fn healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Where the role is in its life.
+    pub fn state(&self) -> NodeState {
+        *self.state.borrow()
+    }
+
+    /// Moves the role to `state` (the role's actor does this; `Stopped` is final).
+    pub fn set_state(&self, state: NodeState) {
+        self.state.send_if_modified(|s| {
+            let changed = *s != state && *s != NodeState::Stopped;
+            if changed {
+                *s = state;
+            }
+            changed
+        });
+    }
+
+    /// Asks the role to drain (idempotent).
+    pub fn request_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Resolves once a drain was requested.
+    pub async fn drain_requested(&self) {
+        let mut rx = self.drain.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Resolves once the role is in a state `pred` accepts.
+    pub async fn wait_state(&self, pred: impl Fn(NodeState) -> bool) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| pred(*s)).await;
     }
 }
 
@@ -66,12 +120,21 @@ pub struct LifeGuard {
     supervisor: Addr<Supervisor>,
     index: usize,
     generation: u64,
+    drained: bool,
+}
+
+impl LifeGuard {
+    /// The role drained and stops on purpose: it is not restarted.
+    pub fn drained(&mut self) {
+        self.drained = true;
+    }
 }
 
 impl Drop for LifeGuard {
     fn drop(&mut self) {
         let panicked = std::thread::panicking();
-        self.supervisor.do_send(ChildExited { index: self.index, generation: self.generation, panicked });
+        let drained = self.drained && !panicked;
+        self.supervisor.do_send(ChildExited { index: self.index, generation: self.generation, panicked, drained });
     }
 }
 
@@ -81,6 +144,7 @@ struct ChildExited {
     index: usize,
     generation: u64,
     panicked: bool,
+    drained: bool,
 }
 
 #[derive(Message)]
@@ -99,6 +163,8 @@ struct Child {
     generation: u64,
     failures: VecDeque<Instant>,
     health: Arc<RoleHealth>,
+    /// Drained and stopped for good.
+    stopped: bool,
 }
 
 /// Supervises the roles of one process.
@@ -119,8 +185,46 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
-    /// Resolves with the exit code once the supervisor gives up (budget spent).
-    pub async fn escalated(&mut self) -> i32 {
+    /// Resolves once every role serves (or the supervisor gave up on one: then `false`).
+    pub async fn ready(&self) -> bool {
+        let mut exit = self.exit.clone();
+        let all = futures_all(self.roles.iter().map(|(_, _, h)| {
+            let h = h.clone();
+            async move { h.wait_state(|s| s != NodeState::Starting).await }
+        }));
+        tokio::select! {
+            _ = all => true,
+            _ = exit.wait_for(Option::is_some) => false,
+        }
+    }
+
+    /// Drains every role in dependency order: proxies (no new work comes in), then query,
+    /// data and index nodes (they hand off or finish what they hold), then the coordinator.
+    /// Each phase waits up to `timeout` for its roles to stop; then the rest is shut down.
+    pub async fn drain(&self, timeout: Duration) {
+        let phases: [&[Role]; 3] =
+            [&[Role::Proxy], &[Role::QueryNode, Role::DataNode, Role::IndexNode], &[Role::Coordinator]];
+        for phase in phases {
+            let health: Vec<Arc<RoleHealth>> =
+                self.roles.iter().filter(|(_, r, _)| phase.contains(r)).map(|(_, _, h)| h.clone()).collect();
+            if health.is_empty() {
+                continue;
+            }
+            for h in &health {
+                h.request_drain();
+            }
+            let stopped = futures_all(health.iter().map(|h| h.wait_state(|s| s == NodeState::Stopped)));
+            if tokio::time::timeout(timeout, stopped).await.is_err() {
+                tracing::warn!(roles = ?phase.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ?timeout,
+                    "roles did not finish draining in time; stopping them anyway");
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Resolves with the exit code once the supervisor gives up (budget spent, 70) or every
+    /// role drained and stopped (0).
+    pub async fn exited(&mut self) -> i32 {
         loop {
             if let Some(code) = *self.exit.borrow() {
                 return code;
@@ -137,6 +241,12 @@ impl SupervisorHandle {
     }
 }
 
+async fn futures_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    for f in futures {
+        f.await;
+    }
+}
+
 impl Supervisor {
     /// Starts the supervisor and every role. Must run inside an actix `System`.
     pub fn start(specs: Vec<RoleSpec>, shared: Shared, config: SupervisorConfig) -> SupervisorHandle {
@@ -149,6 +259,7 @@ impl Supervisor {
                 generation: 0,
                 failures: VecDeque::new(),
                 health: Arc::new(RoleHealth::default()),
+                stopped: false,
             })
             .collect();
         let roles = children.iter().map(|c| (c.spec.node_id.clone(), c.spec.role, c.health.clone())).collect();
@@ -166,7 +277,7 @@ impl Supervisor {
             role: child.spec.role,
             shared,
             health: child.health.clone(),
-            guard: LifeGuard { supervisor: me, index, generation: child.generation },
+            guard: LifeGuard { supervisor: me, index, generation: child.generation, drained: false },
         };
         let start = child.spec.start.clone();
         let role = child.spec.role.as_str();
@@ -212,6 +323,16 @@ impl Handler<ChildExited> for Supervisor {
         if let Some(arbiter) = child.arbiter.take() {
             arbiter.stop();
         }
+        if msg.drained {
+            child.stopped = true;
+            child.health.set_state(NodeState::Stopped);
+            tracing::info!(role, node = %node, "role drained and stopped");
+            if self.children.iter().all(|c| c.stopped) {
+                let _ = self.exit.send(Some(0));
+            }
+            return;
+        }
+        child.health.set_state(NodeState::Starting);
         let now = Instant::now();
         child.failures.push_back(now);
         while child.failures.front().is_some_and(|t| now.duration_since(*t) > window) {

@@ -684,6 +684,12 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
     b.set_started_ms(v.started_ms);
     b.set_heartbeat_ms(v.heartbeat_ms);
     b.set_detail(v.detail.as_str());
+    b.set_state(match v.state {
+        NodeState::Starting => cp::NodeState::Starting,
+        NodeState::Serving => cp::NodeState::Serving,
+        NodeState::Draining => cp::NodeState::Draining,
+        NodeState::Stopped => cp::NodeState::Stopped,
+    });
 }
 
 fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
@@ -700,6 +706,12 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
         started_ms: r.get_started_ms(),
         heartbeat_ms: r.get_heartbeat_ms(),
         detail: read_string(r.get_detail()).at("detail")?,
+        state: match r.get_state().at("state")? {
+            cp::NodeState::Starting => NodeState::Starting,
+            cp::NodeState::Serving => NodeState::Serving,
+            cp::NodeState::Draining => NodeState::Draining,
+            cp::NodeState::Stopped => NodeState::Stopped,
+        },
     })
 }
 
@@ -979,6 +991,14 @@ fn get_alloc(r: cp::alloc::Reader<'_>) -> Result<Alloc, Fault> {
     Ok(Alloc { count: r.get_count() })
 }
 
+fn put_stall(v: &Stall, mut b: cp::stall::Builder<'_>) {
+    b.set_millis(v.millis);
+}
+
+fn get_stall(r: cp::stall::Reader<'_>) -> Result<Stall, Fault> {
+    Ok(Stall { millis: r.get_millis() })
+}
+
 fn put_alloc_range(v: &AllocRange, mut b: cp::alloc_range::Builder<'_>) {
     b.set_start(v.start);
     b.set_count(v.count);
@@ -1052,6 +1072,28 @@ fn get_index_built(r: cp::index_built::Reader<'_>) -> Result<IndexBuilt, Fault> 
         index_path: read_string(r.get_index_path()).at("indexPath")?,
         build_ms: r.get_build_ms(),
     })
+}
+
+fn put_channel_assignment(v: &ChannelAssignment, mut b: cp::channel_assignment::Builder<'_>) {
+    put_collection_info(&v.collection, b.reborrow().init_collection());
+    b.set_shard(v.shard);
+    b.set_checkpoint(v.checkpoint);
+}
+
+fn get_channel_assignment(r: cp::channel_assignment::Reader<'_>) -> Result<ChannelAssignment, Fault> {
+    Ok(ChannelAssignment {
+        collection: get_collection_info(r.get_collection().at("collection")?).at("collection")?,
+        shard: r.get_shard(),
+        checkpoint: r.get_checkpoint(),
+    })
+}
+
+fn put_watch_channels(v: &WatchChannels, b: cp::watch_channels::Builder<'_>) {
+    fill_structs(b.init_channels(len32(v.channels.len())), &v.channels, put_channel_assignment);
+}
+
+fn get_watch_channels(r: cp::watch_channels::Reader<'_>) -> Result<WatchChannels, Fault> {
+    Ok(WatchChannels { channels: read_structs(r.get_channels(), get_channel_assignment).at("channels")? })
 }
 
 fn put_load_segments(v: &LoadSegments, mut b: cp::load_segments::Builder<'_>) {
@@ -1229,6 +1271,12 @@ impl SizeHint for BuildIndex {}
 impl SizeHint for IndexBuilt {}
 impl SizeHint for NodeStatus {}
 
+impl SizeHint for WatchChannels {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.channels.iter().map(|c| 16 + c.collection.schema.fields.len() * 16).sum::<usize>()
+    }
+}
+
 impl SizeHint for Empty {
     fn hint_words(&self) -> usize {
         16
@@ -1236,6 +1284,12 @@ impl SizeHint for Empty {
 }
 
 impl SizeHint for Alloc {
+    fn hint_words(&self) -> usize {
+        16
+    }
+}
+
+impl SizeHint for Stall {
     fn hint_words(&self) -> usize {
         16
     }
@@ -1440,6 +1494,7 @@ wire! {
     PluginReport => plugin_report, put_plugin_report, get_plugin_report;
     Alloc => alloc, put_alloc, get_alloc;
     AllocRange => alloc_range, put_alloc_range, get_alloc_range;
+    Stall => stall, put_stall, get_stall;
     DmlEntry => dml_entry, put_dml_entry, get_dml_entry;
     SegmentFlushed => segment_flushed, put_segment_flushed, get_segment_flushed;
     BuildIndex => build_index, put_build_index, get_build_index;
@@ -1453,6 +1508,7 @@ wire! {
     Distribution => distribution, put_distribution, get_distribution;
     LoadCollection => load_collection, put_load_collection, get_load_collection;
     NodeStatus => node_status, put_node_status, get_node_status;
+    WatchChannels => watch_channels, put_watch_channels, get_watch_channels;
 }
 
 #[cfg(test)]
@@ -1602,6 +1658,7 @@ mod tests {
             started_ms: 1_700_000_000_000,
             heartbeat_ms: 1_700_000_001_000,
             detail: if healthy { String::new() } else { "lagging".to_string() },
+            state: if healthy { NodeState::Serving } else { NodeState::Draining },
         }
     }
 

@@ -4,8 +4,12 @@
 
 pub const HEADER_STATUS: &str = "Quiver-Status";
 pub const HEADER_ERROR: &str = "Quiver-Error";
-/// Absolute deadline of a request, unix milliseconds.
+/// Absolute deadline of a request, unix milliseconds (sent by older clients; depends on
+/// synchronised clocks, so [`HEADER_TIMEOUT`] wins when both are present).
 pub const HEADER_DEADLINE: &str = "Quiver-Deadline";
+/// The caller's remaining time budget for a request, milliseconds, as it was sent. Relative,
+/// so clocks need not agree; the receiver turns it into a local deadline on arrival.
+pub const HEADER_TIMEOUT: &str = "Quiver-Timeout-Ms";
 /// W3C trace context of the request.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 
@@ -21,9 +25,32 @@ pub enum Code {
     Internal = 6,
     /// The caller's cached view is out of date; refresh and retry.
     Stale = 7,
+    /// The named collection does not exist (a kind of `NotFound`).
+    CollectionNotFound = 8,
+    /// The collection has no vector index (a kind of `NotFound`).
+    IndexNotFound = 9,
+    /// The collection is released: load it before reading (a kind of `InvalidArgument`).
+    NotLoaded = 10,
+    /// The caller's deadline passed before the work was done (a kind of `Timeout`).
+    DeadlineExceeded = 11,
 }
 
 impl Code {
+    /// Every code, for exhaustive tests.
+    pub const ALL: [Code; 11] = [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::Unavailable,
+        Code::Timeout,
+        Code::Internal,
+        Code::Stale,
+        Code::CollectionNotFound,
+        Code::IndexNotFound,
+        Code::NotLoaded,
+        Code::DeadlineExceeded,
+    ];
+
     pub fn from_u16(v: u16) -> Code {
         match v {
             1 => Code::InvalidArgument,
@@ -32,6 +59,10 @@ impl Code {
             4 => Code::Unavailable,
             5 => Code::Timeout,
             7 => Code::Stale,
+            8 => Code::CollectionNotFound,
+            9 => Code::IndexNotFound,
+            10 => Code::NotLoaded,
+            11 => Code::DeadlineExceeded,
             _ => Code::Internal,
         }
     }
@@ -45,6 +76,34 @@ impl Code {
             Code::Timeout => "timeout",
             Code::Internal => "internal error",
             Code::Stale => "stale view",
+            Code::CollectionNotFound => "collection not found",
+            Code::IndexNotFound => "index not found",
+            Code::NotLoaded => "collection not loaded",
+            Code::DeadlineExceeded => "deadline exceeded",
         }
+    }
+
+    /// The broad class of a code, for clients that know only the first seven.
+    pub fn class(self) -> Code {
+        match self {
+            Code::CollectionNotFound | Code::IndexNotFound => Code::NotFound,
+            Code::NotLoaded => Code::InvalidArgument,
+            Code::DeadlineExceeded => Code::Timeout,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn codes_round_trip_and_unknown_ones_are_internal() {
+        for code in Code::ALL {
+            assert_eq!(Code::from_u16(code as u16), code);
+            assert!(Code::ALL[..7].contains(&code.class()), "{code:?}");
+        }
+        assert_eq!(Code::from_u16(999), Code::Internal);
     }
 }

@@ -304,6 +304,32 @@ impl Role {
     }
 }
 
+/// Where a role is in its life: `Starting` until it serves, `Serving`, then `Draining` (takes
+/// no new work, finishes or hands off what it holds), then `Stopped`.
+///
+/// ```text
+///   Starting ──ready──▶ Serving ──drain (SIGTERM, scale-in, ctl)──▶ Draining ──held work gone──▶ Stopped
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NodeState {
+    Starting,
+    #[default]
+    Serving,
+    Draining,
+    Stopped,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Starting => "starting",
+            NodeState::Serving => "serving",
+            NodeState::Draining => "draining",
+            NodeState::Stopped => "stopped",
+        }
+    }
+}
+
 /// What a node publishes in the registry with every heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -321,6 +347,9 @@ pub struct NodeStatus {
     pub started_ms: u64,
     pub heartbeat_ms: u64,
     pub detail: String,
+    /// Lifecycle state (nodes from before it was reported count as serving).
+    #[serde(default)]
+    pub state: NodeState,
 }
 
 /// Search-time knobs. Zero means the index's default.
@@ -603,6 +632,28 @@ pub struct GetResults {
     pub rows: RowBatch,
     /// Log position that wrote each row (so the latest version of a key wins).
     pub seqs: Vec<Seq>,
+}
+
+/// One shard a data node consumes, and where to resume when it starts consuming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelAssignment {
+    pub collection: CollectionInfo,
+    pub shard: ShardId,
+    /// Log position up to which the shard's rows are in flushed segments (resume after it).
+    pub checkpoint: Seq,
+}
+
+/// Coordinator → data node: the full set of shards the node consumes (applied idempotently;
+/// shards left out are flushed and released before the node answers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchChannels {
+    pub channels: Vec<ChannelAssignment>,
+}
+
+/// Tests only (fault injection): a node's reads wait `millis` before starting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stall {
+    pub millis: u64,
 }
 
 /// Parameters by name, for the CLI and error messages.

@@ -78,7 +78,7 @@ fn ctl_status_lists_all_five_roles() {
                 .find(|l| l.split_whitespace().nth(1) == Some(role))
                 .unwrap_or_else(|| panic!("no row for {role}:\n{out}"));
             assert!(row.starts_with(&format!("standalone-{role}")), "{row}");
-            assert!(row.contains("healthy"), "{row}");
+            assert!(row.contains("healthy") && row.contains("serving"), "{row}");
         }
 
         // A few more commands against the same cluster.

@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_cli;
 mod common;
 mod crud;
+mod drain;
 mod durability;
 mod plugins;
 mod replicas;

@@ -26,8 +26,9 @@ fn query_node_panic_is_contained_and_restarted() {
         assert_eq!(recall(&client.search(&req).await.expect("search"), &queries, &truth, 10), 1.0);
 
         let nats = async_nats::connect(h.url()).await.expect("nats");
-        let subject = format!("quiver.{}.node.standalone-querynode.debug.panic", h.cluster);
-        nats.publish(subject, "boom".into()).await.expect("publish");
+        let subject = quiver_client::Subjects::new(&h.cluster)
+            .node_call::<quiver_client::protocol::control::DebugPanic>("standalone-querynode");
+        nats.publish(subject, quiver_client::Wire::to_bytes(&quiver_client::Empty {}).into()).await.expect("publish");
         nats.flush().await.expect("flush");
         let panicked = Instant::now();
 

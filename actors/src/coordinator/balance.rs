@@ -11,9 +11,9 @@ use std::rc::Rc;
 
 use quiver_policy::balancer::{BalanceSettings, ClusterView, NodeUsage, SegmentLoad, SegmentMove};
 use quiver_runtime::{Config, Result};
+use quiver_schemas::protocol::keys;
 use quiver_schemas::{NodeStatus, Role, SegmentState};
 
-use super::catalog::layout_key;
 use super::{Catalog, Coordinator};
 
 pub fn settings(config: &Config) -> BalanceSettings {
@@ -121,7 +121,7 @@ impl Coordinator {
         changed.dedup();
         for cid in changed {
             if let Some(layout) = catalog.layouts.get(&cid) {
-                self.node.shared.meta.put(&layout_key(cid), layout).await?;
+                self.node.shared.meta.put(&keys::layout(cid), layout).await?;
             }
         }
         Ok(moves)

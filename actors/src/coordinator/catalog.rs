@@ -122,22 +122,6 @@ impl Layout {
     }
 }
 
-pub fn collection_key(name: &str) -> String {
-    format!("collection.{name}")
-}
-
-pub fn segment_key(collection: u64, segment: u64) -> String {
-    format!("segment.{collection}.{segment}")
-}
-
-pub fn segment_prefix(collection: u64) -> String {
-    format!("segment.{collection}.")
-}
-
-pub fn layout_key(collection: u64) -> String {
-    format!("layout.{collection}")
-}
-
 fn valid_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')

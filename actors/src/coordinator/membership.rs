@@ -7,7 +7,8 @@
 //! suspect, then dead); an entry deleted while still fresh means the node deregistered.
 //!
 //! Verdicts: `Alive` nodes get new work; `Suspect` nodes keep what they hold but get nothing
-//! new; `Dead` nodes' work is reassigned.
+//! new; `Dead` nodes' work is reassigned. An alive node that reports it is draining counts as
+//! `draining`: it gets nothing new and its work is moved away while it still serves it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use quiver_policy::discovery::{DiscoverySettings, Liveness, NodeRecord};
 use quiver_runtime::bus::now_ms;
 use quiver_runtime::plugin::DiscoverySlot;
 use quiver_runtime::{Config, Result};
-use quiver_schemas::{NodeStatus, Role};
+use quiver_schemas::{NodeState, NodeStatus, Role};
 
 use crate::node::Node;
 
@@ -32,6 +33,7 @@ impl Verdicts {
         let mut members = Members::default();
         for (status, verdict) in self.nodes.iter().filter(|(n, _)| n.role == role) {
             match verdict {
+                Liveness::Alive if status.state == NodeState::Draining => members.draining.push(status.clone()),
                 Liveness::Alive => members.alive.push(status.clone()),
                 Liveness::Suspect => members.suspect.push(status.clone()),
                 Liveness::Dead => {}
@@ -46,12 +48,19 @@ impl Verdicts {
 pub struct Members {
     pub alive: Vec<NodeStatus>,
     pub suspect: Vec<NodeStatus>,
+    /// Alive but draining: they serve what they hold until it has moved elsewhere.
+    pub draining: Vec<NodeStatus>,
 }
 
 impl Members {
-    /// Alive and suspect nodes: everyone that keeps its work.
+    /// Alive, suspect and draining nodes: everyone that still serves what it holds.
     pub fn serving(&self) -> impl Iterator<Item = &NodeStatus> {
-        self.alive.iter().chain(&self.suspect)
+        self.alive.iter().chain(&self.suspect).chain(&self.draining)
+    }
+
+    /// Whether `node` is draining.
+    pub fn is_draining(&self, node: &str) -> bool {
+        self.draining.iter().any(|n| n.node_id == node)
     }
 }
 

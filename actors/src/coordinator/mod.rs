@@ -6,6 +6,7 @@
 //! - `catalog.rs`: schema validation, DML streams, metadata keys and the persisted `Layout`.
 //! - `tso.rs`: the timestamp oracle and id allocator.
 //! - `placement.rs`: reconciliation of the desired layout with live nodes; index builds.
+//! - `channels.rs`: each shard's data node, pushed to data nodes; shard hand-over.
 //! - `membership.rs`: who is alive, suspect or dead (discovery policy).
 //! - `balance.rs`: periodic move plans over query nodes (balancer policy) and hand-offs.
 //! - `plugins.rs`: plugin administration (load, activate, roll back, list).
@@ -15,6 +16,7 @@
 
 mod balance;
 mod catalog;
+mod channels;
 mod membership;
 mod placement;
 mod plugins;
@@ -23,16 +25,18 @@ mod tso;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
-use async_nats::Message;
 use futures::future::LocalBoxFuture;
+use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result, RoleContext};
+use quiver_schemas::protocol::{datanode, keys, CoordRequest};
 use quiver_schemas::{
     Alloc, AllocRange, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
     CreateIndex, Distribution, Empty, FlushResult, LoadCollection, Role, SegmentFlushed, SegmentInfo, SegmentState,
 };
 use tokio::sync::{Mutex, Notify};
 
-pub use catalog::{validate_schema, Layout};
+pub use catalog::validate_schema;
+use catalog::Layout;
 
 use crate::node::{start_role, Node, RoleHandler};
 
@@ -54,7 +58,7 @@ impl Catalog {
 pub const MAX_REPLICAS: u32 = 20;
 
 pub(crate) fn not_found(name: &str) -> Error {
-    Error::NotFound(format!("collection {name:?} does not exist"))
+    Error::collection_not_found(name)
 }
 
 pub struct Coordinator {
@@ -67,6 +71,8 @@ pub struct Coordinator {
     /// Per (node, collection): what was last sent, and the node incarnation it was sent to.
     sent: std::cell::RefCell<HashMap<(String, u64), placement::Sent>>,
     building: std::cell::RefCell<HashSet<u64>>,
+    /// Per data node: the incarnation and channel set last pushed to it.
+    channels_sent: std::cell::RefCell<HashMap<String, (u64, u64)>>,
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
 }
@@ -82,9 +88,9 @@ impl Coordinator {
         let meta = &node.shared.meta;
         let mut catalog = Catalog::default();
         for info in meta.values::<CollectionInfo>("collection.").await? {
-            let segments: Vec<SegmentInfo> = meta.values(&catalog::segment_prefix(info.id)).await?;
+            let segments: Vec<SegmentInfo> = meta.values(&keys::segments(info.id)).await?;
             catalog.segments.insert(info.id, segments.into_iter().map(|s| (s.id, s)).collect());
-            let mut layout: Layout = meta.get(&catalog::layout_key(info.id)).await?.unwrap_or_default();
+            let mut layout: Layout = meta.get(&keys::layout(info.id)).await?.unwrap_or_default();
             layout.migrate();
             catalog.layouts.insert(info.id, layout);
             catalog.collections.insert(info.schema.name.clone(), info);
@@ -100,6 +106,7 @@ impl Coordinator {
             reconcile: Notify::new(),
             sent: Default::default(),
             building: Default::default(),
+            channels_sent: Default::default(),
             membership: Default::default(),
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
         })
@@ -132,8 +139,8 @@ impl Coordinator {
         catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
         let layout = Layout::new(info.schema.num_shards);
         let meta = &self.node.shared.meta;
-        meta.put(&catalog::layout_key(id), &layout).await?;
-        meta.put(&catalog::collection_key(&info.schema.name), &info).await?;
+        meta.put(&keys::layout(id), &layout).await?;
+        meta.put(&keys::collection(&info.schema.name), &info).await?;
         tracing::info!(collection = %info.schema.name, id, shards = info.schema.num_shards, "collection created");
         catalog.layouts.insert(id, layout);
         catalog.segments.insert(id, BTreeMap::new());
@@ -147,14 +154,14 @@ impl Coordinator {
         let mut catalog = self.catalog.lock().await;
         let info = catalog.by_name(&req.name)?.clone();
         let meta = &self.node.shared.meta;
-        meta.delete(&catalog::collection_key(&info.schema.name)).await?;
+        meta.delete(&keys::collection(&info.schema.name)).await?;
         catalog.collections.remove(&info.schema.name);
         let segments = catalog.segments.remove(&info.id).unwrap_or_default();
         catalog.layouts.remove(&info.id);
         drop(catalog);
-        meta.delete(&catalog::layout_key(info.id)).await?;
+        meta.delete(&keys::layout(info.id)).await?;
         for seg in segments.values() {
-            meta.delete(&catalog::segment_key(info.id, seg.id)).await?;
+            meta.delete(&keys::segment(info.id, seg.id)).await?;
             let _ = self.node.shared.objects.delete(&seg.data_path).await;
             if let Some(p) = &seg.index_path {
                 let _ = self.node.shared.objects.delete(p).await;
@@ -219,7 +226,7 @@ impl Coordinator {
             return Ok(());
         }
         layout.version += 1;
-        self.node.shared.meta.put(&catalog::layout_key(id), layout).await?;
+        self.node.shared.meta.put(&keys::layout(id), layout).await?;
         drop(catalog);
         self.publish_change(id).await;
         self.reconcile.notify_one();
@@ -238,18 +245,18 @@ impl Coordinator {
             )));
         }
         if info.index.is_none() {
-            return Err(Error::NotFound(format!("index not found[collection={}]", req.name)));
+            return Err(Error::index_not_found(&req.name));
         }
         let meta = &self.node.shared.meta;
         let updated = CollectionInfo { index: None, ..info.clone() };
-        meta.put(&catalog::collection_key(&info.schema.name), &updated).await?;
+        meta.put(&keys::collection(&info.schema.name), &updated).await?;
         catalog.collections.insert(info.schema.name.clone(), updated);
         let mut stale = Vec::new();
         if let Some(segments) = catalog.segments.get_mut(&info.id) {
             for seg in segments.values_mut().filter(|s| s.index_path.is_some()) {
                 stale.extend(seg.index_path.take());
                 seg.state = SegmentState::Flushed;
-                meta.put(&catalog::segment_key(info.id, seg.id), &*seg).await?;
+                meta.put(&keys::segment(info.id, seg.id), &*seg).await?;
             }
         }
         drop(catalog);
@@ -292,7 +299,7 @@ impl Coordinator {
         }
         let mut updated = info.clone();
         updated.index = Some(req.params);
-        self.node.shared.meta.put(&catalog::collection_key(&req.collection), &updated).await?;
+        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
         catalog.collections.insert(req.collection.clone(), updated);
         drop(catalog);
         tracing::info!(collection = %req.collection, "index defined; building for sealed segments");
@@ -303,10 +310,27 @@ impl Coordinator {
     async fn segment_flushed(&self, req: SegmentFlushed) -> Result<Empty> {
         let seg = req.segment;
         let mut catalog = self.catalog.lock().await;
-        if !catalog.segments.contains_key(&seg.collection) {
-            return Err(Error::NotFound(format!("collection id {} no longer exists", seg.collection)));
+        let Some(existing) = catalog.segments.get(&seg.collection) else {
+            return Err(Error::CollectionNotFound(format!("collection id {} no longer exists", seg.collection)));
+        };
+        // Rows are never written twice: a segment overlapping another of its shard in log
+        // positions comes from a data node that lost its shard (a hand-over raced with it).
+        if let Some(other) = existing.values().find(|s| {
+            s.id != seg.id && s.shard == seg.shard && s.start_seq <= seg.end_seq && seg.start_seq <= s.end_seq
+        }) {
+            tracing::warn!(
+                segment = seg.id,
+                other = other.id,
+                shard = seg.shard,
+                "refused a flushed segment overlapping an existing one"
+            );
+            return Err(Error::Stale(format!(
+                "segment {} covers log positions {}..={} of shard {}, which segment {} already holds; \
+                 this data node no longer owns the shard",
+                seg.id, seg.start_seq, seg.end_seq, seg.shard, other.id
+            )));
         }
-        self.node.shared.meta.put(&catalog::segment_key(seg.collection, seg.id), &seg).await?;
+        self.node.shared.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
         tracing::info!(segment = seg.id, collection = seg.collection, shard = seg.shard, rows = seg.rows,
             seqs = ?(seg.start_seq, seg.end_seq), "segment flushed");
         catalog.segments.entry(seg.collection).or_default().insert(seg.id, seg);
@@ -315,7 +339,7 @@ impl Coordinator {
         Ok(Empty {})
     }
 
-    async fn flush(&self, req: CollectionName) -> Result<FlushResult> {
+    async fn flush(&self, req: CollectionName, ctx: &RequestContext) -> Result<FlushResult> {
         let (info, owners) = {
             let catalog = self.catalog.lock().await;
             let info = catalog.by_name(&req.name)?.clone();
@@ -333,9 +357,10 @@ impl Coordinator {
             )));
         }
         let mut segments = Vec::new();
+        let bus = &self.node.shared.bus;
         for owner in owners {
-            let subject = self.node.shared.bus.subjects().node(&owner, "flush");
-            let res: FlushResult = self.node.shared.bus.request(subject, &req).await?;
+            let opts = ctx.try_options(bus.default_timeout(), "flushing the next shard")?;
+            let res = bus.call_node::<datanode::Flush>(owner.as_str(), &req, &opts).await?;
             segments.extend(res.segments);
         }
         Ok(FlushResult { segments })
@@ -348,50 +373,49 @@ impl Coordinator {
     }
 }
 
-impl RoleHandler for Coordinator {
-    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        vec![(node.shared.bus.subjects().coord("*"), Some("coordinator".into()))]
-    }
-
-    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
-        Box::pin(async move {
-            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let node = self.node.clone();
-            let me = &self;
-            match method.as_str() {
-                "create_collection" => node.serve(&msg, |r| me.create_collection(r)).await,
-                "drop_collection" => node.serve(&msg, |r| me.drop_collection(r)).await,
-                "describe_collection" => node.serve(&msg, |r| me.describe(r)).await,
-                "list_collections" => node.serve(&msg, |_: Empty| me.list()).await,
-                "create_index" => node.serve(&msg, |r| me.create_index(r)).await,
-                "drop_index" => node.serve(&msg, |r| me.drop_index(r)).await,
-                "load_collection" => node.serve(&msg, |r| me.load_collection(r)).await,
-                "release_collection" => node.serve(&msg, |r| me.release_collection(r)).await,
-                "segment_flushed" => node.serve(&msg, |r| me.segment_flushed(r)).await,
-                "flush" => node.serve(&msg, |r| me.flush(r)).await,
-                "get_distribution" => node.serve(&msg, |r| me.distribution(r)).await,
-                "plugin_load" => node.serve(&msg, |r| me.plugin_load(r)).await,
-                "plugin_activate" => node.serve(&msg, |r| me.plugin_activate(r)).await,
-                "plugin_rollback" => node.serve(&msg, |r| me.plugin_rollback(r)).await,
-                "plugin_list" => node.serve(&msg, |_: Empty| me.plugin_list()).await,
-                "alloc_ts" => {
-                    node.serve(&msg, |r: Alloc| async move {
-                        Ok(AllocRange { start: me.alloc_ts(r.count).await?, count: r.count })
-                    })
-                    .await
-                }
-                "alloc_ids" => {
-                    node.serve(&msg, |r: Alloc| async move {
-                        if r.count == 0 || r.count > 10_000_000 {
-                            return Err(Error::InvalidArgument(format!("cannot allocate {} ids", r.count)));
-                        }
-                        Ok(AllocRange { start: me.alloc_ids(r.count).await?, count: r.count })
-                    })
-                    .await
-                }
-                _ => node.unknown_method(&msg).await,
+impl Coordinator {
+    /// Answers one request.
+    async fn dispatch(&self, req: CoordRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
+        match req {
+            CoordRequest::CreateCollection(r) => r.serve(|r| self.create_collection(r)).await,
+            CoordRequest::DropCollection(r) => r.serve(|r| self.drop_collection(r)).await,
+            CoordRequest::DescribeCollection(r) => r.serve(|r| self.describe(r)).await,
+            CoordRequest::ListCollections(r) => r.serve(|_| self.list()).await,
+            CoordRequest::CreateIndex(r) => r.serve(|r| self.create_index(r)).await,
+            CoordRequest::DropIndex(r) => r.serve(|r| self.drop_index(r)).await,
+            CoordRequest::LoadCollection(r) => r.serve(|r| self.load_collection(r)).await,
+            CoordRequest::ReleaseCollection(r) => r.serve(|r| self.release_collection(r)).await,
+            CoordRequest::Flush(r) => r.serve(|r| self.flush(r, ctx)).await,
+            CoordRequest::GetDistribution(r) => r.serve(|r| self.distribution(r)).await,
+            CoordRequest::AllocTs(r) => {
+                r.serve(
+                    |r: Alloc| async move { Ok(AllocRange { start: self.alloc_ts(r.count).await?, count: r.count }) },
+                )
+                .await
             }
-        })
+            CoordRequest::AllocIds(r) => {
+                r.serve(|r: Alloc| async move {
+                    if r.count == 0 || r.count > 10_000_000 {
+                        return Err(Error::InvalidArgument(format!("cannot allocate {} ids", r.count)));
+                    }
+                    Ok(AllocRange { start: self.alloc_ids(r.count).await?, count: r.count })
+                })
+                .await
+            }
+            CoordRequest::SegmentFlushed(r) => r.serve(|r| self.segment_flushed(r)).await,
+            CoordRequest::PluginLoad(r) => r.serve(|r| self.plugin_load(r)).await,
+            CoordRequest::PluginActivate(r) => r.serve(|r| self.plugin_activate(r)).await,
+            CoordRequest::PluginRollback(r) => r.serve(|r| self.plugin_rollback(r)).await,
+            CoordRequest::PluginList(r) => r.serve(|_| self.plugin_list()).await,
+        }
+    }
+}
+
+impl RoleHandler for Coordinator {
+    type Request = CoordRequest;
+
+    fn handle(self: Rc<Self>, req: CoordRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+        Box::pin(async move { self.dispatch(req, &ctx).await })
     }
 
     fn start(self: Rc<Self>) {

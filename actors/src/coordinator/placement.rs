@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Result};
+use quiver_schemas::protocol::{indexnode, keys, querynode};
 use quiver_schemas::{
     BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments,
     ReplicaGroup, Role, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardView,
 };
 
 use super::balance::cluster_view;
-use super::catalog::{layout_key, segment_key, Layout, ReplicaLayout, ShardLayout, ShardLeader};
+use super::catalog::{Layout, ReplicaLayout, ShardLayout, ShardLeader};
 use super::membership::Members;
 use super::{Catalog, Coordinator};
 
@@ -173,16 +174,15 @@ impl Coordinator {
         for cid in reassigned {
             self.publish_change(cid).await;
         }
+        self.push_channels(&datas).await?;
         if sends.is_empty() {
             return Ok(());
         }
         let bus = &self.node.shared.bus;
         let opts = CallOptions { timeout: Some(Duration::from_secs(600)), traceparent: None };
         let opts = &opts;
-        let calls = sends.iter().map(|(node, _, load)| {
-            let subject = bus.subjects().node(node, "load");
-            async move { bus.request_with::<_, Empty>(subject, load, opts).await }
-        });
+        let calls =
+            sends.iter().map(|(node, _, load)| async move { bus.call_node::<querynode::Load>(node, load, opts).await });
         let results = futures::future::join_all(calls).await;
         let mut catalog = self.catalog.lock().await;
         let mut changed = Vec::new();
@@ -230,7 +230,7 @@ impl Coordinator {
         for cid in &changed {
             if let Some(layout) = catalog.layouts.get_mut(cid) {
                 layout.version += 1;
-                self.node.shared.meta.put(&layout_key(*cid), layout).await?;
+                self.node.shared.meta.put(&keys::layout(*cid), layout).await?;
             }
         }
         drop(catalog);
@@ -291,7 +291,9 @@ impl Coordinator {
             next.replicas.clear();
             next.holders.clear();
         } else {
-            form_groups(&mut next, &queries.alive, serving);
+            // Draining nodes leave their group: their leads and segments are placed on the
+            // group's other nodes, and they keep serving them until those confirm (S1.4).
+            form_groups(&mut next, &queries.alive, |id| serving(id) && !queries.is_draining(id));
             let segments = catalog.segments.get(&info.id).cloned().unwrap_or_default();
             for g in 0..next.replicas.len() {
                 self.place_group(catalog, info, &mut next, g, &segments, &queries.alive, serving, restarted);
@@ -303,7 +305,7 @@ impl Coordinator {
                 next.version += 1;
                 republish = true;
             }
-            self.node.shared.meta.put(&layout_key(info.id), &next).await?;
+            self.node.shared.meta.put(&keys::layout(info.id), &next).await?;
             catalog.layouts.insert(info.id, next);
         }
         Ok(republish)
@@ -394,7 +396,7 @@ impl Coordinator {
     async fn build_index(&self, task: BuildIndex) -> Result<()> {
         let bus = &self.node.shared.bus;
         let opts = CallOptions { timeout: Some(Duration::from_secs(3600)), traceparent: None };
-        let built: IndexBuilt = bus.request_with(bus.subjects().index_build(), &task, &opts).await?;
+        let built: IndexBuilt = bus.call::<indexnode::Build>(&task, &opts).await?;
         let mut catalog = self.catalog.lock().await;
         let Some(seg) = catalog.segments.get_mut(&built.collection).and_then(|s| s.get_mut(&built.segment)) else {
             return Ok(()); // dropped meanwhile
@@ -402,7 +404,7 @@ impl Coordinator {
         seg.index_path = Some(built.index_path.clone());
         seg.state = SegmentState::Indexed;
         let seg = seg.clone();
-        self.node.shared.meta.put(&segment_key(seg.collection, seg.id), &seg).await?;
+        self.node.shared.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
         metrics::counter!("quiver_indexes_built_total").increment(1);
         tracing::info!(segment = seg.id, build_ms = built.build_ms, "segment index built");
         Ok(())
@@ -414,9 +416,9 @@ impl Coordinator {
         let queries: Vec<_> = verdicts.members(Role::QueryNode).serving().cloned().collect();
         let bus = &self.node.shared.bus;
         let req = ReleaseSegments { collection, segments: Vec::new(), all: true };
+        let opts = CallOptions::default();
         for q in queries {
-            let subject = bus.subjects().node(&q.node_id, "release");
-            if let Err(e) = bus.request::<_, Empty>(subject, &req).await {
+            if let Err(e) = bus.call_node::<querynode::Release>(&q.node_id, &req, &opts).await {
                 tracing::warn!(node = %q.node_id, error = %e, "release failed");
             }
             self.sent.borrow_mut().remove(&(q.node_id.clone(), collection));
@@ -559,6 +561,7 @@ mod tests {
                 started_ms: 1,
                 heartbeat_ms: 1,
                 detail: String::new(),
+                state: quiver_schemas::NodeState::Serving,
             })
             .collect()
     }

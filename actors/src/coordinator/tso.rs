@@ -4,8 +4,7 @@
 use quiver_runtime::{bus::now_ms, JsonBucket, Result};
 use quiver_schemas::{ts_compose, TS_LOGICAL_BITS};
 
-const TSO_KEY: &str = "tso";
-const IDS_KEY: &str = "ids";
+use quiver_schemas::protocol::keys::{IDS as IDS_KEY, TSO as TSO_KEY};
 /// How far ahead of the wall clock the TSO reserves (ms).
 const TSO_WINDOW_MS: u64 = 3_000;
 /// How many ids are reserved per KV write.

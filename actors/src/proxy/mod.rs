@@ -23,12 +23,10 @@ use async_nats::Message;
 use dashmap::DashMap;
 use futures::future::LocalBoxFuture;
 use quiver_policy::router::RouteRequest;
-use quiver_runtime::{bus, Result, RoleContext};
-use quiver_schemas::{
-    ClusterStatus, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, PluginActivate, PluginReport, PluginRollback,
-    PluginUpload,
-};
+use quiver_runtime::bus::RequestContext;
+use quiver_runtime::{Result, RoleContext};
+use quiver_schemas::protocol::{coord, ApiRequest, QueueCall};
+use quiver_schemas::{ClusterStatus, CollectionInfo, CollectionName, Distribution, Empty, LoadCollection, Subjects};
 
 pub use read::merge;
 pub use validate::shard_of;
@@ -54,6 +52,8 @@ pub struct Proxy {
 struct ProxyRole {
     proxy: Arc<Proxy>,
     grpc_stop: RefCell<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Resolves when the gRPC server has stopped (after its graceful shutdown).
+    grpc_done: RefCell<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Drop for ProxyRole {
@@ -78,7 +78,7 @@ pub fn start(rc: RoleContext) {
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
                 };
-                Ok(ProxyRole { proxy: Arc::new(proxy), grpc_stop: RefCell::new(None) })
+                Ok(ProxyRole { proxy: Arc::new(proxy), grpc_stop: RefCell::new(None), grpc_done: RefCell::new(None) })
             })
         }),
     );
@@ -86,27 +86,25 @@ pub fn start(rc: RoleContext) {
 
 impl Proxy {
     /// The cached layout of a collection, fetched when missing or older than the refresh period.
-    async fn distribution(&self, name: &str) -> Result<Arc<Distribution>> {
+    async fn distribution(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         let max_age = self.node.shared.config.proxy.distribution_refresh;
         if let Some(c) = self.layouts.get(name) {
             if c.fetched.elapsed() < max_age {
                 return Ok(c.dist.clone());
             }
         }
-        self.refresh(name).await
+        self.refresh(name, ctx).await
     }
 
-    async fn refresh(&self, name: &str) -> Result<Arc<Distribution>> {
-        let bus = &self.node.shared.bus;
+    async fn refresh(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         let req = CollectionName { name: name.to_string() };
-        let dist: Distribution = bus.request(bus.subjects().coord("get_distribution"), &req).await?;
-        let dist = Arc::new(dist);
+        let dist = Arc::new(self.forward::<coord::GetDistribution>(&req, ctx).await?);
         self.layouts.insert(name.to_string(), Cached { dist: dist.clone(), fetched: Instant::now() });
         Ok(dist)
     }
 
-    async fn collection(&self, name: &str) -> Result<CollectionInfo> {
-        Ok(self.distribution(name).await?.collection.clone())
+    async fn collection(&self, name: &str, ctx: &RequestContext) -> Result<CollectionInfo> {
+        Ok(self.distribution(name, ctx).await?.collection.clone())
     }
 
     fn route(&self, request: &RouteRequest) -> Vec<Option<u32>> {
@@ -117,34 +115,39 @@ impl Proxy {
         self.layouts.remove(name);
     }
 
-    async fn forward<Req: quiver_schemas::Wire, Resp: quiver_schemas::Wire>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp> {
+    /// Calls the coordinator within the caller's deadline.
+    async fn forward<C: QueueCall>(&self, req: &C::Request, ctx: &RequestContext) -> Result<C::Reply> {
         let bus = &self.node.shared.bus;
-        bus.request(bus.subjects().coord(method), req).await
+        let opts = ctx.try_options(bus.default_timeout(), C::METHOD)?;
+        bus.call::<C>(req, &opts).await
+    }
+
+    /// Forwards a request that changes a collection's layout, dropping the cached copy.
+    async fn forward_change<C: QueueCall>(
+        &self,
+        name: &str,
+        req: &C::Request,
+        ctx: &RequestContext,
+    ) -> Result<C::Reply> {
+        let out = self.forward::<C>(req, ctx).await;
+        self.forget(name);
+        out
     }
 
     /// Serves a released collection again.
-    async fn load(&self, name: &str, replicas: u32) -> Result<()> {
-        let out = self.forward::<_, Empty>("load_collection", &LoadCollection { name: name.into(), replicas }).await;
-        self.forget(name);
-        out.map(|_| ())
+    async fn load(&self, name: &str, replicas: u32, ctx: &RequestContext) -> Result<Empty> {
+        let req = LoadCollection { name: name.into(), replicas };
+        self.forward_change::<coord::LoadCollection>(name, &req, ctx).await
     }
 
     /// Stops serving a collection from query nodes.
-    async fn release(&self, name: &str) -> Result<()> {
-        let out = self.forward::<_, Empty>("release_collection", &CollectionName { name: name.into() }).await;
-        self.forget(name);
-        out.map(|_| ())
+    async fn release(&self, name: &str, ctx: &RequestContext) -> Result<Empty> {
+        self.forward_change::<coord::ReleaseCollection>(name, &CollectionName { name: name.into() }, ctx).await
     }
 
     /// Drops a released collection's vector index.
-    async fn drop_index(&self, name: &str) -> Result<()> {
-        let out = self.forward::<_, Empty>("drop_index", &CollectionName { name: name.into() }).await;
-        self.forget(name);
-        out.map(|_| ())
+    async fn drop_index(&self, name: &str, ctx: &RequestContext) -> Result<Empty> {
+        self.forward_change::<coord::DropIndex>(name, &CollectionName { name: name.into() }, ctx).await
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
@@ -154,102 +157,80 @@ impl Proxy {
         })
     }
 
-    async fn dispatch(&self, method: &str, msg: &Message) {
-        let node = &self.node;
-        match method {
-            "create_collection" => {
-                node.serve(msg, |r: CreateCollection| async move {
+    /// Answers one request of the public API.
+    async fn dispatch(&self, req: ApiRequest, ctx: RequestContext) -> Result<Vec<u8>> {
+        let ctx = &ctx;
+        match req {
+            ApiRequest::CreateCollection(r) => {
+                r.serve(|r| async move {
                     self.forget(&r.schema.name);
-                    self.forward::<_, Empty>(method, &r).await
+                    self.forward::<coord::CreateCollection>(&r, ctx).await
                 })
                 .await
             }
-            "drop_collection" => {
-                node.serve(msg, |r: CollectionName| async move {
-                    let out = self.forward::<_, Empty>(method, &r).await;
-                    self.forget(&r.name);
-                    out
-                })
-                .await
+            ApiRequest::DropCollection(r) => {
+                r.serve(|r| async move { self.forward_change::<coord::DropCollection>(&r.name, &r, ctx).await }).await
             }
-            "describe_collection" => {
-                node.serve(msg, |r: CollectionName| async move {
-                    self.forward::<_, CollectionDescription>(method, &r).await
-                })
-                .await
+            ApiRequest::DescribeCollection(r) => {
+                r.serve(|r| async move { self.forward::<coord::DescribeCollection>(&r, ctx).await }).await
             }
-            "list_collections" => {
-                node.serve(msg, |r: Empty| async move { self.forward::<_, CollectionList>(method, &r).await }).await
+            ApiRequest::ListCollections(r) => {
+                r.serve(|r| async move { self.forward::<coord::ListCollections>(&r, ctx).await }).await
             }
-            "create_index" => {
-                node.serve(msg, |r: CreateIndex| async move {
-                    let out = self.forward::<_, Empty>(method, &r).await;
-                    self.forget(&r.collection);
-                    out
-                })
-                .await
-            }
-            "load_collection" => {
-                node.serve(
-                    msg,
-                    |r: LoadCollection| async move { self.load(&r.name, r.replicas).await.map(|()| Empty {}) },
-                )
-                .await
-            }
-            "release_collection" => {
-                node.serve(msg, |r: CollectionName| async move { self.release(&r.name).await.map(|()| Empty {}) }).await
-            }
-            "drop_index" => {
-                node.serve(msg, |r: CollectionName| async move { self.drop_index(&r.name).await.map(|()| Empty {}) })
+            ApiRequest::CreateIndex(r) => {
+                r.serve(|r| async move { self.forward_change::<coord::CreateIndex>(&r.collection, &r, ctx).await })
                     .await
             }
-            "flush" => {
-                node.serve(msg, |r: CollectionName| async move { self.forward::<_, FlushResult>(method, &r).await })
-                    .await
+            ApiRequest::DropIndex(r) => r.serve(|r| async move { self.drop_index(&r.name, ctx).await }).await,
+            ApiRequest::LoadCollection(r) => {
+                r.serve(|r| async move { self.load(&r.name, r.replicas, ctx).await }).await
             }
-            "distribution" => {
-                node.serve(msg, |r: CollectionName| async move { self.refresh(&r.name).await.map(|d| (*d).clone()) })
-                    .await
+            ApiRequest::ReleaseCollection(r) => r.serve(|r| async move { self.release(&r.name, ctx).await }).await,
+            ApiRequest::Flush(r) => r.serve(|r| async move { self.forward::<coord::Flush>(&r, ctx).await }).await,
+            ApiRequest::Distribution(r) => {
+                r.serve(|r| async move { self.refresh(&r.name, ctx).await.map(|d| (*d).clone()) }).await
             }
-            "insert" => node.serve(msg, |r| self.insert(r)).await,
-            "delete" => node.serve(msg, |r| self.delete(r)).await,
-            "upsert" => node.serve(msg, |r| self.upsert(r)).await,
-            "query" => node.serve(msg, |r| self.query(r)).await,
-            "get" => node.serve(msg, |r| self.get(r)).await,
-            "search" => {
-                let trace = bus::traceparent_of(msg);
-                node.serve(msg, |r| self.search(r, trace)).await
+            ApiRequest::Insert(r) => r.serve(|r| self.insert(r, ctx)).await,
+            ApiRequest::Delete(r) => r.serve(|r| self.delete(r, ctx)).await,
+            ApiRequest::Upsert(r) => r.serve(|r| self.upsert(r, ctx)).await,
+            ApiRequest::Query(r) => r.serve(|r| self.query(r, ctx)).await,
+            ApiRequest::Get(r) => r.serve(|r| self.get(r, ctx)).await,
+            ApiRequest::Search(r) => r.serve(|r| self.search(r, ctx)).await,
+            ApiRequest::Status(r) => r.serve(|_| self.status()).await,
+            ApiRequest::PluginLoad(r) => {
+                r.serve(|r| async move { self.forward::<coord::PluginLoad>(&r, ctx).await }).await
             }
-            "status" => node.serve(msg, |_: Empty| self.status()).await,
-            "plugin_load" => {
-                node.serve(msg, |r: PluginUpload| async move { self.forward::<_, PluginReport>(method, &r).await })
-                    .await
+            ApiRequest::PluginActivate(r) => {
+                r.serve(|r| async move { self.forward::<coord::PluginActivate>(&r, ctx).await }).await
             }
-            "plugin_activate" => {
-                node.serve(msg, |r: PluginActivate| async move { self.forward::<_, PluginReport>(method, &r).await })
-                    .await
+            ApiRequest::PluginRollback(r) => {
+                r.serve(|r| async move { self.forward::<coord::PluginRollback>(&r, ctx).await }).await
             }
-            "plugin_rollback" => {
-                node.serve(msg, |r: PluginRollback| async move { self.forward::<_, PluginReport>(method, &r).await })
-                    .await
+            ApiRequest::PluginList(r) => {
+                r.serve(|r| async move { self.forward::<coord::PluginList>(&r, ctx).await }).await
             }
-            "plugin_list" => {
-                node.serve(msg, |r: Empty| async move { self.forward::<_, PluginReport>(method, &r).await }).await
-            }
-            _ => node.unknown_method(msg).await,
         }
     }
 }
 
 impl RoleHandler for ProxyRole {
-    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        let subjects = node.shared.bus.subjects();
-        vec![(subjects.api("*"), Some("proxy".into())), (subjects.distribution_events(), None)]
+    type Request = ApiRequest;
+
+    fn events(&self, node: &Node) -> Vec<String> {
+        vec![node.subjects().distribution_events()]
     }
 
-    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+    fn handle(self: Rc<Self>, req: ApiRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
         let proxy = self.proxy.clone();
-        Box::pin(async move { proxy.handle(msg).await })
+        Box::pin(async move { proxy.dispatch(req, ctx).await })
+    }
+
+    fn event(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+        // A layout changed: drop the cached copy so the next read fetches it.
+        if let Some(id) = Subjects::distribution_event_collection(&msg.subject) {
+            self.proxy.layouts.retain(|_, c| c.dist.collection.id != id);
+        }
+        Box::pin(async {})
     }
 
     fn start(self: Rc<Self>) {
@@ -259,36 +240,34 @@ impl RoleHandler for ProxyRole {
         }
         let addr = format!("{}:{}", cfg.grpc_host, cfg.grpc_port);
         let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (done, finished) = tokio::sync::oneshot::channel();
         *self.grpc_stop.borrow_mut() = Some(stop);
+        *self.grpc_done.borrow_mut() = Some(finished);
         let proxy = self.proxy.clone();
-        self.proxy.node.spawn_loop("milvus-grpc", async move { milvus::serve(proxy, addr, stopped).await });
+        self.proxy.node.spawn_loop("milvus-grpc", async move {
+            let served = milvus::serve(proxy, addr, stopped).await;
+            let _ = done.send(());
+            served
+        });
     }
 
-    fn heartbeat(&self) -> (u32, String) {
-        self.proxy.heartbeat()
-    }
-}
-
-impl Proxy {
-    async fn handle(&self, msg: Message) {
-        {
-            if msg.subject.contains(".event.distribution.") {
-                // A layout changed: drop the cached copy so the next read fetches it.
-                let id: u64 = msg.subject.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                self.layouts.retain(|_, c| c.dist.collection.id != id);
-                return;
+    /// The queue group is already left; the gRPC server stops accepting connections and
+    /// finishes the calls it is running (tonic's graceful shutdown).
+    fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move {
+            let stop = self.grpc_stop.borrow_mut().take();
+            let finished = self.grpc_done.borrow_mut().take();
+            if let Some(stop) = stop {
+                let _ = stop.send(());
             }
-            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let started = Instant::now();
-            self.dispatch(&method, &msg).await;
-            metrics::histogram!("quiver_request_seconds", "method" => method.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("quiver_requests_total", "method" => method).increment(1);
-        }
+            if let Some(finished) = finished {
+                let _ = finished.await;
+            }
+        })
     }
 
     fn heartbeat(&self) -> (u32, String) {
-        let router = self.policies.router.source();
-        (0, format!("{} layouts cached, router {}@{}", self.layouts.len(), router.name, router.version))
+        let router = self.proxy.policies.router.source();
+        (0, format!("{} layouts cached, router {}@{}", self.proxy.layouts.len(), router.name, router.version))
     }
 }

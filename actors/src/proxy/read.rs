@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_policy::router::RouteRequest;
-use quiver_runtime::bus::{now_ms, CallOptions};
+use quiver_runtime::bus::{now_ms, CallOptions, RequestContext};
 use quiver_runtime::{Error, Result};
+use quiver_schemas::protocol::querynode;
 use quiver_schemas::{
     ts_compose, CollectionInfo, Consistency, Distribution, Expr, Get, GetResults, Hits, NodeGet, NodeQuery, NodeSearch,
     NodeSearchResults, Query, QueryResults, RowBatch, ScalarValue, Search, SearchResults, SegmentPlacement,
@@ -69,10 +70,7 @@ fn plan(
     route: impl FnOnce(&RouteRequest) -> Vec<Option<u32>>,
 ) -> Result<BTreeMap<String, NodeShare>> {
     if dist.released {
-        return Err(Error::InvalidArgument(format!(
-            "collection {:?} is not loaded; load it first (LoadCollection)",
-            dist.collection.schema.name
-        )));
+        return Err(Error::not_loaded(&dist.collection.schema.name));
     }
     let mut shares: BTreeMap<String, NodeShare> = BTreeMap::new();
     let mut shards: Vec<u32> = dist.shards.iter().map(|s| s.shard).collect();
@@ -170,23 +168,29 @@ impl Proxy {
         }
     }
 
-    /// Scatters a read over the layout's nodes (`send` sends one node's share) and gathers the
-    /// answers. A share that fails for a reason a refresh can fix (node gone, layout stale) is
-    /// planned again on a fresh layout, away from the nodes that failed (another replica when
-    /// there is one), and only that share is sent again (MISSION S2.5); the other answers are
-    /// kept. Gives up after `READ_ATTEMPTS` rounds.
-    pub(super) async fn scatter<T, F, Fut>(&self, collection: &str, send: F) -> Result<Vec<T>>
+    /// Scatters a read over the layout's nodes (`send` sends one node's share with the call
+    /// options of its try) and gathers the answers. A share that fails for a reason a refresh
+    /// can fix (node gone, layout stale) is planned again on a fresh layout, away from the
+    /// nodes that failed (another replica when there is one), and only that share is sent
+    /// again (MISSION S2.5); the other answers are kept. Every try is bounded by
+    /// `min(caller's remaining time, per-try patience)`; gives up when the caller's deadline
+    /// passes or after `READ_ATTEMPTS` rounds.
+    pub(super) async fn scatter<T, F, Fut>(&self, collection: &str, ctx: &RequestContext, send: F) -> Result<Vec<T>>
     where
-        F: Fn(Arc<Distribution>, String, NodeShare) -> Fut,
+        F: Fn(Arc<Distribution>, String, NodeShare, CallOptions) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut dist = self.distribution(collection).await?;
+        let mut dist = self.distribution(collection, ctx).await?;
         let mut parts = Vec::new();
         let mut pending: Option<Pending> = None;
         let mut avoid = self.load.failing();
         let mut delay = Duration::from_millis(20);
-        let mut last = None;
+        let mut last: Option<Error> = None;
+        let patience = self.node.shared.bus.default_timeout();
         for attempt in 0..READ_ATTEMPTS {
+            if ctx.expired() {
+                break;
+            }
             let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
             let planned = plan(&dist, pending.as_ref(), &avoid, sequence, &self.load, |r| self.route(r));
             let mut failed = Pending::default();
@@ -198,23 +202,18 @@ impl Proxy {
                     // first round: a read that is slow everywhere (huge nq or k) still finishes.
                     let replicated = dist.replicas.len() > 1 && attempt == 0;
                     let max_wait = self.node.shared.config.proxy.replica_timeout;
-                    let calls = shares.iter().map(|(node, share)| {
-                        let call = send(dist.clone(), node.clone(), share.clone());
-                        let patience = replicated.then(|| self.load.patience(node, max_wait));
-                        async move {
-                            match patience {
-                                Some(limit) => tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-                                    Err(Error::Timeout { subject: format!("node {node}"), timeout: limit })
-                                }),
-                                None => call.await,
-                            }
-                        }
-                    });
+                    let mut calls = Vec::with_capacity(shares.len());
+                    for (node, share) in &shares {
+                        let patience = if replicated { self.load.patience(node, max_wait) } else { patience };
+                        let opts = ctx.try_options(patience, "a read's next try")?;
+                        calls.push(send(dist.clone(), node.clone(), share.clone(), opts));
+                    }
                     let results = futures::future::join_all(calls).await;
                     for ((node, share), result) in shares.into_iter().zip(results) {
                         match result {
                             Ok(part) => parts.push(part),
-                            Err(e) if e.is_retryable() => {
+                            // A node whose own try ran out while the caller still waits: retry.
+                            Err(e) if e.is_retryable() || matches!(e, Error::DeadlineExceeded(_)) && !ctx.expired() => {
                                 tracing::debug!(collection, node = %node, attempt, error = %e, "node share failed; retrying it elsewhere");
                                 if matches!(e, Error::Unavailable(_) | Error::Timeout { .. }) {
                                     self.load.failed(&node);
@@ -238,25 +237,34 @@ impl Proxy {
             // The first retry goes out at once (another replica usually has the part); later
             // ones back off while the coordinator moves the work.
             if attempt > 0 {
-                tokio::time::sleep(delay).await;
+                let wait = ctx.remaining().map_or(delay, |left| left.min(delay));
+                tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_millis(1000));
             }
-            dist = self.refresh(collection).await?;
+            if ctx.expired() {
+                break;
+            }
+            dist = self.refresh(collection, ctx).await?;
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("read failed".into())))
+        match last {
+            Some(e) if ctx.expired() => Err(Error::DeadlineExceeded(format!(
+                "reading {collection:?}: no complete answer before the caller's deadline (last failure: {e})"
+            ))),
+            Some(e) => Err(e),
+            None => Err(Error::DeadlineExceeded(format!("reading {collection:?}: the caller's deadline passed"))),
+        }
     }
 
-    pub(super) async fn search(&self, mut req: Search, traceparent: Option<String>) -> Result<SearchResults> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn search(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
+        let info = self.collection(&req.collection, ctx).await?;
         let cfg = &self.node.shared.config.proxy;
         let nq = check_search(&info, &mut req, cfg.max_top_k, cfg.max_nq)?;
         let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
         let req = Arc::new(req);
-        let opts = CallOptions { timeout: None, traceparent };
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
         let parts = self
-            .scatter(&req.collection, |dist, node, share| {
+            .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let msg = NodeSearch {
                     collection: dist.collection.id,
                     search: (*req).clone(),
@@ -265,11 +273,9 @@ impl Proxy {
                     guarantee_ts,
                     filter: (*filter).clone(),
                 };
-                let opts = opts.clone();
                 async move {
-                    let subject = bus.subjects().node(&node, "search");
                     let call = self.load.start(&node);
-                    let part: NodeSearchResults = bus.request_with(subject, &msg, &opts).await?;
+                    let part: NodeSearchResults = bus.call_node::<querynode::Search>(&node, &msg, &opts).await?;
                     drop(call);
                     self.load.report(&node, part.in_flight);
                     self.check_views(&dist, &part.shards);
@@ -294,8 +300,8 @@ impl Proxy {
         }
     }
 
-    pub(super) async fn get(&self, mut req: Get) -> Result<GetResults> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn get(&self, mut req: Get, ctx: &RequestContext) -> Result<GetResults> {
+        let info = self.collection(&req.collection, ctx).await?;
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("get needs at least one primary key".into()));
         }
@@ -307,7 +313,7 @@ impl Proxy {
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
         let parts = self
-            .scatter(&req.collection, |dist, node, share| {
+            .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let msg = NodeGet {
                     collection: dist.collection.id,
                     get: (*req).clone(),
@@ -317,7 +323,7 @@ impl Proxy {
                 };
                 async move {
                     let _call = self.load.start(&node);
-                    bus.request::<_, GetResults>(bus.subjects().node(&node, "get"), &msg).await
+                    bus.call_node::<querynode::Get>(&node, &msg, &opts).await
                 }
             })
             .await?;
@@ -338,8 +344,8 @@ pub(super) fn parse_filter(info: &CollectionInfo, text: &str) -> Result<(Option<
 
 impl Proxy {
     /// Rows matching a filter in primary-key order (or their count).
-    pub(super) async fn query(&self, mut req: Query) -> Result<QueryResults> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn query(&self, mut req: Query, ctx: &RequestContext) -> Result<QueryResults> {
+        let info = self.collection(&req.collection, ctx).await?;
         let max = u64::from(self.node.shared.config.proxy.max_top_k);
         let count = req.output_fields.iter().any(|f| f.trim() == COUNT_STAR);
         if count && req.output_fields.len() > 1 {
@@ -373,7 +379,7 @@ impl Proxy {
                 output_fields: req.output_fields.iter().filter(|f| **f != vector).cloned().collect(),
                 consistency: req.consistency,
             };
-            let mut found = self.get(get).await?.rows;
+            let mut found = self.get(get, ctx).await?.rows;
             if !wants_vector {
                 found.vectors.clear();
             }
@@ -389,7 +395,7 @@ impl Proxy {
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
         let parts: Vec<GetResults> = self
-            .scatter(&req.collection, |dist, node, share| {
+            .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let mut query = (*req).clone();
                 query.limit = node_limit;
                 let msg = NodeQuery {
@@ -402,7 +408,7 @@ impl Proxy {
                 };
                 async move {
                     let _call = self.load.start(&node);
-                    bus.request::<_, GetResults>(bus.subjects().node(&node, "query"), &msg).await
+                    bus.call_node::<querynode::Query>(&node, &msg, &opts).await
                 }
             })
             .await?;
@@ -698,7 +704,7 @@ mod tests {
     fn unserved_layouts_are_explained() {
         let released = Distribution { released: true, ..dist() };
         let err = plan_of(&released, None, &[], &NodeLoads::default()).unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("not loaded")), "{err}");
+        assert!(matches!(&err, Error::NotLoaded(_)), "{err}");
         let mut leaderless = dist();
         leaderless.shards = vec![ShardPlacement { shard: 0, leader: String::new(), sealed_seq: 100, replica: 0 }];
         let err = plan_of(&leaderless, None, &[], &NodeLoads::default()).unwrap_err();

@@ -3,9 +3,12 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
+use quiver_schemas::protocol::subjects::DmlKind;
+use quiver_schemas::protocol::{coord, QueueCall};
 use quiver_schemas::{
-    Alloc, AllocRange, CollectionInfo, Consistency, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Query, Wire,
+    Alloc, CollectionInfo, Consistency, Delete, DmlEntry, Insert, MutationResult, PrimaryKey, Query, Wire,
 };
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
@@ -16,26 +19,35 @@ use crate::dml::KIND_HEADER;
 const PAYLOAD_MARGIN: usize = 64 * 1024;
 
 impl Proxy {
-    pub(super) async fn alloc(&self, method: &str, count: u64) -> Result<u64> {
-        let bus = &self.node.shared.bus;
-        let range: AllocRange = bus.request(bus.subjects().coord(method), &Alloc { count }).await?;
-        Ok(range.start)
+    /// `count` timestamps (`coord::AllocTs`) or ids (`coord::AllocIds`); the first of them.
+    pub(super) async fn alloc<C: QueueCall<Request = Alloc, Reply = quiver_schemas::AllocRange>>(
+        &self,
+        count: u64,
+        ctx: &RequestContext,
+    ) -> Result<u64> {
+        Ok(self.forward::<C>(&Alloc { count }, ctx).await?.start)
     }
 
-    pub(super) async fn insert(&self, mut req: Insert) -> Result<MutationResult> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn insert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
+        let info = self.collection(&req.collection, ctx).await?;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows)?;
-        self.append_rows(&info, req, n).await
+        self.append_rows(&info, req, n, ctx).await
     }
 
     /// Appends rows already checked against the schema (`n` of them) to the shards' logs.
-    async fn append_rows(&self, info: &CollectionInfo, mut req: Insert, n: usize) -> Result<MutationResult> {
+    async fn append_rows(
+        &self,
+        info: &CollectionInfo,
+        mut req: Insert,
+        n: usize,
+        ctx: &RequestContext,
+    ) -> Result<MutationResult> {
         if req.rows.pks.is_empty() {
-            let start = self.alloc("alloc_ids", n as u64).await? as i64;
+            let start = self.alloc::<coord::AllocIds>(n as u64, ctx).await? as i64;
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
         }
-        let timestamp = self.alloc("alloc_ts", 1).await?;
+        let timestamp = self.alloc::<coord::AllocTs>(1, ctx).await?;
         let shards = info.schema.num_shards;
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); shards as usize];
         for (i, pk) in req.rows.pks.iter().enumerate() {
@@ -50,7 +62,7 @@ impl Proxy {
             for chunk in rows.chunks(rows_per_msg) {
                 let part = if chunk.len() == n { req.rows.clone() } else { select_rows(&req.rows, chunk) };
                 let entry = DmlEntry::Insert { timestamp, rows: part };
-                acks.push(self.append(info.id, shard as u32, "insert", entry.to_bytes()).await?);
+                acks.push(self.append(info.id, shard as u32, DmlKind::Insert, entry.to_bytes()).await?);
             }
         }
         for ack in acks {
@@ -60,15 +72,15 @@ impl Proxy {
         Ok(MutationResult { pks: req.rows.pks, timestamp })
     }
 
-    pub(super) async fn delete(&self, mut req: Delete) -> Result<MutationResult> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn delete(&self, mut req: Delete, ctx: &RequestContext) -> Result<MutationResult> {
+        let info = self.collection(&req.collection, ctx).await?;
         if !req.filter.trim().is_empty() {
             if !req.pks.is_empty() {
                 return Err(Error::InvalidArgument("delete takes primary keys or a filter, not both".into()));
             }
-            req.pks = self.matching_keys(&info, &req.filter).await?;
+            req.pks = self.matching_keys(&info, &req.filter, ctx).await?;
             if req.pks.is_empty() {
-                return Ok(MutationResult { pks: Vec::new(), timestamp: self.alloc("alloc_ts", 1).await? });
+                return Ok(MutationResult { pks: Vec::new(), timestamp: self.alloc::<coord::AllocTs>(1, ctx).await? });
             }
         }
         if req.pks.is_empty() {
@@ -77,7 +89,7 @@ impl Proxy {
         for pk in &req.pks {
             check_pk(&info, pk)?;
         }
-        let timestamp = self.alloc("alloc_ts", 1).await?;
+        let timestamp = self.alloc::<coord::AllocTs>(1, ctx).await?;
         let shards = info.schema.num_shards;
         let mut by_shard: Vec<Vec<PrimaryKey>> = vec![Vec::new(); shards as usize];
         for pk in &req.pks {
@@ -86,7 +98,7 @@ impl Proxy {
         let mut acks = Vec::new();
         for (shard, pks) in by_shard.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
             let entry = DmlEntry::Delete { timestamp, pks };
-            acks.push(self.append(info.id, shard as u32, "delete", entry.to_bytes()).await?);
+            acks.push(self.append(info.id, shard as u32, DmlKind::Delete, entry.to_bytes()).await?);
         }
         for ack in acks {
             ack.await.map_err(|e| Error::Unavailable(format!("the log did not acknowledge the delete: {e}")))?;
@@ -95,7 +107,12 @@ impl Proxy {
     }
 
     /// Keys of the rows a delete filter selects (the filter's own keys when it only names keys).
-    async fn matching_keys(&self, info: &CollectionInfo, filter: &str) -> Result<Vec<PrimaryKey>> {
+    async fn matching_keys(
+        &self,
+        info: &CollectionInfo,
+        filter: &str,
+        ctx: &RequestContext,
+    ) -> Result<Vec<PrimaryKey>> {
         let (expr, _) = super::read::parse_filter(info, filter)?;
         if let Some(pks) = expr.as_ref().and_then(quiver_schemas::Expr::primary_keys) {
             return Ok(pks);
@@ -111,7 +128,7 @@ impl Proxy {
                 offset: 0,
                 consistency: Consistency::Strong,
             };
-            let mut found = self.query(query).await?.rows.pks;
+            let mut found = self.query(query, ctx).await?.rows.pks;
             // Pages are in key order; later pages start after the last key seen.
             found.retain(|pk| keys.last().is_none_or(|last| pk > last));
             let done = (found.len() as u64) < page;
@@ -124,29 +141,29 @@ impl Proxy {
 
     /// Replaces rows by primary key: a delete of the keys followed by an insert of the rows
     /// (checked once, before anything is written).
-    pub(super) async fn upsert(&self, mut req: Insert) -> Result<MutationResult> {
-        let info = self.collection(&req.collection).await?;
+    pub(super) async fn upsert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
+        let info = self.collection(&req.collection, ctx).await?;
         if req.rows.pks.is_empty() {
             return Err(Error::InvalidArgument("upsert needs the primary key of every row".into()));
         }
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows)?;
         let delete = Delete { collection: req.collection.clone(), pks: req.rows.pks.clone(), filter: String::new() };
-        self.delete(delete).await?;
-        self.append_rows(&info, req, n).await
+        self.delete(delete, ctx).await?;
+        self.append_rows(&info, req, n, ctx).await
     }
 
     async fn append(
         &self,
         collection: u64,
         shard: u32,
-        kind: &str,
+        kind: DmlKind,
         payload: Vec<u8>,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
         let bus = &self.node.shared.bus;
-        let subject = format!("{}.{kind}", bus.subjects().dml(collection, shard));
+        let subject = bus.subjects().dml_entry(collection, shard, kind);
         let mut headers = HeaderMap::new();
-        headers.insert(KIND_HEADER, kind);
+        headers.insert(KIND_HEADER, kind.as_str());
         bus.jetstream()
             .publish_with_headers(subject, headers, Bytes::from(payload))
             .await

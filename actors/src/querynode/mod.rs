@@ -14,12 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use async_nats::Message;
 use futures::future::LocalBoxFuture;
-use quiver_runtime::{bus::now_ms, Error, Result, RoleContext};
+use quiver_runtime::bus::{now_ms, RequestContext};
+use quiver_runtime::{Error, Result, RoleContext};
+use quiver_schemas::protocol::QueryNodeRequest;
 use quiver_schemas::{
     CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, NodeSearchResults,
-    ReleaseSegments, SearchResults, SegmentInfo, ShardPlacement, ShardView,
+    NodeState, ReleaseSegments, Role, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
 pub use search::{search_filtered, Filter, Sealed};
@@ -205,6 +206,9 @@ impl QueryNode {
         Ok((loaded.info.clone(), segs, grow))
     }
 
+    /// Waits until every shard read has applied the log far enough for the request's
+    /// consistency, within the caller's deadline.
+    #[allow(clippy::too_many_arguments)]
     async fn wait_shards(
         &self,
         segs: &[(Arc<Sealed>, Arc<ShardData>)],
@@ -212,18 +216,24 @@ impl QueryNode {
         consistency: quiver_schemas::Consistency,
         guarantee_ts: u64,
         arrived: u64,
+        ctx: &RequestContext,
     ) -> Result<()> {
-        let mut seen = HashSet::new();
-        let shards = segs.iter().map(|(_, s)| s).chain(grow.iter().map(|(s, _)| s));
-        for shard in shards {
-            if seen.insert(shard.shard) {
-                shard.wait_consistent(&self.node, consistency, guarantee_ts, arrived).await?;
+        let wait = async {
+            let mut seen = HashSet::new();
+            let shards = segs.iter().map(|(_, s)| s).chain(grow.iter().map(|(s, _)| s));
+            for shard in shards {
+                if seen.insert(shard.shard) {
+                    shard.wait_consistent(&self.node, consistency, guarantee_ts, arrived).await?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        ctx.bound("the wait for consistency", wait).await?;
+        // The caller may have given up while we waited: then the search itself is not run.
+        ctx.check(&format!("the read started on {}", self.node.id))
     }
 
-    async fn search(&self, req: NodeSearch) -> Result<NodeSearchResults> {
+    async fn search(&self, req: NodeSearch, ctx: &RequestContext) -> Result<NodeSearchResults> {
         let arrived = now_ms();
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
         let shards: Vec<ShardView> = {
@@ -231,7 +241,7 @@ impl QueryNode {
             let views = collections.get(&req.collection).map(|c| &c.views);
             req.growing.iter().filter_map(|g| views.and_then(|v| v.get(&g.shard)).cloned()).collect()
         };
-        self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived).await?;
+        self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived, ctx).await?;
         let plan = search::SearchPlan {
             dim: req.search.dim as usize,
             k: req.search.top_k as usize,
@@ -248,10 +258,10 @@ impl QueryNode {
         Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.get() })
     }
 
-    async fn get(&self, req: NodeGet) -> Result<GetResults> {
+    async fn get(&self, req: NodeGet, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
-        self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived).await?;
+        self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived, ctx).await?;
         let dim = info.dim() as usize;
         let (rows, seqs) = tokio::task::spawn_blocking(move || {
             search::run_get(&req.get.pks, &req.get.output_fields, &segments, &growing, dim)
@@ -261,10 +271,10 @@ impl QueryNode {
         Ok(GetResults { rows, seqs })
     }
 
-    async fn query(&self, req: NodeQuery) -> Result<GetResults> {
+    async fn query(&self, req: NodeQuery, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
-        self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived).await?;
+        self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived, ctx).await?;
         let filter = search::Filter::from_json(&req.filter)?;
         let q = search::QueryPlan {
             filter,
@@ -297,24 +307,57 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl QueryNode {
+    /// Whether another query node serves and could take this one's work.
+    async fn has_peer(&self) -> bool {
+        let nodes = self.node.shared.registry.nodes().await.unwrap_or_default();
+        nodes.iter().any(|n| {
+            n.role == Role::QueryNode && n.node_id != self.node.id && n.healthy && n.state == NodeState::Serving
+        })
+    }
+}
+
 impl RoleHandler for QueryNode {
-    fn subscriptions(&self, node: &Node) -> Vec<(String, Option<String>)> {
-        ["search", "get", "query", "load", "release"].iter().map(|m| (node.subject(m), None)).collect()
+    type Request = QueryNodeRequest;
+
+    fn handle(self: Rc<Self>, req: QueryNodeRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
+        Box::pin(async move {
+            let me = &self;
+            let ctx = &ctx;
+            match req {
+                QueryNodeRequest::Search(r) => {
+                    let _serving = InFlight::new(&me.in_flight);
+                    r.serve(|r| me.search(r, ctx)).await
+                }
+                QueryNodeRequest::Get(r) => {
+                    let _serving = InFlight::new(&me.in_flight);
+                    r.serve(|r| me.get(r, ctx)).await
+                }
+                QueryNodeRequest::Query(r) => {
+                    let _serving = InFlight::new(&me.in_flight);
+                    r.serve(|r| me.query(r, ctx)).await
+                }
+                QueryNodeRequest::Load(r) => r.serve(|r| me.load(r)).await,
+                QueryNodeRequest::Release(r) => r.serve(|r| async move { me.release(r) }).await,
+            }
+        })
     }
 
-    fn handle(self: Rc<Self>, msg: Message) -> LocalBoxFuture<'static, ()> {
+    /// The coordinator sees the node draining in its heartbeat and moves its segments and
+    /// shard leads to other nodes of its replica group, load first, then release here. Done
+    /// when the node holds nothing, or when no other query node serves (nothing to hand to).
+    fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move {
-            let node = self.node.clone();
-            let method = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let me = &self;
-            let _serving = matches!(method.as_str(), "search" | "get" | "query").then(|| InFlight::new(&me.in_flight));
-            match method.as_str() {
-                "search" => node.serve(&msg, |r| me.search(r)).await,
-                "get" => node.serve(&msg, |r| me.get(r)).await,
-                "query" => node.serve(&msg, |r| me.query(r)).await,
-                "load" => node.serve(&msg, |r| me.load(r)).await,
-                "release" => node.serve(&msg, |r| async move { me.release(r) }).await,
-                _ => node.unknown_method(&msg).await,
+            loop {
+                if self.collections.borrow().is_empty() {
+                    tracing::info!(node = %self.node.id, "every segment and shard lead handed off");
+                    return;
+                }
+                if !self.has_peer().await {
+                    tracing::warn!(node = %self.node.id, "no other query node serves; stopping without a hand-off");
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         })
     }

@@ -40,7 +40,8 @@ impl Filter {
         }
         serde_json::from_str(json)
             .map(|expr| Some(Filter { json: json.to_string(), expr }))
-            .map_err(|e| Error::InvalidArgument(format!("malformed filter from proxy: {e}")))
+            // The proxy parsed the user's filter already: a bad one here is a peer's fault.
+            .map_err(|e| Error::Internal(format!("malformed filter from proxy: {e}")))
     }
 }
 
@@ -186,7 +187,7 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
             let count = seg.deleted_count(&deletes);
             index
                 .search_filtered(&plan.queries, k, &plan.params, &hidden, count)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)))?
         } else if let Some(flat) = &seg.flat {
             flat.search(&plan.queries, k, &|r| hidden(r as i64))
         } else {
@@ -273,7 +274,7 @@ pub fn search_filtered(
     Ok(match (&seg.index, &seg.flat) {
         (Some(index), _) if count > EXACT_MAX_ROWS && count * EXACT_FRACTION > seg.rows.len() => index
             .search_selected(queries, k, params, allowed.as_bytes())
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)))?,
         (None, Some(flat)) => flat.search(queries, k, &|r| !allowed.get(r)),
         _ => exact(&seg.rows, &allowed, queries, k, metric),
     })

@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use super::host::{expect_kind, PluginHost};
 use super::slot::SlotStatus;
 use super::{check_name, sha256_hex, short_sha, Kind, VersionRef};
-use crate::bus::{now_ms, Bus, Subjects};
+use crate::bus::{now_ms, Bus};
 use crate::error::{Error, Result};
 use crate::meta::JsonBucket;
 use crate::objects::Objects;
+use quiver_schemas::Subjects;
 
 /// Previous choices kept per kind for rollback.
 const HISTORY_MAX: usize = 20;

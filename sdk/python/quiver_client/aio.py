@@ -2,8 +2,8 @@
 
 A call is one NATS request to ``quiver.<cluster>.api.<method>``, which every proxy serves in one
 queue group, so no load balancer is needed. The request carries a Cap'n Proto body and a
-``Quiver-Deadline`` header (unix ms); a reply without a ``Quiver-Status`` header is a success
-whose payload is the response message, otherwise ``Quiver-Status`` holds the error code and
+``Quiver-Timeout-Ms`` header (the caller's budget in ms); a reply without a ``Quiver-Status``
+header is a success whose payload is the response message, otherwise ``Quiver-Status`` holds the error code and
 ``Quiver-Error`` the reason (``schemas/src/status.rs``).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, Callable, List, Sequence, TypeVar, Union
 
 import nats.errors
@@ -46,7 +45,7 @@ DEFAULT_TIMEOUT = 60.0
 
 HEADER_STATUS = "Quiver-Status"
 HEADER_ERROR = "Quiver-Error"
-HEADER_DEADLINE = "Quiver-Deadline"
+HEADER_TIMEOUT = "Quiver-Timeout-Ms"
 
 # Insert splitting, as in the Rust SDK: room left in each request for everything but the rows,
 # an estimate of each row's overhead, and the server's default `proxy.max_insert_rows`.
@@ -131,11 +130,11 @@ class AsyncClient:
         """Sends raw bytes to an API method and returns the raw reply (tests use it to send
         malformed messages)."""
         subject = f"quiver.{self.cluster}.api.{method}"
-        deadline = int(time.time() * 1000) + int(self.timeout * 1000)
+        # The remaining budget, relative (clocks need not agree); the cluster stops working on
+        # the request when it runs out.
+        budget = {HEADER_TIMEOUT: str(int(self.timeout * 1000))}
         try:
-            msg = await self._nc.request(
-                subject, payload, timeout=self.timeout, headers={HEADER_DEADLINE: str(deadline)}
-            )
+            msg = await self._nc.request(subject, payload, timeout=self.timeout, headers=budget)
         except nats.errors.NoRespondersError:
             raise Unavailable(
                 f"no proxy serves {subject}: is Quiver running with cluster name {self.cluster!r}?"

@@ -90,6 +90,8 @@ class DecodeError(ClientError):
 
 # Status codes of the `Quiver-Status` reply header (schemas/src/status.rs). 7 (`Stale`: the
 # server's cached view was out of date) is retryable like `Unavailable`, as in the Rust SDK.
+# 8-11 are finer kinds of the first ones: collection not found and index not found (NotFound),
+# collection not loaded (InvalidArgument), the caller's deadline passed (Timeout).
 _BY_CODE: Dict[int, Type[ClientError]] = {
     1: InvalidArgument,
     2: NotFound,
@@ -98,6 +100,10 @@ _BY_CODE: Dict[int, Type[ClientError]] = {
     5: Timeout,
     6: Internal,
     7: Unavailable,
+    8: NotFound,
+    9: NotFound,
+    10: InvalidArgument,
+    11: Timeout,
 }
 
 

@@ -16,10 +16,13 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use quiver_schemas::status::{Code, HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS};
+use quiver_schemas::protocol::{api, control};
+use quiver_schemas::status::{Code, HEADER_ERROR, HEADER_STATUS, HEADER_TIMEOUT};
 pub use quiver_schemas::*;
 
-/// What a call can fail with. `Unavailable` and `Timeout` are worth retrying.
+/// What a call can fail with. `Unavailable` and `Timeout` are worth retrying. The finer
+/// server codes (collection or index not found, not loaded, deadline exceeded) arrive as
+/// their broad class ([`Code::class`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid argument: {0}")]
@@ -52,7 +55,7 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Client {
     nats: async_nats::Client,
-    cluster: String,
+    subjects: Subjects,
     timeout: Duration,
 }
 
@@ -65,10 +68,11 @@ impl Client {
             .connect(url)
             .await
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
-        Ok(Client { nats, cluster: cluster.to_string(), timeout: Duration::from_secs(60) })
+        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60) })
     }
 
-    /// Sets the per-call deadline (default 60 s).
+    /// Sets the per-call deadline (default 60 s). It travels with every call, so the cluster
+    /// stops working on a request once its caller stopped waiting.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
         self
@@ -81,19 +85,17 @@ impl Client {
 
     /// Sends raw bytes to an API method (tests use it to send malformed messages).
     pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Bytes> {
-        let subject = format!("quiver.{}.api.{method}", self.cluster);
+        self.request(self.subjects.api(method), method, payload).await
+    }
+
+    async fn request(&self, subject: String, method: &str, payload: Vec<u8>) -> Result<Bytes> {
         let mut headers = HeaderMap::new();
-        let deadline = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-            + self.timeout.as_millis() as u64;
-        headers.insert(HEADER_DEADLINE, deadline.to_string().as_str());
+        headers.insert(HEADER_TIMEOUT, (self.timeout.as_millis() as u64).to_string().as_str());
         let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
         let msg = self.nats.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::Unavailable(format!(
-                "no proxy serves {subject}: is Quiver running with cluster name {:?}?",
-                self.cluster
+                "nothing serves {subject}: is Quiver running with cluster name {:?} (and the node up)?",
+                self.subjects.cluster()
             )),
             async_nats::RequestErrorKind::TimedOut => {
                 ClientError::Timeout(format!("{method} after {:?}", self.timeout))
@@ -103,47 +105,47 @@ impl Client {
         if let Some(h) = &msg.headers {
             if let Some(status) = h.get(HEADER_STATUS) {
                 let text = h.get(HEADER_ERROR).map(|v| v.as_str().to_string()).unwrap_or_default();
-                return Err(match Code::from_u16(status.as_str().parse().unwrap_or(6)) {
+                return Err(match Code::from_u16(status.as_str().parse().unwrap_or(6)).class() {
                     Code::InvalidArgument => ClientError::InvalidArgument(text),
                     Code::NotFound => ClientError::NotFound(text),
                     Code::AlreadyExists => ClientError::AlreadyExists(text),
                     Code::Unavailable | Code::Stale => ClientError::Unavailable(text),
                     Code::Timeout => ClientError::Timeout(text),
-                    Code::Internal => ClientError::Internal(text),
+                    _ => ClientError::Internal(text),
                 });
             }
         }
         Ok(msg.payload)
     }
 
-    async fn call<Req: Wire, Resp: Wire>(&self, method: &str, req: &Req) -> Result<Resp> {
-        let bytes = self.call_raw(method, req.to_bytes()).await?;
-        Ok(Resp::from_bytes(&bytes)?)
+    async fn call<C: Call>(&self, req: &C::Request) -> Result<C::Reply> {
+        let bytes = self.call_raw(C::METHOD, req.to_bytes()).await?;
+        Ok(C::Reply::from_bytes(&bytes)?)
     }
 
     pub async fn create_collection(&self, schema: CollectionSchema) -> Result<()> {
-        self.call::<_, Empty>("create_collection", &CreateCollection { schema }).await.map(|_| ())
+        self.call::<api::CreateCollection>(&CreateCollection { schema }).await.map(|_| ())
     }
 
     pub async fn drop_collection(&self, name: &str) -> Result<()> {
-        self.call::<_, Empty>("drop_collection", &CollectionName { name: name.into() }).await.map(|_| ())
+        self.call::<api::DropCollection>(&CollectionName { name: name.into() }).await.map(|_| ())
     }
 
     pub async fn describe_collection(&self, name: &str) -> Result<CollectionDescription> {
-        self.call("describe_collection", &CollectionName { name: name.into() }).await
+        self.call::<api::DescribeCollection>(&CollectionName { name: name.into() }).await
     }
 
     pub async fn list_collections(&self) -> Result<Vec<String>> {
-        self.call::<_, CollectionList>("list_collections", &Empty {}).await.map(|l| l.names)
+        self.call::<api::ListCollections>(&Empty {}).await.map(|l| l.names)
     }
 
     pub async fn create_index(&self, collection: &str, params: IndexParams) -> Result<()> {
-        self.call::<_, Empty>("create_index", &CreateIndex { collection: collection.into(), params }).await.map(|_| ())
+        self.call::<api::CreateIndex>(&CreateIndex { collection: collection.into(), params }).await.map(|_| ())
     }
 
     /// Drops the vector index of a released collection (segments are then searched exactly).
     pub async fn drop_index(&self, collection: &str) -> Result<()> {
-        self.call::<_, Empty>("drop_index", &CollectionName { name: collection.into() }).await.map(|_| ())
+        self.call::<api::DropIndex>(&CollectionName { name: collection.into() }).await.map(|_| ())
     }
 
     /// Serves a collection from `replicas` in-memory replica groups on disjoint query nodes (0
@@ -151,13 +153,13 @@ impl Client {
     /// `InvalidArgument` when fewer query nodes than `replicas` are alive.
     pub async fn load_collection(&self, collection: &str, replicas: u32) -> Result<()> {
         let req = LoadCollection { name: collection.into(), replicas };
-        self.call::<_, Empty>("load_collection", &req).await.map(|_| ())
+        self.call::<api::LoadCollection>(&req).await.map(|_| ())
     }
 
     /// Stops serving a collection from query nodes; reads are refused until it is loaded again,
     /// inserts are still accepted.
     pub async fn release_collection(&self, collection: &str) -> Result<()> {
-        self.call::<_, Empty>("release_collection", &CollectionName { name: collection.into() }).await.map(|_| ())
+        self.call::<api::ReleaseCollection>(&CollectionName { name: collection.into() }).await.map(|_| ())
     }
 
     /// Inserts rows; acknowledged once they are durable in the log. Batches larger than the
@@ -167,7 +169,7 @@ impl Client {
         let row_bytes = rows.dim as usize * 4 + 128;
         let per_call = ((self.max_payload().saturating_sub(64 * 1024)) / row_bytes.max(1)).max(1);
         if n <= per_call {
-            return self.call("insert", &Insert { collection: collection.into(), rows }).await;
+            return self.call::<api::Insert>(&Insert { collection: collection.into(), rows }).await;
         }
         let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0 };
         let mut start = 0;
@@ -175,7 +177,7 @@ impl Client {
             let end = (start + per_call).min(n);
             let part = schema::slice_rows(&rows, start, end);
             let res: MutationResult =
-                self.call("insert", &Insert { collection: collection.into(), rows: part }).await?;
+                self.call::<api::Insert>(&Insert { collection: collection.into(), rows: part }).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
             start = end;
@@ -184,17 +186,18 @@ impl Client {
     }
 
     pub async fn delete(&self, collection: &str, pks: Vec<PrimaryKey>) -> Result<MutationResult> {
-        self.call("delete", &Delete { collection: collection.into(), pks, filter: String::new() }).await
+        self.call::<api::Delete>(&Delete { collection: collection.into(), pks, filter: String::new() }).await
     }
 
     /// Deletes every row matching a Milvus boolean expression; returns the keys deleted.
     pub async fn delete_where(&self, collection: &str, filter: &str) -> Result<MutationResult> {
-        self.call("delete", &Delete { collection: collection.into(), pks: Vec::new(), filter: filter.into() }).await
+        self.call::<api::Delete>(&Delete { collection: collection.into(), pks: Vec::new(), filter: filter.into() })
+            .await
     }
 
     /// Rows matching a filter (see [`Query`]); `output_fields = ["count(*)"]` counts them.
     pub async fn query(&self, query: &Query) -> Result<QueryResults> {
-        self.call("query", query).await
+        self.call::<api::Query>(query).await
     }
 
     pub async fn get(
@@ -204,49 +207,59 @@ impl Client {
         output_fields: Vec<String>,
         consistency: Consistency,
     ) -> Result<GetResults> {
-        self.call("get", &Get { collection: collection.into(), pks, output_fields, consistency }).await
+        self.call::<api::Get>(&Get { collection: collection.into(), pks, output_fields, consistency }).await
     }
 
     pub async fn search(&self, search: &Search) -> Result<SearchResults> {
-        self.call("search", search).await
+        self.call::<api::Search>(search).await
     }
 
     /// Seals and persists everything inserted so far.
     pub async fn flush(&self, collection: &str) -> Result<FlushResult> {
-        self.call("flush", &CollectionName { name: collection.into() }).await
+        self.call::<api::Flush>(&CollectionName { name: collection.into() }).await
     }
 
     /// Where each segment and shard of a collection is served.
     pub async fn distribution(&self, collection: &str) -> Result<Distribution> {
-        self.call("distribution", &CollectionName { name: collection.into() }).await
+        self.call::<api::Distribution>(&CollectionName { name: collection.into() }).await
     }
 
     /// Every live node with its role, health, memory, segments and restarts.
     pub async fn status(&self) -> Result<ClusterStatus> {
-        self.call("status", &Empty {}).await
+        self.call::<api::Status>(&Empty {}).await
     }
 
     /// Validates a policy plugin (a Wasm component) in the cluster and adds it to the catalog
     /// as the next version of `name`. Returns the catalog entry as JSON.
     pub async fn plugin_load(&self, kind: &str, name: &str, wasm: Vec<u8>) -> Result<String> {
         let req = PluginUpload { kind: kind.into(), name: name.into(), wasm };
-        Ok(self.call::<_, PluginReport>("plugin_load", &req).await?.json)
+        Ok(self.call::<api::PluginLoad>(&req).await?.json)
     }
 
     /// Makes `name@version` the active plugin of its kind on every node ("builtin" for the
     /// bundled plugins). Returns the new active choice as JSON.
     pub async fn plugin_activate(&self, name: &str, version: &str) -> Result<String> {
         let req = PluginActivate { name: name.into(), version: version.into() };
-        Ok(self.call::<_, PluginReport>("plugin_activate", &req).await?.json)
+        Ok(self.call::<api::PluginActivate>(&req).await?.json)
     }
 
     /// Goes back to the previously active plugin of `kind`. Returns the new choice as JSON.
     pub async fn plugin_rollback(&self, kind: &str) -> Result<String> {
-        Ok(self.call::<_, PluginReport>("plugin_rollback", &PluginRollback { kind: kind.into() }).await?.json)
+        Ok(self.call::<api::PluginRollback>(&PluginRollback { kind: kind.into() }).await?.json)
+    }
+
+    /// Asks node `node_id` (as listed by [`Client::status`]) to drain: it takes no new work,
+    /// hands off or finishes what it holds, and stops. Returns once the node has started
+    /// draining; [`Client::status`] shows its state until it is gone.
+    pub async fn drain_node(&self, node_id: &str) -> Result<()> {
+        let subject = self.subjects.node_call::<control::Drain>(node_id);
+        let bytes = self.request(subject, control::Drain::METHOD, Empty {}.to_bytes()).await?;
+        Empty::from_bytes(&bytes)?;
+        Ok(())
     }
 
     /// The plugin catalog, the active plugin per kind and what every node runs, as JSON.
     pub async fn plugin_list(&self) -> Result<String> {
-        Ok(self.call::<_, PluginReport>("plugin_list", &Empty {}).await?.json)
+        Ok(self.call::<api::PluginList>(&Empty {}).await?.json)
     }
 }

@@ -30,16 +30,23 @@ pub fn ok() -> common::Status {
 /// 1100 invalid parameter, 101 not loaded, …) so pymilvus raises the exception users expect.
 #[allow(deprecated)] // `error_code` is deprecated in milvus-proto, yet pymilvus 2.x still reads it.
 pub fn status_of(e: &Error) -> common::Status {
+    // Exhaustive on purpose: a new error variant must decide its Milvus code here.
     let (error_code, code, retriable) = match e {
-        Error::NotFound(m) if m.starts_with("index not found") => (ErrorCode::IndexNotExist, 700, false),
-        Error::NotFound(_) => (ErrorCode::CollectionNotExists, 100, false),
-        Error::InvalidArgument(m) if m.contains("not loaded") => (ErrorCode::UnexpectedError, 101, false),
-        Error::InvalidArgument(_) | Error::Decode(_) => (ErrorCode::IllegalArgument, 1100, false),
-        Error::AlreadyExists(_) => (ErrorCode::IllegalArgument, 1100, false),
-        Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_) | Error::DeadlineExceeded(_) => {
-            (ErrorCode::UnexpectedError, 503, true)
+        Error::CollectionNotFound(_) => (ErrorCode::CollectionNotExists, 100, false),
+        Error::NotLoaded(_) => (ErrorCode::UnexpectedError, 101, false),
+        Error::IndexNotFound(_) => (ErrorCode::IndexNotExist, 700, false),
+        // Databases are the only other thing a Milvus client can name that may not exist.
+        Error::NotFound(_) => (ErrorCode::UnexpectedError, 800, false),
+        Error::InvalidArgument(_) | Error::Decode(_) | Error::AlreadyExists(_) => {
+            (ErrorCode::IllegalArgument, 1100, false)
         }
-        _ => (ErrorCode::UnexpectedError, 1, false),
+        Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_) => (ErrorCode::UnexpectedError, 503, true),
+        // The client's own deadline passed: retrying cannot help it.
+        Error::DeadlineExceeded(_) => (ErrorCode::UnexpectedError, 503, false),
+        // Quiver's own failures (faiss, storage, a malformed reply between nodes, configuration).
+        Error::Internal(_) | Error::Config(_) | Error::ObjectStore(_) | Error::Io(_) => {
+            (ErrorCode::UnexpectedError, 1, false)
+        }
     };
     common::Status {
         error_code: error_code as i32,
@@ -900,9 +907,13 @@ mod tests {
 
     #[test]
     fn errors_map_to_milvus_codes() {
-        assert_eq!(status_of(&Error::NotFound("collection x not found".into())).code, 100);
-        assert_eq!(status_of(&Error::NotFound("index not found[collection=x]".into())).code, 700);
-        assert_eq!(status_of(&Error::InvalidArgument("collection \"x\" is not loaded".into())).code, 101);
+        assert_eq!(status_of(&Error::collection_not_found("x")).code, 100);
+        assert_eq!(status_of(&Error::index_not_found("x")).code, 700);
+        assert_eq!(status_of(&Error::not_loaded("x")).code, 101);
+        // By type, never by text: an invalid argument that mentions "not loaded" stays 1100.
+        assert_eq!(status_of(&Error::InvalidArgument("not loaded".into())).code, 1100);
+        assert_eq!(status_of(&Error::Internal("faiss".into())).code, 1);
+        assert!(!status_of(&Error::DeadlineExceeded("late".into())).retriable);
         assert_eq!(status_of(&Error::InvalidArgument("bad".into())).code, 1100);
         let s = status_of(&Error::Unavailable("later".into()));
         assert!(s.retriable && s.code != 0);

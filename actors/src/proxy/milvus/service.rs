@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
+use quiver_schemas::protocol::coord;
 use quiver_schemas::{
-    CollectionDescription, CollectionList, CollectionName, CreateCollection, CreateIndex, Delete, Distribution, Empty,
-    FlushResult, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
+    CollectionDescription, CollectionName, CreateCollection, CreateIndex, Delete, Distribution, Empty, Get, Insert,
+    MutationResult as QMutation, Query, Search, COUNT_STAR,
 };
 use tonic::{Request, Response, Status};
 
@@ -36,13 +38,44 @@ impl MilvusApi {
         MilvusApi { proxy, identifiers: AtomicI64::new(seed) }
     }
 
-    async fn describe(&self, name: &str) -> Result<CollectionDescription> {
-        self.proxy.forward("describe_collection", &CollectionName { name: name.to_string() }).await
+    async fn describe(&self, name: &str, ctx: &RequestContext) -> Result<CollectionDescription> {
+        self.proxy.forward::<coord::DescribeCollection>(&CollectionName { name: name.to_string() }, ctx).await
     }
 
-    async fn layout(&self, name: &str) -> Result<Arc<Distribution>> {
-        self.proxy.refresh(name).await
+    async fn layout(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
+        self.proxy.refresh(name, ctx).await
     }
+}
+
+/// The context of a gRPC call: its deadline (`grpc-timeout`, which clients set from their
+/// `timeout=`) and its W3C trace context (`traceparent` metadata).
+fn context_of<T>(req: &Request<T>) -> RequestContext {
+    let meta = req.metadata();
+    let mut ctx = match meta.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(grpc_timeout) {
+        Some(timeout) => RequestContext::with_timeout(timeout),
+        None => RequestContext::background(),
+    };
+    ctx.traceparent = meta.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    ctx
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Responses that carry a `common.Status`, so a failure can be answered uniformly.
@@ -169,6 +202,7 @@ impl MilvusService for MilvusApi {
         req: Request<CreateCollectionRequest>,
     ) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
@@ -176,11 +210,11 @@ impl MilvusService for MilvusApi {
             let schema = convert::schema_from(&r.collection_name, &r.schema, r.shards_num, r.consistency_level)?;
             // Milvus serves a new collection only after LoadCollection; so does Quiver behind this
             // API. Creating an existing collection again (same schema) leaves its state alone.
-            let existed = self.describe(&schema.name).await.is_ok();
+            let existed = self.describe(&schema.name, &ctx).await.is_ok();
             self.proxy.forget(&schema.name);
-            self.proxy.forward::<_, Empty>("create_collection", &CreateCollection { schema }).await?;
+            self.proxy.forward::<coord::CreateCollection>(&CreateCollection { schema }, &ctx).await?;
             if !existed {
-                self.proxy.release(&r.collection_name).await?;
+                self.proxy.release(&r.collection_name, &ctx).await?;
             }
             Ok(ok())
         }
@@ -190,14 +224,15 @@ impl MilvusService for MilvusApi {
 
     async fn drop_collection(&self, req: Request<DropCollectionRequest>) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let name = req.into_inner().collection_name;
-            let out = self.proxy.forward::<_, Empty>("drop_collection", &CollectionName { name: name.clone() }).await;
+            let out = self.proxy.forward::<coord::DropCollection>(&CollectionName { name: name.clone() }, &ctx).await;
             self.proxy.forget(&name);
             match out {
                 // Dropping what does not exist succeeds, as in Milvus.
-                Ok(_) | Err(Error::NotFound(_)) => Ok(ok()),
+                Ok(_) | Err(Error::CollectionNotFound(_)) => Ok(ok()),
                 Err(e) => Err(e),
             }
         }
@@ -207,11 +242,12 @@ impl MilvusService for MilvusApi {
 
     async fn has_collection(&self, req: Request<HasCollectionRequest>) -> Result<Response<BoolResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            match self.describe(&req.get_ref().collection_name).await {
+            match self.describe(&req.get_ref().collection_name, &ctx).await {
                 Ok(_) => Ok(BoolResponse { status: Some(ok()), value: true }),
-                Err(Error::NotFound(_)) => Ok(BoolResponse { status: Some(ok()), value: false }),
+                Err(Error::CollectionNotFound(_)) => Ok(BoolResponse { status: Some(ok()), value: false }),
                 Err(e) => Err(e),
             }
         }
@@ -224,9 +260,10 @@ impl MilvusService for MilvusApi {
         req: Request<DescribeCollectionRequest>,
     ) -> Result<Response<DescribeCollectionResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            let d = self.describe(&req.get_ref().collection_name).await?;
+            let d = self.describe(&req.get_ref().collection_name, &ctx).await?;
             let info = &d.info;
             Ok(DescribeCollectionResponse {
                 status: Some(ok()),
@@ -254,9 +291,10 @@ impl MilvusService for MilvusApi {
         req: Request<ShowCollectionsRequest>,
     ) -> Result<Response<ShowCollectionsResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            let list: CollectionList = self.proxy.forward("list_collections", &Empty {}).await?;
+            let list = self.proxy.forward::<coord::ListCollections>(&Empty {}, &ctx).await?;
             Ok(ShowCollectionsResponse { status: Some(ok()), collection_names: list.names, ..Default::default() })
         }
         .await;
@@ -268,9 +306,10 @@ impl MilvusService for MilvusApi {
         req: Request<GetCollectionStatisticsRequest>,
     ) -> Result<Response<GetCollectionStatisticsResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            let d = self.describe(&req.get_ref().collection_name).await?;
+            let d = self.describe(&req.get_ref().collection_name, &ctx).await?;
             Ok(GetCollectionStatisticsResponse { status: Some(ok()), stats: vec![kv("row_count", d.num_rows)] })
         }
         .await;
@@ -279,11 +318,12 @@ impl MilvusService for MilvusApi {
 
     async fn load_collection(&self, req: Request<LoadCollectionRequest>) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
             // Milvus serves only indexed collections; so does Quiver behind this API.
-            let info = self.proxy.collection(&r.collection_name).await?;
+            let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             if info.index.is_none() {
                 let field = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
                 return Err(Error::InvalidArgument(format!(
@@ -291,7 +331,7 @@ impl MilvusService for MilvusApi {
                     r.collection_name
                 )));
             }
-            self.proxy.load(&r.collection_name, r.replica_number.max(1) as u32).await?;
+            self.proxy.load(&r.collection_name, r.replica_number.max(1) as u32, &ctx).await?;
             Ok(ok())
         }
         .await;
@@ -303,9 +343,10 @@ impl MilvusService for MilvusApi {
         req: Request<ReleaseCollectionRequest>,
     ) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            self.proxy.release(&req.get_ref().collection_name).await?;
+            self.proxy.release(&req.get_ref().collection_name, &ctx).await?;
             Ok(ok())
         }
         .await;
@@ -317,9 +358,10 @@ impl MilvusService for MilvusApi {
         req: Request<GetLoadingProgressRequest>,
     ) -> Result<Response<GetLoadingProgressResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            let dist = self.layout(&req.get_ref().collection_name).await?;
+            let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
             let progress = load_progress(&dist);
             Ok(GetLoadingProgressResponse { status: Some(ok()), progress, refresh_progress: progress })
         }
@@ -332,9 +374,10 @@ impl MilvusService for MilvusApi {
         req: Request<GetLoadStateRequest>,
     ) -> Result<Response<GetLoadStateResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            let dist = self.layout(&req.get_ref().collection_name).await?;
+            let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
             let state = if dist.released {
                 LoadState::NotLoad
             } else if load_progress(&dist) < 100 {
@@ -350,10 +393,11 @@ impl MilvusService for MilvusApi {
 
     async fn create_index(&self, req: Request<CreateIndexRequest>) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            let d = self.describe(&r.collection_name).await?;
+            let d = self.describe(&r.collection_name, &ctx).await?;
             let field = d.info.schema.fields.iter().find(|f| f.name == r.field_name);
             match field {
                 None => {
@@ -371,11 +415,8 @@ impl MilvusService for MilvusApi {
             if r.index_name != r.field_name {
                 params.name = r.index_name.clone();
             }
-            let out = self
-                .proxy
-                .forward::<_, Empty>("create_index", &CreateIndex { collection: r.collection_name.clone(), params })
-                .await;
-            self.proxy.forget(&r.collection_name);
+            let req = CreateIndex { collection: r.collection_name.clone(), params };
+            let out = self.proxy.forward_change::<coord::CreateIndex>(&r.collection_name, &req, &ctx).await;
             out.map(|_| ok())
         }
         .await;
@@ -387,10 +428,11 @@ impl MilvusService for MilvusApi {
         req: Request<DescribeIndexRequest>,
     ) -> Result<Response<DescribeIndexResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            let dist = self.layout(&r.collection_name).await?;
+            let dist = self.layout(&r.collection_name, &ctx).await?;
             let info = &dist.collection;
             let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
             let index_name =
@@ -430,10 +472,11 @@ impl MilvusService for MilvusApi {
 
     async fn drop_index(&self, req: Request<DropIndexRequest>) -> Result<Response<common::Status>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            self.proxy.drop_index(&r.collection_name).await?;
+            self.proxy.drop_index(&r.collection_name, &ctx).await?;
             Ok(ok())
         }
         .await;
@@ -442,13 +485,14 @@ impl MilvusService for MilvusApi {
 
     async fn insert(&self, req: Request<InsertRequest>) -> Result<Response<MutationResult>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            let info = self.proxy.collection(&r.collection_name).await?;
+            let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, false)?;
             let n = rows.num_rows() as i64;
-            let out: QMutation = self.proxy.insert(Insert { collection: r.collection_name, rows }).await?;
+            let out: QMutation = self.proxy.insert(Insert { collection: r.collection_name, rows }, &ctx).await?;
             Ok(MutationResult { insert_cnt: n, ..mutation(&out.pks, out.timestamp) })
         }
         .await;
@@ -457,13 +501,14 @@ impl MilvusService for MilvusApi {
 
     async fn upsert(&self, req: Request<UpsertRequest>) -> Result<Response<MutationResult>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            let info = self.proxy.collection(&r.collection_name).await?;
+            let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, true)?;
             let n = rows.num_rows() as i64;
-            let out = self.proxy.upsert(Insert { collection: r.collection_name, rows }).await?;
+            let out = self.proxy.upsert(Insert { collection: r.collection_name, rows }, &ctx).await?;
             Ok(MutationResult { upsert_cnt: n, insert_cnt: n, delete_cnt: n, ..mutation(&out.pks, out.timestamp) })
         }
         .await;
@@ -472,6 +517,7 @@ impl MilvusService for MilvusApi {
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<MutationResult>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
@@ -479,7 +525,7 @@ impl MilvusService for MilvusApi {
                 return Err(Error::InvalidArgument("delete needs a filter expression (expr)".into()));
             }
             let del = Delete { collection: r.collection_name, pks: Vec::new(), filter: r.expr };
-            let out = self.proxy.delete(del).await?;
+            let out = self.proxy.delete(del, &ctx).await?;
             // pymilvus reads `delete_cnt`; the ids stay empty, as Milvus leaves them.
             Ok(MutationResult {
                 status: Some(ok()),
@@ -494,11 +540,11 @@ impl MilvusService for MilvusApi {
 
     async fn search(&self, req: Request<SearchRequest>) -> Result<Response<SearchResults>, Status> {
         let t = Instant::now();
-        let trace = req.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            self.run_search(r, trace).await
+            self.run_search(r, &ctx).await
         }
         .await;
         answer("Search", t, result)
@@ -506,9 +552,10 @@ impl MilvusService for MilvusApi {
 
     async fn hybrid_search(&self, req: Request<HybridSearchRequest>) -> Result<Response<SearchResults>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            self.run_hybrid(req.into_inner()).await
+            self.run_hybrid(req.into_inner(), &ctx).await
         }
         .await;
         answer("HybridSearch", t, result)
@@ -516,14 +563,15 @@ impl MilvusService for MilvusApi {
 
     async fn flush(&self, req: Request<FlushRequest>) -> Result<Response<FlushResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
             let mut out = FlushResponse { status: Some(ok()), db_name: DEFAULT_DB.into(), ..Default::default() };
             for name in r.collection_names {
-                let flushed: FlushResult = self.proxy.forward("flush", &CollectionName { name: name.clone() }).await?;
+                let flushed = self.proxy.forward::<coord::Flush>(&CollectionName { name: name.clone() }, &ctx).await?;
                 let ids: Vec<i64> = flushed.segments.iter().map(|&s| s as i64).collect();
-                let ts = self.proxy.alloc("alloc_ts", 1).await?;
+                let ts = self.proxy.alloc::<coord::AllocTs>(1, &ctx).await?;
                 out.coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids.clone() });
                 out.flush_coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids });
                 out.coll_seal_times.insert(name.clone(), (quiver_schemas::ts_physical_ms(ts) / 1000) as i64);
@@ -537,9 +585,10 @@ impl MilvusService for MilvusApi {
 
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResults>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
-            self.run_query(req.into_inner()).await
+            self.run_query(req.into_inner(), &ctx).await
         }
         .await;
         answer("Query", t, result)
@@ -558,23 +607,24 @@ impl MilvusService for MilvusApi {
 
     async fn get_replicas(&self, req: Request<GetReplicasRequest>) -> Result<Response<GetReplicasResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
             let name = if r.collection_name.is_empty() {
-                let list: CollectionList = self.proxy.forward("list_collections", &Empty {}).await?;
+                let list = self.proxy.forward::<coord::ListCollections>(&Empty {}, &ctx).await?;
                 let mut found = None;
                 for n in list.names {
-                    if self.describe(&n).await.is_ok_and(|d| d.info.id as i64 == r.collection_id) {
+                    if self.describe(&n, &ctx).await.is_ok_and(|d| d.info.id as i64 == r.collection_id) {
                         found = Some(n);
                         break;
                     }
                 }
-                found.ok_or_else(|| Error::NotFound(format!("collection {} not found", r.collection_id)))?
+                found.ok_or_else(|| Error::CollectionNotFound(format!("collection {} not found", r.collection_id)))?
             } else {
                 r.collection_name
             };
-            let dist = self.layout(&name).await?;
+            let dist = self.layout(&name, &ctx).await?;
             Ok(GetReplicasResponse { status: Some(ok()), replicas: replicas_of(&dist) })
         }
         .await;
@@ -627,12 +677,13 @@ impl MilvusService for MilvusApi {
 
     async fn alloc_timestamp(
         &self,
-        _req: Request<AllocTimestampRequest>,
+        req: Request<AllocTimestampRequest>,
     ) -> Result<Response<AllocTimestampResponse>, Status> {
         let t = Instant::now();
+        let ctx = context_of(&req);
         let result = self
             .proxy
-            .alloc("alloc_ts", 1)
+            .alloc::<coord::AllocTs>(1, &ctx)
             .await
             .map(|ts| AllocTimestampResponse { status: Some(ok()), timestamp: ts });
         answer("AllocTimestamp", t, result)
@@ -671,7 +722,7 @@ fn channel(collection: u64, shard: u32) -> String {
 }
 
 fn index_not_found(collection: &str) -> Error {
-    Error::NotFound(format!("index not found[collection={collection}]"))
+    Error::index_not_found(collection)
 }
 
 /// Percentage of the collection's shards and segments that have a serving node (in at least
@@ -746,8 +797,8 @@ impl MilvusApi {
         }
     }
 
-    async fn run_search(&self, r: SearchRequest, trace: Option<String>) -> Result<SearchResults> {
-        let info = self.proxy.collection(&r.collection_name).await?;
+    async fn run_search(&self, r: SearchRequest, ctx: &RequestContext) -> Result<SearchResults> {
+        let info = self.proxy.collection(&r.collection_name, ctx).await?;
         if !r.partition_names.is_empty() && r.partition_names.iter().any(|p| p != "_default") {
             return Err(Error::InvalidArgument("partitions are not supported by Quiver (only _default)".into()));
         }
@@ -783,14 +834,14 @@ impl MilvusApi {
             filter: r.dsl,
         };
         let consistency = search.consistency;
-        let results = self.proxy.search(search, trace).await?;
+        let results = self.proxy.search(search, ctx).await?;
         let mut out = search_results(&info, results, nq, &knobs, &r.output_fields, &fields);
         if with_vectors {
             // Searches return scalars; the vectors of the hits come from one get by key.
             let data = out.results.get_or_insert_with(Default::default);
             let pks = ids_of(data.ids.as_ref());
             let get = Get { collection: r.collection_name, pks: pks.clone(), output_fields: Vec::new(), consistency };
-            let found = if pks.is_empty() { Default::default() } else { self.proxy.get(get).await?.rows };
+            let found = if pks.is_empty() { Default::default() } else { self.proxy.get(get, ctx).await?.rows };
             let dim = info.dim() as usize;
             let by_pk: HashMap<&quiver_schemas::PrimaryKey, &[f32]> =
                 found.pks.iter().enumerate().map(|(i, pk)| (pk, &found.vectors[i * dim..(i + 1) * dim])).collect();
@@ -809,8 +860,8 @@ impl MilvusApi {
         Ok(out)
     }
 
-    async fn run_hybrid(&self, r: HybridSearchRequest) -> Result<SearchResults> {
-        let info = self.proxy.collection(&r.collection_name).await?;
+    async fn run_hybrid(&self, r: HybridSearchRequest, ctx: &RequestContext) -> Result<SearchResults> {
+        let info = self.proxy.collection(&r.collection_name, ctx).await?;
         let params: HashMap<String, String> = r.rank_params.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         let limit: u32 = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
         let offset: u32 = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -826,7 +877,7 @@ impl MilvusApi {
             sub.consistency_level = r.consistency_level;
             sub.use_default_consistency = r.use_default_consistency;
             let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim())?;
-            let part = self.run_search(sub, None).await?;
+            let part = self.run_search(sub, ctx).await?;
             let weight = match strategy.as_str() {
                 "weighted" => rank.get("weights").and_then(|w| w.get(i)).and_then(|w| w.as_f64()).unwrap_or(1.0),
                 _ => 1.0,
@@ -882,8 +933,8 @@ impl MilvusApi {
         Ok(search_results(&info, results, nq, &knobs, &r.output_fields, &fields))
     }
 
-    async fn run_query(&self, r: QueryRequest) -> Result<QueryResults> {
-        let info = self.proxy.collection(&r.collection_name).await?;
+    async fn run_query(&self, r: QueryRequest, ctx: &RequestContext) -> Result<QueryResults> {
+        let info = self.proxy.collection(&r.collection_name, ctx).await?;
         let params: HashMap<String, String> =
             r.query_params.iter().map(|p| (p.key.to_ascii_lowercase(), p.value.clone())).collect();
         let number = |key: &str| -> Result<u64> {
@@ -913,7 +964,7 @@ impl MilvusApi {
             offset,
             consistency: self.consistency(&info, r.consistency_level, r.use_default_consistency),
         };
-        let rows = self.proxy.query(query).await?.rows;
+        let rows = self.proxy.query(query, ctx).await?.rows;
         let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
         let mut out = QueryResults {
             status: Some(ok()),

@@ -1,0 +1,109 @@
+//! The services of Quiver's roles. Each `service!` block is the whole contract of one role:
+//! adding a method here is the only way to make a role serve it, and the compiler then asks
+//! every `match` on the request enum to handle it.
+
+use super::{service, Call, NodeCall, ProtocolError, QueueCall, Request, Service, ServiceRequest};
+use crate::types::*;
+
+service! {
+    /// The public API (`quiver.<cluster>.api.<method>`), served by every proxy in the queue
+    /// group `proxy`; the SDKs and `quiver ctl` call it.
+    Api (QueueCall), enum ApiRequest, mod api {
+        CreateCollection = "create_collection" (CreateCollection) -> Empty;
+        DropCollection = "drop_collection" (CollectionName) -> Empty;
+        DescribeCollection = "describe_collection" (CollectionName) -> CollectionDescription;
+        ListCollections = "list_collections" (Empty) -> CollectionList;
+        CreateIndex = "create_index" (CreateIndex) -> Empty;
+        DropIndex = "drop_index" (CollectionName) -> Empty;
+        /// Serve a collection from `replicas` in-memory replica groups.
+        LoadCollection = "load_collection" (LoadCollection) -> Empty;
+        ReleaseCollection = "release_collection" (CollectionName) -> Empty;
+        /// Seal every growing segment of the collection now.
+        Flush = "flush" (CollectionName) -> FlushResult;
+        /// The collection's serving layout (segments, replicas, shard leaders).
+        Distribution = "distribution" (CollectionName) -> Distribution;
+        Insert = "insert" (Insert) -> MutationResult;
+        Delete = "delete" (Delete) -> MutationResult;
+        Upsert = "upsert" (Insert) -> MutationResult;
+        Query = "query" (Query) -> QueryResults;
+        Get = "get" (Get) -> GetResults;
+        Search = "search" (Search) -> SearchResults;
+        /// Every node of the cluster with its heartbeat.
+        Status = "status" (Empty) -> ClusterStatus;
+        PluginLoad = "plugin_load" (PluginUpload) -> PluginReport;
+        PluginActivate = "plugin_activate" (PluginActivate) -> PluginReport;
+        PluginRollback = "plugin_rollback" (PluginRollback) -> PluginReport;
+        PluginList = "plugin_list" (Empty) -> PluginReport;
+    }
+}
+
+service! {
+    /// The coordinator (`quiver.<cluster>.coord.<method>`, queue group `coordinator`):
+    /// metadata, timestamps and ids, segment lifecycle, placement.
+    Coord (QueueCall), enum CoordRequest, mod coord {
+        CreateCollection = "create_collection" (CreateCollection) -> Empty;
+        DropCollection = "drop_collection" (CollectionName) -> Empty;
+        DescribeCollection = "describe_collection" (CollectionName) -> CollectionDescription;
+        ListCollections = "list_collections" (Empty) -> CollectionList;
+        CreateIndex = "create_index" (CreateIndex) -> Empty;
+        DropIndex = "drop_index" (CollectionName) -> Empty;
+        LoadCollection = "load_collection" (LoadCollection) -> Empty;
+        ReleaseCollection = "release_collection" (CollectionName) -> Empty;
+        /// Asks the data nodes owning the collection's shards to seal now.
+        Flush = "flush" (CollectionName) -> FlushResult;
+        GetDistribution = "get_distribution" (CollectionName) -> Distribution;
+        /// `count` timestamps (hybrid: physical ms << 18 | logical).
+        AllocTs = "alloc_ts" (Alloc) -> AllocRange;
+        /// `count` unique ids (segments, auto primary keys).
+        AllocIds = "alloc_ids" (Alloc) -> AllocRange;
+        /// Data node: a segment was sealed and written to the object store.
+        SegmentFlushed = "segment_flushed" (SegmentFlushed) -> Empty;
+        PluginLoad = "plugin_load" (PluginUpload) -> PluginReport;
+        PluginActivate = "plugin_activate" (PluginActivate) -> PluginReport;
+        PluginRollback = "plugin_rollback" (PluginRollback) -> PluginReport;
+        PluginList = "plugin_list" (Empty) -> PluginReport;
+    }
+}
+
+service! {
+    /// One query node (`quiver.<cluster>.node.<id>.<method>`).
+    QueryNode (NodeCall), enum QueryNodeRequest, mod querynode {
+        Search = "search" (NodeSearch) -> NodeSearchResults;
+        Get = "get" (NodeGet) -> GetResults;
+        Query = "query" (NodeQuery) -> GetResults;
+        /// The node's full desired state for one collection (applied idempotently).
+        Load = "load" (LoadSegments) -> Empty;
+        Release = "release" (ReleaseSegments) -> Empty;
+    }
+}
+
+service! {
+    /// One data node (`quiver.<cluster>.node.<id>.<method>`).
+    DataNode (NodeCall), enum DataNodeRequest, mod datanode {
+        /// Seal and write the collection's growing segments now.
+        Flush = "flush" (CollectionName) -> FlushResult;
+        /// The node's full set of shards to consume (pushed by the coordinator whenever it
+        /// changes, and to every new incarnation of the node); shards left out are flushed
+        /// and released before the node answers, so the next owner resumes where it stopped.
+        WatchChannels = "watch_channels" (WatchChannels) -> Empty;
+    }
+}
+
+service! {
+    /// Index nodes (`quiver.<cluster>.index.build`, queue group `indexnode`).
+    IndexNode (QueueCall), enum IndexNodeRequest, mod indexnode {
+        Build = "build" (BuildIndex) -> IndexBuilt;
+    }
+}
+
+service! {
+    /// What every node answers besides its role's service (`quiver.<cluster>.node.<id>.<method>`).
+    NodeControl (NodeCall), enum NodeControlRequest, mod control {
+        /// Stop taking work, finish or hand off what the node holds, then stop.
+        Drain = "drain" (Empty) -> Empty;
+        /// Tests only (`debug.fault_injection`): the role panics.
+        DebugPanic = "debug_panic" (Empty) -> Empty;
+        /// Tests only (`debug.fault_injection`): the node's reads wait this long first.
+        DebugStall = "debug_stall" (Stall) -> Empty;
+    }
+}
