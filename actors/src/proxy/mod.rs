@@ -6,10 +6,12 @@
 //! - `write.rs`: insert and delete.
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
 //! - `load.rs`: per-node in-flight and latency figures for the router.
+//! - `reply.rs`: checks on the replies of query nodes and the coordinator, where they arrive.
 
 mod load;
 pub mod milvus;
 mod read;
+mod reply;
 mod validate;
 mod write;
 
@@ -100,6 +102,7 @@ impl Proxy {
         let bus = &self.node.shared.bus;
         let req = CollectionName { name: name.to_string() };
         let dist: Distribution = bus.request(bus.subjects().coord("get_distribution"), &req).await?;
+        reply::check_distribution(name, &dist)?;
         let dist = Arc::new(dist);
         self.layouts.insert(name.to_string(), Cached { dist: dist.clone(), fetched: Instant::now() });
         Ok(dist)
