@@ -595,6 +595,9 @@ fn merge_get(parts: Vec<GetResults>, req: &Get, dim: u32) -> GetResults {
 }
 
 #[cfg(test)]
+mod merge_tests;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use quiver_policy::router::{Rendezvous, Router};

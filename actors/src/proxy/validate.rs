@@ -240,3 +240,6 @@ pub fn shard_of(pk: &PrimaryKey, shards: u32) -> u32 {
     };
     (h % u64::from(shards.max(1))) as u32
 }
+
+#[cfg(test)]
+mod tests;
