@@ -240,8 +240,30 @@ impl ShardWriter {
                     }
                 }
                 Some(reply) = flushes.recv() => {
-                    let result = self.flush_now(&mut log).await;
-                    let _ = reply.send(result);
+                    let target = match dml::last_seq(&bus, self.info.id, self.shard).await {
+                        Ok(target) => target,
+                        // Nothing has changed yet: only this flush fails.
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    };
+                    match self.flush_to(&mut log, target).await {
+                        Ok(sealed) => {
+                            let _ = reply.send(Ok(sealed));
+                        }
+                        Err(e) => {
+                            // As for the size and age seals above: a seal that failed has taken
+                            // the growing rows (or recorded the segment without hearing so), so
+                            // the writer stops and starts again from its checkpoint. Going on
+                            // would lose those rows: the next segment would start after them.
+                            let _ = reply.send(Err(Error::Unavailable(format!(
+                                "flush of shard {} failed ({e}); its writer restarts, retry",
+                                self.shard
+                            ))));
+                            return Err(e);
+                        }
+                    }
                 }
                 _ = tick.tick() => {
                     if self.growing.too_old(cfg.seal_after) {
@@ -257,11 +279,10 @@ impl ShardWriter {
         self.gauge.set(self.growing.rows.len());
     }
 
-    /// Catches up with everything acknowledged so far, then seals. Catching up seals full
-    /// segments on the way, so a flush never makes a segment larger than `segment_max_rows`
-    /// (plus one log entry).
-    async fn flush_now(&mut self, log: &mut ShardLog) -> Result<Vec<u64>> {
-        let target = dml::last_seq(&self.node.shared.bus, self.info.id, self.shard).await?;
+    /// Catches up with the log up to `target` (everything acknowledged when the flush came),
+    /// then seals. Catching up seals full segments on the way, so a flush never makes a segment
+    /// larger than `segment_max_rows` (plus one log entry).
+    async fn flush_to(&mut self, log: &mut ShardLog, target: Seq) -> Result<Vec<u64>> {
         let max_rows = self.node.shared.config.datanode.segment_max_rows;
         let mut sealed = Vec::new();
         while self.growing.applied < target {
