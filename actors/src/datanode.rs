@@ -200,28 +200,90 @@ impl RoleHandler for DataNode {
     }
 }
 
-/// The growing segment of one shard.
-struct ShardWriter {
-    node: Node,
-    info: CollectionInfo,
-    shard: u32,
+/// The growing segment of one shard, as bookkeeping: the rows applied since the last seal, the
+/// log positions a sealed segment covers and when to seal. No I/O (the [`ShardWriter`] does it).
+struct Growing {
     rows: RowStore,
     /// Last log position applied.
     applied: Seq,
     /// First log position of the growing segment.
     first_seq: Seq,
     oldest: Option<Instant>,
+}
+
+impl Growing {
+    /// An empty growing segment of `dim`-dimensional rows, after log position `checkpoint`.
+    fn new(dim: usize, checkpoint: Seq) -> Growing {
+        Growing { rows: RowStore::new(dim), applied: checkpoint, first_seq: 0, oldest: None }
+    }
+
+    /// Applies one log entry: inserts add rows (the first one starts the segment); every entry
+    /// moves the applied position, so a seal covers the deletes read since the last insert too.
+    fn apply(&mut self, entry: dml::LogEntry) {
+        self.applied = entry.seq;
+        if let Some(DmlEntry::Insert { rows, .. }) = entry.entry {
+            if self.rows.is_empty() {
+                self.first_seq = entry.seq;
+                self.oldest = Some(Instant::now());
+            }
+            self.rows.append(&rows, entry.seq);
+        }
+    }
+
+    /// Full: sealed as soon as an entry brings it to `max_rows` (so a segment holds at most
+    /// `max_rows` plus one log entry's rows).
+    fn full(&self, max_rows: u64) -> bool {
+        self.rows.len() as u64 >= max_rows
+    }
+
+    /// Holds rows older than `seal_after`.
+    fn too_old(&self, seal_after: Duration) -> bool {
+        self.oldest.is_some_and(|t| t.elapsed() >= seal_after)
+    }
+
+    /// Takes the rows as sealed segment `id` of `collection`'s `shard`, covering the log from
+    /// the first insert to the last entry applied, and starts an empty segment. `None` when
+    /// there are no rows.
+    fn seal(&mut self, id: u64, collection: u64, shard: u32) -> Option<(SegmentInfo, RowStore)> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let dim = self.rows.dim;
+        let rows = std::mem::replace(&mut self.rows, RowStore::new(dim));
+        self.oldest = None;
+        let info = SegmentInfo {
+            id,
+            collection,
+            shard,
+            rows: rows.len() as u64,
+            start_seq: self.first_seq,
+            end_seq: self.applied,
+            data_path: keys::paths::segment_data(collection, id),
+            index_path: None,
+            state: SegmentState::Flushed,
+            mem_size: rows.mem_bytes(),
+        };
+        Some((info, rows))
+    }
+}
+
+/// The growing segment of one shard: reads the shard's log, seals and writes segments.
+struct ShardWriter {
+    node: Node,
+    info: CollectionInfo,
+    shard: u32,
+    growing: Growing,
     gauge: Rc<std::cell::Cell<usize>>,
 }
 
 impl ShardWriter {
     fn new(node: Node, info: CollectionInfo, shard: u32, gauge: Rc<std::cell::Cell<usize>>) -> ShardWriter {
-        let dim = info.dim() as usize;
-        ShardWriter { node, info, shard, rows: RowStore::new(dim), applied: 0, first_seq: 0, oldest: None, gauge }
+        let growing = Growing::new(info.dim() as usize, 0);
+        ShardWriter { node, info, shard, growing, gauge }
     }
 
     async fn run(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
-        self.applied = checkpoint;
+        self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
         let mut log = ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await?;
         let cfg = self.node.shared.config.datanode.clone();
@@ -233,25 +295,51 @@ impl ShardWriter {
                         return Err(Error::Unavailable("DML consumer ended".into()));
                     };
                     self.apply(entry?);
-                    if self.rows.len() as u64 >= cfg.segment_max_rows {
+                    if self.growing.full(cfg.segment_max_rows) {
                         self.seal().await?;
                     }
                 }
-                Some(command) = commands.recv() => match command {
-                    WriterCommand::Flush(reply) => {
-                        let result = self.flush_now(&mut log).await;
-                        let _ = reply.send(result);
+                Some(command) = commands.recv() => {
+                    let (reply, stop) = match command {
+                        WriterCommand::Flush(reply) => (reply, false),
+                        WriterCommand::Stop(reply) => (reply, true),
+                    };
+                    let target = match dml::last_seq(&bus, self.info.id, self.shard).await {
+                        Ok(target) => target,
+                        // Nothing has changed yet: only this flush fails (a writer asked to
+                        // stop stops anyway; its next owner replays from the checkpoint).
+                        Err(e) => {
+                            let _ = reply.send(Err(Error::Unavailable(format!("flush of shard {} failed: {e}", self.shard))));
+                            if stop {
+                                return Err(e);
+                            }
+                            continue;
+                        }
+                    };
+                    match self.flush_to(&mut log, target).await {
+                        Ok(sealed) => {
+                            let _ = reply.send(Ok(sealed));
+                            if stop {
+                                // Everything read is in flushed segments: the checkpoint is
+                                // exactly where this writer stops.
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            // As for the size and age seals above: a seal that failed has taken
+                            // the growing rows (or recorded the segment without hearing so), so
+                            // the writer stops and starts again from its checkpoint. Going on
+                            // would lose those rows: the next segment would start after them.
+                            let _ = reply.send(Err(Error::Unavailable(format!(
+                                "flush of shard {} failed ({e}); its writer restarts, retry",
+                                self.shard
+                            ))));
+                            return Err(e);
+                        }
                     }
-                    WriterCommand::Stop(reply) => {
-                        let result = self.flush_now(&mut log).await;
-                        let failed = result.is_err();
-                        let _ = reply.send(result);
-                        // A failed flush stops the role: a restart replays from the checkpoint.
-                        return if failed { Err(Error::Unavailable("flush before stopping failed".into())) } else { Ok(()) };
-                    }
-                },
+                }
                 _ = tick.tick() => {
-                    if self.oldest.is_some_and(|t| t.elapsed() >= cfg.seal_after) {
+                    if self.growing.too_old(cfg.seal_after) {
                         self.seal().await?;
                     }
                 }
@@ -260,30 +348,22 @@ impl ShardWriter {
     }
 
     fn apply(&mut self, entry: dml::LogEntry) {
-        self.applied = entry.seq;
-        if let Some(DmlEntry::Insert { rows, .. }) = entry.entry {
-            if self.rows.is_empty() {
-                self.first_seq = entry.seq;
-                self.oldest = Some(Instant::now());
-            }
-            self.rows.append(&rows, entry.seq);
-            self.gauge.set(self.rows.len());
-        }
+        self.growing.apply(entry);
+        self.gauge.set(self.growing.rows.len());
     }
 
-    /// Catches up with everything acknowledged so far, then seals. Catching up seals full
-    /// segments on the way, so a flush never makes a segment larger than `segment_max_rows`
-    /// (plus one log entry).
-    async fn flush_now(&mut self, log: &mut ShardLog) -> Result<Vec<u64>> {
-        let target = dml::last_seq(&self.node.shared.bus, self.info.id, self.shard).await?;
+    /// Catches up with the log up to `target` (everything acknowledged when the flush came),
+    /// then seals. Catching up seals full segments on the way, so a flush never makes a segment
+    /// larger than `segment_max_rows` (plus one log entry).
+    async fn flush_to(&mut self, log: &mut ShardLog, target: Seq) -> Result<Vec<u64>> {
         let max_rows = self.node.shared.config.datanode.segment_max_rows;
         let mut sealed = Vec::new();
-        while self.applied < target {
+        while self.growing.applied < target {
             match log.next().await {
                 Some(entry) => self.apply(entry?),
                 None => return Err(Error::Unavailable("DML consumer ended".into())),
             }
-            if self.rows.len() as u64 >= max_rows {
+            if self.growing.full(max_rows) {
                 sealed.extend(self.seal().await?);
             }
         }
@@ -292,34 +372,106 @@ impl ShardWriter {
     }
 
     async fn seal(&mut self) -> Result<Option<u64>> {
-        if self.rows.is_empty() {
+        if self.growing.rows.is_empty() {
             return Ok(None);
         }
         let shared = &self.node.shared;
         let opts = CallOptions::default();
         let id = shared.bus.call::<coord::AllocIds>(&Alloc { count: 1 }, &opts).await?.start;
-        let rows = std::mem::replace(&mut self.rows, RowStore::new(self.info.dim() as usize));
-        let info = SegmentInfo {
-            id,
-            collection: self.info.id,
-            shard: self.shard,
-            rows: rows.len() as u64,
-            start_seq: self.first_seq,
-            end_seq: self.applied,
-            data_path: keys::paths::segment_data(self.info.id, id),
-            index_path: None,
-            state: SegmentState::Flushed,
-            mem_size: rows.mem_bytes(),
-        };
+        let Some((info, rows)) = self.growing.seal(id, self.info.id, self.shard) else { return Ok(None) };
         let (info, bytes) = tokio::task::spawn_blocking(move || encode_segment(&info, &rows).map(|b| (info, b)))
             .await
             .map_err(Error::internal)??;
         shared.objects.put(&info.data_path, bytes.into()).await?;
         shared.bus.call::<coord::SegmentFlushed>(&SegmentFlushed { segment: info.clone() }, &opts).await?;
-        self.oldest = None;
         self.gauge.set(0);
         metrics::counter!("quiver_segments_flushed_total").increment(1);
         // The coordinator purges these inserts from the log once a query node serves the segment.
         Ok(Some(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_schemas::{Column, PrimaryKey, RowBatch, ScalarValue};
+
+    use super::*;
+    use crate::rows::decode_segment;
+
+    fn insert(seq: Seq, keys: std::ops::Range<i64>) -> dml::LogEntry {
+        let rows = RowBatch {
+            pks: keys.clone().map(PrimaryKey::Int64).collect(),
+            dim: 2,
+            vectors: keys.clone().flat_map(|k| [k as f32, -(k as f32)]).collect(),
+            columns: vec![Column { name: "n".into(), values: keys.map(ScalarValue::Int64).collect() }],
+            dynamic: Vec::new(),
+        };
+        dml::LogEntry { seq, entry: Some(DmlEntry::Insert { timestamp: seq, rows }) }
+    }
+
+    fn delete(seq: Seq, key: i64) -> dml::LogEntry {
+        dml::LogEntry { seq, entry: Some(DmlEntry::Delete { timestamp: seq, pks: vec![PrimaryKey::Int64(key)] }) }
+    }
+
+    #[test]
+    fn a_sealed_segment_covers_its_log_positions_and_round_trips() {
+        let mut g = Growing::new(2, 10);
+        g.apply(delete(11, 1));
+        assert!(g.rows.is_empty() && g.oldest.is_none(), "a delete starts no segment");
+        assert!(g.seal(1, 7, 3).is_none(), "nothing to seal");
+        g.apply(insert(12, 0..3));
+        g.apply(delete(13, 0));
+        g.apply(insert(14, 3..5));
+        g.apply(delete(15, 4));
+        let (info, rows) = g.seal(99, 7, 3).unwrap();
+        assert_eq!((info.id, info.collection, info.shard), (99, 7, 3));
+        assert_eq!((info.start_seq, info.end_seq, info.rows), (12, 15, 5), "first insert to last entry read");
+        assert_eq!(info.data_path, "collections/7/segments/99/data");
+        assert_eq!(info.state, SegmentState::Flushed);
+        assert_eq!(rows.seqs, [12, 12, 12, 14, 14]);
+        let (back_info, back) = decode_segment(&encode_segment(&info, &rows).unwrap()).unwrap();
+        assert_eq!(back_info, info);
+        assert_eq!((back.dim, &back.pks, &back.seqs, &back.vectors), (2, &rows.pks, &rows.seqs, &rows.vectors));
+        assert_eq!(back.columns, rows.columns);
+        assert_eq!(back.vectors[6..8], [3.0, -3.0], "row 3's vector where it belongs");
+        // Sealing starts an empty segment; the next one starts at its own first insert.
+        assert!(g.rows.is_empty() && g.oldest.is_none() && g.seal(100, 7, 3).is_none());
+        g.apply(delete(16, 2));
+        g.apply(insert(17, 5..6));
+        let (next, _) = g.seal(100, 7, 3).unwrap();
+        assert_eq!((next.start_seq, next.end_seq, next.rows), (17, 17, 1));
+    }
+
+    #[test]
+    fn segments_split_at_segment_max_rows() {
+        // What the writer does: seal whenever an entry fills the segment, and at the end (flush).
+        let max_rows = 4;
+        let mut g = Growing::new(2, 0);
+        let mut sealed = Vec::new();
+        for seq in 1..=5 {
+            let first = (seq as i64 - 1) * 3;
+            g.apply(insert(seq, first..first + 3));
+            assert_eq!(g.full(max_rows), seq % 2 == 0, "after entry {seq}");
+            if g.full(max_rows) {
+                sealed.extend(g.seal(seq, 7, 0));
+            }
+        }
+        sealed.extend(g.seal(6, 7, 0));
+        let ranges: Vec<(Seq, Seq, u64)> = sealed.iter().map(|(i, _)| (i.start_seq, i.end_seq, i.rows)).collect();
+        assert_eq!(ranges, [(1, 2, 6), (3, 4, 6), (5, 5, 3)], "at most max_rows plus one entry, no gap, no overlap");
+        let keys: Vec<PrimaryKey> = sealed.iter().flat_map(|(_, r)| r.pks.clone()).collect();
+        assert_eq!(keys, (0..15).map(PrimaryKey::Int64).collect::<Vec<_>>(), "every row once, in log order");
+    }
+
+    #[test]
+    fn a_segment_is_old_from_its_first_insert() {
+        let mut g = Growing::new(2, 0);
+        assert!(!g.too_old(Duration::ZERO), "nothing to seal");
+        g.apply(delete(1, 1));
+        assert!(!g.too_old(Duration::ZERO));
+        g.apply(insert(2, 0..1));
+        assert!(g.too_old(Duration::ZERO));
+        assert!(!g.too_old(Duration::from_secs(3600)));
+        assert!(!g.full(2) && g.full(1));
     }
 }

@@ -141,8 +141,8 @@ pub fn validate_schema(mut schema: CollectionSchema, default_shards: u32) -> Res
     if schema.num_shards == 0 {
         schema.num_shards = default_shards;
     }
-    if schema.num_shards > 64 {
-        return bad(format!("num_shards {} is too large (at most 64)", schema.num_shards));
+    if schema.num_shards > super::MAX_SHARDS {
+        return bad(format!("num_shards {} is too large (at most {})", schema.num_shards, super::MAX_SHARDS));
     }
     let mut seen = std::collections::HashSet::new();
     for f in &mut schema.fields {

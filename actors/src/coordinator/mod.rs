@@ -57,6 +57,9 @@ impl Catalog {
 /// Most in-memory replica groups a collection can have.
 pub const MAX_REPLICAS: u32 = 20;
 
+/// Most shards a collection can have.
+pub const MAX_SHARDS: u32 = 64;
+
 pub(crate) fn not_found(name: &str) -> Error {
     Error::collection_not_found(name)
 }

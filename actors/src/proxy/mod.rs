@@ -6,10 +6,12 @@
 //! - `write.rs`: insert and delete.
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
 //! - `load.rs`: per-node in-flight and latency figures for the router.
+//! - `reply.rs`: checks on the replies of query nodes and the coordinator, where they arrive.
 
 mod load;
 pub mod milvus;
 mod read;
+mod reply;
 mod validate;
 mod write;
 
@@ -98,7 +100,9 @@ impl Proxy {
 
     async fn refresh(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         let req = CollectionName { name: name.to_string() };
-        let dist = Arc::new(self.forward::<coord::GetDistribution>(&req, ctx).await?);
+        let dist = self.forward::<coord::GetDistribution>(&req, ctx).await?;
+        reply::check_distribution(name, &dist)?;
+        let dist = Arc::new(dist);
         self.layouts.insert(name.to_string(), Cached { dist: dist.clone(), fetched: Instant::now() });
         Ok(dist)
     }

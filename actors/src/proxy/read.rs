@@ -19,6 +19,7 @@ use quiver_schemas::{
 };
 
 use super::load::NodeLoads;
+use super::reply::{self, pk_type, RowsShape, SearchShape};
 use super::validate::{check_output_fields, check_pk, check_search, select_rows};
 use super::Proxy;
 use crate::querynode::metric_of;
@@ -263,6 +264,7 @@ impl Proxy {
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
+        let shape = &SearchShape { nq, k: req.top_k as usize, fields: &req.output_fields, pk_type: pk_type(&info) };
         let parts = self
             .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let msg = NodeSearch {
@@ -277,6 +279,7 @@ impl Proxy {
                     let call = self.load.start(&node);
                     let part: NodeSearchResults = bus.call_node::<querynode::Search>(&node, &msg, &opts).await?;
                     drop(call);
+                    reply::check_search(&node, &part, shape)?;
                     self.load.report(&node, part.in_flight);
                     self.check_views(&dist, &part.shards);
                     Ok(SearchResults { results: part.results })
@@ -312,6 +315,12 @@ impl Proxy {
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
+        let shape = &RowsShape {
+            max_rows: req.pks.len(),
+            columns: &req.output_fields,
+            dim: Some(info.dim() as usize),
+            pk_type: pk_type(&info),
+        };
         let parts = self
             .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let msg = NodeGet {
@@ -323,7 +332,9 @@ impl Proxy {
                 };
                 async move {
                     let _call = self.load.start(&node);
-                    bus.call_node::<querynode::Get>(&node, &msg, &opts).await
+                    let part = bus.call_node::<querynode::Get>(&node, &msg, &opts).await?;
+                    reply::check_rows(&node, &part, shape)?;
+                    Ok(part)
                 }
             })
             .await?;
@@ -394,6 +405,13 @@ impl Proxy {
         let filter = Arc::new(filter);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
+        let scalars: Vec<String> = req.output_fields.iter().filter(|f| **f != vector).cloned().collect();
+        let shape = &RowsShape {
+            max_rows: usize::try_from(node_limit.saturating_add(req.offset)).unwrap_or(usize::MAX),
+            columns: &scalars,
+            dim: wants_vector.then_some(info.dim() as usize),
+            pk_type: pk_type(&info),
+        };
         let parts: Vec<GetResults> = self
             .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let mut query = (*req).clone();
@@ -408,46 +426,72 @@ impl Proxy {
                 };
                 async move {
                     let _call = self.load.start(&node);
-                    bus.call_node::<querynode::Query>(&node, &msg, &opts).await
+                    let part = bus.call_node::<querynode::Query>(&node, &msg, &opts).await?;
+                    if count {
+                        reply::check_count(&node, &part)?;
+                    } else {
+                        reply::check_rows(&node, &part, shape)?;
+                    }
+                    Ok(part)
                 }
             })
             .await?;
         if count {
-            // Each node counted its rows (a key is served by one node, except a key inserted
-            // twice without upsert, which Milvus does not deduplicate across nodes either).
-            let n: i64 = parts
-                .iter()
-                .filter_map(|p| p.rows.columns.first().and_then(|c| c.values.first()))
-                .map(|v| if let ScalarValue::Int64(n) = v { *n } else { 0 })
-                .sum();
-            let column = quiver_schemas::Column { name: COUNT_STAR.into(), values: vec![ScalarValue::Int64(n)] };
-            return Ok(QueryResults { rows: RowBatch { columns: vec![column], ..Default::default() } });
+            return Ok(QueryResults { rows: merge_count(&parts) });
         }
-        let mut merged = merge_query(parts, info.dim());
+        let merged = merge_query(parts, info.dim());
         if req.limit == 0 && merged.rows.pks.len() as u64 > max {
             return Err(Error::InvalidArgument(format!(
                 "the filter matches more than {max} rows; page through them with limit and offset"
             )));
         }
-        // The page: skip `offset` rows (in key order), keep at most `limit`.
-        let total = merged.rows.pks.len();
-        let start = (req.offset as usize).min(total);
-        let end = if req.limit > 0 { start.saturating_add(req.limit as usize).min(total) } else { total };
-        if (start, end) != (0, total) {
-            merged.rows = select_rows(&merged.rows, &(start..end).collect::<Vec<_>>());
-        }
-        Ok(QueryResults { rows: merged.rows })
+        Ok(QueryResults { rows: page(merged.rows, req.offset, req.limit) })
     }
 }
 
-/// Keeps the latest version of every key across nodes, in primary-key order.
+/// The total of the nodes' `count(*)` answers (each checked to hold one count), as the one
+/// `count(*)` column. A key is served by one node, except a key inserted twice without upsert,
+/// which Milvus does not deduplicate across nodes either.
+fn merge_count(parts: &[GetResults]) -> RowBatch {
+    let n = parts
+        .iter()
+        .filter_map(|p| p.rows.columns.first().and_then(|c| c.values.first()))
+        .map(|v| if let ScalarValue::Int64(n) = v { *n } else { 0 })
+        .fold(0i64, i64::saturating_add);
+    let column = quiver_schemas::Column { name: COUNT_STAR.into(), values: vec![ScalarValue::Int64(n)] };
+    RowBatch { columns: vec![column], ..Default::default() }
+}
+
+/// A page of merged rows: skips `offset` rows (in key order) and keeps at most `limit` (0: all).
+fn page(rows: RowBatch, offset: u64, limit: u64) -> RowBatch {
+    let total = rows.pks.len();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
+    let end = match usize::try_from(limit) {
+        Ok(0) => total,
+        Ok(limit) => start.saturating_add(limit).min(total),
+        Err(_) => total,
+    };
+    if (start, end) == (0, total) {
+        return rows;
+    }
+    select_rows(&rows, &(start..end).collect::<Vec<_>>())
+}
+
+/// Row `i`'s vector in `rows`, if the rows carry vectors (the reply checks made sure that rows
+/// with vectors carry one for every row).
+fn vector_of(rows: &RowBatch, i: usize) -> Option<&[f32]> {
+    let d = rows.dim as usize;
+    rows.vectors.get(i.checked_mul(d)?..i.checked_add(1)?.checked_mul(d)?)
+}
+
+/// Keeps the latest version of every key across nodes (the highest log position; on a tie
+/// the first node's), in primary-key order.
 fn merge_query(parts: Vec<GetResults>, dim: u32) -> GetResults {
-    let mut best: BTreeMap<&quiver_schemas::PrimaryKey, (u64, usize, usize)> = BTreeMap::new();
-    for (p, part) in parts.iter().enumerate() {
-        for (i, pk) in part.rows.pks.iter().enumerate() {
-            let seq = part.seqs.get(i).copied().unwrap_or(0);
+    let mut best: BTreeMap<&quiver_schemas::PrimaryKey, (u64, &RowBatch, usize)> = BTreeMap::new();
+    for part in &parts {
+        for (i, (pk, &seq)) in part.rows.pks.iter().zip(&part.seqs).enumerate() {
             if best.get(pk).is_none_or(|b| seq > b.0) {
-                best.insert(pk, (seq, p, i));
+                best.insert(pk, (seq, &part.rows, i));
             }
         }
     }
@@ -459,12 +503,10 @@ fn merge_query(parts: Vec<GetResults>, dim: u32) -> GetResults {
         ..Default::default()
     };
     let mut seqs = Vec::with_capacity(best.len());
-    for (pk, (seq, p, i)) in best {
-        let src = &parts[p].rows;
+    for (pk, (seq, src, i)) in best {
         rows.pks.push(pk.clone());
-        let d = src.dim as usize;
-        if src.vectors.len() >= (i + 1) * d {
-            rows.vectors.extend_from_slice(&src.vectors[i * d..(i + 1) * d]);
+        if let Some(v) = vector_of(src, i) {
+            rows.vectors.extend_from_slice(v);
         }
         for (out, col) in rows.columns.iter_mut().zip(&src.columns) {
             out.values.push(col.values.get(i).cloned().unwrap_or(ScalarValue::Null));
@@ -474,18 +516,18 @@ fn merge_query(parts: Vec<GetResults>, dim: u32) -> GetResults {
     GetResults { rows, seqs }
 }
 
-/// Merges per-node top-k lists into the global top-k per query (keys deduplicated).
+/// Merges per-node top-k lists into the global top-k per query: best score first in the
+/// metric's direction (ties in node order), each key once (with its best score: a key inserted
+/// twice without upsert, as Milvus, keeps its better version).
 pub fn merge(parts: Vec<SearchResults>, nq: usize, k: usize, higher_is_better: bool) -> SearchResults {
     if parts.len() == 1 {
         return parts.into_iter().next().unwrap_or_default();
     }
     let mut results = Vec::with_capacity(nq);
     for q in 0..nq {
-        let mut cands: Vec<(f32, usize, usize)> = Vec::new();
-        for (p, part) in parts.iter().enumerate() {
-            if let Some(h) = part.results.get(q) {
-                cands.extend(h.scores.iter().enumerate().map(|(i, s)| (*s, p, i)));
-            }
+        let mut cands: Vec<(f32, &quiver_schemas::PrimaryKey, &Hits, usize)> = Vec::new();
+        for h in parts.iter().filter_map(|part| part.results.get(q)) {
+            cands.extend(h.pks.iter().zip(&h.scores).enumerate().map(|(i, (pk, s))| (*s, pk, h, i)));
         }
         if higher_is_better {
             cands.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -501,18 +543,17 @@ pub fn merge(parts: Vec<SearchResults>, nq: usize, k: usize, higher_is_better: b
             ..Default::default()
         };
         let mut seen = HashSet::new();
-        for (score, p, i) in cands {
+        for (score, pk, h, i) in cands {
             if hits.pks.len() == k {
                 break;
             }
-            let h = &parts[p].results[q];
-            if !seen.insert(&h.pks[i]) {
+            if !seen.insert(pk) {
                 continue;
             }
-            hits.pks.push(h.pks[i].clone());
+            hits.pks.push(pk.clone());
             hits.scores.push(score);
             for (out, col) in hits.columns.iter_mut().zip(&h.columns) {
-                out.values.push(col.values[i].clone());
+                out.values.push(col.values.get(i).cloned().unwrap_or(ScalarValue::Null));
             }
         }
         results.push(hits);
@@ -520,14 +561,14 @@ pub fn merge(parts: Vec<SearchResults>, nq: usize, k: usize, higher_is_better: b
     SearchResults { results }
 }
 
-/// Keeps, per requested key, the latest version any node returned, in request order.
+/// Keeps, per requested key, the latest version any node returned (the highest log position;
+/// on a tie the first node's), in request order, each key once.
 fn merge_get(parts: Vec<GetResults>, req: &Get, dim: u32) -> GetResults {
-    let mut best: HashMap<&quiver_schemas::PrimaryKey, (u64, usize, usize)> = HashMap::new();
-    for (p, part) in parts.iter().enumerate() {
-        for (i, pk) in part.rows.pks.iter().enumerate() {
-            let seq = part.seqs.get(i).copied().unwrap_or(0);
+    let mut best: HashMap<&quiver_schemas::PrimaryKey, (u64, &RowBatch, usize)> = HashMap::new();
+    for part in &parts {
+        for (i, (pk, &seq)) in part.rows.pks.iter().zip(&part.seqs).enumerate() {
             if best.get(pk).is_none_or(|b| seq > b.0) {
-                best.insert(pk, (seq, p, i));
+                best.insert(pk, (seq, &part.rows, i));
             }
         }
     }
@@ -543,21 +584,24 @@ fn merge_get(parts: Vec<GetResults>, req: &Get, dim: u32) -> GetResults {
     let mut seqs = Vec::new();
     let mut emitted = HashSet::new();
     for pk in &req.pks {
-        let Some(&(seq, p, i)) = best.get(pk) else { continue };
+        let Some(&(seq, src, i)) = best.get(pk) else { continue };
         if !emitted.insert(pk) {
             continue;
         }
-        let src = &parts[p].rows;
-        let d = src.dim as usize;
         rows.pks.push(pk.clone());
-        rows.vectors.extend_from_slice(&src.vectors[i * d..(i + 1) * d]);
+        if let Some(v) = vector_of(src, i) {
+            rows.vectors.extend_from_slice(v);
+        }
         for (out, col) in rows.columns.iter_mut().zip(&src.columns) {
-            out.values.push(col.values[i].clone());
+            out.values.push(col.values.get(i).cloned().unwrap_or(ScalarValue::Null));
         }
         seqs.push(seq);
     }
     GetResults { rows, seqs }
 }
+
+#[cfg(test)]
+mod merge_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -197,19 +197,23 @@ pub fn check_output_fields(info: &CollectionInfo, fields: &[String]) -> Result<V
     Ok(out)
 }
 
-/// Rows `indices` of a batch.
+/// Rows `indices` of a batch. The batch is consistent (checked, or merged from checked node
+/// replies) and the indices are in range; should either not hold, a missing part is left out
+/// (a missing value is `Null`) instead of panicking.
 pub fn select_rows(rows: &RowBatch, indices: &[usize]) -> RowBatch {
     let dim = rows.dim as usize;
     let mut vectors = Vec::new();
     // Query results carry no vectors unless asked for.
     if !rows.vectors.is_empty() {
-        vectors.reserve(indices.len() * dim);
+        vectors.reserve(indices.len().saturating_mul(dim));
         for &i in indices {
-            vectors.extend_from_slice(&rows.vectors[i * dim..(i + 1) * dim]);
+            if let Some(v) = rows.vectors.get(i.saturating_mul(dim)..i.saturating_add(1).saturating_mul(dim)) {
+                vectors.extend_from_slice(v);
+            }
         }
     }
     RowBatch {
-        pks: indices.iter().map(|&i| rows.pks[i].clone()).collect(),
+        pks: indices.iter().filter_map(|&i| rows.pks.get(i).cloned()).collect(),
         dim: rows.dim,
         vectors,
         columns: rows
@@ -217,13 +221,13 @@ pub fn select_rows(rows: &RowBatch, indices: &[usize]) -> RowBatch {
             .iter()
             .map(|c| quiver_schemas::Column {
                 name: c.name.clone(),
-                values: indices.iter().map(|&i| c.values[i].clone()).collect(),
+                values: indices.iter().map(|&i| c.values.get(i).cloned().unwrap_or(ScalarValue::Null)).collect(),
             })
             .collect(),
         dynamic: if rows.dynamic.is_empty() {
             Vec::new()
         } else {
-            indices.iter().map(|&i| rows.dynamic[i].clone()).collect()
+            indices.iter().map(|&i| rows.dynamic.get(i).cloned().unwrap_or_default()).collect()
         },
     }
 }
@@ -236,3 +240,6 @@ pub fn shard_of(pk: &PrimaryKey, shards: u32) -> u32 {
     };
     (h % u64::from(shards.max(1))) as u32
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,8 @@
 
 mod search;
 mod shard;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -72,17 +72,7 @@ impl Shard {
         leader: bool,
         sealed_seq: Seq,
     ) -> Shard {
-        let (applied, _) = watch::channel(0);
-        let data = Arc::new(ShardData {
-            collection,
-            shard,
-            leader,
-            growing: RwLock::new(Growing { rows: RowStore::new(dim), flat: FlatVectors::new(dim, metric) }),
-            deletes: RwLock::new(Deletes::default()),
-            sealed_seq: sealed_seq.into(),
-            applied,
-            caught_up_ms: 0.into(),
-        });
+        let data = Arc::new(ShardData::new(collection, shard, dim, metric, leader, sealed_seq));
         let task = node.spawn_loop("shard log reader", read_log(node.clone(), data.clone()));
         Shard { data, task }
     }
@@ -120,7 +110,32 @@ fn poisoned<T>(_: T) -> Error {
 }
 
 impl ShardData {
-    fn apply(&self, entry: dml::LogEntry) -> Result<()> {
+    /// A shard with nothing read yet: no deletes, no growing rows (kept after `sealed_seq`
+    /// when `leader`).
+    pub(super) fn new(
+        collection: u64,
+        shard: u32,
+        dim: usize,
+        metric: MetricType,
+        leader: bool,
+        sealed_seq: Seq,
+    ) -> ShardData {
+        let (applied, _) = watch::channel(0);
+        ShardData {
+            collection,
+            shard,
+            leader,
+            growing: RwLock::new(Growing { rows: RowStore::new(dim), flat: FlatVectors::new(dim, metric) }),
+            deletes: RwLock::new(Deletes::default()),
+            sealed_seq: sealed_seq.into(),
+            applied,
+            caught_up_ms: 0.into(),
+        }
+    }
+
+    /// Applies one entry of the shard's log (in log order): deletes always, inserts after the
+    /// sealed position when leading.
+    pub(super) fn apply(&self, entry: dml::LogEntry) -> Result<()> {
         match entry.entry {
             Some(DmlEntry::Insert { rows, .. })
                 if self.leader && entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) =>

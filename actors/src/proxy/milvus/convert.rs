@@ -597,8 +597,9 @@ pub fn column_to(info: &CollectionInfo, col: &Column) -> FieldData {
         .schema
         .fields
         .iter()
-        .position(|f| f.name == col.name)
-        .map(|i| (FIRST_FIELD_ID + i as i64, info.schema.fields[i].data_type))
+        .enumerate()
+        .find(|(_, f)| f.name == col.name)
+        .map(|(i, f)| (FIRST_FIELD_ID + i as i64, f.data_type))
         .unwrap_or((0, DataType::Json));
     let vals = &col.values;
     let data = match t {
@@ -668,8 +669,9 @@ pub fn vector_column(info: &CollectionInfo, vectors: Vec<f32>) -> FieldData {
         .schema
         .fields
         .iter()
-        .position(|f| f.data_type == DataType::FloatVector)
-        .map(|i| (FIRST_FIELD_ID + i as i64, info.schema.fields[i].name.clone()))
+        .enumerate()
+        .find(|(_, f)| f.data_type == DataType::FloatVector)
+        .map(|(i, f)| (FIRST_FIELD_ID + i as i64, f.name.clone()))
         .unwrap_or_default();
     FieldData {
         r#type: ms::DataType::FloatVector as i32,

@@ -835,7 +835,7 @@ impl MilvusApi {
         };
         let consistency = search.consistency;
         let results = self.proxy.search(search, ctx).await?;
-        let mut out = search_results(&info, results, nq, &knobs, &r.output_fields, &fields);
+        let mut out = search_results(&info, results, nq, &knobs, &r.output_fields, &fields)?;
         if with_vectors {
             // Searches return scalars; the vectors of the hits come from one get by key.
             let data = out.results.get_or_insert_with(Default::default);
@@ -843,8 +843,17 @@ impl MilvusApi {
             let get = Get { collection: r.collection_name, pks: pks.clone(), output_fields: Vec::new(), consistency };
             let found = if pks.is_empty() { Default::default() } else { self.proxy.get(get, ctx).await?.rows };
             let dim = info.dim() as usize;
-            let by_pk: HashMap<&quiver_schemas::PrimaryKey, &[f32]> =
-                found.pks.iter().enumerate().map(|(i, pk)| (pk, &found.vectors[i * dim..(i + 1) * dim])).collect();
+            let mut by_pk: HashMap<&quiver_schemas::PrimaryKey, &[f32]> = HashMap::with_capacity(found.pks.len());
+            for (i, pk) in found.pks.iter().enumerate() {
+                let v = found.vectors.get(i * dim..(i + 1) * dim).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "get by key answered {} floats for {} rows of dimension {dim}",
+                        found.vectors.len(),
+                        found.pks.len()
+                    ))
+                })?;
+                by_pk.insert(pk, v);
+            }
             let mut vectors = Vec::with_capacity(pks.len() * dim);
             for pk in &pks {
                 match by_pk.get(pk) {
@@ -890,6 +899,7 @@ impl MilvusApi {
                 if fused.len() <= q {
                     fused.push(HashMap::new());
                 }
+                let Some(fused) = fused.get_mut(q) else { break };
                 let n = data.topks.get(q).copied().unwrap_or(0) as usize;
                 for rank_pos in 0..n {
                     let j = at + rank_pos;
@@ -901,7 +911,7 @@ impl MilvusApi {
                         (1.0 / (k_rrf + rank_pos as f64 + 1.0)) as f32
                     };
                     let values = field_values(&data.fields_data, j);
-                    let e = fused[q].entry(pk.clone()).or_insert((0.0, values));
+                    let e = fused.entry(pk.clone()).or_insert((0.0, values));
                     e.0 += score;
                 }
                 at += n;
@@ -919,7 +929,7 @@ impl MilvusApi {
                     .collect(),
                 ..Default::default()
             };
-            for (pk, s, values) in all.into_iter().take((limit + offset) as usize) {
+            for (pk, s, values) in all.into_iter().take(limit.saturating_add(offset) as usize) {
                 hits.pks.push(pk);
                 hits.scores.push(s);
                 for (c, v) in hits.columns.iter_mut().zip(values) {
@@ -930,7 +940,7 @@ impl MilvusApi {
         }
         let nq = results.results.len();
         let knobs = convert::Knobs { top_k: limit, offset, round_decimal, ..Default::default() };
-        Ok(search_results(&info, results, nq, &knobs, &r.output_fields, &fields))
+        search_results(&info, results, nq, &knobs, &r.output_fields, &fields)
     }
 
     async fn run_query(&self, r: QueryRequest, ctx: &RequestContext) -> Result<QueryResults> {
@@ -1074,6 +1084,8 @@ fn normalize_score(score: f32, metric: quiver_schemas::MetricType) -> f32 {
 }
 
 /// Quiver hits as Milvus `SearchResultData`: all queries' hits concatenated, `topks` per query.
+/// The hits come from the proxy's merge of checked node replies: ids and scores of the same
+/// length, one value per hit in every column. A list that breaks that is an internal error.
 fn search_results(
     info: &quiver_schemas::CollectionInfo,
     results: quiver_schemas::SearchResults,
@@ -1081,7 +1093,7 @@ fn search_results(
     knobs: &convert::Knobs,
     requested: &[String],
     fields: &[String],
-) -> SearchResults {
+) -> Result<SearchResults> {
     let offset = knobs.offset as usize;
     let mut pks = Vec::new();
     let mut scores = Vec::new();
@@ -1094,12 +1106,27 @@ fn search_results(
             continue;
         };
         let start = offset.min(h.pks.len());
-        let end = (start + knobs.top_k as usize).min(h.pks.len());
-        topks.push((end - start) as i64);
-        pks.extend_from_slice(&h.pks[start..end]);
-        scores.extend(h.scores[start..end].iter().map(|&s| round(s, knobs.round_decimal)));
+        let end = start.saturating_add(knobs.top_k as usize).min(h.pks.len());
+        let (Some(ids), Some(hit_scores)) = (h.pks.get(start..end), h.scores.get(start..end)) else {
+            return Err(Error::Internal(format!(
+                "search results of query {q} hold {} ids but {} scores",
+                h.pks.len(),
+                h.scores.len()
+            )));
+        };
+        topks.push(ids.len() as i64);
+        pks.extend_from_slice(ids);
+        scores.extend(hit_scores.iter().map(|&s| round(s, knobs.round_decimal)));
         for (out, col) in columns.iter_mut().zip(&h.columns) {
-            out.values.extend_from_slice(&col.values[start.min(col.values.len())..end.min(col.values.len())]);
+            let Some(values) = col.values.get(start..end) else {
+                return Err(Error::Internal(format!(
+                    "search results of query {q}: column {:?} holds {} values for {} hits",
+                    col.name,
+                    col.values.len(),
+                    h.pks.len()
+                )));
+            };
+            out.values.extend_from_slice(values);
         }
     }
     let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();
@@ -1118,5 +1145,10 @@ fn search_results(
         primary_field_name: pk_name,
         ..Default::default()
     };
-    SearchResults { status: Some(ok()), results: Some(data), collection_name: info.schema.name.clone(), session_ts: 0 }
+    Ok(SearchResults {
+        status: Some(ok()),
+        results: Some(data),
+        collection_name: info.schema.name.clone(),
+        session_ts: 0,
+    })
 }
