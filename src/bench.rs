@@ -21,7 +21,6 @@
 //! Quiver's index node builds with one thread too, and so does the raw build here.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +36,7 @@ use quiver_client::{
 };
 
 use crate::ctl::{parse_index, IndexArgs};
-use crate::dataset::{read_fvecs, read_ivecs};
+use quiver_client::fvecs::{count_rows, read_fvecs, read_ivecs};
 
 mod milvus;
 pub mod replicas;
@@ -251,7 +250,7 @@ struct Data {
 impl Data {
     fn load(args: &BenchArgs, metric: MetricType) -> anyhow::Result<Data> {
         let base_path = args.workload.dataset.join("base.fvecs");
-        let file_rows = fvecs_rows(&base_path)?;
+        let file_rows = count_rows(&base_path)?;
         let limit = args.base_limit.unwrap_or(usize::MAX);
         let t = Instant::now();
         let (dim, base) = read_fvecs(&base_path, limit)?;
@@ -296,16 +295,6 @@ impl Data {
     fn query(&self, q: usize) -> &[f32] {
         &self.queries[q * self.dim..(q + 1) * self.dim]
     }
-}
-
-/// Rows of an .fvecs file, from its size and first dimension field.
-fn fvecs_rows(path: &Path) -> anyhow::Result<usize> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut head = [0u8; 4];
-    f.read_exact(&mut head).with_context(|| format!("{} is too short", path.display()))?;
-    let dim = u32::from_le_bytes(head) as usize;
-    let len = f.metadata()?.len() as usize;
-    Ok(len / (4 + dim * 4).max(1))
 }
 
 /// Exact top-k by brute force (faiss flat index, batched, all cores).

@@ -17,7 +17,7 @@ use quiver_client::{
     SearchParams, SegmentInfo, SegmentState,
 };
 
-use crate::dataset::read_fvecs;
+use quiver_client::fvecs::read_fvecs;
 
 #[derive(Args)]
 pub struct BenchFilterArgs {

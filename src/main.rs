@@ -8,7 +8,6 @@ mod bench;
 mod bench_filter;
 mod cluster;
 mod ctl;
-mod dataset;
 mod plugin_cli;
 mod server;
 
