@@ -22,8 +22,7 @@ use quiver_schemas::{
     ReleaseSegments, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
-pub use search::{search_filtered, Filter, Sealed};
-pub use shard::Deletes;
+use search::Sealed;
 use shard::{Shard, ShardData};
 
 use crate::node::{start_role, Node, RoleHandler};
