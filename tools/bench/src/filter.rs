@@ -1,4 +1,4 @@
-//! `quiver bench-filter`: filtered vector search on the shared dataset, in process, one query per
+//! `quiver-bench filter`: filtered vector search on the shared dataset, in process, one query per
 //! call on one thread: the query node's filtered path ([`search_allowed`]: the filter's bitmap
 //! as the faiss ID selector, or an exact scan when few rows match) against raw faiss searching
 //! with the same bitmap selector on the same index, and the unfiltered faiss search as the
@@ -163,7 +163,7 @@ pub fn bench_filter(args: BenchFilterArgs) -> anyhow::Result<()> {
     let k = args.k;
     let nq = queries.len() / dim;
 
-    println!("quiver bench-filter: {n} rows × {dim}, {nq} queries, k={k}, HNSW M16 efC200 IP ef={}, 1 thread", args.ef);
+    println!("quiver-bench filter: {n} rows × {dim}, {nq} queries, k={k}, HNSW M16 efC200 IP ef={}, 1 thread", args.ef);
     println!(
         "{:<58} {:>8} {:>9} | {:>27} | {:>27}",
         "filter", "match", "eval µs", "raw faiss + bitmap: p50 p99 QPS recall", "Quiver filtered: p50 p99 QPS recall"
