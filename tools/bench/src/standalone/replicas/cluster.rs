@@ -192,7 +192,7 @@ fn stop_on_signal() -> anyhow::Result<()> {
                     _ = hup.recv() => {}
                 }
             });
-            eprintln!("bench-replicas: interrupted; stopping the cluster");
+            eprintln!("quiver-bench replicas: interrupted; stopping the cluster");
             if let Some((exe, file, dir, keep)) = TO_STOP.lock().ok().and_then(|mut s| s.take()) {
                 if let Err(e) = stop_cluster(&exe, &file, &dir, keep) {
                     eprintln!("error: {e:#}");
