@@ -10,7 +10,8 @@ scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace -- --test-threads=2
-cargo build --release -p quiver
+# quiver for the Python suites below; quiver-bench so every test run builds the benchmark tool.
+cargo build --release -p quiver -p quiver-bench
 # pymilvus: the version we pin and test with, and the newest release (see tests/pymilvus/README.md).
 tests/pymilvus/run.sh 2.5.14
 tests/pymilvus/run.sh 3.0.2

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use quiver_client::schema;
-use quiver_client::{
-    Client, Consistency, DataType, IndexParams, IndexType, MetricType, PrimaryKey, ScalarValue, SearchParams,
-};
+use quiver_client::{Client, DataType, IndexParams, PrimaryKey, ScalarValue, SearchParams};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -132,41 +130,12 @@ pub struct IndexArgs {
 }
 
 pub fn parse_index(a: &IndexArgs) -> anyhow::Result<IndexParams> {
-    let index_type = match a.index_type.to_ascii_uppercase().as_str() {
-        "FLAT" => IndexType::Flat,
-        "IVF_FLAT" => IndexType::IvfFlat,
-        "IVF_SQ8" => IndexType::IvfSq8,
-        "IVF_PQ" => IndexType::IvfPq,
-        "HNSW" | "AUTOINDEX" => IndexType::Hnsw,
-        other => anyhow::bail!("unknown index type {other:?}: use FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW"),
-    };
     Ok(IndexParams {
-        index_type,
-        metric: parse_metric(&a.metric)?,
         nlist: a.nlist,
         m: a.m,
         nbits: a.nbits,
         ef_construction: a.ef_construction,
-        auto: a.index_type.eq_ignore_ascii_case("AUTOINDEX"),
-        name: String::new(),
-    })
-}
-
-pub fn parse_metric(s: &str) -> anyhow::Result<MetricType> {
-    Ok(match s.to_ascii_uppercase().as_str() {
-        "L2" => MetricType::L2,
-        "IP" => MetricType::Ip,
-        "COSINE" => MetricType::Cosine,
-        other => anyhow::bail!("unknown metric {other:?}: use L2, IP or COSINE"),
-    })
-}
-
-fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "strong" => Consistency::Strong,
-        "bounded" => Consistency::Bounded,
-        "eventually" => Consistency::Eventually,
-        other => anyhow::bail!("unknown consistency {other:?}: use strong, bounded or eventually"),
+        ..schema::index_named(&a.index_type, &a.metric)?
     })
 }
 
@@ -411,7 +380,7 @@ pub struct LoadArgs {
 }
 
 pub fn load(args: LoadArgs) -> anyhow::Result<i32> {
-    let (dim, vectors) = crate::dataset::read_fvecs(&args.file, args.limit)?;
+    let (dim, vectors) = quiver_client::fvecs::read_fvecs(&args.file, args.limit)?;
     let n = vectors.len() / dim;
     let texts: Vec<(String, String)> = match &args.tsv {
         Some(p) => std::fs::read_to_string(p)
@@ -494,13 +463,13 @@ pub struct SearchArgs {
 }
 
 pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
-    let (dim, queries) = crate::dataset::read_fvecs(&args.file, args.limit)?;
+    let (dim, queries) = quiver_client::fvecs::read_fvecs(&args.file, args.limit)?;
     let nq = queries.len() / dim;
     let truth = match &args.groundtruth {
-        Some(p) => Some(crate::dataset::read_ivecs(p, nq)?),
+        Some(p) => Some(quiver_client::fvecs::read_ivecs(p, nq)?),
         None => None,
     };
-    let consistency = parse_consistency(&args.consistency)?;
+    let consistency = schema::consistency_named(&args.consistency)?;
     let output: Vec<String> = args.output.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
     runtime()?.block_on(async move {
         let client = args.conn.connect().await?;

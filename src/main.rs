@@ -1,14 +1,11 @@
 //! `quiver`: the one binary. `standalone` runs every role in one process (with its own
 //! nats-server); `run` runs chosen roles as one node of a multi-process cluster; `ctl`,
 //! `load` and `search` are the command-line client; `cluster` runs a local multi-process
-//! cluster under a supervisor; `bench` measures Quiver against raw faiss, `bench-replicas`
-//! replicas and failover on a local cluster.
+//! cluster under a supervisor; `plugin` tries policy plugins locally. The benchmarks are a
+//! tool of their own, `quiver-bench` (tools/bench).
 
-mod bench;
-mod bench_filter;
 mod cluster;
 mod ctl;
-mod dataset;
 mod plugin_cli;
 mod server;
 
@@ -51,13 +48,6 @@ enum Command {
     Load(ctl::LoadArgs),
     /// Search a collection with query vectors from an .fvecs file.
     Search(ctl::SearchArgs),
-    /// Benchmark Quiver standalone against raw faiss on a dataset.
-    Bench(bench::BenchArgs),
-    /// Benchmark search QPS with 1 vs 2 replicas on a local multi-process cluster, and latency
-    /// while a query node is SIGKILLed.
-    BenchReplicas(bench::replicas::BenchReplicasArgs),
-    /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
-    BenchFilter(bench_filter::BenchFilterArgs),
     /// Work on policy plugins locally: run one against recorded inputs, print sample inputs.
     Plugin(plugin_cli::PluginArgs),
 }
@@ -106,9 +96,6 @@ fn main() {
         Command::Cluster(args) => cluster::cluster(args),
         Command::Load(args) => ctl::load(args),
         Command::Search(args) => ctl::search(args),
-        Command::Bench(args) => bench::bench(args),
-        Command::BenchReplicas(args) => bench::replicas::bench_replicas(args),
-        Command::BenchFilter(args) => bench_filter::bench_filter(args).map(|()| 0),
         Command::Plugin(args) => plugin_cli::run(args),
     };
     match result {

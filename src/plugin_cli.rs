@@ -50,34 +50,6 @@ enum PluginLocal {
     },
     /// Print sample inputs of a kind (router, balancer, discovery, autoscaler) as JSON Lines.
     Sample { kind: String },
-    /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
-    /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
-    Bench {
-        /// Calls per measured series.
-        #[arg(long, default_value_t = 20_000)]
-        iterations: usize,
-        /// Also measure end-to-end search throughput (starts two standalone children).
-        #[arg(long)]
-        e2e: bool,
-        /// Dataset for --e2e.
-        #[arg(long, default_value = "../shared/datasets/pypi-minilm")]
-        dataset: PathBuf,
-        /// Rows for --e2e (from the start of base.fvecs).
-        #[arg(long, default_value_t = 20_000)]
-        rows: usize,
-        /// Rows per segment for --e2e (rows / segment-rows segments for the router).
-        #[arg(long, default_value_t = 200)]
-        segment_rows: usize,
-        /// Client threads for --e2e.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Seconds per measured window for --e2e.
-        #[arg(long, default_value_t = 5.0)]
-        duration_secs: f64,
-        /// Windows per engine for --e2e (alternating).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
 }
 
 /// One recorded call.
@@ -193,58 +165,7 @@ pub fn run(args: PluginArgs) -> anyhow::Result<i32> {
         PluginLocal::Test { file, inputs, compare, config } => {
             test(&file, &inputs, compare.as_deref(), config.as_deref())
         }
-        PluginLocal::Bench { iterations, e2e, dataset, rows, segment_rows, threads, duration_secs, rounds } => {
-            bench(iterations)?;
-            if e2e {
-                anyhow::ensure!(
-                    duration_secs > 0.0 && rounds > 0 && threads > 0 && segment_rows > 0,
-                    "--e2e needs positive --duration-secs, --rounds, --threads and --segment-rows"
-                );
-                let cfg = crate::bench::RouterE2e {
-                    dataset,
-                    rows,
-                    segment_rows,
-                    threads,
-                    duration: std::time::Duration::from_secs_f64(duration_secs),
-                    rounds,
-                };
-                println!();
-                print!("{}", crate::bench::router_e2e(&cfg)?);
-            }
-            Ok(0)
-        }
     }
-}
-
-/// Per-call cost of every bundled router, Wasm vs native, as a markdown table.
-fn bench(iterations: usize) -> anyhow::Result<()> {
-    let host = host(None)?;
-    println!("| router | segments | wasm p50 | wasm p99 | native p50 | native p99 | added p50 |");
-    println!("|---|---|---|---|---|---|---|");
-    for bundled in quiver_plugins_bundled::BUNDLED.iter().filter(|b| b.kind == "router") {
-        for segments in [10, 100, 1000] {
-            let r = quiver_runtime::plugin::bench::bench_router(
-                &host,
-                bundled.name,
-                bundled.wasm,
-                segments,
-                3,
-                iterations,
-            )?;
-            anyhow::ensure!(r.fallbacks == 0, "{}: {} calls fell back to the built-in", bundled.name, r.fallbacks);
-            println!(
-                "| {} | {} | {:.2?} | {:.2?} | {:.2?} | {:.2?} | {:.2?} |",
-                r.plugin,
-                r.segments,
-                r.wasm.p50,
-                r.wasm.p99,
-                r.native.p50,
-                r.native.p99,
-                r.wasm.p50.saturating_sub(r.native.p50)
-            );
-        }
-    }
-    Ok(())
 }
 
 fn test(file: &Path, inputs: &Path, compare: Option<&str>, config: Option<&Path>) -> anyhow::Result<i32> {

@@ -22,6 +22,9 @@ use serde_json::Value as Json;
 
 use crate::rows::RowStore;
 
+mod search;
+pub use search::{search_allowed, SegmentVectors};
+
 /// One bit per row in faiss IDSelectorBitmap layout: row i is bit (bytes[i >> 3] >> (i & 7)) & 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bitmap {

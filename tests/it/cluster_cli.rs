@@ -28,7 +28,7 @@ impl LocalCluster {
     fn new(test: &str, nodes: &str) -> LocalCluster {
         let dir = tempfile::Builder::new().prefix(&format!("quiver-it-{test}-")).tempdir().expect("tempdir");
         let name = format!("it_{test}_{}", std::process::id());
-        let nats_port = free_port();
+        let nats_port = free_port().expect("free port");
         let log = std::env::var("QUIVER_IT_LOG").unwrap_or_else(|_| "info".into());
         let text = format!(
             r#"

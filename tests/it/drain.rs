@@ -223,7 +223,7 @@ fn each_role_drains_under_load_without_losing_anything() {
 #[test]
 fn a_client_deadline_bounds_the_work_on_a_stalled_query_node() {
     run(Duration::from_secs(90), async {
-        let metrics = free_port();
+        let metrics = free_port().expect("a free port");
         let listen = format!("127.0.0.1:{metrics}");
         let h = Harness::standalone(
             "deadline",

@@ -66,7 +66,7 @@ fn sigkill_standalone_loses_no_acknowledged_write() {
         })
         .await;
 
-        h.proc("standalone").restart();
+        h.proc("standalone").restart().expect("restart");
         let port = h.nats_port;
         crate::common::wait_for_port(h.proc("standalone"), port, READY);
         let client = h.client().await;
@@ -160,7 +160,7 @@ fn external_nats_server_killed_and_restarted() {
         h.proc("nats").kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Same port, same JetStream store.
-        h.proc("nats").restart();
+        h.proc("nats").restart().expect("restart");
         let port = h.nats_port;
         crate::common::wait_for_port(h.proc("nats"), port, READY);
 
@@ -186,7 +186,7 @@ fn sigterm_stops_cleanly_and_data_survives() {
         assert!(!process_alive(nats), "the embedded nats-server was stopped too");
         assert!(h.proc("standalone").log().contains("Quiver stopped"));
 
-        h.proc("standalone").restart();
+        h.proc("standalone").restart().expect("restart");
         let port = h.nats_port;
         crate::common::wait_for_port(h.proc("standalone"), port, READY);
         let client = h.client().await;

@@ -205,7 +205,7 @@ fn two_replicas_survive_query_node_kills_under_load() {
         wait_replicated(&client, 2, std::slice::from_ref(&leader), Duration::from_secs(40)).await;
         let leader_recovery = killed.elapsed();
         assert!(load.failures().is_empty(), "failures after killing the leader: {:?}", load.failures());
-        h.proc(leader_proc).restart();
+        h.proc(leader_proc).restart().expect("restart");
         let d = eventually("the killed leader rejoins", Duration::from_secs(40), || async {
             let d = client.distribution("docs").await.map_err(|e| e.to_string())?;
             fully_replicated(&d, 2, &[])?;
@@ -217,7 +217,7 @@ fn two_replicas_survive_query_node_kills_under_load() {
         // 2. Restart a node at once (a stale proxy cache: the node is listed but holds nothing).
         let other = d.replicas[1].nodes[0].clone();
         let other_proc = QUERY_NODES.iter().find(|q| node_id(q) == other).expect("a query node");
-        h.proc(other_proc).restart();
+        h.proc(other_proc).restart().expect("restart");
         tokio::time::sleep(Duration::from_secs(1)).await;
         wait_replicated(&client, 2, &[], Duration::from_secs(40)).await;
 
@@ -236,7 +236,7 @@ fn two_replicas_survive_query_node_kills_under_load() {
         h.proc(plain_proc).kill();
         wait_replicated(&client, 2, std::slice::from_ref(&plain), Duration::from_secs(40)).await;
         let plain_recovery = killed.elapsed();
-        h.proc(plain_proc).restart();
+        h.proc(plain_proc).restart().expect("restart");
 
         // Let the inserts finish under load, then stop it.
         eventually("all rows inserted", Duration::from_secs(60), || async {
@@ -285,7 +285,7 @@ fn two_replicas_survive_query_node_kills_under_load() {
         })
         .await;
         h.proc("coord").kill();
-        h.proc("coord").restart();
+        h.proc("coord").restart().expect("restart");
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = wait_replicated(&client, 2, &[], Duration::from_secs(30)).await;
         assert_eq!(before.replicas, after.replicas, "replica groups survive a coordinator restart");

@@ -25,8 +25,7 @@ use quiver_schemas::{
     NodeState, ReleaseSegments, Role, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
-pub use search::{search_filtered, Filter, Sealed};
-pub use shard::Deletes;
+use search::Sealed;
 use shard::{Shard, ShardData};
 
 use crate::node::{start_role, Node, RoleHandler};

@@ -11,16 +11,10 @@ use quiver_schemas::{
 };
 
 use super::shard::{Deletes, ShardData};
-use crate::filter::{evaluate, Bitmap};
+use crate::filter::{evaluate, search_allowed, Bitmap, SegmentVectors};
 use crate::rows::RowStore;
-use crate::vector::{higher_is_better, worst_distance, FlatVectors, VectorIndex};
+use crate::vector::{higher_is_better, FlatVectors, VectorIndex};
 
-/// A filtered search over an indexed segment is exact (brute force over the matching rows)
-/// when at most this many rows match, or fewer than 1 in [`EXACT_FRACTION`]: graph and
-/// cluster indexes lose recall when nearly every neighbour is filtered out, and scanning a few
-/// thousand vectors is cheaper than the index walk anyway.
-const EXACT_MAX_ROWS: usize = 4096;
-const EXACT_FRACTION: usize = 20;
 /// Filters whose row bitmaps a segment keeps (most recent first): applications repeat their
 /// filters (a tenant, a category), and evaluating one costs a pass over the segment's rows.
 const CACHED_FILTERS: usize = 8;
@@ -96,13 +90,6 @@ impl Sealed {
             cache.truncate(CACHED_FILTERS);
         }
         bitmap
-    }
-
-    pub fn mem_bytes(&self) -> u64 {
-        self.rows.mem_bytes()
-            + self.index.as_ref().map_or(0, |i| i.mem_bytes())
-            + self.flat.as_ref().map_or(0, |f| f.mem_bytes())
-            + self.filters.lock().map_or(0, |c| c.iter().map(|(k, b)| (k.len() + b.as_bytes().len()) as u64).sum())
     }
 
     fn deleted_count(&self, deletes: &Deletes) -> usize {
@@ -250,9 +237,9 @@ pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
     Ok(SearchResults { results })
 }
 
-/// Top-k of one sealed segment among the rows matching `expr` and not deleted: the filter is
-/// evaluated into a bitmap that faiss uses as its ID selector (a pre-filter), or, when few rows
-/// match, those rows are scanned exactly. `nq × k` distances and row labels (-1 = none).
+/// Top-k of one sealed segment among the rows matching `filter` and not deleted: the filter's
+/// bitmap (from the segment's cache) less the deleted rows, searched by
+/// [`search_allowed`]. `nq × k` distances and row labels (-1 = none).
 pub fn search_filtered(
     seg: &Sealed,
     filter: &Filter,
@@ -266,67 +253,9 @@ pub fn search_filtered(
     if !deletes.by_pk.is_empty() {
         allowed.and_not(|r| deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r]));
     }
-    let count = allowed.count_ones();
-    if count == 0 {
-        let nq = queries.len() / seg.rows.dim.max(1);
-        return Ok((vec![worst_distance(metric); nq * k], vec![-1; nq * k]));
-    }
-    Ok(match (&seg.index, &seg.flat) {
-        (Some(index), _) if count > EXACT_MAX_ROWS && count * EXACT_FRACTION > seg.rows.len() => index
-            .search_selected(queries, k, params, allowed.as_bytes())
-            .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)))?,
-        (None, Some(flat)) => flat.search(queries, k, &|r| !allowed.get(r)),
-        _ => exact(&seg.rows, &allowed, queries, k, metric),
-    })
-}
-
-/// Exact top-k over the allowed rows of `rows` (raw vectors): `nq × k` distances and row
-/// labels, padded with -1 / the worst distance like faiss.
-fn exact(rows: &RowStore, allowed: &Bitmap, queries: &[f32], k: usize, metric: MetricType) -> (Vec<f32>, Vec<i64>) {
-    let dim = rows.dim.max(1);
-    let nq = queries.len() / dim;
-    let better = higher_is_better(metric);
-    let mut out_d = vec![worst_distance(metric); nq * k];
-    let mut out_l = vec![-1i64; nq * k];
-    let norms: Vec<f32> = match metric {
-        MetricType::Cosine => allowed.ones().map(|r| crate::vector::norm(rows.vector(r))).collect(),
-        _ => Vec::new(),
-    };
-    for (q, query) in queries.chunks_exact(dim).enumerate() {
-        let qn = crate::vector::norm(query);
-        let mut scored: Vec<(f32, usize)> = allowed
-            .ones()
-            .enumerate()
-            .map(|(j, r)| {
-                let v = rows.vector(r);
-                let s = match metric {
-                    MetricType::L2 => crate::vector::l2_sq(query, v),
-                    MetricType::Ip => crate::vector::dot(query, v),
-                    MetricType::Cosine => {
-                        let denom = qn * norms[j];
-                        if denom > 0.0 {
-                            crate::vector::dot(query, v) / denom
-                        } else {
-                            0.0
-                        }
-                    }
-                };
-                (s, r)
-            })
-            .collect();
-        let take = k.min(scored.len());
-        let cmp = |a: &(f32, usize), b: &(f32, usize)| if better { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) };
-        if take > 0 && take < scored.len() {
-            scored.select_nth_unstable_by(take - 1, cmp);
-            scored.truncate(take);
-        }
-        scored.sort_by(cmp);
-        for (j, (s, r)) in scored.into_iter().enumerate() {
-            out_d[q * k + j] = s;
-            out_l[q * k + j] = r as i64;
-        }
-    }
-    (out_d, out_l)
+    let vectors = SegmentVectors { rows: &seg.rows, index: seg.index.as_ref(), flat: seg.flat.as_ref() };
+    search_allowed(&vectors, &allowed, queries, k, params, metric)
+        .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)))
 }
 
 fn collect(per_query: &mut [Vec<Candidate>], d: &[f32], l: &[i64], k: usize, source: Source) {

@@ -33,9 +33,10 @@
 //! - [`catalog`]: [`PluginCatalog`], versions in the object store and NATS KV, activation,
 //!   rollback, listing, inspection.
 //! - [`watch`]: [`PluginWatcher`], the per-process task applying the cluster's choice.
-//! - [`bench`]: per-call cost of a Wasm plugin against its native twin (`quiver bench plugins`).
+//!
+//! The per-call cost of a Wasm plugin against its native twin is measured outside, by
+//! `quiver-bench plugins` (tools/bench), through the public slot API.
 
-pub mod bench;
 mod bindings;
 pub mod catalog;
 mod fast_route;
@@ -59,7 +60,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub use bench::{bench_router, BenchReport, LatencySummary};
 pub use catalog::{
     ActiveChoice, BuiltinPlugin, CatalogListing, ChoiceRecord, Inspection, NodePlugins, PluginCatalog, PluginVersion,
 };

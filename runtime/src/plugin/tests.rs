@@ -291,20 +291,6 @@ fn inspection_reports_kind_imports_and_self_test() {
     assert_eq!(report.sha256, sha256_hex(HOSTILE_ROUTER));
 }
 
-#[test]
-fn router_cost_wasm_against_native() {
-    let host = host();
-    let routers: Vec<_> = BUNDLED.iter().filter(|b| b.kind == "router").collect();
-    for bundled in routers {
-        for segments in [10, 100, 1000] {
-            let iterations = if segments == 1000 { 2_000 } else { 20_000 };
-            let report = bench_router(&host, bundled.name, bundled.wasm, segments, 3, iterations).unwrap();
-            assert_eq!(report.fallbacks, 0);
-            eprintln!("{}", report.line());
-        }
-    }
-}
-
 /// Polls `done` every 10 ms; how long it took, or `None` past `limit`.
 async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();

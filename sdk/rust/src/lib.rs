@@ -9,7 +9,13 @@
 //! client.create_collection(schema::simple("docs", 384)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`schema`] builds schemas, rows, searches and index parameters; [`fvecs`] reads vectors
+//! from `.fvecs` / `.ivecs` files.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod fvecs;
 pub mod schema;
 
 use std::time::Duration;

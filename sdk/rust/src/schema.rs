@@ -1,9 +1,11 @@
-//! Helpers to build schemas, rows and searches.
+//! Helpers to build schemas, rows, searches and index parameters.
 
 use quiver_schemas::{
     CollectionSchema, Column, Consistency, DataType, FieldSchema, IndexParams, IndexType, MetricType, PrimaryKey,
     Query, RowBatch, Search, SearchParams,
 };
+
+use crate::ClientError;
 
 /// A field with everything but name and type defaulted.
 pub fn field(name: &str, data_type: DataType) -> FieldSchema {
@@ -37,6 +39,48 @@ pub fn simple(name: &str, dim: u32) -> CollectionSchema {
 /// Index parameters with defaults for everything but type and metric.
 pub fn index(index_type: IndexType, metric: MetricType) -> IndexParams {
     IndexParams { index_type, metric, nlist: 0, m: 0, nbits: 0, ef_construction: 0, auto: false, name: String::new() }
+}
+
+/// Index parameters from the names people type (`quiver ctl index --type HNSW --metric IP`):
+/// the index type `FLAT`, `IVF_FLAT`, `IVF_SQ8`, `IVF_PQ`, `HNSW` or `AUTOINDEX` (HNSW marked
+/// `auto`) and a metric as [`metric_named`] reads it, in any case; every other parameter 0 (the
+/// index's default).
+pub fn index_named(index_type: &str, metric: &str) -> Result<IndexParams, ClientError> {
+    let kind = match index_type.to_ascii_uppercase().as_str() {
+        "FLAT" => IndexType::Flat,
+        "IVF_FLAT" => IndexType::IvfFlat,
+        "IVF_SQ8" => IndexType::IvfSq8,
+        "IVF_PQ" => IndexType::IvfPq,
+        "HNSW" | "AUTOINDEX" => IndexType::Hnsw,
+        other => {
+            return Err(ClientError::InvalidArgument(format!(
+                "unknown index type {other:?}: use FLAT, IVF_FLAT, IVF_SQ8, IVF_PQ or HNSW"
+            )))
+        }
+    };
+    Ok(IndexParams { auto: index_type.eq_ignore_ascii_case("AUTOINDEX"), ..index(kind, metric_named(metric)?) })
+}
+
+/// The metric named `L2`, `IP` or `COSINE`, in any case.
+pub fn metric_named(name: &str) -> Result<MetricType, ClientError> {
+    match name.to_ascii_uppercase().as_str() {
+        "L2" => Ok(MetricType::L2),
+        "IP" => Ok(MetricType::Ip),
+        "COSINE" => Ok(MetricType::Cosine),
+        other => Err(ClientError::InvalidArgument(format!("unknown metric {other:?}: use L2, IP or COSINE"))),
+    }
+}
+
+/// The consistency level named `strong`, `bounded` or `eventually`, in any case.
+pub fn consistency_named(name: &str) -> Result<Consistency, ClientError> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "strong" => Ok(Consistency::Strong),
+        "bounded" => Ok(Consistency::Bounded),
+        "eventually" => Ok(Consistency::Eventually),
+        other => Err(ClientError::InvalidArgument(format!(
+            "unknown consistency {other:?}: use strong, bounded or eventually"
+        ))),
+    }
 }
 
 /// Rows with Int64 keys `ids` and the given vectors (row-major).

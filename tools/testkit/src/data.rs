@@ -1,17 +1,21 @@
 //! Test data: slices of the pypi-minilm dataset (real 384-d sentence embeddings, L2-normalised,
 //! so inner product = cosine), exact ground truth by brute force, recall, and small client
 //! helpers shared by the tests. Row `i` of the base file is always inserted with key `i`.
+//!
+//! Like the harness, these fail the calling test (panic) instead of returning errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use quiver_client::{
-    schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Search, SearchParams,
-    SearchResults, SegmentState,
+    fvecs, schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Search,
+    SearchParams, SearchResults, SegmentState,
 };
 
-use super::{eventually, retry};
+use crate::harness::{eventually, retry};
 
 /// Base rows loaded from the dataset.
 pub const BASE_ROWS: usize = 20_000;
@@ -46,29 +50,18 @@ impl Dataset {
     }
 }
 
-/// `QUIVER_IT_DATASET`, else `shared/datasets/pypi-minilm` beside the repository.
+/// `QUIVER_IT_DATASET`, else `shared/datasets/pypi-minilm` beside the repository (which is
+/// two levels above this crate).
 fn dataset_dir() -> PathBuf {
     std::env::var_os("QUIVER_IT_DATASET")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pypi-minilm"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/pypi-minilm"))
 }
 
-/// Reads at most `limit` rows of a TEXMEX `.fvecs` file.
-fn read_fvecs(path: &std::path::Path, limit: usize) -> (usize, Vec<f32>) {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let mut head = [0u8; 4];
-    f.read_exact(&mut head).expect("fvecs header");
-    let dim = u32::from_le_bytes(head) as usize;
-    let row = 4 + dim * 4;
-    let mut bytes = vec![0u8; row * limit];
-    bytes[..4].copy_from_slice(&head);
-    f.read_exact(&mut bytes[4..]).expect("fvecs rows");
-    let mut out = Vec::with_capacity(dim * limit);
-    for chunk in bytes.chunks_exact(row) {
-        assert_eq!(u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize, dim);
-        out.extend(chunk[4..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-    }
+/// Exactly `rows` rows of a TEXMEX `.fvecs` file.
+fn read_fvecs(path: &std::path::Path, rows: usize) -> (usize, Vec<f32>) {
+    let (dim, out) = fvecs::read_fvecs(path, rows).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.len(), rows * dim, "{} has fewer than {rows} rows", path.display());
     (dim, out)
 }
 

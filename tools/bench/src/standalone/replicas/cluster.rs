@@ -34,7 +34,7 @@ impl BenchCluster {
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
         ));
-        let port = free_port()?;
+        let port = free_port().context("cannot find a free port")?;
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("RUST_LOG".into(), "info".into());
@@ -47,7 +47,7 @@ impl BenchCluster {
         env.extend(extra.iter().cloned());
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut file = String::new();
-        let _ = writeln!(file, "# Written by `quiver bench-replicas`.\n[cluster]\nname = {}", q(CLUSTER));
+        let _ = writeln!(file, "# Written by `quiver-bench replicas`.\n[cluster]\nname = {}", q(CLUSTER));
         let _ = writeln!(file, "data_dir = {}\n[cluster.env]", q(&dir.join("data").display().to_string()));
         for (k, v) in &env {
             let _ = writeln!(file, "{} = {}", q(k), q(v));
@@ -62,11 +62,8 @@ impl BenchCluster {
         }
         let path = dir.join("cluster.toml");
         std::fs::write(&path, file).with_context(|| format!("cannot write {}", path.display()))?;
-        // /proc/self/exe still names this very binary if a rebuild replaced the file meanwhile.
-        let exe = match Path::new("/proc/self/exe").exists() {
-            true => PathBuf::from("/proc/self/exe"),
-            false => std::env::current_exe().context("cannot find the quiver executable")?,
-        };
+        let exe = quiver_bin()?;
+        eprintln!("cluster: running {}", exe.display());
         // From here on the dir (and, after `up`, the cluster) is cleaned up however we end.
         if let Ok(mut slot) = TO_STOP.lock() {
             *slot = Some((exe.clone(), path.clone(), dir.clone(), args.keep));
@@ -195,7 +192,7 @@ fn stop_on_signal() -> anyhow::Result<()> {
                     _ = hup.recv() => {}
                 }
             });
-            eprintln!("bench-replicas: interrupted; stopping the cluster");
+            eprintln!("quiver-bench replicas: interrupted; stopping the cluster");
             if let Some((exe, file, dir, keep)) = TO_STOP.lock().ok().and_then(|mut s| s.take()) {
                 if let Err(e) = stop_cluster(&exe, &file, &dir, keep) {
                     eprintln!("error: {e:#}");

@@ -70,7 +70,7 @@ impl ReplicaReport {
     pub(super) fn markdown(&self) -> String {
         let mut s = String::new();
         let p = &self.params;
-        let _ = writeln!(s, "## quiver bench-replicas\n\n```sh\n{}\n```\n", self.command);
+        let _ = writeln!(s, "## quiver-bench replicas\n\n```sh\n{}\n```\n", self.command);
         let _ = writeln!(
             s,
             "- machine: {} × {} cores; load average {} at the start, {} at the end",

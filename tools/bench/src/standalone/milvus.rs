@@ -1,8 +1,9 @@
-//! The pymilvus leg of `quiver bench --milvus`: unmodified `pymilvus.MilvusClient.search`
-//! against the Milvus gRPC API of the same `quiver standalone` the other legs use.
+//! The pymilvus leg of `quiver-bench standalone --milvus`: unmodified
+//! `pymilvus.MilvusClient.search` against the Milvus gRPC API of the same `quiver standalone`
+//! the other legs use.
 //!
-//! The driver (`scripts/bench-pymilvus.py`, compiled into this binary and written to a temp dir
-//! so the bench runs from any directory) gets the bench's own query vectors and ground truth as
+//! The driver (`tools/bench/bench-pymilvus.py`, compiled into this binary and written to a temp
+//! dir so the bench runs from any directory) gets the bench's own query vectors and ground truth as
 //! `.npy` files, runs one configuration per invocation and prints one JSON line
 //! ([`DriverOutput`]). Around each invocation the bench reads the child's Prometheus endpoint:
 //! `quiver_milvus_request_seconds{method="Search"}` `_sum` / `_count` give the mean time the
@@ -26,7 +27,7 @@ use super::{Data, LoadResult};
 /// The pymilvus version the compatibility suite pins (tests/pymilvus/run.sh's default).
 pub(super) const PYMILVUS_VERSION: &str = "2.5.14";
 /// The driver's source, so the bench does not depend on the working directory.
-const DRIVER: &str = include_str!("../../scripts/bench-pymilvus.py");
+const DRIVER: &str = include_str!("../../bench-pymilvus.py");
 
 /// What the driver prints (one JSON object); latencies in µs, absent when no call succeeded.
 #[derive(Debug, Deserialize, PartialEq)]

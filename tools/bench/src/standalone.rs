@@ -1,19 +1,19 @@
-//! `quiver bench`: raw faiss in-process versus Quiver standalone through the NATS SDK (and, with
-//! `--milvus`, through pymilvus over the Milvus gRPC API), in one run, on the same data, index
-//! parameters, queries and thread counts.
+//! `quiver-bench standalone`: raw faiss in-process versus Quiver standalone through the NATS
+//! SDK (and, with `--milvus`, through pymilvus over the Milvus gRPC API), in one run, on the
+//! same data, index parameters, queries and thread counts.
 //!
 //! 1. Loads base vectors, queries and ground truth (exact ground truth is recomputed by brute
 //!    force when only part of the base is used, or the file does not fit the metric / k).
 //! 2. Raw faiss: builds the index through [`VectorIndex::build`] (the code Quiver's index node
 //!    runs), then searches one query per call from 1 and 2 OS threads.
-//! 3. Quiver: starts `quiver standalone` as a child process (embedded nats-server, free port,
-//!    temporary data dir, one segment for the whole base), inserts, flushes, creates the same
-//!    index, waits until the query node serves it, then runs the same queries through
-//!    [`Client::search`].
+//! 3. Quiver: starts `quiver standalone` as a child process (the binary
+//!    [`quiver_testkit::quiver_bin`] finds; embedded nats-server, free port, temporary data
+//!    dir, one segment for the whole base), inserts, flushes, creates the same index, waits
+//!    until the query node serves it, then runs the same queries through [`Client::search`].
 //! 4. With `--milvus`: the child also serves the Milvus gRPC API on a free port, and the same
 //!    queries run through unmodified pymilvus (`MilvusClient.search`, driver
-//!    `scripts/bench-pymilvus.py`), with the server-side mean per Search read from the child's
-//!    metrics endpoint ([`milvus`]).
+//!    `tools/bench/bench-pymilvus.py`), with the server-side mean per Search read from the
+//!    child's metrics endpoint ([`milvus`]).
 //! 5. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
 //!
 //! faiss runs with one OpenMP thread everywhere ([`set_faiss_threads`]), as the query node does
@@ -21,9 +21,7 @@
 //! Quiver's index node builds with one thread too, and so does the raw build here.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -31,13 +29,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
 use quiver_actors::vector::{set_faiss_threads, VectorIndex};
+use quiver_client::fvecs::{count_rows, read_fvecs, read_ivecs};
 use quiver_client::schema;
 use quiver_client::{
     Client, Consistency, IndexParams, IndexType, MetricType, PrimaryKey, Role, SearchParams, SegmentState,
 };
-
-use crate::ctl::{parse_index, IndexArgs};
-use crate::dataset::{read_fvecs, read_ivecs};
+use quiver_testkit::{child_pids, free_port, process_name, quiver_bin, Proc};
 
 mod milvus;
 pub mod replicas;
@@ -49,7 +46,7 @@ const COLLECTION: &str = "bench";
 const CLUSTER: &str = "quiverbench";
 
 /// What is searched and how: the dataset, the index and the search parameters. Shared by
-/// `quiver bench` and `quiver bench-replicas`.
+/// `quiver-bench standalone` and `quiver-bench replicas`.
 #[derive(Args, Clone)]
 pub struct Workload {
     /// Dataset directory with base.fvecs, query.fvecs and (optionally) groundtruth.ivecs
@@ -91,15 +88,13 @@ pub struct Workload {
 impl Workload {
     /// The index to build and the search parameters, checked.
     pub(crate) fn params(&self) -> anyhow::Result<(IndexParams, SearchParams)> {
-        let index = parse_index(&IndexArgs {
-            name: COLLECTION.into(),
-            index_type: self.index_type.clone(),
-            metric: self.metric.clone(),
+        let index = IndexParams {
             nlist: self.nlist,
             m: self.m,
             nbits: self.nbits,
             ef_construction: self.ef_construction,
-        })?;
+            ..schema::index_named(&self.index_type, &self.metric)?
+        };
         Ok((index, SearchParams { nprobe: self.nprobe, ef: self.ef }))
     }
 }
@@ -205,7 +200,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if args.duration_secs.is_nan() || args.duration_secs <= 0.0 || args.warmup_secs.is_nan() || args.warmup_secs < 0.0 {
         bail!("--duration-secs must be > 0 and --warmup-secs >= 0");
     }
-    let consistencies = args.consistency.iter().map(|c| parse_consistency(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let consistencies = args.consistency.iter().map(|c| schema::consistency_named(c)).collect::<Result<Vec<_>, _>>()?;
     let (params, search_params) = args.workload.params()?;
     if args.milvus && args.skip_quiver {
         bail!("--milvus needs the Quiver half (drop --skip-quiver)");
@@ -226,15 +221,6 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn parse_consistency(s: &str) -> anyhow::Result<Consistency> {
-    Ok(match s.trim().to_ascii_lowercase().as_str() {
-        "strong" => Consistency::Strong,
-        "bounded" => Consistency::Bounded,
-        "eventually" => Consistency::Eventually,
-        other => bail!("unknown consistency {other:?}: use strong, bounded or eventually"),
-    })
-}
-
 // ---------------------------------------------------------------- data
 
 struct Data {
@@ -251,7 +237,7 @@ struct Data {
 impl Data {
     fn load(args: &BenchArgs, metric: MetricType) -> anyhow::Result<Data> {
         let base_path = args.workload.dataset.join("base.fvecs");
-        let file_rows = fvecs_rows(&base_path)?;
+        let file_rows = count_rows(&base_path)?;
         let limit = args.base_limit.unwrap_or(usize::MAX);
         let t = Instant::now();
         let (dim, base) = read_fvecs(&base_path, limit)?;
@@ -296,16 +282,6 @@ impl Data {
     fn query(&self, q: usize) -> &[f32] {
         &self.queries[q * self.dim..(q + 1) * self.dim]
     }
-}
-
-/// Rows of an .fvecs file, from its size and first dimension field.
-fn fvecs_rows(path: &Path) -> anyhow::Result<usize> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut head = [0u8; 4];
-    f.read_exact(&mut head).with_context(|| format!("{} is too short", path.display()))?;
-    let dim = u32::from_le_bytes(head) as usize;
-    let len = f.metadata()?.len() as usize;
-    Ok(len / (4 + dim * 4).max(1))
 }
 
 /// Exact top-k by brute force (faiss flat index, batched, all cores).
@@ -681,9 +657,10 @@ fn run_raw(
 
 /// The `quiver standalone` child and its data dir; stopped and removed on drop.
 struct QuiverChild {
-    child: Option<Child>,
+    proc: Proc,
+    /// The `quiver` binary it runs.
+    bin: PathBuf,
     dir: PathBuf,
-    log: PathBuf,
     url: String,
     /// The Prometheus endpoint (`/metrics`).
     metrics: std::net::SocketAddr,
@@ -699,6 +676,7 @@ impl QuiverChild {
         log: Option<&Path>,
         grpc: bool,
     ) -> anyhow::Result<QuiverChild> {
+        let free_port = || free_port().context("cannot find a free port");
         let port = free_port()?;
         let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let grpc = if grpc { Some(std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?))) } else { None };
@@ -709,89 +687,51 @@ impl QuiverChild {
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let log = log.map_or_else(|| dir.join("quiver.log"), Path::to_path_buf);
-        let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        // /proc/self/exe still names this very binary if a rebuild replaced the file meanwhile.
-        let exe = match Path::new("/proc/self/exe").exists() {
-            true => PathBuf::from("/proc/self/exe"),
-            false => std::env::current_exe().context("cannot find the quiver executable")?,
-        };
-        let mut cmd = Command::new(exe);
-        cmd.arg("standalone")
-            .env("QUIVER_NATS__URL", "\"\"")
-            .env("QUIVER_NATS__EMBEDDED_PORT", port.to_string())
-            .env("QUIVER_CLUSTER__NAME", CLUSTER)
-            .env("QUIVER_CLUSTER__DATA_DIR", dir.join("data"))
-            .env("QUIVER_STORAGE__URL", "\"\"")
+        // A fresh log per run: the child appends to it.
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let bin = quiver_bin()?;
+        let mut env: Vec<(String, String)> = [
+            ("QUIVER_NATS__URL", "\"\"".to_string()),
+            ("QUIVER_NATS__EMBEDDED_PORT", port.to_string()),
+            ("QUIVER_CLUSTER__NAME", CLUSTER.to_string()),
+            ("QUIVER_CLUSTER__DATA_DIR", dir.join("data").display().to_string()),
+            ("QUIVER_STORAGE__URL", "\"\"".to_string()),
             // Metrics stay on, as in a default deployment, on a free port (read by --milvus).
-            .env("QUIVER_METRICS__LISTEN", metrics.to_string())
-            .env("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string())
-            .env("QUIVER_PROXY__GRPC_HOST", "127.0.0.1")
-            .env("QUIVER_PROXY__GRPC_PORT", grpc.map_or(0, |a| a.port()).to_string())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .envs(extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file));
-        // Spawned from the main thread, so the death signal only fires if the bench exits.
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child
-            // when this process (its spawning thread, the main thread) dies.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().context("cannot start `quiver standalone`")?;
-        Ok(QuiverChild { child: Some(child), dir, log, url: format!("nats://127.0.0.1:{port}"), metrics, grpc })
+            ("QUIVER_METRICS__LISTEN", metrics.to_string()),
+            ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string()),
+            ("QUIVER_PROXY__GRPC_HOST", "127.0.0.1".to_string()),
+            ("QUIVER_PROXY__GRPC_PORT", grpc.map_or(0, |a| a.port()).to_string()),
+            ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra_env.iter().cloned());
+        // Spawned from the main thread, so the death signal (SIGTERM: a clean stop) only fires
+        // if the bench exits.
+        let mut proc = Proc::new("quiver standalone", &bin, &["standalone"], env, log).death_signal(libc::SIGTERM);
+        proc.spawn()?;
+        Ok(QuiverChild { proc, bin, dir, url: format!("nats://127.0.0.1:{port}"), metrics, grpc })
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.proc.pid().unwrap_or(0)
     }
 
     /// Errors if the child has exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                bail!("`quiver standalone` exited with {status}; last log lines:\n{}", self.log_tail(30));
-            }
+        if let Some(status) = self.proc.try_wait()? {
+            bail!("`quiver standalone` exited with {status}; last log lines:\n{}", self.proc.log_tail(30));
         }
         Ok(())
     }
 
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
     /// SIGTERM, wait up to 20 s (then SIGKILL), remove the data dir.
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut status = None;
-        if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(s)) => {
-                        status = Some(s);
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                    _ => {
-                        eprintln!("quiver standalone did not stop within 20 s; killing it");
-                        let _ = child.kill();
-                        status = child.wait().ok();
-                        break;
-                    }
-                }
-            }
+        let running = self.proc.pid().is_some();
+        let status = self.proc.terminate(Duration::from_secs(20));
+        if running && status.is_none() {
+            eprintln!("quiver standalone did not stop within 20 s; killed it");
         }
         if self.dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&self.dir) {
@@ -806,11 +746,6 @@ impl Drop for QuiverChild {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// What the Quiver half measured besides search rows.
@@ -905,7 +840,8 @@ fn run_quiver(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref(), args.milvus)?;
     eprintln!(
-        "quiver: started `quiver standalone` (pid {}) on {}, data in {}",
+        "quiver: started `{} standalone` (pid {}) on {}, data in {}",
+        child.bin.display(),
         child.pid(),
         child.url,
         child.dir.display()
@@ -1154,7 +1090,7 @@ async fn wait_ready(child: &mut QuiverChild) -> anyhow::Result<Client> {
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
         child.check_alive()?;
         if Instant::now() > deadline {
-            bail!("nothing listens on {addr} after 120 s; log:\n{}", child.log_tail(30));
+            bail!("nothing listens on {addr} after 120 s; log:\n{}", child.proc.log_tail(30));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1174,7 +1110,7 @@ async fn wait_ready(child: &mut QuiverChild) -> anyhow::Result<Client> {
             bail!(
                 "Quiver did not report all {} roles healthy within 120 s; log:\n{}",
                 Role::ALL.len(),
-                child.log_tail(30)
+                child.proc.log_tail(30)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1353,7 +1289,7 @@ async fn breakdown_setup(client: &Client) -> anyhow::Result<DirectTarget> {
     let [node] = nodes.as_slice() else {
         bail!("the collection is served by {} query nodes; the direct path needs exactly one", nodes.len());
     };
-    let subject = quiver_runtime::Subjects::new(CLUSTER).node(node, "search");
+    let subject = quiver_runtime::Subjects::new(CLUSTER).node_call::<quiver_schemas::protocol::querynode::Search>(node);
     Ok(DirectTarget { subject, dist })
 }
 
@@ -1479,38 +1415,19 @@ fn proc_mem(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
-}
-
-/// Direct children of a process, from every thread's `children` list.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 /// (pid, name, VmRSS, VmHWM) of a process and all its descendants.
 fn tree_mem(root: u32) -> Vec<(u32, String, u64, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(pid) = stack.pop() {
         let (rss, hwm) = proc_mem(pid);
-        out.push((pid, comm(pid), rss, hwm));
-        stack.extend(children(pid));
+        out.push((pid, process_name(pid).unwrap_or_else(|| "?".into()), rss, hwm));
+        stack.extend(child_pids(pid));
     }
     out
 }
 
-/// Names the Quiver child "quiver" (started through /proc/self/exe, its comm is "exe").
+/// Names the Quiver child "quiver", whatever its binary is called (`QUIVER_BIN` may name any file).
 fn relabel(list: &mut [(u32, String, u64, u64)], quiver: u32) {
     for e in list.iter_mut().filter(|e| e.0 == quiver) {
         e.1 = "quiver".into();
@@ -1676,7 +1593,7 @@ impl Report {
         use std::fmt::Write;
         let mut s = String::new();
         let p = &self.params;
-        let _ = writeln!(s, "## quiver bench\n");
+        let _ = writeln!(s, "## quiver-bench standalone\n");
         let _ = writeln!(s, "- machine: {} × {} cores", self.cpu, self.cores);
         let _ = writeln!(
             s,
@@ -1877,7 +1794,7 @@ impl Report {
 }
 
 /// End-to-end search throughput with the router running as a Wasm plugin vs natively
-/// (`quiver plugin bench --e2e`): one standalone child holding a slice of the dataset in many
+/// (`quiver-bench plugins --e2e`): one standalone child holding a slice of the dataset in many
 /// small segments (so the router has work on every search); between measured windows the
 /// router is switched at runtime between `rendezvous@builtin` (Wasm) and `rendezvous@native`,
 /// so both engines are measured in the same process on the same data, alternately.

@@ -1,9 +1,9 @@
-//! `quiver bench-replicas`: search throughput with 1 and 2 in-memory replicas on the same query
+//! `quiver-bench replicas`: search throughput with 1 and 2 in-memory replicas on the same query
 //! nodes, and what clients see while a query node is SIGKILLed, in one run (MISSION issue 5,
 //! item 8).
 //!
 //! 1. Raw faiss in-process on the same data, index parameters, queries and client threads: the
-//!    baseline ([`super::run_raw`], as `quiver bench` runs it).
+//!    baseline ([`super::run_raw`], as `quiver-bench standalone` runs it).
 //! 2. A local multi-process cluster started the way operators start one, `quiver cluster up`,
 //!    from a cluster file written into a temp dir: a managed nats-server on a free port, the
 //!    coordinator, a proxy, a data node, an index node and `--query-nodes` query nodes, each
@@ -11,7 +11,7 @@
 //!    balancer and no periodic balance moves, so the layout only changes when we change it;
 //!    `--segments` sealed segments.
 //! 3. Insert, flush, build the index, serve with 1 replica; closed-loop search (the
-//!    `quiver bench` driver: one OS thread and NATS connection per client, consistency
+//!    `quiver-bench standalone` driver: one OS thread and NATS connection per client, consistency
 //!    Eventually) → QPS, p50/p99, recall@k against exact ground truth.
 //! 4. `load_collection(2)`: every segment on two nodes, one per replica group; the same search.
 //! 5. Kill phase, with 2 replicas under the same load: SIGKILL one query node process; failed
@@ -43,8 +43,9 @@ use quiver_client::{schema, Client, Consistency, Distribution, IndexParams, Node
 use serde::Deserialize;
 
 use super::{
-    available_cores, drive_threads, free_port, ids_of, quiver_threads, retry, run_raw, runtime, search_request,
-    wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, Workload, CLUSTER, COLLECTION,
+    available_cores, drive_threads, free_port, ids_of, quiver_bin, quiver_threads, retry, run_raw, runtime,
+    search_request, wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, Workload,
+    CLUSTER, COLLECTION,
 };
 
 #[derive(Args)]
@@ -161,7 +162,7 @@ impl BenchReplicasArgs {
         self.kill_threads.unwrap_or_else(|| self.threads.iter().copied().max().unwrap_or(1))
     }
 
-    /// The `quiver bench` arguments the shared pieces (data loading, raw faiss, quiet wait) read.
+    /// The `quiver-bench standalone` arguments the shared pieces (data loading, raw faiss, quiet wait) read.
     fn bench_args(&self) -> anyhow::Result<BenchArgs> {
         #[derive(clap::Parser)]
         struct Wrap {

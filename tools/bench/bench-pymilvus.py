@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The pymilvus leg of `quiver bench --milvus`: `MilvusClient.search`, one query per call.
+"""The pymilvus leg of `quiver-bench standalone --milvus`: `MilvusClient.search`, one query per
+call.
 
-Started by src/bench.rs with the venv's python once per configuration (client count, filter).
+Started by tools/bench/src/standalone.rs with the venv's python once per configuration (client
+count, filter).
 Each client is its own OS process with its own `MilvusClient` (so the GIL of one client does not
 slow another, as the Rust legs use one OS thread and connection per client). The clients start
 together (a barrier), search the queries round-robin from their own offset through the warm-up and
-the measured window, exactly like the Rust driver (`drive_threads` in src/bench.rs):
+the measured window, exactly like the Rust driver (`drive_threads` in tools/bench/src/standalone.rs):
 
 * latency: calls that *started* after the warm-up, perf_counter_ns around `client.search`;
 * QPS: measured calls / (last measured call's end - earliest warm-up end);
@@ -138,7 +140,7 @@ def worker(t, args, barrier, out):
 
 
 def percentile(sorted_ns, p):
-    """Nearest-rank percentile in µs (as src/bench.rs computes it)."""
+    """Nearest-rank percentile in µs (as tools/bench/src/standalone.rs computes it)."""
     if not sorted_ns:
         return None
     import math

@@ -1,0 +1,75 @@
+//! `quiver-bench`: Quiver's benchmarks, a tool beside the product (the `quiver` binary holds
+//! what operators run). Each command prints a markdown report; BENCHMARKS.md keeps the results
+//! with the command lines that produced them.
+//!
+//! - `standalone` ([`standalone`]): raw faiss in-process against `quiver standalone` through
+//!   the NATS SDK (and, with `--milvus`, through pymilvus over the Milvus gRPC API).
+//! - `replicas` ([`standalone::replicas`]): search QPS with 1 vs 2 replicas on a local
+//!   multi-process cluster, and what clients see while a query node is SIGKILLed. It drives
+//!   the load, reads the data and counts CPU with the standalone benchmark's pieces, hence its
+//!   place below it.
+//! - `filter` ([`filter`]): the query node's filtered-search kernel against raw faiss with a
+//!   bitmap selector, in process.
+//! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
+//!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
+//!
+//! Quiver processes are started from the `quiver` binary [`quiver_testkit::quiver_bin`] finds:
+//! `QUIVER_BIN` (set by `scripts/env.sh`), else the `quiver` built beside this executable.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod filter;
+mod plugins;
+mod standalone;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "quiver-bench",
+    version,
+    about = "Quiver's benchmarks: Quiver against raw faiss, replicas, filters, plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark Quiver standalone against raw faiss on a dataset.
+    Standalone(standalone::BenchArgs),
+    /// Benchmark search QPS with 1 vs 2 replicas on a local multi-process cluster, and latency
+    /// while a query node is SIGKILLed.
+    Replicas(standalone::replicas::BenchReplicasArgs),
+    /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
+    Filter(filter::BenchFilterArgs),
+    /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
+    /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
+    Plugins(plugins::PluginsArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The benchmarks log only what goes wrong (RUST_LOG overrides it); the Quiver processes
+    // they start log to their own files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_ansi(ansi)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Standalone(args) => standalone::bench(args),
+        Command::Replicas(args) => standalone::replicas::bench_replicas(args),
+        Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
+        Command::Plugins(args) => plugins::bench_plugins(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The integration tests' harness: real `quiver` and `nats-server` processes.
+//!
+//! Every test gets a [`Harness`]: its own temp dir (data dirs, NATS store, logs), its own
+//! cluster name and free ports. Children write stdout and stderr to `<tempdir>/<name>.log`
+//! (appended across restarts). When the harness is dropped every child is SIGKILLed; if the
+//! test is failing (panicking) the tail of each log is printed first. Children also get
+//! `PR_SET_PDEATHSIG`, so even a killed test runner leaves nothing behind.
+//!
+//! Tests are plain `#[test]` functions whose async body runs through [`run`], which applies a
+//! hard time limit.
+//!
+//! Debugging aids (environment of the test run): `QUIVER_IT_KEEP=1` keeps the temp dir of a
+//! failed test (`=all`: of every test); `QUIVER_IT_LOG` sets `RUST_LOG` of the quiver
+//! processes (default `info`); `QUIVER_IT_DATASET` points at another copy of pypi-minilm.
+//!
+//! Like `assert!`, everything here fails the calling test with a message (a panic) rather than
+//! returning errors: hence the lints allowed below, which hold for the product and the
+//! benchmarks, not for test support.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use quiver_client::{Client, ClientError, ClusterStatus, Role};
+
+use crate::process::{free_port, Proc};
+
+/// How long a node may take to come up and report healthy.
+pub const READY: Duration = Duration::from_secs(30);
+
+/// Runs an async test body on a fresh tokio runtime; fails the test if it takes longer than
+/// `limit`. The body stays alive while the failure unwinds, so harness logs get printed.
+pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let start = Instant::now();
+    rt.block_on(async move {
+        let mut body = std::pin::pin!(body);
+        if tokio::time::timeout(limit, body.as_mut()).await.is_err() {
+            panic!("test did not finish within its time limit of {limit:?}");
+        }
+    });
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    eprintln!("{name}: passed in {:.1?}", start.elapsed());
+}
+
+/// Waits until something accepts connections on `127.0.0.1:port`, failing early if `proc`
+/// (the process that should listen, or its parent) exits.
+pub fn wait_for_port(proc: &mut Proc, port: u16, limit: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(proc.is_running(), "{} exited before listening on port {port}", proc.name);
+        assert!(start.elapsed() < limit, "nothing listens on port {port} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// The processes of one test, in one temp dir, under one cluster name.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    /// The `quiver` binary the harness runs.
+    pub quiver: PathBuf,
+    /// Cluster name (unique per test).
+    pub cluster: String,
+    /// Port of the NATS server (embedded in standalone, or the external one).
+    pub nats_port: u16,
+    procs: Vec<Proc>,
+}
+
+impl Harness {
+    /// An empty harness running the binary `quiver`: temp dir, cluster name and NATS port
+    /// chosen, nothing started.
+    pub fn new(quiver: &Path, test: &str) -> Harness {
+        let dir = tempfile::Builder::new().prefix(&format!("quiver-it-{test}-")).tempdir().expect("tempdir");
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let cluster = format!("it_{test}_{}_{n}", std::process::id());
+        Harness { dir, quiver: quiver.into(), cluster, nats_port: free_port().expect("free port"), procs: Vec::new() }
+    }
+
+    /// `quiver standalone` (every role, embedded nats-server on `nats_port`), with extra
+    /// environment; returns once NATS accepts connections.
+    pub fn standalone(quiver: &Path, test: &str, env: &[(&str, &str)]) -> Harness {
+        let mut h = Harness::new(quiver, test);
+        let mut all = h.quiver_env();
+        all.push(("QUIVER_NATS__EMBEDDED_PORT".into(), h.nats_port.to_string()));
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let quiver = h.quiver.clone();
+        h.add("standalone", &quiver, &["standalone"], all);
+        let port = h.nats_port;
+        wait_for_port(h.proc("standalone"), port, READY);
+        h
+    }
+
+    /// Starts an external `nats-server` with JetStream (store in the temp dir) on `nats_port`.
+    pub fn start_nats(&mut self) {
+        let store = self.dir.path().join("nats-store");
+        let args = ["-js", "-sd", &store.display().to_string(), "-a", "127.0.0.1", "-p", &self.nats_port.to_string()];
+        self.add("nats", Path::new("nats-server"), &args, Vec::new());
+        let port = self.nats_port;
+        wait_for_port(self.proc("nats"), port, READY);
+    }
+
+    /// Starts `quiver run --role ...` as node `node_id` of this cluster (external NATS).
+    pub fn start_node(&mut self, node_id: &str, roles: &[&str], env: &[(&str, &str)]) {
+        let mut all = self.quiver_env();
+        all.push(("QUIVER_NATS__URL".into(), self.url()));
+        all.push(("QUIVER_NODE__ID".into(), node_id.into()));
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut args = vec!["run".to_string()];
+        for r in roles {
+            args.push("--role".into());
+            args.push(r.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let quiver = self.quiver.clone();
+        self.add(node_id, &quiver, &args, all);
+    }
+
+    /// Environment every quiver process of this harness shares.
+    fn quiver_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("QUIVER_CLUSTER__NAME".into(), self.cluster.clone()),
+            ("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir().display().to_string()),
+            ("QUIVER_METRICS__LISTEN".into(), String::new()),
+            // Tests run side by side: the Milvus gRPC API (default port 19530) stays off.
+            ("QUIVER_PROXY__GRPC_PORT".into(), "0".into()),
+            // QUIVER_IT_LOG overrides the log filter of the quiver processes (debugging aid).
+            ("RUST_LOG".into(), std::env::var("QUIVER_IT_LOG").unwrap_or_else(|_| "info".into())),
+        ]
+    }
+
+    fn add(&mut self, name: &str, program: &Path, args: &[&str], env: Vec<(String, String)>) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut p = Proc::new(name, program, args, env, log).without_quiver_env();
+        p.spawn().unwrap_or_else(|e| panic!("{e}"));
+        self.procs.push(p);
+    }
+
+    /// The shared data dir of the cluster's quiver processes.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    /// A started process by name (`standalone`, `nats`, or a node id).
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    /// A client of this cluster (20 s per call). Retries the connection for up to 15 s: a
+    /// nats-server that is (re)starting may accept a TCP connection and then reset it.
+    pub async fn client(&self) -> Client {
+        let start = Instant::now();
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), Client::connect(&self.url(), &self.cluster)).await;
+            match attempt {
+                Ok(Ok(c)) => return c.with_timeout(Duration::from_secs(20)),
+                Ok(Err(e)) if start.elapsed() < Duration::from_secs(15) => {
+                    eprintln!("connect to {} failed ({e}); retrying", self.url());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) if start.elapsed() < Duration::from_secs(15) => {}
+                Ok(Err(e)) => panic!("connect: {e:?} (for {:?})", start.elapsed()),
+                Err(_) => panic!("NATS connect timed out (for {:?})", start.elapsed()),
+            }
+        }
+    }
+
+    /// Pid of a running process by name.
+    pub fn pid(&self, name: &str) -> u32 {
+        let p = self.procs.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"));
+        p.pid().unwrap_or_else(|| panic!("{name} is not running"))
+    }
+
+    /// `(node id, pid)` of the five roles of the standalone process.
+    pub fn standalone_nodes(&self) -> Vec<(String, u32)> {
+        let pid = self.pid("standalone");
+        Role::ALL.iter().map(|r| (format!("standalone-{}", r.as_str()), pid)).collect()
+    }
+
+    /// Polls `status` until every `(node id, pid)` is listed as healthy by that very process
+    /// (so entries left by a killed incarnation do not count). Returns the status.
+    pub async fn wait_ready(&self, client: &Client, nodes: &[(String, u32)], limit: Duration) -> ClusterStatus {
+        let poll = client.clone().with_timeout(Duration::from_secs(3));
+        let start = Instant::now();
+        loop {
+            let last = match poll.status().await {
+                Ok(s) => {
+                    let missing: Vec<&(String, u32)> = nodes
+                        .iter()
+                        .filter(|(id, pid)| !s.nodes.iter().any(|n| &n.node_id == id && n.pid == *pid && n.healthy))
+                        .collect();
+                    if missing.is_empty() {
+                        return s;
+                    }
+                    format!("not yet ready: {missing:?}")
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(start.elapsed() < limit, "cluster not ready after {limit:?}: {last}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            eprintln!("==== test failed; cluster {} in {} ====", self.cluster, self.dir.path().display());
+            for p in &self.procs {
+                eprintln!("---- last lines of {} ({}) ----\n{}", p.name, p.log_path().display(), p.log_tail(60));
+            }
+        }
+        // QUIVER_IT_KEEP=1 keeps the temp dir (logs, data) of failed tests, =all of every test.
+        let keep = std::env::var("QUIVER_IT_KEEP").ok();
+        if keep.as_deref() == Some("all") || (failed && keep.is_some()) {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("keeping {}", kept.keep().display());
+        }
+        for p in self.procs.iter_mut().rev() {
+            p.kill();
+        }
+    }
+}
+
+/// Calls `f` until it succeeds; retries only errors the client calls retryable (Unavailable,
+/// Timeout), for at most `limit`. Any other error fails the test at once.
+pub async fn retry<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() && start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: {e:?} (after {:?})", start.elapsed()),
+        }
+    }
+}
+
+/// Polls `f` until it returns `Ok`, for at most `limit`; fails with the last `Err` text.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() < limit => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{what}: still failing after {limit:?}: {e}"),
+        }
+    }
+}
+
+/// Runs the binary `quiver` to completion with `args` (QUIVER_* variables of the test process
+/// removed); returns (exit status, stdout, stderr).
+pub fn quiver_cli(quiver: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (ExitStatus, String, String) {
+    let mut cmd = Command::new(quiver);
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("QUIVER_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run quiver");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -1,0 +1,18 @@
+//! Test support shared by Quiver's integration tests (`tests/it`) and its benchmarks
+//! (`quiver-bench`): both run real `nats-server` and `quiver` processes and read the shared
+//! pypi-minilm dataset.
+//!
+//! - [`process`]: one child process with its log ([`Proc`]), free ports, the `quiver` binary
+//!   ([`quiver_bin`]), processes in `/proc`. Returns errors: the benchmarks use it.
+//! - [`harness`]: a test's cluster ([`Harness`]: standalone or node by node over an external
+//!   nats-server, temp dir, SIGKILL and restart), time-limited test bodies ([`run`]), retries.
+//! - [`data`]: a slice of the dataset, exact ground truth, recall, client helpers.
+//!
+//! [`harness`] and [`data`] fail the calling test on any error, as `assert!` does.
+
+pub mod data;
+pub mod harness;
+pub mod process;
+
+pub use harness::{eventually, quiver_cli, retry, run, wait_for_port, Harness, READY};
+pub use process::{child_pids, free_port, process_alive, process_name, quiver_bin, Proc};
