@@ -15,8 +15,8 @@ use quiver_runtime::bus::{CallOptions, RequestContext};
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::{coord, keys, DataNodeRequest};
 use quiver_schemas::{
-    Alloc, CollectionInfo, CollectionName, DmlEntry, Empty, FlushResult, NodeState, Role, SegmentFlushed, SegmentInfo,
-    SegmentState, Seq, WatchChannels,
+    Alloc, CollectionInfo, CollectionName, DmlEntry, Empty, FlushResult, SegmentFlushed, SegmentInfo, SegmentState,
+    Seq, WatchChannels,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -105,14 +105,6 @@ impl DataNode {
         Ok(Empty {})
     }
 
-    /// Whether another data node serves and could take this one's shards.
-    async fn has_peer(&self) -> bool {
-        let nodes = self.node.shared.registry.nodes().await.unwrap_or_default();
-        nodes.iter().any(|n| {
-            n.role == Role::DataNode && n.node_id != self.node.id && n.healthy && n.state == NodeState::Serving
-        })
-    }
-
     /// Flushes and stops every writer (no other node takes the shards while this one drains).
     async fn release_all(&self) {
         let stops: Vec<(String, oneshot::Receiver<Result<Vec<u64>>>)> = self
@@ -183,7 +175,7 @@ impl RoleHandler for DataNode {
                     tracing::info!(node = %self.node.id, "every shard handed over");
                     return;
                 }
-                if !self.has_peer().await {
+                if !self.node.has_serving_peer().await {
                     tracing::info!(node = %self.node.id, "no other data node serves; flushing every shard and stopping");
                     self.release_all().await;
                     return;
@@ -285,7 +277,16 @@ impl ShardWriter {
     async fn run(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
         self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
-        let mut log = ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await?;
+        let mut log = match ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await {
+            Ok(log) => log,
+            Err(Error::CollectionNotFound(why)) => {
+                // Dropped while the assignment travelled: nothing to consume (the coordinator's
+                // next push leaves it out).
+                tracing::info!(collection = self.info.id, shard = self.shard, %why, "shard writer not started");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let cfg = self.node.shared.config.datanode.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -309,9 +310,15 @@ impl ShardWriter {
                         // Nothing has changed yet: only this flush fails (a writer asked to
                         // stop stops anyway; its next owner replays from the checkpoint).
                         Err(e) => {
-                            let _ = reply.send(Err(Error::Unavailable(format!("flush of shard {} failed: {e}", self.shard))));
+                            let dropped = matches!(e, Error::CollectionNotFound(_));
+                            let _ = reply.send(if dropped && stop {
+                                Ok(Vec::new())
+                            } else {
+                                Err(Error::Unavailable(format!("flush of shard {} failed: {e}", self.shard)))
+                            });
                             if stop {
-                                return Err(e);
+                                // A dropped collection has nothing left to flush.
+                                return if dropped { Ok(()) } else { Err(e) };
                             }
                             continue;
                         }

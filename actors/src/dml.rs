@@ -48,8 +48,7 @@ fn connects(bus: &Bus) -> u64 {
 
 async fn ordered_consumer(bus: &Bus, collection: u64, shard: u32, after: Seq) -> Result<push::Ordered> {
     let name = bus.subjects().dml_stream(collection, shard);
-    let stream =
-        bus.jetstream().get_stream(&name).await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let stream = bus.jetstream().get_stream(&name).await.map_err(|e| stream_error(&name, collection, e))?;
     let deliver_policy =
         if after == 0 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: after + 1 } };
     let consumer = stream
@@ -152,11 +151,23 @@ impl ShardLog {
     }
 }
 
+/// A shard stream that cannot be opened: gone with its dropped collection (`CollectionNotFound`),
+/// or out of reach for now (`Unavailable`).
+fn stream_error(name: &str, collection: u64, e: async_nats::jetstream::context::GetStreamError) -> Error {
+    match e.kind() {
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
+            if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            Error::CollectionNotFound(format!("DML stream {name} does not exist (collection {collection} was dropped)"))
+        }
+        _ => Error::Unavailable(format!("DML stream {name}: {e}")),
+    }
+}
+
 /// The last sequence currently in a shard's stream (0 when empty).
 pub async fn last_seq(bus: &Bus, collection: u64, shard: u32) -> Result<Seq> {
     let name = bus.subjects().dml_stream(collection, shard);
-    let stream =
-        bus.jetstream().get_stream(&name).await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let stream = bus.jetstream().get_stream(&name).await.map_err(|e| stream_error(&name, collection, e))?;
     Ok(stream.cached_info().state.last_sequence)
 }
 

@@ -77,6 +77,12 @@ impl Node {
         self.health.state() == NodeState::Draining
     }
 
+    /// Whether another healthy node of this role serves (could take this one's work over).
+    pub async fn has_serving_peer(&self) -> bool {
+        let nodes = self.shared.registry.nodes().await.unwrap_or_default();
+        nodes.iter().any(|n| n.role == self.role && n.node_id != self.id && n.healthy && n.state == NodeState::Serving)
+    }
+
     /// A heartbeat status with this node's identity filled in.
     pub fn status(&self, segments: u32, detail: String) -> NodeStatus {
         let capacity = match self.shared.config.node.memory_limit_mb {

@@ -15,9 +15,8 @@
 //! resumes at the last flushed checkpoint (the rest is still in the log). Should the old owner
 //! come back and flush what the new one also flushes, `segment_flushed` refuses the overlap.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use quiver_runtime::bus::CallOptions;
@@ -31,21 +30,20 @@ use super::Coordinator;
 /// How long a data node may take to flush the shards it gives up.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Identity of a channel set as sent: the shards, not their checkpoints (which move with
-/// every flush and matter only when a node starts consuming).
-fn digest(channels: &[ChannelAssignment]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for c in channels {
-        (c.collection.id, c.shard).hash(&mut h);
-    }
-    h.finish()
+/// What was last pushed to a data node: its incarnation and the shards (not their
+/// checkpoints, which move with every flush and matter only when a node starts consuming).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SentChannels {
+    epoch: u64,
+    shards: BTreeSet<(u64, u32)>,
 }
 
 impl Coordinator {
-    /// Sends every serving data node its channel set when it changed (or the node restarted).
-    /// A draining owner is sent its set without the shards that can move, and once it has
-    /// flushed and released them they lose their owner, to be placed on another node.
-    pub(super) async fn push_channels(&self, datas: &Members) -> Result<()> {
+    /// Sends every serving data node its channel set when it changed (or the node restarted),
+    /// each push on its own task so a slow flush never holds up placement. A draining owner is
+    /// sent its set without the shards that can move, and once it has flushed and released
+    /// them they lose their owner, to be placed on another node.
+    pub(super) async fn push_channels(self: &Rc<Self>, datas: &Members) {
         let can_move = !datas.alive.is_empty();
         let handing_off = |node: &str| can_move && datas.is_draining(node);
         let mut desired: BTreeMap<String, (u64, Vec<ChannelAssignment>)> =
@@ -71,27 +69,39 @@ impl Coordinator {
                 }
             }
         }
-        let bus = &self.node.shared.bus;
-        let opts = CallOptions { timeout: Some(RELEASE_TIMEOUT), traceparent: None };
+        self.channels_sent.borrow_mut().retain(|node, _| datas.serving().any(|d| &d.node_id == node));
         for (node, (epoch, channels)) in desired {
-            let sent = (epoch, digest(&channels));
-            if self.channels_sent.borrow().get(&node) == Some(&sent) {
+            let sent = SentChannels { epoch, shards: channels.iter().map(|c| (c.collection.id, c.shard)).collect() };
+            let previous = self.channels_sent.borrow().get(&node).cloned();
+            if previous.as_ref() == Some(&sent) || !self.pushing.borrow_mut().insert(node.clone()) {
                 continue;
             }
-            let shards = channels.len();
-            match bus.call_node::<datanode::WatchChannels>(&node, &WatchChannels { channels }, &opts).await {
-                Ok(_) => {
-                    tracing::info!(node = %node, shards, "data node channels set");
-                    self.channels_sent.borrow_mut().insert(node.clone(), sent);
-                    if handing_off(&node) {
-                        self.orphan_channels_of(&node).await?;
+            // Only a node that gives shards up flushes before it answers.
+            let releases = previous.is_some_and(|p| p.epoch == epoch && !p.shards.is_subset(&sent.shards));
+            let timeout = if releases { RELEASE_TIMEOUT } else { self.node.shared.bus.default_timeout() };
+            let hand_off = handing_off(&node);
+            let me = self.clone();
+            actix::spawn(async move {
+                let opts = CallOptions { timeout: Some(timeout), traceparent: None };
+                let shards = channels.len();
+                let bus = &me.node.shared.bus;
+                match bus.call_node::<datanode::WatchChannels>(&node, &WatchChannels { channels }, &opts).await {
+                    Ok(_) => {
+                        tracing::info!(node = %node, shards, "data node channels set");
+                        me.channels_sent.borrow_mut().insert(node.clone(), sent);
+                        if hand_off {
+                            if let Err(e) = me.orphan_channels_of(&node).await {
+                                tracing::warn!(node = %node, error = %e, "could not release the shards for hand-over");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "data node did not take its channels; will retry")
                     }
                 }
-                Err(e) => tracing::warn!(node = %node, error = %e, "data node did not take its channels"),
-            }
+                me.pushing.borrow_mut().remove(&node);
+            });
         }
-        self.channels_sent.borrow_mut().retain(|node, _| datas.serving().any(|d| &d.node_id == node));
-        Ok(())
     }
 
     /// `node` flushed and released its shards: they lose their owner, and the next round

@@ -75,7 +75,9 @@ pub struct Coordinator {
     sent: std::cell::RefCell<HashMap<(String, u64), placement::Sent>>,
     building: std::cell::RefCell<HashSet<u64>>,
     /// Per data node: the incarnation and channel set last pushed to it.
-    channels_sent: std::cell::RefCell<HashMap<String, (u64, u64)>>,
+    channels_sent: std::cell::RefCell<HashMap<String, channels::SentChannels>>,
+    /// Data nodes with a channel push in flight.
+    pushing: std::cell::RefCell<HashSet<String>>,
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
 }
@@ -110,6 +112,7 @@ impl Coordinator {
             sent: Default::default(),
             building: Default::default(),
             channels_sent: Default::default(),
+            pushing: Default::default(),
             membership: Default::default(),
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
         })

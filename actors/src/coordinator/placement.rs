@@ -174,7 +174,7 @@ impl Coordinator {
         for cid in reassigned {
             self.publish_change(cid).await;
         }
-        self.push_channels(&datas).await?;
+        self.push_channels(&datas).await;
         if sends.is_empty() {
             return Ok(());
         }

@@ -22,7 +22,7 @@ use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::QueryNodeRequest;
 use quiver_schemas::{
     CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, NodeSearchResults,
-    NodeState, ReleaseSegments, Role, SearchResults, SegmentInfo, ShardPlacement, ShardView,
+    ReleaseSegments, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
 use search::Sealed;
@@ -308,16 +308,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl QueryNode {
-    /// Whether another query node serves and could take this one's work.
-    async fn has_peer(&self) -> bool {
-        let nodes = self.node.shared.registry.nodes().await.unwrap_or_default();
-        nodes.iter().any(|n| {
-            n.role == Role::QueryNode && n.node_id != self.node.id && n.healthy && n.state == NodeState::Serving
-        })
-    }
-}
-
 impl RoleHandler for QueryNode {
     type Request = QueryNodeRequest;
 
@@ -354,7 +344,7 @@ impl RoleHandler for QueryNode {
                     tracing::info!(node = %self.node.id, "every segment and shard lead handed off");
                     return;
                 }
-                if !self.has_peer().await {
+                if !self.node.has_serving_peer().await {
                     tracing::warn!(node = %self.node.id, "no other query node serves; stopping without a hand-off");
                     return;
                 }

@@ -780,18 +780,19 @@ struct Breakdown {
 struct QuiverRow {
     consistency: Consistency,
     result: LoadResult,
-    /// The proxy's own time per NATS search (`quiver_request_seconds{method="search"}`).
+    /// The proxy's own time per NATS search (`quiver_request_seconds{role="proxy",method="search"}`).
     server: Option<ServerShare>,
 }
 
 /// The proxy's NATS search handler time (dispatch to reply sent).
 const NATS_SEARCH: Measured<'static> =
-    Measured { histogram: "quiver_request_seconds", counter: None, method: "search" };
+    Measured { histogram: "quiver_request_seconds", counter: None, method: "search", role: Some("proxy") };
 /// The Milvus gRPC API's Search handler time (tonic handler entry to reply built).
 const MILVUS_SEARCH: Measured<'static> = Measured {
     histogram: "quiver_milvus_request_seconds",
     counter: Some("quiver_milvus_requests_total"),
     method: "Search",
+    role: None,
 };
 
 /// Runs `window`, and reads the child's metrics before and after it for `m`'s server-side
@@ -1527,7 +1528,7 @@ impl Report {
             s,
             "One query per call, consistency Eventually, `search_params` {{metric_type, ef/nprobe as above}}, one `MilvusClient` per client process ({}). \
              \"server mean\" is the handler time from the server's own histogram (`quiver_milvus_request_seconds{{method=\"Search\"}}` for gRPC, \
-             `quiver_request_seconds{{method=\"search\"}}` for the proxy's NATS handler), as _sum/_count read before and after the row \
+             `quiver_request_seconds{{role=\"proxy\",method=\"search\"}}` for the proxy's NATS handler), as _sum/_count read before and after the row \
              (warm-up and set-up calls included); \"client side\" = client mean − server mean (client library, serialization, transport).\n",
             self.python.as_deref().unwrap_or("python")
         );

@@ -169,11 +169,14 @@ pub(super) struct Measured<'a> {
     /// Request counter by `method` and `outcome` (for other calls and errors), if any.
     pub counter: Option<&'a str>,
     pub method: &'a str,
+    /// The role whose series count (`quiver_request_seconds` has one per role and method).
+    pub role: Option<&'a str>,
 }
 
 /// The mean server time of `m.method` between two scrapes, other methods called, errors.
 pub(super) fn server_share(before: &str, after: &str, m: Measured<'_>) -> ServerShare {
-    let label = [("method", m.method)];
+    let mut label = vec![("method", m.method)];
+    label.extend(m.role.map(|r| ("role", r)));
     let sum = |t: &str| prom_value(t, &format!("{}_sum", m.histogram), &label);
     let count = |t: &str| prom_value(t, &format!("{}_count", m.histogram), &label);
     let calls = count(after) - count(before);
@@ -527,6 +530,7 @@ quiver_up 1
             histogram: "quiver_milvus_request_seconds",
             counter: Some("quiver_milvus_requests_total"),
             method: "Search",
+            role: None,
         };
         let s = server_share(before, &after, m);
         assert_eq!(s.calls, 1000.0);
