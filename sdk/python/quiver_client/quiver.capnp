@@ -232,6 +232,15 @@ struct NodeStatus {
   startedMs @9 :UInt64;
   heartbeatMs @10 :UInt64;
   detail @11 :Text;
+  state @12 :NodeState;         # Lifecycle: starting (0 would be an old node: see NodeState).
+}
+
+# Where a role is in its life. `serving` is 0 so nodes that predate the field read as serving.
+enum NodeState {
+  serving @0;
+  starting @1;
+  draining @2;
+  stopped @3;
 }
 
 # Search-time knobs; 0 = the index's default.
@@ -469,4 +478,21 @@ struct GetResults {
   rows @0 :RowBatch;
   # Log position that wrote each row, so a proxy keeps the latest version of a key.
   seqs @1 :List(UInt64);
+}
+
+# One shard a data node consumes, and where to resume if it is not consuming it yet.
+struct ChannelAssignment {
+  collection @0 :CollectionInfo;
+  shard @1 :UInt32;
+  checkpoint @2 :UInt64;        # Log position up to which the shard's rows are in flushed segments.
+}
+
+# Coordinator -> data node: the full set of shards the node consumes (applied idempotently).
+struct WatchChannels {
+  channels @0 :List(ChannelAssignment);
+}
+
+# Tests only (fault injection): a node's reads wait `millis` before starting.
+struct Stall {
+  millis @0 :UInt64;
 }
