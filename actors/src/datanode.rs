@@ -74,15 +74,27 @@ impl DataNode {
                 .collect();
             gone.into_iter().filter_map(|key| writers.remove(&key).map(|w| (key, w))).collect()
         };
+        // Every released writer is asked to stop, even after one failed (a failure stops the
+        // role, whose restart replays from the checkpoints).
+        let mut failure = None;
         for ((collection, shard), writer) in stopping {
             if writer.task.is_finished() {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
             let _ = writer.commands.send(WriterCommand::Stop(tx));
-            let sealed =
-                rx.await.map_err(|_| Error::Unavailable("shard writer ended before it flushed; retry".into()))??;
-            tracing::info!(collection, shard, ?sealed, "shard flushed and released");
+            match rx.await {
+                Ok(Ok(sealed)) => tracing::info!(collection, shard, ?sealed, "shard flushed and released"),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::Unavailable("shard writer ended before it flushed; retry".into()));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         if self.node.draining() {
             return Ok(Empty {});

@@ -144,8 +144,9 @@ pub struct RoleActor<H: RoleHandler> {
     handler: Option<Rc<H>>,
     failures: Option<mpsc::UnboundedReceiver<String>>,
     fault_injection: bool,
-    /// Requests being answered (a drain waits for them), by arrival number.
-    in_flight: Rc<RefCell<HashMap<u64, Message>>>,
+    /// Requests being answered (a drain waits for them), by arrival number, with their reply
+    /// subjects.
+    in_flight: Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>,
     arrivals: u64,
     /// Fault injection: requests wait this long before they are served.
     stall: Rc<Cell<Duration>>,
@@ -339,15 +340,16 @@ impl<H: RoleHandler> RoleActor<H> {
                 Err(_) => {
                     // Callers of what is still running learn at once that they should retry
                     // elsewhere, instead of waiting for their own timeouts.
-                    let cut: Vec<Message> = in_flight.borrow_mut().drain().map(|(_, m)| m).collect();
+                    let cut: Vec<async_nats::Subject> =
+                        in_flight.borrow_mut().drain().filter_map(|(_, reply)| reply).collect();
                     tracing::warn!(node = %node.id, role = node.role.as_str(), ?timeout, cut_off = cut.len(),
                         "drain did not finish within node.drain_timeout; stopping anyway");
-                    for msg in cut {
+                    for reply_to in cut {
                         let gone = Error::Unavailable(format!(
                             "node {} stopped (drain timeout) before answering; retry",
                             node.id
                         ));
-                        node.shared.bus.reply(&msg, Err(gone)).await;
+                        node.shared.bus.reply_to(reply_to, Err(gone)).await;
                     }
                 }
             }
@@ -460,11 +462,11 @@ async fn serve<H: RoleHandler>(node: &Node, handler: Rc<H>, msg: &Message, stall
 }
 
 /// Keeps a request in the node's in-flight set until dropped.
-struct InFlight(Rc<RefCell<HashMap<u64, Message>>>, u64);
+struct InFlight(Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>, u64);
 
 impl InFlight {
-    fn new(set: Rc<RefCell<HashMap<u64, Message>>>, key: u64, msg: &Message) -> InFlight {
-        set.borrow_mut().insert(key, msg.clone());
+    fn new(set: Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>, key: u64, msg: &Message) -> InFlight {
+        set.borrow_mut().insert(key, msg.reply.clone());
         InFlight(set, key)
     }
 }

@@ -206,6 +206,12 @@ impl Bus {
     /// be sent; the caller gets an error saying so instead of waiting for its deadline.
     pub async fn reply(&self, request: &Message, result: Result<Vec<u8>>) {
         let Some(reply_to) = request.reply.clone() else { return };
+        self.reply_to(reply_to, result).await;
+    }
+
+    /// Answers on a request's reply subject (kept from the request) with an encoded reply or
+    /// an error.
+    pub async fn reply_to(&self, reply_to: async_nats::Subject, result: Result<Vec<u8>>) {
         let max = self.client.server_info().max_payload;
         let result = result.and_then(|bytes| {
             if max > 0 && bytes.len() > max {
@@ -223,7 +229,7 @@ impl Bus {
             Err(err) => self.client.publish_with_headers(reply_to, error_headers(&err), Bytes::new()).await,
         };
         if let Err(e) = outcome {
-            tracing::warn!(subject = %request.subject, error = %e, "failed to send reply");
+            tracing::warn!(error = %e, "failed to send reply");
         }
     }
 

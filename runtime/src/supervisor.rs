@@ -214,7 +214,9 @@ impl SupervisorHandle {
                 h.request_drain();
             }
             let stopped = futures_all(health.iter().map(|h| h.wait_state(|s| s == NodeState::Stopped)));
-            if tokio::time::timeout(timeout, stopped).await.is_err() {
+            // A role gives up on its own drain after `timeout` and then still answers what it
+            // cut off: a moment more for that before the phase is abandoned.
+            if tokio::time::timeout(timeout + Duration::from_secs(1), stopped).await.is_err() {
                 tracing::warn!(roles = ?phase.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ?timeout,
                     "roles did not finish draining in time; stopping them anyway");
             }

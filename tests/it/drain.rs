@@ -280,3 +280,38 @@ async fn metrics_text(port: u16) -> Result<String, String> {
     s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
     Ok(body)
 }
+
+#[test]
+fn a_drain_that_outlasts_its_timeout_answers_what_it_cuts_off() {
+    run(Duration::from_secs(90), async {
+        let env = [("QUIVER_DEBUG__FAULT_INJECTION", "true"), ("QUIVER_NODE__DRAIN_TIMEOUT", "2s")];
+        let mut h = Harness::standalone("drain_timeout", &env);
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, 200, 200).await;
+        let req = data::search("docs", dataset().queries(1), 5, SearchParams::default(), Consistency::Strong);
+        client.search(&req).await.expect("a search before the stall");
+        let nats = async_nats::connect(h.url()).await.expect("nats");
+        let subject = quiver_client::Subjects::new(&h.cluster)
+            .node_call::<quiver_client::protocol::control::DebugStall>("standalone-querynode");
+        nats.request(subject, Stall { millis: 60_000 }.to_bytes().into()).await.expect("stall");
+
+        // A search stuck on the stalled query node, then SIGTERM: the drain waits for it up to
+        // node.drain_timeout, then tells its caller to retry instead of leaving it to time out.
+        let patient = client.clone().with_timeout(Duration::from_secs(30));
+        let stuck = tokio::spawn(async move {
+            let started = Instant::now();
+            (patient.search(&req).await, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = h.pid("standalone");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM");
+        let (outcome, waited) = stuck.await.expect("search task");
+        assert!(matches!(&outcome, Err(ClientError::Unavailable(m)) if m.contains("drain")), "{outcome:?}");
+        assert!(waited < Duration::from_secs(10), "answered after {waited:?}");
+        let exit = h.proc("standalone").terminate(Duration::from_secs(20)).expect("standalone exits");
+        assert!(exit.success(), "exit {exit:?}:\n{}", h.proc("standalone").log_tail(40));
+    });
+}
