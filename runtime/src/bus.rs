@@ -41,7 +41,7 @@ pub struct RequestContext {
 impl RequestContext {
     /// A context whose caller waits `timeout` from now.
     pub fn with_timeout(timeout: Duration) -> RequestContext {
-        RequestContext { deadline: Some(Instant::now() + timeout), traceparent: None }
+        RequestContext { deadline: Instant::now().checked_add(timeout), traceparent: None }
     }
 
     /// A context with no deadline (background work of the node itself).
@@ -54,20 +54,14 @@ impl RequestContext {
     pub fn of(msg: &Message) -> RequestContext {
         let headers = msg.headers.as_ref();
         let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.as_str().parse::<u64>().ok());
+        // Checked: a hostile header must not overflow the clock (too far away = no deadline).
         let deadline = match (header(HEADER_TIMEOUT), header(HEADER_DEADLINE)) {
-            (Some(ms), _) => Some(Instant::now() + Duration::from_millis(ms)),
-            (None, Some(at)) => Some(Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))),
+            (Some(ms), _) => Instant::now().checked_add(Duration::from_millis(ms)),
+            (None, Some(at)) => Instant::now().checked_add(Duration::from_millis(at.saturating_sub(now_ms()))),
             (None, None) => None,
         };
         let traceparent = headers.and_then(|h| h.get(HEADER_TRACEPARENT)).map(|v| v.as_str().to_string());
         RequestContext { deadline, traceparent }
-    }
-
-    /// Also stops at `deadline` if that is earlier.
-    pub fn at_most(mut self, timeout: Duration) -> RequestContext {
-        let limit = Instant::now() + timeout;
-        self.deadline = Some(self.deadline.map_or(limit, |d| d.min(limit)));
-        self
     }
 
     /// Time left before the caller gives up (`None`: no deadline).
@@ -303,4 +297,68 @@ fn rand_u128() -> u128 {
     let mut h2 = s.build_hasher();
     h2.write_u64(hi);
     ((hi as u128) << 64) | h2.finish() as u128
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn message(headers: &[(&str, &str)]) -> Message {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        Message {
+            subject: "quiver.c.api.search".into(),
+            reply: Some("_INBOX.x".into()),
+            payload: Bytes::new(),
+            headers: Some(map),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_carries_its_callers_budget() {
+        let ctx = RequestContext::of(&message(&[(HEADER_TIMEOUT, "2000"), (HEADER_TRACEPARENT, "00-a-b-01")]));
+        let left = ctx.remaining().unwrap();
+        assert!(left > Duration::from_millis(1900) && left <= Duration::from_millis(2000), "{left:?}");
+        assert_eq!(ctx.traceparent.as_deref(), Some("00-a-b-01"));
+        // Each try gets min(remaining, patience).
+        let opts = ctx.try_options(Duration::from_secs(10), "a try").unwrap();
+        assert!(opts.timeout.unwrap() <= Duration::from_millis(2000));
+        let opts = ctx.try_options(Duration::from_millis(100), "a try").unwrap();
+        assert_eq!(opts.timeout, Some(Duration::from_millis(100)));
+        // The older absolute header still works; no header means no deadline.
+        let at = (now_ms() + 5000).to_string();
+        assert!(RequestContext::of(&message(&[(HEADER_DEADLINE, &at)])).remaining().unwrap() > Duration::from_secs(4));
+        assert!(RequestContext::of(&message(&[])).remaining().is_none());
+    }
+
+    #[test]
+    fn a_spent_budget_stops_the_work_and_hostile_values_do_not_panic() {
+        let spent = RequestContext::of(&message(&[(HEADER_TIMEOUT, "0")]));
+        assert!(spent.expired());
+        assert!(matches!(spent.try_options(Duration::from_secs(1), "a try"), Err(Error::DeadlineExceeded(_))));
+        for hostile in ["18446744073709551615", "-1", "nope", ""] {
+            let ctx = RequestContext::of(&message(&[(HEADER_TIMEOUT, hostile)]));
+            assert!(!ctx.expired(), "{hostile}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bound_gives_up_when_the_caller_does() {
+        let ctx = RequestContext::with_timeout(Duration::from_millis(50));
+        let started = Instant::now();
+        let out = ctx
+            .bound("a long wait", async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(out, Err(Error::DeadlineExceeded(_))), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }
