@@ -25,8 +25,10 @@ use super::Proxy;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
 
-/// Attempts for a read before the error goes back to the client (backoff 20 ms doubling to 1 s: ~5 s in all).
-const READ_ATTEMPTS: u32 = 10;
+/// How long a read keeps retrying failed shares (backoff 20 ms doubling to 1 s), unless its
+/// caller's deadline comes first: long enough for the coordinator to declare a killed query
+/// node dead and have its work loaded elsewhere, even on a busy machine.
+const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
 /// One node's share of a read.
 #[derive(Debug, Default, Clone)]
@@ -174,8 +176,8 @@ impl Proxy {
     /// can fix (node gone, layout stale) is planned again on a fresh layout, away from the
     /// nodes that failed (another replica when there is one), and only that share is sent
     /// again (MISSION S2.5); the other answers are kept. Every try is bounded by
-    /// `min(caller's remaining time, per-try patience)`; gives up when the caller's deadline
-    /// passes or after `READ_ATTEMPTS` rounds.
+    /// `min(caller's remaining time, per-try patience)`; retries until the caller's deadline
+    /// passes or for `RETRY_WINDOW`, whichever is first.
     pub(super) async fn scatter<T, F, Fut>(&self, collection: &str, ctx: &RequestContext, send: F) -> Result<Vec<T>>
     where
         F: Fn(Arc<Distribution>, String, NodeShare, CallOptions) -> Fut,
@@ -188,8 +190,9 @@ impl Proxy {
         let mut delay = Duration::from_millis(20);
         let mut last: Option<Error> = None;
         let patience = self.node.shared.bus.default_timeout();
-        for attempt in 0..READ_ATTEMPTS {
-            if ctx.expired() {
+        let give_up = std::time::Instant::now() + RETRY_WINDOW;
+        for attempt in 0u64.. {
+            if ctx.expired() || std::time::Instant::now() >= give_up {
                 break;
             }
             let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
