@@ -286,19 +286,23 @@ impl ShardWriter {
         ShardWriter { node, info, shard, growing, gauge }
     }
 
-    async fn run(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
+    /// Consumes the shard until stopped; a collection dropped meanwhile ends the writer quietly
+    /// (its log and metadata are gone; the coordinator's next push leaves it out).
+    async fn run(self, checkpoint: Seq, commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
+        let (collection, shard) = (self.info.id, self.shard);
+        match self.consume(checkpoint, commands).await {
+            Err(Error::CollectionNotFound(why)) => {
+                tracing::info!(collection, shard, %why, "shard writer ended: the collection was dropped");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn consume(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
         self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
-        let mut log = match ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await {
-            Ok(log) => log,
-            Err(Error::CollectionNotFound(why)) => {
-                // Dropped while the assignment travelled: nothing to consume (the coordinator's
-                // next push leaves it out).
-                tracing::info!(collection = self.info.id, shard = self.shard, %why, "shard writer not started");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
+        let mut log = ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await?;
         let cfg = self.node.shared.config.datanode.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -343,6 +347,10 @@ impl ShardWriter {
                                 // exactly where this writer stops.
                                 return Ok(());
                             }
+                        }
+                        Err(e @ Error::CollectionNotFound(_)) => {
+                            let _ = reply.send(if stop { Ok(Vec::new()) } else { Err(Error::Unavailable(e.to_string())) });
+                            return Err(e);
                         }
                         Err(e) => {
                             // As for the size and age seals above: a seal that failed has taken

@@ -73,7 +73,9 @@ impl Coordinator {
         for (node, (epoch, channels)) in desired {
             let sent = SentChannels { epoch, shards: channels.iter().map(|c| (c.collection.id, c.shard)).collect() };
             let previous = self.channels_sent.borrow().get(&node).cloned();
-            if previous.as_ref() == Some(&sent) || !self.pushing.borrow_mut().insert(node.clone()) {
+            // One push at a time per incarnation: a push stuck on an incarnation that died
+            // mid-answer does not hold up the next one.
+            if previous.as_ref() == Some(&sent) || !self.pushing.borrow_mut().insert((node.clone(), epoch)) {
                 continue;
             }
             // Only a node that gives shards up flushes before it answers.
@@ -99,7 +101,7 @@ impl Coordinator {
                         tracing::warn!(node = %node, error = %e, "data node did not take its channels; will retry")
                     }
                 }
-                me.pushing.borrow_mut().remove(&node);
+                me.pushing.borrow_mut().remove(&(node, epoch));
             });
         }
     }

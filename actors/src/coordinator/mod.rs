@@ -76,8 +76,8 @@ pub struct Coordinator {
     building: std::cell::RefCell<HashSet<u64>>,
     /// Per data node: the incarnation and channel set last pushed to it.
     channels_sent: std::cell::RefCell<HashMap<String, channels::SentChannels>>,
-    /// Data nodes with a channel push in flight.
-    pushing: std::cell::RefCell<HashSet<String>>,
+    /// Data node incarnations (id, `started_ms`) with a channel push in flight.
+    pushing: std::cell::RefCell<HashSet<(String, u64)>>,
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
 }

@@ -2,11 +2,11 @@
 //! what each answers, on which NATS subjects, and where things live in the KV buckets and the
 //! object store.
 //!
-//! - [`services`]: a closed request enum per role ([`ApiRequest`] for proxies,
-//!   [`CoordRequest`], [`QueryNodeRequest`], [`DataNodeRequest`], [`IndexNodeRequest`]),
-//!   decoded once at the edge from a method name and a payload; and a marker type per method
-//!   ([`Call`]) that pairs the request with its reply type, so callers and servers cannot
-//!   disagree about either.
+//! - `services.rs`: a closed request enum per role ([`ApiRequest`] for proxies,
+//!   [`CoordRequest`], [`QueryNodeRequest`], [`DataNodeRequest`], [`IndexNodeRequest`], and
+//!   [`NodeControlRequest`] that every node answers), decoded once at the edge from a method
+//!   name and a payload; and a marker type per method ([`Call`]) that pairs the request with
+//!   its reply type, so callers and servers cannot disagree about either.
 //! - [`subjects`]: every subject, stream and bucket name, derived from the services.
 //! - [`keys`]: the metadata bucket's key scheme and the object store's path scheme.
 //!
