@@ -364,15 +364,21 @@ impl<H: RoleHandler> RoleActor<H> {
         }));
     }
 
-    /// Answers a node control; `None` when `method` is not one.
-    fn control(&mut self, msg: &Message, ctx: &mut Context<Self>) -> Option<Result<Vec<u8>>> {
+    /// Handles a node control, with its answer unless it sends that itself; `None` when
+    /// `method` is not one.
+    fn control(&mut self, msg: &Message, ctx: &mut Context<Self>) -> Option<Option<Result<Vec<u8>>>> {
         let method = Subjects::method_of(&msg.subject);
         NodeControlRequest::known_method(method)?;
         let outcome = match NodeControlRequest::decode(method, &msg.payload) {
             Err(e) => Err(Error::InvalidArgument(e.to_string())),
             Ok(NodeControlRequest::Drain(_)) => {
-                self.begin_drain(ctx);
-                Ok(Empty {}.to_bytes())
+                // Answered first, then drained: a drain that ends at once stops the actor, and
+                // the answer must not be lost with it.
+                let bus = self.node.shared.bus.clone();
+                let msg = msg.clone();
+                let answered = async move { bus.reply(&msg, Ok(Empty {}.to_bytes())).await };
+                ctx.spawn(answered.into_actor(self).map(|(), act, ctx| act.begin_drain(ctx)));
+                return Some(None);
             }
             Ok(NodeControlRequest::DebugPanic(_)) if self.fault_injection => self.injected_panic(),
             Ok(NodeControlRequest::DebugStall(req)) if self.fault_injection => {
@@ -381,7 +387,7 @@ impl<H: RoleHandler> RoleActor<H> {
             }
             Ok(_) => Err(Error::InvalidArgument("fault injection is off (debug.fault_injection)".into())),
         };
-        Some(outcome)
+        Some(Some(outcome))
     }
 }
 
@@ -396,8 +402,10 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
             Incoming::Request(msg) => msg,
         };
         if let Some(outcome) = self.control(&msg, ctx) {
-            let bus = self.node.shared.bus.clone();
-            ctx.spawn(async move { bus.reply(&msg, outcome).await }.into_actor(self));
+            if let Some(outcome) = outcome {
+                let bus = self.node.shared.bus.clone();
+                ctx.spawn(async move { bus.reply(&msg, outcome).await }.into_actor(self));
+            }
             return;
         }
         let node = self.node.clone();
