@@ -152,6 +152,8 @@ pub struct RoleActor<H: RoleHandler> {
     stall: Rc<Cell<Duration>>,
     /// Stops the service subscription's pump (the queue group is left) when draining.
     leave_queue: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told when the queue subscription's last request has reached the actor.
+    queue_left: Option<tokio::sync::oneshot::Sender<()>>,
     guard: LifeGuard,
 }
 
@@ -178,6 +180,7 @@ pub fn start_role<H: RoleHandler>(rc: RoleContext, init: Init<H>) {
         arrivals: 0,
         stall: Rc::default(),
         leave_queue: None,
+        queue_left: None,
         guard: rc.guard,
     }
     .start();
@@ -189,6 +192,9 @@ enum Incoming {
     Request(Message),
     /// On an event subject.
     Event(Message),
+    /// The service's queue subscription has ended (drained): every request NATS delivered to
+    /// this node before it left the queue group came before this.
+    QueueLeft,
 }
 
 struct Ready<H>(Rc<H>, Vec<(async_nats::Subscriber, bool, bool)>);
@@ -282,6 +288,13 @@ async fn pump(
         if let Err(e) = sub.drain().await {
             tracing::warn!(error = %e, "could not leave the queue group cleanly");
         }
+        while let Some(msg) = sub.next().await {
+            if tx.send(wrap(msg)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Incoming::QueueLeft);
+        return;
     }
     while let Some(msg) = sub.next().await {
         if tx.send(wrap(msg)).is_err() {
@@ -319,15 +332,23 @@ impl<H: RoleHandler> RoleActor<H> {
         tracing::info!(node = %self.node.id, role = self.node.role.as_str(), "draining");
         self.node.health.set_state(NodeState::Draining);
         self.heartbeat_now();
-        if let Some(leave) = self.leave_queue.take() {
+        // Requests NATS delivered before the queue group was left are still answered: the
+        // drain waits until the last of them has reached the actor.
+        let left = self.leave_queue.take().map(|leave| {
             let _ = leave.send(());
-        }
+            let (tell, told) = tokio::sync::oneshot::channel();
+            self.queue_left = Some(tell);
+            told
+        });
         let timeout = self.node.shared.config.node.drain_timeout;
         let in_flight = self.in_flight.clone();
         let node = self.node.clone();
         let waiting = in_flight.clone();
         let work = async move {
             let started = Instant::now();
+            if let Some(left) = left {
+                let _ = left.await;
+            }
             handler.drain().await;
             while !waiting.borrow().is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -400,6 +421,12 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
                 return;
             }
             Incoming::Request(msg) => msg,
+            Incoming::QueueLeft => {
+                if let Some(tell) = self.queue_left.take() {
+                    let _ = tell.send(());
+                }
+                return;
+            }
         };
         if let Some(outcome) = self.control(&msg, ctx) {
             if let Some(outcome) = outcome {
