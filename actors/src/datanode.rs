@@ -41,6 +41,15 @@ struct Writer {
     rows: Rc<std::cell::Cell<usize>>,
 }
 
+impl Writer {
+    /// Asks the writer to flush what it consumed and stop; the segments it sealed.
+    async fn stop(self) -> Result<Vec<u64>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(WriterCommand::Stop(tx));
+        rx.await.map_err(|_| Error::Unavailable("shard writer ended before it flushed; retry".into()))?
+    }
+}
+
 pub struct DataNode {
     node: Node,
     writers: RefCell<HashMap<(u64, u32), Writer>>,
@@ -81,15 +90,10 @@ impl DataNode {
             if writer.task.is_finished() {
                 continue;
             }
-            let (tx, rx) = oneshot::channel();
-            let _ = writer.commands.send(WriterCommand::Stop(tx));
-            match rx.await {
-                Ok(Ok(sealed)) => tracing::info!(collection, shard, ?sealed, "shard flushed and released"),
-                Ok(Err(e)) => {
+            match writer.stop().await {
+                Ok(sealed) => tracing::info!(collection, shard, ?sealed, "shard flushed and released"),
+                Err(e) => {
                     failure.get_or_insert(e);
-                }
-                Err(_) => {
-                    failure.get_or_insert(Error::Unavailable("shard writer ended before it flushed; retry".into()));
                 }
             }
         }
@@ -119,22 +123,13 @@ impl DataNode {
 
     /// Flushes and stops every writer (no other node takes the shards while this one drains).
     async fn release_all(&self) {
-        let stops: Vec<(String, oneshot::Receiver<Result<Vec<u64>>>)> = self
-            .writers
-            .borrow_mut()
-            .drain()
-            .map(|(_, w)| {
-                let (tx, rx) = oneshot::channel();
-                let _ = w.commands.send(WriterCommand::Stop(tx));
-                (w.collection, rx)
-            })
-            .collect();
-        for (collection, stopped) in stops {
-            match stopped.await {
-                Ok(Ok(sealed)) => tracing::info!(%collection, ?sealed, "shard flushed before stopping"),
-                Ok(Err(e)) => tracing::warn!(%collection, error = %e,
+        let writers: Vec<Writer> = self.writers.borrow_mut().drain().map(|(_, w)| w).collect();
+        for writer in writers {
+            let collection = writer.collection.clone();
+            match writer.stop().await {
+                Ok(sealed) => tracing::info!(%collection, ?sealed, "shard flushed before stopping"),
+                Err(e) => tracing::warn!(%collection, error = %e,
                     "could not flush before stopping; the next owner replays from the checkpoint"),
-                Err(_) => tracing::warn!(%collection, "shard writer ended before it flushed"),
             }
         }
     }

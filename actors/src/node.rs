@@ -474,7 +474,7 @@ async fn serve<H: RoleHandler>(node: &Node, handler: Rc<H>, msg: &Message, stall
             .await?;
         }
         // A request whose caller has already given up is not worth serving.
-        ctx.check(&format!("{method} started on {}", node.id))?;
+        ctx.check(format_args!("{method} started on {}", node.id))?;
         let req = H::Request::decode(method, &msg.payload).map_err(|e| match e {
             ProtocolError::UnknownMethod { .. } => {
                 Error::InvalidArgument(format!("unknown method {method:?} on subject {}", msg.subject))

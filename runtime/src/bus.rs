@@ -74,8 +74,9 @@ impl RequestContext {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Fails with `DeadlineExceeded` (naming `what`) once the caller has given up.
-    pub fn check(&self, what: &str) -> Result<()> {
+    /// Fails with `DeadlineExceeded` (naming `what`) once the caller has given up. `what` is
+    /// formatted only then (callers pass `format_args!`: nothing is allocated per request).
+    pub fn check(&self, what: impl std::fmt::Display) -> Result<()> {
         if self.expired() {
             return Err(Error::DeadlineExceeded(format!("the caller stopped waiting before {what}")));
         }

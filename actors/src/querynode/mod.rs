@@ -231,7 +231,7 @@ impl QueryNode {
         };
         ctx.bound("the wait for consistency", wait).await?;
         // The caller may have given up while we waited: then the search itself is not run.
-        ctx.check(&format!("the read started on {}", self.node.id))
+        ctx.check(format_args!("the read started on {}", self.node.id))
     }
 
     async fn search(&self, req: NodeSearch, ctx: &RequestContext) -> Result<NodeSearchResults> {
