@@ -195,7 +195,11 @@ impl RoleHandler for DataNode {
     fn heartbeat(&self) -> (u32, String) {
         let writers = self.writers.borrow();
         let growing: usize = writers.values().map(|w| w.rows.get()).sum();
-        (writers.len() as u32, format!("{} shards, {growing} growing rows", writers.len()))
+        let mut detail = format!("{} shards, {growing} growing rows", writers.len());
+        if let Some(note) = crate::dml::quarantine_note() {
+            detail.push_str(&note);
+        }
+        (writers.len() as u32, detail)
     }
 }
 
@@ -297,7 +301,7 @@ impl ShardWriter {
     async fn consume(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
         self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
-        let mut log = ShardLog::open(&bus, self.info.id, self.shard, checkpoint, 0).await?;
+        let mut log = ShardLog::open(&bus, &self.info, self.shard, checkpoint, 0).await?;
         let cfg = self.node.shared.config.datanode.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {

@@ -1,17 +1,135 @@
 //! Reading a shard's DML log: an ordered JetStream consumer from a given position, and the
 //! catch-up check that consistency and flush rely on.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::push::{self, OrderedErrorKind};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 use quiver_runtime::{Bus, Error, Result};
-use quiver_schemas::{DmlEntry, Seq, Wire};
+use quiver_schemas::{CollectionInfo, DataType, DmlEntry, PrimaryKey, RowBatch, ScalarValue, Seq, Wire};
 
 /// Header naming the kind of a DML message, so readers can skip payloads they do not need.
 pub const KIND_HEADER: &str = "Quiver-Dml";
+
+/// Log entries this process refused to apply (undecodable, or not matching the collection's
+/// schema), since it started.
+static QUARANTINED: AtomicU64 = AtomicU64::new(0);
+
+/// How many log entries this process has quarantined (shown in node status).
+pub fn quarantined() -> u64 {
+    QUARANTINED.load(Ordering::Relaxed)
+}
+
+/// ", N log entries quarantined" for a node's status detail, when there are any.
+pub fn quarantine_note() -> Option<String> {
+    match quarantined() {
+        0 => None,
+        n => Some(format!(", {n} log entries quarantined (see the log)")),
+    }
+}
+
+/// Whether a value may be stored in a field of type `t` (numbers are coerced between the
+/// numeric types; `Null` fits anywhere).
+pub(crate) fn value_fits(t: DataType, v: &ScalarValue) -> bool {
+    matches!(
+        (t, v),
+        (_, ScalarValue::Null)
+            | (DataType::Bool, ScalarValue::Bool(_))
+            | (DataType::Int64, ScalarValue::Int64(_))
+            | (DataType::Float, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
+            | (DataType::Double, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
+            | (DataType::VarChar, ScalarValue::VarChar(_))
+            | (DataType::Json, ScalarValue::Json(_))
+    )
+}
+
+/// What an entry of one collection's log must look like to be applied. The proxy checks every
+/// write, but the log is only as trustworthy as everything that can publish to it: an entry
+/// that would break a reader (vectors that are not whole rows, columns of the wrong length or
+/// type) is quarantined (logged, counted, skipped) instead of crash-looping the role that
+/// replays it or reaching a sealed segment.
+#[derive(Debug, Clone)]
+pub struct EntryCheck {
+    dim: usize,
+    pk: DataType,
+    fields: HashMap<String, DataType>,
+    dynamic: bool,
+}
+
+impl EntryCheck {
+    pub fn of(info: &CollectionInfo) -> EntryCheck {
+        EntryCheck {
+            dim: info.dim() as usize,
+            pk: info.primary_field().map_or(DataType::Int64, |f| f.data_type),
+            fields: info
+                .schema
+                .fields
+                .iter()
+                .filter(|f| !f.is_primary && f.data_type != DataType::FloatVector)
+                .map(|f| (f.name.clone(), f.data_type))
+                .collect(),
+            dynamic: info.schema.enable_dynamic_field,
+        }
+    }
+
+    /// Why `entry` cannot be applied, if it cannot.
+    pub fn check(&self, entry: &DmlEntry) -> std::result::Result<(), String> {
+        match entry {
+            DmlEntry::Insert { rows, .. } => self.check_rows(rows),
+            DmlEntry::Delete { pks, .. } => match pks.iter().find(|pk| !self.key_fits(pk)) {
+                Some(pk) => Err(format!("delete of key {pk:?}, not of the collection's key type {:?}", self.pk)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn key_fits(&self, pk: &PrimaryKey) -> bool {
+        matches!((self.pk, pk), (DataType::Int64, PrimaryKey::Int64(_)) | (DataType::VarChar, PrimaryKey::VarChar(_)))
+    }
+
+    fn check_rows(&self, rows: &RowBatch) -> std::result::Result<(), String> {
+        let n = rows.pks.len();
+        if rows.dim as usize != self.dim {
+            return Err(format!(
+                "insert of {}-dimensional vectors into a {}-dimensional collection",
+                rows.dim, self.dim
+            ));
+        }
+        if rows.vectors.len() != n.saturating_mul(self.dim) {
+            return Err(format!("insert of {n} rows with {} floats (not {n} × {})", rows.vectors.len(), self.dim));
+        }
+        if let Some(pk) = rows.pks.iter().find(|pk| !self.key_fits(pk)) {
+            return Err(format!("insert of key {pk:?}, not of the collection's key type {:?}", self.pk));
+        }
+        if rows.vectors.iter().any(|v| !v.is_finite()) {
+            return Err("insert of vectors holding NaN or infinity".into());
+        }
+        for col in &rows.columns {
+            let Some(&t) = self.fields.get(&col.name) else {
+                return Err(format!("insert into field {:?}, which the schema does not have", col.name));
+            };
+            if col.values.len() != n {
+                return Err(format!("field {:?} has {} values for {n} rows", col.name, col.values.len()));
+            }
+            if let Some(v) = col.values.iter().find(|v| !value_fits(t, v)) {
+                return Err(format!("field {:?} is {t:?}, the entry holds {v:?}", col.name));
+            }
+        }
+        if !rows.dynamic.is_empty() && (!self.dynamic || rows.dynamic.len() != n) {
+            return Err(format!("{} dynamic-field values for {n} rows", rows.dynamic.len()));
+        }
+        Ok(())
+    }
+}
+
+fn quarantine(collection: u64, shard: u32, seq: Seq, why: &str) {
+    QUARANTINED.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("quiver_dml_quarantined_total").increment(1);
+    tracing::error!(collection, shard, seq, why, "quarantined a log entry: skipped, not applied");
+}
 
 /// A decoded log entry with its position.
 pub struct LogEntry {
@@ -31,6 +149,7 @@ pub struct ShardLog {
     shard: u32,
     messages: push::Ordered,
     skip_inserts_until: Seq,
+    check: EntryCheck,
     /// Last position delivered (or the start position): a new consumer resumes after it.
     last: Seq,
     /// The client's connection count when `messages` was created.
@@ -63,12 +182,21 @@ async fn ordered_consumer(bus: &Bus, collection: u64, shard: u32, after: Seq) ->
 }
 
 impl ShardLog {
-    /// Opens the shard log of `collection/shard` from sequence `after + 1`. Insert payloads at or
-    /// below `skip_inserts_until` are not decoded (the reader already has them sealed).
-    pub async fn open(bus: &Bus, collection: u64, shard: u32, after: Seq, skip_inserts_until: Seq) -> Result<ShardLog> {
+    /// Opens the shard log of collection `info`, `shard`, from sequence `after + 1`. Insert
+    /// payloads at or below `skip_inserts_until` are not decoded (the reader already has them
+    /// sealed); entries that do not fit the collection are quarantined ([`EntryCheck`]).
+    pub async fn open(
+        bus: &Bus,
+        info: &CollectionInfo,
+        shard: u32,
+        after: Seq,
+        skip_inserts_until: Seq,
+    ) -> Result<ShardLog> {
         let connects = connects(bus);
+        let collection = info.id;
         let messages = ordered_consumer(bus, collection, shard, after).await?;
-        Ok(ShardLog { bus: bus.clone(), collection, shard, messages, skip_inserts_until, last: after, connects })
+        let check = EntryCheck::of(info);
+        Ok(ShardLog { bus: bus.clone(), collection, shard, messages, skip_inserts_until, check, last: after, connects })
     }
 
     /// Replaces the consumer with a new one starting after the last delivered position,
@@ -141,10 +269,13 @@ impl ShardLog {
         if is_insert && seq <= self.skip_inserts_until {
             return Some(Ok(LogEntry { seq, entry: None }));
         }
-        match DmlEntry::from_bytes(&msg.payload) {
+        let entry = DmlEntry::from_bytes(&msg.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|entry| self.check.check(&entry).map(|()| entry));
+        match entry {
             Ok(entry) => Some(Ok(LogEntry { seq, entry: Some(entry) })),
-            Err(e) => {
-                tracing::error!(seq, error = %e, "skipping undecodable DML entry");
+            Err(why) => {
+                quarantine(self.collection, self.shard, seq, &why);
                 Some(Ok(LogEntry { seq, entry: None }))
             }
         }

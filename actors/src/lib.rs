@@ -6,7 +6,8 @@
 //! - [`indexnode`]: builds faiss indexes of sealed segments.
 //! - [`querynode`]: serves sealed segments and growing rows; answers searches and gets.
 //!
-//! Shared pieces: [`node`] (the actor every role runs as), [`dml`] (reading shard logs),
+//! Shared pieces: [`node`] (the actor every role runs as), [`limits`] (what one read may ask
+//! for, checked by proxy and query node alike), [`dml`] (reading shard logs),
 //! [`rows`] (row storage and the segment file format), [`filter`] (evaluating filter
 //! expressions into row bitmaps), [`vector`] (faiss indexes).
 
@@ -17,6 +18,7 @@ pub mod datanode;
 pub mod dml;
 pub mod filter;
 pub mod indexnode;
+pub mod limits;
 pub mod node;
 pub mod policies;
 pub mod proxy;

@@ -435,6 +435,19 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
             }
             return;
         }
+        let limit = self.node.shared.config.limits.max_concurrent_requests;
+        if self.in_flight.borrow().len() >= limit {
+            // Refused at once, before decoding: a crowd of requests must not queue without
+            // bound in this process (each holds its payload and, soon, its working memory).
+            metrics::counter!("quiver_admission_refused_total", "reason" => "concurrency").increment(1);
+            let refused = Err(Error::ResourceExhausted(format!(
+                "node {} already works on {limit} requests (limits.max_concurrent_requests); retry later",
+                self.node.id
+            )));
+            let bus = self.node.shared.bus.clone();
+            ctx.spawn(async move { bus.reply(&msg, refused).await }.into_actor(self));
+            return;
+        }
         let node = self.node.clone();
         let stall = self.stall.get();
         self.arrivals += 1;

@@ -20,6 +20,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub coordinator: CoordinatorConfig,
     pub proxy: ProxyConfig,
+    pub limits: LimitsConfig,
     pub datanode: DataNodeConfig,
     pub querynode: QueryNodeConfig,
     pub plugins: PluginsConfig,
@@ -207,6 +208,67 @@ impl Default for ProxyConfig {
             grpc_port: 19530,
             grpc_host: "0.0.0.0".to_string(),
             credentials: Vec::new(),
+        }
+    }
+}
+
+/// Admission limits: checked before any allocation or work, on every node a request reaches
+/// (the proxy and the query node alike), so no request can exhaust a process. A request over a
+/// limit is refused with an error naming the limit's key (see docs/security.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message the Milvus API accepts or sends, in bytes.
+    pub grpc_max_message_bytes: usize,
+    /// Most gRPC requests one proxy works on at once; more are refused (RESOURCE_EXHAUSTED).
+    pub grpc_max_concurrent_requests: usize,
+    /// Most bus requests one role of a node works on at once; more are refused
+    /// (ResourceExhausted) instead of queueing without bound.
+    pub max_concurrent_requests: usize,
+    /// Most hits one search may produce: query vectors × (top_k + offset).
+    pub max_search_hits: u64,
+    /// Largest result one get or query may build, estimated before it runs as
+    /// rows × (vector bytes + 64), in bytes.
+    pub max_result_bytes: u64,
+    /// Largest HNSW search `ef`.
+    pub max_ef: u32,
+    /// Largest IVF search `nprobe`.
+    pub max_nprobe: u32,
+    /// Largest vector dimension of a collection.
+    pub max_dim: u32,
+    /// Most fields in a collection schema.
+    pub max_fields: usize,
+    /// Largest `max_length` of a VarChar field, in bytes.
+    pub max_varchar_length: u32,
+    /// Largest JSON value (a JSON field, or a row's dynamic fields), in bytes.
+    pub max_json_bytes: usize,
+    /// Longest filter expression, in bytes.
+    pub max_filter_bytes: usize,
+    /// Most sub-searches in one hybrid search.
+    pub max_hybrid_requests: usize,
+    /// Memory admission: while this process' resident memory is above this percentage of
+    /// `node.memory_limit_mb` (or of the machine's memory), new searches, queries and writes are
+    /// refused (ResourceExhausted); drops, releases and status calls still run. 100 disables it.
+    pub memory_high_water_percentage: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            grpc_max_message_bytes: 16 << 20,
+            grpc_max_concurrent_requests: 1024,
+            max_concurrent_requests: 1024,
+            max_search_hits: 1 << 18,
+            max_result_bytes: 64 << 20,
+            max_ef: 32768,
+            max_nprobe: 65536,
+            max_dim: 32768,
+            max_fields: 64,
+            max_varchar_length: 65535,
+            max_json_bytes: 65536,
+            max_filter_bytes: 1 << 20,
+            max_hybrid_requests: 64,
+            memory_high_water_percentage: 90.0,
         }
     }
 }
@@ -425,6 +487,40 @@ impl Config {
         }
         if self.proxy.max_top_k == 0 || self.proxy.max_top_k > 16384 {
             return fail("proxy.max_top_k", "must be between 1 and 16384");
+        }
+        let limits = &self.limits;
+        if !(1 << 20..=1 << 30).contains(&limits.grpc_max_message_bytes) {
+            return fail("limits.grpc_max_message_bytes", "must be between 1 MiB and 1 GiB");
+        }
+        let at_least_one = [
+            ("limits.grpc_max_concurrent_requests", limits.grpc_max_concurrent_requests as u64),
+            ("limits.max_concurrent_requests", limits.max_concurrent_requests as u64),
+            ("limits.max_search_hits", limits.max_search_hits),
+            ("limits.max_result_bytes", limits.max_result_bytes),
+            ("limits.max_ef", u64::from(limits.max_ef)),
+            ("limits.max_nprobe", u64::from(limits.max_nprobe)),
+            ("limits.max_varchar_length", u64::from(limits.max_varchar_length)),
+            ("limits.max_json_bytes", limits.max_json_bytes as u64),
+            ("limits.max_filter_bytes", limits.max_filter_bytes as u64),
+            ("limits.max_hybrid_requests", limits.max_hybrid_requests as u64),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, v)| *v == 0) {
+            return fail(key, "must be at least 1");
+        }
+        if !(2..=32768).contains(&limits.max_dim) {
+            return fail("limits.max_dim", "must be between 2 and 32768");
+        }
+        if !(2..=1024).contains(&limits.max_fields) {
+            return fail("limits.max_fields", "must be between 2 and 1024");
+        }
+        if !(limits.memory_high_water_percentage > 0.0 && limits.memory_high_water_percentage <= 100.0) {
+            return fail("limits.memory_high_water_percentage", "must be in (0, 100]");
+        }
+        if !(1..=1 << 24).contains(&self.proxy.max_insert_rows) {
+            return fail("proxy.max_insert_rows", "must be between 1 and 16777216");
+        }
+        if !(1..=1 << 20).contains(&self.proxy.max_nq) {
+            return fail("proxy.max_nq", "must be between 1 and 1048576");
         }
         if self.datanode.segment_max_rows == 0 {
             return fail("datanode.segment_max_rows", "must be at least 1");

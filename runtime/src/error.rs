@@ -39,6 +39,10 @@ pub enum Error {
     /// The caller's whole budget is spent: nothing more is tried for it.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// The node is at one of its limits (requests in flight, memory); the message names the
+    /// limit. Back off and retry; not retried on another node automatically.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A failure inside Quiver (a bug, faiss, a malformed reply from another node).
     #[error("{0}")]
     Internal(String),
@@ -84,6 +88,7 @@ impl Error {
             Error::Timeout { .. } => Code::Timeout,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Stale(_) => Code::Stale,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) | Error::ObjectStore(_) | Error::Io(_) => Code::Internal,
         }
     }
@@ -102,6 +107,7 @@ impl Error {
             Code::Timeout => Error::Unavailable(format!("timeout: {message}")),
             Code::DeadlineExceeded => Error::DeadlineExceeded(message),
             Code::Stale => Error::Stale(message),
+            Code::ResourceExhausted => Error::ResourceExhausted(message),
             Code::Internal => Error::Internal(message),
         }
     }

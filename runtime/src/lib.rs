@@ -8,9 +8,11 @@
 //!   native fallback, hot swap and cluster-wide distribution.
 //! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
 //! - [`nats_server`]: the embedded, supervised nats-server of standalone mode.
+//! - [`admission`]: process-wide admission control (memory high-water mark).
 //! - [`telemetry`]: the Prometheus endpoint and process statistics.
 //! - [`error`]: the runtime's error type and the status codes carried in reply headers.
 
+pub mod admission;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -42,6 +44,8 @@ pub struct Shared {
     pub meta: JsonBucket,
     /// The process's Wasm plugin engine, shared by every policy slot.
     pub plugins: Arc<plugin::PluginHost>,
+    /// Memory admission for the process' roles.
+    pub memory: Arc<admission::MemoryGuard>,
 }
 
 impl Shared {
@@ -53,6 +57,7 @@ impl Shared {
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;
         let objects = Objects::open(&config)?;
         let plugins = Arc::new(plugin::PluginHost::new(&config.plugins)?);
-        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta, plugins })
+        let memory = Arc::new(admission::MemoryGuard::new(&config));
+        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta, plugins, memory })
     }
 }

@@ -44,16 +44,28 @@ pub enum DecodeError {
     },
 }
 
-/// Upper bound on the words a decoder will read from one message (1 GiB): room for very
-/// large insert batches while bounding the work and memory a hostile message can cause.
+/// Upper bound on the words a decoder will read from one message (1 GiB), whatever its size.
 pub const TRAVERSAL_LIMIT_WORDS: usize = (1 << 30) / 8;
+
+/// How many words a decoder may read per word of input. An honest message reads each of its
+/// words once; Cap'n Proto charges a list of zero-sized elements one word per element, so
+/// without a bound tied to the input a ~100-byte message could make a decoder build 10⁸
+/// elements. Twice the input (plus slack for tiny messages) admits every honest message and
+/// caps what a hostile one can make us allocate at a small multiple of its own size.
+const TRAVERSAL_PER_INPUT_WORD: usize = 2;
+const TRAVERSAL_SLACK_WORDS: usize = 1024;
 
 /// Largest first segment we ask the allocator for (Cap'n Proto's segment limit).
 const MAX_SEGMENT_WORDS: usize = 1 << 29;
 
-fn reader_options() -> ReaderOptions {
+/// Reader options for a message of `input_words` words: traversal bounded by its size.
+fn reader_options(input_words: usize) -> ReaderOptions {
+    let limit = input_words
+        .saturating_mul(TRAVERSAL_PER_INPUT_WORD)
+        .saturating_add(TRAVERSAL_SLACK_WORDS)
+        .min(TRAVERSAL_LIMIT_WORDS);
     let mut options = ReaderOptions::new();
-    options.traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS));
+    options.traversal_limit_in_words(Some(limit));
     options
 }
 
@@ -107,7 +119,7 @@ fn decode_inner<T: Owned, V>(bytes: &[u8], get: impl FnOnce(T::Reader<'_>) -> Re
         aligned_copy = words;
         capnp::Word::words_to_bytes(&aligned_copy)
     };
-    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, reader_options())?;
+    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, reader_options(bytes.len() / 8))?;
     if !slice.is_empty() {
         return Err(Fault::new(format!("{} trailing bytes after the message", slice.len())));
     }
@@ -825,10 +837,17 @@ fn get_delete(r: cp::delete::Reader<'_>) -> Result<Delete, Fault> {
 fn put_mutation_result(v: &MutationResult, mut b: cp::mutation_result::Builder<'_>) {
     fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
     b.set_timestamp(v.timestamp);
+    b.set_count(v.count);
 }
 
 fn get_mutation_result(r: cp::mutation_result::Reader<'_>) -> Result<MutationResult, Fault> {
-    Ok(MutationResult { pks: read_structs(r.get_pks(), get_pk).at("pks")?, timestamp: r.get_timestamp() })
+    let pks = read_structs(r.get_pks(), get_pk).at("pks")?;
+    // Older proxies send no count: their keys are the count.
+    let count = match r.get_count() {
+        0 => pks.len() as u64,
+        n => n,
+    };
+    Ok(MutationResult { pks, timestamp: r.get_timestamp(), count })
 }
 
 fn put_get(v: &Get, mut b: cp::get::Builder<'_>) {
@@ -1730,7 +1749,7 @@ mod tests {
             guarantee_ts: 9,
             filter: "{\"in\":[]}".to_string(),
         }));
-        out.push(rt(&MutationResult { pks: pks(), timestamp: 123 << TS_LOGICAL_BITS }));
+        out.push(rt(&MutationResult { pks: pks(), timestamp: 123 << TS_LOGICAL_BITS, count: 4 }));
         out.push(rt(&get()));
         for c in [Consistency::Strong, Consistency::Bounded, Consistency::Eventually] {
             out.push(rt(&search(c)));
@@ -1973,6 +1992,64 @@ mod tests {
             replicas: vec![],
         };
         rt(&distribution);
+    }
+
+    /// Every list-heavy message, scaled up so the size-based traversal limit has no slack to
+    /// hide in: each must still decode (a decoder that read a list twice would be caught).
+    #[test]
+    fn large_messages_decode_within_the_size_based_traversal_limit() {
+        let many = |n: usize| {
+            let one = rows();
+            let per = one.pks.len();
+            let mut all = RowBatch { dim: one.dim, ..RowBatch::default() };
+            for r in 0..n {
+                all.pks.extend((0..per).map(|i| PrimaryKey::Int64((r * per + i) as i64)));
+                all.vectors.extend_from_slice(&one.vectors);
+                all.dynamic.extend(one.dynamic.iter().cloned());
+            }
+            all.columns = one
+                .columns
+                .iter()
+                .map(|c| Column { name: c.name.clone(), values: (0..n).flat_map(|_| c.values.clone()).collect() })
+                .collect();
+            all
+        };
+        let rows = many(2000);
+        let insert = rt(&Insert { collection: "docs".to_string(), rows: rows.clone() });
+        assert!(insert.len() > 1 << 20, "{} bytes", insert.len());
+        rt(&QueryResults { rows: rows.clone() });
+        rt(&MutationResult { pks: rows.pks.clone(), timestamp: 1, count: rows.pks.len() as u64 });
+        rt(&Delete { collection: "docs".to_string(), pks: rows.pks.clone(), filter: String::new() });
+        let hits = Hits {
+            pks: rows.pks.clone(),
+            scores: (0..rows.pks.len()).map(|i| i as f32).collect(),
+            columns: rows.columns.clone(),
+        };
+        rt(&SearchResults { results: vec![hits; 8] });
+    }
+
+    /// A ~40-byte `Delete` whose key list claims 10⁸ zero-sized elements: Cap'n Proto charges
+    /// each against the traversal limit, which is sized from the input, so decoding fails at
+    /// once instead of building 10⁸ keys.
+    #[test]
+    fn a_tiny_message_claiming_a_huge_list_is_refused() {
+        let words: [u64; 5] = [
+            3 << 48,              // root: struct, no data, 3 pointers, right after
+            0,                    // collection: null
+            (7 << 32) | (1 << 2), // pks: inline-composite list, 0 words, tag 1 word ahead
+            0,                    // filter: null
+            100_000_000 << 2,     // tag: 10⁸ elements of 0 data words and 0 pointers
+        ];
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&(words.len() as u32).to_le_bytes());
+        for w in words {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        let start = Instant::now();
+        let err = Delete::from_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().contains("pks"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -33,11 +33,14 @@ pub enum Code {
     NotLoaded = 10,
     /// The caller's deadline passed before the work was done (a kind of `Timeout`).
     DeadlineExceeded = 11,
+    /// The node is at a limit (requests in flight, memory): back off and retry (a kind of
+    /// `Unavailable`).
+    ResourceExhausted = 12,
 }
 
 impl Code {
     /// Every code, for exhaustive tests.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::InvalidArgument,
         Code::NotFound,
         Code::AlreadyExists,
@@ -49,6 +52,7 @@ impl Code {
         Code::IndexNotFound,
         Code::NotLoaded,
         Code::DeadlineExceeded,
+        Code::ResourceExhausted,
     ];
 
     pub fn from_u16(v: u16) -> Code {
@@ -63,6 +67,7 @@ impl Code {
             9 => Code::IndexNotFound,
             10 => Code::NotLoaded,
             11 => Code::DeadlineExceeded,
+            12 => Code::ResourceExhausted,
             _ => Code::Internal,
         }
     }
@@ -80,6 +85,7 @@ impl Code {
             Code::IndexNotFound => "index not found",
             Code::NotLoaded => "collection not loaded",
             Code::DeadlineExceeded => "deadline exceeded",
+            Code::ResourceExhausted => "resource exhausted",
         }
     }
 
@@ -89,6 +95,7 @@ impl Code {
             Code::CollectionNotFound | Code::IndexNotFound => Code::NotFound,
             Code::NotLoaded => Code::InvalidArgument,
             Code::DeadlineExceeded => Code::Timeout,
+            Code::ResourceExhausted => Code::Unavailable,
             other => other,
         }
     }

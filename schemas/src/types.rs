@@ -418,9 +418,13 @@ pub struct Delete {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MutationResult {
-    /// Primary keys written (inserts) or targeted (deletes).
+    /// Primary keys written (inserts) or targeted (deletes by key); empty for a delete by
+    /// filter, which can match any number of rows (as in Milvus).
     pub pks: Vec<PrimaryKey>,
     pub timestamp: Timestamp,
+    /// Rows written or deleted.
+    #[serde(default)]
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

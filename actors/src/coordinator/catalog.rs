@@ -3,12 +3,10 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream;
+use quiver_runtime::config::LimitsConfig;
 use quiver_runtime::{Bus, Error, Result};
 use quiver_schemas::{CollectionInfo, CollectionSchema, DataType, IndexParams, IndexType, SegmentInfo};
 use serde::{Deserialize, Serialize};
-
-/// Maximum vector dimension accepted.
-pub const MAX_DIM: u32 = 32_768;
 
 /// Where each shard's DML channel is consumed and served, and which nodes hold which segments.
 /// Persisted as `layout.<collection id>` so a restarted coordinator keeps its assignments.
@@ -130,8 +128,22 @@ fn valid_identifier(name: &str) -> bool {
 }
 
 /// Checks a schema, filling in defaults; every error names the offending field.
-pub fn validate_schema(mut schema: CollectionSchema, default_shards: u32) -> Result<CollectionSchema> {
+pub fn validate_schema(
+    mut schema: CollectionSchema,
+    default_shards: u32,
+    limits: &LimitsConfig,
+) -> Result<CollectionSchema> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
+    if schema.fields.len() > limits.max_fields {
+        return bad(format!(
+            "the schema has {} fields, more than the limit of {} (limits.max_fields)",
+            schema.fields.len(),
+            limits.max_fields
+        ));
+    }
+    if schema.description.len() > 65_535 {
+        return bad(format!("the collection description is {} bytes, over 65535", schema.description.len()));
+    }
     if !valid_identifier(&schema.name) {
         return bad(format!(
             "collection name {:?} is invalid: use 1-255 letters, digits or '_', starting with a letter or '_'",
@@ -156,8 +168,11 @@ pub fn validate_schema(mut schema: CollectionSchema, default_shards: u32) -> Res
             if f.max_length == 0 {
                 f.max_length = 65_535;
             }
-            if f.max_length > 65_535 {
-                return bad(format!("field {:?}: max_length {} exceeds 65535", f.name, f.max_length));
+            if f.max_length > limits.max_varchar_length {
+                return bad(format!(
+                    "field {:?}: max_length {} exceeds the limit of {} (limits.max_varchar_length)",
+                    f.name, f.max_length, limits.max_varchar_length
+                ));
             }
         }
     }
@@ -176,8 +191,11 @@ pub fn validate_schema(mut schema: CollectionSchema, default_shards: u32) -> Res
     }
     let vectors: Vec<_> = schema.fields.iter().filter(|f| f.data_type == DataType::FloatVector).collect();
     match vectors.as_slice() {
-        [v] if v.dim == 0 || v.dim > MAX_DIM => {
-            return bad(format!("vector field {:?}: dim {} must be between 1 and {MAX_DIM}", v.name, v.dim))
+        [v] if v.dim == 0 || v.dim > limits.max_dim => {
+            return bad(format!(
+                "vector field {:?}: dim {} must be between 1 and {} (limits.max_dim)",
+                v.name, v.dim, limits.max_dim
+            ))
         }
         [_] => {}
         [] => return bad("the schema has no FloatVector field".into()),
@@ -211,7 +229,8 @@ pub fn validate_index(p: &IndexParams, dim: u32) -> Result<()> {
     Ok(())
 }
 
-/// Creates the JetStream stream of each shard (idempotent).
+/// Creates the JetStream stream of each shard (idempotent), and lets streams created by older
+/// versions take atomic batches (a shard's share of an upsert is one).
 pub async fn create_streams(bus: &Bus, info: &CollectionInfo, replicas: usize) -> Result<()> {
     for shard in 0..info.schema.num_shards {
         let subjects = bus.subjects();
@@ -221,12 +240,18 @@ pub async fn create_streams(bus: &Bus, info: &CollectionInfo, replicas: usize) -
             storage: stream::StorageType::File,
             num_replicas: replicas,
             max_message_size: -1,
+            allow_atomic_publish: true,
             ..Default::default()
         };
-        bus.jetstream()
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot create DML stream for shard {shard}: {e}")))?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("cannot create DML stream for shard {shard} of {:?}: {e}", info.schema.name))
+        };
+        let mut stream = bus.jetstream().get_or_create_stream(config).await.map_err(|e| unavailable(&e))?;
+        let existing = stream.info().await.map_err(|e| unavailable(&e))?.config.clone();
+        if !existing.allow_atomic_publish {
+            let upgraded = stream::Config { allow_atomic_publish: true, ..existing };
+            bus.jetstream().update_stream(upgraded).await.map_err(|e| unavailable(&e))?;
+        }
     }
     Ok(())
 }
@@ -281,7 +306,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_fills_defaults() {
-        let s = validate_schema(schema(), 2).unwrap();
+        let s = validate_schema(schema(), 2, &LimitsConfig::default()).unwrap();
         assert_eq!(s.num_shards, 2);
     }
 
@@ -289,20 +314,20 @@ mod tests {
     fn rejects_with_named_problems() {
         let mut s = schema();
         s.fields[1].dim = 0;
-        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("dim"));
+        assert!(validate_schema(s, 1, &LimitsConfig::default()).unwrap_err().to_string().contains("dim"));
         let mut s = schema();
         s.fields.push(field("id", DataType::Bool));
-        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("twice"));
+        assert!(validate_schema(s, 1, &LimitsConfig::default()).unwrap_err().to_string().contains("twice"));
         let mut s = schema();
         s.fields[0].is_primary = false;
-        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("primary"));
+        assert!(validate_schema(s, 1, &LimitsConfig::default()).unwrap_err().to_string().contains("primary"));
         let mut s = schema();
         s.name = "bad name".into();
-        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("invalid"));
+        assert!(validate_schema(s, 1, &LimitsConfig::default()).unwrap_err().to_string().contains("invalid"));
         let mut s = schema();
         s.fields[0].data_type = DataType::VarChar;
         s.fields[0].auto_id = true;
-        assert!(validate_schema(s, 1).unwrap_err().to_string().contains("auto_id"));
+        assert!(validate_schema(s, 1, &LimitsConfig::default()).unwrap_err().to_string().contains("auto_id"));
     }
 
     #[test]

@@ -101,6 +101,9 @@ impl Coordinator {
             catalog.collections.insert(info.schema.name.clone(), info);
         }
         tracing::info!(collections = catalog.collections.len(), "coordinator loaded metadata");
+        for info in catalog.collections.values() {
+            catalog::create_streams(&node.shared.bus, info, node.shared.config.nats.replicas).await?;
+        }
         let tso = tso::Tso::load(meta).await?;
         let ids = tso::IdAllocator::load(meta).await?;
         Ok(Coordinator {
@@ -128,7 +131,7 @@ impl Coordinator {
 
     async fn create_collection(&self, req: CreateCollection) -> Result<Empty> {
         let config = &self.node.shared.config;
-        let schema = validate_schema(req.schema, config.coordinator.default_shards)?;
+        let schema = validate_schema(req.schema, config.coordinator.default_shards, &config.limits)?;
         let mut catalog = self.catalog.lock().await;
         if let Some(existing) = catalog.collections.get(&schema.name) {
             if existing.schema == schema {

@@ -1,7 +1,7 @@
 //! Timestamp oracle and id allocator. Both persist a reservation ahead of what they hand out,
 //! so a restarted coordinator never repeats a timestamp or an id.
 
-use quiver_runtime::{bus::now_ms, JsonBucket, Result};
+use quiver_runtime::{bus::now_ms, Error, JsonBucket, Result};
 use quiver_schemas::{ts_compose, TS_LOGICAL_BITS};
 
 use quiver_schemas::protocol::keys::{IDS as IDS_KEY, TSO as TSO_KEY};
@@ -9,6 +9,18 @@ use quiver_schemas::protocol::keys::{IDS as IDS_KEY, TSO as TSO_KEY};
 const TSO_WINDOW_MS: u64 = 3_000;
 /// How many ids are reserved per KV write.
 const ID_BLOCK: u64 = 100_000;
+/// Most timestamps one request may take: well within one millisecond's logical space, so a
+/// range never spills into the physical bits.
+pub const MAX_TS_PER_ALLOC: u64 = 4096;
+/// Most ids one request may take (an insert takes one per row).
+pub const MAX_IDS_PER_ALLOC: u64 = 1 << 24;
+
+fn check_count(count: u64, max: u64, what: &str) -> Result<()> {
+    if count == 0 || count > max {
+        return Err(Error::InvalidArgument(format!("cannot allocate {count} {what}: ask for 1 to {max} at a time")));
+    }
+    Ok(())
+}
 
 pub struct Tso {
     physical: u64,
@@ -24,6 +36,7 @@ impl Tso {
 
     /// `count` consecutive hybrid timestamps; returns the first.
     pub async fn alloc(&mut self, meta: &JsonBucket, count: u64) -> Result<u64> {
+        check_count(count, MAX_TS_PER_ALLOC, "timestamps")?;
         let max_logical = 1u64 << TS_LOGICAL_BITS;
         let now = now_ms();
         if now > self.physical {
@@ -40,7 +53,7 @@ impl Tso {
             self.reserved_until = until;
         }
         let ts = ts_compose(self.physical, self.logical);
-        self.logical += count.max(1);
+        self.logical += count;
         Ok(ts)
     }
 }
@@ -58,7 +71,7 @@ impl IdAllocator {
 
     /// `count` consecutive ids; returns the first.
     pub async fn alloc(&mut self, meta: &JsonBucket, count: u64) -> Result<u64> {
-        let count = count.max(1);
+        check_count(count, MAX_IDS_PER_ALLOC, "ids")?;
         if self.next + count > self.reserved_until {
             let until = self.next + count + ID_BLOCK;
             meta.put(IDS_KEY, &until).await?;

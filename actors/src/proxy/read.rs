@@ -22,6 +22,7 @@ use super::load::NodeLoads;
 use super::reply::{self, pk_type, RowsShape, SearchShape};
 use super::validate::{check_output_fields, check_pk, check_search, select_rows};
 use super::Proxy;
+use crate::limits::ReadLimits;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
 
@@ -261,8 +262,8 @@ impl Proxy {
 
     pub(super) async fn search(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.collection(&req.collection, ctx).await?;
-        let cfg = &self.node.shared.config.proxy;
-        let nq = check_search(&info, &mut req, cfg.max_top_k, cfg.max_nq)?;
+        self.node.shared.memory.admit("a search")?;
+        let nq = check_search(&info, &mut req, &ReadLimits::of(&self.node.shared.config))?;
         let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
@@ -311,6 +312,8 @@ impl Proxy {
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("get needs at least one primary key".into()));
         }
+        self.node.shared.memory.admit("a get")?;
+        ReadLimits::of(&self.node.shared.config).check_rows(req.pks.len() as u64, Some(info.dim()), "a get")?;
         for pk in &req.pks {
             check_pk(&info, pk)?;
         }
@@ -377,6 +380,8 @@ impl Proxy {
                 req.limit.saturating_add(req.offset)
             )));
         }
+        self.node.shared.memory.admit("a query")?;
+        ReadLimits::of(&self.node.shared.config).check_filter(&req.filter)?;
         let (expr, filter) = parse_filter(&info, &req.filter)?;
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
         let wants_vector = req.output_fields.contains(&vector);
@@ -404,6 +409,11 @@ impl Proxy {
         }
         // Unbounded queries stop at `max` rows (+1 to tell that there were more).
         let node_limit = if req.limit == 0 && !count { max + 1 } else { req.limit };
+        if !count {
+            let rows = node_limit.saturating_add(req.offset);
+            let dim = wants_vector.then_some(info.dim());
+            ReadLimits::of(&self.node.shared.config).check_rows(rows, dim, "a query")?;
+        }
         let req = Arc::new(req);
         let filter = Arc::new(filter);
         let guarantee_ts = self.guarantee(req.consistency);

@@ -5,21 +5,12 @@ use std::collections::HashSet;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{CollectionInfo, DataType, PrimaryKey, RowBatch, ScalarValue, Search};
 
+use crate::dml::value_fits;
+use crate::limits::{check_vectors, ReadLimits};
+use quiver_runtime::config::LimitsConfig;
+
 fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
-}
-
-fn check_vectors(vectors: &[f32], dim: usize, what: &str) -> Result<usize> {
-    if dim == 0 || !vectors.len().is_multiple_of(dim) {
-        return Err(bad(format!(
-            "{what}: {} floats is not a whole number of {dim}-dimensional vectors",
-            vectors.len()
-        )));
-    }
-    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
-        return Err(bad(format!("{what}: vector {} contains NaN or infinity (element {})", i / dim, i % dim)));
-    }
-    Ok(vectors.len() / dim)
 }
 
 fn dim_mismatch(info: &CollectionInfo, got: u32) -> Error {
@@ -48,18 +39,6 @@ pub fn check_pk(info: &CollectionInfo, pk: &PrimaryKey) -> Result<()> {
     }
 }
 
-fn value_fits(t: DataType, v: &ScalarValue) -> bool {
-    matches!(
-        (t, v),
-        (DataType::Bool, ScalarValue::Bool(_))
-            | (DataType::Int64, ScalarValue::Int64(_))
-            | (DataType::Float, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
-            | (DataType::Double, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
-            | (DataType::VarChar, ScalarValue::VarChar(_))
-            | (DataType::Json, ScalarValue::Json(_))
-    )
-}
-
 /// Coerces numbers to the field's type (an int into a float field, say).
 fn coerce(t: DataType, v: ScalarValue) -> ScalarValue {
     match (t, v) {
@@ -71,8 +50,14 @@ fn coerce(t: DataType, v: ScalarValue) -> ScalarValue {
     }
 }
 
-/// Checks (and normalises) an insert batch. Returns the row count.
-pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize) -> Result<usize> {
+/// Checks (and normalises) an insert batch against the schema and the size limits. Returns
+/// the row count.
+pub fn check_insert(
+    info: &CollectionInfo,
+    rows: &mut RowBatch,
+    max_rows: usize,
+    limits: &LimitsConfig,
+) -> Result<usize> {
     let name = &info.schema.name;
     if rows.vectors.is_empty() {
         return Err(bad(format!("empty batch: an insert into {name:?} needs at least one row")));
@@ -111,13 +96,20 @@ pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize)
             return Err(bad(format!("field {:?}: got {} values for {n} rows", col.name, col.values.len())));
         }
         for (i, v) in col.values.iter().enumerate() {
-            if !value_fits(field.data_type, v) {
+            if matches!(v, ScalarValue::Null) || !value_fits(field.data_type, v) {
                 return Err(bad(format!("field {:?} is {:?}; row {i} has {v:?}", col.name, field.data_type)));
             }
-            if let (DataType::VarChar, ScalarValue::VarChar(s)) = (field.data_type, v) {
-                if s.len() > field.max_length as usize {
-                    return Err(bad(format!("field {:?}: row {i} exceeds max_length {}", col.name, field.max_length)));
+            match (field.data_type, v) {
+                (DataType::VarChar, ScalarValue::VarChar(s)) if s.len() > field.max_length as usize => {
+                    return Err(bad(format!(
+                        "field {:?}: row {i} is {} bytes, over max_length {}",
+                        col.name,
+                        s.len(),
+                        field.max_length
+                    )));
                 }
+                (DataType::Json, ScalarValue::Json(s)) => check_json(s, &col.name, i, limits)?,
+                _ => {}
             }
         }
         let t = field.data_type;
@@ -137,6 +129,13 @@ pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize)
             if d.is_empty() {
                 continue;
             }
+            if d.len() > limits.max_json_bytes {
+                return Err(bad(format!(
+                    "dynamic field of row {i} is {} bytes of JSON, over the limit of {} (limits.max_json_bytes)",
+                    d.len(),
+                    limits.max_json_bytes
+                )));
+            }
             match serde_json::from_str::<serde_json::Value>(d) {
                 Ok(serde_json::Value::Object(_)) => {}
                 _ => return Err(bad(format!("dynamic field of row {i} is not a JSON object"))),
@@ -146,21 +145,24 @@ pub fn check_insert(info: &CollectionInfo, rows: &mut RowBatch, max_rows: usize)
     Ok(n)
 }
 
-/// Checks a search and expands `*` in its output fields.
-pub fn check_search(info: &CollectionInfo, search: &mut Search, max_top_k: u32, max_nq: usize) -> Result<usize> {
-    if search.top_k == 0 || search.top_k > max_top_k {
-        return Err(bad(format!("top_k must be between 1 and {max_top_k}, got {}", search.top_k)));
+/// Checks one JSON field value: its size, and that it parses (serde_json bounds nesting at 128
+/// levels, so a deeply nested value is an error, not a stack overflow).
+fn check_json(text: &str, field: &str, row: usize, limits: &LimitsConfig) -> Result<()> {
+    if text.len() > limits.max_json_bytes {
+        return Err(bad(format!(
+            "field {field:?}: row {row} is {} bytes of JSON, over the limit of {} (limits.max_json_bytes)",
+            text.len(),
+            limits.max_json_bytes
+        )));
     }
-    if search.vectors.is_empty() {
-        return Err(bad("search has no query vectors".into()));
-    }
-    if search.dim != info.dim() {
-        return Err(dim_mismatch(info, search.dim));
-    }
-    let nq = check_vectors(&search.vectors, info.dim() as usize, "search")?;
-    if nq > max_nq {
-        return Err(bad(format!("{nq} query vectors exceed the limit of {max_nq} per search")));
-    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| bad(format!("field {field:?}: row {row} is not valid JSON: {e}")))?;
+    Ok(())
+}
+
+/// Checks a search against the limits and expands `*` in its output fields.
+pub fn check_search(info: &CollectionInfo, search: &mut Search, limits: &ReadLimits) -> Result<usize> {
+    let nq = limits.check_search(search, info.dim())?;
     search.output_fields = check_output_fields(info, &search.output_fields)?;
     Ok(nq)
 }

@@ -28,6 +28,7 @@ use quiver_schemas::{
 use search::Sealed;
 use shard::{Shard, ShardData};
 
+use crate::limits::ReadLimits;
 use crate::node::{start_role, Node, RoleHandler};
 use crate::rows::decode_segment;
 use crate::vector::VectorIndex;
@@ -129,7 +130,6 @@ impl QueryNode {
         let mut needed: HashSet<u32> = loaded.segments.values().map(|s| s.info.shard).collect();
         needed.extend(leads.keys().copied());
         loaded.shards.retain(|id, s| needed.contains(id) && s.data.leader == leads.contains_key(id));
-        let dim = info.dim() as usize;
         for shard in needed {
             let lead = leads.get(&shard);
             match loaded.shards.get(&shard) {
@@ -141,7 +141,7 @@ impl QueryNode {
                 }
                 None => {
                     let sealed = lead.map_or(0, |l| l.sealed_seq);
-                    let s = Shard::open(&self.node, info.id, shard, dim, metric, lead.is_some(), sealed);
+                    let s = Shard::open(&self.node, &info, shard, metric, lead.is_some(), sealed);
                     loaded.shards.insert(shard, s);
                 }
             }
@@ -234,9 +234,17 @@ impl QueryNode {
         ctx.check(format_args!("the read started on {}", self.node.id))
     }
 
+    fn limits(&self) -> ReadLimits {
+        ReadLimits::of(&self.node.shared.config)
+    }
+
     async fn search(&self, req: NodeSearch, ctx: &RequestContext) -> Result<NodeSearchResults> {
         let arrived = now_ms();
+        self.node.shared.memory.admit("a search")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        // Checked again here, before faiss reads `nq × dim` floats or `nq × top_k` results
+        // are allocated: the proxy is a peer, not a guarantee.
+        self.limits().check_search(&req.search, info.dim())?;
         let shards: Vec<ShardView> = {
             let collections = self.collections.borrow();
             let views = collections.get(&req.collection).map(|c| &c.views);
@@ -261,7 +269,9 @@ impl QueryNode {
 
     async fn get(&self, req: NodeGet, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
+        self.node.shared.memory.admit("a get")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        self.limits().check_rows(req.get.pks.len() as u64, Some(info.dim()), "a get")?;
         self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived, ctx).await?;
         let dim = info.dim() as usize;
         let (rows, seqs) = tokio::task::spawn_blocking(move || {
@@ -274,13 +284,27 @@ impl QueryNode {
 
     async fn query(&self, req: NodeQuery, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
+        self.node.shared.memory.admit("a query")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
+        let limits = self.limits();
+        limits.check_query(&req.query)?;
+        let vector = info.vector_field().map(|f| f.name.as_str()).unwrap_or_default();
+        let with_vectors = req.query.output_fields.iter().any(|f| f == vector);
+        let count = req.query.output_fields.len() == 1 && req.query.output_fields[0] == quiver_schemas::COUNT_STAR;
+        // A row query is bounded even when it names no limit (the proxy always names one).
+        let rows = match req.query.limit.saturating_add(req.query.offset) {
+            0 if !count => u64::from(limits.max_top_k) + 1,
+            rows => rows,
+        };
+        if !count {
+            limits.check_rows(rows, with_vectors.then_some(info.dim()), "a query")?;
+        }
         self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived, ctx).await?;
         let filter = search::Filter::from_json(&req.filter)?;
         let q = search::QueryPlan {
             filter,
             output_fields: req.query.output_fields,
-            limit: req.query.limit.saturating_add(req.query.offset),
+            limit: rows,
             dim: info.dim() as usize,
             vector_field: info.vector_field().map(|f| f.name.clone()).unwrap_or_default(),
             segments,
@@ -362,6 +386,10 @@ impl RoleHandler for QueryNode {
             .map(|s| s.data.growing.read().map_or(0, |g| g.rows.len()))
             .sum();
         let leads: usize = collections.values().flat_map(|c| c.shards.values()).filter(|s| s.data.leader).count();
-        (segments as u32, format!("{} collections, leads {leads} shards, {growing} growing rows", collections.len()))
+        let mut detail = format!("{} collections, leads {leads} shards, {growing} growing rows", collections.len());
+        if let Some(note) = crate::dml::quarantine_note() {
+            detail.push_str(&note);
+        }
+        (segments as u32, detail)
     }
 }

@@ -282,25 +282,40 @@ pub fn run_get(
     let mut out = RowBatch { dim: dim as u32, ..Default::default() };
     let mut per_field: Vec<Column> = fields.iter().map(|f| Column { name: f.clone(), values: Vec::new() }).collect();
     let guards: Vec<_> = growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
-    for pk in pks {
-        let mut best: Option<(Seq, &RowStore, usize)> = None;
-        for (seg, shard) in segments {
-            let deletes = shard.deletes.read().map_err(lock_err)?;
+    // The newest live version of each key: sealed segments through their key index, growing
+    // rows in one pass each (a key lookup per row, not a scan per key: `pk in [...]` with
+    // many keys over many growing rows stays linear).
+    let mut best: Vec<Option<(Seq, &RowStore, usize)>> = vec![None; pks.len()];
+    let mut wanted: HashMap<&PrimaryKey, Vec<usize>> = HashMap::with_capacity(pks.len());
+    for (i, pk) in pks.iter().enumerate() {
+        wanted.entry(pk).or_default().push(i);
+    }
+    for (seg, shard) in segments {
+        let deletes = shard.deletes.read().map_err(lock_err)?;
+        for (i, pk) in pks.iter().enumerate() {
             for &r in seg.pk_index.get(pk).map(Vec::as_slice).unwrap_or(&[]) {
                 let seq = seg.rows.seqs[r as usize];
-                if !deletes.hides(pk, seq) && best.is_none_or(|b| seq > b.0) {
-                    best = Some((seq, &seg.rows, r as usize));
+                if !deletes.hides(pk, seq) && best[i].is_none_or(|b| seq > b.0) {
+                    best[i] = Some((seq, &seg.rows, r as usize));
                 }
             }
         }
-        for ((shard, after), g) in growing.iter().zip(&guards) {
-            let deletes = shard.deletes.read().map_err(lock_err)?;
-            for (r, (p, seq)) in g.rows.pks.iter().zip(&g.rows.seqs).enumerate() {
-                if p == pk && *seq > *after && !deletes.hides(pk, *seq) && best.is_none_or(|b| *seq > b.0) {
-                    best = Some((*seq, &g.rows, r));
+    }
+    for ((shard, after), g) in growing.iter().zip(&guards) {
+        let deletes = shard.deletes.read().map_err(lock_err)?;
+        for (r, (p, seq)) in g.rows.pks.iter().zip(&g.rows.seqs).enumerate() {
+            let Some(slots) = wanted.get(p) else { continue };
+            if *seq <= *after || deletes.hides(p, *seq) {
+                continue;
+            }
+            for &i in slots {
+                if best[i].is_none_or(|b| *seq > b.0) {
+                    best[i] = Some((*seq, &g.rows, r));
                 }
             }
         }
+    }
+    for (pk, best) in pks.iter().zip(best) {
         if let Some((seq, rows, r)) = best {
             let batch = rows.to_batch(&[r], fields);
             out.pks.push(pk.clone());

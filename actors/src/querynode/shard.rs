@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quiver_runtime::{bus::now_ms, Error, Result};
-use quiver_schemas::{ts_physical_ms, Consistency, DmlEntry, MetricType, PrimaryKey, Seq, Timestamp};
+use quiver_schemas::{ts_physical_ms, CollectionInfo, Consistency, DmlEntry, MetricType, PrimaryKey, Seq, Timestamp};
 use tokio::sync::watch;
 
 use crate::dml::{self, ShardLog};
@@ -65,23 +65,23 @@ impl Shard {
     /// `sealed_seq` when `leader`.
     pub fn open(
         node: &Node,
-        collection: u64,
+        info: &CollectionInfo,
         shard: u32,
-        dim: usize,
         metric: MetricType,
         leader: bool,
         sealed_seq: Seq,
     ) -> Shard {
-        let data = Arc::new(ShardData::new(collection, shard, dim, metric, leader, sealed_seq));
-        let task = node.spawn_loop("shard log reader", read_log(node.clone(), data.clone()));
+        let dim = info.dim() as usize;
+        let data = Arc::new(ShardData::new(info.id, shard, dim, metric, leader, sealed_seq));
+        let task = node.spawn_loop("shard log reader", read_log(node.clone(), info.clone(), data.clone()));
         Shard { data, task }
     }
 }
 
-async fn read_log(node: Node, data: Arc<ShardData>) -> Result<()> {
+async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>) -> Result<()> {
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
-    let mut log = ShardLog::open(&bus, data.collection, data.shard, 0, skip).await?;
+    let mut log = ShardLog::open(&bus, &info, data.shard, 0, skip).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

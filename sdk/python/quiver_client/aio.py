@@ -213,6 +213,7 @@ class AsyncClient:
             res = await self._insert_one(collection, rows.slice(start, min(start + per_call, n)))
             out.pks.extend(res.pks)
             out.timestamp = res.timestamp
+            out.count += res.count
         return out
 
     def _rows_per_insert(self, rows: RowBatch) -> int:
@@ -234,7 +235,8 @@ class AsyncClient:
         return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
 
     async def delete_where(self, collection: str, filter: str) -> MutationResult:
-        """Deletes every row matching a Milvus boolean expression; returns the keys deleted."""
+        """Deletes every row matching a Milvus boolean expression, however many; the result's
+        ``count`` says how many were deleted (its key list is empty, as in Milvus)."""
         body = {"collection": collection, "pks": [], "filter": filter}
         return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
 

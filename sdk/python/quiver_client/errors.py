@@ -91,7 +91,8 @@ class DecodeError(ClientError):
 # Status codes of the `Quiver-Status` reply header (schemas/src/status.rs). 7 (`Stale`: the
 # server's cached view was out of date) is retryable like `Unavailable`, as in the Rust SDK.
 # 8-11 are finer kinds of the first ones: collection not found and index not found (NotFound),
-# collection not loaded (InvalidArgument), the caller's deadline passed (Timeout).
+# collection not loaded (InvalidArgument), the caller's deadline passed (Timeout); 12 is a
+# node at one of its limits (Unavailable: back off and retry).
 _BY_CODE: Dict[int, Type[ClientError]] = {
     1: InvalidArgument,
     2: NotFound,
@@ -104,6 +105,7 @@ _BY_CODE: Dict[int, Type[ClientError]] = {
     9: NotFound,
     10: InvalidArgument,
     11: Timeout,
+    12: Unavailable,
 }
 
 

@@ -297,8 +297,9 @@ struct Delete {
 }
 
 struct MutationResult {
-  pks @0 :List(PrimaryKey);     # Keys written (inserts) or targeted (deletes).
+  pks @0 :List(PrimaryKey);     # Keys written (inserts) or targeted (deletes); empty for a delete by filter.
   timestamp @1 :UInt64;
+  count @2 :UInt64;             # Rows written or deleted (a delete by filter lists no keys); 0 from older proxies: count the keys.
 }
 
 struct Get {

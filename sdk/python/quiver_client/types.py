@@ -475,6 +475,8 @@ class MutationResult:
     pks: List[PrimaryKey]
     #: Hybrid timestamp (physical ms << 18 | logical) of the write.
     timestamp: int
+    #: Rows written or deleted (a delete by filter lists no keys, as in Milvus).
+    count: int = 0
 
 
 @dataclass

@@ -370,7 +370,8 @@ def get_results_from_wire(d: Dict_) -> GetResults:
 
 
 def mutation_from_wire(d: Dict_) -> MutationResult:
-    return MutationResult([pk_from_wire(p) for p in d.get("pks", [])], int(d.get("timestamp", 0)))
+    pks = [pk_from_wire(p) for p in d.get("pks", [])]
+    return MutationResult(pks, int(d.get("timestamp", 0)), int(d.get("count", 0)) or len(pks))
 
 
 def flush_from_wire(d: Dict_) -> FlushResult:

@@ -177,7 +177,7 @@ impl Client {
         if n <= per_call {
             return self.call::<api::Insert>(&Insert { collection: collection.into(), rows }).await;
         }
-        let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0 };
+        let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0, count: 0 };
         let mut start = 0;
         while start < n {
             let end = (start + per_call).min(n);
@@ -186,6 +186,7 @@ impl Client {
                 self.call::<api::Insert>(&Insert { collection: collection.into(), rows: part }).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
+            out.count += res.count;
             start = end;
         }
         Ok(out)
@@ -195,7 +196,8 @@ impl Client {
         self.call::<api::Delete>(&Delete { collection: collection.into(), pks, filter: String::new() }).await
     }
 
-    /// Deletes every row matching a Milvus boolean expression; returns the keys deleted.
+    /// Deletes every row matching a Milvus boolean expression, however many; the result's
+    /// `count` says how many were deleted (its key list is empty, as in Milvus).
     pub async fn delete_where(&self, collection: &str, filter: &str) -> Result<MutationResult> {
         self.call::<api::Delete>(&Delete { collection: collection.into(), pks: Vec::new(), filter: filter.into() })
             .await

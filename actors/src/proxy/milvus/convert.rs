@@ -41,6 +41,8 @@ pub fn status_of(e: &Error) -> common::Status {
             (ErrorCode::IllegalArgument, 1100, false)
         }
         Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_) => (ErrorCode::UnexpectedError, 503, true),
+        // pymilvus backs off and retries a rate-limited call by itself (merr ErrServiceRateLimit).
+        Error::ResourceExhausted(_) => (ErrorCode::RateLimit, 8, true),
         // The client's own deadline passed: retrying cannot help it.
         Error::DeadlineExceeded(_) => (ErrorCode::UnexpectedError, 503, false),
         // Quiver's own failures (faiss, storage, a malformed reply between nodes, configuration).
@@ -392,7 +394,7 @@ pub struct PlaceholderValue {
 const FLOAT_VECTOR_PLACEHOLDER: i32 = 101;
 
 /// The query vectors of a search: little-endian f32s, one value per query.
-pub fn vectors_from(placeholder_group: &[u8], dim: u32) -> Result<(Vec<f32>, usize)> {
+pub fn vectors_from(placeholder_group: &[u8], dim: u32, max_nq: usize) -> Result<(Vec<f32>, usize)> {
     let group = PlaceholderGroup::decode(placeholder_group)
         .map_err(|e| bad(format!("malformed placeholder group (search vectors): {e}")))?;
     let Some(ph) = group.placeholders.first() else { return Err(bad("search has no query vectors")) };
@@ -402,17 +404,28 @@ pub fn vectors_from(placeholder_group: &[u8], dim: u32) -> Result<(Vec<f32>, usi
             ph.r#type
         )));
     }
-    let mut out = Vec::with_capacity(ph.values.len() * dim as usize);
-    for (i, v) in ph.values.iter().enumerate() {
-        if v.len() != dim as usize * 4 {
-            return Err(bad(format!(
-                "vector dimension mismatch: query {i} has {} dimensions, the collection's vector field has {dim}",
-                v.len() / 4
-            )));
-        }
+    let nq = ph.values.len();
+    if nq == 0 {
+        return Err(bad("search has no query vectors"));
+    }
+    if nq > max_nq {
+        return Err(bad(format!("{nq} query vectors exceed the limit of {max_nq} per search (proxy.max_nq)")));
+    }
+    // Every length is checked before anything is allocated: the allocation is then bounded by
+    // the bytes the client really sent, not by what it claims.
+    let want = dim as usize * 4;
+    if let Some((i, v)) = ph.values.iter().enumerate().find(|(_, v)| v.len() != want) {
+        return Err(bad(format!(
+            "vector dimension mismatch: query {i} has {} bytes ({} dimensions), the collection's vector field has {dim}",
+            v.len(),
+            v.len() / 4
+        )));
+    }
+    let mut out = Vec::with_capacity(nq * dim as usize);
+    for v in &ph.values {
         out.extend(v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
     }
-    Ok((out, ph.values.len()))
+    Ok((out, nq))
 }
 
 // ---- rows ----
@@ -848,11 +861,11 @@ mod tests {
                 values: vec![[1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect()],
             }],
         };
-        let (v, nq) = vectors_from(&group.encode_to_vec(), 2).unwrap();
+        let (v, nq) = vectors_from(&group.encode_to_vec(), 2, 16).unwrap();
         assert_eq!((v, nq), (vec![1.0, 2.0], 1));
-        let e = err(vectors_from(&group.encode_to_vec(), 3));
+        let e = err(vectors_from(&group.encode_to_vec(), 3, 16));
         assert!(e.contains("dimension") && e.contains('3'), "{e}");
-        assert!(err(vectors_from(b"\x0a\x05", 2)).contains("placeholder"));
+        assert!(err(vectors_from(b"\x0a\x05", 2, 16)).contains("placeholder"));
     }
 
     #[test]

@@ -37,24 +37,26 @@ pub mod proto {
 
 use proto::milvus::milvus_service_server::MilvusServiceServer;
 
-/// Largest gRPC message accepted or sent (Milvus' default is 64 MiB too).
-const MAX_MESSAGE: usize = 64 << 20;
-
 /// Serves the Milvus API on `addr` until `stop` fires (the proxy role stopped or restarts).
 pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>) -> Result<()> {
     let listener = bind(&addr).await?;
     tracing::info!(%addr, "Milvus gRPC API listening");
     let credentials = Arc::new(proxy.node.shared.config.proxy.credentials.iter().cloned().collect::<HashSet<_>>());
+    let limits = proxy.node.shared.config.limits.clone();
     let svc = MilvusServiceServer::new(service::MilvusApi::new(proxy))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(limits.grpc_max_message_bytes)
+        .max_encoding_message_size(limits.grpc_max_message_bytes);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, move |req: tonic::Request<()>| {
         authenticate(&credentials, &req)?;
         Ok(req)
     });
     let incoming = tokio_stream_listener(listener);
+    // One limit for the whole API, not per connection: a request beyond it is refused at once
+    // with RESOURCE_EXHAUSTED (load shedding) rather than queued.
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .load_shed(true)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.grpc_max_concurrent_requests))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;

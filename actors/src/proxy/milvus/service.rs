@@ -529,7 +529,7 @@ impl MilvusService for MilvusApi {
             // pymilvus reads `delete_cnt`; the ids stay empty, as Milvus leaves them.
             Ok(MutationResult {
                 status: Some(ok()),
-                delete_cnt: out.pks.len() as i64,
+                delete_cnt: out.count as i64,
                 timestamp: out.timestamp,
                 ..Default::default()
             })
@@ -599,7 +599,11 @@ impl MilvusService for MilvusApi {
         req: Request<GetFlushStateRequest>,
     ) -> Result<Response<GetFlushStateResponse>, Status> {
         let t = Instant::now();
-        // Quiver's flush returns once its segments are durable in the object store.
+        // Always true, and rightly so: a Quiver segment gets its id when it is sealed and is
+        // reported only once its object is durable, so every id a Flush returned is flushed,
+        // and Flush returns only after everything before it was sealed. Milvus' datacoord
+        // also counts ids it does not know (compacted, dropped) as flushed; it says false
+        // only for segments still growing, which in Quiver have no id to ask about.
         let result = check_db(&req, &req.get_ref().db_name)
             .map(|()| GetFlushStateResponse { status: Some(ok()), flushed: true });
         answer("GetFlushState", t, result)
@@ -784,6 +788,10 @@ fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
 }
 
 impl MilvusApi {
+    fn max_nq(&self) -> usize {
+        self.proxy.node.shared.config.proxy.max_nq
+    }
+
     fn consistency(
         &self,
         info: &quiver_schemas::CollectionInfo,
@@ -820,7 +828,7 @@ impl MilvusApi {
                 knobs.top_k, knobs.offset
             )));
         }
-        let (vectors, nq) = convert::vectors_from(&r.placeholder_group, info.dim())?;
+        let (vectors, nq) = convert::vectors_from(&r.placeholder_group, info.dim(), self.max_nq())?;
         let (fields, with_vectors) = convert::output_fields(&info, &r.output_fields)?;
         let k = knobs.top_k.saturating_add(knobs.offset);
         let search = Search {
@@ -872,8 +880,28 @@ impl MilvusApi {
     async fn run_hybrid(&self, r: HybridSearchRequest, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.proxy.collection(&r.collection_name, ctx).await?;
         let params: HashMap<String, String> = r.rank_params.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
-        let limit: u32 = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(10);
-        let offset: u32 = params.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let number = |key: &str, default: u32| -> Result<u32> {
+            match params.get(key) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| {
+                    Error::InvalidArgument(format!("hybrid search {key} {v:?} is not a number between 0 and 2^32"))
+                }),
+            }
+        };
+        let (limit, offset) = (number("limit", 10)?, number("offset", 0)?);
+        let max = self.proxy.node.shared.config.proxy.max_top_k;
+        if limit == 0 || u64::from(limit) + u64::from(offset) > u64::from(max) {
+            return Err(Error::InvalidArgument(format!(
+                "hybrid search limit {limit} with offset {offset} is invalid: limit + offset must be in [1, {max}] (proxy.max_top_k)"
+            )));
+        }
+        let max_requests = self.proxy.node.shared.config.limits.max_hybrid_requests;
+        if r.requests.is_empty() || r.requests.len() > max_requests {
+            return Err(Error::InvalidArgument(format!(
+                "hybrid search has {} sub-searches; it needs 1 to {max_requests} (limits.max_hybrid_requests)",
+                r.requests.len()
+            )));
+        }
         let strategy = params.get("strategy").map(|s| s.to_ascii_lowercase()).unwrap_or_else(|| "rrf".into());
         let rank: serde_json::Value =
             params.get("params").and_then(|p| serde_json::from_str(p).ok()).unwrap_or(serde_json::Value::Null);
@@ -885,7 +913,7 @@ impl MilvusApi {
             sub.output_fields = r.output_fields.clone();
             sub.consistency_level = r.consistency_level;
             sub.use_default_consistency = r.use_default_consistency;
-            let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim())?;
+            let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim(), self.max_nq())?;
             let part = self.run_search(sub, ctx).await?;
             let weight = match strategy.as_str() {
                 "weighted" => rank.get("weights").and_then(|w| w.get(i)).and_then(|w| w.as_f64()).unwrap_or(1.0),

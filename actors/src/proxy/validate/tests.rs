@@ -3,6 +3,7 @@
 use quiver_schemas::{CollectionSchema, Column, Consistency, FieldSchema, SearchParams};
 
 use super::*;
+use quiver_runtime::config::LimitsConfig;
 
 fn field(name: &str, data_type: DataType) -> FieldSchema {
     FieldSchema {
@@ -72,38 +73,62 @@ fn batch() -> RowBatch {
 fn a_valid_insert_passes_with_numbers_coerced() {
     let mut rows = batch();
     rows.columns[2].values[1] = ScalarValue::VarChar("abcd".into());
-    assert_eq!(check_insert(&docs(), &mut rows, 10).unwrap(), 2);
+    assert_eq!(check_insert(&docs(), &mut rows, 10, &LimitsConfig::default()).unwrap(), 2);
     assert_eq!(rows.columns[1].values, [ScalarValue::Double(3.0), ScalarValue::Double(0.5)], "into the Double field");
 }
 
 #[test]
 fn insert_vectors_are_checked() {
     let mut empty = RowBatch { vectors: Vec::new(), ..batch() };
-    rejects(check_insert(&docs(), &mut empty, 10), "empty batch");
+    rejects(check_insert(&docs(), &mut empty, 10, &LimitsConfig::default()), "empty batch");
     let mut wrong_dim = RowBatch { dim: 3, vectors: vec![0.0; 6], ..batch() };
-    rejects(check_insert(&docs(), &mut wrong_dim, 10), "stores 2-dimensional vectors, got 3");
+    rejects(check_insert(&docs(), &mut wrong_dim, 10, &LimitsConfig::default()), "stores 2-dimensional vectors, got 3");
     let mut ragged = RowBatch { vectors: vec![0.0; 5], ..batch() };
-    rejects(check_insert(&docs(), &mut ragged, 10), "5 floats is not a whole number of 2-dimensional vectors");
+    rejects(
+        check_insert(&docs(), &mut ragged, 10, &LimitsConfig::default()),
+        "5 floats is not a whole number of 2-dimensional vectors",
+    );
     let mut nan = batch();
     nan.vectors[3] = f32::NAN;
-    rejects(check_insert(&docs(), &mut nan, 10), "vector 1 contains NaN or infinity (element 1)");
+    rejects(
+        check_insert(&docs(), &mut nan, 10, &LimitsConfig::default()),
+        "vector 1 contains NaN or infinity (element 1)",
+    );
     let mut inf = batch();
     inf.vectors[0] = f32::NEG_INFINITY;
-    rejects(check_insert(&docs(), &mut inf, 10), "vector 0 contains NaN or infinity (element 0)");
-    rejects(check_insert(&docs(), &mut batch(), 1), "insert of 2 rows exceeds the limit of 1 rows");
+    rejects(
+        check_insert(&docs(), &mut inf, 10, &LimitsConfig::default()),
+        "vector 0 contains NaN or infinity (element 0)",
+    );
+    rejects(
+        check_insert(&docs(), &mut batch(), 1, &LimitsConfig::default()),
+        "insert of 2 rows exceeds the limit of 1 rows",
+    );
 }
 
 #[test]
 fn insert_keys_are_checked() {
     let mut given = batch();
-    rejects(check_insert(&info(DataType::Int64, true, false), &mut given, 10), "is auto_id: do not supply it");
+    rejects(
+        check_insert(&info(DataType::Int64, true, false), &mut given, 10, &LimitsConfig::default()),
+        "is auto_id: do not supply it",
+    );
     let mut allocated = RowBatch { pks: Vec::new(), ..batch() };
-    assert_eq!(check_insert(&info(DataType::Int64, true, false), &mut allocated, 10).unwrap(), 2);
+    assert_eq!(
+        check_insert(&info(DataType::Int64, true, false), &mut allocated, 10, &LimitsConfig::default()).unwrap(),
+        2
+    );
     let mut missing = RowBatch { pks: vec![PrimaryKey::Int64(1)], ..batch() };
-    rejects(check_insert(&docs(), &mut missing, 10), "primary key \"id\": got 1 values for 2 rows");
+    rejects(
+        check_insert(&docs(), &mut missing, 10, &LimitsConfig::default()),
+        "primary key \"id\": got 1 values for 2 rows",
+    );
     let mut typed = batch();
     typed.pks[1] = PrimaryKey::VarChar("2".into());
-    rejects(check_insert(&docs(), &mut typed, 10), "primary key \"id\" is Int64; got a key of another type");
+    rejects(
+        check_insert(&docs(), &mut typed, 10, &LimitsConfig::default()),
+        "primary key \"id\" is Int64; got a key of another type",
+    );
 }
 
 #[test]
@@ -111,26 +136,35 @@ fn insert_columns_are_checked() {
     let with = |f: &dyn Fn(&mut RowBatch)| {
         let mut rows = batch();
         f(&mut rows);
-        check_insert(&docs(), &mut rows, 10)
+        check_insert(&docs(), &mut rows, 10, &LimitsConfig::default())
     };
     rejects(with(&|r| r.columns[0].name = "zzz".into()), "field \"zzz\" is not in the schema of \"docs\"");
     rejects(with(&|r| r.columns[1].name = "n".into()), "field \"n\" is given twice");
     rejects(with(&|r| r.columns[0].values.truncate(1)), "field \"n\": got 1 values for 2 rows");
     rejects(with(&|r| r.columns[0].values[1] = ScalarValue::Double(1.5)), "field \"n\" is Int64; row 1 has Double");
-    rejects(with(&|r| r.columns[2].values[0] = ScalarValue::VarChar("abcde".into())), "row 0 exceeds max_length 4");
+    rejects(
+        with(&|r| r.columns[2].values[0] = ScalarValue::VarChar("abcde".into())),
+        "row 0 is 5 bytes, over max_length 4",
+    );
     rejects(with(&|r| drop(r.columns.remove(1))), "field \"x\" is missing from the insert");
 }
 
 #[test]
 fn insert_dynamic_fields_are_checked() {
     let mut rows = RowBatch { dynamic: vec!["{\"k\":1}".into(), String::new()], ..batch() };
-    rejects(check_insert(&docs(), &mut rows.clone(), 10), "has no dynamic field");
+    rejects(check_insert(&docs(), &mut rows.clone(), 10, &LimitsConfig::default()), "has no dynamic field");
     let dynamic = info(DataType::Int64, false, true);
-    assert_eq!(check_insert(&dynamic, &mut rows, 10).unwrap(), 2);
+    assert_eq!(check_insert(&dynamic, &mut rows, 10, &LimitsConfig::default()).unwrap(), 2);
     let mut short = RowBatch { dynamic: vec!["{}".into()], ..batch() };
-    rejects(check_insert(&dynamic, &mut short, 10), "dynamic field: got 1 objects for 2 rows");
+    rejects(
+        check_insert(&dynamic, &mut short, 10, &LimitsConfig::default()),
+        "dynamic field: got 1 objects for 2 rows",
+    );
     let mut not_object = RowBatch { dynamic: vec!["{}".into(), "[1]".into()], ..batch() };
-    rejects(check_insert(&dynamic, &mut not_object, 10), "dynamic field of row 1 is not a JSON object");
+    rejects(
+        check_insert(&dynamic, &mut not_object, 10, &LimitsConfig::default()),
+        "dynamic field of row 1 is not a JSON object",
+    );
 }
 
 #[test]
@@ -159,30 +193,60 @@ fn search(nq: usize, top_k: u32) -> Search {
     }
 }
 
+fn limits(max_top_k: u32, max_nq: usize) -> ReadLimits {
+    ReadLimits {
+        max_top_k,
+        max_nq,
+        max_hits: 1 << 20,
+        max_ef: 512,
+        max_nprobe: 64,
+        max_filter_bytes: 32,
+        max_result_bytes: 1 << 20,
+    }
+}
+
 #[test]
 fn searches_are_bounded_in_top_k_and_query_count() {
-    assert_eq!(check_search(&docs(), &mut search(3, 10), 10, 3).unwrap(), 3, "both at their limit");
-    rejects(check_search(&docs(), &mut search(1, 0), 10, 3), "top_k must be between 1 and 10, got 0");
-    rejects(check_search(&docs(), &mut search(1, 11), 10, 3), "top_k must be between 1 and 10, got 11");
-    rejects(check_search(&docs(), &mut search(4, 10), 10, 3), "4 query vectors exceed the limit of 3 per search");
-    rejects(check_search(&docs(), &mut search(0, 1), 10, 3), "search has no query vectors");
+    assert_eq!(check_search(&docs(), &mut search(3, 10), &limits(10, 3)).unwrap(), 3, "both at their limit");
+    rejects(check_search(&docs(), &mut search(1, 0), &limits(10, 3)), "top_k must be between 1 and 10, got 0");
+    rejects(check_search(&docs(), &mut search(1, 11), &limits(10, 3)), "top_k must be between 1 and 10, got 11");
+    rejects(
+        check_search(&docs(), &mut search(4, 10), &limits(10, 3)),
+        "4 query vectors exceed the limit of 3 per search",
+    );
+    rejects(check_search(&docs(), &mut search(0, 1), &limits(10, 3)), "search has no query vectors");
+}
+
+#[test]
+fn searches_are_bounded_in_results_ef_nprobe_and_filter_length() {
+    let tight = ReadLimits { max_hits: 20, ..limits(10, 10) };
+    assert_eq!(check_search(&docs(), &mut search(2, 10), &tight).unwrap(), 2, "20 results: at the limit");
+    rejects(check_search(&docs(), &mut search(3, 10), &tight), "3 query vectors × top_k 10 = 30 results");
+    let mut ef = search(1, 1);
+    ef.params.ef = 513;
+    rejects(check_search(&docs(), &mut ef, &limits(10, 10)), "ef 513 exceeds the limit of 512 (limits.max_ef)");
+    let mut nprobe = search(1, 1);
+    nprobe.params.nprobe = 65;
+    rejects(check_search(&docs(), &mut nprobe, &limits(10, 10)), "nprobe 65 exceeds the limit of 64");
+    let mut long = Search { filter: "n > 1 and ".repeat(4), ..search(1, 1) };
+    rejects(check_search(&docs(), &mut long, &limits(10, 10)), "over the limit of 32 (limits.max_filter_bytes)");
 }
 
 #[test]
 fn search_vectors_are_checked() {
     let mut wrong_dim = Search { dim: 3, vectors: vec![0.0; 3], ..search(1, 1) };
-    rejects(check_search(&docs(), &mut wrong_dim, 10, 10), "stores 2-dimensional vectors, got 3");
+    rejects(check_search(&docs(), &mut wrong_dim, &limits(10, 10)), "stores 2-dimensional vectors, got 3");
     let mut ragged = Search { vectors: vec![0.0; 3], ..search(1, 1) };
-    rejects(check_search(&docs(), &mut ragged, 10, 10), "3 floats is not a whole number");
+    rejects(check_search(&docs(), &mut ragged, &limits(10, 10)), "3 floats is not a whole number");
     let mut nan = search(2, 1);
     nan.vectors[2] = f32::NAN;
-    rejects(check_search(&docs(), &mut nan, 10, 10), "search: vector 1 contains NaN or infinity (element 0)");
+    rejects(check_search(&docs(), &mut nan, &limits(10, 10)), "search: vector 1 contains NaN or infinity (element 0)");
 }
 
 #[test]
 fn output_fields_are_checked_and_star_expanded() {
     let mut s = Search { output_fields: vec!["*".into(), "n".into()], ..search(1, 1) };
-    check_search(&docs(), &mut s, 10, 10).unwrap();
+    check_search(&docs(), &mut s, &limits(10, 10)).unwrap();
     assert_eq!(s.output_fields, ["n", "x", "s"], "every scalar field once; not the key, not the vector");
     let dynamic = info(DataType::Int64, false, true);
     assert_eq!(check_output_fields(&dynamic, &["*".into()]).unwrap(), ["n", "x", "s", "$meta"]);

@@ -1,0 +1,89 @@
+//! Admission control: what a node checks before it takes on a request, so that no request
+//! (or crowd of them) can exhaust the process. Limits on a request's own size live with its
+//! validation; this module holds the process-wide ones.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::telemetry;
+
+/// How long a resident-memory reading is reused: reading `/proc/self/statm` costs a few
+/// microseconds, too much for every request but nothing ten times a second.
+const SAMPLE_EVERY_MS: u64 = 100;
+
+/// Refuses new work while the process' resident memory is above its high-water mark
+/// (`limits.memory_high_water_percentage` of `node.memory_limit_mb`, or of the machine).
+pub struct MemoryGuard {
+    high_water: u64,
+    limit: u64,
+    epoch: Instant,
+    rss: AtomicU64,
+    /// When `rss` was read, in ms since `epoch` + 1 (0: never).
+    sampled: AtomicU64,
+}
+
+impl MemoryGuard {
+    pub fn new(config: &Config) -> MemoryGuard {
+        let limit = match config.node.memory_limit_mb {
+            0 => telemetry::machine_memory(),
+            mb => mb.saturating_mul(1 << 20),
+        };
+        let pct = config.limits.memory_high_water_percentage;
+        let high_water = if pct >= 100.0 || limit == 0 { u64::MAX } else { (limit as f64 * pct / 100.0) as u64 };
+        MemoryGuard { high_water, limit, epoch: Instant::now(), rss: AtomicU64::new(0), sampled: AtomicU64::new(0) }
+    }
+
+    /// The resident memory, read at most every [`SAMPLE_EVERY_MS`].
+    fn rss(&self) -> u64 {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let at = self.sampled.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) >= SAMPLE_EVERY_MS {
+            self.rss.store(telemetry::process_rss(), Ordering::Relaxed);
+            self.sampled.store(now, Ordering::Relaxed);
+        }
+        self.rss.load(Ordering::Relaxed)
+    }
+
+    /// `ResourceExhausted` while resident memory is above the high-water mark; `what` names
+    /// the refused work in the message.
+    pub fn admit(&self, what: &str) -> Result<()> {
+        if self.high_water == u64::MAX {
+            return Ok(());
+        }
+        let rss = self.rss();
+        if rss <= self.high_water {
+            return Ok(());
+        }
+        metrics::counter!("quiver_admission_refused_total", "reason" => "memory").increment(1);
+        Err(Error::ResourceExhausted(format!(
+            "{what} refused: this process uses {} MiB, over its high-water mark of {} MiB ({:.0}% of {} MiB; \
+             limits.memory_high_water_percentage, node.memory_limit_mb); retry later or add nodes",
+            rss >> 20,
+            self.high_water >> 20,
+            self.high_water as f64 * 100.0 / self.limit.max(1) as f64,
+            self.limit >> 20
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn refuses_above_the_high_water_mark_only() {
+        let mut config = Config::default();
+        config.node.memory_limit_mb = 1 << 20; // 1 TiB: far above this test's RSS
+        assert!(MemoryGuard::new(&config).admit("a search").is_ok());
+        config.node.memory_limit_mb = 1; // 1 MiB: every process is above it
+        config.limits.memory_high_water_percentage = 50.0;
+        let err = MemoryGuard::new(&config).admit("a search").unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert!(err.to_string().contains("limits.memory_high_water_percentage"), "{err}");
+        config.limits.memory_high_water_percentage = 100.0;
+        assert!(MemoryGuard::new(&config).admit("a search").is_ok());
+    }
+}
