@@ -10,6 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let descriptors = protox::compile(&files, [&dir])?;
-    tonic_prost_build::configure().build_client(false).build_server(true).compile_fds(descriptors)?;
+    // The client is for black-box tests (tests/it/hostile.rs); without transport helpers,
+    // because Milvus' own `Connect` RPC would clash with the generated `connect` constructor.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_transport(false)
+        .build_server(true)
+        .compile_fds(descriptors)?;
     Ok(())
 }

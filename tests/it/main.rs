@@ -11,6 +11,7 @@ mod common;
 mod crud;
 mod drain;
 mod durability;
+mod hostile;
 mod plugins;
 mod replicas;
 mod search;

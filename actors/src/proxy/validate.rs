@@ -145,8 +145,9 @@ pub fn check_insert(
     Ok(n)
 }
 
-/// Checks one JSON field value: its size, and that it parses (serde_json bounds nesting at 128
-/// levels, so a deeply nested value is an error, not a stack overflow).
+/// Checks one JSON field value: its size, and that it parses as a value filters can read
+/// (serde_json bounds nesting at 128 levels: a deeper value is refused here rather than
+/// stored and then unreadable to every filter).
 fn check_json(text: &str, field: &str, row: usize, limits: &LimitsConfig) -> Result<()> {
     if text.len() > limits.max_json_bytes {
         return Err(bad(format!(
@@ -155,7 +156,7 @@ fn check_json(text: &str, field: &str, row: usize, limits: &LimitsConfig) -> Res
             limits.max_json_bytes
         )));
     }
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
+    serde_json::from_str::<serde_json::Value>(text)
         .map_err(|e| bad(format!("field {field:?}: row {row} is not valid JSON: {e}")))?;
     Ok(())
 }

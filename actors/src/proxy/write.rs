@@ -154,6 +154,7 @@ impl Proxy {
     pub(super) async fn delete(&self, req: Delete, ctx: &RequestContext) -> Result<MutationResult> {
         let info = self.collection(&req.collection, ctx).await?;
         if !req.filter.trim().is_empty() {
+            crate::limits::ReadLimits::of(&self.node.shared.config).check_filter(&req.filter)?;
             if !req.pks.is_empty() {
                 return Err(Error::InvalidArgument("delete takes primary keys or a filter, not both".into()));
             }

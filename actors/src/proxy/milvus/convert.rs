@@ -477,7 +477,11 @@ fn check_len(field: &str, got: usize, rows: usize) -> Result<()> {
 pub fn rows_from(info: &CollectionInfo, fields: &[FieldData], num_rows: u32, upsert: bool) -> Result<RowBatch> {
     let rows = num_rows as usize;
     let mut batch = RowBatch { dim: info.dim(), ..Default::default() };
+    let mut seen = std::collections::HashSet::new();
     for fd in fields {
+        if !seen.insert((fd.is_dynamic, fd.field_name.as_str())) {
+            return Err(bad(format!("field {:?} is given twice", fd.field_name)));
+        }
         if fd.is_dynamic || fd.field_name == META {
             if !info.schema.enable_dynamic_field {
                 return Err(bad(format!(
