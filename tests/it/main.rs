@@ -14,4 +14,5 @@ mod durability;
 mod plugins;
 mod replicas;
 mod search;
+mod security;
 mod supervisor;
