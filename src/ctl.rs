@@ -40,9 +40,10 @@ impl Conn {
         }
         options.ca_file = self.tls_ca.clone();
         options.client_cert = self.tls_cert.clone().zip(self.tls_key.clone());
-        let client = tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&self.url, &self.cluster, &options))
-            .await
-            .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
+        let client =
+            tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&self.url, &self.cluster, &options))
+                .await
+                .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
         Ok(client)
     }
 }

@@ -428,8 +428,18 @@ impl TlsConfig {
         let set = |p: &PathBuf| !p.as_os_str().is_empty();
         let pairs = [
             ("tls.grpc_cert_file", &self.grpc_cert_file, "tls.grpc_key_file", &self.grpc_key_file),
-            ("tls.nats_server_cert_file", &self.nats_server_cert_file, "tls.nats_server_key_file", &self.nats_server_key_file),
-            ("tls.nats_client_cert_file", &self.nats_client_cert_file, "tls.nats_client_key_file", &self.nats_client_key_file),
+            (
+                "tls.nats_server_cert_file",
+                &self.nats_server_cert_file,
+                "tls.nats_server_key_file",
+                &self.nats_server_key_file,
+            ),
+            (
+                "tls.nats_client_cert_file",
+                &self.nats_client_cert_file,
+                "tls.nats_client_key_file",
+                &self.nats_client_key_file,
+            ),
         ];
         for (a, pa, b, pb) in pairs {
             if set(pa) != set(pb) {
@@ -437,7 +447,9 @@ impl TlsConfig {
             }
         }
         if set(&self.grpc_client_ca_file) && !self.grpc_enabled() {
-            return Err(Error::Config("tls.grpc_client_ca_file: needs tls.grpc_cert_file and tls.grpc_key_file".into()));
+            return Err(Error::Config(
+                "tls.grpc_client_ca_file: needs tls.grpc_cert_file and tls.grpc_key_file".into(),
+            ));
         }
         if self.nats_verify_clients && (!self.nats_server_enabled() || !set(&self.nats_ca_file)) {
             return Err(Error::Config(
@@ -470,7 +482,9 @@ impl SecurityConfig {
         if self.nats_user.is_empty() != self.nats_password.is_empty() {
             return Err(Error::Config("security.nats_user and security.nats_password: set both or neither".into()));
         }
-        for (key, path) in [("security.nats_nkey_file", &self.nats_nkey_file), ("security.nats_creds_file", &self.nats_creds_file)] {
+        for (key, path) in
+            [("security.nats_nkey_file", &self.nats_nkey_file), ("security.nats_creds_file", &self.nats_creds_file)]
+        {
             if !path.as_os_str().is_empty() && !path.is_file() {
                 return Err(Error::Config(format!("{key}: {} is not a readable file", path.display())));
             }

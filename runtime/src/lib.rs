@@ -50,8 +50,8 @@ impl Shared {
     /// Connects to NATS and the object store and opens the cluster's buckets.
     pub async fn connect(config: Config, nats_url: &str, client_name: &str) -> Result<Shared> {
         let options = security::nats_connect_options(&config, async_nats::ConnectOptions::new()).await?;
-        let bus =
-            Bus::connect_with(nats_url, &config.cluster.name, client_name, config.nats.request_timeout, options).await?;
+        let bus = Bus::connect_with(nats_url, &config.cluster.name, client_name, config.nats.request_timeout, options)
+            .await?;
         let registry = Registry::open(&bus, config.node.heartbeat_ttl, config.nats.replicas).await?;
         let meta_name = bus.subjects().meta_bucket();
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;

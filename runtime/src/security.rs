@@ -76,7 +76,11 @@ impl ClusterCredentials {
             let path = dir.join(credentials_file(p));
             let (user, password) = read_user_password(&path)?;
             if user != p.user() {
-                return Err(Error::Config(format!("{}: the user must be {:?}, not {user:?}", path.display(), p.user())));
+                return Err(Error::Config(format!(
+                    "{}: the user must be {:?}, not {user:?}",
+                    path.display(),
+                    p.user()
+                )));
             }
             Ok(password)
         };

@@ -284,7 +284,9 @@ impl ClusterSpec {
                     )
                 })?;
             // The supervisor sets up NATS (credentials, TLS) from the cluster-wide settings.
-            if config.security.enabled != shared.security.enabled || config.credentials_dir() != shared.credentials_dir() {
+            if config.security.enabled != shared.security.enabled
+                || config.credentials_dir() != shared.credentials_dir()
+            {
                 bail!(
                     "node {:?}: [security] differs from the cluster's; set it for every node (cluster.config \
                      or [cluster] env), not in a node's env",

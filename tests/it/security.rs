@@ -20,10 +20,7 @@ const SECURE: (&str, &str) = ("QUIVER_SECURITY__ENABLED", "true");
 
 /// A raw NATS connection as `principal` of the harness's cluster, with the server's error
 /// texts (permission violations) collected.
-async fn raw_as(
-    h: &Harness,
-    principal: &str,
-) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+async fn raw_as(h: &Harness, principal: &str) -> (async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let text = std::fs::read_to_string(h.credentials_file(principal)).expect("credentials file");
     let (user, password) = text.trim().split_once(':').expect("user:password");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -143,7 +140,12 @@ fn nats_refuses_strangers_and_keeps_the_app_to_the_data_api() {
 }
 
 /// A unary Milvus call over `channel` with an optional `user:password` token.
-async fn milvus<Req, Resp>(channel: &Channel, method: &str, req: Req, token: Option<&str>) -> Result<Resp, tonic::Status>
+async fn milvus<Req, Resp>(
+    channel: &Channel,
+    method: &str,
+    req: Req,
+    token: Option<&str>,
+) -> Result<Resp, tonic::Status>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
@@ -207,15 +209,24 @@ fn grpc_principals_and_tls_everywhere() {
 
         // NATS: without TLS (or without a client certificate) there is no connection.
         let creds = ConnectOptions::default().credentials_file(h.credentials_file("admin")).unwrap();
-        let plain = tokio::time::timeout(Duration::from_secs(5), quiver_client::Client::connect_with(&h.url(), &h.cluster, &creds)).await;
+        let plain = tokio::time::timeout(
+            Duration::from_secs(5),
+            quiver_client::Client::connect_with(&h.url(), &h.cluster, &creds),
+        )
+        .await;
         assert!(!matches!(plain, Ok(Ok(_))), "a client without TLS connected");
         let no_cert = creds.clone().ca_file(ca.ca.clone());
-        let no_cert =
-            tokio::time::timeout(Duration::from_secs(5), quiver_client::Client::connect_with(&h.url(), &h.cluster, &no_cert)).await;
+        let no_cert = tokio::time::timeout(
+            Duration::from_secs(5),
+            quiver_client::Client::connect_with(&h.url(), &h.cluster, &no_cert),
+        )
+        .await;
         assert!(!matches!(no_cert, Ok(Ok(_))), "a client without a certificate connected");
 
         // gRPC over TLS with the test CA.
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(&ca.ca).unwrap())).domain_name("localhost");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&ca.ca).unwrap()))
+            .domain_name("localhost");
         let channel = Channel::from_shared(format!("https://127.0.0.1:{grpc_port}"))
             .unwrap()
             .tls_config(tls)
@@ -290,7 +301,8 @@ roles = ["querynode"]
         assert!(st.success() && out.contains("healthy"), "status:\n{out}\n{err}");
 
         let url = format!("nats://127.0.0.1:{nats_port}");
-        let creds = |p: &str| dir.path().join("data/credentials").join(format!("{p}.credentials")).display().to_string();
+        let creds =
+            |p: &str| dir.path().join("data/credentials").join(format!("{p}.credentials")).display().to_string();
         let ctl = |principal: Option<&str>, args: &[&str]| {
             let mut all = vec!["ctl", "--url", &url, "--cluster", &name];
             let c;
@@ -320,4 +332,3 @@ impl<F: FnMut()> Drop for Guard<F> {
         (self.0)();
     }
 }
-

@@ -121,10 +121,9 @@ impl Subjects {
         let c = self.cluster();
         let inbox = format!("{}.>", principal.inbox_prefix());
         match principal {
-            Principal::App => Permissions {
-                publish: DATA_METHODS.iter().map(|m| self.api(m)).collect(),
-                subscribe: vec![inbox],
-            },
+            Principal::App => {
+                Permissions { publish: DATA_METHODS.iter().map(|m| self.api(m)).collect(), subscribe: vec![inbox] }
+            }
             Principal::Admin => {
                 let mut publish: Vec<String> = ApiRequest::METHODS.iter().map(|m| self.api(m)).collect();
                 publish.push(self.node("*", control::Drain::METHOD));
@@ -214,9 +213,12 @@ mod tests {
         for ok in [s.api("drop_collection"), s.api("plugin_activate"), s.api("search"), s.node("q1", "drain")] {
             assert!(allowed(&admin.publish, &ok), "admin may not publish {ok}");
         }
-        for denied in
-            [s.node("q1", "debug_panic"), s.node("q1", "load"), "quiver.c1.coord.drop_collection".into(), "$JS.API.INFO".into()]
-        {
+        for denied in [
+            s.node("q1", "debug_panic"),
+            s.node("q1", "load"),
+            "quiver.c1.coord.drop_collection".into(),
+            "$JS.API.INFO".into(),
+        ] {
             assert!(!allowed(&admin.publish, &denied), "admin may publish {denied}");
         }
     }

@@ -125,12 +125,10 @@ impl ConnectOptions {
         }
         if let Some((user, password)) = &self.user_password {
             // A principal may read only the replies under its own inbox prefix (docs/security.md).
-            options = options
-                .user_and_password(user.clone(), password.clone())
-                .custom_inbox_prefix(protocol::access::Principal::of_user(user).map_or_else(
-                    || format!("_INBOX.{user}"),
-                    protocol::access::Principal::inbox_prefix,
-                ));
+            options = options.user_and_password(user.clone(), password.clone()).custom_inbox_prefix(
+                protocol::access::Principal::of_user(user)
+                    .map_or_else(|| format!("_INBOX.{user}"), protocol::access::Principal::inbox_prefix),
+            );
         }
         if let Some(ca) = &self.ca_file {
             options = options.add_root_certificates(ca.clone());

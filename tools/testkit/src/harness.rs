@@ -186,11 +186,9 @@ impl Harness {
     pub async fn client_with(&self, options: &ConnectOptions) -> Client {
         let start = Instant::now();
         loop {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(5),
-                Client::connect_with(&self.url(), &self.cluster, options),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), Client::connect_with(&self.url(), &self.cluster, options))
+                    .await;
             match attempt {
                 Ok(Ok(c)) => return c.with_timeout(Duration::from_secs(20)),
                 Ok(Err(e)) if start.elapsed() < Duration::from_secs(15) => {

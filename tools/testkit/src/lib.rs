@@ -17,5 +17,5 @@ pub mod process;
 pub mod tls;
 
 pub use harness::{eventually, quiver_cli, retry, run, wait_for_port, Harness, READY};
-pub use tls::TestCa;
 pub use process::{child_pids, free_port, process_alive, process_name, quiver_bin, Proc};
+pub use tls::TestCa;
