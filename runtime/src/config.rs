@@ -696,4 +696,29 @@ mod tests {
         let env = vec![("QUIVER_CLUSTER__NAME".to_string(), "a.b".to_string())];
         assert!(Config::load(None, env).unwrap_err().to_string().contains("cluster.name"));
     }
+
+    #[test]
+    fn security_and_tls_keys_are_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+        };
+        let c = load(&[("QUIVER_SECURITY__ENABLED", "true"), ("QUIVER_CLUSTER__DATA_DIR", "/d")]).unwrap();
+        assert!(c.security.enabled);
+        assert_eq!(c.credentials_dir(), PathBuf::from("/d/credentials"));
+        let err = load(&[("QUIVER_SECURITY__NATS_USER", "u")]).unwrap_err().to_string();
+        assert!(err.contains("security.nats_password"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("c.pem");
+        std::fs::write(&pem, "x").unwrap();
+        let pem = pem.display().to_string();
+        let err = load(&[("QUIVER_TLS__GRPC_CERT_FILE", &pem)]).unwrap_err().to_string();
+        assert!(err.contains("tls.grpc_key_file"), "{err}");
+        let err = load(&[("QUIVER_TLS__NATS_CA_FILE", "/no/such.pem")]).unwrap_err().to_string();
+        assert!(err.contains("tls.nats_ca_file"), "{err}");
+        let err = load(&[("QUIVER_TLS__NATS_VERIFY_CLIENTS", "true")]).unwrap_err().to_string();
+        assert!(err.contains("tls.nats_verify_clients"), "{err}");
+        let c = load(&[("QUIVER_TLS__GRPC_CERT_FILE", &pem), ("QUIVER_TLS__GRPC_KEY_FILE", &pem)]).unwrap();
+        assert!(c.tls.grpc_enabled() && !c.tls.nats_client_required());
+        assert_eq!(Config::default().proxy.grpc_host, "127.0.0.1");
+    }
 }

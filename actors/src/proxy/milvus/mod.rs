@@ -178,3 +178,37 @@ fn authorize<T>(req: &tonic::Request<T>, method: &str, privilege: &str) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>) -> tonic::Request<()> {
+        let mut req = tonic::Request::new(());
+        if let Some(t) = token {
+            let value = base64::engine::general_purpose::STANDARD.encode(t);
+            req.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn the_gate_maps_passwords_to_principals() {
+        let open = Gate::new(Vec::new());
+        assert_eq!(open.admit(&request(None)).unwrap(), Principal::Admin);
+        let gate = Gate::new(vec![("admin:a1".into(), Principal::Admin), ("app:p1".into(), Principal::App)]);
+        assert_eq!(gate.admit(&request(Some("admin:a1"))).unwrap(), Principal::Admin);
+        assert_eq!(gate.admit(&request(Some("app:p1"))).unwrap(), Principal::App);
+        for bad in [None, Some("app:p"), Some("app:p1x"), Some("admin:p1"), Some("")] {
+            assert_eq!(gate.admit(&request(bad)).unwrap_err().code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        let mut req = request(Some("app:p1"));
+        req.extensions_mut().insert(Principal::App);
+        let e = authorize(&req, "drop_collection", "PrivilegeDropCollection").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(authorize(&req, "search", "PrivilegeSearch").is_ok());
+        req.extensions_mut().insert(Principal::Admin);
+        assert!(authorize(&req, "drop_collection", "PrivilegeDropCollection").is_ok());
+    }
+}
