@@ -15,6 +15,8 @@ cargo build --release -p quiver -p quiver-bench
 # pymilvus: the version we pin and test with, and the newest release (see tests/pymilvus/README.md).
 tests/pymilvus/run.sh 2.5.14
 tests/pymilvus/run.sh 3.0.2
+# ... and once with authentication and TLS on gRPC and NATS (docs/security.md).
+tests/pymilvus/run.sh 2.5.14 --secure
 # The SDK's plugin test loads a real router component (built with the bundled plugins).
 QUIVER_TEST_PLUGIN_WASM="$CARGO_TARGET_DIR/wasm-plugins/wasm32-wasip2/plugin/quiver_plugin_router_round_robin.wasm" \
   sdk/python/run-tests.sh -q

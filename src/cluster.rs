@@ -347,7 +347,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn connect(spec: &ClusterSpec, limit: Duration) -> Result<Client, String> {
     let url = spec.nats_url();
-    match tokio::time::timeout(limit, Client::connect(&url, &spec.name)).await {
+    let options = spec.client_options().map_err(|e| format!("{e:#}"))?;
+    match tokio::time::timeout(limit, Client::connect_with(&url, &spec.name, &options)).await {
         Ok(Ok(c)) => Ok(c.with_timeout(Duration::from_secs(3))),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no NATS server answered at {url} within {limit:?}")),

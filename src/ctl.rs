@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use quiver_client::schema;
-use quiver_client::{Client, DataType, IndexParams, PrimaryKey, ScalarValue, SearchParams};
+use quiver_client::{Client, ConnectOptions, DataType, IndexParams, PrimaryKey, ScalarValue, SearchParams};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -16,13 +16,34 @@ pub struct Conn {
     /// Cluster name.
     #[arg(long, env = "QUIVER_CLUSTER", default_value = "quiver")]
     pub cluster: String,
+    /// Credentials file ("user:password") of a cluster with security on: its
+    /// `admin.credentials` (or `app.credentials`: data commands only), by default under
+    /// `<data_dir>/credentials`.
+    #[arg(long, env = "QUIVER_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the NATS server's certificate; the connection uses TLS.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a NATS server that verifies clients (with --tls-key).
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Conn {
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let client = tokio::time::timeout(Duration::from_secs(10), Client::connect(&self.url, &self.cluster))
-            .await
-            .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
+        let mut options = ConnectOptions::default();
+        if let Some(path) = &self.credentials {
+            options = options.credentials_file(path)?;
+        }
+        options.ca_file = self.tls_ca.clone();
+        options.client_cert = self.tls_cert.clone().zip(self.tls_key.clone());
+        let client =
+            tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&self.url, &self.cluster, &options))
+                .await
+                .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
         Ok(client)
     }
 }

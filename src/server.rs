@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use quiver_runtime::nats_server::EmbeddedNats;
-use quiver_runtime::{telemetry, Config, Shared, Supervisor};
+use quiver_runtime::{security, telemetry, Config, Shared, Supervisor};
 use quiver_schemas::Role;
 
 /// All roles in one process; starts nats-server unless `nats.url` is set.
@@ -53,9 +53,13 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     }
     std::fs::create_dir_all(&config.cluster.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.cluster.data_dir.display()))?;
+    warn_if_exposed(&config, &roles);
     let embedded = if standalone && config.nats.url.is_empty() {
         let store = config.cluster.data_dir.join("nats");
-        let nats = io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store))?;
+        // Credentials are generated (first start) before the server and the roles need them.
+        let extra = security::nats_server_conf(&config)?;
+        let nats =
+            io.block_on(EmbeddedNats::start_with(&config.nats.server_bin, config.nats.embedded_port, &store, extra))?;
         tracing::info!(url = nats.url(), "embedded nats-server started");
         Some(nats)
     } else {
@@ -107,6 +111,26 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     }
     tracing::info!(code, "Quiver stopped");
     Ok(code)
+}
+
+/// A loud warning when the Milvus gRPC API listens beyond this machine while anyone may call
+/// it: whoever reaches the port could read, change or drop every collection.
+fn warn_if_exposed(config: &Config, roles: &[Role]) {
+    let grpc = roles.contains(&Role::Proxy) && config.proxy.grpc_port != 0;
+    if grpc && !security::is_loopback(&config.proxy.grpc_host) && security::unauthenticated(config) {
+        tracing::warn!(
+            addr = %format!("{}:{}", config.proxy.grpc_host, config.proxy.grpc_port),
+            "THE MILVUS gRPC API LISTENS ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who \
+             reaches it can read, change and drop every collection. Set security.enabled = true (or \
+             proxy.credentials), or proxy.grpc_host = \"127.0.0.1\" (docs/security.md)"
+        );
+    }
+    if grpc && !security::is_loopback(&config.proxy.grpc_host) && !config.tls.grpc_enabled() {
+        tracing::warn!(
+            "the Milvus gRPC API listens on a non-loopback address without TLS: credentials and data \
+             cross the network in clear text (set tls.grpc_cert_file and tls.grpc_key_file)"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -114,7 +114,19 @@ pub struct Bus {
 impl Bus {
     /// Connects to `urls` (comma separated), retrying the first connection and reconnecting forever.
     pub async fn connect(urls: &str, cluster: &str, name: &str, timeout: Duration) -> Result<Bus> {
-        let client = async_nats::ConnectOptions::new()
+        Bus::connect_with(urls, cluster, name, timeout, async_nats::ConnectOptions::new()).await
+    }
+
+    /// [`Bus::connect`] with credentials and TLS already set on `options`
+    /// ([`crate::security::nats_connect_options`]).
+    pub async fn connect_with(
+        urls: &str,
+        cluster: &str,
+        name: &str,
+        timeout: Duration,
+        options: async_nats::ConnectOptions,
+    ) -> Result<Bus> {
+        let client = options
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -124,6 +136,9 @@ impl Bus {
                 match event {
                     async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    // Authorization and permission violations: the server refused something
+                    // this node did (wrong credentials, a subject outside its permissions).
+                    async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
                     other => tracing::debug!(%other, "NATS event"),
                 }
             })

@@ -27,6 +27,8 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub discovery: DiscoveryConfig,
     pub debug: DebugConfig,
+    pub security: SecurityConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,11 +190,14 @@ pub struct ProxyConfig {
     pub replica_timeout: Duration,
     /// Port of the Milvus-compatible gRPC API (pymilvus' default is 19530); 0 turns it off.
     pub grpc_port: u16,
-    /// Address the Milvus gRPC API listens on.
+    /// Address the Milvus gRPC API listens on. Loopback by default: listening on another
+    /// address without credentials (`security.enabled` or `proxy.credentials`) is logged as a
+    /// warning at start-up, since anyone who reaches the port could then drop collections.
     pub grpc_host: String,
     /// Credentials the Milvus gRPC API accepts: "user:password" pairs or API tokens (as pymilvus
     /// sends them: `token="user:password"`, `user=` + `password=`, or `token="<key>"`). Empty =
-    /// no authentication.
+    /// no authentication. These grant the admin principal (every call); with
+    /// `security.enabled` the generated app and admin passwords are accepted as well.
     pub credentials: Vec<String>,
 }
 
@@ -206,7 +211,7 @@ impl Default for ProxyConfig {
             distribution_refresh: Duration::from_secs(10),
             replica_timeout: Duration::from_secs(1),
             grpc_port: 19530,
-            grpc_host: "0.0.0.0".to_string(),
+            grpc_host: "127.0.0.1".to_string(),
             credentials: Vec::new(),
         }
     }
@@ -405,6 +410,151 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Authentication of every NATS connection and of the Milvus gRPC API (docs/security.md).
+/// Off by default; see `enabled`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Authenticate everything: `quiver standalone` and `quiver cluster` generate the
+    /// cluster's principals on first start (`node`: an nkey for Quiver's own processes; `admin`
+    /// and `app`: user + password) under `credentials_dir`, and run nats-server with each
+    /// principal's permissions; nodes connect as `node`; the Milvus gRPC API accepts only the
+    /// `app` and `admin` passwords (and `proxy.credentials`). Clients (`quiver ctl
+    /// --credentials`, the SDKs) present `admin.credentials` or `app.credentials` (`user:password`) from that directory.
+    pub enabled: bool,
+    /// Where the generated credentials live (directory mode 0700, files 0600): `node.nk`,
+    /// `admin.credentials`, `app.credentials`. Empty: `<cluster.data_dir>/credentials`. Nodes of a
+    /// multi-host cluster need a copy of `node.nk` (or the `nats_*` keys below).
+    pub credentials_dir: PathBuf,
+    /// NATS user of this process, for a NATS server you run yourself (with `nats_password`).
+    /// Overrides the generated node credentials.
+    pub nats_user: String,
+    /// Password of `nats_user`.
+    pub nats_password: String,
+    /// File holding an nkey seed (`SU…`) this process authenticates to NATS with. Overrides
+    /// `nats_user` and the generated node credentials.
+    pub nats_nkey_file: PathBuf,
+    /// A NATS `.creds` file (JWT + nkey seed, operator mode) this process authenticates with.
+    /// Overrides every other NATS credential.
+    pub nats_creds_file: PathBuf,
+}
+
+/// TLS of the Milvus gRPC API and of NATS connections. Files are PEM. Nothing is encrypted
+/// unless set.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain of the Milvus gRPC API. With `grpc_key_file`: gRPC is served over
+    /// TLS only (plaintext connections fail the handshake).
+    pub grpc_cert_file: PathBuf,
+    /// Private key of `grpc_cert_file`.
+    pub grpc_key_file: PathBuf,
+    /// CA bundle gRPC clients' certificates must be signed by (mutual TLS); empty = clients
+    /// present no certificate.
+    pub grpc_client_ca_file: PathBuf,
+    /// Certificate chain of the nats-server Quiver starts (standalone, `quiver cluster`). With
+    /// `nats_server_key_file`: that server accepts TLS connections only.
+    pub nats_server_cert_file: PathBuf,
+    /// Private key of `nats_server_cert_file`.
+    pub nats_server_key_file: PathBuf,
+    /// The nats-server Quiver starts requires client certificates signed by `nats_ca_file`.
+    pub nats_verify_clients: bool,
+    /// CA bundle this process verifies the NATS server's certificate with. When set, the
+    /// connection must use TLS; empty with a TLS server = the system's roots.
+    pub nats_ca_file: PathBuf,
+    /// Client certificate this process presents to NATS (with `nats_client_key_file`).
+    pub nats_client_cert_file: PathBuf,
+    /// Private key of `nats_client_cert_file`.
+    pub nats_client_key_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether the Milvus gRPC API is served over TLS.
+    pub fn grpc_enabled(&self) -> bool {
+        !self.grpc_cert_file.as_os_str().is_empty()
+    }
+
+    /// Whether the nats-server Quiver starts uses TLS.
+    pub fn nats_server_enabled(&self) -> bool {
+        !self.nats_server_cert_file.as_os_str().is_empty()
+    }
+
+    /// Whether this process's NATS connection must use TLS.
+    pub fn nats_client_required(&self) -> bool {
+        !self.nats_ca_file.as_os_str().is_empty()
+            || !self.nats_client_cert_file.as_os_str().is_empty()
+            || self.nats_server_enabled()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        let pairs = [
+            ("tls.grpc_cert_file", &self.grpc_cert_file, "tls.grpc_key_file", &self.grpc_key_file),
+            (
+                "tls.nats_server_cert_file",
+                &self.nats_server_cert_file,
+                "tls.nats_server_key_file",
+                &self.nats_server_key_file,
+            ),
+            (
+                "tls.nats_client_cert_file",
+                &self.nats_client_cert_file,
+                "tls.nats_client_key_file",
+                &self.nats_client_key_file,
+            ),
+        ];
+        for (a, pa, b, pb) in pairs {
+            if set(pa) != set(pb) {
+                return Err(Error::Config(format!("{a} and {b}: set both (a certificate and its key) or neither")));
+            }
+        }
+        if set(&self.grpc_client_ca_file) && !self.grpc_enabled() {
+            return Err(Error::Config(
+                "tls.grpc_client_ca_file: needs tls.grpc_cert_file and tls.grpc_key_file".into(),
+            ));
+        }
+        if self.nats_verify_clients && (!self.nats_server_enabled() || !set(&self.nats_ca_file)) {
+            return Err(Error::Config(
+                "tls.nats_verify_clients: needs tls.nats_server_cert_file, tls.nats_server_key_file and \
+                 tls.nats_ca_file (the CA client certificates are checked against)"
+                    .into(),
+            ));
+        }
+        let files = [
+            ("tls.grpc_cert_file", &self.grpc_cert_file),
+            ("tls.grpc_key_file", &self.grpc_key_file),
+            ("tls.grpc_client_ca_file", &self.grpc_client_ca_file),
+            ("tls.nats_server_cert_file", &self.nats_server_cert_file),
+            ("tls.nats_server_key_file", &self.nats_server_key_file),
+            ("tls.nats_ca_file", &self.nats_ca_file),
+            ("tls.nats_client_cert_file", &self.nats_client_cert_file),
+            ("tls.nats_client_key_file", &self.nats_client_key_file),
+        ];
+        for (key, path) in files {
+            if set(path) && !path.is_file() {
+                return Err(Error::Config(format!("{key}: {} is not a readable file", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SecurityConfig {
+    fn validate(&self) -> Result<()> {
+        if self.nats_user.is_empty() != self.nats_password.is_empty() {
+            return Err(Error::Config("security.nats_user and security.nats_password: set both or neither".into()));
+        }
+        for (key, path) in
+            [("security.nats_nkey_file", &self.nats_nkey_file), ("security.nats_creds_file", &self.nats_creds_file)]
+        {
+            if !path.as_os_str().is_empty() && !path.is_file() {
+                return Err(Error::Config(format!("{key}: {} is not a readable file", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Prefix of environment overrides: `QUIVER_NATS__URL=nats://h:4222` sets `nats.url`.
 pub const ENV_PREFIX: &str = "QUIVER_";
 
@@ -573,7 +723,19 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");
         }
+        self.security.validate()?;
+        self.tls.validate()?;
         Ok(())
+    }
+
+    /// Where the generated credentials live (`security.credentials_dir`, else
+    /// `<data_dir>/credentials`).
+    pub fn credentials_dir(&self) -> PathBuf {
+        if self.security.credentials_dir.as_os_str().is_empty() {
+            self.cluster.data_dir.join("credentials")
+        } else {
+            self.security.credentials_dir.clone()
+        }
     }
 
     /// The object-store directory used when `storage.url` is empty.
@@ -629,5 +791,30 @@ mod tests {
         assert!(err.contains("no_such"), "{err}");
         let env = vec![("QUIVER_CLUSTER__NAME".to_string(), "a.b".to_string())];
         assert!(Config::load(None, env).unwrap_err().to_string().contains("cluster.name"));
+    }
+
+    #[test]
+    fn security_and_tls_keys_are_checked() {
+        let load = |pairs: &[(&str, &str)]| {
+            Config::load(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+        };
+        let c = load(&[("QUIVER_SECURITY__ENABLED", "true"), ("QUIVER_CLUSTER__DATA_DIR", "/d")]).unwrap();
+        assert!(c.security.enabled);
+        assert_eq!(c.credentials_dir(), PathBuf::from("/d/credentials"));
+        let err = load(&[("QUIVER_SECURITY__NATS_USER", "u")]).unwrap_err().to_string();
+        assert!(err.contains("security.nats_password"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("c.pem");
+        std::fs::write(&pem, "x").unwrap();
+        let pem = pem.display().to_string();
+        let err = load(&[("QUIVER_TLS__GRPC_CERT_FILE", &pem)]).unwrap_err().to_string();
+        assert!(err.contains("tls.grpc_key_file"), "{err}");
+        let err = load(&[("QUIVER_TLS__NATS_CA_FILE", "/no/such.pem")]).unwrap_err().to_string();
+        assert!(err.contains("tls.nats_ca_file"), "{err}");
+        let err = load(&[("QUIVER_TLS__NATS_VERIFY_CLIENTS", "true")]).unwrap_err().to_string();
+        assert!(err.contains("tls.nats_verify_clients"), "{err}");
+        let c = load(&[("QUIVER_TLS__GRPC_CERT_FILE", &pem), ("QUIVER_TLS__GRPC_KEY_FILE", &pem)]).unwrap();
+        assert!(c.tls.grpc_enabled() && !c.tls.nats_client_required());
+        assert_eq!(Config::default().proxy.grpc_host, "127.0.0.1");
     }
 }

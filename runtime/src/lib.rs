@@ -9,6 +9,7 @@
 //! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
 //! - [`nats_server`]: the embedded, supervised nats-server of standalone mode.
 //! - [`admission`]: process-wide admission control (memory high-water mark).
+//! - [`security`]: generated credentials, per-principal NATS permissions, TLS, gRPC principals.
 //! - [`telemetry`]: the Prometheus endpoint and process statistics.
 //! - [`error`]: the runtime's error type and the status codes carried in reply headers.
 
@@ -20,6 +21,7 @@ pub mod meta;
 pub mod nats_server;
 pub mod objects;
 pub mod plugin;
+pub mod security;
 pub mod supervisor;
 pub mod telemetry;
 
@@ -51,7 +53,9 @@ pub struct Shared {
 impl Shared {
     /// Connects to NATS and the object store and opens the cluster's buckets.
     pub async fn connect(config: Config, nats_url: &str, client_name: &str) -> Result<Shared> {
-        let bus = Bus::connect(nats_url, &config.cluster.name, client_name, config.nats.request_timeout).await?;
+        let options = security::nats_connect_options(&config, async_nats::ConnectOptions::new()).await?;
+        let bus = Bus::connect_with(nats_url, &config.cluster.name, client_name, config.nats.request_timeout, options)
+            .await?;
         let registry = Registry::open(&bus, config.node.heartbeat_ttl, config.nats.replicas).await?;
         let meta_name = bus.subjects().meta_bucket();
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;

@@ -24,8 +24,14 @@ impl EmbeddedNats {
     /// Starts `bin` on `127.0.0.1:port` with JetStream stored in `store_dir`, waits until it
     /// accepts connections, and restarts it if it exits on its own.
     pub async fn start(bin: &str, port: u16, store_dir: &Path) -> Result<EmbeddedNats> {
+        EmbeddedNats::start_with(bin, port, store_dir, String::new()).await
+    }
+
+    /// [`EmbeddedNats::start`] with `extra_conf` appended to the server's configuration (the
+    /// authorization and TLS blocks of [`crate::security::nats_server_conf`]).
+    pub async fn start_with(bin: &str, port: u16, store_dir: &Path, extra_conf: String) -> Result<EmbeddedNats> {
         std::fs::create_dir_all(store_dir)?;
-        let spawn = Spawner { bin: bin.to_string(), port, store_dir: store_dir.to_path_buf() };
+        let spawn = Spawner { bin: bin.to_string(), port, store_dir: store_dir.to_path_buf(), extra_conf };
         let child = spawn.spawn()?;
         wait_for_port(port, Duration::from_secs(15)).await?;
         let child = Arc::new(Mutex::new(Some(child)));
@@ -58,6 +64,8 @@ struct Spawner {
     bin: String,
     port: u16,
     store_dir: PathBuf,
+    /// Appended to the generated configuration (authorization, TLS).
+    extra_conf: String,
 }
 
 impl Spawner {
@@ -69,7 +77,8 @@ impl Spawner {
             self.port,
             self.store_dir.display().to_string()
         );
-        std::fs::write(&conf, text)?;
+        // Owner-only: the authorization block holds passwords.
+        crate::security::write_private(&conf, &format!("{text}{}", self.extra_conf))?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child

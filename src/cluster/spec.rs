@@ -273,6 +273,7 @@ impl ClusterSpec {
         }
         let mut metrics: HashMap<String, &str> = HashMap::new();
         let mut grpc: HashMap<String, &str> = HashMap::new();
+        let shared = self.shared_config()?;
         for node in &self.nodes {
             let config =
                 quiver_runtime::Config::load(self.node_config.as_deref(), self.node_env(node)).with_context(|| {
@@ -282,6 +283,16 @@ impl ClusterSpec {
                         node.id
                     )
                 })?;
+            // The supervisor sets up NATS (credentials, TLS) from the cluster-wide settings.
+            if config.security.enabled != shared.security.enabled
+                || config.credentials_dir() != shared.credentials_dir()
+            {
+                bail!(
+                    "node {:?}: [security] differs from the cluster's; set it for every node (cluster.config \
+                     or [cluster] env), not in a node's env",
+                    node.id
+                );
+            }
             let listen = &config.metrics.listen;
             if !listen.is_empty() && !listen.ends_with(":0") {
                 if let Some(other) = metrics.insert(listen.clone(), &node.id) {
@@ -304,6 +315,39 @@ impl ClusterSpec {
             }
         }
         Ok(())
+    }
+
+    /// The configuration every node shares (cluster.config, then `[cluster] env`): what the
+    /// supervisor sets its nats-server up from (`[security]`, `[tls]`), and how `cluster
+    /// status` connects.
+    pub fn shared_config(&self) -> anyhow::Result<quiver_runtime::Config> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("QUIVER_CLUSTER__NAME".into(), self.name.clone());
+        env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
+        env.insert("QUIVER_NATS__URL".into(), self.nats_url());
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        quiver_runtime::Config::load(self.node_config.as_deref(), env)
+            .context("the cluster's node configuration (cluster.config, then [cluster] env) is invalid")
+    }
+
+    /// How clients of the cluster (`cluster status`) connect: as admin when security is on, over
+    /// TLS with the cluster's CA when its nats-server uses TLS.
+    pub fn client_options(&self) -> anyhow::Result<quiver_client::ConnectOptions> {
+        let config = self.shared_config()?;
+        let mut options = quiver_client::ConnectOptions::default();
+        if config.security.enabled {
+            let file = quiver_runtime::security::credentials_file(quiver_schemas::protocol::access::Principal::Admin);
+            options = options.credentials_file(config.credentials_dir().join(file))?;
+        }
+        let tls = &config.tls;
+        if !tls.nats_ca_file.as_os_str().is_empty() {
+            options.ca_file = Some(tls.nats_ca_file.clone());
+        }
+        if !tls.nats_client_cert_file.as_os_str().is_empty() {
+            options.client_cert = Some((tls.nats_client_cert_file.clone(), tls.nats_client_key_file.clone()));
+        }
+        options.require_tls = tls.nats_client_required();
+        Ok(options)
     }
 
     /// The NATS URL the nodes (and the CLI) use.

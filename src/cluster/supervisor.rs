@@ -90,7 +90,10 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
             "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
             store.display().to_string()
         );
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+        // Authorization (credentials generated on the first start) and TLS, as in standalone;
+        // owner-only, since the authorization block holds passwords.
+        let extra = quiver_runtime::security::nats_server_conf(&spec.shared_config()?)?;
+        quiver_runtime::security::write_private(&conf, &format!("{text}{extra}"))?;
         let mut nats = Process::new(
             NATS,
             Vec::new(),

@@ -15,4 +15,5 @@ mod hostile;
 mod plugins;
 mod replicas;
 mod search;
+mod security;
 mod supervisor;

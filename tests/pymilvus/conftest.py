@@ -9,6 +9,13 @@ The suite talks to a Milvus-compatible gRPC endpoint through `pymilvus.MilvusCli
 
 `QUIVER_PYMILVUS_TRACE=FILE` appends one JSON line per RPC pymilvus makes (test, rpc, set request
 fields, response fields): the exact protocol the tests exercise.
+
+`QUIVER_PYMILVUS_SECURE=1` (`run.sh VERSION --secure`): the server started here runs with
+`security.enabled` and TLS on gRPC and NATS (a throw-away CA made with the `openssl` CLI), and
+every client connects as `MilvusClient(uri="https://…", token="admin:<password>",
+server_pem_path=<CA>)`. Tests that start servers of their own or use a plaintext stub are
+skipped. Against a running server, `QUIVER_MILVUS_TOKEN` and `QUIVER_MILVUS_SERVER_PEM` give the
+token and CA.
 """
 
 import ctypes
@@ -26,6 +33,9 @@ import pytest
 from pymilvus import MilvusClient
 
 START_TIMEOUT = 60.0
+SECURE = os.environ.get("QUIVER_PYMILVUS_SECURE") == "1"
+#: Arguments every suite client passes to MilvusClient besides the uri (token, CA in secure mode).
+CLIENT_ARGS = {}
 _failed = []
 _current_test = {"name": ""}
 
@@ -54,10 +64,30 @@ def _set_pdeathsig():
         pass
 
 
+def _make_certs(directory):
+    """A CA and a certificate for localhost / 127.0.0.1 signed by it (PEM files), with openssl."""
+    os.makedirs(directory, exist_ok=True)
+    p = lambda name: os.path.join(directory, name)  # noqa: E731
+    with open(p("ext.cnf"), "w") as f:
+        f.write(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
+        )
+    run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "2",
+        "-subj", "/CN=Quiver test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", p("key.pem"), "-out", p("req.csr"), "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", p("req.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"), "-CAcreateserial",
+        "-out", p("cert.pem"), "-days", "2", "-extfile", p("ext.cnf"))
+    return p("ca.pem"), p("cert.pem"), p("key.pem")
+
+
 class _Server:
-    def __init__(self, extra_env=None, client_args=None):
+    def __init__(self, extra_env=None, client_args=None, secure=False):
         self.extra_env = dict(extra_env or {})
         self.client_args = dict(client_args or {})
+        self.secure = secure
         self.dir = tempfile.mkdtemp(prefix="quiver-pymilvus-")
         self.log_path = os.path.join(self.dir, "standalone.log")
         self.grpc_port = _free_port()
@@ -76,6 +106,19 @@ class _Server:
                 "RUST_LOG": os.environ.get("QUIVER_PYMILVUS_LOG", "info"),
             }
         )
+        if self.secure:
+            ca, cert, key = _make_certs(os.path.join(self.dir, "certs"))
+            self.ca = ca
+            env.update(
+                {
+                    "QUIVER_SECURITY__ENABLED": "true",
+                    "QUIVER_TLS__GRPC_CERT_FILE": cert,
+                    "QUIVER_TLS__GRPC_KEY_FILE": key,
+                    "QUIVER_TLS__NATS_SERVER_CERT_FILE": cert,
+                    "QUIVER_TLS__NATS_SERVER_KEY_FILE": key,
+                    "QUIVER_TLS__NATS_CA_FILE": ca,
+                }
+            )
         env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -88,9 +131,24 @@ class _Server:
             preexec_fn=_set_pdeathsig,
         )
         log.close()
-        return f"http://127.0.0.1:{self.grpc_port}"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://127.0.0.1:{self.grpc_port}"
+
+    def credentials(self, principal):
+        """`user:password` of a principal the server generated (secure mode), once it exists."""
+        path = os.path.join(self.dir, "data", "credentials", f"{principal}.credentials")
+        deadline = time.time() + START_TIMEOUT
+        while not os.path.exists(path):
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"no {path} after starting the server\n{self.log_tail()}")
+            time.sleep(0.2)
+        with open(path) as f:
+            return f.read().strip()
 
     def wait_ready(self, uri):
+        if self.secure:
+            self.client_args.setdefault("token", self.credentials("admin"))
+            self.client_args.setdefault("server_pem_path", self.ca)
         deadline = time.time() + START_TIMEOUT
         last = None
         while time.time() < deadline:
@@ -181,12 +239,17 @@ def uri():
     global _server
     given = os.environ.get("QUIVER_MILVUS_URI")
     if given:
+        if os.environ.get("QUIVER_MILVUS_TOKEN"):
+            CLIENT_ARGS["token"] = os.environ["QUIVER_MILVUS_TOKEN"]
+        if os.environ.get("QUIVER_MILVUS_SERVER_PEM"):
+            CLIENT_ARGS["server_pem_path"] = os.environ["QUIVER_MILVUS_SERVER_PEM"]
         yield given
         return
-    _server = _Server()
+    _server = _Server(secure=SECURE)
     u = _server.start()
     try:
         _server.wait_ready(u)
+        CLIENT_ARGS.update(_server.client_args)
         yield u
     finally:
         _server.stop()
@@ -200,9 +263,17 @@ def uri():
 
 @pytest.fixture(scope="session")
 def client(uri):
-    c = MilvusClient(uri=uri)
+    c = MilvusClient(uri=uri, **CLIENT_ARGS)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def secure_server(uri):
+    """The suite's own server in secure mode (skips otherwise)."""
+    if not SECURE or _server is None:
+        pytest.skip("secure mode only (QUIVER_PYMILVUS_SECURE=1, a server the suite starts)")
+    return _server
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs the pymilvus compatibility suite with one pymilvus version.
 #
-#   tests/pymilvus/run.sh [PYMILVUS_VERSION] [pytest args...]
+#   tests/pymilvus/run.sh [PYMILVUS_VERSION] [--secure] [pytest args...]
+#
+# --secure (or QUIVER_PYMILVUS_SECURE=1): the suite's server runs with security.enabled and TLS
+# on gRPC and NATS, and the suite connects over https with the generated admin token (see
+# conftest.py).
 #
 # Creates (or reuses) a venv per version under ${QUIVER_PY_CACHE:-~/.cache/quiver-py}/pymilvus-<v>
 # with pymilvus==<v>, pytest and numpy, then runs `pytest tests/pymilvus -q` from the repo root.
@@ -11,6 +15,10 @@ set -euo pipefail
 
 VERSION="${1:-2.5.14}"
 shift || true
+if [ "${1:-}" = "--secure" ]; then
+    export QUIVER_PYMILVUS_SECURE=1
+    shift
+fi
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

@@ -8,8 +8,10 @@ import grpc
 import pytest
 from pymilvus import MilvusClient, MilvusException
 
-from conftest import _Server
+from conftest import SECURE, _Server
 from pmutil import PYMILVUS
+
+pytestmark = pytest.mark.skipif(SECURE, reason="secure mode: starts a server of its own with [proxy] credentials")
 
 CREDENTIALS = '["root:Milvus", "sk-quiver-test-token"]'
 

@@ -26,14 +26,17 @@ import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
 
-from conftest import _free_port, _quiver_bin, _set_pdeathsig
+from conftest import SECURE, _free_port, _quiver_bin, _set_pdeathsig
 from pmutil import STRONG
 
 DIM = 32
 INITIAL = 3000
 TOTAL = 6000
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("QUIVER_MILVUS_URI")), reason="starts its own cluster")
+pytestmark = [
+    pytest.mark.skipif(bool(os.environ.get("QUIVER_MILVUS_URI")), reason="starts its own cluster"),
+    pytest.mark.skipif(SECURE, reason="secure mode: starts a cluster of its own without security"),
+]
 
 
 class Cluster:

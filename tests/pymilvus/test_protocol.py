@@ -8,6 +8,10 @@ import grpc
 import pytest
 from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc
 
+from conftest import SECURE
+
+pytestmark = pytest.mark.skipif(SECURE, reason="secure mode: calls a plaintext stub without credentials")
+
 
 @pytest.fixture(scope="module")
 def stub(uri):

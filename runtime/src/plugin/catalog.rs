@@ -187,7 +187,7 @@ pub struct PluginCatalog {
 impl PluginCatalog {
     /// The KV bucket of `cluster`'s catalog.
     pub fn bucket_name(subjects: &Subjects) -> String {
-        format!("quiver_{}_plugins", subjects.cluster())
+        subjects.plugins_bucket()
     }
 
     /// Opens (creating if needed) the catalog bucket. `host` compiles and self-tests loads.

@@ -9,6 +9,7 @@
 //!   its reply type, so callers and servers cannot disagree about either.
 //! - [`subjects`]: every subject, stream and bucket name, derived from the services.
 //! - [`keys`]: the metadata bucket's key scheme and the object store's path scheme.
+//! - [`access`]: the principals (node, admin, app) and the NATS permissions of each.
 //!
 //! ```text
 //!   client ──quiver.<c>.api.<method>──▶ proxy (queue "proxy")
@@ -19,6 +20,7 @@
 //!   proxy ──quiver.<c>.dml.<collection>.<shard>.<kind>──▶ JetStream ──▶ data / query nodes
 //! ```
 
+pub mod access;
 pub mod keys;
 mod services;
 pub mod subjects;

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, List, Sequence, TypeVar, Union
+import ssl
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import nats.errors
 from nats.aio.client import Client as Nats
@@ -75,11 +76,41 @@ class AsyncClient:
         cluster: str = "quiver",
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
+        *,
+        credentials_file: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        tls_ca_file: Optional[str] = None,
+        tls_cert_file: Optional[str] = None,
+        tls_key_file: Optional[str] = None,
     ) -> "AsyncClient":
         """Connects to the cluster ``cluster`` through the NATS server(s) at ``url`` (a list, or
         comma separated). Retries for up to ``connect_timeout`` seconds, then raises
-        :class:`ConnectError`; once connected, it reconnects forever."""
+        :class:`ConnectError`; once connected, it reconnects forever.
+
+        A cluster with ``security.enabled`` needs a principal: ``credentials_file`` (the
+        ``app.credentials`` or ``admin.credentials`` file Quiver generated, one line
+        ``user:password``) or ``user`` and ``password``. ``tls_ca_file`` (the CA that signed the
+        NATS server's certificate) turns TLS on; ``tls_cert_file`` and ``tls_key_file`` present a
+        client certificate."""
         servers = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
+        extra: Dict[str, Any] = {}
+        if credentials_file:
+            try:
+                with open(credentials_file) as f:
+                    user, _, password = f.read().strip().partition(":")
+            except OSError as e:
+                raise ConnectError(f"cannot read credentials {credentials_file}: {e}") from None
+            if not user or not password:
+                raise ConnectError(f"{credentials_file}: must hold one line 'user:password'")
+        if user:
+            # A principal may read only the replies under its own inbox prefix (docs/security.md).
+            extra.update(user=user, password=password or "", inbox_prefix=f"_INBOX.{user}")
+        if tls_ca_file or tls_cert_file:
+            context = ssl.create_default_context(cafile=tls_ca_file)
+            if tls_cert_file:
+                context.load_cert_chain(tls_cert_file, tls_key_file)
+            extra["tls"] = context
 
         async def quiet(e: Exception) -> None:
             log.debug("NATS: %s", e)
@@ -95,6 +126,7 @@ class AsyncClient:
                     reconnect_time_wait=0.25,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     error_cb=quiet,
+                    **extra,
                 ),
                 connect_timeout,
             )

@@ -80,11 +80,13 @@ class Client:
         cluster: str = "quiver",
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = 5.0,
+        **security: Any,
     ) -> "Client":
-        """See :meth:`AsyncClient.connect`."""
+        """See :meth:`AsyncClient.connect` (``security``: its keyword-only credentials and TLS
+        arguments)."""
         loop = _LoopThread()
         try:
-            inner = loop.run(AsyncClient.connect(url, cluster, timeout, connect_timeout))
+            inner = loop.run(AsyncClient.connect(url, cluster, timeout, connect_timeout, **security))
         except BaseException:
             loop.stop()
             raise

@@ -12,12 +12,17 @@
 //!
 //! [`schema`] builds schemas, rows, searches and index parameters; [`fvecs`] reads vectors
 //! from `.fvecs` / `.ivecs` files.
+//!
+//! A cluster with `security.enabled` accepts only authenticated clients: pass its
+//! `app.credentials` (the data API) or `admin.credentials` file, and its CA when NATS uses TLS,
+//! through [`ConnectOptions`] and [`Client::connect_with`].
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod fvecs;
 pub mod schema;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -45,6 +50,10 @@ pub enum ClientError {
     Internal(String),
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The NATS server refused the call: this client's principal may not make it (an `app`
+    /// calling an admin method such as drop_collection).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("malformed reply: {0}")]
     Decode(#[from] DecodeError),
 }
@@ -57,24 +66,135 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// How a [`Client`] authenticates to NATS and encrypts the connection. The default: neither.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// NATS user and password: the `app` or `admin` principal of a cluster with security on.
+    pub user_password: Option<(String, String)>,
+    /// A NATS `.creds` file (JWT + nkey seed) for a NATS server in operator mode.
+    pub creds_file: Option<PathBuf>,
+    /// CA bundle (PEM) the server's certificate is verified with; set = TLS is required.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for a server that verifies clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Require TLS even without `ca_file` (the system's roots verify the server).
+    pub require_tls: bool,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("ConnectOptions")
+            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
+            .field("creds_file", &self.creds_file)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("require_tls", &self.require_tls)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Takes user and password from a credentials file holding `user:password` (the
+    /// `admin.credentials` / `app.credentials` files Quiver generates).
+    pub fn credentials_file(mut self, path: impl AsRef<Path>) -> Result<ConnectOptions> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Connect(format!("cannot read credentials {}: {e}", path.display())))?;
+        match text.trim().split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                self.user_password = Some((user.to_string(), password.to_string()));
+                Ok(self)
+            }
+            _ => Err(ClientError::Connect(format!("{}: must hold one line \"user:password\"", path.display()))),
+        }
+    }
+
+    /// Verifies the server with the CA bundle at `path` (TLS required).
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> ConnectOptions {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    async fn apply(&self, mut options: async_nats::ConnectOptions) -> Result<async_nats::ConnectOptions> {
+        if let Some(path) = &self.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| ClientError::Connect(format!("cannot use {}: {e}", path.display())))?;
+        }
+        if let Some((user, password)) = &self.user_password {
+            // A principal may read only the replies under its own inbox prefix (docs/security.md).
+            options = options.user_and_password(user.clone(), password.clone()).custom_inbox_prefix(
+                protocol::access::Principal::of_user(user)
+                    .map_or_else(|| format!("_INBOX.{user}"), protocol::access::Principal::inbox_prefix),
+            );
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.require_tls || self.ca_file.is_some() || self.client_cert.is_some() {
+            options = options.require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
+/// Waits for the server's permission violation naming `subject` (never, if none comes).
+async fn refusal(mut violations: tokio::sync::broadcast::Receiver<String>, subject: &str) -> String {
+    let quoted = format!("\"{subject}\"");
+    loop {
+        match violations.recv().await {
+            Ok(text) if text.contains(&quoted) => return text,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// A connection to a Quiver cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     nats: async_nats::Client,
     subjects: Subjects,
     timeout: Duration,
+    /// The server's permission violations (its `-ERR` texts): a refused publish gets no reply,
+    /// so a call watches these to fail at once instead of timing out.
+    violations: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Client {
     /// Connects to the cluster `cluster` through the NATS server(s) at `url` (comma separated).
     pub async fn connect(url: &str, cluster: &str) -> Result<Client> {
-        let nats = async_nats::ConnectOptions::new()
+        Client::connect_with(url, cluster, &ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with credentials and TLS.
+    pub async fn connect_with(url: &str, cluster: &str, options: &ConnectOptions) -> Result<Client> {
+        let (violations, _) = tokio::sync::broadcast::channel(16);
+        let on_violation = violations.clone();
+        let nats = options
+            .apply(async_nats::ConnectOptions::new())
+            .await?
+            .event_callback(move |event| {
+                let violations = on_violation.clone();
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = event {
+                        if text.starts_with("Permissions Violation") {
+                            let _ = violations.send(text);
+                        }
+                    }
+                }
+            })
             .name("quiver-client")
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
-        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60) })
+        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60), violations })
     }
 
     /// Sets the per-call deadline (default 60 s). It travels with every call, so the cluster
@@ -98,7 +218,12 @@ impl Client {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_TIMEOUT, (self.timeout.as_millis() as u64).to_string().as_str());
         let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
-        let msg = self.nats.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
+        let refused = refusal(self.violations.subscribe(), &subject);
+        let sent = tokio::select! {
+            sent = self.nats.send_request(subject.clone(), request) => sent,
+            text = refused => return Err(ClientError::PermissionDenied(text)),
+        };
+        let msg = sent.map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::Unavailable(format!(
                 "nothing serves {subject}: is Quiver running with cluster name {:?} (and the node up)?",
                 self.subjects.cluster()

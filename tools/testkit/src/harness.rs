@@ -25,7 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientError, ClusterStatus, Role};
+use quiver_client::{Client, ClientError, ClusterStatus, ConnectOptions, Role};
 
 use crate::process::{free_port, Proc};
 
@@ -69,6 +69,9 @@ pub struct Harness {
     pub cluster: String,
     /// Port of the NATS server (embedded in standalone, or the external one).
     pub nats_port: u16,
+    /// How [`Harness::client`] connects (TLS, credentials). With security on, the cluster's
+    /// generated admin credentials are used unless these name others.
+    pub client_options: ConnectOptions,
     procs: Vec<Proc>,
 }
 
@@ -79,7 +82,14 @@ impl Harness {
         let dir = tempfile::Builder::new().prefix(&format!("quiver-it-{test}-")).tempdir().expect("tempdir");
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let cluster = format!("it_{test}_{}_{n}", std::process::id());
-        Harness { dir, quiver: quiver.into(), cluster, nats_port: free_port().expect("free port"), procs: Vec::new() }
+        Harness {
+            dir,
+            quiver: quiver.into(),
+            cluster,
+            nats_port: free_port().expect("free port"),
+            client_options: ConnectOptions::default(),
+            procs: Vec::new(),
+        }
     }
 
     /// `quiver standalone` (every role, embedded nats-server on `nats_port`), with extra
@@ -155,13 +165,30 @@ impl Harness {
         self.procs.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no process {name}"))
     }
 
-    /// A client of this cluster (20 s per call). Retries the connection for up to 15 s: a
-    /// nats-server that is (re)starting may accept a TCP connection and then reset it.
+    /// A credentials file the cluster generated (`security.enabled`): `admin` or `app`.
+    pub fn credentials_file(&self, principal: &str) -> PathBuf {
+        self.data_dir().join("credentials").join(format!("{principal}.credentials"))
+    }
+
+    /// A client of this cluster (20 s per call) with [`Harness::client_options`], as admin when
+    /// the cluster generated credentials. Retries the connection for up to 15 s: a nats-server
+    /// that is (re)starting may accept a TCP connection and then reset it.
     pub async fn client(&self) -> Client {
+        let mut options = self.client_options.clone();
+        let admin = self.credentials_file("admin");
+        if options.user_password.is_none() && options.creds_file.is_none() && admin.exists() {
+            options = options.credentials_file(&admin).expect("the cluster's admin credentials");
+        }
+        self.client_with(&options).await
+    }
+
+    /// A client of this cluster connecting with `options` (retries as [`Harness::client`]).
+    pub async fn client_with(&self, options: &ConnectOptions) -> Client {
         let start = Instant::now();
         loop {
             let attempt =
-                tokio::time::timeout(Duration::from_secs(5), Client::connect(&self.url(), &self.cluster)).await;
+                tokio::time::timeout(Duration::from_secs(5), Client::connect_with(&self.url(), &self.cluster, options))
+                    .await;
             match attempt {
                 Ok(Ok(c)) => return c.with_timeout(Duration::from_secs(20)),
                 Ok(Err(e)) if start.elapsed() < Duration::from_secs(15) => {

@@ -7,12 +7,15 @@
 //! - [`harness`]: a test's cluster ([`Harness`]: standalone or node by node over an external
 //!   nats-server, temp dir, SIGKILL and restart), time-limited test bodies ([`run`]), retries.
 //! - [`data`]: a slice of the dataset, exact ground truth, recall, client helpers.
+//! - [`tls`]: a throw-away CA with server and client certificates ([`TestCa`]).
 //!
 //! [`harness`] and [`data`] fail the calling test on any error, as `assert!` does.
 
 pub mod data;
 pub mod harness;
 pub mod process;
+pub mod tls;
 
 pub use harness::{eventually, quiver_cli, retry, run, wait_for_port, Harness, READY};
 pub use process::{child_pids, free_port, process_alive, process_name, quiver_bin, Proc};
+pub use tls::TestCa;

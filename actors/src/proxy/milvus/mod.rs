@@ -4,16 +4,21 @@
 //!
 //! Conventions (as Milvus): application errors travel in `common.Status` with gRPC OK (see
 //! [`convert::status_of`] for the codes); methods outside the subset answer UNIMPLEMENTED;
-//! authentication failures are gRPC UNAUTHENTICATED. Only the `default` database exists.
+//! authentication failures are gRPC UNAUTHENTICATED, calls the caller's principal may not make
+//! PERMISSION_DENIED. Only the `default` database exists. With `tls.grpc_*` the API is served
+//! over TLS only.
 
 mod convert;
 mod service;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
-use quiver_runtime::{Error, Result};
+use quiver_runtime::config::TlsConfig;
+use quiver_runtime::{security, Error, Result};
+use quiver_schemas::protocol::access::{self, Principal};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::Proxy;
@@ -39,22 +44,29 @@ use proto::milvus::milvus_service_server::MilvusServiceServer;
 
 /// Serves the Milvus API on `addr` until `stop` fires (the proxy role stopped or restarts).
 pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>) -> Result<()> {
+    let config = proxy.node.shared.config.clone();
+    let gate = Arc::new(Gate::new(security::grpc_credentials(&config)?));
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = server_tls(&config.tls)? {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("tls.grpc_*: cannot set up TLS for the Milvus gRPC API: {e}")))?;
+    }
     let listener = bind(&addr).await?;
-    tracing::info!(%addr, "Milvus gRPC API listening");
-    let credentials = Arc::new(proxy.node.shared.config.proxy.credentials.iter().cloned().collect::<HashSet<_>>());
-    let limits = proxy.node.shared.config.limits.clone();
+    tracing::info!(%addr, tls = config.tls.grpc_enabled(), authenticated = !gate.is_open(), "Milvus gRPC API listening");
+    let limits = config.limits.clone();
     let svc = MilvusServiceServer::new(service::MilvusApi::new(proxy))
         .max_decoding_message_size(limits.grpc_max_message_bytes)
         .max_encoding_message_size(limits.grpc_max_message_bytes);
-    let svc = tonic::service::interceptor::InterceptedService::new(svc, move |req: tonic::Request<()>| {
-        authenticate(&credentials, &req)?;
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, move |mut req: tonic::Request<()>| {
+        let principal = gate.admit(&req)?;
+        req.extensions_mut().insert(principal);
         Ok(req)
     });
     let incoming = tokio_stream_listener(listener);
     // One limit for the whole API, not per connection: a request beyond it is refused at once
     // with RESOURCE_EXHAUSTED (load shedding) rather than queued.
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    server
         .load_shed(true)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.grpc_max_concurrent_requests))
         .add_service(svc)
@@ -91,21 +103,114 @@ fn tokio_stream_listener(
     })
 }
 
-/// Checks the `authorization` metadata (base64 of "user:password" or of a token, as pymilvus
-/// sends it) when credentials are configured.
-fn authenticate(credentials: &HashSet<String>, req: &tonic::Request<()>) -> Result<(), tonic::Status> {
-    if credentials.is_empty() {
-        return Ok(());
+/// The TLS settings of the API, read from `tls.grpc_*` (None: plaintext).
+fn server_tls(tls: &TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+    if !tls.grpc_enabled() {
+        return Ok(None);
     }
-    let denied =
-        || tonic::Status::unauthenticated("auth check failure, please check username and password are correct");
-    let header = req.metadata().get("authorization").ok_or_else(denied)?;
-    let text = header.to_str().map_err(|_| denied())?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| denied())?;
-    let given = String::from_utf8(decoded).map_err(|_| denied())?;
-    if credentials.contains(&given) {
-        Ok(())
-    } else {
-        Err(denied())
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("{key}: cannot read {}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read("tls.grpc_cert_file", &tls.grpc_cert_file)?,
+        read("tls.grpc_key_file", &tls.grpc_key_file)?,
+    );
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if !tls.grpc_client_ca_file.as_os_str().is_empty() {
+        let ca = read("tls.grpc_client_ca_file", &tls.grpc_client_ca_file)?;
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    Ok(Some(config))
+}
+
+/// Who may call the API: the accepted credentials (SHA-256 digests, compared in constant time)
+/// and the principal each grants. No credentials: the API is open and every caller is admin,
+/// as before authentication existed.
+struct Gate {
+    accepted: Vec<([u8; 32], Principal)>,
+}
+
+impl Gate {
+    fn new(credentials: Vec<(String, Principal)>) -> Gate {
+        Gate { accepted: credentials.into_iter().map(|(c, p)| (digest(c.as_bytes()), p)).collect() }
+    }
+
+    fn is_open(&self) -> bool {
+        self.accepted.is_empty()
+    }
+
+    /// Checks the `authorization` metadata (base64 of "user:password" or of a token, as
+    /// pymilvus sends it) and answers the caller's principal.
+    fn admit(&self, req: &tonic::Request<()>) -> Result<Principal, tonic::Status> {
+        if self.is_open() {
+            return Ok(Principal::Admin);
+        }
+        let denied =
+            || tonic::Status::unauthenticated("auth check failure, please check username and password are correct");
+        let header = req.metadata().get("authorization").ok_or_else(denied)?;
+        let text = header.to_str().map_err(|_| denied())?;
+        let given = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| denied())?;
+        // Digests have one length, so the comparison takes the same time whatever was given, and
+        // every accepted credential is compared (no early exit on a match).
+        let given = digest(&given);
+        let mut principal = None;
+        for (accepted, p) in &self.accepted {
+            if bool::from(accepted.ct_eq(&given)) {
+                principal = Some(*p);
+            }
+        }
+        principal.ok_or_else(denied)
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Refuses API method `method` (a method name of [`access`]'s classification) to a caller whose
+/// principal may not call it, with the status Milvus answers (`PERMISSION_DENIED`).
+fn authorize<T>(req: &tonic::Request<T>, method: &str, privilege: &str) -> Result<(), tonic::Status> {
+    // No principal: the request did not pass through the gate (not served that way).
+    let principal = req.extensions().get::<Principal>().copied().unwrap_or(Principal::App);
+    if access::is_admin_method(method) && !principal.is_admin() {
+        return Err(tonic::Status::permission_denied(format!(
+            "{privilege}: permission deny to {} in the `default` database",
+            principal.user()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn request(token: Option<&str>) -> tonic::Request<()> {
+        let mut req = tonic::Request::new(());
+        if let Some(t) = token {
+            let value = base64::engine::general_purpose::STANDARD.encode(t);
+            req.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn the_gate_maps_passwords_to_principals() {
+        let open = Gate::new(Vec::new());
+        assert_eq!(open.admit(&request(None)).unwrap(), Principal::Admin);
+        let gate = Gate::new(vec![("admin:a1".into(), Principal::Admin), ("app:p1".into(), Principal::App)]);
+        assert_eq!(gate.admit(&request(Some("admin:a1"))).unwrap(), Principal::Admin);
+        assert_eq!(gate.admit(&request(Some("app:p1"))).unwrap(), Principal::App);
+        for bad in [None, Some("app:p"), Some("app:p1x"), Some("admin:p1"), Some("")] {
+            assert_eq!(gate.admit(&request(bad)).unwrap_err().code(), tonic::Code::Unauthenticated, "{bad:?}");
+        }
+        let mut req = request(Some("app:p1"));
+        req.extensions_mut().insert(Principal::App);
+        let e = authorize(&req, "drop_collection", "PrivilegeDropCollection").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(authorize(&req, "search", "PrivilegeSearch").is_ok());
+        req.extensions_mut().insert(Principal::Admin);
+        assert!(authorize(&req, "drop_collection", "PrivilegeDropCollection").is_ok());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
-use quiver_schemas::protocol::coord;
+use quiver_schemas::protocol::{api, coord, Call};
 use quiver_schemas::{
     CollectionDescription, CollectionName, CreateCollection, CreateIndex, Delete, Distribution, Empty, Get, Insert,
     MutationResult as QMutation, Query, Search, COUNT_STAR,
@@ -223,6 +223,7 @@ impl MilvusService for MilvusApi {
     }
 
     async fn drop_collection(&self, req: Request<DropCollectionRequest>) -> Result<Response<common::Status>, Status> {
+        super::authorize(&req, <api::DropCollection as Call>::METHOD, "PrivilegeDropCollection")?;
         let t = Instant::now();
         let ctx = context_of(&req);
         let result = async {
