@@ -304,3 +304,79 @@ fn two_replicas_survive_query_node_kills_under_load() {
         assert_eq!(r, 1.0);
     });
 }
+
+/// Many small segments (200), three query nodes in two replica groups, and two of them
+/// SIGKILLed at once, one from each group: the survivor takes its group's missing segments
+/// over while the searches running all along keep being answered (failing over, retrying
+/// within their deadline), and the killed nodes serve again soon after their restart even
+/// with a hundred segments each to load.
+#[test]
+fn many_segments_keep_serving_through_two_query_node_kills() {
+    run(Duration::from_secs(200), async {
+        let nodes3 = &QUERY_NODES[..3];
+        let mut h = Harness::new("manyseg");
+        h.start_nats();
+        let env = [
+            ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "100"),
+            ("QUIVER_PLUGINS__BALANCER", "row-count"),
+            ("QUIVER_BALANCE__INTERVAL", "1h"),
+        ];
+        let mut procs = vec![("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode")];
+        procs.extend(nodes3.iter().map(|q| (*q, "querynode")));
+        for (id, role) in &procs {
+            h.start_node(id, &[role], &env);
+        }
+        let client = h.client().await;
+        let nodes: Vec<(String, u32)> = procs.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
+        h.wait_ready(&client, &nodes, READY).await;
+
+        let total = data::BASE_ROWS;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, total, 100).await;
+        data::flush(&client, "docs").await;
+        data::wait_segments(&client, "docs", total as u64, SegmentState::Flushed, Duration::from_secs(60)).await;
+        client.load_collection("docs", 2).await.expect("load with 2 replicas");
+        let d = wait_replicated(&client, 2, &[], Duration::from_secs(60)).await;
+        assert!(d.segments.len() >= 150, "{} segments", d.segments.len());
+
+        let load = Load::start(&client, total, total);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let victims: Vec<String> = d.replicas.iter().map(|g| g.nodes[0].clone()).collect();
+        let procs_of: Vec<&str> =
+            victims.iter().map(|v| *nodes3.iter().find(|q| node_id(q) == *v).expect("a query node")).collect();
+        let killed = Instant::now();
+        for p in &procs_of {
+            h.proc(p).kill();
+        }
+        // The survivor serves its whole group's copy.
+        let survivor = nodes3.iter().map(|q| node_id(q)).find(|n| !victims.contains(n)).expect("a survivor");
+        eventually("the survivor holds every segment", Duration::from_secs(60), || async {
+            let d = client.distribution("docs").await.map_err(|e| e.to_string())?;
+            let missing = d.segments.iter().filter(|s| !s.nodes.contains(&survivor)).count();
+            (missing == 0).then_some(()).ok_or(format!("{missing} segments not on {survivor}"))
+        })
+        .await;
+        let taken_over = killed.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarted = Instant::now();
+        for p in &procs_of {
+            h.proc(p).restart().expect("restart");
+        }
+        wait_replicated(&client, 2, &[], Duration::from_secs(90)).await;
+        let rejoined = restarted.elapsed();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let failures = load.failures();
+        let (searches, _, latencies) = load.stop().await;
+        eprintln!(
+            "many segments ({}): {searches} searches through two kills, {} failed; p50 {} µs, p99 {} µs, max {} µs; \
+             survivor took over in {taken_over:?}, restarted nodes fully replicated again in {rejoined:?}",
+            d.segments.len(),
+            failures.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(0),
+        );
+        assert!(failures.is_empty(), "{} failed searches: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert!(searches > 50, "the load ran ({searches} searches)");
+    });
+}

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::future::LocalBoxFuture;
+use futures::StreamExt;
 use quiver_runtime::bus::{now_ms, RequestContext};
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::QueryNodeRequest;
@@ -32,6 +33,9 @@ use crate::limits::ReadLimits;
 use crate::node::{start_role, Node, RoleHandler};
 use crate::rows::decode_segment;
 use crate::vector::VectorIndex;
+
+/// Segments a loading query node fetches from the object store at once.
+const LOAD_CONCURRENCY: usize = 4;
 
 /// The metric a collection's vectors are compared with.
 pub fn metric_of(info: &CollectionInfo) -> MetricType {
@@ -95,58 +99,72 @@ impl QueryNode {
         .map_err(Error::internal)?
     }
 
+    /// Applies the node's desired state for one collection. Shards are opened first (a
+    /// segment is only served with its shard's deletes), then missing segments are fetched a
+    /// few at a time and each is served as soon as it is in: a restarted node with hundreds of
+    /// segments to load answers for what it has within seconds instead of refusing the whole
+    /// collection until the last one is in (readers fail over to another replica for the rest).
     async fn load(&self, req: LoadSegments) -> Result<Empty> {
         let _serial = self.loading.lock().await;
         let info = req.collection.clone();
         let metric = metric_of(&info);
-        // Fetch what is missing (or needs its index) without holding the map borrowed.
-        let mut fetched = Vec::new();
-        for seg in &req.segments {
-            let have = self.collections.borrow().get(&info.id).and_then(|c| c.segments.get(&seg.id).cloned());
-            // A segment searched by brute force must also use the collection's current metric.
-            let current = have.is_some_and(|s| {
-                s.info.index_path == seg.index_path && s.flat.as_ref().is_none_or(|f| f.metric() == metric)
+        let wanted: HashSet<u64> = req.segments.iter().map(|s| s.id).collect();
+        let missing: Vec<&SegmentInfo> = {
+            let mut collections = self.collections.borrow_mut();
+            let loaded = collections.entry(info.id).or_insert_with(|| Loaded {
+                info: info.clone(),
+                segments: HashMap::new(),
+                shards: HashMap::new(),
+                views: HashMap::new(),
             });
-            if !current {
-                fetched.push(Arc::new(self.fetch_segment(seg, metric).await?));
+            loaded.info = info.clone();
+            loaded.views = req.shard_views.iter().map(|v| (v.shard, v.clone())).collect();
+            loaded.segments.retain(|id, _| wanted.contains(id));
+            // Shards: every shard we hold (or will hold) a segment of, for deletes, plus the
+            // ones we lead.
+            let leads: HashMap<u32, &ShardPlacement> = req.lead_shards.iter().map(|l| (l.shard, l)).collect();
+            let mut needed: HashSet<u32> = req.segments.iter().map(|s| s.shard).collect();
+            needed.extend(leads.keys().copied());
+            loaded.shards.retain(|id, s| needed.contains(id) && s.data.leader == leads.contains_key(id));
+            for shard in needed {
+                let lead = leads.get(&shard);
+                match loaded.shards.get(&shard) {
+                    Some(existing) => {
+                        existing.data.set_metric(metric)?;
+                        if let Some(l) = lead {
+                            existing.data.advance_sealed(l.sealed_seq)?;
+                        }
+                    }
+                    None => {
+                        let sealed = lead.map_or(0, |l| l.sealed_seq);
+                        let s = Shard::open(&self.node, &info, shard, metric, lead.is_some(), sealed);
+                        loaded.shards.insert(shard, s);
+                    }
+                }
+            }
+            // Fetch what is missing or needs its index; a segment searched by brute force
+            // must also use the collection's current metric.
+            req.segments
+                .iter()
+                .filter(|seg| {
+                    !loaded.segments.get(&seg.id).is_some_and(|s| {
+                        s.info.index_path == seg.index_path && s.flat.as_ref().is_none_or(|f| f.metric() == metric)
+                    })
+                })
+                .collect()
+        };
+        let mut fetches = futures::stream::iter(missing)
+            .map(|seg| self.fetch_segment(seg, metric))
+            .buffer_unordered(LOAD_CONCURRENCY);
+        while let Some(fetched) = fetches.next().await {
+            let seg = Arc::new(fetched?);
+            // Released meanwhile: nothing to add it to.
+            if let Some(loaded) = self.collections.borrow_mut().get_mut(&info.id) {
+                loaded.segments.insert(seg.info.id, seg);
             }
         }
         let mut collections = self.collections.borrow_mut();
-        let loaded = collections.entry(info.id).or_insert_with(|| Loaded {
-            info: info.clone(),
-            segments: HashMap::new(),
-            shards: HashMap::new(),
-            views: HashMap::new(),
-        });
-        loaded.info = info.clone();
-        loaded.views = req.shard_views.iter().map(|v| (v.shard, v.clone())).collect();
-        for seg in fetched {
-            loaded.segments.insert(seg.info.id, seg);
-        }
-        let wanted: HashSet<u64> = req.segments.iter().map(|s| s.id).collect();
-        loaded.segments.retain(|id, _| wanted.contains(id));
-        // Shards: every shard we hold a segment of (for deletes) plus the ones we lead.
-        let leads: HashMap<u32, &ShardPlacement> = req.lead_shards.iter().map(|l| (l.shard, l)).collect();
-        let mut needed: HashSet<u32> = loaded.segments.values().map(|s| s.info.shard).collect();
-        needed.extend(leads.keys().copied());
-        loaded.shards.retain(|id, s| needed.contains(id) && s.data.leader == leads.contains_key(id));
-        for shard in needed {
-            let lead = leads.get(&shard);
-            match loaded.shards.get(&shard) {
-                Some(existing) => {
-                    existing.data.set_metric(metric)?;
-                    if let Some(l) = lead {
-                        existing.data.advance_sealed(l.sealed_seq)?;
-                    }
-                }
-                None => {
-                    let sealed = lead.map_or(0, |l| l.sealed_seq);
-                    let s = Shard::open(&self.node, &info, shard, metric, lead.is_some(), sealed);
-                    loaded.shards.insert(shard, s);
-                }
-            }
-        }
-        if loaded.segments.is_empty() && loaded.shards.is_empty() {
+        if collections.get(&info.id).is_some_and(|c| c.segments.is_empty() && c.shards.is_empty()) {
             collections.remove(&info.id);
         }
         Ok(Empty {})
