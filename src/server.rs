@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use quiver_runtime::nats_server::EmbeddedNats;
+use quiver_runtime::nats_server::{EmbeddedNats, SyncInterval};
 use quiver_runtime::{telemetry, Config, Shared, Supervisor};
 use quiver_schemas::Role;
 
@@ -51,11 +51,12 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     if let Some(addr) = telemetry::install_prometheus(&config.metrics.listen)? {
         tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
     }
-    std::fs::create_dir_all(&config.cluster.data_dir)
+    quiver_runtime::disk::create_dir_all(&config.cluster.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.cluster.data_dir.display()))?;
     let embedded = if standalone && config.nats.url.is_empty() {
         let store = config.cluster.data_dir.join("nats");
-        let nats = io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store))?;
+        let sync = SyncInterval::parse(&config.nats.sync_interval)?;
+        let nats = io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store, sync))?;
         tracing::info!(url = nats.url(), "embedded nats-server started");
         Some(nats)
     } else {
