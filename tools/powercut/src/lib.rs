@@ -4,7 +4,9 @@
 //! to lose it. The semantics are LazyFS's; the implementation is small and slow on purpose.
 //!
 //! - [`model`]: the tree in memory, each inode with its live and its durable state, and the
-//!   rules above (unit-tested without FUSE).
+//!   rules above (unit-tested without FUSE); [`Semantics`] says whether an fsync of a file also
+//!   keeps its name (as Linux's journaling file systems do) or, strictly POSIX, only an fsync of
+//!   its directory does.
 //! - [`fuse`]: the `fuser` file system serving that tree to the kernel.
 //! - [`Mount`]: mount a backing directory, cut the power or unmount cleanly.
 //!
@@ -26,8 +28,9 @@ pub mod model;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub use model::Lost;
+pub use model::{Lost, Semantics};
 
 /// A mounted power-cut file system.
 pub struct Mount {
@@ -38,9 +41,10 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Mounts `backing` (read into memory) at `mountpoint` (an existing empty directory).
-    pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Mount> {
-        let tree = model::Tree::load(backing)?;
+    /// Mounts `backing` (read into memory) at `mountpoint` (an existing empty directory),
+    /// keeping what a power cut keeps by `semantics`.
+    pub fn mount(backing: &Path, mountpoint: &Path, semantics: Semantics) -> io::Result<Mount> {
+        let tree = model::Tree::load(backing, semantics)?;
         let shared = Arc::new(Mutex::new(fuse::Shared { tree, cut: false }));
         let fs = fuse::PowerCutFs { shared: shared.clone() };
         let mut config = fuser::Config::default();
@@ -84,11 +88,40 @@ impl Mount {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Unmounts, waiting up to 10 s for the last user to let go: a killed process releases
+    /// its files only when all of its threads have exited, which may be after its main thread
+    /// shows as gone.
     fn unmount_session(&mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
+        let Some(session) = self.session.take() else { return Ok(()) };
+        let path = std::ffi::CString::new(self.mountpoint.canonicalize()?.into_os_string().into_encoded_bytes())
+            .map_err(io::Error::other)?;
+        let start = Instant::now();
+        loop {
+            // SAFETY: umount2(2) with a valid NUL-terminated path and no flags.
+            if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Not (or no longer) mounted: the session ends on its own.
+                Some(libc::EINVAL) => break,
+                Some(libc::EBUSY) if start.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    // Put the session back so that dropping the mount tries again.
+                    self.session = Some(session);
+                    let users = users_of(&self.mountpoint);
+                    return Err(io::Error::new(
+                        err.kind(),
+                        format!("cannot unmount {}: {err}; still used by {users:?}", self.mountpoint.display()),
+                    ));
+                }
+            }
         }
+        // The kernel ends the FUSE connection with the unmount, and with it the session's
+        // thread.
+        session.join()
     }
 
     fn rewrite_backing(&self, durable_only: bool) -> io::Result<()> {
@@ -102,6 +135,22 @@ impl Mount {
         }
         self.lock().tree.store(&self.backing, durable_only)
     }
+}
+
+/// `pid (name)` of the processes with a file, directory or mapping under `dir` (for errors).
+fn users_of(dir: &Path) -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut users = Vec::new();
+    for p in procs.flatten() {
+        let pid = p.path();
+        let mut links = std::fs::read_dir(pid.join("fd")).map(|fds| fds.flatten().map(|f| f.path()).collect()).unwrap_or_else(|_| Vec::new());
+        links.push(pid.join("cwd"));
+        if links.iter().any(|l| std::fs::read_link(l).is_ok_and(|t| t.starts_with(dir))) {
+            let name = std::fs::read_to_string(pid.join("comm")).unwrap_or_default();
+            users.push(format!("{} ({})", p.file_name().to_string_lossy(), name.trim()));
+        }
+    }
+    users
 }
 
 impl Drop for Mount {

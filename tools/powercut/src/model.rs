@@ -1,11 +1,17 @@
 //! The file system's state: every inode in memory, each with what a program sees now (`live`)
 //! and what a power cut would leave (`durable`).
 //!
-//! The rules are POSIX's, taken literally (as LazyFS does):
+//! The rules are POSIX's, taken literally (as LazyFS does), in [`Semantics::Posix`]:
 //! - `fsync`/`fdatasync` of a file makes its current content durable, and nothing else;
 //! - `fsync` of a directory makes its current entries durable (files and directories created,
 //!   renamed, linked or removed in it), and nothing else: not the content of those files;
 //! - a file named by a durable entry but never fsynced comes back empty.
+//!
+//! [`Semantics::Linux`] adds one rule that Linux's journaling file systems keep in practice
+//! (ext4 and XFS commit every earlier metadata change with an fsync, btrfs logs a new file's
+//! names with it) and that programs rely on: an fsync of a file or directory also makes
+//! durable the names it has at that moment, and those of the directories above it. Unrelated
+//! entries, renames after the fsync, and unlinks still need an fsync of their directory.
 //!
 //! A power cut rebuilds the tree from the durable parts alone, starting at the root.
 
@@ -13,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -142,13 +148,23 @@ impl Inode {
     }
 }
 
-/// What a power cut threw away.
+/// Which directory entries an fsync makes durable besides those of the directory fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Semantics {
+    /// None: POSIX taken literally (LazyFS).
+    Posix,
+    /// The current names of the inode fsynced, and of the directories above it (ext4, XFS,
+    /// btrfs in practice).
+    Linux,
+}
+
+/// What a power cut threw away, as paths relative to the mount point.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lost {
     /// Files whose content differed from their last fsync (or were never fsynced).
-    pub files: usize,
+    pub files: Vec<PathBuf>,
     /// Directories whose entries differed from their last fsync.
-    pub dirs: usize,
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Errors are errno values, as FUSE replies carry them.
@@ -157,13 +173,14 @@ pub type Errno = i32;
 pub struct Tree {
     inodes: HashMap<u64, Inode>,
     next: u64,
+    semantics: Semantics,
 }
 
 impl Tree {
     /// The tree of `backing`, all of it durable (it is what the disk holds).
-    pub fn load(backing: &Path) -> io::Result<Tree> {
+    pub fn load(backing: &Path, semantics: Semantics) -> io::Result<Tree> {
         let meta = std::fs::metadata(backing)?;
-        let mut tree = Tree { inodes: HashMap::new(), next: ROOT + 1 };
+        let mut tree = Tree { inodes: HashMap::new(), next: ROOT + 1, semantics };
         let body = Body::Dir { live: BTreeMap::new(), durable: BTreeMap::new(), parent: ROOT };
         tree.inodes.insert(ROOT, Inode::new(meta.permissions().mode() as u16 & 0o7777, meta.uid(), meta.gid(), body));
         tree.load_dir(backing, ROOT)?;
@@ -360,29 +377,73 @@ impl Tree {
         }
     }
 
-    /// `fsync`/`fdatasync` of a file, or `fsync` of a directory: what it holds now is durable.
+    /// `fsync`/`fdatasync` of a file, or `fsync` of a directory: what it holds now is durable
+    /// (and, with [`Semantics::Linux`], the names leading to it).
     pub fn sync(&mut self, ino: u64) -> Result<(), Errno> {
         match &mut self.get_mut(ino)?.body {
             Body::File { live, durable } => *durable = Some(live.clone()),
             Body::Dir { live, durable, .. } => *durable = live.clone(),
         }
+        if self.semantics == Semantics::Linux {
+            self.sync_names(ino);
+        }
         Ok(())
     }
 
-    /// What a power cut would throw away now.
-    pub fn unsynced(&self) -> Lost {
-        let mut lost = Lost::default();
-        for inode in self.inodes.values() {
-            match &inode.body {
-                Body::File { live, durable } if inode.nlink > 0 => {
-                    if !durable.as_ref().is_some_and(|d| d.same(live)) {
-                        lost.files += 1;
-                    }
+    /// Makes every current name of `ino` durable, then those of the directories holding them,
+    /// up to the root.
+    fn sync_names(&mut self, ino: u64) {
+        let mut todo = vec![ino];
+        let mut done = HashSet::new();
+        while let Some(child) = todo.pop() {
+            if child == ROOT || !done.insert(child) {
+                continue;
+            }
+            let links: Vec<(u64, OsString)> = self
+                .inodes
+                .iter()
+                .filter_map(|(dir, inode)| match &inode.body {
+                    Body::Dir { live, .. } => Some(live.iter().filter(|(_, i)| **i == child).map(|(n, _)| (*dir, n.clone()))),
+                    Body::File { .. } => None,
+                })
+                .flatten()
+                .collect();
+            for (dir, name) in links {
+                if let Some(Inode { body: Body::Dir { durable, .. }, .. }) = self.inodes.get_mut(&dir) {
+                    durable.insert(name, child);
                 }
-                Body::Dir { live, durable, .. } if live != durable => lost.dirs += 1,
-                _ => {}
+                todo.push(dir);
             }
         }
+    }
+
+    /// What a power cut would throw away now: the paths (as programs see them) of files and
+    /// directories that differ from their durable state.
+    pub fn unsynced(&self) -> Lost {
+        let mut lost = Lost::default();
+        let mut todo = vec![(ROOT, PathBuf::new())];
+        let mut seen = HashSet::new();
+        while let Some((ino, path)) = todo.pop() {
+            let Some(inode) = self.inodes.get(&ino) else { continue };
+            match &inode.body {
+                Body::File { live, durable } => {
+                    if !durable.as_ref().is_some_and(|d| d.same(live)) {
+                        lost.files.push(path);
+                    }
+                }
+                Body::Dir { live, durable, .. } => {
+                    if !seen.insert(ino) {
+                        continue;
+                    }
+                    if live != durable {
+                        lost.dirs.push(path.clone());
+                    }
+                    todo.extend(live.iter().map(|(name, child)| (*child, path.join(name))));
+                }
+            }
+        }
+        lost.files.sort();
+        lost.dirs.sort();
         lost
     }
 
@@ -440,7 +501,7 @@ mod tests {
     fn only_synced_content_and_entries_survive() {
         let backing = tempfile::tempdir().unwrap();
         std::fs::write(backing.path().join("old"), b"on disk").unwrap();
-        let mut t = Tree::load(backing.path()).unwrap();
+        let mut t = Tree::load(backing.path(), Semantics::Posix).unwrap();
         assert_eq!(t.unsynced(), Lost::default());
 
         // Written but not fsynced: old content; entry of a new file not synced: gone.
@@ -452,7 +513,7 @@ mod tests {
         let out = cut(&t);
         assert_eq!(std::fs::read(out.path().join("old")).unwrap(), b"on disk");
         assert!(!out.path().join("a").exists(), "a's entry was never synced");
-        assert_eq!(t.unsynced(), Lost { files: 1, dirs: 1 });
+        assert_eq!(t.unsynced(), Lost { files: vec![PathBuf::from("old")], dirs: vec![PathBuf::new()] });
 
         // Directory synced: a is there with its synced content; a later write is lost.
         t.sync(ROOT).unwrap();
@@ -471,7 +532,7 @@ mod tests {
     #[test]
     fn rename_needs_the_directory_synced() {
         let backing = tempfile::tempdir().unwrap();
-        let mut t = Tree::load(backing.path()).unwrap();
+        let mut t = Tree::load(backing.path(), Semantics::Posix).unwrap();
         let d = t.create(ROOT, name("d"), 0o755, 0, 0, true).unwrap();
         let tmp = t.create(d, name("f#1"), 0o644, 0, 0, false).unwrap();
         t.write(tmp, 0, b"new").unwrap();
@@ -488,6 +549,29 @@ mod tests {
         assert!(cut(&t).path().join("d/f").exists());
         t.sync(d).unwrap();
         assert!(!cut(&t).path().join("d/f").exists());
+    }
+
+    #[test]
+    fn linux_semantics_keep_the_names_of_what_was_fsynced() {
+        let backing = tempfile::tempdir().unwrap();
+        let mut t = Tree::load(backing.path(), Semantics::Linux).unwrap();
+        let d = t.create(ROOT, name("d"), 0o755, 0, 0, true).unwrap();
+        let e = t.create(d, name("e"), 0o755, 0, 0, true).unwrap();
+        let f = t.create(e, name("f"), 0o644, 0, 0, false).unwrap();
+        let other = t.create(e, name("other"), 0o644, 0, 0, false).unwrap();
+        t.write(f, 0, b"f").unwrap();
+        t.write(other, 0, b"o").unwrap();
+        t.sync(f).unwrap();
+        // Renamed after its fsync: the rename needs the directory synced.
+        t.rename(e, name("f"), e, name("g"), false).unwrap();
+        let out = cut(&t);
+        assert_eq!(std::fs::read(out.path().join("d/e/f")).unwrap(), b"f");
+        assert!(!out.path().join("d/e/other").exists(), "an unrelated new file's name is not synced");
+        assert!(!out.path().join("d/e/g").exists());
+        t.sync(e).unwrap();
+        let out = cut(&t);
+        assert!(out.path().join("d/e/g").exists() && !out.path().join("d/e/f").exists());
+        assert_eq!(std::fs::read(out.path().join("d/e/other")).unwrap(), b"", "named, content never synced");
     }
 
     #[test]
