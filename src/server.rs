@@ -56,7 +56,8 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     let embedded = if standalone && config.nats.url.is_empty() {
         let store = config.cluster.data_dir.join("nats");
         let sync = SyncInterval::parse(&config.nats.sync_interval)?;
-        let nats = io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store, sync))?;
+        let nats =
+            io.block_on(EmbeddedNats::start(&config.nats.server_bin, config.nats.embedded_port, &store, sync))?;
         tracing::info!(url = nats.url(), "embedded nats-server started");
         Some(nats)
     } else {

@@ -95,7 +95,8 @@ mod tests {
         write_file(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         // No temporary file is left beside it.
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b/c")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("a/b/c")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("data")]);
         create_dir_all(&dir.path().join("x/y")).unwrap();
         assert!(dir.path().join("x/y").is_dir());

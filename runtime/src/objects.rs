@@ -68,8 +68,8 @@ impl Objects {
             crate::disk::write_file(&file, &bytes)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", file.display())))
         })
-            .await
-            .map_err(Error::internal)??;
+        .await
+        .map_err(Error::internal)??;
         Ok(())
     }
 

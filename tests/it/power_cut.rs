@@ -24,15 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_client::{schema, Client, Consistency, PrimaryKey, Query};
-use quiver_powercut::{Mount, Semantics};
+use quiver_powercut::{Disk, Semantics};
 
 use crate::common::data::{self, dataset};
 use crate::common::{child_pids, eventually, process_alive, process_name, retry, run, Harness, READY};
 
 const COLLECTION: &str = "powercut";
 
-fn mount(backing: &Path, at: &Path, semantics: Semantics) -> Mount {
-    Mount::mount(backing, at, semantics).unwrap_or_else(|e| {
+fn mount(backing: &Path, at: &Path, semantics: Semantics) -> Disk {
+    Disk::mount(backing, at, semantics).unwrap_or_else(|e| {
         panic!(
             "cannot mount the power-cut FUSE file system at {} ({e}); this test needs root and /dev/fuse \
              (in a container: --device /dev/fuse --cap-add SYS_ADMIN)",
@@ -75,7 +75,7 @@ fn power_cut_loses_no_acknowledged_insert() {
             std::fs::create_dir_all(&at).expect("mount point");
             (backing, at, semantics)
         });
-        let mut mounts: Vec<Mount> = disks.iter().map(|(b, at, s)| mount(b, at, *s)).collect();
+        let mut mounts: Vec<Disk> = disks.iter().map(|(b, at, s)| mount(b, at, *s)).collect();
         let data_dir = disks[0].1.join("quiver").display().to_string();
         let objects = format!("file://{}", disks[1].1.join("objects").display());
         let sync = std::env::var("QUIVER_IT_POWERCUT_SYNC_INTERVAL").unwrap_or_else(|_| "always".into());
@@ -123,7 +123,10 @@ fn power_cut_loses_no_acknowledged_insert() {
         let flushes = flusher.await.expect("flusher");
         // The last rows are acknowledged but in no segment: only the log has them.
         insert(&client, 4_000..4_500, 50, &mut acked).await;
-        eprintln!("powercut: {} rows acknowledged, {flushes} flushes, {purged} segments served before the cut", acked.len());
+        eprintln!(
+            "powercut: {} rows acknowledged, {flushes} flushes, {purged} segments served before the cut",
+            acked.len()
+        );
         drop(client);
 
         // The power cut: every process dies at once, the disk keeps only what was fsynced.
@@ -186,8 +189,14 @@ fn power_cut_loses_no_acknowledged_insert() {
         // Sealing what is left gives every row exactly once, in segments with distinct ids.
         data::flush(&client, COLLECTION).await;
         let total = acked.len() as u64;
-        let d = data::wait_segments(&client, COLLECTION, total, quiver_client::SegmentState::Flushed, Duration::from_secs(30))
-            .await;
+        let d = data::wait_segments(
+            &client,
+            COLLECTION,
+            total,
+            quiver_client::SegmentState::Flushed,
+            Duration::from_secs(30),
+        )
+        .await;
         let ids: HashSet<u64> = d.segments.iter().map(|s| s.segment.id).collect();
         assert_eq!(ids.len(), d.segments.len(), "no segment id twice: {:?}", d.segments);
         drop(client);

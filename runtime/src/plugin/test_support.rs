@@ -36,7 +36,8 @@ impl TestCluster {
     pub(crate) async fn start(cluster: &str) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let nats = EmbeddedNats::start("nats-server", port, &dir.path().join("nats"), SyncInterval::Always).await.unwrap();
+        let nats =
+            EmbeddedNats::start("nats-server", port, &dir.path().join("nats"), SyncInterval::Always).await.unwrap();
         let mut config = Config::default();
         config.cluster.name = cluster.to_string();
         config.cluster.data_dir = dir.path().join("data");

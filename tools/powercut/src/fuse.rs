@@ -94,10 +94,15 @@ fn errno(e: i32) -> Errno {
 
 impl Filesystem for PowerCutFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        answer!(self, reply, |t| {
-            let ino = t.tree.lookup(parent.0, name).map_err(errno)?;
-            Self::attr(&t.tree, ino)
-        }, |a| reply.entry(&TTL, &a, Generation(0)))
+        answer!(
+            self,
+            reply,
+            |t| {
+                let ino = t.tree.lookup(parent.0, name).map_err(errno)?;
+                Self::attr(&t.tree, ino)
+            },
+            |a| reply.entry(&TTL, &a, Generation(0))
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -122,48 +127,72 @@ impl Filesystem for PowerCutFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        answer!(self, reply, |t| {
-            if let Some(size) = size {
-                t.tree.truncate(ino.0, size).map_err(errno)?;
-            }
-            let inode = t.tree.get_mut(ino.0).map_err(errno)?;
-            if let Some(mode) = mode {
-                inode.perm = (mode & 0o7777) as u16;
-            }
-            if let Some(uid) = uid {
-                inode.uid = uid;
-            }
-            if let Some(gid) = gid {
-                inode.gid = gid;
-            }
-            if let Some(a) = atime {
-                inode.atime = time(a);
-            }
-            if let Some(m) = mtime {
-                inode.mtime = time(m);
-            }
-            inode.ctime = SystemTime::now();
-            Self::attr(&t.tree, ino.0)
-        }, |a| reply.attr(&TTL, &a))
+        answer!(
+            self,
+            reply,
+            |t| {
+                if let Some(size) = size {
+                    t.tree.truncate(ino.0, size).map_err(errno)?;
+                }
+                let inode = t.tree.get_mut(ino.0).map_err(errno)?;
+                if let Some(mode) = mode {
+                    inode.perm = (mode & 0o7777) as u16;
+                }
+                if let Some(uid) = uid {
+                    inode.uid = uid;
+                }
+                if let Some(gid) = gid {
+                    inode.gid = gid;
+                }
+                if let Some(a) = atime {
+                    inode.atime = time(a);
+                }
+                if let Some(m) = mtime {
+                    inode.mtime = time(m);
+                }
+                inode.ctime = SystemTime::now();
+                Self::attr(&t.tree, ino.0)
+            },
+            |a| reply.attr(&TTL, &a)
+        )
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        answer!(self, reply, |t| {
-            let perm = (mode & !umask & 0o7777) as u16;
-            let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), false).map_err(errno)?;
-            Self::attr(&t.tree, ino)
-        }, |a| reply.entry(&TTL, &a, Generation(0)))
+        answer!(
+            self,
+            reply,
+            |t| {
+                let perm = (mode & !umask & 0o7777) as u16;
+                let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), false).map_err(errno)?;
+                Self::attr(&t.tree, ino)
+            },
+            |a| reply.entry(&TTL, &a, Generation(0))
+        )
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        answer!(self, reply, |t| {
-            let perm = (mode & !umask & 0o7777) as u16;
-            let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), true).map_err(errno)?;
-            Self::attr(&t.tree, ino)
-        }, |a| reply.entry(&TTL, &a, Generation(0)))
+        answer!(
+            self,
+            reply,
+            |t| {
+                let perm = (mode & !umask & 0o7777) as u16;
+                let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), true).map_err(errno)?;
+                Self::attr(&t.tree, ino)
+            },
+            |a| reply.entry(&TTL, &a, Generation(0))
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -194,19 +223,29 @@ impl Filesystem for PowerCutFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        answer!(self, reply, |t| {
-            t.tree.link(ino.0, newparent.0, newname).map_err(errno)?;
-            Self::attr(&t.tree, ino.0)
-        }, |a| reply.entry(&TTL, &a, Generation(0)))
+        answer!(
+            self,
+            reply,
+            |t| {
+                t.tree.link(ino.0, newparent.0, newname).map_err(errno)?;
+                Self::attr(&t.tree, ino.0)
+            },
+            |a| reply.entry(&TTL, &a, Generation(0))
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        answer!(self, reply, |t| {
-            if flags.0 & libc::O_TRUNC != 0 {
-                t.tree.truncate(ino.0, 0).map_err(errno)?;
-            }
-            t.tree.get(ino.0).map_err(errno).map(|_| ())
-        }, |_v| reply.opened(FileHandle(0), FopenFlags::empty()))
+        answer!(
+            self,
+            reply,
+            |t| {
+                if flags.0 & libc::O_TRUNC != 0 {
+                    t.tree.truncate(ino.0, 0).map_err(errno)?;
+                }
+                t.tree.get(ino.0).map_err(errno).map(|_| ())
+            },
+            |_v| reply.opened(FileHandle(0), FopenFlags::empty())
+        )
     }
 
     fn read(
@@ -235,7 +274,8 @@ impl Filesystem for PowerCutFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        answer!(self, reply, |t| t.tree.write(ino.0, offset, data).map_err(errno), |_v| reply.written(data.len() as u32))
+        answer!(self, reply, |t| t.tree.write(ino.0, offset, data).map_err(errno), |_v| reply
+            .written(data.len() as u32))
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
@@ -282,22 +322,27 @@ impl Filesystem for PowerCutFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        answer!(self, reply, |t| {
-            let ino = match t.tree.lookup(parent.0, name) {
-                Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
-                Ok(ino) => {
-                    if flags & libc::O_TRUNC != 0 {
-                        t.tree.truncate(ino, 0).map_err(errno)?;
+        answer!(
+            self,
+            reply,
+            |t| {
+                let ino = match t.tree.lookup(parent.0, name) {
+                    Ok(_) if flags & libc::O_EXCL != 0 => return Err(Errno::EEXIST),
+                    Ok(ino) => {
+                        if flags & libc::O_TRUNC != 0 {
+                            t.tree.truncate(ino, 0).map_err(errno)?;
+                        }
+                        ino
                     }
-                    ino
-                }
-                Err(_) => {
-                    let perm = (mode & !umask & 0o7777) as u16;
-                    t.tree.create(parent.0, name, perm, req.uid(), req.gid(), false).map_err(errno)?
-                }
-            };
-            Self::attr(&t.tree, ino)
-        }, |a| reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty()))
+                    Err(_) => {
+                        let perm = (mode & !umask & 0o7777) as u16;
+                        t.tree.create(parent.0, name, perm, req.uid(), req.gid(), false).map_err(errno)?
+                    }
+                };
+                Self::attr(&t.tree, ino)
+            },
+            |a| reply.created(&TTL, &a, Generation(0), FileHandle(0), FopenFlags::empty())
+        )
     }
 
     fn fallocate(
@@ -310,18 +355,23 @@ impl Filesystem for PowerCutFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        answer!(self, reply, |t| {
-            match mode {
-                0 => {
-                    let end = offset + length;
-                    if end > t.tree.get(ino.0).map_err(errno)?.size() {
-                        t.tree.truncate(ino.0, end).map_err(errno)?;
+        answer!(
+            self,
+            reply,
+            |t| {
+                match mode {
+                    0 => {
+                        let end = offset + length;
+                        if end > t.tree.get(ino.0).map_err(errno)?.size() {
+                            t.tree.truncate(ino.0, end).map_err(errno)?;
+                        }
+                        Ok(())
                     }
-                    Ok(())
+                    libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+                    _ => Err(Errno::EOPNOTSUPP),
                 }
-                libc::FALLOC_FL_KEEP_SIZE => Ok(()),
-                _ => Err(Errno::EOPNOTSUPP),
-            }
-        }, |_v| reply.ok())
+            },
+            |_v| reply.ok()
+        )
     }
 }

@@ -1,6 +1,6 @@
 //! A test-only FUSE file system that can lose power: everything written to it that was not
 //! made durable (by `fsync` of the file for its content, and of its directory for creates,
-//! renames and unlinks) is thrown away by [`Mount::power_cut`], exactly as POSIX allows a disk
+//! renames and unlinks) is thrown away by [`Disk::power_cut`], exactly as POSIX allows a disk
 //! to lose it. The semantics are LazyFS's; the implementation is small and slow on purpose.
 //!
 //! - [`model`]: the tree in memory, each inode with its live and its durable state, and the
@@ -8,7 +8,7 @@
 //!   keeps its name (as Linux's journaling file systems do) or, strictly POSIX, only an fsync of
 //!   its directory does.
 //! - [`fuse`]: the `fuser` file system serving that tree to the kernel.
-//! - [`Mount`]: mount a backing directory, cut the power or unmount cleanly.
+//! - [`Disk`]: mount a backing directory, cut the power or unmount cleanly.
 //!
 //! At mount the backing directory is read into memory (all of it durable: it is the disk);
 //! nothing is written to it until the end, when it is rewritten to hold what survives: after a
@@ -20,7 +20,7 @@
 //! device-mapper targets are not available in every container). Here a cut loses every write
 //! that was not fsynced, every time, so a missing fsync always shows.
 //!
-//! Mounting needs root (or the `fusermount3` helper) and `/dev/fuse`.
+//! Needs root (it mounts and unmounts with mount(2)/umount2(2)) and `/dev/fuse`.
 
 pub mod fuse;
 pub mod model;
@@ -33,24 +33,24 @@ use std::time::{Duration, Instant};
 pub use model::{Lost, Semantics};
 
 /// A mounted power-cut file system.
-pub struct Mount {
+pub struct Disk {
     session: Option<fuser::BackgroundSession>,
     shared: Arc<Mutex<fuse::Shared>>,
     backing: PathBuf,
     mountpoint: PathBuf,
 }
 
-impl Mount {
+impl Disk {
     /// Mounts `backing` (read into memory) at `mountpoint` (an existing empty directory),
     /// keeping what a power cut keeps by `semantics`.
-    pub fn mount(backing: &Path, mountpoint: &Path, semantics: Semantics) -> io::Result<Mount> {
+    pub fn mount(backing: &Path, mountpoint: &Path, semantics: Semantics) -> io::Result<Disk> {
         let tree = model::Tree::load(backing, semantics)?;
         let shared = Arc::new(Mutex::new(fuse::Shared { tree, cut: false }));
         let fs = fuse::PowerCutFs { shared: shared.clone() };
         let mut config = fuser::Config::default();
         config.mount_options = vec![fuser::MountOption::FSName("powercut".into()), fuser::MountOption::RW];
         let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-        Ok(Mount { session: Some(session), shared, backing: backing.into(), mountpoint: mountpoint.into() })
+        Ok(Disk { session: Some(session), shared, backing: backing.into(), mountpoint: mountpoint.into() })
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -143,7 +143,9 @@ fn users_of(dir: &Path) -> Vec<String> {
     let mut users = Vec::new();
     for p in procs.flatten() {
         let pid = p.path();
-        let mut links = std::fs::read_dir(pid.join("fd")).map(|fds| fds.flatten().map(|f| f.path()).collect()).unwrap_or_else(|_| Vec::new());
+        let mut links = std::fs::read_dir(pid.join("fd"))
+            .map(|fds| fds.flatten().map(|f| f.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
         links.push(pid.join("cwd"));
         if links.iter().any(|l| std::fs::read_link(l).is_ok_and(|t| t.starts_with(dir))) {
             let name = std::fs::read_to_string(pid.join("comm")).unwrap_or_default();
@@ -153,8 +155,8 @@ fn users_of(dir: &Path) -> Vec<String> {
     users
 }
 
-impl Drop for Mount {
-    /// A mount dropped without [`Mount::power_cut`] or [`Mount::unmount`] (a failing test) is
+impl Drop for Disk {
+    /// A mount dropped without [`Disk::power_cut`] or [`Disk::unmount`] (a failing test) is
     /// unmounted, leaving the backing directory as it was mounted.
     fn drop(&mut self) {
         let _ = self.unmount_session();

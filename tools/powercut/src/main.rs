@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         eprintln!("powercut: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
-    let mount = match quiver_powercut::Mount::mount(backing, mountpoint, semantics) {
+    let mount = match quiver_powercut::Disk::mount(backing, mountpoint, semantics) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("powercut: cannot mount {} at {}: {e}", backing.display(), mountpoint.display());

@@ -256,7 +256,15 @@ impl Tree {
     }
 
     /// A new file or directory `name` in `dir`.
-    pub fn create(&mut self, dir: u64, name: &OsStr, perm: u16, uid: u32, gid: u32, is_dir: bool) -> Result<u64, Errno> {
+    pub fn create(
+        &mut self,
+        dir: u64,
+        name: &OsStr,
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        is_dir: bool,
+    ) -> Result<u64, Errno> {
         if self.entries(dir)?.contains_key(name) {
             return Err(libc::EEXIST);
         }
@@ -302,7 +310,14 @@ impl Tree {
     }
 
     /// `rename(2)` (with `RENAME_NOREPLACE` when `no_replace`).
-    pub fn rename(&mut self, dir: u64, name: &OsStr, to_dir: u64, to_name: &OsStr, no_replace: bool) -> Result<(), Errno> {
+    pub fn rename(
+        &mut self,
+        dir: u64,
+        name: &OsStr,
+        to_dir: u64,
+        to_name: &OsStr,
+        no_replace: bool,
+    ) -> Result<(), Errno> {
         let ino = self.lookup(dir, name)?;
         let moving_dir = self.get(ino)?.is_dir();
         if moving_dir {
@@ -403,7 +418,9 @@ impl Tree {
                 .inodes
                 .iter()
                 .filter_map(|(dir, inode)| match &inode.body {
-                    Body::Dir { live, .. } => Some(live.iter().filter(|(_, i)| **i == child).map(|(n, _)| (*dir, n.clone()))),
+                    Body::Dir { live, .. } => {
+                        Some(live.iter().filter(|(_, i)| **i == child).map(|(n, _)| (*dir, n.clone())))
+                    }
                     Body::File { .. } => None,
                 })
                 .flatten()
