@@ -21,7 +21,14 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     /// The local store again, typed, when the objects are local files: puts go around it.
-    local: Option<Arc<LocalFileSystem>>,
+    local: Option<LocalStore>,
+}
+
+#[derive(Clone)]
+struct LocalStore {
+    store: Arc<LocalFileSystem>,
+    /// The canonical directory holding the objects (made durable at open).
+    root: PathBuf,
 }
 
 impl Objects {
@@ -46,7 +53,7 @@ impl Objects {
         crate::disk::create_dir_all(&dir)?;
         let dir = dir.canonicalize()?;
         let store = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
-        Ok(Objects { store: store.clone(), prefix: Path::default(), local: Some(store) })
+        Ok(Objects { store: store.clone(), prefix: Path::default(), local: Some(LocalStore { store, root: dir }) })
     }
 
     fn full(&self, path: &str) -> Path {
@@ -63,9 +70,10 @@ impl Objects {
             return Ok(());
         };
         // The file where the local store's get and delete look for this object.
-        let file = local.path_to_filesystem(&full)?;
+        let file = local.store.path_to_filesystem(&full)?;
+        let root = local.root.clone();
         tokio::task::spawn_blocking(move || {
-            crate::disk::write_file(&file, &bytes)
+            crate::disk::write_file(&root, &file, &bytes)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", file.display())))
         })
         .await
