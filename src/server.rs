@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use quiver_runtime::nats_server::EmbeddedNats;
+use quiver_runtime::nats_server::{EmbeddedNats, SyncInterval};
 use quiver_runtime::{security, telemetry, Config, Shared, Supervisor};
 use quiver_schemas::Role;
 
@@ -51,15 +51,21 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     if let Some(addr) = telemetry::install_prometheus(&config.metrics.listen)? {
         tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
     }
-    std::fs::create_dir_all(&config.cluster.data_dir)
+    quiver_runtime::disk::create_dir_all(&config.cluster.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.cluster.data_dir.display()))?;
     warn_if_exposed(&config, &roles);
     let embedded = if standalone && config.nats.url.is_empty() {
         let store = config.cluster.data_dir.join("nats");
+        let sync = SyncInterval::parse(&config.nats.sync_interval)?;
         // Credentials are generated (first start) before the server and the roles need them.
         let extra = security::nats_server_conf(&config)?;
-        let nats =
-            io.block_on(EmbeddedNats::start_with(&config.nats.server_bin, config.nats.embedded_port, &store, extra))?;
+        let nats = io.block_on(EmbeddedNats::start_with(
+            &config.nats.server_bin,
+            config.nats.embedded_port,
+            &store,
+            sync,
+            extra,
+        ))?;
         tracing::info!(url = nats.url(), "embedded nats-server started");
         Some(nats)
     } else {

@@ -408,6 +408,8 @@ impl ShardWriter {
         let (info, bytes) = tokio::task::spawn_blocking(move || encode_segment(&info, &rows).map(|b| (info, b)))
             .await
             .map_err(Error::internal)??;
+        // Durable once put returns (fsynced locally): only then may the coordinator hear of the
+        // segment, since it purges the segment's inserts from the log once it is served.
         shared.objects.put(&info.data_path, bytes.into()).await?;
         shared.bus.call::<coord::SegmentFlushed>(&SegmentFlushed { segment: info.clone() }, &opts).await?;
         self.gauge.set(0);

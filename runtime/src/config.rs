@@ -60,6 +60,13 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
     /// JetStream file-store replicas for streams and buckets (1 for a single server).
     pub replicas: usize,
+    /// How often the nats-server that `quiver standalone` starts fsyncs its JetStream store:
+    /// "always" fsyncs every write before acknowledging it, so an acknowledged insert survives
+    /// a power cut; a duration ("2m" is nats-server's own default) fsyncs in the background,
+    /// which is faster (see BENCHMARKS.md) but a power cut may lose that much of acknowledged
+    /// writes (a crash of the processes alone loses nothing either way). Not applied to an
+    /// external server (`url`): set `jetstream { sync_interval: always }` in its own config.
+    pub sync_interval: String,
 }
 
 impl Default for NatsConfig {
@@ -70,6 +77,7 @@ impl Default for NatsConfig {
             embedded_port: 4222,
             request_timeout: Duration::from_secs(10),
             replicas: 1,
+            sync_interval: "always".into(),
         }
     }
 }
@@ -617,6 +625,7 @@ impl Config {
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return fail("nats.replicas", "must be between 1 and 5");
         }
+        crate::nats_server::SyncInterval::parse(&self.nats.sync_interval)?;
         if self.node.heartbeat_ttl <= self.node.heartbeat_interval {
             return fail("node.heartbeat_ttl", "must be longer than node.heartbeat_interval");
         }

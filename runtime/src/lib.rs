@@ -4,6 +4,7 @@
 //! - [`bus`]: typed request/reply and pub/sub over NATS, subjects namespaced by cluster.
 //! - [`meta`]: JetStream KV buckets for metadata and the node registry (heartbeats with TTL).
 //! - [`objects`]: the shared object store (local filesystem or S3-compatible).
+//! - [`disk`]: local files written so that they survive a power cut (fsync of file and dirs).
 //! - [`plugin`]: sandboxed Wasm policy plugins (router, balancer, discovery, autoscaler) with
 //!   native fallback, hot swap and cluster-wide distribution.
 //! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
@@ -16,6 +17,7 @@
 pub mod admission;
 pub mod bus;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod meta;
 pub mod nats_server;

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use quiver_runtime::nats_server::SyncInterval;
 use quiver_schemas::Role;
 use serde::Deserialize;
 
@@ -58,6 +59,9 @@ struct NatsSection {
     url: Option<String>,
     /// The nats-server binary to start.
     server_bin: Option<String>,
+    /// How often the started nats-server fsyncs its JetStream store: "always" (default) or a
+    /// duration; as `nats.sync_interval` of `quiver standalone`.
+    sync_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +125,7 @@ pub struct ClusterSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NatsSpec {
     /// The supervisor runs a nats-server with JetStream on `127.0.0.1:port`.
-    Managed { port: u16, server_bin: String },
+    Managed { port: u16, server_bin: String, sync_interval: SyncInterval },
     /// An existing NATS server (cluster).
     External { url: String },
 }
@@ -188,6 +192,12 @@ impl ClusterSpec {
                 if f.nats.server_bin.is_some() {
                     bail!("nats.server_bin: only used with nats.port (no nats-server is started for nats.url)");
                 }
+                if f.nats.sync_interval.is_some() {
+                    bail!(
+                        "nats.sync_interval: only used with nats.port; set `jetstream {{ sync_interval: always }}` \
+                         in the configuration of the server at nats.url"
+                    );
+                }
                 NatsSpec::External { url }
             }
             (port, None) => {
@@ -195,7 +205,12 @@ impl ClusterSpec {
                 if port == 0 {
                     bail!("nats.port: must be a fixed port (1-65535): the nodes are given its URL");
                 }
-                NatsSpec::Managed { port, server_bin: f.nats.server_bin.unwrap_or_else(|| "nats-server".into()) }
+                let sync_interval = SyncInterval::parse(f.nats.sync_interval.as_deref().unwrap_or("always"))?;
+                NatsSpec::Managed {
+                    port,
+                    server_bin: f.nats.server_bin.unwrap_or_else(|| "nats-server".into()),
+                    sync_interval,
+                }
             }
         };
         let s = f.supervisor;
@@ -501,7 +516,10 @@ mod tests {
     #[test]
     fn minimal_file_gets_defaults() {
         let spec = load(MINIMAL).unwrap();
-        assert_eq!(spec.nats, NatsSpec::Managed { port: 4222, server_bin: "nats-server".into() });
+        assert_eq!(
+            spec.nats,
+            NatsSpec::Managed { port: 4222, server_bin: "nats-server".into(), sync_interval: SyncInterval::Always }
+        );
         assert!(spec.data_dir.is_absolute() && spec.data_dir.ends_with("data"), "{:?}", spec.data_dir);
         assert!(!spec.data_dir.components().any(|c| c == Component::CurDir));
         assert_eq!(resolve(Path::new("/a/b"), Path::new("../c/./d")), PathBuf::from("/a/c/d"));
@@ -542,6 +560,8 @@ mod tests {
         assert!(err(&dup).contains("node[1].id"), "{}", err(&dup));
         let two = format!("{MINIMAL}\n[nats]\nport = 4333\nurl = \"nats://h:4222\"\n");
         assert!(err(&two).contains("either `port`"), "{}", err(&two));
+        let sync = format!("{MINIMAL}\n[nats]\nsync_interval = \"sometimes\"\n");
+        assert!(err(&sync).contains("nats.sync_interval"), "{}", err(&sync));
         let reserved = MINIMAL.replace("roles = [", "env = { QUIVER_NODE__ID = \"x\" }\n roles = [");
         assert!(err(&reserved).contains("QUIVER_NODE__ID"), "{}", err(&reserved));
         let unknown_override = MINIMAL.replace("roles = [", "env = { QUIVER_PROXY__NO_SUCH = 1 }\n roles = [");

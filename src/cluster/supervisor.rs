@@ -72,7 +72,7 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
         "cluster supervisor starting"
     );
 
-    if let NatsSpec::Managed { port, server_bin } = &spec.nats {
+    if let NatsSpec::Managed { port, server_bin, sync_interval } = &spec.nats {
         // A server already on the port would be used by the nodes while ours fails to bind:
         // refuse instead of silently joining someone else's NATS.
         if port_open(*port) {
@@ -82,13 +82,13 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
             );
         }
         let store = spec.nats_store();
-        std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
+        quiver_runtime::disk::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
         let conf = store.join("nats-server.conf");
         // Large insert batches travel as single messages: raise the 1 MiB default payload
         // (as the embedded server of `quiver standalone` does).
         let text = format!(
-            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
-            store.display().to_string()
+            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n{}",
+            quiver_runtime::nats_server::jetstream_block(&store, *sync_interval)
         );
         // Authorization (credentials generated on the first start) and TLS, as in standalone;
         // owner-only, since the authorization block holds passwords.

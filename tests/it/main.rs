@@ -13,6 +13,7 @@ mod drain;
 mod durability;
 mod hostile;
 mod plugins;
+mod power_cut;
 mod replicas;
 mod search;
 mod security;

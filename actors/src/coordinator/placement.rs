@@ -240,6 +240,15 @@ impl Coordinator {
         }
         // Rows up to the served position come from segments now; drop their inserts from the
         // log (keeping the entry at the position itself, so the stream's end stays readable).
+        //
+        // Safe across a power cut, not only a crash: a segment counts towards the served
+        // position only once it is in the catalog, which `segment_flushed` fills after the
+        // segment's KV record was acknowledged (fsynced, with nats.sync_interval = always), and
+        // the data node reports the segment only after `Objects::put` returned, which is after
+        // the file and its directories were fsynced (local store) or the remote store
+        // acknowledged it. The new served position itself was written to KV above, before the
+        // purge. So the log gives up rows only when their segment is durable, and so is the
+        // record that finds it.
         for (cid, shard, served) in purges {
             if let Err(e) = crate::dml::purge_inserts(&self.node.shared.bus, cid, shard, served).await {
                 tracing::warn!(collection = cid, shard, error = %e, "could not purge served inserts from the log");

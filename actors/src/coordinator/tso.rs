@@ -1,5 +1,11 @@
 //! Timestamp oracle and id allocator. Both persist a reservation ahead of what they hand out,
 //! so a restarted coordinator never repeats a timestamp or an id.
+//!
+//! Nothing from a new reservation is handed out before its KV write is acknowledged, and
+//! nats-server acknowledges only after an fsync (nats.sync_interval = always, the default), so
+//! this holds across a power cut too. With a background sync interval a cut could lose the
+//! latest reservation, and the restarted coordinator would hand out ids again (and timestamps,
+//! if it restarts within the reservation window).
 
 use quiver_runtime::{bus::now_ms, Error, JsonBucket, Result};
 use quiver_schemas::{ts_compose, TS_LOGICAL_BITS};

@@ -10,7 +10,7 @@ use super::catalog::PluginCatalog;
 use super::host::PluginHost;
 use crate::bus::Bus;
 use crate::config::{Config, PluginsConfig};
-use crate::nats_server::EmbeddedNats;
+use crate::nats_server::{EmbeddedNats, SyncInterval};
 use crate::objects::Objects;
 
 /// A host with the default `[plugins]` except the call timeout.
@@ -36,7 +36,8 @@ impl TestCluster {
     pub(crate) async fn start(cluster: &str) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let nats = EmbeddedNats::start("nats-server", port, &dir.path().join("nats")).await.unwrap();
+        let nats =
+            EmbeddedNats::start("nats-server", port, &dir.path().join("nats"), SyncInterval::Always).await.unwrap();
         let mut config = Config::default();
         config.cluster.name = cluster.to_string();
         config.cluster.data_dir = dir.path().join("data");
