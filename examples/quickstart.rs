@@ -2,13 +2,25 @@
 //! vectors with a dynamic field, searches, gets by key and deletes.
 //!
 //! `cargo run --release --example quickstart [-- nats://127.0.0.1:4222]`
+//!
+//! Security is on by default, so it connects as the admin principal: the credentials file in
+//! `QUIVER_CREDENTIALS`, else `quiver-data/credentials/admin.credentials` (the one
+//! `standalone.sh` generated, when run from the repository root); none if neither exists (a
+//! server with `security.enabled = false`).
 
-use quiver_client::{schema, Client, Consistency, PrimaryKey};
+use quiver_client::{schema, Client, ConnectOptions, Consistency, PrimaryKey};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args().nth(1).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let client = Client::connect(&url, "quiver").await?;
+    let credentials = std::env::var_os("QUIVER_CREDENTIALS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "quiver-data/credentials/admin.credentials".into());
+    let mut options = ConnectOptions::default();
+    if credentials.exists() {
+        options = options.credentials_file(&credentials)?;
+    }
+    let client = Client::connect_with(&url, "quiver", &options).await?;
     let name = "quickstart";
     if client.list_collections().await?.iter().any(|c| c == name) {
         client.drop_collection(name).await?;

@@ -16,11 +16,16 @@ pub struct Conn {
     /// Cluster name.
     #[arg(long, env = "QUIVER_CLUSTER", default_value = "quiver")]
     pub cluster: String,
-    /// Credentials file ("user:password") of a cluster with security on: its
-    /// `admin.credentials` (or `app.credentials`: data commands only), by default under
-    /// `<data_dir>/credentials`.
+    /// Credentials file ("user:password") of the cluster: its `admin.credentials` (or
+    /// `app.credentials`: data commands only). Default: `<data-dir>/credentials/admin.credentials`
+    /// when that file exists, else none (a cluster with `security.enabled = false`).
     #[arg(long, env = "QUIVER_CREDENTIALS")]
     pub credentials: Option<PathBuf>,
+    /// Data dir of the cluster (its `cluster.data_dir`), where the default credentials are
+    /// looked for: `quiver standalone` run from the same directory keeps it in `quiver-data`.
+    /// `QUIVER_SECURITY__CREDENTIALS_DIR` names the credentials directory itself.
+    #[arg(long, env = "QUIVER_CLUSTER__DATA_DIR", default_value = "quiver-data")]
+    pub data_dir: PathBuf,
     /// CA bundle (PEM) that signed the NATS server's certificate; the connection uses TLS.
     #[arg(long, env = "QUIVER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -35,16 +40,54 @@ pub struct Conn {
 impl Conn {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let mut options = ConnectOptions::default();
-        if let Some(path) = &self.credentials {
+        let credentials = self.credentials_file();
+        if let Some(path) = &credentials {
             options = options.credentials_file(path)?;
         }
         options.ca_file = self.tls_ca.clone();
         options.client_cert = self.tls_cert.clone().zip(self.tls_key.clone());
-        let client =
+        let connected =
             tokio::time::timeout(Duration::from_secs(10), Client::connect_with(&self.url, &self.cluster, &options))
                 .await
-                .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))??;
-        Ok(client)
+                .with_context(|| format!("no NATS server answered at {} within 10 s", self.url))?;
+        match connected {
+            Ok(client) => Ok(client),
+            Err(e) if e.to_string().to_lowercase().contains("authorization violation") => {
+                Err(anyhow::anyhow!("{e}: {}", self.refused_hint(credentials.as_deref())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `--credentials`, else the cluster's admin credentials under the data dir if they exist.
+    fn credentials_file(&self) -> Option<PathBuf> {
+        self.credentials.clone().or_else(|| Some(self.default_credentials()).filter(|p| p.is_file()))
+    }
+
+    /// Where `admin.credentials` is looked for without `--credentials`.
+    fn default_credentials(&self) -> PathBuf {
+        let dir = std::env::var_os("QUIVER_SECURITY__CREDENTIALS_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.data_dir.join("credentials"));
+        dir.join("admin.credentials")
+    }
+
+    /// What to do when the server refused the connection's credentials (or their absence).
+    fn refused_hint(&self, used: Option<&std::path::Path>) -> String {
+        match used {
+            Some(path) => format!(
+                "the server refused the credentials in {}: they belong to another cluster (or were \
+                 regenerated); pass the right one with --credentials (QUIVER_CREDENTIALS)",
+                path.display()
+            ),
+            None => format!(
+                "the cluster requires credentials and there is none at {}: pass --credentials \
+                 <data_dir>/credentials/admin.credentials of the cluster's server (QUIVER_CREDENTIALS), \
+                 or --data-dir <its data dir> (QUIVER_CLUSTER__DATA_DIR)",
+                self.default_credentials().display()
+            ),
+        }
     }
 }
 

@@ -58,6 +58,14 @@ enum ConfigCommand {
     Default,
     /// Validate a configuration file (with environment overrides applied).
     Check { file: PathBuf },
+    /// For a NATS server you run yourself: generate the cluster's credentials (node.nk,
+    /// admin.credentials, app.credentials; once, under security.credentials_dir) and print the
+    /// nats-server configuration that enforces the principals' permissions (plus its tls block
+    /// from tls.nats_server_*). Save it and start `nats-server -c FILE -js ...`.
+    NatsAuth {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -92,6 +100,7 @@ fn main() {
                 })
                 .map_err(Into::into)
         }
+        Command::Config { command: ConfigCommand::NatsAuth { config } } => server::nats_auth(config.as_deref()),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Cluster(args) => cluster::cluster(args),
         Command::Load(args) => ctl::load(args),

@@ -30,6 +30,24 @@ pub fn run(config: Option<&Path>, roles: &[String]) -> anyhow::Result<i32> {
     serve(config, parsed, false)
 }
 
+/// `quiver config nats-auth`: the credentials (generated once) and the nats-server
+/// configuration that enforces them, for a NATS server Quiver does not start itself.
+pub fn nats_auth(config: Option<&Path>) -> anyhow::Result<i32> {
+    let config = Config::load(config, std::env::vars())?;
+    if !config.security.enabled {
+        bail!("security.enabled is false: there are no principals to set up (the NATS server needs no authorization)");
+    }
+    let conf = security::nats_server_conf(&config)?;
+    let dir = config.credentials_dir();
+    eprintln!(
+        "credentials in {}: give node.nk to every node (security.credentials_dir), admin.credentials to \
+         operators, app.credentials to applications",
+        std::path::absolute(&dir).unwrap_or(dir).display()
+    );
+    print!("{conf}");
+    Ok(0)
+}
+
 fn node_base(config: &Config, standalone: bool) -> String {
     if !config.node.id.is_empty() {
         config.node.id.clone()
@@ -122,6 +140,12 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
 /// A loud warning when the Milvus gRPC API listens beyond this machine while anyone may call
 /// it: whoever reaches the port could read, change or drop every collection.
 fn warn_if_exposed(config: &Config, roles: &[Role]) {
+    if !config.security.enabled {
+        tracing::warn!(
+            "security.enabled = false: NATS and the Milvus gRPC API accept anyone who can reach them \
+             (for a trusted network only; docs/security.md)"
+        );
+    }
     let grpc = roles.contains(&Role::Proxy) && config.proxy.grpc_port != 0;
     if grpc && !security::is_loopback(&config.proxy.grpc_host) && security::unauthenticated(config) {
         tracing::warn!(

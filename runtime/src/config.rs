@@ -419,16 +419,21 @@ impl Default for DiscoveryConfig {
 }
 
 /// Authentication of every NATS connection and of the Milvus gRPC API (docs/security.md).
-/// Off by default; see `enabled`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// On by default; see `enabled`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// Authenticate everything: `quiver standalone` and `quiver cluster` generate the
-    /// cluster's principals on first start (`node`: an nkey for Quiver's own processes; `admin`
-    /// and `app`: user + password) under `credentials_dir`, and run nats-server with each
-    /// principal's permissions; nodes connect as `node`; the Milvus gRPC API accepts only the
-    /// `app` and `admin` passwords (and `proxy.credentials`). Clients (`quiver ctl
-    /// --credentials`, the SDKs) present `admin.credentials` or `app.credentials` (`user:password`) from that directory.
+    /// Authenticate everything (the default): `quiver standalone` and `quiver cluster`
+    /// generate the cluster's principals on first start (`node`: an nkey for Quiver's own
+    /// processes; `admin` and `app`: user + password) under `credentials_dir`, and run
+    /// nats-server with each principal's permissions; nodes connect as `node`; the Milvus gRPC
+    /// API accepts only the `app` and `admin` passwords (and `proxy.credentials`). Clients
+    /// present `admin.credentials` or `app.credentials` (`user:password`) from that directory:
+    /// `quiver ctl` finds `<data_dir>/credentials/admin.credentials` itself, pymilvus passes
+    /// `token="admin:<password>"`. `quiver run` against a NATS server of your own needs that
+    /// server set up with the principals (`quiver config nats-auth`) or the `nats_*` keys.
+    /// `false` is the explicit opt-out for a trusted network: anyone who reaches the NATS or
+    /// gRPC port can then do everything (loud warnings at start-up when not on loopback).
     pub enabled: bool,
     /// Where the generated credentials live (directory mode 0700, files 0600): `node.nk`,
     /// `admin.credentials`, `app.credentials`. Empty: `<cluster.data_dir>/credentials`. Nodes of a
@@ -544,6 +549,19 @@ impl TlsConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            enabled: true,
+            credentials_dir: PathBuf::new(),
+            nats_user: String::new(),
+            nats_password: String::new(),
+            nats_nkey_file: PathBuf::new(),
+            nats_creds_file: PathBuf::new(),
+        }
     }
 }
 
@@ -807,6 +825,10 @@ mod tests {
         let load = |pairs: &[(&str, &str)]| {
             Config::load(None, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
         };
+        // On unless turned off explicitly.
+        assert!(Config::default().security.enabled);
+        assert!(Config::default_toml().contains("[security]\nenabled = true\n"), "{}", Config::default_toml());
+        assert!(!load(&[("QUIVER_SECURITY__ENABLED", "false")]).unwrap().security.enabled);
         let c = load(&[("QUIVER_SECURITY__ENABLED", "true"), ("QUIVER_CLUSTER__DATA_DIR", "/d")]).unwrap();
         assert!(c.security.enabled);
         assert_eq!(c.credentials_dir(), PathBuf::from("/d/credentials"));

@@ -9,7 +9,7 @@ use quiver_client::{
 };
 
 use crate::common::data::{self, dataset};
-use crate::common::{run, Harness, READY};
+use crate::common::{api_error_as_node, run, Harness, READY};
 
 /// Asserts `InvalidArgument` whose message mentions every needle (case-insensitive).
 #[track_caller]
@@ -137,7 +137,15 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
                 }
             }
         }
-        invalid(client.call_raw("no_such_method", Vec::new()).await, &["unknown method"]);
+        // A method that does not exist: the NATS server itself refuses the admin's publish (its
+        // permissions list the API's methods) ...
+        match client.call_raw("no_such_method", Vec::new()).await {
+            Err(ClientError::PermissionDenied(m)) => assert!(m.contains("no_such_method"), "{m}"),
+            other => panic!("no_such_method: expected the NATS server's refusal, got {other:?}"),
+        }
+        // ... and a process that may publish there gets the proxy's answer.
+        let error = api_error_as_node(&h, "no_such_method", Vec::new()).await;
+        assert!(error.contains("unknown method"), "{error:?}");
 
         // Invalid schemas.
         let mut s = schema::simple("novec", 8);

@@ -60,9 +60,18 @@ fn ctl_status_lists_all_five_roles() {
         h.wait_ready(&client, &h.standalone_nodes(), READY).await;
         let url = h.url();
         let conn = ["ctl", "--url", url.as_str(), "--cluster", h.cluster.as_str()];
+        // Security is on by default: without credentials (none under ./quiver-data here) the
+        // server refuses the connection, and the error says where the credentials are.
+        let all: Vec<&str> = conn.iter().chain(&["status"]).copied().collect();
+        let (status, _, err) = quiver_cli(&all, &[], h.dir.path());
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("requires credentials") && err.contains("--credentials"), "{err}");
+        // With the server's data dir, ctl finds the admin credentials there by itself.
+        let data_dir = h.data_dir().display().to_string();
+        let env = [("QUIVER_CLUSTER__DATA_DIR", data_dir.as_str())];
         let ctl = |args: &[&str]| {
             let all: Vec<&str> = conn.iter().chain(args).copied().collect();
-            let (status, out, err) = quiver_cli(&all, &[], h.dir.path());
+            let (status, out, err) = quiver_cli(&all, &env, h.dir.path());
             assert!(status.success(), "quiver {all:?} failed: {out}{err}");
             out
         };
@@ -88,7 +97,7 @@ fn ctl_status_lists_all_five_roles() {
         assert!(described.contains("dim=8") && described.contains("brute force"), "{described}");
         // Errors from the server reach the user with a non-zero exit.
         let all: Vec<&str> = conn.iter().chain(&["describe", "nope"]).copied().collect();
-        let (status, _, err) = quiver_cli(&all, &[], h.dir.path());
+        let (status, _, err) = quiver_cli(&all, &env, h.dir.path());
         assert_eq!(status.code(), Some(1));
         assert!(err.contains("not found") && err.contains("nope"), "{err}");
     });

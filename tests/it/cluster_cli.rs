@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use quiver_client::{Client, Consistency, SearchParams, SegmentState};
+use quiver_client::{Client, ConnectOptions, Consistency, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
 use crate::common::{eventually, free_port, process_alive, quiver_cli, run};
@@ -88,9 +88,14 @@ stop_grace = "5s"
         pids
     }
 
+    /// A client as admin, with the credentials `up` generated under the data dir (security is
+    /// on by default).
     async fn client(&self) -> Client {
         let url = format!("nats://127.0.0.1:{}", self.nats_port);
-        Client::connect(&url, &self.name).await.expect("connect").with_timeout(Duration::from_secs(20))
+        let options = ConnectOptions::default()
+            .credentials_file(self.data_dir().join("credentials/admin.credentials"))
+            .expect("the cluster's admin credentials");
+        Client::connect_with(&url, &self.name, &options).await.expect("connect").with_timeout(Duration::from_secs(20))
     }
 
     fn log(&self, node: &str) -> String {

@@ -151,7 +151,9 @@ fn each_role_drains_under_load_without_losing_anything() {
 
         // A proxy by `quiver ctl drain --wait`: the other proxy serves every request.
         let args: Vec<&str> = conn.iter().copied().chain(["drain", "p1-proxy", "--wait"]).collect();
-        let (status, out, err) = quiver_cli(&args, &[], h.dir.path());
+        // `ctl` finds the admin credentials (drain is admin-only) under the cluster's data dir.
+        let data_dir = h.data_dir().display().to_string();
+        let (status, out, err) = quiver_cli(&args, &[("QUIVER_CLUSTER__DATA_DIR", &data_dir)], h.dir.path());
         assert!(status.success() && out.contains("p1-proxy: stopped"), "{out}{err}");
         took.push(("proxy", wait_stopped(&mut h, &client, "p1", "p1-proxy", Duration::from_secs(30)).await));
         assert!(load.failures().is_empty(), "failures draining a proxy: {:?}", load.failures());
@@ -238,7 +240,7 @@ fn a_client_deadline_bounds_the_work_on_a_stalled_query_node() {
         client.search(&req).await.expect("a search before the stall");
 
         // The query node now answers only after 30 s.
-        let nats = async_nats::connect(h.url()).await.expect("nats");
+        let nats = h.nats_as("node").await;
         let subject = quiver_client::Subjects::new(&h.cluster)
             .node_call::<quiver_client::protocol::control::DebugStall>("standalone-querynode");
         nats.request(subject, Stall { millis: 30_000 }.to_bytes().into()).await.expect("stall");
@@ -292,7 +294,7 @@ fn a_drain_that_outlasts_its_timeout_answers_what_it_cuts_off() {
         data::insert_rows(&client, "docs", 0, 200, 200).await;
         let req = data::search("docs", dataset().queries(1), 5, SearchParams::default(), Consistency::Strong);
         client.search(&req).await.expect("a search before the stall");
-        let nats = async_nats::connect(h.url()).await.expect("nats");
+        let nats = h.nats_as("node").await;
         let subject = quiver_client::Subjects::new(&h.cluster)
             .node_call::<quiver_client::protocol::control::DebugStall>("standalone-querynode");
         nats.request(subject, Stall { millis: 60_000 }.to_bytes().into()).await.expect("stall");

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use prost::Message as _;
 use quiver_actors::proxy::milvus::proto::common::{self, KeyValuePair};
 use quiver_actors::proxy::milvus::proto::milvus::milvus_service_client::MilvusServiceClient;
@@ -19,7 +20,7 @@ use quiver_schemas::{DmlEntry, PrimaryKey, RowBatch, ServiceRequest, Subjects};
 use tonic::transport::Channel;
 
 use crate::common::data::{self, dataset};
-use crate::common::{free_port, run, Harness, READY};
+use crate::common::{api_error_as_node, free_port, run, Harness, READY};
 
 /// Rows of the collection the attacks run against.
 const ROWS: usize = 3_000;
@@ -235,8 +236,17 @@ fn hostile_inputs_get_clear_errors_and_break_nothing() {
         let counted = count_h().await;
 
         let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc_port}")).expect("uri").connect_lazy();
-        let g =
-            MilvusServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        // As admin (security is on by default): pymilvus' `token="admin:<password>"`.
+        let token = std::fs::read_to_string(h.credentials_file("admin")).expect("admin credentials");
+        let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            base64::engine::general_purpose::STANDARD.encode(token.trim()).parse().expect("metadata value");
+        let admin = move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", token.clone());
+            Ok(req)
+        };
+        let g = MilvusServiceClient::with_interceptor(channel, admin)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
         let mut cases = Cases { count: 0, failures: Vec::new() };
         let query_vec = floats(&dataset().queries(1)[..dim as usize]);
         let good_group = placeholder(vec![query_vec.clone()], 101);
@@ -714,19 +724,28 @@ fn hostile_inputs_get_clear_errors_and_break_nothing() {
                 );
             }
         }
+        // Unknown methods: the NATS server refuses them to a client (its permissions list the
+        // API's methods); a node principal, which may publish there, gets the proxy's answer.
         for i in 0..40 {
             cases.count += 1;
             let method = format!("no_such_method_{i}");
             match client.call_raw(&method, Vec::new()).await {
-                Err(quiver_client::ClientError::InvalidArgument(m)) if m.contains("unknown method") => {}
-                other => cases.failures.push(format!("unknown method {method}: {other:?}")),
+                Err(quiver_client::ClientError::PermissionDenied(m)) if m.contains(&method) => {}
+                other => cases.failures.push(format!("unknown method {method} as admin: {other:?}")),
+            }
+            if i % 10 == 0 {
+                cases.count += 1;
+                let error = api_error_as_node(&h, &method, Vec::new()).await;
+                if !error.contains("unknown method") {
+                    cases.failures.push(format!("unknown method {method} as node: {error:?}"));
+                }
             }
         }
 
         // ---- Straight into the log: an insert whose vectors are not whole rows ----
         let info = client.describe_collection("h").await.expect("describe").info;
         let subjects = Subjects::new(&h.cluster);
-        let nats = async_nats::connect(h.url()).await.expect("nats");
+        let nats = h.nats_as("node").await;
         let js = async_nats::jetstream::new(nats);
         let forged = |rows: RowBatch| DmlEntry::Insert { timestamp: 1, rows }.to_bytes();
         let ragged = RowBatch {

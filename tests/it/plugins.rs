@@ -230,7 +230,12 @@ fn hostile_router_is_contained_and_forbidden_imports_are_refused() {
         let file = h.data_dir().join("forbidden.wasm");
         std::fs::write(&file, quiver_plugins_bundled::testing::FORBIDDEN_IMPORT).expect("write");
         let url = h.url();
-        let env = [("QUIVER_URL", url.as_str()), ("QUIVER_CLUSTER", h.cluster.as_str())];
+        let data_dir = h.data_dir().display().to_string();
+        let env = [
+            ("QUIVER_URL", url.as_str()),
+            ("QUIVER_CLUSTER", h.cluster.as_str()),
+            ("QUIVER_CLUSTER__DATA_DIR", &data_dir),
+        ];
         let path = file.display().to_string();
         let (status, _, stderr) = quiver_cli(&["ctl", "plugin", "load", "router", "spy", &path], &env, &h.data_dir());
         assert!(!status.success());

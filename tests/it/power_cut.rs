@@ -87,6 +87,11 @@ fn power_cut_loses_no_acknowledged_insert() {
             ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "700"),
         ];
         let mut h = Harness::standalone("powercut", &env);
+        // The credentials live on the power-cut disk too, and must survive the cut: with new
+        // ones generated at the restart, this client would be locked out.
+        let admin = std::path::Path::new(&data_dir).join("credentials").join("admin.credentials");
+        h.client_options =
+            quiver_client::ConnectOptions::default().credentials_file(&admin).expect("admin credentials on the disk");
         let client = h.client().await;
         h.wait_ready(&client, &h.standalone_nodes(), READY).await;
         data::create_simple(&client, COLLECTION).await;

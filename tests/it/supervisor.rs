@@ -25,7 +25,7 @@ fn query_node_panic_is_contained_and_restarted() {
         let req = data::search("c", queries.clone(), 10, SearchParams::default(), Consistency::Strong);
         assert_eq!(recall(&client.search(&req).await.expect("search"), &queries, &truth, 10), 1.0);
 
-        let nats = async_nats::connect(h.url()).await.expect("nats");
+        let nats = h.nats_as("node").await;
         let subject = quiver_client::Subjects::new(&h.cluster)
             .node_call::<quiver_client::protocol::control::DebugPanic>("standalone-querynode");
         nats.publish(subject, quiver_client::Wire::to_bytes(&quiver_client::Empty {}).into()).await.expect("publish");

@@ -6,14 +6,15 @@ The suite talks to a Milvus-compatible gRPC endpoint through `pymilvus.MilvusCli
 * otherwise start `quiver standalone` from `QUIVER_BIN` (or `quiver` on PATH) with a temp data
   dir and free ports (embedded NATS, gRPC; metrics off), wait until `MilvusClient(uri)` connects
   (60 s), and stop it at the end (SIGTERM, then SIGKILL). Its log is printed when a test failed.
+  Security is on by default, so every suite client connects as the admin principal the server
+  generated: `token="admin:<password>"`, read from `<data_dir>/credentials/admin.credentials`.
 
 `QUIVER_PYMILVUS_TRACE=FILE` appends one JSON line per RPC pymilvus makes (test, rpc, set request
 fields, response fields): the exact protocol the tests exercise.
 
-`QUIVER_PYMILVUS_SECURE=1` (`run.sh VERSION --secure`): the server started here runs with
-`security.enabled` and TLS on gRPC and NATS (a throw-away CA made with the `openssl` CLI), and
-every client connects as `MilvusClient(uri="https://…", token="admin:<password>",
-server_pem_path=<CA>)`. Tests that start servers of their own or use a plaintext stub are
+`QUIVER_PYMILVUS_SECURE=1` (`run.sh VERSION --secure`): the server started here also runs
+TLS on gRPC and NATS (a throw-away CA made with the `openssl` CLI), and every client connects as
+`MilvusClient(uri="https://…", token="admin:<password>", server_pem_path=<CA>)`. Tests that start servers of their own or use a plaintext stub are
 skipped. Against a running server, `QUIVER_MILVUS_TOKEN` and `QUIVER_MILVUS_SERVER_PEM` give the
 token and CA.
 """
@@ -111,7 +112,6 @@ class _Server:
             self.ca = ca
             env.update(
                 {
-                    "QUIVER_SECURITY__ENABLED": "true",
                     "QUIVER_TLS__GRPC_CERT_FILE": cert,
                     "QUIVER_TLS__GRPC_KEY_FILE": key,
                     "QUIVER_TLS__NATS_SERVER_CERT_FILE": cert,
@@ -134,8 +134,12 @@ class _Server:
         scheme = "https" if self.secure else "http"
         return f"{scheme}://127.0.0.1:{self.grpc_port}"
 
+    def security_on(self):
+        """Whether the server generates principals (the default, unless turned off)."""
+        return self.extra_env.get("QUIVER_SECURITY__ENABLED", "true") != "false"
+
     def credentials(self, principal):
-        """`user:password` of a principal the server generated (secure mode), once it exists."""
+        """`user:password` of a principal the server generated, once it exists."""
         path = os.path.join(self.dir, "data", "credentials", f"{principal}.credentials")
         deadline = time.time() + START_TIMEOUT
         while not os.path.exists(path):
@@ -146,8 +150,9 @@ class _Server:
             return f.read().strip()
 
     def wait_ready(self, uri):
+        if self.security_on() and not ({"token", "user"} & set(self.client_args)):
+            self.client_args["token"] = self.credentials("admin")
         if self.secure:
-            self.client_args.setdefault("token", self.credentials("admin"))
             self.client_args.setdefault("server_pem_path", self.ca)
         deadline = time.time() + START_TIMEOUT
         last = None

@@ -11,6 +11,10 @@ The proxy pymilvus is connected to is not drained here: a gRPC client with one a
 nowhere else to go (behind a load balancer it would be moved to another proxy); the Rust test
 `tests/it/drain.rs` drains the proxy its NATS clients use.
 
+Security is on, as by default: `quiver config nats-auth` generates the cluster's principals under
+the data dir and the nats-server configuration enforcing them; the nodes connect as `node`,
+`quiver ctl` and pymilvus as `admin`.
+
 Skipped when `QUIVER_MILVUS_URI` points the suite at an external server.
 """
 
@@ -35,7 +39,7 @@ TOTAL = 6000
 
 pytestmark = [
     pytest.mark.skipif(bool(os.environ.get("QUIVER_MILVUS_URI")), reason="starts its own cluster"),
-    pytest.mark.skipif(SECURE, reason="secure mode: starts a cluster of its own without security"),
+    pytest.mark.skipif(SECURE, reason="secure mode: its own cluster has no TLS (the plain run covers it)"),
 ]
 
 
@@ -72,7 +76,16 @@ class Cluster:
 
     def start(self):
         store = os.path.join(self.dir, "nats")
-        self._spawn("nats", ["nats-server", "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(self.nats_port)], None)
+        auth = subprocess.run(
+            [_quiver_bin(), "config", "nats-auth"], env=self.env("nats"), capture_output=True, text=True, timeout=60
+        )
+        assert auth.returncode == 0, f"quiver config nats-auth: {auth.stderr}"
+        conf = os.path.join(self.dir, "nats-server.conf")
+        with open(conf, "w") as f:
+            f.write(auth.stdout)
+        self._spawn(
+            "nats", ["nats-server", "-c", conf, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(self.nats_port)], None
+        )
         time.sleep(0.5)
         nodes = [("coord", "coordinator"), ("p1", "proxy"), ("p2", "proxy"), ("dn1", "datanode"),
                  ("dn2", "datanode"), ("ix1", "indexnode"), ("qn1", "querynode"), ("qn2", "querynode")]
@@ -83,11 +96,16 @@ class Cluster:
 
     def ctl(self, *args):
         out = subprocess.run(
-            [_quiver_bin(), "ctl", "--url", f"nats://127.0.0.1:{self.nats_port}", "--cluster", self.name, *args],
+            [_quiver_bin(), "ctl", "--url", f"nats://127.0.0.1:{self.nats_port}", "--cluster", self.name,
+             "--data-dir", os.path.join(self.dir, "data"), *args],
             capture_output=True, text=True, timeout=120,
         )
         assert out.returncode == 0, f"quiver ctl {args}: {out.stdout}{out.stderr}"
         return out.stdout
+
+    def admin_token(self):
+        with open(os.path.join(self.dir, "data", "credentials", "admin.credentials")) as f:
+            return f.read().strip()
 
     def log(self, name):
         with open(os.path.join(self.dir, f"{name}.log"), "rb") as f:
@@ -111,7 +129,7 @@ def cluster():
     deadline = time.time() + 60
     while True:
         try:
-            client = MilvusClient(uri=uri, timeout=5)
+            client = MilvusClient(uri=uri, timeout=5, token=c.admin_token())
             client.list_collections()
             break
         except Exception:

@@ -2,21 +2,45 @@
 GetVersion, AllocTimestamp, GetComponentStates, the `default`-only database rule, and
 UNIMPLEMENTED for calls outside the served subset."""
 
+import base64
+import collections
 from urllib.parse import urlparse
 
 import grpc
 import pytest
 from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc
 
-from conftest import SECURE
+from conftest import CLIENT_ARGS, SECURE
 
-pytestmark = pytest.mark.skipif(SECURE, reason="secure mode: calls a plaintext stub without credentials")
+pytestmark = pytest.mark.skipif(SECURE, reason="secure mode: calls a plaintext stub")
+
+
+class _Details(
+    collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _Token(grpc.UnaryUnaryClientInterceptor):
+    """Sends the suite's token as pymilvus does: `authorization: base64(token)` metadata."""
+
+    def __init__(self, token):
+        self.value = base64.b64encode(token.encode()).decode()
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = list(details.metadata or []) + [("authorization", self.value)]
+        details = _Details(details.method, details.timeout, metadata, details.credentials,
+                           details.wait_for_ready, details.compression)
+        return continuation(details, request)
 
 
 @pytest.fixture(scope="module")
 def stub(uri):
     u = urlparse(uri)
     channel = grpc.insecure_channel(f"{u.hostname}:{u.port}")
+    if CLIENT_ARGS.get("token"):  # security is on by default
+        channel = grpc.intercept_channel(channel, _Token(CLIENT_ARGS["token"]))
     yield milvus_pb2_grpc.MilvusServiceStub(channel)
     channel.close()
 

@@ -3,10 +3,16 @@
 Start a server first (`quiver standalone`), then:
 
     python examples/quickstart.py [nats://127.0.0.1:4222] [cluster]
+
+Security is on by default, so it connects as the admin principal: the credentials file in
+``QUIVER_CREDENTIALS``, else ``quiver-data/credentials/admin.credentials`` under the current
+directory (where ``quiver standalone`` was started); none if neither exists (a server with
+``security.enabled = false``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -35,7 +41,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((1_000, dim)).astype(np.float32)
 
-    with quiver.Client.connect(url, cluster=cluster) as client:
+    credentials = os.environ.get("QUIVER_CREDENTIALS", "quiver-data/credentials/admin.credentials")
+    credentials_file = credentials if os.path.exists(credentials) else None
+    with quiver.Client.connect(url, cluster=cluster, credentials_file=credentials_file) as client:
         # `id` Int64 key + `vector` of 64 floats + dynamic fields, plus a `title`.
         docs = schema.simple("quickstart", dim, schema.field("title", DataType.VARCHAR, max_length=64))
         try:

@@ -6,6 +6,10 @@ own temp data dir, cluster name and free NATS port (config overrides through
 waits until all five roles report healthy, and terminates the server at the end; if any test
 failed, the tail of the server log is printed in the terminal summary.
 
+Security is on by default, so the server generates its principals under its data dir and
+every client here connects as ``admin`` (``Server.credentials_file``, passed as
+``credentials_file=``).
+
 Tests share the server and use their own collection names. ``QUIVER_PY_LOG`` sets the server's
 ``RUST_LOG`` (default ``info``); ``QUIVER_PY_KEEP=1`` keeps the temp dir.
 """
@@ -43,6 +47,8 @@ class Server:
     cluster: str
     pid: int
     log: Path
+    #: The ``admin.credentials`` the server generated (security is on by default).
+    credentials_file: Optional[str] = None
     #: The log's last lines, kept when the temp dir is removed at the end of the session.
     final_tail: Optional[str] = None
 
@@ -91,7 +97,9 @@ async def _wait_ready(server: Server) -> None:
     """Polls `status` until every role of this very process is healthy."""
     start = time.monotonic()
     last = ""
-    async with await quiver.AsyncClient.connect(server.url, server.cluster, timeout=3.0, connect_timeout=10.0) as c:
+    async with await quiver.AsyncClient.connect(
+        server.url, server.cluster, timeout=3.0, connect_timeout=10.0, credentials_file=server.credentials_file
+    ) as c:
         while time.monotonic() - start < READY_SECONDS:
             try:
                 status = await c.status()
@@ -130,7 +138,8 @@ def server() -> Iterator[Server]:
         proc = subprocess.Popen(
             [QUIVER_BIN, "standalone"], env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
-    srv = Server(url=f"nats://127.0.0.1:{port}", cluster=cluster, pid=proc.pid, log=log)
+    admin = tmp / "data" / "credentials" / "admin.credentials"
+    srv = Server(url=f"nats://127.0.0.1:{port}", cluster=cluster, pid=proc.pid, log=log, credentials_file=str(admin))
     _server = srv
     try:
         _wait_for_port(proc, port, srv)
@@ -156,7 +165,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
 
 @pytest.fixture(scope="session")
 async def client(server: Server) -> AsyncIterator[quiver.AsyncClient]:
-    c = await quiver.AsyncClient.connect(server.url, server.cluster, timeout=20.0)
+    c = await quiver.AsyncClient.connect(
+        server.url, server.cluster, timeout=20.0, credentials_file=server.credentials_file
+    )
     yield c
     await c.close()
 

@@ -31,7 +31,9 @@ def retry(call: Callable[[], T], limit: float = 20.0) -> T:
 def test_sync_client(server: Server) -> None:
     name = "sync"
     base = random_vectors(500, 16, seed=6)
-    with quiver.Client.connect(server.url, cluster=server.cluster, timeout=20.0) as client:
+    with quiver.Client.connect(
+        server.url, cluster=server.cluster, timeout=20.0, credentials_file=server.credentials_file
+    ) as client:
         assert client.cluster == server.cluster and client.max_payload > 0
         retry(lambda: client.create_collection(schema.simple(name, 16)))
         assert name in client.list_collections()

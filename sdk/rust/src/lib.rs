@@ -4,8 +4,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), quiver_client::ClientError> {
-//! use quiver_client::{Client, schema};
-//! let client = Client::connect("nats://127.0.0.1:4222", "quiver").await?;
+//! use quiver_client::{schema, Client, ConnectOptions};
+//! // Security is on by default: connect as a principal the server generated.
+//! let options = ConnectOptions::default().credentials_file("quiver-data/credentials/admin.credentials")?;
+//! let client = Client::connect_with("nats://127.0.0.1:4222", "quiver", &options).await?;
 //! client.create_collection(schema::simple("docs", 384)).await?;
 //! # Ok(()) }
 //! ```
@@ -13,7 +15,7 @@
 //! [`schema`] builds schemas, rows, searches and index parameters; [`fvecs`] reads vectors
 //! from `.fvecs` / `.ivecs` files.
 //!
-//! A cluster with `security.enabled` accepts only authenticated clients: pass its
+//! A cluster with `security.enabled` (the default) accepts only authenticated clients: pass its
 //! `app.credentials` (the data API) or `admin.credentials` file, and its CA when NATS uses TLS,
 //! through [`ConnectOptions`] and [`Client::connect_with`].
 

@@ -47,3 +47,22 @@ impl DerefMut for Harness {
 pub fn quiver_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (ExitStatus, String, String) {
     quiver_testkit::quiver_cli(Path::new(QUIVER), args, env, cwd)
 }
+
+/// Calls API method `method` as the `node` principal, which may publish to any subject of the
+/// cluster (an `admin` or `app` client may publish only to the API's own methods, so the NATS
+/// server refuses an unknown method before any proxy sees it); returns the proxy's error text
+/// (empty if it answered without one).
+pub async fn api_error_as_node(h: &Harness, method: &str, payload: Vec<u8>) -> String {
+    let node = h.nats_as("node").await;
+    let subject = quiver_client::Subjects::new(&h.cluster).api(method);
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), node.request(subject, payload.into()))
+        .await
+        .expect("the proxy answers within 20 s")
+        .expect("a reply");
+    reply
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(quiver_schemas::status::HEADER_ERROR))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}

@@ -701,6 +701,12 @@ impl QuiverChild {
             ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string()),
             ("QUIVER_PROXY__GRPC_HOST", "127.0.0.1".to_string()),
             ("QUIVER_PROXY__GRPC_PORT", grpc.map_or(0, |a| a.port()).to_string()),
+            // Security off, explicitly: the bench measures the data path on loopback (its raw
+            // bus connections for the latency breakdown are neither node nor client), as the
+            // published numbers were; authentication costs only at connect time on NATS and a
+            // digest per gRPC call. (`--child-env QUIVER_SECURITY__ENABLED=true` would lock the
+            // bench's own clients out.)
+            ("QUIVER_SECURITY__ENABLED", "false".to_string()),
             ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         ]
         .into_iter()
@@ -1619,7 +1625,7 @@ impl Report {
         if self.segment_max_rows > 0 {
             let _ = writeln!(
                 s,
-                "- Quiver: `quiver standalone` child, 1 shard, datanode.segment_max_rows = {} so the whole base is one segment (same index shape as raw faiss)",
+                "- Quiver: `quiver standalone` child, 1 shard, datanode.segment_max_rows = {} so the whole base is one segment (same index shape as raw faiss); security.enabled = false (loopback only)",
                 self.segment_max_rows
             );
         }

@@ -106,10 +106,30 @@ impl Harness {
         h
     }
 
-    /// Starts an external `nats-server` with JetStream (store in the temp dir) on `nats_port`.
+    /// Starts an external `nats-server` with JetStream (store in the temp dir) on `nats_port`,
+    /// set up as `quiver standalone` sets up its own, since security is on by default: `quiver
+    /// config nats-auth` generates the cluster's principals under the data dir (where the
+    /// `quiver run` nodes, [`Harness::client`] and [`Harness::nats_as`] find them) and the
+    /// authorization block the server enforces.
     pub fn start_nats(&mut self) {
+        let env = self.quiver_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, conf, stderr) = quiver_cli(&self.quiver, &["config", "nats-auth"], &env, self.dir.path());
+        assert!(status.success(), "quiver config nats-auth: {status}\n{stderr}");
+        let conf_path = self.dir.path().join("nats-server.conf");
+        std::fs::write(&conf_path, conf).expect("write the nats-server configuration");
         let store = self.dir.path().join("nats-store");
-        let args = ["-js", "-sd", &store.display().to_string(), "-a", "127.0.0.1", "-p", &self.nats_port.to_string()];
+        let args = [
+            "-c",
+            &conf_path.display().to_string(),
+            "-js",
+            "-sd",
+            &store.display().to_string(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.nats_port.to_string(),
+        ];
         self.add("nats", Path::new("nats-server"), &args, Vec::new());
         let port = self.nats_port;
         wait_for_port(self.proc("nats"), port, READY);
@@ -168,6 +188,32 @@ impl Harness {
     /// A credentials file the cluster generated (`security.enabled`): `admin` or `app`.
     pub fn credentials_file(&self, principal: &str) -> PathBuf {
         self.data_dir().join("credentials").join(format!("{principal}.credentials"))
+    }
+
+    /// A raw NATS connection as one of the cluster's principals: `node` (the nkey Quiver's own
+    /// processes use: debug and fault-injection subjects, the DML streams, KV), `admin` or `app`
+    /// (user and password, replies under `_INBOX.<user>` as the server permits). Without
+    /// generated credentials (security off) an anonymous connection.
+    pub async fn nats_as(&self, principal: &str) -> async_nats::Client {
+        let dir = self.data_dir().join("credentials");
+        let mut options = async_nats::ConnectOptions::new();
+        if principal == "node" {
+            let seed = dir.join("node.nk");
+            if seed.exists() {
+                let seed = std::fs::read_to_string(&seed).expect("read node.nk");
+                options = options.nkey(seed.trim().to_string());
+            }
+        } else {
+            let path = self.credentials_file(principal);
+            if path.exists() {
+                let text = std::fs::read_to_string(&path).expect("read credentials");
+                let (user, password) = text.trim().split_once(':').expect("user:password");
+                options = options
+                    .user_and_password(user.into(), password.into())
+                    .custom_inbox_prefix(format!("_INBOX.{user}"));
+            }
+        }
+        options.connect(self.url()).await.unwrap_or_else(|e| panic!("NATS connect as {principal}: {e}"))
     }
 
     /// A client of this cluster (20 s per call) with [`Harness::client_options`], as admin when

@@ -45,7 +45,7 @@ use proto::milvus::milvus_service_server::MilvusServiceServer;
 /// Serves the Milvus API on `addr` until `stop` fires (the proxy role stopped or restarts).
 pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>) -> Result<()> {
     let config = proxy.node.shared.config.clone();
-    let gate = Arc::new(Gate::new(security::grpc_credentials(&config)?));
+    let gate = Arc::new(Gate::new(security::grpc_credentials(&config)?, credentials_hint(&config)));
     let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = server_tls(&config.tls)? {
         server = server
@@ -123,16 +123,33 @@ fn server_tls(tls: &TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfi
     Ok(Some(config))
 }
 
+/// Where a refused caller finds credentials, for the UNAUTHENTICATED message. It names the
+/// files but not the server's paths: the caller is not authenticated yet (the server logs the
+/// absolute paths at start-up).
+fn credentials_hint(config: &quiver_runtime::Config) -> String {
+    if config.security.enabled {
+        "connect with token=\"admin:<password>\" (or \"app:<password>\"): the content of the \
+         admin.credentials (app.credentials) file the server generated in its credentials directory, \
+         <data_dir>/credentials by default (./quiver-data/credentials for a `quiver standalone` \
+         started there; the server logs the path at start-up)"
+            .to_string()
+    } else {
+        "connect with one of the server's proxy.credentials (token=\"user:password\" or an API token)".to_string()
+    }
+}
+
 /// Who may call the API: the accepted credentials (SHA-256 digests, compared in constant time)
 /// and the principal each grants. No credentials: the API is open and every caller is admin,
 /// as before authentication existed.
 struct Gate {
     accepted: Vec<([u8; 32], Principal)>,
+    /// Where to find credentials (see [`credentials_hint`]).
+    hint: String,
 }
 
 impl Gate {
-    fn new(credentials: Vec<(String, Principal)>) -> Gate {
-        Gate { accepted: credentials.into_iter().map(|(c, p)| (digest(c.as_bytes()), p)).collect() }
+    fn new(credentials: Vec<(String, Principal)>, hint: String) -> Gate {
+        Gate { accepted: credentials.into_iter().map(|(c, p)| (digest(c.as_bytes()), p)).collect(), hint }
     }
 
     fn is_open(&self) -> bool {
@@ -145,9 +162,19 @@ impl Gate {
         if self.is_open() {
             return Ok(Principal::Admin);
         }
-        let denied =
-            || tonic::Status::unauthenticated("auth check failure, please check username and password are correct");
-        let header = req.metadata().get("authorization").ok_or_else(denied)?;
+        // Milvus' own wording first (what pymilvus users search for), then where to look.
+        let denied = || {
+            tonic::Status::unauthenticated(format!(
+                "auth check failure, please check username and password are correct; {}",
+                self.hint
+            ))
+        };
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            tonic::Status::unauthenticated(format!(
+                "auth check failure: no credentials given and this server requires them; {}",
+                self.hint
+            ))
+        })?;
         let text = header.to_str().map_err(|_| denied())?;
         let given = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| denied())?;
         // Digests have one length, so the comparison takes the same time whatever was given, and
@@ -197,9 +224,17 @@ mod tests {
 
     #[test]
     fn the_gate_maps_passwords_to_principals() {
-        let open = Gate::new(Vec::new());
+        let open = Gate::new(Vec::new(), String::new());
         assert_eq!(open.admit(&request(None)).unwrap(), Principal::Admin);
-        let gate = Gate::new(vec![("admin:a1".into(), Principal::Admin), ("app:p1".into(), Principal::App)]);
+        let hint = credentials_hint(&quiver_runtime::Config::default());
+        let gate =
+            Gate::new(vec![("admin:a1".into(), Principal::Admin), ("app:p1".into(), Principal::App)], hint.clone());
+        let missing = gate.admit(&request(None)).unwrap_err();
+        assert!(missing.message().contains("no credentials given"), "{}", missing.message());
+        assert!(missing.message().contains("admin.credentials"), "{}", missing.message());
+        let wrong = gate.admit(&request(Some("app:nope"))).unwrap_err();
+        assert!(wrong.message().starts_with("auth check failure, please check username"), "{}", wrong.message());
+        assert!(wrong.message().ends_with(&hint), "{}", wrong.message());
         assert_eq!(gate.admit(&request(Some("admin:a1"))).unwrap(), Principal::Admin);
         assert_eq!(gate.admit(&request(Some("app:p1"))).unwrap(), Principal::App);
         for bad in [None, Some("app:p"), Some("app:p1x"), Some("admin:p1"), Some("")] {

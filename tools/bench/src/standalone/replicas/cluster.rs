@@ -44,6 +44,9 @@ impl BenchCluster {
         env.insert("QUIVER_PLUGINS__BALANCER".into(), "row-count".into());
         env.insert("QUIVER_BALANCE__INTERVAL".into(), "1h".into());
         env.insert("QUIVER_PROXY__GRPC_PORT".into(), "0".into());
+        // Security off, explicitly (loopback only): the bench's clients connect without
+        // credentials, and authentication is not what it measures (see `QuiverChild::start`).
+        env.insert("QUIVER_SECURITY__ENABLED".into(), "false".into());
         env.extend(extra.iter().cloned());
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut file = String::new();

@@ -91,7 +91,7 @@ impl ReplicaReport {
         let procs: Vec<String> = l.processes.iter().map(|(name, pid)| format!("{name} {pid}")).collect();
         let _ = writeln!(
             s,
-            "- cluster: `quiver cluster up` — nats-server, coordinator, proxy, data node, index node, {} query nodes, each its own process (pids: {}); 1 shard; datanode.segment_max_rows = {} → {} sealed segments {:?}; balancer row-count, balance interval 1h; proxy router {}{}",
+            "- cluster: `quiver cluster up` — nats-server, coordinator, proxy, data node, index node, {} query nodes, each its own process (pids: {}); 1 shard; datanode.segment_max_rows = {} → {} sealed segments {:?}; balancer row-count, balance interval 1h; security.enabled = false (loopback only); proxy router {}{}",
             l.processes.iter().filter(|(name, _)| name.starts_with("qn")).count(),
             procs.join(", "),
             self.segment_max_rows,
