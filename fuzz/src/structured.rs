@@ -140,8 +140,8 @@ pub fn render(c: &Cond) -> String {
     out
 }
 
-fn pick<'a, T>(table: &'a [T], i: u8) -> &'a T {
-    &table[usize::from(i) % table.len()]
+fn pick<T: Copy>(table: &[T], i: u8) -> T {
+    table[usize::from(i) % table.len()]
 }
 
 fn cond(out: &mut String, c: &Cond, depth: usize) {
@@ -315,7 +315,7 @@ fn lit(out: &mut String, l: &Lit) {
         Lit::AnyInt(i) => {
             let _ = write!(out, "{i}");
         }
-        Lit::Float(i) => float(out, *pick(FLOATS, *i)),
+        Lit::Float(i) => float(out, pick(FLOATS, *i)),
         Lit::AnyFloat(f) if f.is_finite() => float(out, *f),
         Lit::AnyFloat(_) => out.push_str("1.5"),
         Lit::Str(i) => {

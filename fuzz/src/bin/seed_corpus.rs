@@ -12,6 +12,7 @@ use quiver_actors::fuzzing::milvus::{proto, PlaceholderGroup, PlaceholderValue};
 use quiver_actors::rows::encode_segment;
 use quiver_actors::vector::VectorIndex;
 use quiver_fuzz::fixtures;
+use quiver_schemas::protocol::{ApiRequest, ServiceRequest};
 use quiver_schemas::*;
 
 use proto::common::KeyValuePair;
@@ -361,6 +362,10 @@ fn indexes(dir: &Path) {
     // Damage mode: pick an index, flip a byte near the start.
     write(dir, "index_decode", "damaged", &[1, 0, 30, 0, 1, 0x40]);
 }
+
+// Every binary of this crate is built instrumented, and the coverage callbacks live in
+// libFuzzer: an (unused) fuzz target links it. `main` below is the program's own.
+libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into());
