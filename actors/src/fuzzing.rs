@@ -18,3 +18,9 @@ pub mod validate {
     pub use crate::coordinator::catalog::{validate_index, validate_schema};
     pub use crate::proxy::validate::{check_insert, check_output_fields, check_search};
 }
+
+/// The checks `VectorIndex::from_bytes` makes on an index object (header, checksum) before
+/// faiss reads anything; `Ok` for objects faiss would be given.
+pub fn check_index_object(bytes: &[u8]) -> Result<(), crate::vector::VectorError> {
+    crate::vector::plan::split_object(bytes).map(drop)
+}

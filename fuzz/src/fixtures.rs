@@ -76,7 +76,21 @@ pub fn rows() -> RowStore {
     let s = |t: &str| VarChar(t.into());
     let j = |t: &str| Json(t.into());
     let columns = vec![
-        col("flag", vec![Bool(true), Bool(false), Null, Bool(true), Bool(false), Bool(true), Null, Bool(false), Bool(true), Bool(false)]),
+        col(
+            "flag",
+            vec![
+                Bool(true),
+                Bool(false),
+                Null,
+                Bool(true),
+                Bool(false),
+                Bool(true),
+                Null,
+                Bool(false),
+                Bool(true),
+                Bool(false),
+            ],
+        ),
         col(
             "i",
             vec![

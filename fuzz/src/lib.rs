@@ -32,7 +32,8 @@ pub fn check_filter(text: &str) {
     let (schema, rows) = FIXTURE.get_or_init(|| (fixtures::schema(), fixtures::rows()));
     let Ok(expr) = parse(text, schema) else { return };
     // The proxy sends the parsed filter to query nodes as JSON.
-    let json = serde_json::to_string(&expr).unwrap_or_else(|e| panic!("filter {text:?}: cannot serialize {expr:?}: {e}"));
+    let json =
+        serde_json::to_string(&expr).unwrap_or_else(|e| panic!("filter {text:?}: cannot serialize {expr:?}: {e}"));
     let back: Expr = serde_json::from_str(&json)
         .unwrap_or_else(|e| panic!("filter {text:?}: its JSON form {json} does not read back: {e}"));
     assert_eq!(back, expr, "filter {text:?}: JSON round trip changed the expression ({json})");

@@ -80,7 +80,9 @@ pub fn eval(e: &Expr, rows: &RowStore, row: usize) -> Option<bool> {
         }),
         Expr::Contains { field: f, values, mode } => {
             let V::Container(Json::Array(items)) = field(f, rows, row) else { return None };
-            let has = |l: &Value| items.iter().any(|item| compare(&of_json(item), CmpOp::Eq, &literal(l, false)) == Some(true));
+            let has = |l: &Value| {
+                items.iter().any(|item| compare(&of_json(item), CmpOp::Eq, &literal(l, false)) == Some(true))
+            };
             Some(match mode {
                 ContainsMode::One | ContainsMode::Any => values.iter().any(has),
                 ContainsMode::All => values.iter().all(has),
@@ -107,7 +109,9 @@ fn operand(o: &Operand, rows: &RowStore, row: usize, round_to_f32: bool) -> V {
     match o {
         Operand::Field(f) => field(f, rows, row),
         Operand::Value(v) => literal(v, round_to_f32),
-        Operand::Arith { op, left, right } => arith(*op, operand(left, rows, row, false), operand(right, rows, row, false)),
+        Operand::Arith { op, left, right } => {
+            arith(*op, operand(left, rows, row, false), operand(right, rows, row, false))
+        }
     }
 }
 

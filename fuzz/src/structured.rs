@@ -205,8 +205,9 @@ fn cond(out: &mut String, c: &Cond, depth: usize) {
             field(out, f);
         }
         Cond::Contains(mode, f, values) => {
-            let name = ["json_contains", "json_contains_all", "json_contains_any", "array_contains", "ARRAY_CONTAINS_ANY"]
-                [usize::from(*mode) % 5];
+            let name =
+                ["json_contains", "json_contains_all", "json_contains_any", "array_contains", "ARRAY_CONTAINS_ANY"]
+                    [usize::from(*mode) % 5];
             out.push_str(name);
             out.push('(');
             field(out, f);

@@ -37,9 +37,15 @@ fn batch() -> RowBatch {
         vectors: vec![0.5, -1.0, 2.0, 0.25],
         columns: vec![
             Column { name: "i".into(), values: vec![ScalarValue::Int64(3), ScalarValue::Null] },
-            Column { name: "s".into(), values: vec![ScalarValue::VarChar("abc".into()), ScalarValue::VarChar(String::new())] },
+            Column {
+                name: "s".into(),
+                values: vec![ScalarValue::VarChar("abc".into()), ScalarValue::VarChar(String::new())],
+            },
             Column { name: "d".into(), values: vec![ScalarValue::Double(0.1), ScalarValue::Float(1.5)] },
-            Column { name: "meta".into(), values: vec![ScalarValue::Json(r#"{"a":1}"#.into()), ScalarValue::Bool(true)] },
+            Column {
+                name: "meta".into(),
+                values: vec![ScalarValue::Json(r#"{"a":1}"#.into()), ScalarValue::Bool(true)],
+            },
         ],
         dynamic: vec![r#"{"k":1}"#.into(), String::new()],
     }
@@ -284,11 +290,22 @@ fn milvus(dir: &Path) {
         ..Default::default()
     };
     seeds.push(("query", 2, query.encode_to_vec()));
-    let insert = pm::InsertRequest { collection_name: "docs".into(), fields_data: insert_fields(), num_rows: 2, ..Default::default() };
+    let insert = pm::InsertRequest {
+        collection_name: "docs".into(),
+        fields_data: insert_fields(),
+        num_rows: 2,
+        ..Default::default()
+    };
     seeds.push(("insert", 3, insert.encode_to_vec()));
-    let upsert = pm::UpsertRequest { collection_name: "docs".into(), fields_data: insert_fields(), num_rows: 2, ..Default::default() };
+    let upsert = pm::UpsertRequest {
+        collection_name: "docs".into(),
+        fields_data: insert_fields(),
+        num_rows: 2,
+        ..Default::default()
+    };
     seeds.push(("upsert", 4, upsert.encode_to_vec()));
-    let delete = pm::DeleteRequest { collection_name: "docs".into(), expr: "id in [1, 2]".into(), ..Default::default() };
+    let delete =
+        pm::DeleteRequest { collection_name: "docs".into(), expr: "id in [1, 2]".into(), ..Default::default() };
     seeds.push(("delete", 5, delete.encode_to_vec()));
     let schema = quiver_actors::fuzzing::milvus::schema_to(&fixtures::info(0));
     let create = pm::CreateCollectionRequest {
@@ -301,7 +318,11 @@ fn milvus(dir: &Path) {
     let index = pm::CreateIndexRequest {
         collection_name: "docs".into(),
         field_name: "emb".into(),
-        extra_params: vec![kv("index_type", "IVF_PQ"), kv("metric_type", "L2"), kv("params", r#"{"nlist": 64, "m": 2, "nbits": 8}"#)],
+        extra_params: vec![
+            kv("index_type", "IVF_PQ"),
+            kv("metric_type", "L2"),
+            kv("params", r#"{"nlist": 64, "m": 2, "nbits": 8}"#),
+        ],
         ..Default::default()
     };
     seeds.push(("create-index", 7, index.encode_to_vec()));
@@ -327,7 +348,9 @@ fn filters(dir: &Path) {
         write(dir, "filter", &format!("filter-{i}"), t.as_bytes());
     }
     // `filter_structured` reads its input through `arbitrary`; a few byte patterns do.
-    for (i, seed) in [&[1u8, 3, 0, 5, 1, 2, 3][..], &[9, 2, 1, 0, 4, 4, 1, 8], &[3, 1, 1, 7, 2, 6, 0, 1, 5, 2, 9]].iter().enumerate() {
+    for (i, seed) in
+        [&[1u8, 3, 0, 5, 1, 2, 3][..], &[9, 2, 1, 0, 4, 4, 1, 8], &[3, 1, 1, 7, 2, 6, 0, 1, 5, 2, 9]].iter().enumerate()
+    {
         write(dir, "filter_structured", &format!("seed-{i}"), seed);
     }
 }
