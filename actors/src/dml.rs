@@ -34,16 +34,21 @@ pub fn quarantine_note() -> Option<String> {
 /// Whether a value may be stored in a field of type `t` (numbers are coerced between the
 /// numeric types; `Null` fits anywhere).
 pub(crate) fn value_fits(t: DataType, v: &ScalarValue) -> bool {
-    matches!(
-        (t, v),
-        (_, ScalarValue::Null)
-            | (DataType::Bool, ScalarValue::Bool(_))
-            | (DataType::Int64, ScalarValue::Int64(_))
-            | (DataType::Float, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
-            | (DataType::Double, ScalarValue::Float(_) | ScalarValue::Double(_) | ScalarValue::Int64(_))
-            | (DataType::VarChar, ScalarValue::VarChar(_))
-            | (DataType::Json, ScalarValue::Json(_))
-    )
+    match (t, v) {
+        // NaN and infinity cannot be stored (segment files are JSON, which has neither) and
+        // compare as nothing; Milvus refuses them too.
+        (DataType::Float | DataType::Double, ScalarValue::Float(f)) => f.is_finite(),
+        (DataType::Float | DataType::Double, ScalarValue::Double(f)) => f.is_finite(),
+        _ => matches!(
+            (t, v),
+            (_, ScalarValue::Null)
+                | (DataType::Bool, ScalarValue::Bool(_))
+                | (DataType::Int64, ScalarValue::Int64(_))
+                | (DataType::Float | DataType::Double, ScalarValue::Int64(_))
+                | (DataType::VarChar, ScalarValue::VarChar(_))
+                | (DataType::Json, ScalarValue::Json(_))
+        ),
+    }
 }
 
 /// What an entry of one collection's log must look like to be applied. The proxy checks every

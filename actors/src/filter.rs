@@ -359,11 +359,13 @@ fn num(v: Val<'_>) -> f64 {
 }
 
 /// Ordering of two values of comparable types; `None` for null, JSON containers, NaN or
-/// different types.
+/// different types. Integers and floats compare exactly, as numbers.
 fn order(a: Val<'_>, b: Val<'_>) -> Option<Ordering> {
     match (a, b) {
         (Val::Int(x), Val::Int(y)) => Some(x.cmp(&y)),
-        (Val::Int(_) | Val::Float(_), Val::Int(_) | Val::Float(_)) => num(a).partial_cmp(&num(b)),
+        (Val::Int(x), Val::Float(y)) => int_vs_float(x, y),
+        (Val::Float(x), Val::Int(y)) => int_vs_float(y, x).map(Ordering::reverse),
+        (Val::Float(x), Val::Float(y)) => x.partial_cmp(&y),
         (Val::Str(x), Val::Str(y)) => Some(x.cmp(y)),
         (Val::Bool(x), Val::Bool(y)) => Some(x.cmp(&y)),
         _ => None,
@@ -408,9 +410,30 @@ fn kind(v: Val<'_>) -> Option<Kind> {
     }
 }
 
-/// An integral float as an i64, if it is one.
+/// 2^63: the smallest float above every i64 (and -2^63 is `i64::MIN`).
+const I64_END: f64 = 9_223_372_036_854_775_808.0;
+
+/// The order of integer `i` and float `f`, without rounding `i` to f64 (which would make
+/// 2^53 + 1 equal to 2^53, and `x == 2.0^53` disagree with `x in [2.0^53]` and with the
+/// primary-key fast path); `None` for NaN.
+fn int_vs_float(i: i64, f: f64) -> Option<Ordering> {
+    if f.is_nan() {
+        return None;
+    }
+    if f >= I64_END {
+        return Some(Ordering::Less);
+    }
+    if f < -I64_END {
+        return Some(Ordering::Greater);
+    }
+    // `f` is within i64's range: its integer part converts exactly.
+    let whole = f.trunc();
+    Some(i.cmp(&(whole as i64)).then_with(|| 0.0.partial_cmp(&(f - whole)).unwrap_or(Ordering::Equal)))
+}
+
+/// An integral float as the i64 equal to it, if there is one.
 fn integral(f: f64) -> Option<i64> {
-    (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+    (f.fract() == 0.0 && (-I64_END..I64_END).contains(&f)).then_some(f as i64)
 }
 
 impl<'a> ValueSet<'a> {

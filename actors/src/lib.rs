@@ -9,7 +9,9 @@
 //! Shared pieces: [`node`] (the actor every role runs as), [`limits`] (what one read may ask
 //! for, checked by proxy and query node alike), [`dml`] (reading shard logs),
 //! [`rows`] (row storage and the segment file format), [`filter`] (evaluating filter
-//! expressions into row bitmaps), [`vector`] (faiss indexes).
+//! expressions into row bitmaps), [`vector`] (faiss indexes). `fuzzing` (hidden) is test
+//! support: it reaches the private conversion and validation functions for the fuzz targets in
+//! `fuzz/`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -17,6 +19,8 @@ pub mod coordinator;
 pub mod datanode;
 pub mod dml;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod indexnode;
 pub mod limits;
 pub mod node;

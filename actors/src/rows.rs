@@ -185,7 +185,10 @@ pub fn encode_segment(info: &SegmentInfo, rows: &RowStore) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes a segment written by [`encode_segment`].
+/// Decodes a segment written by [`encode_segment`]. The bytes come from the object store and
+/// are not trusted: a segment whose parts disagree (keys, sequences, columns, dynamic values
+/// and vectors must all cover the same rows) is refused here rather than panicking whoever
+/// reads its rows later.
 pub fn decode_segment(bytes: &[u8]) -> Result<(SegmentInfo, RowStore)> {
     let corrupt = |why: &str| Error::Internal(format!("corrupt segment file: {why}"));
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
@@ -193,12 +196,25 @@ pub fn decode_segment(bytes: &[u8]) -> Result<(SegmentInfo, RowStore)> {
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&bytes[8..16]);
-    let header_len = u64::from_le_bytes(len) as usize;
-    let body = bytes.get(16..16 + header_len).ok_or_else(|| corrupt("truncated header"))?;
-    let header: Header = serde_json::from_slice(body).map_err(|e| corrupt(&e.to_string()))?;
-    let raw = &bytes[16 + header_len..];
+    let header_end = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .and_then(|n| n.checked_add(16))
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| corrupt("truncated header"))?;
+    let header: Header = serde_json::from_slice(&bytes[16..header_end]).map_err(|e| corrupt(&e.to_string()))?;
+    let raw = &bytes[header_end..];
     let mut rows = header.rows;
-    if raw.len() != rows.len() * rows.dim * 4 {
+    let n = rows.len();
+    if rows.seqs.len() != n {
+        return Err(corrupt(&format!("{} sequence numbers for {n} rows", rows.seqs.len())));
+    }
+    if let Some(c) = rows.columns.iter().find(|c| c.values.len() != n) {
+        return Err(corrupt(&format!("column {:?} has {} values for {n} rows", c.name, c.values.len())));
+    }
+    if !rows.dynamic.is_empty() && rows.dynamic.len() != n {
+        return Err(corrupt(&format!("{} dynamic values for {n} rows", rows.dynamic.len())));
+    }
+    if n.checked_mul(rows.dim).and_then(|v| v.checked_mul(4)) != Some(raw.len()) {
         return Err(corrupt("vector data length does not match row count"));
     }
     rows.vectors = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -264,5 +280,50 @@ mod tests {
         assert_eq!(rows.pks[0], PrimaryKey::Int64(3));
         assert_eq!(rows.vectors.len(), 4);
         assert!(decode_segment(b"garbage").is_err());
+    }
+
+    /// What the `segment_decode` fuzz target checks: a header length near `u64::MAX` overflowed
+    /// `16 + len`, a huge `dim` overflowed `rows × dim × 4` (and could match an empty vector
+    /// section), and parts of different lengths decoded fine, then panicked whoever indexed
+    /// the rows (`slice`, `vector`, `to_batch`).
+    #[test]
+    fn inconsistent_or_overflowing_segments_are_refused() {
+        let mut rows = RowStore::new(2);
+        rows.append(&batch(0, 3, 2), 1);
+        let info = SegmentInfo {
+            id: 1,
+            collection: 1,
+            shard: 0,
+            rows: 3,
+            start_seq: 1,
+            end_seq: 1,
+            data_path: "x".into(),
+            index_path: None,
+            state: SegmentState::Flushed,
+            mem_size: 0,
+        };
+        let mut huge = encode_segment(&info, &rows).unwrap();
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_segment(&huge).unwrap_err().to_string().contains("truncated header"));
+
+        let damaged = |f: &dyn Fn(&mut RowStore)| {
+            let mut r = rows.clone();
+            f(&mut r);
+            decode_segment(&encode_segment(&info, &r).unwrap()).unwrap_err().to_string()
+        };
+        assert!(damaged(&|r| {
+            r.seqs.pop();
+        })
+        .contains("sequence numbers"));
+        assert!(damaged(&|r| r.columns[0].values.push(ScalarValue::Null)).contains("column \"a\""));
+        assert!(damaged(&|r| r.dynamic.truncate(1)).contains("dynamic values"));
+        assert!(damaged(&|r| r.vectors.truncate(2)).contains("vector data length"));
+        // 3 rows × 2^62 dims × 4 bytes wraps to 0: must not pass for an empty vector section.
+        assert!(damaged(&|r| {
+            r.dim = 1 << 62;
+            r.vectors.clear();
+        })
+        .contains("vector data length"));
+        assert!(decode_segment(&encode_segment(&info, &rows).unwrap()).is_ok());
     }
 }

@@ -258,11 +258,15 @@ impl Operand {
     }
 }
 
+/// 2^63: the smallest float above every i64.
+const I64_END: f64 = 9_223_372_036_854_775_808.0;
+
 /// `v` as a key of a primary field of type `pk_type`, if it can be one.
 fn pk_of(pk_type: DataType, v: &Value) -> Option<PrimaryKey> {
     match (pk_type, v) {
         (DataType::Int64, Value::Int(i)) => Some(PrimaryKey::Int64(*i)),
-        (DataType::Int64, Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
+        // Exactly the floats equal to an i64 (as the query nodes compare them).
+        (DataType::Int64, Value::Float(f)) if f.fract() == 0.0 && (-I64_END..I64_END).contains(f) => {
             Some(PrimaryKey::Int64(*f as i64))
         }
         (DataType::VarChar, Value::Str(s)) => Some(PrimaryKey::VarChar(s.clone())),

@@ -15,7 +15,7 @@
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
 
 mod balance;
-mod catalog;
+pub(crate) mod catalog;
 mod channels;
 mod membership;
 mod placement;

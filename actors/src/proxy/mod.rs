@@ -12,7 +12,7 @@ mod load;
 pub mod milvus;
 mod read;
 mod reply;
-mod validate;
+pub(crate) mod validate;
 mod write;
 
 use std::cell::RefCell;

@@ -109,6 +109,9 @@ pub fn check_insert(
                     )));
                 }
                 (DataType::Json, ScalarValue::Json(s)) => check_json(s, &col.name, i, limits)?,
+                (DataType::Float, ScalarValue::Double(d)) if !(*d as f32).is_finite() => {
+                    return Err(bad(format!("field {:?} is Float; row {i} has {d:?}, out of its range", col.name)));
+                }
                 _ => {}
             }
         }

@@ -6,7 +6,7 @@ use std::sync::{RwLock, RwLockWriteGuard};
 use faiss_sys as fs;
 
 use super::ffi::{check, BitmapSelector, IvfSearchParams, RawIndex, SelectorParams};
-use super::plan::{BuildPlan, Header, HEADER_LEN};
+use super::plan::{checksum, split_object, BuildPlan, Header, CHECKSUM_LEN, HEADER_LEN};
 use super::{
     apply_faiss_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
     VectorError,
@@ -334,7 +334,8 @@ impl VectorIndex {
     }
 
     /// Serialises the index: a 24-byte Quiver header (metric incl. the COSINE flag, built
-    /// type, parameters) followed by faiss' `write_index` output.
+    /// type, parameters), an 8-byte checksum of the header and the rest, then faiss'
+    /// `write_index` output.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let header = Header { metric: self.metric, plan: self.plan.clone(), dim: self.dim }.encode()?;
         // The read lock keeps a concurrent HNSW efSearch change from racing with the writer.
@@ -342,18 +343,19 @@ impl VectorIndex {
             let _ef = self.hnsw_ef.read().unwrap_or_else(|e| e.into_inner());
             self.raw.write_to_vec()?
         };
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        let mut out = Vec::with_capacity(HEADER_LEN + CHECKSUM_LEN + body.len());
         out.extend_from_slice(&header);
+        out.extend_from_slice(&checksum(&header, &body));
         out.extend_from_slice(&body);
         Ok(out)
     }
 
     /// Loads an index written by [`VectorIndex::to_bytes`]. HNSW efSearch is reset to
-    /// [`DEFAULT_EF_SEARCH`].
+    /// [`DEFAULT_EF_SEARCH`]. Damaged bytes are refused before faiss reads them (checksum).
     pub fn from_bytes(bytes: &[u8]) -> Result<VectorIndex> {
-        let header = Header::decode(bytes)?;
+        let (header, payload) = split_object(bytes)?;
         apply_faiss_threads();
-        let raw = RawIndex::read_from(&bytes[HEADER_LEN..])?;
+        let raw = RawIndex::read_from(payload)?;
         if raw.dim() != header.dim || raw.metric() != faiss_metric(header.metric) {
             return Err(VectorError::Corrupt(format!(
                 "header says dim {} / {:?} but the faiss index has dim {} / metric code {}; the data is damaged",

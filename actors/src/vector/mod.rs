@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod ffi;
 mod flat;
 mod index;
-mod plan;
+pub(crate) mod plan;
 #[cfg(test)]
 mod tests;
 

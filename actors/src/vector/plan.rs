@@ -146,9 +146,47 @@ impl BuildPlan {
 
 /// Magic at the start of [`super::VectorIndex::to_bytes`] output.
 const MAGIC: &[u8; 4] = b"QVIX";
-const VERSION: u8 = 1;
+/// The format written: header, checksum, faiss payload.
+const VERSION: u8 = 2;
+/// The format written before the checksum existed (header, faiss payload); still read.
+const VERSION_UNCHECKED: u8 = 1;
 /// Header size in bytes.
 pub(crate) const HEADER_LEN: usize = 24;
+/// Size of the checksum that follows the header (version 2 on): the first bytes of SHA-256
+/// over the header and the faiss payload. faiss' reader trusts its input (a damaged HNSW graph
+/// or list size loads, then reads out of bounds when searched), so nothing reaches it unless
+/// the checksum matches.
+pub(crate) const CHECKSUM_LEN: usize = 8;
+
+/// The checksum of an index object with this `header` and faiss `payload`.
+pub(crate) fn checksum(header: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(header).chain_update(payload).finalize();
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(&digest[..CHECKSUM_LEN]);
+    out
+}
+
+/// Splits an index object into its header and its faiss payload, checking the checksum
+/// (objects of version 1, written before it existed, are passed on unchecked).
+pub(crate) fn split_object(bytes: &[u8]) -> Result<(Header, &[u8])> {
+    let header = Header::decode(bytes)?;
+    let (fixed, rest) = bytes.split_at(HEADER_LEN);
+    if fixed[4] == VERSION_UNCHECKED {
+        return Ok((header, rest));
+    }
+    let Some((stored, payload)) = rest.split_first_chunk::<CHECKSUM_LEN>() else {
+        return Err(VectorError::Corrupt("the index object ends inside its checksum; the data is truncated".into()));
+    };
+    if *stored != checksum(fixed, payload) {
+        return Err(VectorError::Corrupt(
+            "the index object's checksum does not match its contents: the data is damaged or truncated; rebuild \
+             the index (drop_index, then create_index)"
+                .into(),
+        ));
+    }
+    Ok((header, payload))
+}
 
 /// What faiss' own file does not record: the Quiver metric (COSINE vs IP), the built type
 /// and the parameters used for memory estimates.
@@ -213,7 +251,7 @@ impl Header {
                 "missing QVIX magic; these bytes were not produced by VectorIndex::to_bytes".into(),
             ));
         }
-        if h[4] != VERSION {
+        if h[4] != VERSION && h[4] != VERSION_UNCHECKED {
             return Err(VectorError::Corrupt(format!(
                 "index format version {} is not supported (expected {VERSION}); rebuild the index",
                 h[4]

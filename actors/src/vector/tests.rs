@@ -117,6 +117,36 @@ fn serialization_round_trip_is_identical() {
     assert!(matches!(VectorIndex::from_bytes(&bad), Err(VectorError::Corrupt(_))));
 }
 
+/// A damaged index object (a flipped byte in the payload) used to load, and faiss' reader
+/// trusts what it reads (HNSW neighbour ids, list sizes), so a search of it could read out of
+/// bounds. The checksum refuses every damage before faiss sees the bytes; the `index_decode`
+/// fuzz target checks the same with random damage.
+#[test]
+fn damaged_index_objects_are_refused_before_faiss_reads_them() {
+    use super::plan::HEADER_LEN;
+    let data = random_vectors(11, N, DIM);
+    for ty in [IndexType::Hnsw, IndexType::IvfPq, IndexType::Flat] {
+        let bytes = VectorIndex::build(&params(ty, MetricType::L2), DIM, &data).unwrap().to_bytes().unwrap();
+        let n = bytes.len();
+        for at in [4, 8, 20, 24, 31, 32, 40, n / 3, n / 2, n - 9, n - 1] {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[at] ^= flip;
+                let err = VectorIndex::from_bytes(&bad).unwrap_err();
+                assert!(matches!(err, VectorError::Corrupt(_)), "{ty:?}: byte {at} ^ {flip:#x}: {err}");
+            }
+        }
+        for keep in [HEADER_LEN, HEADER_LEN + 4, HEADER_LEN + 8, n / 2, n - 1] {
+            assert!(VectorIndex::from_bytes(&bytes[..keep]).is_err(), "{ty:?}: truncated to {keep}");
+        }
+        // Objects written before the checksum (version 1: no checksum) still load.
+        let mut v1 = bytes[..HEADER_LEN].to_vec();
+        v1[4] = 1;
+        v1.extend_from_slice(&bytes[HEADER_LEN + 8..]);
+        assert_eq!(VectorIndex::from_bytes(&v1).unwrap().len(), N, "{ty:?}");
+    }
+}
+
 #[test]
 fn concurrent_search_on_one_index() {
     let data = random_vectors(5, N, DIM);

@@ -407,3 +407,16 @@ fn fuzz_never_panics() {
         check(&text);
     }
 }
+
+/// Found by the `filter` fuzz target: query nodes read the parsed filter back from JSON, and
+/// serde_json's default float parsing read `1000990990.9909908` as `…909` (one ULP off), so the
+/// query nodes compared with another literal than the one the proxy parsed.
+#[test]
+fn float_literals_survive_the_json_trip_to_query_nodes() {
+    for text in ["score < 77777/777e-7", "score == 0.30000000000000004", "score > 1000990990.9909908", "score < 5e-324"]
+    {
+        let e = parse(text, &schema(false)).unwrap();
+        let back: Expr = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e, "{text}");
+    }
+}

@@ -146,8 +146,10 @@ pub fn schema_from(name: &str, bytes: &[u8], shards: i32, level: i32) -> Result<
             return Err(bad(format!("field {:?}: partition and clustering keys are not supported by Quiver", f.name)));
         }
         let data_type = data_type_from(f.data_type, &f.name)?;
-        let dim = u32_param(&f.type_params, "dim", &f.name)?;
-        let max_length = u32_param(&f.type_params, "max_length", &f.name)?;
+        // Only the parameters of the field's type are kept (what DescribeCollection shows).
+        let dim = if data_type == DataType::FloatVector { u32_param(&f.type_params, "dim", &f.name)? } else { 0 };
+        let max_length =
+            if data_type == DataType::VarChar { u32_param(&f.type_params, "max_length", &f.name)? } else { 0 };
         fields.push(FieldSchema {
             name: f.name.clone(),
             data_type,
@@ -826,6 +828,21 @@ mod tests {
         let e = err(schema_from("c", &bad, 0, 0));
         assert!(e.contains("\"n\"") && e.contains("INT32"), "{e}");
         assert!(err(schema_from("c", b"\xff\xff", 0, 0)).contains("malformed collection schema"));
+    }
+
+    /// Found by the `milvus_requests` fuzz target: a `max_length` on a JSON field (or a `dim` on
+    /// a scalar) was stored, DescribeCollection did not show it, and the schema it showed
+    /// created a different collection.
+    #[test]
+    fn type_params_of_other_types_are_not_kept() {
+        let fields = vec![
+            field("id", ms::DataType::Int64, &[("dim", "4")]),
+            field("v", ms::DataType::FloatVector, &[("dim", "4"), ("max_length", "9")]),
+            field("meta", ms::DataType::Json, &[("max_length", "64"), ("dim", "8")]),
+        ];
+        let s = schema_from("c", &schema_bytes(fields, false), 1, 0).unwrap();
+        let kept: Vec<(u32, u32)> = s.fields.iter().map(|f| (f.dim, f.max_length)).collect();
+        assert_eq!(kept, vec![(0, 0), (4, 0), (0, 0)]);
     }
 
     #[test]

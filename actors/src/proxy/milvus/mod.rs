@@ -8,7 +8,7 @@
 //! PERMISSION_DENIED. Only the `default` database exists. With `tls.grpc_*` the API is served
 //! over TLS only.
 
-mod convert;
+pub(crate) mod convert;
 mod service;
 
 use std::sync::Arc;
