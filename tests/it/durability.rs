@@ -6,12 +6,7 @@ use std::time::Duration;
 use quiver_client::{schema, Client, Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
-use crate::common::{child_pids, eventually, process_alive, process_name, retry, run, Harness, READY};
-
-/// The embedded nats-server child of a process.
-fn nats_child(pid: u32) -> Option<u32> {
-    child_pids(pid).into_iter().find(|c| process_name(*c).as_deref() == Some("nats-server") && process_alive(*c))
-}
+use crate::common::{eventually, kill_standalone, nats_child, process_alive, retry, run, Harness, READY};
 
 /// Asserts that every key in `0..n` is returned by a Strong get, with its own vector (500 keys
 /// per get: 500 vectors of 384 floats fit in the default 1 MiB NATS max_payload).
@@ -53,18 +48,7 @@ fn sigkill_standalone_loses_no_acknowledged_write() {
         data::insert_rows(&client, "durable", 3_000, 6_000, 500).await;
         drop(client);
 
-        let quiver = h.pid("standalone");
-        let nats = nats_child(quiver).expect("standalone runs a nats-server child");
-        h.proc("standalone").kill();
-        // The embedded nats-server dies with its parent (PR_SET_PDEATHSIG).
-        eventually("embedded nats-server gone", Duration::from_secs(5), || async {
-            if process_alive(nats) {
-                Err(format!("nats-server {nats} still alive"))
-            } else {
-                Ok(())
-            }
-        })
-        .await;
+        kill_standalone(&mut h).await;
 
         h.proc("standalone").restart().expect("restart");
         let port = h.nats_port;

@@ -27,7 +27,7 @@ use quiver_client::{schema, Client, Consistency, PrimaryKey, Query};
 use quiver_powercut::{Disk, Semantics};
 
 use crate::common::data::{self, dataset};
-use crate::common::{child_pids, eventually, process_alive, process_name, retry, run, Harness, READY};
+use crate::common::{eventually, kill_standalone, retry, run, Harness, READY};
 
 const COLLECTION: &str = "powercut";
 
@@ -135,20 +135,7 @@ fn power_cut_loses_no_acknowledged_insert() {
         drop(client);
 
         // The power cut: every process dies at once, the disk keeps only what was fsynced.
-        let quiver = h.pid("standalone");
-        let nats = child_pids(quiver)
-            .into_iter()
-            .find(|c| process_name(*c).as_deref() == Some("nats-server"))
-            .expect("standalone runs a nats-server child");
-        h.proc("standalone").kill();
-        eventually("embedded nats-server gone", Duration::from_secs(5), || async {
-            if process_alive(nats) {
-                Err(format!("nats-server {nats} still alive"))
-            } else {
-                Ok(())
-            }
-        })
-        .await;
+        kill_standalone(&mut h).await;
         for (m, (_, at, _)) in mounts.drain(..).zip(&disks) {
             let lost = m.power_cut().expect("power cut");
             eprintln!(

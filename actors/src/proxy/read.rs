@@ -381,7 +381,8 @@ impl Proxy {
             )));
         }
         self.node.shared.memory.admit("a query")?;
-        ReadLimits::of(&self.node.shared.config).check_filter(&req.filter)?;
+        let limits = ReadLimits::of(&self.node.shared.config);
+        limits.check_filter(&req.filter)?;
         let (expr, filter) = parse_filter(&info, &req.filter)?;
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
         let wants_vector = req.output_fields.contains(&vector);
@@ -412,7 +413,7 @@ impl Proxy {
         if !count {
             let rows = node_limit.saturating_add(req.offset);
             let dim = wants_vector.then_some(info.dim());
-            ReadLimits::of(&self.node.shared.config).check_rows(rows, dim, "a query")?;
+            limits.check_rows(rows, dim, "a query")?;
         }
         let req = Arc::new(req);
         let filter = Arc::new(filter);

@@ -66,3 +66,23 @@ pub async fn api_error_as_node(h: &Harness, method: &str, payload: Vec<u8>) -> S
         .map(|v| v.as_str().to_string())
         .unwrap_or_default()
 }
+
+/// The embedded nats-server child of a process.
+pub fn nats_child(pid: u32) -> Option<u32> {
+    child_pids(pid).into_iter().find(|c| process_name(*c).as_deref() == Some("nats-server") && process_alive(*c))
+}
+
+/// SIGKILLs the standalone process and waits until its embedded nats-server has died with it
+/// (PR_SET_PDEATHSIG), so nothing is left writing to the data dir.
+pub async fn kill_standalone(h: &mut Harness) {
+    let nats = nats_child(h.pid("standalone")).expect("standalone runs a nats-server child");
+    h.proc("standalone").kill();
+    eventually("embedded nats-server gone", std::time::Duration::from_secs(5), || async {
+        if process_alive(nats) {
+            Err(format!("nats-server {nats} still alive"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}

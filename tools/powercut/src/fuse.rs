@@ -92,6 +92,23 @@ fn errno(e: i32) -> Errno {
     Errno::from_i32(e)
 }
 
+impl PowerCutFs {
+    /// `mknod` (a regular file) and `mkdir`: a new entry with the permission bits of `mode`
+    /// (umask already applied), owned by the caller.
+    fn create_node(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, dir: bool, reply: ReplyEntry) {
+        answer!(
+            self,
+            reply,
+            |t| {
+                let perm = (mode & 0o7777) as u16;
+                let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), dir).map_err(errno)?;
+                Self::attr(&t.tree, ino)
+            },
+            |a| reply.entry(&TTL, &a, Generation(0))
+        )
+    }
+}
+
 impl Filesystem for PowerCutFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         answer!(
@@ -170,29 +187,11 @@ impl Filesystem for PowerCutFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        answer!(
-            self,
-            reply,
-            |t| {
-                let perm = (mode & !umask & 0o7777) as u16;
-                let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), false).map_err(errno)?;
-                Self::attr(&t.tree, ino)
-            },
-            |a| reply.entry(&TTL, &a, Generation(0))
-        )
+        self.create_node(req, parent, name, mode & !umask, false, reply)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        answer!(
-            self,
-            reply,
-            |t| {
-                let perm = (mode & !umask & 0o7777) as u16;
-                let ino = t.tree.create(parent.0, name, perm, req.uid(), req.gid(), true).map_err(errno)?;
-                Self::attr(&t.tree, ino)
-            },
-            |a| reply.entry(&TTL, &a, Generation(0))
-        )
+        self.create_node(req, parent, name, mode & !umask, true, reply)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
