@@ -103,6 +103,9 @@ impl Node {
             heartbeat_ms: bus::now_ms(),
             detail,
             state: self.health.state(),
+            cpu_cores: telemetry::cpu_cores_allowed(),
+            cpu_busy: telemetry::process_cpu_busy(),
+            host_agent: self.shared.config.node.host_agent.clone(),
         }
     }
 }

@@ -64,6 +64,17 @@ impl RequestContext {
         RequestContext { deadline, traceparent }
     }
 
+    /// The same context with its deadline no later than `cap` from now (for a part of the
+    /// work that must not use the caller's whole budget).
+    pub fn with_cap(mut self, cap: Duration) -> RequestContext {
+        let capped = Instant::now().checked_add(cap);
+        self.deadline = match (self.deadline, capped) {
+            (Some(d), Some(c)) => Some(d.min(c)),
+            (d, c) => d.or(c),
+        };
+        self
+    }
+
     /// Time left before the caller gives up (`None`: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))

@@ -26,6 +26,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub balance: BalanceConfig,
     pub discovery: DiscoveryConfig,
+    pub scaling: ScalingConfig,
     pub debug: DebugConfig,
     pub security: SecurityConfig,
     pub tls: TlsConfig,
@@ -106,6 +107,9 @@ pub struct NodeConfig {
     /// off and its running requests to finish before it stops anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The host agent that started this process (set by the agent, `QUIVER_NODE__HOST_AGENT`;
+    /// shown in `quiver ctl status`). Empty: started by hand.
+    pub host_agent: String,
 }
 
 impl Default for NodeConfig {
@@ -116,7 +120,28 @@ impl Default for NodeConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_ttl: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            host_agent: String::new(),
         }
+    }
+}
+
+/// The coordinator's scaler (`quiver ctl scale`, docs/scaling.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScalingConfig {
+    /// Most nodes a role can be scaled to (MISSION S3.1: 20).
+    pub max_replicas: u32,
+    /// How often the scaler compares wanted and actual node counts (it also wakes on requests).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A started node that does not serve within this long is stopped and started again elsewhere.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig { max_replicas: 20, interval: Duration::from_secs(1), start_timeout: Duration::from_secs(120) }
     }
 }
 
@@ -652,6 +677,12 @@ impl Config {
         }
         if self.supervisor.max_restarts == 0 {
             return fail("supervisor.max_restarts", "must be at least 1");
+        }
+        if !(1..=1000).contains(&self.scaling.max_replicas) {
+            return fail("scaling.max_replicas", "must be between 1 and 1000");
+        }
+        if self.scaling.interval.is_zero() || self.scaling.start_timeout.is_zero() {
+            return fail("scaling.interval", "scaling.interval and scaling.start_timeout must be greater than zero");
         }
         if self.supervisor.backoff_initial > self.supervisor.backoff_max {
             return fail("supervisor.backoff_initial", "must not exceed supervisor.backoff_max");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use quiver_schemas::NodeStatus;
+use quiver_schemas::{HostStatus, NodeStatus};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bus::Bus;
@@ -111,16 +111,36 @@ impl JsonBucket {
     }
 }
 
-/// The node registry: each node refreshes its [`NodeStatus`] every heartbeat; entries expire.
+/// The node registry: each node refreshes its [`NodeStatus`] every heartbeat, and each host
+/// agent its [`HostStatus`] (a bucket of their own); entries expire.
 #[derive(Clone)]
 pub struct Registry {
     bucket: JsonBucket,
+    hosts: JsonBucket,
 }
 
 impl Registry {
     pub async fn open(bus: &Bus, ttl: Duration, replicas: usize) -> Result<Registry> {
         let name = bus.subjects().nodes_bucket();
-        Ok(Registry { bucket: JsonBucket::open(bus, &name, ttl, replicas).await? })
+        let hosts = bus.subjects().hosts_bucket();
+        Ok(Registry {
+            bucket: JsonBucket::open(bus, &name, ttl, replicas).await?,
+            hosts: JsonBucket::open(bus, &hosts, ttl, replicas).await?,
+        })
+    }
+
+    /// A host agent's heartbeat.
+    pub async fn host_heartbeat(&self, status: &HostStatus) -> Result<()> {
+        self.hosts.put(&status.host_id, status).await.map(|_| ())
+    }
+
+    pub async fn host_deregister(&self, host_id: &str) -> Result<()> {
+        self.hosts.delete(host_id).await
+    }
+
+    /// Live host agents (whose entries have not expired), sorted by id.
+    pub async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        self.hosts.values("").await
     }
 
     pub async fn heartbeat(&self, status: &NodeStatus) -> Result<()> {

@@ -702,6 +702,9 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
         NodeState::Draining => cp::NodeState::Draining,
         NodeState::Stopped => cp::NodeState::Stopped,
     });
+    b.set_cpu_cores(v.cpu_cores);
+    b.set_cpu_busy(v.cpu_busy);
+    b.set_host_agent(v.host_agent.as_str());
 }
 
 fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
@@ -724,6 +727,9 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
             cp::NodeState::Draining => NodeState::Draining,
             cp::NodeState::Stopped => NodeState::Stopped,
         },
+        cpu_cores: r.get_cpu_cores(),
+        cpu_busy: r.get_cpu_busy(),
+        host_agent: read_string(r.get_host_agent()).at("hostAgent")?,
     })
 }
 
@@ -950,14 +956,211 @@ fn get_flush_result(r: cp::flush_result::Reader<'_>) -> Result<FlushResult, Faul
 
 fn put_cluster_status(v: &ClusterStatus, mut b: cp::cluster_status::Builder<'_>) {
     b.set_cluster(v.cluster.as_str());
-    fill_structs(b.init_nodes(len32(v.nodes.len())), &v.nodes, put_node_status);
+    fill_structs(b.reborrow().init_nodes(len32(v.nodes.len())), &v.nodes, put_node_status);
+    fill_structs(b.reborrow().init_roles(len32(v.roles.len())), &v.roles, put_role_scaling);
+    fill_structs(b.reborrow().init_hosts(len32(v.hosts.len())), &v.hosts, put_host_status);
+    fill_strings(b.init_notes(len32(v.notes.len())), &v.notes);
 }
 
 fn get_cluster_status(r: cp::cluster_status::Reader<'_>) -> Result<ClusterStatus, Fault> {
     Ok(ClusterStatus {
         cluster: read_string(r.get_cluster()).at("cluster")?,
         nodes: read_structs(r.get_nodes(), get_node_status).at("nodes")?,
+        roles: read_structs(r.get_roles(), get_role_scaling).at("roles")?,
+        hosts: read_structs(r.get_hosts(), get_host_status).at("hosts")?,
+        notes: read_strings(r.get_notes()).at("notes")?,
     })
+}
+
+// ---- scaling ----
+
+fn put_scale_request(v: &ScaleRequest, mut b: cp::scale_request::Builder<'_>) {
+    b.set_role(v.role.as_str());
+    b.set_replicas(v.replicas);
+}
+
+fn get_scale_request(r: cp::scale_request::Reader<'_>) -> Result<ScaleRequest, Fault> {
+    Ok(ScaleRequest { role: read_string(r.get_role()).at("role")?, replicas: r.get_replicas() })
+}
+
+fn put_scale_reply(v: &ScaleReply, mut b: cp::scale_reply::Builder<'_>) {
+    b.set_role(role_to(v.role));
+    b.set_replicas(v.replicas);
+    b.set_previous(v.previous);
+    b.set_warning(v.warning.as_str());
+}
+
+fn get_scale_reply(r: cp::scale_reply::Reader<'_>) -> Result<ScaleReply, Fault> {
+    Ok(ScaleReply {
+        role: role_from(r.get_role().at("role")?),
+        replicas: r.get_replicas(),
+        previous: r.get_previous(),
+        warning: read_string(r.get_warning()).at("warning")?,
+    })
+}
+
+fn put_role_scaling(v: &RoleScaling, mut b: cp::role_scaling::Builder<'_>) {
+    b.set_role(role_to(v.role));
+    b.set_desired(v.desired);
+    b.set_serving(v.serving);
+    b.set_starting(v.starting);
+    b.set_draining(v.draining);
+    b.set_converged(v.converged);
+    b.set_activity(v.activity.as_str());
+}
+
+fn get_role_scaling(r: cp::role_scaling::Reader<'_>) -> Result<RoleScaling, Fault> {
+    Ok(RoleScaling {
+        role: role_from(r.get_role().at("role")?),
+        desired: r.get_desired(),
+        serving: r.get_serving(),
+        starting: r.get_starting(),
+        draining: r.get_draining(),
+        converged: r.get_converged(),
+        activity: read_string(r.get_activity()).at("activity")?,
+    })
+}
+
+fn put_hosted_node(v: &HostedNode, mut b: cp::hosted_node::Builder<'_>) {
+    b.set_node_id(v.node_id.as_str());
+    {
+        let mut roles = b.reborrow().init_roles(len32(v.roles.len()));
+        for (i, r) in v.roles.iter().enumerate() {
+            roles.set(i as u32, role_to(*r));
+        }
+    }
+    b.set_pid(v.pid);
+    b.set_restarts(v.restarts);
+    b.set_managed(v.managed);
+    b.set_stopping(v.stopping);
+    b.set_last_exit(v.last_exit.as_str());
+}
+
+fn get_hosted_node(r: cp::hosted_node::Reader<'_>) -> Result<HostedNode, Fault> {
+    let mut roles = Vec::new();
+    for role in r.get_roles().at("roles")?.iter() {
+        roles.push(role_from(role.at("roles")?));
+    }
+    Ok(HostedNode {
+        node_id: read_string(r.get_node_id()).at("nodeId")?,
+        roles,
+        pid: r.get_pid(),
+        restarts: r.get_restarts(),
+        managed: r.get_managed(),
+        stopping: r.get_stopping(),
+        last_exit: read_string(r.get_last_exit()).at("lastExit")?,
+    })
+}
+
+fn put_host_status(v: &HostStatus, mut b: cp::host_status::Builder<'_>) {
+    b.set_host_id(v.host_id.as_str());
+    b.set_hostname(v.hostname.as_str());
+    b.set_pid(v.pid);
+    b.set_cpus(v.cpus);
+    b.set_mem_total(v.mem_total);
+    b.set_mem_available(v.mem_available);
+    b.set_max_nodes(v.max_nodes);
+    fill_structs(b.reborrow().init_nodes(len32(v.nodes.len())), &v.nodes, put_hosted_node);
+    b.set_started_ms(v.started_ms);
+    b.set_heartbeat_ms(v.heartbeat_ms);
+}
+
+fn get_host_status(r: cp::host_status::Reader<'_>) -> Result<HostStatus, Fault> {
+    Ok(HostStatus {
+        host_id: read_string(r.get_host_id()).at("hostId")?,
+        hostname: read_string(r.get_hostname()).at("hostname")?,
+        pid: r.get_pid(),
+        cpus: r.get_cpus(),
+        mem_total: r.get_mem_total(),
+        mem_available: r.get_mem_available(),
+        max_nodes: r.get_max_nodes(),
+        nodes: read_structs(r.get_nodes(), get_hosted_node).at("nodes")?,
+        started_ms: r.get_started_ms(),
+        heartbeat_ms: r.get_heartbeat_ms(),
+    })
+}
+
+fn put_scaling_status(v: &ScalingStatus, mut b: cp::scaling_status::Builder<'_>) {
+    fill_structs(b.reborrow().init_roles(len32(v.roles.len())), &v.roles, put_role_scaling);
+    fill_structs(b.init_hosts(len32(v.hosts.len())), &v.hosts, put_host_status);
+}
+
+fn get_scaling_status(r: cp::scaling_status::Reader<'_>) -> Result<ScalingStatus, Fault> {
+    Ok(ScalingStatus {
+        roles: read_structs(r.get_roles(), get_role_scaling).at("roles")?,
+        hosts: read_structs(r.get_hosts(), get_host_status).at("hosts")?,
+    })
+}
+
+fn put_scaling_event(v: &ScalingEvent, mut b: cp::scaling_event::Builder<'_>) {
+    b.set_at_ms(v.at_ms);
+    b.set_role(role_to(v.role));
+    b.set_node_id(v.node_id.as_str());
+    b.set_action(v.action.as_str());
+    b.set_detail(v.detail.as_str());
+}
+
+fn get_scaling_event(r: cp::scaling_event::Reader<'_>) -> Result<ScalingEvent, Fault> {
+    Ok(ScalingEvent {
+        at_ms: r.get_at_ms(),
+        role: role_from(r.get_role().at("role")?),
+        node_id: read_string(r.get_node_id()).at("nodeId")?,
+        action: read_string(r.get_action()).at("action")?,
+        detail: read_string(r.get_detail()).at("detail")?,
+    })
+}
+
+fn put_segment_change_info(v: &SegmentChangeInfo, mut b: cp::segment_change_info::Builder<'_>) {
+    b.set_collection(v.collection);
+    b.set_online_node_id(v.online_node_id.as_str());
+    fill_u64s(b.reborrow().init_online_segment_ids(len32(v.online_segment_ids.len())), &v.online_segment_ids);
+    b.set_offline_node_id(v.offline_node_id.as_str());
+    fill_u64s(b.reborrow().init_offline_segment_ids(len32(v.offline_segment_ids.len())), &v.offline_segment_ids);
+    b.set_reason(v.reason.as_str());
+    b.set_at_ms(v.at_ms);
+    b.set_released_ms(v.released_ms);
+}
+
+fn get_segment_change_info(r: cp::segment_change_info::Reader<'_>) -> Result<SegmentChangeInfo, Fault> {
+    Ok(SegmentChangeInfo {
+        collection: r.get_collection(),
+        online_node_id: read_string(r.get_online_node_id()).at("onlineNodeId")?,
+        online_segment_ids: read_u64s(r.get_online_segment_ids()).at("onlineSegmentIds")?,
+        offline_node_id: read_string(r.get_offline_node_id()).at("offlineNodeId")?,
+        offline_segment_ids: read_u64s(r.get_offline_segment_ids()).at("offlineSegmentIds")?,
+        reason: read_string(r.get_reason()).at("reason")?,
+        at_ms: r.get_at_ms(),
+        released_ms: r.get_released_ms(),
+    })
+}
+
+fn put_cluster_events(v: &ClusterEvents, mut b: cp::cluster_events::Builder<'_>) {
+    fill_structs(b.reborrow().init_handoffs(len32(v.handoffs.len())), &v.handoffs, put_segment_change_info);
+    fill_structs(b.init_scaling(len32(v.scaling.len())), &v.scaling, put_scaling_event);
+}
+
+fn get_cluster_events(r: cp::cluster_events::Reader<'_>) -> Result<ClusterEvents, Fault> {
+    Ok(ClusterEvents {
+        handoffs: read_structs(r.get_handoffs(), get_segment_change_info).at("handoffs")?,
+        scaling: read_structs(r.get_scaling(), get_scaling_event).at("scaling")?,
+    })
+}
+
+fn put_start_node(v: &StartNode, mut b: cp::start_node::Builder<'_>) {
+    b.set_node_id(v.node_id.as_str());
+    b.set_role(role_to(v.role));
+}
+
+fn get_start_node(r: cp::start_node::Reader<'_>) -> Result<StartNode, Fault> {
+    Ok(StartNode { node_id: read_string(r.get_node_id()).at("nodeId")?, role: role_from(r.get_role().at("role")?) })
+}
+
+fn put_stop_node(v: &StopNode, mut b: cp::stop_node::Builder<'_>) {
+    b.set_node_id(v.node_id.as_str());
+}
+
+fn get_stop_node(r: cp::stop_node::Reader<'_>) -> Result<StopNode, Fault> {
+    Ok(StopNode { node_id: read_string(r.get_node_id()).at("nodeId")? })
 }
 
 fn put_plugin_upload(v: &PluginUpload, mut b: cp::plugin_upload::Builder<'_>) {
@@ -1379,7 +1582,35 @@ impl SizeHint for FlushResult {
 
 impl SizeHint for ClusterStatus {
     fn hint_words(&self) -> usize {
-        SMALL_HINT + self.nodes.len() * 32
+        SMALL_HINT + self.nodes.len() * 48 + self.roles.len() * 16 + self.hosts.iter().map(host_words).sum::<usize>()
+    }
+}
+
+fn host_words(h: &HostStatus) -> usize {
+    32 + h.nodes.len() * 16
+}
+
+impl SizeHint for ScaleRequest {}
+impl SizeHint for ScaleReply {}
+impl SizeHint for StartNode {}
+impl SizeHint for StopNode {}
+
+impl SizeHint for ScalingStatus {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.roles.len() * 16 + self.hosts.iter().map(host_words).sum::<usize>()
+    }
+}
+
+impl SizeHint for ClusterEvents {
+    fn hint_words(&self) -> usize {
+        let handoff = |h: &SegmentChangeInfo| 24 + h.online_segment_ids.len() + h.offline_segment_ids.len();
+        SMALL_HINT + self.handoffs.iter().map(handoff).sum::<usize>() + self.scaling.len() * 24
+    }
+}
+
+impl SizeHint for SegmentChangeInfo {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.online_segment_ids.len() + self.offline_segment_ids.len()
     }
 }
 
@@ -1528,6 +1759,13 @@ wire! {
     LoadCollection => load_collection, put_load_collection, get_load_collection;
     NodeStatus => node_status, put_node_status, get_node_status;
     WatchChannels => watch_channels, put_watch_channels, get_watch_channels;
+    ScaleRequest => scale_request, put_scale_request, get_scale_request;
+    ScaleReply => scale_reply, put_scale_reply, get_scale_reply;
+    ScalingStatus => scaling_status, put_scaling_status, get_scaling_status;
+    ClusterEvents => cluster_events, put_cluster_events, get_cluster_events;
+    SegmentChangeInfo => segment_change_info, put_segment_change_info, get_segment_change_info;
+    StartNode => start_node, put_start_node, get_start_node;
+    StopNode => stop_node, put_stop_node, get_stop_node;
 }
 
 #[cfg(test)]
@@ -1678,6 +1916,47 @@ mod tests {
             heartbeat_ms: 1_700_000_001_000,
             detail: if healthy { String::new() } else { "lagging".to_string() },
             state: if healthy { NodeState::Serving } else { NodeState::Draining },
+            cpu_cores: 2.0,
+            cpu_busy: 0.25,
+            host_agent: if healthy { "h1".to_string() } else { String::new() },
+        }
+    }
+
+    fn host() -> HostStatus {
+        HostStatus {
+            host_id: "h1".into(),
+            hostname: "box".into(),
+            pid: 7,
+            cpus: 16,
+            mem_total: 64 << 30,
+            mem_available: 40 << 30,
+            max_nodes: 8,
+            nodes: vec![
+                HostedNode {
+                    node_id: "querynode-3".into(),
+                    roles: vec![Role::QueryNode],
+                    pid: 99,
+                    restarts: 1,
+                    managed: true,
+                    stopping: false,
+                    last_exit: "killed by SIGKILL".into(),
+                },
+                HostedNode { node_id: "dn".into(), roles: vec![Role::DataNode, Role::IndexNode], ..Default::default() },
+            ],
+            started_ms: 5,
+            heartbeat_ms: 6,
+        }
+    }
+
+    fn role_scaling() -> RoleScaling {
+        RoleScaling {
+            role: Role::QueryNode,
+            desired: 3,
+            serving: 2,
+            starting: 1,
+            draining: 0,
+            converged: false,
+            activity: "starting querynode-3 on h1".into(),
         }
     }
 
@@ -1777,7 +2056,36 @@ mod tests {
         out.push(rt(&ClusterStatus {
             cluster: "prod".to_string(),
             nodes: Role::ALL.iter().enumerate().map(|(i, r)| node(*r, i % 2 == 0)).collect(),
+            roles: vec![role_scaling()],
+            hosts: vec![host()],
+            notes: vec!["scaler unavailable".into()],
         }));
+        out.push(rt(&ScaleRequest { role: "querynode".into(), replicas: 3 }));
+        out.push(rt(&ScaleReply { role: Role::Proxy, replicas: 1, previous: 2, warning: "one node".into() }));
+        out.push(rt(&ScalingStatus { roles: vec![role_scaling()], hosts: vec![host(), HostStatus::default()] }));
+        let change = SegmentChangeInfo {
+            collection: 9,
+            online_node_id: "q2".into(),
+            online_segment_ids: vec![1, 2],
+            offline_node_id: "q1".into(),
+            offline_segment_ids: vec![1, 2],
+            reason: "balance".into(),
+            at_ms: 10,
+            released_ms: 11,
+        };
+        out.push(rt(&change));
+        out.push(rt(&ClusterEvents {
+            handoffs: vec![change],
+            scaling: vec![ScalingEvent {
+                at_ms: 1,
+                role: Role::DataNode,
+                node_id: "datanode-4".into(),
+                action: "drain".into(),
+                detail: "fewest shards (1)".into(),
+            }],
+        }));
+        out.push(rt(&StartNode { node_id: "querynode-5".into(), role: Role::QueryNode }));
+        out.push(rt(&StopNode { node_id: "querynode-5".into() }));
         out.push(rt(&Alloc { count: 1000 }));
         out.push(rt(&AllocRange { start: u64::MAX - 5, count: 5 }));
         out.push(rt(&DmlEntry::Insert { timestamp: 77, rows: rows() }));

@@ -350,6 +350,15 @@ pub struct NodeStatus {
     /// Lifecycle state (nodes from before it was reported count as serving).
     #[serde(default)]
     pub state: NodeState,
+    /// CPU cores the process may use (its affinity mask, or its cgroup's quota if smaller).
+    #[serde(default)]
+    pub cpu_cores: f32,
+    /// Cores' worth of CPU the process used over the last heartbeat interval.
+    #[serde(default)]
+    pub cpu_busy: f32,
+    /// The host agent that started the process; empty when none did.
+    #[serde(default)]
+    pub host_agent: String,
 }
 
 /// Search-time knobs. Zero means the index's default.
@@ -499,6 +508,136 @@ pub struct FlushResult {
 pub struct ClusterStatus {
     pub cluster: String,
     pub nodes: Vec<NodeStatus>,
+    /// Wanted vs actual node count per role.
+    #[serde(default)]
+    pub roles: Vec<RoleScaling>,
+    #[serde(default)]
+    pub hosts: Vec<HostStatus>,
+    /// Parts of the status that could not be read, and why.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// `api.scale`: run `replicas` nodes of `role` (MISSION S0.3, S3.1). The role is a name, so
+/// that an unknown one is refused with a message naming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub role: String,
+    pub replicas: u32,
+}
+
+/// What a scale request changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleReply {
+    pub role: Role,
+    pub replicas: u32,
+    /// The count wanted before (0: none was set).
+    pub previous: u32,
+    /// Set when the request is accepted with a caveat (one node: no availability on failure).
+    pub warning: String,
+}
+
+/// One role's wanted and actual node count, as the scaler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleScaling {
+    pub role: Role,
+    /// 0: no count was ever set; the role is not scaled.
+    pub desired: u32,
+    /// Nodes that serve (registered, alive, not draining).
+    pub serving: u32,
+    /// Nodes started for the role that do not serve yet.
+    pub starting: u32,
+    pub draining: u32,
+    /// Serving equals desired and nothing is starting or draining.
+    pub converged: bool,
+    /// What the scaler is doing for the role, for people.
+    pub activity: String,
+}
+
+/// A host agent: a machine's (or pod's) capacity and the node processes it runs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub host_id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub cpus: u32,
+    pub mem_total: u64,
+    pub mem_available: u64,
+    /// Most node processes the agent runs.
+    pub max_nodes: u32,
+    pub nodes: Vec<HostedNode>,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+/// One node process of a host agent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostedNode {
+    /// The process's node id (its roles register as `<node_id>-<role>`).
+    pub node_id: String,
+    pub roles: Vec<Role>,
+    /// 0 while it is not running (waiting to be restarted).
+    pub pid: u32,
+    pub restarts: u32,
+    /// Started by the scaler (rather than listed in a cluster file).
+    pub managed: bool,
+    /// Told to stop: it drains, exits and is not restarted.
+    pub stopping: bool,
+    pub last_exit: String,
+}
+
+/// `api.scaling`: every role's count and every host agent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ScalingStatus {
+    pub roles: Vec<RoleScaling>,
+    pub hosts: Vec<HostStatus>,
+}
+
+/// One step the scaler took (start, drain, stop, ...), for `quiver ctl events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingEvent {
+    pub at_ms: u64,
+    pub role: Role,
+    pub node_id: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// MISSION S1.4's `sealedSegmentChangeInfo`: segments moved from `offline_node_id` to
+/// `online_node_id`, published on `quiver.<c>.querychannel.<collection>` once the online node
+/// serves them; the offline node releases them when it receives it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SegmentChangeInfo {
+    pub collection: CollectionId,
+    pub online_node_id: String,
+    pub online_segment_ids: Vec<SegmentId>,
+    pub offline_node_id: String,
+    pub offline_segment_ids: Vec<SegmentId>,
+    /// Why: `balance`, `drain`, `failover`, `replicas`.
+    pub reason: String,
+    pub at_ms: u64,
+    /// When the offline node had released them (0: not yet, or it is gone).
+    pub released_ms: u64,
+}
+
+/// `api.events`: recent hand-offs and scaling steps, oldest first.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClusterEvents {
+    pub handoffs: Vec<SegmentChangeInfo>,
+    pub scaling: Vec<ScalingEvent>,
+}
+
+/// Coordinator → host agent: start a node process with one role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartNode {
+    pub node_id: String,
+    pub role: Role,
+}
+
+/// Coordinator → host agent: drain and stop a node process for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopNode {
+    pub node_id: String,
 }
 
 /// A plugin binary to validate and add to the cluster's catalog.

@@ -10,6 +10,8 @@
 //! - `membership.rs`: who is alive, suspect or dead (discovery policy).
 //! - `balance.rs`: periodic move plans over query nodes (balancer policy) and hand-offs.
 //! - `plugins.rs`: plugin administration (load, activate, roll back, list).
+//! - `scaler.rs`: wanted node counts per role, converged on through host agents (scale-out,
+//!   gradual scale-in), and the event lists (scaling steps, hand-offs).
 //!
 //! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
@@ -20,6 +22,7 @@ mod channels;
 mod membership;
 mod placement;
 mod plugins;
+mod scaler;
 mod tso;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -80,6 +83,7 @@ pub struct Coordinator {
     pushing: std::cell::RefCell<HashSet<(String, u64)>>,
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
+    scaler: scaler::Scaler,
 }
 
 /// Starts the coordinator role on the current arbiter.
@@ -106,6 +110,7 @@ impl Coordinator {
         }
         let tso = tso::Tso::load(meta).await?;
         let ids = tso::IdAllocator::load(meta).await?;
+        let scaler = scaler::Scaler::load(meta).await?;
         Ok(Coordinator {
             node,
             catalog: Mutex::new(catalog),
@@ -118,6 +123,7 @@ impl Coordinator {
             pushing: Default::default(),
             membership: Default::default(),
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
+            scaler,
         })
     }
 
@@ -416,6 +422,9 @@ impl Coordinator {
             CoordRequest::PluginActivate(r) => r.serve(|r| self.plugin_activate(r)).await,
             CoordRequest::PluginRollback(r) => r.serve(|r| self.plugin_rollback(r)).await,
             CoordRequest::PluginList(r) => r.serve(|_| self.plugin_list()).await,
+            CoordRequest::Scale(r) => r.serve(|r| self.scale(r)).await,
+            CoordRequest::Scaling(r) => r.serve(|_| self.scaling_status()).await,
+            CoordRequest::Events(r) => r.serve(|_| async { Ok(self.scaler.events()) }).await,
         }
     }
 }
@@ -432,6 +441,8 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("reconcile", async move { me.reconcile_loop().await });
         let me = self.clone();
         self.node.spawn_loop("balance", async move { me.balance_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("scaler", async move { me.scaler_loop().await });
     }
 
     fn heartbeat(&self) -> (u32, String) {

@@ -571,6 +571,9 @@ mod tests {
                 heartbeat_ms: 1,
                 detail: String::new(),
                 state: quiver_schemas::NodeState::Serving,
+                cpu_cores: 1.0,
+                cpu_busy: 0.0,
+                host_agent: String::new(),
             })
             .collect()
     }

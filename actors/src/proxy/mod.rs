@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::Message;
 use dashmap::DashMap;
@@ -27,6 +27,7 @@ use futures::future::LocalBoxFuture;
 use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Result, RoleContext};
+
 use quiver_schemas::protocol::{coord, ApiRequest, QueueCall};
 use quiver_schemas::{ClusterStatus, CollectionInfo, CollectionName, Distribution, Empty, LoadCollection, Subjects};
 
@@ -154,11 +155,26 @@ impl Proxy {
         self.forward_change::<coord::DropIndex>(name, &CollectionName { name: name.into() }, ctx).await
     }
 
-    async fn status(&self) -> Result<ClusterStatus> {
-        Ok(ClusterStatus {
-            cluster: self.node.shared.config.cluster.name.clone(),
-            nodes: self.node.shared.registry.nodes().await?,
-        })
+    /// Every registered node, every host agent and each role's wanted vs actual count. The
+    /// registry is read directly; the counts come from the coordinator's scaler within a short
+    /// budget, so a coordinator that is down or busy costs a note, never the listing (S3.9).
+    async fn status(&self, ctx: &RequestContext) -> Result<ClusterStatus> {
+        let registry = &self.node.shared.registry;
+        let mut notes = Vec::new();
+        let nodes = registry.nodes().await?;
+        let budget = ctx.clone().with_cap(Duration::from_secs(2));
+        let (roles, hosts) = match self.forward::<coord::Scaling>(&Empty {}, &budget).await {
+            Ok(s) => (s.roles, s.hosts),
+            Err(e) => {
+                notes.push(format!("wanted node counts unavailable (the coordinator did not answer: {e})"));
+                let hosts = registry.hosts().await.unwrap_or_else(|e| {
+                    notes.push(format!("host agents unavailable: {e}"));
+                    Vec::new()
+                });
+                (Vec::new(), hosts)
+            }
+        };
+        Ok(ClusterStatus { cluster: self.node.shared.config.cluster.name.clone(), nodes, roles, hosts, notes })
     }
 
     /// Answers one request of the public API.
@@ -200,7 +216,10 @@ impl Proxy {
             ApiRequest::Query(r) => r.serve(|r| self.query(r, ctx)).await,
             ApiRequest::Get(r) => r.serve(|r| self.get(r, ctx)).await,
             ApiRequest::Search(r) => r.serve(|r| self.search(r, ctx)).await,
-            ApiRequest::Status(r) => r.serve(|_| self.status()).await,
+            ApiRequest::Status(r) => r.serve(|_| self.status(ctx)).await,
+            ApiRequest::Scale(r) => r.serve(|r| async move { self.forward::<coord::Scale>(&r, ctx).await }).await,
+            ApiRequest::Scaling(r) => r.serve(|r| async move { self.forward::<coord::Scaling>(&r, ctx).await }).await,
+            ApiRequest::Events(r) => r.serve(|r| async move { self.forward::<coord::Events>(&r, ctx).await }).await,
             ApiRequest::PluginLoad(r) => {
                 r.serve(|r| async move { self.forward::<coord::PluginLoad>(&r, ctx).await }).await
             }

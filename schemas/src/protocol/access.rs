@@ -8,7 +8,8 @@
 //! ```text
 //!   app    publish   quiver.<c>.api.<data method>            (one exact subject per method)
 //!          subscribe _INBOX.app.>                            (its own replies only)
-//!   admin  publish   the app's subjects, quiver.<c>.api.<admin method>, quiver.<c>.node.*.drain
+//!   admin  publish   the app's subjects, quiver.<c>.api.<admin method> (scale included),
+//!                    quiver.<c>.node.*.drain
 //!          subscribe _INBOX.admin.>
 //!   node   publish   quiver.<c>.>, $JS.API.>, $JS.ACK.>, $JS.FC.>, $KV.<each bucket>.>, _INBOX.>
 //!          subscribe quiver.<c>.>, $KV.<each bucket>.>, _INBOX.>
@@ -112,8 +113,8 @@ impl Subjects {
     }
 
     /// Every KV bucket of the cluster.
-    pub fn buckets(&self) -> [String; 3] {
-        [self.meta_bucket(), self.nodes_bucket(), self.plugins_bucket()]
+    pub fn buckets(&self) -> [String; 4] {
+        [self.meta_bucket(), self.nodes_bucket(), self.plugins_bucket(), self.hosts_bucket()]
     }
 
     /// The permissions of `principal` in this cluster.
@@ -178,7 +179,10 @@ mod tests {
             assert!(ApiRequest::METHODS.contains(m), "{m} is not an API method");
         }
         let admin: Vec<&str> = admin_methods().collect();
-        assert_eq!(admin, ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback"]);
+        assert_eq!(
+            admin,
+            ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale", "scaling", "events"]
+        );
     }
 
     #[test]

@@ -33,6 +33,14 @@ pub const TSO: &str = "tso";
 /// The id allocator's high-water mark.
 pub const IDS: &str = "ids";
 
+/// The scaler's wanted node count of a role (`quiver ctl scale`).
+pub fn desired_replicas(role: crate::types::Role) -> String {
+    format!("scaling.desired.{}", role.as_str())
+}
+
+/// The number of the next node process the scaler starts (node ids are never reused).
+pub const SCALING_SEQ: &str = "scaling.seq";
+
 /// Object-store paths.
 pub mod paths {
     use crate::types::{CollectionId, SegmentId};

@@ -17,6 +17,8 @@
 //!   proxy, coordinator ──quiver.<c>.node.<id>.<method>──▶ one query / data node
 //!   coordinator ──quiver.<c>.index.build──▶ any index node (queue "indexnode")
 //!   coordinator ──quiver.<c>.event.distribution.<collection>──▶ every proxy
+//!   coordinator ──quiver.<c>.querychannel.<collection>──▶ query nodes (sealedSegmentChangeInfo)
+//!   coordinator (scaler) ──quiver.<c>.host.<host id>.<method>──▶ one host agent
 //!   proxy ──quiver.<c>.dml.<collection>.<shard>.<kind>──▶ JetStream ──▶ data / query nodes
 //! ```
 
@@ -47,6 +49,8 @@ pub enum Service {
     IndexNode,
     /// Lifecycle and test controls every node answers on its own subjects.
     NodeControl,
+    /// One host agent, addressed by host id.
+    Host,
 }
 
 /// One method of a service: its name on the wire, its request and its reply.

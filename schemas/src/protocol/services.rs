@@ -34,6 +34,12 @@ service! {
         PluginActivate = "plugin_activate" (PluginActivate) -> PluginReport;
         PluginRollback = "plugin_rollback" (PluginRollback) -> PluginReport;
         PluginList = "plugin_list" (Empty) -> PluginReport;
+        /// Run this many nodes of a role (MISSION S3.1); the cluster converges on the last request.
+        Scale = "scale" (ScaleRequest) -> ScaleReply;
+        /// Wanted vs actual node count per role, and the host agents.
+        Scaling = "scaling" (Empty) -> ScalingStatus;
+        /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps.
+        Events = "events" (Empty) -> ClusterEvents;
     }
 }
 
@@ -62,6 +68,10 @@ service! {
         PluginActivate = "plugin_activate" (PluginActivate) -> PluginReport;
         PluginRollback = "plugin_rollback" (PluginRollback) -> PluginReport;
         PluginList = "plugin_list" (Empty) -> PluginReport;
+        /// The scaler's wanted node count of a role (persisted; converged on in the background).
+        Scale = "scale" (ScaleRequest) -> ScaleReply;
+        Scaling = "scaling" (Empty) -> ScalingStatus;
+        Events = "events" (Empty) -> ClusterEvents;
     }
 }
 
@@ -105,5 +115,16 @@ service! {
         DebugPanic = "debug_panic" (Empty) -> Empty;
         /// Tests only (`debug.fault_injection`): the node's reads wait this long first.
         DebugStall = "debug_stall" (Stall) -> Empty;
+    }
+}
+
+service! {
+    /// A host agent (`quiver.<cluster>.host.<host id>.<method>`): starts and stops node
+    /// processes on its machine for the coordinator's scaler.
+    Host (NodeCall), enum HostRequest, mod host {
+        /// Start a node process with one role (idempotent: a running node of that id is kept).
+        StartNode = "start_node" (StartNode) -> Empty;
+        /// Drain the node process (SIGTERM), let it exit and do not restart it.
+        StopNode = "stop_node" (StopNode) -> Empty;
     }
 }

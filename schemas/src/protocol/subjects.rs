@@ -27,7 +27,10 @@ impl Subjects {
 
     /// The subject of method `C` of node `node_id`.
     pub fn node_call<C: NodeCall>(&self, node_id: &str) -> String {
-        self.node(node_id, C::METHOD)
+        match C::SERVICE {
+            Service::Host => self.host(node_id, C::METHOD),
+            _ => self.node(node_id, C::METHOD),
+        }
     }
 
     /// The subject of `method` of the public API (for raw calls, e.g. tests sending garbage).
@@ -40,7 +43,7 @@ impl Subjects {
             Service::Api => Some(format!("quiver.{}.api", self.cluster)),
             Service::Coord => Some(format!("quiver.{}.coord", self.cluster)),
             Service::IndexNode => Some(format!("quiver.{}.index", self.cluster)),
-            Service::QueryNode | Service::DataNode | Service::NodeControl => None,
+            Service::QueryNode | Service::DataNode | Service::NodeControl | Service::Host => None,
         }
     }
 
@@ -51,11 +54,12 @@ impl Subjects {
             Service::Api => Some("proxy"),
             Service::Coord => Some("coordinator"),
             Service::IndexNode => Some("indexnode"),
-            Service::QueryNode | Service::DataNode | Service::NodeControl => None,
+            Service::QueryNode | Service::DataNode | Service::NodeControl | Service::Host => None,
         };
-        match self.queue_prefix(service) {
-            Some(prefix) => (format!("{prefix}.*"), group),
-            None => (self.node(node_id, "*"), None),
+        match (self.queue_prefix(service), service) {
+            (Some(prefix), _) => (format!("{prefix}.*"), group),
+            (None, Service::Host) => (self.host(node_id, "*"), None),
+            (None, _) => (self.node(node_id, "*"), None),
         }
     }
 
@@ -67,6 +71,29 @@ impl Subjects {
     /// Method `method` of one specific node.
     pub fn node(&self, node_id: &str, method: &str) -> String {
         format!("quiver.{}.node.{node_id}.{method}", self.cluster)
+    }
+
+    /// Method `method` of one host agent.
+    pub fn host(&self, host_id: &str, method: &str) -> String {
+        format!("quiver.{}.host.{host_id}.{method}", self.cluster)
+    }
+
+    /// MISSION S1.4's query channel of a collection: `sealedSegmentChangeInfo` events.
+    pub fn query_channel(&self, collection: CollectionId) -> String {
+        format!("quiver.{}.querychannel.{collection}", self.cluster)
+    }
+
+    /// Every collection's query channel.
+    pub fn query_channels(&self) -> String {
+        format!("quiver.{}.querychannel.*", self.cluster)
+    }
+
+    /// The collection a query-channel event is about.
+    pub fn query_channel_collection(subject: &str) -> Option<CollectionId> {
+        let rest = subject.strip_prefix("quiver.")?;
+        let mut parts = rest.split('.');
+        let (_, kind, id) = (parts.next()?, parts.next()?, parts.next()?);
+        (kind == "querychannel").then(|| id.parse().ok()).flatten()
     }
 
     /// Published by the coordinator whenever a collection's serving layout changes.
@@ -108,6 +135,11 @@ impl Subjects {
     pub fn nodes_bucket(&self) -> String {
         format!("quiver_{}_nodes", self.cluster)
     }
+
+    /// The host agents' registry KV bucket (capacity and processes, with a TTL).
+    pub fn hosts_bucket(&self) -> String {
+        format!("quiver_{}_hosts", self.cluster)
+    }
 }
 
 /// The kinds of DML log entries, each its own subject under the shard's prefix (so a consumer
@@ -144,5 +176,9 @@ mod tests {
         assert_eq!(Subjects::method_of("quiver.c1.node.q1.search"), "search");
         assert_eq!(s.dml_entry(7, 1, DmlKind::Delete), "quiver.c1.dml.7.1.delete");
         assert_eq!(Subjects::distribution_event_collection(&s.distribution_event(42)), Some(42));
+        assert_eq!(Subjects::query_channel_collection(&s.query_channel(42)), Some(42));
+        assert_eq!(Subjects::query_channel_collection(&s.distribution_event(42)), None);
+        assert_eq!(s.node_call::<crate::protocol::host::StartNode>("h1"), "quiver.c1.host.h1.start_node");
+        assert_eq!(s.serve(Service::Host, "h1"), ("quiver.c1.host.h1.*".to_string(), None));
     }
 }

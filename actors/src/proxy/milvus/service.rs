@@ -661,11 +661,11 @@ impl MilvusService for MilvusApi {
     async fn check_health(&self, _req: Request<CheckHealthRequest>) -> Result<Response<CheckHealthResponse>, Status> {
         let t = Instant::now();
         let result = async {
-            let status = self.proxy.status().await?;
+            let nodes = self.proxy.node.shared.registry.nodes().await?;
             let mut reasons: Vec<String> =
-                status.nodes.iter().filter(|n| !n.healthy).map(|n| format!("{} is unhealthy", n.node_id)).collect();
+                nodes.iter().filter(|n| !n.healthy).map(|n| format!("{} is unhealthy", n.node_id)).collect();
             for role in quiver_schemas::Role::ALL {
-                if !status.nodes.iter().any(|n| n.role == role && n.healthy) {
+                if !nodes.iter().any(|n| n.role == role && n.healthy) {
                     reasons.push(format!("no healthy {} node", role.as_str()));
                 }
             }

@@ -1,0 +1,694 @@
+//! The scaler (MISSION S0.1–S0.4, S3.1, S3.2): the wanted number of nodes per role, and the
+//! loop that makes the cluster match it by asking host agents to start and stop node
+//! processes.
+//!
+//! ```text
+//!  api.scale (ctl scale, PATCH /v1/roles/{role}) ──▶ KV scaling.desired.<role>   (the last request wins)
+//!
+//!  every scaling.interval, per role:
+//!   serving + starting < wanted ──▶ choose a host ──▶ host.<h>.start_node ──▶ starting
+//!                                      starting ──registered and serving──▶ serving (counted only now)
+//!                                      starting ──not serving within scaling.start_timeout──▶ stopped, replaced
+//!   serving > wanted, cluster fully served, nothing starting, draining or being removed
+//!     ──▶ choose the node with the least to move ──▶ host.<h>.stop_node (SIGTERM: the node drains)
+//!     ──▶ removing ──deregistered and exited──▶ settling
+//!     ──every shard owned and led, every segment served in every replica group──▶ done: next
+//! ```
+//!
+//! One node is removed at a time, cluster-wide (S0.4). Requests only change the wanted count,
+//! so repeated or concurrent requests need no coordination: whatever the loop is doing, it next
+//! compares the cluster with the latest count (S3.2). Everything the scaler does is an event
+//! (`api.events`, `quiver ctl events`) and a log line.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use quiver_runtime::bus::{now_ms, CallOptions};
+use quiver_runtime::{Error, Result};
+use quiver_schemas::protocol::{host, keys};
+use quiver_schemas::{
+    ClusterEvents, HostStatus, NodeState, NodeStatus, Role, RoleScaling, ScaleReply, ScaleRequest, ScalingEvent,
+    ScalingStatus, SegmentChangeInfo, SegmentState, StartNode, StopNode,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::membership::Verdicts;
+use super::{Catalog, Coordinator};
+
+/// The roles the scaler manages (S0.1); the coordinator is a singleton (S0.2).
+pub const SCALABLE: [Role; 4] = [Role::Proxy, Role::DataNode, Role::IndexNode, Role::QueryNode];
+
+/// Events kept for `api.events`.
+const EVENTS_KEPT: usize = 256;
+
+/// How long after a query node starts serving the scaler keeps asking the balancer for moves
+/// (instead of waiting for `[balance] interval`), so a new node gets its share soon.
+const JOIN_BALANCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Least time between two of those balance rounds.
+const JOIN_BALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// The persisted wanted count of a role (`keys::desired_replicas`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Desired {
+    replicas: u32,
+    requested_ms: u64,
+}
+
+/// A node process the scaler asked a host to start, until it serves.
+#[derive(Debug, Clone)]
+struct Starting {
+    role: Role,
+    host: String,
+    since: Instant,
+}
+
+/// The one node being removed.
+#[derive(Debug, Clone)]
+struct Removal {
+    role: Role,
+    /// The process (host agent's node id).
+    process: String,
+    /// Its role's registry id (`<process>-<role>`).
+    node_id: String,
+    host: String,
+    since: Instant,
+    /// When it had deregistered and exited; from then on the cluster settles.
+    gone: Option<Instant>,
+}
+
+/// The scaler's state inside the coordinator.
+#[derive(Default)]
+pub struct Scaler {
+    desired: RefCell<BTreeMap<&'static str, u32>>,
+    starting: RefCell<BTreeMap<String, Starting>>,
+    removal: RefCell<Option<Removal>>,
+    /// What the scaler is doing per role, for status.
+    activity: RefCell<BTreeMap<&'static str, String>>,
+    events: RefCell<VecDeque<ScalingEvent>>,
+    handoffs: RefCell<VecDeque<SegmentChangeInfo>>,
+    /// Query nodes that serve, as of the last round, and when each started serving.
+    query_serving: RefCell<BTreeMap<String, Instant>>,
+    last_join_balance: Cell<Option<Instant>>,
+    /// Wakes the loop at once (a scale request).
+    pub wake: Notify,
+}
+
+/// The registry id of `process`'s `role`.
+fn registry_id(process: &str, role: Role) -> String {
+    format!("{process}-{}", role.as_str())
+}
+
+/// Short prefix of the processes the scaler names (`qn-7`).
+fn short(role: Role) -> &'static str {
+    match role {
+        Role::Coordinator => "co",
+        Role::Proxy => "px",
+        Role::DataNode => "dn",
+        Role::IndexNode => "ix",
+        Role::QueryNode => "qn",
+    }
+}
+
+impl Scaler {
+    /// Reads the persisted wanted counts.
+    pub async fn load(meta: &quiver_runtime::JsonBucket) -> Result<Scaler> {
+        let scaler = Scaler::default();
+        for role in SCALABLE {
+            if let Some(d) = meta.get::<Desired>(&keys::desired_replicas(role)).await? {
+                scaler.desired.borrow_mut().insert(role.as_str(), d.replicas);
+            }
+        }
+        Ok(scaler)
+    }
+
+    fn record(&self, role: Role, node_id: &str, action: &'static str, detail: String) {
+        tracing::info!(role = role.as_str(), node = node_id, action, detail = %detail, "scaler");
+        metrics::counter!("quiver_scaling_actions_total", "role" => role.as_str(), "action" => action).increment(1);
+        let mut events = self.events.borrow_mut();
+        events.push_back(ScalingEvent {
+            at_ms: now_ms(),
+            role,
+            node_id: node_id.to_string(),
+            action: action.to_string(),
+            detail,
+        });
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+
+    /// Remembers a hand-off (S1.4) for `api.events`.
+    pub fn record_handoff(&self, change: SegmentChangeInfo) {
+        let mut handoffs = self.handoffs.borrow_mut();
+        handoffs.push_back(change);
+        while handoffs.len() > EVENTS_KEPT {
+            handoffs.pop_front();
+        }
+    }
+
+    /// The offline node of pending hand-offs of `collection` has released them: they are complete.
+    pub fn handoffs_released(&self, node: &str, collection: u64) {
+        let now = now_ms();
+        for h in self.handoffs.borrow_mut().iter_mut() {
+            if h.released_ms == 0 && h.offline_node_id == node && h.collection == collection {
+                h.released_ms = now;
+            }
+        }
+    }
+
+    pub fn events(&self) -> ClusterEvents {
+        ClusterEvents {
+            handoffs: self.handoffs.borrow().iter().cloned().collect(),
+            scaling: self.events.borrow().iter().cloned().collect(),
+        }
+    }
+
+    fn set_activity(&self, role: Role, text: impl Into<String>) {
+        self.activity.borrow_mut().insert(role.as_str(), text.into());
+    }
+
+    /// Whether `node_id` is the node being removed (its hand-offs are a scale-in).
+    pub fn removing(&self, node_id: &str) -> bool {
+        self.removal.borrow().as_ref().is_some_and(|r| r.node_id == node_id)
+    }
+}
+
+/// Nodes of one role, by what they are doing.
+struct Counts {
+    serving: Vec<NodeStatus>,
+    /// Registered but not serving yet, or asked for and not registered yet.
+    starting: BTreeSet<String>,
+    draining: u32,
+}
+
+fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>) -> Counts {
+    let members = verdicts.members(role);
+    let serving: Vec<NodeStatus> = members.alive.iter().filter(|n| n.state == NodeState::Serving).cloned().collect();
+    let mut pending: BTreeSet<String> =
+        members.alive.iter().filter(|n| n.state == NodeState::Starting).map(|n| n.node_id.clone()).collect();
+    for process in starting.iter().filter(|(_, s)| s.role == role).map(|(p, _)| p) {
+        let id = registry_id(process, role);
+        if !serving.iter().any(|n| n.node_id == id) {
+            pending.insert(id);
+        }
+    }
+    Counts { serving, starting: pending, draining: members.draining.len() as u32 }
+}
+
+impl Coordinator {
+    /// `api.scale`: validates and persists a role's wanted node count; the loop converges on it.
+    pub(super) async fn scale(&self, req: ScaleRequest) -> Result<ScaleReply> {
+        let max = self.node.shared.config.scaling.max_replicas;
+        let role = match Role::parse(req.role.trim()) {
+            Some(Role::Coordinator) => {
+                return Err(Error::InvalidArgument(
+                    "the coordinator cannot be scaled: a cluster runs exactly one active coordinator (MISSION \
+                     S0.2), which hands out timestamps and ids and owns placement; scale proxy, datanode, \
+                     indexnode or querynode"
+                        .into(),
+                ))
+            }
+            Some(role) => role,
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown role {:?}: the roles that scale are proxy, datanode, indexnode and querynode",
+                    req.role
+                )))
+            }
+        };
+        if req.replicas == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "replicas must be at least 1 (a cluster needs a {}; stop the whole cluster to run none)",
+                role.as_str()
+            )));
+        }
+        if req.replicas > max {
+            return Err(Error::InvalidArgument(format!(
+                "replicas {} is more than the most a role can have, scaling.max_replicas = {max}",
+                req.replicas
+            )));
+        }
+        let meta = &self.node.shared.meta;
+        meta.put(&keys::desired_replicas(role), &Desired { replicas: req.replicas, requested_ms: now_ms() }).await?;
+        let previous = self.scaler.desired.borrow_mut().insert(role.as_str(), req.replicas).unwrap_or(0);
+        let mut warnings = Vec::new();
+        if req.replicas == 1 {
+            warnings.push(format!(
+                "one {role}: while that node restarts or fails, nothing takes over its work (run at least 2 \
+                 for availability)",
+                role = role.as_str()
+            ));
+        }
+        match self.node.shared.registry.hosts().await {
+            Ok(hosts) if hosts.is_empty() => warnings.push(
+                "no host agent is registered, so no node can be started or stopped until one runs \
+                 (`quiver host`, or `quiver cluster up`)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        self.scaler.record(role, "", "requested", format!("{previous} → {} {}s", req.replicas, role.as_str()));
+        self.scaler.wake.notify_one();
+        Ok(ScaleReply { role, replicas: req.replicas, previous, warning: warnings.join("; ") })
+    }
+
+    /// `api.scaling`: every scalable role's wanted and actual count, and the host agents.
+    pub(super) async fn scaling_status(&self) -> Result<ScalingStatus> {
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+        let hosts = self.node.shared.registry.hosts().await?;
+        let starting = self.scaler.starting.borrow().clone();
+        let roles = SCALABLE
+            .iter()
+            .map(|&role| {
+                let c = counts(&verdicts, role, &starting);
+                let desired = self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0);
+                let removing = self.scaler.removal.borrow().as_ref().is_some_and(|r| r.role == role);
+                let serving = c.serving.len() as u32;
+                RoleScaling {
+                    role,
+                    desired,
+                    serving,
+                    starting: c.starting.len() as u32,
+                    draining: c.draining,
+                    converged: (desired == 0 || serving == desired)
+                        && c.starting.is_empty()
+                        && c.draining == 0
+                        && !removing,
+                    activity: self.scaler.activity.borrow().get(role.as_str()).cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(ScalingStatus { roles, hosts })
+    }
+
+    pub(super) async fn scaler_loop(self: Rc<Self>) -> Result<()> {
+        let interval = self.node.shared.config.scaling.interval;
+        loop {
+            tokio::select! {
+                _ = self.scaler.wake.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(e) = self.scale_once().await {
+                tracing::warn!(error = %e, "scaler round failed; will retry");
+            }
+        }
+    }
+
+    /// One round: follow starting nodes and the removal, then start or remove per role.
+    async fn scale_once(self: &Rc<Self>) -> Result<()> {
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+        let hosts = self.node.shared.registry.hosts().await?;
+        let registered: BTreeSet<String> =
+            self.node.shared.registry.nodes().await?.into_iter().map(|n| n.node_id).collect();
+        self.follow_starting(&verdicts, &hosts).await;
+        self.follow_query_joins(&verdicts).await;
+        let removal_done = self.follow_removal(&registered, &hosts).await;
+        let desired = self.scaler.desired.borrow().clone();
+        for role in SCALABLE {
+            let Some(&want) = desired.get(role.as_str()) else { continue };
+            let starting = self.scaler.starting.borrow().clone();
+            let c = counts(&verdicts, role, &starting);
+            let (serving, pending) = (c.serving.len() as u32, c.starting.len() as u32);
+            if serving + pending < want {
+                self.start_nodes(role, want - serving - pending, &hosts).await?;
+            } else if serving + pending > want && pending > 0 {
+                self.cancel_starts(role, serving + pending - want).await;
+            } else if serving > want {
+                if !removal_done || self.scaler.removal.borrow().is_some() {
+                    continue;
+                }
+                if let Some(why) = self.not_settled(&verdicts).await {
+                    self.scaler.set_activity(role, format!("{serving} serve, {want} wanted: waiting until {why}"));
+                    continue;
+                }
+                self.remove_one(role, &c.serving, &hosts).await;
+            } else if c.draining == 0 && pending == 0 {
+                self.scaler.set_activity(role, format!("{serving} of {want} serve"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops starting nodes that serve now (they count from here on) or whose host is gone,
+    /// and stops those that did not serve in time (they are replaced by the next round).
+    async fn follow_starting(&self, verdicts: &Verdicts, hosts: &[HostStatus]) {
+        let timeout = self.node.shared.config.scaling.start_timeout;
+        let starting = self.scaler.starting.borrow().clone();
+        for (process, s) in starting {
+            let id = registry_id(&process, s.role);
+            let serves =
+                verdicts.members(s.role).alive.iter().any(|n| n.node_id == id && n.state == NodeState::Serving);
+            if serves {
+                self.scaler.starting.borrow_mut().remove(&process);
+                self.scaler.record(
+                    s.role,
+                    &id,
+                    "serving",
+                    format!("on host {} after {:.1} s", s.host, s.since.elapsed().as_secs_f32()),
+                );
+            } else if !hosts.iter().any(|h| h.host_id == s.host) {
+                self.scaler.starting.borrow_mut().remove(&process);
+                self.scaler.record(s.role, &id, "lost", format!("host {} stopped answering while it started", s.host));
+            } else if s.since.elapsed() > timeout {
+                self.scaler.starting.borrow_mut().remove(&process);
+                self.scaler.record(
+                    s.role,
+                    &id,
+                    "start-timeout",
+                    format!("did not serve within scaling.start_timeout ({timeout:?}); stopping it"),
+                );
+                self.stop_process(&s.host, &process).await;
+            }
+        }
+    }
+
+    /// While query nodes have joined recently, asks the balancer for moves every few seconds
+    /// rather than every `[balance] interval`, so a new node soon serves its share (S0.3).
+    async fn follow_query_joins(&self, verdicts: &Verdicts) {
+        let now = Instant::now();
+        let serving: Vec<String> = verdicts
+            .members(Role::QueryNode)
+            .alive
+            .iter()
+            .filter(|n| n.state == NodeState::Serving)
+            .map(|n| n.node_id.clone())
+            .collect();
+        let recent = {
+            let mut known = self.scaler.query_serving.borrow_mut();
+            let first_round = known.is_empty();
+            known.retain(|id, _| serving.contains(id));
+            for id in &serving {
+                // Nodes present when the coordinator started are not "new".
+                let since = if first_round { now - JOIN_BALANCE_WINDOW } else { now };
+                known.entry(id.clone()).or_insert(since);
+            }
+            known.values().any(|&at| now.duration_since(at) < JOIN_BALANCE_WINDOW)
+        };
+        let due = self.scaler.last_join_balance.get().is_none_or(|at| now.duration_since(at) >= JOIN_BALANCE_EVERY);
+        if recent && due {
+            self.scaler.last_join_balance.set(Some(now));
+            match self.balance_once().await {
+                Ok(moves) if !moves.is_empty() => self.reconcile.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "balance round for a new query node failed"),
+            }
+        }
+    }
+
+    /// Follows the node being removed; true when no removal is in progress (any more).
+    async fn follow_removal(&self, registered: &BTreeSet<String>, hosts: &[HostStatus]) -> bool {
+        let Some(mut removal) = self.scaler.removal.borrow().clone() else { return true };
+        if removal.gone.is_none() {
+            let running = hosts
+                .iter()
+                .filter(|h| h.host_id == removal.host)
+                .flat_map(|h| &h.nodes)
+                .any(|n| n.node_id == removal.process && n.pid != 0);
+            if registered.contains(&removal.node_id) || running {
+                self.scaler.set_activity(
+                    removal.role,
+                    format!("draining {} ({:.0} s)", removal.node_id, removal.since.elapsed().as_secs_f32()),
+                );
+                return false;
+            }
+            removal.gone = Some(Instant::now());
+            self.scaler.record(
+                removal.role,
+                &removal.node_id,
+                "stopped",
+                format!("drained and exited after {:.1} s", removal.since.elapsed().as_secs_f32()),
+            );
+            *self.scaler.removal.borrow_mut() = Some(removal.clone());
+            self.reconcile.notify_one();
+        }
+        let verdicts = match self.membership.refresh(&self.node, &self.policies.discovery).await {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        if let Some(why) = self.not_settled(&verdicts).await {
+            self.scaler.set_activity(removal.role, format!("{} removed; waiting until {why}", removal.node_id));
+            return false;
+        }
+        self.scaler.record(
+            removal.role,
+            &removal.node_id,
+            "removed",
+            format!("cluster fully served again {:.1} s after the drain began", removal.since.elapsed().as_secs_f32()),
+        );
+        *self.scaler.removal.borrow_mut() = None;
+        true
+    }
+
+    /// Why the cluster is not fully served, if it is not: a draining node, a shard without a
+    /// data node or a confirmed leader, a segment not served in some replica group.
+    async fn not_settled(&self, verdicts: &Verdicts) -> Option<String> {
+        for role in Role::ALL {
+            if let Some(n) = verdicts.members(role).draining.first() {
+                return Some(format!("{} has drained", n.node_id));
+            }
+        }
+        let datas: Vec<String> = verdicts.members(Role::DataNode).alive.iter().map(|n| n.node_id.clone()).collect();
+        let catalog = self.catalog.lock().await;
+        unserved(&catalog, &datas)
+    }
+
+    /// Asks hosts to start `count` nodes of `role`, spreading them over the hosts with room.
+    async fn start_nodes(&self, role: Role, count: u32, hosts: &[HostStatus]) -> Result<()> {
+        // Running processes per host, including what this round already asked for.
+        let mut load: BTreeMap<&str, usize> =
+            hosts.iter().map(|h| (h.host_id.as_str(), h.nodes.iter().filter(|n| !n.stopping).count())).collect();
+        for s in self.scaler.starting.borrow().values() {
+            if let Some(l) = load.get_mut(s.host.as_str()) {
+                *l += 1;
+            }
+        }
+        for _ in 0..count {
+            let host = hosts
+                .iter()
+                .filter(|h| load.get(h.host_id.as_str()).copied().unwrap_or(0) < h.max_nodes as usize)
+                .min_by_key(|h| (load.get(h.host_id.as_str()).copied().unwrap_or(0), u64::MAX - h.mem_available));
+            let Some(host) = host else {
+                let note = if hosts.is_empty() {
+                    "no host agent is registered to start nodes on".to_string()
+                } else {
+                    format!("every host agent is full ({} hosts at their host.max_nodes)", hosts.len())
+                };
+                self.scaler.set_activity(role, format!("cannot start a {}: {note}", role.as_str()));
+                return Ok(());
+            };
+            let process = self.next_process_id(role, hosts).await?;
+            let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
+            let req = StartNode { node_id: process.clone(), role };
+            match self.node.shared.bus.call_node::<host::StartNode>(&host.host_id, &req, &opts).await {
+                Ok(_) => {
+                    *load.entry(host.host_id.as_str()).or_default() += 1;
+                    self.scaler
+                        .starting
+                        .borrow_mut()
+                        .insert(process.clone(), Starting { role, host: host.host_id.clone(), since: Instant::now() });
+                    self.scaler
+                        .set_activity(role, format!("starting {} on {}", registry_id(&process, role), host.host_id));
+                    self.scaler.record(
+                        role,
+                        &registry_id(&process, role),
+                        "start",
+                        format!("on host {}", host.host_id),
+                    );
+                }
+                Err(e) => {
+                    self.scaler.record(
+                        role,
+                        &registry_id(&process, role),
+                        "start-failed",
+                        format!("host {}: {e}", host.host_id),
+                    );
+                    // Next round tries again (maybe elsewhere); do not hammer the same host now.
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The scaler names processes `<short>-<n>` with `n` from a persisted counter, skipping
+    /// names some process already uses.
+    async fn next_process_id(&self, role: Role, hosts: &[HostStatus]) -> Result<String> {
+        let meta = &self.node.shared.meta;
+        let mut seq: u64 = meta.get(keys::SCALING_SEQ).await?.unwrap_or(1);
+        let taken = |p: &str| hosts.iter().flat_map(|h| &h.nodes).any(|n| n.node_id == p);
+        let mut name = format!("{}-{seq}", short(role));
+        while taken(&name) || self.scaler.starting.borrow().contains_key(&name) {
+            seq += 1;
+            name = format!("{}-{seq}", short(role));
+        }
+        meta.put(keys::SCALING_SEQ, &(seq + 1)).await?;
+        Ok(name)
+    }
+
+    /// Stops the newest `count` nodes of `role` still starting (the wanted count went down
+    /// before they served).
+    async fn cancel_starts(&self, role: Role, count: u32) {
+        let mut mine: Vec<(String, Starting)> = self
+            .scaler
+            .starting
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.role == role)
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        mine.sort_by_key(|(_, s)| std::cmp::Reverse(s.since));
+        for (process, s) in mine.into_iter().take(count as usize) {
+            self.scaler.starting.borrow_mut().remove(&process);
+            self.scaler.record(role, &registry_id(&process, role), "cancel", "fewer nodes wanted now".into());
+            self.stop_process(&s.host, &process).await;
+        }
+    }
+
+    /// Chooses the serving node of `role` with the least to move and asks its host to stop
+    /// it (the node drains first: its work moves to the others).
+    async fn remove_one(&self, role: Role, serving: &[NodeStatus], hosts: &[HostStatus]) {
+        let cost = self.removal_costs(role, serving).await;
+        // Removable: started by a host agent that still runs it as a process of this one role.
+        let process_of = |n: &NodeStatus| -> Option<String> {
+            let process = n.node_id.strip_suffix(&format!("-{}", role.as_str()))?;
+            let host = hosts.iter().find(|h| h.host_id == n.host_agent)?;
+            let hosted = host.nodes.iter().find(|p| p.node_id == process)?;
+            (hosted.roles == [role] && !hosted.stopping).then(|| process.to_string())
+        };
+        let mut candidates: Vec<(&NodeStatus, String, (u64, u64))> = serving
+            .iter()
+            .filter_map(|n| Some((n, process_of(n)?, cost.get(&n.node_id).copied().unwrap_or((0, 0)))))
+            .collect();
+        // Least data to move, then a node the scaler started, then the newest.
+        candidates.sort_by_key(|(n, _, c)| {
+            let managed = hosts.iter().flat_map(|h| &h.nodes).any(|p| n.node_id.starts_with(&p.node_id) && p.managed);
+            (*c, !managed, std::cmp::Reverse(n.started_ms))
+        });
+        let Some((victim, process, (units, rows))) = candidates.first().cloned() else {
+            self.scaler.set_activity(
+                role,
+                format!(
+                    "cannot remove a {}: none of the {} serving runs alone in a process of a host agent \
+                     (nodes started by hand or sharing a process with other roles are never stopped)",
+                    role.as_str(),
+                    serving.len()
+                ),
+            );
+            return;
+        };
+        let what = match role {
+            Role::QueryNode => format!("{units} segments and shard leads, {rows} rows"),
+            Role::DataNode => format!("{units} shards"),
+            _ => "no data".into(),
+        };
+        let detail =
+            format!("least to move of {} serving: {what}; draining on host {}", serving.len(), victim.host_agent);
+        *self.scaler.removal.borrow_mut() = Some(Removal {
+            role,
+            process: process.clone(),
+            node_id: victim.node_id.clone(),
+            host: victim.host_agent.clone(),
+            since: Instant::now(),
+            gone: None,
+        });
+        self.scaler.record(role, &victim.node_id, "drain", detail);
+        self.scaler.set_activity(role, format!("draining {}", victim.node_id));
+        self.stop_process(&victim.host_agent, &process).await;
+    }
+
+    /// Per node of `role`: (work units to move, rows to move): query nodes' segments and
+    /// leads, data nodes' shards.
+    async fn removal_costs(&self, role: Role, serving: &[NodeStatus]) -> BTreeMap<String, (u64, u64)> {
+        let catalog = self.catalog.lock().await;
+        let mut cost: BTreeMap<String, (u64, u64)> = serving.iter().map(|n| (n.node_id.clone(), (0, 0))).collect();
+        for (cid, layout) in &catalog.layouts {
+            match role {
+                Role::QueryNode => {
+                    let segments = catalog.segments.get(cid);
+                    for (sid, holders) in &layout.holders {
+                        let rows = segments.and_then(|s| s.get(sid)).map_or(0, |s| s.rows);
+                        for h in holders {
+                            if let Some(c) = cost.get_mut(h) {
+                                c.0 += 1;
+                                c.1 += rows;
+                            }
+                        }
+                    }
+                    for group in &layout.replicas {
+                        for leader in &group.leaders {
+                            if let Some(c) = cost.get_mut(&leader.node) {
+                                c.0 += 1;
+                            }
+                        }
+                    }
+                }
+                Role::DataNode => {
+                    for shard in &layout.shards {
+                        if let Some(c) = cost.get_mut(&shard.channel_owner) {
+                            c.0 += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        cost
+    }
+
+    async fn stop_process(&self, host_id: &str, process: &str) {
+        let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
+        let req = StopNode { node_id: process.to_string() };
+        if let Err(e) = self.node.shared.bus.call_node::<host::StopNode>(host_id, &req, &opts).await {
+            tracing::warn!(host = host_id, process, error = %e, "host agent did not take the stop; will retry");
+        }
+    }
+}
+
+/// Why some loaded collection is not fully served, if one is not: a shard without a live data
+/// node, a replica group without a confirmed leader for a shard, or a sealed segment that a
+/// group does not serve from its target yet.
+fn unserved(catalog: &Catalog, datas: &[String]) -> Option<String> {
+    for (name, info) in &catalog.collections {
+        let Some(layout) = catalog.layouts.get(&info.id) else { continue };
+        for shard in &layout.shards {
+            if !datas.contains(&shard.channel_owner) {
+                return Some(format!("shard {} of {name:?} has a data node", shard.shard));
+            }
+        }
+        if layout.released {
+            continue;
+        }
+        if layout.replicas.len() < layout.wanted_replicas() {
+            return Some(format!("{name:?} has all its replica groups"));
+        }
+        // Segments readers are served from (at or below their shard's served position); newer
+        // ones are still served from the leaders' growing rows while they load.
+        let served_seq: BTreeMap<u32, u64> = layout.shards.iter().map(|s| (s.shard, s.served_seq)).collect();
+        let segments: Vec<&quiver_schemas::SegmentInfo> = catalog
+            .segments
+            .get(&info.id)
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter(|s| s.state != SegmentState::Dropped && served_seq.get(&s.shard).is_some_and(|&q| s.end_seq <= q))
+            .collect();
+        for group in &layout.replicas {
+            if group.leaders.len() < layout.shards.len() || group.leaders.iter().any(|l| !l.confirmed) {
+                return Some(format!("every shard of {name:?} has a serving leader in replica group {}", group.id));
+            }
+            for seg in &segments {
+                let served = group
+                    .targets
+                    .get(&seg.id)
+                    .is_some_and(|t| layout.holders.get(&seg.id).is_some_and(|h| h.contains(t)));
+                if !served {
+                    return Some(format!("segment {} of {name:?} is served in replica group {}", seg.id, group.id));
+                }
+            }
+        }
+    }
+    None
+}
