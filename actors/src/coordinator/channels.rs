@@ -11,6 +11,9 @@
 //!   A answered ──▶ S has no owner ──next round──▶ placed on B ──WatchChannels{S @ checkpoint}──▶ B resumes
 //! ```
 //!
+//! A shard also moves between two alive data nodes, in the same two steps, when one owns two
+//! or more shards more than another (a data node was added: `plan_channel_move`).
+//!
 //! A node that dies instead is replaced once membership declares it dead; the next owner
 //! resumes at the last flushed checkpoint (the rest is still in the log). Should the old owner
 //! come back and flush what the new one also flushes, `segment_flushed` refuses the overlap.
@@ -30,6 +33,13 @@ use super::Coordinator;
 /// How long a data node may take to flush the shards it gives up.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A shard on its way from one alive data node to another (`plan_channel_move`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ChannelMove {
+    from: String,
+    to: String,
+}
+
 /// What was last pushed to a data node: its incarnation and the shards (not their
 /// checkpoints, which move with every flush and matter only when a node starts consuming).
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +56,7 @@ impl Coordinator {
     pub(super) async fn push_channels(self: &Rc<Self>, datas: &Members) {
         let can_move = !datas.alive.is_empty();
         let handing_off = |node: &str| can_move && datas.is_draining(node);
+        let moving = self.moving_channels.borrow().clone();
         let mut desired: BTreeMap<String, (u64, Vec<ChannelAssignment>)> =
             datas.serving().map(|d| (d.node_id.clone(), (d.started_ms, Vec::new()))).collect();
         {
@@ -54,7 +65,7 @@ impl Coordinator {
                 let Some(layout) = catalog.layouts.get(&info.id) else { continue };
                 let segments = catalog.segments.get(&info.id);
                 for shard in &layout.shards {
-                    if handing_off(&shard.channel_owner) {
+                    if handing_off(&shard.channel_owner) || moving.contains_key(&(info.id, shard.shard)) {
                         continue;
                     }
                     let Some((_, set)) = desired.get_mut(&shard.channel_owner) else { continue };
@@ -82,6 +93,8 @@ impl Coordinator {
             let releases = previous.is_some_and(|p| p.epoch == epoch && !p.shards.is_subset(&sent.shards));
             let timeout = if releases { RELEASE_TIMEOUT } else { self.node.shared.bus.default_timeout() };
             let hand_off = handing_off(&node);
+            let moves: Vec<((u64, u32), String)> =
+                moving.iter().filter(|(_, m)| m.from == node).map(|(shard, m)| (*shard, m.to.clone())).collect();
             let me = self.clone();
             actix::spawn(async move {
                 let opts = CallOptions { timeout: Some(timeout), traceparent: None };
@@ -95,6 +108,10 @@ impl Coordinator {
                             if let Err(e) = me.orphan_channels_of(&node).await {
                                 tracing::warn!(node = %node, error = %e, "could not release the shards for hand-over");
                             }
+                        } else if !moves.is_empty() {
+                            if let Err(e) = me.finish_channel_moves(&node, &moves).await {
+                                tracing::warn!(node = %node, error = %e, "could not hand the shards over");
+                            }
                         }
                     }
                     Err(e) => {
@@ -104,6 +121,70 @@ impl Coordinator {
                 me.pushing.borrow_mut().remove(&(node, epoch));
             });
         }
+    }
+
+    /// Spreads shards over the alive data nodes (S0.3: a new data node takes shards over):
+    /// while one node owns two or more shards more than another, one shard moves from the
+    /// busiest to the least busy, in the two steps of a drain (the owner flushes and releases
+    /// it, then the other resumes at its checkpoint). One move at a time.
+    pub(super) async fn plan_channel_move(&self, datas: &Members) {
+        {
+            let alive = |n: &str| datas.alive.iter().any(|d| d.node_id == n);
+            let mut moving = self.moving_channels.borrow_mut();
+            moving.retain(|_, m| alive(&m.from) && alive(&m.to));
+            if !moving.is_empty() {
+                return;
+            }
+        }
+        if datas.alive.len() < 2 || !datas.draining.is_empty() || !self.pushing.borrow().is_empty() {
+            return;
+        }
+        let mut owned: BTreeMap<&str, Vec<(u64, u32)>> =
+            datas.alive.iter().map(|d| (d.node_id.as_str(), Vec::new())).collect();
+        let catalog = self.catalog.lock().await;
+        for (cid, layout) in &catalog.layouts {
+            for shard in &layout.shards {
+                if let Some(list) = owned.get_mut(shard.channel_owner.as_str()) {
+                    list.push((*cid, shard.shard));
+                }
+            }
+        }
+        let busiest = owned.iter().max_by_key(|(id, l)| (l.len(), std::cmp::Reverse(*id)));
+        let idlest = owned.iter().min_by_key(|(id, l)| (l.len(), *id));
+        let (Some((from, shards)), Some((to, fewer))) = (busiest, idlest) else { return };
+        if shards.len() < fewer.len() + 2 {
+            return;
+        }
+        let Some(&shard) = shards.last() else { return };
+        tracing::info!(collection = shard.0, shard = shard.1, from = %from, to = %to,
+            "shard channel moves to a data node with fewer shards");
+        self.moving_channels.borrow_mut().insert(shard, ChannelMove { from: from.to_string(), to: to.to_string() });
+    }
+
+    /// `node` flushed and released the shards moving away from it: each gets its new owner
+    /// (which the next push tells to resume at the shard's checkpoint).
+    async fn finish_channel_moves(&self, node: &str, moves: &[((u64, u32), String)]) -> Result<()> {
+        let mut catalog = self.catalog.lock().await;
+        let mut changed = Vec::new();
+        for ((cid, shard), to) in moves {
+            let Some(layout) = catalog.layouts.get_mut(cid) else { continue };
+            if let Some(s) = layout.shards.iter_mut().find(|s| s.shard == *shard && s.channel_owner == node) {
+                tracing::info!(collection = cid, shard, from = %node, to = %to, "shard channel handed over");
+                s.channel_owner = to.clone();
+                changed.push((*cid, layout.clone()));
+            }
+        }
+        drop(catalog);
+        for (id, layout) in changed {
+            self.node.shared.meta.put(&keys::layout(id), &layout).await?;
+        }
+        let mut moving = self.moving_channels.borrow_mut();
+        for (shard, _) in moves {
+            moving.remove(shard);
+        }
+        drop(moving);
+        self.reconcile.notify_one();
+        Ok(())
     }
 
     /// `node` flushed and released its shards: they lose their owner, and the next round

@@ -81,9 +81,14 @@ pub struct Coordinator {
     channels_sent: std::cell::RefCell<HashMap<String, channels::SentChannels>>,
     /// Data node incarnations (id, `started_ms`) with a channel push in flight.
     pushing: std::cell::RefCell<HashSet<(String, u64)>>,
+    /// (collection, shard) → its move between two alive data nodes, while it happens.
+    moving_channels: std::cell::RefCell<BTreeMap<(u64, u32), channels::ChannelMove>>,
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
     scaler: scaler::Scaler,
+    /// (collection, segment) → the node that held it when it died or restarted, until another
+    /// node serves it (then announced as a fail-over hand-off).
+    lost: std::cell::RefCell<HashMap<(u64, u64), String>>,
 }
 
 /// Starts the coordinator role on the current arbiter.
@@ -121,9 +126,11 @@ impl Coordinator {
             building: Default::default(),
             channels_sent: Default::default(),
             pushing: Default::default(),
+            moving_channels: Default::default(),
             membership: Default::default(),
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
             scaler,
+            lost: Default::default(),
         })
     }
 

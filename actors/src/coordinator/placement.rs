@@ -19,7 +19,7 @@ use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::protocol::{indexnode, keys, querynode};
 use quiver_schemas::{
     BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments,
-    ReplicaGroup, Role, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardView,
+    ReplicaGroup, Role, SegmentChangeInfo, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardView,
 };
 
 use super::balance::cluster_view;
@@ -174,11 +174,13 @@ impl Coordinator {
         for cid in reassigned {
             self.publish_change(cid).await;
         }
+        self.plan_channel_move(&datas).await;
         self.push_channels(&datas).await;
         if sends.is_empty() {
             return Ok(());
         }
         let bus = &self.node.shared.bus;
+        let sent_ms = quiver_runtime::bus::now_ms();
         let opts = CallOptions { timeout: Some(Duration::from_secs(600)), traceparent: None };
         let opts = &opts;
         let calls =
@@ -187,6 +189,7 @@ impl Coordinator {
         let mut catalog = self.catalog.lock().await;
         let mut changed = Vec::new();
         let mut purges = Vec::new();
+        let mut handoffs = Vec::new();
         for ((node, epoch, load), result) in sends.into_iter().zip(results) {
             let cid = load.collection.id;
             if let Err(e) = result {
@@ -195,6 +198,9 @@ impl Coordinator {
             }
             let digest = digest(&load);
             self.sent.borrow_mut().insert((node.clone(), cid), Sent { epoch, digest });
+            // The node now holds exactly this load: hand-offs announced before it was sent
+            // that took segments away from it are complete (S1.4).
+            self.scaler.handoffs_released(&node, cid, sent_ms);
             let segments = catalog.segments.get(&cid).cloned().unwrap_or_default();
             let Some(layout) = catalog.layouts.get_mut(&cid) else { continue };
             let before = layout.clone();
@@ -205,6 +211,25 @@ impl Coordinator {
                 layout.holders.entry(s.id).or_default().push(node.clone());
             }
             settle_holders(layout);
+            let reason = |offline: &str| {
+                if self.scaler.removing(offline) {
+                    "scale-in"
+                } else if queries.is_draining(offline) {
+                    "drain"
+                } else if layout.group_of(offline).is_none() {
+                    "replicas"
+                } else {
+                    "balance"
+                }
+            };
+            handoffs.extend(handoffs_between(&before, layout, cid, reason));
+            let mut lost = self.lost.borrow_mut();
+            for s in &load.segments {
+                if let Some(dead) = lost.remove(&(cid, s.id)) {
+                    handoffs.push(failover(cid, &node, &dead, s.id));
+                }
+            }
+            drop(lost);
             let leads: HashSet<u32> = load.lead_shards.iter().map(|l| l.shard).collect();
             for group in &mut layout.replicas {
                 for (leader, shard) in group.leaders.iter_mut().zip(&layout.shards) {
@@ -237,6 +262,9 @@ impl Coordinator {
         for cid in changed {
             self.publish_change(cid).await;
             self.reconcile.notify_one();
+        }
+        for change in merge_handoffs(handoffs) {
+            self.publish_handoff(change).await;
         }
         // Rows up to the served position come from segments now; drop their inserts from the
         // log (keeping the entry at the position itself, so the stream's end stays readable).
@@ -274,8 +302,15 @@ impl Coordinator {
         let serving = |id: &str| epochs.contains_key(id);
         // A restarted query node (new incarnation) lost what it held.
         let restarted = |id: &str| layout.epochs.get(id) != epochs.get(id);
-        for holders in next.holders.values_mut() {
-            holders.retain(|h| serving(h) && !restarted(h));
+        for (sid, holders) in next.holders.iter_mut() {
+            holders.retain(|h| {
+                let keep = serving(h) && !restarted(h);
+                if !keep {
+                    // Announced as a fail-over hand-off once another node serves it.
+                    self.lost.borrow_mut().insert((info.id, *sid), h.clone());
+                }
+                keep
+            });
         }
         next.holders.retain(|_, h| !h.is_empty());
         next.epochs.retain(|id, _| serving(id) && !restarted(id));
@@ -434,6 +469,25 @@ impl Coordinator {
         }
     }
 
+    /// Publishes a hand-off (S1.4's `sealedSegmentChangeInfo`) on the collection's query
+    /// channel, where the offline node releases the segments, and keeps it for `api.events`.
+    pub(super) async fn publish_handoff(&self, change: SegmentChangeInfo) {
+        tracing::info!(
+            collection = change.collection,
+            online = %change.online_node_id,
+            offline = %change.offline_node_id,
+            segments = ?change.online_segment_ids,
+            reason = %change.reason,
+            "sealedSegmentChangeInfo"
+        );
+        metrics::counter!("quiver_handoffs_total", "reason" => reason_label(&change.reason)).increment(1);
+        let bus = &self.node.shared.bus;
+        if let Err(e) = bus.publish(bus.subjects().query_channel(change.collection), &change).await {
+            tracing::debug!(error = %e, "could not publish a hand-off");
+        }
+        self.scaler.record_handoff(change);
+    }
+
     /// Tells proxies that a collection's layout changed.
     pub(super) async fn publish_change(&self, collection: u64) {
         let bus = &self.node.shared.bus;
@@ -541,6 +595,83 @@ fn settle_holders(layout: &mut Layout) {
         }
     }
     holders.retain(|_, h| !h.is_empty());
+}
+
+/// The hand-offs a layout change completed: segments whose holders lost a node while another
+/// node still (or now) serves them, grouped per (online, offline) node pair. The online node is
+/// the segment's target in some group when one holds it.
+fn handoffs_between(
+    before: &Layout,
+    after: &Layout,
+    collection: u64,
+    reason: impl Fn(&str) -> &'static str,
+) -> Vec<SegmentChangeInfo> {
+    let at_ms = quiver_runtime::bus::now_ms();
+    let mut pairs: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for (sid, old) in &before.holders {
+        let Some(now) = after.holders.get(sid).filter(|h| !h.is_empty()) else { continue };
+        let online = now.iter().find(|h| after.is_target(*sid, h)).unwrap_or(&now[0]);
+        for gone in old.iter().filter(|h| !now.contains(h)) {
+            pairs.entry((online.clone(), gone.clone())).or_default().push(*sid);
+        }
+    }
+    pairs
+        .into_iter()
+        .map(|((online, offline), segments)| SegmentChangeInfo {
+            collection,
+            reason: reason(&offline).to_string(),
+            online_node_id: online,
+            online_segment_ids: segments.clone(),
+            offline_node_id: offline,
+            offline_segment_ids: segments,
+            at_ms,
+            released_ms: 0,
+        })
+        .collect()
+}
+
+/// A segment of a node that died (or restarted) served again by `online`: nothing to release.
+fn failover(collection: u64, online: &str, dead: &str, segment: u64) -> SegmentChangeInfo {
+    let at_ms = quiver_runtime::bus::now_ms();
+    SegmentChangeInfo {
+        collection,
+        online_node_id: online.to_string(),
+        online_segment_ids: vec![segment],
+        offline_node_id: dead.to_string(),
+        offline_segment_ids: vec![segment],
+        reason: "failover".into(),
+        at_ms,
+        released_ms: at_ms,
+    }
+}
+
+/// One event per (collection, online, offline, reason).
+fn merge_handoffs(changes: Vec<SegmentChangeInfo>) -> Vec<SegmentChangeInfo> {
+    let mut merged: BTreeMap<(u64, String, String, String), SegmentChangeInfo> = BTreeMap::new();
+    for c in changes {
+        let key = (c.collection, c.online_node_id.clone(), c.offline_node_id.clone(), c.reason.clone());
+        match merged.get_mut(&key) {
+            Some(m) => {
+                m.online_segment_ids.extend(&c.online_segment_ids);
+                m.offline_segment_ids.extend(&c.offline_segment_ids);
+            }
+            None => {
+                merged.insert(key, c);
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+/// The metric label of a hand-off reason (a closed set).
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "scale-in" => "scale-in",
+        "drain" => "drain",
+        "replicas" => "replicas",
+        "failover" => "failover",
+        _ => "balance",
+    }
 }
 
 /// What proxies see of a layout (a change bumps its version): shards, holders, groups and leaders.

@@ -150,11 +150,12 @@ impl Scaler {
         }
     }
 
-    /// The offline node of pending hand-offs of `collection` has released them: they are complete.
-    pub fn handoffs_released(&self, node: &str, collection: u64) {
+    /// `node` confirmed a load of `collection` sent at `sent_ms`: it holds nothing else of it
+    /// any more, so hand-offs away from it announced before then are complete.
+    pub fn handoffs_released(&self, node: &str, collection: u64, sent_ms: u64) {
         let now = now_ms();
         for h in self.handoffs.borrow_mut().iter_mut() {
-            if h.released_ms == 0 && h.offline_node_id == node && h.collection == collection {
+            if h.released_ms == 0 && h.offline_node_id == node && h.collection == collection && h.at_ms <= sent_ms {
                 h.released_ms = now;
             }
         }
@@ -231,6 +232,22 @@ impl Coordinator {
                 "replicas {} is more than the most a role can have, scaling.max_replicas = {max}",
                 req.replicas
             )));
+        }
+        if role == Role::QueryNode {
+            let catalog = self.catalog.lock().await;
+            let most = catalog
+                .collections
+                .iter()
+                .filter_map(|(name, info)| Some((name, catalog.layouts.get(&info.id)?)))
+                .filter(|(_, l)| !l.released)
+                .max_by_key(|(_, l)| l.wanted_replicas());
+            if let Some((name, layout)) = most.filter(|(_, l)| l.wanted_replicas() > req.replicas as usize) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} query nodes cannot serve collection {name:?}, loaded with {} in-memory replicas on                      disjoint nodes; load it with fewer replicas (or release it) first",
+                    req.replicas,
+                    layout.wanted_replicas()
+                )));
+            }
         }
         let meta = &self.node.shared.meta;
         meta.put(&keys::desired_replicas(role), &Desired { replicas: req.replicas, requested_ms: now_ms() }).await?;

@@ -353,6 +353,34 @@ impl Drop for InFlight<'_> {
 impl RoleHandler for QueryNode {
     type Request = QueryNodeRequest;
 
+    /// MISSION S1.4: the query channels, where the coordinator announces hand-offs.
+    fn events(&self, node: &Node) -> Vec<String> {
+        vec![node.subjects().query_channels()]
+    }
+
+    /// A `sealedSegmentChangeInfo` naming this node as the offline one: the online node serves
+    /// the segments now and proxies have moved there, so they are released here at once (the
+    /// coordinator's next load for this node says the same; releasing twice is harmless).
+    fn event(self: Rc<Self>, msg: async_nats::Message) -> LocalBoxFuture<'static, ()> {
+        use quiver_schemas::Wire;
+        match quiver_schemas::SegmentChangeInfo::from_bytes(&msg.payload) {
+            Ok(change) if change.offline_node_id == self.node.id => {
+                tracing::info!(
+                    collection = change.collection,
+                    segments = ?change.offline_segment_ids,
+                    online = %change.online_node_id,
+                    "hand-off complete: releasing"
+                );
+                let release =
+                    ReleaseSegments { collection: change.collection, segments: change.offline_segment_ids, all: false };
+                let _ = self.release(release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignored a malformed query channel event"),
+        }
+        Box::pin(async {})
+    }
+
     fn handle(self: Rc<Self>, req: QueryNodeRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
         Box::pin(async move {
             let me = &self;

@@ -393,6 +393,22 @@ impl Client {
         Ok(())
     }
 
+    /// Asks for `replicas` nodes of `role` (admin); the cluster converges in the background
+    /// (watch it with [`Client::scaling`]).
+    pub async fn scale(&self, role: &str, replicas: u32) -> Result<ScaleReply> {
+        self.call::<api::Scale>(&ScaleRequest { role: role.to_string(), replicas }).await
+    }
+
+    /// Every role's wanted and actual node count, and the host agents (admin).
+    pub async fn scaling(&self) -> Result<ScalingStatus> {
+        self.call::<api::Scaling>(&Empty {}).await
+    }
+
+    /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps (admin).
+    pub async fn events(&self) -> Result<ClusterEvents> {
+        self.call::<api::Events>(&Empty {}).await
+    }
+
     /// The plugin catalog, the active plugin per kind and what every node runs, as JSON.
     pub async fn plugin_list(&self) -> Result<String> {
         Ok(self.call::<api::PluginList>(&Empty {}).await?.json)

@@ -6,6 +6,8 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::process::ExitStatus;
 
+pub mod load;
+
 pub use quiver_testkit::data;
 pub use quiver_testkit::{
     child_pids, eventually, free_port, process_alive, process_name, retry, run, wait_for_port, READY,
