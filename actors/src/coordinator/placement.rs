@@ -797,6 +797,39 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_off_is_announced_once_the_target_serves_and_names_both_nodes() {
+        let mut before = Layout::new(1);
+        before.replicas = vec![ReplicaLayout { id: 0, nodes: vec!["a".into(), "b".into()], ..Default::default() }];
+        before.replicas[0].targets.insert(5, "b".into());
+        before.replicas[0].targets.insert(6, "b".into());
+        before.holders.insert(5, vec!["a".into()]);
+        before.holders.insert(6, vec!["a".into()]);
+        before.holders.insert(7, vec!["a".into()]);
+        // b confirmed 5 and 6: settling retires a's copies; 7 did not move.
+        let mut after = before.clone();
+        after.holders.insert(5, vec!["a".into(), "b".into()]);
+        after.holders.insert(6, vec!["a".into(), "b".into()]);
+        settle_holders(&mut after);
+        let changes = handoffs_between(&before, &after, 9, |_| "balance");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let c = &changes[0];
+        assert_eq!((c.collection, c.online_node_id.as_str(), c.offline_node_id.as_str()), (9, "b", "a"));
+        assert_eq!((c.online_segment_ids.clone(), c.offline_segment_ids.clone()), (vec![5, 6], vec![5, 6]));
+        assert_eq!((c.reason.as_str(), c.released_ms), ("balance", 0));
+
+        // A segment that lost every holder (its node died) is no hand-off until one serves it.
+        let mut gone = before.clone();
+        gone.holders.remove(&7);
+        assert!(handoffs_between(&before, &gone, 9, |_| "balance").iter().all(|c| !c.online_segment_ids.contains(&7)));
+
+        // Events for the same pair and reason merge; others stay apart.
+        let f = failover(9, "b", "a", 7);
+        let merged = merge_handoffs(vec![changes[0].clone(), f.clone(), failover(9, "b", "a", 8)]);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert!(merged.iter().any(|m| m.reason == "failover" && m.online_segment_ids == [7, 8] && m.released_ms > 0));
+    }
+
+    #[test]
     fn layouts_from_before_replicas_move_into_group_zero() {
         let old = r#"{"shards":[{"shard":0,"leader":"q1","channel_owner":"d1","served_seq":9}],
             "holders":{"5":["q2"]},"targets":{"5":"q2"},"epochs":{},"version":4}"#;

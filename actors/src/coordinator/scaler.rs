@@ -709,3 +709,72 @@ fn unserved(catalog: &Catalog, datas: &[String]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::super::catalog::{Layout, ReplicaLayout, ShardLeader};
+    use super::*;
+    use quiver_schemas::{CollectionInfo, CollectionSchema, Consistency, SegmentInfo};
+
+    fn catalog() -> Catalog {
+        let info = CollectionInfo {
+            id: 1,
+            schema: CollectionSchema {
+                name: "docs".into(),
+                description: String::new(),
+                fields: Vec::new(),
+                enable_dynamic_field: false,
+                num_shards: 1,
+                consistency: Consistency::Bounded,
+            },
+            index: None,
+            created_ts: 0,
+        };
+        let mut layout = Layout::new(1);
+        layout.shards[0].channel_owner = "d1".into();
+        layout.shards[0].served_seq = 100;
+        layout.replicas = vec![ReplicaLayout {
+            id: 0,
+            nodes: vec!["q1".into(), "q2".into()],
+            leaders: vec![ShardLeader { node: "q1".into(), confirmed: true }],
+            targets: [(5, "q2".to_string()), (6, "q1".to_string())].into_iter().collect(),
+        }];
+        layout.holders.insert(5, vec!["q2".into()]);
+        layout.holders.insert(6, vec!["q1".into()]);
+        let segment = |id: u64, end_seq: u64| SegmentInfo {
+            id,
+            collection: 1,
+            shard: 0,
+            rows: 10,
+            start_seq: end_seq - 9,
+            end_seq,
+            data_path: String::new(),
+            index_path: None,
+            state: SegmentState::Flushed,
+            mem_size: 0,
+        };
+        let mut c = Catalog::default();
+        c.segments.insert(1, [(5, segment(5, 50)), (6, segment(6, 100)), (7, segment(7, 150))].into_iter().collect());
+        c.layouts.insert(1, layout);
+        c.collections.insert("docs".into(), info);
+        c
+    }
+
+    #[test]
+    fn the_cluster_is_settled_only_when_every_shard_and_served_segment_has_its_node() {
+        let mut c = catalog();
+        // Segment 7 lies beyond the served position: the leader serves it from growing rows.
+        assert_eq!(unserved(&c, &["d1".into()]), None);
+        assert!(unserved(&c, &["d2".into()]).unwrap().contains("shard 0"), "its data node is gone");
+        let layout = c.layouts.get_mut(&1).unwrap();
+        layout.replicas[0].targets.insert(5, "q1".into());
+        assert!(unserved(&c, &["d1".into()]).unwrap().contains("segment 5"), "the new target has not loaded it");
+        let layout = c.layouts.get_mut(&1).unwrap();
+        layout.holders.insert(5, vec!["q2".into(), "q1".into()]);
+        layout.replicas[0].leaders[0].confirmed = false;
+        assert!(unserved(&c, &["d1".into()]).unwrap().contains("leader"));
+        c.layouts.get_mut(&1).unwrap().released = true;
+        assert_eq!(unserved(&c, &["d1".into()]), None, "a released collection needs its data node only");
+    }
+}
