@@ -364,6 +364,23 @@ impl Client {
         self.call::<api::Status>(&Empty {}).await
     }
 
+    /// Asks the cluster to run `replicas` nodes of `role` (`proxy`, `datanode`, `indexnode` or
+    /// `querynode`; 1 ≤ replicas ≤ `scaling.max_replicas`). Returns at once with what changed;
+    /// [`Client::scaling`] shows the cluster converging. Admin only.
+    pub async fn scale(&self, role: &str, replicas: u32) -> Result<ScaleReply> {
+        self.call::<api::Scale>(&ScaleRequest { role: role.into(), replicas }).await
+    }
+
+    /// Every scalable role's wanted and actual node count, and the host agents.
+    pub async fn scaling(&self) -> Result<ScalingStatus> {
+        self.call::<api::Scaling>(&Empty {}).await
+    }
+
+    /// Recent hand-offs (`sealedSegmentChangeInfo`) and scaling steps, oldest first.
+    pub async fn events(&self) -> Result<ClusterEvents> {
+        self.call::<api::Events>(&Empty {}).await
+    }
+
     /// Validates a policy plugin (a Wasm component) in the cluster and adds it to the catalog
     /// as the next version of `name`. Returns the catalog entry as JSON.
     pub async fn plugin_load(&self, kind: &str, name: &str, wasm: Vec<u8>) -> Result<String> {
