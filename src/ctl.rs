@@ -101,8 +101,33 @@ pub struct CtlArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Nodes, roles, lifecycle state, health, memory, segments and restarts.
-    Status,
+    /// Every node (role, host, lifecycle state, health, CPU, memory, segments, restarts, age),
+    /// each role's wanted vs actual node count, the host agents, and what could not be read.
+    Status {
+        /// Print the cluster status as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run N nodes of a role (proxy, datanode, indexnode, querynode; 1 ≤ N ≤
+    /// scaling.max_replicas). The cluster converges on the last request; with --wait, shows
+    /// progress until it has.
+    Scale {
+        role: String,
+        #[arg(long)]
+        replicas: u32,
+        /// Wait until the role serves N nodes and nothing is starting or draining.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit code 1) after this long ("90s", "10m").
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Recent segment hand-offs (sealedSegmentChangeInfo) and scaling steps, oldest first.
+    Events {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drain one node (its id as `status` lists it): it takes no new work, hands off or
     /// finishes what it holds, and stops. With --wait, returns once it is gone.
     Drain {
@@ -225,7 +250,11 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let client = args.conn.connect().await?;
         match args.command {
-            CtlCommand::Status => print_status(&client).await?,
+            CtlCommand::Status { json } => crate::scale_cli::status(&client, json).await?,
+            CtlCommand::Scale { role, replicas, wait, timeout } => {
+                return crate::scale_cli::scale(&client, &role, replicas, wait.then_some(timeout)).await
+            }
+            CtlCommand::Events { json } => crate::scale_cli::events(&client, json).await?,
             CtlCommand::Drain { node, wait } => {
                 client.drain_node(&node).await?;
                 println!("{node}: draining");
@@ -392,34 +421,6 @@ async fn plugin(client: &Client, command: PluginCommand) -> anyhow::Result<i32> 
         PluginCommand::Rollback { kind } => print_choice("rolled back to", &client.plugin_rollback(&kind).await?)?,
     }
     Ok(0)
-}
-
-async fn print_status(client: &Client) -> anyhow::Result<()> {
-    let status = client.status().await?;
-    let now = quiver_runtime::bus::now_ms();
-    println!("cluster {}: {} nodes", status.cluster, status.nodes.len());
-    println!(
-        "{:<28} {:<12} {:<8} {:>8} {:<9} {:<10} {:>11} {:>9} {:>8} {:>7}  DETAIL",
-        "NODE", "ROLE", "HOST", "PID", "STATE", "HEALTH", "MEMORY", "SEGMENTS", "RESTARTS", "UPTIME"
-    );
-    for n in &status.nodes {
-        let uptime = Duration::from_secs(now.saturating_sub(n.started_ms) / 1000);
-        println!(
-            "{:<28} {:<12} {:<8} {:>8} {:<9} {:<10} {:>11} {:>9} {:>8} {:>7}  {}",
-            n.node_id,
-            n.role.as_str(),
-            n.host.chars().take(8).collect::<String>(),
-            n.pid,
-            n.state.as_str(),
-            if n.healthy { "healthy" } else { "UNHEALTHY" },
-            human_bytes(n.mem_used),
-            n.segments,
-            n.restarts,
-            humantime::format_duration(uptime).to_string().split(' ').next().unwrap_or("0s"),
-            n.detail
-        );
-    }
-    Ok(())
 }
 
 #[derive(Args)]

@@ -7,6 +7,7 @@
 mod cluster;
 mod ctl;
 mod plugin_cli;
+mod scale_cli;
 mod server;
 
 use std::path::PathBuf;

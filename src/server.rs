@@ -137,8 +137,9 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     Ok(code)
 }
 
-/// A loud warning when the Milvus gRPC API listens beyond this machine while anyone may call
-/// it: whoever reaches the port could read, change or drop every collection.
+/// A loud warning when the Milvus gRPC API or the HTTP admin API listens beyond this machine
+/// while anyone may call it: whoever reaches the port could read, change or drop every
+/// collection, or scale the cluster.
 fn warn_if_exposed(config: &Config, roles: &[Role]) {
     if !config.security.enabled {
         tracing::warn!(
@@ -159,6 +160,21 @@ fn warn_if_exposed(config: &Config, roles: &[Role]) {
         tracing::warn!(
             "the Milvus gRPC API listens on a non-loopback address without TLS: credentials and data \
              cross the network in clear text (set tls.grpc_cert_file and tls.grpc_key_file)"
+        );
+    }
+    let http = roles.contains(&Role::Proxy) && config.proxy.http_port != 0;
+    if http && !security::is_loopback(&config.proxy.http_host) && security::unauthenticated(config) {
+        tracing::warn!(
+            addr = %format!("{}:{}", config.proxy.http_host, config.proxy.http_port),
+            "THE HTTP ADMIN API LISTENS ON A NON-LOOPBACK ADDRESS WITHOUT AUTHENTICATION: anyone who \
+             reaches it can scale the cluster. Set security.enabled = true (or proxy.credentials), or \
+             proxy.http_host = \"127.0.0.1\" (docs/security.md)"
+        );
+    }
+    if http && !security::is_loopback(&config.proxy.http_host) && !config.tls.grpc_enabled() {
+        tracing::warn!(
+            "the HTTP admin API listens on a non-loopback address without TLS: credentials cross the \
+             network in clear text (set tls.grpc_cert_file and tls.grpc_key_file: it then serves HTTPS)"
         );
     }
 }

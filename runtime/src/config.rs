@@ -232,6 +232,13 @@ pub struct ProxyConfig {
     /// no authentication. These grant the admin principal (every call); with
     /// `security.enabled` the generated app and admin passwords are accepted as well.
     pub credentials: Vec<String>,
+    /// Address the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`; docs/scaling.md)
+    /// listens on. Loopback by default, like `grpc_host`; it is served over HTTPS with the
+    /// gRPC certificate when `tls.grpc_cert_file` is set, plain HTTP otherwise.
+    pub http_host: String,
+    /// Port of the HTTP admin API; 0 turns it off. Callers authenticate as for the Milvus gRPC
+    /// API (`Authorization: Bearer <user:password>`), see docs/security.md.
+    pub http_port: u16,
 }
 
 impl Default for ProxyConfig {
@@ -246,6 +253,8 @@ impl Default for ProxyConfig {
             grpc_port: 19530,
             grpc_host: "127.0.0.1".to_string(),
             credentials: Vec::new(),
+            http_host: "127.0.0.1".to_string(),
+            http_port: 19121,
         }
     }
 }
@@ -693,6 +702,12 @@ impl Config {
         if self.proxy.credentials.iter().any(|c| c.trim().is_empty()) {
             return fail("proxy.credentials", "entries must be \"user:password\" or a token, not empty");
         }
+        if self.proxy.http_port != 0 && self.proxy.http_host.trim().is_empty() {
+            return fail("proxy.http_host", "must name an address to listen on (or set proxy.http_port = 0)");
+        }
+        if self.proxy.http_port != 0 && self.proxy.grpc_port == self.proxy.http_port {
+            return fail("proxy.http_port", "must differ from proxy.grpc_port (or be 0: no HTTP admin API)");
+        }
         if self.proxy.max_top_k == 0 || self.proxy.max_top_k > 16384 {
             return fail("proxy.max_top_k", "must be between 1 and 16384");
         }
@@ -878,5 +893,17 @@ mod tests {
         let c = load(&[("QUIVER_TLS__GRPC_CERT_FILE", &pem), ("QUIVER_TLS__GRPC_KEY_FILE", &pem)]).unwrap();
         assert!(c.tls.grpc_enabled() && !c.tls.nats_client_required());
         assert_eq!(Config::default().proxy.grpc_host, "127.0.0.1");
+        assert_eq!(
+            (Config::default().proxy.http_host.as_str(), Config::default().proxy.http_port),
+            ("127.0.0.1", 19121)
+        );
+        let err = load(&[("QUIVER_PROXY__HTTP_PORT", "19530")]).unwrap_err().to_string();
+        assert!(err.contains("proxy.http_port"), "{err}");
+        let err = load(&[("QUIVER_PROXY__HTTP_HOST", " ")]).unwrap_err().to_string();
+        assert!(err.contains("proxy.http_host"), "{err}");
+        assert_eq!(
+            load(&[("QUIVER_PROXY__HTTP_PORT", "0"), ("QUIVER_PROXY__HTTP_HOST", "")]).unwrap().proxy.http_port,
+            0
+        );
     }
 }

@@ -288,6 +288,7 @@ impl ClusterSpec {
         }
         let mut metrics: HashMap<String, &str> = HashMap::new();
         let mut grpc: HashMap<String, &str> = HashMap::new();
+        let mut http: HashMap<String, &str> = HashMap::new();
         let shared = self.shared_config()?;
         for node in &self.nodes {
             let config =
@@ -324,6 +325,16 @@ impl ClusterSpec {
                     bail!(
                         "node {:?}: the Milvus gRPC address {addr} is also node {other:?}'s; set \
                          QUIVER_PROXY__GRPC_PORT in the node's env (0 turns it off)",
+                        node.id
+                    );
+                }
+            }
+            if node.roles.contains(&Role::Proxy) && config.proxy.http_port != 0 {
+                let addr = format!("{}:{}", config.proxy.http_host, config.proxy.http_port);
+                if let Some(other) = http.insert(addr.clone(), &node.id) {
+                    bail!(
+                        "node {:?}: the HTTP admin API address {addr} is also node {other:?}'s; set \
+                         QUIVER_PROXY__HTTP_PORT in the node's env (0 turns it off)",
                         node.id
                     );
                 }

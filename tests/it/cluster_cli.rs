@@ -37,6 +37,7 @@ name = "{name}"
 data_dir = "data"
 [cluster.env]
 QUIVER_PROXY__GRPC_PORT = 0
+QUIVER_PROXY__HTTP_PORT = 0
 QUIVER_METRICS__LISTEN = ""
 RUST_LOG = "{log}"
 [nats]

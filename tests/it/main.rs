@@ -15,6 +15,7 @@ mod hostile;
 mod plugins;
 mod power_cut;
 mod replicas;
+mod scale_api;
 mod scaling;
 mod search;
 mod security;

@@ -273,6 +273,7 @@ data_dir = "data"
 [cluster.env]
 QUIVER_SECURITY__ENABLED = true
 QUIVER_PROXY__GRPC_PORT = 0
+QUIVER_PROXY__HTTP_PORT = 0
 QUIVER_METRICS__LISTEN = ""
 [nats]
 port = {nats_port}

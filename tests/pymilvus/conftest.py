@@ -103,6 +103,7 @@ class _Server:
                 "QUIVER_CLUSTER__DATA_DIR": os.path.join(self.dir, "data"),
                 "QUIVER_NATS__EMBEDDED_PORT": str(self.nats_port),
                 "QUIVER_PROXY__GRPC_PORT": str(self.grpc_port),
+                "QUIVER_PROXY__HTTP_PORT": "0",
                 "QUIVER_METRICS__LISTEN": "",
                 "RUST_LOG": os.environ.get("QUIVER_PYMILVUS_LOG", "info"),
             }

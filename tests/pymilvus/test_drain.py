@@ -68,6 +68,7 @@ class Cluster:
             "QUIVER_NODE__ID": node,
             "QUIVER_METRICS__LISTEN": "",
             "QUIVER_PROXY__GRPC_PORT": "0",
+            "QUIVER_PROXY__HTTP_PORT": "0",
             "QUIVER_DATANODE__SEGMENT_MAX_ROWS": "1500",
             "RUST_LOG": "info",
         })

@@ -7,7 +7,9 @@
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
 //! - `load.rs`: per-node in-flight and latency figures for the router.
 //! - `reply.rs`: checks on the replies of query nodes and the coordinator, where they arrive.
+//! - `admin.rs`: the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`).
 
+mod admin;
 mod load;
 pub mod milvus;
 mod read;
@@ -29,7 +31,10 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Result, RoleContext};
 
 use quiver_schemas::protocol::{coord, ApiRequest, QueueCall};
-use quiver_schemas::{ClusterStatus, CollectionInfo, CollectionName, Distribution, Empty, LoadCollection, Subjects};
+use quiver_schemas::{
+    ClusterEvents, ClusterStatus, CollectionInfo, CollectionName, Distribution, Empty, LoadCollection, ScaleReply,
+    ScaleRequest, ScalingStatus, Subjects,
+};
 
 pub use read::merge;
 pub use validate::shard_of;
@@ -50,18 +55,58 @@ pub struct Proxy {
     load: load::NodeLoads,
 }
 
-/// The role: the proxy's state (shared with the Milvus gRPC server's tasks) and the switch
-/// that stops that server when the role stops or restarts.
+/// The role: the proxy's state (shared with the tasks of the Milvus gRPC server and the HTTP
+/// admin API) and the switches that stop those servers when the role stops or restarts.
 struct ProxyRole {
     proxy: Arc<Proxy>,
-    grpc_stop: RefCell<Option<tokio::sync::oneshot::Sender<()>>>,
-    /// Resolves when the gRPC server has stopped (after its graceful shutdown).
-    grpc_done: RefCell<Option<tokio::sync::oneshot::Receiver<()>>>,
+    grpc: Server,
+    http: Server,
 }
 
-impl Drop for ProxyRole {
+/// A server the role runs beside the NATS API (gRPC, HTTP): how to stop it, and how to know it
+/// has stopped (after its graceful shutdown).
+#[derive(Default)]
+struct Server {
+    stop: RefCell<Option<tokio::sync::oneshot::Sender<()>>>,
+    done: RefCell<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl Server {
+    /// Runs `serve(stopped)` as one of the node's loops; `serve` returns once `stopped` fires
+    /// and its connections are finished.
+    fn start<F, Fut>(&self, node: &Node, name: &'static str, serve: F)
+    where
+        F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>> + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        *self.stop.borrow_mut() = Some(stop);
+        *self.done.borrow_mut() = Some(finished);
+        let served = serve(stopped);
+        node.spawn_loop(name, async move {
+            let served = served.await;
+            let _ = done.send(());
+            served
+        });
+    }
+
+    /// Tells the server to stop and waits until it has.
+    async fn stop(&self) {
+        let stop = self.stop.borrow_mut().take();
+        let finished = self.done.borrow_mut().take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        if let Some(finished) = finished {
+            let _ = finished.await;
+        }
+    }
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(stop) = self.grpc_stop.get_mut().take() {
+        if let Some(stop) = self.stop.get_mut().take() {
             let _ = stop.send(());
         }
     }
@@ -81,7 +126,7 @@ pub fn start(rc: RoleContext) {
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
                 };
-                Ok(ProxyRole { proxy: Arc::new(proxy), grpc_stop: RefCell::new(None), grpc_done: RefCell::new(None) })
+                Ok(ProxyRole { proxy: Arc::new(proxy), grpc: Server::default(), http: Server::default() })
             })
         }),
     );
@@ -177,6 +222,21 @@ impl Proxy {
         Ok(ClusterStatus { cluster: self.node.shared.config.cluster.name.clone(), nodes, roles, hosts, notes })
     }
 
+    /// `api.scale`: the coordinator's scaler validates and records the wanted count.
+    async fn scale(&self, req: &ScaleRequest, ctx: &RequestContext) -> Result<ScaleReply> {
+        self.forward::<coord::Scale>(req, ctx).await
+    }
+
+    /// `api.scaling`: every scalable role's wanted and actual count, and the host agents.
+    async fn scaling(&self, ctx: &RequestContext) -> Result<ScalingStatus> {
+        self.forward::<coord::Scaling>(&Empty {}, ctx).await
+    }
+
+    /// `api.events`: recent hand-offs and scaling steps, oldest first.
+    async fn events(&self, ctx: &RequestContext) -> Result<ClusterEvents> {
+        self.forward::<coord::Events>(&Empty {}, ctx).await
+    }
+
     /// Answers one request of the public API.
     async fn dispatch(&self, req: ApiRequest, ctx: RequestContext) -> Result<Vec<u8>> {
         let ctx = &ctx;
@@ -217,9 +277,9 @@ impl Proxy {
             ApiRequest::Get(r) => r.serve(|r| self.get(r, ctx)).await,
             ApiRequest::Search(r) => r.serve(|r| self.search(r, ctx)).await,
             ApiRequest::Status(r) => r.serve(|_| self.status(ctx)).await,
-            ApiRequest::Scale(r) => r.serve(|r| async move { self.forward::<coord::Scale>(&r, ctx).await }).await,
-            ApiRequest::Scaling(r) => r.serve(|r| async move { self.forward::<coord::Scaling>(&r, ctx).await }).await,
-            ApiRequest::Events(r) => r.serve(|r| async move { self.forward::<coord::Events>(&r, ctx).await }).await,
+            ApiRequest::Scale(r) => r.serve(|r| async move { self.scale(&r, ctx).await }).await,
+            ApiRequest::Scaling(r) => r.serve(|_| self.scaling(ctx)).await,
+            ApiRequest::Events(r) => r.serve(|_| self.events(ctx)).await,
             ApiRequest::PluginLoad(r) => {
                 r.serve(|r| async move { self.forward::<coord::PluginLoad>(&r, ctx).await }).await
             }
@@ -258,34 +318,24 @@ impl RoleHandler for ProxyRole {
 
     fn start(self: Rc<Self>) {
         let cfg = &self.proxy.node.shared.config.proxy;
-        if cfg.grpc_port == 0 {
-            return;
+        let node = &self.proxy.node;
+        if cfg.grpc_port != 0 {
+            let addr = format!("{}:{}", cfg.grpc_host, cfg.grpc_port);
+            let proxy = self.proxy.clone();
+            self.grpc.start(node, "milvus-grpc", move |stopped| milvus::serve(proxy, addr, stopped));
         }
-        let addr = format!("{}:{}", cfg.grpc_host, cfg.grpc_port);
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let (done, finished) = tokio::sync::oneshot::channel();
-        *self.grpc_stop.borrow_mut() = Some(stop);
-        *self.grpc_done.borrow_mut() = Some(finished);
-        let proxy = self.proxy.clone();
-        self.proxy.node.spawn_loop("milvus-grpc", async move {
-            let served = milvus::serve(proxy, addr, stopped).await;
-            let _ = done.send(());
-            served
-        });
+        if cfg.http_port != 0 {
+            let addr = format!("{}:{}", cfg.http_host, cfg.http_port);
+            let proxy = self.proxy.clone();
+            self.http.start(node, "http-admin", move |stopped| admin::serve(proxy, addr, stopped));
+        }
     }
 
-    /// The queue group is already left; the gRPC server stops accepting connections and
-    /// finishes the calls it is running (tonic's graceful shutdown).
+    /// The queue group is already left; the gRPC and HTTP servers stop accepting connections
+    /// and finish the calls they are running (tonic's and axum's graceful shutdown).
     fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move {
-            let stop = self.grpc_stop.borrow_mut().take();
-            let finished = self.grpc_done.borrow_mut().take();
-            if let Some(stop) = stop {
-                let _ = stop.send(());
-            }
-            if let Some(finished) = finished {
-                let _ = finished.await;
-            }
+            futures::join!(self.grpc.stop(), self.http.stop());
         })
     }
 

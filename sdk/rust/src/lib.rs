@@ -364,6 +364,23 @@ impl Client {
         self.call::<api::Status>(&Empty {}).await
     }
 
+    /// Asks the cluster to run `replicas` nodes of `role` (`proxy`, `datanode`, `indexnode` or
+    /// `querynode`; 1 ≤ replicas ≤ `scaling.max_replicas`). Returns at once with what changed;
+    /// [`Client::scaling`] shows the cluster converging. Admin only.
+    pub async fn scale(&self, role: &str, replicas: u32) -> Result<ScaleReply> {
+        self.call::<api::Scale>(&ScaleRequest { role: role.into(), replicas }).await
+    }
+
+    /// Every scalable role's wanted and actual node count, and the host agents.
+    pub async fn scaling(&self) -> Result<ScalingStatus> {
+        self.call::<api::Scaling>(&Empty {}).await
+    }
+
+    /// Recent hand-offs (`sealedSegmentChangeInfo`) and scaling steps, oldest first.
+    pub async fn events(&self) -> Result<ClusterEvents> {
+        self.call::<api::Events>(&Empty {}).await
+    }
+
     /// Validates a policy plugin (a Wasm component) in the cluster and adds it to the catalog
     /// as the next version of `name`. Returns the catalog entry as JSON.
     pub async fn plugin_load(&self, kind: &str, name: &str, wasm: Vec<u8>) -> Result<String> {
@@ -391,22 +408,6 @@ impl Client {
         let bytes = self.request(subject, control::Drain::METHOD, Empty {}.to_bytes()).await?;
         Empty::from_bytes(&bytes)?;
         Ok(())
-    }
-
-    /// Asks for `replicas` nodes of `role` (admin); the cluster converges in the background
-    /// (watch it with [`Client::scaling`]).
-    pub async fn scale(&self, role: &str, replicas: u32) -> Result<ScaleReply> {
-        self.call::<api::Scale>(&ScaleRequest { role: role.to_string(), replicas }).await
-    }
-
-    /// Every role's wanted and actual node count, and the host agents (admin).
-    pub async fn scaling(&self) -> Result<ScalingStatus> {
-        self.call::<api::Scaling>(&Empty {}).await
-    }
-
-    /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps (admin).
-    pub async fn events(&self) -> Result<ClusterEvents> {
-        self.call::<api::Events>(&Empty {}).await
     }
 
     /// The plugin catalog, the active plugin per kind and what every node runs, as JSON.

@@ -701,6 +701,7 @@ impl QuiverChild {
             ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", segment_max_rows.to_string()),
             ("QUIVER_PROXY__GRPC_HOST", "127.0.0.1".to_string()),
             ("QUIVER_PROXY__GRPC_PORT", grpc.map_or(0, |a| a.port()).to_string()),
+            ("QUIVER_PROXY__HTTP_PORT", "0".to_string()),
             // Security off, explicitly: the bench measures the data path on loopback (its raw
             // bus connections for the latency breakdown are neither node nor client), as the
             // published numbers were; authentication costs only at connect time on NATS and a

@@ -169,6 +169,8 @@ impl Harness {
             ("QUIVER_METRICS__LISTEN".into(), String::new()),
             // Tests run side by side: the Milvus gRPC API (default port 19530) stays off.
             ("QUIVER_PROXY__GRPC_PORT".into(), "0".into()),
+            // Likewise the HTTP admin API (default port 19121); a test that uses it sets a free port.
+            ("QUIVER_PROXY__HTTP_PORT".into(), "0".into()),
             // QUIVER_IT_LOG overrides the log filter of the quiver processes (debugging aid).
             ("RUST_LOG".into(), std::env::var("QUIVER_IT_LOG").unwrap_or_else(|_| "info".into())),
         ]

@@ -52,7 +52,7 @@ pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>)
             .tls_config(tls)
             .map_err(|e| Error::Config(format!("tls.grpc_*: cannot set up TLS for the Milvus gRPC API: {e}")))?;
     }
-    let listener = bind(&addr).await?;
+    let listener = bind(&addr, "the Milvus gRPC API (proxy.grpc_port)").await?;
     tracing::info!(%addr, tls = config.tls.grpc_enabled(), authenticated = !gate.is_open(), "Milvus gRPC API listening");
     let limits = config.limits.clone();
     let svc = MilvusServiceServer::new(service::MilvusApi::new(proxy))
@@ -77,8 +77,9 @@ pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>)
         .map_err(|e| Error::Unavailable(format!("Milvus gRPC API on {addr} failed: {e}")))
 }
 
-/// Binds, retrying briefly: a restarted proxy may find its previous listener still closing.
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+/// Binds `what` (the API and its config key, for the error), retrying briefly: a restarted
+/// proxy may find its previous listener still closing.
+pub(super) async fn bind(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
     let mut last = None;
     for _ in 0..20 {
         match tokio::net::TcpListener::bind(addr).await {
@@ -88,7 +89,7 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let e = last.map(|e| e.to_string()).unwrap_or_default();
-    Err(Error::Config(format!("cannot listen on {addr} for the Milvus gRPC API (proxy.grpc_port): {e}")))
+    Err(Error::Config(format!("cannot listen on {addr} for {what}: {e}")))
 }
 
 fn tokio_stream_listener(
@@ -126,7 +127,7 @@ fn server_tls(tls: &TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfi
 /// Where a refused caller finds credentials, for the UNAUTHENTICATED message. It names the
 /// files but not the server's paths: the caller is not authenticated yet (the server logs the
 /// absolute paths at start-up).
-fn credentials_hint(config: &quiver_runtime::Config) -> String {
+pub(super) fn credentials_hint(config: &quiver_runtime::Config) -> String {
     if config.security.enabled {
         "connect with token=\"admin:<password>\" (or \"app:<password>\"): the content of the \
          admin.credentials (app.credentials) file the server generated in its credentials directory, \
@@ -141,19 +142,38 @@ fn credentials_hint(config: &quiver_runtime::Config) -> String {
 /// Who may call the API: the accepted credentials (SHA-256 digests, compared in constant time)
 /// and the principal each grants. No credentials: the API is open and every caller is admin,
 /// as before authentication existed.
-struct Gate {
+pub(super) struct Gate {
     accepted: Vec<([u8; 32], Principal)>,
     /// Where to find credentials (see [`credentials_hint`]).
     hint: String,
 }
 
 impl Gate {
-    fn new(credentials: Vec<(String, Principal)>, hint: String) -> Gate {
+    pub(super) fn new(credentials: Vec<(String, Principal)>, hint: String) -> Gate {
         Gate { accepted: credentials.into_iter().map(|(c, p)| (digest(c.as_bytes()), p)).collect(), hint }
     }
 
-    fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         self.accepted.is_empty()
+    }
+
+    /// Where a refused caller finds credentials.
+    pub(super) fn hint(&self) -> &str {
+        &self.hint
+    }
+
+    /// The principal `given` (a "user:password" pair or a token) grants, if any. Digests have
+    /// one length, so the comparison takes the same time whatever was given, and every accepted
+    /// credential is compared (no early exit on a match).
+    pub(super) fn principal_of(&self, given: &[u8]) -> Option<Principal> {
+        let given = digest(given);
+        let mut principal = None;
+        for (accepted, p) in &self.accepted {
+            if bool::from(accepted.ct_eq(&given)) {
+                principal = Some(*p);
+            }
+        }
+        principal
     }
 
     /// Checks the `authorization` metadata (base64 of "user:password" or of a token, as
@@ -177,16 +197,7 @@ impl Gate {
         })?;
         let text = header.to_str().map_err(|_| denied())?;
         let given = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| denied())?;
-        // Digests have one length, so the comparison takes the same time whatever was given, and
-        // every accepted credential is compared (no early exit on a match).
-        let given = digest(&given);
-        let mut principal = None;
-        for (accepted, p) in &self.accepted {
-            if bool::from(accepted.ct_eq(&given)) {
-                principal = Some(*p);
-            }
-        }
-        principal.ok_or_else(denied)
+        self.principal_of(&given).ok_or_else(denied)
     }
 }
 

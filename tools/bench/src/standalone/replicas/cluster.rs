@@ -44,6 +44,7 @@ impl BenchCluster {
         env.insert("QUIVER_PLUGINS__BALANCER".into(), "row-count".into());
         env.insert("QUIVER_BALANCE__INTERVAL".into(), "1h".into());
         env.insert("QUIVER_PROXY__GRPC_PORT".into(), "0".into());
+        env.insert("QUIVER_PROXY__HTTP_PORT".into(), "0".into());
         // Security off, explicitly (loopback only): the bench's clients connect without
         // credentials, and authentication is not what it measures (see `QuiverChild::start`).
         env.insert("QUIVER_SECURITY__ENABLED".into(), "false".into());

@@ -1,0 +1,515 @@
+//! `quiver ctl scale`, `quiver ctl status` and `quiver ctl events`: the wanted node count per
+//! role, what every node and host agent is doing, and what moved recently. The formatting is
+//! pure functions over the API's types (unit-tested below); the commands call the Rust SDK.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use quiver_client::{
+    Client, ClusterEvents, ClusterStatus, HostStatus, NodeState, NodeStatus, Role, RoleScaling, ScaleReply,
+    ScalingEvent, SegmentChangeInfo,
+};
+
+use crate::ctl::human_bytes;
+
+/// How often `scale --wait` asks for the role's counts.
+const POLL: Duration = Duration::from_millis(500);
+
+/// `quiver ctl scale ROLE --replicas N [--wait --timeout T]`.
+pub async fn scale(client: &Client, role: &str, replicas: u32, wait: Option<Duration>) -> anyhow::Result<i32> {
+    let reply = client.scale(role, replicas).await?;
+    println!("{}", change_line(&reply));
+    if !reply.warning.is_empty() {
+        eprintln!("warning: {}", reply.warning);
+    }
+    match wait {
+        Some(timeout) => wait_converged(client, reply.role, timeout).await,
+        None => Ok(0),
+    }
+}
+
+/// `querynode: 1 → 3`.
+fn change_line(reply: &ScaleReply) -> String {
+    let role = reply.role.as_str();
+    match reply.previous {
+        0 => format!("{role}: (not set) → {}", reply.replicas),
+        p if p == reply.replicas => format!("{role}: {p} (unchanged)"),
+        p => format!("{role}: {p} → {}", reply.replicas),
+    }
+}
+
+/// Polls the role's counts until it is converged, showing progress: a spinner on a terminal,
+/// otherwise a plain line whenever the progress changes (scripts and tests read those).
+async fn wait_converged(client: &Client, role: Role, timeout: Duration) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stdout());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut last = String::new();
+    loop {
+        let line = match client.scaling().await {
+            Ok(s) => match s.roles.iter().find(|r| r.role == role) {
+                Some(r) if r.converged && r.serving == r.desired => {
+                    let done = format!(
+                        "{}: {}/{} serving, converged in {:.1}s",
+                        role.as_str(),
+                        r.serving,
+                        r.desired,
+                        started.elapsed().as_secs_f64()
+                    );
+                    match &bar {
+                        Some(bar) => bar.finish_with_message(done),
+                        None => println!("{done}"),
+                    }
+                    return Ok(0);
+                }
+                Some(r) => progress_line(r),
+                None => format!("{}: not reported by the coordinator", role.as_str()),
+            },
+            // A proxy or the coordinator may be the role that changes: keep asking.
+            Err(e) => format!("{}: counts unavailable ({e})", role.as_str()),
+        };
+        if line != last {
+            match &bar {
+                Some(bar) => bar.set_message(line.clone()),
+                None => println!("{line}"),
+            }
+            last = line;
+        }
+        if started.elapsed() >= timeout {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            anyhow::bail!(
+                "{} did not converge within {}; last seen: {last} (the scaler keeps working on it: `quiver ctl \
+                 status` and `quiver ctl events` show what it does)",
+                role.as_str(),
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `querynode: 2/3 serving, 1 starting, 0 draining — starting qn-7 on h1`.
+fn progress_line(r: &RoleScaling) -> String {
+    let mut line = format!(
+        "{}: {}/{} serving, {} starting, {} draining",
+        r.role.as_str(),
+        r.serving,
+        r.desired,
+        r.starting,
+        r.draining
+    );
+    if !r.activity.is_empty() {
+        line.push_str(" — ");
+        line.push_str(&r.activity);
+    }
+    line
+}
+
+/// `quiver ctl status [--json]`.
+pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).context("cannot encode the status as JSON")?);
+    } else {
+        print!("{}", status_text(&status, now_ms()));
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The whole listing: nodes, roles, host agents, notes.
+fn status_text(status: &ClusterStatus, now: u64) -> String {
+    let mut out = format!("cluster {}: {} nodes\n", status.cluster, status.nodes.len());
+    let mut rows = vec![[
+        "NODE", "ROLE", "HOST", "PID", "STATE", "HEALTH", "CPU", "MEMORY", "SEGMENTS", "RESTARTS", "AGE", "DETAIL",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for n in &status.nodes {
+        rows.push(vec![
+            n.node_id.clone(),
+            n.role.as_str().into(),
+            host(n),
+            n.pid.to_string(),
+            n.state.as_str().into(),
+            if n.healthy { "healthy" } else { "UNHEALTHY" }.into(),
+            cpu(n),
+            memory(n),
+            n.segments.to_string(),
+            n.restarts.to_string(),
+            age(now, n.started_ms),
+            n.detail.clone(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push_str("\nROLES\n");
+    for line in role_lines(status) {
+        out.push_str(&format!("  {line}\n"));
+    }
+    if !status.hosts.is_empty() {
+        out.push('\n');
+        let mut rows = vec![["HOST AGENT", "HOSTNAME", "CPUS", "MEMORY (AVAILABLE/TOTAL)", "PROCESSES", "AGE"]
+            .map(String::from)
+            .to_vec()];
+        rows.extend(status.hosts.iter().map(|h| host_row(h, now)));
+        out.push_str(&table(&rows));
+    }
+    for note in &status.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+/// The host, and the host agent that started the node if one did.
+fn host(n: &NodeStatus) -> String {
+    if n.host_agent.is_empty() {
+        n.host.clone()
+    } else {
+        format!("{} ({})", n.host, n.host_agent)
+    }
+}
+
+/// Cores busy / cores allowed: `0.35/2`.
+fn cpu(n: &NodeStatus) -> String {
+    if n.cpu_cores <= 0.0 {
+        return "-".into();
+    }
+    format!("{:.2}/{}", n.cpu_busy, cores(n.cpu_cores))
+}
+
+/// A core count without a needless fraction: `2`, `1.5`.
+fn cores(c: f32) -> String {
+    if c.fract() == 0.0 {
+        format!("{c:.0}")
+    } else {
+        format!("{c:.1}")
+    }
+}
+
+/// Used / limit: `120.0 MiB/2.0 GiB` (just the used memory when there is no limit).
+fn memory(n: &NodeStatus) -> String {
+    if n.mem_capacity == 0 {
+        human_bytes(n.mem_used)
+    } else {
+        format!("{}/{}", human_bytes(n.mem_used), human_bytes(n.mem_capacity))
+    }
+}
+
+/// The largest unit of the time since `since_ms`: `3m`, `2h`.
+fn age(now: u64, since_ms: u64) -> String {
+    let d = Duration::from_secs(now.saturating_sub(since_ms) / 1000);
+    humantime::format_duration(d).to_string().split(' ').next().unwrap_or("0s").to_string()
+}
+
+fn host_row(h: &HostStatus, now: u64) -> Vec<String> {
+    vec![
+        h.host_id.clone(),
+        h.hostname.clone(),
+        h.cpus.to_string(),
+        format!("{}/{}", human_bytes(h.mem_available), human_bytes(h.mem_total)),
+        format!("{}/{}", h.nodes.len(), h.max_nodes),
+        age(now, h.started_ms),
+    ]
+}
+
+/// One line per role: wanted vs actual from the scaler where it reported the role, else the
+/// actual counts from the nodes' own states (the coordinator, or every role when the
+/// coordinator did not answer).
+fn role_lines(status: &ClusterStatus) -> Vec<String> {
+    let mut actual: BTreeMap<&str, [u32; 3]> = BTreeMap::new();
+    for n in &status.nodes {
+        let c = actual.entry(n.role.as_str()).or_default();
+        match n.state {
+            NodeState::Serving => c[0] += 1,
+            NodeState::Starting => c[1] += 1,
+            NodeState::Draining => c[2] += 1,
+            NodeState::Stopped => {}
+        }
+    }
+    let width = Role::ALL.iter().map(|r| r.as_str().len()).max().unwrap_or(0);
+    Role::ALL
+        .iter()
+        .map(|&role| {
+            let name = role.as_str();
+            match status.roles.iter().find(|r| r.role == role) {
+                Some(r) => {
+                    let wanted =
+                        if r.desired == 0 { "no wanted count".to_string() } else { format!("{} wanted", r.desired) };
+                    let mut line = format!(
+                        "{name:<width$}  {wanted}, {} serving, {} starting, {} draining",
+                        r.serving, r.starting, r.draining
+                    );
+                    if !r.activity.is_empty() {
+                        line.push_str(" — ");
+                        line.push_str(&r.activity);
+                    }
+                    line
+                }
+                None => {
+                    let [serving, starting, draining] = actual.get(name).copied().unwrap_or_default();
+                    let why =
+                        if role == Role::Coordinator { "one active coordinator" } else { "no wanted count known" };
+                    format!("{name:<width$}  {why}, {serving} serving, {starting} starting, {draining} draining")
+                }
+            }
+        })
+        .collect()
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let w = widths.get(c).copied().unwrap_or(0);
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `quiver ctl events [--json]`.
+pub async fn events(client: &Client, json: bool) -> anyhow::Result<()> {
+    let events = client.events().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&events).context("cannot encode the events as JSON")?);
+    } else {
+        print!("{}", events_text(&events));
+    }
+    Ok(())
+}
+
+fn events_text(events: &ClusterEvents) -> String {
+    let mut out = String::from("HAND-OFFS (sealedSegmentChangeInfo)\n");
+    if events.handoffs.is_empty() {
+        out.push_str("  none\n");
+    }
+    let mut handoffs: Vec<&SegmentChangeInfo> = events.handoffs.iter().collect();
+    handoffs.sort_by_key(|h| h.at_ms);
+    for h in handoffs {
+        out.push_str(&format!("  {}\n", handoff_line(h)));
+    }
+    out.push_str("\nSCALING\n");
+    if events.scaling.is_empty() {
+        out.push_str("  none\n");
+    }
+    let mut scaling: Vec<&ScalingEvent> = events.scaling.iter().collect();
+    scaling.sort_by_key(|e| e.at_ms);
+    for e in scaling {
+        out.push_str(&format!("  {}\n", scaling_line(e)));
+    }
+    out
+}
+
+/// `2026-12-04T20:18:13Z  collection 3  qn-1 → qn-2  segments 4,5  drain  released`.
+fn handoff_line(h: &SegmentChangeInfo) -> String {
+    let ids = |v: &[u64]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
+    let mut segments = format!("segments {}", ids(&h.online_segment_ids));
+    if h.offline_segment_ids != h.online_segment_ids {
+        segments.push_str(&format!(" (offline {})", ids(&h.offline_segment_ids)));
+    }
+    let node = |n: &str| if n.is_empty() { "-".to_string() } else { n.to_string() };
+    let released = if h.released_ms == 0 { "pending".to_string() } else { format!("released {}", time(h.released_ms)) };
+    format!(
+        "{}  collection {}  {} → {}  {segments}  {}  {released}",
+        time(h.at_ms),
+        h.collection,
+        node(&h.offline_node_id),
+        node(&h.online_node_id),
+        h.reason
+    )
+}
+
+/// `2026-12-04T20:18:13Z  querynode  qn-7  start  on h1`.
+fn scaling_line(e: &ScalingEvent) -> String {
+    let node = if e.node_id.is_empty() { "-" } else { &e.node_id };
+    format!("{}  {}  {node}  {}  {}", time(e.at_ms), e.role.as_str(), e.action, e.detail).trim_end().to_string()
+}
+
+/// A wall-clock time in ms as RFC 3339 (UTC, seconds).
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, role: Role, state: NodeState) -> NodeStatus {
+        NodeStatus {
+            node_id: id.into(),
+            role,
+            host: "h1".into(),
+            pid: 7,
+            healthy: true,
+            mem_used: 100 << 20,
+            mem_capacity: 2 << 30,
+            segments: 3,
+            restarts: 1,
+            started_ms: 1_000,
+            heartbeat_ms: 2_000,
+            detail: "quarantined: seg 9".into(),
+            state,
+            cpu_cores: 2.0,
+            cpu_busy: 0.35,
+            host_agent: String::new(),
+        }
+    }
+
+    fn scaling(role: Role, desired: u32, serving: u32, starting: u32) -> RoleScaling {
+        RoleScaling {
+            role,
+            desired,
+            serving,
+            starting,
+            draining: 0,
+            converged: serving == desired && starting == 0,
+            activity: if starting > 0 { "starting qn-7 on h1".into() } else { String::new() },
+        }
+    }
+
+    #[test]
+    fn scale_changes_read_as_arrows() {
+        let reply =
+            |previous, replicas| ScaleReply { role: Role::QueryNode, replicas, previous, warning: String::new() };
+        assert_eq!(change_line(&reply(1, 3)), "querynode: 1 → 3");
+        assert_eq!(change_line(&reply(0, 2)), "querynode: (not set) → 2");
+        assert_eq!(change_line(&reply(2, 2)), "querynode: 2 (unchanged)");
+        assert_eq!(
+            progress_line(&scaling(Role::QueryNode, 3, 2, 1)),
+            "querynode: 2/3 serving, 1 starting, 0 draining — starting qn-7 on h1"
+        );
+    }
+
+    #[test]
+    fn status_lists_nodes_roles_hosts_and_notes() {
+        let mut agent_node = node("qn-7-querynode", Role::QueryNode, NodeState::Starting);
+        agent_node.host_agent = "agent-1".into();
+        agent_node.mem_capacity = 0;
+        let status = ClusterStatus {
+            cluster: "c".into(),
+            nodes: vec![
+                node("standalone-coordinator", Role::Coordinator, NodeState::Serving),
+                node("standalone-querynode", Role::QueryNode, NodeState::Serving),
+                agent_node,
+            ],
+            roles: vec![scaling(Role::QueryNode, 3, 1, 1), scaling(Role::Proxy, 0, 0, 0)],
+            hosts: vec![HostStatus {
+                host_id: "agent-1".into(),
+                hostname: "h1".into(),
+                cpus: 8,
+                mem_total: 16 << 30,
+                mem_available: 8 << 30,
+                max_nodes: 4,
+                started_ms: 1_000,
+                ..HostStatus::default()
+            }],
+            notes: vec!["host agents unavailable: down".into()],
+        };
+        let text = status_text(&status, 61_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "cluster c: 3 nodes");
+        assert_eq!(lines[1].split_whitespace().take(3).collect::<Vec<_>>(), ["NODE", "ROLE", "HOST"]);
+        let row = lines[2];
+        for part in
+            ["standalone-coordinator", "0.35/2", "100.0 MiB/2.0 GiB", "serving", "healthy", "1m", "quarantined: seg 9"]
+        {
+            assert!(row.contains(part), "{part} in {row}");
+        }
+        assert!(text.contains("h1 (agent-1)"), "{text}");
+        assert!(
+            text.contains("querynode    3 wanted, 1 serving, 1 starting, 0 draining — starting qn-7 on h1"),
+            "{text}"
+        );
+        assert!(text.contains("proxy        no wanted count, 0 serving"), "{text}");
+        assert!(text.contains("coordinator  one active coordinator, 1 serving, 0 starting, 0 draining"), "{text}");
+        assert!(text.contains("datanode     no wanted count known, 0 serving"), "{text}");
+        let agent = lines.iter().find(|l| l.starts_with("agent-1")).unwrap();
+        assert!(agent.contains("8.0 GiB/16.0 GiB") && agent.contains("0/4"), "{agent}");
+        assert!(text.ends_with("note: host agents unavailable: down\n"), "{text}");
+    }
+
+    #[test]
+    fn cpu_and_memory_read_compactly() {
+        let mut n = node("n", Role::Proxy, NodeState::Serving);
+        n.cpu_cores = 1.5;
+        assert_eq!(cpu(&n), "0.35/1.5");
+        n.cpu_cores = 0.0;
+        assert_eq!(cpu(&n), "-");
+        n.mem_capacity = 0;
+        assert_eq!(memory(&n), "100.0 MiB");
+    }
+
+    #[test]
+    fn events_read_oldest_first() {
+        let events = ClusterEvents {
+            handoffs: vec![SegmentChangeInfo {
+                collection: 3,
+                online_node_id: "qn-2".into(),
+                online_segment_ids: vec![4, 5],
+                offline_node_id: "qn-1".into(),
+                offline_segment_ids: vec![4, 5],
+                reason: "drain".into(),
+                at_ms: 1_000,
+                released_ms: 0,
+            }],
+            scaling: vec![
+                ScalingEvent {
+                    at_ms: 5_000,
+                    role: Role::QueryNode,
+                    node_id: "qn-7".into(),
+                    action: "start".into(),
+                    detail: "on h1".into(),
+                },
+                ScalingEvent {
+                    at_ms: 2_000,
+                    role: Role::QueryNode,
+                    node_id: String::new(),
+                    action: "requested".into(),
+                    detail: "1 → 3 querynodes".into(),
+                },
+            ],
+        };
+        let text = events_text(&events);
+        assert!(
+            text.contains("1970-01-01T00:00:01Z  collection 3  qn-1 → qn-2  segments 4,5  drain  pending"),
+            "{text}"
+        );
+        let requested = text.find("requested").unwrap();
+        assert!(requested < text.find("qn-7  start  on h1").unwrap(), "{text}");
+        assert!(text.contains("querynode  -  requested"), "{text}");
+        assert!(events_text(&ClusterEvents::default()).contains("none"));
+    }
+}
