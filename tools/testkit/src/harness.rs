@@ -151,6 +151,16 @@ impl Harness {
         self.add(node_id, &quiver, &args, all);
     }
 
+    /// Starts any other `quiver` command (e.g. `host --id h1`) as process `name`, with the
+    /// harness's environment, this cluster's external NATS (`QUIVER_NATS__URL`) and `env`.
+    pub fn start_quiver(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        let mut all = self.quiver_env();
+        all.push(("QUIVER_NATS__URL".into(), self.url()));
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let quiver = self.quiver.clone();
+        self.add(name, &quiver, args, all);
+    }
+
     /// Environment every quiver process of this harness shares.
     fn quiver_env(&self) -> Vec<(String, String)> {
         vec![
