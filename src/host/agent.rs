@@ -29,8 +29,8 @@ pub struct HostAgent {
 
 enum Link {
     /// A task connects, opens the registry and subscribes, retrying until it can.
-    Connecting(tokio::task::JoinHandle<Connected>),
-    Connected(Connected),
+    Connecting(tokio::task::JoinHandle<Box<Connected>>),
+    Connected(Box<Connected>),
 }
 
 /// What a connected agent holds.
@@ -44,7 +44,7 @@ pub struct Connected {
 pub enum Wake {
     Request(Message),
     Heartbeat,
-    Linked(Connected),
+    Linked(Box<Connected>),
     /// The request subscription ended (the client was closed): connect again.
     Lost,
 }
@@ -163,7 +163,7 @@ fn serve(msg: &Message, method: &str, nodes: &mut HostedNodes) -> Result<Vec<u8>
 
 /// Connects, opens the registry and subscribes to the agent's subjects, retrying (with a
 /// growing pause) until all three work.
-async fn connect_until_linked(config: Arc<Config>, url: String, id: String) -> Connected {
+async fn connect_until_linked(config: Arc<Config>, url: String, id: String) -> Box<Connected> {
     let mut pause = Duration::from_secs(1);
     let wait = |pause: &mut Duration| {
         let now = *pause;
@@ -182,7 +182,7 @@ async fn connect_until_linked(config: Arc<Config>, url: String, id: String) -> C
         };
         loop {
             match open(&config, &bus, &id).await {
-                Ok(c) => return c,
+                Ok(c) => return Box::new(c),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?pause, "host agent cannot use NATS yet");
                     wait(&mut pause).await;
