@@ -4,6 +4,8 @@
 //! - `spec.rs`: the cluster file (format, defaults, checks).
 //! - `supervisor.rs`: the hidden `quiver cluster supervise` process that `up` starts detached:
 //!   runs nats-server and the nodes as children, restarts them, writes the state file.
+//!   It is a host agent too (`crate::host`): the coordinator's scaler starts and stops nodes
+//!   through it.
 //! - `state.rs`: the lock and state file under `<data_dir>/cluster`, process probes, log tails.
 //! - this file: the commands, which only read the lock, the state file and the cluster's own
 //!   registry (`quiver_client::Client::status`), and signal the supervisor.
@@ -380,6 +382,7 @@ fn print_status(spec: &ClusterSpec, sup: Supervisor, st: Option<&State>, registr
     let reg = registry.as_ref().ok();
     let row = |p: &state::ProcessState, role: &str, entry: Option<Option<&NodeStatus>>| {
         let running = match p.pid {
+            Some(pid) if p.stopping && state::alive(pid) => "stopping",
             Some(pid) if state::alive(pid) => "yes",
             Some(_) => "no",
             None if st.stopping => "stopped",
@@ -398,7 +401,7 @@ fn print_status(spec: &ClusterSpec, sup: Supervisor, st: Option<&State>, registr
         };
         println!(
             "{:<16} {:<12} {:>8} {:<10} {:>8} {:>7}  {:<10} {:>11} {:>8}  {}",
-            p.name,
+            if p.managed { format!("{}*", p.name) } else { p.name.clone() },
             role,
             p.pid.map_or_else(|| "-".into(), |p| p.to_string()),
             running,
@@ -415,7 +418,11 @@ fn print_status(spec: &ClusterSpec, sup: Supervisor, st: Option<&State>, registr
     }
     for node in &spec.nodes {
         let Some(p) = st.nodes.iter().find(|p| p.name == node.id) else {
-            println!("{:<16} (not in the supervisor's state: the cluster file changed since `up`)", node.id);
+            println!(
+                "{:<16} (not in the supervisor's state: stopped for good by the scaler, or the cluster file \
+                 changed since `up`)",
+                node.id
+            );
             continue;
         };
         for role in &node.roles {
@@ -423,11 +430,23 @@ fn print_status(spec: &ClusterSpec, sup: Supervisor, st: Option<&State>, registr
             row(p, role.as_str(), reg.map(|r| r.nodes.iter().find(|n| n.node_id == id)));
         }
     }
+    // Nodes the coordinator's scaler started through the supervisor's host agent.
+    let scaled: Vec<&state::ProcessState> = st.nodes.iter().filter(|p| p.managed).collect();
+    for p in &scaled {
+        for role in &p.roles {
+            let id = format!("{}-{role}", p.name);
+            row(p, role, reg.map(|r| r.nodes.iter().find(|n| n.node_id == id)));
+        }
+    }
+    if !scaled.is_empty() {
+        println!("(* started by the scaler through host agent {})", spec.host_id);
+    }
     match registry {
         Err(e) => println!("note: registry unavailable ({e}); health, memory and segments not shown"),
         Ok(r) => {
-            let known: Vec<String> =
+            let mut known: Vec<String> =
                 spec.nodes.iter().flat_map(|n| n.roles.iter().map(|r| n.registry_id(*r))).collect();
+            known.extend(scaled.iter().flat_map(|p| p.roles.iter().map(|r| format!("{}-{r}", p.name))));
             for n in r.nodes.iter().filter(|n| !known.contains(&n.node_id)) {
                 println!(
                     "note: {} (pid {}, {}) is registered in cluster {} but not in the cluster file",

@@ -1,12 +1,15 @@
 //! `quiver`: the one binary. `standalone` runs every role in one process (with its own
 //! nats-server); `run` runs chosen roles as one node of a multi-process cluster; `ctl`,
 //! `load` and `search` are the command-line client; `cluster` runs a local multi-process
-//! cluster under a supervisor; `plugin` tries policy plugins locally. The benchmarks are a
+//! cluster under a supervisor; `host` is the host agent that starts and stops nodes for the
+//! coordinator's scaler; `plugin` tries policy plugins locally. The benchmarks are a
 //! tool of their own, `quiver-bench` (tools/bench).
 
 mod cluster;
 mod ctl;
+mod host;
 mod plugin_cli;
+mod process;
 mod scale_cli;
 mod server;
 
@@ -45,6 +48,9 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// A local multi-process cluster from a cluster file: up, status, down.
     Cluster(cluster::ClusterArgs),
+    /// The host agent: starts and stops node processes on this machine for the coordinator's
+    /// scaler (docs/hosts.md).
+    Host(host::HostArgs),
     /// Load vectors from an .fvecs file into a collection (created if missing).
     Load(ctl::LoadArgs),
     /// Search a collection with query vectors from an .fvecs file.
@@ -73,7 +79,7 @@ fn main() {
     let cli = Cli::parse();
     // Nodes log what they do; client commands only what goes wrong (RUST_LOG overrides both).
     let default_filter = match &cli.command {
-        Command::Standalone { .. } | Command::Run { .. } => "info",
+        Command::Standalone { .. } | Command::Run { .. } | Command::Host(_) => "info",
         Command::Cluster(args) if args.is_supervisor() => "info",
         _ => "warn",
     };
@@ -104,6 +110,7 @@ fn main() {
         Command::Config { command: ConfigCommand::NatsAuth { config } } => server::nats_auth(config.as_deref()),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Cluster(args) => cluster::cluster(args),
+        Command::Host(args) => host::host(args),
         Command::Load(args) => ctl::load(args),
         Command::Search(args) => ctl::search(args),
         Command::Plugin(args) => plugin_cli::run(args),

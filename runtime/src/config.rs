@@ -27,6 +27,7 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub discovery: DiscoveryConfig,
     pub scaling: ScalingConfig,
+    pub host: HostConfig,
     pub debug: DebugConfig,
     pub security: SecurityConfig,
     pub tls: TlsConfig,
@@ -123,6 +124,68 @@ impl Default for NodeConfig {
             host_agent: String::new(),
         }
     }
+}
+
+/// The host agent (`quiver host`, docs/hosts.md): starts and stops node processes on this
+/// machine for the coordinator's scaler. `quiver cluster` reads it from the cluster's node
+/// configuration for the nodes the scaler starts there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// The agent's id, which the scaler addresses it by: letters, digits, '-' and '_' (it is
+    /// a NATS subject token). Empty = this machine's hostname (other characters become '-').
+    pub id: String,
+    /// Most node processes the agent runs at once; a `start_node` beyond it is refused.
+    pub max_nodes: u32,
+    /// After `stop_node`: how long a node may drain after SIGTERM before it is SIGKILLed (a
+    /// loaded query node hands its segments off first, which can take minutes).
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    /// When the agent itself stops (SIGTERM, SIGINT): how long its nodes get after SIGTERM
+    /// before they are SIGKILLed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Prometheus endpoints of the nodes the agent starts: each gets the first free port at or
+    /// above this one (on the host of `metrics.listen`, else 127.0.0.1). 0 = no endpoint.
+    pub metrics_port_base: u16,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            id: String::new(),
+            max_nodes: 16,
+            stop_grace: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            metrics_port_base: 0,
+        }
+    }
+}
+
+impl HostConfig {
+    fn validate(&self) -> Result<()> {
+        let fail = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
+        if !self.id.is_empty() && !is_subject_token(&self.id) {
+            return fail(
+                "host.id",
+                "must use only letters, digits, '-' and '_' (it is part of NATS subjects), or be empty for \
+                 the hostname",
+            );
+        }
+        if !(1..=1000).contains(&self.max_nodes) {
+            return fail("host.max_nodes", "must be between 1 and 1000");
+        }
+        if self.stop_grace.is_zero() || self.shutdown_grace.is_zero() {
+            return fail("host.stop_grace", "host.stop_grace and host.shutdown_grace must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` can be one token of a NATS subject as Quiver names things: non-empty, letters,
+/// digits, '-' and '_' only.
+pub fn is_subject_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The coordinator's scaler (`quiver ctl scale`, docs/scaling.md).
@@ -796,6 +859,7 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");
         }
+        self.host.validate()?;
         self.security.validate()?;
         self.tls.validate()?;
         Ok(())
@@ -905,5 +969,21 @@ mod tests {
             load(&[("QUIVER_PROXY__HTTP_PORT", "0"), ("QUIVER_PROXY__HTTP_HOST", "")]).unwrap().proxy.http_port,
             0
         );
+    }
+
+    #[test]
+    fn host_keys_are_checked() {
+        let load = |k: &str, v: &str| Config::load(None, vec![(k.to_string(), v.to_string())]);
+        let c = Config::default();
+        assert_eq!((c.host.max_nodes, c.host.stop_grace), (16, Duration::from_secs(600)));
+        assert!(Config::default_toml().contains("[host]"), "{}", Config::default_toml());
+        assert_eq!(load("QUIVER_HOST__ID", "rack1-a_2").unwrap().host.id, "rack1-a_2");
+        for bad in ["a.b", "a b", "a*", "a>"] {
+            let err = load("QUIVER_HOST__ID", bad).unwrap_err().to_string();
+            assert!(err.contains("host.id"), "{bad}: {err}");
+        }
+        assert!(load("QUIVER_HOST__MAX_NODES", "0").unwrap_err().to_string().contains("host.max_nodes"));
+        assert!(load("QUIVER_HOST__STOP_GRACE", "\"0s\"").unwrap_err().to_string().contains("host.stop_grace"));
+        assert_eq!(load("QUIVER_HOST__METRICS_PORT_BASE", "9300").unwrap().host.metrics_port_base, 9300);
     }
 }

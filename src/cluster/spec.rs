@@ -17,11 +17,12 @@ use quiver_schemas::Role;
 use serde::Deserialize;
 
 /// Environment keys the cluster file itself decides for every node; `env` tables may not set them.
-const RESERVED_ENV: [(&str, &str); 4] = [
+const RESERVED_ENV: [(&str, &str); 5] = [
     ("QUIVER_CLUSTER__NAME", "[cluster] name"),
     ("QUIVER_CLUSTER__DATA_DIR", "[cluster] data_dir"),
     ("QUIVER_NATS__URL", "[nats]"),
     ("QUIVER_NODE__ID", "the node's id"),
+    ("QUIVER_NODE__HOST_AGENT", "[cluster] host_id"),
 ];
 
 #[derive(Deserialize)]
@@ -48,6 +49,8 @@ struct ClusterSection {
     /// Environment of every node (`QUIVER_<SECTION>__<KEY>` overrides, `RUST_LOG`, ...).
     #[serde(default)]
     env: BTreeMap<String, toml::Value>,
+    /// Id of the supervisor's host agent (default `<name>-local`).
+    host_id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -110,6 +113,9 @@ pub struct ClusterSpec {
     /// Absolute path of the cluster file.
     pub file: PathBuf,
     pub name: String,
+    /// The id the supervisor serves as a host agent under (`[cluster] host_id`, default
+    /// `<name>-local`): the scaler starts and stops nodes through it.
+    pub host_id: String,
     /// Absolute shared data dir.
     pub data_dir: PathBuf,
     /// Absolute path of the node configuration file, if any.
@@ -177,6 +183,10 @@ impl ClusterSpec {
     fn check(f: ClusterFile, file: PathBuf, base: &Path) -> anyhow::Result<ClusterSpec> {
         if !is_name(&f.cluster.name) {
             bail!("cluster.name: {:?} must be non-empty and use only letters, digits, '-' and '_'", f.cluster.name);
+        }
+        let host_id = f.cluster.host_id.unwrap_or_else(|| format!("{}-local", f.cluster.name));
+        if !is_name(&host_id) {
+            bail!("cluster.host_id: {host_id:?} must be non-empty and use only letters, digits, '-' and '_'");
         }
         if f.cluster.data_dir.as_os_str().is_empty() {
             bail!("cluster.data_dir: must not be empty");
@@ -269,6 +279,7 @@ impl ClusterSpec {
         Ok(ClusterSpec {
             file,
             name: f.cluster.name,
+            host_id,
             data_dir: resolve(base, &f.cluster.data_dir),
             node_config: f.cluster.config.map(|c| resolve(base, &c)),
             env,
@@ -392,19 +403,47 @@ impl ClusterSpec {
         env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
         env.insert("QUIVER_NATS__URL".into(), self.nats_url());
         env.insert("QUIVER_NODE__ID".into(), node.id.clone());
+        env.insert("QUIVER_NODE__HOST_AGENT".into(), self.host_id.clone());
         env.insert("QUIVER_METRICS__LISTEN".into(), node.metrics.clone());
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(node.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.into_iter().collect()
     }
 
-    /// Arguments of a node process after the binary.
-    pub fn node_args(&self, node: &NodeSpec) -> Vec<String> {
+    /// The environment of a node the scaler starts through the supervisor's host agent, before
+    /// the agent adds the node's id, host agent, metrics and gRPC port: what the cluster file
+    /// decides, then `[cluster] env`.
+    pub fn scaled_node_env(&self) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("QUIVER_CLUSTER__NAME".into(), self.name.clone());
+        env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
+        env.insert("QUIVER_NATS__URL".into(), self.nats_url());
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.into_iter().collect()
+    }
+
+    /// `run [--config FILE]`: the arguments of a node the scaler starts, before its role.
+    pub fn scaled_node_args(&self) -> Vec<String> {
         let mut args = vec!["run".to_string()];
         if let Some(c) = &self.node_config {
             args.push("--config".into());
             args.push(c.display().to_string());
         }
+        args
+    }
+
+    /// How the supervisor restarts processes (`[supervisor]`).
+    pub fn restart_policy(&self) -> crate::process::RestartPolicy {
+        crate::process::RestartPolicy {
+            backoff_initial: self.supervisor.backoff_initial,
+            backoff_max: self.supervisor.backoff_max,
+            backoff_reset_after: self.supervisor.backoff_reset_after,
+        }
+    }
+
+    /// Arguments of a node process after the binary.
+    pub fn node_args(&self, node: &NodeSpec) -> Vec<String> {
+        let mut args = self.scaled_node_args();
         for r in &node.roles {
             args.push("--role".into());
             args.push(r.as_str().into());
@@ -540,6 +579,9 @@ mod tests {
         assert!(env.contains(&("QUIVER_NODE__ID".into(), "all".into())));
         assert!(env.contains(&("QUIVER_METRICS__LISTEN".into(), String::new())));
         assert!(env.contains(&("QUIVER_NATS__URL".into(), "nats://127.0.0.1:4222".into())));
+        assert_eq!(spec.host_id, "t-local");
+        assert!(env.contains(&("QUIVER_NODE__HOST_AGENT".into(), "t-local".into())));
+        assert!(!spec.scaled_node_env().iter().any(|(k, _)| k == "QUIVER_NODE__ID"));
         assert_eq!(spec.node_args(&spec.nodes[0]).iter().filter(|a| *a == "--role").count(), 5);
     }
 
@@ -577,6 +619,8 @@ mod tests {
         assert!(err(&reserved).contains("QUIVER_NODE__ID"), "{}", err(&reserved));
         let unknown_override = MINIMAL.replace("roles = [", "env = { QUIVER_PROXY__NO_SUCH = 1 }\n roles = [");
         assert!(err(&unknown_override).contains("no_such"), "{}", err(&unknown_override));
+        let bad_host = MINIMAL.replace("data_dir", "host_id = \"a.b\"\n data_dir");
+        assert!(err(&bad_host).contains("cluster.host_id"), "{}", err(&bad_host));
         let bad_role = MINIMAL.replace("\"querynode\"", "\"qnode\"");
         assert!(err(&bad_role).contains("qnode"));
         let no_proxy = MINIMAL.replace("\"proxy\", ", "");

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+pub use crate::process::{now_ms, signal};
+
 /// The supervisor's state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -46,6 +48,13 @@ pub struct ProcessState {
     /// How the previous incarnation ended (`exit code 70`, `killed by SIGKILL`, ...).
     pub last_exit: Option<String>,
     pub log: PathBuf,
+    /// Started by the coordinator's scaler through the supervisor's host agent (not listed in
+    /// the cluster file).
+    #[serde(default)]
+    pub managed: bool,
+    /// Told to stop for good (`stop_node` from the scaler): drains, exits, is not restarted.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 impl State {
@@ -154,21 +163,6 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Sends `signal` to `pid`; false if there is no such process.
-pub fn signal(pid: u32, signal: libc::c_int) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill(2) with a positive pid only signals that one process.
-    unsafe { libc::kill(pid, signal) == 0 }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The last `lines` lines of a log file (at most its last 64 KiB are read).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else { return format!("(no log at {})", path.display()) };
@@ -211,6 +205,8 @@ mod tests {
             since_ms: 5,
             last_exit: Some("killed by SIGKILL".into()),
             log: "q.log".into(),
+            managed: false,
+            stopping: false,
         };
         let s = State {
             cluster: "c".into(),

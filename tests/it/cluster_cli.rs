@@ -314,3 +314,77 @@ fn cluster_file_errors_name_the_key_and_start_nothing() {
         std::fs::remove_file(&c.file).expect("remove file");
     }
 }
+
+/// The supervisor is a host agent (`<name>-local`): its file nodes are listed unmanaged, the
+/// scaler's `start_node` adds a managed node that `status` shows, `stop_node` stops a file node
+/// for good.
+#[test]
+fn cluster_supervisor_is_a_host_agent() {
+    use quiver_runtime::bus::CallOptions;
+    use quiver_schemas::protocol::host;
+    use quiver_schemas::{Role, StartNode, StopNode};
+
+    run(Duration::from_secs(60), async {
+        let nodes = r#"
+[[node]]
+id = "all"
+roles = ["coordinator", "proxy", "datanode"]
+[[node]]
+id = "ix1"
+roles = ["indexnode"]
+"#;
+        let c = LocalCluster::new("clusterhost", nodes);
+        let (status, out, err) = c.cli("up", &["--timeout", "30s"]);
+        assert!(status.success(), "cluster up failed: {out}\n{err}");
+        let seed = std::fs::read_to_string(c.data_dir().join("credentials/node.nk")).expect("node.nk");
+        let options = async_nats::ConnectOptions::new().nkey(seed.trim().to_string());
+        let url = format!("nats://127.0.0.1:{}", c.nats_port);
+        let bus = quiver_runtime::Bus::connect_with(&url, &c.name, "it", Duration::from_secs(10), options)
+            .await
+            .expect("connect as node");
+        let registry = quiver_runtime::Registry::open(&bus, Duration::from_secs(5), 1).await.expect("registry");
+        let host_id = format!("{}-local", c.name);
+        let entry = eventually("the supervisor registered as a host", Duration::from_secs(15), || async {
+            let hosts = registry.hosts().await.map_err(|e| e.to_string())?;
+            hosts.into_iter().find(|h| h.host_id == host_id).ok_or_else(|| "not yet".to_string())
+        })
+        .await;
+        assert_eq!(entry.nodes.len(), 2, "{entry:?}");
+        assert!(entry.nodes.iter().all(|n| !n.managed && n.pid != 0), "{entry:?}");
+
+        let opts = CallOptions::default();
+        let req = StartNode { node_id: "ix-9".into(), role: Role::IndexNode };
+        bus.call_node::<host::StartNode>(&host_id, &req, &opts).await.expect("start_node");
+        eventually("ix-9 registered with the supervisor's host agent", Duration::from_secs(20), || async {
+            let nodes = registry.nodes().await.map_err(|e| e.to_string())?;
+            match nodes.iter().find(|n| n.node_id == "ix-9-indexnode") {
+                Some(n) if n.host_agent == host_id => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let (status, out, err) = c.cli("status", &[]);
+        assert!(status.success(), "status: {err}");
+        assert!(rows(&out, "ix-9*").iter().any(|l| l.contains(" yes ")), "{out}");
+
+        // A file node stopped by the scaler stays stopped.
+        let (pid, _) = c.node("ix1");
+        let pid = pid.expect("ix1 runs");
+        bus.call_node::<host::StopNode>(&host_id, &StopNode { node_id: "ix1".into() }, &opts).await.expect("stop_node");
+        eventually("ix1 stopped for good", Duration::from_secs(20), || async {
+            let state = c.state().ok_or("no state")?;
+            let listed = state["nodes"].as_array().ok_or("no nodes")?.iter().any(|n| n["name"] == "ix1");
+            if listed || process_alive(pid) {
+                Err("still there".to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        let (status, _, err) = c.cli("down", &[]);
+        assert!(status.success(), "down: {err}");
+        // The agent deregisters before the nats-server stops.
+        let log = c.log("supervisor");
+        assert!(!log.contains("cannot remove the host's registry entry"), "{log}");
+    });
+}

@@ -12,6 +12,7 @@ mod crud;
 mod drain;
 mod durability;
 mod hostile;
+mod hosts;
 mod plugins;
 mod power_cut;
 mod replicas;

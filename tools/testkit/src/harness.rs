@@ -151,14 +151,20 @@ impl Harness {
         self.add(node_id, &quiver, &args, all);
     }
 
-    /// Starts a host agent, `quiver host --id <host_id>`, as process `name` (a restarted agent
-    /// gets a new name and the same id); the node processes it starts inherit its environment.
-    pub fn start_host(&mut self, name: &str, host_id: &str, env: &[(&str, &str)]) {
+    /// Starts any other `quiver` command (e.g. `host --id h1`) as process `name`, with the
+    /// harness's environment, this cluster's external NATS (`QUIVER_NATS__URL`) and `env`.
+    pub fn start_quiver(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
         let mut all = self.quiver_env();
         all.push(("QUIVER_NATS__URL".into(), self.url()));
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let quiver = self.quiver.clone();
-        self.add(name, &quiver, &["host", "--id", host_id], all);
+        self.add(name, &quiver, args, all);
+    }
+
+    /// Starts a host agent, `quiver host --id <host_id>`, as process `name` (a restarted agent
+    /// gets a new name and the same id); the node processes it starts inherit its environment.
+    pub fn start_host(&mut self, name: &str, host_id: &str, env: &[(&str, &str)]) {
+        self.start_quiver(name, &["host", "--id", host_id], env);
     }
 
     /// Environment every quiver process of this harness shares.
