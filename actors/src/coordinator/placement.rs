@@ -154,6 +154,10 @@ impl Coordinator {
         {
             let mut catalog = self.catalog.lock().await;
             let infos: Vec<CollectionInfo> = catalog.collections.values().cloned().collect();
+            // Fail-overs of segments dropped meanwhile are never announced: forget them.
+            self.lost
+                .borrow_mut()
+                .retain(|(cid, sid), _| catalog.segments.get(cid).is_some_and(|s| s.contains_key(sid)));
             for info in infos {
                 if self.assign(&mut catalog, &info, &queries, &datas, &epochs).await? {
                     reassigned.push(info.id);

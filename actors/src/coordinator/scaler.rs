@@ -268,7 +268,8 @@ impl Coordinator {
             ),
             _ => {}
         }
-        self.scaler.record(role, "", "requested", format!("{previous} → {} {}s", req.replicas, role.as_str()));
+        let before = if previous == 0 { "(not set)".to_string() } else { previous.to_string() };
+        self.scaler.record(role, "", "requested", format!("{before} → {} {}s", req.replicas, role.as_str()));
         self.scaler.wake.notify_one();
         Ok(ScaleReply { role, replicas: req.replicas, previous, warning: warnings.join("; ") })
     }
@@ -295,7 +296,19 @@ impl Coordinator {
                         && c.starting.is_empty()
                         && c.draining == 0
                         && !removing,
-                    activity: self.scaler.activity.borrow().get(role.as_str()).cloned().unwrap_or_default(),
+                    activity: match self.scaler.activity.borrow().get(role.as_str()) {
+                        // Not stale from the last step: the loop updates it a round later.
+                        _ if desired > 0
+                            && serving == desired
+                            && c.starting.is_empty()
+                            && c.draining == 0
+                            && !removing =>
+                        {
+                            format!("{serving} of {desired} serve")
+                        }
+                        Some(a) => a.clone(),
+                        None => String::new(),
+                    },
                 }
             })
             .collect();
