@@ -229,7 +229,8 @@ impl Coordinator {
             handoffs.extend(handoffs_between(&before, layout, cid, reason));
             let mut lost = self.lost.borrow_mut();
             for s in &load.segments {
-                if let Some(dead) = lost.remove(&(cid, s.id)) {
+                // The same node back after a restart reloads what it had: no hand-off.
+                if let Some(dead) = lost.remove(&(cid, s.id)).filter(|dead| *dead != node) {
                     handoffs.push(failover(cid, &node, &dead, s.id));
                 }
             }

@@ -350,6 +350,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Whether node `me` releases the segments of a hand-off event: it is the offline node, and the
+/// event is not a fail-over (whose offline node is gone: `released_ms` is set at once; a node
+/// restarted under the same id must keep what it just loaded).
+fn releases(change: &quiver_schemas::SegmentChangeInfo, me: &str) -> bool {
+    change.offline_node_id == me && change.online_node_id != me && change.released_ms == 0
+}
+
 impl RoleHandler for QueryNode {
     type Request = QueryNodeRequest;
 
@@ -364,7 +371,7 @@ impl RoleHandler for QueryNode {
     fn event(self: Rc<Self>, msg: async_nats::Message) -> LocalBoxFuture<'static, ()> {
         use quiver_schemas::Wire;
         match quiver_schemas::SegmentChangeInfo::from_bytes(&msg.payload) {
-            Ok(change) if change.offline_node_id == self.node.id => {
+            Ok(change) if releases(&change, &self.node.id) => {
                 tracing::info!(
                     collection = change.collection,
                     segments = ?change.offline_segment_ids,

@@ -278,3 +278,23 @@ fn query_lists_live_rows_in_key_order_and_counts_them() {
     assert_eq!(count.columns[0].values, [ScalarValue::Int64(3)]);
     assert!(count.pks.is_empty() && seqs.is_empty());
 }
+
+#[test]
+fn only_the_offline_node_of_a_live_hand_off_releases() {
+    let change = quiver_schemas::SegmentChangeInfo {
+        collection: 1,
+        online_node_id: "q2".into(),
+        online_segment_ids: vec![5],
+        offline_node_id: "q1".into(),
+        offline_segment_ids: vec![5],
+        reason: "balance".into(),
+        at_ms: 1,
+        released_ms: 0,
+    };
+    assert!(super::releases(&change, "q1"));
+    assert!(!super::releases(&change, "q2"), "the online node keeps them");
+    let failover = quiver_schemas::SegmentChangeInfo { reason: "failover".into(), released_ms: 1, ..change.clone() };
+    assert!(!super::releases(&failover, "q1"), "a fail-over's offline node is gone");
+    let restarted = quiver_schemas::SegmentChangeInfo { online_node_id: "q1".into(), ..change };
+    assert!(!super::releases(&restarted, "q1"), "a restarted node keeps what it reloaded");
+}
