@@ -27,6 +27,8 @@
 //! - `cluster.rs`: the cluster file, `quiver cluster up` / `down`, the supervisor's state file.
 //! - `kill.rs`: the kill phase and the recovery monitor.
 //! - `report.rs`: the markdown report.
+//! - `scale.rs`, `scale_report.rs`: `quiver-bench scale` (query nodes scaled 1 → N → 1 through
+//!   the API under search load), on the same cluster, data loading and sampled clients.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
