@@ -8,6 +8,9 @@
 //!   multi-process cluster, and what clients see while a query node is SIGKILLed. It drives
 //!   the load, reads the data and counts CPU with the standalone benchmark's pieces, hence its
 //!   place below it.
+//! - `scale` ([`standalone::replicas`]'s `scale`): query nodes scaled 1 → N → 1 through the
+//!   API under search load on the same kind of cluster, with a per-second timeline and the
+//!   times of each step; with `--scale-curve`, steady QPS per query-node count.
 //! - `filter` ([`filter`]): the query node's filtered-search kernel against raw faiss with a
 //!   bitmap selector, in process.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
@@ -42,6 +45,10 @@ enum Command {
     /// Benchmark search QPS with 1 vs 2 replicas on a local multi-process cluster, and latency
     /// while a query node is SIGKILLed.
     Replicas(standalone::replicas::BenchReplicasArgs),
+    /// Scale query nodes 1 → N → 1 through the API under search load on a local multi-process
+    /// cluster: latency, failures and the times of each step (or, with --scale-curve, steady
+    /// QPS per query-node count).
+    Scale(standalone::replicas::BenchScaleArgs),
     /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
     Filter(filter::BenchFilterArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
@@ -62,6 +69,7 @@ fn main() {
     let result = match cli.command {
         Command::Standalone(args) => standalone::bench(args),
         Command::Replicas(args) => standalone::replicas::bench_replicas(args),
+        Command::Scale(args) => standalone::replicas::bench_scale(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };

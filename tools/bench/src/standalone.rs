@@ -313,6 +313,19 @@ fn exact_truth(
     Ok(truth)
 }
 
+/// The CPU's model name from /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -446,6 +459,26 @@ where
     S: Fn(usize) -> anyhow::Result<Q> + Sync,
     Q: FnMut(usize) -> anyhow::Result<Vec<i64>>,
 {
+    drive_threads_until(data, k, threads, warmup, duration, &AtomicBool::new(false), watch, setup)
+}
+
+/// [`drive_threads`] that also ends when `stop` is set: the measured window then runs from the
+/// warm-up's end until `stop` (at most `duration`).
+#[allow(clippy::too_many_arguments)]
+fn drive_threads_until<S, Q>(
+    data: &Data,
+    k: usize,
+    threads: usize,
+    warmup: Duration,
+    duration: Duration,
+    stop: &AtomicBool,
+    watch: &[Watched],
+    setup: S,
+) -> anyhow::Result<LoadResult>
+where
+    S: Fn(usize) -> anyhow::Result<Q> + Sync,
+    Q: FnMut(usize) -> anyhow::Result<Vec<i64>>,
+{
     // The workers and this thread start together; this thread samples CPU use over the
     // measured window.
     let barrier = Barrier::new(threads + 1);
@@ -468,7 +501,7 @@ where
                     }
                     let mut rec = Recorder::new(data.nq, warmup, duration);
                     let mut i = t * data.nq / threads;
-                    while rec.running() {
+                    while rec.running() && !stop.load(Ordering::Relaxed) {
                         let q = i % data.nq;
                         let t0 = Instant::now();
                         let result = search(q);
@@ -486,7 +519,10 @@ where
         } else {
             std::thread::sleep(warmup);
             let before = CpuSnap::take(watch);
-            std::thread::sleep(duration);
+            let end = Instant::now() + duration;
+            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(end.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+            }
             Some(CpuSnap::take(watch).since(&before, watch))
         };
         let outcomes: Vec<anyhow::Result<Recorder>> = handles
@@ -1481,17 +1517,8 @@ struct Report {
 
 impl Report {
     fn new(args: &BenchArgs, data: &Data, params: &IndexParams) -> Report {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".into());
         Report {
-            cpu,
+            cpu: cpu_model(),
             cores: available_cores(),
             dataset: args.workload.dataset.display().to_string(),
             n: data.n,

@@ -10,6 +10,21 @@ const REST: &str = "coord+dn+ixn+supervisor";
 const FIXED_NODES: [(&str, &str); 4] =
     [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode")];
 
+/// What differs between the benches' clusters.
+pub(super) struct ClusterSpec {
+    /// The subcommand (`replicas`, `scale`): names the temp dir and the cluster file's comment.
+    pub(super) bench: &'static str,
+    /// Query node processes of the cluster file (`qn1`, ...).
+    pub(super) query_nodes: Vec<String>,
+    pub(super) segment_max_rows: usize,
+    /// `[balance] interval`: `1h` keeps the layout still unless the bench changes it.
+    pub(super) balance_interval: &'static str,
+    /// The supervisor's delay before it restarts a node that died.
+    pub(super) restart_backoff_secs: f64,
+    /// Keep the temp dir after the run.
+    pub(super) keep: bool,
+}
+
 /// A `quiver cluster` in a temp dir; stopped with `quiver cluster down` (and the dir removed
 /// unless --keep) when dropped, and by a signal handler if the bench is interrupted.
 pub(super) struct BenchCluster {
@@ -24,13 +39,10 @@ pub(super) struct BenchCluster {
 static TO_STOP: Mutex<Option<(PathBuf, PathBuf, PathBuf, bool)>> = Mutex::new(None);
 
 impl BenchCluster {
-    pub(super) fn create(
-        args: &BenchReplicasArgs,
-        segment_max_rows: usize,
-        extra: &[(String, String)],
-    ) -> anyhow::Result<Self> {
+    pub(super) fn create(spec: &ClusterSpec, extra: &[(String, String)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
-            "quiver-bench-replicas-{}-{}",
+            "quiver-bench-{}-{}-{}",
+            spec.bench,
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
         ));
@@ -38,11 +50,11 @@ impl BenchCluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("RUST_LOG".into(), "info".into());
-        env.insert("QUIVER_DATANODE__SEGMENT_MAX_ROWS".into(), segment_max_rows.to_string());
-        // Placement by row count spreads segments deterministically, and no periodic balance
-        // moves: the layout changes only when the bench changes it (as in the replicas test).
+        env.insert("QUIVER_DATANODE__SEGMENT_MAX_ROWS".into(), spec.segment_max_rows.to_string());
+        // Placement by row count spreads segments deterministically; with a long balance
+        // interval the layout changes only when the bench changes it (as in the replicas test).
         env.insert("QUIVER_PLUGINS__BALANCER".into(), "row-count".into());
-        env.insert("QUIVER_BALANCE__INTERVAL".into(), "1h".into());
+        env.insert("QUIVER_BALANCE__INTERVAL".into(), spec.balance_interval.into());
         env.insert("QUIVER_PROXY__GRPC_PORT".into(), "0".into());
         env.insert("QUIVER_PROXY__HTTP_PORT".into(), "0".into());
         // Security off, explicitly (loopback only): the bench's clients connect without
@@ -51,15 +63,15 @@ impl BenchCluster {
         env.extend(extra.iter().cloned());
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut file = String::new();
-        let _ = writeln!(file, "# Written by `quiver-bench replicas`.\n[cluster]\nname = {}", q(CLUSTER));
+        let _ = writeln!(file, "# Written by `quiver-bench {}`.\n[cluster]\nname = {}", spec.bench, q(CLUSTER));
         let _ = writeln!(file, "data_dir = {}\n[cluster.env]", q(&dir.join("data").display().to_string()));
         for (k, v) in &env {
             let _ = writeln!(file, "{} = {}", q(k), q(v));
         }
         let _ = writeln!(file, "\n[nats]\nport = {port}\n\n[supervisor]");
         let _ =
-            writeln!(file, "backoff_initial = {}", q(&format!("{}ms", (args.restart_backoff_secs * 1000.0) as u64)));
-        let query_nodes = args.query_node_ids();
+            writeln!(file, "backoff_initial = {}", q(&format!("{}ms", (spec.restart_backoff_secs * 1000.0) as u64)));
+        let query_nodes = spec.query_nodes.clone();
         let nodes = FIXED_NODES.iter().map(|(id, role)| (id.to_string(), *role));
         for (id, role) in nodes.chain(query_nodes.iter().map(|id| (id.clone(), "querynode"))) {
             let _ = writeln!(file, "\n[[node]]\nid = {}\nroles = [{}]", q(&id), q(role));
@@ -70,7 +82,7 @@ impl BenchCluster {
         eprintln!("cluster: running {}", exe.display());
         // From here on the dir (and, after `up`, the cluster) is cleaned up however we end.
         if let Ok(mut slot) = TO_STOP.lock() {
-            *slot = Some((exe.clone(), path.clone(), dir.clone(), args.keep));
+            *slot = Some((exe.clone(), path.clone(), dir.clone(), spec.keep));
         }
         let cluster = BenchCluster { dir, file: path, exe, url: format!("nats://127.0.0.1:{port}"), query_nodes };
         stop_on_signal()?;
@@ -134,7 +146,8 @@ impl BenchCluster {
         for p in st.nats.iter().chain(&st.nodes) {
             let label = match p.name.as_str() {
                 "nats-server" | "proxy" => p.name.clone(),
-                n if self.query_nodes.iter().any(|q| q == n) => n.to_string(),
+                // The file's query nodes, and those the scaler started (`qn-<n>`).
+                n if self.query_nodes.iter().any(|q| q == n) || n.starts_with("qn-") => n.to_string(),
                 _ => REST.into(),
             };
             if let Some(pid) = p.pid {
@@ -196,7 +209,7 @@ fn stop_on_signal() -> anyhow::Result<()> {
                     _ = hup.recv() => {}
                 }
             });
-            eprintln!("quiver-bench replicas: interrupted; stopping the cluster");
+            eprintln!("quiver-bench: interrupted; stopping the cluster");
             if let Some((exe, file, dir, keep)) = TO_STOP.lock().ok().and_then(|mut s| s.take()) {
                 if let Err(e) = stop_cluster(&exe, &file, &dir, keep) {
                     eprintln!("error: {e:#}");

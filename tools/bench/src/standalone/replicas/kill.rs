@@ -3,14 +3,48 @@
 use super::cluster::BenchCluster;
 use super::*;
 
-/// One search of the kill phase.
-#[derive(Clone, Copy)]
+/// One search of a phase with a timeline.
+#[derive(Clone)]
 pub(super) struct Sample {
     pub(super) start: Instant,
     pub(super) end: Instant,
     pub(super) ok: bool,
     /// Hits in the exact top-k.
     pub(super) hits: u32,
+    /// Why it failed.
+    pub(super) error: Option<String>,
+}
+
+/// One benchmark client for [`drive_threads`]: its own runtime and NATS connection, searches
+/// with consistency Eventually, every call recorded into `slot`, the first call's start into
+/// `started`.
+pub(super) fn sampled_search<'a>(
+    url: &str,
+    data: &'a Data,
+    k: usize,
+    search: SearchParams,
+    started: &'a OnceLock<Instant>,
+    slot: &'a Mutex<Vec<Sample>>,
+) -> anyhow::Result<impl FnMut(usize) -> anyhow::Result<Vec<i64>> + 'a> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), Client::connect(url, CLUSTER)).await })
+        .context("connecting a benchmark client timed out")??;
+    Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
+        let req = search_request(data, q, k, search, Consistency::Eventually);
+        let t0 = Instant::now();
+        started.get_or_init(|| t0);
+        let res = rt.block_on(client.search(&req));
+        let end = Instant::now();
+        let ids = res.map(ids_of);
+        let hits =
+            ids.as_ref().map_or(0, |ids| ids.iter().take(k).filter(|id| data.truth[q].contains(*id)).count() as u32);
+        let error = ids.as_ref().err().map(|e| format!("{e:#}"));
+        if let Ok(mut v) = slot.lock() {
+            v.push(Sample { start: t0, end, ok: ids.is_ok(), hits, error });
+        }
+        Ok(ids?)
+    })
 }
 
 /// What the layout monitor saw after the kill (instants).
@@ -104,28 +138,7 @@ pub(super) fn kill_phase(
             ctx.run(&started, warmup + kill_after)
         });
         let result = drive_threads(data, args.workload.k, threads, warmup, phase, watch, |t| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let client = rt
-                .block_on(async {
-                    tokio::time::timeout(Duration::from_secs(10), Client::connect(&cluster.url, CLUSTER)).await
-                })
-                .context("connecting a benchmark client timed out")??;
-            let (slot, started, k, search) = (&samples[t], &started, args.workload.k, *search);
-            Ok(move |q: usize| -> anyhow::Result<Vec<i64>> {
-                let req = search_request(data, q, k, search, Consistency::Eventually);
-                let t0 = Instant::now();
-                started.get_or_init(|| t0);
-                let res = rt.block_on(client.search(&req));
-                let end = Instant::now();
-                let ids = res.map(ids_of);
-                let hits = ids
-                    .as_ref()
-                    .map_or(0, |ids| ids.iter().take(k).filter(|id| data.truth[q].contains(*id)).count() as u32);
-                if let Ok(mut v) = slot.lock() {
-                    v.push(Sample { start: t0, end, ok: ids.is_ok(), hits });
-                }
-                Ok(ids?)
-            })
+            sampled_search(&cluster.url, data, args.workload.k, *search, &started, &samples[t])
         });
         done.store(true, Ordering::SeqCst);
         let recovery = monitor.join().unwrap_or_else(|_| Err(anyhow!("the layout monitor panicked")));

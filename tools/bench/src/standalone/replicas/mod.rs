@@ -27,6 +27,8 @@
 //! - `cluster.rs`: the cluster file, `quiver cluster up` / `down`, the supervisor's state file.
 //! - `kill.rs`: the kill phase and the recovery monitor.
 //! - `report.rs`: the markdown report.
+//! - `scale.rs`, `scale_report.rs`: `quiver-bench scale` (query nodes scaled 1 → N → 1 through
+//!   the API under search load), on the same cluster, data loading and sampled clients.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,9 +45,9 @@ use quiver_client::{schema, Client, Consistency, Distribution, IndexParams, Node
 use serde::Deserialize;
 
 use super::{
-    available_cores, drive_threads, free_port, ids_of, quiver_bin, quiver_threads, retry, run_raw, runtime,
-    search_request, wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report, Watched, Workload,
-    CLUSTER, COLLECTION,
+    available_cores, cpu_model, drive_threads, drive_threads_until, free_port, ids_of, quiver_bin, quiver_threads,
+    retry, run_raw, runtime, search_request, wait_quiet, wait_segments, BenchArgs, CpuUsage, Data, LoadResult, Report,
+    Watched, Workload, CLUSTER, COLLECTION,
 };
 
 #[derive(Args)]
@@ -102,8 +104,16 @@ pub struct BenchReplicasArgs {
     /// Skip the raw faiss baseline.
     #[arg(long)]
     skip_raw: bool,
+    #[command(flatten)]
+    run: ClusterRunArgs,
+}
+
+/// The cluster benches' node environment, report file and temp dir.
+#[derive(Args)]
+pub struct ClusterRunArgs {
     /// Extra environment of every node, `KEY=VALUE` (e.g. `QUIVER_PLUGINS__ROUTER=least-loaded`).
-    /// Repeatable; written into the cluster file's `[cluster] env`.
+    /// Repeatable; written into the cluster file's `[cluster] env`, after the bench's own
+    /// settings, so it can override them.
     #[arg(long = "node-env", value_name = "KEY=VALUE")]
     node_env: Vec<String>,
     /// Also write the report to this file.
@@ -164,45 +174,59 @@ impl BenchReplicasArgs {
 
     /// The `quiver-bench standalone` arguments the shared pieces (data loading, raw faiss, quiet wait) read.
     fn bench_args(&self) -> anyhow::Result<BenchArgs> {
-        #[derive(clap::Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            args: BenchArgs,
-        }
         let threads = self.threads.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-        let mut argv = vec![
-            "bench".to_string(),
-            "--threads".into(),
-            threads,
-            "--duration-secs".into(),
-            self.duration_secs.to_string(),
-            "--warmup-secs".into(),
-            self.warmup_secs.to_string(),
-            "--quiet-wait-secs".into(),
-            self.quiet_wait_secs.to_string(),
-            "--quiet-cores".into(),
-            self.quiet_cores.to_string(),
-        ];
-        if let Some(rows) = self.rows {
-            argv.extend(["--base-limit".into(), rows.to_string()]);
-        }
-        let Wrap { mut args } = <Wrap as clap::Parser>::try_parse_from(argv).context("internal: bench arguments")?;
-        args.workload = self.workload.clone();
-        Ok(args)
+        standalone_args(
+            &self.workload,
+            self.rows,
+            &[
+                "--threads",
+                &threads,
+                "--duration-secs",
+                &self.duration_secs.to_string(),
+                "--warmup-secs",
+                &self.warmup_secs.to_string(),
+                "--quiet-wait-secs",
+                &self.quiet_wait_secs.to_string(),
+                "--quiet-cores",
+                &self.quiet_cores.to_string(),
+            ],
+        )
     }
 }
 
-pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
-    args.check()?;
-    let node_env = args
-        .node_env
+/// `quiver-bench standalone` arguments for the shared pieces: the workload, `--base-limit rows`
+/// and `flags`.
+pub(super) fn standalone_args(workload: &Workload, rows: Option<usize>, flags: &[&str]) -> anyhow::Result<BenchArgs> {
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+    let mut argv = vec!["bench".to_string()];
+    argv.extend(flags.iter().map(|f| f.to_string()));
+    if let Some(rows) = rows {
+        argv.extend(["--base-limit".into(), rows.to_string()]);
+    }
+    let Wrap { mut args } = <Wrap as clap::Parser>::try_parse_from(argv).context("internal: bench arguments")?;
+    args.workload = workload.clone();
+    Ok(args)
+}
+
+/// `--node-env KEY=VALUE` pairs.
+pub(super) fn parse_node_env(node_env: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    node_env
         .iter()
         .map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| anyhow!("--node-env wants KEY=VALUE, got {kv:?}"))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
+    args.check()?;
+    let node_env = parse_node_env(&args.run.node_env)?;
     let bench_args = args.bench_args()?;
     let (params, search) = args.workload.params()?;
     let loadavg_start = loadavg();
@@ -218,22 +242,10 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         false => Some(run_raw_segments(&args, &bench_args, &data, &params, &search, segment_max_rows)?),
     };
     let mut report = ReplicaReport {
-        command: command_line(),
-        cpu: raw_report.cpu.clone(),
-        cores: available_cores(),
-        loadavg_start,
-        loadavg_end: String::new(),
-        data_facts: format!(
-            "{} — {} base × {} dim, {} queries, k = {}; ground truth: {}",
-            args.workload.dataset.display(),
-            data.n,
-            data.dim,
-            data.nq,
-            args.workload.k,
-            data.truth_source
-        ),
-        params: params.clone(),
-        search,
+        facts: RunFacts {
+            loadavg_start,
+            ..RunFacts::new(raw_report.cpu.clone(), &args.workload, &data, &params, search)
+        },
         k: args.workload.k,
         duration_secs: args.duration_secs,
         warmup_secs: args.warmup_secs,
@@ -248,18 +260,20 @@ pub fn bench_replicas(args: BenchReplicasArgs) -> anyhow::Result<i32> {
         kill: None,
     };
 
-    let mut cluster = BenchCluster::create(&args, segment_max_rows, &node_env)?;
+    let spec = ClusterSpec {
+        bench: "replicas",
+        query_nodes: args.query_node_ids(),
+        segment_max_rows,
+        balance_interval: "1h",
+        restart_backoff_secs: args.restart_backoff_secs,
+        keep: args.run.keep,
+    };
+    let mut cluster = BenchCluster::create(&spec, &node_env)?;
     cluster.up()?;
     run_cluster(&args, &bench_args, &data, &params, &search, &cluster, &mut report)?;
     cluster.down()?;
-    report.loadavg_end = loadavg();
-
-    let text = report.markdown();
-    print!("{text}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &text).with_context(|| format!("cannot write the report to {}", out.display()))?;
-        eprintln!("report written to {}", out.display());
-    }
+    report.facts.finish();
+    print_report(&report.markdown(), args.run.out.as_deref())?;
     Ok(0)
 }
 
@@ -325,22 +339,25 @@ fn run_raw_segments(
 mod cluster;
 mod kill;
 mod report;
+mod scale;
+mod scale_report;
 
-use cluster::BenchCluster;
+use cluster::{BenchCluster, ClusterSpec};
 use kill::kill_phase;
-use report::{command_line, loadavg, ReplicaReport};
+use report::{loadavg, print_report, ReplicaReport, RunFacts};
+pub use scale::{bench_scale, BenchScaleArgs};
 
 /// What loading the cluster took and how it served the data.
 #[derive(Default)]
-struct ClusterLoad {
-    insert: Duration,
-    flush_served: Duration,
-    index_built: Duration,
-    segment_rows: Vec<u64>,
+pub(super) struct ClusterLoad {
+    pub(super) insert: Duration,
+    pub(super) flush_served: Duration,
+    pub(super) index_built: Duration,
+    pub(super) segment_rows: Vec<u64>,
     /// (replicas, seconds from load_collection to fully replicated, layout)
-    loads: Vec<(u32, f64, String)>,
+    pub(super) loads: Vec<(u32, f64, String)>,
     /// Processes and pids at the start of the searches.
-    processes: Vec<(String, u32)>,
+    pub(super) processes: Vec<(String, u32)>,
 }
 
 fn run_cluster(
@@ -353,72 +370,8 @@ fn run_cluster(
     report: &mut ReplicaReport,
 ) -> anyhow::Result<()> {
     let rt = runtime(2)?;
-    let client = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), Client::connect(&cluster.url, CLUSTER))
-            .await
-            .with_context(|| format!("connecting to {} timed out", cluster.url))?
-            .context("cannot connect to the cluster")
-    })?;
-    let segment_max_rows = report.segment_max_rows;
-    let load = &mut report.load;
-    rt.block_on(async {
-        let mut s = schema::simple(COLLECTION, data.dim as u32);
-        s.num_shards = 1;
-        retry("create_collection", || client.create_collection(s.clone())).await?;
-        let t = Instant::now();
-        // A segment is sealed after the insert that fills it: batches never cross a segment
-        // boundary, so every segment holds exactly segment_max_rows rows.
-        let mut start = 0;
-        while start < data.n {
-            let boundary = (start / segment_max_rows + 1) * segment_max_rows;
-            let end = (start + args.batch).min(boundary).min(data.n);
-            let rows = schema::rows(
-                start as i64..end as i64,
-                data.dim as u32,
-                data.base[start * data.dim..end * data.dim].to_vec(),
-            );
-            client.insert(COLLECTION, rows).await.with_context(|| format!("insert rows {start}..{end}"))?;
-            start = end;
-        }
-        load.insert = t.elapsed();
-        eprintln!("quiver: inserted {} rows in {:.1}s", data.n, load.insert.as_secs_f64());
-        let t = Instant::now();
-        retry("flush", || client.flush(COLLECTION)).await?;
-        wait_segments(&client, data.n as u64, false, Duration::from_secs(600)).await?;
-        load.flush_served = t.elapsed();
-        eprintln!("quiver: flushed; sealed segments served after {:.1}s", load.flush_served.as_secs_f64());
-        anyhow::Ok(())
-    })?;
-
-    // The index: every segment Indexed in the catalog; then release and load again, so that
-    // every holder loads its segments with their index (a holder confirms only what the
-    // coordinator sent after the release, when the catalog already names the indexes).
-    rt.block_on(async {
-        let t = Instant::now();
-        retry("create_index", || client.create_index(COLLECTION, params.clone())).await?;
-        eprintln!("quiver: index defined; waiting for the index node...");
-        load.segment_rows = wait_segments(&client, data.n as u64, true, Duration::from_secs(7200)).await?;
-        load.index_built = t.elapsed();
-        eprintln!(
-            "quiver: {} segments {:?} Indexed after {:.1}s; releasing to load them again with their indexes",
-            load.segment_rows.len(),
-            load.segment_rows,
-            load.index_built.as_secs_f64()
-        );
-        retry("release_collection", || client.release_collection(COLLECTION)).await?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let d = retry("distribution", || client.distribution(COLLECTION)).await?;
-            if d.released && d.replicas.is_empty() && d.segments.iter().all(|s| s.nodes.is_empty()) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the collection is not released 2 minutes after release_collection: {}", layout_summary(&d));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::Ok(())
-    })?;
+    let client = connect(&rt, &cluster.url)?;
+    load_data(&rt, &client, data, params, args.batch, report.segment_max_rows, &mut report.load)?;
 
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);
@@ -457,9 +410,92 @@ fn run_cluster(
     Ok(())
 }
 
+/// A client of the cluster at `url`.
+pub(super) fn connect(rt: &tokio::runtime::Runtime, url: &str) -> anyhow::Result<Client> {
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), Client::connect(url, CLUSTER))
+            .await
+            .with_context(|| format!("connecting to {url} timed out"))?
+            .context("cannot connect to the cluster")
+    })
+}
+
+/// Creates the collection (1 shard), inserts the data in `segment_max_rows` segments, flushes,
+/// builds the index, and releases the collection, so that the next `load_collection` loads
+/// every segment with its index; fills in `load`'s times and segment sizes.
+pub(super) fn load_data(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    data: &Data,
+    params: &IndexParams,
+    batch: usize,
+    segment_max_rows: usize,
+    load: &mut ClusterLoad,
+) -> anyhow::Result<()> {
+    rt.block_on(async {
+        let mut s = schema::simple(COLLECTION, data.dim as u32);
+        s.num_shards = 1;
+        retry("create_collection", || client.create_collection(s.clone())).await?;
+        let t = Instant::now();
+        // A segment is sealed after the insert that fills it: batches never cross a segment
+        // boundary, so every segment holds exactly segment_max_rows rows.
+        let mut start = 0;
+        while start < data.n {
+            let boundary = (start / segment_max_rows + 1) * segment_max_rows;
+            let end = (start + batch).min(boundary).min(data.n);
+            let rows = schema::rows(
+                start as i64..end as i64,
+                data.dim as u32,
+                data.base[start * data.dim..end * data.dim].to_vec(),
+            );
+            client.insert(COLLECTION, rows).await.with_context(|| format!("insert rows {start}..{end}"))?;
+            start = end;
+        }
+        load.insert = t.elapsed();
+        eprintln!("quiver: inserted {} rows in {:.1}s", data.n, load.insert.as_secs_f64());
+        let t = Instant::now();
+        retry("flush", || client.flush(COLLECTION)).await?;
+        wait_segments(client, data.n as u64, false, Duration::from_secs(600)).await?;
+        load.flush_served = t.elapsed();
+        eprintln!("quiver: flushed; sealed segments served after {:.1}s", load.flush_served.as_secs_f64());
+        anyhow::Ok(())
+    })?;
+
+    // The index: every segment Indexed in the catalog; then release and load again, so that
+    // every holder loads its segments with their index (a holder confirms only what the
+    // coordinator sent after the release, when the catalog already names the indexes).
+    rt.block_on(async {
+        let t = Instant::now();
+        retry("create_index", || client.create_index(COLLECTION, params.clone())).await?;
+        eprintln!("quiver: index defined; waiting for the index node...");
+        load.segment_rows = wait_segments(client, data.n as u64, true, Duration::from_secs(7200)).await?;
+        load.index_built = t.elapsed();
+        eprintln!(
+            "quiver: {} segments {:?} Indexed after {:.1}s; releasing to load them again with their indexes",
+            load.segment_rows.len(),
+            load.segment_rows,
+            load.index_built.as_secs_f64()
+        );
+        retry("release_collection", || client.release_collection(COLLECTION)).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = retry("distribution", || client.distribution(COLLECTION)).await?;
+            if d.released && d.replicas.is_empty() && d.segments.iter().all(|s| s.nodes.is_empty()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the collection is not released 2 minutes after release_collection: {}", layout_summary(&d));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
 /// `load_collection(replicas)` and wait until the layout is fully replicated with all `rows`
 /// in Indexed segments; returns the seconds it took and the layout.
-async fn load_replicas(client: &Client, replicas: u32, rows: u64) -> anyhow::Result<(f64, String)> {
+pub(super) async fn load_replicas(client: &Client, replicas: u32, rows: u64) -> anyhow::Result<(f64, String)> {
     let t = Instant::now();
     retry("load_collection", || client.load_collection(COLLECTION, replicas)).await?;
     let deadline = Instant::now() + Duration::from_secs(600);

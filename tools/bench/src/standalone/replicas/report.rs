@@ -4,14 +4,7 @@ use super::kill::{stats, KillReport, Sample, Stats, POLL};
 use super::*;
 
 pub(super) struct ReplicaReport {
-    pub(super) command: String,
-    pub(super) cpu: String,
-    pub(super) cores: usize,
-    pub(super) loadavg_start: String,
-    pub(super) loadavg_end: String,
-    pub(super) data_facts: String,
-    pub(super) params: IndexParams,
-    pub(super) search: SearchParams,
+    pub(super) facts: RunFacts,
     pub(super) k: usize,
     pub(super) duration_secs: f64,
     pub(super) warmup_secs: f64,
@@ -26,6 +19,80 @@ pub(super) struct ReplicaReport {
     /// (replicas, result)
     pub(super) rows: Vec<(u32, LoadResult)>,
     pub(super) kill: Option<KillReport>,
+}
+
+/// What the cluster benches' reports open with: the command, the machine, the data and the index.
+pub(super) struct RunFacts {
+    pub(super) command: String,
+    pub(super) cpu: String,
+    pub(super) cores: usize,
+    pub(super) loadavg_start: String,
+    /// Set when the cluster is down ([`RunFacts::finish`]).
+    pub(super) loadavg_end: String,
+    pub(super) data_facts: String,
+    pub(super) params: IndexParams,
+    pub(super) search: SearchParams,
+}
+
+impl RunFacts {
+    /// At the start of a run, with the CPU's model name.
+    pub(super) fn new(
+        cpu: String,
+        workload: &Workload,
+        data: &Data,
+        params: &IndexParams,
+        search: SearchParams,
+    ) -> Self {
+        RunFacts {
+            command: command_line(),
+            cpu,
+            cores: available_cores(),
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
+            data_facts: format!(
+                "{} — {} base × {} dim, {} queries, k = {}; ground truth: {}",
+                workload.dataset.display(),
+                data.n,
+                data.dim,
+                data.nq,
+                workload.k,
+                data.truth_source
+            ),
+            params: params.clone(),
+            search,
+        }
+    }
+
+    pub(super) fn finish(&mut self) {
+        self.loadavg_end = loadavg();
+    }
+
+    /// Title, command, machine (with `machine_note`), dataset and index (with `index_note`) lines.
+    pub(super) fn header(&self, s: &mut String, bench: &str, machine_note: &str, index_note: &str) {
+        let p = &self.params;
+        let _ = writeln!(s, "## quiver-bench {bench}\n\n```sh\n{}\n```\n", self.command);
+        let _ = writeln!(
+            s,
+            "- machine: {} × {} cores{machine_note}; load average {} at the start, {} at the end",
+            self.cpu, self.cores, self.loadavg_start, self.loadavg_end
+        );
+        let _ = writeln!(s, "- dataset: {}", self.data_facts);
+        let _ = writeln!(
+            s,
+            "- index: {:?} {:?} (M {}, efConstruction {}, nlist {}, nbits {}; 0 = default); search ef {}, nprobe {}{index_note}",
+            p.index_type, p.metric, p.m, p.ef_construction, p.nlist, p.nbits, self.search.ef, self.search.nprobe
+        );
+    }
+}
+
+/// Prints the report, and writes it to `out` too.
+pub(super) fn print_report(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    print!("{text}");
+    if let Some(out) = out {
+        std::fs::write(out, text).with_context(|| format!("cannot write the report to {}", out.display()))?;
+        eprintln!("report written to {}", out.display());
+    }
+    Ok(())
 }
 
 pub(super) fn command_line() -> String {
@@ -69,19 +136,7 @@ fn cpu_cell(cpu: Option<&CpuUsage>) -> String {
 impl ReplicaReport {
     pub(super) fn markdown(&self) -> String {
         let mut s = String::new();
-        let p = &self.params;
-        let _ = writeln!(s, "## quiver-bench replicas\n\n```sh\n{}\n```\n", self.command);
-        let _ = writeln!(
-            s,
-            "- machine: {} × {} cores; load average {} at the start, {} at the end",
-            self.cpu, self.cores, self.loadavg_start, self.loadavg_end
-        );
-        let _ = writeln!(s, "- dataset: {}", self.data_facts);
-        let _ = writeln!(
-            s,
-            "- index: {:?} {:?} (M {}, efConstruction {}, nlist {}, nbits {}; 0 = default); search ef {}, nprobe {}; faiss threads 1 (query nodes and raw)",
-            p.index_type, p.metric, p.m, p.ef_construction, p.nlist, p.nbits, self.search.ef, self.search.nprobe
-        );
+        self.facts.header(&mut s, "replicas", "", "; faiss threads 1 (query nodes and raw)");
         let _ = writeln!(
             s,
             "- load: closed loop, one query per call, consistency Eventually, one OS thread and NATS connection per client; {} s warm-up + {} s measured per row",
