@@ -9,7 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use quiver_schemas::protocol::{
-    ApiRequest, CoordRequest, DataNodeRequest, IndexNodeRequest, NodeControlRequest, QueryNodeRequest, ServiceRequest,
+    ApiRequest, CoordRequest, DataNodeRequest, HostRequest, IndexNodeRequest, NodeControlRequest, QueryNodeRequest,
+    ServiceRequest,
 };
 use quiver_schemas::*;
 
@@ -51,18 +52,20 @@ fuzz_target!(|data: &[u8]| {
         Delete, MutationResult, Get, Search, Query, QueryResults, SearchResults, NodeSearchResults, FlushResult,
         ClusterStatus, PluginUpload, PluginActivate, PluginRollback, PluginReport, Alloc, AllocRange, Stall,
         DmlEntry, SegmentFlushed, BuildIndex, IndexBuilt, LoadSegments, ReleaseSegments, NodeSearch, NodeGet,
-        NodeQuery, GetResults, Distribution, LoadCollection, NodeStatus, WatchChannels,
+        NodeQuery, GetResults, Distribution, LoadCollection, NodeStatus, WatchChannels, ScaleRequest, ScaleReply,
+        ScalingStatus, ClusterEvents, SegmentChangeInfo, StartNode, StopNode,
     );
     if handled {
         return;
     }
     let Some((&method, payload)) = rest.split_first() else { return };
-    match pick % 6 {
+    match pick % 7 {
         0 => service::<ApiRequest>(method, payload),
         1 => service::<CoordRequest>(method, payload),
         2 => service::<QueryNodeRequest>(method, payload),
         3 => service::<DataNodeRequest>(method, payload),
         4 => service::<IndexNodeRequest>(method, payload),
-        _ => service::<NodeControlRequest>(method, payload),
+        5 => service::<NodeControlRequest>(method, payload),
+        _ => service::<HostRequest>(method, payload),
     }
 });

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientError, Consistency, NodeState, Query, SearchParams, SegmentState, Stall, Wire};
+use quiver_client::{Client, ClientError, Consistency, NodeState, SearchParams, SegmentState, Stall, Wire};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
 use crate::common::load::Load;
@@ -120,16 +120,7 @@ fn each_role_drains_under_load_without_losing_anything() {
 
         // Every acknowledged row exactly once, in sealed segments too (the new data node wrote
         // what the drained one left in the log, nothing twice).
-        let count = Query {
-            collection: "docs".into(),
-            filter: String::new(),
-            output_fields: vec!["count(*)".into()],
-            limit: 0,
-            offset: 0,
-            consistency: Consistency::Strong,
-        };
-        let rows = client.query(&count).await.expect("count");
-        assert_eq!(format!("{:?}", rows.rows.columns[0].values), format!("[Int64({total})]"), "every row once");
+        assert_eq!(data::count(&client, "docs").await, total as i64, "every row once");
         data::flush(&client, "docs").await;
         data::wait_segments(&client, "docs", total as u64, SegmentState::Flushed, Duration::from_secs(30)).await;
         let ds = dataset();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientError, Consistency, Distribution, Query, SearchParams, SegmentState};
+use quiver_client::{Client, ClientError, Consistency, Distribution, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
 use crate::common::{eventually, run, Harness, READY};
@@ -265,16 +265,7 @@ fn two_replicas_survive_query_node_kills_under_load() {
         let req = data::search("docs", queries.clone(), 10, SearchParams::default(), Consistency::Strong);
         let r = recall(&client.search(&req).await.expect("search"), &queries, &truth, 10);
         assert_eq!(r, 1.0, "exact search over both replicas after the kills (recall {r})");
-        let count = Query {
-            collection: "docs".into(),
-            filter: String::new(),
-            output_fields: vec!["count(*)".into()],
-            limit: 0,
-            offset: 0,
-            consistency: Consistency::Strong,
-        };
-        let rows = client.query(&count).await.expect("count");
-        assert_eq!(format!("{:?}", rows.rows.columns[0].values), "[Int64(20000)]", "every row counted once");
+        assert_eq!(data::count(&client, "docs").await, 20_000, "every row counted once");
 
         // A restarted coordinator keeps the replica groups and who holds what.
         let before = eventually("all four nodes back in groups", Duration::from_secs(40), || async {

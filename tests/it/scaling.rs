@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientError, Consistency, Query, Role, SearchParams, SegmentState};
+use quiver_client::{Client, ClientError, Consistency, Role, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
 use crate::common::load::Load;
@@ -180,16 +180,7 @@ fn every_worker_role_scales_out_and_back_in_under_load() {
         assert!(failures.is_empty(), "{} failed operations: {:?}", failures.len(), &failures[..failures.len().min(5)]);
 
         // Every acknowledged row once (keys 0..total, so a count and an exact search suffice).
-        let count = Query {
-            collection: "docs".into(),
-            filter: String::new(),
-            output_fields: vec!["count(*)".into()],
-            limit: 0,
-            offset: 0,
-            consistency: Consistency::Strong,
-        };
-        let rows = client.query(&count).await.expect("count");
-        assert_eq!(format!("{:?}", rows.rows.columns[0].values), format!("[Int64({total})]"), "every row once");
+        assert_eq!(data::count(&client, "docs").await, total as i64, "every row once");
         let queries = dataset().queries(50);
         let truth = exact_top_k(total, &queries, 10);
         let req = data::search("docs", queries.clone(), 10, SearchParams::default(), Consistency::Strong);

@@ -122,6 +122,44 @@ fn node_status() -> NodeStatus {
         heartbeat_ms: 6,
         detail: String::new(),
         state: NodeState::default(),
+        cpu_cores: 2.0,
+        cpu_busy: 0.5,
+        host_agent: "h1".into(),
+    }
+}
+
+fn role_scaling() -> RoleScaling {
+    RoleScaling {
+        role: Role::QueryNode,
+        desired: 3,
+        serving: 2,
+        starting: 1,
+        draining: 0,
+        converged: false,
+        activity: "starting qn-7 on h1".into(),
+    }
+}
+
+fn host_status() -> HostStatus {
+    HostStatus {
+        host_id: "h1".into(),
+        cpus: 2,
+        max_nodes: 4,
+        nodes: vec![HostedNode { node_id: "qn-7".into(), roles: vec![Role::QueryNode], pid: 9, ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+fn handoff() -> SegmentChangeInfo {
+    SegmentChangeInfo {
+        collection: 7,
+        online_node_id: "q2".into(),
+        online_segment_ids: vec![11],
+        offline_node_id: "q1".into(),
+        offline_segment_ids: vec![11],
+        reason: "balance".into(),
+        at_ms: 5,
+        released_ms: 6,
     }
 }
 
@@ -164,7 +202,14 @@ fn wire(dir: &Path) {
         SearchResults { results: vec![hits(), Hits::default()] }.to_bytes(),
         NodeSearchResults { results: vec![hits()], shards: Vec::new(), in_flight: 2 }.to_bytes(),
         FlushResult { segments: vec![1, 2] }.to_bytes(),
-        ClusterStatus { cluster: "quiver".into(), nodes: vec![node_status.clone()] }.to_bytes(),
+        ClusterStatus {
+            cluster: "quiver".into(),
+            nodes: vec![node_status.clone()],
+            roles: vec![role_scaling()],
+            hosts: vec![host_status()],
+            notes: vec!["note".into()],
+        }
+        .to_bytes(),
         PluginUpload { kind: "router".into(), name: "r".into(), wasm: b"\0asm".to_vec() }.to_bytes(),
         PluginActivate { name: "r".into(), version: "1".into() }.to_bytes(),
         PluginRollback { kind: "router".into() }.to_bytes(),
@@ -208,16 +253,33 @@ fn wire(dir: &Path) {
         LoadCollection { name: "docs".into(), replicas: 2 }.to_bytes(),
         node_status.to_bytes(),
         WatchChannels { channels: vec![ChannelAssignment { collection: info, shard: 1, checkpoint: 4 }] }.to_bytes(),
+        ScaleRequest { role: "querynode".into(), replicas: 3 }.to_bytes(),
+        ScaleReply { role: Role::QueryNode, replicas: 3, previous: 1, warning: String::new() }.to_bytes(),
+        ScalingStatus { roles: vec![role_scaling()], hosts: vec![host_status()] }.to_bytes(),
+        ClusterEvents {
+            handoffs: vec![handoff()],
+            scaling: vec![ScalingEvent {
+                at_ms: 1,
+                role: Role::QueryNode,
+                node_id: "qn-7-querynode".into(),
+                action: "start".into(),
+                detail: "on host h1".into(),
+            }],
+        }
+        .to_bytes(),
+        handoff().to_bytes(),
+        StartNode { node_id: "qn-7".into(), role: Role::QueryNode }.to_bytes(),
+        StopNode { node_id: "qn-7".into() }.to_bytes(),
     ];
     for (i, bytes) in messages.iter().enumerate() {
         let mut seed = vec![i as u8];
         seed.extend_from_slice(bytes);
         write(dir, "wire_decode", &format!("type-{i:02}"), &seed);
     }
-    // Service requests: byte 0 past the types picks the service (ApiRequest = 0 mod 6 ...).
+    // Service requests: byte 0 past the types picks the service (ApiRequest = 0 mod 7 ...).
     let first_service = messages.len() as u8;
     let api_search = ApiRequest::METHODS.iter().position(|m| *m == "search").unwrap_or(0) as u8;
-    let mut seed = vec![first_service.next_multiple_of(6), api_search];
+    let mut seed = vec![first_service.next_multiple_of(7), api_search];
     seed.extend_from_slice(&search().to_bytes());
     write(dir, "wire_decode", "api-search", &seed);
 }

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use quiver_client::{
-    fvecs, schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Search,
-    SearchParams, SearchResults, SegmentState,
+    fvecs, schema, Client, Consistency, Distribution, IndexParams, IndexType, MetricType, PrimaryKey, Query,
+    ScalarValue, Search, SearchParams, SearchResults, SegmentState,
 };
 
 use crate::harness::{eventually, retry};
@@ -151,6 +151,24 @@ pub async fn insert_rows(client: &Client, collection: &str, start: usize, end: u
 pub async fn create_simple(client: &Client, name: &str) {
     let dim = dataset().dim32();
     retry("create_collection", Duration::from_secs(10), || client.create_collection(schema::simple(name, dim))).await;
+}
+
+/// `count(*)` of a collection with Strong consistency (retrying what the client calls
+/// retryable for up to 30 s, e.g. right after a restart).
+pub async fn count(client: &Client, collection: &str) -> i64 {
+    let q = Query {
+        collection: collection.into(),
+        filter: String::new(),
+        output_fields: vec!["count(*)".into()],
+        limit: 0,
+        offset: 0,
+        consistency: Consistency::Strong,
+    };
+    let rows = retry("count(*)", Duration::from_secs(30), || client.query(&q)).await;
+    match rows.rows.columns.first().map(|c| c.values.as_slice()) {
+        Some([ScalarValue::Int64(n)]) => *n,
+        other => panic!("count(*) of {collection} answered {other:?}"),
+    }
 }
 
 /// Flushes (retrying while no data node consumes the collection yet); returns the new segments.
