@@ -135,34 +135,31 @@ impl HostedNodes {
         let mut env = l.env.clone();
         env.push(("QUIVER_NODE__ID".into(), id.clone()));
         env.push(("QUIVER_NODE__HOST_AGENT".into(), self.host_id.clone()));
-        if req.role == Role::Proxy && l.grpc_port != 0 {
-            let port = free_port(&l.grpc_host, l.grpc_port, &taken).ok_or_else(|| {
-                Error::ResourceExhausted(format!(
-                    "host {}: no free port for the proxy's Milvus gRPC API on {} from {} to {}; free one or \
-                     set another proxy.grpc_port",
-                    self.host_id,
-                    l.grpc_host,
+        if req.role == Role::Proxy {
+            // Several proxies may share the machine: each listener gets the first free port
+            // at or above the configured one.
+            let listeners = [
+                (
+                    "the proxy's Milvus gRPC API",
+                    "proxy.grpc_port",
+                    "QUIVER_PROXY__GRPC_PORT",
+                    &l.grpc_host,
                     l.grpc_port,
-                    l.grpc_port.saturating_add(PORT_SPAN - 1)
-                ))
-            })?;
-            ports.push(port);
-            env.push(("QUIVER_PROXY__GRPC_PORT".into(), port.to_string()));
-        }
-        if req.role == Role::Proxy && l.http_port != 0 {
-            let taken: Vec<u16> = taken.iter().chain(&ports).copied().collect();
-            let port = free_port(&l.http_host, l.http_port, &taken).ok_or_else(|| {
-                Error::ResourceExhausted(format!(
-                    "host {}: no free port for the proxy's HTTP admin API on {} from {} to {}; free one or \
-                     set another proxy.http_port",
-                    self.host_id,
-                    l.http_host,
-                    l.http_port,
-                    l.http_port.saturating_add(PORT_SPAN - 1)
-                ))
-            })?;
-            ports.push(port);
-            env.push(("QUIVER_PROXY__HTTP_PORT".into(), port.to_string()));
+                ),
+                ("the proxy's HTTP admin API", "proxy.http_port", "QUIVER_PROXY__HTTP_PORT", &l.http_host, l.http_port),
+            ];
+            for (what, key, var, host, base) in listeners.into_iter().filter(|(.., base)| *base != 0) {
+                let taken: Vec<u16> = taken.iter().chain(&ports).copied().collect();
+                let port = free_port(host, base, &taken).ok_or_else(|| {
+                    Error::ResourceExhausted(format!(
+                        "host {}: no free port for {what} on {host} from {base} to {}; free one or set another {key}",
+                        self.host_id,
+                        base.saturating_add(PORT_SPAN - 1)
+                    ))
+                })?;
+                ports.push(port);
+                env.push((var.into(), port.to_string()));
+            }
         }
         let metrics = if l.metrics_port_base == 0 {
             String::new()

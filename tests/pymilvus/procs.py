@@ -1,0 +1,206 @@
+"""A multi-process Quiver cluster for the pymilvus tests that change one under load (drain,
+scaling): an external nats-server with the cluster's generated principals, `quiver run` nodes and
+host agents as processes of the test, `quiver ctl` as admin; and a pymilvus search + insert load.
+"""
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from conftest import _free_port, _quiver_bin, _set_pdeathsig
+from pmutil import STRONG
+
+
+class ProcCluster:
+    """Processes of one cluster in a temp dir, each with its log `<dir>/<name>.log`."""
+
+    def __init__(self, test, env=None):
+        self.dir = tempfile.mkdtemp(prefix=f"quiver-pymilvus-{test}-")
+        self.nats_port = _free_port()
+        self.grpc_port = _free_port()
+        self.name = f"pm{test}_{os.getpid()}"
+        self.extra_env = env or {}
+        self.procs = {}
+
+    def _spawn(self, name, args, env):
+        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        self.procs[name] = subprocess.Popen(
+            args, env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_set_pdeathsig,
+        )
+        log.close()
+
+    def env(self, node=None, extra=None):
+        """Environment of a Quiver process: none of the caller's QUIVER_* variables, the cluster's
+        names and NATS, gRPC, HTTP and metrics off unless `extra` turns them on."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUIVER_")}
+        env.update({
+            "QUIVER_CLUSTER__NAME": self.name,
+            "QUIVER_CLUSTER__DATA_DIR": os.path.join(self.dir, "data"),
+            "QUIVER_NATS__URL": f"nats://127.0.0.1:{self.nats_port}",
+            "QUIVER_METRICS__LISTEN": "",
+            "QUIVER_PROXY__GRPC_PORT": "0",
+            "QUIVER_PROXY__HTTP_PORT": "0",
+            "RUST_LOG": "info",
+        })
+        env.update(self.extra_env)
+        if node:
+            env["QUIVER_NODE__ID"] = node
+        env.update(extra or {})
+        return env
+
+    def start_nats(self):
+        """nats-server with JetStream, configured by `quiver config nats-auth` (security is on)."""
+        auth = subprocess.run(
+            [_quiver_bin(), "config", "nats-auth"], env=self.env(), capture_output=True, text=True, timeout=60
+        )
+        assert auth.returncode == 0, f"quiver config nats-auth: {auth.stderr}"
+        conf = os.path.join(self.dir, "nats-server.conf")
+        with open(conf, "w") as f:
+            f.write(auth.stdout)
+        store = os.path.join(self.dir, "nats")
+        self._spawn(
+            "nats", ["nats-server", "-c", conf, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(self.nats_port)], None
+        )
+        time.sleep(0.5)
+
+    def start_node(self, node, role, extra=None):
+        self._spawn(node, [_quiver_bin(), "run", "--role", role], self.env(node, extra))
+
+    def start_host(self, host_id):
+        self._spawn(host_id, [_quiver_bin(), "host", "--id", host_id], self.env())
+
+    @property
+    def uri(self):
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def ctl(self, *args, timeout=240):
+        out = subprocess.run(
+            [_quiver_bin(), "ctl", "--url", f"nats://127.0.0.1:{self.nats_port}", "--cluster", self.name,
+             "--data-dir", os.path.join(self.dir, "data"), *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        assert out.returncode == 0, f"quiver ctl {args}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+    def admin_token(self):
+        with open(os.path.join(self.dir, "data", "credentials", "admin.credentials")) as f:
+            return f.read().strip()
+
+    def log(self, name):
+        with open(os.path.join(self.dir, f"{name}.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_exit(self, name, timeout=60):
+        code = self.procs[name].wait(timeout=timeout)
+        assert code == 0, f"{name} exited with {code} after draining:\n{self.log(name)[-3000:]}"
+
+    def milvus_client(self, ready=None, timeout=60):
+        """A pymilvus client on the proxy's gRPC port, as admin, once it answers (and `ready()`
+        passes); stops the cluster if that does not happen within `timeout` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                client = MilvusClient(uri=self.uri, timeout=5, token=self.admin_token())
+                client.list_collections()
+                if ready:
+                    ready()
+                return client
+            except Exception:
+                if time.time() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.5)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def base_rows(total, dim, seed):
+    """`total` rows `{"id": i, "vector": ...}` of random vectors."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((total, dim), dtype=np.float32)
+    return [{"id": i, "vector": v[i].tolist()} for i in range(total)]
+
+
+def create_docs(client, rows, initial, dim):
+    """Collection `docs` (id, vector; FLAT, L2) with `rows[:initial]` inserted, flushed, loaded."""
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="FLAT", metric_type="L2")
+    client.create_collection("docs", schema=schema, index_params=index)
+    for start in range(0, initial, 1000):
+        client.insert("docs", rows[start:min(start + 1000, initial)])
+    client.flush("docs")
+    client.load_collection("docs")
+
+
+class Load:
+    """Two search threads (a base row's own vector must find that row first, 10 distinct hits)
+    and one insert thread (rows `initial..total`, 100 at a time), until stopped."""
+
+    def __init__(self, client, rows, initial, total, pause=0.03):
+        self.client, self.rows, self.initial, self.total, self.pause = client, rows, initial, total, pause
+        self.failures, self.searches, self.inserted = [], 0, initial
+        self.stop_flag = threading.Event()
+        self.threads = [threading.Thread(target=self._search, args=(t,)) for t in range(2)]
+        self.threads.append(threading.Thread(target=self._insert))
+
+    def _search(self, offset):
+        i = offset
+        while not self.stop_flag.is_set():
+            row = (i * 37) % self.initial
+            try:
+                hits = self.client.search("docs", data=[self.rows[row]["vector"]], limit=10, **STRONG)[0]
+                ids = [h["id"] for h in hits]
+                if len(ids) != 10 or len(set(ids)) != 10 or ids[0] != row:
+                    self.failures.append(f"row {row}: {ids}")
+            except Exception as e:  # any error is a failure
+                self.failures.append(f"search: {e}")
+            self.searches += 1
+            i += 1
+
+    def _insert(self):
+        at = self.initial
+        while at < self.total and not self.stop_flag.is_set():
+            try:
+                self.client.insert("docs", self.rows[at:at + 100])
+                at += 100
+                self.inserted = at
+            except Exception as e:
+                self.failures.append(f"insert: {e}")
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def wait_inserted(self, timeout=90):
+        deadline = time.time() + timeout
+        while self.inserted < self.total and time.time() < deadline:
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join()
+        return False
+
+    def check(self, client):
+        """After the load: every row inserted, nothing failed, every acknowledged row counted once."""
+        assert self.inserted == self.total, f"only {self.inserted} rows inserted; failures: {self.failures[:5]}"
+        assert not self.failures, f"{len(self.failures)} failures: {self.failures[:5]}"
+        assert self.searches > 20, self.searches
+        count = client.query("docs", filter="", output_fields=["count(*)"], **STRONG)[0]["count(*)"]
+        assert count == self.total, f"{count} rows counted, {self.total} acknowledged"
