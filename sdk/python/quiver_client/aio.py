@@ -33,7 +33,9 @@ from .types import (
     PrimaryKey,
     Query,
     QueryResults,
+    RoleScaling,
     RowBatch,
+    ScaleReply,
     Search,
     SearchResults,
 )
@@ -312,6 +314,25 @@ class AsyncClient:
     async def status(self) -> ClusterStatus:
         """Every live node with its role, health, memory, segments and restarts."""
         return await self._call("status", "Empty", {}, "ClusterStatus", wire.status_from_wire)
+
+    # ---- scaling (MISSION S3.1; docs/scaling.md) --------------------------------------------
+
+    async def scale(self, role: str, replicas: int) -> ScaleReply:
+        """Asks for ``replicas`` nodes of ``role`` (``proxy``, ``datanode``, ``indexnode`` or
+        ``querynode``); admin only. Returns at once; :meth:`scaling` shows the convergence."""
+        body = {"role": role, "replicas": int(replicas)}
+        return await self._call("scale", "ScaleRequest", body, "ScaleReply", wire.scale_reply_from_wire)
+
+    async def scaling(self) -> List[RoleScaling]:
+        """Every scalable role's wanted and actual node count."""
+        return await self._call(
+            "scaling", "Empty", {}, "ScalingStatus", lambda d: [wire.role_scaling_from_wire(r) for r in d.get("roles", [])]
+        )
+
+    async def events(self) -> Any:
+        """Recent hand-offs (``sealedSegmentChangeInfo``) and scaling steps, as the wire's
+        ``ClusterEvents`` fields: ``{"handoffs": [...], "scaling": [...]}``."""
+        return await self._call("events", "Empty", {}, "ClusterEvents", lambda d: d)
 
     # ---- plugins (answers are the coordinator's JSON documents, parsed) ------------------
 

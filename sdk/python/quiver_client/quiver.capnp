@@ -233,6 +233,9 @@ struct NodeStatus {
   heartbeatMs @10 :UInt64;
   detail @11 :Text;
   state @12 :NodeState;         # Lifecycle: starting (0 would be an old node: see NodeState).
+  cpuCores @13 :Float32;        # CPU cores the process may use (affinity, cgroup quota).
+  cpuBusy @14 :Float32;         # Cores' worth of CPU the process used over the last heartbeat.
+  hostAgent @15 :Text;          # The host agent that started the process ("" if none).
 }
 
 # Where a role is in its life. `serving` is 0 so nodes that predate the field read as serving.
@@ -354,6 +357,99 @@ struct FlushResult {
 struct ClusterStatus {
   cluster @0 :Text;
   nodes @1 :List(NodeStatus);
+  roles @2 :List(RoleScaling);  # Wanted vs actual node count per role (the scaler's view).
+  hosts @3 :List(HostStatus);
+  notes @4 :List(Text);         # Parts that could not be read, and why.
+}
+
+# Scaling (MISSION S0, S3.1): `quiver ctl scale`, answered by the coordinator's scaler.
+# `role` is text so that an unknown name gets an error naming it, not a decoding failure.
+struct ScaleRequest {
+  role @0 :Text;
+  replicas @1 :UInt32;
+}
+
+struct ScaleReply {
+  role @0 :Role;
+  replicas @1 :UInt32;
+  previous @2 :UInt32;          # The count wanted before (0: none was set).
+  warning @3 :Text;
+}
+
+# One role's wanted and actual node count.
+struct RoleScaling {
+  role @0 :Role;
+  desired @1 :UInt32;           # 0: no count set, the role is not scaled.
+  serving @2 :UInt32;
+  starting @3 :UInt32;
+  draining @4 :UInt32;
+  converged @5 :Bool;
+  activity @6 :Text;            # What the scaler is doing for the role, for people.
+}
+
+# A host agent and the node processes it runs.
+struct HostStatus {
+  hostId @0 :Text;
+  hostname @1 :Text;
+  pid @2 :UInt32;
+  cpus @3 :UInt32;
+  memTotal @4 :UInt64;
+  memAvailable @5 :UInt64;
+  maxNodes @6 :UInt32;
+  nodes @7 :List(HostedNode);
+  startedMs @8 :UInt64;
+  heartbeatMs @9 :UInt64;
+}
+
+struct HostedNode {
+  nodeId @0 :Text;
+  roles @1 :List(Role);
+  pid @2 :UInt32;               # 0: not running (restarting).
+  restarts @3 :UInt32;
+  managed @4 :Bool;             # Started by the scaler (not from a cluster file).
+  stopping @5 :Bool;
+  lastExit @6 :Text;
+}
+
+struct ScalingStatus {
+  roles @0 :List(RoleScaling);
+  hosts @1 :List(HostStatus);
+}
+
+# One step the scaler took.
+struct ScalingEvent {
+  atMs @0 :UInt64;
+  role @1 :Role;
+  nodeId @2 :Text;
+  action @3 :Text;
+  detail @4 :Text;
+}
+
+# MISSION S1.4's sealedSegmentChangeInfo, published on quiver.<c>.querychannel.<collection>.
+struct SegmentChangeInfo {
+  collection @0 :UInt64;
+  onlineNodeId @1 :Text;
+  onlineSegmentIds @2 :List(UInt64);
+  offlineNodeId @3 :Text;
+  offlineSegmentIds @4 :List(UInt64);
+  reason @5 :Text;              # balance, scale-in, drain, failover, replicas.
+  atMs @6 :UInt64;
+  releasedMs @7 :UInt64;        # When the offline node confirmed the release (0: not yet).
+}
+
+struct ClusterEvents {
+  handoffs @0 :List(SegmentChangeInfo);
+  scaling @1 :List(ScalingEvent);
+}
+
+# Coordinator -> host agent.
+struct StartNode {
+  nodeId @0 :Text;
+  role @1 :Role;
+}
+
+struct StopNode {
+  nodeId @0 :Text;
 }
 
 # Plugin administration (`quiver ctl plugin ...`), answered by the coordinator.

@@ -23,7 +23,9 @@ from .types import (
     PrimaryKey,
     Query,
     QueryResults,
+    RoleScaling,
     RowBatch,
+    ScaleReply,
     Search,
     SearchResults,
 )
@@ -187,6 +189,15 @@ class Client:
 
     def status(self) -> ClusterStatus:
         return self._loop.run(self._inner.status())
+
+    def scale(self, role: str, replicas: int) -> ScaleReply:
+        return self._loop.run(self._inner.scale(role, replicas))
+
+    def scaling(self) -> List[RoleScaling]:
+        return self._loop.run(self._inner.scaling())
+
+    def events(self) -> Any:
+        return self._loop.run(self._inner.events())
 
     def plugin_load(self, kind: str, name: str, wasm: bytes) -> Any:
         return self._loop.run(self._inner.plugin_load(kind, name, wasm))

@@ -45,7 +45,9 @@ __all__ = [
     "Distribution",
     "ReplicaGroup",
     "NodeStatus",
+    "RoleScaling",
     "ClusterStatus",
+    "ScaleReply",
     "SearchParams",
     "Search",
     "Hits",
@@ -359,12 +361,47 @@ class NodeStatus:
     started_ms: int
     heartbeat_ms: int
     detail: str
+    #: CPU cores the process may use (affinity, cgroup quota) and cores' worth it used lately.
+    cpu_cores: float = 0.0
+    cpu_busy: float = 0.0
+    #: The host agent that started the process ("" if none).
+    host_agent: str = ""
+
+
+@dataclass
+class RoleScaling:
+    """One role's wanted and actual node count (``desired`` 0: never scaled)."""
+
+    role: Role
+    desired: int
+    serving: int
+    starting: int
+    draining: int
+    converged: bool
+    #: What the scaler is doing for the role, for people.
+    activity: str
 
 
 @dataclass
 class ClusterStatus:
     cluster: str
     nodes: List[NodeStatus]
+    #: Wanted vs actual node count per scalable role.
+    roles: List[RoleScaling] = field(default_factory=list)
+    #: The host agents, as the wire's ``HostStatus`` fields (camelCase keys).
+    hosts: List[Dict[str, Any]] = field(default_factory=list)
+    #: Parts of the status that could not be read, and why.
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ScaleReply:
+    """What :meth:`scale` changed: ``previous`` 0 means no count was set before."""
+
+    role: Role
+    replicas: int
+    previous: int
+    warning: str
 
 
 @dataclass

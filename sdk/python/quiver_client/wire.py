@@ -39,9 +39,11 @@ from .types import (
     PrimaryKey,
     Query,
     QueryResults,
+    RoleScaling,
     ReplicaGroup,
     Role,
     RowBatch,
+    ScaleReply,
     Scalar,
     Search,
     SearchResults,
@@ -305,9 +307,36 @@ def status_from_wire(d: Dict_) -> ClusterStatus:
                 started_ms=int(n.get("startedMs", 0)),
                 heartbeat_ms=int(n.get("heartbeatMs", 0)),
                 detail=n.get("detail", ""),
+                cpu_cores=float(n.get("cpuCores", 0.0)),
+                cpu_busy=float(n.get("cpuBusy", 0.0)),
+                host_agent=n.get("hostAgent", ""),
             )
             for n in d.get("nodes", [])
         ],
+        roles=[role_scaling_from_wire(r) for r in d.get("roles", [])],
+        hosts=[dict(h) for h in d.get("hosts", [])],
+        notes=list(d.get("notes", [])),
+    )
+
+
+def role_scaling_from_wire(d: Dict_) -> RoleScaling:
+    return RoleScaling(
+        role=Role(d.get("role", "queryNode")),
+        desired=int(d.get("desired", 0)),
+        serving=int(d.get("serving", 0)),
+        starting=int(d.get("starting", 0)),
+        draining=int(d.get("draining", 0)),
+        converged=bool(d.get("converged", False)),
+        activity=d.get("activity", ""),
+    )
+
+
+def scale_reply_from_wire(d: Dict_) -> ScaleReply:
+    return ScaleReply(
+        role=Role(d.get("role", "queryNode")),
+        replicas=int(d.get("replicas", 0)),
+        previous=int(d.get("previous", 0)),
+        warning=d.get("warning", ""),
     )
 
 

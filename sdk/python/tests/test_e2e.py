@@ -101,6 +101,20 @@ async def test_every_operation(client: quiver.AsyncClient) -> None:
     status = await client.status()
     assert {n.role for n in status.nodes} == set(quiver.Role)
     assert all(n.healthy for n in status.nodes)
+    assert all(n.cpu_cores > 0 for n in status.nodes), status.nodes
+    assert {r.role for r in status.roles} == set(quiver.Role) - {quiver.Role.COORDINATOR}, status.roles
+
+    # Scaling: the coordinator is refused; a standalone has no host agent, so a count is
+    # accepted with a warning saying nothing can be started.
+    with pytest.raises(quiver.InvalidArgument) as e:
+        await client.scale("coordinator", 2)
+    assert "S0.2" in e.value.message
+    reply = await client.scale("querynode", 1)
+    assert (reply.role, reply.replicas) == (quiver.Role.QUERY_NODE, 1)
+    assert "no host agent" in reply.warning and "one querynode" in reply.warning, reply.warning
+    roles = {r.role: r for r in await client.scaling()}
+    assert roles[quiver.Role.QUERY_NODE].desired == 1 and roles[quiver.Role.QUERY_NODE].serving == 1, roles
+    assert any(e["action"] == "requested" for e in (await client.events())["scaling"])
 
     # Drop.
     await client.drop_collection(name)
