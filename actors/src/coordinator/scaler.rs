@@ -93,6 +93,9 @@ pub struct Scaler {
     /// Query nodes that serve, as of the last round, and when each started serving.
     query_serving: RefCell<BTreeMap<String, Instant>>,
     last_join_balance: Cell<Option<Instant>>,
+    /// Scale requests one at a time, so the persisted and the in-memory count are the same
+    /// request's (the last one wins in both).
+    requests: tokio::sync::Mutex<()>,
     /// Wakes the loop at once (a scale request).
     pub wake: Notify,
 }
@@ -249,6 +252,7 @@ impl Coordinator {
                 )));
             }
         }
+        let _one_at_a_time = self.scaler.requests.lock().await;
         let meta = &self.node.shared.meta;
         meta.put(&keys::desired_replicas(role), &Desired { replicas: req.replicas, requested_ms: now_ms() }).await?;
         let previous = self.scaler.desired.borrow_mut().insert(role.as_str(), req.replicas).unwrap_or(0);
