@@ -50,7 +50,8 @@ def cluster():
     client = c.milvus_client()
     yield c, client
     c.stop()
-    shutil.rmtree(c.dir, ignore_errors=True)
+    if not os.environ.get("QUIVER_IT_KEEP"):
+        shutil.rmtree(c.dir, ignore_errors=True)
 
 
 def test_draining_nodes_under_pymilvus_load_loses_nothing(cluster):

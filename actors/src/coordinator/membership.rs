@@ -4,7 +4,8 @@
 //! Nodes register by writing their status to the registry bucket, refresh it every heartbeat
 //! and delete it when they stop. The coordinator remembers every node it has seen, so a node
 //! whose entry expired is still shown to the policy with its last heartbeat (and becomes
-//! suspect, then dead); an entry deleted while still fresh means the node deregistered.
+//! suspect, then dead); an entry deleted while still fresh, after the node said it was
+//! draining, means the node deregistered (a serving node missing from one listing is not gone).
 //!
 //! Verdicts: `Alive` nodes get new work; `Suspect` nodes keep what they hold but get nothing
 //! new; `Dead` nodes' work is reassigned. An alive node that reports it is draining counts as
@@ -92,12 +93,16 @@ impl Membership {
         {
             let mut seen = self.seen.borrow_mut();
             let present: BTreeMap<String, NodeStatus> = entries.into_iter().map(|n| (n.node_id.clone(), n)).collect();
-            // Gone while still fresh: deleted by the node itself on the way out. Long dead:
-            // forgotten (it was reported dead for a while already).
+            // Gone while still fresh after a drain: deleted by the node itself on the way out.
+            // Gone while still fresh and serving: a listing that raced the node's heartbeat (a
+            // KV key listing can miss a key whose value is being replaced); it is still there,
+            // and is judged by its heartbeat's age like any other. Long dead: forgotten (it was
+            // reported dead for a while already).
             let forget_after_ms = (config.discovery.dead_after.as_millis() as u64).saturating_mul(10).max(60_000);
             seen.retain(|id, last| {
                 let silent = now.saturating_sub(last.heartbeat_ms);
-                present.contains_key(id) || (silent >= ttl_ms && silent < forget_after_ms)
+                let left = matches!(last.state, NodeState::Draining | NodeState::Stopped);
+                present.contains_key(id) || (silent < ttl_ms && !left) || (silent >= ttl_ms && silent < forget_after_ms)
             });
             seen.extend(present);
         }

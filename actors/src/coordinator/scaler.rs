@@ -189,9 +189,10 @@ struct Counts {
     draining: u32,
 }
 
-fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>) -> Counts {
+fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>, hosts: &[HostStatus]) -> Counts {
     let members = verdicts.members(role);
-    let serving: Vec<NodeStatus> = members.alive.iter().filter(|n| n.state == NodeState::Serving).cloned().collect();
+    let serving: Vec<NodeStatus> =
+        members.alive.iter().filter(|n| n.state == NodeState::Serving && !orphaned(n, role, hosts)).cloned().collect();
     let mut pending: BTreeSet<String> =
         members.alive.iter().filter(|n| n.state == NodeState::Starting).map(|n| n.node_id.clone()).collect();
     for process in starting.iter().filter(|(_, s)| s.role == role).map(|(p, _)| p) {
@@ -201,6 +202,17 @@ fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>
         }
     }
     Counts { serving, starting: pending, draining: members.draining.len() as u32 }
+}
+
+/// Whether `node` was started by a host agent that runs and no longer lists its process: the
+/// process died with an earlier incarnation of the agent, and its registry entry has not
+/// expired yet. It does not count as serving (nor as a node to remove).
+fn orphaned(node: &NodeStatus, role: Role, hosts: &[HostStatus]) -> bool {
+    let Some(host) = hosts.iter().find(|h| !node.host_agent.is_empty() && h.host_id == node.host_agent) else {
+        return false;
+    };
+    let process = node.node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(&node.node_id);
+    !host.nodes.iter().any(|p| p.node_id == process && p.pid != 0) && host.started_ms > node.started_ms
 }
 
 impl Coordinator {
@@ -286,7 +298,7 @@ impl Coordinator {
         let roles = SCALABLE
             .iter()
             .map(|&role| {
-                let c = counts(&verdicts, role, &starting);
+                let c = counts(&verdicts, role, &starting, &hosts);
                 let desired = self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0);
                 let removing = self.scaler.removal.borrow().as_ref().is_some_and(|r| r.role == role);
                 let serving = c.serving.len() as u32;
@@ -345,7 +357,7 @@ impl Coordinator {
         for role in SCALABLE {
             let Some(&want) = desired.get(role.as_str()) else { continue };
             let starting = self.scaler.starting.borrow().clone();
-            let c = counts(&verdicts, role, &starting);
+            let c = counts(&verdicts, role, &starting, &hosts);
             let (serving, pending) = (c.serving.len() as u32, c.starting.len() as u32);
             if serving + pending < want {
                 self.start_nodes(role, want - serving - pending, &hosts).await?;
