@@ -189,6 +189,12 @@ mod tests {
         assert_eq!(probe(&path).unwrap(), Supervisor::Running(Some(std::process::id())));
         assert!(SupervisorLock::acquire(&path, Duration::from_millis(100)).unwrap().is_none());
         drop(lock);
+        // A process another test forks at this moment holds a copy of the lock's descriptor
+        // until it execs (close-on-exec), so the lock may outlive `drop` by that long.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while probe(&path).unwrap() != Supervisor::Stopped && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(probe(&path).unwrap(), Supervisor::Stopped);
     }
 
