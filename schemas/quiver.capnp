@@ -148,6 +148,24 @@ struct IndexParams {
   name @7 :Text;                # Index name given by a Milvus client (empty = the field's name).
 }
 
+# Kind of index on a scalar field (Milvus' index_type names).
+enum ScalarIndexType {
+  stlSort @0;
+  inverted @1;
+  bitmap @2;
+  trie @3;
+  auto @4;                      # AUTOINDEX on a scalar field.
+}
+
+# An index on one scalar field; the query nodes use it to answer filters.
+struct ScalarIndex {
+  name @0 :Text;
+  field @1 :Text;
+  indexType @2 :ScalarIndexType;
+  paramKeys @3 :List(Text);     # Other parameters as given (e.g. json_cast_type), keys ...
+  paramValues @4 :List(Text);   # ... and their values, in the same order.
+}
+
 struct CollectionInfo {
   id @0 :UInt64;
   schema @1 :CollectionSchema;
@@ -156,6 +174,7 @@ struct CollectionInfo {
     some @3 :IndexParams;
   }
   createdTs @4 :UInt64;
+  scalarIndexes @5 :List(ScalarIndex);  # At most one per scalar field.
 }
 
 # A sealed segment: rows of one shard between two log positions, in the object store.
@@ -210,6 +229,7 @@ struct Distribution {
   version @3 :UInt64;           # Bumped on every change.
   released @4 :Bool;            # Released (not served) until loaded again.
   replicas @5 :List(ReplicaGroup);  # The in-memory replicas (replica_number of them when enough nodes).
+  unserved @6 :List(SegmentInfo);   # Flushed segments past their shard's served position (not read yet).
 }
 
 # Serve a collection from query nodes (again), with this many in-memory replicas.
@@ -286,6 +306,16 @@ struct CollectionDescription {
 struct CreateIndex {
   collection @0 :Text;
   params @1 :IndexParams;
+}
+
+struct CreateScalarIndex {
+  collection @0 :Text;
+  index @1 :ScalarIndex;
+}
+
+struct DropScalarIndex {
+  collection @0 :Text;
+  name @1 :Text;
 }
 
 struct Insert {

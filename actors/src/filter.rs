@@ -22,7 +22,9 @@ use serde_json::Value as Json;
 
 use crate::rows::RowStore;
 
+mod index;
 mod search;
+pub use index::{evaluate_indexed, SegmentIndexes};
 pub use search::{search_allowed, SegmentVectors};
 
 /// One bit per row in faiss IDSelectorBitmap layout: row i is bit (bytes[i >> 3] >> (i & 7)) & 1.
@@ -97,6 +99,20 @@ impl Bitmap {
         }
     }
 
+    /// Keeps only the bits also set in `other` (of the same length).
+    pub fn intersect(&mut self, other: &Bitmap) {
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a &= b;
+        }
+    }
+
+    /// Sets the bits set in `other` (of the same length).
+    pub fn union(&mut self, other: &Bitmap) {
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a |= b;
+        }
+    }
+
     /// Offsets of the set bits, ascending.
     pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
         self.bytes.iter().enumerate().flat_map(|(byte_index, &byte)| {
@@ -128,6 +144,25 @@ pub fn evaluate(expr: &Expr, rows: &RowStore) -> Bitmap {
             }
         }
         *byte = acc;
+    }
+    out
+}
+
+/// Rows among `candidates` where every one of `exprs` is true (all candidates when there are
+/// none): the conditions an index could not answer, evaluated only where it left rows.
+fn evaluate_among(exprs: &[&Expr], rows: &RowStore, candidates: &Bitmap) -> Bitmap {
+    let mut compiler = Compiler { rows, slots: Vec::new() };
+    let node = Node::And(exprs.iter().map(|e| compiler.node(e)).collect());
+    let mut cells: Vec<OnceCell<Option<Json>>> = compiler.slots.iter().map(|_| OnceCell::new()).collect();
+    let mut out = Bitmap::new(rows.len(), false);
+    for row in candidates.ones().take_while(|&r| r < rows.len()) {
+        for cell in cells.iter_mut() {
+            cell.take();
+        }
+        let ctx = Row { row, rows, slots: &compiler.slots, cells: &cells };
+        if node.eval(&ctx) == Tri::True {
+            out.set(row, true);
+        }
     }
     out
 }

@@ -146,7 +146,7 @@ fuzz_target!(|data: &[u8]| {
             };
             let Ok(schema) = validate::validate_schema(schema, 2, &config().limits) else { return };
             // What DescribeCollection shows must create the same collection again.
-            let info = CollectionInfo { id: 1, schema, index: None, created_ts: 1 };
+            let info = CollectionInfo { id: 1, schema, index: None, created_ts: 1, scalar_indexes: Vec::new() };
             let shown = convert::schema_to(&info).encode_to_vec();
             let level = convert::consistency_to(info.schema.consistency) as i32;
             let again = convert::schema_from(&info.schema.name, &shown, info.schema.num_shards as i32, level)

@@ -59,7 +59,7 @@ pub fn info(variant: u8) -> CollectionInfo {
         }
         _ => {}
     }
-    CollectionInfo { id: 7, schema, index: None, created_ts: 1 }
+    CollectionInfo { id: 7, schema, index: None, created_ts: 1, scalar_indexes: Vec::new() }
 }
 
 const N: usize = 10;

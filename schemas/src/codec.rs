@@ -335,6 +335,26 @@ fn index_type_to(v: IndexType) -> cp::IndexType {
     }
 }
 
+fn scalar_index_type_to(v: ScalarIndexType) -> cp::ScalarIndexType {
+    match v {
+        ScalarIndexType::StlSort => cp::ScalarIndexType::StlSort,
+        ScalarIndexType::Inverted => cp::ScalarIndexType::Inverted,
+        ScalarIndexType::Bitmap => cp::ScalarIndexType::Bitmap,
+        ScalarIndexType::Trie => cp::ScalarIndexType::Trie,
+        ScalarIndexType::Auto => cp::ScalarIndexType::Auto,
+    }
+}
+
+fn scalar_index_type_from(v: cp::ScalarIndexType) -> ScalarIndexType {
+    match v {
+        cp::ScalarIndexType::StlSort => ScalarIndexType::StlSort,
+        cp::ScalarIndexType::Inverted => ScalarIndexType::Inverted,
+        cp::ScalarIndexType::Bitmap => ScalarIndexType::Bitmap,
+        cp::ScalarIndexType::Trie => ScalarIndexType::Trie,
+        cp::ScalarIndexType::Auto => ScalarIndexType::Auto,
+    }
+}
+
 fn index_type_from(v: cp::IndexType) -> IndexType {
     match v {
         cp::IndexType::Flat => IndexType::Flat,
@@ -537,8 +557,33 @@ fn get_index_params(r: cp::index_params::Reader<'_>) -> Result<IndexParams, Faul
     })
 }
 
+fn put_scalar_index(v: &ScalarIndex, mut b: cp::scalar_index::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_field(v.field.as_str());
+    b.set_index_type(scalar_index_type_to(v.index_type));
+    let keys: Vec<String> = v.params.iter().map(|(k, _)| k.clone()).collect();
+    let values: Vec<String> = v.params.iter().map(|(_, v)| v.clone()).collect();
+    fill_strings(b.reborrow().init_param_keys(len32(keys.len())), &keys);
+    fill_strings(b.reborrow().init_param_values(len32(values.len())), &values);
+}
+
+fn get_scalar_index(r: cp::scalar_index::Reader<'_>) -> Result<ScalarIndex, Fault> {
+    let keys = read_strings(r.get_param_keys()).at("paramKeys")?;
+    let values = read_strings(r.get_param_values()).at("paramValues")?;
+    if keys.len() != values.len() {
+        return Err(Fault::new(format!("{} parameter keys but {} values", keys.len(), values.len()))).at("paramValues");
+    }
+    Ok(ScalarIndex {
+        name: read_string(r.get_name()).at("name")?,
+        field: read_string(r.get_field()).at("field")?,
+        index_type: scalar_index_type_from(r.get_index_type().at("indexType")?),
+        params: keys.into_iter().zip(values).collect(),
+    })
+}
+
 fn put_collection_info(v: &CollectionInfo, mut b: cp::collection_info::Builder<'_>) {
     b.set_id(v.id);
+    fill_structs(b.reborrow().init_scalar_indexes(len32(v.scalar_indexes.len())), &v.scalar_indexes, put_scalar_index);
     put_collection_schema(&v.schema, b.reborrow().init_schema());
     match &v.index {
         None => b.reborrow().init_index().set_none(()),
@@ -558,6 +603,7 @@ fn get_collection_info(r: cp::collection_info::Reader<'_>) -> Result<CollectionI
         schema: get_collection_schema(r.get_schema().at("schema")?).at("schema")?,
         index,
         created_ts: r.get_created_ts(),
+        scalar_indexes: read_structs(r.get_scalar_indexes(), get_scalar_index).at("scalarIndexes")?,
     })
 }
 
@@ -654,7 +700,8 @@ fn put_distribution(v: &Distribution, mut b: cp::distribution::Builder<'_>) {
     fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_placement);
     b.set_version(v.version);
     b.set_released(v.released);
-    fill_structs(b.init_replicas(len32(v.replicas.len())), &v.replicas, put_replica_group);
+    fill_structs(b.reborrow().init_replicas(len32(v.replicas.len())), &v.replicas, put_replica_group);
+    fill_structs(b.init_unserved(len32(v.unserved.len())), &v.unserved, put_segment_info);
 }
 
 fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fault> {
@@ -665,6 +712,7 @@ fn get_distribution(r: cp::distribution::Reader<'_>) -> Result<Distribution, Fau
         version: r.get_version(),
         released: r.get_released(),
         replicas: read_structs(r.get_replicas(), get_replica_group).at("replicas")?,
+        unserved: read_structs(r.get_unserved(), get_segment_info).at("unserved")?,
     })
 }
 
@@ -811,6 +859,30 @@ fn get_create_index(r: cp::create_index::Reader<'_>) -> Result<CreateIndex, Faul
     Ok(CreateIndex {
         collection: read_string(r.get_collection()).at("collection")?,
         params: get_index_params(r.get_params().at("params")?).at("params")?,
+    })
+}
+
+fn put_create_scalar_index(v: &CreateScalarIndex, mut b: cp::create_scalar_index::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    put_scalar_index(&v.index, b.init_index());
+}
+
+fn get_create_scalar_index(r: cp::create_scalar_index::Reader<'_>) -> Result<CreateScalarIndex, Fault> {
+    Ok(CreateScalarIndex {
+        collection: read_string(r.get_collection()).at("collection")?,
+        index: get_scalar_index(r.get_index().at("index")?).at("index")?,
+    })
+}
+
+fn put_drop_scalar_index(v: &DropScalarIndex, mut b: cp::drop_scalar_index::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    b.set_name(v.name.as_str());
+}
+
+fn get_drop_scalar_index(r: cp::drop_scalar_index::Reader<'_>) -> Result<DropScalarIndex, Fault> {
+    Ok(DropScalarIndex {
+        collection: read_string(r.get_collection()).at("collection")?,
+        name: read_string(r.get_name()).at("name")?,
     })
 }
 
@@ -1488,6 +1560,8 @@ impl SizeHint for CreateCollection {}
 impl SizeHint for CollectionName {}
 impl SizeHint for CollectionDescription {}
 impl SizeHint for CreateIndex {}
+impl SizeHint for CreateScalarIndex {}
+impl SizeHint for DropScalarIndex {}
 impl SizeHint for SegmentFlushed {}
 impl SizeHint for BuildIndex {}
 impl SizeHint for IndexBuilt {}
@@ -1700,7 +1774,7 @@ impl SizeHint for GetResults {
 impl SizeHint for Distribution {
     fn hint_words(&self) -> usize {
         let groups: usize = self.replicas.iter().map(|g| 2 + g.nodes.len() * 8).sum();
-        SMALL_HINT + self.segments.len() * 32 + self.shards.len() * 8 + groups
+        SMALL_HINT + (self.segments.len() + self.unserved.len()) * 32 + self.shards.len() * 8 + groups
     }
 }
 
@@ -1727,6 +1801,8 @@ wire! {
     CollectionList => collection_list, put_collection_list, get_collection_list;
     CollectionDescription => collection_description, put_collection_description, get_collection_description;
     CreateIndex => create_index, put_create_index, get_create_index;
+    CreateScalarIndex => create_scalar_index, put_create_scalar_index, get_create_scalar_index;
+    DropScalarIndex => drop_scalar_index, put_drop_scalar_index, get_drop_scalar_index;
     Insert => insert, put_insert, get_insert;
     Delete => delete, put_delete, get_delete;
     MutationResult => mutation_result, put_mutation_result, get_mutation_result;
@@ -1820,7 +1896,21 @@ mod tests {
     }
 
     fn info(index: Option<IndexParams>) -> CollectionInfo {
-        CollectionInfo { id: 42, schema: schema(), index, created_ts: ts_compose(1_700_000_000_000, 7) }
+        let scalar_indexes = vec![
+            ScalarIndex {
+                name: "id_sort".into(),
+                field: "id".into(),
+                index_type: ScalarIndexType::StlSort,
+                params: vec![],
+            },
+            ScalarIndex {
+                name: "meta_idx".into(),
+                field: "meta".into(),
+                index_type: ScalarIndexType::Inverted,
+                params: vec![("json_cast_type".into(), "DOUBLE".into()), ("json_path".into(), "meta[\"a\"]".into())],
+            },
+        ];
+        CollectionInfo { id: 42, schema: schema(), index, created_ts: ts_compose(1_700_000_000_000, 7), scalar_indexes }
     }
 
     fn segment(id: SegmentId, index_path: Option<String>, state: SegmentState) -> SegmentInfo {
@@ -2006,6 +2096,17 @@ mod tests {
         ] {
             out.push(rt(&CreateIndex { collection: "docs".to_string(), params: index_params(t, m) }));
         }
+        for t in [
+            ScalarIndexType::StlSort,
+            ScalarIndexType::Inverted,
+            ScalarIndexType::Bitmap,
+            ScalarIndexType::Trie,
+            ScalarIndexType::Auto,
+        ] {
+            let index = ScalarIndex { name: "i".into(), field: "f".into(), index_type: t, params: vec![] };
+            out.push(rt(&CreateScalarIndex { collection: "docs".to_string(), index }));
+        }
+        out.push(rt(&DropScalarIndex { collection: "docs".to_string(), name: "i".into() }));
         out.push(rt(&Insert { collection: "docs".to_string(), rows: rows() }));
         out.push(rt(&Insert { collection: "docs".to_string(), rows: RowBatch::default() }));
         out.push(rt(&Delete { collection: "docs".to_string(), pks: pks(), filter: String::new() }));
@@ -2146,6 +2247,7 @@ mod tests {
                 ReplicaGroup { id: 0, nodes: vec!["qn-0".to_string()] },
                 ReplicaGroup { id: 1, nodes: vec!["qn-1".to_string(), "qn-2".to_string()] },
             ],
+            unserved: vec![segment(6, None, SegmentState::Flushed)],
         }));
         for (i, r) in Role::ALL.into_iter().enumerate() {
             out.push(rt(&node(r, i % 2 == 1)));
@@ -2170,6 +2272,8 @@ mod tests {
             one::<CollectionList>(bytes),
             one::<CollectionDescription>(bytes),
             one::<CreateIndex>(bytes),
+            one::<CreateScalarIndex>(bytes),
+            one::<DropScalarIndex>(bytes),
             one::<Insert>(bytes),
             one::<Delete>(bytes),
             one::<MutationResult>(bytes),
@@ -2298,6 +2402,7 @@ mod tests {
             version: 1,
             released: false,
             replicas: vec![],
+            unserved: Vec::new(),
         };
         rt(&distribution);
     }

@@ -102,6 +102,105 @@ pub struct IndexParams {
     pub name: String,
 }
 
+/// The kinds of scalar-field index Milvus clients can ask for, by their Milvus names. Each is
+/// built by the query nodes when a segment loads; `STL_SORT` keeps the rows in value order,
+/// the others keep each distinct value's rows (see `actors::filter::index`). Which field types
+/// each accepts follows Milvus (`ScalarIndexType::check_field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScalarIndexType {
+    StlSort,
+    Inverted,
+    Bitmap,
+    Trie,
+    /// AUTOINDEX on a scalar field: reported as asked, built like INVERTED.
+    Auto,
+}
+
+impl ScalarIndexType {
+    /// The `index_type` a Milvus client names it with.
+    pub fn milvus_name(self) -> &'static str {
+        match self {
+            ScalarIndexType::StlSort => "STL_SORT",
+            ScalarIndexType::Inverted => "INVERTED",
+            ScalarIndexType::Bitmap => "BITMAP",
+            ScalarIndexType::Trie => "Trie",
+            ScalarIndexType::Auto => "AUTOINDEX",
+        }
+    }
+
+    /// The kind a Milvus `index_type` names (case-insensitive; `marisa-trie` is Trie's alias).
+    pub fn from_milvus(name: &str) -> Option<ScalarIndexType> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "STL_SORT" => Some(ScalarIndexType::StlSort),
+            "INVERTED" => Some(ScalarIndexType::Inverted),
+            "BITMAP" => Some(ScalarIndexType::Bitmap),
+            "TRIE" | "MARISA-TRIE" => Some(ScalarIndexType::Trie),
+            "AUTOINDEX" => Some(ScalarIndexType::Auto),
+            _ => None,
+        }
+    }
+
+    /// Whether this kind can index `field`; the error is Milvus' own text, so answers match
+    /// a Milvus server's. JSON fields need Milvus' `json_cast_type` and `json_path` params.
+    pub fn check_field(self, field: &FieldSchema, params: &[(String, String)]) -> Result<(), String> {
+        let t = field.data_type;
+        let numeric = matches!(t, DataType::Int64 | DataType::Float | DataType::Double);
+        let name = |t: DataType| match t {
+            DataType::Bool => "Bool",
+            DataType::Int64 => "Int64",
+            DataType::Float => "Float",
+            DataType::Double => "Double",
+            DataType::VarChar => "VarChar",
+            DataType::Json => "JSON",
+            DataType::FloatVector => "FloatVector",
+        };
+        let refused = match self {
+            ScalarIndexType::StlSort if !(numeric || matches!(t, DataType::VarChar | DataType::Json)) => Some(format!(
+                "STL_SORT are only supported on numeric, varchar, timestamptz, date or time field, got {}",
+                name(t)
+            )),
+            ScalarIndexType::Inverted | ScalarIndexType::Auto if t == DataType::FloatVector => {
+                Some(format!("INVERTED are not supported on {} field", name(t)))
+            }
+            ScalarIndexType::Bitmap if field.is_primary => {
+                Some("create bitmap index on primary key not supported".into())
+            }
+            ScalarIndexType::Bitmap
+                if !matches!(t, DataType::Bool | DataType::Int64 | DataType::VarChar | DataType::Json) =>
+            {
+                Some("bitmap index are only supported on bool, int, string and array field".into())
+            }
+            ScalarIndexType::Trie if t != DataType::VarChar => Some("TRIE are only supported on varchar field".into()),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        if t == DataType::Json {
+            let has = |k: &str| params.iter().any(|(key, _)| key == k);
+            if !has("json_cast_type") {
+                return Err("param json_cast_type is missing: json index must specify cast type".into());
+            }
+            if !has("json_path") {
+                return Err("param json_path is missing: json index must specify json path".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An index on one scalar field, as a Milvus client defined it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalarIndex {
+    /// The index name (Milvus' default: the field's name).
+    pub name: String,
+    pub field: String,
+    pub index_type: ScalarIndexType,
+    /// Other parameters as given (e.g. `json_cast_type`, `json_path`), reported back as given.
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Consistency {
     /// Sees every write acknowledged before the request.
@@ -167,9 +266,17 @@ pub struct CollectionInfo {
     pub schema: CollectionSchema,
     pub index: Option<IndexParams>,
     pub created_ts: Timestamp,
+    /// Indexes on scalar fields (at most one per field), used by the query nodes to answer
+    /// filters without a pass over every row.
+    #[serde(default)]
+    pub scalar_indexes: Vec<ScalarIndex>,
 }
 
 impl CollectionInfo {
+    /// The collection's index on scalar field `field`, if any.
+    pub fn scalar_index_on(&self, field: &str) -> Option<&ScalarIndex> {
+        self.scalar_indexes.iter().find(|i| i.field == field)
+    }
     pub fn vector_field(&self) -> Option<&FieldSchema> {
         self.schema.fields.iter().find(|f| f.data_type == DataType::FloatVector)
     }
@@ -261,6 +368,10 @@ pub struct Distribution {
     /// The in-memory replicas and their query nodes.
     #[serde(default)]
     pub replicas: Vec<ReplicaGroup>,
+    /// Flushed segments past their shard's served position: not read yet (their rows are
+    /// still served as growing rows), listed for clients that show every flushed segment.
+    #[serde(default)]
+    pub unserved: Vec<SegmentInfo>,
 }
 
 impl Distribution {
@@ -408,6 +519,20 @@ pub struct CollectionDescription {
 pub struct CreateIndex {
     pub collection: String,
     pub params: IndexParams,
+}
+
+/// Defines an index on a scalar field of `collection`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateScalarIndex {
+    pub collection: String,
+    pub index: ScalarIndex,
+}
+
+/// Drops scalar index `name` of `collection`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropScalarIndex {
+    pub collection: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

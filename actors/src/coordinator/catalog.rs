@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::stream;
 use quiver_runtime::config::LimitsConfig;
 use quiver_runtime::{Bus, Error, Result};
-use quiver_schemas::{CollectionInfo, CollectionSchema, DataType, IndexParams, IndexType, SegmentInfo};
+use quiver_schemas::{CollectionInfo, CollectionSchema, DataType, IndexParams, IndexType, ScalarIndex, SegmentInfo};
 use serde::{Deserialize, Serialize};
 
 /// Where each shard's DML channel is consumed and served, and which nodes hold which segments.
@@ -227,6 +227,44 @@ pub fn validate_index(p: &IndexParams, dim: u32) -> Result<()> {
         return bad(format!("HNSW: M = {} must be between 2 and 2048 (0 = the default 16)", p.m));
     }
     Ok(())
+}
+
+/// `info` with scalar index `index` added, or `None` when it has exactly that index already.
+/// Milvus' rules: the field must exist, be scalar and suit the index type; a field has at
+/// most one index, and an index name is used once (the vector index's included).
+pub fn with_scalar_index(info: &CollectionInfo, index: ScalarIndex) -> Result<Option<CollectionInfo>> {
+    let bad = |m: String| Err(Error::InvalidArgument(m));
+    let Some(field) = info.schema.fields.iter().find(|f| f.name == index.field) else {
+        return bad(format!(
+            "cannot create index on non-exist field: {} (collection {:?})",
+            index.field, info.schema.name
+        ));
+    };
+    if let Err(e) = index.index_type.check_field(field, &index.params) {
+        return bad(format!("{e} (field {:?} of collection {:?})", field.name, info.schema.name));
+    }
+    if info.scalar_indexes.iter().any(|i| *i == index) {
+        return Ok(None);
+    }
+    let vector_index_name = info.index.as_ref().map(|i| {
+        if i.name.is_empty() {
+            info.vector_field().map(|f| f.name.clone()).unwrap_or_default()
+        } else {
+            i.name.clone()
+        }
+    });
+    let taken = info.scalar_indexes.iter().any(|i| i.field == index.field || i.name == index.name)
+        || vector_index_name.is_some_and(|n| n == index.name);
+    if taken {
+        return bad(format!(
+            "CreateIndex failed: at most one distinct index is allowed per field (index {:?} on field {:?}: \
+             the field has another index, or the name is another field's; drop it first)",
+            index.name, index.field
+        ));
+    }
+    let mut updated = info.clone();
+    updated.scalar_indexes.push(index);
+    Ok(Some(updated))
 }
 
 /// Creates the JetStream stream of each shard (idempotent), and lets streams created by older

@@ -34,7 +34,8 @@ use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::{datanode, keys, CoordRequest};
 use quiver_schemas::{
     Alloc, AllocRange, CollectionDescription, CollectionInfo, CollectionList, CollectionName, CreateCollection,
-    CreateIndex, Distribution, Empty, FlushResult, LoadCollection, Role, SegmentFlushed, SegmentInfo, SegmentState,
+    CreateIndex, CreateScalarIndex, Distribution, DropScalarIndex, Empty, FlushResult, LoadCollection, Role,
+    SegmentFlushed, SegmentInfo, SegmentState,
 };
 use tokio::sync::{Mutex, Notify};
 
@@ -157,7 +158,7 @@ impl Coordinator {
         }
         let id = self.alloc_ids(1).await?;
         let created_ts = self.alloc_ts(1).await?;
-        let info = CollectionInfo { id, schema, index: None, created_ts };
+        let info = CollectionInfo { id, schema, index: None, created_ts, scalar_indexes: Vec::new() };
         catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
         let layout = Layout::new(info.schema.num_shards);
         let meta = &self.node.shared.meta;
@@ -309,6 +310,18 @@ impl Coordinator {
         let mut catalog = self.catalog.lock().await;
         let info = catalog.by_name(&req.collection)?.clone();
         catalog::validate_index(&req.params, info.dim())?;
+        let name = match (&req.params.name, info.vector_field()) {
+            (n, _) if !n.is_empty() => n.clone(),
+            (_, Some(f)) => f.name.clone(),
+            _ => String::new(),
+        };
+        if info.scalar_indexes.iter().any(|i| i.name == name) {
+            return Err(Error::InvalidArgument(format!(
+                "CreateIndex failed: at most one distinct index is allowed per field (index name {name:?} is \
+                 a scalar field's index of collection {:?})",
+                req.collection
+            )));
+        }
         match &info.index {
             Some(existing) if *existing == req.params => return Ok(Empty {}),
             Some(_) => {
@@ -326,6 +339,46 @@ impl Coordinator {
         drop(catalog);
         tracing::info!(collection = %req.collection, "index defined; building for sealed segments");
         self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    /// Defines an index on a scalar field: persisted with the collection, so every query node
+    /// that serves it (now or after a restart) builds it for its segments.
+    async fn create_scalar_index(&self, req: CreateScalarIndex) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.collection)?.clone();
+        let Some(updated) = catalog::with_scalar_index(&info, req.index)? else {
+            return Ok(Empty {});
+        };
+        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
+        catalog.collections.insert(req.collection.clone(), updated);
+        drop(catalog);
+        tracing::info!(collection = %req.collection, "scalar index defined; query nodes build it as they load");
+        self.publish_change(info.id).await;
+        self.reconcile.notify_one();
+        Ok(Empty {})
+    }
+
+    /// Drops a released collection's scalar index `name` (Milvus' rule: release first).
+    async fn drop_scalar_index(&self, req: DropScalarIndex) -> Result<Empty> {
+        let mut catalog = self.catalog.lock().await;
+        let info = catalog.by_name(&req.collection)?.clone();
+        if catalog.layouts.get(&info.id).is_some_and(|l| !l.released) {
+            return Err(Error::InvalidArgument(format!(
+                "index cannot be dropped, collection is loaded, please release it first (collection {:?})",
+                req.collection
+            )));
+        }
+        let mut updated = info.clone();
+        updated.scalar_indexes.retain(|i| i.name != req.name);
+        if updated.scalar_indexes.len() == info.scalar_indexes.len() {
+            return Ok(Empty {});
+        }
+        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
+        catalog.collections.insert(req.collection.clone(), updated);
+        drop(catalog);
+        tracing::info!(collection = %req.collection, index = %req.name, "scalar index dropped");
+        self.publish_change(info.id).await;
         Ok(Empty {})
     }
 
@@ -405,6 +458,8 @@ impl Coordinator {
             CoordRequest::ListCollections(r) => r.serve(|_| self.list()).await,
             CoordRequest::CreateIndex(r) => r.serve(|r| self.create_index(r)).await,
             CoordRequest::DropIndex(r) => r.serve(|r| self.drop_index(r)).await,
+            CoordRequest::CreateScalarIndex(r) => r.serve(|r| self.create_scalar_index(r)).await,
+            CoordRequest::DropScalarIndex(r) => r.serve(|r| self.drop_scalar_index(r)).await,
             CoordRequest::LoadCollection(r) => r.serve(|r| self.load_collection(r)).await,
             CoordRequest::ReleaseCollection(r) => r.serve(|r| self.release_collection(r)).await,
             CoordRequest::Flush(r) => r.serve(|r| self.flush(r, ctx)).await,

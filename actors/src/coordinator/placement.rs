@@ -72,6 +72,7 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
         version: layout.version,
         released: layout.released,
         replicas: layout.replicas.iter().map(|g| ReplicaGroup { id: g.id, nodes: g.nodes.clone() }).collect(),
+        unserved: Vec::new(),
     };
     for (i, shard) in layout.shards.iter().enumerate() {
         let leaders: Vec<(u32, &ShardLeader)> = layout
@@ -97,6 +98,12 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
             let nodes = layout.holders.get(&s.id).cloned().unwrap_or_default();
             out.segments.push(SegmentPlacement { segment: s.clone(), nodes });
         }
+        out.unserved.extend(
+            segments
+                .values()
+                .filter(|s| s.shard == shard.shard && s.end_seq > shard.served_seq && s.state != SegmentState::Dropped)
+                .cloned(),
+        );
     }
     out
 }
@@ -113,6 +120,8 @@ fn digest(load: &LoadSegments) -> u64 {
     let mut h = DefaultHasher::new();
     // A new or dropped index changes the metric growing rows are compared with.
     format!("{:?}", load.collection.index).hash(&mut h);
+    // A new or dropped scalar index is built or dropped by the nodes that hold the segments.
+    format!("{:?}", load.collection.scalar_indexes).hash(&mut h);
     for s in &load.segments {
         s.id.hash(&mut h);
         s.index_path.hash(&mut h);
@@ -780,6 +789,7 @@ mod tests {
             },
             index: None,
             created_ts: 0,
+            scalar_indexes: Vec::new(),
         };
         let mut layout = Layout::new(1);
         layout.replica_number = 2;

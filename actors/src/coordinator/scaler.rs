@@ -759,6 +759,7 @@ mod tests {
             },
             index: None,
             created_ts: 0,
+            scalar_indexes: Vec::new(),
         };
         let mut layout = Layout::new(1);
         layout.shards[0].channel_owner = "d1".into();

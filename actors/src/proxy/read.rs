@@ -657,7 +657,7 @@ mod tests {
         let leader =
             |leader: &str, replica| ShardPlacement { shard: 0, leader: leader.into(), sealed_seq: 100, replica };
         Distribution {
-            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0 },
+            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() },
             shards: vec![leader("qa", 0), leader("qb", 1)],
             segments: vec![segment(1, 1, 50, &["qa", "qb"]), segment(2, 51, 100, &["qa", "qb"])],
             version: 3,
@@ -666,6 +666,7 @@ mod tests {
                 ReplicaGroup { id: 0, nodes: vec!["qa".into()] },
                 ReplicaGroup { id: 1, nodes: vec!["qb".into()] },
             ],
+            unserved: Vec::new(),
         }
     }
 

@@ -396,7 +396,7 @@ mod tests {
             consistency: Consistency::Bounded,
         };
         Distribution {
-            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0 },
+            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() },
             shards: vec![
                 leader(0, "qa", 100, 0),
                 leader(0, "qb", 100, 1),
@@ -407,6 +407,7 @@ mod tests {
             version: 3,
             released: false,
             replicas: Vec::new(),
+            unserved: Vec::new(),
         }
     }
 

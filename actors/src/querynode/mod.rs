@@ -23,12 +23,13 @@ use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::QueryNodeRequest;
 use quiver_schemas::{
     CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, NodeSearchResults,
-    ReleaseSegments, SearchResults, SegmentInfo, ShardPlacement, ShardView,
+    ReleaseSegments, ScalarIndex, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
 use search::Sealed;
 use shard::{Shard, ShardData};
 
+use crate::filter::SegmentIndexes;
 use crate::limits::ReadLimits;
 use crate::node::{start_role, Node, RoleHandler};
 use crate::rows::decode_segment;
@@ -40,6 +41,12 @@ const LOAD_CONCURRENCY: usize = 4;
 /// The metric a collection's vectors are compared with.
 pub fn metric_of(info: &CollectionInfo) -> MetricType {
     info.index.as_ref().map_or(crate::DEFAULT_METRIC, |i| i.metric)
+}
+
+/// The scalar index definitions of a collection and its primary key's name, for
+/// [`SegmentIndexes::build`].
+fn scalar_definitions(info: &CollectionInfo) -> (Vec<ScalarIndex>, String) {
+    (info.scalar_indexes.clone(), info.primary_field().map(|f| f.name.clone()).unwrap_or_default())
 }
 
 struct Loaded {
@@ -79,7 +86,7 @@ pub fn start(rc: RoleContext) {
 }
 
 impl QueryNode {
-    async fn fetch_segment(&self, seg: &SegmentInfo, metric: MetricType) -> Result<Sealed> {
+    async fn fetch_segment(&self, seg: &SegmentInfo, metric: MetricType, info: &CollectionInfo) -> Result<Sealed> {
         let objects = &self.node.shared.objects;
         let data = objects.get(&seg.data_path).await?;
         let index = match &seg.index_path {
@@ -87,13 +94,16 @@ impl QueryNode {
             None => None,
         };
         let seg = seg.clone();
+        let (defined, pk) = scalar_definitions(info);
         tokio::task::spawn_blocking(move || {
             let (_, rows) = decode_segment(&data)?;
             let index = match index {
                 Some(bytes) => Some(VectorIndex::from_bytes(&bytes).map_err(|e| Error::Internal(e.to_string()))?),
                 None => None,
             };
-            Sealed::new(seg, rows, index, metric)
+            let sealed = Sealed::new(seg, rows, index, metric)?;
+            sealed.set_scalar_indexes(SegmentIndexes::build(&sealed.rows, &defined, &pk));
+            Ok(sealed)
         })
         .await
         .map_err(Error::internal)?
@@ -153,8 +163,33 @@ impl QueryNode {
                 })
                 .collect()
         };
+        // Segments kept whose scalar indexes were built for other definitions (an index was
+        // created or dropped since): rebuilt off the arbiter, served meanwhile as they are.
+        let refetched: HashSet<u64> = missing.iter().map(|s| s.id).collect();
+        let restale: Vec<Arc<Sealed>> = self
+            .collections
+            .borrow()
+            .get(&info.id)
+            .map(|c| {
+                c.segments
+                    .iter()
+                    .filter(|(id, s)| !refetched.contains(id) && !s.scalar_indexes().built_for(&info.scalar_indexes))
+                    .map(|(_, s)| s.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !restale.is_empty() {
+            let (defined, pk) = scalar_definitions(&info);
+            tokio::task::spawn_blocking(move || {
+                for seg in restale {
+                    seg.set_scalar_indexes(SegmentIndexes::build(&seg.rows, &defined, &pk));
+                }
+            })
+            .await
+            .map_err(Error::internal)?;
+        }
         let mut fetches = futures::stream::iter(missing)
-            .map(|seg| self.fetch_segment(seg, metric))
+            .map(|seg| self.fetch_segment(seg, metric, &info))
             .buffer_unordered(LOAD_CONCURRENCY);
         while let Some(fetched) = fetches.next().await {
             let seg = Arc::new(fetched?);

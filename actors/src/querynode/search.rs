@@ -11,7 +11,7 @@ use quiver_schemas::{
 };
 
 use super::shard::{Deletes, ShardData};
-use crate::filter::{evaluate, search_allowed, Bitmap, SegmentVectors};
+use crate::filter::{evaluate, evaluate_indexed, search_allowed, Bitmap, SegmentIndexes, SegmentVectors};
 use crate::rows::RowStore;
 use crate::vector::{higher_is_better, FlatVectors, VectorIndex};
 
@@ -51,6 +51,8 @@ pub struct Sealed {
     deleted: Mutex<(u64, usize)>,
     /// Recently used filters (their JSON) and the rows they match, before deletes.
     filters: Mutex<Vec<(String, Arc<Bitmap>)>>,
+    /// Indexes of scalar fields, used to answer filters (replaced when the definitions change).
+    scalar: std::sync::RwLock<Arc<SegmentIndexes>>,
 }
 
 impl Sealed {
@@ -71,7 +73,20 @@ impl Sealed {
             flat,
             deleted: Mutex::new((u64::MAX, 0)),
             filters: Mutex::new(Vec::new()),
+            scalar: Default::default(),
         })
+    }
+
+    /// The segment's scalar-field indexes.
+    pub fn scalar_indexes(&self) -> Arc<SegmentIndexes> {
+        self.scalar.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Serves filters with `indexes` from now on (answers do not change, only their cost).
+    pub fn set_scalar_indexes(&self, indexes: SegmentIndexes) {
+        if let Ok(mut s) = self.scalar.write() {
+            *s = Arc::new(indexes);
+        }
     }
 
     /// Rows matching `filter` (deletes not applied), from the cache when it was used lately.
@@ -84,7 +99,7 @@ impl Sealed {
                 return bitmap;
             }
         }
-        let bitmap = Arc::new(evaluate(&filter.expr, &self.rows));
+        let bitmap = Arc::new(evaluate_indexed(&filter.expr, &self.rows, &self.scalar_indexes()));
         if let Ok(mut cache) = self.filters.lock() {
             cache.insert(0, (filter.json.clone(), bitmap.clone()));
             cache.truncate(CACHED_FILTERS);

@@ -183,6 +183,7 @@ fn wire(dir: &Path) {
         version: 3,
         released: false,
         replicas: vec![ReplicaGroup { id: 0, nodes: vec!["q1".into(), "q2".into()] }],
+        unserved: Vec::new(),
     };
     let node_status = node_status();
     let messages: Vec<Vec<u8>> = vec![

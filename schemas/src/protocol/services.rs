@@ -53,6 +53,9 @@ service! {
         ListCollections = "list_collections" (Empty) -> CollectionList;
         CreateIndex = "create_index" (CreateIndex) -> Empty;
         DropIndex = "drop_index" (CollectionName) -> Empty;
+        /// Defines an index on a scalar field (the query nodes build it as segments load).
+        CreateScalarIndex = "create_scalar_index" (CreateScalarIndex) -> Empty;
+        DropScalarIndex = "drop_scalar_index" (DropScalarIndex) -> Empty;
         LoadCollection = "load_collection" (LoadCollection) -> Empty;
         ReleaseCollection = "release_collection" (CollectionName) -> Empty;
         /// Asks the data nodes owning the collection's shards to seal now.

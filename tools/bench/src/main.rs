@@ -13,6 +13,8 @@
 //!   times of each step; with `--scale-curve`, steady QPS per query-node count.
 //! - `filter` ([`filter`]): the query node's filtered-search kernel against raw faiss with a
 //!   bitmap selector, in process.
+//! - `scalar-index` ([`scalar_index`]): a selective filter's bitmap and filtered search of a
+//!   segment with and without its scalar indexes (STL_SORT, INVERTED), in process.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
 //!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
 //!
@@ -23,6 +25,7 @@
 
 mod filter;
 mod plugins;
+mod scalar_index;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +54,9 @@ enum Command {
     Scale(standalone::replicas::BenchScaleArgs),
     /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
     Filter(filter::BenchFilterArgs),
+    /// A selective filter with and without the segment's scalar indexes (bitmap and filtered
+    /// search), in process.
+    ScalarIndex(scalar_index::BenchScalarIndexArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
     /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
     Plugins(plugins::PluginsArgs),
@@ -71,6 +77,7 @@ fn main() {
         Command::Replicas(args) => standalone::replicas::bench_replicas(args),
         Command::Scale(args) => standalone::replicas::bench_scale(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
+        Command::ScalarIndex(args) => scalar_index::bench_scalar_index(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };
     match result {

@@ -9,6 +9,8 @@
 //! over TLS only.
 
 pub(crate) mod convert;
+mod indexes;
+mod segments;
 mod service;
 
 use std::sync::Arc;

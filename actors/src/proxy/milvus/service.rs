@@ -10,16 +10,18 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{api, coord, Call};
 use quiver_schemas::{
-    CollectionDescription, CollectionName, CreateCollection, CreateIndex, Delete, Distribution, Empty, Get, Insert,
-    MutationResult as QMutation, Query, Search, COUNT_STAR,
+    CollectionDescription, CollectionName, CreateCollection, CreateIndex, CreateScalarIndex, Delete, Distribution,
+    DropScalarIndex, Empty, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
 };
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, kv, ok, status_of, META};
-use super::proto::common::{self, IndexState, LoadState};
+use super::indexes::{self, DropTarget};
+use super::proto::common::{self, LoadState};
 use super::proto::milvus::milvus_service_server::MilvusService;
 use super::proto::milvus::*;
 use super::proto::schema as ms;
+use super::segments;
 use crate::proxy::Proxy;
 
 /// The only database Quiver has.
@@ -114,6 +116,8 @@ failed!(
     AllocTimestampResponse,
     ListDatabasesResponse,
     DescribeDatabaseResponse,
+    GetPersistentSegmentInfoResponse,
+    GetQuerySegmentInfoResponse,
 );
 
 impl Failed for common::Status {
@@ -165,7 +169,7 @@ fn mutation(pks: &[quiver_schemas::PrimaryKey], ts: u64) -> MutationResult {
 }
 
 /// A stable numeric id for a node name (Milvus node ids are integers).
-fn node_number(name: &str) -> i64 {
+pub(super) fn node_number(name: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -323,6 +327,9 @@ impl MilvusService for MilvusApi {
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
+            if r.refresh {
+                return self.refresh_load(&r.collection_name, &ctx).await;
+            }
             // Milvus serves only indexed collections; so does Quiver behind this API.
             let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             if info.index.is_none() {
@@ -364,7 +371,8 @@ impl MilvusService for MilvusApi {
             check_db(&req, &req.get_ref().db_name)?;
             let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
             let progress = load_progress(&dist);
-            Ok(GetLoadingProgressResponse { status: Some(ok()), progress, refresh_progress: progress })
+            let refresh_progress = if dist.released { progress } else { segments::refresh_progress(&dist, progress) };
+            Ok(GetLoadingProgressResponse { status: Some(ok()), progress, refresh_progress })
         }
         .await;
         answer("GetLoadingProgress", t, result)
@@ -407,10 +415,13 @@ impl MilvusService for MilvusApi {
                         r.field_name, r.collection_name
                     )))
                 }
-                // Scalar indexes only speed up filters in Milvus; Quiver's filters scan, so
-                // accepting them keeps pymilvus code working without changing any answer.
-                Some(f) if f.data_type != quiver_schemas::DataType::FloatVector => return Ok(ok()),
-                Some(_) => {}
+                Some(f) if f.data_type != quiver_schemas::DataType::FloatVector => {
+                    let index = indexes::scalar_index_from(f, &r.index_name, &r.extra_params)?;
+                    let req = CreateScalarIndex { collection: r.collection_name.clone(), index };
+                    self.proxy.forward_change::<coord::CreateScalarIndex>(&r.collection_name, &req, &ctx).await?;
+                    return Ok(ok());
+                }
+                Some(f) => indexes::check_vector_request(f, &r.extra_params)?,
             }
             let mut params = convert::index_from(&r.extra_params)?;
             if r.index_name != r.field_name {
@@ -434,38 +445,15 @@ impl MilvusService for MilvusApi {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
             let dist = self.layout(&r.collection_name, &ctx).await?;
-            let info = &dist.collection;
-            let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
-            let index_name =
-                |i: &quiver_schemas::IndexParams| if i.name.is_empty() { vector.clone() } else { i.name.clone() };
-            let Some(index) = info.index.as_ref().filter(|i| {
-                (r.index_name.is_empty() || r.index_name == index_name(i))
-                    && (r.field_name.is_empty() || r.field_name == vector)
-            }) else {
+            let mut found = indexes::descriptions(&dist);
+            found.retain(|d| {
+                (r.index_name.is_empty() || r.index_name == d.index_name)
+                    && (r.field_name.is_empty() || r.field_name == d.field_name)
+            });
+            if found.is_empty() {
                 return Err(index_not_found(&r.collection_name));
-            };
-            let total: u64 = dist.segments.iter().map(|s| s.segment.rows).sum();
-            let indexed: u64 = dist
-                .segments
-                .iter()
-                .filter(|s| s.segment.state == quiver_schemas::SegmentState::Indexed)
-                .map(|s| s.segment.rows)
-                .sum();
-            Ok(DescribeIndexResponse {
-                status: Some(ok()),
-                index_descriptions: vec![IndexDescription {
-                    index_name: index_name(index),
-                    index_id: info.id as i64,
-                    params: convert::index_to(index),
-                    field_name: vector,
-                    indexed_rows: indexed as i64,
-                    total_rows: total as i64,
-                    pending_index_rows: total.saturating_sub(indexed) as i64,
-                    // Rows not indexed yet are searched exactly, so the index is usable at once.
-                    state: IndexState::Finished as i32,
-                    ..Default::default()
-                }],
-            })
+            }
+            Ok(DescribeIndexResponse { status: Some(ok()), index_descriptions: found })
         }
         .await;
         answer("DescribeIndex", t, result)
@@ -477,7 +465,17 @@ impl MilvusService for MilvusApi {
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            self.proxy.drop_index(&r.collection_name, &ctx).await?;
+            let dist = self.layout(&r.collection_name, &ctx).await?;
+            match indexes::drop_target(&dist, &r.index_name, &r.field_name)? {
+                DropTarget::Vector => {
+                    self.proxy.drop_index(&r.collection_name, &ctx).await?;
+                }
+                DropTarget::Scalar(name) => {
+                    let req = DropScalarIndex { collection: r.collection_name.clone(), name };
+                    self.proxy.forward_change::<coord::DropScalarIndex>(&r.collection_name, &req, &ctx).await?;
+                }
+                DropTarget::Nothing => {}
+            }
             Ok(ok())
         }
         .await;
@@ -608,6 +606,40 @@ impl MilvusService for MilvusApi {
         let result = check_db(&req, &req.get_ref().db_name)
             .map(|()| GetFlushStateResponse { status: Some(ok()), flushed: true });
         answer("GetFlushState", t, result)
+    }
+
+    async fn get_persistent_segment_info(
+        &self,
+        req: Request<GetPersistentSegmentInfoRequest>,
+    ) -> Result<Response<GetPersistentSegmentInfoResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
+            Ok(GetPersistentSegmentInfoResponse { status: Some(ok()), infos: segments::persistent(&dist) })
+        }
+        .await;
+        answer("GetPersistentSegmentInfo", t, result)
+    }
+
+    async fn get_query_segment_info(
+        &self,
+        req: Request<GetQuerySegmentInfoRequest>,
+    ) -> Result<Response<GetQuerySegmentInfoResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let name = &req.get_ref().collection_name;
+            let dist = self.layout(name, &ctx).await?;
+            if dist.released {
+                return Err(Error::not_loaded(name));
+            }
+            Ok(GetQuerySegmentInfoResponse { status: Some(ok()), infos: segments::loaded(&dist) })
+        }
+        .await;
+        answer("GetQuerySegmentInfo", t, result)
     }
 
     async fn get_replicas(&self, req: Request<GetReplicasRequest>) -> Result<Response<GetReplicasResponse>, Status> {
@@ -789,6 +821,18 @@ fn replicas_of(dist: &Distribution) -> Vec<ReplicaInfo> {
 }
 
 impl MilvusApi {
+    /// `LoadCollection` with `refresh`: a loaded collection serves newly flushed segments as
+    /// soon as they are placed (the coordinator does that on its own), so refreshing checks it
+    /// is loaded and lets the client wait on `refresh_progress`. A released collection cannot
+    /// be refreshed (Milvus: collection not loaded).
+    async fn refresh_load(&self, name: &str, ctx: &RequestContext) -> Result<common::Status> {
+        let dist = self.layout(name, ctx).await?;
+        if dist.released {
+            return Err(Error::not_loaded(name));
+        }
+        Ok(ok())
+    }
+
     fn max_nq(&self) -> usize {
         self.proxy.node.shared.config.proxy.max_nq
     }

@@ -37,7 +37,7 @@ fn info(pk_type: DataType, auto_id: bool, dynamic: bool) -> CollectionInfo {
         num_shards: 2,
         consistency: Consistency::Bounded,
     };
-    CollectionInfo { id: 7, schema, index: None, created_ts: 0 }
+    CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() }
 }
 
 fn docs() -> CollectionInfo {
