@@ -13,6 +13,8 @@
 //!   times of each step; with `--scale-curve`, steady QPS per query-node count.
 //! - `filter` ([`filter`]): the query node's filtered-search kernel against raw faiss with a
 //!   bitmap selector, in process.
+//! - `simd` ([`simd`]): per-query HNSW search on each faiss SIMD build Quiver links against
+//!   faiss-cpu from PyPI on the same index, and index build time by OpenMP threads.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
 //!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
 //!
@@ -23,6 +25,7 @@
 
 mod filter;
 mod plugins;
+mod simd;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +54,9 @@ enum Command {
     Scale(standalone::replicas::BenchScaleArgs),
     /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
     Filter(filter::BenchFilterArgs),
+    /// Per-query HNSW search on each faiss SIMD build (generic, avx2, avx512) against faiss-cpu
+    /// from PyPI on the same index; index build time with 1 vs N threads.
+    Simd(simd::BenchSimdArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
     /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
     Plugins(plugins::PluginsArgs),
@@ -71,6 +77,7 @@ fn main() {
         Command::Replicas(args) => standalone::replicas::bench_replicas(args),
         Command::Scale(args) => standalone::replicas::bench_scale(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
+        Command::Simd(args) => simd::bench_simd(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };
     match result {
