@@ -135,7 +135,8 @@ fn now_ms() -> u64 {
 fn status_text(status: &ClusterStatus, now: u64) -> String {
     let mut out = format!("cluster {}: {} nodes\n", status.cluster, status.nodes.len());
     let mut rows = vec![[
-        "NODE", "ROLE", "HOST", "PID", "STATE", "HEALTH", "CPU", "MEMORY", "SEGMENTS", "RESTARTS", "AGE", "DETAIL",
+        "NODE", "ROLE", "HOST", "PID", "STATE", "HEALTH", "CPU", "SIMD", "MEMORY", "SEGMENTS", "RESTARTS", "AGE",
+        "DETAIL",
     ]
     .map(String::from)
     .to_vec()];
@@ -148,6 +149,7 @@ fn status_text(status: &ClusterStatus, now: u64) -> String {
             n.state.as_str().into(),
             if n.healthy { "healthy" } else { "UNHEALTHY" }.into(),
             cpu(n),
+            if n.faiss_simd.is_empty() { "-".into() } else { n.faiss_simd.clone() },
             memory(n),
             n.segments.to_string(),
             n.restarts.to_string(),
@@ -385,6 +387,7 @@ mod tests {
             cpu_cores: 2.0,
             cpu_busy: 0.35,
             host_agent: String::new(),
+            faiss_simd: "avx512".into(),
         }
     }
 
@@ -444,7 +447,7 @@ mod tests {
         assert_eq!(lines[1].split_whitespace().take(3).collect::<Vec<_>>(), ["NODE", "ROLE", "HOST"]);
         let row = lines[2];
         for part in
-            ["standalone-coordinator", "0.35/2", "100.0 MiB/2.0 GiB", "serving", "healthy", "1m", "quarantined: seg 9"]
+            ["standalone-coordinator", "0.35/2", "avx512", "100.0 MiB/2.0 GiB", "serving", "healthy", "1m", "quarantined: seg 9"]
         {
             assert!(row.contains(part), "{part} in {row}");
         }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use quiver_actors::vector::{self, SimdChoice};
 use quiver_runtime::nats_server::{EmbeddedNats, SyncInterval};
 use quiver_runtime::{security, telemetry, Config, Shared, Supervisor};
 use quiver_schemas::Role;
@@ -59,6 +60,14 @@ fn node_base(config: &Config, standalone: bool) -> String {
 }
 
 fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i32> {
+    // Before anything runs faiss: a level this CPU lacks stops here, never as SIGILL later.
+    let simd = config
+        .node
+        .faiss_simd
+        .parse::<SimdChoice>()
+        .map_err(anyhow::Error::from)
+        .and_then(|choice| Ok(vector::select_simd(choice)?))
+        .with_context(|| format!("node.faiss_simd = {:?}", config.node.faiss_simd))?;
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("quiver-io")
@@ -97,7 +106,7 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     let shared = io.block_on(Shared::connect(config, &url, &format!("quiver-{base}")))?;
     let specs = roles.iter().map(|r| quiver_actors::role_spec(*r, format!("{base}-{}", r.as_str()))).collect();
     let signals = io.spawn(shutdown_signal());
-    tracing::info!(cluster = %cluster, nats = %url, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "Quiver starting");
+    tracing::info!(cluster = %cluster, nats = %url, faiss_simd = %simd, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "Quiver starting");
     let system = actix::System::new();
     let code = system.block_on(async move {
         let mut supervisor = Supervisor::start(specs, shared, supervisor_cfg);

@@ -106,6 +106,7 @@ impl Node {
             cpu_cores: telemetry::cpu_cores_allowed(),
             cpu_busy: telemetry::process_cpu_busy(),
             host_agent: self.shared.config.node.host_agent.clone(),
+            faiss_simd: crate::vector::simd_level().name().into(),
         }
     }
 }

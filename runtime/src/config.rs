@@ -22,6 +22,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
     pub datanode: DataNodeConfig,
+    pub indexnode: IndexNodeConfig,
     pub querynode: QueryNodeConfig,
     pub plugins: PluginsConfig,
     pub balance: BalanceConfig,
@@ -111,6 +112,11 @@ pub struct NodeConfig {
     /// The host agent that started this process (set by the agent, `QUIVER_NODE__HOST_AGENT`;
     /// shown in `quiver ctl status`). Empty: started by hand.
     pub host_agent: String,
+    /// The faiss build this process searches and builds indexes with: "auto" (the best this
+    /// CPU runs: avx512, else avx2, else generic), "generic" (no SIMD), "avx2" or "avx512".
+    /// A level the CPU lacks stops the process at start with an error. Shown in
+    /// `quiver ctl status` (SIMD).
+    pub faiss_simd: String,
 }
 
 impl Default for NodeConfig {
@@ -122,6 +128,7 @@ impl Default for NodeConfig {
             heartbeat_ttl: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             host_agent: String::new(),
+            faiss_simd: "auto".into(),
         }
     }
 }
@@ -397,6 +404,15 @@ impl Default for DataNodeConfig {
     fn default() -> Self {
         DataNodeConfig { segment_max_rows: 100_000, seal_after: Duration::from_secs(600) }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexNodeConfig {
+    /// OpenMP threads one index build uses; 0 = every core the process may use. Applied to
+    /// the build's own thread only: searches keep `querynode.faiss_threads` (in standalone a
+    /// build still competes with searches for the cores; lower this to leave them some).
+    pub build_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -678,6 +694,10 @@ impl SecurityConfig {
     }
 }
 
+/// The values of `node.faiss_simd` (what `quiver_faiss_simd::SimdChoice` parses; a test in
+/// quiver-actors keeps the two in step, so this crate does not wait for faiss to build).
+pub const FAISS_SIMD_CHOICES: [&str; 4] = ["auto", "generic", "avx2", "avx512"];
+
 /// Prefix of environment overrides: `QUIVER_NATS__URL=nats://h:4222` sets `nats.url`.
 pub const ENV_PREFIX: &str = "QUIVER_";
 
@@ -746,6 +766,9 @@ impl Config {
         }
         if self.node.drain_timeout.is_zero() {
             return fail("node.drain_timeout", "must be greater than zero");
+        }
+        if !FAISS_SIMD_CHOICES.contains(&self.node.faiss_simd.as_str()) {
+            return fail("node.faiss_simd", "must be auto, generic, avx2 or avx512");
         }
         if self.supervisor.max_restarts == 0 {
             return fail("supervisor.max_restarts", "must be at least 1");
@@ -928,6 +951,20 @@ mod tests {
         assert!(err.contains("no_such"), "{err}");
         let env = vec![("QUIVER_CLUSTER__NAME".to_string(), "a.b".to_string())];
         assert!(Config::load(None, env).unwrap_err().to_string().contains("cluster.name"));
+        let env = vec![("QUIVER_NODE__FAISS_SIMD".to_string(), "sse9".to_string())];
+        assert!(Config::load(None, env).unwrap_err().to_string().contains("node.faiss_simd"));
+    }
+
+    #[test]
+    fn faiss_keys_default_and_override() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!((c.node.faiss_simd.as_str(), c.indexnode.build_threads), ("auto", 0));
+        let env = vec![
+            ("QUIVER_NODE__FAISS_SIMD".to_string(), "generic".to_string()),
+            ("QUIVER_INDEXNODE__BUILD_THREADS".to_string(), "2".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!((c.node.faiss_simd.as_str(), c.indexnode.build_threads), ("generic", 2));
     }
 
     #[test]

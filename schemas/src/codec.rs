@@ -753,6 +753,7 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
     b.set_cpu_cores(v.cpu_cores);
     b.set_cpu_busy(v.cpu_busy);
     b.set_host_agent(v.host_agent.as_str());
+    b.set_faiss_simd(v.faiss_simd.as_str());
 }
 
 fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
@@ -778,6 +779,7 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
         cpu_cores: r.get_cpu_cores(),
         cpu_busy: r.get_cpu_busy(),
         host_agent: read_string(r.get_host_agent()).at("hostAgent")?,
+        faiss_simd: read_string(r.get_faiss_simd()).at("faissSimd")?,
     })
 }
 
@@ -2009,6 +2011,7 @@ mod tests {
             cpu_cores: 2.0,
             cpu_busy: 0.25,
             host_agent: if healthy { "h1".to_string() } else { String::new() },
+            faiss_simd: if healthy { "avx2".to_string() } else { String::new() },
         }
     }
 

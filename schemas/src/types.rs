@@ -470,6 +470,10 @@ pub struct NodeStatus {
     /// The host agent that started the process; empty when none did.
     #[serde(default)]
     pub host_agent: String,
+    /// The faiss SIMD build the process runs (`generic`, `avx2`, `avx512`); empty from nodes
+    /// that predate it.
+    #[serde(default)]
+    pub faiss_simd: String,
 }
 
 /// Search-time knobs. Zero means the index's default.

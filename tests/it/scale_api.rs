@@ -68,6 +68,8 @@ fn ctl_scale_status_events_and_the_http_admin_api() {
         assert_eq!(nodes.len(), 5, "{out}");
         for n in nodes {
             assert!(n["cpu_cores"].as_f64().unwrap_or(0.0) > 0.0, "cpu_cores of {n}");
+            let simd = n["faiss_simd"].as_str().unwrap_or("");
+            assert!(["generic", "avx2", "avx512"].contains(&simd), "faiss_simd of {n}");
         }
         let roles: Vec<&str> =
             json["roles"].as_array().expect("roles").iter().filter_map(|r| r["role"].as_str()).collect();
@@ -77,7 +79,7 @@ fn ctl_scale_status_events_and_the_http_admin_api() {
         // The table: nodes, then the roles, coordinator included.
         let (status, out, err) = ctl(&["status"]);
         assert!(status.success(), "{out}{err}");
-        assert!(out.contains("CPU") && out.contains("MEMORY") && out.contains("AGE"), "{out}");
+        assert!(out.contains("CPU") && out.contains("SIMD") && out.contains("MEMORY") && out.contains("AGE"), "{out}");
         assert!(out.contains("ROLES") && out.contains("one active coordinator"), "{out}");
 
         // Refusals, as the coordinator words them, with a non-zero exit.

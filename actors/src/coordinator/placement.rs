@@ -719,6 +719,7 @@ mod tests {
                 cpu_cores: 1.0,
                 cpu_busy: 0.0,
                 host_agent: String::new(),
+                faiss_simd: String::new(),
             })
             .collect()
     }

@@ -2,17 +2,23 @@
 //!
 //! faiss-rs is not used for the index itself because its `search` takes `&mut self`, while
 //! faiss' C++ `search` is `const` and safe to call from several threads at once.
+//!
+//! Every call goes through a [`FaissApi`] table, one per SIMD build of faiss
+//! (`quiver-faiss-simd`): an object is created, used and freed through the table that made
+//! it, so each wrapper keeps its table, and search parameters and selectors are made with
+//! the table of the index they are passed to.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
-use faiss_sys as fs;
+use quiver_faiss_simd::{sys as fs, FaissApi};
 
 use super::{Result, VectorError};
 
 /// Turns a faiss C API return code into a `Result`, attaching faiss' last error message.
-pub(crate) fn check(code: c_int, what: &str) -> Result<()> {
+/// `api` must be the table whose call returned `code`: each variant keeps its own last error.
+pub(crate) fn check(api: &FaissApi, code: c_int, what: &str) -> Result<()> {
     if code == 0 {
         return Ok(());
     }
@@ -20,7 +26,7 @@ pub(crate) fn check(code: c_int, what: &str) -> Result<()> {
     // (thread-local in the C API), valid until the next faiss call on this thread; we copy it
     // immediately.
     let msg = unsafe {
-        let p = fs::faiss_get_last_error();
+        let p = (api.faiss_get_last_error)();
         if p.is_null() {
             String::from("no message")
         } else {
@@ -34,75 +40,91 @@ fn c_string(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| VectorError::InvalidParams(format!("string {s:?} contains NUL")))
 }
 
-/// An owned faiss index (`faiss::Index*`), freed on drop.
-pub(crate) struct RawIndex(NonNull<fs::FaissIndex>);
+/// An owned faiss index (`faiss::Index*`) of the variant `api`, freed on drop.
+pub(crate) struct RawIndex {
+    index: NonNull<fs::FaissIndex>,
+    api: &'static FaissApi,
+}
 
 impl Drop for RawIndex {
     fn drop(&mut self) {
-        // SAFETY: we own the pointer (created by index_factory or read_index) and free it once.
-        unsafe { fs::faiss_Index_free(self.0.as_ptr()) }
+        // SAFETY: we own the pointer (created by index_factory or read_index of this same
+        // variant) and free it once.
+        unsafe { (self.api.faiss_Index_free)(self.index.as_ptr()) }
     }
 }
 
 impl RawIndex {
-    fn from_out(p: *mut fs::FaissIndex, what: &str) -> Result<Self> {
-        NonNull::new(p).map(RawIndex).ok_or_else(|| VectorError::Faiss(format!("{what} returned no index")))
+    fn from_out(api: &'static FaissApi, p: *mut fs::FaissIndex, what: &str) -> Result<Self> {
+        NonNull::new(p)
+            .map(|index| RawIndex { index, api })
+            .ok_or_else(|| VectorError::Faiss(format!("{what} returned no index")))
+    }
+
+    /// The faiss variant this index belongs to.
+    pub(crate) fn api(&self) -> &'static FaissApi {
+        self.api
     }
 
     /// `faiss::index_factory(dim, description, metric)`.
-    pub(crate) fn factory(dim: usize, description: &str, metric: fs::FaissMetricType) -> Result<Self> {
+    pub(crate) fn factory(
+        api: &'static FaissApi,
+        dim: usize,
+        description: &str,
+        metric: fs::FaissMetricType,
+    ) -> Result<Self> {
         let d = c_int::try_from(dim).map_err(|_| {
             VectorError::InvalidParams(format!("dim {dim} is too large for faiss (max {})", c_int::MAX))
         })?;
         let desc = c_string(description)?;
         let mut out: *mut fs::FaissIndex = ptr::null_mut();
         // SAFETY: desc is a valid C string; out receives a new index owned by us.
-        let code = unsafe { fs::faiss_index_factory(&mut out, d, desc.as_ptr(), metric) };
-        check(code, &format!("index_factory(\"{description}\")"))?;
-        Self::from_out(out, "index_factory")
+        let code = unsafe { (api.faiss_index_factory)(&mut out, d, desc.as_ptr(), metric) };
+        check(api, code, &format!("index_factory(\"{description}\")"))?;
+        Self::from_out(api, out, "index_factory")
     }
 
     /// The raw pointer, for const operations (search) that faiss allows concurrently.
     pub(crate) fn as_ptr(&self) -> *const fs::FaissIndex {
-        self.0.as_ptr()
+        self.index.as_ptr()
     }
 
     pub(crate) fn dim(&self) -> usize {
         // SAFETY: valid index pointer; const accessor.
-        usize::try_from(unsafe { fs::faiss_Index_d(self.as_ptr()) }).unwrap_or(0)
+        usize::try_from(unsafe { (self.api.faiss_Index_d)(self.as_ptr()) }).unwrap_or(0)
     }
 
     pub(crate) fn ntotal(&self) -> usize {
         // SAFETY: valid index pointer; const accessor.
-        usize::try_from(unsafe { fs::faiss_Index_ntotal(self.as_ptr()) }).unwrap_or(0)
+        usize::try_from(unsafe { (self.api.faiss_Index_ntotal)(self.as_ptr()) }).unwrap_or(0)
     }
 
     pub(crate) fn metric(&self) -> fs::FaissMetricType {
         // SAFETY: valid index pointer; const accessor.
-        unsafe { fs::faiss_Index_metric_type(self.as_ptr()) }
+        unsafe { (self.api.faiss_Index_metric_type)(self.as_ptr()) }
     }
 
     pub(crate) fn is_trained(&self) -> bool {
         // SAFETY: valid index pointer; const accessor.
-        unsafe { fs::faiss_Index_is_trained(self.as_ptr()) != 0 }
+        unsafe { (self.api.faiss_Index_is_trained)(self.as_ptr()) != 0 }
     }
 
     /// Whether this is (a subclass of) `faiss::IndexIVF`.
     pub(crate) fn is_ivf(&self) -> bool {
         // SAFETY: the cast is a dynamic_cast on a valid index; it does not mutate.
-        !unsafe { fs::faiss_IndexIVF_cast(self.0.as_ptr()) }.is_null()
+        !unsafe { (self.api.faiss_IndexIVF_cast)(self.index.as_ptr()) }.is_null()
     }
 
     pub(crate) fn train(&mut self, n: usize, x: &[f32]) -> Result<()> {
         debug_assert!(x.len() >= n * self.dim());
         // SAFETY: x holds n * d floats; &mut self gives exclusive access.
-        check(unsafe { fs::faiss_Index_train(self.0.as_ptr(), n as i64, x.as_ptr()) }, "train")
+        check(self.api, unsafe { (self.api.faiss_Index_train)(self.index.as_ptr(), n as i64, x.as_ptr()) }, "train")
     }
 
     pub(crate) fn add(&mut self, n: usize, x: &[f32]) -> Result<()> {
         debug_assert!(x.len() >= n * self.dim());
         // SAFETY: x holds n * d floats; &mut self gives exclusive access.
-        check(unsafe { fs::faiss_Index_add(self.0.as_ptr(), n as i64, x.as_ptr()) }, "add")
+        check(self.api, unsafe { (self.api.faiss_Index_add)(self.index.as_ptr(), n as i64, x.as_ptr()) }, "add")
     }
 
     /// Sets a tunable (`efSearch`, `efConstruction`, `nprobe`, ...) through
@@ -114,12 +136,14 @@ impl RawIndex {
         let cname = c_string(name)?;
         let mut ps: *mut fs::FaissParameterSpace = ptr::null_mut();
         // SAFETY: ps receives a new ParameterSpace that we free below.
-        check(unsafe { fs::faiss_ParameterSpace_new(&mut ps) }, "ParameterSpace_new")?;
+        let api = self.api;
+        check(api, unsafe { (api.faiss_ParameterSpace_new)(&mut ps) }, "ParameterSpace_new")?;
         // SAFETY: ps and the index are valid; exclusivity is the caller's obligation.
-        let code = unsafe { fs::faiss_ParameterSpace_set_index_parameter(ps, self.0.as_ptr(), cname.as_ptr(), value) };
+        let code =
+            unsafe { (api.faiss_ParameterSpace_set_index_parameter)(ps, self.index.as_ptr(), cname.as_ptr(), value) };
         // SAFETY: ps was created above and is not used afterwards.
-        unsafe { fs::faiss_ParameterSpace_free(ps) };
-        check(code, &format!("setting index parameter {name}={value}"))
+        unsafe { (api.faiss_ParameterSpace_free)(ps) };
+        check(api, code, &format!("setting index parameter {name}={value}"))
     }
 
     /// Serialises with `faiss::write_index` into an in-memory stream.
@@ -132,7 +156,7 @@ impl RawIndex {
             return Err(VectorError::Io(format!("open_memstream failed: {}", std::io::Error::last_os_error())));
         }
         // SAFETY: f is an open FILE*; faiss writes to it without closing it.
-        let code = unsafe { fs::faiss_write_index(self.as_ptr(), f.cast::<fs::FILE>()) };
+        let code = unsafe { (self.api.faiss_write_index)(self.as_ptr(), f.cast::<fs::FILE>()) };
         // SAFETY: f is open and closed exactly once; afterwards buf/size describe the data.
         let rc = unsafe { libc::fclose(f) };
         let out = if buf.is_null() {
@@ -146,7 +170,7 @@ impl RawIndex {
                 v
             }
         };
-        check(code, "write_index")?;
+        check(self.api, code, "write_index")?;
         if rc != 0 {
             return Err(VectorError::Io(format!(
                 "closing the in-memory index stream failed: {}",
@@ -156,8 +180,9 @@ impl RawIndex {
         Ok(out)
     }
 
-    /// Deserialises with `faiss::read_index` from an in-memory stream.
-    pub(crate) fn read_from(bytes: &[u8]) -> Result<Self> {
+    /// Deserialises with `faiss::read_index` of the variant `api` from an in-memory stream
+    /// (any variant reads what any other wrote: the format does not depend on SIMD).
+    pub(crate) fn read_from(api: &'static FaissApi, bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {
             return Err(VectorError::Corrupt("the faiss index payload is empty".into()));
         }
@@ -170,46 +195,53 @@ impl RawIndex {
         }
         let mut out: *mut fs::FaissIndex = ptr::null_mut();
         // SAFETY: f is an open FILE*; out receives a new index owned by us.
-        let code = unsafe { fs::faiss_read_index(f.cast::<fs::FILE>(), 0, &mut out) };
+        let code = unsafe { (api.faiss_read_index)(f.cast::<fs::FILE>(), 0, &mut out) };
         // SAFETY: f is open and closed exactly once.
         unsafe { libc::fclose(f) };
-        if let Err(e) = check(code, "read_index") {
-            if let Some(p) = NonNull::new(out) {
-                drop(RawIndex(p));
+        if let Err(e) = check(api, code, "read_index") {
+            if let Some(index) = NonNull::new(out) {
+                drop(RawIndex { index, api });
             }
             return Err(e);
         }
-        Self::from_out(out, "read_index")
+        Self::from_out(api, out, "read_index")
     }
 }
 
 /// Owned `faiss::SearchParametersIVF` (per-call nprobe, no index mutation).
-pub(crate) struct IvfSearchParams(NonNull<fs::FaissSearchParametersIVF>);
+pub(crate) struct IvfSearchParams {
+    params: NonNull<fs::FaissSearchParametersIVF>,
+    api: &'static FaissApi,
+}
 
 impl IvfSearchParams {
     /// `selector`: `None` searches every id; otherwise it must outlive these parameters
-    /// (faiss keeps the pointer and does not own it).
-    pub(crate) fn new(nprobe: usize, selector: Option<&BitmapSelector<'_>>) -> Result<Self> {
+    /// (faiss keeps the pointer and does not own it) and belong to the variant `api`.
+    pub(crate) fn new(
+        api: &'static FaissApi,
+        nprobe: usize,
+        selector: Option<&BitmapSelector<'_>>,
+    ) -> Result<Self> {
         let mut p: *mut fs::FaissSearchParametersIVF = ptr::null_mut();
         let sel = selector.map_or(ptr::null_mut(), BitmapSelector::as_ptr);
         // SAFETY: p receives a new object owned by us; a null selector means "all ids", else
         // it is a live selector the caller keeps alive; max_codes 0 means unlimited.
-        let code = unsafe { fs::faiss_SearchParametersIVF_new_with(&mut p, sel, nprobe, 0) };
-        check(code, "SearchParametersIVF_new_with")?;
+        let code = unsafe { (api.faiss_SearchParametersIVF_new_with)(&mut p, sel, nprobe, 0) };
+        check(api, code, "SearchParametersIVF_new_with")?;
         NonNull::new(p)
-            .map(IvfSearchParams)
+            .map(|params| IvfSearchParams { params, api })
             .ok_or_else(|| VectorError::Faiss("SearchParametersIVF_new_with returned null".into()))
     }
 
     pub(crate) fn as_ptr(&self) -> *const fs::FaissSearchParameters {
-        self.0.as_ptr().cast_const()
+        self.params.as_ptr().cast_const()
     }
 }
 
 impl Drop for IvfSearchParams {
     fn drop(&mut self) {
-        // SAFETY: owned pointer, freed once.
-        unsafe { fs::faiss_SearchParametersIVF_free(self.0.as_ptr()) }
+        // SAFETY: owned pointer, freed once by the variant that made it.
+        unsafe { (self.api.faiss_SearchParametersIVF_free)(self.params.as_ptr()) }
     }
 }
 
@@ -217,19 +249,21 @@ impl Drop for IvfSearchParams {
 /// copying, so the borrow keeps the bits alive (and unchanged) as long as the selector.
 pub(crate) struct BitmapSelector<'b> {
     sel: NonNull<fs::FaissIDSelectorBitmap>,
+    api: &'static FaissApi,
     _bits: PhantomData<&'b [u8]>,
 }
 
 impl<'b> BitmapSelector<'b> {
     /// Selects id `i` iff bit `i & 7` of `bits[i >> 3]` is set; ids past the slice are not.
-    pub(crate) fn new(bits: &'b [u8]) -> Result<Self> {
+    /// `api`: the variant of the index the selector is for.
+    pub(crate) fn new(api: &'static FaissApi, bits: &'b [u8]) -> Result<Self> {
         let mut p: *mut fs::FaissIDSelectorBitmap = ptr::null_mut();
         // SAFETY: p receives a new selector owned by us. faiss' `n` is the bitmap's size in
         // bytes and it never reads past it; `bits` outlives the selector (lifetime 'b).
-        let code = unsafe { fs::faiss_IDSelectorBitmap_new(&mut p, bits.len(), bits.as_ptr()) };
-        check(code, "IDSelectorBitmap_new")?;
+        let code = unsafe { (api.faiss_IDSelectorBitmap_new)(&mut p, bits.len(), bits.as_ptr()) };
+        check(api, code, "IDSelectorBitmap_new")?;
         NonNull::new(p)
-            .map(|sel| BitmapSelector { sel, _bits: PhantomData })
+            .map(|sel| BitmapSelector { sel, api, _bits: PhantomData })
             .ok_or_else(|| VectorError::Faiss("IDSelectorBitmap_new returned null".into()))
     }
 
@@ -243,7 +277,7 @@ impl Drop for BitmapSelector<'_> {
     fn drop(&mut self) {
         // SAFETY: owned pointer, freed once; any parameters using it were dropped first
         // (they borrow the selector).
-        unsafe { fs::faiss_IDSelectorBitmap_free(self.sel.as_ptr()) }
+        unsafe { (self.api.faiss_IDSelectorBitmap_free)(self.sel.as_ptr()) }
     }
 }
 
@@ -251,17 +285,20 @@ impl Drop for BitmapSelector<'_> {
 /// efSearch stays the value set in the index, since the C API has no SearchParametersHNSW).
 pub(crate) struct SelectorParams<'s> {
     params: NonNull<fs::FaissSearchParameters>,
+    api: &'static FaissApi,
     _selector: PhantomData<&'s BitmapSelector<'s>>,
 }
 
 impl<'s> SelectorParams<'s> {
     pub(crate) fn new(selector: &'s BitmapSelector<'_>) -> Result<Self> {
         let mut p: *mut fs::FaissSearchParameters = ptr::null_mut();
-        // SAFETY: p receives a new object owned by us; the selector outlives it ('s).
-        let code = unsafe { fs::faiss_SearchParameters_new(&mut p, selector.as_ptr()) };
-        check(code, "SearchParameters_new")?;
+        // SAFETY: p receives a new object owned by us, of the selector's variant; the
+        // selector outlives it ('s).
+        let api = selector.api;
+        let code = unsafe { (api.faiss_SearchParameters_new)(&mut p, selector.as_ptr()) };
+        check(api, code, "SearchParameters_new")?;
         NonNull::new(p)
-            .map(|params| SelectorParams { params, _selector: PhantomData })
+            .map(|params| SelectorParams { params, api, _selector: PhantomData })
             .ok_or_else(|| VectorError::Faiss("SearchParameters_new returned null".into()))
     }
 
@@ -273,6 +310,6 @@ impl<'s> SelectorParams<'s> {
 impl Drop for SelectorParams<'_> {
     fn drop(&mut self) {
         // SAFETY: owned pointer, freed once; faiss does not free the selector with it.
-        unsafe { fs::faiss_SearchParameters_free(self.params.as_ptr()) }
+        unsafe { (self.api.faiss_SearchParameters_free)(self.params.as_ptr()) }
     }
 }

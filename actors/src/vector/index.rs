@@ -3,12 +3,12 @@
 use std::borrow::Cow;
 use std::sync::{RwLock, RwLockWriteGuard};
 
-use faiss_sys as fs;
+use quiver_faiss_simd::{sys as fs, FaissApi, SimdLevel};
 
 use super::ffi::{check, BitmapSelector, IvfSearchParams, RawIndex, SelectorParams};
 use super::plan::{checksum, split_object, BuildPlan, Header, CHECKSUM_LEN, HEADER_LEN};
 use super::{
-    apply_faiss_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
+    apply_faiss_threads, with_omp_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
     VectorError,
 };
 
@@ -16,6 +16,16 @@ use super::{
 pub const DEFAULT_NPROBE: usize = 16;
 /// HNSW efSearch when [`SearchParams::ef`] is 0 (faiss always uses at least `k`).
 pub const DEFAULT_EF_SEARCH: usize = 64;
+
+/// How [`VectorIndex::build_with`] builds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The faiss SIMD build to use; `None`: the process' default ([`super::simd_level`]).
+    pub simd: Option<SimdLevel>,
+    /// OpenMP threads for this build, set on the calling thread only and restored after it
+    /// (searches on other threads keep theirs); `None`: [`super::set_faiss_threads`]' value.
+    pub threads: Option<usize>,
+}
 
 /// A built faiss index for one sealed segment.
 ///
@@ -72,6 +82,11 @@ fn faiss_metric(m: MetricType) -> fs::FaissMetricType {
     }
 }
 
+/// The faiss table of `level`, or why it cannot run here.
+fn simd_api(level: SimdLevel) -> Result<&'static FaissApi> {
+    Ok(quiver_faiss_simd::api(level)?)
+}
+
 fn check_dim(dim: usize, data: &[f32], what: &str) -> Result<usize> {
     if dim == 0 {
         return Err(VectorError::InvalidParams("dim is 0; pass the vector field's dimension".into()));
@@ -94,10 +109,30 @@ impl VectorIndex {
     /// to `max(1, n / 39)`; IVF_PQ with fewer than `2^nbits` rows falls back to IVF_FLAT, and
     /// IVF types on an empty segment fall back to FLAT (both with a warning); see
     /// [`VectorIndex::index_type`]. Errors if `dim % m != 0` for IVF_PQ.
+    ///
+    /// Runs on the process' default faiss SIMD level ([`super::simd_level`]) with the OpenMP
+    /// threads of [`super::set_faiss_threads`]; [`VectorIndex::build_with`] chooses both.
     pub fn build(params: &IndexParams, dim: usize, vectors: &[f32]) -> Result<VectorIndex> {
+        Self::build_with(&BuildOptions::default(), params, dim, vectors)
+    }
+
+    /// [`VectorIndex::build`] with `options`; an error when `options.simd` names a level this
+    /// binary or CPU does not have. The index keeps its level for its searches.
+    pub fn build_with(options: &BuildOptions, params: &IndexParams, dim: usize, vectors: &[f32]) -> Result<VectorIndex> {
+        let api = match options.simd {
+            Some(level) => simd_api(level)?,
+            None => quiver_faiss_simd::default_api(),
+        };
+        apply_faiss_threads();
+        match options.threads {
+            Some(threads) => with_omp_threads(threads, || Self::build_on(api, params, dim, vectors)),
+            None => Self::build_on(api, params, dim, vectors),
+        }
+    }
+
+    fn build_on(api: &'static FaissApi, params: &IndexParams, dim: usize, vectors: &[f32]) -> Result<VectorIndex> {
         let n = check_dim(dim, vectors, "vectors")?;
         let plan = BuildPlan::new(params, dim, n)?;
-        apply_faiss_threads();
         let data: Cow<'_, [f32]> = if params.metric == MetricType::Cosine {
             let mut v = vectors.to_vec();
             normalize(&mut v, dim);
@@ -105,7 +140,7 @@ impl VectorIndex {
         } else {
             Cow::Borrowed(vectors)
         };
-        let mut raw = RawIndex::factory(dim, &plan.factory_string(), faiss_metric(params.metric))?;
+        let mut raw = RawIndex::factory(api, dim, &plan.factory_string(), faiss_metric(params.metric))?;
         if plan.kind == IndexType::Hnsw {
             // SAFETY: `raw` is not shared yet.
             unsafe {
@@ -120,6 +155,11 @@ impl VectorIndex {
             raw.add(n, &data)?;
         }
         Ok(VectorIndex { raw, dim, metric: params.metric, plan, hnsw_ef: RwLock::new(DEFAULT_EF_SEARCH) })
+    }
+
+    /// The faiss SIMD build this index runs on.
+    pub fn simd_level(&self) -> SimdLevel {
+        self.raw.api().level
     }
 
     /// Number of indexed rows.
@@ -181,7 +221,7 @@ impl VectorIndex {
         params: &SearchParams,
         allowed: &[u8],
     ) -> Result<(Vec<f32>, Vec<i64>)> {
-        let selector = BitmapSelector::new(allowed)?;
+        let selector = BitmapSelector::new(self.raw.api(), allowed)?;
         let (mut dist, labels) = self.search_with(queries, k, params, Some(&selector))?;
         let worst = worst_distance(self.metric);
         for (d, l) in dist.iter_mut().zip(&labels) {
@@ -219,6 +259,7 @@ impl VectorIndex {
         let mut dist = vec![0f32; total];
         let mut labels = vec![-1i64; total];
         let index = self.raw.as_ptr();
+        let api = self.raw.api();
         let (qp, dp, lp) = (q.as_ptr(), dist.as_mut_ptr(), labels.as_mut_ptr());
         let nq_i = nq as i64;
         // FLAT and HNSW take the selector in generic parameters; IVF in its own (with nprobe).
@@ -229,15 +270,15 @@ impl VectorIndex {
         // SAFETY (both arms): index is valid and only read; q holds nq*dim floats; dist/labels
         // hold nq*k slots; the parameters and the selector they point to outlive the call.
         let run = || match &generic {
-            Some(sp) => unsafe { fs::faiss_Index_search_with_params(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) },
-            None => unsafe { fs::faiss_Index_search(index, nq_i, qp, k_i, dp, lp) },
+            Some(sp) => unsafe { (api.faiss_Index_search_with_params)(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) },
+            None => unsafe { (api.faiss_Index_search)(index, nq_i, qp, k_i, dp, lp) },
         };
         let code = match self.plan.kind {
             IndexType::IvfFlat | IndexType::IvfSq8 | IndexType::IvfPq => {
                 let nprobe = if params.nprobe == 0 { DEFAULT_NPROBE } else { params.nprobe as usize };
-                let sp = IvfSearchParams::new(nprobe.clamp(1, self.plan.nlist.max(1)), selector)?;
+                let sp = IvfSearchParams::new(api, nprobe.clamp(1, self.plan.nlist.max(1)), selector)?;
                 // SAFETY: as above; sp (and the selector) outlive the call.
-                unsafe { fs::faiss_Index_search_with_params(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) }
+                unsafe { (api.faiss_Index_search_with_params)(index, nq_i, qp, k_i, sp.as_ptr(), dp, lp) }
             }
             IndexType::Hnsw => {
                 let ef = if params.ef == 0 { DEFAULT_EF_SEARCH } else { params.ef as usize };
@@ -254,7 +295,7 @@ impl VectorIndex {
             }
             IndexType::Flat => run(),
         };
-        check(code, "search")?;
+        check(api, code, "search")?;
         Ok((dist, labels))
     }
 
@@ -350,12 +391,30 @@ impl VectorIndex {
         Ok(out)
     }
 
+    /// faiss' own `write_index` output for this index, without Quiver's header: what faiss'
+    /// `read_index` (any build, faiss-cpu's Python package too) reads. Benchmarks use it.
+    pub fn faiss_bytes(&self) -> Result<Vec<u8>> {
+        let _ef = self.hnsw_ef.read().unwrap_or_else(|e| e.into_inner());
+        self.raw.write_to_vec()
+    }
+
     /// Loads an index written by [`VectorIndex::to_bytes`]. HNSW efSearch is reset to
     /// [`DEFAULT_EF_SEARCH`]. Damaged bytes are refused before faiss reads them (checksum).
+    /// Loads on the process' default faiss SIMD level, whichever level wrote the bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<VectorIndex> {
+        Self::from_bytes_with(quiver_faiss_simd::default_api(), bytes)
+    }
+
+    /// [`VectorIndex::from_bytes`] on the faiss build of `level` (whichever level wrote the
+    /// bytes); an error when this binary or CPU does not have it.
+    pub fn from_bytes_on(level: SimdLevel, bytes: &[u8]) -> Result<VectorIndex> {
+        Self::from_bytes_with(simd_api(level)?, bytes)
+    }
+
+    fn from_bytes_with(api: &'static FaissApi, bytes: &[u8]) -> Result<VectorIndex> {
         let (header, payload) = split_object(bytes)?;
         apply_faiss_threads();
-        let raw = RawIndex::read_from(payload)?;
+        let raw = RawIndex::read_from(api, payload)?;
         if raw.dim() != header.dim || raw.metric() != faiss_metric(header.metric) {
             return Err(VectorError::Corrupt(format!(
                 "header says dim {} / {:?} but the faiss index has dim {} / metric code {}; the data is damaged",

@@ -30,10 +30,11 @@ pub(crate) use flat::{dot, l2_sq};
 pub(crate) fn norm(v: &[f32]) -> f32 {
     dot(v, v).sqrt()
 }
-pub use index::{VectorIndex, DEFAULT_EF_SEARCH, DEFAULT_NPROBE};
+pub use index::{BuildOptions, VectorIndex, DEFAULT_EF_SEARCH, DEFAULT_NPROBE};
 pub use plan::{
     DEFAULT_EF_CONSTRUCTION, DEFAULT_HNSW_M, DEFAULT_NBITS, DEFAULT_NLIST, DEFAULT_PQ_M, MIN_POINTS_PER_CENTROID,
 };
+pub use quiver_faiss_simd::{SimdChoice, SimdLevel};
 pub use quiver_schemas::types::{IndexParams, IndexType, MetricType, SearchParams};
 
 /// Errors from building, searching or (de)serialising vector indexes.
@@ -52,6 +53,9 @@ pub enum VectorError {
     /// An operating-system call (in-memory file streams) failed.
     #[error("I/O error in vector index: {0}")]
     Io(String),
+    /// The faiss SIMD build asked for is not in this binary or not runnable on this CPU.
+    #[error(transparent)]
+    Simd(#[from] quiver_faiss_simd::Error),
 }
 
 /// Result type of the vector module.
@@ -93,9 +97,22 @@ pub fn normalize(v: &mut [f32], dim: usize) {
     }
 }
 
+/// Makes `choice` the faiss SIMD build of this process for indexes built or loaded from now
+/// on, and returns the level it resolved to: an error (never an illegal instruction later)
+/// when the binary or the CPU lacks the level. Without a call, the best available level runs.
+pub fn select_simd(choice: SimdChoice) -> Result<SimdLevel> {
+    Ok(quiver_faiss_simd::set_default(choice)?)
+}
+
+/// The faiss SIMD build new indexes use in this process.
+pub fn simd_level() -> SimdLevel {
+    quiver_faiss_simd::default_level()
+}
+
 extern "C" {
     /// OpenMP runtime (libgomp, linked by the static faiss build).
     fn omp_set_num_threads(n: libc::c_int);
+    fn omp_get_max_threads() -> libc::c_int;
 }
 
 /// Thread count requested through [`set_faiss_threads`]; 0 = never set (OpenMP default).
@@ -137,6 +154,21 @@ fn set_openblas_threads(n: usize) {
         let f = unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn(libc::c_int)>(sym) };
         f(n);
     }
+}
+
+/// Runs `f` with `threads` OpenMP threads (0 = 1) on the calling OS thread, then restores the
+/// thread's previous setting: libgomp keeps the setting per OS thread, so a build can use every
+/// core while searches on other threads keep [`set_faiss_threads`]' count.
+pub(crate) fn with_omp_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
+    let n = libc::c_int::try_from(threads.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: both only read or store the calling thread's OpenMP control variables.
+    let previous = unsafe { omp_get_max_threads() };
+    // SAFETY: as above; any positive value is valid.
+    unsafe { omp_set_num_threads(n) };
+    let out = f();
+    // SAFETY: as above; `previous` came from libgomp, so it is valid.
+    unsafe { omp_set_num_threads(previous) };
+    out
 }
 
 /// Applies the thread count from [`set_faiss_threads`] to the current OS thread, if it

@@ -432,3 +432,95 @@ fn search_selected_edge_cases() {
     assert_eq!(l, vec![-1; 6]);
     assert_eq!(d, vec![f32::NEG_INFINITY; 6]);
 }
+
+/// The SIMD levels this binary has and this CPU runs (generic always).
+fn available_levels() -> Vec<SimdLevel> {
+    SimdLevel::ALL.into_iter().filter(|l| l.is_available()).collect()
+}
+
+/// Every faiss build this CPU runs builds and searches each index type correctly, and an
+/// index written by any level reads back in every other with the same results and the same
+/// bytes (the serialised format does not depend on SIMD).
+#[test]
+fn every_simd_level_builds_searches_and_reads_the_others_indexes() {
+    let data = random_vectors(11, 3000, DIM);
+    let queries = random_vectors(12, 50, DIM);
+    let levels = available_levels();
+    assert!(levels.contains(&SimdLevel::Generic));
+    for metric in [MetricType::L2, MetricType::Ip] {
+        let (_, truth) = exact(metric, &data, &queries, K);
+        for ty in [IndexType::Flat, IndexType::IvfFlat, IndexType::Hnsw] {
+            let mut flat_results = Vec::new();
+            for &writer in &levels {
+                let options = BuildOptions { simd: Some(writer), threads: None };
+                let index = VectorIndex::build_with(&options, &params(ty, metric), DIM, &data).unwrap();
+                assert_eq!(index.simd_level(), writer);
+                let sp = SearchParams { nprobe: index.nlist() as u32, ef: 64 };
+                let (d, l) = index.search(&queries, K, &sp).unwrap();
+                let r = recall(&truth, &l, K);
+                assert!(r >= 0.9, "{writer} {ty:?} {metric:?}: recall {r}");
+                if ty == IndexType::Flat {
+                    flat_results.push((writer, l.clone()));
+                }
+                let bytes = index.to_bytes().unwrap();
+                for &reader in &levels {
+                    let loaded = VectorIndex::from_bytes_on(reader, &bytes).unwrap();
+                    assert_eq!(loaded.simd_level(), reader);
+                    let (d2, l2) = loaded.search(&queries, K, &sp).unwrap();
+                    assert_eq!(l, l2, "{ty:?} {metric:?}: written by {writer}, read by {reader}: labels differ");
+                    for (a, b) in d.iter().zip(&d2) {
+                        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{writer}→{reader} {ty:?}: {a} vs {b}");
+                    }
+                    assert_eq!(loaded.to_bytes().unwrap(), bytes, "{writer}→{reader} {ty:?}: bytes differ");
+                }
+            }
+            // Exact search finds the same rows whatever instructions compute the distances.
+            for (level, labels) in &flat_results[1..] {
+                assert_eq!(labels, &flat_results[0].1, "FLAT {metric:?}: {level} vs {}", flat_results[0].0);
+            }
+        }
+    }
+}
+
+/// `generic` can always be forced, process-wide; a level the binary or CPU lacks is refused
+/// with the reason instead of running (and dying of an illegal instruction).
+#[test]
+fn forcing_a_simd_level() {
+    let data = random_vectors(13, 500, DIM);
+    assert_eq!(select_simd(SimdChoice::Level(SimdLevel::Generic)).unwrap(), SimdLevel::Generic);
+    let index = VectorIndex::build(&params(IndexType::Hnsw, MetricType::L2), DIM, &data).unwrap();
+    assert_eq!(index.simd_level(), SimdLevel::Generic);
+    assert_eq!(select_simd(SimdChoice::Auto).unwrap(), SimdLevel::best());
+    assert_eq!(simd_level(), SimdLevel::best());
+    for level in SimdLevel::ALL.into_iter().filter(|l| !l.is_available()) {
+        let options = BuildOptions { simd: Some(level), threads: None };
+        let err = VectorIndex::build_with(&options, &params(IndexType::Flat, MetricType::L2), DIM, &data).unwrap_err();
+        assert!(matches!(err, VectorError::Simd(_)), "{err}");
+        assert!(select_simd(SimdChoice::Level(level)).is_err());
+    }
+    // The config's names (validated in quiver-runtime without this crate) all parse.
+    for name in quiver_runtime::config::FAISS_SIMD_CHOICES {
+        assert!(name.parse::<SimdChoice>().is_ok(), "{name}");
+    }
+}
+
+/// A build's thread count applies to its own thread only, and only while it runs.
+#[test]
+fn build_threads_stay_on_the_build_thread() {
+    extern "C" {
+        fn omp_get_max_threads() -> libc::c_int;
+    }
+    std::thread::spawn(|| {
+        // SAFETY (all three): plain getter of the calling thread's OpenMP setting.
+        let before = unsafe { omp_get_max_threads() };
+        let inside = with_omp_threads(before as usize + 3, || unsafe { omp_get_max_threads() });
+        assert_eq!(inside, before + 3);
+        assert_eq!(unsafe { omp_get_max_threads() }, before);
+        let data = random_vectors(14, 500, DIM);
+        let options = BuildOptions { simd: None, threads: Some(2) };
+        let index = VectorIndex::build_with(&options, &params(IndexType::Hnsw, MetricType::L2), DIM, &data).unwrap();
+        assert_eq!(index.len(), 500);
+    })
+    .join()
+    .unwrap();
+}

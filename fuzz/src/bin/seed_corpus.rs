@@ -125,6 +125,7 @@ fn node_status() -> NodeStatus {
         cpu_cores: 2.0,
         cpu_busy: 0.5,
         host_agent: "h1".into(),
+        faiss_simd: "avx2".into(),
     }
 }
 

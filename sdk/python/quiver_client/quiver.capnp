@@ -256,6 +256,7 @@ struct NodeStatus {
   cpuCores @13 :Float32;        # CPU cores the process may use (affinity, cgroup quota).
   cpuBusy @14 :Float32;         # Cores' worth of CPU the process used over the last heartbeat.
   hostAgent @15 :Text;          # The host agent that started the process ("" if none).
+  faissSimd @16 :Text;          # faiss build searches and builds run on: generic, avx2, avx512 ("" if older).
 }
 
 # Where a role is in its life. `serving` is 0 so nodes that predate the field read as serving.

@@ -366,6 +366,8 @@ class NodeStatus:
     cpu_busy: float = 0.0
     #: The host agent that started the process ("" if none).
     host_agent: str = ""
+    #: The faiss SIMD build the process runs: "generic", "avx2" or "avx512" ("" if older).
+    faiss_simd: str = ""
 
 
 @dataclass

@@ -310,6 +310,7 @@ def status_from_wire(d: Dict_) -> ClusterStatus:
                 cpu_cores=float(n.get("cpuCores", 0.0)),
                 cpu_busy=float(n.get("cpuBusy", 0.0)),
                 host_agent=n.get("hostAgent", ""),
+                faiss_simd=n.get("faissSimd", ""),
             )
             for n in d.get("nodes", [])
         ],

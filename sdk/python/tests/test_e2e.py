@@ -102,6 +102,7 @@ async def test_every_operation(client: quiver.AsyncClient) -> None:
     assert {n.role for n in status.nodes} == set(quiver.Role)
     assert all(n.healthy for n in status.nodes)
     assert all(n.cpu_cores > 0 for n in status.nodes), status.nodes
+    assert all(n.faiss_simd in ("generic", "avx2", "avx512") for n in status.nodes), status.nodes
     assert {r.role for r in status.roles} == set(quiver.Role) - {quiver.Role.COORDINATOR}, status.roles
 
     # Scaling: the coordinator is refused; a standalone has no host agent, so a count is

@@ -15,6 +15,8 @@
 //!   bitmap selector, in process.
 //! - `scalar-index` ([`scalar_index`]): a selective filter's bitmap and filtered search of a
 //!   segment with and without its scalar indexes (STL_SORT, INVERTED), in process.
+//! - `simd` ([`simd`]): per-query HNSW search on each faiss SIMD build Quiver links against
+//!   faiss-cpu from PyPI on the same index, and index build time by OpenMP threads.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
 //!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
 //!
@@ -26,6 +28,7 @@
 mod filter;
 mod plugins;
 mod scalar_index;
+mod simd;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +60,9 @@ enum Command {
     /// A selective filter with and without the segment's scalar indexes (bitmap and filtered
     /// search), in process.
     ScalarIndex(scalar_index::BenchScalarIndexArgs),
+    /// Per-query HNSW search on each faiss SIMD build (generic, avx2, avx512) against faiss-cpu
+    /// from PyPI on the same index; index build time with 1 vs N threads.
+    Simd(simd::BenchSimdArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
     /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
     Plugins(plugins::PluginsArgs),
@@ -78,6 +84,7 @@ fn main() {
         Command::Scale(args) => standalone::replicas::bench_scale(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
         Command::ScalarIndex(args) => scalar_index::bench_scalar_index(args).map(|()| 0),
+        Command::Simd(args) => simd::bench_simd(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };
     match result {
