@@ -13,6 +13,8 @@
 //!   times of each step; with `--scale-curve`, steady QPS per query-node count.
 //! - `filter` ([`filter`]): the query node's filtered-search kernel against raw faiss with a
 //!   bitmap selector, in process.
+//! - `flat` ([`flat`]): brute force over rows without an index (the query node's kernel)
+//!   against raw faiss `IndexFlat`, in process, single queries and batches.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
 //!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
 //!
@@ -22,6 +24,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod filter;
+mod flat;
 mod plugins;
 mod standalone;
 
@@ -51,6 +54,8 @@ enum Command {
     Scale(standalone::replicas::BenchScaleArgs),
     /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
     Filter(filter::BenchFilterArgs),
+    /// Benchmark brute force over unindexed rows (the query node's kernel) against raw faiss IndexFlat.
+    Flat(flat::BenchFlatArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
     /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
     Plugins(plugins::PluginsArgs),
@@ -71,6 +76,7 @@ fn main() {
         Command::Replicas(args) => standalone::replicas::bench_replicas(args),
         Command::Scale(args) => standalone::replicas::bench_scale(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
+        Command::Flat(args) => flat::bench_flat(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };
     match result {
