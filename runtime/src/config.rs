@@ -418,7 +418,12 @@ pub struct IndexNodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryNodeConfig {
-    /// OpenMP threads faiss may use inside one search (1 = each search on one core; concurrency comes from parallel requests).
+    /// Threads of the search pool: the segments and growing rows of a request are searched in
+    /// parallel on it, as are concurrent requests; 0 = one per core.
+    pub search_threads: usize,
+    /// OpenMP threads faiss may use outside the search pool (process-wide, so in
+    /// `quiver standalone` the index node's builds too). Searches run one faiss and one BLAS
+    /// thread per pool thread: the pool is their parallelism.
     pub faiss_threads: usize,
     /// How long a search may wait for the node to catch up with the log (consistency).
     #[serde(with = "humantime_serde")]
@@ -427,7 +432,7 @@ pub struct QueryNodeConfig {
 
 impl Default for QueryNodeConfig {
     fn default() -> Self {
-        QueryNodeConfig { faiss_threads: 1, max_consistency_wait: Duration::from_secs(10) }
+        QueryNodeConfig { search_threads: 0, faiss_threads: 1, max_consistency_wait: Duration::from_secs(10) }
     }
 }
 
@@ -827,6 +832,9 @@ impl Config {
         }
         if !(1..=1 << 24).contains(&self.proxy.max_insert_rows) {
             return fail("proxy.max_insert_rows", "must be between 1 and 16777216");
+        }
+        if self.querynode.search_threads > 1024 {
+            return fail("querynode.search_threads", "must be at most 1024 (0 = one thread per core)");
         }
         if !(1..=1 << 20).contains(&self.proxy.max_nq) {
             return fail("proxy.max_nq", "must be between 1 and 1048576");

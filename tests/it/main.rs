@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_input;
+mod brute_force;
 mod cli;
 mod cluster;
 mod cluster_cli;

@@ -31,6 +31,24 @@ use crate::vector::higher_is_better;
 /// node dead and have its work loaded elsewhere, even on a busy machine.
 const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
+/// Room a node's search request keeps for everything but its query vectors.
+const SEARCH_PAYLOAD_MARGIN: usize = 64 * 1024;
+
+/// Queries of `dim` floats that fit one NATS message of `max_payload` bytes beside the rest of a
+/// node's search request (all of them when the server names no limit).
+fn queries_per_message(max_payload: usize, dim: usize) -> Result<usize> {
+    if max_payload == 0 {
+        return Ok(usize::MAX);
+    }
+    match max_payload.saturating_sub(SEARCH_PAYLOAD_MARGIN) / (dim.max(1) * std::mem::size_of::<f32>()) {
+        0 => Err(Error::InvalidArgument(format!(
+            "one query of {dim} floats does not fit a message of the NATS server's max_payload ({max_payload} bytes); \
+             raise max_payload in the nats-server configuration"
+        ))),
+        n => Ok(n),
+    }
+}
+
 /// One node's share of a read.
 #[derive(Debug, Default, Clone)]
 pub(super) struct NodeShare {
@@ -260,10 +278,43 @@ impl Proxy {
         }
     }
 
+    /// A search. Every node's share carries all of the request's queries in one NATS message,
+    /// so a batch larger than the server's `max_payload` (1 MB by default, 8 MB for the
+    /// nats-server Quiver starts) goes out in parts of as many queries as fit, one after another.
     pub(super) async fn search(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.collection(&req.collection, ctx).await?;
         self.node.shared.memory.admit("a search")?;
         let nq = check_search(&info, &mut req, &ReadLimits::of(&self.node.shared.config))?;
+        let max_payload = self.node.shared.bus.client().server_info().max_payload;
+        let per_message = queries_per_message(max_payload, req.dim as usize)?;
+        if nq <= per_message {
+            return self.search_checked(&info, req, nq, ctx).await;
+        }
+        let dim = req.dim as usize;
+        let mut results = Vec::with_capacity(nq);
+        for chunk in req.vectors.chunks(per_message * dim) {
+            let part = Search {
+                collection: req.collection.clone(),
+                dim: req.dim,
+                vectors: chunk.to_vec(),
+                top_k: req.top_k,
+                params: req.params,
+                output_fields: req.output_fields.clone(),
+                consistency: req.consistency,
+                filter: req.filter.clone(),
+            };
+            results.extend(self.search_checked(&info, part, chunk.len() / dim, ctx).await?.results);
+        }
+        Ok(SearchResults { results })
+    }
+
+    async fn search_checked(
+        &self,
+        info: &CollectionInfo,
+        req: Search,
+        nq: usize,
+        ctx: &RequestContext,
+    ) -> Result<SearchResults> {
         let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);

@@ -5,7 +5,13 @@
 //!
 //! - `shard.rs`: the shard log reader, growing rows, deletes, consistency waits.
 //! - `search.rs`: top-k search and get over segments and growing rows.
+//! - `pool.rs`: the search pool (`querynode.search_threads`) searches run their pieces on.
+//!
+//! Requests are served concurrently: the actor's arbiter only decodes, waits for consistency
+//! and replies; a search runs on a blocking thread that hands its pieces (segments, row ranges,
+//! query blocks) to the pool and merges them, so concurrent requests share the pool's threads.
 
+mod pool;
 mod search;
 mod shard;
 #[cfg(test)]
@@ -26,6 +32,7 @@ use quiver_schemas::{
     ReleaseSegments, ScalarIndex, SearchResults, SegmentInfo, ShardPlacement, ShardView,
 };
 
+use pool::SearchPool;
 use search::Sealed;
 use shard::{Shard, ShardData};
 
@@ -65,6 +72,8 @@ pub struct QueryNode {
     in_flight: std::cell::Cell<u32>,
     /// Serialises `load` per node so concurrent loads never race on the same collection.
     loading: tokio::sync::Mutex<()>,
+    /// Where searches run (`querynode.search_threads`).
+    pool: Arc<SearchPool>,
 }
 
 /// Starts the query node role on the current arbiter.
@@ -73,12 +82,16 @@ pub fn start(rc: RoleContext) {
         rc,
         Box::new(|node| {
             Box::pin(async move {
-                crate::vector::set_faiss_threads(node.shared.config.querynode.faiss_threads.max(1));
+                let config = &node.shared.config.querynode;
+                crate::vector::set_faiss_threads(config.faiss_threads.max(1));
+                let pool = Arc::new(SearchPool::new(config.search_threads)?);
+                tracing::info!(threads = pool.threads(), "search pool started");
                 Ok(QueryNode {
                     node,
                     collections: Default::default(),
                     in_flight: Default::default(),
                     loading: Default::default(),
+                    pool,
                 })
             })
         }),
@@ -314,9 +327,11 @@ impl QueryNode {
             output_fields: req.search.output_fields,
             queries: req.search.vectors,
             filter: search::Filter::from_json(&req.filter)?,
+            deadline: ctx.remaining().map(|left| std::time::Instant::now() + left),
         };
+        let pool = self.pool.clone();
         let found: SearchResults =
-            tokio::task::spawn_blocking(move || search::run_search(&plan)).await.map_err(Error::internal)??;
+            tokio::task::spawn_blocking(move || search::run_search(&plan, &pool)).await.map_err(Error::internal)??;
         Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.get() })
     }
 

@@ -1,8 +1,11 @@
 //! Search and get over what one query node holds: sealed segments (faiss index, or brute
-//! force until the index is built) and growing rows of led shards. Runs on a blocking thread.
+//! force until the index is built) and growing rows of led shards. Searches run in pieces on
+//! the node's [`SearchPool`]; gets and queries on a blocking thread.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use quiver_runtime::{Error, Result};
 use quiver_schemas::{
@@ -10,7 +13,8 @@ use quiver_schemas::{
     COUNT_STAR,
 };
 
-use super::shard::{Deletes, ShardData};
+use super::pool::SearchPool;
+use super::shard::{Deletes, Growing, ShardData};
 use crate::filter::{evaluate, evaluate_indexed, search_allowed, Bitmap, SegmentIndexes, SegmentVectors};
 use crate::rows::RowStore;
 use crate::vector::{higher_is_better, FlatVectors, VectorIndex};
@@ -135,6 +139,8 @@ pub struct SearchPlan {
     pub output_fields: Vec<String>,
     /// Only rows matching this are searched (a pre-filter: bitmap ID selector in faiss).
     pub filter: Option<Filter>,
+    /// When the caller stops waiting: pieces not started by then are not run.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -148,6 +154,21 @@ struct Candidate {
     source: Source,
     row: usize,
 }
+
+/// A piece of a search that one pool thread runs: one source, a block of the queries and, for
+/// brute force, a range of the source's rows (labels stay row offsets of the whole source, so
+/// the pieces' top-k merge like the sources' do).
+struct Piece {
+    source: Source,
+    queries: Range<usize>,
+    rows: Range<usize>,
+}
+
+/// Multiply-adds (queries × rows × dim) below which brute force is not split further: about
+/// half a millisecond on one core, far above what handing a piece to a pool thread costs.
+const MIN_PIECE_WORK: usize = 1 << 22;
+/// Queries per piece of a search through a faiss index, at least.
+const MIN_INDEX_QUERIES: usize = 8;
 
 fn lock_err<T>(_: T) -> Error {
     Error::Internal("shard state lock poisoned".into())
@@ -169,48 +190,108 @@ fn read_growing(shard: &ShardData, after: Seq) -> Result<std::sync::RwLockReadGu
     Ok(guard)
 }
 
-/// Runs a search plan: top-k per query across every source, best first.
-pub fn run_search(plan: &SearchPlan) -> Result<SearchResults> {
+/// Cuts a search into pieces for the pool: with `threads` threads and `sources` sources, each
+/// source gets up to `threads / sources` pieces (at least one) — brute force split by rows
+/// while each piece keeps [`MIN_PIECE_WORK`], faiss searches by blocks of queries.
+fn pieces(plan: &SearchPlan, growing: &[&Growing], threads: usize) -> Vec<Piece> {
+    let nq = plan.queries.len() / plan.dim.max(1);
+    let sources = plan.segments.len() + growing.len();
+    let ways = threads.div_ceil(sources.max(1)).max(1);
+    let by_rows = |source: Source, n: usize| {
+        let work = nq.saturating_mul(n).saturating_mul(plan.dim);
+        let parts = (work / MIN_PIECE_WORK).clamp(1, ways).min(n.max(1));
+        let per = n.div_ceil(parts).max(1);
+        (0..n.max(1)).step_by(per).map(move |r0| Piece { source, queries: 0..nq, rows: r0..(r0 + per).min(n) })
+    };
+    let mut out = Vec::with_capacity(sources * ways);
+    for (i, (seg, _)) in plan.segments.iter().enumerate() {
+        let source = Source::Segment(i);
+        match &seg.flat {
+            Some(flat) if plan.filter.is_none() => out.extend(by_rows(source, flat.len())),
+            _ => {
+                let blocks = ways.min(nq.div_ceil(MIN_INDEX_QUERIES)).max(1);
+                let per = nq.div_ceil(blocks).max(1);
+                let rows = 0..seg.rows.len();
+                out.extend(
+                    (0..nq).step_by(per).map(|q0| Piece { source, queries: q0..(q0 + per).min(nq), rows: rows.clone() }),
+                );
+            }
+        }
+    }
+    for (i, g) in growing.iter().enumerate() {
+        if !g.rows.is_empty() {
+            out.extend(by_rows(Source::Growing(i), g.flat.len()));
+        }
+    }
+    out
+}
+
+/// Runs one piece: `nq × k` distances and row labels (-1 = none) for its block of queries.
+fn run_piece(
+    plan: &SearchPlan,
+    growing: &[&Growing],
+    matching: &[Option<Bitmap>],
+    piece: &Piece,
+) -> Result<(Vec<f32>, Vec<i64>)> {
+    if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+        let nq = plan.queries.len() / plan.dim.max(1);
+        return Err(Error::DeadlineExceeded(format!(
+            "the search of {nq} queries did not finish before the caller's deadline; send fewer queries per \
+             request, build an index on the collection, or allow the call more time"
+        )));
+    }
+    let (k, dim) = (plan.k, plan.dim);
+    let queries = &plan.queries[piece.queries.start * dim..piece.queries.end * dim];
+    match piece.source {
+        Source::Segment(i) => {
+            let (seg, shard) = &plan.segments[i];
+            let deletes = shard.deletes.read().map_err(lock_err)?;
+            let hidden = |r: usize| deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r]);
+            if let Some(filter) = &plan.filter {
+                return search_filtered(seg, filter, &deletes, queries, k, &plan.params, plan.metric);
+            }
+            if let Some(index) = &seg.index {
+                let count = seg.deleted_count(&deletes);
+                return index
+                    .search_filtered(queries, k, &plan.params, &|l| hidden(l as usize), count)
+                    .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)));
+            }
+            let flat = seg.flat.as_ref().ok_or_else(|| {
+                Error::Internal(format!("segment {} has neither an index nor its vectors", seg.info.id))
+            })?;
+            Ok(flat.search_rows(queries, k, piece.rows.clone(), &hidden))
+        }
+        Source::Growing(i) => {
+            let ((shard, after), g) = (&plan.growing[i], growing[i]);
+            let deletes = shard.deletes.read().map_err(lock_err)?;
+            let matching = matching.get(i).and_then(Option::as_ref);
+            let skip = |r: usize| {
+                g.rows.seqs[r] <= *after
+                    || matching.is_some_and(|m| !m.get(r))
+                    || deletes.hides(&g.rows.pks[r], g.rows.seqs[r])
+            };
+            Ok(g.flat.search_rows(queries, k, piece.rows.clone(), &skip))
+        }
+    }
+}
+
+/// Runs a search plan: top-k per query across every source, best first. The sources are cut
+/// into pieces run side by side on `pool` (this thread waits: it holds the growing rows' read
+/// locks, which the merge needs, so it must not be a pool thread that could pick up another
+/// request's piece meanwhile); pieces take their shard's delete lock themselves.
+pub fn run_search(plan: &SearchPlan, pool: &SearchPool) -> Result<SearchResults> {
     let nq = plan.queries.len() / plan.dim.max(1);
     let k = plan.k;
+    let guards: Vec<_> = plan.growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
+    let growing: Vec<&Growing> = guards.iter().map(|g| &**g).collect();
+    let matching: Vec<Option<Bitmap>> =
+        growing.iter().map(|g| plan.filter.as_ref().map(|f| evaluate(&f.expr, &g.rows))).collect();
+    let pieces = pieces(plan, &growing, pool.threads());
+    let found = pool.run(pieces.iter().collect(), |piece| run_piece(plan, &growing, &matching, piece));
     let mut per_query: Vec<Vec<Candidate>> = (0..nq).map(|_| Vec::with_capacity(k * 2)).collect();
-    for (i, (seg, shard)) in plan.segments.iter().enumerate() {
-        let deletes = shard.deletes.read().map_err(lock_err)?;
-        let hidden = |label: i64| {
-            let r = label as usize;
-            deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r])
-        };
-        if let Some(filter) = &plan.filter {
-            let (d, l) = search_filtered(seg, filter, &deletes, &plan.queries, k, &plan.params, plan.metric)?;
-            collect(&mut per_query, &d, &l, k, Source::Segment(i));
-            continue;
-        }
-        let (d, l) = if let Some(index) = &seg.index {
-            let count = seg.deleted_count(&deletes);
-            index
-                .search_filtered(&plan.queries, k, &plan.params, &hidden, count)
-                .map_err(|e| Error::Internal(format!("faiss search of segment {}: {e}", seg.info.id)))?
-        } else if let Some(flat) = &seg.flat {
-            flat.search(&plan.queries, k, &|r| hidden(r as i64))
-        } else {
-            continue;
-        };
-        collect(&mut per_query, &d, &l, k, Source::Segment(i));
-    }
-    let growing: Vec<_> = plan.growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
-    for (i, ((shard, after), g)) in plan.growing.iter().zip(&growing).enumerate() {
-        if g.rows.is_empty() {
-            continue;
-        }
-        let deletes = shard.deletes.read().map_err(lock_err)?;
-        let matching = plan.filter.as_ref().map(|f| evaluate(&f.expr, &g.rows));
-        let skip = |r: usize| {
-            g.rows.seqs[r] <= *after
-                || matching.as_ref().is_some_and(|m| !m.get(r))
-                || deletes.hides(&g.rows.pks[r], g.rows.seqs[r])
-        };
-        let (d, l) = g.flat.search(&plan.queries, k, &skip);
-        collect(&mut per_query, &d, &l, k, Source::Growing(i));
+    for (piece, found) in pieces.iter().zip(found) {
+        let (d, l) = found?;
+        collect(&mut per_query[piece.queries.clone()], &d, &l, k, piece.source);
     }
     let better = higher_is_better(plan.metric);
     let mut results = Vec::with_capacity(nq);

@@ -11,6 +11,7 @@ use quiver_schemas::{
     PrimaryKey, RowBatch, ScalarValue, SearchParams, SegmentInfo, SegmentState, Seq, COUNT_STAR,
 };
 
+use super::pool::SearchPool;
 use super::search::{run_get, run_query, run_search, Filter, QueryPlan, SearchPlan};
 use super::shard::ShardData;
 use super::Sealed;
@@ -98,12 +99,18 @@ fn plan(
         growing: growing.iter().map(|(d, after)| (Arc::clone(d), *after)).collect(),
         output_fields: vec!["tag".into()],
         filter,
+        deadline: None,
     }
+}
+
+/// A search pool of more threads than the machine may have: pieces really run side by side.
+fn pool() -> SearchPool {
+    SearchPool::new(3).unwrap()
 }
 
 /// The keys and distances a plan finds for its one query, best first.
 fn found(plan: &SearchPlan) -> (Vec<i64>, Vec<f32>) {
-    let results = run_search(plan).unwrap();
+    let results = run_search(plan, &pool()).unwrap();
     assert_eq!(results.results.len(), 1, "one list per query");
     let hits = &results.results[0];
     assert_eq!(hits.columns[0].values.len(), hits.pks.len(), "one tag per hit");
@@ -145,7 +152,7 @@ fn growing_rows_at_or_below_the_requests_sealed_position_are_left_to_segments() 
     assert_eq!(found(&plan(10, &[], &[(&shard, 2)], None)).0, [3], "rows 1 and 2 are in a segment the request has");
     // The shard sealed past the request's view: its segment list lacks rows, so it must refresh.
     shard.advance_sealed(2).unwrap();
-    let stale = run_search(&plan(10, &[], &[(&shard, 1)], None)).unwrap_err();
+    let stale = run_search(&plan(10, &[], &[(&shard, 1)], None), &pool()).unwrap_err();
     assert!(matches!(stale, quiver_runtime::Error::Stale(_)), "{stale}");
     assert_eq!(found(&plan(10, &[], &[(&shard, 2)], None)).0, [3], "sealed rows are dropped from growing");
 }
@@ -196,6 +203,48 @@ fn deletes_read_after_a_segments_rows_apply_to_it() {
         let (keys, _) = found(&plan(10, &[(&segment, &shard)], &[(&shard, 5)], None));
         assert_eq!(keys, [3, 4, 5], "indexed: {indexed}");
     }
+}
+
+/// Many segments (indexed and not) and growing rows, a batch of queries (the BLAS path) and
+/// deletes: the pieces the pool runs merge into exactly the brute-force answer over the live
+/// rows, with any pool size.
+#[test]
+fn pieces_on_the_pool_merge_into_the_exact_answer() {
+    let shard = led_shard(600);
+    let mut segments = Vec::new();
+    for s in 0..6u64 {
+        let rows: Vec<(i64, Seq)> = (0..100).map(|r| ((s * 100 + r) as i64, s * 100 + r + 1)).collect();
+        segments.push(sealed(s, &rows, s % 2 == 0));
+    }
+    for seq in 601..=700u64 {
+        insert(&shard, seq, &[seq as i64 - 1]);
+    }
+    delete(&shard, 701, &(0..700).step_by(7).collect::<Vec<i64>>());
+    let live: Vec<i64> = (0..700).filter(|k| k % 7 != 0).collect();
+    // Queries at [q, 0] for 25 q: the nearest keys are the live ones closest to q.
+    let queries: Vec<f32> = (0..25).flat_map(|q| [(q * 29) as f32 + 0.25, 0.0]).collect();
+    let segs: Vec<_> = segments.iter().map(|s| (s, &shard)).collect();
+    let mut p = plan(5, &segs, &[(&shard, 600)], None);
+    p.queries = queries.clone();
+    for threads in [1, 2, 5] {
+        let found = run_search(&p, &SearchPool::new(threads).unwrap()).unwrap();
+        for (q, hits) in queries.chunks(DIM).zip(&found.results) {
+            let mut want = live.clone();
+            want.sort_by(|a, b| (*a as f32 - q[0]).abs().total_cmp(&(*b as f32 - q[0]).abs()));
+            assert_eq!(hits.pks.iter().map(key).collect::<Vec<_>>(), want[..5], "{threads} threads, query {q:?}");
+        }
+    }
+}
+
+#[test]
+fn a_search_past_its_deadline_is_refused_with_a_clear_error() {
+    let shard = led_shard(0);
+    insert(&shard, 1, &[1, 2, 3]);
+    let mut p = plan(3, &[], &[(&shard, 0)], None);
+    p.deadline = Some(std::time::Instant::now());
+    let late = run_search(&p, &pool()).unwrap_err();
+    assert!(matches!(late, quiver_runtime::Error::DeadlineExceeded(_)), "{late}");
+    assert!(late.to_string().contains("fewer queries"), "{late}");
 }
 
 #[test]

@@ -1,9 +1,14 @@
-//! [`FlatVectors`]: exact brute-force search over a growing segment's rows.
+//! [`FlatVectors`]: exact brute-force search over rows without an index (growing rows, and
+//! sealed segments whose index is not built yet): SIMD kernels for a few queries, BLAS
+//! (`sgemm`) for batches.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::{normalize, worst_distance, MetricType, Result, VectorError, FAISS_THREADS};
+use std::ops::Range;
+
+use super::blas::inner_products;
+use super::{normalize, worst_distance, MetricType, Result, VectorError};
 
 /// Lanes of the unrolled kernels: 8 independent accumulators let the compiler keep them in
 /// SIMD registers (2×SSE or 1×AVX) and break the floating-point dependency chain.
@@ -75,42 +80,111 @@ impl Ord for Cand {
     }
 }
 
-/// Exact search over an appendable set of rows (a growing segment). Labels are row offsets.
+/// The best `k` rows of one query seen so far: a max-heap on "badness" whose top is the one
+/// to evict, and that top's badness cached for the cheap rejection of most rows.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Cand>,
+    worst: f32,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK { k, heap: BinaryHeap::with_capacity(k + 1), worst: f32::INFINITY }
+    }
+
+    /// Rows must be offered in increasing row order: a tie keeps the lower row.
+    #[inline]
+    fn offer(&mut self, bad: f32, row: usize) {
+        if self.heap.len() < self.k {
+            self.heap.push(Cand { bad, row });
+            if self.heap.len() == self.k {
+                self.worst = self.heap.peek().map_or(f32::INFINITY, |c| c.bad);
+            }
+        } else if bad < self.worst {
+            if let Some(mut top) = self.heap.peek_mut() {
+                *top = Cand { bad, row };
+            }
+            self.worst = self.heap.peek().map_or(f32::INFINITY, |c| c.bad);
+        }
+    }
+
+    /// Writes the hits best first (`distance(bad)` turns badness back into the metric's
+    /// distance) and empties the heap for the next query, keeping its allocation.
+    fn drain_into(&mut self, od: &mut [f32], ol: &mut [i64], distance: impl Fn(f32) -> f32) {
+        let mut best = std::mem::take(&mut self.heap).into_sorted_vec();
+        for ((c, d), l) in best.iter().zip(od.iter_mut()).zip(ol.iter_mut()) {
+            *d = distance(c.bad);
+            *l = c.row as i64;
+        }
+        best.clear();
+        self.heap = BinaryHeap::from(best);
+        self.worst = f32::INFINITY;
+    }
+}
+
+/// Batches of at least this many queries are scored with BLAS (one `sgemm` per block of
+/// queries × block of rows); smaller ones row by row with the SIMD kernels, where the
+/// matrix product's set-up costs more than it saves (faiss draws the same line at 20).
+const BLAS_MIN_QUERIES: usize = 20;
+/// Queries per BLAS block.
+const QUERY_BLOCK: usize = 256;
+/// Rows per BLAS block: a block of products (QUERY_BLOCK × ROW_BLOCK floats, 1 MiB) stays
+/// in the cache while every query's top-k takes from it.
+const ROW_BLOCK: usize = 1024;
+
+/// Exact search over an appendable set of rows (a growing segment, or a sealed one whose index
+/// is not built). Labels are row offsets.
 ///
 /// COSINE rows are normalised when appended (so [`FlatVectors::vectors`] returns normalised
 /// rows) and queries are normalised at search time. Distances follow the same convention as
-/// [`super::VectorIndex`]: squared L2 for L2, inner product for IP / COSINE.
+/// [`super::VectorIndex`]: squared L2 for L2, inner product for IP / COSINE. For L2 the
+/// squared norm of every row is kept, so a batch is scored as `‖q‖² + ‖x‖² − 2·q·x` from one
+/// matrix product, as faiss' `IndexFlatL2` does.
+///
+/// A search runs on the calling thread (its BLAS too, when OpenBLAS is set to one thread as
+/// the query node does): callers parallelise over row ranges ([`FlatVectors::search_rows`])
+/// and query blocks themselves.
 #[derive(Debug, Clone)]
 pub struct FlatVectors {
     dim: usize,
     metric: MetricType,
     data: Vec<f32>,
+    /// Squared norm of every row, for L2 only (empty otherwise).
+    norms: Vec<f32>,
 }
 
 impl FlatVectors {
     /// An empty set of `dim`-dimensional rows.
     pub fn new(dim: usize, metric: MetricType) -> Self {
-        FlatVectors { dim, metric, data: Vec::new() }
+        FlatVectors { dim, metric, data: Vec::new(), norms: Vec::new() }
     }
 
     /// Takes ownership of existing rows (`n * dim` floats).
-    pub fn from_vec(dim: usize, metric: MetricType, mut vectors: Vec<f32>) -> Result<Self> {
+    pub fn from_vec(dim: usize, metric: MetricType, vectors: Vec<f32>) -> Result<Self> {
         check_rows(dim, vectors.len())?;
-        if metric == MetricType::Cosine {
-            normalize(&mut vectors, dim);
-        }
-        Ok(FlatVectors { dim, metric, data: vectors })
+        let mut flat = FlatVectors { dim, metric, data: vectors, norms: Vec::new() };
+        flat.prepare_from(0);
+        Ok(flat)
     }
 
     /// Appends rows (`n * dim` floats); they get the next row offsets.
     pub fn push(&mut self, vectors: &[f32]) -> Result<()> {
         check_rows(self.dim, vectors.len())?;
-        let start = self.data.len();
+        let start = self.len();
         self.data.extend_from_slice(vectors);
-        if self.metric == MetricType::Cosine {
-            normalize(&mut self.data[start..], self.dim);
-        }
+        self.prepare_from(start);
         Ok(())
+    }
+
+    /// Normalises (COSINE) or records the squared norms of (L2) the rows from `start` on.
+    fn prepare_from(&mut self, start: usize) {
+        let tail = &mut self.data[start * self.dim..];
+        match self.metric {
+            MetricType::Cosine => normalize(tail, self.dim),
+            MetricType::L2 => self.norms.extend(tail.chunks_exact(self.dim).map(|v| dot(v, v))),
+            MetricType::Ip => {}
+        }
     }
 
     /// Number of rows.
@@ -141,104 +215,135 @@ impl FlatVectors {
     /// Keeps only the first `rows` rows.
     pub fn truncate(&mut self, rows: usize) {
         self.data.truncate(rows.saturating_mul(self.dim));
+        self.norms.truncate(rows);
     }
 
     /// Removes all rows.
     pub fn clear(&mut self) {
         self.data.clear();
+        self.norms.clear();
     }
 
     /// Approximate heap bytes held.
     pub fn mem_bytes(&self) -> u64 {
-        (self.data.capacity() * std::mem::size_of::<f32>()) as u64
+        ((self.data.capacity() + self.norms.capacity()) * std::mem::size_of::<f32>()) as u64
     }
 
     /// Exact top-`k` for each query in `queries` (`nq * dim` floats; a trailing partial row is
     /// ignored), skipping rows for which `skip(row)` is true (e.g. deleted or not yet visible).
     /// Returns `nq * k` distances and labels, best first; missing hits are label `-1` with
-    /// [`super::worst_distance`]. Ties are broken by the lower row offset.
-    ///
-    /// Large batches are split across threads (the count set by
-    /// [`super::set_faiss_threads`], else all cores); `skip` is evaluated once per row, up front.
+    /// [`super::worst_distance`]. Ties are broken by the lower row offset (up to rounding:
+    /// batches are scored through a matrix product, whose sums round differently).
     pub fn search(&self, queries: &[f32], k: usize, skip: &dyn Fn(usize) -> bool) -> (Vec<f32>, Vec<i64>) {
-        let nq = queries.len().checked_div(self.dim).unwrap_or(0);
+        self.search_rows(queries, k, 0..self.len(), skip)
+    }
+
+    /// [`FlatVectors::search`] over the rows in `rows` only (clamped to the rows there are):
+    /// the labels are still row offsets of the whole set, so the top-k of disjoint ranges merge
+    /// into the top-k of their union. `skip` is called once per row of the range.
+    pub fn search_rows(
+        &self,
+        queries: &[f32],
+        k: usize,
+        rows: Range<usize>,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> (Vec<f32>, Vec<i64>) {
+        let dim = self.dim.max(1);
+        let nq = queries.len() / dim;
         let total = nq.saturating_mul(k);
         let mut out_d = vec![worst_distance(self.metric); total];
         let mut out_l = vec![-1i64; total];
         let n = self.len();
-        if total == 0 || n == 0 {
+        let rows = rows.start.min(n)..rows.end.min(n);
+        if total == 0 || rows.is_empty() {
             return (out_d, out_l);
         }
-        let skipped: Vec<bool> = (0..n).map(skip).collect();
-        let threads = self.threads_for(nq, n);
-        let per = nq.div_ceil(threads);
-        let chunk = per * k;
-        if threads <= 1 {
-            self.search_range(&queries[..nq * self.dim], k, &skipped, &mut out_d, &mut out_l);
+        let skipped: Vec<bool> = rows.clone().map(skip).collect();
+        let mut qs = queries[..nq * dim].to_vec();
+        if self.metric == MetricType::Cosine {
+            normalize(&mut qs, dim);
+        }
+        let view = RowsView { flat: self, start: rows.start, skipped: &skipped };
+        if nq < BLAS_MIN_QUERIES {
+            view.scan(&qs, k, &mut out_d, &mut out_l);
         } else {
-            std::thread::scope(|s| {
-                let parts = out_d.chunks_mut(chunk).zip(out_l.chunks_mut(chunk));
-                for (t, (od, ol)) in parts.enumerate() {
-                    let q0 = t * per;
-                    let q1 = (q0 + per).min(nq);
-                    let qs = &queries[q0 * self.dim..q1 * self.dim];
-                    let skipped = &skipped;
-                    s.spawn(move || self.search_range(qs, k, skipped, od, ol));
-                }
-            });
+            view.blas(&qs, k, &mut out_d, &mut out_l);
         }
         (out_d, out_l)
     }
+}
 
-    /// How many threads a search of `nq` queries over `n` rows should use.
-    fn threads_for(&self, nq: usize, n: usize) -> usize {
-        const MIN_WORK: usize = 1 << 22; // ~4M multiply-adds per thread
-        let work = nq.saturating_mul(n).saturating_mul(self.dim);
-        if nq < 2 || work < 2 * MIN_WORK {
-            return 1;
-        }
-        let cores = match FAISS_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1),
-            t => t,
-        };
-        cores.min(nq).min(work / MIN_WORK).max(1)
+/// A range of rows being searched, with the rows to skip in it.
+struct RowsView<'a> {
+    flat: &'a FlatVectors,
+    start: usize,
+    skipped: &'a [bool],
+}
+
+impl RowsView<'_> {
+    fn rows(&self) -> impl Iterator<Item = (usize, &[f32])> + '_ {
+        let dim = self.flat.dim;
+        let data = &self.flat.data[self.start * dim..(self.start + self.skipped.len()) * dim];
+        data.chunks_exact(dim)
+            .zip(self.skipped)
+            .enumerate()
+            .filter(|(_, (_, skip))| !**skip)
+            .map(move |(i, (v, _))| (self.start + i, v))
     }
 
-    /// Searches the queries in `qs`, writing `k` results per query to `od` / `ol`.
-    fn search_range(&self, qs: &[f32], k: usize, skipped: &[bool], od: &mut [f32], ol: &mut [i64]) {
-        let higher = super::higher_is_better(self.metric);
-        let mut heap: BinaryHeap<Cand> = BinaryHeap::with_capacity(k + 1);
-        let mut qbuf = vec![0f32; self.dim];
-        for (qi, q) in qs.chunks_exact(self.dim).enumerate() {
-            qbuf.copy_from_slice(q);
-            if self.metric == MetricType::Cosine {
-                normalize(&mut qbuf, self.dim);
+    /// Row by row with the SIMD kernels (few queries: the rows are read once per query).
+    fn scan(&self, qs: &[f32], k: usize, od: &mut [f32], ol: &mut [i64]) {
+        let higher = super::higher_is_better(self.flat.metric);
+        let mut top = TopK::new(k);
+        for ((q, od), ol) in qs.chunks_exact(self.flat.dim).zip(od.chunks_mut(k)).zip(ol.chunks_mut(k)) {
+            for (row, v) in self.rows() {
+                top.offer(if higher { -dot(q, v) } else { l2_sq(q, v) }, row);
             }
-            heap.clear();
-            let mut worst = f32::INFINITY;
-            for (row, v) in self.data.chunks_exact(self.dim).enumerate() {
-                if skipped[row] {
-                    continue;
-                }
-                let bad = if higher { -dot(&qbuf, v) } else { l2_sq(&qbuf, v) };
-                if heap.len() < k {
-                    heap.push(Cand { bad, row });
-                    if heap.len() == k {
-                        worst = heap.peek().map_or(f32::INFINITY, |c| c.bad);
+            top.drain_into(od, ol, |bad| if higher { -bad } else { bad });
+        }
+    }
+
+    /// Blocks of queries × blocks of rows through `sgemm`, then each query's top-k from its
+    /// row of products (for L2 with the rows' squared norms: `‖x‖² − 2·q·x` ranks as the
+    /// distance does; `‖q‖²` is added to the k results only).
+    fn blas(&self, qs: &[f32], k: usize, od: &mut [f32], ol: &mut [i64]) {
+        let dim = self.flat.dim;
+        let higher = super::higher_is_better(self.flat.metric);
+        let nq = qs.len() / dim;
+        let (start, end) = (self.start, self.start + self.skipped.len());
+        let mut products = vec![0f32; QUERY_BLOCK.min(nq) * ROW_BLOCK.min(end - start)];
+        let mut tops: Vec<TopK> = (0..QUERY_BLOCK.min(nq)).map(|_| TopK::new(k)).collect();
+        for q0 in (0..nq).step_by(QUERY_BLOCK) {
+            let q1 = (q0 + QUERY_BLOCK).min(nq);
+            let block = &qs[q0 * dim..q1 * dim];
+            for r0 in (start..end).step_by(ROW_BLOCK) {
+                let r1 = (r0 + ROW_BLOCK).min(end);
+                let nr = r1 - r0;
+                inner_products(block, &self.flat.data[r0 * dim..r1 * dim], dim, &mut products);
+                let skipped = &self.skipped[r0 - start..r1 - start];
+                for (top, scores) in tops[..q1 - q0].iter_mut().zip(products.chunks_exact(nr)) {
+                    if higher {
+                        for (j, (s, _)) in scores.iter().zip(skipped).enumerate().filter(|(_, (_, x))| !**x) {
+                            top.offer(-s, r0 + j);
+                        }
+                    } else {
+                        let norms = &self.flat.norms[r0..r1];
+                        let live = scores.iter().zip(norms).zip(skipped).enumerate().filter(|(_, (_, x))| !**x);
+                        for (j, ((s, norm), _)) in live {
+                            top.offer(norm - 2.0 * s, r0 + j);
+                        }
                     }
-                } else if bad < worst {
-                    if let Some(mut top) = heap.peek_mut() {
-                        *top = Cand { bad, row };
-                    }
-                    worst = heap.peek().map_or(f32::INFINITY, |c| c.bad);
                 }
             }
-            let best = std::mem::take(&mut heap).into_sorted_vec();
-            for (r, c) in best.iter().enumerate() {
-                od[qi * k + r] = if higher { -c.bad } else { c.bad };
-                ol[qi * k + r] = c.row as i64;
+            let outs = od[q0 * k..q1 * k].chunks_mut(k).zip(ol[q0 * k..q1 * k].chunks_mut(k));
+            for ((top, q), (od, ol)) in tops.iter_mut().zip(block.chunks_exact(dim)).zip(outs) {
+                if higher {
+                    top.drain_into(od, ol, |bad| -bad);
+                } else {
+                    let qq = dot(q, q);
+                    top.drain_into(od, ol, |bad| (bad + qq).max(0.0));
+                }
             }
-            heap = BinaryHeap::from(best);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! * [`VectorIndex`] — a faiss index built over one sealed segment (FLAT, IVF_FLAT, IVF_SQ8,
 //!   IVF_PQ, HNSW; L2, IP and COSINE). Searches take `&self`, so one index can be shared by
 //!   many threads.
-//! * [`FlatVectors`] — exact brute-force search over the rows of a growing (unindexed) segment.
+//! * [`FlatVectors`] — exact brute-force search over rows without an index (growing rows, and
+//!   sealed segments until their index is built): BLAS `sgemm` for batches, SIMD for a few queries.
 //!
 //! Distances are returned in faiss' raw form: squared L2 distances for [`MetricType::L2`]
 //! (smaller is better) and inner products for [`MetricType::Ip`] / [`MetricType::Cosine`]
@@ -16,6 +17,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod blas;
 mod ffi;
 mod flat;
 mod index;
@@ -121,6 +123,25 @@ static FAISS_THREADS: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// The value last applied to this OS thread's OpenMP settings (0 = none).
     static APPLIED_THREADS: Cell<usize> = const { Cell::new(0) };
+    /// Set by [`pin_faiss_to_one_thread`]: faiss runs on one OpenMP thread here, whatever
+    /// [`set_faiss_threads`] says.
+    static PINNED_TO_ONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes faiss searches entered from the calling thread run on one OpenMP thread from now on,
+/// whatever [`set_faiss_threads`] says: for the threads of a search pool, whose tasks already
+/// run in parallel, so that a task does not fan out again (pool threads × OpenMP threads
+/// would oversubscribe the cores).
+pub fn pin_faiss_to_one_thread() {
+    PINNED_TO_ONE.with(|p| p.set(true));
+    apply_faiss_threads();
+}
+
+/// Sets OpenBLAS' thread count (process-wide; nothing when the BLAS is not OpenBLAS). `1`
+/// makes every BLAS call run on its calling thread, so calls from many threads run side by
+/// side instead of queueing for OpenBLAS' own pool.
+pub fn set_blas_threads(n: usize) {
+    set_openblas_threads(n.max(1));
 }
 
 /// Sets the number of OpenMP threads faiss uses for training, adding and batched searches.
@@ -174,7 +195,10 @@ pub(crate) fn with_omp_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
 /// Applies the thread count from [`set_faiss_threads`] to the current OS thread, if it
 /// differs from what this thread last applied. Cheap: one atomic load and a thread-local read.
 pub(crate) fn apply_faiss_threads() {
-    let want = FAISS_THREADS.load(Ordering::Relaxed);
+    let want = match PINNED_TO_ONE.with(Cell::get) {
+        true => 1,
+        false => FAISS_THREADS.load(Ordering::Relaxed),
+    };
     if want == 0 {
         return;
     }

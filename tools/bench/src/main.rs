@@ -17,6 +17,8 @@
 //!   segment with and without its scalar indexes (STL_SORT, INVERTED), in process.
 //! - `simd` ([`simd`]): per-query HNSW search on each faiss SIMD build Quiver links against
 //!   faiss-cpu from PyPI on the same index, and index build time by OpenMP threads.
+//! - `flat` ([`flat`]): brute force over rows without an index (the query node's kernel)
+//!   against raw faiss `IndexFlat`, in process, single queries and batches.
 //! - `plugins` ([`plugins`]): per-call cost of the bundled Wasm routers against their native
 //!   twins; with `--e2e`, search QPS with the Wasm router against the native one.
 //!
@@ -26,6 +28,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod filter;
+mod flat;
 mod plugins;
 mod scalar_index;
 mod simd;
@@ -63,6 +66,8 @@ enum Command {
     /// Per-query HNSW search on each faiss SIMD build (generic, avx2, avx512) against faiss-cpu
     /// from PyPI on the same index; index build time with 1 vs N threads.
     Simd(simd::BenchSimdArgs),
+    /// Benchmark brute force over unindexed rows (the query node's kernel) against raw faiss IndexFlat.
+    Flat(flat::BenchFlatArgs),
     /// Per-call cost of every bundled router as a Wasm plugin vs natively (10 / 100 / 1000
     /// segments over 3 nodes), and with --e2e, search QPS with the Wasm router vs native.
     Plugins(plugins::PluginsArgs),
@@ -85,6 +90,7 @@ fn main() {
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
         Command::ScalarIndex(args) => scalar_index::bench_scalar_index(args).map(|()| 0),
         Command::Simd(args) => simd::bench_simd(args).map(|()| 0),
+        Command::Flat(args) => flat::bench_flat(args).map(|()| 0),
         Command::Plugins(args) => plugins::bench_plugins(args),
     };
     match result {
