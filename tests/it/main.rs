@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod cluster_cli;
+mod compaction;
 mod common;
 mod crud;
 mod drain;
