@@ -151,6 +151,16 @@ enum CtlCommand {
     Drop { name: String },
     /// Seal and persist everything inserted so far.
     Flush { name: String },
+    /// Compact a collection now: merge small sealed segments, drop deleted rows. With --wait,
+    /// returns once every plan is done (exit code 1 if one failed).
+    Compact {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up (exit code 1) after this long.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Define the index of a collection (built for every sealed segment).
     Index(IndexArgs),
     /// Where each segment and shard of a collection is served.
@@ -315,6 +325,9 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
             CtlCommand::Flush { name } => {
                 let r = client.flush(&name).await?;
                 println!("flushed {name}: {} new sealed segments {:?}", r.segments.len(), r.segments);
+            }
+            CtlCommand::Compact { name, wait, timeout } => {
+                return crate::compact_cli::compact(&client, &name, wait.then_some(timeout)).await
             }
             CtlCommand::Index(a) => {
                 client.create_index(&a.name, parse_index(&a)?).await?;

@@ -6,6 +6,7 @@
 //! tool of their own, `quiver-bench` (tools/bench).
 
 mod cluster;
+mod compact_cli;
 mod ctl;
 mod host;
 mod plugin_cli;

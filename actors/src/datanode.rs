@@ -3,7 +3,8 @@
 //! segments, seals them by size, age or on request, writes them to the object store and
 //! reports them to the coordinator. A shard's checkpoint is the end of its last flushed
 //! segment, so a restarted or new owner resumes exactly there. A shard taken away is flushed
-//! first and released only then (the hand-over protocol: `coordinator/channels.rs`).
+//! first and released only then (the hand-over protocol: `coordinator/channels.rs`). It also
+//! runs the coordinator's compaction tasks (`compact.rs`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -19,6 +20,8 @@ use quiver_schemas::{
     Seq, WatchChannels,
 };
 use tokio::sync::{mpsc, oneshot};
+
+mod compact;
 
 use crate::dml::{self, ShardLog};
 use crate::node::{start_role, Node, RoleHandler};
@@ -167,6 +170,7 @@ impl RoleHandler for DataNode {
             match req {
                 DataNodeRequest::Flush(r) => r.serve(|r| self.flush(r)).await,
                 DataNodeRequest::WatchChannels(r) => r.serve(|r| self.watch_channels(r)).await,
+                DataNodeRequest::Compact(r) => r.serve(|r| compact::run(&self.node, r)).await,
             }
         })
     }
@@ -265,6 +269,8 @@ impl Growing {
             index_path: None,
             state: SegmentState::Flushed,
             mem_size: rows.mem_bytes(),
+            delete_seq: 0,
+            compacted_from: Vec::new(),
         };
         Some((info, rows))
     }

@@ -9,6 +9,7 @@ use async_nats::jetstream::consumer::push::{self, OrderedErrorKind};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
 use quiver_runtime::{Bus, Error, Result};
+use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::{CollectionInfo, DataType, DmlEntry, PrimaryKey, RowBatch, ScalarValue, Seq, Wire};
 
 /// Header naming the kind of a DML message, so readers can skip payloads they do not need.
@@ -319,6 +320,42 @@ pub async fn purge_inserts(bus: &Bus, collection: u64, shard: u32, before: Seq) 
     stream
         .purge()
         .filter(format!("{}.insert", bus.subjects().dml(collection, shard)))
+        .sequence(before)
+        .await
+        .map_err(|e| Error::Unavailable(format!("purge of {name}: {e}")))?;
+    Ok(())
+}
+
+/// The number of delete entries a shard stream holds (those below the shard's delete floor are
+/// purged, so this is what compaction has not applied everywhere yet).
+pub async fn delete_entries(bus: &Bus, collection: u64, shard: u32) -> Result<u64> {
+    use futures::TryStreamExt;
+    let name = bus.subjects().dml_stream(collection, shard);
+    let stream = bus.jetstream().get_stream_no_info(&name).await.map_err(|e| stream_error(&name, collection, e))?;
+    let subject = bus.subjects().dml_entry(collection, shard, DmlKind::Delete);
+    let mut info = stream
+        .info_with_subjects(&subject)
+        .await
+        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let mut count = 0u64;
+    while let Some((_, n)) = info.try_next().await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))? {
+        count += n as u64;
+    }
+    Ok(count)
+}
+
+/// Removes deletes below `before` from a shard stream: every segment of the shard has them
+/// applied (compaction), and query nodes read the shard's deletes after its floor.
+pub async fn purge_deletes(bus: &Bus, collection: u64, shard: u32, before: Seq) -> Result<()> {
+    let name = bus.subjects().dml_stream(collection, shard);
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    stream
+        .purge()
+        .filter(bus.subjects().dml_entry(collection, shard, DmlKind::Delete))
         .sequence(before)
         .await
         .map_err(|e| Error::Unavailable(format!("purge of {name}: {e}")))?;

@@ -91,6 +91,39 @@ impl RowStore {
         }
     }
 
+    /// Appends rows `keep` of `src` (indices in range), with their own log sequences: what
+    /// compaction keeps of an input segment. Columns missing on either side read as null.
+    pub fn extend_from(&mut self, src: &RowStore, keep: &[usize]) {
+        let before = self.len();
+        self.pks.extend(keep.iter().map(|&r| src.pks[r].clone()));
+        self.seqs.extend(keep.iter().map(|&r| src.seqs[r]));
+        self.vectors.reserve(keep.len() * self.dim);
+        for &r in keep {
+            self.vectors.extend_from_slice(src.vector(r));
+        }
+        let after = self.len();
+        for col in &src.columns {
+            let at = match self.columns.iter().position(|c| c.name == col.name) {
+                Some(at) => at,
+                None => {
+                    self.columns.push(Column { name: col.name.clone(), values: vec![ScalarValue::Null; before] });
+                    self.columns.len() - 1
+                }
+            };
+            self.columns[at].values.extend(keep.iter().map(|&r| col.values[r].clone()));
+        }
+        for col in &mut self.columns {
+            col.values.resize(after, ScalarValue::Null);
+        }
+        if !src.dynamic.is_empty() || !self.dynamic.is_empty() {
+            self.dynamic.resize(before, String::new());
+            if !src.dynamic.is_empty() {
+                self.dynamic.extend(keep.iter().map(|&r| src.dynamic[r].clone()));
+            }
+            self.dynamic.resize(after, String::new());
+        }
+    }
+
     pub fn vector(&self, row: usize) -> &[f32] {
         &self.vectors[row * self.dim..(row + 1) * self.dim]
     }
@@ -270,6 +303,8 @@ mod tests {
             index_path: None,
             state: SegmentState::Flushed,
             mem_size: 0,
+            delete_seq: 0,
+            compacted_from: Vec::new(),
         };
         let bytes = encode_segment(&info, &rows).unwrap();
         let (info2, rows2) = decode_segment(&bytes).unwrap();
@@ -301,6 +336,8 @@ mod tests {
             index_path: None,
             state: SegmentState::Flushed,
             mem_size: 0,
+            delete_seq: 0,
+            compacted_from: Vec::new(),
         };
         let mut huge = encode_segment(&info, &rows).unwrap();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());

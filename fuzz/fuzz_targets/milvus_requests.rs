@@ -87,6 +87,8 @@ fn store(info: &CollectionInfo, mut batch: RowBatch) {
         index_path: None,
         state: SegmentState::Flushed,
         mem_size: rows.mem_bytes(),
+        delete_seq: 0,
+        compacted_from: Vec::new(),
     };
     let bytes = encode_segment(&seg, &rows).unwrap_or_else(|e| panic!("accepted rows cannot be sealed: {e}"));
     let (seg2, rows2) =

@@ -23,6 +23,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub datanode: DataNodeConfig,
     pub indexnode: IndexNodeConfig,
+    pub compaction: CompactionConfig,
     pub querynode: QueryNodeConfig,
     pub plugins: PluginsConfig,
     pub balance: BalanceConfig,
@@ -413,6 +414,73 @@ pub struct IndexNodeConfig {
     /// the build's own thread only: searches keep `querynode.faiss_threads` (in standalone a
     /// build still competes with searches for the cores; lower this to leave them some).
     pub build_threads: usize,
+}
+
+/// Background compaction (the coordinator plans, data nodes merge, index nodes index, query
+/// nodes load the result before they drop what it replaces).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Compact in the background; `false` leaves only `compact` requests.
+    pub enabled: bool,
+    /// How often the coordinator looks for segments to compact.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Sealed segments with fewer rows are merged with their neighbours (0: a fifth of
+    /// `datanode.segment_max_rows`).
+    pub small_segment_rows: u64,
+    /// Merged segments grow up to this many rows (0: `datanode.segment_max_rows`).
+    pub target_rows: u64,
+    /// In the background, a segment is rewritten without its deleted rows once this share of
+    /// its rows is deleted (Milvus' 0.2); a `compact` request drops every deleted row.
+    pub delete_ratio: f64,
+    /// In the background, a shard's segments are checked for deleted rows once its log holds
+    /// this many delete entries not yet applied to every segment ...
+    pub delete_entries: u64,
+    /// ... and at most this often.
+    #[serde(with = "humantime_serde")]
+    pub delete_interval: Duration,
+    /// Plans running at once, cluster-wide.
+    pub max_parallel: usize,
+    /// A plan not done within this long is given up (the merged segment, if any, is discarded).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            small_segment_rows: 0,
+            target_rows: 0,
+            delete_ratio: 0.2,
+            delete_entries: 1000,
+            delete_interval: Duration::from_secs(600),
+            max_parallel: 2,
+            timeout: Duration::from_secs(1800),
+        }
+    }
+}
+
+impl CompactionConfig {
+    /// Rows below which a segment is small, for data nodes sealing at `segment_max_rows`.
+    pub fn small_rows(&self, segment_max_rows: u64) -> u64 {
+        if self.small_segment_rows > 0 {
+            self.small_segment_rows
+        } else {
+            (segment_max_rows / 5).max(1)
+        }
+    }
+
+    /// Rows a merged segment grows up to.
+    pub fn target(&self, segment_max_rows: u64) -> u64 {
+        if self.target_rows > 0 {
+            self.target_rows
+        } else {
+            segment_max_rows
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -838,6 +906,15 @@ impl Config {
         }
         if !(1..=1 << 20).contains(&self.proxy.max_nq) {
             return fail("proxy.max_nq", "must be between 1 and 1048576");
+        }
+        if !(0.0..=1.0).contains(&self.compaction.delete_ratio) {
+            return fail("compaction.delete_ratio", "must be between 0 and 1");
+        }
+        if self.compaction.max_parallel == 0 {
+            return fail("compaction.max_parallel", "must be at least 1");
+        }
+        if self.compaction.interval.is_zero() {
+            return fail("compaction.interval", "must be more than 0");
         }
         if self.datanode.segment_max_rows == 0 {
             return fail("datanode.segment_max_rows", "must be at least 1");

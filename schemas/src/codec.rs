@@ -621,6 +621,8 @@ fn put_segment_info(v: &SegmentInfo, mut b: cp::segment_info::Builder<'_>) {
     }
     b.set_state(segment_state_to(v.state));
     b.set_mem_size(v.mem_size);
+    b.set_delete_seq(v.delete_seq);
+    fill_u64s(b.init_compacted_from(len32(v.compacted_from.len())), &v.compacted_from);
 }
 
 fn get_segment_info(r: cp::segment_info::Reader<'_>) -> Result<SegmentInfo, Fault> {
@@ -640,6 +642,8 @@ fn get_segment_info(r: cp::segment_info::Reader<'_>) -> Result<SegmentInfo, Faul
         index_path,
         state: segment_state_from(r.get_state().at("state")?),
         mem_size: r.get_mem_size(),
+        delete_seq: r.get_delete_seq(),
+        compacted_from: read_u64s(r.get_compacted_from()).at("compactedFrom")?,
     })
 }
 
@@ -1370,6 +1374,95 @@ fn get_index_built(r: cp::index_built::Reader<'_>) -> Result<IndexBuilt, Fault> 
     })
 }
 
+fn put_compact_task(v: &CompactTask, mut b: cp::compact_task::Builder<'_>) {
+    put_collection_info(&v.collection, b.reborrow().init_collection());
+    b.set_shard(v.shard);
+    b.set_plan(v.plan);
+    fill_structs(b.reborrow().init_inputs(len32(v.inputs.len())), &v.inputs, put_segment_info);
+    b.set_output(v.output);
+    b.set_delete_from(v.delete_from);
+    b.set_delete_to(v.delete_to);
+    b.set_min_dropped(v.min_dropped);
+}
+
+fn get_compact_task(r: cp::compact_task::Reader<'_>) -> Result<CompactTask, Fault> {
+    Ok(CompactTask {
+        collection: get_collection_info(r.get_collection().at("collection")?).at("collection")?,
+        shard: r.get_shard(),
+        plan: r.get_plan(),
+        inputs: read_structs(r.get_inputs(), get_segment_info).at("inputs")?,
+        output: r.get_output(),
+        delete_from: r.get_delete_from(),
+        delete_to: r.get_delete_to(),
+        min_dropped: r.get_min_dropped(),
+    })
+}
+
+fn put_compact_outcome(v: &CompactOutcome, mut b: cp::compact_outcome::Builder<'_>) {
+    b.set_plan(v.plan);
+    match &v.output {
+        None => b.reborrow().init_output().set_none(()),
+        Some(seg) => put_segment_info(seg, b.reborrow().init_output().init_some()),
+    }
+    b.set_dropped_rows(v.dropped_rows);
+    b.set_unchanged(v.unchanged);
+}
+
+fn get_compact_outcome(r: cp::compact_outcome::Reader<'_>) -> Result<CompactOutcome, Fault> {
+    use cp::compact_outcome::output::Which;
+    let output = match r.get_output().which().at("output")? {
+        Which::None(()) => None,
+        Which::Some(seg) => Some(get_segment_info(seg.at("output")?).at("output")?),
+    };
+    Ok(CompactOutcome { plan: r.get_plan(), output, dropped_rows: r.get_dropped_rows(), unchanged: r.get_unchanged() })
+}
+
+fn put_compaction_plan(v: &CompactionPlan, mut b: cp::compaction_plan::Builder<'_>) {
+    b.set_id(v.id);
+    b.set_shard(v.shard);
+    fill_u64s(b.reborrow().init_sources(len32(v.sources.len())), &v.sources);
+    b.set_target(v.target);
+    b.set_kind(v.kind.as_str());
+    b.set_state(v.state.as_str());
+    b.set_error(v.error.as_str());
+}
+
+fn get_compaction_plan(r: cp::compaction_plan::Reader<'_>) -> Result<CompactionPlan, Fault> {
+    Ok(CompactionPlan {
+        id: r.get_id(),
+        shard: r.get_shard(),
+        sources: read_u64s(r.get_sources()).at("sources")?,
+        target: r.get_target(),
+        kind: read_string(r.get_kind()).at("kind")?,
+        state: read_string(r.get_state()).at("state")?,
+        error: read_string(r.get_error()).at("error")?,
+    })
+}
+
+fn put_compaction_state(v: &CompactionState, mut b: cp::compaction_state::Builder<'_>) {
+    b.set_id(v.id);
+    b.set_collection(v.collection.as_str());
+    b.set_state(v.state.as_str());
+    fill_structs(b.init_plans(len32(v.plans.len())), &v.plans, put_compaction_plan);
+}
+
+fn get_compaction_state(r: cp::compaction_state::Reader<'_>) -> Result<CompactionState, Fault> {
+    Ok(CompactionState {
+        id: r.get_id(),
+        collection: read_string(r.get_collection()).at("collection")?,
+        state: read_string(r.get_state()).at("state")?,
+        plans: read_structs(r.get_plans(), get_compaction_plan).at("plans")?,
+    })
+}
+
+fn put_compaction_job_id(v: &CompactionJobId, mut b: cp::compaction_job_id::Builder<'_>) {
+    b.set_id(v.id);
+}
+
+fn get_compaction_job_id(r: cp::compaction_job_id::Reader<'_>) -> Result<CompactionJobId, Fault> {
+    Ok(CompactionJobId { id: r.get_id() })
+}
+
 fn put_channel_assignment(v: &ChannelAssignment, mut b: cp::channel_assignment::Builder<'_>) {
     put_collection_info(&v.collection, b.reborrow().init_collection());
     b.set_shard(v.shard);
@@ -1396,7 +1489,17 @@ fn put_load_segments(v: &LoadSegments, mut b: cp::load_segments::Builder<'_>) {
     put_collection_info(&v.collection, b.reborrow().init_collection());
     fill_structs(b.reborrow().init_segments(len32(v.segments.len())), &v.segments, put_segment_info);
     fill_structs(b.reborrow().init_lead_shards(len32(v.lead_shards.len())), &v.lead_shards, put_shard_placement);
-    fill_structs(b.init_shard_views(len32(v.shard_views.len())), &v.shard_views, put_shard_view);
+    fill_structs(b.reborrow().init_shard_views(len32(v.shard_views.len())), &v.shard_views, put_shard_view);
+    fill_structs(b.init_delete_floors(len32(v.delete_floors.len())), &v.delete_floors, put_shard_seq);
+}
+
+fn put_shard_seq(v: &ShardSeq, mut b: cp::shard_seq::Builder<'_>) {
+    b.set_shard(v.shard);
+    b.set_seq(v.seq);
+}
+
+fn get_shard_seq(r: cp::shard_seq::Reader<'_>) -> Result<ShardSeq, Fault> {
+    Ok(ShardSeq { shard: r.get_shard(), seq: r.get_seq() })
 }
 
 fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, Fault> {
@@ -1405,6 +1508,7 @@ fn get_load_segments(r: cp::load_segments::Reader<'_>) -> Result<LoadSegments, F
         segments: read_structs(r.get_segments(), get_segment_info).at("segments")?,
         lead_shards: read_structs(r.get_lead_shards(), get_shard_placement).at("leadShards")?,
         shard_views: read_structs(r.get_shard_views(), get_shard_view).at("shardViews")?,
+        delete_floors: read_structs(r.get_delete_floors(), get_shard_seq).at("deleteFloors")?,
     })
 }
 
@@ -1727,9 +1831,25 @@ impl SizeHint for DmlEntry {
 impl SizeHint for LoadSegments {
     fn hint_words(&self) -> usize {
         let views: usize = self.shard_views.iter().map(|v| 4 + v.segments.len()).sum();
-        SMALL_HINT + self.segments.len() * 24 + self.lead_shards.len() * 8 + views
+        SMALL_HINT + self.segments.len() * 24 + self.lead_shards.len() * 8 + views + self.delete_floors.len() * 3
     }
 }
+
+impl SizeHint for CompactTask {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.inputs.len() * 24
+    }
+}
+
+impl SizeHint for CompactOutcome {}
+
+impl SizeHint for CompactionState {
+    fn hint_words(&self) -> usize {
+        SMALL_HINT + self.plans.iter().map(|p| 16 + p.sources.len()).sum::<usize>()
+    }
+}
+
+impl SizeHint for CompactionJobId {}
 
 impl SizeHint for ReleaseSegments {
     fn hint_words(&self) -> usize {
@@ -1844,6 +1964,10 @@ wire! {
     SegmentChangeInfo => segment_change_info, put_segment_change_info, get_segment_change_info;
     StartNode => start_node, put_start_node, get_start_node;
     StopNode => stop_node, put_stop_node, get_stop_node;
+    CompactTask => compact_task, put_compact_task, get_compact_task;
+    CompactOutcome => compact_outcome, put_compact_outcome, get_compact_outcome;
+    CompactionState => compaction_state, put_compaction_state, get_compaction_state;
+    CompactionJobId => compaction_job_id, put_compaction_job_id, get_compaction_job_id;
 }
 
 #[cfg(test)]
@@ -1927,6 +2051,8 @@ mod tests {
             index_path,
             state,
             mem_size: u64::MAX - 1,
+            delete_seq: u64::MAX,
+            compacted_from: vec![1, u64::MAX],
         }
     }
 
@@ -2211,12 +2337,14 @@ mod tests {
             ],
             lead_shards: vec![placement(0), placement(1)],
             shard_views: vec![ShardView { shard: 0, version: 9, segments: vec![1, 2] }, ShardView::default()],
+            delete_floors: vec![ShardSeq { shard: 0, seq: 7 }, ShardSeq { shard: u32::MAX, seq: u64::MAX }],
         }));
         out.push(rt(&LoadSegments {
             collection: info(None),
             segments: vec![],
             lead_shards: vec![],
             shard_views: vec![],
+            delete_floors: vec![],
         }));
         out.push(rt(&ReleaseSegments { collection: 42, segments: vec![1, 2], all: false }));
         out.push(rt(&ReleaseSegments { collection: 42, segments: vec![], all: true }));

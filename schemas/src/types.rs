@@ -315,6 +315,22 @@ pub struct SegmentInfo {
     pub state: SegmentState,
     /// Approximate bytes in memory when loaded.
     pub mem_size: u64,
+    /// Deletes at or below this log position are applied: the segment holds no row they hide
+    /// (set by compaction; 0 for a segment as flushed).
+    #[serde(default)]
+    pub delete_seq: Seq,
+    /// The segments this one replaces (compaction's inputs; empty for a flushed segment).
+    #[serde(default)]
+    pub compacted_from: Vec<SegmentId>,
+}
+
+impl SegmentInfo {
+    /// The log position up to which no delete can hide a row of this segment any more:
+    /// [`Self::delete_seq`], and at least the position before its first row (a delete hides
+    /// only rows written before it).
+    pub fn deletes_applied(&self) -> Seq {
+        self.delete_seq.max(self.start_seq.saturating_sub(1))
+    }
 }
 
 /// Where a sealed segment is served.
@@ -840,6 +856,66 @@ pub struct IndexBuilt {
     pub build_ms: u64,
 }
 
+/// Coordinator → data node: merge `inputs` (consecutive segments of one shard, in log order)
+/// into segment `output`, dropping the rows that deletes in `(delete_from, delete_to]` hide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactTask {
+    pub collection: CollectionInfo,
+    pub shard: ShardId,
+    pub plan: u64,
+    pub inputs: Vec<SegmentInfo>,
+    /// Id of the merged segment.
+    pub output: SegmentId,
+    pub delete_from: Seq,
+    pub delete_to: Seq,
+    /// A task with one input that would lose fewer rows keeps it as it is (`unchanged`):
+    /// rewriting a large segment (and its index) for a few deleted rows is not worth it.
+    pub min_dropped: u64,
+}
+
+/// Data node → coordinator: what a compaction task wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactOutcome {
+    pub plan: u64,
+    /// The merged segment, stored; `None` when no row is left or when `unchanged`.
+    pub output: Option<SegmentInfo>,
+    /// Input rows left out because a delete hides them.
+    pub dropped_rows: u64,
+    /// One input that lost no row: it is kept, only its `delete_seq` moves.
+    pub unchanged: bool,
+}
+
+/// One plan of a compaction job (Milvus' `CompactionMergeInfo`, with its state).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionPlan {
+    pub id: u64,
+    pub shard: ShardId,
+    pub sources: Vec<SegmentId>,
+    /// The merged segment; 0 when the source was rewritten in place or nothing was left.
+    pub target: SegmentId,
+    /// `merge` (small segments) or `delete` (deleted rows dropped).
+    pub kind: String,
+    /// `executing`, `completed` or `failed`.
+    pub state: String,
+    pub error: String,
+}
+
+/// A compaction job: the plans one `compact` request (or one background round) made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionState {
+    pub id: u64,
+    pub collection: String,
+    /// `executing` while a plan runs, then `completed`.
+    pub state: String,
+    pub plans: Vec<CompactionPlan>,
+}
+
+/// Names a compaction job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionJobId {
+    pub id: u64,
+}
+
 /// Coordinator → query node: serve these sealed segments and lead these shards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadSegments {
@@ -851,6 +927,17 @@ pub struct LoadSegments {
     /// search so proxies can check their cached layout (MISSION S2.6).
     #[serde(default)]
     pub shard_views: Vec<ShardView>,
+    /// Per shard of the load: the log position its deletes are read after (every delete at or
+    /// below it is applied in the shard's segments, compaction's doing).
+    #[serde(default)]
+    pub delete_floors: Vec<ShardSeq>,
+}
+
+/// A log position of one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSeq {
+    pub shard: ShardId,
+    pub seq: Seq,
 }
 
 /// Coordinator → query node: stop serving these segments (and shards).

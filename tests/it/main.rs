@@ -8,6 +8,7 @@ mod brute_force;
 mod cli;
 mod cluster;
 mod cluster_cli;
+mod compaction;
 mod common;
 mod crud;
 mod drain;

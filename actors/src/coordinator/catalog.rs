@@ -305,8 +305,12 @@ pub async fn delete_streams(bus: &Bus, info: &CollectionInfo) {
 }
 
 /// Rows in sealed segments (what Milvus reports as `row_count`).
+/// Rows in sealed segments, each counted once: the inputs of a merged segment that are still
+/// present (compaction has not switched readers yet) are left out for it.
 pub fn sealed_rows(segments: &BTreeMap<u64, SegmentInfo>) -> u64 {
-    segments.values().map(|s| s.rows).sum()
+    let replaced: std::collections::HashSet<u64> =
+        segments.values().flat_map(|s| s.compacted_from.iter().copied()).collect();
+    segments.values().filter(|s| !replaced.contains(&s.id)).map(|s| s.rows).sum()
 }
 
 #[cfg(test)]

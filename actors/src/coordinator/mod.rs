@@ -10,6 +10,8 @@
 //! - `membership.rs`: who is alive, suspect or dead (discovery policy).
 //! - `balance.rs`: periodic move plans over query nodes (balancer policy) and hand-offs.
 //! - `plugins.rs`: plugin administration (load, activate, roll back, list).
+//! - `compaction.rs`: merging small segments and dropping deleted rows (planned here, run by
+//!   data nodes), the switch of readers to the result, and each shard's delete floor.
 //! - `scaler.rs`: wanted node counts per role, converged on through host agents (scale-out,
 //!   gradual scale-in), and the event lists (scaling steps, hand-offs).
 //!
@@ -19,6 +21,7 @@
 mod balance;
 pub(crate) mod catalog;
 mod channels;
+mod compaction;
 mod membership;
 mod placement;
 mod plugins;
@@ -90,6 +93,7 @@ pub struct Coordinator {
     /// (collection, segment) → the node that held it when it died or restarted, until another
     /// node serves it (then announced as a fail-over hand-off).
     lost: std::cell::RefCell<HashMap<(u64, u64), String>>,
+    compactions: std::cell::RefCell<compaction::Compactions>,
 }
 
 /// Starts the coordinator role on the current arbiter.
@@ -132,6 +136,7 @@ impl Coordinator {
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
             scaler,
             lost: Default::default(),
+            compactions: Default::default(),
         })
     }
 
@@ -450,7 +455,7 @@ impl Coordinator {
 
 impl Coordinator {
     /// Answers one request.
-    async fn dispatch(&self, req: CoordRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
+    async fn dispatch(self: &Rc<Self>, req: CoordRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
         match req {
             CoordRequest::CreateCollection(r) => r.serve(|r| self.create_collection(r)).await,
             CoordRequest::DropCollection(r) => r.serve(|r| self.drop_collection(r)).await,
@@ -487,6 +492,8 @@ impl Coordinator {
             CoordRequest::Scale(r) => r.serve(|r| self.scale(r)).await,
             CoordRequest::Scaling(r) => r.serve(|_| self.scaling_status()).await,
             CoordRequest::Events(r) => r.serve(|_| async { Ok(self.scaler.events()) }).await,
+            CoordRequest::Compact(r) => r.serve(|r| self.compact(r)).await,
+            CoordRequest::CompactionState(r) => r.serve(|r| async move { self.compaction_state(r) }).await,
         }
     }
 }
@@ -505,6 +512,8 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("balance", async move { me.balance_loop().await });
         let me = self.clone();
         self.node.spawn_loop("scaler", async move { me.scaler_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("compaction", async move { me.compaction_loop().await });
     }
 
     fn heartbeat(&self) -> (u32, String) {

@@ -19,10 +19,12 @@ use quiver_runtime::{bus::CallOptions, Result};
 use quiver_schemas::protocol::{indexnode, keys, querynode};
 use quiver_schemas::{
     BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments,
-    ReplicaGroup, Role, SegmentChangeInfo, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardView,
+    ReplicaGroup, Role, SegmentChangeInfo, SegmentInfo, SegmentPlacement, SegmentState, ShardPlacement, ShardSeq,
+    ShardView,
 };
 
 use super::balance::cluster_view;
+use super::compaction::{self, Switch};
 use super::catalog::{Layout, ReplicaLayout, ShardLayout, ShardLeader};
 use super::membership::Members;
 use super::{Catalog, Coordinator};
@@ -65,6 +67,7 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     let empty = BTreeMap::new();
     let segments = catalog.segments.get(&info.id).unwrap_or(&empty);
     let layout = catalog.layouts.get(&info.id).cloned().unwrap_or_default();
+    let switch = Switch::of(segments, &layout, info.index.is_some());
     let mut out = Distribution {
         collection: info.clone(),
         shards: Vec::new(),
@@ -94,7 +97,7 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
             // Listed without a leader, so readers know the shard exists and has no node yet.
             out.shards.push(placement(0, String::new()));
         }
-        for s in served_segments(segments, shard) {
+        for s in served_segments(segments, shard, &switch) {
             let nodes = layout.holders.get(&s.id).cloned().unwrap_or_default();
             out.segments.push(SegmentPlacement { segment: s.clone(), nodes });
         }
@@ -108,12 +111,14 @@ pub fn distribution(catalog: &Catalog, info: &CollectionInfo) -> Distribution {
     out
 }
 
-/// The sealed segments of `shard` served to readers: those at or below its served position.
+/// The sealed segments of `shard` served to readers: those at or below its served position,
+/// and of a compaction's inputs and result whichever `switch` lists.
 fn served_segments<'a>(
     segments: &'a BTreeMap<u64, SegmentInfo>,
     shard: &'a ShardLayout,
+    switch: &'a Switch,
 ) -> impl Iterator<Item = &'a SegmentInfo> {
-    segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq)
+    segments.values().filter(|s| s.shard == shard.shard && s.end_seq <= shard.served_seq && switch.listed(s))
 }
 
 fn digest(load: &LoadSegments) -> u64 {
@@ -398,7 +403,11 @@ impl Coordinator {
         let mut targets = std::mem::take(&mut group.targets);
         targets.retain(|id, t| segments.contains_key(id) && member(t));
         let orphan_leaders: Vec<usize> = (0..shards.len()).filter(|&i| group.leaders[i].node.is_empty()).collect();
-        let orphan_segments: Vec<&SegmentInfo> = segments.values().filter(|s| !targets.contains_key(&s.id)).collect();
+        let indexed = info.index.is_some();
+        let orphan_segments: Vec<&SegmentInfo> = segments
+            .values()
+            .filter(|s| !targets.contains_key(&s.id) && Switch::placeable(s, indexed))
+            .collect();
         let nodes: Vec<NodeStatus> = alive.iter().filter(|n| group.nodes.contains(&n.node_id)).cloned().collect();
         let channel_item = |id: u64| PlacementItem { id, memory_size: CHANNEL_MEMORY_ESTIMATE, rows: 0 };
         let mut items: Vec<PlacementItem> =
@@ -529,6 +538,7 @@ fn desired_for(
         .collect();
     let mut lead_shards = Vec::new();
     let mut shard_views = Vec::new();
+    let switch = Switch::of(segments, layout, info.index.is_some());
     if let Some(group) = layout.group_of(node) {
         for (shard, leader) in layout.shards.iter().zip(&group.leaders) {
             if leader.node != node {
@@ -543,11 +553,13 @@ fn desired_for(
             shard_views.push(ShardView {
                 shard: shard.shard,
                 version: layout.version,
-                segments: served_segments(segments, shard).map(|s| s.id).collect(),
+                segments: served_segments(segments, shard, &switch).map(|s| s.id).collect(),
             });
         }
     }
-    LoadSegments { collection: info.clone(), segments: mine, lead_shards, shard_views }
+    let delete_floors =
+        layout.shards.iter().map(|s| ShardSeq { shard: s.shard, seq: compaction::delete_floor(segments, s) }).collect();
+    LoadSegments { collection: info.clone(), segments: mine, lead_shards, shard_views, delete_floors }
 }
 
 /// Keeps `layout.replicas` at the wanted number of groups over the query nodes: nodes that

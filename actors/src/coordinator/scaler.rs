@@ -783,6 +783,8 @@ mod tests {
             index_path: None,
             state: SegmentState::Flushed,
             mem_size: 0,
+            delete_seq: 0,
+            compacted_from: Vec::new(),
         };
         let mut c = Catalog::default();
         c.segments.insert(1, [(5, segment(5, 50)), (6, segment(6, 100)), (7, segment(7, 150))].into_iter().collect());

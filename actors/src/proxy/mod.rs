@@ -280,6 +280,10 @@ impl Proxy {
             ApiRequest::Scale(r) => r.serve(|r| async move { self.scale(&r, ctx).await }).await,
             ApiRequest::Scaling(r) => r.serve(|_| self.scaling(ctx)).await,
             ApiRequest::Events(r) => r.serve(|_| self.events(ctx)).await,
+            ApiRequest::Compact(r) => r.serve(|r| async move { self.forward::<coord::Compact>(&r, ctx).await }).await,
+            ApiRequest::CompactionState(r) => {
+                r.serve(|r| async move { self.forward::<coord::CompactionState>(&r, ctx).await }).await
+            }
             ApiRequest::PluginLoad(r) => {
                 r.serve(|r| async move { self.forward::<coord::PluginLoad>(&r, ctx).await }).await
             }

@@ -689,6 +689,8 @@ mod tests {
                 index_path: None,
                 state: SegmentState::Flushed,
                 mem_size: 0,
+                delete_seq: 0,
+                compacted_from: Vec::new(),
             },
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
         }

@@ -160,7 +160,8 @@ impl QueryNode {
                     }
                     None => {
                         let sealed = lead.map_or(0, |l| l.sealed_seq);
-                        let s = Shard::open(&self.node, &info, shard, metric, lead.is_some(), sealed);
+                        let floor = req.delete_floors.iter().find(|f| f.shard == shard).map_or(0, |f| f.seq);
+                        let s = Shard::open(&self.node, &info, shard, metric, lead.is_some(), sealed, floor);
                         loaded.shards.insert(shard, s);
                     }
                 }

@@ -61,8 +61,9 @@ impl Drop for Shard {
 }
 
 impl Shard {
-    /// Starts reading the shard log from its beginning (deletes) and keeps growing rows after
-    /// `sealed_seq` when `leader`.
+    /// Starts reading the shard log after `delete_floor` (the deletes at or below it are applied
+    /// in every segment of the shard: compaction) and keeps growing rows after `sealed_seq`
+    /// when `leader`.
     pub fn open(
         node: &Node,
         info: &CollectionInfo,
@@ -70,18 +71,22 @@ impl Shard {
         metric: MetricType,
         leader: bool,
         sealed_seq: Seq,
+        delete_floor: Seq,
     ) -> Shard {
         let dim = info.dim() as usize;
         let data = Arc::new(ShardData::new(info.id, shard, dim, metric, leader, sealed_seq));
-        let task = node.spawn_loop("shard log reader", read_log(node.clone(), info.clone(), data.clone()));
+        // A leader's growing rows start after `sealed_seq`: deletes after it must all be read.
+        let floor = if leader { delete_floor.min(sealed_seq) } else { delete_floor };
+        data.applied.send_replace(floor);
+        let task = node.spawn_loop("shard log reader", read_log(node.clone(), info.clone(), data.clone(), floor));
         Shard { data, task }
     }
 }
 
-async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>) -> Result<()> {
+async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor: Seq) -> Result<()> {
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
-    let mut log = ShardLog::open(&bus, &info, data.shard, 0, skip).await?;
+    let mut log = ShardLog::open(&bus, &info, data.shard, floor, skip).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

@@ -66,6 +66,8 @@ fn sealed(id: u64, rows: &[(i64, Seq)], indexed: bool) -> Arc<Sealed> {
         index_path: None,
         state: SegmentState::Flushed,
         mem_size: 0,
+        delete_seq: 0,
+        compacted_from: Vec::new(),
     };
     let index = indexed.then(|| {
         let params = IndexParams {

@@ -63,6 +63,8 @@ fn segment() -> SegmentInfo {
         index_path: Some("indexes/7/11.index".into()),
         state: SegmentState::Indexed,
         mem_size: 4096,
+        delete_seq: 0,
+        compacted_from: Vec::new(),
     }
 }
 
@@ -228,8 +230,37 @@ fn wire(dir: &Path) {
             segments: vec![segment()],
             lead_shards: vec![placement()],
             shard_views: Vec::new(),
+            delete_floors: vec![ShardSeq { shard: 0, seq: 4 }],
         }
         .to_bytes(),
+        CompactTask {
+            collection: info.clone(),
+            shard: 0,
+            plan: 3,
+            inputs: vec![segment(), segment()],
+            output: 12,
+            delete_from: 1,
+            delete_to: 9,
+            min_dropped: 1,
+        }
+        .to_bytes(),
+        CompactOutcome { plan: 3, output: Some(segment()), dropped_rows: 2, unchanged: false }.to_bytes(),
+        CompactionState {
+            id: 5,
+            collection: "docs".into(),
+            state: "executing".into(),
+            plans: vec![CompactionPlan {
+                id: 3,
+                shard: 0,
+                sources: vec![10, 11],
+                target: 12,
+                kind: "merge".into(),
+                state: "executing".into(),
+                error: String::new(),
+            }],
+        }
+        .to_bytes(),
+        CompactionJobId { id: 5 }.to_bytes(),
         ReleaseSegments { collection: 7, segments: vec![11], all: false }.to_bytes(),
         NodeSearch {
             collection: 7,

@@ -76,6 +76,9 @@ pub const DATA_METHODS: &[&str] = &[
     api::LoadCollection::METHOD,
     api::ReleaseCollection::METHOD,
     api::Flush::METHOD,
+    // Applications compact what they flushed (Milvus lets a collection's users do both).
+    api::Compact::METHOD,
+    api::CompactionState::METHOD,
     api::Distribution::METHOD,
     api::Insert::METHOD,
     api::Delete::METHOD,

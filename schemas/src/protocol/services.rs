@@ -40,6 +40,10 @@ service! {
         Scaling = "scaling" (Empty) -> ScalingStatus;
         /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps.
         Events = "events" (Empty) -> ClusterEvents;
+        /// Compact the collection's sealed segments now (Milvus' ManualCompaction): a job id.
+        Compact = "compact" (CollectionName) -> CompactionState;
+        /// A compaction job's plans and their state.
+        CompactionState = "compaction_state" (CompactionJobId) -> CompactionState;
     }
 }
 
@@ -75,6 +79,9 @@ service! {
         Scale = "scale" (ScaleRequest) -> ScaleReply;
         Scaling = "scaling" (Empty) -> ScalingStatus;
         Events = "events" (Empty) -> ClusterEvents;
+        /// Plan and run a compaction of the collection now; answers with the job's plans.
+        Compact = "compact" (CollectionName) -> CompactionState;
+        CompactionState = "compaction_state" (CompactionJobId) -> CompactionState;
     }
 }
 
@@ -99,6 +106,9 @@ service! {
         /// changes, and to every new incarnation of the node); shards left out are flushed
         /// and released before the node answers, so the next owner resumes where it stopped.
         WatchChannels = "watch_channels" (WatchChannels) -> Empty;
+        /// Merge segments of a shard into one, dropping deleted rows; answers once the merged
+        /// segment is stored (the coordinator then commits it).
+        Compact = "compact" (CompactTask) -> CompactOutcome;
     }
 }
 

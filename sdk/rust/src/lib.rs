@@ -354,6 +354,18 @@ impl Client {
         self.call::<api::Flush>(&CollectionName { name: collection.into() }).await
     }
 
+    /// Compacts a collection now: small sealed segments are merged and deleted rows dropped,
+    /// in the background. Returns the job (its id and plans); follow it with
+    /// [`Client::compaction_state`].
+    pub async fn compact(&self, collection: &str) -> Result<CompactionState> {
+        self.call::<api::Compact>(&CollectionName { name: collection.into() }).await
+    }
+
+    /// A compaction job's plans and their state (`executing`, then `completed`).
+    pub async fn compaction_state(&self, job: u64) -> Result<CompactionState> {
+        self.call::<api::CompactionState>(&CompactionJobId { id: job }).await
+    }
+
     /// Where each segment and shard of a collection is served.
     pub async fn distribution(&self, collection: &str) -> Result<Distribution> {
         self.call::<api::Distribution>(&CollectionName { name: collection.into() }).await
