@@ -192,6 +192,8 @@ struct SegmentInfo {
   }
   state @9 :SegmentState;
   memSize @10 :UInt64;          # Approximate bytes in memory when loaded.
+  deleteSeq @11 :UInt64;        # Deletes at or below this log position are applied (compaction).
+  compactedFrom @12 :List(UInt64);  # The segments this one replaces (empty unless compacted).
 }
 
 # Where a sealed segment is served.
@@ -557,12 +559,66 @@ struct IndexBuilt {
   buildMs @3 :UInt64;
 }
 
+# Coordinator -> data node: merge `inputs` (consecutive segments of one shard, in log order)
+# into segment `output`, dropping the rows that deletes up to `deleteTo` hide.
+struct CompactTask {
+  collection @0 :CollectionInfo;
+  shard @1 :UInt32;
+  plan @2 :UInt64;
+  inputs @3 :List(SegmentInfo);
+  output @4 :UInt64;            # Id of the merged segment.
+  deleteFrom @5 :UInt64;        # Deletes after this position may hide input rows ...
+  deleteTo @6 :UInt64;          # ... up to this one (inclusive) are applied.
+  minDropped @7 :UInt64;        # One input losing fewer rows is kept as it is (`unchanged`).
+}
+
+# Data node -> coordinator: what a compaction task wrote.
+struct CompactOutcome {
+  plan @0 :UInt64;
+  output :union {               # Rust `Option<SegmentInfo>`: none when no row is left, or
+    none @1 :Void;              # when the one input lost no row (`unchanged`).
+    some @2 :SegmentInfo;
+  }
+  droppedRows @3 :UInt64;       # Input rows left out (deleted).
+  unchanged @4 :Bool;           # One input, nothing to drop: only its deleteSeq moves.
+}
+
+# One compaction plan of a job (Milvus' CompactionMergeInfo plus its state).
+struct CompactionPlan {
+  id @0 :UInt64;
+  shard @1 :UInt32;
+  sources @2 :List(UInt64);
+  target @3 :UInt64;            # 0 when the sources were rewritten in place or emptied.
+  kind @4 :Text;                # "merge" (small segments) or "delete" (deleted rows dropped).
+  state @5 :Text;               # "executing", "completed" or "failed".
+  error @6 :Text;
+}
+
+# A compaction job: the plans one `compact` request (or one background round) made.
+struct CompactionState {
+  id @0 :UInt64;
+  collection @1 :Text;
+  state @2 :Text;               # "executing" while a plan runs, then "completed".
+  plans @3 :List(CompactionPlan);
+}
+
+struct CompactionJobId {
+  id @0 :UInt64;
+}
+
 # Coordinator -> query node: serve these sealed segments and lead these shards.
 struct LoadSegments {
   collection @0 :CollectionInfo;
   segments @1 :List(SegmentInfo);
   leadShards @2 :List(ShardPlacement);
   shardViews @3 :List(ShardView);   # For each lead shard: its served sealed segments.
+  deleteFloors @4 :List(ShardSeq);  # Per shard: the log position its deletes are read after.
+}
+
+# A log position of one shard.
+struct ShardSeq {
+  shard @0 :UInt32;
+  seq @1 :UInt64;
 }
 
 # Coordinator -> query node: stop serving these segments (and shards).
