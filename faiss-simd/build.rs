@@ -22,10 +22,8 @@ type Result<T> = std::result::Result<T, String>;
 const DEFAULT_VARIANTS: &str = "avx2,avx512";
 
 /// (variant, symbol prefix, faiss target, C API target)
-const VARIANTS: [(&str, &str, &str, &str); 2] = [
-    ("avx2", "qv_avx2_", "faiss_avx2", "faiss_c_avx2"),
-    ("avx512", "qv_avx512_", "faiss_avx512", "faiss_c_avx512"),
-];
+const VARIANTS: [(&str, &str, &str, &str); 2] =
+    [("avx2", "qv_avx2_", "faiss_avx2", "faiss_c_avx2"), ("avx512", "qv_avx512_", "faiss_avx512", "faiss_c_avx512")];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -42,7 +40,9 @@ fn run() -> Result<()> {
     let wanted = std::env::var("QUIVER_FAISS_SIMD_BUILD").unwrap_or_else(|_| DEFAULT_VARIANTS.into());
     let wanted: Vec<&str> = wanted.split(',').map(str::trim).filter(|v| !v.is_empty() && *v != "generic").collect();
     if let Some(bad) = wanted.iter().find(|w| !VARIANTS.iter().any(|v| v.0 == **w)) {
-        return Err(format!("QUIVER_FAISS_SIMD_BUILD: unknown variant {bad:?}; use avx2, avx512 (comma-separated) or generic"));
+        return Err(format!(
+            "QUIVER_FAISS_SIMD_BUILD: unknown variant {bad:?}; use avx2, avx512 (comma-separated) or generic"
+        ));
     }
     let variants: Vec<_> = VARIANTS.iter().filter(|v| wanted.contains(&v.0)).copied().collect();
     if arch != "x86_64" || variants.is_empty() {
@@ -139,12 +139,17 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
     }
 }
 
-/// The external symbols `archive` defines (`nm --defined-only -g`), weak and unique ones
-/// included: every one of them must be renamed, or the linker would merge the variant's
-/// inline functions and templates (compiled with other instructions) with the generic ones.
+/// Every symbol `archive` defines (`nm`, everything but undefined references), local ones
+/// included. Each must be renamed, or the linker would merge the variant's inline functions
+/// and templates (compiled with other instructions) with the generic ones. Global and weak
+/// definitions are not enough: a COMDAT group is named by its *signature* symbol, which for a
+/// constructor or destructor is a local `C5`/`D5` name no function is called by; left as it is,
+/// the linker keeps the generic build's group of that name and drops the variant's, and the
+/// variant's calls to the renamed `C1`/`D1` in it resolve to nothing (a crash at start-up, in
+/// the variant's static initialisers).
 fn defined_symbols(archive: &Path) -> Result<Vec<String>> {
     let out = Command::new("nm")
-        .args(["--defined-only", "-g", "--format=posix"])
+        .args(["--format=posix"])
         .arg(archive)
         .output()
         .map_err(|e| format!("running nm on {}: {e}", archive.display()))?;
@@ -154,7 +159,11 @@ fn defined_symbols(archive: &Path) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.ends_with(':'))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (name, kind) = (fields.next()?, fields.next()?);
+            // U: undefined, w / v: weak undefined (from libstdc++, libgomp, BLAS, ...).
+            (!matches!(kind, "U" | "w" | "v")).then(|| name.to_string())
+        })
         .collect())
 }

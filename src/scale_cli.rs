@@ -446,9 +446,16 @@ mod tests {
         assert_eq!(lines[0], "cluster c: 3 nodes");
         assert_eq!(lines[1].split_whitespace().take(3).collect::<Vec<_>>(), ["NODE", "ROLE", "HOST"]);
         let row = lines[2];
-        for part in
-            ["standalone-coordinator", "0.35/2", "avx512", "100.0 MiB/2.0 GiB", "serving", "healthy", "1m", "quarantined: seg 9"]
-        {
+        for part in [
+            "standalone-coordinator",
+            "0.35/2",
+            "avx512",
+            "100.0 MiB/2.0 GiB",
+            "serving",
+            "healthy",
+            "1m",
+            "quarantined: seg 9",
+        ] {
             assert!(row.contains(part), "{part} in {row}");
         }
         assert!(text.contains("h1 (agent-1)"), "{text}");

@@ -333,10 +333,8 @@ pub async fn delete_entries(bus: &Bus, collection: u64, shard: u32) -> Result<u6
     let name = bus.subjects().dml_stream(collection, shard);
     let stream = bus.jetstream().get_stream_no_info(&name).await.map_err(|e| stream_error(&name, collection, e))?;
     let subject = bus.subjects().dml_entry(collection, shard, DmlKind::Delete);
-    let mut info = stream
-        .info_with_subjects(&subject)
-        .await
-        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
+    let mut info =
+        stream.info_with_subjects(&subject).await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
     let mut count = 0u64;
     while let Some((_, n)) = info.try_next().await.map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))? {
         count += n as u64;

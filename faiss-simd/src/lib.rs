@@ -339,6 +339,7 @@ fn encode(level: SimdLevel) -> u8 {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

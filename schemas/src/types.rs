@@ -910,6 +910,20 @@ pub struct CompactionState {
     pub plans: Vec<CompactionPlan>,
 }
 
+impl CompactionState {
+    /// A plan or job still running.
+    pub const EXECUTING: &'static str = "executing";
+    /// A plan that finished (its result committed), or a job whose plans all ended.
+    pub const COMPLETED: &'static str = "completed";
+    /// A plan that failed (its error says why); its inputs stay as they were.
+    pub const FAILED: &'static str = "failed";
+
+    /// Whether every plan of the job has ended.
+    pub fn is_done(&self) -> bool {
+        self.state != Self::EXECUTING
+    }
+}
+
 /// Names a compaction job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactionJobId {

@@ -174,7 +174,13 @@ fn compaction_merges_small_segments_and_drops_deleted_rows_under_load() {
         load.await.unwrap();
 
         let failures = failures.lock().unwrap().clone();
-        assert!(failures.is_empty(), "{} of {} reads failed: {:?}", failures.len(), reads.load(Ordering::Relaxed), &failures[..failures.len().min(5)]);
+        assert!(
+            failures.is_empty(),
+            "{} of {} reads failed: {:?}",
+            failures.len(),
+            reads.load(Ordering::Relaxed),
+            &failures[..failures.len().min(5)]
+        );
         assert!(reads.load(Ordering::Relaxed) > 10, "the load ran during compaction");
         assert!(segments <= 2, "{segments} segments after compacting {flushes}");
         assert_eq!(data::count(&client, "c").await, live.len() as i64);
@@ -215,7 +221,8 @@ fn sigkill_during_compaction_loses_and_doubles_nothing() {
         drop(client);
         kill_standalone(&mut h).await;
         h.proc("standalone").restart().expect("restart");
-        crate::common::wait_for_port(h.proc("standalone"), h.nats_port, READY);
+        let port = h.nats_port;
+        crate::common::wait_for_port(h.proc("standalone"), port, READY);
         let client = h.client().await;
         h.wait_ready(&client, &h.standalone_nodes(), READY).await;
 
@@ -238,11 +245,58 @@ fn sigkill_during_compaction_loses_and_doubles_nothing() {
         drop(client);
         kill_standalone(&mut h).await;
         h.proc("standalone").restart().expect("restart");
-        crate::common::wait_for_port(h.proc("standalone"), h.nats_port, READY);
+        let port = h.nats_port;
+        crate::common::wait_for_port(h.proc("standalone"), port, READY);
         let client = h.client().await;
         h.wait_ready(&client, &h.standalone_nodes(), READY).await;
         assert_eq!(data::count(&client, "c").await, live.len() as i64);
         let got = eventually("searches answer", Duration::from_secs(30), || search_checked(&client, &queries)).await;
         assert!(recall(&got, &truth) >= 0.9);
+    });
+}
+
+#[test]
+fn background_compaction_merges_flushes_and_drops_deleted_rows_by_itself() {
+    run(Duration::from_secs(300), async {
+        let (flushes, per) = (12, 200);
+        let h = Harness::standalone(
+            "compaction-bg",
+            &[
+                ("QUIVER_COMPACTION__INTERVAL", "1s"),
+                ("QUIVER_COMPACTION__DELETE_ENTRIES", "1"),
+                ("QUIVER_COMPACTION__DELETE_INTERVAL", "1s"),
+            ],
+        );
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        data::create_simple(&client, "c").await;
+        client.create_index("c", data::index(IndexType::Hnsw, MetricType::Ip, 0, 16, 100)).await.expect("index");
+        for f in 0..flushes {
+            data::insert_rows(&client, "c", f * per, (f + 1) * per, 500).await;
+            data::flush(&client, "c").await;
+        }
+        let n = flushes * per;
+        // No request: the coordinator merges the small segments on its own.
+        let merged = eventually("background compaction merges the flushes", Duration::from_secs(120), || async {
+            let d = client.distribution("c").await.map_err(|e| e.to_string())?;
+            let rows: u64 = d.segments.iter().map(|s| s.segment.rows).sum();
+            if d.segments.len() <= 2 && rows == n as u64 && d.segments.iter().all(|s| !s.nodes.is_empty()) {
+                Ok(d.segments.len())
+            } else {
+                Err(format!("{} segments, {rows} rows", d.segments.len()))
+            }
+        })
+        .await;
+        assert_eq!(data::count(&client, "c").await, n as i64);
+
+        // A third deleted: above delete_ratio, so the merged segment is rewritten without them.
+        let doomed: Vec<PrimaryKey> = (0..n).filter(|k| k % 3 == 0).map(|k| PrimaryKey::Int64(k as i64)).collect();
+        retry("delete", Duration::from_secs(10), || client.delete("c", doomed.clone())).await;
+        let live = kept(n).len() as u64;
+        let segments = wait_compacted(&client, live, Duration::from_secs(120)).await;
+        assert!(segments <= merged, "{segments} segments after the delete rewrite");
+        assert_eq!(data::count(&client, "c").await, live as i64);
+        let queries = dataset().queries(5);
+        search_checked(&client, &queries).await.expect("search");
     });
 }

@@ -34,7 +34,7 @@ pub struct Layout {
     pub released: bool,
     /// Before replicas (one implicit group): segment id → query node. Read once by `migrate`.
     #[serde(default, skip_serializing)]
-    targets: BTreeMap<u64, String>,
+    pub(super) targets: BTreeMap<u64, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub struct ShardLayout {
     pub served_seq: u64,
     /// Before replicas: the shard's one leader. Read once by `Layout::migrate`.
     #[serde(default, skip_serializing)]
-    leader: String,
+    pub(super) leader: String,
 }
 
 impl ShardLayout {
@@ -243,7 +243,7 @@ pub fn with_scalar_index(info: &CollectionInfo, index: ScalarIndex) -> Result<Op
     if let Err(e) = index.index_type.check_field(field, &index.params) {
         return bad(format!("{e} (field {:?} of collection {:?})", field.name, info.schema.name));
     }
-    if info.scalar_indexes.iter().any(|i| *i == index) {
+    if info.scalar_indexes.contains(&index) {
         return Ok(None);
     }
     let vector_index_name = info.index.as_ref().map(|i| {

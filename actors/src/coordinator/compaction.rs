@@ -45,10 +45,9 @@ const SWITCH_GRACE: Duration = Duration::from_secs(3);
 /// How often finished plans are settled (inputs removed, floors moved, the log purged).
 const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
-/// Plan and job states, as Milvus names them.
-pub const EXECUTING: &str = "executing";
-pub const COMPLETED: &str = "completed";
-pub const FAILED: &str = "failed";
+const EXECUTING: &str = CompactionState::EXECUTING;
+const COMPLETED: &str = CompactionState::COMPLETED;
+const FAILED: &str = CompactionState::FAILED;
 
 /// One planned task, before it gets its ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -292,15 +291,10 @@ impl Coordinator {
             let key = (info.id, shard.shard);
             let deletes = manual || self.delete_round_due(key, &live, shard.served_seq).await;
             let busy = self.compactions.borrow().busy.clone();
-            let eligible = |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
-            let plans = plan_shard(
-                &live,
-                eligible,
-                cfg.small_rows(max_rows),
-                cfg.target(max_rows),
-                shard.served_seq,
-                deletes,
-            );
+            let eligible =
+                |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
+            let plans =
+                plan_shard(&live, eligible, cfg.small_rows(max_rows), cfg.target(max_rows), shard.served_seq, deletes);
             if deletes {
                 self.compactions.borrow_mut().delete_rounds.insert(key, Instant::now());
             }

@@ -24,8 +24,8 @@ use quiver_schemas::{
 };
 
 use super::balance::cluster_view;
-use super::compaction::{self, Switch};
 use super::catalog::{Layout, ReplicaLayout, ShardLayout, ShardLeader};
+use super::compaction::{self, Switch};
 use super::membership::Members;
 use super::{Catalog, Coordinator};
 
@@ -404,10 +404,8 @@ impl Coordinator {
         targets.retain(|id, t| segments.contains_key(id) && member(t));
         let orphan_leaders: Vec<usize> = (0..shards.len()).filter(|&i| group.leaders[i].node.is_empty()).collect();
         let indexed = info.index.is_some();
-        let orphan_segments: Vec<&SegmentInfo> = segments
-            .values()
-            .filter(|s| !targets.contains_key(&s.id) && Switch::placeable(s, indexed))
-            .collect();
+        let orphan_segments: Vec<&SegmentInfo> =
+            segments.values().filter(|s| !targets.contains_key(&s.id) && Switch::placeable(s, indexed)).collect();
         let nodes: Vec<NodeStatus> = alive.iter().filter(|n| group.nodes.contains(&n.node_id)).cloned().collect();
         let channel_item = |id: u64| PlacementItem { id, memory_size: CHANNEL_MEMORY_ESTIMATE, rows: 0 };
         let mut items: Vec<PlacementItem> =

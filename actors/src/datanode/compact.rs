@@ -17,6 +17,10 @@ use crate::rows::{decode_segment, encode_segment, RowStore};
 /// How long reading the deletes of a task may wait for the next log entry before giving up.
 const LOG_WAIT: Duration = Duration::from_secs(30);
 
+/// The merged segment and its file (none when nothing is left or the input is kept), rows
+/// dropped, and whether the one input is kept as it is.
+type Merged = (Option<(SegmentInfo, Vec<u8>)>, u64, bool);
+
 /// Runs one compaction task: reads the deletes and the inputs, merges, stores the result.
 pub(super) async fn run(node: &Node, task: CompactTask) -> Result<CompactOutcome> {
     check(&task)?;
@@ -30,7 +34,7 @@ pub(super) async fn run(node: &Node, task: CompactTask) -> Result<CompactOutcome
     let (plan, output, collection, delete_to) = (task.plan, task.output, task.collection.id, task.delete_to);
     let min_dropped = task.min_dropped;
     let infos = task.inputs.clone();
-    let merged = tokio::task::spawn_blocking(move || -> Result<(Option<(SegmentInfo, Vec<u8>)>, u64, bool)> {
+    let merged = tokio::task::spawn_blocking(move || -> Result<Merged> {
         let mut rows = RowStore::new(dim);
         let mut dropped = 0u64;
         for bytes in &inputs {
@@ -195,7 +199,10 @@ mod tests {
         };
         let info = merged_info(&[segs(1, 10, 12), segs(2, 20, 25)], 9, 7, 30, &out);
         assert_eq!((info.id, info.shard, info.rows, info.start_seq, info.end_seq), (9, 1, 3, 10, 25));
-        assert_eq!((info.delete_seq, info.compacted_from.as_slice(), info.state), (30, &[1, 2][..], SegmentState::Flushed));
+        assert_eq!(
+            (info.delete_seq, info.compacted_from.as_slice(), info.state),
+            (30, &[1, 2][..], SegmentState::Flushed)
+        );
         assert_eq!(info.data_path, "collections/7/segments/9/data");
     }
 
@@ -223,7 +230,7 @@ mod tests {
             num_shards: 1,
             consistency: quiver_schemas::Consistency::Bounded,
         };
-        let collection = quiver_schemas::CollectionInfo { id: 7, schema, index: None, created_ts: 0 };
+        let collection = quiver_schemas::CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() };
         let task = |inputs| CompactTask {
             collection: collection.clone(),
             shard: 0,

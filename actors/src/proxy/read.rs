@@ -315,11 +315,11 @@ impl Proxy {
         nq: usize,
         ctx: &RequestContext,
     ) -> Result<SearchResults> {
-        let filter = Arc::new(parse_filter(&info, &req.filter)?.1);
+        let filter = Arc::new(parse_filter(info, &req.filter)?.1);
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
-        let shape = &SearchShape { nq, k: req.top_k as usize, fields: &req.output_fields, pk_type: pk_type(&info) };
+        let shape = &SearchShape { nq, k: req.top_k as usize, fields: &req.output_fields, pk_type: pk_type(info) };
         let parts = self
             .scatter(&req.collection, ctx, |dist, node, share, opts| {
                 let msg = NodeSearch {
@@ -341,7 +341,7 @@ impl Proxy {
                 }
             })
             .await?;
-        let better = higher_is_better(metric_of(&info));
+        let better = higher_is_better(metric_of(info));
         Ok(merge(parts, nq, req.top_k as usize, better))
     }
 

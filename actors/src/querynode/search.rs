@@ -212,9 +212,11 @@ fn pieces(plan: &SearchPlan, growing: &[&Growing], threads: usize) -> Vec<Piece>
                 let blocks = ways.min(nq.div_ceil(MIN_INDEX_QUERIES)).max(1);
                 let per = nq.div_ceil(blocks).max(1);
                 let rows = 0..seg.rows.len();
-                out.extend(
-                    (0..nq).step_by(per).map(|q0| Piece { source, queries: q0..(q0 + per).min(nq), rows: rows.clone() }),
-                );
+                out.extend((0..nq).step_by(per).map(|q0| Piece {
+                    source,
+                    queries: q0..(q0 + per).min(nq),
+                    rows: rows.clone(),
+                }));
             }
         }
     }

@@ -217,11 +217,7 @@ pub(crate) struct IvfSearchParams {
 impl IvfSearchParams {
     /// `selector`: `None` searches every id; otherwise it must outlive these parameters
     /// (faiss keeps the pointer and does not own it) and belong to the variant `api`.
-    pub(crate) fn new(
-        api: &'static FaissApi,
-        nprobe: usize,
-        selector: Option<&BitmapSelector<'_>>,
-    ) -> Result<Self> {
+    pub(crate) fn new(api: &'static FaissApi, nprobe: usize, selector: Option<&BitmapSelector<'_>>) -> Result<Self> {
         let mut p: *mut fs::FaissSearchParametersIVF = ptr::null_mut();
         let sel = selector.map_or(ptr::null_mut(), BitmapSelector::as_ptr);
         // SAFETY: p receives a new object owned by us; a null selector means "all ids", else

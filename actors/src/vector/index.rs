@@ -8,8 +8,8 @@ use quiver_faiss_simd::{sys as fs, FaissApi, SimdLevel};
 use super::ffi::{check, BitmapSelector, IvfSearchParams, RawIndex, SelectorParams};
 use super::plan::{checksum, split_object, BuildPlan, Header, CHECKSUM_LEN, HEADER_LEN};
 use super::{
-    apply_faiss_threads, with_omp_threads, normalize, worst_distance, IndexParams, IndexType, MetricType, Result, SearchParams,
-    VectorError,
+    apply_faiss_threads, normalize, with_omp_threads, worst_distance, IndexParams, IndexType, MetricType, Result,
+    SearchParams, VectorError,
 };
 
 /// IVF lists probed when [`SearchParams::nprobe`] is 0 (clamped to the index's nlist).
@@ -118,7 +118,12 @@ impl VectorIndex {
 
     /// [`VectorIndex::build`] with `options`; an error when `options.simd` names a level this
     /// binary or CPU does not have. The index keeps its level for its searches.
-    pub fn build_with(options: &BuildOptions, params: &IndexParams, dim: usize, vectors: &[f32]) -> Result<VectorIndex> {
+    pub fn build_with(
+        options: &BuildOptions,
+        params: &IndexParams,
+        dim: usize,
+        vectors: &[f32],
+    ) -> Result<VectorIndex> {
         let api = match options.simd {
             Some(level) => simd_api(level)?,
             None => quiver_faiss_simd::default_api(),

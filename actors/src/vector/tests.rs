@@ -257,7 +257,11 @@ fn flat_vectors_exact_with_skip_and_threads() {
         let skip = |r: usize| r.checked_rem(3) == Some(0);
         let (d, l) = flat.search(&queries, K, &skip); // 64*3000*32 → multi-threaded
         let (d1, l1) = flat.search(&queries[..DIM], K, &skip); // single-threaded
-        assert_eq!((&d[..K], &l[..K]), (&d1[..], &l1[..]));
+        // The same rows; distances agree up to rounding (BLAS sums a batch in another order).
+        assert_eq!(&l[..K], &l1[..]);
+        for (a, b) in d[..K].iter().zip(&d1) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{metric:?}: {a} vs {b}");
+        }
         // Naive reference.
         let mut normed = data.clone();
         let mut qn = queries.clone();
@@ -475,7 +479,7 @@ fn every_simd_level_builds_searches_and_reads_the_others_indexes() {
                 }
             }
             // Exact search finds the same rows whatever instructions compute the distances.
-            for (level, labels) in &flat_results[1..] {
+            for (level, labels) in flat_results.iter().skip(1) {
                 assert_eq!(labels, &flat_results[0].1, "FLAT {metric:?}: {level} vs {}", flat_results[0].0);
             }
         }

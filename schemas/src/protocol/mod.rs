@@ -173,6 +173,9 @@ macro_rules! service {
         )*
 
         $(#[$doc])*
+        // One value per request received, moved once into its handler: a variant's size is
+        // not worth a heap allocation per request.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug)]
         pub enum $Request {
             $( $(#[$vdoc])* $Variant(Request<$calls::$Variant>), )*

@@ -54,7 +54,8 @@ fn time_calls(
     let mut labels = Vec::new();
     let mut took = Vec::with_capacity(calls);
     for c in 0..calls {
-        let batch: Vec<f32> = (0..nq).flat_map(|i| queries[((c * nq + i) % available) * dim..][..dim].iter().copied()).collect();
+        let batch: Vec<f32> =
+            (0..nq).flat_map(|i| queries[((c * nq + i) % available) * dim..][..dim].iter().copied()).collect();
         let t0 = Instant::now();
         let l = search(&batch)?;
         took.push(t0.elapsed().as_secs_f64());

@@ -17,8 +17,8 @@ use quiver_actors::rows::RowStore;
 use quiver_actors::vector::{set_faiss_threads, FlatVectors};
 use quiver_client::fvecs::read_fvecs;
 use quiver_client::{
-    CollectionSchema, Column, DataType, FieldSchema, MetricType, PrimaryKey, ScalarIndex, ScalarIndexType,
-    ScalarValue, SearchParams,
+    CollectionSchema, Column, DataType, FieldSchema, MetricType, PrimaryKey, ScalarIndex, ScalarIndexType, ScalarValue,
+    SearchParams,
 };
 
 #[derive(Args)]
@@ -107,8 +107,18 @@ pub fn bench_scalar_index(args: BenchScalarIndexArgs) -> anyhow::Result<()> {
         consistency: Default::default(),
     };
     let defined = [
-        ScalarIndex { name: "id_sort_idx".into(), field: "id".into(), index_type: ScalarIndexType::StlSort, params: vec![] },
-        ScalarIndex { name: "name_idx".into(), field: "name".into(), index_type: ScalarIndexType::Inverted, params: vec![] },
+        ScalarIndex {
+            name: "id_sort_idx".into(),
+            field: "id".into(),
+            index_type: ScalarIndexType::StlSort,
+            params: vec![],
+        },
+        ScalarIndex {
+            name: "name_idx".into(),
+            field: "name".into(),
+            index_type: ScalarIndexType::Inverted,
+            params: vec![],
+        },
     ];
     let built = Instant::now();
     let indexes = SegmentIndexes::build(&rows, &defined, "pk");

@@ -223,7 +223,8 @@ fn faiss_cpu(
     truth: &[Vec<i64>],
 ) -> anyhow::Result<FaissCpuRun> {
     let truth_file = tempfile::NamedTempFile::new().context("temporary ground-truth file")?;
-    let text: String = truth.iter().map(|t| t.iter().map(i64::to_string).collect::<Vec<_>>().join(" ") + "\n").collect();
+    let text: String =
+        truth.iter().map(|t| t.iter().map(i64::to_string).collect::<Vec<_>>().join(" ") + "\n").collect();
     std::fs::write(truth_file.path(), text).context("writing the ground truth")?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-faiss-cpu.py");
     let out = Command::new(python)
@@ -249,7 +250,9 @@ fn resolve_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let cache = match std::env::var_os("QUIVER_PY_CACHE") {
         Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?).join(".cache/quiver-py"),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?).join(".cache/quiver-py")
+        }
     };
     let venv = cache.join(format!("faiss-cpu-{FAISS_CPU_VERSION}"));
     let python = venv.join("bin/python");
@@ -323,7 +326,11 @@ fn report(
         build_all.as_secs_f64(),
         SimdLevel::best(),
     );
-    let _ = writeln!(s, "| contender | QPS (median round) | p50 µs | p99 µs | best round QPS | recall@{} | vs generic |", args.k);
+    let _ = writeln!(
+        s,
+        "| contender | QPS (median round) | p50 µs | p99 µs | best round QPS | recall@{} | vs generic |",
+        args.k
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     let generic = ours.first().and_then(|r| median_and_best(r)).map(|(m, _)| m.p50_us);
     let mut row = |name: String, rounds: &[Round]| {

@@ -47,6 +47,35 @@ impl MilvusApi {
     async fn layout(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         self.proxy.refresh(name, ctx).await
     }
+
+    /// The collection a request names, by name or else by id (older clients send only the id).
+    async fn name_or_id(&self, name: String, id: i64, ctx: &RequestContext) -> Result<String> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        let list = self.proxy.forward::<coord::ListCollections>(&Empty {}, ctx).await?;
+        for n in list.names {
+            if self.describe(&n, ctx).await.is_ok_and(|d| d.info.id as i64 == id) {
+                return Ok(n);
+            }
+        }
+        Err(Error::CollectionNotFound(format!("collection {id} not found")))
+    }
+
+    async fn compaction_job(&self, id: i64, ctx: &RequestContext) -> Result<quiver_schemas::CompactionState> {
+        let id = u64::try_from(id)
+            .map_err(|_| Error::InvalidArgument(format!("compaction id {id} is invalid: ids are not negative")))?;
+        self.proxy.forward::<coord::CompactionState>(&quiver_schemas::CompactionJobId { id }, ctx).await
+    }
+}
+
+/// Milvus' state of a compaction job.
+fn compaction_state_of(job: &quiver_schemas::CompactionState) -> common::CompactionState {
+    if job.is_done() {
+        common::CompactionState::Completed
+    } else {
+        common::CompactionState::Executing
+    }
 }
 
 /// The context of a gRPC call: its deadline (`grpc-timeout`, which clients set from their
@@ -118,6 +147,9 @@ failed!(
     DescribeDatabaseResponse,
     GetPersistentSegmentInfoResponse,
     GetQuerySegmentInfoResponse,
+    ManualCompactionResponse,
+    GetCompactionStateResponse,
+    GetCompactionPlansResponse,
 );
 
 impl Failed for common::Status {
@@ -642,25 +674,87 @@ impl MilvusService for MilvusApi {
         answer("GetQuerySegmentInfo", t, result)
     }
 
+    async fn manual_compaction(
+        &self,
+        req: Request<ManualCompactionRequest>,
+    ) -> Result<Response<ManualCompactionResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            if r.major_compaction {
+                return Err(Error::InvalidArgument(
+                    "clustering compaction (is_clustering=True) is not supported: Quiver has no clustering keys; \
+                     call compact without it to merge small segments and drop deleted rows"
+                        .into(),
+                ));
+            }
+            // `partition_id`, `channel` and `segment_ids` narrow Milvus' compaction; Quiver
+            // compacts the whole collection (its only partition), which includes them.
+            let name = self.name_or_id(r.collection_name, r.collection_id, &ctx).await?;
+            let job = self.proxy.forward::<coord::Compact>(&CollectionName { name }, &ctx).await?;
+            Ok(ManualCompactionResponse {
+                status: Some(ok()),
+                compaction_id: job.id as i64,
+                compaction_plan_count: job.plans.len() as i32,
+            })
+        }
+        .await;
+        answer("ManualCompaction", t, result)
+    }
+
+    async fn get_compaction_state(
+        &self,
+        req: Request<GetCompactionStateRequest>,
+    ) -> Result<Response<GetCompactionStateResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            let job = self.compaction_job(req.get_ref().compaction_id, &ctx).await?;
+            let count = |state: &str| job.plans.iter().filter(|p| p.state == state).count() as i64;
+            Ok(GetCompactionStateResponse {
+                status: Some(ok()),
+                state: compaction_state_of(&job) as i32,
+                executing_plan_no: count(quiver_schemas::CompactionState::EXECUTING),
+                timeout_plan_no: 0,
+                completed_plan_no: count(quiver_schemas::CompactionState::COMPLETED),
+                failed_plan_no: count(quiver_schemas::CompactionState::FAILED),
+            })
+        }
+        .await;
+        answer("GetCompactionState", t, result)
+    }
+
+    async fn get_compaction_state_with_plans(
+        &self,
+        req: Request<GetCompactionPlansRequest>,
+    ) -> Result<Response<GetCompactionPlansResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            let job = self.compaction_job(req.get_ref().compaction_id, &ctx).await?;
+            let merge_infos = job
+                .plans
+                .iter()
+                .map(|p| CompactionMergeInfo {
+                    sources: p.sources.iter().map(|&s| s as i64).collect(),
+                    target: p.target as i64,
+                })
+                .collect();
+            Ok(GetCompactionPlansResponse { status: Some(ok()), state: compaction_state_of(&job) as i32, merge_infos })
+        }
+        .await;
+        answer("GetCompactionStateWithPlans", t, result)
+    }
+
     async fn get_replicas(&self, req: Request<GetReplicasRequest>) -> Result<Response<GetReplicasResponse>, Status> {
         let t = Instant::now();
         let ctx = context_of(&req);
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
-            let name = if r.collection_name.is_empty() {
-                let list = self.proxy.forward::<coord::ListCollections>(&Empty {}, &ctx).await?;
-                let mut found = None;
-                for n in list.names {
-                    if self.describe(&n, &ctx).await.is_ok_and(|d| d.info.id as i64 == r.collection_id) {
-                        found = Some(n);
-                        break;
-                    }
-                }
-                found.ok_or_else(|| Error::CollectionNotFound(format!("collection {} not found", r.collection_id)))?
-            } else {
-                r.collection_name
-            };
+            let name = self.name_or_id(r.collection_name, r.collection_id, &ctx).await?;
             let dist = self.layout(&name, &ctx).await?;
             Ok(GetReplicasResponse { status: Some(ok()), replicas: replicas_of(&dist) })
         }
