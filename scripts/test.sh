@@ -16,8 +16,10 @@ cargo test --release --workspace -- --test-threads=2
 scripts/fuzz.sh run 20
 # quiver for the Python suites below; quiver-bench so every test run builds the benchmark tool.
 cargo build --release -p quiver -p quiver-bench
-# pymilvus: the version we pin and test with, and the newest release (see tests/pymilvus/README.md).
+# pymilvus: the version we pin and test with, the newest 2.6 (VectorDBBench's) and the newest
+# release (see tests/pymilvus/README.md).
 tests/pymilvus/run.sh 2.5.14
+tests/pymilvus/run.sh 2.6.17
 tests/pymilvus/run.sh 3.0.2
 # ... and once with authentication and TLS on gRPC and NATS (docs/security.md).
 tests/pymilvus/run.sh 2.5.14 --secure

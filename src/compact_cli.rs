@@ -18,7 +18,7 @@ pub async fn compact(client: &Client, name: &str, wait: Option<Duration>) -> any
     let Some(timeout) = wait else { return Ok(0) };
     let started = Instant::now();
     let mut last = summary(&job);
-    while job.state != "completed" {
+    while !job.is_done() {
         if started.elapsed() >= timeout {
             anyhow::bail!(
                 "compaction {} did not finish within {}; last seen: {last}",
@@ -35,7 +35,7 @@ pub async fn compact(client: &Client, name: &str, wait: Option<Duration>) -> any
         }
     }
     let failed: Vec<String> =
-        job.plans.iter().filter(|p| p.state == "failed").map(|p| format!("plan {}: {}", p.id, p.error)).collect();
+        job.plans.iter().filter(|p| p.state == CompactionState::FAILED).map(|p| format!("plan {}: {}", p.id, p.error)).collect();
     println!("compaction {} completed in {:.1}s", job.id, started.elapsed().as_secs_f64());
     if failed.is_empty() {
         Ok(0)
@@ -52,7 +52,7 @@ fn summary(job: &CompactionState) -> String {
     }
     let count = |s: &str| job.plans.iter().filter(|p| p.state == s).count();
     let mut parts = Vec::new();
-    for state in ["executing", "completed", "failed"] {
+    for state in [CompactionState::EXECUTING, CompactionState::COMPLETED, CompactionState::FAILED] {
         let n = count(state);
         if n > 0 {
             parts.push(format!("{n} {state}"));

@@ -342,6 +342,19 @@ pub async fn delete_entries(bus: &Bus, collection: u64, shard: u32) -> Result<u6
     Ok(count)
 }
 
+/// The position of the last delete entry a shard stream holds (0 when it holds none).
+pub async fn last_delete_seq(bus: &Bus, collection: u64, shard: u32) -> Result<Seq> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let name = bus.subjects().dml_stream(collection, shard);
+    let stream = bus.jetstream().get_stream_no_info(&name).await.map_err(|e| stream_error(&name, collection, e))?;
+    let subject = bus.subjects().dml_entry(collection, shard, DmlKind::Delete);
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => Ok(m.sequence),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(Error::Unavailable(format!("DML stream {name}: {e}"))),
+    }
+}
+
 /// Removes deletes below `before` from a shard stream: every segment of the shard has them
 /// applied (compaction), and query nodes read the shard's deletes after its floor.
 pub async fn purge_deletes(bus: &Bus, collection: u64, shard: u32, before: Seq) -> Result<()> {

@@ -321,7 +321,7 @@ fn many_segments_keep_serving_through_two_query_node_kills() {
         let nodes: Vec<(String, u32)> = procs.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
         h.wait_ready(&client, &nodes, READY).await;
 
-        let total = data::BASE_ROWS;
+        let total = 20_000;
         data::create_simple(&client, "docs").await;
         data::insert_rows(&client, "docs", 0, total, 100).await;
         data::flush(&client, "docs").await;

@@ -11,8 +11,8 @@
 //!
 //! * A plan is either a *merge* of consecutive small segments of one shard (in log order, so
 //!   segments never overlap) up to the target size, or a *delete* rewrite of one segment whose
-//!   deleted rows are dropped. Both apply every delete up to the shard's served position `P`:
-//!   the result records `delete_seq = P`.
+//!   deleted rows are dropped. Both apply every delete up to the shard's last one at planning,
+//!   `D`: the result records `delete_seq = D`.
 //! * The commit point is the merged segment's own record (it lists its inputs): a coordinator
 //!   that dies at any point either has it or not, and the inputs stay until the switch.
 //!   Which of the two readers search is decided by [`Switch`], computed from the catalog and
@@ -289,16 +289,18 @@ impl Coordinator {
             let mut live: Vec<&SegmentInfo> = segments.values().filter(|s| s.shard == shard.shard).collect();
             live.sort_by_key(|s| s.start_seq);
             let key = (info.id, shard.shard);
-            let deletes = manual || self.delete_round_due(key, &live, shard.served_seq).await;
+            // Every plan applies the shard's deletes up to its last one (deletes come after the
+            // rows they hide in the log, so usually after every sealed segment).
+            let last_delete = crate::dml::last_delete_seq(&self.node.shared.bus, info.id, shard.shard).await?;
+            let deletes = manual || self.delete_round_due(key, &live, last_delete).await;
             let busy = self.compactions.borrow().busy.clone();
-            let eligible =
-                |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
+            let eligible = |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
             let plans =
-                plan_shard(&live, eligible, cfg.small_rows(max_rows), cfg.target(max_rows), shard.served_seq, deletes);
+                plan_shard(&live, eligible, cfg.small_rows(max_rows), cfg.target(max_rows), last_delete, deletes);
             if deletes {
                 self.compactions.borrow_mut().delete_rounds.insert(key, Instant::now());
             }
-            planned.extend(plans.into_iter().map(|p| (p, shard.served_seq)));
+            planned.extend(plans.into_iter().map(|p| (p, last_delete)));
         }
         if planned.is_empty() {
             return Ok(None);
@@ -342,14 +344,14 @@ impl Coordinator {
     }
 
     /// Whether a background round should check a shard's segments for deletes: its log holds
-    /// `delete_entries` deletes or more not applied everywhere, some segment lags behind them,
-    /// and the last round is `delete_interval` old.
-    async fn delete_round_due(&self, key: (u64, u32), live: &[&SegmentInfo], served: Seq) -> bool {
+    /// `delete_entries` deletes or more not applied everywhere, some segment lags behind the
+    /// last one, and the last round is `delete_interval` old.
+    async fn delete_round_due(&self, key: (u64, u32), live: &[&SegmentInfo], last_delete: Seq) -> bool {
         let cfg = &self.node.shared.config.compaction;
         if self.compactions.borrow().delete_rounds.get(&key).is_some_and(|t| t.elapsed() < cfg.delete_interval) {
             return false;
         }
-        if !live.iter().any(|s| s.deletes_applied() < served) {
+        if !live.iter().any(|s| s.deletes_applied() < last_delete) {
             return false;
         }
         match crate::dml::delete_entries(&self.node.shared.bus, key.0, key.1).await {

@@ -95,7 +95,13 @@ async fn read_deletes(node: &Node, task: &CompactTask) -> Result<HashMap<Primary
     let mut deletes = HashMap::new();
     let bus = &node.shared.bus;
     let last = dml::last_seq(bus, task.collection.id, task.shard).await?;
-    let target = task.delete_to.min(last);
+    if last < task.delete_to {
+        return Err(Error::Internal(format!(
+            "compaction plan {} applies deletes up to log position {} but shard {}'s log ends at {last}",
+            task.plan, task.delete_to, task.shard
+        )));
+    }
+    let target = task.delete_to;
     if target <= task.delete_from {
         return Ok(deletes);
     }

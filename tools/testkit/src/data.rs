@@ -17,8 +17,8 @@ use quiver_client::{
 
 use crate::harness::{eventually, retry};
 
-/// Base rows loaded from the dataset.
-pub const BASE_ROWS: usize = 20_000;
+/// Base rows loaded from the dataset (all of it: 100k × 384).
+pub const BASE_ROWS: usize = 100_000;
 /// Query rows loaded from the dataset.
 pub const QUERY_ROWS: usize = 100;
 
