@@ -93,7 +93,7 @@ def test_compact_merges_flushed_segments_and_drops_deleted_rows(client, name):
     assert count(client, name) == live
     assert client.get(name, ids=[0, 1, 3, 4]) and {r["pk"] for r in client.get(name, ids=[0, 1, 3, 4])} == {1, 4}
     got = client.search(name, probe, limit=5, **STRONG)
-    assert [[h["id"] for h in q] for q in got] == [[h["id"] for h in q] for q in expected]
+    assert [[h["pk"] for h in q] for q in got] == [[h["pk"] for h in q] for q in expected]
 
     # nothing left to do: a new job completes without plans
     again = client.compact(name)
