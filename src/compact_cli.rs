@@ -34,8 +34,12 @@ pub async fn compact(client: &Client, name: &str, wait: Option<Duration>) -> any
             last = line;
         }
     }
-    let failed: Vec<String> =
-        job.plans.iter().filter(|p| p.state == CompactionState::FAILED).map(|p| format!("plan {}: {}", p.id, p.error)).collect();
+    let failed: Vec<String> = job
+        .plans
+        .iter()
+        .filter(|p| p.state == CompactionState::FAILED)
+        .map(|p| format!("plan {}: {}", p.id, p.error))
+        .collect();
     println!("compaction {} completed in {:.1}s", job.id, started.elapsed().as_secs_f64());
     if failed.is_empty() {
         Ok(0)

@@ -14,9 +14,6 @@
 # - output: VectorDBBench's log on stdout, its results under the venv's
 #   vectordb_bench/results/Milvus/; the server log is kept in the temp dir (path printed).
 #
-# VDB_SKIP_COMPACTION=1: skip VectorDBBench's compaction calls (see no_compaction/sitecustomize.py)
-# while Quiver does not serve Milvus' compaction RPCs; without it the case stops at "optimize".
-#
 # HNSW M=16, efConstruction=200, ef=64, k=10, IP; serial search then concurrency 1,2 for 20 s
 # (VectorDBBench's own defaults are heavier; override with extra args).
 set -euo pipefail
@@ -44,7 +41,7 @@ USER_NAME="${QUIVER_MILVUS_USER:-}"
 PASSWORD="${QUIVER_MILVUS_PASSWORD:-}"
 SERVER_PID=""
 if [ -z "$URI" ]; then
-    BIN="${QUIVER_BIN:-$ROOT/target/release/quiver}"
+    BIN="${QUIVER_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}/release/quiver}"
     DIR="$(mktemp -d /tmp/quiver-vdbbench-XXXXXX)"
     GRPC="$(free_port)"
     env QUIVER_CLUSTER__NAME="vdbbench_$$" QUIVER_CLUSTER__DATA_DIR="$DIR/data" \
@@ -64,9 +61,6 @@ if [ -z "$URI" ]; then
     sleep 2
 fi
 
-if [ "${VDB_SKIP_COMPACTION:-}" = "1" ]; then
-    export PYTHONPATH="$ROOT/tools/vdbbench/no_compaction${PYTHONPATH:+:$PYTHONPATH}"
-fi
 auth=()
 [ -n "$USER_NAME" ] && auth+=(--user-name "$USER_NAME")
 [ -n "$PASSWORD" ] && auth+=(--password "$PASSWORD")

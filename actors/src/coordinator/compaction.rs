@@ -294,7 +294,8 @@ impl Coordinator {
             let last_delete = crate::dml::last_delete_seq(&self.node.shared.bus, info.id, shard.shard).await?;
             let deletes = manual || self.delete_round_due(key, &live, last_delete).await;
             let busy = self.compactions.borrow().busy.clone();
-            let eligible = |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
+            let eligible =
+                |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
             let plans =
                 plan_shard(&live, eligible, cfg.small_rows(max_rows), cfg.target(max_rows), last_delete, deletes);
             if deletes {

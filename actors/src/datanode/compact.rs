@@ -236,7 +236,8 @@ mod tests {
             num_shards: 1,
             consistency: quiver_schemas::Consistency::Bounded,
         };
-        let collection = quiver_schemas::CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() };
+        let collection =
+            quiver_schemas::CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() };
         let task = |inputs| CompactTask {
             collection: collection.clone(),
             shard: 0,

@@ -257,7 +257,7 @@ fn flat_vectors_exact_with_skip_and_threads() {
         let skip = |r: usize| r.checked_rem(3) == Some(0);
         let (d, l) = flat.search(&queries, K, &skip); // 64*3000*32 → multi-threaded
         let (d1, l1) = flat.search(&queries[..DIM], K, &skip); // single-threaded
-        // The same rows; distances agree up to rounding (BLAS sums a batch in another order).
+                                                               // The same rows; distances agree up to rounding (BLAS sums a batch in another order).
         assert_eq!(&l[..K], &l1[..]);
         for (a, b) in d[..K].iter().zip(&d1) {
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{metric:?}: {a} vs {b}");
