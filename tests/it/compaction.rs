@@ -36,10 +36,10 @@ fn recall(got: &[Vec<i64>], truth: &[Vec<i64>]) -> f64 {
     hits as f64 / truth.iter().map(Vec::len).sum::<usize>() as f64
 }
 
-/// Top-10 keys of each query (HNSW ef 128: one index over the merged rows keeps the recall
+/// Top-10 keys of each query (HNSW ef 256: one index over the merged rows keeps the recall
 /// of a hundred small ones), checking that no deleted key and no key twice comes back.
 async fn search_checked(client: &Client, queries: &[f32]) -> Result<Vec<Vec<i64>>, String> {
-    let req = data::search("c", queries.to_vec(), 10, SearchParams { nprobe: 0, ef: 128 }, Consistency::Strong);
+    let req = data::search("c", queries.to_vec(), 10, SearchParams { nprobe: 0, ef: 256 }, Consistency::Strong);
     let res = client.search(&req).await.map_err(|e| format!("search: {e}"))?;
     let mut out = Vec::new();
     for hits in res.results {

@@ -70,6 +70,11 @@ impl Pending {
         self.segments.is_empty() && self.shards.is_empty()
     }
 
+    /// A pending segment `dist` no longer lists, if any.
+    fn missing_from(&self, dist: &Distribution) -> Option<u64> {
+        self.segments.iter().copied().find(|id| !dist.segments.iter().any(|s| s.segment.id == *id))
+    }
+
     fn add(&mut self, share: NodeShare) {
         self.segments.extend(share.segments);
         for g in share.growing {
@@ -134,15 +139,6 @@ fn plan(
             .collect();
         request.push_segment(s.segment.id, s.segment.rows, holders);
         routed_segments.push(s.segment.id);
-    }
-    if let Some(p) = pending {
-        // Failed segments the fresh layout no longer has were compacted or dropped (S2.5).
-        let known: HashSet<u64> = dist.segments.iter().map(|s| s.segment.id).collect();
-        let gone = p.segments.iter().filter(|id| !known.contains(id)).count();
-        if gone > 0 {
-            tracing::debug!(collection = dist.collection.id, gone, "segments no longer in the layout are skipped");
-            metrics::counter!("quiver_proxy_segments_skipped_total").increment(gone as u64);
-        }
     }
     let routed = if routed_segments.is_empty() { Vec::new() } else { route(&request) };
     for (id, choice) in routed_segments.into_iter().zip(routed) {
@@ -268,6 +264,15 @@ impl Proxy {
                 break;
             }
             dist = self.refresh(collection, ctx).await?;
+            if let Some(gone) = pending.as_ref().and_then(|p| p.missing_from(&dist)) {
+                // A failed share's segment left the layout: compacted (its rows are in a segment
+                // other shares may have answered for already, or in several) or dropped. Only a
+                // read planned afresh on the new layout counts every row once.
+                tracing::debug!(collection, segment = gone, "a failed share's segment left the layout; reading again");
+                metrics::counter!("quiver_proxy_read_restarts_total").increment(1);
+                parts.clear();
+                pending = None;
+            }
         }
         match last {
             Some(e) if ctx.expired() => Err(Error::DeadlineExceeded(format!(
@@ -794,11 +799,13 @@ mod tests {
     }
 
     #[test]
-    fn segments_gone_from_the_fresh_layout_are_skipped() {
-        // Compacted away (S2.5): not an error, nothing to ask for it.
+    fn a_failed_segment_gone_from_the_fresh_layout_means_reading_again() {
+        // Compacted away: its rows are now in a segment that other shares may have answered
+        // for already, so the scatter starts over rather than skip it or ask for the new one.
         let pending = Pending { segments: HashSet::from([9]), shards: BTreeMap::new() };
-        let shares = plan_of(&dist(), Some(&pending), &[], &NodeLoads::default()).unwrap();
-        assert!(shares.is_empty(), "{:?}", summary(&shares));
+        assert_eq!(pending.missing_from(&dist()), Some(9));
+        let pending = Pending { segments: HashSet::from([1]), shards: BTreeMap::from([(0, 100)]) };
+        assert_eq!(pending.missing_from(&dist()), None);
     }
 
     #[test]
