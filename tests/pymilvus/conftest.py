@@ -19,7 +19,6 @@ skipped. Against a running server, `QUIVER_MILVUS_TOKEN` and `QUIVER_MILVUS_SERV
 token and CA.
 """
 
-import ctypes
 import json
 import os
 import shutil
@@ -57,12 +56,14 @@ def _quiver_bin():
     return b
 
 
-def _set_pdeathsig():
-    # the server dies with the test runner, even if pytest is SIGKILLed
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _dies_with_us(cmd):
+    """`cmd` such that the process dies with the test runner, even if pytest is SIGKILLed
+    (PR_SET_PDEATHSIG through util-linux's setpriv, which then execs `cmd`). Not through
+    Popen's preexec_fn: that runs Python in a child forked from a process whose gRPC threads
+    (pymilvus) are running, and grpcio's fork handlers can abort that child before it execs
+    (seen as a node of a test cluster that never started)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else list(cmd)
 
 
 def _make_certs(directory):
@@ -125,13 +126,12 @@ class _Server:
         env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [_quiver_bin(), "standalone"],
+            _dies_with_us([_quiver_bin(), "standalone"]),
             env=env,
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_set_pdeathsig,
         )
         log.close()
         scheme = "https" if self.secure else "http"

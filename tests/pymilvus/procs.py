@@ -10,9 +10,9 @@ import threading
 import time
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, MilvusClient, MilvusException
 
-from conftest import _free_port, _quiver_bin, _set_pdeathsig
+from conftest import _dies_with_us, _free_port, _quiver_bin
 from pmutil import STRONG
 
 
@@ -30,8 +30,7 @@ class ProcCluster:
     def _spawn(self, name, args, env):
         log = open(os.path.join(self.dir, f"{name}.log"), "ab")
         self.procs[name] = subprocess.Popen(
-            args, env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_set_pdeathsig,
+            _dies_with_us(args), env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
 
@@ -138,11 +137,22 @@ def create_docs(client, rows, initial, dim):
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index = client.prepare_index_params()
     index.add_index("vector", index_type="FLAT", metric_type="L2")
-    client.create_collection("docs", schema=schema, index_params=index)
+    # Not loaded on creation: a cluster that just started may not have counted its query nodes
+    # yet ("0 are alive"), which the load below waits out.
+    client.create_collection("docs", schema=schema)
+    client.create_index("docs", index)
     for start in range(0, initial, 1000):
         client.insert("docs", rows[start:min(start + 1000, initial)])
     client.flush("docs")
-    client.load_collection("docs")
+    deadline = time.time() + 30
+    while True:
+        try:
+            client.load_collection("docs")
+            return
+        except MilvusException as e:
+            if "are alive" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class Load:
