@@ -308,9 +308,14 @@ pub async fn last_seq(bus: &Bus, collection: u64, shard: u32) -> Result<Seq> {
     Ok(stream.cached_info().state.last_sequence)
 }
 
-/// Removes inserts below `before` from a shard stream (they are sealed in segments). Deletes stay:
-/// query nodes replay them when loading segments.
+/// Removes inserts below `before` from a shard stream (they are sealed in segments). Deletes
+/// stay until every segment has them applied ([`purge_deletes`]).
 pub async fn purge_inserts(bus: &Bus, collection: u64, shard: u32, before: Seq) -> Result<()> {
+    purge(bus, collection, shard, bus.subjects().dml_entry(collection, shard, DmlKind::Insert), before).await
+}
+
+/// Removes the entries on `subject` below `before` from a shard stream.
+async fn purge(bus: &Bus, collection: u64, shard: u32, subject: String, before: Seq) -> Result<()> {
     let name = bus.subjects().dml_stream(collection, shard);
     let stream = bus
         .jetstream()
@@ -319,7 +324,7 @@ pub async fn purge_inserts(bus: &Bus, collection: u64, shard: u32, before: Seq) 
         .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
     stream
         .purge()
-        .filter(format!("{}.insert", bus.subjects().dml(collection, shard)))
+        .filter(subject)
         .sequence(before)
         .await
         .map_err(|e| Error::Unavailable(format!("purge of {name}: {e}")))?;
@@ -358,17 +363,5 @@ pub async fn last_delete_seq(bus: &Bus, collection: u64, shard: u32) -> Result<S
 /// Removes deletes below `before` from a shard stream: every segment of the shard has them
 /// applied (compaction), and query nodes read the shard's deletes after its floor.
 pub async fn purge_deletes(bus: &Bus, collection: u64, shard: u32, before: Seq) -> Result<()> {
-    let name = bus.subjects().dml_stream(collection, shard);
-    let stream = bus
-        .jetstream()
-        .get_stream_no_info(&name)
-        .await
-        .map_err(|e| Error::Unavailable(format!("DML stream {name}: {e}")))?;
-    stream
-        .purge()
-        .filter(bus.subjects().dml_entry(collection, shard, DmlKind::Delete))
-        .sequence(before)
-        .await
-        .map_err(|e| Error::Unavailable(format!("purge of {name}: {e}")))?;
-    Ok(())
+    purge(bus, collection, shard, bus.subjects().dml_entry(collection, shard, DmlKind::Delete), before).await
 }

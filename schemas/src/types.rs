@@ -37,6 +37,21 @@ pub enum DataType {
     FloatVector,
 }
 
+impl DataType {
+    /// The type's name as Milvus writes it in its error messages (`Int64`, `VarChar`, `JSON`).
+    pub fn milvus_name(self) -> &'static str {
+        match self {
+            DataType::Bool => "Bool",
+            DataType::Int64 => "Int64",
+            DataType::Float => "Float",
+            DataType::Double => "Double",
+            DataType::VarChar => "VarChar",
+            DataType::Json => "JSON",
+            DataType::FloatVector => "FloatVector",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldSchema {
     pub name: String,
@@ -145,15 +160,7 @@ impl ScalarIndexType {
     pub fn check_field(self, field: &FieldSchema, params: &[(String, String)]) -> Result<(), String> {
         let t = field.data_type;
         let numeric = matches!(t, DataType::Int64 | DataType::Float | DataType::Double);
-        let name = |t: DataType| match t {
-            DataType::Bool => "Bool",
-            DataType::Int64 => "Int64",
-            DataType::Float => "Float",
-            DataType::Double => "Double",
-            DataType::VarChar => "VarChar",
-            DataType::Json => "JSON",
-            DataType::FloatVector => "FloatVector",
-        };
+        let name = DataType::milvus_name;
         let refused = match self {
             ScalarIndexType::StlSort if !(numeric || matches!(t, DataType::VarChar | DataType::Json)) => Some(format!(
                 "STL_SORT are only supported on numeric, varchar, timestamptz, date or time field, got {}",

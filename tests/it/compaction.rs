@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quiver_client::{Client, Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, dot};
-use crate::common::{eventually, kill_standalone, retry, run, Harness, READY};
+use crate::common::{eventually, kill_standalone, restart_standalone, retry, run, Harness, READY};
 
 /// Keys `0..n` minus every third (`k % 3 == 0` deleted).
 fn kept(n: usize) -> Vec<usize> {
@@ -221,11 +221,7 @@ fn sigkill_during_compaction_loses_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(client);
         kill_standalone(&mut h).await;
-        h.proc("standalone").restart().expect("restart");
-        let port = h.nats_port;
-        crate::common::wait_for_port(h.proc("standalone"), port, READY);
-        let client = h.client().await;
-        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let client = restart_standalone(&mut h).await;
 
         // Whatever the kill interrupted, every kept row is there once and no deleted one is.
         assert_eq!(data::count(&client, "c").await, live.len() as i64);
@@ -245,11 +241,7 @@ fn sigkill_during_compaction_loses_and_doubles_nothing() {
         // not replayed, and none of the dropped rows comes back.
         drop(client);
         kill_standalone(&mut h).await;
-        h.proc("standalone").restart().expect("restart");
-        let port = h.nats_port;
-        crate::common::wait_for_port(h.proc("standalone"), port, READY);
-        let client = h.client().await;
-        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let client = restart_standalone(&mut h).await;
         assert_eq!(data::count(&client, "c").await, live.len() as i64);
         let got = eventually("searches answer", Duration::from_secs(30), || search_checked(&client, &queries)).await;
         assert!(recall(&got, &truth) >= 0.9);

@@ -6,7 +6,9 @@ use std::time::Duration;
 use quiver_client::{schema, Client, Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
-use crate::common::{eventually, kill_standalone, nats_child, process_alive, retry, run, Harness, READY};
+use crate::common::{
+    eventually, kill_standalone, nats_child, process_alive, restart_standalone, retry, run, Harness, READY,
+};
 
 /// Asserts that every key in `0..n` is returned by a Strong get, with its own vector (500 keys
 /// per get: 500 vectors of 384 floats fit in the default 1 MiB NATS max_payload).
@@ -50,11 +52,7 @@ fn sigkill_standalone_loses_no_acknowledged_write() {
 
         kill_standalone(&mut h).await;
 
-        h.proc("standalone").restart().expect("restart");
-        let port = h.nats_port;
-        crate::common::wait_for_port(h.proc("standalone"), port, READY);
-        let client = h.client().await;
-        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let client = restart_standalone(&mut h).await;
 
         let mut names = retry("list", Duration::from_secs(10), || client.list_collections()).await;
         names.sort();
@@ -170,11 +168,7 @@ fn sigterm_stops_cleanly_and_data_survives() {
         assert!(!process_alive(nats), "the embedded nats-server was stopped too");
         assert!(h.proc("standalone").log().contains("Quiver stopped"));
 
-        h.proc("standalone").restart().expect("restart");
-        let port = h.nats_port;
-        crate::common::wait_for_port(h.proc("standalone"), port, READY);
-        let client = h.client().await;
-        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let client = restart_standalone(&mut h).await;
         assert_all_present(&client, "c", 1_000).await;
     });
 }

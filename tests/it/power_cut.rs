@@ -27,7 +27,7 @@ use quiver_client::{schema, Client, Consistency, PrimaryKey};
 use quiver_powercut::{Disk, Semantics};
 
 use crate::common::data::{self, dataset};
-use crate::common::{eventually, kill_standalone, retry, run, Harness, READY};
+use crate::common::{eventually, kill_standalone, restart_standalone, retry, run, Harness, READY};
 
 const COLLECTION: &str = "powercut";
 
@@ -146,11 +146,7 @@ fn power_cut_loses_no_acknowledged_insert() {
             );
         }
         mounts = disks.iter().map(|(b, at, s)| mount(b, at, *s)).collect();
-        h.proc("standalone").restart().expect("restart");
-        let port = h.nats_port;
-        crate::common::wait_for_port(h.proc("standalone"), port, READY);
-        let client = h.client().await;
-        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let client = restart_standalone(&mut h).await;
 
         assert_eq!(
             data::count(&client, COLLECTION).await,

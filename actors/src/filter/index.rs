@@ -303,21 +303,10 @@ pub fn evaluate_indexed(expr: &Expr, rows: &RowStore, indexes: &SegmentIndexes) 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use quiver_schemas::{expr, CollectionSchema, Column, DataType, FieldSchema};
+    use quiver_schemas::{expr, CollectionSchema, Column, DataType};
 
+    use super::super::tests::field;
     use super::*;
-
-    fn field(name: &str, data_type: DataType, is_primary: bool) -> FieldSchema {
-        FieldSchema {
-            name: name.into(),
-            data_type,
-            is_primary,
-            auto_id: false,
-            dim: if data_type == DataType::FloatVector { 2 } else { 0 },
-            max_length: 0,
-            description: String::new(),
-        }
-    }
 
     fn schema() -> CollectionSchema {
         CollectionSchema {

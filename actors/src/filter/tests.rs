@@ -4,7 +4,8 @@ use quiver_schemas::{expr, CollectionSchema, Column, FieldSchema};
 
 use super::*;
 
-fn field(name: &str, data_type: DataType, is_primary: bool) -> FieldSchema {
+/// A field of a test schema (vectors of dimension 2). Also used by `index.rs`' tests.
+pub(super) fn field(name: &str, data_type: DataType, is_primary: bool) -> FieldSchema {
     FieldSchema {
         name: name.into(),
         data_type,

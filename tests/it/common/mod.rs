@@ -74,6 +74,17 @@ pub fn nats_child(pid: u32) -> Option<u32> {
     child_pids(pid).into_iter().find(|c| process_name(*c).as_deref() == Some("nats-server") && process_alive(*c))
 }
 
+/// Starts the (killed) standalone process again and answers a client once every role of it
+/// serves.
+pub async fn restart_standalone(h: &mut Harness) -> quiver_client::Client {
+    h.proc("standalone").restart().expect("restart");
+    let port = h.nats_port;
+    wait_for_port(h.proc("standalone"), port, READY);
+    let client = h.client().await;
+    h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+    client
+}
+
 /// SIGKILLs the standalone process and waits until its embedded nats-server has died with it
 /// (PR_SET_PDEATHSIG), so nothing is left writing to the data dir.
 pub async fn kill_standalone(h: &mut Harness) {

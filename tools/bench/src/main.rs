@@ -30,6 +30,7 @@
 mod filter;
 mod flat;
 mod plugins;
+mod pyvenv;
 mod scalar_index;
 mod simd;
 mod standalone;

@@ -245,52 +245,14 @@ fn faiss_cpu(
 
 /// `--python`, else the faiss-cpu venv under the Python cache (created when missing).
 fn resolve_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
+    crate::pyvenv::Venv {
+        name: format!("faiss-cpu-{FAISS_CPU_VERSION}"),
+        packages: &[format!("faiss-cpu=={FAISS_CPU_VERSION}"), "numpy".into()],
+        check: format!("import faiss, numpy; assert faiss.__version__ == '{FAISS_CPU_VERSION}'"),
+        who: "simd",
+        hint: "; pass --python with faiss-cpu installed, or --no-faiss-cpu",
     }
-    let cache = match std::env::var_os("QUIVER_PY_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => {
-            PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?).join(".cache/quiver-py")
-        }
-    };
-    let venv = cache.join(format!("faiss-cpu-{FAISS_CPU_VERSION}"));
-    let python = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", &format!("import faiss, numpy; assert faiss.__version__ == '{FAISS_CPU_VERSION}'")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if python.exists() && ready(&python) {
-        return Ok(python);
-    }
-    eprintln!("simd: preparing the venv {} (faiss-cpu=={FAISS_CPU_VERSION}, numpy)...", venv.display());
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    let run = |cmd: &mut Command, what: &str| -> anyhow::Result<()> {
-        let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(anyhow!("{what} failed ({status}); pass --python with faiss-cpu installed, or --no-faiss-cpu"))
-        }
-    };
-    if !python.exists() {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv")?;
-    }
-    run(
-        Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            &format!("faiss-cpu=={FAISS_CPU_VERSION}"),
-            "numpy",
-        ]),
-        "pip install faiss-cpu",
-    )?;
-    Ok(python)
+    .python(given)
 }
 
 fn median_and_best(rounds: &[Round]) -> Option<(Round, Round)> {

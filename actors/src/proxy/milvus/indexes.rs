@@ -4,7 +4,7 @@
 //! `get_index_build_progress` and the wait after `create_index` all read `DescribeIndex`.
 
 use quiver_runtime::{Error, Result};
-use quiver_schemas::{DataType, Distribution, FieldSchema, ScalarIndex, ScalarIndexType, SegmentState};
+use quiver_schemas::{Distribution, FieldSchema, ScalarIndex, ScalarIndexType, SegmentState};
 
 use super::convert::{self, kv};
 use super::proto::common::{IndexState, KeyValuePair};
@@ -33,18 +33,6 @@ const VECTOR_TYPES: &[&str] = &[
     "HNSW_PRQ",
     "IVF_RABITQ",
 ];
-
-fn data_type_name(t: DataType) -> &'static str {
-    match t {
-        DataType::Bool => "Bool",
-        DataType::Int64 => "Int64",
-        DataType::Float => "Float",
-        DataType::Double => "Double",
-        DataType::VarChar => "VarChar",
-        DataType::Json => "JSON",
-        DataType::FloatVector => "FloatVector",
-    }
-}
 
 /// The `index_type` of a `CreateIndexRequest` (top level or inside its `params` JSON).
 fn requested_type(pairs: &[KeyValuePair]) -> Option<String> {
@@ -78,7 +66,7 @@ pub(super) fn scalar_index_from(field: &FieldSchema, index_name: &str, pairs: &[
         return Err(Error::InvalidArgument(format!(
             "data type {} can't build with this index {requested} (field {:?}; scalar fields take STL_SORT, \
              INVERTED, BITMAP, Trie or AUTOINDEX)",
-            data_type_name(field.data_type),
+            field.data_type.milvus_name(),
             field.name
         )));
     } else {
@@ -192,6 +180,8 @@ pub(super) fn descriptions(dist: &Distribution) -> Vec<IndexDescription> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use quiver_schemas::DataType;
+
     use super::*;
 
     fn field(name: &str, data_type: DataType, is_primary: bool) -> FieldSchema {

@@ -266,60 +266,14 @@ fn npy_truth(truth: &[Vec<i64>], k: usize) -> Vec<u8> {
 /// is), else the compatibility suite's venv for [`PYMILVUS_VERSION`], created or repaired the
 /// way tests/pymilvus/run.sh does it.
 pub(super) fn resolve_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
+    crate::pyvenv::Venv {
+        name: format!("pymilvus-{PYMILVUS_VERSION}"),
+        packages: &[format!("pymilvus=={PYMILVUS_VERSION}"), "numpy".into()],
+        check: format!("import importlib.metadata as m, numpy; assert m.version('pymilvus') == '{PYMILVUS_VERSION}'"),
+        who: "pymilvus",
+        hint: "",
     }
-    let cache = match std::env::var_os("QUIVER_PY_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => {
-            PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?).join(".cache/quiver-py")
-        }
-    };
-    let venv = cache.join(format!("pymilvus-{PYMILVUS_VERSION}"));
-    let python = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args([
-                "-c",
-                &format!("import importlib.metadata as m, numpy; assert m.version('pymilvus') == '{PYMILVUS_VERSION}'"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && ready(&python) {
-        return Ok(python);
-    }
-    eprintln!("pymilvus: preparing the venv {} (pymilvus=={PYMILVUS_VERSION}, numpy)...", venv.display());
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    if !python.exists() {
-        run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv")?;
-    }
-    run_checked(
-        Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            &format!("pymilvus=={PYMILVUS_VERSION}"),
-            "numpy",
-        ]),
-        "pip install pymilvus",
-    )?;
-    if !ready(&python) {
-        bail!("{} still cannot import pymilvus {PYMILVUS_VERSION} and numpy", python.display());
-    }
-    Ok(python)
-}
-
-fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
+    .python(given)
 }
 
 // ---------------------------------------------------------------- the driver
