@@ -69,7 +69,7 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
         .and_then(|choice| Ok(vector::select_simd(choice)?))
         .with_context(|| format!("node.faiss_simd = {:?}", config.node.faiss_simd))?;
     let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.node.io_threads())
         .thread_name("quiver-io")
         .enable_all()
         .build()

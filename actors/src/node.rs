@@ -18,20 +18,28 @@
 //!
 //! A drain comes from the supervisor (SIGTERM) or a `drain` request on the node's subject
 //! (`quiver ctl drain NODE`); it is bounded by `node.drain_timeout`.
+//!
+//! Where requests run: on the role's arbiter by default (its state is single-threaded). A role
+//! whose state is `Send + Sync` (the proxy) offers a [`ConcurrentHandler`]: its service's
+//! requests are then decoded and served on the process's multi-threaded I/O runtime, side by
+//! side on every core, without a hop through the arbiter. Node calls from roles of the same
+//! process arrive in memory ([`quiver_runtime::bus::LocalRequest`], `node.local_calls`) and are
+//! served exactly like the ones from NATS.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use async_nats::Message;
-use futures::future::LocalBoxFuture;
+use async_nats::{Message, Subject};
+use bytes::Bytes;
+use futures::future::{BoxFuture, LocalBoxFuture};
 use futures::{FutureExt, StreamExt};
-use quiver_runtime::bus::RequestContext;
+use quiver_runtime::bus::{Bus, LocalRequest, RequestContext};
 use quiver_runtime::{bus, telemetry, Error, LifeGuard, Result, RoleContext, RoleHealth, Shared};
 use quiver_schemas::protocol::{NodeControlRequest, ProtocolError, Service, ServiceRequest};
 use quiver_schemas::{Empty, NodeState, NodeStatus, Role, Subjects, Wire};
@@ -55,16 +63,17 @@ impl Node {
     where
         F: Future<Output = Result<()>> + 'static,
     {
-        let failures = self.failures.clone();
-        actix::spawn(async move {
-            let outcome = AssertUnwindSafe(fut).catch_unwind().await;
-            let reason = match outcome {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => format!("{name} failed: {e}"),
-                Err(_) => format!("{name} panicked"),
-            };
-            let _ = failures.send(reason);
-        })
+        actix::spawn(reporting(name, self.failures.clone(), fut))
+    }
+
+    /// Runs `fut` on the process's I/O runtime (any of its threads), with the same failure
+    /// rule as [`Node::spawn_loop`]: for servers whose requests run side by side on every
+    /// core (the proxy's Milvus gRPC and HTTP servers).
+    pub fn spawn_io_loop<F>(&self, name: &'static str, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.shared.io.spawn(reporting(name, self.failures.clone(), fut))
     }
 
     /// The cluster's subject scheme.
@@ -111,10 +120,23 @@ impl Node {
     }
 }
 
+/// `fut` as a loop of a role: its error or panic is reported to the role, which stops.
+async fn reporting<F>(name: &'static str, failures: mpsc::UnboundedSender<String>, fut: F)
+where
+    F: Future<Output = Result<()>>,
+{
+    let reason = match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => format!("{name} failed: {e}"),
+        Err(_) => format!("{name} panicked"),
+    };
+    let _ = failures.send(reason);
+}
+
 /// What a role plugs into [`RoleActor`].
 pub trait RoleHandler: 'static {
     /// The role's closed request enum: its service decides the subjects the role serves.
-    type Request: ServiceRequest;
+    type Request: ServiceRequest + Send;
     /// Event subjects the role also listens to (no reply expected).
     fn events(&self, _node: &Node) -> Vec<String> {
         Vec::new()
@@ -136,6 +158,132 @@ pub trait RoleHandler: 'static {
     fn heartbeat(&self) -> (u32, String) {
         (0, String::new())
     }
+    /// The role's service requests served off the arbiter, on the I/O runtime's threads
+    /// (`None`: on the arbiter, through [`RoleHandler::handle`]). Called once, when the role
+    /// subscribes.
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentHandler<Self::Request>>> {
+        None
+    }
+}
+
+/// A role's request handler that may run on any thread, several requests at once.
+pub trait ConcurrentHandler<R>: Send + Sync + 'static {
+    /// Answers one request with its encoded reply.
+    fn handle(&self, req: R, ctx: RequestContext) -> BoxFuture<'static, Result<Vec<u8>>>;
+}
+
+/// A request to the role, from NATS or in memory from a role of this process.
+struct Request {
+    subject: Subject,
+    payload: Bytes,
+    ctx: RequestContext,
+    reply: Reply,
+}
+
+/// Where a request's answer goes.
+#[derive(Clone)]
+enum Reply {
+    /// A NATS reply subject (none: the caller wants no answer).
+    Nats(Option<Subject>),
+    /// The caller in this process (whoever answers first takes it: the request, or a drain
+    /// that runs out of time).
+    Local(LocalCaller),
+}
+
+type LocalCaller = Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<Vec<u8>>>>>>;
+
+impl Request {
+    fn nats(msg: Message) -> Request {
+        Request {
+            ctx: RequestContext::of(&msg),
+            subject: msg.subject,
+            payload: msg.payload,
+            reply: Reply::Nats(msg.reply),
+        }
+    }
+
+    fn local(req: LocalRequest) -> Request {
+        let reply = Reply::Local(Arc::new(Mutex::new(Some(req.reply))));
+        Request { subject: Subject::from(req.subject), payload: req.payload, ctx: req.ctx, reply }
+    }
+
+    fn method(&self) -> &str {
+        Subjects::method_of(&self.subject)
+    }
+}
+
+impl Reply {
+    async fn send(self, bus: &Bus, result: Result<Vec<u8>>) {
+        match self {
+            Reply::Nats(Some(to)) => bus.reply_to(to, result).await,
+            Reply::Nats(None) => {}
+            Reply::Local(caller) => {
+                if let Some(caller) = caller.lock().ok().and_then(|mut c| c.take()) {
+                    let _ = caller.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// Requests being answered (a drain waits for them) by arrival number, with where their
+/// answers go; the concurrency limit; the fault-injection stall. Shared by the arbiter and, for
+/// a [`ConcurrentHandler`], the I/O runtime's threads.
+#[derive(Clone, Default)]
+struct Serving {
+    in_flight: Arc<Mutex<HashMap<u64, Reply>>>,
+    arrivals: Arc<AtomicU64>,
+    /// Fault injection: requests wait this many milliseconds before they are served.
+    stall_ms: Arc<AtomicU64>,
+}
+
+impl Serving {
+    fn len(&self) -> usize {
+        self.in_flight.lock().map_or(0, |m| m.len())
+    }
+
+    fn stall(&self) -> Duration {
+        Duration::from_millis(self.stall_ms.load(Ordering::Relaxed))
+    }
+
+    /// Counts `req` in, or refuses it at once, before decoding, when the node already works on
+    /// `limits.max_concurrent_requests`: a crowd of requests must not queue without bound in
+    /// this process (each holds its payload and, soon, its working memory).
+    fn admit(&self, node: &Node, req: &Request) -> Result<InFlight> {
+        let limit = node.shared.config.limits.max_concurrent_requests;
+        let mut set = self.in_flight.lock().map_err(|_| Error::Internal("in-flight set poisoned".into()))?;
+        if set.len() >= limit {
+            metrics::counter!("quiver_admission_refused_total", "reason" => "concurrency").increment(1);
+            return Err(Error::ResourceExhausted(format!(
+                "node {} already works on {limit} requests (limits.max_concurrent_requests); retry later",
+                node.id
+            )));
+        }
+        let key = self.arrivals.fetch_add(1, Ordering::Relaxed);
+        set.insert(key, req.reply.clone());
+        Ok(InFlight(self.in_flight.clone(), key))
+    }
+
+    /// Serves `req` on the I/O runtime with `handler` (see [`ConcurrentHandler`]).
+    fn serve_concurrently<R>(&self, node: &Node, handler: &Arc<dyn ConcurrentHandler<R>>, req: Request)
+    where
+        R: ServiceRequest + Send,
+    {
+        let (node, io) = (node.clone(), node.shared.io.clone());
+        match self.admit(&node, &req) {
+            Err(refused) => {
+                io.spawn(async move { req.reply.send(&node.shared.bus, Err(refused)).await });
+            }
+            Ok(in_flight) => {
+                let handler = handler.clone();
+                let stall = self.stall();
+                io.spawn(async move {
+                    let _in_flight = in_flight;
+                    serve::<R, _, _>(&node, req, stall, |r, ctx| handler.handle(r, ctx)).await;
+                });
+            }
+        }
+    }
 }
 
 /// Builds a role's handler once the actor is running (may do I/O).
@@ -148,17 +296,23 @@ pub struct RoleActor<H: RoleHandler> {
     handler: Option<Rc<H>>,
     failures: Option<mpsc::UnboundedReceiver<String>>,
     fault_injection: bool,
-    /// Requests being answered (a drain waits for them), by arrival number, with their reply
-    /// subjects.
-    in_flight: Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>,
-    arrivals: u64,
-    /// Fault injection: requests wait this long before they are served.
-    stall: Rc<Cell<Duration>>,
+    serving: Serving,
     /// Stops the service subscription's pump (the queue group is left) when draining.
     leave_queue: Option<tokio::sync::oneshot::Sender<()>>,
     /// Told when the queue subscription's last request has reached the actor.
     queue_left: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Pumps running on the I/O runtime, stopped (their subscriptions dropped) with the actor.
+    io_pumps: Vec<AbortOnDrop>,
     guard: LifeGuard,
+}
+
+/// Aborts a task of another runtime when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts `init`'s role as an actor on the current arbiter. Used as a [`quiver_runtime::StartFn`].
@@ -180,11 +334,10 @@ pub fn start_role<H: RoleHandler>(rc: RoleContext, init: Init<H>) {
         handler: None,
         failures: Some(rx),
         fault_injection,
-        in_flight: Rc::default(),
-        arrivals: 0,
-        stall: Rc::default(),
+        serving: Serving::default(),
         leave_queue: None,
         queue_left: None,
+        io_pumps: Vec::new(),
         guard: rc.guard,
     }
     .start();
@@ -192,8 +345,8 @@ pub fn start_role<H: RoleHandler>(rc: RoleContext, init: Init<H>) {
 
 /// A message that arrived on one of the role's subscriptions.
 enum Incoming {
-    /// On the role's service or node subject: a request.
-    Request(Message),
+    /// On the role's service or node subject, or in memory from this process: a request.
+    Request(Request),
     /// On an event subject.
     Event(Message),
     /// The service's queue subscription has ended (drained): every request NATS delivered to
@@ -237,6 +390,7 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(Ready(handler, subs)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let concurrent = handler.concurrent();
                 for (sub, queue, events) in subs {
                     let leave = if queue {
                         let (leave, left) = tokio::sync::oneshot::channel();
@@ -245,10 +399,38 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
                     } else {
                         None
                     };
-                    actix::spawn(pump(sub, events, tx.clone(), leave));
+                    let to_actor = tx.clone();
+                    match &concurrent {
+                        // The service's requests are served where they arrive (the I/O
+                        // runtime); only the queue-left signal goes to the actor.
+                        Some(handler) if queue => {
+                            let (node, serving, handler) = (act.node.clone(), act.serving.clone(), handler.clone());
+                            let deliver = move |incoming| match incoming {
+                                Incoming::Request(req) => {
+                                    serving.serve_concurrently(&node, &handler, req);
+                                    true
+                                }
+                                other => to_actor.send(other).is_ok(),
+                            };
+                            let io = act.node.shared.io.clone();
+                            act.io_pumps.push(AbortOnDrop(io.spawn(pump(sub, events, deliver, leave))));
+                        }
+                        _ => {
+                            let deliver = move |incoming| to_actor.send(incoming).is_ok();
+                            actix::spawn(pump(sub, events, deliver, leave));
+                        }
+                    }
                 }
                 let mut rx = rx;
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+                // Node calls from roles of this process, in memory.
+                let (local, mut inbox) = mpsc::unbounded_channel();
+                if act.node.shared.bus.serve_locally(&act.node.id, local) {
+                    ctx.add_stream(
+                        futures::stream::poll_fn(move |cx| inbox.poll_recv(cx))
+                            .map(|req| Incoming::Request(Request::local(req))),
+                    );
+                }
                 handler.clone().start();
                 act.handler = Some(handler);
                 act.node.health.set_state(NodeState::Serving);
@@ -275,15 +457,15 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
 async fn pump(
     mut sub: async_nats::Subscriber,
     events: bool,
-    tx: mpsc::UnboundedSender<Incoming>,
+    mut deliver: impl FnMut(Incoming) -> bool,
     leave: Option<tokio::sync::oneshot::Receiver<()>>,
 ) {
-    let wrap = |msg| if events { Incoming::Event(msg) } else { Incoming::Request(msg) };
+    let wrap = |msg| if events { Incoming::Event(msg) } else { Incoming::Request(Request::nats(msg)) };
     if let Some(mut leave) = leave {
         loop {
             tokio::select! {
                 msg = sub.next() => match msg {
-                    Some(msg) => if tx.send(wrap(msg)).is_err() { return },
+                    Some(msg) => if !deliver(wrap(msg)) { return },
                     None => return,
                 },
                 _ = &mut leave => break,
@@ -293,15 +475,15 @@ async fn pump(
             tracing::warn!(error = %e, "could not leave the queue group cleanly");
         }
         while let Some(msg) = sub.next().await {
-            if tx.send(wrap(msg)).is_err() {
+            if !deliver(wrap(msg)) {
                 return;
             }
         }
-        let _ = tx.send(Incoming::QueueLeft);
+        deliver(Incoming::QueueLeft);
         return;
     }
     while let Some(msg) = sub.next().await {
-        if tx.send(wrap(msg)).is_err() {
+        if !deliver(wrap(msg)) {
             return;
         }
     }
@@ -345,16 +527,16 @@ impl<H: RoleHandler> RoleActor<H> {
             told
         });
         let timeout = self.node.shared.config.node.drain_timeout;
-        let in_flight = self.in_flight.clone();
+        let in_flight = self.serving.in_flight.clone();
         let node = self.node.clone();
-        let waiting = in_flight.clone();
+        let waiting = self.serving.clone();
         let work = async move {
             let started = Instant::now();
             if let Some(left) = left {
                 let _ = left.await;
             }
             handler.drain().await;
-            while !waiting.borrow().is_empty() {
+            while waiting.len() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             started.elapsed()
@@ -365,16 +547,18 @@ impl<H: RoleHandler> RoleActor<H> {
                 Err(_) => {
                     // Callers of what is still running learn at once that they should retry
                     // elsewhere, instead of waiting for their own timeouts.
-                    let cut: Vec<async_nats::Subject> =
-                        in_flight.borrow_mut().drain().filter_map(|(_, reply)| reply).collect();
+                    let cut: Vec<Reply> = in_flight
+                        .lock()
+                        .map(|mut set| set.drain().map(|(_, reply)| reply).collect())
+                        .unwrap_or_default();
                     tracing::warn!(node = %node.id, role = node.role.as_str(), ?timeout, cut_off = cut.len(),
                         "drain did not finish within node.drain_timeout; stopping anyway");
-                    for reply_to in cut {
+                    for reply in cut {
                         let gone = Error::Unavailable(format!(
                             "node {} stopped (drain timeout) before answering; retry",
                             node.id
                         ));
-                        node.shared.bus.reply_to(reply_to, Err(gone)).await;
+                        reply.send(&node.shared.bus, Err(gone)).await;
                     }
                 }
             }
@@ -391,40 +575,43 @@ impl<H: RoleHandler> RoleActor<H> {
 
     /// Handles a node control, with its answer unless it sends that itself; `None` when
     /// `method` is not one.
-    fn control(&mut self, msg: &Message, ctx: &mut Context<Self>) -> Option<Option<Result<Vec<u8>>>> {
-        let method = Subjects::method_of(&msg.subject);
-        NodeControlRequest::known_method(method)?;
-        let outcome = match NodeControlRequest::decode(method, &msg.payload) {
+    /// Handles `req` if it is a node control (answering it), else gives it back.
+    fn control(&mut self, req: Request, ctx: &mut Context<Self>) -> Option<Request> {
+        let method = req.method();
+        if NodeControlRequest::known_method(method).is_none() {
+            return Some(req);
+        }
+        let bus = self.node.shared.bus.clone();
+        let outcome = match NodeControlRequest::decode(method, &req.payload) {
             Err(e) => Err(Error::InvalidArgument(e.to_string())),
             Ok(NodeControlRequest::Drain(_)) => {
                 // Answered first, then drained: a drain that ends at once stops the actor, and
                 // the answer must not be lost with it.
-                let bus = self.node.shared.bus.clone();
-                let msg = msg.clone();
-                let answered = async move { bus.reply(&msg, Ok(Empty {}.to_bytes())).await };
+                let answered = async move { req.reply.send(&bus, Ok(Empty {}.to_bytes())).await };
                 ctx.spawn(answered.into_actor(self).map(|(), act, ctx| act.begin_drain(ctx)));
-                return Some(None);
+                return None;
             }
             Ok(NodeControlRequest::DebugPanic(_)) if self.fault_injection => self.injected_panic(),
-            Ok(NodeControlRequest::DebugStall(req)) if self.fault_injection => {
-                self.stall.set(Duration::from_millis(req.into_body().millis));
+            Ok(NodeControlRequest::DebugStall(stall)) if self.fault_injection => {
+                self.serving.stall_ms.store(stall.into_body().millis, Ordering::Relaxed);
                 Ok(Empty {}.to_bytes())
             }
             Ok(_) => Err(Error::InvalidArgument("fault injection is off (debug.fault_injection)".into())),
         };
-        Some(Some(outcome))
+        ctx.spawn(async move { req.reply.send(&bus, outcome).await }.into_actor(self));
+        None
     }
 }
 
 impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
     fn handle(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
         let Some(handler) = self.handler.clone() else { return };
-        let msg = match incoming {
+        let req = match incoming {
             Incoming::Event(msg) => {
                 ctx.spawn(handler.event(msg).into_actor(self));
                 return;
             }
-            Incoming::Request(msg) => msg,
+            Incoming::Request(req) => req,
             Incoming::QueueLeft => {
                 if let Some(tell) = self.queue_left.take() {
                     let _ = tell.send(());
@@ -432,34 +619,20 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
                 return;
             }
         };
-        if let Some(outcome) = self.control(&msg, ctx) {
-            if let Some(outcome) = outcome {
-                let bus = self.node.shared.bus.clone();
-                ctx.spawn(async move { bus.reply(&msg, outcome).await }.into_actor(self));
-            }
-            return;
-        }
-        let limit = self.node.shared.config.limits.max_concurrent_requests;
-        if self.in_flight.borrow().len() >= limit {
-            // Refused at once, before decoding: a crowd of requests must not queue without
-            // bound in this process (each holds its payload and, soon, its working memory).
-            metrics::counter!("quiver_admission_refused_total", "reason" => "concurrency").increment(1);
-            let refused = Err(Error::ResourceExhausted(format!(
-                "node {} already works on {limit} requests (limits.max_concurrent_requests); retry later",
-                self.node.id
-            )));
-            let bus = self.node.shared.bus.clone();
-            ctx.spawn(async move { bus.reply(&msg, refused).await }.into_actor(self));
-            return;
-        }
+        let Some(req) = self.control(req, ctx) else { return };
         let node = self.node.clone();
-        let stall = self.stall.get();
-        self.arrivals += 1;
-        let in_flight = InFlight::new(self.in_flight.clone(), self.arrivals, &msg);
+        let in_flight = match self.serving.admit(&node, &req) {
+            Ok(in_flight) => in_flight,
+            Err(refused) => {
+                ctx.spawn(async move { req.reply.send(&node.shared.bus, Err(refused)).await }.into_actor(self));
+                return;
+            }
+        };
+        let stall = self.serving.stall();
         ctx.spawn(
             async move {
                 let _in_flight = in_flight;
-                serve::<H>(&node, handler, &msg, stall).await;
+                serve::<H::Request, _, _>(&node, req, stall, |r, ctx| handler.handle(r, ctx)).await;
             }
             .into_actor(self),
         );
@@ -473,11 +646,16 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
     }
 }
 
-/// Decodes one request, runs it within its caller's deadline and replies.
-async fn serve<H: RoleHandler>(node: &Node, handler: Rc<H>, msg: &Message, stall: Duration) {
-    let ctx = RequestContext::of(msg);
-    let method = Subjects::method_of(&msg.subject);
-    let label = H::Request::known_method(method).unwrap_or("unknown");
+/// Decodes one request, runs it (`handle`) within its caller's deadline and replies.
+async fn serve<R, F, Fut>(node: &Node, req: Request, stall: Duration, handle: F)
+where
+    R: ServiceRequest,
+    F: FnOnce(R, RequestContext) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>>>,
+{
+    let Request { subject, payload, ctx, reply } = req;
+    let method = Subjects::method_of(&subject);
+    let label = R::known_method(method).unwrap_or("unknown");
     let role = node.role.as_str();
     let started = Instant::now();
     let result = async {
@@ -492,40 +670,35 @@ async fn serve<H: RoleHandler>(node: &Node, handler: Rc<H>, msg: &Message, stall
         }
         // A request whose caller has already given up is not worth serving.
         ctx.check(format_args!("{method} started on {}", node.id))?;
-        let req = H::Request::decode(method, &msg.payload).map_err(|e| match e {
+        let req = R::decode(method, &payload).map_err(|e| match e {
             ProtocolError::UnknownMethod { .. } => {
-                Error::InvalidArgument(format!("unknown method {method:?} on subject {}", msg.subject))
+                Error::InvalidArgument(format!("unknown method {method:?} on subject {subject}"))
             }
             ProtocolError::Decode(e) => Error::Decode(e),
         })?;
-        handler.handle(req, ctx.clone()).await
+        handle(req, ctx.clone()).await
     }
     .await;
     if let Err(e) = &result {
         if matches!(e, Error::DeadlineExceeded(_)) {
             metrics::counter!("quiver_requests_abandoned_total", "role" => role, "method" => label).increment(1);
         }
-        tracing::debug!(subject = %msg.subject, error = %e, "request failed");
+        tracing::debug!(subject = %subject, error = %e, "request failed");
     }
     metrics::histogram!("quiver_request_seconds", "role" => role, "method" => label)
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("quiver_requests_total", "role" => role, "method" => label).increment(1);
-    node.shared.bus.reply(msg, result).await;
+    reply.send(&node.shared.bus, result).await;
 }
 
 /// Keeps a request in the node's in-flight set until dropped.
-struct InFlight(Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>, u64);
-
-impl InFlight {
-    fn new(set: Rc<RefCell<HashMap<u64, Option<async_nats::Subject>>>>, key: u64, msg: &Message) -> InFlight {
-        set.borrow_mut().insert(key, msg.reply.clone());
-        InFlight(set, key)
-    }
-}
+struct InFlight(Arc<Mutex<HashMap<u64, Reply>>>, u64);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.borrow_mut().remove(&self.1);
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&self.1);
+        }
     }
 }
 

@@ -7,13 +7,22 @@
 //! Every request carries its caller's remaining budget (`Quiver-Timeout-Ms`); a server turns
 //! it into a [`RequestContext`] on arrival and bounds every sub-request and retry by it, so
 //! no work goes on for a caller that gave up.
+//!
+//! Calls between roles of one process (a proxy and a query node of `quiver standalone`, or
+//! of one `quiver run --roles ...`) skip nats-server when `node.local_calls` is on: a role
+//! registers its node subjects' inbox ([`Bus::serve_locally`]) and [`Bus::call_node`] hands
+//! the same encoded request to it in memory, with the caller's budget and trace context, and
+//! gets the same encoded reply or error back ([`LocalRequest`]). Everything else (queue
+//! groups, events, the DML log) always goes through NATS.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
-use quiver_schemas::protocol::{NodeCall, QueueCall};
+use quiver_schemas::protocol::{NodeCall, QueueCall, Service};
 use quiver_schemas::{Subjects, Wire};
 
 use crate::error::{Code, Error, Result};
@@ -113,6 +122,19 @@ impl RequestContext {
     }
 }
 
+/// A request to a node of this process, handed over in memory instead of through
+/// nats-server: what a NATS request carries (subject, encoded payload, budget, trace context)
+/// and where the encoded reply (or error) goes.
+pub struct LocalRequest {
+    pub subject: String,
+    pub payload: Bytes,
+    pub ctx: RequestContext,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<u8>>>,
+}
+
+/// The inboxes of this process's nodes that take [`LocalRequest`]s, by node id.
+type LocalInboxes = Arc<RwLock<HashMap<String, tokio::sync::mpsc::UnboundedSender<LocalRequest>>>>;
+
 /// A connected bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -120,6 +142,8 @@ pub struct Bus {
     js: jetstream::Context,
     subjects: Subjects,
     timeout: Duration,
+    /// `None` when `node.local_calls` is off.
+    local: Option<LocalInboxes>,
 }
 
 impl Bus {
@@ -157,7 +181,37 @@ impl Bus {
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {urls}: {e}")))?;
         let js = jetstream::new(client.clone());
-        Ok(Bus { client, js, subjects: Subjects::new(cluster), timeout })
+        Ok(Bus { client, js, subjects: Subjects::new(cluster), timeout, local: Some(LocalInboxes::default()) })
+    }
+
+    /// The same bus with calls between this process's nodes going through NATS too
+    /// (`node.local_calls = false`).
+    pub fn without_local_calls(mut self) -> Bus {
+        self.local = None;
+        self
+    }
+
+    /// Node `node` of this process takes its node calls from `inbox` from now on (replacing an
+    /// earlier inbox of the same id: a restarted role); `false` (nothing registered) when local
+    /// calls are off. The inbox is forgotten once its receiver is dropped (the role stopped).
+    pub fn serve_locally(&self, node: &str, inbox: tokio::sync::mpsc::UnboundedSender<LocalRequest>) -> bool {
+        let Some(mut map) = self.local.as_ref().and_then(|local| local.write().ok()) else { return false };
+        map.retain(|_, tx| !tx.is_closed());
+        map.insert(node.to_string(), inbox);
+        true
+    }
+
+    /// The live inbox of node `node` if it runs in this process.
+    fn local_inbox(&self, node: &str) -> Option<tokio::sync::mpsc::UnboundedSender<LocalRequest>> {
+        let local = self.local.as_ref()?;
+        let tx = local.read().ok()?.get(node).cloned()?;
+        if tx.is_closed() {
+            if let Ok(mut map) = local.write() {
+                map.retain(|_, tx| !tx.is_closed());
+            }
+            return None;
+        }
+        Some(tx)
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -181,9 +235,43 @@ impl Bus {
         self.request_with(self.subjects.call::<C>(), req, opts).await
     }
 
-    /// Calls method `C` of node `node`.
+    /// Calls method `C` of node `node`: in memory when the node runs in this process (see the
+    /// module documentation), else through NATS.
     pub async fn call_node<C: NodeCall>(&self, node: &str, req: &C::Request, opts: &CallOptions) -> Result<C::Reply> {
-        self.request_with(self.subjects.node_call::<C>(node), req, opts).await
+        let subject = self.subjects.node_call::<C>(node);
+        // Host agents are never roles of this process (their ids are not node ids).
+        if let Some(inbox) = self.local_inbox(node).filter(|_| C::SERVICE != Service::Host) {
+            let payload = Bytes::from(req.to_bytes());
+            let reply = self.call_local(&inbox, subject.clone(), payload, opts).await?;
+            return C::Reply::from_bytes(&reply)
+                .map_err(|e| Error::Internal(format!("malformed reply from {subject}: {e}")));
+        }
+        self.request_with(subject, req, opts).await
+    }
+
+    /// One request to a node of this process, bounded like a NATS request.
+    async fn call_local(
+        &self,
+        inbox: &tokio::sync::mpsc::UnboundedSender<LocalRequest>,
+        subject: String,
+        payload: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Vec<u8>> {
+        let timeout = opts.timeout.unwrap_or(self.timeout);
+        let mut ctx = RequestContext::with_timeout(timeout);
+        ctx.traceparent = opts.traceparent.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = LocalRequest { subject: subject.clone(), payload, ctx, reply };
+        if inbox.send(request).is_err() {
+            return Err(Error::Unavailable(format!("nothing serves {subject} (is the node up?)")));
+        }
+        metrics::counter!("quiver_bus_local_calls_total").increment(1);
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            // The node's role stopped (drain timeout, restart) with the request unanswered.
+            Ok(Err(_)) => Err(Error::Unavailable(format!("{subject}: the node stopped before answering; retry"))),
+            Err(_) => Err(Error::Timeout { subject, timeout }),
+        }
     }
 
     async fn request_with<Req: Wire, Resp: Wire>(

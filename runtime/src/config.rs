@@ -118,6 +118,14 @@ pub struct NodeConfig {
     /// A level the CPU lacks stops the process at start with an error. Shown in
     /// `quiver ctl status` (SIMD).
     pub faiss_simd: String,
+    /// Calls between roles of this process (a proxy asking a query node of the same
+    /// `quiver standalone`) are handed over in memory instead of through nats-server: the
+    /// same encoded messages, budgets and errors, one network round trip less. `false`: every
+    /// call goes through NATS (to compare, or to watch all traffic on the bus).
+    pub local_calls: bool,
+    /// Threads of the process's I/O runtime: the NATS connection, the proxy's NATS API,
+    /// Milvus gRPC and HTTP servers. 0 = one per core (at least 2).
+    pub io_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +138,18 @@ impl Default for NodeConfig {
             drain_timeout: Duration::from_secs(30),
             host_agent: String::new(),
             faiss_simd: "auto".into(),
+            local_calls: true,
+            io_threads: 0,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Threads the I/O runtime gets (`io_threads`, 0 = one per core, at least 2).
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            n => n,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Shared {
     pub plugins: Arc<plugin::PluginHost>,
     /// Memory admission for the process' roles.
     pub memory: Arc<admission::MemoryGuard>,
+    /// The process's multi-threaded I/O runtime (the one `connect` ran on): the NATS client,
+    /// and the request handlers that run off their role's arbiter (the proxy's).
+    pub io: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -58,12 +61,14 @@ impl Shared {
         let options = security::nats_connect_options(&config, async_nats::ConnectOptions::new()).await?;
         let bus = Bus::connect_with(nats_url, &config.cluster.name, client_name, config.nats.request_timeout, options)
             .await?;
+        let bus = if config.node.local_calls { bus } else { bus.without_local_calls() };
         let registry = Registry::open(&bus, config.node.heartbeat_ttl, config.nats.replicas).await?;
         let meta_name = bus.subjects().meta_bucket();
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;
         let objects = Objects::open(&config)?;
         let plugins = Arc::new(plugin::PluginHost::new(&config.plugins)?);
         let memory = Arc::new(admission::MemoryGuard::new(&config));
-        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta, plugins, memory })
+        let io = tokio::runtime::Handle::current();
+        Ok(Shared { config: Arc::new(config), bus, objects, registry, meta, plugins, memory, io })
     }
 }

@@ -11,7 +11,7 @@ use quiver_client::{Client, ClientError, Consistency, NodeState, SearchParams, S
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
 use crate::common::load::Load;
-use crate::common::{eventually, free_port, quiver_cli, run, Harness, READY};
+use crate::common::{eventually, free_port, metrics_text, quiver_cli, run, Harness, READY};
 
 /// Waits until `node` has left the registry, and its process (single-role) exited with 0.
 async fn wait_stopped(h: &mut Harness, client: &Client, proc: &str, node: &str, limit: Duration) -> Duration {
@@ -181,16 +181,6 @@ fn a_client_deadline_bounds_the_work_on_a_stalled_query_node() {
             started.elapsed()
         );
     });
-}
-
-/// `GET /metrics` over a plain TCP connection (no HTTP client dependency for one request).
-async fn metrics_text(port: u16) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
-    Ok(body)
 }
 
 #[test]

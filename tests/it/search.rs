@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use quiver_client::{Consistency, IndexType, MetricType, SearchParams, SegmentState};
+use quiver_client::{Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
-use crate::common::{run, Harness, READY};
+use crate::common::{free_port, metric_value, metrics_text, run, Harness, READY};
 
 const K: usize = 10;
 
@@ -207,4 +207,46 @@ fn max_score_error(res: &quiver_client::SearchResults, queries: &[f32]) -> f32 {
         }
     }
     worst
+}
+
+/// The proxy of `quiver standalone` asks its query node in memory (`node.local_calls`, on by
+/// default) instead of through nats-server: searches, gets and counts over sealed segments and
+/// growing rows answer exactly as with every call on NATS, and the in-memory path is taken.
+#[test]
+fn calls_inside_one_process_answer_like_calls_over_nats() {
+    run(Duration::from_secs(120), async {
+        let queries = dataset().queries(20);
+        let pks: Vec<PrimaryKey> = (0..50).map(|i| PrimaryKey::Int64(i * 37)).collect();
+        let mut answers = Vec::new();
+        for local in ["true", "false"] {
+            let metrics = free_port().expect("a free port");
+            let listen = format!("127.0.0.1:{metrics}");
+            let env = [
+                ("QUIVER_NODE__LOCAL_CALLS", local),
+                ("QUIVER_METRICS__LISTEN", listen.as_str()),
+                ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "1000"),
+            ];
+            let h = Harness::standalone(&format!("local_calls_{local}"), &env);
+            let client = h.client().await;
+            h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+            data::create_simple(&client, "docs").await;
+            // Three sealed segments and 500 growing rows.
+            data::insert_rows(&client, "docs", 0, 3_500, 500).await;
+            let req = data::search("docs", queries.clone(), K as u32, SearchParams::default(), Consistency::Strong);
+            let found = client.search(&req).await.expect("search");
+            let got = client.get("docs", pks.clone(), vec![], Consistency::Strong).await.expect("get");
+            let count = data::count(&client, "docs").await;
+            assert_eq!(count, 3_500);
+            let text = metrics_text(metrics).await.expect("metrics");
+            let calls = metric_value(&text, "quiver_bus_local_calls_total");
+            if local == "true" {
+                assert!(calls >= 3.0, "searches, gets and counts went through NATS: {calls} local calls");
+            } else {
+                assert_eq!(calls, 0.0, "node.local_calls = false still called in memory");
+            }
+            let hits: Vec<(Vec<PrimaryKey>, Vec<f32>)> = found.results.into_iter().map(|h| (h.pks, h.scores)).collect();
+            answers.push((hits, got.rows.pks, got.rows.vectors));
+        }
+        assert!(answers[0] == answers[1], "in-memory and NATS calls answered differently");
+    });
 }

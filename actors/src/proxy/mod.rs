@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::Message;
 use dashmap::DashMap;
-use futures::future::LocalBoxFuture;
+use futures::future::{BoxFuture, LocalBoxFuture};
 use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Result, RoleContext};
@@ -39,7 +39,7 @@ use quiver_schemas::{
 pub use read::merge;
 pub use validate::shard_of;
 
-use crate::node::{start_role, Node, RoleHandler};
+use crate::node::{start_role, ConcurrentHandler, Node, RoleHandler};
 
 struct Cached {
     dist: Arc<Distribution>,
@@ -72,19 +72,20 @@ struct Server {
 }
 
 impl Server {
-    /// Runs `serve(stopped)` as one of the node's loops; `serve` returns once `stopped` fires
-    /// and its connections are finished.
+    /// Runs `serve(stopped)` as one of the node's loops on the I/O runtime (its connections
+    /// are served on every thread of it); `serve` returns once `stopped` fires and its
+    /// connections are finished.
     fn start<F, Fut>(&self, node: &Node, name: &'static str, serve: F)
     where
         F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
-        Fut: std::future::Future<Output = Result<()>> + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (done, finished) = tokio::sync::oneshot::channel();
         *self.stop.borrow_mut() = Some(stop);
         *self.done.borrow_mut() = Some(finished);
         let served = serve(stopped);
-        node.spawn_loop(name, async move {
+        node.spawn_io_loop(name, async move {
             let served = served.await;
             let _ = done.send(());
             served
@@ -300,8 +301,23 @@ impl Proxy {
     }
 }
 
+/// The proxy's NATS API, served on the I/O runtime's threads: the proxy's state is shared and
+/// thread-safe (the gRPC server uses it the same way), so no request waits for another.
+struct ConcurrentApi(Arc<Proxy>);
+
+impl ConcurrentHandler<ApiRequest> for ConcurrentApi {
+    fn handle(&self, req: ApiRequest, ctx: RequestContext) -> BoxFuture<'static, Result<Vec<u8>>> {
+        let proxy = self.0.clone();
+        Box::pin(async move { proxy.dispatch(req, ctx).await })
+    }
+}
+
 impl RoleHandler for ProxyRole {
     type Request = ApiRequest;
+
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentHandler<ApiRequest>>> {
+        Some(Arc::new(ConcurrentApi(self.proxy.clone())))
+    }
 
     fn events(&self, node: &Node) -> Vec<String> {
         vec![node.subjects().distribution_events()]

@@ -40,13 +40,18 @@ impl SearchPool {
 
     /// Runs `pieces` on the pool and returns their results in order. Blocks the calling thread
     /// (a blocking thread, never a pool thread: a caller holding locks must not run other
-    /// requests' pieces while it waits, as a pool thread would).
-    pub fn run<T, R>(&self, pieces: Vec<T>, run: impl Fn(T) -> R + Sync) -> Vec<R>
+    /// requests' pieces while it waits, as a pool thread would). A single piece (one segment,
+    /// a few queries: the common search) runs on the calling thread: handing it to the pool
+    /// and back would cost two thread wake-ups, more than the work of a small search.
+    pub fn run<T, R>(&self, mut pieces: Vec<T>, run: impl Fn(T) -> R + Sync) -> Vec<R>
     where
         T: Send,
         R: Send,
     {
         use rayon::prelude::*;
+        if pieces.len() == 1 {
+            return pieces.pop().map(&run).into_iter().collect();
+        }
         self.pool.install(|| pieces.into_par_iter().map(&run).collect())
     }
 }

@@ -99,3 +99,22 @@ pub async fn kill_standalone(h: &mut Harness) {
     })
     .await;
 }
+
+/// `GET /metrics` over a plain TCP connection (no HTTP client dependency for one request).
+pub async fn metrics_text(port: u16) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// The value of the metric line starting with `series` (name and labels), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
