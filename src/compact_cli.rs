@@ -1,5 +1,5 @@
-//! `quiver ctl compact NAME [--wait]`: starts a compaction job and, with `--wait`, follows its
-//! plans until every one is done.
+//! `quiver ctl compact NAME [--force [--target-rows N]] [--wait]`: starts a compaction job
+//! (a force merge with `--force`) and, with `--wait`, follows its plans until every one is done.
 
 use std::time::{Duration, Instant};
 
@@ -8,9 +8,13 @@ use quiver_client::{Client, CompactionState};
 /// How often `--wait` asks for the job's state.
 const POLL: Duration = Duration::from_millis(500);
 
-/// `quiver ctl compact NAME [--wait --timeout T]`: exit code 1 when a plan failed.
-pub async fn compact(client: &Client, name: &str, wait: Option<Duration>) -> anyhow::Result<i32> {
-    let mut job = client.compact(name).await?;
+/// `quiver ctl compact NAME [--force [--target-rows N]] [--wait --timeout T]`: `force` holds
+/// the force merge's target rows; exit code 1 when a plan failed.
+pub async fn compact(client: &Client, name: &str, force: Option<u64>, wait: Option<Duration>) -> anyhow::Result<i32> {
+    let mut job = match force {
+        Some(target_rows) => client.force_merge(name, target_rows).await?,
+        None => client.compact(name).await?,
+    };
     println!("compaction {} of {name}: {}", job.id, summary(&job));
     for p in &job.plans {
         println!("  plan {} ({}, shard {}): {:?} → {}", p.id, p.kind, p.shard, p.sources, p.target);

@@ -157,6 +157,13 @@ enum CtlCommand {
         name: String,
         #[arg(long)]
         wait: bool,
+        /// Force merge: merge every segment of each shard, small or not, into segments of at
+        /// most --target-rows rows (one per shard without it).
+        #[arg(long)]
+        force: bool,
+        /// With --force: rows per merged segment at most (0 = no limit).
+        #[arg(long, default_value_t = 0, requires = "force")]
+        target_rows: u64,
         /// With --wait: give up (exit code 1) after this long.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -326,8 +333,9 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
                 let r = client.flush(&name).await?;
                 println!("flushed {name}: {} new sealed segments {:?}", r.segments.len(), r.segments);
             }
-            CtlCommand::Compact { name, wait, timeout } => {
-                return crate::compact_cli::compact(&client, &name, wait.then_some(timeout)).await
+            CtlCommand::Compact { name, wait, timeout, force, target_rows } => {
+                let force = force.then_some(target_rows);
+                return crate::compact_cli::compact(&client, &name, force, wait.then_some(timeout)).await;
             }
             CtlCommand::Index(a) => {
                 client.create_index(&a.name, parse_index(&a)?).await?;

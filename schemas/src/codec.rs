@@ -1455,6 +1455,20 @@ fn get_compaction_state(r: cp::compaction_state::Reader<'_>) -> Result<Compactio
     })
 }
 
+fn put_compact_request(v: &CompactRequest, mut b: cp::compact_request::Builder<'_>) {
+    b.set_name(v.name.as_str());
+    b.set_force(v.force);
+    b.set_target_rows(v.target_rows);
+}
+
+fn get_compact_request(r: cp::compact_request::Reader<'_>) -> Result<CompactRequest, Fault> {
+    Ok(CompactRequest {
+        name: read_string(r.get_name()).at("name")?,
+        force: r.get_force(),
+        target_rows: r.get_target_rows(),
+    })
+}
+
 fn put_compaction_job_id(v: &CompactionJobId, mut b: cp::compaction_job_id::Builder<'_>) {
     b.set_id(v.id);
 }
@@ -1850,6 +1864,7 @@ impl SizeHint for CompactionState {
 }
 
 impl SizeHint for CompactionJobId {}
+impl SizeHint for CompactRequest {}
 
 impl SizeHint for ReleaseSegments {
     fn hint_words(&self) -> usize {
@@ -1968,6 +1983,7 @@ wire! {
     CompactOutcome => compact_outcome, put_compact_outcome, get_compact_outcome;
     CompactionState => compaction_state, put_compaction_state, get_compaction_state;
     CompactionJobId => compaction_job_id, put_compaction_job_id, get_compaction_job_id;
+    CompactRequest => compact_request, put_compact_request, get_compact_request;
 }
 
 #[cfg(test)]
@@ -2207,6 +2223,7 @@ mod tests {
             },
         }));
         out.push(rt(&CollectionName { name: "docs".to_string() }));
+        out.push(rt(&CompactRequest { name: "docs".to_string(), force: true, target_rows: 123 }));
         out.push(rt(&Empty {}));
         out.push(rt(&CollectionList { names: vec!["a".to_string(), String::new(), "c".to_string()] }));
         out.push(rt(&CollectionList { names: vec![] }));
@@ -2399,6 +2416,7 @@ mod tests {
         vec![
             one::<CreateCollection>(bytes),
             one::<CollectionName>(bytes),
+            one::<CompactRequest>(bytes),
             one::<Empty>(bytes),
             one::<CollectionList>(bytes),
             one::<CollectionDescription>(bytes),
@@ -2594,6 +2612,13 @@ mod tests {
         let err = Delete::from_bytes(&bytes).unwrap_err();
         assert!(err.to_string().contains("pks"), "{err}");
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_older_clients_collection_name_reads_as_a_plain_compact() {
+        let bytes = CollectionName { name: "docs".to_string() }.to_bytes();
+        let req = CompactRequest::from_bytes(&bytes).unwrap();
+        assert_eq!(req, CompactRequest { name: "docs".to_string(), force: false, target_rows: 0 });
     }
 
     #[test]

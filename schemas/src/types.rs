@@ -931,6 +931,17 @@ impl CompactionState {
     }
 }
 
+/// A `compact` request: merge small segments and drop deleted rows, or with `force` merge
+/// every segment of each shard into as few as `target_rows` allows (Milvus 2.6's force merge,
+/// `compact(target_size=...)`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub name: String,
+    pub force: bool,
+    /// With `force`: rows per merged segment at most (0 = no limit: one segment per shard).
+    pub target_rows: u64,
+}
+
 /// Names a compaction job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactionJobId {

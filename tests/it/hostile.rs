@@ -115,7 +115,7 @@ macro_rules! call_status {
 fn search_req(collection: &str, params: Vec<KeyValuePair>, group: Vec<u8>) -> SearchRequest {
     SearchRequest {
         collection_name: collection.into(),
-        placeholder_group: group,
+        search_input: Some(search_request::SearchInput::PlaceholderGroup(group)),
         dsl_type: 1,
         search_params: params,
         ..Default::default()

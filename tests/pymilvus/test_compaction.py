@@ -112,3 +112,45 @@ def test_compaction_errors_name_the_problem(client, name):
     with pytest.raises(MilvusException) as e:
         client.get_compaction_state(987654321)
     assert "987654321" in str(e.value)
+
+
+def test_force_merge_merges_every_segment_as_vectordbbench_asks(client, name):
+    """pymilvus >= 2.6 `compact(target_size=MB)`: every flushed segment of the shard is a source
+    of a plan (VectorDBBench checks exactly this before its search runs), the merged segment
+    replaces them, and a second force merge lists the lone segment as its own target."""
+    import inspect
+
+    if "target_size" not in inspect.signature(client.compact).parameters:
+        pytest.skip("compact(target_size=...) came with pymilvus 2.6")
+    make_collection(client, name)
+    base = vectors(3 * PER_FLUSH, DIM, seed=12)
+    for f in range(3):
+        lo = f * PER_FLUSH
+        client.insert(name, [{"pk": i, "vector": base[i].tolist()} for i in range(lo, lo + PER_FLUSH)])
+        client.flush(name)
+    client.refresh_load(name)
+    before = {s for s, _ in persistent(client, name)}
+    assert len(before) >= 3, before
+    as_large_as_possible = ((1 << 63) - 1) // (1024**2)  # VectorDBBench's target_size
+    job = client.compact(name, target_size=as_large_as_possible)
+    wait_completed(client, job)
+    sources = {s for p, _ in plans_of(client, job) for s in p}
+    assert before <= sources, (before, plans_of(client, job))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(persistent(client, name)) != 1:
+        time.sleep(0.3)
+    after = persistent(client, name)
+    assert len(after) == 1 and after[0][1] == 3 * PER_FLUSH, after
+    assert count(client, name) == 3 * PER_FLUSH
+
+    # Once the merged segment's inputs are removed (a few seconds after readers moved to it;
+    # until then it is not planned again), a force merge lists it as its own target.
+    deadline = time.time() + 30
+    while True:
+        again = client.compact(name, target_size=as_large_as_possible)
+        wait_completed(client, again)
+        plans = plans_of(client, again)
+        if plans or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert plans == [([after[0][0]], after[0][0])]

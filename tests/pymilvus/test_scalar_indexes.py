@@ -4,6 +4,8 @@ get_index_state / get_index_build_progress, Milvus' rules and error texts, filte
 same with and without them; and the segment listings (list_persistent_segments,
 list_loaded_segments) and refresh_load."""
 
+import time
+
 import pytest
 from pymilvus import DataType, MilvusClient, MilvusException
 
@@ -218,3 +220,23 @@ def test_segment_listings_and_refresh_load(client, name):
     assert "not loaded" in error_of(lambda: client.refresh_load(name)).lower()
     assert "not loaded" in error_of(lambda: loaded_segments(client, name)).lower()
     assert sum(s[1] for s in segments(client, name)) == N  # persistent whatever the load state
+
+
+def test_rows_flushed_but_not_indexed_are_pending(client, name):
+    """VectorDBBench waits for `pending_index_rows == 0` before it compacts: a segment that has
+    just been flushed counts (in total_rows, and as pending until its index is built), even
+    before a query node serves it."""
+    make_collection(client, name)
+    client.create_index(name, vdbbench_indexes())
+    client.load_collection(name)
+    client.insert(name, data(2000))
+    client.flush(name)
+    d = client.describe_index(name, "vector_idx")
+    assert d["total_rows"] == 2000, d
+    assert d["indexed_rows"] + d["pending_index_rows"] == 2000, d
+    for _ in range(300):
+        d = client.describe_index(name, "vector_idx")
+        if d["pending_index_rows"] == 0:
+            break
+        time.sleep(0.1)
+    assert d["pending_index_rows"] == 0 and d["indexed_rows"] == 2000, d

@@ -30,7 +30,7 @@ use quiver_runtime::bus::CallOptions;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{datanode, keys};
 use quiver_schemas::{
-    CollectionInfo, CollectionName, CompactOutcome, CompactTask, CompactionJobId, CompactionPlan, CompactionState,
+    CollectionInfo, CompactOutcome, CompactRequest, CompactTask, CompactionJobId, CompactionPlan, CompactionState,
     SegmentInfo, Seq,
 };
 
@@ -54,8 +54,21 @@ const FAILED: &str = CompactionState::FAILED;
 pub struct Planned {
     pub shard: u32,
     pub inputs: Vec<SegmentInfo>,
-    /// `merge` or `delete`.
+    /// `merge`, `delete`, or `kept` (a force merge's segment that is already merged: alone
+    /// within the target, nothing to drop; listed, nothing rewritten).
     pub kind: &'static str,
+}
+
+/// What asked for a compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A background round.
+    Background,
+    /// A `compact` request: small segments merged, every deleted row dropped.
+    Manual,
+    /// A force merge: every segment of a shard merged into segments of at most `target_rows`
+    /// rows (`u64::MAX`: one per shard), every deleted row dropped.
+    Force { target_rows: u64 },
 }
 
 /// What compaction has in flight and what it did lately.
@@ -155,7 +168,8 @@ pub fn delete_floor(segments: &BTreeMap<u64, SegmentInfo>, shard: &ShardLayout) 
 /// runs of consecutive small segments (fewer than `small` rows) merged up to `target` rows;
 /// with `deletes`, every other segment whose deletes are not applied up to `delete_to` is
 /// rewritten alone. Segments `eligible` rejects (not served yet, in a plan, being switched)
-/// break runs, so a merge never spans one.
+/// break runs, so a merge never spans one. `force` (a force merge: `small` is then
+/// `u64::MAX`) lists every other eligible segment too, as `kept`.
 pub fn plan_shard(
     live: &[&SegmentInfo],
     eligible: impl Fn(&SegmentInfo) -> bool,
@@ -163,6 +177,7 @@ pub fn plan_shard(
     target: u64,
     delete_to: Seq,
     deletes: bool,
+    force: bool,
 ) -> Vec<Planned> {
     let mut plans = Vec::new();
     let mut run: Vec<&SegmentInfo> = Vec::new();
@@ -174,6 +189,8 @@ pub fn plan_shard(
             [one] => {
                 if needs_deletes(one) {
                     plans.push(Planned { shard: one.shard, inputs: vec![(*one).clone()], kind: "delete" });
+                } else if force {
+                    plans.push(Planned { shard: one.shard, inputs: vec![(*one).clone()], kind: "kept" });
                 }
             }
             many => plans.push(Planned {
@@ -224,7 +241,7 @@ impl Coordinator {
                 last_plan = Instant::now();
                 let names: Vec<String> = self.catalog.lock().await.collections.keys().cloned().collect();
                 for name in names {
-                    match self.plan_compaction(&name, false).await {
+                    match self.plan_compaction(&name, Mode::Background).await {
                         Ok(Some(job)) => tracing::info!(collection = %name, job = job.id, plans = job.plans.len(),
                             "background compaction planned"),
                         Ok(None) => {}
@@ -236,10 +253,15 @@ impl Coordinator {
     }
 
     /// `compact`: plans a compaction of every shard of the collection now (every deleted row
-    /// dropped) and answers with the job; a collection with nothing to compact gets a
-    /// completed job without plans.
-    pub(super) async fn compact(self: &Rc<Self>, req: CollectionName) -> Result<CompactionState> {
-        match self.plan_compaction(&req.name, true).await? {
+    /// dropped; with `force`, every segment merged up to `target_rows`) and answers with the
+    /// job; a collection with nothing to compact gets a completed job without plans.
+    pub(super) async fn compact(self: &Rc<Self>, req: CompactRequest) -> Result<CompactionState> {
+        let mode = match (req.force, req.target_rows) {
+            (false, _) => Mode::Manual,
+            (true, 0) => Mode::Force { target_rows: u64::MAX },
+            (true, rows) => Mode::Force { target_rows: rows },
+        };
+        match self.plan_compaction(&req.name, mode).await? {
             Some(job) => Ok(job),
             None => {
                 let id = self.alloc_ids(1).await?;
@@ -270,11 +292,12 @@ impl Coordinator {
     }
 
     /// Plans one collection's compaction and queues its tasks; `None` when nothing is worth
-    /// doing. `manual`: a `compact` request (every segment with deletes not applied yet is
-    /// rewritten if it lost any row); otherwise a background round (deletes only when the log
-    /// holds many, at most every `delete_interval`, and a segment is rewritten only once
-    /// `delete_ratio` of it is deleted).
-    async fn plan_compaction(self: &Rc<Self>, name: &str, manual: bool) -> Result<Option<CompactionState>> {
+    /// doing. A `compact` request rewrites every segment with deletes not applied yet if it
+    /// lost any row (a force merge also merges every segment up to its target); a background
+    /// round checks deletes only when the log holds many, at most every `delete_interval`, and
+    /// rewrites a segment only once `delete_ratio` of it is deleted.
+    async fn plan_compaction(self: &Rc<Self>, name: &str, mode: Mode) -> Result<Option<CompactionState>> {
+        let manual = mode != Mode::Background;
         let cfg = self.node.shared.config.compaction.clone();
         let max_rows = self.node.shared.config.datanode.segment_max_rows;
         let (info, layout, segments) = {
@@ -296,8 +319,11 @@ impl Coordinator {
             let busy = self.compactions.borrow().busy.clone();
             let eligible =
                 |s: &SegmentInfo| s.end_seq <= shard.served_seq && !busy.contains(&s.id) && !switch.involved(s.id);
-            let plans =
-                plan_shard(&live, eligible, cfg.small_rows(max_rows), cfg.target(max_rows), last_delete, deletes);
+            let (small, target, force) = match mode {
+                Mode::Force { target_rows } => (u64::MAX, target_rows, true),
+                _ => (cfg.small_rows(max_rows), cfg.target(max_rows), false),
+            };
+            let plans = plan_shard(&live, eligible, small, target, last_delete, deletes, force);
             if deletes {
                 self.compactions.borrow_mut().delete_rounds.insert(key, Instant::now());
             }
@@ -310,6 +336,20 @@ impl Coordinator {
         let mut job =
             CompactionState { id: job_id, collection: name.to_string(), state: EXECUTING.into(), plans: Vec::new() };
         for (p, delete_to) in planned {
+            if p.kind == "kept" {
+                let plan = self.alloc_ids(1).await?;
+                let id = p.inputs.first().map_or(0, |s| s.id);
+                job.plans.push(CompactionPlan {
+                    id: plan,
+                    shard: p.shard,
+                    sources: vec![id],
+                    target: id,
+                    kind: p.kind.into(),
+                    state: COMPLETED.into(),
+                    error: String::new(),
+                });
+                continue;
+            }
             let ids = self.alloc_ids(2).await?;
             let (plan, output) = (ids, ids + 1);
             let min_dropped = match (manual, p.inputs.as_slice()) {
@@ -338,6 +378,9 @@ impl Coordinator {
             let mut c = self.compactions.borrow_mut();
             c.busy.extend(task.inputs.iter().map(|s| s.id));
             c.queue.push_back((job_id, task));
+        }
+        if job.plans.iter().all(|p| p.state != EXECUTING) {
+            job.state = COMPLETED.into();
         }
         self.remember_job(job.clone());
         self.pump_compactions();
@@ -626,10 +669,10 @@ mod tests {
         let segs: Vec<SegmentInfo> =
             (0..7).map(|i| seg(i + 1, i * 10 + 1, i * 10 + 10, if i == 3 { 500 } else { 40 })).collect();
         let live: Vec<&SegmentInfo> = segs.iter().collect();
-        let plans = plan_shard(&live, |_| true, 100, 100, 70, false);
+        let plans = plan_shard(&live, |_| true, 100, 100, 70, false, false);
         // 1,2,3 (120 > 100 splits after two), then 4 is large, then 5,6,7.
         assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![5, 6], "merge")]);
-        let plans = plan_shard(&live, |_| true, 100, 1000, 70, false);
+        let plans = plan_shard(&live, |_| true, 100, 1000, 70, false, false);
         assert_eq!(ids(&plans), [(vec![1, 2, 3], "merge"), (vec![5, 6, 7], "merge")]);
     }
 
@@ -639,10 +682,27 @@ mod tests {
         segs[4].rows = 1000;
         segs[0].delete_seq = 50; // has every delete applied already
         let live: Vec<&SegmentInfo> = segs.iter().collect();
-        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, true);
+        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, true, false);
         assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![4], "delete"), (vec![5], "delete")]);
-        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, false);
+        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, false, false);
         assert_eq!(ids(&plans), [(vec![1, 2], "merge")], "no delete round: single segments stay");
+    }
+
+    #[test]
+    fn a_force_merge_merges_every_segment_up_to_its_target_and_lists_the_rest() {
+        let mut segs: Vec<SegmentInfo> = (0..6).map(|i| seg(i + 1, i * 10 + 1, i * 10 + 10, 1_000)).collect();
+        segs[5].delete_seq = 60;
+        let live: Vec<&SegmentInfo> = segs.iter().collect();
+        // No limit: one merged segment per shard, big segments included.
+        let plans = plan_shard(&live, |_| true, u64::MAX, u64::MAX, 60, true, true);
+        assert_eq!(ids(&plans), [(vec![1, 2, 3, 4, 5, 6], "merge")]);
+        // 2,500 rows at most; a segment not served yet breaks the runs.
+        let plans = plan_shard(&live, |s| s.id != 4, u64::MAX, 2_500, 60, true, true);
+        assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![3], "delete"), (vec![5, 6], "merge")]);
+        // A lone segment with nothing to drop is already merged: listed, not rewritten.
+        let one = [&segs[5]];
+        assert_eq!(ids(&plan_shard(&one, |_| true, u64::MAX, u64::MAX, 60, true, true)), [(vec![6], "kept")]);
+        assert!(plan_shard(&one, |_| true, 100, 1000, 60, true, false).is_empty(), "a plain compact leaves it");
     }
 
     #[test]

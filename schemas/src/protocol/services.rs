@@ -41,7 +41,7 @@ service! {
         /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps.
         Events = "events" (Empty) -> ClusterEvents;
         /// Compact the collection's sealed segments now (Milvus' ManualCompaction): a job id.
-        Compact = "compact" (CollectionName) -> CompactionState;
+        Compact = "compact" (CompactRequest) -> CompactionState;
         /// A compaction job's plans and their state.
         CompactionState = "compaction_state" (CompactionJobId) -> CompactionState;
     }
@@ -80,7 +80,7 @@ service! {
         Scaling = "scaling" (Empty) -> ScalingStatus;
         Events = "events" (Empty) -> ClusterEvents;
         /// Plan and run a compaction of the collection now; answers with the job's plans.
-        Compact = "compact" (CollectionName) -> CompactionState;
+        Compact = "compact" (CompactRequest) -> CompactionState;
         CompactionState = "compaction_state" (CompactionJobId) -> CompactionState;
     }
 }

@@ -358,7 +358,15 @@ impl Client {
     /// in the background. Returns the job (its id and plans); follow it with
     /// [`Client::compaction_state`].
     pub async fn compact(&self, collection: &str) -> Result<CompactionState> {
-        self.call::<api::Compact>(&CollectionName { name: collection.into() }).await
+        self.call::<api::Compact>(&CompactRequest { name: collection.into(), ..CompactRequest::default() }).await
+    }
+
+    /// A force merge: every sealed segment of each shard merged into segments of at most
+    /// `target_rows` rows (0: one per shard), deleted rows dropped. A segment already alone
+    /// within the target is listed as a `kept` plan (nothing rewritten). For a collection that
+    /// is done changing, before a benchmark or a read-mostly phase.
+    pub async fn force_merge(&self, collection: &str, target_rows: u64) -> Result<CompactionState> {
+        self.call::<api::Compact>(&CompactRequest { name: collection.into(), force: true, target_rows }).await
     }
 
     /// A compaction job's plans and their state (`executing`, then `completed`).

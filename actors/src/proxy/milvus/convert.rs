@@ -395,6 +395,27 @@ pub struct PlaceholderValue {
 /// Placeholder type of float vectors (common.PlaceholderType.FloatVector).
 const FLOAT_VECTOR_PLACEHOLDER: i32 = 101;
 
+/// Rows of `info`'s collection in `megabytes` MiB of segment data (vectors and primary keys;
+/// at least one), for Milvus' `target_size`: `u64::MAX` (no limit) when that many bytes
+/// overflow, as VectorDBBench's "as large as possible" (`i64::MAX` bytes in MB) does.
+pub fn rows_in_megabytes(info: &CollectionInfo, megabytes: u64) -> u64 {
+    let row = u64::from(info.dim()) * 4 + 8;
+    megabytes.checked_mul(1024 * 1024).map_or(u64::MAX, |bytes| (bytes / row).max(1))
+}
+
+/// The serialized query vectors of a search request. Milvus 2.6 put them in the
+/// `search_input` oneof beside searching by primary keys, which Quiver does not serve.
+pub fn placeholder_group(r: &super::proto::milvus::SearchRequest) -> Result<&[u8]> {
+    use super::proto::milvus::search_request::SearchInput;
+    match &r.search_input {
+        Some(SearchInput::PlaceholderGroup(group)) => Ok(group),
+        Some(SearchInput::Ids(_)) => {
+            Err(bad("searching by primary keys (search_input.ids) is not supported; send the query vectors"))
+        }
+        None => Ok(&[]),
+    }
+}
+
 /// The query vectors of a search: little-endian f32s, one value per query.
 pub fn vectors_from(placeholder_group: &[u8], dim: u32, max_nq: usize) -> Result<(Vec<f32>, usize)> {
     let group = PlaceholderGroup::decode(placeholder_group)

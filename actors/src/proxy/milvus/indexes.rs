@@ -138,12 +138,19 @@ pub(super) fn drop_target(dist: &Distribution, index_name: &str, field_name: &st
 /// the scalar indexes in the order they were defined.
 pub(super) fn descriptions(dist: &Distribution) -> Vec<IndexDescription> {
     let info = &dist.collection;
-    let total: u64 = dist.segments.iter().map(|s| s.segment.rows).sum();
+    // Every flushed segment, served already or not yet (a segment just flushed is pending
+    // until its index is built: tools wait for `pending_index_rows == 0` before they compact).
+    let flushed: Vec<&quiver_schemas::SegmentInfo> = dist
+        .segments
+        .iter()
+        .map(|p| &p.segment)
+        .chain(dist.unserved.iter().filter(|s| s.state != SegmentState::Dropped))
+        .collect();
+    let total: u64 = flushed.iter().map(|s| s.rows).sum();
     let mut out = Vec::new();
     if let Some(index) = &info.index {
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
-        let indexed: u64 =
-            dist.segments.iter().filter(|s| s.segment.state == SegmentState::Indexed).map(|s| s.segment.rows).sum();
+        let indexed: u64 = flushed.iter().filter(|s| s.state == SegmentState::Indexed).map(|s| s.rows).sum();
         out.push(IndexDescription {
             index_name: if index.name.is_empty() { vector.clone() } else { index.name.clone() },
             index_id: info.id as i64,

@@ -41,6 +41,8 @@ pub(super) fn persistent(dist: &Distribution) -> Vec<PersistentSegmentInfo> {
             state: MilvusState::Flushed as i32,
             level: SegmentLevel::L1 as i32,
             is_sorted: true,
+            // Milvus' binlog format version (2.6): Quiver's segment objects are not binlogs.
+            storage_version: 0,
         })
         .collect()
 }
@@ -82,6 +84,7 @@ pub(super) fn loaded(dist: &Distribution) -> Vec<QuerySegmentInfo> {
                 node_ids,
                 level: SegmentLevel::L1 as i32,
                 is_sorted: true,
+                storage_version: 0,
             }
         })
         .collect()

@@ -10,8 +10,8 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{api, coord, Call};
 use quiver_schemas::{
-    CollectionDescription, CollectionName, CreateCollection, CreateIndex, CreateScalarIndex, Delete, Distribution,
-    DropScalarIndex, Empty, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
+    CollectionDescription, CollectionName, CompactRequest, CreateCollection, CreateIndex, CreateScalarIndex, Delete,
+    Distribution, DropScalarIndex, Empty, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
 };
 use tonic::{Request, Response, Status};
 
@@ -691,9 +691,18 @@ impl MilvusService for MilvusApi {
                 ));
             }
             // `partition_id`, `channel` and `segment_ids` narrow Milvus' compaction; Quiver
-            // compacts the whole collection (its only partition), which includes them.
+            // compacts the whole collection (its only partition), which includes them. An L0
+            // compaction (`l0Compaction`) applies deletes: Quiver's plain compaction does.
+            // `target_size` (MB, Milvus 2.6) asks for a force merge into segments that size.
             let name = self.name_or_id(r.collection_name, r.collection_id, &ctx).await?;
-            let job = self.proxy.forward::<coord::Compact>(&CollectionName { name }, &ctx).await?;
+            let request = match r.target_size {
+                size if size > 0 => {
+                    let info = self.proxy.collection(&name, &ctx).await?;
+                    CompactRequest { name, force: true, target_rows: convert::rows_in_megabytes(&info, size as u64) }
+                }
+                _ => CompactRequest { name, ..CompactRequest::default() },
+            };
+            let job = self.proxy.forward::<coord::Compact>(&request, &ctx).await?;
             Ok(ManualCompactionResponse {
                 status: Some(ok()),
                 compaction_id: job.id as i64,
@@ -967,7 +976,7 @@ impl MilvusApi {
                 knobs.top_k, knobs.offset
             )));
         }
-        let (vectors, nq) = convert::vectors_from(&r.placeholder_group, info.dim(), self.max_nq())?;
+        let (vectors, nq) = convert::vectors_from(convert::placeholder_group(&r)?, info.dim(), self.max_nq())?;
         let (fields, with_vectors) = convert::output_fields(&info, &r.output_fields)?;
         let k = knobs.top_k.saturating_add(knobs.offset);
         let search = Search {
@@ -1052,7 +1061,7 @@ impl MilvusApi {
             sub.output_fields = r.output_fields.clone();
             sub.consistency_level = r.consistency_level;
             sub.use_default_consistency = r.use_default_consistency;
-            let (_, nq) = convert::vectors_from(&sub.placeholder_group, info.dim(), self.max_nq())?;
+            let (_, nq) = convert::vectors_from(convert::placeholder_group(&sub)?, info.dim(), self.max_nq())?;
             let part = self.run_search(sub, ctx).await?;
             let weight = match strategy.as_str() {
                 "weighted" => rank.get("weights").and_then(|w| w.get(i)).and_then(|w| w.as_f64()).unwrap_or(1.0),
