@@ -24,6 +24,8 @@ import multiprocessing as mp
 import sys
 import time
 
+from benchcommon import summarize
+
 MAX_ERRORS = 1000
 
 
@@ -137,43 +139,6 @@ def worker(t, args, barrier, out):
             "first_error": first_error,
         }
     )
-
-
-def percentile(sorted_ns, p):
-    """Nearest-rank percentile in µs (as tools/bench/src/standalone.rs computes it)."""
-    if not sorted_ns:
-        return None
-    import math
-
-    rank = min(max(math.ceil(p * len(sorted_ns)), 1), len(sorted_ns))
-    return sorted_ns[rank - 1] / 1000.0
-
-
-def summarize(threads, k, parts):
-    """Merges the per-client results into the JSON the bench parses."""
-    lat = sorted(x for p in parts for x in p["lat"])
-    warm_end = min(p["warm_end"] for p in parts)
-    ends = [p["last_end"] for p in parts if p["last_end"] is not None]
-    elapsed = (max(ends) - warm_end) / 1e9 if ends else 0.0
-    seen = {}
-    for p in parts:
-        for q, c in p["correct"].items():
-            seen.setdefault(q, c)
-    errors = sum(p["errors"] for p in parts)
-    first_error = next((p["first_error"] for p in parts if p["first_error"]), None)
-    return {
-        "threads": threads,
-        "calls": len(lat),
-        "errors": errors,
-        "first_error": first_error,
-        "qps": len(lat) / elapsed if elapsed > 0 else 0.0,
-        "p50_us": percentile(lat, 0.50),
-        "p90_us": percentile(lat, 0.90),
-        "p99_us": percentile(lat, 0.99),
-        "mean_us": sum(lat) / len(lat) / 1000.0 if lat else None,
-        "recall": sum(seen.values()) / (len(seen) * k) if seen else None,
-        "queries_seen": len(seen),
-    }
 
 
 def main(argv):

@@ -3,7 +3,9 @@
 //! with the command lines that produced them.
 //!
 //! - `standalone` ([`standalone`]): raw faiss in-process against `quiver standalone` through
-//!   the NATS SDK (and, with `--milvus`, through pymilvus over the Milvus gRPC API).
+//!   the NATS SDK (and, with `--milvus`, through pymilvus over the Milvus gRPC API, against
+//!   faiss-cpu from PyPI in process and Milvus 2.3.5 standalone from PyPI, with a summary of
+//!   the four).
 //! - `replicas` ([`standalone::replicas`]): search QPS with 1 vs 2 replicas on a local
 //!   multi-process cluster, and what clients see while a query node is SIGKILLed. It drives
 //!   the load, reads the data and counts CPU with the standalone benchmark's pieces, hence its

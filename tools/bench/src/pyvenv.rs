@@ -1,11 +1,56 @@
-//! The Python the benchmarks run their reference drivers with (faiss-cpu, pymilvus): one venv
-//! per package version under `${QUIVER_PY_CACHE:-~/.cache/quiver-py}`, created or repaired
-//! when it cannot import what it should, as tests/pymilvus/run.sh does for the test suite.
+//! The Python the benchmarks run their reference drivers with (faiss-cpu, pymilvus, Milvus
+//! standalone): one venv per package version under `${QUIVER_PY_CACHE:-~/.cache/quiver-py}`,
+//! created or repaired when it cannot import what it should, as tests/pymilvus/run.sh does for
+//! the test suite.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context};
+
+/// faiss-cpu version the comparison venv gets (the newest on PyPI when this was written).
+pub const FAISS_CPU_VERSION: &str = "1.15.1";
+/// The `milvus` package from PyPI (Milvus standalone with embedded etcd and local storage) the
+/// Milvus comparison runs.
+pub const MILVUS_SERVER_VERSION: &str = "2.3.5";
+
+/// `${QUIVER_PY_CACHE:-~/.cache/quiver-py}`: where the venvs (and what they unpack) live.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    Ok(match std::env::var_os("QUIVER_PY_CACHE") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => {
+            PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?).join(".cache/quiver-py")
+        }
+    })
+}
+
+/// `given` (a `--python` option) when set, else the faiss-cpu venv (faiss-cpu
+/// [`FAISS_CPU_VERSION`] and numpy), created when missing. `who` prefixes the progress line,
+/// `hint` is added to a failure.
+pub fn faiss_cpu_python(given: Option<&Path>, who: &str, hint: &str) -> anyhow::Result<PathBuf> {
+    Venv {
+        name: format!("faiss-cpu-{FAISS_CPU_VERSION}"),
+        packages: &[format!("faiss-cpu=={FAISS_CPU_VERSION}"), "numpy".into()],
+        check: format!("import faiss, numpy; assert faiss.__version__ == '{FAISS_CPU_VERSION}'"),
+        who,
+        hint,
+    }
+    .python(given)
+}
+
+/// `given` when set, else the venv with the `milvus` package [`MILVUS_SERVER_VERSION`]
+/// (`bin/milvus-server`), created when missing, with the two pins that venv was first made with
+/// (setuptools < 70, marshmallow < 3.20; the server launcher itself imports neither).
+pub fn milvus_server_python(given: Option<&Path>, who: &str, hint: &str) -> anyhow::Result<PathBuf> {
+    Venv {
+        name: format!("milvus-{MILVUS_SERVER_VERSION}"),
+        packages: &[format!("milvus=={MILVUS_SERVER_VERSION}"), "setuptools<70".into(), "marshmallow<3.20".into()],
+        check: format!("import milvus; assert milvus.__version__ == '{MILVUS_SERVER_VERSION}'"),
+        who,
+        hint,
+    }
+    .python(given)
+}
 
 /// A venv the benchmarks need.
 pub struct Venv<'a> {
@@ -28,11 +73,7 @@ impl Venv<'_> {
         if let Some(p) = given {
             return Ok(p.to_path_buf());
         }
-        let cache = match std::env::var_os("QUIVER_PY_CACHE") {
-            Some(c) if !c.is_empty() => PathBuf::from(c),
-            _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
-                .join(".cache/quiver-py"),
-        };
+        let cache = cache_dir()?;
         let venv = cache.join(&self.name);
         let python = venv.join("bin/python");
         let ready = |py: &Path| {

@@ -22,9 +22,6 @@ use quiver_client::fvecs::{read_fvecs, read_ivecs};
 use quiver_client::{IndexParams, IndexType, MetricType, SearchParams};
 use serde::Deserialize;
 
-/// faiss-cpu version the comparison venv gets (the newest on PyPI when this was written).
-const FAISS_CPU_VERSION: &str = "1.15.1";
-
 #[derive(Args)]
 pub struct BenchSimdArgs {
     /// Dataset directory (base.fvecs, query.fvecs, groundtruth.ivecs; IP metric).
@@ -245,14 +242,7 @@ fn faiss_cpu(
 
 /// `--python`, else the faiss-cpu venv under the Python cache (created when missing).
 fn resolve_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    crate::pyvenv::Venv {
-        name: format!("faiss-cpu-{FAISS_CPU_VERSION}"),
-        packages: &[format!("faiss-cpu=={FAISS_CPU_VERSION}"), "numpy".into()],
-        check: format!("import faiss, numpy; assert faiss.__version__ == '{FAISS_CPU_VERSION}'"),
-        who: "simd",
-        hint: "; pass --python with faiss-cpu installed, or --no-faiss-cpu",
-    }
-    .python(given)
+    crate::pyvenv::faiss_cpu_python(given, "simd", "; pass --python with faiss-cpu installed, or --no-faiss-cpu")
 }
 
 fn median_and_best(rounds: &[Round]) -> Option<(Round, Round)> {

@@ -14,7 +14,14 @@
 //!    queries run through unmodified pymilvus (`MilvusClient.search`, driver
 //!    `tools/bench/bench-pymilvus.py`), with the server-side mean per Search read from the
 //!    child's metrics endpoint ([`milvus`]).
-//! 5. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS).
+//!    With `--milvus` also (opt-outs `--no-faiss-cpu`, `--no-milvus-server`), on the same rows,
+//!    queries, ground truth, HNSW and search parameters, client counts and windows:
+//!    faiss-cpu from PyPI in process, Python threads over its own index ([`faiss_cpu`]), and
+//!    Milvus 2.3.5 standalone from PyPI, started by the bench, loaded and searched through the
+//!    same pymilvus ([`milvus_server`]). Quiver and Milvus each get one "insert → searchable"
+//!    time: first insert call → first search answered with the index built and served.
+//! 5. Prints a markdown report (QPS, p50/p99, recall@k, ratios, build/insert times, RSS), with
+//!    `--milvus` headed by a summary table of the four systems and the issue's bars.
 //!
 //! faiss runs with one OpenMP thread everywhere ([`set_faiss_threads`]), as the query node does
 //! by default (`querynode.faiss_threads = 1`); in standalone that setting is process-wide, so
@@ -36,9 +43,11 @@ use quiver_client::{
 };
 use quiver_testkit::{child_pids, free_port, process_name, quiver_bin, Proc};
 
+mod faiss_cpu;
 mod milvus;
+mod milvus_server;
 pub mod replicas;
-use milvus::{Measured, MilvusRow, ServerShare};
+use milvus::{Measured, MilvusRow, PyInputs, ServerShare};
 
 /// Collection the benchmark creates in its private Quiver.
 const COLLECTION: &str = "bench";
@@ -160,15 +169,40 @@ pub struct BenchArgs {
     /// attaching a profiler); prints its pid and NATS URL.
     #[arg(long)]
     pause: bool,
-    /// Also measure unmodified pymilvus (`MilvusClient.search`) against the child's Milvus gRPC
-    /// API, after the NATS SDK rows: same collection, queries, ground truth, search parameters
-    /// (Eventually), client counts and windows; one client per OS process.
+    /// Also measure, in the same run, on the same rows, queries, ground truth, HNSW and search
+    /// parameters, client counts and windows: (1) unmodified pymilvus (`MilvusClient.search`, one
+    /// client per OS process, Eventually) against the child's Milvus gRPC API, after the NATS SDK
+    /// rows; (2) faiss-cpu from PyPI in process: Python threads over its own index, built with
+    /// every core (opt out: --no-faiss-cpu); (3) Milvus 2.3.5 standalone from PyPI, started by the
+    /// bench (temp data dir, free port), loaded through pymilvus and searched by the same driver
+    /// (opt out: --no-milvus-server). The report then opens with a summary table (QPS per client
+    /// count, p50, recall, insert → searchable) and the bars: Quiver via pymilvus ≥ 2× Milvus' QPS,
+    /// Quiver via the NATS SDK ≥ 50% of faiss-cpu's, Quiver's insert → searchable ≤ Milvus'.
+    /// (2) and (3) need --index-type HNSW.
     #[arg(long)]
     milvus: bool,
+    /// With --milvus: leave out the faiss-cpu (PyPI) leg.
+    #[arg(long)]
+    no_faiss_cpu: bool,
+    /// With --milvus: leave out the Milvus 2.3.5 standalone leg.
+    #[arg(long)]
+    no_milvus_server: bool,
     /// Python with pymilvus and numpy for --milvus (default: the venv of tests/pymilvus/run.sh,
     /// ${QUIVER_PY_CACHE:-~/.cache/quiver-py}/pymilvus-2.5.14, created when missing).
     #[arg(long, env = "QUIVER_BENCH_PYTHON")]
     python: Option<PathBuf>,
+    /// Python with faiss-cpu and numpy for the faiss-cpu leg (default: the venv `quiver-bench
+    /// simd` uses, ${QUIVER_PY_CACHE:-~/.cache/quiver-py}/faiss-cpu-1.15.1, created when missing).
+    #[arg(long)]
+    faiss_cpu_python: Option<PathBuf>,
+    /// Python with the `milvus` package for the Milvus leg (default: the venv
+    /// ${QUIVER_PY_CACHE:-~/.cache/quiver-py}/milvus-2.3.5, created when missing).
+    #[arg(long)]
+    milvus_server_python: Option<PathBuf>,
+    /// Seconds Milvus standalone may take to answer its /healthz (unpacking its binaries on a
+    /// first run comes on top).
+    #[arg(long, default_value_t = 120.0)]
+    milvus_server_start_secs: f64,
     /// Filter for the filtered pymilvus rows ("" = no filtered rows). The bench inserts no
     /// scalar field but the primary key, so the default matches every row: it measures the
     /// filter path (parse, pre-filter bitmap, filtered search) at the unfiltered recall.
@@ -210,20 +244,92 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     if args.milvus && args.skip_quiver {
         bail!("--milvus needs the Quiver half (drop --skip-quiver)");
     }
+    if !(args.milvus_server_start_secs > 0.0 && args.milvus_server_start_secs.is_finite()) {
+        bail!("--milvus-server-start-secs must be > 0");
+    }
+    // The faiss-cpu and Milvus legs build HNSW themselves.
+    let hnsw = HnswSettings::of(&params, &search_params);
+    let extra_legs_note = match (&hnsw, args.milvus) {
+        (None, true) if !(args.no_faiss_cpu && args.no_milvus_server) => Some(format!(
+            "the faiss-cpu and Milvus standalone legs build HNSW only; not run for {:?}",
+            params.index_type
+        )),
+        _ => None,
+    };
+    let with_faiss_cpu = args.milvus && !args.no_faiss_cpu && hnsw.is_some();
+    let with_milvus_server = args.milvus && !args.no_milvus_server && hnsw.is_some();
     // Before the long load: a missing python should fail now, not after the index build.
     let python = if args.milvus { Some(milvus::resolve_python(args.python.as_deref())?) } else { None };
+    let faiss_python = if with_faiss_cpu {
+        let hint = "; pass --faiss-cpu-python with faiss-cpu installed, or --no-faiss-cpu";
+        Some(crate::pyvenv::faiss_cpu_python(args.faiss_cpu_python.as_deref(), "faiss-cpu", hint)?)
+    } else {
+        None
+    };
+    let server_python = if with_milvus_server {
+        let hint = "; pass --milvus-server-python with the milvus package installed, or --no-milvus-server";
+        Some(crate::pyvenv::milvus_server_python(args.milvus_server_python.as_deref(), "milvus", hint)?)
+    } else {
+        None
+    };
     let data = Data::load(&args, params.metric)?;
     let mut report = Report::new(&args, &data, &params);
     report.python = python.as_ref().map(|p| p.display().to_string());
+    report.extra_legs_note = extra_legs_note;
+    let inputs = if args.milvus { Some(PyInputs::write(&data, args.workload.k)?) } else { None };
 
     let raw_rows =
         if args.skip_raw { Vec::new() } else { run_raw(&args, &data, &params, &search_params, &mut report)? };
     report.raw = raw_rows;
+    // The Python legs fail alone: the report shows what failed, the exit status is 1.
+    if let (Some(py), Some(inputs), Some(hnsw)) = (faiss_python, &inputs, &hnsw) {
+        match run_faiss_cpu(&args, &data, py, inputs, hnsw) {
+            Ok(r) => report.faiss_cpu = Some(r),
+            Err(e) => report.fail("faiss-cpu (PyPI)", e),
+        }
+    }
     if !args.skip_quiver {
-        run_quiver(&args, &data, &params, &search_params, &consistencies, python, &mut report)?;
+        let pymilvus = python.clone().zip(inputs.as_ref());
+        run_quiver(&args, &data, &params, &search_params, &consistencies, pymilvus, &mut report)?;
+    }
+    if let (Some(server_py), Some(py), Some(inputs), Some(hnsw)) = (server_python, &python, &inputs, &hnsw) {
+        match run_milvus_server(&args, &data, py, server_py, inputs, hnsw, params.metric, &search_params) {
+            Ok(r) => report.milvus_server = Some(r),
+            Err(e) => report.fail(&format!("Milvus {} standalone", crate::pyvenv::MILVUS_SERVER_VERSION), e),
+        }
     }
     print!("{}", report.markdown());
-    Ok(0)
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
+}
+
+/// HNSW parameters spelled out for the Python legs (faiss-cpu, Milvus), which have no
+/// "0 = default": Quiver's defaults filled in.
+pub(super) struct HnswSettings {
+    /// Milvus' spelling (IP, L2, COSINE), which the faiss-cpu driver reads too.
+    pub metric: &'static str,
+    pub m: u32,
+    pub ef_construction: u32,
+    pub ef: u32,
+}
+
+impl HnswSettings {
+    /// `None` unless the index is HNSW.
+    fn of(params: &IndexParams, search: &SearchParams) -> Option<HnswSettings> {
+        use quiver_actors::vector::{DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_HNSW_M};
+        let or = |v: u32, default: usize| if v == 0 { u32::try_from(default).unwrap_or(u32::MAX) } else { v };
+        (params.index_type == IndexType::Hnsw).then(|| HnswSettings {
+            metric: milvus::metric_name(params.metric),
+            m: or(params.m, DEFAULT_HNSW_M),
+            ef_construction: or(params.ef_construction, DEFAULT_EF_CONSTRUCTION),
+            ef: or(search.ef, DEFAULT_EF_SEARCH),
+        })
+    }
+}
+
+/// `<dataset>/base.fvecs` as an absolute path (the Python legs read the same rows themselves).
+fn base_file(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let base = args.workload.dataset.join("base.fvecs");
+    std::fs::canonicalize(&base).with_context(|| format!("cannot resolve {}", base.display()))
 }
 
 // ---------------------------------------------------------------- data
@@ -694,6 +800,168 @@ fn run_raw(
     Ok(rows)
 }
 
+// ---------------------------------------------------------------- faiss-cpu and Milvus 2.3.5
+
+/// What the faiss-cpu leg measured.
+struct FaissCpuReport {
+    python: PathBuf,
+    built: faiss_cpu::Built,
+    rows: Vec<LoadResult>,
+}
+
+/// What the Milvus standalone leg measured.
+struct MilvusServerReport {
+    python: PathBuf,
+    /// Launcher start → /healthz OK.
+    startup: Duration,
+    /// `dataCoord.segment.maxSize` it ran with.
+    segment_max_mb: u64,
+    load: milvus_server::MilvusLoad,
+    rows: Vec<LoadResult>,
+    /// (pid, name, VmRSS, VmHWM) of the launcher and the server after the load, and at the end.
+    rss: Vec<(u32, String, u64, u64)>,
+    rss_end: Vec<(u32, String, u64, u64)>,
+}
+
+/// faiss-cpu from PyPI in process (Python threads), on the same rows, queries and parameters.
+fn run_faiss_cpu(
+    args: &BenchArgs,
+    data: &Data,
+    python: PathBuf,
+    inputs: &PyInputs,
+    hnsw: &HnswSettings,
+) -> anyhow::Result<FaissCpuReport> {
+    let base = base_file(args)?;
+    eprintln!(
+        "faiss-cpu: building HNSW M={} efConstruction={} {} over {} rows with {} threads ({})...",
+        hnsw.m,
+        hnsw.ef_construction,
+        hnsw.metric,
+        data.n,
+        available_cores(),
+        python.display()
+    );
+    let mut driver = faiss_cpu::FaissCpu::start(python, inputs, &base, data.n, args.workload.k, hnsw)?;
+    eprintln!(
+        "faiss-cpu {}: built in {:.1}s ({} threads)",
+        driver.built.version, driver.built.build_secs, driver.built.build_threads
+    );
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        let watch = [
+            Watched { pid: std::process::id(), label: String::new() },
+            Watched { pid: driver.pid(), label: String::new() },
+        ];
+        wait_quiet(args, &watch);
+        let r = driver.run(threads, warmup, duration)?.into_load_result();
+        eprintln!(
+            "faiss-cpu, {threads} thread(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}{}",
+            r.qps,
+            r.p50_us,
+            r.p99_us,
+            args.workload.k,
+            r.recall,
+            if r.errors > 0 { format!(", {} errors", r.errors) } else { String::new() }
+        );
+        rows.push(r);
+    }
+    let built = driver.built.clone();
+    Ok(FaissCpuReport { python: driver.python.clone(), built, rows })
+}
+
+/// Milvus 2.3.5 standalone: started here, loaded through pymilvus (timed insert → searchable),
+/// searched by the pymilvus driver at each client count, stopped.
+#[allow(clippy::too_many_arguments)]
+fn run_milvus_server(
+    args: &BenchArgs,
+    data: &Data,
+    pymilvus: &Path,
+    server_python: PathBuf,
+    inputs: &PyInputs,
+    hnsw: &HnswSettings,
+    metric: MetricType,
+    search_params: &SearchParams,
+) -> anyhow::Result<MilvusServerReport> {
+    let version = crate::pyvenv::MILVUS_SERVER_VERSION;
+    let bin_cache = crate::pyvenv::cache_dir().ok().map(|c| c.join(format!("milvus-{version}-bin")));
+    let segment_max_mb = milvus_server::one_segment_max_mb(data.n, data.dim);
+    eprintln!("milvus: starting Milvus {version} standalone ({})...", server_python.display());
+    let mut server = milvus_server::MilvusServer::start(milvus_server::ServerOptions {
+        python: server_python,
+        inputs,
+        bin_cache,
+        start_limit: Duration::from_secs_f64(args.milvus_server_start_secs),
+        config: vec![format!("dataCoord.segment.maxSize={segment_max_mb}")],
+    })?;
+    eprintln!("milvus: healthy after {:.1}s", server.startup.as_secs_f64());
+    milvus::wait_listening(std::net::SocketAddr::from(([127, 0, 0, 1], server.port)), Duration::from_secs(30))?;
+    let base = base_file(args)?;
+    let load = milvus_server::load(&milvus_server::LoadOptions {
+        python: pymilvus,
+        inputs,
+        port: server.port,
+        collection: COLLECTION,
+        base: &base,
+        rows: data.n,
+        k: args.workload.k,
+        batch: args.batch.max(1),
+        hnsw,
+    })?;
+    server.check_alive()?;
+    eprintln!(
+        "milvus: insert → searchable with the index {:.1}s (insert {:.1}s, flush {:.1}s, index {:.1}s, load {:.1}s, \
+         first search {:.2}s)",
+        load.searchable_secs,
+        load.insert_secs,
+        load.flush_secs,
+        load.index_secs,
+        load.load_secs,
+        load.first_search_secs
+    );
+    let rss = tree_mem(server.launcher_pid());
+    let driver = milvus::Driver::new(
+        pymilvus.to_path_buf(),
+        format!("http://127.0.0.1:{}", server.port),
+        COLLECTION,
+        inputs,
+        milvus::DriverSearch { k: args.workload.k, metric, ef: search_params.ef, nprobe: search_params.nprobe },
+    );
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let mut watch = vec![Watched { pid: std::process::id(), label: String::new() }];
+    watch.extend(rss.iter().map(|(pid, _, _, _)| Watched { pid: *pid, label: String::new() }));
+    let mut rows = Vec::new();
+    for &threads in &args.threads {
+        wait_quiet(args, &watch);
+        let r = driver.run(threads, "", warmup, duration)?.into_load_result();
+        eprintln!(
+            "milvus {version} (pymilvus), {threads} client(s): {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs, recall@{} {:.4}{}",
+            r.qps,
+            r.p50_us,
+            r.p99_us,
+            args.workload.k,
+            r.recall,
+            if r.errors > 0 { format!(", {} errors", r.errors) } else { String::new() }
+        );
+        rows.push(r);
+        server.check_alive()?;
+    }
+    let rss_end = tree_mem(server.launcher_pid());
+    server.stop();
+    eprintln!("milvus: stopped");
+    Ok(MilvusServerReport {
+        python: server.python.clone(),
+        startup: server.startup,
+        segment_max_mb,
+        load,
+        rows,
+        rss,
+        rss_end,
+    })
+}
+
 // ---------------------------------------------------------------- Quiver
 
 /// The `quiver standalone` child and its data dir; stopped and removed on drop.
@@ -808,6 +1076,15 @@ struct QuiverLoad {
     index_built: Duration,
     index_live: Duration,
     index_live_note: String,
+    /// When the first insert call started.
+    insert_started: Option<Instant>,
+    /// The bench's brute-force probe and load-count settling between flush and create_index (the
+    /// bench's, not Quiver's work).
+    probe: Duration,
+    /// First insert call → first search answered with the index served, less `probe`.
+    searchable: Option<Duration>,
+    /// Whether `searchable` was observed (false: an upper bound, after a fixed wait).
+    searchable_exact: bool,
     /// (pid, name, VmRSS, VmHWM) of the child and its descendants after load + index ...
     rss: Vec<(u32, String, u64, u64)>,
     /// ... and after the search runs.
@@ -872,7 +1149,7 @@ fn run_quiver(
     params: &IndexParams,
     search_params: &SearchParams,
     consistencies: &[Consistency],
-    python: Option<PathBuf>,
+    pymilvus: Option<(PathBuf, &PyInputs)>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let segment_max_rows = match args.segment_rows {
@@ -910,6 +1187,7 @@ fn run_quiver(
         s.num_shards = 1;
         client.create_collection(s).await?;
         let t = Instant::now();
+        load.insert_started = Some(t);
         let batch = args.batch.max(1);
         let mut start = 0;
         while start < data.n {
@@ -940,10 +1218,23 @@ fn run_quiver(
 
     // Brute-force latency before the index exists: the yardstick for "index is live".
     let probe_n = data.nq.min(20);
+    let probe_started = Instant::now();
     load.brute_force_p50_us = rt.block_on(probe_p50(&client, data, search_params, args.workload.k, probe_n))?;
     eprintln!("quiver: brute-force search (no index yet) p50 {:.0} µs", load.brute_force_p50_us);
+    // The query node's completed loads once the flush's have settled: with one segment it
+    // serves the index after LOADS_TO_SERVE_INDEX more.
+    let loads_before = match settled_querynode_loads(child.metrics) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!("warning: cannot read the query node's loads ({e:#}); index serving is judged by latency");
+            None
+        }
+    };
+    // The probe and the settling are the bench's, not Quiver's work: not in insert → searchable.
+    load.probe = probe_started.elapsed();
 
     // Index: create, wait until every segment is Indexed, then until the query node serves it.
+    let metrics = child.metrics;
     rt.block_on(async {
         let t = Instant::now();
         retry("create_index", || client.create_index(COLLECTION, params.clone())).await?;
@@ -953,16 +1244,35 @@ fn run_quiver(
         load.segments = dist.len();
         load.segment_rows = dist;
         eprintln!("quiver: all {} segment(s) Indexed after {:.1}s", load.segments, load.index_built.as_secs_f64());
+        // The first search known to be answered with the index.
+        let mut served_at = None;
+        if let Some(before) = loads_before.filter(|_| load.segments == 1) {
+            let target = before + f64::from(LOADS_TO_SERVE_INDEX);
+            if wait_querynode_loads(metrics, target, Duration::from_secs(600)).await? {
+                probe_p50(&client, data, search_params, args.workload.k, 1).await?;
+                served_at = Some(Instant::now());
+                load.searchable_exact = true;
+                load.index_live_note = "the query node finished its second load since create_index (the index \
+                                         definition's, then the built index's; quiver_requests_total{role=\"querynode\",\
+                                         method=\"load\"})"
+                    .into();
+            } else {
+                eprintln!("warning: the query node did not finish {LOADS_TO_SERVE_INDEX} loads after create_index within 600 s; judging by latency");
+            }
+        }
         // Brute force over the whole base is far slower than an index search; when it is
         // clearly slow, the index is live once the probe latency falls to a third of it.
         // Only for one segment: several segments' index searches add up and may not fall that low.
         let threshold = (load.brute_force_p50_us >= 3000.0 && load.segments == 1).then_some(load.brute_force_p50_us / 3.0);
-        match threshold {
-            Some(th) => {
+        match (served_at, threshold) {
+            (Some(_), _) => {}
+            (None, Some(th)) => {
                 let deadline = Instant::now() + Duration::from_secs(600);
                 loop {
                     let p50 = probe_p50(&client, data, search_params, args.workload.k, probe_n).await?;
                     if p50 < th {
+                        served_at = Some(Instant::now());
+                        load.searchable_exact = true;
                         load.index_live_note = format!(
                             "probe p50 {p50:.0} µs fell below {th:.0} µs, a third of the brute-force p50"
                         );
@@ -971,18 +1281,30 @@ fn run_quiver(
                     if Instant::now() > deadline {
                         bail!("the query node still searches by brute force 10 minutes after the index was built (probe p50 {p50:.0} µs)");
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            None => {
+            (None, None) => {
                 // Brute force is fast (small base): latency cannot tell, so give the
                 // coordinator two reconcile rounds to hand the index to the query node.
                 tokio::time::sleep(Duration::from_secs(5)).await;
+                probe_p50(&client, data, search_params, args.workload.k, 1).await?;
+                served_at = Some(Instant::now());
                 load.index_live_note = "fixed 5 s wait after Indexed (brute force not distinguishable by latency)".into();
             }
         }
         load.index_live = t.elapsed();
+        load.searchable = served_at
+            .zip(load.insert_started)
+            .map(|(at, from)| at.duration_since(from).saturating_sub(load.probe));
         eprintln!("quiver: index serving on the query node after {:.1}s ({})", load.index_live.as_secs_f64(), load.index_live_note);
+        if let Some(d) = load.searchable {
+            eprintln!(
+                "quiver: insert → searchable with the index {:.1}s{}",
+                d.as_secs_f64(),
+                if load.searchable_exact { "" } else { " (upper bound)" }
+            );
+        }
         anyhow::Ok(())
     })?;
     child.check_alive()?;
@@ -1060,8 +1382,8 @@ fn run_quiver(
             Err(e) => eprintln!("warning: no latency breakdown: {e:#}"),
         }
     }
-    if let (Some(python), Some(grpc)) = (python, child.grpc) {
-        report.milvus = run_pymilvus(args, data, params.metric, search_params, python, grpc, &mut child, &watch)?;
+    if let (Some((python, inputs)), Some(grpc)) = (pymilvus, child.grpc) {
+        report.milvus = run_pymilvus(args, params.metric, search_params, python, inputs, grpc, &mut child, &watch)?;
     }
     // Again after the search load (VmHWM there is the peak over the whole run).
     load.rss_end = tree_mem(child.pid());
@@ -1087,22 +1409,22 @@ fn run_quiver(
 #[allow(clippy::too_many_arguments)]
 fn run_pymilvus(
     args: &BenchArgs,
-    data: &Data,
     metric: MetricType,
     search_params: &SearchParams,
     python: PathBuf,
+    inputs: &PyInputs,
     grpc: std::net::SocketAddr,
     child: &mut QuiverChild,
     watch: &[Watched],
 ) -> anyhow::Result<Vec<MilvusRow>> {
     milvus::wait_listening(grpc, Duration::from_secs(30))?;
-    let driver = milvus::Driver::prepare(
+    let driver = milvus::Driver::new(
         python,
         format!("http://{grpc}"),
         COLLECTION,
-        data,
+        inputs,
         milvus::DriverSearch { k: args.workload.k, metric, ef: search_params.ef, nprobe: search_params.nprobe },
-    )?;
+    );
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);
     let mut filters = vec![String::new()];
@@ -1186,6 +1508,54 @@ where
             }
             Err(e) => return Err(anyhow!("{what}: {e}")),
         }
+    }
+}
+
+/// Loads a query node completes after `create_index` until it serves a single segment's index:
+/// the coordinator sends one when the index is defined (its digest covers the definition, and
+/// it starts the build in the same reconcile round) and one when the segment is Indexed (the
+/// new index path); loads are serial, and a load is counted once applied.
+const LOADS_TO_SERVE_INDEX: u32 = 2;
+
+/// Query-node loads completed so far, from a metrics scrape.
+fn querynode_loads(metrics: &str) -> f64 {
+    milvus::prom_value(metrics, "quiver_requests_total", &[("role", "querynode"), ("method", "load")])
+}
+
+/// The query nodes' completed loads once the count has not moved for 200 ms (a layout change
+/// makes the coordinator reconcile at once, so the loads a flush causes follow each other
+/// closely); errors if it keeps moving for 10 s.
+fn settled_querynode_loads(metrics: std::net::SocketAddr) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = querynode_loads(&milvus::scrape(metrics)?);
+    let mut same = 0;
+    while same < 2 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = querynode_loads(&milvus::scrape(metrics)?);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+        if Instant::now() > deadline {
+            bail!("the query node's load count kept changing for 10 s");
+        }
+    }
+    Ok(last)
+}
+
+/// Polls the child's metrics (every 20 ms) until the query nodes have completed `target` loads;
+/// false if they have not within `limit`.
+async fn wait_querynode_loads(metrics: std::net::SocketAddr, target: f64, limit: Duration) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = tokio::task::spawn_blocking(move || milvus::scrape(metrics))
+            .await
+            .map_err(|e| anyhow!("metrics scrape task: {e}"))??;
+        if querynode_loads(&text) >= target {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1522,6 +1892,14 @@ struct Report {
     /// The python that ran the pymilvus driver (--milvus).
     python: Option<String>,
     milvus: Vec<MilvusRow>,
+    /// Client counts measured (the summary's columns).
+    threads: Vec<usize>,
+    faiss_cpu: Option<FaissCpuReport>,
+    milvus_server: Option<MilvusServerReport>,
+    /// Why --milvus' faiss-cpu and Milvus legs did not run, when they could not.
+    extra_legs_note: Option<String>,
+    /// Legs that failed (name, error): shown in the report; the exit status is then 1.
+    failures: Vec<(String, String)>,
 }
 
 impl Report {
@@ -1552,11 +1930,123 @@ impl Report {
             breakdown: None,
             python: None,
             milvus: Vec::new(),
+            threads: args.threads.clone(),
+            faiss_cpu: None,
+            milvus_server: None,
+            extra_legs_note: None,
+            failures: Vec::new(),
         }
+    }
+
+    /// Records a failed leg (and says so at once).
+    fn fail(&mut self, leg: &str, e: anyhow::Error) {
+        eprintln!("error: {leg}: {e:#}");
+        self.failures.push((leg.to_string(), format!("{e:#}")));
     }
 
     fn raw_for(&self, threads: usize) -> Option<&LoadResult> {
         self.raw.iter().map(|r| &r.result).find(|r| r.threads == threads)
+    }
+
+    /// The --milvus summary: faiss-cpu, Milvus 2.3.5, Quiver through pymilvus and through the NATS
+    /// SDK side by side, and the issue's bars.
+    fn summary_markdown(&self, s: &mut String) {
+        use std::fmt::Write;
+        if self.python.is_none() {
+            return;
+        }
+        let version = crate::pyvenv::MILVUS_SERVER_VERSION;
+        let _ = writeln!(s, "### Summary: faiss-cpu, Milvus {version} standalone and Quiver\n");
+        if let Some(note) = &self.extra_legs_note {
+            let _ = writeln!(s, "- note: {note}");
+        }
+        for (leg, e) in &self.failures {
+            let _ = writeln!(s, "- **{leg} failed**: {e}");
+        }
+        let by_threads = |results: Vec<&LoadResult>| -> Vec<Option<SummaryCell>> {
+            self.threads.iter().map(|t| results.iter().find(|r| r.threads == *t).map(|r| SummaryCell::of(r))).collect()
+        };
+        let quiver_searchable = self.quiver_load.as_ref().and_then(|l| l.searchable.map(|d| (d, l.searchable_exact)));
+        let quiver_cell = match quiver_searchable {
+            Some((d, true)) => format!("{:.1} s", d.as_secs_f64()),
+            Some((d, false)) => format!("≤ {:.1} s (fixed wait)", d.as_secs_f64()),
+            None => "—".into(),
+        };
+        let faiss = self.faiss_cpu.as_ref();
+        let server = self.milvus_server.as_ref();
+        let quiver_grpc: Vec<&LoadResult> =
+            self.milvus.iter().filter(|m| m.filter.is_empty()).map(|m| &m.result).collect();
+        let quiver_nats: Vec<&LoadResult> =
+            self.quiver.iter().filter(|q| q.consistency == Consistency::Eventually).map(|q| &q.result).collect();
+        let rows = [
+            SummaryRow {
+                system: format!(
+                    "faiss-cpu {} (PyPI, in-process)",
+                    faiss.map_or(crate::pyvenv::FAISS_CPU_VERSION, |f| f.built.version.as_str())
+                ),
+                by_threads: by_threads(faiss.map(|f| f.rows.iter().collect()).unwrap_or_default()),
+                searchable: faiss.map_or("—".into(), |f| {
+                    format!(
+                        "— (no insert path; HNSW build {:.1} s, {} threads)",
+                        f.built.build_secs, f.built.build_threads
+                    )
+                }),
+            },
+            SummaryRow {
+                system: format!("Milvus {version} standalone (pymilvus)"),
+                by_threads: by_threads(server.map(|m| m.rows.iter().collect()).unwrap_or_default()),
+                searchable: server.map_or("—".into(), |m| format!("{:.1} s", m.load.searchable_secs)),
+            },
+            SummaryRow {
+                system: "Quiver (pymilvus, gRPC)".into(),
+                by_threads: by_threads(quiver_grpc),
+                searchable: quiver_cell.clone(),
+            },
+            SummaryRow {
+                system: "Quiver (NATS SDK)".into(),
+                by_threads: by_threads(quiver_nats),
+                searchable: quiver_cell,
+            },
+        ];
+        s.push_str(&summary_table(self.k, &self.threads, &rows));
+        let _ = writeln!(s);
+        let qps = |row: &SummaryRow, i: usize| row.by_threads.get(i).and_then(|r| r.as_ref()).map(|r| r.qps);
+        for (i, &t) in self.threads.iter().enumerate() {
+            let line = qps_bar(
+                &format!("Quiver (pymilvus) / Milvus {version} QPS, {}", clients(t)),
+                qps(&rows[2], i),
+                qps(&rows[1], i),
+                2.0,
+                false,
+            );
+            let _ = writeln!(s, "- {line}");
+        }
+        for (i, &t) in self.threads.iter().enumerate() {
+            let line = qps_bar(
+                &format!("Quiver (NATS SDK) / faiss-cpu QPS, {}", clients(t)),
+                qps(&rows[3], i),
+                qps(&rows[0], i),
+                0.5,
+                true,
+            );
+            let _ = writeln!(s, "- {line}");
+        }
+        let _ = writeln!(s, "- {}", searchable_bar(quiver_searchable, server.map(|m| m.load.searchable_secs)));
+        let hnsw = HnswSettings::of(&self.params, &self.search);
+        let _ = writeln!(
+            s,
+            "\nSame rows, queries, ground truth, HNSW (M {}, efConstruction {}, ef {}), k, one query per call, windows. \
+             QPS at N clients: N OS processes with one `MilvusClient` each (pymilvus), N OS threads with one connection \
+             each (NATS SDK), N Python threads with one OpenMP thread each (faiss-cpu). p50 and recall at {}. \
+             insert → searchable: first insert call → first search answered with the index built and served, on a \
+             fresh collection; Quiver: insert, flush, create_index, until the query node serves the index (details \
+             below); Milvus: pymilvus insert, flush, create_index (until Finished), load_collection (until Loaded), \
+             first search — pymilvus' own wait loops poll every 0.1 s here, as the Quiver side does.\n",
+            hnsw.as_ref().map_or(self.params.m, |h| h.m),
+            hnsw.as_ref().map_or(self.params.ef_construction, |h| h.ef_construction),
+            hnsw.as_ref().map_or(self.search.ef, |h| h.ef),
+            clients(self.threads.first().copied().unwrap_or(1)),
+        );
     }
 
     /// The Milvus gRPC section: pymilvus rows against raw faiss and the NATS SDK, with the
@@ -1671,6 +2161,7 @@ impl Report {
             );
         }
         let _ = writeln!(s);
+        self.summary_markdown(&mut s);
         let _ = writeln!(s, "| system | consistency | client threads | calls | QPS | p50 µs | p99 µs | mean µs | recall@{} | QPS / raw | added p50 µs |", self.k);
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let fmt_row = |s: &mut String, system: &str, cons: &str, r: &LoadResult, raw: Option<&LoadResult>| {
@@ -1699,19 +2190,42 @@ impl Report {
                 if m.filter.is_empty() { "Eventually".to_string() } else { format!("Eventually, `{}`", m.filter) };
             fmt_row(&mut s, "Quiver standalone (pymilvus, gRPC)", &cons, &m.result, self.raw_for(m.result.threads));
         }
+        if let Some(f) = &self.faiss_cpu {
+            let system = format!("faiss-cpu {} (PyPI, in-process, Python threads)", f.built.version);
+            for r in &f.rows {
+                fmt_row(&mut s, &system, "—", r, self.raw_for(r.threads));
+            }
+        }
+        if let Some(m) = &self.milvus_server {
+            let system = format!("Milvus {} standalone (pymilvus, gRPC)", crate::pyvenv::MILVUS_SERVER_VERSION);
+            for r in &m.rows {
+                fmt_row(&mut s, &system, "Eventually", r, self.raw_for(r.threads));
+            }
+        }
         let _ = writeln!(s);
-        let rows = self.raw.iter().map(|r| &r.result).chain(self.quiver.iter().map(|q| &q.result));
-        for r in rows.chain(self.milvus.iter().map(|m| &m.result)) {
+        let mut named: Vec<(&str, &LoadResult)> = Vec::new();
+        named.extend(self.raw.iter().map(|r| ("raw faiss", &r.result)));
+        named.extend(self.quiver.iter().map(|q| ("Quiver (NATS SDK)", &q.result)));
+        named.extend(self.milvus.iter().map(|m| ("Quiver (pymilvus)", &m.result)));
+        named.extend(self.faiss_cpu.iter().flat_map(|f| &f.rows).map(|r| ("faiss-cpu", r)));
+        named.extend(self.milvus_server.iter().flat_map(|m| &m.rows).map(|r| ("Milvus", r)));
+        let mut noted = false;
+        for (system, r) in named {
             if r.queries_seen < self.nq {
                 let _ = writeln!(
                     s,
-                    "- note: a {}-thread row saw only {} of {} queries (recall over those)",
+                    "- note: a {system} {}-thread row saw only {} of {} queries (recall over those)",
                     r.threads, r.queries_seen, self.nq
                 );
+                noted = true;
             }
             if let Some(e) = &r.first_error {
-                let _ = writeln!(s, "- errors in a {}-thread row: {} (first: {e})", r.threads, r.errors);
+                let _ = writeln!(s, "- errors in a {system} {}-thread row: {} (first: {e})", r.threads, r.errors);
+                noted = true;
             }
+        }
+        if noted {
+            let _ = writeln!(s);
         }
         self.milvus_markdown(&mut s);
         if let Some(b) = &self.breakdown {
@@ -1827,17 +2341,181 @@ impl Report {
                 l.index_live.as_secs_f64(),
                 l.index_live_note
             );
-            for (when, list) in [("after load + index", &l.rss), ("after the search runs", &l.rss_end)] {
-                let total: u64 = list.iter().map(|e| e.2).sum();
-                let peak: u64 = list.iter().map(|e| e.3).sum();
-                let parts: Vec<String> = list
-                    .iter()
-                    .map(|(pid, name, rss, hwm)| format!("{name} (pid {pid}) {} (peak {})", mib(*rss), mib(*hwm)))
-                    .collect();
-                let _ = writeln!(s, "- Quiver RSS {when}: {} (peak {}) = {}", mib(total), mib(peak), parts.join(" + "));
+            if let Some(d) = l.searchable {
+                let _ = writeln!(
+                    s,
+                    "- Quiver insert → searchable with the index: {:.1} s{} (first insert call → first search answered \
+                     with the index served, less {:.2} s of the bench's own between flush and create_index: its brute-force \
+                     probe and waiting for the query node's loads to settle)",
+                    d.as_secs_f64(),
+                    if l.searchable_exact { "" } else { " — an upper bound (fixed wait)" },
+                    l.probe.as_secs_f64()
+                );
             }
+            rss_lines(&mut s, "Quiver", &[("after load + index", &l.rss), ("after the search runs", &l.rss_end)]);
+        }
+        if let Some(f) = &self.faiss_cpu {
+            let _ = writeln!(
+                s,
+                "- faiss-cpu {} (PyPI; {}; {}): its own HNSW built in {:.1} s with {} OpenMP threads; searches with 1 \
+                 OpenMP thread per Python thread",
+                f.built.version,
+                f.built.compile_options,
+                f.python.display(),
+                f.built.build_secs,
+                f.built.build_threads
+            );
+        }
+        if let Some(m) = &self.milvus_server {
+            let l = &m.load;
+            let _ = writeln!(
+                s,
+                "- Milvus {} standalone ({}; server {}): healthy {:.1} s after launch; dataCoord.segment.maxSize = {} MB \
+                 (the whole base in one segment, as in Quiver); segments loaded: {}",
+                crate::pyvenv::MILVUS_SERVER_VERSION,
+                m.python.display(),
+                l.server_version,
+                m.startup.as_secs_f64(),
+                m.segment_max_mb,
+                l.segments.as_ref().map_or("unknown".to_string(), |v| format!("{} with rows {v:?}", v.len()))
+            );
+            let _ = writeln!(
+                s,
+                "- Milvus insert → searchable with the index: {:.1} s = insert {:.1} s ({:.0} rows/s, pymilvus, batches \
+                 of {}) + flush {:.1} s + create_index until Finished {:.1} s ({} of {} rows indexed) + load {:.1} s + \
+                 first search {:.2} s ({} attempt(s))",
+                l.searchable_secs,
+                l.insert_secs,
+                l.rows as f64 / l.insert_secs.max(1e-9),
+                self.batch,
+                l.flush_secs,
+                l.index_secs,
+                l.indexed_rows.map_or("?".to_string(), |r| r.to_string()),
+                l.rows,
+                l.load_secs,
+                l.first_search_secs,
+                l.search_attempts
+            );
+            rss_lines(&mut s, "Milvus", &[("after load + index", &m.rss), ("after the search runs", &m.rss_end)]);
         }
         s
+    }
+}
+
+/// What the summary shows of one configuration.
+#[derive(Clone, Copy)]
+struct SummaryCell {
+    qps: f64,
+    errors: usize,
+    p50_us: f64,
+    recall: f64,
+}
+
+impl SummaryCell {
+    fn of(r: &LoadResult) -> SummaryCell {
+        SummaryCell { qps: r.qps, errors: r.errors, p50_us: r.p50_us, recall: r.recall }
+    }
+}
+
+/// One system of the --milvus summary: its result at each client count (None: not measured).
+struct SummaryRow {
+    system: String,
+    by_threads: Vec<Option<SummaryCell>>,
+    /// The insert → searchable cell.
+    searchable: String,
+}
+
+/// "1 client", "2 clients".
+fn clients(n: usize) -> String {
+    if n == 1 {
+        "1 client".into()
+    } else {
+        format!("{n} clients")
+    }
+}
+
+/// system | QPS per client count | p50 and recall at the first count | insert → searchable.
+fn summary_table(k: usize, threads: &[usize], rows: &[SummaryRow]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let first = clients(threads.first().copied().unwrap_or(1));
+    let _ = write!(s, "| system |");
+    for &t in threads {
+        let _ = write!(s, " QPS, {} |", clients(t));
+    }
+    let _ = writeln!(s, " p50 µs, {first} | recall@{k}, {first} | insert → searchable |");
+    let _ = writeln!(s, "|---|{}---:|---:|---|", "---:|".repeat(threads.len()));
+    for row in rows {
+        let _ = write!(s, "| {} |", row.system);
+        for r in &row.by_threads {
+            match r {
+                Some(r) if r.errors > 0 => {
+                    let _ = write!(s, " {:.0} ({} errors) |", r.qps, r.errors);
+                }
+                Some(r) => {
+                    let _ = write!(s, " {:.0} |", r.qps);
+                }
+                None => s.push_str(" — |"),
+            }
+        }
+        match row.by_threads.first().and_then(Option::as_ref) {
+            Some(r) => {
+                let _ = write!(s, " {:.0} | {:.4} |", r.p50_us, r.recall);
+            }
+            None => s.push_str(" — | — |"),
+        }
+        let _ = writeln!(s, " {} |", row.searchable);
+    }
+    s
+}
+
+/// `what: ours / theirs = ratio — bar ≥ bar: met | not met` (as a percentage with `percent`).
+fn qps_bar(what: &str, ours: Option<f64>, theirs: Option<f64>, bar: f64, percent: bool) -> String {
+    let show = |r: f64| if percent { format!("{:.0}%", r * 100.0) } else { format!("{r:.2}×") };
+    match (ours, theirs) {
+        (Some(o), Some(t)) if t > 0.0 => {
+            let r = o / t;
+            format!(
+                "{what}: {o:.0} / {t:.0} = {} — bar ≥ {}: {}",
+                show(r),
+                show(bar),
+                if r >= bar { "met" } else { "not met" }
+            )
+        }
+        _ => format!("{what}: not measured — bar ≥ {}: not checked", show(bar)),
+    }
+}
+
+/// Quiver's insert → searchable against Milvus' (`quiver`: the time and whether it was observed
+/// rather than bounded by a fixed wait).
+fn searchable_bar(quiver: Option<(Duration, bool)>, milvus: Option<f64>) -> String {
+    let what = "insert → searchable with the index";
+    match (quiver, milvus) {
+        (Some((q, exact)), Some(m)) => {
+            let q = q.as_secs_f64();
+            let verdict = match (q <= m, exact) {
+                (true, _) => "met",
+                (false, true) => "not met",
+                (false, false) => "inconclusive (Quiver's time is an upper bound from a fixed wait)",
+            };
+            format!("{what}: Quiver {q:.1} s vs Milvus {m:.1} s ({:.2}×) — bar ≤: {verdict}", q / m.max(1e-9))
+        }
+        _ => format!("{what}: not measured for both — bar ≤: not checked"),
+    }
+}
+
+/// "- {system} RSS {when}: total (peak) = per process" lines.
+#[allow(clippy::type_complexity)] // (pid, name, VmRSS, VmHWM) as tree_mem returns them
+fn rss_lines(s: &mut String, system: &str, lists: &[(&str, &Vec<(u32, String, u64, u64)>)]) {
+    use std::fmt::Write;
+    for (when, list) in lists {
+        let total: u64 = list.iter().map(|e| e.2).sum();
+        let peak: u64 = list.iter().map(|e| e.3).sum();
+        let parts: Vec<String> = list
+            .iter()
+            .map(|(pid, name, rss, hwm)| format!("{name} (pid {pid}) {} (peak {})", mib(*rss), mib(*hwm)))
+            .collect();
+        let _ = writeln!(s, "- {system} RSS {when}: {} (peak {}) = {}", mib(total), mib(peak), parts.join(" + "));
     }
 }
 
@@ -1991,4 +2669,83 @@ pub fn router_e2e(cfg: &RouterE2e) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn cell(qps: f64, errors: usize) -> Option<SummaryCell> {
+        Some(SummaryCell { qps, errors, p50_us: 250.4, recall: 0.98765 })
+    }
+
+    #[test]
+    fn hnsw_settings_fill_in_quivers_defaults() {
+        let mut params = schema::index_named("HNSW", "IP").unwrap();
+        params.m = 0;
+        params.ef_construction = 0;
+        let h = HnswSettings::of(&params, &SearchParams { ef: 0, nprobe: 0 }).unwrap();
+        assert_eq!((h.metric, h.m, h.ef_construction, h.ef), ("IP", 16, 200, 64));
+        params.m = 32;
+        params.ef_construction = 100;
+        params.metric = MetricType::Cosine;
+        let h = HnswSettings::of(&params, &SearchParams { ef: 128, nprobe: 0 }).unwrap();
+        assert_eq!((h.metric, h.m, h.ef_construction, h.ef), ("COSINE", 32, 100, 128));
+        let flat = schema::index_named("IVF_FLAT", "L2").unwrap();
+        assert!(HnswSettings::of(&flat, &SearchParams::default()).is_none());
+    }
+
+    #[test]
+    fn summary_table_has_a_column_per_client_count() {
+        let rows = [
+            SummaryRow {
+                system: "A".into(),
+                by_threads: vec![cell(1000.4, 0), cell(1900.0, 3)],
+                searchable: "5.0 s".into(),
+            },
+            SummaryRow { system: "B".into(), by_threads: vec![None, cell(10.0, 0)], searchable: "—".into() },
+        ];
+        let t = summary_table(10, &[1, 2], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| system | QPS, 1 client | QPS, 2 clients | p50 µs, 1 client | recall@10, 1 client | insert → searchable |"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|---:|---|");
+        assert_eq!(lines[2], "| A | 1000 | 1900 (3 errors) | 250 | 0.9877 | 5.0 s |");
+        // Not measured at the first count: no p50 or recall either.
+        assert_eq!(lines[3], "| B | — | 10 | — | — | — |");
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn qps_bars_say_met_or_not() {
+        assert_eq!(qps_bar("x", Some(300.0), Some(100.0), 2.0, false), "x: 300 / 100 = 3.00× — bar ≥ 2.00×: met");
+        assert_eq!(qps_bar("x", Some(150.0), Some(100.0), 2.0, false), "x: 150 / 100 = 1.50× — bar ≥ 2.00×: not met");
+        assert_eq!(qps_bar("y", Some(50.0), Some(100.0), 0.5, true), "y: 50 / 100 = 50% — bar ≥ 50%: met");
+        assert_eq!(qps_bar("y", Some(49.0), Some(100.0), 0.5, true), "y: 49 / 100 = 49% — bar ≥ 50%: not met");
+        assert_eq!(qps_bar("z", None, Some(100.0), 2.0, false), "z: not measured — bar ≥ 2.00×: not checked");
+        assert_eq!(qps_bar("z", Some(1.0), Some(0.0), 0.5, true), "z: not measured — bar ≥ 50%: not checked");
+    }
+
+    #[test]
+    fn searchable_bar_is_honest_about_upper_bounds() {
+        let s = |secs: f64, exact: bool| Some((Duration::from_secs_f64(secs), exact));
+        assert!(searchable_bar(s(10.0, true), Some(20.0)).ends_with("bar ≤: met"));
+        assert!(searchable_bar(s(10.0, false), Some(20.0)).ends_with("bar ≤: met"));
+        assert!(searchable_bar(s(30.0, true), Some(20.0)).ends_with("bar ≤: not met"));
+        assert!(searchable_bar(s(30.0, false), Some(20.0)).contains("inconclusive"));
+        assert!(searchable_bar(None, Some(20.0)).ends_with("not checked"));
+        assert!(searchable_bar(s(10.0, true), Some(20.0)).contains("Quiver 10.0 s vs Milvus 20.0 s (0.50×)"));
+    }
+
+    #[test]
+    fn counts_the_query_nodes_loads() {
+        let text = "quiver_requests_total{method=\"load\",role=\"querynode\"} 3\n\
+                    quiver_requests_total{method=\"search\",role=\"querynode\"} 40\n\
+                    quiver_requests_total{method=\"load\",role=\"proxy\"} 7\n";
+        assert_eq!(querynode_loads(text), 3.0);
+        assert_eq!(querynode_loads(""), 0.0);
+    }
 }

@@ -3,9 +3,11 @@
 //! the other legs use.
 //!
 //! The driver (`tools/bench/bench-pymilvus.py`, compiled into this binary and written to a temp
-//! dir so the bench runs from any directory) gets the bench's own query vectors and ground truth as
-//! `.npy` files, runs one configuration per invocation and prints one JSON line
-//! ([`DriverOutput`]). Around each invocation the bench reads the child's Prometheus endpoint:
+//! dir with the other Python legs' scripts, [`PyInputs`], so the bench runs from any directory)
+//! gets the bench's own query vectors and ground truth as `.npy` files, runs one configuration
+//! per invocation and prints one JSON line ([`DriverOutput`]). The same driver measures Milvus
+//! 2.3.5 standalone ([`super::milvus_server`]), and the faiss-cpu leg ([`super::faiss_cpu`])
+//! prints the same object. Around each invocation the bench reads the child's Prometheus endpoint:
 //! `quiver_milvus_request_seconds{method="Search"}` `_sum` / `_count` give the mean time the
 //! server spent per Search (tonic handler entry to reply), which splits the client-side latency
 //! into "gRPC server path" and "pymilvus client + transport"; `quiver_milvus_requests_total`
@@ -26,8 +28,14 @@ use super::{Data, LoadResult};
 
 /// The pymilvus version the compatibility suite pins (tests/pymilvus/run.sh's default).
 pub(super) const PYMILVUS_VERSION: &str = "2.5.14";
-/// The driver's source, so the bench does not depend on the working directory.
-const DRIVER: &str = include_str!("../../bench-pymilvus.py");
+/// The Python scripts, compiled in so the bench does not depend on the working directory.
+const SCRIPTS: [(&str, &str); 5] = [
+    ("benchcommon.py", include_str!("../../benchcommon.py")),
+    ("bench-pymilvus.py", include_str!("../../bench-pymilvus.py")),
+    ("bench-faiss-cpu-threads.py", include_str!("../../bench-faiss-cpu-threads.py")),
+    ("bench-milvus-server.py", include_str!("../../bench-milvus-server.py")),
+    ("bench-milvus-load.py", include_str!("../../bench-milvus-load.py")),
+];
 
 /// What the driver prints (one JSON object); latencies in µs, absent when no call succeeded.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -46,15 +54,16 @@ pub(super) struct DriverOutput {
 }
 
 impl DriverOutput {
-    /// The last non-empty stdout line, as JSON (anything printed before it is ignored).
+    /// The last non-empty stdout line, as JSON (anything printed before it is ignored). Also what
+    /// bench-faiss-cpu-threads.py prints per configuration.
     pub(super) fn parse(stdout: &str) -> anyhow::Result<DriverOutput> {
         let line = stdout
             .lines()
             .rev()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .ok_or_else(|| anyhow!("the pymilvus driver printed nothing on stdout"))?;
-        serde_json::from_str(line).with_context(|| format!("cannot parse the pymilvus driver's output {line:?}"))
+            .ok_or_else(|| anyhow!("the driver printed nothing on stdout"))?;
+        serde_json::from_str(line).with_context(|| format!("cannot parse the driver's output {line:?}"))
     }
 
     pub(super) fn into_load_result(self) -> LoadResult {
@@ -278,9 +287,63 @@ pub(super) fn resolve_python(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 // ---------------------------------------------------------------- the driver
 
-/// The driver script and its inputs in a temp dir (removed on drop), and how to call it.
+/// What the Python legs read, in a temp dir (removed on drop): their scripts ([`SCRIPTS`]), the
+/// bench's query vectors (`queries.npy`, float32 nq × dim) and ground truth (`truth.npy`, int64
+/// nq × k).
+pub(super) struct PyInputs {
+    dir: tempfile::TempDir,
+}
+
+impl PyInputs {
+    pub(super) fn write(data: &Data, k: usize) -> anyhow::Result<PyInputs> {
+        let dir = temp_dir("quiver-bench-py-")?;
+        let inputs = PyInputs { dir };
+        let write = |name: &str, bytes: &[u8]| {
+            let p = inputs.path(name);
+            std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))
+        };
+        for (name, text) in SCRIPTS {
+            write(name, text.as_bytes())?;
+        }
+        write("queries.npy", &npy_f32(data.nq, data.dim, &data.queries))?;
+        write("truth.npy", &npy_truth(&data.truth, k))?;
+        Ok(inputs)
+    }
+
+    /// A file in the dir (a script of [`SCRIPTS`], `queries.npy` or `truth.npy`).
+    pub(super) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A fresh temp dir `<prefix><our pid>-<random>`, after removing those of earlier benches that
+/// are gone (a Ctrl-C leaves them behind: the signal ends the bench before any destructor).
+pub(super) fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let owner = name.to_str().and_then(|n| stale_owner(n, prefix));
+            if owner.is_some_and(|pid| !quiver_testkit::process_alive(pid)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir()
+        .context("cannot create a temp dir")
+}
+
+/// The pid in a name [`temp_dir`] made with `prefix`.
+fn stale_owner(name: &str, prefix: &str) -> Option<u32> {
+    name.strip_prefix(prefix)?.split_once('-')?.0.parse().ok()
+}
+
+/// How to call the driver on one server and collection.
 pub(super) struct Driver {
-    dir: PathBuf,
+    script: PathBuf,
+    queries: PathBuf,
+    truth: PathBuf,
     python: PathBuf,
     uri: String,
     collection: String,
@@ -299,17 +362,17 @@ pub(super) struct DriverSearch {
 }
 
 impl Driver {
-    pub(super) fn prepare(
+    pub(super) fn new(
         python: PathBuf,
         uri: String,
         collection: &str,
-        data: &Data,
+        inputs: &PyInputs,
         search: DriverSearch,
-    ) -> anyhow::Result<Driver> {
-        let dir = std::env::temp_dir().join(format!("quiver-bench-pymilvus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let driver = Driver {
-            dir,
+    ) -> Driver {
+        Driver {
+            script: inputs.path("bench-pymilvus.py"),
+            queries: inputs.path("queries.npy"),
+            truth: inputs.path("truth.npy"),
             python,
             uri,
             collection: collection.to_string(),
@@ -317,15 +380,7 @@ impl Driver {
             metric: metric_name(search.metric),
             ef: search.ef,
             nprobe: search.nprobe,
-        };
-        let write = |name: &str, bytes: &[u8]| {
-            let p = driver.dir.join(name);
-            std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))
-        };
-        write("bench-pymilvus.py", DRIVER.as_bytes())?;
-        write("queries.npy", &npy_f32(data.nq, data.dim, &data.queries))?;
-        write("truth.npy", &npy_truth(&data.truth, search.k))?;
-        Ok(driver)
+        }
     }
 
     /// Runs one configuration; fails when the driver cannot start or run at all (failed
@@ -338,15 +393,15 @@ impl Driver {
         duration: Duration,
     ) -> anyhow::Result<DriverOutput> {
         let mut cmd = Command::new(&self.python);
-        cmd.arg(self.dir.join("bench-pymilvus.py"))
+        cmd.arg(&self.script)
             .arg("--uri")
             .arg(&self.uri)
             .arg("--collection")
             .arg(&self.collection)
             .arg("--queries")
-            .arg(self.dir.join("queries.npy"))
+            .arg(&self.queries)
             .arg("--truth")
-            .arg(self.dir.join("truth.npy"))
+            .arg(&self.truth)
             .args(["--k", &self.k.to_string(), "--metric", self.metric])
             .args(["--ef", &self.ef.to_string(), "--nprobe", &self.nprobe.to_string()])
             .args(["--anns-field", "vector", "--consistency", "Eventually"])
@@ -365,12 +420,6 @@ impl Driver {
             );
         }
         DriverOutput::parse(&String::from_utf8_lossy(&out.stdout))
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -516,6 +565,20 @@ quiver_up 1
         let body: Vec<i64> = f[10 + hlen..].chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(body, vec![5, 6, 9, -1]);
         assert!(std::str::from_utf8(&f[10..10 + hlen]).unwrap().contains("'shape': (2, 2)"));
+    }
+
+    #[test]
+    fn temp_dirs_name_their_owner() {
+        assert_eq!(stale_owner("quiver-bench-py-1234-Ab9xQz", "quiver-bench-py-"), Some(1234));
+        assert_eq!(stale_owner("quiver-bench-milvus-77-x", "quiver-bench-milvus-"), Some(77));
+        // Other prefixes, and the Quiver child's dirs (quiver-bench-<pid>-<nanos>), are not ours.
+        assert_eq!(stale_owner("quiver-bench-py-1234-x", "quiver-bench-milvus-"), None);
+        assert_eq!(stale_owner("quiver-bench-9413-1796436617091133524", "quiver-bench-py-"), None);
+        assert_eq!(stale_owner("quiver-bench-py-abc-x", "quiver-bench-py-"), None);
+        assert_eq!(stale_owner("quiver-bench-py-", "quiver-bench-py-"), None);
+        let dir = temp_dir("quiver-bench-unit-").unwrap();
+        let name = dir.path().file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(stale_owner(&name, "quiver-bench-unit-"), Some(std::process::id()));
     }
 
     #[test]
