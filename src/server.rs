@@ -106,7 +106,7 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
     let shared = io.block_on(Shared::connect(config, &url, &format!("quiver-{base}")))?;
     let specs = roles.iter().map(|r| quiver_actors::role_spec(*r, format!("{base}-{}", r.as_str()))).collect();
     let signals = io.spawn(shutdown_signal());
-    tracing::info!(cluster = %cluster, nats = %url, faiss_simd = %simd, roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "Quiver starting");
+    tracing::info!(cluster = %cluster, nats = %url, faiss_simd = %simd, brute_force = vector::brute_force_kernels(), roles = ?roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "Quiver starting");
     let system = actix::System::new();
     let code = system.block_on(async move {
         let mut supervisor = Supervisor::start(specs, shared, supervisor_cfg);

@@ -10,13 +10,49 @@ use std::ops::Range;
 use super::blas::inner_products;
 use super::{normalize, worst_distance, MetricType, Result, VectorError};
 
-/// Lanes of the unrolled kernels: 8 independent accumulators let the compiler keep them in
-/// SIMD registers (2×SSE or 1×AVX) and break the floating-point dependency chain.
+/// Lanes of the portable kernels: 8 independent accumulators let the compiler keep them in
+/// SIMD registers (2×SSE) and break the floating-point dependency chain.
 const LANES: usize = 8;
+
+/// The distance kernels this CPU runs best, chosen once: AVX2 with FMA when the CPU has them
+/// (four 8-float accumulators, fused multiply-adds), else the portable ones (SSE2, which every
+/// x86-64 has). The binary is built for the baseline CPU, so the fast ones are compiled with
+/// `#[target_feature]` and only called after the run-time check.
+struct Kernels {
+    dot: fn(&[f32], &[f32]) -> f32,
+    l2_sq: fn(&[f32], &[f32]) -> f32,
+    name: &'static str,
+}
+
+fn kernels() -> &'static Kernels {
+    static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    KERNELS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Kernels { dot: avx2::dot, l2_sq: avx2::l2_sq, name: "avx2+fma" };
+        }
+        Kernels { dot: dot_portable, l2_sq: l2_sq_portable, name: "portable" }
+    })
+}
+
+/// Which brute-force kernels run here (`avx2+fma` or `portable`).
+pub fn kernel_level() -> &'static str {
+    kernels().name
+}
 
 /// Dot product of two equal-length slices.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    (kernels().dot)(a, b)
+}
+
+/// Squared L2 distance of two equal-length slices.
+#[inline]
+pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+    (kernels().l2_sq)(a, b)
+}
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -34,9 +70,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Squared L2 distance of two equal-length slices.
-#[inline]
-pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+fn l2_sq_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
@@ -54,6 +88,82 @@ pub(crate) fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
         s += d * d;
     }
     s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Safe entry points: [`super::kernels`] hands them out only after checking that the CPU
+    /// has AVX2 and FMA.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: selected only when `avx2` and `fma` were detected at run time.
+        unsafe { dot_fma(a, b) }
+    }
+
+    pub fn l2_sq(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as for `dot`.
+        unsafe { l2_sq_fma(a, b) }
+    }
+
+    /// Sum of the 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn sum8(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `each(x, y, acc)` over 8 floats a step into four accumulators in turn (independent
+    /// chains), then `tail` over the last `n % 8`, summed.
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce(
+        a: &[f32],
+        b: &[f32],
+        each: impl Fn(__m256, __m256, __m256) -> __m256,
+        tail: impl Fn(f32, f32) -> f32,
+    ) -> f32 {
+        let n = a.len().min(b.len());
+        let ((ca, ra), (cb, rb)) = (a[..n].as_chunks::<8>(), b[..n].as_chunks::<8>());
+        // SAFETY: an `&[f32; 8]` is 8 readable floats; loadu has no alignment requirement.
+        let load = |v: &[f32; 8]| unsafe { _mm256_loadu_ps(v.as_ptr()) };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (xs, ys) = (ca.chunks_exact(4), cb.chunks_exact(4));
+        let (xr, yr) = (xs.remainder(), ys.remainder());
+        for (x, y) in xs.zip(ys) {
+            for j in 0..4 {
+                acc[j] = each(load(&x[j]), load(&y[j]), acc[j]);
+            }
+        }
+        for (x, y) in xr.iter().zip(yr) {
+            acc[0] = each(load(x), load(y), acc[0]);
+        }
+        let all = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = sum8(all);
+        for (x, y) in ra.iter().zip(rb) {
+            s += tail(*x, *y);
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+        reduce(a, b, |x, y, acc| _mm256_fmadd_ps(x, y, acc), |x, y| x * y)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn l2_sq_fma(a: &[f32], b: &[f32]) -> f32 {
+        reduce(
+            a,
+            b,
+            |x, y, acc| {
+                let d = _mm256_sub_ps(x, y);
+                _mm256_fmadd_ps(d, d, acc)
+            },
+            |x, y| (x - y) * (x - y),
+        )
+    }
 }
 
 /// A top-k candidate; `bad` is the distance turned into "smaller is better".
@@ -358,4 +468,24 @@ fn check_rows(dim: usize, len: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_in_use_agree_with_the_portable_ones_at_every_length() {
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 63, 100, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 97) as f32 / 40.0 - 1.2).collect();
+            let close = |x: f32, y: f32| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+            let (d, p) = (dot(&a, &b), dot_portable(&a, &b));
+            assert!(close(d, p), "dot over {n}: {d} vs {p} ({})", kernel_level());
+            let (d, p) = (l2_sq(&a, &b), l2_sq_portable(&a, &b));
+            assert!(close(d, p), "l2 over {n}: {d} vs {p} ({})", kernel_level());
+            // Slices of different lengths: the shorter one's length counts.
+            assert!(close(dot(&a, &b[..n / 2]), dot_portable(&a[..n / 2], &b[..n / 2])));
+        }
+    }
 }

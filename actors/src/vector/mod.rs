@@ -106,6 +106,11 @@ pub fn select_simd(choice: SimdChoice) -> Result<SimdLevel> {
     Ok(quiver_faiss_simd::set_default(choice)?)
 }
 
+/// The kernels brute force (rows without an index) runs with here: `avx2+fma` or `portable`.
+pub fn brute_force_kernels() -> &'static str {
+    flat::kernel_level()
+}
+
 /// The faiss SIMD build new indexes use in this process.
 pub fn simd_level() -> SimdLevel {
     quiver_faiss_simd::default_level()
