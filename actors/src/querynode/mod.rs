@@ -331,8 +331,16 @@ impl QueryNode {
             deadline: ctx.remaining().map(|left| std::time::Instant::now() + left),
         };
         let pool = self.pool.clone();
-        let found: SearchResults =
-            tokio::task::spawn_blocking(move || search::run_search(&plan, &pool)).await.map_err(Error::internal)??;
+        // A quick search (one HNSW segment, a few queries) while this node serves nothing else
+        // runs here: nothing waits behind it, and the hand-off to a blocking thread and back
+        // would cost about as much as the search. Under concurrency, or for anything bigger,
+        // the search runs off the arbiter, so requests never queue behind one another.
+        let found: SearchResults = if self.in_flight.get() <= 1 && search::is_quick(&plan) {
+            metrics::counter!("quiver_querynode_inline_searches_total").increment(1);
+            search::run_search(&plan, &pool)?
+        } else {
+            tokio::task::spawn_blocking(move || search::run_search(&plan, &pool)).await.map_err(Error::internal)??
+        };
         Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.get() })
     }
 

@@ -277,6 +277,27 @@ fn run_piece(
     }
 }
 
+/// Queries, top-k and `ef` up to which a search of one HNSW segment counts as quick.
+const QUICK_QUERIES: usize = 4;
+const QUICK_TOP_K: usize = 100;
+const QUICK_EF: u32 = 512;
+
+/// Whether `plan` is a quick search: a few queries, no filter, through the HNSW index of one
+/// sealed segment, with no growing rows to scan beside it — a fraction of a millisecond, bounded
+/// by `ef` whatever the segment's size. Such a search may run where the request arrived
+/// instead of being handed to another thread and back (two wake-ups cost about as much).
+pub fn is_quick(plan: &SearchPlan) -> bool {
+    let nq = plan.queries.len() / plan.dim.max(1);
+    let hnsw = |seg: &Sealed| seg.index.as_ref().is_some_and(|i| i.index_type() == quiver_schemas::IndexType::Hnsw);
+    let no_growing = plan.growing.iter().all(|(shard, _)| shard.growing.read().is_ok_and(|g| g.rows.is_empty()));
+    nq <= QUICK_QUERIES
+        && plan.k <= QUICK_TOP_K
+        && plan.params.ef <= QUICK_EF
+        && plan.filter.is_none()
+        && matches!(plan.segments.as_slice(), [(seg, _)] if hnsw(seg))
+        && no_growing
+}
+
 /// Runs a search plan: top-k per query across every source, best first. The sources are cut
 /// into pieces run side by side on `pool` (this thread waits: it holds the growing rows' read
 /// locks, which the merge needs, so it must not be a pool thread that could pick up another
