@@ -39,7 +39,7 @@ use async_nats::{Message, Subject};
 use bytes::Bytes;
 use futures::future::{BoxFuture, LocalBoxFuture};
 use futures::{FutureExt, StreamExt};
-use quiver_runtime::bus::{Bus, LocalRequest, RequestContext};
+use quiver_runtime::bus::{Bus, LocalRequest, LocalServer, RequestContext};
 use quiver_runtime::{bus, telemetry, Error, LifeGuard, Result, RoleContext, RoleHealth, Shared};
 use quiver_schemas::protocol::{NodeControlRequest, ProtocolError, Service, ServiceRequest};
 use quiver_schemas::{Empty, NodeState, NodeStatus, Role, Subjects, Wire};
@@ -167,7 +167,12 @@ pub trait RoleHandler: 'static {
 }
 
 /// A role's request handler that may run on any thread, several requests at once.
-pub trait ConcurrentHandler<R>: Send + Sync + 'static {
+pub trait ConcurrentHandler<R: ServiceRequest>: Send + Sync + 'static {
+    /// Whether requests of `method` are served here (the others, and node controls, go to the
+    /// role's actor). Every method of the service by default.
+    fn serves(&self, method: &str) -> bool {
+        R::known_method(method).is_some()
+    }
     /// Answers one request with its encoded reply.
     fn handle(&self, req: R, ctx: RequestContext) -> BoxFuture<'static, Result<Vec<u8>>>;
 }
@@ -354,7 +359,7 @@ enum Incoming {
     QueueLeft,
 }
 
-struct Ready<H>(Rc<H>, Vec<(async_nats::Subscriber, bool, bool)>);
+struct Ready<H>(Rc<H>, Vec<(async_nats::Subscriber, bool, bool, bool)>);
 
 impl<H: RoleHandler> Actor for RoleActor<H> {
     type Context = Context<Self>;
@@ -370,20 +375,21 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
             let subjects = node.subjects();
             let service = H::Request::SERVICE;
             let (subject, group) = subjects.serve(service, &node.id);
-            // (subscription, is the service's queue subscription, carries events)
+            // (subscription, is the service's queue subscription, carries events, carries the
+            // service's requests)
             let mut subs = Vec::new();
             let service_sub = match group {
                 Some(g) => node.shared.bus.queue_subscribe(subject, g).await?,
                 None => node.shared.bus.subscribe(subject).await?,
             };
-            subs.push((service_sub, group.is_some(), false));
+            subs.push((service_sub, group.is_some(), false, true));
             if group.is_some() {
                 // Queue services get the node controls on the node's own subjects.
                 let (control, _) = subjects.serve(Service::NodeControl, &node.id);
-                subs.push((node.shared.bus.subscribe(control).await?, false, false));
+                subs.push((node.shared.bus.subscribe(control).await?, false, false, false));
             }
             for event in handler.events(&node) {
-                subs.push((node.shared.bus.subscribe(event).await?, false, true));
+                subs.push((node.shared.bus.subscribe(event).await?, false, true, false));
             }
             Ok::<_, Error>(Ready(handler, subs))
         };
@@ -391,7 +397,7 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
             Ok(Ready(handler, subs)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let concurrent = handler.concurrent();
-                for (sub, queue, events) in subs {
+                for (sub, queue, events, service) in subs {
                     let leave = if queue {
                         let (leave, left) = tokio::sync::oneshot::channel();
                         act.leave_queue = Some(leave);
@@ -401,12 +407,13 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
                     };
                     let to_actor = tx.clone();
                     match &concurrent {
-                        // The service's requests are served where they arrive (the I/O
-                        // runtime); only the queue-left signal goes to the actor.
-                        Some(handler) if queue => {
+                        // The requests the handler serves are served where they arrive (the
+                        // I/O runtime); the rest (node controls on a node subject) and the
+                        // queue-left signal go to the actor.
+                        Some(handler) if service => {
                             let (node, serving, handler) = (act.node.clone(), act.serving.clone(), handler.clone());
                             let deliver = move |incoming| match incoming {
-                                Incoming::Request(req) => {
+                                Incoming::Request(req) if handler.serves(req.method()) => {
                                     serving.serve_concurrently(&node, &handler, req);
                                     true
                                 }
@@ -423,9 +430,21 @@ impl<H: RoleHandler> Actor for RoleActor<H> {
                 }
                 let mut rx = rx;
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-                // Node calls from roles of this process, in memory.
+                // Node calls from roles of this process, in memory: the ones the concurrent
+                // handler serves are started in the caller's thread, the rest reach the actor.
                 let (local, mut inbox) = mpsc::unbounded_channel();
-                if act.node.shared.bus.serve_locally(&act.node.id, local) {
+                let direct = concurrent.clone().map(|handler| {
+                    let (node, serving) = (act.node.clone(), act.serving.clone());
+                    let direct: Arc<quiver_runtime::bus::DirectServe> = Arc::new(move |req: LocalRequest| {
+                        if !handler.serves(Subjects::method_of(&req.subject)) {
+                            return Some(req);
+                        }
+                        serving.serve_concurrently(&node, &handler, Request::local(req));
+                        None
+                    });
+                    direct
+                });
+                if act.node.shared.bus.serve_locally(&act.node.id, LocalServer { actor: local, direct }) {
                     ctx.add_stream(
                         futures::stream::poll_fn(move |cx| inbox.poll_recv(cx))
                             .map(|req| Incoming::Request(Request::local(req))),

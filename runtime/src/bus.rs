@@ -10,10 +10,11 @@
 //!
 //! Calls between roles of one process (a proxy and a query node of `quiver standalone`, or
 //! of one `quiver run --roles ...`) skip nats-server when `node.local_calls` is on: a role
-//! registers its node subjects' inbox ([`Bus::serve_locally`]) and [`Bus::call_node`] hands
-//! the same encoded request to it in memory, with the caller's budget and trace context, and
-//! gets the same encoded reply or error back ([`LocalRequest`]). Everything else (queue
-//! groups, events, the DML log) always goes through NATS.
+//! registers how it takes them ([`Bus::serve_locally`]) and [`Bus::call_node`] hands the same
+//! encoded request to it in memory, with the caller's budget and trace context, and gets the
+//! same encoded reply or error back ([`LocalRequest`]): through the role's actor, or, for the
+//! methods a role serves off its actor ([`LocalServer::direct`]), started in the caller's
+//! thread. Everything else (queue groups, events, the DML log) always goes through NATS.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -132,8 +133,21 @@ pub struct LocalRequest {
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<u8>>>,
 }
 
-/// The inboxes of this process's nodes that take [`LocalRequest`]s, by node id.
-type LocalInboxes = Arc<RwLock<HashMap<String, tokio::sync::mpsc::UnboundedSender<LocalRequest>>>>;
+/// How a node of this process takes [`LocalRequest`]s.
+#[derive(Clone)]
+pub struct LocalServer {
+    /// The role's actor (closed once the role stops: the server is then forgotten).
+    pub actor: tokio::sync::mpsc::UnboundedSender<LocalRequest>,
+    /// Takes the requests a role serves off its actor (on any thread) and gives back the
+    /// others, which go to `actor`.
+    pub direct: Option<Arc<DirectServe>>,
+}
+
+/// See [`LocalServer::direct`].
+pub type DirectServe = dyn Fn(LocalRequest) -> Option<LocalRequest> + Send + Sync;
+
+/// This process's nodes that take [`LocalRequest`]s, by node id.
+type LocalInboxes = Arc<RwLock<HashMap<String, LocalServer>>>;
 
 /// A connected bus. Cheap to clone.
 #[derive(Clone)]
@@ -191,27 +205,27 @@ impl Bus {
         self
     }
 
-    /// Node `node` of this process takes its node calls from `inbox` from now on (replacing an
-    /// earlier inbox of the same id: a restarted role); `false` (nothing registered) when local
-    /// calls are off. The inbox is forgotten once its receiver is dropped (the role stopped).
-    pub fn serve_locally(&self, node: &str, inbox: tokio::sync::mpsc::UnboundedSender<LocalRequest>) -> bool {
+    /// Node `node` of this process takes its node calls through `server` from now on
+    /// (replacing an earlier one of the same id: a restarted role); `false` (nothing
+    /// registered) when local calls are off. Forgotten once its actor is gone (the role stopped).
+    pub fn serve_locally(&self, node: &str, server: LocalServer) -> bool {
         let Some(mut map) = self.local.as_ref().and_then(|local| local.write().ok()) else { return false };
-        map.retain(|_, tx| !tx.is_closed());
-        map.insert(node.to_string(), inbox);
+        map.retain(|_, s| !s.actor.is_closed());
+        map.insert(node.to_string(), server);
         true
     }
 
-    /// The live inbox of node `node` if it runs in this process.
-    fn local_inbox(&self, node: &str) -> Option<tokio::sync::mpsc::UnboundedSender<LocalRequest>> {
+    /// How node `node` takes calls, if it runs (and serves) in this process.
+    fn local_server(&self, node: &str) -> Option<LocalServer> {
         let local = self.local.as_ref()?;
-        let tx = local.read().ok()?.get(node).cloned()?;
-        if tx.is_closed() {
+        let server = local.read().ok()?.get(node).cloned()?;
+        if server.actor.is_closed() {
             if let Ok(mut map) = local.write() {
-                map.retain(|_, tx| !tx.is_closed());
+                map.retain(|_, s| !s.actor.is_closed());
             }
             return None;
         }
-        Some(tx)
+        Some(server)
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -240,9 +254,9 @@ impl Bus {
     pub async fn call_node<C: NodeCall>(&self, node: &str, req: &C::Request, opts: &CallOptions) -> Result<C::Reply> {
         let subject = self.subjects.node_call::<C>(node);
         // Host agents are never roles of this process (their ids are not node ids).
-        if let Some(inbox) = self.local_inbox(node).filter(|_| C::SERVICE != Service::Host) {
+        if let Some(server) = self.local_server(node).filter(|_| C::SERVICE != Service::Host) {
             let payload = Bytes::from(req.to_bytes());
-            let reply = self.call_local(&inbox, subject.clone(), payload, opts).await?;
+            let reply = self.call_local(&server, subject.clone(), payload, opts).await?;
             return C::Reply::from_bytes(&reply)
                 .map_err(|e| Error::Internal(format!("malformed reply from {subject}: {e}")));
         }
@@ -252,7 +266,7 @@ impl Bus {
     /// One request to a node of this process, bounded like a NATS request.
     async fn call_local(
         &self,
-        inbox: &tokio::sync::mpsc::UnboundedSender<LocalRequest>,
+        server: &LocalServer,
         subject: String,
         payload: Bytes,
         opts: &CallOptions,
@@ -262,7 +276,11 @@ impl Bus {
         ctx.traceparent = opts.traceparent.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = LocalRequest { subject: subject.clone(), payload, ctx, reply };
-        if inbox.send(request).is_err() {
+        let for_actor = match &server.direct {
+            Some(direct) => direct(request),
+            None => Some(request),
+        };
+        if for_actor.is_some_and(|r| server.actor.send(r).is_err()) {
             return Err(Error::Unavailable(format!("nothing serves {subject} (is the node up?)")));
         }
         metrics::counter!("quiver_bus_local_calls_total").increment(1);

@@ -7,9 +7,11 @@
 //! - `search.rs`: top-k search and get over segments and growing rows.
 //! - `pool.rs`: the search pool (`querynode.search_threads`) searches run their pieces on.
 //!
-//! Requests are served concurrently: the actor's arbiter only decodes, waits for consistency
-//! and replies; a search runs on a blocking thread that hands its pieces (segments, row ranges,
-//! query blocks) to the pool and merges them, so concurrent requests share the pool's threads.
+//! Searches, gets and queries are served on the process's I/O runtime ([`ConcurrentReads`]),
+//! side by side; loads, releases and hand-off events on the actor. A quick search runs in the
+//! task serving it (`block_in_place`); others on a blocking thread that hands its pieces
+//! (segments, row ranges, query blocks) to the pool and merges them, so concurrent requests
+//! share the pool's threads.
 
 mod pool;
 mod search;
@@ -17,12 +19,12 @@ mod shard;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use futures::future::LocalBoxFuture;
+use futures::future::{BoxFuture, LocalBoxFuture};
 use futures::StreamExt;
 use quiver_runtime::bus::{now_ms, RequestContext};
 use quiver_runtime::{Error, Result, RoleContext};
@@ -38,7 +40,7 @@ use shard::{Shard, ShardData};
 
 use crate::filter::SegmentIndexes;
 use crate::limits::ReadLimits;
-use crate::node::{start_role, Node, RoleHandler};
+use crate::node::{start_role, ConcurrentHandler, Node, RoleHandler};
 use crate::rows::decode_segment;
 use crate::vector::VectorIndex;
 
@@ -65,11 +67,13 @@ struct Loaded {
     views: HashMap<u32, ShardView>,
 }
 
+/// The query node's state, shared by its actor (loads, releases, hand-off events, controls) and
+/// the reads (searches, gets, queries), which run on the I/O runtime's threads side by side.
 pub struct QueryNode {
     node: Node,
-    collections: RefCell<HashMap<u64, Loaded>>,
+    collections: RwLock<HashMap<u64, Loaded>>,
     /// Searches, gets and queries being served, reported with search replies (S2.7).
-    in_flight: std::cell::Cell<u32>,
+    in_flight: AtomicU32,
     /// Serialises `load` per node so concurrent loads never race on the same collection.
     loading: tokio::sync::Mutex<()>,
     /// Where searches run (`querynode.search_threads`).
@@ -86,19 +90,32 @@ pub fn start(rc: RoleContext) {
                 crate::vector::set_faiss_threads(config.faiss_threads.max(1));
                 let pool = Arc::new(SearchPool::new(config.search_threads)?);
                 tracing::info!(threads = pool.threads(), "search pool started");
-                Ok(QueryNode {
+                Ok(QueryNodeRole(Arc::new(QueryNode {
                     node,
                     collections: Default::default(),
                     in_flight: Default::default(),
                     loading: Default::default(),
                     pool,
-                })
+                })))
             })
         }),
     );
 }
 
+/// The role's handler: the state, shared with the reads served off the arbiter.
+struct QueryNodeRole(Arc<QueryNode>);
+
 impl QueryNode {
+    /// The loaded collections, to read (a panic while they were written leaves them as they
+    /// were: every write is one step that keeps them consistent).
+    fn collections(&self) -> RwLockReadGuard<'_, HashMap<u64, Loaded>> {
+        self.collections.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn collections_mut(&self) -> RwLockWriteGuard<'_, HashMap<u64, Loaded>> {
+        self.collections.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn fetch_segment(&self, seg: &SegmentInfo, metric: MetricType, info: &CollectionInfo) -> Result<Sealed> {
         let objects = &self.node.shared.objects;
         let data = objects.get(&seg.data_path).await?;
@@ -133,7 +150,7 @@ impl QueryNode {
         let metric = metric_of(&info);
         let wanted: HashSet<u64> = req.segments.iter().map(|s| s.id).collect();
         let missing: Vec<&SegmentInfo> = {
-            let mut collections = self.collections.borrow_mut();
+            let mut collections = self.collections_mut();
             let loaded = collections.entry(info.id).or_insert_with(|| Loaded {
                 info: info.clone(),
                 segments: HashMap::new(),
@@ -181,8 +198,7 @@ impl QueryNode {
         // created or dropped since): rebuilt off the arbiter, served meanwhile as they are.
         let refetched: HashSet<u64> = missing.iter().map(|s| s.id).collect();
         let restale: Vec<Arc<Sealed>> = self
-            .collections
-            .borrow()
+            .collections()
             .get(&info.id)
             .map(|c| {
                 c.segments
@@ -208,11 +224,11 @@ impl QueryNode {
         while let Some(fetched) = fetches.next().await {
             let seg = Arc::new(fetched?);
             // Released meanwhile: nothing to add it to.
-            if let Some(loaded) = self.collections.borrow_mut().get_mut(&info.id) {
+            if let Some(loaded) = self.collections_mut().get_mut(&info.id) {
                 loaded.segments.insert(seg.info.id, seg);
             }
         }
-        let mut collections = self.collections.borrow_mut();
+        let mut collections = self.collections_mut();
         if collections.get(&info.id).is_some_and(|c| c.segments.is_empty() && c.shards.is_empty()) {
             collections.remove(&info.id);
         }
@@ -220,7 +236,7 @@ impl QueryNode {
     }
 
     fn release(&self, req: ReleaseSegments) -> Result<Empty> {
-        let mut collections = self.collections.borrow_mut();
+        let mut collections = self.collections_mut();
         if req.all {
             collections.remove(&req.collection);
         } else if let Some(c) = collections.get_mut(&req.collection) {
@@ -239,7 +255,7 @@ impl QueryNode {
         segments: &[u64],
         growing: &[ShardPlacement],
     ) -> Result<(CollectionInfo, Vec<(Arc<Sealed>, Arc<ShardData>)>, Vec<(Arc<ShardData>, u64)>)> {
-        let collections = self.collections.borrow();
+        let collections = self.collections();
         let loaded = collections
             .get(&collection)
             .ok_or_else(|| Error::Stale(format!("collection {collection} is not loaded on node {}", self.node.id)))?;
@@ -313,7 +329,7 @@ impl QueryNode {
         // are allocated: the proxy is a peer, not a guarantee.
         self.limits().check_search(&req.search, info.dim())?;
         let shards: Vec<ShardView> = {
-            let collections = self.collections.borrow();
+            let collections = self.collections();
             let views = collections.get(&req.collection).map(|c| &c.views);
             req.growing.iter().filter_map(|g| views.and_then(|v| v.get(&g.shard)).cloned()).collect()
         };
@@ -331,17 +347,24 @@ impl QueryNode {
             deadline: ctx.remaining().map(|left| std::time::Instant::now() + left),
         };
         let pool = self.pool.clone();
-        // A quick search (one HNSW segment, a few queries) while this node serves nothing else
-        // runs here: nothing waits behind it, and the hand-off to a blocking thread and back
-        // would cost about as much as the search. Under concurrency, or for anything bigger,
-        // the search runs off the arbiter, so requests never queue behind one another.
-        let found: SearchResults = if self.in_flight.get() <= 1 && search::is_quick(&plan) {
+        // A quick search (one HNSW segment, a few queries) runs where the request is served:
+        // the hand-off to a blocking thread and back would cost about as much as the search.
+        // On the I/O runtime (searches arrive there) the thread's other tasks are moved to
+        // another thread meanwhile (`block_in_place`); on the actor's arbiter only while the
+        // node serves nothing else. Anything bigger runs on a blocking thread and the pool.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let quick = search::is_quick(&plan);
+        let found: SearchResults = if quick && multi_thread {
+            metrics::counter!("quiver_querynode_inline_searches_total").increment(1);
+            tokio::task::block_in_place(|| search::run_search(&plan, &pool))?
+        } else if quick && self.in_flight.load(Ordering::Relaxed) <= 1 {
             metrics::counter!("quiver_querynode_inline_searches_total").increment(1);
             search::run_search(&plan, &pool)?
         } else {
             tokio::task::spawn_blocking(move || search::run_search(&plan, &pool)).await.map_err(Error::internal)??
         };
-        Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.get() })
+        Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.load(Ordering::Relaxed) })
     }
 
     async fn get(&self, req: NodeGet, ctx: &RequestContext) -> Result<GetResults> {
@@ -394,18 +417,61 @@ impl QueryNode {
 }
 
 /// Counts a request being served until dropped.
-struct InFlight<'a>(&'a std::cell::Cell<u32>);
+struct InFlight<'a>(&'a AtomicU32);
 
 impl<'a> InFlight<'a> {
-    fn new(count: &'a std::cell::Cell<u32>) -> InFlight<'a> {
-        count.set(count.get() + 1);
+    fn new(count: &'a AtomicU32) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
         InFlight(count)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl QueryNode {
+    /// Serves one request (on the actor).
+    async fn serve(&self, req: QueryNodeRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
+        match req {
+            QueryNodeRequest::Load(r) => r.serve(|r| self.load(r)).await,
+            QueryNodeRequest::Release(r) => r.serve(|r| async move { self.release(r) }).await,
+            read => self.serve_read(read, ctx).await,
+        }
+    }
+
+    /// Serves a search, get or query, on the actor or on the I/O runtime. Loads and releases
+    /// run only on the actor (they start and stop shard log readers, which run on its arbiter).
+    async fn serve_read(&self, req: QueryNodeRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
+        let _serving = InFlight::new(&self.in_flight);
+        match req {
+            QueryNodeRequest::Search(r) => r.serve(|r| self.search(r, ctx)).await,
+            QueryNodeRequest::Get(r) => r.serve(|r| self.get(r, ctx)).await,
+            QueryNodeRequest::Query(r) => r.serve(|r| self.query(r, ctx)).await,
+            QueryNodeRequest::Load(_) | QueryNodeRequest::Release(_) => {
+                Err(Error::Internal("loads and releases are served by the query node's actor".into()))
+            }
+        }
+    }
+}
+
+/// Searches, gets and queries, served on the I/O runtime where they arrive (in memory from the
+/// proxy of this process, or from NATS): the node's state is shared and locked briefly, the
+/// search itself runs as [`QueryNode::search`] says.
+struct ConcurrentReads(Arc<QueryNode>);
+
+impl ConcurrentHandler<QueryNodeRequest> for ConcurrentReads {
+    fn serves(&self, method: &str) -> bool {
+        use quiver_schemas::protocol::querynode;
+        use quiver_schemas::protocol::Call;
+        [querynode::Search::METHOD, querynode::Get::METHOD, querynode::Query::METHOD].contains(&method)
+    }
+
+    fn handle(&self, req: QueryNodeRequest, ctx: RequestContext) -> BoxFuture<'static, Result<Vec<u8>>> {
+        let qn = self.0.clone();
+        Box::pin(async move { qn.serve_read(req, &ctx).await })
     }
 }
 
@@ -416,8 +482,12 @@ fn releases(change: &quiver_schemas::SegmentChangeInfo, me: &str) -> bool {
     change.offline_node_id == me && change.online_node_id != me && change.released_ms == 0
 }
 
-impl RoleHandler for QueryNode {
+impl RoleHandler for QueryNodeRole {
     type Request = QueryNodeRequest;
+
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentHandler<QueryNodeRequest>>> {
+        Some(Arc::new(ConcurrentReads(self.0.clone())))
+    }
 
     /// MISSION S1.4: the query channels, where the coordinator announces hand-offs.
     fn events(&self, node: &Node) -> Vec<String> {
@@ -430,7 +500,7 @@ impl RoleHandler for QueryNode {
     fn event(self: Rc<Self>, msg: async_nats::Message) -> LocalBoxFuture<'static, ()> {
         use quiver_schemas::Wire;
         match quiver_schemas::SegmentChangeInfo::from_bytes(&msg.payload) {
-            Ok(change) if releases(&change, &self.node.id) => {
+            Ok(change) if releases(&change, &self.0.node.id) => {
                 tracing::info!(
                     collection = change.collection,
                     segments = ?change.offline_segment_ids,
@@ -439,7 +509,7 @@ impl RoleHandler for QueryNode {
                 );
                 let release =
                     ReleaseSegments { collection: change.collection, segments: change.offline_segment_ids, all: false };
-                let _ = self.release(release);
+                let _ = self.0.release(release);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "ignored a malformed query channel event"),
@@ -448,26 +518,7 @@ impl RoleHandler for QueryNode {
     }
 
     fn handle(self: Rc<Self>, req: QueryNodeRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
-        Box::pin(async move {
-            let me = &self;
-            let ctx = &ctx;
-            match req {
-                QueryNodeRequest::Search(r) => {
-                    let _serving = InFlight::new(&me.in_flight);
-                    r.serve(|r| me.search(r, ctx)).await
-                }
-                QueryNodeRequest::Get(r) => {
-                    let _serving = InFlight::new(&me.in_flight);
-                    r.serve(|r| me.get(r, ctx)).await
-                }
-                QueryNodeRequest::Query(r) => {
-                    let _serving = InFlight::new(&me.in_flight);
-                    r.serve(|r| me.query(r, ctx)).await
-                }
-                QueryNodeRequest::Load(r) => r.serve(|r| me.load(r)).await,
-                QueryNodeRequest::Release(r) => r.serve(|r| async move { me.release(r) }).await,
-            }
-        })
+        Box::pin(async move { self.0.serve(req, &ctx).await })
     }
 
     /// The coordinator sees the node draining in its heartbeat and moves its segments and
@@ -476,12 +527,12 @@ impl RoleHandler for QueryNode {
     fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move {
             loop {
-                if self.collections.borrow().is_empty() {
-                    tracing::info!(node = %self.node.id, "every segment and shard lead handed off");
+                if self.0.collections().is_empty() {
+                    tracing::info!(node = %self.0.node.id, "every segment and shard lead handed off");
                     return;
                 }
-                if !self.node.has_serving_peer().await {
-                    tracing::warn!(node = %self.node.id, "no other query node serves; stopping without a hand-off");
+                if !self.0.node.has_serving_peer().await {
+                    tracing::warn!(node = %self.0.node.id, "no other query node serves; stopping without a hand-off");
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -490,7 +541,7 @@ impl RoleHandler for QueryNode {
     }
 
     fn heartbeat(&self) -> (u32, String) {
-        let collections = self.collections.borrow();
+        let collections = self.0.collections();
         let segments: usize = collections.values().map(|c| c.segments.len()).sum();
         let growing: usize = collections
             .values()
