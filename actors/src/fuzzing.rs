@@ -6,8 +6,8 @@
 /// protobuf types they read.
 pub mod milvus {
     pub use crate::proxy::milvus::convert::{
-        consistency_of, consistency_to, index_from, index_to, knobs_from, metric_from, output_fields, rows_from,
-        schema_from, schema_to, vectors_from, Knobs, PlaceholderGroup, PlaceholderValue,
+        consistency_of, consistency_to, index_from, index_to, knobs_from, metric_from, output_fields,
+        placeholder_group, rows_from, schema_from, schema_to, vectors_from, Knobs, PlaceholderGroup, PlaceholderValue,
     };
     pub use crate::proxy::milvus::proto;
 }

@@ -45,7 +45,7 @@ fn search(info: &CollectionInfo, r: &SearchRequest) {
     let _ = convert::consistency_of(r.consistency_level);
     let (Ok(knobs), Ok((vectors, _nq)), Ok((fields, _))) = (
         convert::knobs_from(&r.search_params),
-        convert::vectors_from(&r.placeholder_group, info.dim(), config().proxy.max_nq),
+        convert::placeholder_group(r).and_then(|group| convert::vectors_from(group, info.dim(), config().proxy.max_nq)),
         convert::output_fields(info, &r.output_fields),
     ) else {
         return;

@@ -362,7 +362,7 @@ fn milvus(dir: &Path) {
     let search = pm::SearchRequest {
         collection_name: "docs".into(),
         dsl: "i > 1 and meta[\"a\"] == 1".into(),
-        placeholder_group: placeholder.encode_to_vec(),
+        search_input: Some(pm::search_request::SearchInput::PlaceholderGroup(placeholder.encode_to_vec())),
         output_fields: vec!["s".into(), "k".into()],
         search_params: vec![kv("topk", "10"), kv("params", r#"{"ef": 64, "nprobe": 4}"#), kv("metric_type", "COSINE")],
         consistency_level: 0,

@@ -606,6 +606,14 @@ struct CompactionJobId {
   id @0 :UInt64;
 }
 
+# A `compact` request. Field @0 is `CollectionName`'s, so a bare `CollectionName` (older
+# clients) reads as a plain compaction.
+struct CompactRequest {
+  name @0 :Text;
+  force @1 :Bool;           # Force merge: every segment of a shard merged up to targetRows.
+  targetRows @2 :UInt64;    # With force: rows per merged segment at most (0 = no limit).
+}
+
 # Coordinator -> query node: serve these sealed segments and lead these shards.
 struct LoadSegments {
   collection @0 :CollectionInfo;
