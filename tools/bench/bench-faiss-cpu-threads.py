@@ -34,9 +34,8 @@ import time
 import faiss
 import numpy as np
 
-from benchcommon import read_fvecs, summarize
+from benchcommon import drive, read_fvecs, summarize
 
-MAX_ERRORS = 1000
 
 
 def parse_args(argv):
@@ -93,41 +92,15 @@ def run(index, queries, truth, k, threads, warmup, duration):
     def worker(t):
         # OpenMP settings are per calling thread: one thread per search, as Quiver's query node.
         faiss.omp_set_num_threads(1)
-        lat = []
-        correct = {}
-        errors = 0
-        first_error = None
-        last_end = None
         barrier.wait()
-        warm_end, end = window["warm_end"], window["end"]
-        i = t * nq // threads
-        while errors < MAX_ERRORS:
-            t0 = time.perf_counter_ns()
-            if t0 >= end:
-                break
-            q = i % nq
-            i += 1
-            try:
-                _, labels = index.search(rows[q], k)
-                t1 = time.perf_counter_ns()
-            except Exception as e:
-                errors += 1
-                if first_error is None:
-                    first_error = f"{type(e).__name__}: {e}"
-                continue
-            if t0 >= warm_end:
-                lat.append(t1 - t0)
-                last_end = t1
-            if q not in correct:
-                correct[q] = sum(1 for x in labels[0][:k] if int(x) in gt[q])
-        parts[t] = {
-            "lat": lat,
-            "correct": correct,
-            "errors": errors,
-            "first_error": first_error,
-            "warm_end": warm_end,
-            "last_end": last_end,
-        }
+
+        def search(q):
+            return index.search(rows[q], k)
+
+        def ids_of(answer):
+            return answer[1][0]
+
+        parts[t] = drive(search, ids_of, gt, k, t * nq // threads, window["warm_end"], window["end"])
 
     workers = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
     for w in workers:

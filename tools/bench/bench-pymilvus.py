@@ -24,9 +24,8 @@ import multiprocessing as mp
 import sys
 import time
 
-from benchcommon import summarize
+from benchcommon import drive, summarize
 
-MAX_ERRORS = 1000
 
 
 def parse_args(argv):
@@ -89,56 +88,27 @@ def worker(t, args, barrier, out):
     start = time.perf_counter_ns()
     warm_end = start + int(args.warmup * 1e9)
     end = warm_end + int(args.duration * 1e9)
-    lat = []
-    last_end = None
-    correct = {}
-    errors = 0
-    first_error = None
-    i = t * nq // args.threads
-    while errors < MAX_ERRORS:
-        t0 = time.perf_counter_ns()
-        if t0 >= end:
-            break
-        q = i % nq
-        i += 1
-        try:
-            res = client.search(
-                args.collection,
-                data=[queries[q]],
-                filter=args.filter,
-                limit=args.k,
-                search_params=sp,
-                anns_field=args.anns_field,
-                consistency_level=args.consistency,
-            )
-            t1 = time.perf_counter_ns()
-        except Exception as e:
-            errors += 1
-            if first_error is None:
-                first_error = f"{type(e).__name__}: {e}"
-            continue
-        if t0 >= warm_end:
-            lat.append(t1 - t0)
-            last_end = t1
-        if q not in correct:
-            hits = res[0] if len(res) > 0 else []
-            ids = [h["id"] for h in hits][: args.k]
-            correct[q] = sum(1 for x in ids if x in gt[q])
+
+    def search(q):
+        return client.search(
+            args.collection,
+            data=[queries[q]],
+            filter=args.filter,
+            limit=args.k,
+            search_params=sp,
+            anns_field=args.anns_field,
+            consistency_level=args.consistency,
+        )
+
+    def ids_of(res):
+        return [h["id"] for h in (res[0] if len(res) > 0 else [])]
+
+    part = drive(search, ids_of, gt, args.k, t * nq // args.threads, warm_end, end)
     try:
         client.close()
     except Exception:
         pass
-    out.put(
-        {
-            "worker": t,
-            "warm_end": warm_end,
-            "last_end": last_end,
-            "lat": lat,
-            "correct": correct,
-            "errors": errors,
-            "first_error": first_error,
-        }
-    )
+    out.put({"worker": t, **part})
 
 
 def main(argv):

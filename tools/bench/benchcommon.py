@@ -2,6 +2,10 @@
 tools/bench/src/standalone/milvus.rs, so `import benchcommon` finds this file)."""
 
 import math
+import time
+
+# A client stops after this many failed calls (it reports them).
+MAX_ERRORS = 1000
 
 
 def read_fvecs(path, rows):
@@ -20,6 +24,47 @@ def percentile(sorted_ns, p):
         return None
     rank = min(max(math.ceil(p * len(sorted_ns)), 1), len(sorted_ns))
     return sorted_ns[rank - 1] / 1000.0
+
+
+def drive(search, ids_of, gt, k, first, warm_end, end):
+    """One client's calls, one query each, round-robin from query `first` until `end` (ns,
+    perf_counter): `search(q)` answers query `q`, `ids_of(answer)` lists its ids best first
+    (outside the timed call). Latency counts the calls started after `warm_end`; recall comes from
+    each query's first answer. Returns the client's part for [`summarize`]."""
+    nq = len(gt)
+    lat = []
+    correct = {}
+    errors = 0
+    first_error = None
+    last_end = None
+    i = first
+    while errors < MAX_ERRORS:
+        t0 = time.perf_counter_ns()
+        if t0 >= end:
+            break
+        q = i % nq
+        i += 1
+        try:
+            answer = search(q)
+            t1 = time.perf_counter_ns()
+        except Exception as e:
+            errors += 1
+            if first_error is None:
+                first_error = f"{type(e).__name__}: {e}"
+            continue
+        if t0 >= warm_end:
+            lat.append(t1 - t0)
+            last_end = t1
+        if q not in correct:
+            correct[q] = sum(1 for x in ids_of(answer)[:k] if int(x) in gt[q])
+    return {
+        "lat": lat,
+        "correct": correct,
+        "errors": errors,
+        "first_error": first_error,
+        "warm_end": warm_end,
+        "last_end": last_end,
+    }
 
 
 def summarize(threads, k, parts):

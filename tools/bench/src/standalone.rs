@@ -2011,25 +2011,17 @@ impl Report {
         s.push_str(&summary_table(self.k, &self.threads, &rows));
         let _ = writeln!(s);
         let qps = |row: &SummaryRow, i: usize| row.by_threads.get(i).and_then(|r| r.as_ref()).map(|r| r.qps);
-        for (i, &t) in self.threads.iter().enumerate() {
-            let line = qps_bar(
-                &format!("Quiver (pymilvus) / Milvus {version} QPS, {}", clients(t)),
-                qps(&rows[2], i),
-                qps(&rows[1], i),
-                2.0,
-                false,
-            );
-            let _ = writeln!(s, "- {line}");
-        }
-        for (i, &t) in self.threads.iter().enumerate() {
-            let line = qps_bar(
-                &format!("Quiver (NATS SDK) / faiss-cpu QPS, {}", clients(t)),
-                qps(&rows[3], i),
-                qps(&rows[0], i),
-                0.5,
-                true,
-            );
-            let _ = writeln!(s, "- {line}");
+        // (what, our row, their row, bar, as a percentage)
+        let bars = [
+            (format!("Quiver (pymilvus) / Milvus {version} QPS"), 2, 1, 2.0, false),
+            ("Quiver (NATS SDK) / faiss-cpu QPS".to_string(), 3, 0, 0.5, true),
+        ];
+        for (what, ours, theirs, bar, percent) in &bars {
+            for (i, &t) in self.threads.iter().enumerate() {
+                let what = format!("{what}, {}", clients(t));
+                let line = qps_bar(&what, qps(&rows[*ours], i), qps(&rows[*theirs], i), *bar, *percent);
+                let _ = writeln!(s, "- {line}");
+            }
         }
         let _ = writeln!(s, "- {}", searchable_bar(quiver_searchable, server.map(|m| m.load.searchable_secs)));
         let hnsw = HnswSettings::of(&self.params, &self.search);
