@@ -109,18 +109,42 @@ enum CtlCommand {
         json: bool,
     },
     /// Run N nodes of a role (proxy, datanode, indexnode, querynode; 1 ≤ N ≤
-    /// scaling.max_replicas). The cluster converges on the last request; with --wait, shows
-    /// progress until it has.
+    /// scaling.max_replicas), and/or give its nodes a size (--cpu or --memory: they move
+    /// together at scaling.memory_per_cpu_mb). The cluster converges on the last request
+    /// (a resize is make-before-break); with --wait, shows progress until it has.
     Scale {
         role: String,
+        #[arg(long, required_unless_present_any = ["cpu", "memory"])]
+        replicas: Option<u32>,
+        /// CPU cores of every node of the role ("2", "0.5").
         #[arg(long)]
-        replicas: u32,
-        /// Wait until the role serves N nodes and nothing is starting or draining.
+        cpu: Option<f64>,
+        /// Memory of every node of the role ("8GiB", "512MiB").
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// Wait until the role serves N nodes of its size and nothing is starting or draining.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up (exit code 1) after this long ("90s", "10m").
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// The autoscaler: with no arguments, every role's size, bounds and metrics window;
+    /// `history` lists its decisions; `ROLE --min-memory A --max-memory B` sets a role's bounds
+    /// (min = max pins the size and turns autoscaling off for it), `ROLE --reset` goes back to
+    /// the configured bounds.
+    Autoscale {
+        /// A role, or `history`.
+        target: Option<String>,
+        #[arg(long, value_parser = parse_bytes)]
+        min_memory: Option<u64>,
+        #[arg(long, value_parser = parse_bytes)]
+        max_memory: Option<u64>,
+        #[arg(long)]
+        reset: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Recent segment hand-offs (sealedSegmentChangeInfo) and scaling steps, oldest first.
     Events {
@@ -249,6 +273,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// A byte count as operators write it: `8GiB`, `512MiB`, `8G` (binary units: K, M, G, T with or
+/// without `iB`), or plain bytes.
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use B, KiB, MiB, GiB or TiB (e.g. 8GiB)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size: write e.g. 8GiB or 512MiB"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -268,8 +314,13 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
         let client = args.conn.connect().await?;
         match args.command {
             CtlCommand::Status { json } => crate::scale_cli::status(&client, json).await?,
-            CtlCommand::Scale { role, replicas, wait, timeout } => {
-                return crate::scale_cli::scale(&client, &role, replicas, wait.then_some(timeout)).await
+            CtlCommand::Scale { role, replicas, cpu, memory, wait, timeout } => {
+                let size = crate::scale_cli::size_arg(cpu, memory)?;
+                let req = quiver_client::ScaleRequest { role, replicas: replicas.unwrap_or(0), size };
+                return crate::scale_cli::scale(&client, &req, wait.then_some(timeout)).await;
+            }
+            CtlCommand::Autoscale { target, min_memory, max_memory, reset, json } => {
+                crate::scale_cli::autoscale(&client, target, min_memory, max_memory, reset, json).await?
             }
             CtlCommand::Events { json } => crate::scale_cli::events(&client, json).await?,
             CtlCommand::Drain { node, wait } => {

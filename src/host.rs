@@ -6,6 +6,8 @@
 //! - `nodes.rs`: the agent's processes: `start_node` (ports, environment, log file),
 //!   `stop_node` (drain, no restart, SIGKILL after `host.stop_grace`), the heartbeat's view.
 //! - `agent.rs`: the NATS side: connecting (retried), answering requests, heartbeats.
+//! - `sizing.rs`: sized nodes held to their size (`host.enforcement`: cgroups, CPU affinity,
+//!   memory budgets and thread counts).
 //! - `crate::process`: the child-process machinery shared with `quiver cluster`, which is a
 //!   host agent too (`cluster/supervisor.rs`).
 //!
@@ -13,6 +15,7 @@
 
 mod agent;
 mod nodes;
+mod sizing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use quiver_runtime::Config;
 
 pub use agent::HostAgent;
 pub use nodes::{host_id, HostedNodes, NodeLauncher};
+pub use sizing::Enforcement;
 
 /// How often the processes are checked.
 const POLL: Duration = Duration::from_millis(200);
@@ -52,6 +56,9 @@ pub fn host(args: HostArgs) -> anyhow::Result<i32> {
         bail!("`quiver host` needs nats.url (or QUIVER_NATS__URL): the NATS of the cluster its nodes join");
     }
     let id = host_id(&config);
+    // Before any thread is started: under cgroup v2 the agent may move itself into a leaf
+    // cgroup (see `sizing`), and an explicit mode that does not work here stops it now.
+    let enforcement = Enforcement::detect(&config.host.enforcement)?;
     let program = std::env::current_exe().context("cannot find the quiver binary to start nodes with")?;
     let mut run = vec!["run".to_string()];
     if let Some(file) = &args.config {
@@ -67,10 +74,10 @@ pub fn host(args: HostArgs) -> anyhow::Result<i32> {
     // A current-thread runtime on the main thread: every child is forked from this thread,
     // and PR_SET_PDEATHSIG kills them when it ends (see `crate::process`).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
-    rt.block_on(serve(config, id, launcher))
+    rt.block_on(serve(config, id, launcher, enforcement))
 }
 
-async fn serve(config: Config, id: String, launcher: NodeLauncher) -> anyhow::Result<i32> {
+async fn serve(config: Config, id: String, launcher: NodeLauncher, enforcement: Enforcement) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -79,10 +86,11 @@ async fn serve(config: Config, id: String, launcher: NodeLauncher) -> anyhow::Re
         cluster = %config.cluster.name,
         nats = %config.nats.url,
         max_nodes = config.host.max_nodes,
+        enforcement = enforcement.name(),
         pid = std::process::id(),
         "host agent starting"
     );
-    let mut nodes = HostedNodes::new(id.clone(), launcher, config.host.max_nodes, config.host.stop_grace);
+    let mut nodes = HostedNodes::new(id.clone(), launcher, config.host.max_nodes, config.host.stop_grace, enforcement);
     let shutdown_grace = config.host.shutdown_grace;
     let url = config.nats.url.clone();
     let mut agent = HostAgent::connect(Arc::new(config), url, id.clone());

@@ -60,11 +60,48 @@ pub struct Launch {
     pub starter: &'static str,
 }
 
+/// Where a child is put before it runs its program (a sized node of a host agent,
+/// `crate::host`): cgroups it joins and CPUs it is confined to. Applied between fork and exec,
+/// so the program's first allocation is already charged to its cgroups; the same placement
+/// is applied on every restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    /// Cgroup directories the child joins (it writes `0`, itself, into each one's
+    /// `cgroup.procs`): one for cgroup v2, one per hierarchy for v1.
+    pub cgroups: Vec<PathBuf>,
+    /// CPUs the child may run on (`sched_setaffinity`); empty: those of the parent.
+    pub cpus: Vec<usize>,
+}
+
+impl Placement {
+    /// Nothing to do: the child runs where the parent does.
+    pub fn is_empty(&self) -> bool {
+        self.cgroups.is_empty() && self.cpus.is_empty()
+    }
+}
+
+impl std::fmt::Display for Placement {
+    /// `cgroups /sys/fs/cgroup/x/quiver-h/n, CPUs 0,1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.cgroups.is_empty() {
+            let dirs: Vec<String> = self.cgroups.iter().map(|d| d.display().to_string()).collect();
+            parts.push(format!("cgroups {}", dirs.join(" ")));
+        }
+        if !self.cpus.is_empty() {
+            let cpus: Vec<String> = self.cpus.iter().map(usize::to_string).collect();
+            parts.push(format!("CPUs {}", cpus.join(",")));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// One supervised child: how to start it, its restart bookkeeping, its running incarnation.
 pub struct Process {
     pub name: String,
     pub roles: Vec<String>,
     launch: Launch,
+    placement: Placement,
     policy: RestartPolicy,
     child: Option<Child>,
     started: Instant,
@@ -86,6 +123,7 @@ impl Process {
             name: name.into(),
             roles,
             launch,
+            placement: Placement::default(),
             policy,
             child: None,
             started: Instant::now(),
@@ -96,6 +134,11 @@ impl Process {
             last_exit: None,
             stopping: None,
         }
+    }
+
+    /// Where every incarnation started from now on is placed (cgroups, CPUs).
+    pub fn set_placement(&mut self, placement: Placement) {
+        self.placement = placement;
     }
 
     /// Pid of the running incarnation.
@@ -193,9 +236,22 @@ impl Process {
         }
         cmd.envs(l.env.iter().map(|(k, v)| (k, v)));
         let parent = std::process::id();
-        // SAFETY: only async-signal-safe calls between fork and exec. The child is SIGKILLed
-        // when the thread that spawns every child (the main thread) ends, however it ends;
-        // if the parent died before prctl took effect, the child gives up at once.
+        // Everything the child needs is made here, before fork: it only opens and writes.
+        let procs = self
+            .placement
+            .cgroups
+            .iter()
+            .map(|dir| {
+                let file = dir.join("cgroup.procs");
+                std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+                    .with_context(|| format!("{}: not a usable path", file.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cpus = cpu_set(&self.placement.cpus)?;
+        // SAFETY: only async-signal-safe calls between fork and exec (prctl, getppid, open,
+        // write, close, sched_setaffinity), on data prepared before the fork. The child is
+        // SIGKILLed when the thread that spawns every child (the main thread) ends, however
+        // it ends; if the parent died before prctl took effect, the child gives up at once.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -204,10 +260,34 @@ impl Process {
                 if libc::getppid() as u32 != parent {
                     return Err(std::io::Error::other("the supervising process is gone"));
                 }
+                for file in &procs {
+                    // "0": the writing process itself.
+                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(err);
+                    }
+                }
+                if let Some(set) = &cpus {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
-        cmd.spawn().with_context(|| format!("{}", l.program.display()))
+        cmd.spawn().with_context(|| {
+            if self.placement.is_empty() {
+                format!("{}", l.program.display())
+            } else {
+                format!("{} (placed in {})", l.program.display(), self.placement)
+            }
+        })
     }
 
     /// Reaps an exited child, starts a due restart, SIGKILLs a stop that ran out of grace;
@@ -259,6 +339,24 @@ impl Process {
         self.restart_at = Some(Instant::now() + delay);
         tracing::info!(process = %self.name, ?delay, "restart scheduled");
     }
+}
+
+/// The affinity mask of `cpus` (None if empty: keep the parent's).
+fn cpu_set(cpus: &[usize]) -> anyhow::Result<Option<libc::cpu_set_t>> {
+    if cpus.is_empty() {
+        return Ok(None);
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    for &cpu in cpus {
+        if cpu >= max {
+            anyhow::bail!("CPU {cpu} is beyond the {max} an affinity mask holds");
+        }
+        // SAFETY: `cpu` is within the set (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    Ok(Some(set))
 }
 
 /// The delay before restarting a process that ran for `ran`, and the one after it in `backoff`.
@@ -394,6 +492,30 @@ mod tests {
         p.poll(Instant::now() + Duration::from_secs(100));
         assert!(p.pid().is_none() && p.restarts() == 0);
         assert!(std::fs::read_to_string(dir.path().join("sleep.log")).unwrap().contains("==== test: starting sleep"));
+    }
+
+    #[test]
+    fn a_placement_is_applied_before_exec_or_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = sleeper(dir.path(), "30");
+        p.set_placement(Placement { cgroups: Vec::new(), cpus: vec![0] });
+        p.start();
+        let pid = p.pid().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.lines().any(|l| l.split_whitespace().eq(["Cpus_allowed_list:", "0"])), "{status}");
+        p.stop(Duration::from_secs(5));
+        while !p.finished() {
+            p.poll(Instant::now());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A cgroup that is not there: the start fails (and is retried like an exit).
+        let mut p = sleeper(dir.path(), "30");
+        let missing = dir.path().join("no-such-cgroup");
+        p.set_placement(Placement { cgroups: vec![missing.clone()], cpus: Vec::new() });
+        p.start();
+        assert!(p.pid().is_none());
+        let why = p.last_exit().unwrap();
+        assert!(why.starts_with("cannot start: ") && why.contains(&missing.display().to_string()), "{why}");
     }
 
     #[test]

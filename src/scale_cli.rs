@@ -1,5 +1,6 @@
-//! `quiver ctl scale`, `quiver ctl status` and `quiver ctl events`: the wanted node count per
-//! role, what every node and host agent is doing, and what moved recently. The formatting is
+//! `quiver ctl scale`, `quiver ctl status`, `quiver ctl events` and `quiver ctl autoscale`: the
+//! wanted node count and size per role, what every node and host agent is doing, what moved
+//! recently, and the autoscaler's windows and decisions. The formatting is
 //! pure functions over the API's types (unit-tested below); the commands call the Rust SDK.
 
 use std::collections::BTreeMap;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use quiver_client::{
-    Client, ClusterEvents, ClusterStatus, HostStatus, NodeState, NodeStatus, Role, RoleScaling, ScaleReply,
-    ScalingEvent, SegmentChangeInfo,
+    AutoscaleDecision, AutoscaleRequest, AutoscaleStatus, Client, ClusterEvents, ClusterStatus, HostStatus, NodeSize,
+    NodeState, NodeStatus, Role, RoleScaling, ScaleReply, ScaleRequest, ScalingEvent, SegmentChangeInfo,
 };
 
 use crate::ctl::human_bytes;
@@ -17,9 +18,19 @@ use crate::ctl::human_bytes;
 /// How often `scale --wait` asks for the role's counts.
 const POLL: Duration = Duration::from_millis(500);
 
-/// `quiver ctl scale ROLE --replicas N [--wait --timeout T]`.
-pub async fn scale(client: &Client, role: &str, replicas: u32, wait: Option<Duration>) -> anyhow::Result<i32> {
-    let reply = client.scale(role, replicas).await?;
+/// The size of `--cpu` / `--memory` (either, or both; the coordinator derives the other).
+pub fn size_arg(cpu: Option<f64>, memory: Option<u64>) -> anyhow::Result<NodeSize> {
+    let cpu_millis = match cpu {
+        None => 0,
+        Some(c) if c.is_finite() && c > 0.0 && c <= 1000.0 => (c * 1000.0).round() as u32,
+        Some(c) => anyhow::bail!("--cpu {c}: give a number of cores above 0 and at most 1000 (e.g. 2 or 0.5)"),
+    };
+    Ok(NodeSize { cpu_millis, memory_bytes: memory.unwrap_or(0) })
+}
+
+/// `quiver ctl scale ROLE [--replicas N] [--cpu C | --memory M] [--wait --timeout T]`.
+pub async fn scale(client: &Client, req: &ScaleRequest, wait: Option<Duration>) -> anyhow::Result<i32> {
+    let reply = client.scale_with(req).await?;
     println!("{}", change_line(&reply));
     if !reply.warning.is_empty() {
         eprintln!("warning: {}", reply.warning);
@@ -30,14 +41,20 @@ pub async fn scale(client: &Client, role: &str, replicas: u32, wait: Option<Dura
     }
 }
 
-/// `querynode: 1 → 3`.
+/// `querynode: 1 → 3`, `querynode: 2 (unchanged), size 1 CPU / 4 GiB → 2 CPU / 8 GiB`.
 fn change_line(reply: &ScaleReply) -> String {
     let role = reply.role.as_str();
-    match reply.previous {
+    let mut line = match reply.previous {
         0 => format!("{role}: (not set) → {}", reply.replicas),
         p if p == reply.replicas => format!("{role}: {p} (unchanged)"),
         p => format!("{role}: {p} → {}", reply.replicas),
+    };
+    match (reply.previous_size, reply.size) {
+        (before, after) if before == after && after.is_unsized() => {}
+        (before, after) if before == after => line.push_str(&format!(", size {after} (unchanged)")),
+        (before, after) => line.push_str(&format!(", size {before} → {after}")),
     }
+    line
 }
 
 /// Polls the role's counts until it is converged, showing progress: a spinner on a terminal,
@@ -57,7 +74,7 @@ async fn wait_converged(client: &Client, role: Role, timeout: Duration) -> anyho
     loop {
         let line = match client.scaling().await {
             Ok(s) => match s.roles.iter().find(|r| r.role == role) {
-                Some(r) if r.converged && r.serving == r.desired => {
+                Some(r) if r.converged && r.serving == r.desired && r.resizing == 0 => {
                     let done = format!(
                         "{}: {}/{} serving, converged in {:.1}s",
                         role.as_str(),
@@ -99,7 +116,8 @@ async fn wait_converged(client: &Client, role: Role, timeout: Duration) -> anyho
     }
 }
 
-/// `querynode: 2/3 serving, 1 starting, 0 draining — starting qn-7 on h1`.
+/// `querynode: 2/3 serving, 1 starting, 0 draining — starting qn-7 on h1` (and `, 1 of
+/// another size` while resizing).
 fn progress_line(r: &RoleScaling) -> String {
     let mut line = format!(
         "{}: {}/{} serving, {} starting, {} draining",
@@ -109,6 +127,9 @@ fn progress_line(r: &RoleScaling) -> String {
         r.starting,
         r.draining
     );
+    if r.resizing > 0 {
+        line.push_str(&format!(", {} of another size than {}", r.resizing, r.size));
+    }
     if !r.activity.is_empty() {
         line.push_str(" — ");
         line.push_str(&r.activity);
@@ -164,9 +185,10 @@ fn status_text(status: &ClusterStatus, now: u64) -> String {
     }
     if !status.hosts.is_empty() {
         out.push('\n');
-        let mut rows = vec![["HOST AGENT", "HOSTNAME", "CPUS", "MEMORY (AVAILABLE/TOTAL)", "PROCESSES", "AGE"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows =
+            vec![["HOST AGENT", "HOSTNAME", "CPUS", "MEMORY (AVAILABLE/TOTAL)", "PROCESSES", "SIZES", "AGE"]
+                .map(String::from)
+                .to_vec()];
         rows.extend(status.hosts.iter().map(|h| host_row(h, now)));
         out.push_str(&table(&rows));
     }
@@ -224,6 +246,7 @@ fn host_row(h: &HostStatus, now: u64) -> Vec<String> {
         h.cpus.to_string(),
         format!("{}/{}", human_bytes(h.mem_available), human_bytes(h.mem_total)),
         format!("{}/{}", h.nodes.len(), h.max_nodes),
+        if h.enforcement.is_empty() { "-".into() } else { h.enforcement.clone() },
         age(now, h.started_ms),
     ]
 }
@@ -255,6 +278,12 @@ fn role_lines(status: &ClusterStatus) -> Vec<String> {
                         "{name:<width$}  {wanted}, {} serving, {} starting, {} draining",
                         r.serving, r.starting, r.draining
                     );
+                    if !r.size.is_unsized() {
+                        line.push_str(&format!(", size {}", r.size));
+                    }
+                    if r.resizing > 0 {
+                        line.push_str(&format!(" ({} of another size)", r.resizing));
+                    }
                     if !r.activity.is_empty() {
                         line.push_str(" — ");
                         line.push_str(&r.activity);
@@ -293,6 +322,99 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `quiver ctl autoscale [ROLE --min-memory A --max-memory B | ROLE --reset | history] [--json]`.
+pub async fn autoscale(
+    client: &Client,
+    target: Option<String>,
+    min_memory: Option<u64>,
+    max_memory: Option<u64>,
+    reset: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let changes = min_memory.is_some() || max_memory.is_some() || reset;
+    let (status, history) = match target.as_deref() {
+        Some("history") if !changes => (client.autoscaling().await?, true),
+        Some(role) if changes => {
+            let req = AutoscaleRequest {
+                role: role.to_string(),
+                min_memory_bytes: min_memory.unwrap_or(0),
+                max_memory_bytes: max_memory.unwrap_or(0),
+                reset,
+            };
+            (client.autoscale(&req).await?, false)
+        }
+        Some(other) => anyhow::bail!(
+            "`quiver ctl autoscale {other}`: give --min-memory, --max-memory or --reset to change the role's bounds, \
+             or use `quiver ctl autoscale` (status) or `quiver ctl autoscale history`"
+        ),
+        None if changes => anyhow::bail!("give the role whose bounds to change: quiver ctl autoscale querynode ..."),
+        None => (client.autoscaling().await?, false),
+    };
+    if json {
+        let text = match history {
+            true => serde_json::to_string_pretty(&status.decisions),
+            false => serde_json::to_string_pretty(&status),
+        };
+        println!("{}", text.context("cannot encode the answer as JSON")?);
+    } else if history {
+        print!("{}", history_text(&status.decisions));
+    } else {
+        print!("{}", autoscale_text(&status));
+    }
+    Ok(())
+}
+
+/// The autoscaler's settings and one row per role.
+fn autoscale_text(s: &AutoscaleStatus) -> String {
+    let state = if s.enabled { "on" } else { "off (autoscaling.enabled = false)" };
+    let mut out = format!(
+        "autoscaling {state}: every {}, window {}\n",
+        humantime::format_duration(Duration::from_millis(s.interval_ms)),
+        humantime::format_duration(Duration::from_millis(s.window_ms))
+    );
+    let mut rows =
+        vec![["ROLE", "AUTOSCALED", "SIZE", "MIN", "MAX", "SAMPLES", "PEAK CPU", "PEAK MEMORY", "OOM", "HELD"]
+            .map(String::from)
+            .to_vec()];
+    for r in &s.roles {
+        let pinned = r.min_memory_bytes == r.max_memory_bytes;
+        rows.push(vec![
+            r.role.as_str().into(),
+            if pinned {
+                "pinned (min = max)".into()
+            } else if r.enabled {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            r.size.to_string(),
+            human_bytes(r.min_memory_bytes),
+            human_bytes(r.max_memory_bytes),
+            r.samples.to_string(),
+            format!("{:.1}%", r.peak_cpu_percent),
+            human_bytes(r.peak_memory_bytes),
+            r.ooms.to_string(),
+            if r.held_until_ms == 0 { "-".into() } else { format!("until {}", time(r.held_until_ms)) },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// One line per decision, oldest first.
+fn history_text(decisions: &[AutoscaleDecision]) -> String {
+    if decisions.is_empty() {
+        return "no autoscaler decisions yet\n".into();
+    }
+    decisions
+        .iter()
+        .map(|d| {
+            let change = if d.from == d.to { format!("{}", d.to) } else { format!("{} → {}", d.from, d.to) };
+            format!("{}  {}  {}  {change}  [{}] {}\n", time(d.at_ms), d.role.as_str(), d.action, d.plugin, d.reason)
+        })
+        .collect()
 }
 
 /// `quiver ctl events [--json]`.
@@ -388,6 +510,7 @@ mod tests {
             cpu_busy: 0.35,
             host_agent: String::new(),
             faiss_simd: "avx512".into(),
+            memory_refusals: 0,
         }
     }
 
@@ -400,19 +523,40 @@ mod tests {
             draining: 0,
             converged: serving == desired && starting == 0,
             activity: if starting > 0 { "starting qn-7 on h1".into() } else { String::new() },
+            size: NodeSize::UNSIZED,
+            resizing: 0,
         }
     }
 
     #[test]
     fn scale_changes_read_as_arrows() {
-        let reply =
-            |previous, replicas| ScaleReply { role: Role::QueryNode, replicas, previous, warning: String::new() };
+        let reply = |previous, replicas| ScaleReply {
+            role: Role::QueryNode,
+            replicas,
+            previous,
+            warning: String::new(),
+            size: NodeSize::UNSIZED,
+            previous_size: NodeSize::UNSIZED,
+        };
         assert_eq!(change_line(&reply(1, 3)), "querynode: 1 → 3");
         assert_eq!(change_line(&reply(0, 2)), "querynode: (not set) → 2");
         assert_eq!(change_line(&reply(2, 2)), "querynode: 2 (unchanged)");
+        let mut resized = reply(2, 2);
+        resized.size = NodeSize { cpu_millis: 2000, memory_bytes: 8 << 30 };
+        assert_eq!(change_line(&resized), "querynode: 2 (unchanged), size unsized → 2 CPU / 8 GiB");
+        resized.previous_size = resized.size;
+        assert_eq!(change_line(&resized), "querynode: 2 (unchanged), size 2 CPU / 8 GiB (unchanged)");
         assert_eq!(
             progress_line(&scaling(Role::QueryNode, 3, 2, 1)),
             "querynode: 2/3 serving, 1 starting, 0 draining — starting qn-7 on h1"
+        );
+        let mut r = scaling(Role::QueryNode, 2, 3, 0);
+        (r.resizing, r.size, r.activity) =
+            (1, NodeSize { cpu_millis: 500, memory_bytes: 512 << 20 }, "draining qn-1-querynode".into());
+        assert_eq!(
+            progress_line(&r),
+            "querynode: 3/2 serving, 0 starting, 0 draining, 1 of another size than 0.5 CPU / 512 MiB — draining \
+             qn-1-querynode"
         );
     }
 
@@ -437,6 +581,7 @@ mod tests {
                 mem_available: 8 << 30,
                 max_nodes: 4,
                 started_ms: 1_000,
+                enforcement: "cgroup-v1".into(),
                 ..HostStatus::default()
             }],
             notes: vec!["host agents unavailable: down".into()],
@@ -467,8 +612,62 @@ mod tests {
         assert!(text.contains("coordinator  one active coordinator, 1 serving, 0 starting, 0 draining"), "{text}");
         assert!(text.contains("datanode     no wanted count known, 0 serving"), "{text}");
         let agent = lines.iter().find(|l| l.starts_with("agent-1")).unwrap();
-        assert!(agent.contains("8.0 GiB/16.0 GiB") && agent.contains("0/4"), "{agent}");
+        assert!(agent.contains("8.0 GiB/16.0 GiB") && agent.contains("0/4") && agent.contains("cgroup-v1"), "{agent}");
         assert!(text.ends_with("note: host agents unavailable: down\n"), "{text}");
+    }
+
+    #[test]
+    fn sizes_parse_and_autoscaling_reads_as_a_table() {
+        use crate::ctl::parse_bytes;
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "GiB", "8 GB", "-1GiB", "0", "1e999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+        assert_eq!(size_arg(Some(0.5), None).unwrap(), NodeSize { cpu_millis: 500, memory_bytes: 0 });
+        assert!(size_arg(Some(0.0), None).is_err() && size_arg(Some(f64::NAN), None).is_err());
+
+        let size = NodeSize { cpu_millis: 2000, memory_bytes: 8 << 30 };
+        let status = AutoscaleStatus {
+            enabled: true,
+            interval_ms: 60_000,
+            window_ms: 30 * 3_600_000,
+            roles: vec![quiver_client::RoleAutoscale {
+                role: Role::QueryNode,
+                enabled: true,
+                min_memory_bytes: 4 << 30,
+                max_memory_bytes: 64 << 30,
+                size,
+                samples: 12,
+                peak_cpu_percent: 81.25,
+                peak_memory_bytes: 3 << 30,
+                ooms: 1,
+                held_until_ms: 0,
+            }],
+            decisions: vec![AutoscaleDecision {
+                at_ms: 0,
+                role: Role::QueryNode,
+                from: NodeSize { cpu_millis: 1000, memory_bytes: 4 << 30 },
+                to: size,
+                reason: "cpu peak 81.2% > 75%: double to 2 CPU / 8 GiB".into(),
+                plugin: "threshold@builtin".into(),
+                action: "resize".into(),
+            }],
+        };
+        let text = autoscale_text(&status);
+        assert!(text.starts_with("autoscaling on: every 1m, window 1day 6h"), "{text}");
+        let row = text.lines().find(|l| l.starts_with("querynode")).unwrap();
+        for part in ["yes", "2 CPU / 8 GiB", "4.0 GiB", "64.0 GiB", "12", "81.2%", "3.0 GiB"] {
+            assert!(row.contains(part), "{part} in {row}");
+        }
+        let history = history_text(&status.decisions);
+        assert!(
+            history.contains("querynode  resize  1 CPU / 4 GiB → 2 CPU / 8 GiB  [threshold@builtin] cpu peak 81.2%"),
+            "{history}"
+        );
+        assert_eq!(history_text(&[]), "no autoscaler decisions yet\n");
     }
 
     #[test]

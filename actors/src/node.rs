@@ -116,6 +116,7 @@ impl Node {
             cpu_busy: telemetry::process_cpu_busy(),
             host_agent: self.shared.config.node.host_agent.clone(),
             faiss_simd: crate::vector::simd_level().name().into(),
+            memory_refusals: self.shared.memory.refusals(),
         }
     }
 }

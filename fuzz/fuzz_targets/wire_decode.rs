@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
         ClusterStatus, PluginUpload, PluginActivate, PluginRollback, PluginReport, Alloc, AllocRange, Stall,
         DmlEntry, SegmentFlushed, BuildIndex, IndexBuilt, LoadSegments, ReleaseSegments, NodeSearch, NodeGet,
         NodeQuery, GetResults, Distribution, LoadCollection, NodeStatus, WatchChannels, ScaleRequest, ScaleReply,
-        ScalingStatus, ClusterEvents, SegmentChangeInfo, StartNode, StopNode,
+        ScalingStatus, ClusterEvents, SegmentChangeInfo, StartNode, StopNode, AutoscaleRequest, AutoscaleStatus,
     );
     if handled {
         return;

@@ -2,7 +2,7 @@
 //! (or crowd of them) can exhaust the process. Limits on a request's own size live with its
 //! validation; this module holds the process-wide ones.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -22,6 +22,8 @@ pub struct MemoryGuard {
     rss: AtomicU64,
     /// When `rss` was read, in ms since `epoch` + 1 (0: never).
     sampled: AtomicU64,
+    /// Loads refused by [`MemoryGuard::reserve`] since the process started.
+    refusals: AtomicU32,
 }
 
 impl MemoryGuard {
@@ -32,7 +34,51 @@ impl MemoryGuard {
         };
         let pct = config.limits.memory_high_water_percentage;
         let high_water = if pct >= 100.0 || limit == 0 { u64::MAX } else { (limit as f64 * pct / 100.0) as u64 };
-        MemoryGuard { high_water, limit, epoch: Instant::now(), rss: AtomicU64::new(0), sampled: AtomicU64::new(0) }
+        MemoryGuard {
+            high_water,
+            limit,
+            epoch: Instant::now(),
+            rss: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+            refusals: AtomicU32::new(0),
+        }
+    }
+
+    /// The memory budget: `node.memory_limit_mb` (the node's size), or the machine's memory.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether `bytes` more resident memory (data about to be loaded, on top of `pending` bytes
+    /// accepted and not loaded yet) stay below the high-water mark of the budget
+    /// (`limits.memory_high_water_percentage` of `node.memory_limit_mb`, the node's size): the
+    /// rest of the budget is room for searches and transient buffers. When they do not, the
+    /// refusal is counted as an out-of-memory event ([`MemoryGuard::refusals`], reported in
+    /// the heartbeat for the autoscaler) and explained.
+    pub fn reserve(&self, what: &str, bytes: u64, pending: u64) -> Result<()> {
+        let ceiling = if self.high_water == u64::MAX { self.limit } else { self.high_water };
+        let rss = telemetry::process_rss();
+        let after = rss.saturating_add(pending).saturating_add(bytes);
+        if after <= ceiling {
+            return Ok(());
+        }
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("quiver_memory_refusals_total").increment(1);
+        Err(Error::ResourceExhausted(format!(
+            "{what} refused: it needs {} MiB more, which would take this process to {} MiB, over {} MiB \
+             ({:.0}% of its memory budget of {} MiB: limits.memory_high_water_percentage, node.memory_limit_mb, \
+             the node's size); give the role a larger size or more nodes",
+            bytes.div_ceil(1 << 20),
+            after >> 20,
+            ceiling >> 20,
+            ceiling as f64 * 100.0 / self.limit.max(1) as f64,
+            self.limit >> 20
+        )))
+    }
+
+    /// Loads refused for memory since the process started.
+    pub fn refusals(&self) -> u32 {
+        self.refusals.load(Ordering::Relaxed)
     }
 
     /// The resident memory, read at most every [`SAMPLE_EVERY_MS`].
@@ -72,6 +118,23 @@ impl MemoryGuard {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn reserve_refuses_loads_beyond_the_high_water_mark_and_counts_them() {
+        let mut config = Config::default();
+        config.node.memory_limit_mb = 1 << 20; // 1 TiB
+        let guard = MemoryGuard::new(&config);
+        guard.reserve("a small load", 1 << 20, 0).unwrap();
+        assert_eq!(guard.refusals(), 0);
+        // 90 % of 1 TiB is the ceiling: 1 TiB more does not fit, nor 900 GiB on top of 100 GiB pending.
+        let e = guard.reserve("loading segment 7", 1 << 40, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("loading segment 7 refused") && e.contains("90% of its memory budget of 1048576 MiB"),
+            "{e}"
+        );
+        assert!(guard.reserve("x", 900 << 30, 100 << 30).is_err());
+        assert_eq!(guard.refusals(), 2);
+    }
 
     #[test]
     fn refuses_above_the_high_water_mark_only() {

@@ -29,6 +29,7 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub discovery: DiscoveryConfig,
     pub scaling: ScalingConfig,
+    pub autoscaling: AutoscalingConfig,
     pub host: HostConfig,
     pub debug: DebugConfig,
     pub security: SecurityConfig,
@@ -176,6 +177,12 @@ pub struct HostConfig {
     /// Prometheus endpoints of the nodes the agent starts: each gets the first free port at or
     /// above this one (on the host of `metrics.listen`, else 127.0.0.1). 0 = no endpoint.
     pub metrics_port_base: u16,
+    /// How the sizes of the nodes the agent starts are enforced (docs/autoscaling.md): "auto"
+    /// (the first that works here of cgroup-v2, cgroup-v1, affinity), "cgroup-v2" (`cpu.max`,
+    /// `memory.max`), "cgroup-v1" (`cpu.cfs_quota_us`, `memory.limit_in_bytes`), "affinity"
+    /// (CPU affinity and thread counts; memory by the node's own budget) or "none". Every mode
+    /// also sets the node's memory budget (`node.memory_limit_mb`) and thread counts.
+    pub enforcement: String,
 }
 
 impl Default for HostConfig {
@@ -186,6 +193,7 @@ impl Default for HostConfig {
             stop_grace: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(30),
             metrics_port_base: 0,
+            enforcement: "auto".into(),
         }
     }
 }
@@ -202,6 +210,9 @@ impl HostConfig {
         }
         if !(1..=1000).contains(&self.max_nodes) {
             return fail("host.max_nodes", "must be between 1 and 1000");
+        }
+        if !["auto", "cgroup-v2", "cgroup-v1", "affinity", "none"].contains(&self.enforcement.as_str()) {
+            return fail("host.enforcement", "must be auto, cgroup-v2, cgroup-v1, affinity or none");
         }
         if self.stop_grace.is_zero() || self.shutdown_grace.is_zero() {
             return fail("host.stop_grace", "host.stop_grace and host.shutdown_grace must be greater than zero");
@@ -228,11 +239,124 @@ pub struct ScalingConfig {
     /// A started node that does not serve within this long is stopped and started again elsewhere.
     #[serde(with = "humantime_serde")]
     pub start_timeout: Duration,
+    /// The unit of node sizes (MISSION S3.3): the memory that comes with one CPU core. A size
+    /// of 2 CPU is 2 × this much memory; sizes move CPU and memory together.
+    pub memory_per_cpu_mb: u64,
 }
 
 impl Default for ScalingConfig {
     fn default() -> Self {
-        ScalingConfig { max_replicas: 20, interval: Duration::from_secs(1), start_timeout: Duration::from_secs(120) }
+        ScalingConfig {
+            max_replicas: 20,
+            interval: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(120),
+            memory_per_cpu_mb: 4096,
+        }
+    }
+}
+
+/// The autoscaler (docs/autoscaling.md): every `interval` the active autoscaler plugin sees a
+/// role's metrics window and recommends the size every node of the role should have; the
+/// scaler carries it out make-before-break (MISSION S3.3–S3.5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoscalingConfig {
+    /// Off by default: sizes change only when an operator asks (`quiver ctl scale --memory`).
+    pub enabled: bool,
+    /// Roles the autoscaler sizes.
+    pub roles: Vec<String>,
+    /// How often the autoscaler decides.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How far back the metrics window reaches (the seed's 30 h).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How often a sample of every role's CPU, memory and OOM events is added to its window
+    /// (the window holds at most 100,000 samples: window / sample_interval).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Default bounds on a node's memory (and so CPU); `quiver ctl autoscale` sets them per
+    /// role. min = max pins the size and turns autoscaling off (S3.4).
+    pub min_memory_mb: u64,
+    pub max_memory_mb: u64,
+    /// CPU above this (%) of the size doubles it; below half of it halves it.
+    pub cpu_upper_percent: f64,
+    /// Memory is sized to this percentage of peak use ...
+    pub memory_headroom_percent: f64,
+    /// ... or this one after an out-of-memory event in the window.
+    pub oom_headroom_percent: f64,
+}
+
+impl Default for AutoscalingConfig {
+    fn default() -> Self {
+        AutoscalingConfig {
+            enabled: false,
+            roles: vec!["querynode".into(), "datanode".into(), "indexnode".into(), "proxy".into()],
+            interval: Duration::from_secs(60),
+            window: Duration::from_secs(30 * 3600),
+            sample_interval: Duration::from_secs(60),
+            min_memory_mb: 4096,
+            max_memory_mb: 65536,
+            cpu_upper_percent: 75.0,
+            memory_headroom_percent: 125.0,
+            oom_headroom_percent: 150.0,
+        }
+    }
+}
+
+/// Most samples a role's metrics window keeps.
+pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
+
+impl AutoscalingConfig {
+    fn validate(&self) -> Result<()> {
+        let fail = |key: &str, why: String| Err(Error::Config(format!("autoscaling.{key}: {why}")));
+        for role in &self.roles {
+            if !["proxy", "datanode", "indexnode", "querynode"].contains(&role.as_str()) {
+                return fail(
+                    "roles",
+                    format!("{role:?} is not a role that scales: use proxy, datanode, indexnode, querynode"),
+                );
+            }
+        }
+        if self.interval.is_zero() || self.sample_interval.is_zero() {
+            return fail("interval", "interval and sample_interval must be greater than zero".into());
+        }
+        if self.window < self.sample_interval {
+            return fail(
+                "window",
+                format!("{:?} is shorter than sample_interval {:?}", self.window, self.sample_interval),
+            );
+        }
+        let samples = self.window.as_millis() / self.sample_interval.as_millis().max(1);
+        if samples > u128::from(MAX_WINDOW_SAMPLES) {
+            return fail(
+                "sample_interval",
+                format!("a window of {:?} every {:?} is {samples} samples, more than {MAX_WINDOW_SAMPLES}: sample less often", self.window, self.sample_interval),
+            );
+        }
+        if self.min_memory_mb == 0 || self.min_memory_mb > self.max_memory_mb {
+            return fail(
+                "min_memory_mb",
+                format!(
+                    "must be at least 1 and at most max_memory_mb ({} > {})",
+                    self.min_memory_mb, self.max_memory_mb
+                ),
+            );
+        }
+        if self.max_memory_mb > 1 << 30 {
+            return fail("max_memory_mb", "must be at most 1 PiB".into());
+        }
+        let percent = |v: f64| v.is_finite() && v > 0.0 && v <= 10_000.0;
+        for (key, v) in [
+            ("cpu_upper_percent", self.cpu_upper_percent),
+            ("memory_headroom_percent", self.memory_headroom_percent),
+            ("oom_headroom_percent", self.oom_headroom_percent),
+        ] {
+            if !percent(v) {
+                return fail(key, format!("{v} must be a percentage above 0 (at most 10000)"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -872,6 +996,10 @@ impl Config {
         if self.scaling.interval.is_zero() || self.scaling.start_timeout.is_zero() {
             return fail("scaling.interval", "scaling.interval and scaling.start_timeout must be greater than zero");
         }
+        if !(1..=1 << 20).contains(&self.scaling.memory_per_cpu_mb) {
+            return fail("scaling.memory_per_cpu_mb", "must be between 1 and 1048576 (1 TiB per core)");
+        }
+        self.autoscaling.validate()?;
         if self.supervisor.backoff_initial > self.supervisor.backoff_max {
             return fail("supervisor.backoff_initial", "must not exceed supervisor.backoff_max");
         }

@@ -71,8 +71,10 @@ pub fn machine_memory_available() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU cores this process may run on: its affinity mask, or its cgroup v2 `cpu.max` quota
-/// when that is smaller (fractions count: a 1.5-core quota is 1.5).
+/// CPU cores this process may run on: its affinity mask, or its cgroup CPU quota when that is
+/// smaller (fractions count: a 1.5-core quota is 1.5). The quota is cgroup v2's `cpu.max` or
+/// v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none), the smallest of the process's
+/// cgroup and its ancestors' (a host agent puts a sized node in a cgroup with its size's quota).
 pub fn cpu_cores_allowed() -> f32 {
     // SAFETY: `set` is a plain bitmask the kernel fills; the size passed is its own.
     let affinity = unsafe {
@@ -89,15 +91,85 @@ pub fn cpu_cores_allowed() -> f32 {
     }
 }
 
-/// The cgroup v2 CPU quota of this process in cores (`cpu.max` = "quota period"), if any.
+/// The cgroup CPU quota of this process in cores, if any.
 fn cgroup_cpu_quota() -> Option<f32> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{}/cpu.max", path.trim())).ok()?;
-    let mut parts = max.split_whitespace();
-    let (quota, period) = (parts.next()?, parts.next()?);
-    let (quota, period) = (quota.parse::<f32>().ok()?, period.parse::<f32>().ok()?);
-    (period > 0.0).then_some(quota / period)
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    cpu_quota(&cgroup, &mountinfo, |f| std::fs::read_to_string(f).ok())
+}
+
+/// The smallest CPU quota (cores) of the cgroups in `cgroup` (`/proc/self/cgroup`: the v2
+/// line `0::<path>`, the v1 line whose controllers include `cpu`) and their ancestors, with
+/// the hierarchies mounted as `mountinfo` (`/proc/self/mountinfo`) says (else where they
+/// usually are), reading cgroup files with `read`.
+fn cpu_quota(cgroup: &str, mountinfo: &str, read: impl Fn(&std::path::Path) -> Option<String>) -> Option<f32> {
+    use std::path::{Path, PathBuf};
+    // (mount point, the cgroup path mounted there, fstype, super options) of each cgroup mount.
+    let mounts: Vec<(PathBuf, &str, &str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let before: Vec<&str> = before.split(' ').collect();
+            let after: Vec<&str> = after.split(' ').collect();
+            Some((PathBuf::from(before.get(4)?), *before.get(3)?, *after.first()?, *after.get(2)?))
+        })
+        .filter(|(.., fstype, _)| fstype.starts_with("cgroup"))
+        .collect();
+    let mut least: Option<f32> = None;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let v2 = id == "0" && controllers.is_empty();
+        if !v2 && !controllers.split(',').any(|c| c == "cpu") {
+            continue;
+        }
+        let mut points: Vec<(PathBuf, &str)> = mounts
+            .iter()
+            .filter(|(_, _, fstype, options)| {
+                if v2 {
+                    *fstype == "cgroup2"
+                } else {
+                    *fstype == "cgroup" && options.split(',').any(|o| o == "cpu")
+                }
+            })
+            .map(|(point, root, ..)| (point.clone(), *root))
+            .collect();
+        if points.is_empty() {
+            let usual: &[&str] = if v2 {
+                &["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            } else {
+                &["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
+            };
+            points = usual.iter().map(|p| (PathBuf::from(p), "/")).collect();
+        }
+        for (point, root) in points {
+            let rel = if root == "/" { path } else { path.strip_prefix(root).unwrap_or("") };
+            let mut dir = point.join(rel.trim_start_matches('/'));
+            while dir.starts_with(&point) {
+                let quota = if v2 { v2_quota(&dir, &read) } else { v1_quota(&dir, &read) };
+                if let Some(q) = quota {
+                    least = Some(least.map_or(q, |l: f32| l.min(q)));
+                }
+                if !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    return least;
+
+    fn v2_quota(dir: &Path, read: &impl Fn(&Path) -> Option<String>) -> Option<f32> {
+        let max = read(&dir.join("cpu.max"))?;
+        let mut parts = max.split_whitespace();
+        let (quota, period) = (parts.next()?.parse::<f32>().ok()?, parts.next()?.parse::<f32>().ok()?);
+        (quota > 0.0 && period > 0.0).then_some(quota / period)
+    }
+
+    fn v1_quota(dir: &Path, read: &impl Fn(&Path) -> Option<String>) -> Option<f32> {
+        let quota = read(&dir.join("cpu.cfs_quota_us"))?.trim().parse::<f32>().ok()?;
+        let period = read(&dir.join("cpu.cfs_period_us"))?.trim().parse::<f32>().ok()?;
+        (quota > 0.0 && period > 0.0).then_some(quota / period)
+    }
 }
 
 /// CPU time (user + system) this process has used, seconds.
@@ -142,4 +214,88 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quotas_of_cgroup_v1_and_v2() {
+        let files: std::collections::HashMap<&str, &str> = [
+            ("/sys/fs/cgroup/cpu/quiver-h/qn/cpu.cfs_quota_us", "150000\n"),
+            ("/sys/fs/cgroup/cpu/quiver-h/qn/cpu.cfs_period_us", "100000\n"),
+            ("/sys/fs/cgroup/cpu/quiver-h/cpu.cfs_quota_us", "-1\n"),
+            ("/sys/fs/cgroup/cpu/quiver-h/cpu.cfs_period_us", "100000\n"),
+            ("/sys/fs/cgroup/a/b/cpu.max", "250000 100000\n"),
+            ("/sys/fs/cgroup/a/cpu.max", "200000 100000\n"),
+            ("/sys/fs/cgroup/x/cpu.max", "max 100000\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |p: &std::path::Path| files.get(p.to_str().unwrap()).map(|s| s.to_string());
+        let hybrid = "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let v1 = "4:memory:/m\n1:cpu:/quiver-h/qn\n0::/\n";
+        assert_eq!(cpu_quota(v1, hybrid, read), Some(1.5));
+        assert_eq!(cpu_quota("1:cpu:/quiver-h\n", hybrid, read), None);
+        // Not mounted where mountinfo says: the usual places.
+        assert_eq!(cpu_quota("2:cpu,cpuacct:/quiver-h/qn\n", "", read), Some(1.5));
+        // v2: the smallest of the cgroup's and its ancestors'.
+        let v2 = "50 31 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cpu_quota("0::/a/b\n", v2, read), Some(2.0));
+        assert_eq!(cpu_quota("0::/x\n", v2, read), None);
+        assert_eq!(cpu_quota("0::/\n", v2, read), None);
+    }
+
+    /// For real: a child in a cgroup v1 with a half-core quota sees half a core (skipped where
+    /// no writable v1 `cpu` hierarchy is mounted).
+    #[test]
+    fn cpu_cores_allowed_sees_a_cgroup_quota() {
+        if std::env::var_os("QUIVER_TEST_CORES_CHILD").is_some() {
+            println!("cores={}", cpu_cores_allowed());
+            return;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let Some(point) = mountinfo.lines().find_map(|l| {
+            let (before, after) = l.split_once(" - ")?;
+            let after: Vec<&str> = after.split(' ').collect();
+            (after.first() == Some(&"cgroup") && after.get(2)?.split(',').any(|o| o == "cpu"))
+                .then(|| before.split(' ').nth(4).map(str::to_string))
+                .flatten()
+        }) else {
+            println!("skipped: no cgroup v1 cpu hierarchy");
+            return;
+        };
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = cgroup
+            .lines()
+            .find_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+                c.split(',').any(|c| c == "cpu").then(|| path.to_string())
+            })
+            .unwrap_or_else(|| "/".into());
+        let dir = std::path::Path::new(&point)
+            .join(own.trim_start_matches('/'))
+            .join(format!("quiver-telemetry-test-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            println!("skipped: cannot create {}: {e}", dir.display());
+            return;
+        }
+        std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(dir.join("cpu.cfs_quota_us"), "50000").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo 0 > {}/cgroup.procs && exec \"$0\" \"$@\"", dir.display()))
+            .arg(std::env::current_exe().unwrap())
+            .args(["telemetry::tests::cpu_cores_allowed_sees_a_cgroup_quota", "--exact", "--nocapture"])
+            .env("QUIVER_TEST_CORES_CHILD", "1")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("cores=0.5"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
 }

@@ -758,6 +758,7 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
     b.set_cpu_busy(v.cpu_busy);
     b.set_host_agent(v.host_agent.as_str());
     b.set_faiss_simd(v.faiss_simd.as_str());
+    b.set_memory_refusals(v.memory_refusals);
 }
 
 fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
@@ -784,6 +785,7 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
         cpu_busy: r.get_cpu_busy(),
         host_agent: read_string(r.get_host_agent()).at("hostAgent")?,
         faiss_simd: read_string(r.get_faiss_simd()).at("faissSimd")?,
+        memory_refusals: r.get_memory_refusals(),
     })
 }
 
@@ -1055,10 +1057,16 @@ fn get_cluster_status(r: cp::cluster_status::Reader<'_>) -> Result<ClusterStatus
 fn put_scale_request(v: &ScaleRequest, mut b: cp::scale_request::Builder<'_>) {
     b.set_role(v.role.as_str());
     b.set_replicas(v.replicas);
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
 }
 
 fn get_scale_request(r: cp::scale_request::Reader<'_>) -> Result<ScaleRequest, Fault> {
-    Ok(ScaleRequest { role: read_string(r.get_role()).at("role")?, replicas: r.get_replicas() })
+    Ok(ScaleRequest {
+        role: read_string(r.get_role()).at("role")?,
+        replicas: r.get_replicas(),
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+    })
 }
 
 fn put_scale_reply(v: &ScaleReply, mut b: cp::scale_reply::Builder<'_>) {
@@ -1066,6 +1074,10 @@ fn put_scale_reply(v: &ScaleReply, mut b: cp::scale_reply::Builder<'_>) {
     b.set_replicas(v.replicas);
     b.set_previous(v.previous);
     b.set_warning(v.warning.as_str());
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
+    b.set_previous_cpu_millis(v.previous_size.cpu_millis);
+    b.set_previous_memory_bytes(v.previous_size.memory_bytes);
 }
 
 fn get_scale_reply(r: cp::scale_reply::Reader<'_>) -> Result<ScaleReply, Fault> {
@@ -1074,6 +1086,11 @@ fn get_scale_reply(r: cp::scale_reply::Reader<'_>) -> Result<ScaleReply, Fault> 
         replicas: r.get_replicas(),
         previous: r.get_previous(),
         warning: read_string(r.get_warning()).at("warning")?,
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+        previous_size: NodeSize {
+            cpu_millis: r.get_previous_cpu_millis(),
+            memory_bytes: r.get_previous_memory_bytes(),
+        },
     })
 }
 
@@ -1085,6 +1102,9 @@ fn put_role_scaling(v: &RoleScaling, mut b: cp::role_scaling::Builder<'_>) {
     b.set_draining(v.draining);
     b.set_converged(v.converged);
     b.set_activity(v.activity.as_str());
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
+    b.set_resizing(v.resizing);
 }
 
 fn get_role_scaling(r: cp::role_scaling::Reader<'_>) -> Result<RoleScaling, Fault> {
@@ -1096,6 +1116,8 @@ fn get_role_scaling(r: cp::role_scaling::Reader<'_>) -> Result<RoleScaling, Faul
         draining: r.get_draining(),
         converged: r.get_converged(),
         activity: read_string(r.get_activity()).at("activity")?,
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+        resizing: r.get_resizing(),
     })
 }
 
@@ -1112,6 +1134,9 @@ fn put_hosted_node(v: &HostedNode, mut b: cp::hosted_node::Builder<'_>) {
     b.set_managed(v.managed);
     b.set_stopping(v.stopping);
     b.set_last_exit(v.last_exit.as_str());
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
+    b.set_oom_kills(v.oom_kills);
 }
 
 fn get_hosted_node(r: cp::hosted_node::Reader<'_>) -> Result<HostedNode, Fault> {
@@ -1127,6 +1152,8 @@ fn get_hosted_node(r: cp::hosted_node::Reader<'_>) -> Result<HostedNode, Fault> 
         managed: r.get_managed(),
         stopping: r.get_stopping(),
         last_exit: read_string(r.get_last_exit()).at("lastExit")?,
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+        oom_kills: r.get_oom_kills(),
     })
 }
 
@@ -1141,6 +1168,7 @@ fn put_host_status(v: &HostStatus, mut b: cp::host_status::Builder<'_>) {
     fill_structs(b.reborrow().init_nodes(len32(v.nodes.len())), &v.nodes, put_hosted_node);
     b.set_started_ms(v.started_ms);
     b.set_heartbeat_ms(v.heartbeat_ms);
+    b.set_enforcement(v.enforcement.as_str());
 }
 
 fn get_host_status(r: cp::host_status::Reader<'_>) -> Result<HostStatus, Fault> {
@@ -1155,6 +1183,7 @@ fn get_host_status(r: cp::host_status::Reader<'_>) -> Result<HostStatus, Fault> 
         nodes: read_structs(r.get_nodes(), get_hosted_node).at("nodes")?,
         started_ms: r.get_started_ms(),
         heartbeat_ms: r.get_heartbeat_ms(),
+        enforcement: read_string(r.get_enforcement()).at("enforcement")?,
     })
 }
 
@@ -1227,10 +1256,103 @@ fn get_cluster_events(r: cp::cluster_events::Reader<'_>) -> Result<ClusterEvents
 fn put_start_node(v: &StartNode, mut b: cp::start_node::Builder<'_>) {
     b.set_node_id(v.node_id.as_str());
     b.set_role(role_to(v.role));
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
 }
 
 fn get_start_node(r: cp::start_node::Reader<'_>) -> Result<StartNode, Fault> {
-    Ok(StartNode { node_id: read_string(r.get_node_id()).at("nodeId")?, role: role_from(r.get_role().at("role")?) })
+    Ok(StartNode {
+        node_id: read_string(r.get_node_id()).at("nodeId")?,
+        role: role_from(r.get_role().at("role")?),
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+    })
+}
+
+fn put_autoscale_request(v: &AutoscaleRequest, mut b: cp::autoscale_request::Builder<'_>) {
+    b.set_role(v.role.as_str());
+    b.set_min_memory_bytes(v.min_memory_bytes);
+    b.set_max_memory_bytes(v.max_memory_bytes);
+    b.set_reset(v.reset);
+}
+
+fn get_autoscale_request(r: cp::autoscale_request::Reader<'_>) -> Result<AutoscaleRequest, Fault> {
+    Ok(AutoscaleRequest {
+        role: read_string(r.get_role()).at("role")?,
+        min_memory_bytes: r.get_min_memory_bytes(),
+        max_memory_bytes: r.get_max_memory_bytes(),
+        reset: r.get_reset(),
+    })
+}
+
+fn put_autoscale_decision(v: &AutoscaleDecision, mut b: cp::autoscale_decision::Builder<'_>) {
+    b.set_at_ms(v.at_ms);
+    b.set_role(role_to(v.role));
+    b.set_from_cpu_millis(v.from.cpu_millis);
+    b.set_from_memory_bytes(v.from.memory_bytes);
+    b.set_to_cpu_millis(v.to.cpu_millis);
+    b.set_to_memory_bytes(v.to.memory_bytes);
+    b.set_reason(v.reason.as_str());
+    b.set_plugin(v.plugin.as_str());
+    b.set_action(v.action.as_str());
+}
+
+fn get_autoscale_decision(r: cp::autoscale_decision::Reader<'_>) -> Result<AutoscaleDecision, Fault> {
+    Ok(AutoscaleDecision {
+        at_ms: r.get_at_ms(),
+        role: role_from(r.get_role().at("role")?),
+        from: NodeSize { cpu_millis: r.get_from_cpu_millis(), memory_bytes: r.get_from_memory_bytes() },
+        to: NodeSize { cpu_millis: r.get_to_cpu_millis(), memory_bytes: r.get_to_memory_bytes() },
+        reason: read_string(r.get_reason()).at("reason")?,
+        plugin: read_string(r.get_plugin()).at("plugin")?,
+        action: read_string(r.get_action()).at("action")?,
+    })
+}
+
+fn put_role_autoscale(v: &RoleAutoscale, mut b: cp::role_autoscale::Builder<'_>) {
+    b.set_role(role_to(v.role));
+    b.set_enabled(v.enabled);
+    b.set_min_memory_bytes(v.min_memory_bytes);
+    b.set_max_memory_bytes(v.max_memory_bytes);
+    b.set_cpu_millis(v.size.cpu_millis);
+    b.set_memory_bytes(v.size.memory_bytes);
+    b.set_samples(v.samples);
+    b.set_peak_cpu_percent(v.peak_cpu_percent);
+    b.set_peak_memory_bytes(v.peak_memory_bytes);
+    b.set_ooms(v.ooms);
+    b.set_held_until_ms(v.held_until_ms);
+}
+
+fn get_role_autoscale(r: cp::role_autoscale::Reader<'_>) -> Result<RoleAutoscale, Fault> {
+    Ok(RoleAutoscale {
+        role: role_from(r.get_role().at("role")?),
+        enabled: r.get_enabled(),
+        min_memory_bytes: r.get_min_memory_bytes(),
+        max_memory_bytes: r.get_max_memory_bytes(),
+        size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+        samples: r.get_samples(),
+        peak_cpu_percent: r.get_peak_cpu_percent(),
+        peak_memory_bytes: r.get_peak_memory_bytes(),
+        ooms: r.get_ooms(),
+        held_until_ms: r.get_held_until_ms(),
+    })
+}
+
+fn put_autoscale_status(v: &AutoscaleStatus, mut b: cp::autoscale_status::Builder<'_>) {
+    b.set_enabled(v.enabled);
+    b.set_interval_ms(v.interval_ms);
+    b.set_window_ms(v.window_ms);
+    fill_structs(b.reborrow().init_roles(len32(v.roles.len())), &v.roles, put_role_autoscale);
+    fill_structs(b.init_decisions(len32(v.decisions.len())), &v.decisions, put_autoscale_decision);
+}
+
+fn get_autoscale_status(r: cp::autoscale_status::Reader<'_>) -> Result<AutoscaleStatus, Fault> {
+    Ok(AutoscaleStatus {
+        enabled: r.get_enabled(),
+        interval_ms: r.get_interval_ms(),
+        window_ms: r.get_window_ms(),
+        roles: read_structs(r.get_roles(), get_role_autoscale).at("roles")?,
+        decisions: read_structs(r.get_decisions(), get_autoscale_decision).at("decisions")?,
+    })
 }
 
 fn put_stop_node(v: &StopNode, mut b: cp::stop_node::Builder<'_>) {
@@ -1788,6 +1910,14 @@ impl SizeHint for ScaleRequest {}
 impl SizeHint for ScaleReply {}
 impl SizeHint for StartNode {}
 impl SizeHint for StopNode {}
+impl SizeHint for AutoscaleRequest {}
+
+impl SizeHint for AutoscaleStatus {
+    fn hint_words(&self) -> usize {
+        let decision = |d: &AutoscaleDecision| 16 + (d.reason.len() + d.plugin.len() + d.action.len()) / 8;
+        SMALL_HINT + self.roles.len() * 16 + self.decisions.iter().map(decision).sum::<usize>()
+    }
+}
 
 impl SizeHint for ScalingStatus {
     fn hint_words(&self) -> usize {
@@ -1979,6 +2109,8 @@ wire! {
     SegmentChangeInfo => segment_change_info, put_segment_change_info, get_segment_change_info;
     StartNode => start_node, put_start_node, get_start_node;
     StopNode => stop_node, put_stop_node, get_stop_node;
+    AutoscaleRequest => autoscale_request, put_autoscale_request, get_autoscale_request;
+    AutoscaleStatus => autoscale_status, put_autoscale_status, get_autoscale_status;
     CompactTask => compact_task, put_compact_task, get_compact_task;
     CompactOutcome => compact_outcome, put_compact_outcome, get_compact_outcome;
     CompactionState => compaction_state, put_compaction_state, get_compaction_state;
@@ -2154,6 +2286,7 @@ mod tests {
             cpu_busy: 0.25,
             host_agent: if healthy { "h1".to_string() } else { String::new() },
             faiss_simd: if healthy { "avx2".to_string() } else { String::new() },
+            memory_refusals: if healthy { 0 } else { 3 },
         }
     }
 
@@ -2175,11 +2308,14 @@ mod tests {
                     managed: true,
                     stopping: false,
                     last_exit: "killed by SIGKILL".into(),
+                    size: NodeSize { cpu_millis: 2_500, memory_bytes: 10 << 30 },
+                    oom_kills: 2,
                 },
                 HostedNode { node_id: "dn".into(), roles: vec![Role::DataNode, Role::IndexNode], ..Default::default() },
             ],
             started_ms: 5,
             heartbeat_ms: 6,
+            enforcement: "cgroup-v2".into(),
         }
     }
 
@@ -2192,7 +2328,20 @@ mod tests {
             draining: 0,
             converged: false,
             activity: "starting querynode-3 on h1".into(),
+            size: NodeSize { cpu_millis: 1_000, memory_bytes: 4 << 30 },
+            resizing: 1,
         }
+    }
+
+    #[test]
+    fn node_sizes_read_for_people() {
+        let size = |cpu_millis, memory_bytes| NodeSize { cpu_millis, memory_bytes }.to_string();
+        assert_eq!(size(0, 0), "unsized");
+        assert_eq!(size(2_000, 8 << 30), "2 CPU / 8 GiB");
+        assert_eq!(size(500, 512 << 20), "0.5 CPU / 512 MiB");
+        assert_eq!(size(1_500, 3 << 29), "1.5 CPU / 1.5 GiB");
+        assert_eq!(size(2_345, 2_400 << 20), "2.345 CPU / 2400 MiB");
+        assert_eq!(size(16_000, 64 << 30), "16 CPU / 64 GiB");
     }
 
     /// Round-trips `value`, checks single-segment framing, and decodes from an unaligned copy.
@@ -2307,8 +2456,49 @@ mod tests {
             hosts: vec![host()],
             notes: vec!["scaler unavailable".into()],
         }));
-        out.push(rt(&ScaleRequest { role: "querynode".into(), replicas: 3 }));
-        out.push(rt(&ScaleReply { role: Role::Proxy, replicas: 1, previous: 2, warning: "one node".into() }));
+        let size = NodeSize { cpu_millis: 2_000, memory_bytes: 8 << 30 };
+        out.push(rt(&ScaleRequest { role: "querynode".into(), replicas: 3, size }));
+        out.push(rt(&ScaleReply {
+            role: Role::Proxy,
+            replicas: 1,
+            previous: 2,
+            warning: "one node".into(),
+            size,
+            previous_size: NodeSize::UNSIZED,
+        }));
+        out.push(rt(&AutoscaleRequest {
+            role: "querynode".into(),
+            min_memory_bytes: 4 << 30,
+            max_memory_bytes: 64 << 30,
+            reset: false,
+        }));
+        let decision = AutoscaleDecision {
+            at_ms: 12,
+            role: Role::QueryNode,
+            from: NodeSize::UNSIZED,
+            to: size,
+            reason: "cpu peak 80.0% > 75%: double".into(),
+            plugin: "threshold@builtin".into(),
+            action: "resize".into(),
+        };
+        out.push(rt(&AutoscaleStatus {
+            enabled: true,
+            interval_ms: 60_000,
+            window_ms: 108_000_000,
+            roles: vec![RoleAutoscale {
+                role: Role::QueryNode,
+                enabled: true,
+                min_memory_bytes: 4 << 30,
+                max_memory_bytes: 64 << 30,
+                size,
+                samples: 1_800,
+                peak_cpu_percent: 80.5,
+                peak_memory_bytes: 3 << 30,
+                ooms: 1,
+                held_until_ms: 99,
+            }],
+            decisions: vec![decision.clone(), decision],
+        }));
         out.push(rt(&ScalingStatus { roles: vec![role_scaling()], hosts: vec![host(), HostStatus::default()] }));
         let change = SegmentChangeInfo {
             collection: 9,
@@ -2331,7 +2521,7 @@ mod tests {
                 detail: "fewest shards (1)".into(),
             }],
         }));
-        out.push(rt(&StartNode { node_id: "querynode-5".into(), role: Role::QueryNode }));
+        out.push(rt(&StartNode { node_id: "querynode-5".into(), role: Role::QueryNode, size }));
         out.push(rt(&StopNode { node_id: "querynode-5".into() }));
         out.push(rt(&Alloc { count: 1000 }));
         out.push(rt(&AllocRange { start: u64::MAX - 5, count: 5 }));

@@ -497,6 +497,10 @@ pub struct NodeStatus {
     /// that predate it.
     #[serde(default)]
     pub faiss_simd: String,
+    /// Loads this node refused since it started because they would have taken it past its
+    /// memory budget: out-of-memory events for the autoscaler (MISSION S3.3).
+    #[serde(default)]
+    pub memory_refusals: u32,
 }
 
 /// Search-time knobs. Zero means the index's default.
@@ -675,7 +679,47 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScaleRequest {
     pub role: String,
+    /// 0 with a size: keep the count.
     pub replicas: u32,
+    /// A new size for every node of the role (unsized: keep the size).
+    #[serde(default)]
+    pub size: NodeSize,
+}
+
+/// The size of a node (MISSION S3.3): CPU and memory, which the autoscaler moves together (1 CPU
+/// : 4 GiB by default). Zero CPU and zero memory is "unsized": the node may use its whole host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeSize {
+    /// Thousandths of a core.
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+}
+
+impl NodeSize {
+    /// No size: the node may use its whole host.
+    pub const UNSIZED: NodeSize = NodeSize { cpu_millis: 0, memory_bytes: 0 };
+
+    pub fn is_unsized(&self) -> bool {
+        *self == NodeSize::UNSIZED
+    }
+}
+
+impl std::fmt::Display for NodeSize {
+    /// `2 CPU / 8 GiB`, `0.5 CPU / 512 MiB`, or `unsized`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_unsized() {
+            return f.write_str("unsized");
+        }
+        const GIB: u64 = 1 << 30;
+        const MIB: u64 = 1 << 20;
+        let cpus = f64::from(self.cpu_millis) / 1000.0;
+        let m = self.memory_bytes;
+        if m >= GIB && (u128::from(m) * 10) % u128::from(GIB) == 0 || m >= 10 * GIB {
+            write!(f, "{cpus} CPU / {} GiB", (m as f64 / GIB as f64 * 10.0).round() / 10.0)
+        } else {
+            write!(f, "{cpus} CPU / {} MiB", (m as f64 / MIB as f64).round())
+        }
+    }
 }
 
 /// What a scale request changed.
@@ -687,6 +731,11 @@ pub struct ScaleReply {
     pub previous: u32,
     /// Set when the request is accepted with a caveat (one node: no availability on failure).
     pub warning: String,
+    /// The size wanted now, and before.
+    #[serde(default)]
+    pub size: NodeSize,
+    #[serde(default)]
+    pub previous_size: NodeSize,
 }
 
 /// One role's wanted and actual node count, as the scaler sees it.
@@ -704,6 +753,12 @@ pub struct RoleScaling {
     pub converged: bool,
     /// What the scaler is doing for the role, for people.
     pub activity: String,
+    /// The size every node of the role should have.
+    #[serde(default)]
+    pub size: NodeSize,
+    /// Serving nodes of another size, still to be replaced (make-before-break).
+    #[serde(default)]
+    pub resizing: u32,
 }
 
 /// A host agent: a machine's (or pod's) capacity and the node processes it runs.
@@ -720,6 +775,10 @@ pub struct HostStatus {
     pub nodes: Vec<HostedNode>,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+    /// How node sizes are enforced on this host: `cgroup-v2`, `cgroup-v1`, `affinity` (CPU
+    /// affinity and thread counts, memory by the node's own budget) or `none`.
+    #[serde(default)]
+    pub enforcement: String,
 }
 
 /// One node process of a host agent.
@@ -736,6 +795,12 @@ pub struct HostedNode {
     /// Told to stop: it drains, exits and is not restarted.
     pub stopping: bool,
     pub last_exit: String,
+    /// The size it was started with.
+    #[serde(default)]
+    pub size: NodeSize,
+    /// Times the kernel killed it for exceeding its memory limit (cgroup enforcement).
+    #[serde(default)]
+    pub oom_kills: u32,
 }
 
 /// `api.scaling`: every role's count and every host agent.
@@ -753,6 +818,65 @@ pub struct ScalingEvent {
     pub node_id: String,
     pub action: String,
     pub detail: String,
+}
+
+/// `api.autoscale`: the operator's bounds on a role's size (`quiver ctl autoscale`); min = max
+/// pins the size and turns autoscaling off for the role (MISSION S3.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleRequest {
+    pub role: String,
+    /// 0: keep.
+    pub min_memory_bytes: u64,
+    /// 0: keep.
+    pub max_memory_bytes: u64,
+    /// Back to the configured bounds.
+    pub reset: bool,
+}
+
+/// One decision of the autoscaler, for `quiver ctl autoscale history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleDecision {
+    pub at_ms: u64,
+    pub role: Role,
+    pub from: NodeSize,
+    pub to: NodeSize,
+    /// The plugin's reason, then the coordinator's note.
+    pub reason: String,
+    /// The autoscaler that answered (`name@version`, or the native fallback).
+    pub plugin: String,
+    /// `resize`, `keep`, `held` (an operator's size kept), `refused` (an answer out of bounds or
+    /// nonsense), `failed` (the plugin failed).
+    pub action: String,
+}
+
+/// One role's autoscaling: its bounds, size and what the metrics window holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleAutoscale {
+    pub role: Role,
+    /// Sized by the autoscaler: `autoscaling.enabled`, the role in `autoscaling.roles`, min < max.
+    pub enabled: bool,
+    pub min_memory_bytes: u64,
+    pub max_memory_bytes: u64,
+    pub size: NodeSize,
+    pub samples: u32,
+    /// Highest CPU use in the window, in percent of the current size.
+    pub peak_cpu_percent: f64,
+    pub peak_memory_bytes: u64,
+    /// Samples with an out-of-memory event.
+    pub ooms: u32,
+    /// An operator's size is not shrunk before then (0: not held).
+    pub held_until_ms: u64,
+}
+
+/// `api.autoscaling`: the autoscaler's settings, every role's window and the last decisions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub window_ms: u64,
+    pub roles: Vec<RoleAutoscale>,
+    /// Oldest first.
+    pub decisions: Vec<AutoscaleDecision>,
 }
 
 /// MISSION S1.4's `sealedSegmentChangeInfo`: segments moved from `offline_node_id` to
@@ -784,6 +908,9 @@ pub struct ClusterEvents {
 pub struct StartNode {
     pub node_id: String,
     pub role: Role,
+    /// Its size; unsized: it may use the whole host.
+    #[serde(default)]
+    pub size: NodeSize,
 }
 
 /// Coordinator → host agent: drain and stop a node process for good.

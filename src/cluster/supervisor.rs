@@ -53,6 +53,9 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
     // Checked when the file was loaded (the defaults only if the node config file has broken since).
     let shared = spec.shared_config().unwrap_or_default();
     let launcher = scaled_node_launcher(&spec, &shared, program.clone());
+    // How the sizes of the nodes the scaler starts here are held (an explicit mode that does
+    // not work on this machine stops the supervisor now).
+    let enforcement = crate::host::Enforcement::detect(&shared.host.enforcement)?;
     let mut sup = Supervision {
         state: State {
             cluster: spec.name.clone(),
@@ -63,7 +66,13 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
             nodes: Vec::new(),
         },
         nats: None,
-        nodes: HostedNodes::new(spec.host_id.clone(), launcher, shared.host.max_nodes, shared.host.stop_grace),
+        nodes: HostedNodes::new(
+            spec.host_id.clone(),
+            launcher,
+            shared.host.max_nodes,
+            shared.host.stop_grace,
+            enforcement,
+        ),
         state_file: spec.state_file(),
     };
     tracing::info!(

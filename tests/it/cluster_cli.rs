@@ -353,7 +353,7 @@ roles = ["indexnode"]
         assert!(entry.nodes.iter().all(|n| !n.managed && n.pid != 0), "{entry:?}");
 
         let opts = CallOptions::default();
-        let req = StartNode { node_id: "ix-9".into(), role: Role::IndexNode };
+        let req = StartNode { node_id: "ix-9".into(), role: Role::IndexNode, size: Default::default() };
         bus.call_node::<host::StartNode>(&host_id, &req, &opts).await.expect("start_node");
         eventually("ix-9 registered with the supervisor's host agent", Duration::from_secs(20), || async {
             let nodes = registry.nodes().await.map_err(|e| e.to_string())?;

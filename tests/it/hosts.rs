@@ -62,7 +62,7 @@ fn host_agents_start_and_stop_nodes() {
 
         // start_node: the node runs, registers as <id>-indexnode with its host agent; again: nothing new.
         let opts = CallOptions::default();
-        let start = |node: &str| StartNode { node_id: node.into(), role: Role::IndexNode };
+        let start = |node: &str| StartNode { node_id: node.into(), role: Role::IndexNode, size: Default::default() };
         bus.call_node::<host::StartNode>("ha", &start("ix-1"), &opts).await.expect("start_node");
         let hosted = wait_running(&registry, "ha", "ix-1", Role::IndexNode).await;
         assert!(hosted.managed && !hosted.stopping && hosted.roles == [Role::IndexNode], "{hosted:?}");

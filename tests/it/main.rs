@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod autoscaling;
 mod bad_input;
 mod brute_force;
 mod cli;

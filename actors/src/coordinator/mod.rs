@@ -12,12 +12,15 @@
 //! - `plugins.rs`: plugin administration (load, activate, roll back, list).
 //! - `compaction.rs`: merging small segments and dropping deleted rows (planned here, run by
 //!   data nodes), the switch of readers to the result, and each shard's delete floor.
-//! - `scaler.rs`: wanted node counts per role, converged on through host agents (scale-out,
-//!   gradual scale-in), and the event lists (scaling steps, hand-offs).
+//! - `scaler.rs`: wanted node counts and sizes per role, converged on through host agents
+//!   (scale-out, gradual scale-in, make-before-break resizes), and the event lists (scaling
+//!   steps, hand-offs).
+//! - `autoscale.rs`: the metrics window per role and the autoscaler plugin's size decisions.
 //!
 //! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
 
+mod autoscale;
 mod balance;
 pub(crate) mod catalog;
 mod channels;
@@ -90,6 +93,7 @@ pub struct Coordinator {
     membership: membership::Membership,
     policies: crate::policies::CoordinatorPolicies,
     scaler: scaler::Scaler,
+    autoscaler: autoscale::Autoscaler,
     /// (collection, segment) → the node that held it when it died or restarted, until another
     /// node serves it (then announced as a fail-over hand-off).
     lost: std::cell::RefCell<HashMap<(u64, u64), String>>,
@@ -121,6 +125,7 @@ impl Coordinator {
         let tso = tso::Tso::load(meta).await?;
         let ids = tso::IdAllocator::load(meta).await?;
         let scaler = scaler::Scaler::load(meta).await?;
+        let autoscaler = autoscale::Autoscaler::load(meta).await?;
         Ok(Coordinator {
             node,
             catalog: Mutex::new(catalog),
@@ -135,6 +140,7 @@ impl Coordinator {
             membership: Default::default(),
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
             scaler,
+            autoscaler,
             lost: Default::default(),
             compactions: Default::default(),
         })
@@ -492,6 +498,8 @@ impl Coordinator {
             CoordRequest::Scale(r) => r.serve(|r| self.scale(r)).await,
             CoordRequest::Scaling(r) => r.serve(|_| self.scaling_status()).await,
             CoordRequest::Events(r) => r.serve(|_| async { Ok(self.scaler.events()) }).await,
+            CoordRequest::Autoscale(r) => r.serve(|r| self.autoscale(r)).await,
+            CoordRequest::Autoscaling(r) => r.serve(|_| self.autoscaling_status()).await,
             CoordRequest::Compact(r) => r.serve(|r| self.compact(r)).await,
             CoordRequest::CompactionState(r) => r.serve(|r| async move { self.compaction_state(r) }).await,
         }
@@ -512,6 +520,8 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("balance", async move { me.balance_loop().await });
         let me = self.clone();
         self.node.spawn_loop("scaler", async move { me.scaler_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("autoscaler", async move { me.autoscale_loop().await });
         let me = self.clone();
         self.node.spawn_loop("compaction", async move { me.compaction_loop().await });
     }

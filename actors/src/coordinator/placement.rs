@@ -730,6 +730,7 @@ mod tests {
                 cpu_busy: 0.0,
                 host_agent: String::new(),
                 faiss_simd: String::new(),
+                memory_refusals: 0,
             })
             .collect()
     }

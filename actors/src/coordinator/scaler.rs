@@ -29,8 +29,8 @@ use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{host, keys};
 use quiver_schemas::{
-    ClusterEvents, HostStatus, NodeState, NodeStatus, Role, RoleScaling, ScaleReply, ScaleRequest, ScalingEvent,
-    ScalingStatus, SegmentChangeInfo, SegmentState, StartNode, StopNode,
+    ClusterEvents, HostStatus, NodeSize, NodeState, NodeStatus, Role, RoleScaling, ScaleReply, ScaleRequest,
+    ScalingEvent, ScalingStatus, SegmentChangeInfo, SegmentState, StartNode, StopNode,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -58,12 +58,26 @@ struct Desired {
     requested_ms: u64,
 }
 
+/// The persisted size of a role's nodes (`keys::role_size`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct SizeSetting {
+    pub size: NodeSize,
+    pub requested_ms: u64,
+    /// Asked for by an operator (`ctl scale --memory`), not by the autoscaler: the autoscaler
+    /// does not shrink it before a whole metrics window has been measured at it (S3.8).
+    pub by_operator: bool,
+}
+
+/// Smallest node size: below this a node cannot hold its own runtime.
+const MIN_NODE_MEMORY: u64 = 64 << 20;
+
 /// A node process the scaler asked a host to start, until it serves.
 #[derive(Debug, Clone)]
 struct Starting {
     role: Role,
     host: String,
     since: Instant,
+    size: NodeSize,
 }
 
 /// The one node being removed.
@@ -78,12 +92,15 @@ struct Removal {
     since: Instant,
     /// When it had deregistered and exited; from then on the cluster settles.
     gone: Option<Instant>,
+    /// A node of another size than its role's, replaced by a resize.
+    resized: bool,
 }
 
 /// The scaler's state inside the coordinator.
 #[derive(Default)]
 pub struct Scaler {
     desired: RefCell<BTreeMap<&'static str, u32>>,
+    sizes: RefCell<BTreeMap<&'static str, SizeSetting>>,
     starting: RefCell<BTreeMap<String, Starting>>,
     removal: RefCell<Option<Removal>>,
     /// What the scaler is doing per role, for status.
@@ -123,6 +140,9 @@ impl Scaler {
         for role in SCALABLE {
             if let Some(d) = meta.get::<Desired>(&keys::desired_replicas(role)).await? {
                 scaler.desired.borrow_mut().insert(role.as_str(), d.replicas);
+            }
+            if let Some(s) = meta.get::<SizeSetting>(&keys::role_size(role)).await? {
+                scaler.sizes.borrow_mut().insert(role.as_str(), s);
             }
         }
         Ok(scaler)
@@ -175,6 +195,36 @@ impl Scaler {
         self.activity.borrow_mut().insert(role.as_str(), text.into());
     }
 
+    /// The size the nodes of `role` should have, if one was set.
+    pub(super) fn size_setting(&self, role: Role) -> Option<SizeSetting> {
+        self.sizes.borrow().get(role.as_str()).copied()
+    }
+
+    /// The size the nodes of `role` should have ([`NodeSize::UNSIZED`] if none was set).
+    pub(super) fn size_of(&self, role: Role) -> NodeSize {
+        self.size_setting(role).map_or(NodeSize::UNSIZED, |s| s.size)
+    }
+
+    /// Persists a new size for `role` (the scaler then replaces its nodes make-before-break);
+    /// returns the size before.
+    pub(super) async fn set_size(
+        &self,
+        meta: &quiver_runtime::JsonBucket,
+        role: Role,
+        size: NodeSize,
+        by_operator: bool,
+    ) -> Result<NodeSize> {
+        let setting = SizeSetting { size, requested_ms: now_ms(), by_operator };
+        meta.put(&keys::role_size(role), &setting).await?;
+        let before = self.sizes.borrow_mut().insert(role.as_str(), setting).map_or(NodeSize::UNSIZED, |s| s.size);
+        if before != size {
+            let who = if by_operator { "requested" } else { "autoscaled" };
+            self.record(role, "", who, format!("size {before} → {size}"));
+            self.wake.notify_one();
+        }
+        Ok(before)
+    }
+
     /// Whether `node_id` is the node being removed (its hand-offs are a scale-in).
     pub fn removing(&self, node_id: &str) -> bool {
         self.removal.borrow().as_ref().is_some_and(|r| r.node_id == node_id)
@@ -182,17 +232,57 @@ impl Scaler {
 }
 
 /// Nodes of one role, by what they are doing.
-struct Counts {
-    serving: Vec<NodeStatus>,
+pub(super) struct Counts {
+    pub serving: Vec<NodeStatus>,
     /// Registered but not serving yet, or asked for and not registered yet.
-    starting: BTreeSet<String>,
-    draining: u32,
+    pub starting: BTreeSet<String>,
+    pub draining: u32,
+    /// Serving nodes of another size than the role's, which the scaler replaces
+    /// (make-before-break): their registry ids.
+    pub stale: BTreeSet<String>,
 }
 
-fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>, hosts: &[HostStatus]) -> Counts {
+impl Counts {
+    /// Serving nodes of the role's size (or that cannot be resized).
+    pub fn fresh(&self) -> u32 {
+        (self.serving.len() - self.stale.len()) as u32
+    }
+}
+
+/// The process of a serving node that the scaler can stop and replace: one that runs this one
+/// role under a host agent. Nodes started by hand, or sharing a process with other roles, are
+/// counted but never stopped (nor resized).
+fn hosted_process<'h>(n: &NodeStatus, role: Role, hosts: &'h [HostStatus]) -> Option<&'h quiver_schemas::HostedNode> {
+    let process = n.node_id.strip_suffix(&format!("-{}", role.as_str()))?;
+    let host = hosts.iter().find(|h| h.host_id == n.host_agent)?;
+    let hosted = host.nodes.iter().find(|p| p.node_id == process)?;
+    (hosted.roles == [role] && !hosted.stopping).then_some(hosted)
+}
+
+fn counts(
+    verdicts: &Verdicts,
+    role: Role,
+    starting: &BTreeMap<String, Starting>,
+    hosts: &[HostStatus],
+    size: NodeSize,
+) -> Counts {
     let members = verdicts.members(role);
-    let serving: Vec<NodeStatus> =
-        members.alive.iter().filter(|n| n.state == NodeState::Serving && !orphaned(n, role, hosts)).cloned().collect();
+    // A node whose host agent is stopping it is on its way out, whatever its last heartbeat said.
+    let stopping = |n: &NodeStatus| {
+        let process = n.node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(&n.node_id);
+        hosts
+            .iter()
+            .filter(|h| h.host_id == n.host_agent)
+            .flat_map(|h| &h.nodes)
+            .any(|p| p.node_id == process && p.stopping)
+    };
+    let serving: Vec<NodeStatus> = members
+        .alive
+        .iter()
+        .filter(|n| n.state == NodeState::Serving && !orphaned(n, role, hosts) && !stopping(n))
+        .cloned()
+        .collect();
+    let leaving = members.alive.iter().filter(|n| n.state == NodeState::Serving && stopping(n)).count() as u32;
     let mut pending: BTreeSet<String> =
         members.alive.iter().filter(|n| n.state == NodeState::Starting).map(|n| n.node_id.clone()).collect();
     for process in starting.iter().filter(|(_, s)| s.role == role).map(|(p, _)| p) {
@@ -201,7 +291,12 @@ fn counts(verdicts: &Verdicts, role: Role, starting: &BTreeMap<String, Starting>
             pending.insert(id);
         }
     }
-    Counts { serving, starting: pending, draining: members.draining.len() as u32 }
+    let stale = serving
+        .iter()
+        .filter(|n| hosted_process(n, role, hosts).is_some_and(|p| p.size != size))
+        .map(|n| n.node_id.clone())
+        .collect();
+    Counts { serving, starting: pending, draining: members.draining.len() as u32 + leaving, stale }
 }
 
 /// Whether `node` was started by a host agent that runs and no longer lists its process: the
@@ -236,9 +331,15 @@ impl Coordinator {
                 )))
             }
         };
-        if req.replicas == 0 {
+        let per_cpu = self.node.shared.config.scaling.memory_per_cpu_mb << 20;
+        let size = match req.size.is_unsized() {
+            true => None,
+            false => Some(normalize_size(req.size, per_cpu)?),
+        };
+        if req.replicas == 0 && size.is_none() {
             return Err(Error::InvalidArgument(format!(
-                "replicas must be at least 1 (a cluster needs a {}; stop the whole cluster to run none)",
+                "replicas must be at least 1 (a cluster needs a {}; stop the whole cluster to run none), or give \
+                 a size (CPU or memory) to resize the nodes and keep their count",
                 role.as_str()
             )));
         }
@@ -248,7 +349,7 @@ impl Coordinator {
                 req.replicas
             )));
         }
-        if role == Role::QueryNode {
+        if role == Role::QueryNode && req.replicas > 0 {
             let catalog = self.catalog.lock().await;
             let most = catalog
                 .collections
@@ -266,10 +367,38 @@ impl Coordinator {
         }
         let _one_at_a_time = self.scaler.requests.lock().await;
         let meta = &self.node.shared.meta;
-        meta.put(&keys::desired_replicas(role), &Desired { replicas: req.replicas, requested_ms: now_ms() }).await?;
-        let previous = self.scaler.desired.borrow_mut().insert(role.as_str(), req.replicas).unwrap_or(0);
+        let previous = self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0);
+        // A resize alone keeps the count; a role never scaled keeps the nodes it runs.
+        let replicas = match req.replicas {
+            0 if previous > 0 => previous,
+            0 => {
+                let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+                let starting = self.scaler.starting.borrow().clone();
+                let hosts = self.node.shared.registry.hosts().await?;
+                (counts(&verdicts, role, &starting, &hosts, NodeSize::UNSIZED).serving.len() as u32).max(1)
+            }
+            n => n,
+        };
+        if replicas != previous {
+            meta.put(&keys::desired_replicas(role), &Desired { replicas, requested_ms: now_ms() }).await?;
+            self.scaler.desired.borrow_mut().insert(role.as_str(), replicas);
+        }
+        let previous_size = self.scaler.size_of(role);
         let mut warnings = Vec::new();
-        if req.replicas == 1 {
+        if let Some(size) = size {
+            self.scaler.set_size(meta, role, size, true).await?;
+            let hosts = self.node.shared.registry.hosts().await.unwrap_or_default();
+            if !hosts.is_empty() && !hosts.iter().any(|h| fits(h, size)) {
+                let biggest =
+                    hosts.iter().map(|h| format!("{} ({} CPUs, {} MiB)", h.host_id, h.cpus, h.mem_total >> 20));
+                warnings.push(format!(
+                    "no host agent can hold a node of {size}: {}; nodes of this size start once one can, the \
+                     current ones keep serving until then",
+                    biggest.collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        if replicas == 1 {
             warnings.push(format!(
                 "one {role}: while that node restarts or fails, nothing takes over its work (run at least 2 \
                  for availability)",
@@ -284,10 +413,25 @@ impl Coordinator {
             ),
             _ => {}
         }
-        let before = if previous == 0 { "(not set)".to_string() } else { previous.to_string() };
-        self.scaler.record(role, "", "requested", format!("{before} → {} {}s", req.replicas, role.as_str()));
+        if req.replicas > 0 {
+            let before = if previous == 0 { "(not set)".to_string() } else { previous.to_string() };
+            self.scaler.record(role, "", "requested", format!("{before} → {replicas} {}s", role.as_str()));
+        }
         self.scaler.wake.notify_one();
-        Ok(ScaleReply { role, replicas: req.replicas, previous, warning: warnings.join("; ") })
+        Ok(ScaleReply {
+            role,
+            replicas,
+            previous,
+            warning: warnings.join("; "),
+            size: self.scaler.size_of(role),
+            previous_size,
+        })
+    }
+
+    /// `role`'s nodes by what they are doing, as the scaler sees them now.
+    pub(super) fn role_counts(&self, verdicts: &Verdicts, role: Role, hosts: &[HostStatus]) -> Counts {
+        let starting = self.scaler.starting.borrow().clone();
+        counts(verdicts, role, &starting, hosts, self.scaler.size_of(role))
     }
 
     /// `api.scaling`: every scalable role's wanted and actual count, and the host agents.
@@ -298,11 +442,15 @@ impl Coordinator {
         let roles = SCALABLE
             .iter()
             .map(|&role| {
-                let c = counts(&verdicts, role, &starting, &hosts);
+                let size = self.scaler.size_of(role);
+                let c = counts(&verdicts, role, &starting, &hosts, size);
                 let desired = self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0);
                 let removing = self.scaler.removal.borrow().as_ref().is_some_and(|r| r.role == role);
                 let serving = c.serving.len() as u32;
+                let resizing = c.stale.len() as u32;
                 RoleScaling {
+                    size,
+                    resizing,
                     role,
                     desired,
                     serving,
@@ -311,6 +459,7 @@ impl Coordinator {
                     converged: (desired == 0 || serving == desired)
                         && c.starting.is_empty()
                         && c.draining == 0
+                        && resizing == 0
                         && !removing,
                     activity: match self.scaler.activity.borrow().get(role.as_str()) {
                         // Not stale from the last step: the loop updates it a round later.
@@ -318,6 +467,7 @@ impl Coordinator {
                             && serving == desired
                             && c.starting.is_empty()
                             && c.draining == 0
+                            && resizing == 0
                             && !removing =>
                         {
                             format!("{serving} of {desired} serve")
@@ -356,22 +506,44 @@ impl Coordinator {
         let desired = self.scaler.desired.borrow().clone();
         for role in SCALABLE {
             let Some(&want) = desired.get(role.as_str()) else { continue };
+            let size = self.scaler.size_of(role);
+            // Starts of another size than wanted now are no use: a later request changed it.
+            self.cancel_resized_starts(role, size).await;
             let starting = self.scaler.starting.borrow().clone();
-            let c = counts(&verdicts, role, &starting, &hosts);
-            let (serving, pending) = (c.serving.len() as u32, c.starting.len() as u32);
-            if serving + pending < want {
-                self.start_nodes(role, want - serving - pending, &hosts).await?;
-            } else if serving + pending > want && pending > 0 {
-                self.cancel_starts(role, serving + pending - want).await;
+            let c = counts(&verdicts, role, &starting, &hosts, size);
+            let (serving, pending, fresh) = (c.serving.len() as u32, c.starting.len() as u32, c.fresh());
+            // Make-before-break (S3.5): nodes of the wanted size are started while those of
+            // another size keep serving; only when `want` of the new size serve are the old
+            // ones drained, one at a time, like a scale-in.
+            if fresh + pending < want {
+                self.start_nodes(role, want - fresh - pending, size, &hosts).await?;
+                if !c.stale.is_empty() {
+                    self.scaler.set_activity(
+                        role,
+                        format!(
+                            "resizing to {size}: {fresh} of {want} serve at the new size, {pending} starting, {} of \
+                             another size serve until then",
+                            c.stale.len()
+                        ),
+                    );
+                }
+            } else if fresh + pending > want && pending > 0 {
+                self.cancel_starts(role, fresh + pending - want).await;
             } else if serving > want {
                 if !removal_done || self.scaler.removal.borrow().is_some() {
                     continue;
                 }
-                if let Some(why) = self.not_settled(&verdicts).await {
+                // A node of the old size goes as soon as `want` of the new size serve and the
+                // previous one has exited: its drain hands its work to them before it exits,
+                // and it may be what keeps the cluster from settling (a node too small to load
+                // its segments). A node removed to scale in waits until the cluster is fully
+                // served, so that nothing is lost with it.
+                let resize = !c.stale.is_empty() && c.draining == 0;
+                if let Some(why) = self.not_settled(&verdicts).await.filter(|_| !resize) {
                     self.scaler.set_activity(role, format!("{serving} serve, {want} wanted: waiting until {why}"));
                     continue;
                 }
-                self.remove_one(role, &c.serving, &hosts).await;
+                self.remove_one(role, &c.serving, &c.stale, &hosts).await;
             } else if c.draining == 0 && pending == 0 {
                 self.scaler.set_activity(role, format!("{serving} of {want} serve"));
             }
@@ -470,6 +642,12 @@ impl Coordinator {
             );
             *self.scaler.removal.borrow_mut() = Some(removal.clone());
             self.reconcile.notify_one();
+            if removal.resized {
+                // Its work was handed over by its drain; the next node of the old size may go,
+                // from the next round on (this round's view of the members still has this one).
+                *self.scaler.removal.borrow_mut() = None;
+                return false;
+            }
         }
         let verdicts = match self.membership.refresh(&self.node, &self.policies.discovery).await {
             Ok(v) => v,
@@ -502,8 +680,9 @@ impl Coordinator {
         unserved(&catalog, &datas)
     }
 
-    /// Asks hosts to start `count` nodes of `role`, spreading them over the hosts with room.
-    async fn start_nodes(&self, role: Role, count: u32, hosts: &[HostStatus]) -> Result<()> {
+    /// Asks hosts to start `count` nodes of `role` of `size`, spreading them over the hosts
+    /// with room that can hold that size.
+    async fn start_nodes(&self, role: Role, count: u32, size: NodeSize, hosts: &[HostStatus]) -> Result<()> {
         // Running processes per host, including what this round already asked for.
         let mut load: BTreeMap<&str, usize> =
             hosts.iter().map(|h| (h.host_id.as_str(), h.nodes.iter().filter(|n| !n.stopping).count())).collect();
@@ -516,10 +695,16 @@ impl Coordinator {
             let host = hosts
                 .iter()
                 .filter(|h| load.get(h.host_id.as_str()).copied().unwrap_or(0) < h.max_nodes as usize)
+                .filter(|h| fits(h, size))
                 .min_by_key(|h| (load.get(h.host_id.as_str()).copied().unwrap_or(0), u64::MAX - h.mem_available));
             let Some(host) = host else {
                 let note = if hosts.is_empty() {
                     "no host agent is registered to start nodes on".to_string()
+                } else if !hosts.iter().any(|h| fits(h, size)) {
+                    format!(
+                        "no host agent can hold a node of {size} (the largest has {} CPUs)",
+                        hosts.iter().map(|h| h.cpus).max().unwrap_or(0)
+                    )
                 } else {
                     format!("every host agent is full ({} hosts at their host.max_nodes)", hosts.len())
                 };
@@ -528,21 +713,22 @@ impl Coordinator {
             };
             let process = self.next_process_id(role, hosts).await?;
             let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
-            let req = StartNode { node_id: process.clone(), role };
+            let req = StartNode { node_id: process.clone(), role, size };
             match self.node.shared.bus.call_node::<host::StartNode>(&host.host_id, &req, &opts).await {
                 Ok(_) => {
                     *load.entry(host.host_id.as_str()).or_default() += 1;
-                    self.scaler
-                        .starting
-                        .borrow_mut()
-                        .insert(process.clone(), Starting { role, host: host.host_id.clone(), since: Instant::now() });
+                    self.scaler.starting.borrow_mut().insert(
+                        process.clone(),
+                        Starting { role, host: host.host_id.clone(), since: Instant::now(), size },
+                    );
                     self.scaler
                         .set_activity(role, format!("starting {} on {}", registry_id(&process, role), host.host_id));
+                    let sized = if size.is_unsized() { String::new() } else { format!(", {size}") };
                     self.scaler.record(
                         role,
                         &registry_id(&process, role),
                         "start",
-                        format!("on host {}", host.host_id),
+                        format!("on host {}{sized}", host.host_id),
                     );
                 }
                 Err(e) => {
@@ -575,6 +761,29 @@ impl Coordinator {
         Ok(name)
     }
 
+    /// Stops the nodes of `role` still starting with another size than `size` (the wanted
+    /// size changed before they served).
+    async fn cancel_resized_starts(&self, role: Role, size: NodeSize) {
+        let resized: Vec<(String, Starting)> = self
+            .scaler
+            .starting
+            .borrow()
+            .iter()
+            .filter(|(_, s)| s.role == role && s.size != size)
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        for (process, s) in resized {
+            self.scaler.starting.borrow_mut().remove(&process);
+            self.scaler.record(
+                role,
+                &registry_id(&process, role),
+                "cancel",
+                format!("{size} is wanted now, not {}", s.size),
+            );
+            self.stop_process(&s.host, &process).await;
+        }
+    }
+
     /// Stops the newest `count` nodes of `role` still starting (the wanted count went down
     /// before they served).
     async fn cancel_starts(&self, role: Role, count: u32) {
@@ -594,25 +803,22 @@ impl Coordinator {
         }
     }
 
-    /// Chooses the serving node of `role` with the least to move and asks its host to stop
-    /// it (the node drains first: its work moves to the others).
-    async fn remove_one(&self, role: Role, serving: &[NodeStatus], hosts: &[HostStatus]) {
+    /// Chooses the serving node of `role` to remove and asks its host to stop it (the node
+    /// drains first: its work moves to the others): a node of another size than the role's
+    /// first (a resize), then the one with the least to move.
+    async fn remove_one(&self, role: Role, serving: &[NodeStatus], stale: &BTreeSet<String>, hosts: &[HostStatus]) {
         let cost = self.removal_costs(role, serving).await;
-        // Removable: started by a host agent that still runs it as a process of this one role.
-        let process_of = |n: &NodeStatus| -> Option<String> {
-            let process = n.node_id.strip_suffix(&format!("-{}", role.as_str()))?;
-            let host = hosts.iter().find(|h| h.host_id == n.host_agent)?;
-            let hosted = host.nodes.iter().find(|p| p.node_id == process)?;
-            (hosted.roles == [role] && !hosted.stopping).then(|| process.to_string())
-        };
         let mut candidates: Vec<(&NodeStatus, String, (u64, u64))> = serving
             .iter()
-            .filter_map(|n| Some((n, process_of(n)?, cost.get(&n.node_id).copied().unwrap_or((0, 0)))))
+            .filter_map(|n| {
+                let process = hosted_process(n, role, hosts)?.node_id.clone();
+                Some((n, process, cost.get(&n.node_id).copied().unwrap_or((0, 0))))
+            })
             .collect();
-        // Least data to move, then a node the scaler started, then the newest.
+        // Another size, then least data to move, then a node the scaler started, then the newest.
         candidates.sort_by_key(|(n, _, c)| {
             let managed = hosts.iter().flat_map(|h| &h.nodes).any(|p| n.node_id.starts_with(&p.node_id) && p.managed);
-            (*c, !managed, std::cmp::Reverse(n.started_ms))
+            (!stale.contains(&n.node_id), *c, !managed, std::cmp::Reverse(n.started_ms))
         });
         let Some((victim, process, (units, rows))) = candidates.first().cloned() else {
             self.scaler.set_activity(
@@ -631,8 +837,13 @@ impl Coordinator {
             Role::DataNode => format!("{units} shards"),
             _ => "no data".into(),
         };
-        let detail =
-            format!("least to move of {} serving: {what}; draining on host {}", serving.len(), victim.host_agent);
+        let why = if stale.contains(&victim.node_id) {
+            let old = hosted_process(victim, role, hosts).map_or(NodeSize::UNSIZED, |p| p.size);
+            format!("resize: {old} is replaced by {}, which serves now", self.scaler.size_of(role))
+        } else {
+            format!("least to move of {} serving", serving.len())
+        };
+        let detail = format!("{why}: {what}; draining on host {}", victim.host_agent);
         *self.scaler.removal.borrow_mut() = Some(Removal {
             role,
             process: process.clone(),
@@ -640,6 +851,7 @@ impl Coordinator {
             host: victim.host_agent.clone(),
             since: Instant::now(),
             gone: None,
+            resized: stale.contains(&victim.node_id),
         });
         self.scaler.record(role, &victim.node_id, "drain", detail);
         self.scaler.set_activity(role, format!("draining {}", victim.node_id));
@@ -692,6 +904,50 @@ impl Coordinator {
             tracing::warn!(host = host_id, process, error = %e, "host agent did not take the stop; will retry");
         }
     }
+}
+
+/// Whether host `h` can hold a node of `size` at all (its cores and memory; what other nodes
+/// take is not counted: sizes may overcommit a host, as CPU quotas do).
+fn fits(h: &HostStatus, size: NodeSize) -> bool {
+    u64::from(size.cpu_millis) <= u64::from(h.cpus) * 1000 && size.memory_bytes <= h.mem_total
+}
+
+/// The size asked for, with the CPU or memory not given derived from the other at
+/// `per_cpu` bytes per core (MISSION S3.3: they move together); refused when both are given
+/// out of that ratio, or out of bounds.
+pub(super) fn normalize_size(size: NodeSize, per_cpu: u64) -> Result<NodeSize> {
+    let memory_for = |millis: u32| (u128::from(millis) * u128::from(per_cpu) / 1000).min(u128::from(u64::MAX)) as u64;
+    let millis_for =
+        |bytes: u64| (u128::from(bytes) * 1000 / u128::from(per_cpu.max(1))).min(u128::from(u32::MAX)) as u32;
+    let size = match (size.cpu_millis, size.memory_bytes) {
+        (0, bytes) => NodeSize { cpu_millis: millis_for(bytes), memory_bytes: bytes },
+        (millis, 0) => NodeSize { cpu_millis: millis, memory_bytes: memory_for(millis) },
+        (millis, bytes) => {
+            if memory_for(millis).abs_diff(bytes) > 1 << 20 {
+                return Err(Error::InvalidArgument(format!(
+                    "{} CPU and {} MiB do not go together: sizes move CPU and memory together at \
+                     scaling.memory_per_cpu_mb = {} MiB per CPU, so {} CPU comes with {} MiB; give the CPU or the \
+                     memory alone",
+                    f64::from(millis) / 1000.0,
+                    bytes >> 20,
+                    per_cpu >> 20,
+                    f64::from(millis) / 1000.0,
+                    memory_for(millis) >> 20
+                )));
+            }
+            NodeSize { cpu_millis: millis, memory_bytes: bytes }
+        }
+    };
+    if size.memory_bytes < MIN_NODE_MEMORY || size.cpu_millis < 10 {
+        return Err(Error::InvalidArgument(format!(
+            "a node of {size} is too small: at least {} MiB and 0.01 CPU",
+            MIN_NODE_MEMORY >> 20
+        )));
+    }
+    if size.cpu_millis > 1_000_000 || size.memory_bytes > 1 << 50 {
+        return Err(Error::InvalidArgument(format!("a node of {size} is too large: at most 1000 CPU and 1 PiB")));
+    }
+    Ok(size)
 }
 
 /// Why some loaded collection is not fully served, if one is not: a shard without a live data
@@ -791,6 +1047,24 @@ mod tests {
         c.layouts.insert(1, layout);
         c.collections.insert("docs".into(), info);
         c
+    }
+
+    #[test]
+    fn sizes_move_cpu_and_memory_together() {
+        const GIB: u64 = 1 << 30;
+        let per_cpu = 4 * GIB;
+        let size = |cpu_millis, memory_bytes| NodeSize { cpu_millis, memory_bytes };
+        assert_eq!(normalize_size(size(2_000, 0), per_cpu).unwrap(), size(2_000, 8 * GIB));
+        assert_eq!(normalize_size(size(0, 8 * GIB), per_cpu).unwrap(), size(2_000, 8 * GIB));
+        assert_eq!(normalize_size(size(500, 2 * GIB), per_cpu).unwrap(), size(500, 2 * GIB));
+        let e = normalize_size(size(1_000, 8 * GIB), per_cpu).unwrap_err().to_string();
+        assert!(e.contains("do not go together") && e.contains("1 CPU comes with 4096 MiB"), "{e}");
+        assert!(normalize_size(size(0, 1 << 20), per_cpu).unwrap_err().to_string().contains("too small"));
+        assert!(normalize_size(size(2_000_000, 0), per_cpu).unwrap_err().to_string().contains("too large"));
+        let host = HostStatus { cpus: 2, mem_total: 8 * GIB, ..HostStatus::default() };
+        assert!(
+            fits(&host, size(2_000, 8 * GIB)) && !fits(&host, size(2_001, GIB)) && !fits(&host, size(1_000, 9 * GIB))
+        );
     }
 
     #[test]

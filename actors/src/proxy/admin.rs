@@ -5,9 +5,13 @@
 //! ```text
 //!   GET   /v1/roles          every scalable role's RoleScaling       (Proxy::scaling)
 //!   GET   /v1/roles/{role}   one role's RoleScaling
-//!   PATCH /v1/roles/{role}   {"replicas": N} -> ScaleReply           (Proxy::scale)
+//!   PATCH /v1/roles/{role}   {"replicas": N, "cpu_millis": C, "memory_mb": M} -> ScaleReply
+//!                                                                    (Proxy::scale; any of them)
 //!   GET   /v1/status         ClusterStatus                           (Proxy::status)
 //!   GET   /v1/events         ClusterEvents                           (Proxy::events)
+//!   GET   /v1/autoscaling    AutoscaleStatus                         (Proxy::autoscaling)
+//!   PATCH /v1/autoscaling/{role} {"min_memory_mb": A, "max_memory_mb": B, "reset": false}
+//!                                                  -> AutoscaleStatus (Proxy::autoscale)
 //! ```
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}` with a status chosen by the
@@ -31,7 +35,7 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::config::TlsConfig;
 use quiver_runtime::{security, Error, Result};
 use quiver_schemas::protocol::access::Principal;
-use quiver_schemas::ScaleRequest;
+use quiver_schemas::{AutoscaleRequest, NodeSize, ScaleRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls;
@@ -87,6 +91,8 @@ fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/roles/{role}", get(role).patch(scale))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
+        .route("/v1/autoscaling", get(autoscaling))
+        .route("/v1/autoscaling/{role}", axum::routing::patch(autoscale))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -98,7 +104,43 @@ fn router(admin: Arc<Admin>) -> Router {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScaleBody {
-    replicas: u32,
+    replicas: Option<u32>,
+    cpu_millis: Option<u32>,
+    memory_mb: Option<u64>,
+}
+
+impl ScaleBody {
+    fn request(self, role: String) -> Result<ScaleRequest, ApiError> {
+        if self.replicas.is_none() && self.cpu_millis.is_none() && self.memory_mb.is_none() {
+            return Err(ApiError::invalid(
+                "request body: give \"replicas\", a size (\"cpu_millis\" or \"memory_mb\"), or both; for example \
+                 {\"replicas\": 3} or {\"memory_mb\": 8192}"
+                    .into(),
+            ));
+        }
+        let memory_bytes = self
+            .memory_mb
+            .unwrap_or(0)
+            .checked_mul(1 << 20)
+            .ok_or_else(|| ApiError::invalid(format!("memory_mb {} is too large", self.memory_mb.unwrap_or(0))))?;
+        Ok(ScaleRequest {
+            role,
+            replicas: self.replicas.unwrap_or(0),
+            size: NodeSize { cpu_millis: self.cpu_millis.unwrap_or(0), memory_bytes },
+        })
+    }
+}
+
+/// The body of `PATCH /v1/autoscaling/{role}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoscaleBody {
+    #[serde(default)]
+    min_memory_mb: u64,
+    #[serde(default)]
+    max_memory_mb: u64,
+    #[serde(default)]
+    reset: bool,
 }
 
 /// Whether a request reads or changes the cluster (only admin may change it).
@@ -196,10 +238,37 @@ async fn scale(
     admin.admit(&headers, Access::Write)?;
     let Path(role) = path.map_err(ApiError::path)?;
     let body = body.map_err(ApiError::body)?;
-    let ScaleBody { replicas } = serde_json::from_slice(&body)
+    let body: ScaleBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("request body: {e}; send a JSON object such as {{\"replicas\": 3}}")))?;
-    let reply = admin.proxy.scale(&ScaleRequest { role, replicas }, &context()).await.map_err(ApiError::of)?;
+    let reply = admin.proxy.scale(&body.request(role)?, &context()).await.map_err(ApiError::of)?;
     Ok(json(StatusCode::OK, &reply))
+}
+
+async fn autoscaling(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin.admit(&headers, Access::Read)?;
+    let status = admin.proxy.autoscaling(&context()).await.map_err(ApiError::of)?;
+    Ok(json(StatusCode::OK, &status))
+}
+
+async fn autoscale(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    admin.admit(&headers, Access::Write)?;
+    let Path(role) = path.map_err(ApiError::path)?;
+    let body = body.map_err(ApiError::body)?;
+    let AutoscaleBody { min_memory_mb, max_memory_mb, reset } = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "request body: {e}; send a JSON object such as {{\"min_memory_mb\": 4096, \"max_memory_mb\": 16384}}"
+        ))
+    })?;
+    let mb = |v: u64| v.checked_mul(1 << 20).ok_or_else(|| ApiError::invalid(format!("{v} MiB is too large")));
+    let req =
+        AutoscaleRequest { role, min_memory_bytes: mb(min_memory_mb)?, max_memory_bytes: mb(max_memory_mb)?, reset };
+    let status = admin.proxy.autoscale(&req, &context()).await.map_err(ApiError::of)?;
+    Ok(json(StatusCode::OK, &status))
 }
 
 async fn status(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -463,11 +532,15 @@ mod tests {
 
     #[test]
     fn scale_bodies_are_checked() {
-        assert_eq!(serde_json::from_slice::<ScaleBody>(br#"{"replicas": 3}"#).unwrap().replicas, 3);
-        for bad in
-            [&br#"{}"#[..], br#"{"replicas": -1}"#, br#"{"replicas": "3"}"#, br#"{"replicas": 3, "x": 1}"#, b"[", b""]
-        {
+        let req = |body: &[u8]| serde_json::from_slice::<ScaleBody>(body).unwrap().request("querynode".into());
+        assert_eq!(req(br#"{"replicas": 3}"#).unwrap().replicas, 3);
+        let sized = req(br#"{"memory_mb": 8192, "cpu_millis": 2000}"#).unwrap();
+        assert_eq!((sized.replicas, sized.size.cpu_millis, sized.size.memory_bytes), (0, 2000, 8 << 30));
+        assert!(req(br#"{}"#).is_err(), "nothing asked");
+        assert!(req(br#"{"memory_mb": 18446744073709551615}"#).is_err(), "overflows bytes");
+        for bad in [&br#"{"replicas": -1}"#[..], br#"{"replicas": "3"}"#, br#"{"replicas": 3, "x": 1}"#, b"[", b""] {
             assert!(serde_json::from_slice::<ScaleBody>(bad).is_err(), "{bad:?}");
         }
+        assert!(serde_json::from_slice::<AutoscaleBody>(br#"{"min_memory_mb": 1, "x": 2}"#).is_err());
     }
 }

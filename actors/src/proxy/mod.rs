@@ -32,8 +32,8 @@ use quiver_runtime::{Result, RoleContext};
 
 use quiver_schemas::protocol::{coord, ApiRequest, QueueCall};
 use quiver_schemas::{
-    ClusterEvents, ClusterStatus, CollectionInfo, CollectionName, Distribution, Empty, LoadCollection, ScaleReply,
-    ScaleRequest, ScalingStatus, Subjects,
+    AutoscaleRequest, AutoscaleStatus, ClusterEvents, ClusterStatus, CollectionInfo, CollectionName, Distribution,
+    Empty, LoadCollection, ScaleReply, ScaleRequest, ScalingStatus, Subjects,
 };
 
 pub use read::merge;
@@ -238,6 +238,16 @@ impl Proxy {
         self.forward::<coord::Events>(&Empty {}, ctx).await
     }
 
+    /// `api.autoscale`: the coordinator validates and records a role's autoscaling bounds.
+    async fn autoscale(&self, req: &AutoscaleRequest, ctx: &RequestContext) -> Result<AutoscaleStatus> {
+        self.forward::<coord::Autoscale>(req, ctx).await
+    }
+
+    /// `api.autoscaling`: the autoscaler's settings, windows and decisions.
+    async fn autoscaling(&self, ctx: &RequestContext) -> Result<AutoscaleStatus> {
+        self.forward::<coord::Autoscaling>(&Empty {}, ctx).await
+    }
+
     /// Answers one request of the public API.
     async fn dispatch(&self, req: ApiRequest, ctx: RequestContext) -> Result<Vec<u8>> {
         let ctx = &ctx;
@@ -281,6 +291,8 @@ impl Proxy {
             ApiRequest::Scale(r) => r.serve(|r| async move { self.scale(&r, ctx).await }).await,
             ApiRequest::Scaling(r) => r.serve(|_| self.scaling(ctx)).await,
             ApiRequest::Events(r) => r.serve(|_| self.events(ctx)).await,
+            ApiRequest::Autoscale(r) => r.serve(|r| async move { self.autoscale(&r, ctx).await }).await,
+            ApiRequest::Autoscaling(r) => r.serve(|_| self.autoscaling(ctx)).await,
             ApiRequest::Compact(r) => r.serve(|r| async move { self.forward::<coord::Compact>(&r, ctx).await }).await,
             ApiRequest::CompactionState(r) => {
                 r.serve(|r| async move { self.forward::<coord::CompactionState>(&r, ctx).await }).await

@@ -218,21 +218,51 @@ impl QueryNode {
             .await
             .map_err(Error::internal)?;
         }
+        // Only what fits in the memory budget (the node's size) is fetched: each segment once
+        // it is served (its rows, and a copy of its vectors for brute force or its index: about
+        // twice its size) and while it is fetched (the encoded object on top), checked against
+        // the memory in use just before it starts. The rest is refused, an out-of-memory event
+        // for the autoscaler (MISSION S3.3), once what fits is served.
+        let in_flight = std::cell::Cell::new(0u64);
+        let refused: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
         let mut fetches = futures::stream::iter(missing)
-            .map(|seg| self.fetch_segment(seg, metric, &info))
+            .map(|seg| {
+                let (in_flight, refused, info) = (&in_flight, &refused, &info);
+                async move {
+                    if refused.borrow().is_some() {
+                        return Ok(None);
+                    }
+                    let need = seg.mem_size.saturating_mul(3);
+                    let what = format!("loading segment {} of collection {:?}", seg.id, info.schema.name);
+                    if let Err(e) = self.node.shared.memory.reserve(&what, need, in_flight.get()) {
+                        *refused.borrow_mut() = Some(e);
+                        return Ok(None);
+                    }
+                    in_flight.set(in_flight.get() + need);
+                    let fetched = self.fetch_segment(seg, metric, info).await;
+                    in_flight.set(in_flight.get() - need);
+                    fetched.map(Some)
+                }
+            })
             .buffer_unordered(LOAD_CONCURRENCY);
         while let Some(fetched) = fetches.next().await {
-            let seg = Arc::new(fetched?);
+            let Some(seg) = fetched? else { continue };
+            let seg = Arc::new(seg);
             // Released meanwhile: nothing to add it to.
             if let Some(loaded) = self.collections_mut().get_mut(&info.id) {
                 loaded.segments.insert(seg.info.id, seg);
             }
         }
+        drop(fetches);
+        let refused = refused.into_inner();
         let mut collections = self.collections_mut();
         if collections.get(&info.id).is_some_and(|c| c.segments.is_empty() && c.shards.is_empty()) {
             collections.remove(&info.id);
         }
-        Ok(Empty {})
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(Empty {}),
+        }
     }
 
     fn release(&self, req: ReleaseSegments) -> Result<Empty> {

@@ -128,6 +128,7 @@ fn node_status() -> NodeStatus {
         cpu_busy: 0.5,
         host_agent: "h1".into(),
         faiss_simd: "avx2".into(),
+        memory_refusals: 1,
     }
 }
 
@@ -140,7 +141,13 @@ fn role_scaling() -> RoleScaling {
         draining: 0,
         converged: false,
         activity: "starting qn-7 on h1".into(),
+        size: size(),
+        resizing: 1,
     }
+}
+
+fn size() -> NodeSize {
+    NodeSize { cpu_millis: 2_000, memory_bytes: 8 << 30 }
 }
 
 fn host_status() -> HostStatus {
@@ -286,8 +293,16 @@ fn wire(dir: &Path) {
         LoadCollection { name: "docs".into(), replicas: 2 }.to_bytes(),
         node_status.to_bytes(),
         WatchChannels { channels: vec![ChannelAssignment { collection: info, shard: 1, checkpoint: 4 }] }.to_bytes(),
-        ScaleRequest { role: "querynode".into(), replicas: 3 }.to_bytes(),
-        ScaleReply { role: Role::QueryNode, replicas: 3, previous: 1, warning: String::new() }.to_bytes(),
+        ScaleRequest { role: "querynode".into(), replicas: 3, size: size() }.to_bytes(),
+        ScaleReply {
+            role: Role::QueryNode,
+            replicas: 3,
+            previous: 1,
+            warning: String::new(),
+            size: size(),
+            previous_size: NodeSize::UNSIZED,
+        }
+        .to_bytes(),
         ScalingStatus { roles: vec![role_scaling()], hosts: vec![host_status()] }.to_bytes(),
         ClusterEvents {
             handoffs: vec![handoff()],
@@ -301,8 +316,37 @@ fn wire(dir: &Path) {
         }
         .to_bytes(),
         handoff().to_bytes(),
-        StartNode { node_id: "qn-7".into(), role: Role::QueryNode }.to_bytes(),
+        StartNode { node_id: "qn-7".into(), role: Role::QueryNode, size: size() }.to_bytes(),
         StopNode { node_id: "qn-7".into() }.to_bytes(),
+        AutoscaleRequest { role: "querynode".into(), min_memory_bytes: 4 << 30, max_memory_bytes: 8 << 30, reset: false }
+            .to_bytes(),
+        AutoscaleStatus {
+            enabled: true,
+            interval_ms: 60_000,
+            window_ms: 3_600_000,
+            roles: vec![RoleAutoscale {
+                role: Role::QueryNode,
+                enabled: true,
+                min_memory_bytes: 4 << 30,
+                max_memory_bytes: 8 << 30,
+                size: size(),
+                samples: 3,
+                peak_cpu_percent: 80.0,
+                peak_memory_bytes: 1 << 30,
+                ooms: 0,
+                held_until_ms: 0,
+            }],
+            decisions: vec![AutoscaleDecision {
+                at_ms: 1,
+                role: Role::QueryNode,
+                from: NodeSize::UNSIZED,
+                to: size(),
+                reason: "cpu peak 80.0% > 75%: double".into(),
+                plugin: "threshold@builtin".into(),
+                action: "resize".into(),
+            }],
+        }
+        .to_bytes(),
     ];
     for (i, bytes) in messages.iter().enumerate() {
         let mut seed = vec![i as u8];

@@ -127,6 +127,20 @@ impl PolicySlot<dyn Autoscaler> {
         )
     }
 
+    /// [`Self::recommend`], except that a failing call of the Wasm plugin is an error rather
+    /// than the native built-in's answer: the coordinator then changes no size.
+    pub fn recommend_strict(
+        &self,
+        window: &[MetricSample],
+        current: &ReplicaSize,
+        settings: &AutoscaleSettings,
+    ) -> Result<Recommendation, PluginFailure> {
+        self.invoke_strict(
+            |pool| recommend_on(pool, window, current, settings),
+            |native| native.recommend(window, current, settings),
+        )
+    }
+
     /// [`Self::recommend`] by the Wasm plugin alone.
     pub fn try_recommend(
         &self,

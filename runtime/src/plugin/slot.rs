@@ -360,6 +360,44 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
         native(&active.native)
     }
 
+    /// Like [`Self::invoke`], but a failing call of the active Wasm plugin is returned as the
+    /// error (and counted as a failure, which may switch the plugin off) instead of being
+    /// answered by the native built-in: for decisions where "no answer" must change nothing
+    /// (the autoscaler). A plugin already switched off, or a native slot, answers natively.
+    pub(crate) fn invoke_strict<R>(
+        &self,
+        wasm: impl FnOnce(&InstancePool) -> Result<R, PluginFailure>,
+        native: impl FnOnce(&N) -> R,
+    ) -> Result<R, PluginFailure> {
+        let active = self.active.load();
+        active.calls_total.increment(1);
+        active.health.calls.fetch_add(1, Ordering::Relaxed);
+        self.total_calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(pool) = active.pool.as_deref() {
+            if active.health.disabled.get().is_none() {
+                let start = Instant::now();
+                let outcome = wasm(pool);
+                active.call_seconds.record(start.elapsed().as_secs_f64());
+                return match outcome {
+                    Ok(answer) => {
+                        if active.health.consecutive.load(Ordering::Relaxed) != 0 {
+                            active.health.consecutive.store(0, Ordering::Relaxed);
+                        }
+                        Ok(answer)
+                    }
+                    Err(failure) => {
+                        let reported = PluginFailure { reason: failure.reason, detail: failure.detail.clone() };
+                        self.record_failure(&active, failure);
+                        Err(reported)
+                    }
+                };
+            }
+            active.health.fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.total_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(native(&active.native))
+    }
+
     /// Calls only the active Wasm plugin: no fallback, nothing counted (`quiver plugin test`).
     pub(crate) fn try_invoke<R>(
         &self,

@@ -91,6 +91,7 @@ pub const DATA_METHODS: &[&str] = &[
     // Read-only views of the cluster, like `status` (changing the counts is admin-only).
     api::Scaling::METHOD,
     api::Events::METHOD,
+    api::Autoscaling::METHOD,
 ];
 
 /// Whether API method `method` is admin-only (dropping a collection, loading, activating or
@@ -185,7 +186,7 @@ mod tests {
             assert!(ApiRequest::METHODS.contains(m), "{m} is not an API method");
         }
         let admin: Vec<&str> = admin_methods().collect();
-        assert_eq!(admin, ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale"]);
+        assert_eq!(admin, ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale", "autoscale"]);
     }
 
     #[test]

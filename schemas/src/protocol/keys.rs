@@ -38,6 +38,24 @@ pub fn desired_replicas(role: crate::types::Role) -> String {
     format!("scaling.desired.{}", role.as_str())
 }
 
+/// The size every node of a role should have (`quiver ctl scale --cpu/--memory`, the autoscaler).
+pub fn role_size(role: crate::types::Role) -> String {
+    format!("scaling.size.{}", role.as_str())
+}
+
+/// The operator's autoscaling bounds of a role (`quiver ctl autoscale`).
+pub fn autoscale_bounds(role: crate::types::Role) -> String {
+    format!("autoscaling.bounds.{}", role.as_str())
+}
+
+/// A role's metrics window (samples the autoscaler decides on; MISSION S3.3).
+pub fn autoscale_window(role: crate::types::Role) -> String {
+    format!("autoscaling.window.{}", role.as_str())
+}
+
+/// The autoscaler's recent decisions.
+pub const AUTOSCALE_DECISIONS: &str = "autoscaling.decisions";
+
 /// The number of the next node process the scaler starts (node ids are never reused).
 pub const SCALING_SEQ: &str = "scaling.seq";
 

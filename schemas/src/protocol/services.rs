@@ -40,6 +40,10 @@ service! {
         Scaling = "scaling" (Empty) -> ScalingStatus;
         /// Recent hand-offs (sealedSegmentChangeInfo) and scaling steps.
         Events = "events" (Empty) -> ClusterEvents;
+        /// Set a role's autoscaling bounds (min = max pins its size, MISSION S3.4).
+        Autoscale = "autoscale" (AutoscaleRequest) -> AutoscaleStatus;
+        /// The autoscaler's settings, every role's metrics window and its recent decisions.
+        Autoscaling = "autoscaling" (Empty) -> AutoscaleStatus;
         /// Compact the collection's sealed segments now (Milvus' ManualCompaction): a job id.
         Compact = "compact" (CompactRequest) -> CompactionState;
         /// A compaction job's plans and their state.
@@ -78,6 +82,8 @@ service! {
         /// The scaler's wanted node count of a role (persisted; converged on in the background).
         Scale = "scale" (ScaleRequest) -> ScaleReply;
         Scaling = "scaling" (Empty) -> ScalingStatus;
+        Autoscale = "autoscale" (AutoscaleRequest) -> AutoscaleStatus;
+        Autoscaling = "autoscaling" (Empty) -> AutoscaleStatus;
         Events = "events" (Empty) -> ClusterEvents;
         /// Plan and run a compaction of the collection now; answers with the job's plans.
         Compact = "compact" (CompactRequest) -> CompactionState;

@@ -259,6 +259,7 @@ struct NodeStatus {
   cpuBusy @14 :Float32;         # Cores' worth of CPU the process used over the last heartbeat.
   hostAgent @15 :Text;          # The host agent that started the process ("" if none).
   faissSimd @16 :Text;          # faiss build searches and builds run on: generic, avx2, avx512 ("" if older).
+  memoryRefusals @17 :UInt32;   # Loads refused since start because they would exceed the memory budget (OOM events).
 }
 
 # Where a role is in its life. `serving` is 0 so nodes that predate the field read as serving.
@@ -399,7 +400,9 @@ struct ClusterStatus {
 # `role` is text so that an unknown name gets an error naming it, not a decoding failure.
 struct ScaleRequest {
   role @0 :Text;
-  replicas @1 :UInt32;
+  replicas @1 :UInt32;          # 0 with a size: keep the count.
+  cpuMillis @2 :UInt32;         # A new size for every node of the role (0 and 0: keep the size).
+  memoryBytes @3 :UInt64;
 }
 
 struct ScaleReply {
@@ -407,6 +410,10 @@ struct ScaleReply {
   replicas @1 :UInt32;
   previous @2 :UInt32;          # The count wanted before (0: none was set).
   warning @3 :Text;
+  cpuMillis @4 :UInt32;         # The size wanted now (0 and 0: unsized, the nodes use their host).
+  memoryBytes @5 :UInt64;
+  previousCpuMillis @6 :UInt32;
+  previousMemoryBytes @7 :UInt64;
 }
 
 # One role's wanted and actual node count.
@@ -418,6 +425,9 @@ struct RoleScaling {
   draining @4 :UInt32;
   converged @5 :Bool;
   activity @6 :Text;            # What the scaler is doing for the role, for people.
+  cpuMillis @7 :UInt32;         # The size every node of the role should have (0 and 0: unsized).
+  memoryBytes @8 :UInt64;
+  resizing @9 :UInt32;          # Serving nodes of another size, still to be replaced (make-before-break).
 }
 
 # A host agent and the node processes it runs.
@@ -432,6 +442,7 @@ struct HostStatus {
   nodes @7 :List(HostedNode);
   startedMs @8 :UInt64;
   heartbeatMs @9 :UInt64;
+  enforcement @10 :Text;        # How node sizes are enforced here: cgroup-v2, cgroup-v1, affinity, none.
 }
 
 struct HostedNode {
@@ -442,6 +453,9 @@ struct HostedNode {
   managed @4 :Bool;             # Started by the scaler (not from a cluster file).
   stopping @5 :Bool;
   lastExit @6 :Text;
+  cpuMillis @7 :UInt32;         # The size it was started with (0 and 0: unsized).
+  memoryBytes @8 :UInt64;
+  oomKills @9 :UInt32;          # Times the kernel killed it for exceeding its memory limit.
 }
 
 struct ScalingStatus {
@@ -475,10 +489,56 @@ struct ClusterEvents {
   scaling @1 :List(ScalingEvent);
 }
 
+# Operator bounds of a role's autoscaling (`quiver ctl autoscale`): min = max pins the size
+# and turns autoscaling off for the role (MISSION S3.4).
+struct AutoscaleRequest {
+  role @0 :Text;
+  minMemoryBytes @1 :UInt64;    # 0: keep.
+  maxMemoryBytes @2 :UInt64;    # 0: keep.
+  reset @3 :Bool;               # Back to the configured bounds (autoscaling.min/max_memory_mb).
+}
+
+# One decision of the autoscaler (every `autoscaling.interval`, per role).
+struct AutoscaleDecision {
+  atMs @0 :UInt64;
+  role @1 :Role;
+  fromCpuMillis @2 :UInt32;
+  fromMemoryBytes @3 :UInt64;
+  toCpuMillis @4 :UInt32;
+  toMemoryBytes @5 :UInt64;
+  reason @6 :Text;              # The plugin's reason, then the coordinator's note.
+  plugin @7 :Text;              # The autoscaler that answered (name@version; "(native fallback)").
+  action @8 :Text;              # resize, keep, held, refused, failed.
+}
+
+struct RoleAutoscale {
+  role @0 :Role;
+  enabled @1 :Bool;             # Sized by the autoscaler (autoscaling.enabled, the role listed, min < max).
+  minMemoryBytes @2 :UInt64;
+  maxMemoryBytes @3 :UInt64;
+  cpuMillis @4 :UInt32;         # The role's size now (0 and 0: unsized).
+  memoryBytes @5 :UInt64;
+  samples @6 :UInt32;           # Samples in the window.
+  peakCpuPercent @7 :Float64;   # Highest CPU use in the window, in percent of the current size.
+  peakMemoryBytes @8 :UInt64;
+  ooms @9 :UInt32;              # Samples with an out-of-memory event.
+  heldUntilMs @10 :UInt64;      # An operator's size is not shrunk before then (0: not held).
+}
+
+struct AutoscaleStatus {
+  enabled @0 :Bool;
+  intervalMs @1 :UInt64;
+  windowMs @2 :UInt64;
+  roles @3 :List(RoleAutoscale);
+  decisions @4 :List(AutoscaleDecision);   # Oldest first.
+}
+
 # Coordinator -> host agent.
 struct StartNode {
   nodeId @0 :Text;
   role @1 :Role;
+  cpuMillis @2 :UInt32;         # Its size (0 and 0: unsized, it may use the whole host).
+  memoryBytes @3 :UInt64;
 }
 
 struct StopNode {

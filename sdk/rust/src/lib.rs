@@ -388,7 +388,32 @@ impl Client {
     /// `querynode`; 1 ≤ replicas ≤ `scaling.max_replicas`). Returns at once with what changed;
     /// [`Client::scaling`] shows the cluster converging. Admin only.
     pub async fn scale(&self, role: &str, replicas: u32) -> Result<ScaleReply> {
-        self.call::<api::Scale>(&ScaleRequest { role: role.into(), replicas }).await
+        self.call::<api::Scale>(&ScaleRequest { role: role.into(), replicas, size: NodeSize::UNSIZED }).await
+    }
+
+    /// Asks the cluster to give every node of `role` this size (MISSION S3.3: CPU and memory
+    /// together). The scaler replaces the nodes make-before-break: nodes of the new size start
+    /// and take the work over before the old ones drain.
+    /// Give either the CPU or the memory (0 for the other: it follows at
+    /// `scaling.memory_per_cpu_mb`), or both in that ratio. Admin only.
+    pub async fn resize(&self, role: &str, size: NodeSize) -> Result<ScaleReply> {
+        self.call::<api::Scale>(&ScaleRequest { role: role.into(), replicas: 0, size }).await
+    }
+
+    /// Sends a [`ScaleRequest`] as it is: a node count, a size, or both. Admin only.
+    pub async fn scale_with(&self, req: &ScaleRequest) -> Result<ScaleReply> {
+        self.call::<api::Scale>(req).await
+    }
+
+    /// Sets a role's autoscaling bounds (min = max pins the size and turns autoscaling off for
+    /// it, MISSION S3.4); returns the autoscaler's status. Admin only.
+    pub async fn autoscale(&self, req: &AutoscaleRequest) -> Result<AutoscaleStatus> {
+        self.call::<api::Autoscale>(req).await
+    }
+
+    /// The autoscaler's settings, every role's metrics window and its recent decisions.
+    pub async fn autoscaling(&self) -> Result<AutoscaleStatus> {
+        self.call::<api::Autoscaling>(&Empty {}).await
     }
 
     /// Every scalable role's wanted and actual node count, and the host agents.
