@@ -146,6 +146,13 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Idling: whether the cluster's compute nodes are stopped for want of requests, the
+    /// timeout in force, what keeps the cluster awake, the last wake's start-up time.
+    Idling {
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent segment hand-offs (sealedSegmentChangeInfo) and scaling steps, oldest first.
     Events {
         /// Print them as JSON.
@@ -319,6 +326,7 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<i32> {
                 let req = quiver_client::ScaleRequest { role, replicas: replicas.unwrap_or(0), size };
                 return crate::scale_cli::scale(&client, &req, wait.then_some(timeout)).await;
             }
+            CtlCommand::Idling { json } => crate::scale_cli::idling(&client, json).await?,
             CtlCommand::Autoscale { target, min_memory, max_memory, reset, json } => {
                 crate::scale_cli::autoscale(&client, target, min_memory, max_memory, reset, json).await?
             }

@@ -366,6 +366,46 @@ pub async fn autoscale(
     Ok(())
 }
 
+/// `quiver ctl idling [--json]`.
+pub async fn idling(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client.idling().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).context("cannot encode the answer as JSON")?);
+    } else {
+        print!("{}", idling_text(&status, now_ms()));
+    }
+    Ok(())
+}
+
+/// A few lines on the idling state.
+fn idling_text(s: &quiver_client::IdlingStatus, now: u64) -> String {
+    let d = |ms: u64| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string();
+    if !s.enabled {
+        return "idling off (idling.enabled = false)\n".into();
+    }
+    let mut out = format!("idling on: {} since {}\n", s.state, time(s.since_ms));
+    let timeout = if s.timeout_ms == s.after_ms {
+        d(s.timeout_ms)
+    } else {
+        format!("{} (idling.after {}, grown with the last start-up time)", d(s.timeout_ms), d(s.after_ms))
+    };
+    out.push_str(&format!("  idles after {timeout} without a data request\n"));
+    match s.last_request_ms {
+        0 => out.push_str("  no data request seen since the coordinator started\n"),
+        t => out.push_str(&format!("  last data request {} ago\n", d(now.saturating_sub(t)))),
+    }
+    if !s.blocked.is_empty() {
+        out.push_str(&format!("  kept awake: {}\n", s.blocked));
+    }
+    if s.last_startup_ms > 0 {
+        out.push_str(&format!("  last wake took {:.1} s\n", s.last_startup_ms as f64 / 1000.0));
+    }
+    if s.state == "idle" {
+        out.push_str(&format!("  {} compute processes stopped; the next read wakes the cluster\n", s.stopped));
+    }
+    out
+}
+
 /// The autoscaler's settings and one row per role.
 fn autoscale_text(s: &AutoscaleStatus) -> String {
     let state = if s.enabled { "on" } else { "off (autoscaling.enabled = false)" };
@@ -511,6 +551,7 @@ mod tests {
             host_agent: String::new(),
             faiss_simd: "avx512".into(),
             memory_refusals: 0,
+            last_request_ms: 0,
         }
     }
 
@@ -668,6 +709,30 @@ mod tests {
             "{history}"
         );
         assert_eq!(history_text(&[]), "no autoscaler decisions yet\n");
+    }
+
+    #[test]
+    fn idling_reads_as_a_few_lines() {
+        let mut s = quiver_client::IdlingStatus::default();
+        assert_eq!(idling_text(&s, 0), "idling off (idling.enabled = false)\n");
+        s = quiver_client::IdlingStatus {
+            enabled: true,
+            state: "idle".into(),
+            since_ms: 0,
+            last_request_ms: 60_000,
+            after_ms: 300_000,
+            timeout_ms: 900_000,
+            last_startup_ms: 1_234_000,
+            blocked: String::new(),
+            stopped: 3,
+        };
+        let text = idling_text(&s, 1_260_000);
+        assert!(text.starts_with("idling on: idle since 1970-01-01T00:00:00Z"), "{text}");
+        assert!(text.contains("idles after 15m (idling.after 5m, grown with the last start-up time)"), "{text}");
+        assert!(text.contains("last data request 20m ago") && text.contains("last wake took 1234.0 s"), "{text}");
+        assert!(text.contains("3 compute processes stopped"), "{text}");
+        s.blocked = "2 compaction tasks running or queued".into();
+        assert!(idling_text(&s, 0).contains("kept awake: 2 compaction tasks"), "{s:?}");
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl Node {
             host_agent: self.shared.config.node.host_agent.clone(),
             faiss_simd: crate::vector::simd_level().name().into(),
             memory_refusals: self.shared.memory.refusals(),
+            last_request_ms: crate::proxy::last_request_ms(),
         }
     }
 }

@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         DmlEntry, SegmentFlushed, BuildIndex, IndexBuilt, LoadSegments, ReleaseSegments, NodeSearch, NodeGet,
         NodeQuery, GetResults, Distribution, LoadCollection, NodeStatus, WatchChannels, ScaleRequest, ScaleReply,
         ScalingStatus, ClusterEvents, SegmentChangeInfo, StartNode, StopNode, AutoscaleRequest, AutoscaleStatus,
+        IdlingStatus,
     );
     if handled {
         return;

@@ -30,6 +30,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub scaling: ScalingConfig,
     pub autoscaling: AutoscalingConfig,
+    pub idling: IdlingConfig,
     pub host: HostConfig,
     pub debug: DebugConfig,
     pub security: SecurityConfig,
@@ -272,7 +273,7 @@ pub struct AutoscalingConfig {
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// How often a sample of every role's CPU, memory and OOM events is added to its window
-    /// (the window holds at most 100,000 samples: window / sample_interval).
+    /// (the window holds at most 10,000 samples: window / sample_interval).
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
     /// Default bounds on a node's memory (and so CPU); `quiver ctl autoscale` sets them per
@@ -304,8 +305,39 @@ impl Default for AutoscalingConfig {
     }
 }
 
+/// Automatic idling (docs/autoscaling.md, MISSION S3.6, S3.7): after `after` without a data
+/// request the coordinator stops the query, data and index nodes that host agents run; the
+/// next request starts them again and waits for them. Not for latency-critical services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdlingConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Inactivity before the cluster idles. The timeout in force grows with the measured
+    /// start-up time: 15–30 min → at least 15 min, 30–60 → 30 min, over 60 → 1 h.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// Never idle while the cluster has more sealed segments than this (the seed's parts).
+    pub max_parts: u64,
+    /// How long a proxy holds a request while the cluster wakes, before it answers
+    /// "unavailable: waking" (the client may retry).
+    #[serde(with = "humantime_serde")]
+    pub wake_timeout: Duration,
+}
+
+impl Default for IdlingConfig {
+    fn default() -> Self {
+        IdlingConfig {
+            enabled: false,
+            after: Duration::from_secs(15 * 60),
+            max_parts: 10_000,
+            wake_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Most samples a role's metrics window keeps.
-pub const MAX_WINDOW_SAMPLES: u64 = 100_000;
+pub const MAX_WINDOW_SAMPLES: u64 = 10_000;
 
 impl AutoscalingConfig {
     fn validate(&self) -> Result<()> {
@@ -1000,6 +1032,9 @@ impl Config {
             return fail("scaling.memory_per_cpu_mb", "must be between 1 and 1048576 (1 TiB per core)");
         }
         self.autoscaling.validate()?;
+        if self.idling.after.is_zero() || self.idling.wake_timeout.is_zero() {
+            return fail("idling.after", "idling.after and idling.wake_timeout must be greater than zero");
+        }
         if self.supervisor.backoff_initial > self.supervisor.backoff_max {
             return fail("supervisor.backoff_initial", "must not exceed supervisor.backoff_max");
         }

@@ -759,6 +759,7 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
     b.set_host_agent(v.host_agent.as_str());
     b.set_faiss_simd(v.faiss_simd.as_str());
     b.set_memory_refusals(v.memory_refusals);
+    b.set_last_request_ms(v.last_request_ms);
 }
 
 fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> {
@@ -786,6 +787,7 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
         host_agent: read_string(r.get_host_agent()).at("hostAgent")?,
         faiss_simd: read_string(r.get_faiss_simd()).at("faissSimd")?,
         memory_refusals: r.get_memory_refusals(),
+        last_request_ms: r.get_last_request_ms(),
     })
 }
 
@@ -1265,6 +1267,32 @@ fn get_start_node(r: cp::start_node::Reader<'_>) -> Result<StartNode, Fault> {
         node_id: read_string(r.get_node_id()).at("nodeId")?,
         role: role_from(r.get_role().at("role")?),
         size: NodeSize { cpu_millis: r.get_cpu_millis(), memory_bytes: r.get_memory_bytes() },
+    })
+}
+
+fn put_idling_status(v: &IdlingStatus, mut b: cp::idling_status::Builder<'_>) {
+    b.set_enabled(v.enabled);
+    b.set_state(v.state.as_str());
+    b.set_since_ms(v.since_ms);
+    b.set_last_request_ms(v.last_request_ms);
+    b.set_after_ms(v.after_ms);
+    b.set_timeout_ms(v.timeout_ms);
+    b.set_last_startup_ms(v.last_startup_ms);
+    b.set_blocked(v.blocked.as_str());
+    b.set_stopped(v.stopped);
+}
+
+fn get_idling_status(r: cp::idling_status::Reader<'_>) -> Result<IdlingStatus, Fault> {
+    Ok(IdlingStatus {
+        enabled: r.get_enabled(),
+        state: read_string(r.get_state()).at("state")?,
+        since_ms: r.get_since_ms(),
+        last_request_ms: r.get_last_request_ms(),
+        after_ms: r.get_after_ms(),
+        timeout_ms: r.get_timeout_ms(),
+        last_startup_ms: r.get_last_startup_ms(),
+        blocked: read_string(r.get_blocked()).at("blocked")?,
+        stopped: r.get_stopped(),
     })
 }
 
@@ -1911,6 +1939,7 @@ impl SizeHint for ScaleReply {}
 impl SizeHint for StartNode {}
 impl SizeHint for StopNode {}
 impl SizeHint for AutoscaleRequest {}
+impl SizeHint for IdlingStatus {}
 
 impl SizeHint for AutoscaleStatus {
     fn hint_words(&self) -> usize {
@@ -2111,6 +2140,7 @@ wire! {
     StopNode => stop_node, put_stop_node, get_stop_node;
     AutoscaleRequest => autoscale_request, put_autoscale_request, get_autoscale_request;
     AutoscaleStatus => autoscale_status, put_autoscale_status, get_autoscale_status;
+    IdlingStatus => idling_status, put_idling_status, get_idling_status;
     CompactTask => compact_task, put_compact_task, get_compact_task;
     CompactOutcome => compact_outcome, put_compact_outcome, get_compact_outcome;
     CompactionState => compaction_state, put_compaction_state, get_compaction_state;
@@ -2287,6 +2317,7 @@ mod tests {
             host_agent: if healthy { "h1".to_string() } else { String::new() },
             faiss_simd: if healthy { "avx2".to_string() } else { String::new() },
             memory_refusals: if healthy { 0 } else { 3 },
+            last_request_ms: if healthy { 1_700_000_000_500 } else { 0 },
         }
     }
 
@@ -2498,6 +2529,17 @@ mod tests {
                 held_until_ms: 99,
             }],
             decisions: vec![decision.clone(), decision],
+        }));
+        out.push(rt(&IdlingStatus {
+            enabled: true,
+            state: "idle".into(),
+            since_ms: 5,
+            last_request_ms: 4,
+            after_ms: 900_000,
+            timeout_ms: 1_800_000,
+            last_startup_ms: 1_234_000,
+            blocked: String::new(),
+            stopped: 3,
         }));
         out.push(rt(&ScalingStatus { roles: vec![role_scaling()], hosts: vec![host(), HostStatus::default()] }));
         let change = SegmentChangeInfo {

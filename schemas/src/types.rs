@@ -501,6 +501,10 @@ pub struct NodeStatus {
     /// memory budget: out-of-memory events for the autoscaler (MISSION S3.3).
     #[serde(default)]
     pub memory_refusals: u32,
+    /// Proxies: when the last data request arrived (0: none since the process started); the
+    /// coordinator idles the cluster after `idling.after` without one (MISSION S3.6).
+    #[serde(default)]
+    pub last_request_ms: u64,
 }
 
 /// Search-time knobs. Zero means the index's default.
@@ -818,6 +822,29 @@ pub struct ScalingEvent {
     pub node_id: String,
     pub action: String,
     pub detail: String,
+}
+
+/// Automatic idling (MISSION S3.6, S3.7): whether the compute nodes are stopped for want of
+/// requests, and what decides when they will be.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct IdlingStatus {
+    pub enabled: bool,
+    /// `awake`, `idle` (compute nodes stopped) or `waking` (starting them again).
+    pub state: String,
+    /// When the cluster entered that state.
+    pub since_ms: u64,
+    /// The last data request any proxy saw.
+    pub last_request_ms: u64,
+    /// `idling.after`, as configured.
+    pub after_ms: u64,
+    /// The timeout in force: `after`, grown with the measured start-up time (S3.7).
+    pub timeout_ms: u64,
+    /// How long the last wake took until the cluster served (0: none yet).
+    pub last_startup_ms: u64,
+    /// Why the cluster may not idle now (too many segments, a compaction running), or empty.
+    pub blocked: String,
+    /// Node processes stopped for idling.
+    pub stopped: u32,
 }
 
 /// `api.autoscale`: the operator's bounds on a role's size (`quiver ctl autoscale`); min = max

@@ -279,6 +279,27 @@ fn the_autoscaler_doubles_under_cpu_load_halves_when_idle_and_keeps_a_pinned_siz
         assert!(d.reason.contains("< 37.5%: halve to 1 CPU / 0.5 GiB"), "{d:?}");
         eprintln!("autoscale: halved {took:?} after the load stopped");
 
+        // S3.8: an operator's size ahead of a burst is not shrunk before a whole window has
+        // been measured at it ("held"), then the autoscaler sizes the role as usual again.
+        let asked = Instant::now();
+        client.resize("querynode", NodeSize { cpu_millis: 2000, memory_bytes: 0 }).await.expect("scale ahead");
+        settled(&client, 1, Some(large), Duration::from_secs(90)).await;
+        let held = eventually("a held decision", Duration::from_secs(30), || async {
+            let held = decisions(&client, "held").await;
+            held.last().cloned().ok_or("none yet".to_string())
+        })
+        .await;
+        assert!(held.reason.contains("held: an operator asked for 2 CPU / 1 GiB"), "{held:?}");
+        settled(&client, 1, Some(small), Duration::from_secs(90)).await;
+        let shrunk = decisions(&client, "resize").await.into_iter().rev().find(|d| d.from == large).expect("shrunk");
+        let window = Duration::from_secs(10);
+        assert!(
+            asked.elapsed() >= window,
+            "shrunk {:?} after the operator's request, within the window",
+            asked.elapsed()
+        );
+        assert!(shrunk.at_ms > held.at_ms, "{shrunk:?} {held:?}");
+
         // min = max pins the size: load changes nothing.
         let pin = AutoscaleRequest {
             role: "querynode".into(),

@@ -16,6 +16,7 @@ mod drain;
 mod durability;
 mod hostile;
 mod hosts;
+mod idling;
 mod plugins;
 mod power_cut;
 mod replicas;

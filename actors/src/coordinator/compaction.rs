@@ -89,6 +89,13 @@ pub(super) struct Compactions {
     floors: HashMap<(u64, u32), (Seq, Seq)>,
 }
 
+impl Compactions {
+    /// Merge tasks running or waiting for a slot (idling waits for them, MISSION S3.7).
+    pub fn in_progress(&self) -> usize {
+        self.running + self.queue.len()
+    }
+}
+
 /// Which segments of a collection readers search while merged segments replace their inputs.
 pub struct Switch {
     /// Input segment → the present segment that replaces it.

@@ -16,6 +16,7 @@
 //!   (scale-out, gradual scale-in, make-before-break resizes), and the event lists (scaling
 //!   steps, hand-offs).
 //! - `autoscale.rs`: the metrics window per role and the autoscaler plugin's size decisions.
+//! - `idling.rs`: stopping the compute nodes after a time without requests, and waking them.
 //!
 //! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
@@ -25,6 +26,7 @@ mod balance;
 pub(crate) mod catalog;
 mod channels;
 mod compaction;
+mod idling;
 mod membership;
 mod placement;
 mod plugins;
@@ -94,6 +96,7 @@ pub struct Coordinator {
     policies: crate::policies::CoordinatorPolicies,
     scaler: scaler::Scaler,
     autoscaler: autoscale::Autoscaler,
+    idler: idling::Idler,
     /// (collection, segment) → the node that held it when it died or restarted, until another
     /// node serves it (then announced as a fail-over hand-off).
     lost: std::cell::RefCell<HashMap<(u64, u64), String>>,
@@ -126,6 +129,7 @@ impl Coordinator {
         let ids = tso::IdAllocator::load(meta).await?;
         let scaler = scaler::Scaler::load(meta).await?;
         let autoscaler = autoscale::Autoscaler::load(meta).await?;
+        let idler = idling::Idler::load(meta).await?;
         Ok(Coordinator {
             node,
             catalog: Mutex::new(catalog),
@@ -141,6 +145,7 @@ impl Coordinator {
             policies: crate::policies::CoordinatorPolicies::start(&node_for_policies).await?,
             scaler,
             autoscaler,
+            idler,
             lost: Default::default(),
             compactions: Default::default(),
         })
@@ -500,6 +505,8 @@ impl Coordinator {
             CoordRequest::Events(r) => r.serve(|_| async { Ok(self.scaler.events()) }).await,
             CoordRequest::Autoscale(r) => r.serve(|r| self.autoscale(r)).await,
             CoordRequest::Autoscaling(r) => r.serve(|_| self.autoscaling_status()).await,
+            CoordRequest::Idling(r) => r.serve(|_| async { Ok(self.idling_status()) }).await,
+            CoordRequest::Wake(r) => r.serve(|_| self.wake()).await,
             CoordRequest::Compact(r) => r.serve(|r| self.compact(r)).await,
             CoordRequest::CompactionState(r) => r.serve(|r| async move { self.compaction_state(r) }).await,
         }
@@ -522,6 +529,8 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("scaler", async move { me.scaler_loop().await });
         let me = self.clone();
         self.node.spawn_loop("autoscaler", async move { me.autoscale_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("idling", async move { me.idling_loop().await });
         let me = self.clone();
         self.node.spawn_loop("compaction", async move { me.compaction_loop().await });
     }

@@ -731,6 +731,7 @@ mod tests {
                 host_agent: String::new(),
                 faiss_simd: String::new(),
                 memory_refusals: 0,
+                last_request_ms: 0,
             })
             .collect()
     }

@@ -428,6 +428,29 @@ impl Coordinator {
         })
     }
 
+    /// Lists a scaling step that is not about one node (idling, waking).
+    pub(super) fn record_scaling(&self, role: Role, action: &'static str, detail: String) {
+        self.scaler.record(role, "", action, detail);
+    }
+
+    /// The wanted node count of `role` (0: none set).
+    pub(super) fn wanted_count(&self, role: Role) -> u32 {
+        self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Sets `role`'s wanted count to `serving` if none was set, so that what runs now comes
+    /// back after idling.
+    pub(super) async fn keep_wanted_count(&self, role: Role, serving: u32) -> Result<()> {
+        if self.wanted_count(role) > 0 || serving == 0 {
+            return Ok(());
+        }
+        let _one_at_a_time = self.scaler.requests.lock().await;
+        let d = Desired { replicas: serving, requested_ms: now_ms() };
+        self.node.shared.meta.put(&keys::desired_replicas(role), &d).await?;
+        self.scaler.desired.borrow_mut().insert(role.as_str(), serving);
+        Ok(())
+    }
+
     /// `role`'s nodes by what they are doing, as the scaler sees them now.
     pub(super) fn role_counts(&self, verdicts: &Verdicts, role: Role, hosts: &[HostStatus]) -> Counts {
         let starting = self.scaler.starting.borrow().clone();
@@ -506,6 +529,10 @@ impl Coordinator {
         let desired = self.scaler.desired.borrow().clone();
         for role in SCALABLE {
             let Some(&want) = desired.get(role.as_str()) else { continue };
+            if self.idler.idle() && super::idling::COMPUTE.contains(&role) {
+                self.scaler.set_activity(role, "idle: stopped until the next request wakes the cluster");
+                continue;
+            }
             let size = self.scaler.size_of(role);
             // Starts of another size than wanted now are no use: a later request changed it.
             self.cancel_resized_starts(role, size).await;
@@ -669,7 +696,7 @@ impl Coordinator {
 
     /// Why the cluster is not fully served, if it is not: a draining node, a shard without a
     /// data node or a confirmed leader, a segment not served in some replica group.
-    async fn not_settled(&self, verdicts: &Verdicts) -> Option<String> {
+    pub(super) async fn not_settled(&self, verdicts: &Verdicts) -> Option<String> {
         for role in Role::ALL {
             if let Some(n) = verdicts.members(role).draining.first() {
                 return Some(format!("{} has drained", n.node_id));
@@ -897,7 +924,7 @@ impl Coordinator {
         cost
     }
 
-    async fn stop_process(&self, host_id: &str, process: &str) {
+    pub(super) async fn stop_process(&self, host_id: &str, process: &str) {
         let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
         let req = StopNode { node_id: process.to_string() };
         if let Err(e) = self.node.shared.bus.call_node::<host::StopNode>(host_id, &req, &opts).await {

@@ -10,12 +10,15 @@
 //! - `admin.rs`: the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`).
 
 mod admin;
+mod idle;
 mod load;
 pub mod milvus;
 mod read;
 mod reply;
 pub(crate) mod validate;
 mod write;
+
+pub use idle::last_request_ms;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -53,6 +56,8 @@ pub struct Proxy {
     /// Searches routed so far (the router's `sequence`).
     sequence: AtomicU64,
     load: load::NodeLoads,
+    /// Until when the cluster is known not to idle (`idle.rs`).
+    awake_until: idle::AwakeCache,
 }
 
 /// The role: the proxy's state (shared with the tasks of the Milvus gRPC server and the HTTP
@@ -126,6 +131,7 @@ pub fn start(rc: RoleContext) {
                     policies,
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
+                    awake_until: idle::AwakeCache::default(),
                 };
                 Ok(ProxyRole { proxy: Arc::new(proxy), grpc: Server::default(), http: Server::default() })
             })
@@ -251,6 +257,23 @@ impl Proxy {
     /// Answers one request of the public API.
     async fn dispatch(&self, req: ApiRequest, ctx: RequestContext) -> Result<Vec<u8>> {
         let ctx = &ctx;
+        // Anything but looking at the cluster is activity: it keeps the cluster from idling.
+        let watching = matches!(
+            req,
+            ApiRequest::Status(_)
+                | ApiRequest::Scaling(_)
+                | ApiRequest::Events(_)
+                | ApiRequest::Autoscaling(_)
+                | ApiRequest::Idling(_)
+                | ApiRequest::PluginList(_)
+                | ApiRequest::CompactionState(_)
+                | ApiRequest::Distribution(_)
+                | ApiRequest::DescribeCollection(_)
+                | ApiRequest::ListCollections(_)
+        );
+        if !watching {
+            self.touch();
+        }
         match req {
             ApiRequest::CreateCollection(r) => {
                 r.serve(|r| async move {
@@ -277,13 +300,18 @@ impl Proxy {
                 r.serve(|r| async move { self.load(&r.name, r.replicas, ctx).await }).await
             }
             ApiRequest::ReleaseCollection(r) => r.serve(|r| async move { self.release(&r.name, ctx).await }).await,
-            ApiRequest::Flush(r) => r.serve(|r| async move { self.forward::<coord::Flush>(&r, ctx).await }).await,
+            ApiRequest::Flush(r) => {
+                r.serve(|r| async move { self.read_awake(ctx, || self.forward::<coord::Flush>(&r, ctx)).await }).await
+            }
             ApiRequest::Distribution(r) => {
                 r.serve(|r| async move { self.refresh(&r.name, ctx).await.map(|d| (*d).clone()) }).await
             }
             ApiRequest::Insert(r) => r.serve(|r| self.insert(r, ctx)).await,
             ApiRequest::Delete(r) => r.serve(|r| self.delete(r, ctx)).await,
             ApiRequest::Upsert(r) => r.serve(|r| self.upsert(r, ctx)).await,
+            ApiRequest::Idling(r) => {
+                r.serve(|_| async move { self.forward::<coord::Idling>(&Empty {}, ctx).await }).await
+            }
             ApiRequest::Query(r) => r.serve(|r| self.query(r, ctx)).await,
             ApiRequest::Get(r) => r.serve(|r| self.get(r, ctx)).await,
             ApiRequest::Search(r) => r.serve(|r| self.search(r, ctx)).await,

@@ -286,7 +286,7 @@ impl Proxy {
     /// A search. Every node's share carries all of the request's queries in one NATS message,
     /// so a batch larger than the server's `max_payload` (1 MB by default, 8 MB for the
     /// nats-server Quiver starts) goes out in parts of as many queries as fit, one after another.
-    pub(super) async fn search(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
+    pub(super) async fn search_now(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.collection(&req.collection, ctx).await?;
         self.node.shared.memory.admit("a search")?;
         let nq = check_search(&info, &mut req, &ReadLimits::of(&self.node.shared.config))?;
@@ -363,7 +363,7 @@ impl Proxy {
         }
     }
 
-    pub(super) async fn get(&self, mut req: Get, ctx: &RequestContext) -> Result<GetResults> {
+    pub(super) async fn get_now(&self, mut req: Get, ctx: &RequestContext) -> Result<GetResults> {
         let info = self.collection(&req.collection, ctx).await?;
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("get needs at least one primary key".into()));
@@ -417,7 +417,7 @@ pub(super) fn parse_filter(info: &CollectionInfo, text: &str) -> Result<(Option<
 
 impl Proxy {
     /// Rows matching a filter in primary-key order (or their count).
-    pub(super) async fn query(&self, mut req: Query, ctx: &RequestContext) -> Result<QueryResults> {
+    pub(super) async fn query_now(&self, mut req: Query, ctx: &RequestContext) -> Result<QueryResults> {
         let info = self.collection(&req.collection, ctx).await?;
         let max = u64::from(self.node.shared.config.proxy.max_top_k);
         let count = req.output_fields.iter().any(|f| f.trim() == COUNT_STAR);

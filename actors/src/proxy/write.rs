@@ -47,6 +47,7 @@ impl Proxy {
     }
 
     pub(super) async fn insert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
+        self.write_awake(ctx).await;
         let info = self.collection(&req.collection, ctx).await?;
         self.node.shared.memory.admit("an insert")?;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
@@ -66,6 +67,7 @@ impl Proxy {
     /// are one atomic log batch, so a failed upsert leaves the old rows in place; the delete
     /// comes first in the log, so it hides only the rows before it, never the new ones.
     pub(super) async fn upsert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
+        self.write_awake(ctx).await;
         let info = self.collection(&req.collection, ctx).await?;
         self.node.shared.memory.admit("an upsert")?;
         if req.rows.pks.is_empty() {
@@ -152,6 +154,7 @@ impl Proxy {
     }
 
     pub(super) async fn delete(&self, req: Delete, ctx: &RequestContext) -> Result<MutationResult> {
+        self.write_awake(ctx).await;
         let info = self.collection(&req.collection, ctx).await?;
         if !req.filter.trim().is_empty() {
             crate::limits::ReadLimits::of(&self.node.shared.config).check_filter(&req.filter)?;

@@ -129,6 +129,7 @@ fn node_status() -> NodeStatus {
         host_agent: "h1".into(),
         faiss_simd: "avx2".into(),
         memory_refusals: 1,
+        last_request_ms: 7,
     }
 }
 
@@ -345,6 +346,18 @@ fn wire(dir: &Path) {
                 plugin: "threshold@builtin".into(),
                 action: "resize".into(),
             }],
+        }
+        .to_bytes(),
+        IdlingStatus {
+            enabled: true,
+            state: "idle".into(),
+            since_ms: 1,
+            last_request_ms: 2,
+            after_ms: 900_000,
+            timeout_ms: 900_000,
+            last_startup_ms: 5_000,
+            blocked: String::new(),
+            stopped: 3,
         }
         .to_bytes(),
     ];

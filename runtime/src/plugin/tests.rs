@@ -96,6 +96,66 @@ fn bundled_plugins_answer_like_their_native_twins() {
     assert!(!checked.is_empty());
 }
 
+/// MISSION S3.3 / S3.4 at every boundary, answered by the bundled `threshold` autoscaler as
+/// the Wasm component the coordinator runs (not its native twin): the CPU thresholds (75 %
+/// keeps, above doubles; 37.5 % keeps, below halves), memory at 125 % of peak and 150 % after
+/// an out-of-memory event, the larger of CPU and memory winning, 1 CPU : 4 GiB, the bounds, and
+/// min = max pinning the size; and `recommend_strict` answering an out-of-bounds answer with
+/// an error (nothing changes) where `recommend` falls back.
+#[test]
+fn the_wasm_threshold_autoscaler_meets_every_boundary() {
+    use quiver_policy::autoscaler::{AutoscaleSettings, MetricSample, ReplicaSize, GIB};
+    let host = host();
+    let bundled = BUNDLED.iter().find(|b| b.kind == "autoscaler" && b.name == "threshold").unwrap();
+    let slot = AutoscalerSlot::new(host.clone()).unwrap();
+    slot.activate_wasm(host.compile(bundled.wasm).unwrap(), PluginSource::builtin("threshold")).unwrap();
+    let size = |cpus: u32, gib: u64| ReplicaSize { cpu_millis: cpus * 1000, memory_bytes: gib * GIB };
+    let sample = |cpu: f64, memory_gib: f64, oom: bool| MetricSample {
+        at_ms: 1,
+        cpu_percent: cpu,
+        memory_used: (memory_gib * GIB as f64) as u64,
+        oom,
+    };
+    let defaults = AutoscaleSettings::default();
+    let ask = |window: &[MetricSample], current: ReplicaSize, settings: &AutoscaleSettings| {
+        slot.try_recommend(window, &current, settings).unwrap().size
+    };
+    // CPU, with little memory in use (the CPU rule decides).
+    let cases = [(75.0, size(2, 8)), (75.01, size(4, 16)), (37.5, size(2, 8)), (37.49, size(1, 4)), (50.0, size(2, 8))];
+    for (cpu, want) in cases {
+        assert_eq!(ask(&[sample(cpu, 1.0, false)], size(2, 8), &defaults), want, "cpu peak {cpu}%");
+    }
+    // The peak decides, not the mean.
+    let spiky = [sample(10.0, 1.0, false), sample(90.0, 1.0, false), sample(10.0, 1.0, false)];
+    assert_eq!(ask(&spiky, size(2, 8), &defaults), size(4, 16));
+    // Memory: 125 % of the peak (12 GiB → 15 GiB → 4 CPU / 16 GiB), 150 % after an OOM
+    // (12 GiB → 18 GiB → 5 CPU / 20 GiB); exactly 16 GiB × 125 % = 20 GiB is not rounded further.
+    assert_eq!(ask(&[sample(50.0, 12.0, false)], size(2, 8), &defaults), size(4, 16));
+    assert_eq!(ask(&[sample(50.0, 12.0, false), sample(50.0, 11.0, true)], size(2, 8), &defaults), size(5, 20));
+    assert_eq!(ask(&[sample(50.0, 16.0, false)], size(2, 8), &defaults), size(5, 20));
+    // The larger wins: CPU doubles 8 → 16 CPU over memory's 15 GiB; memory's 40 GiB over a halving.
+    assert_eq!(ask(&[sample(80.0, 12.0, false)], size(8, 32), &defaults), size(16, 64));
+    assert_eq!(ask(&[sample(10.0, 30.0, false)], size(8, 32), &defaults), size(10, 40));
+    // Bounds: clamped to the max (64 GiB) and the min (4 GiB).
+    assert_eq!(ask(&[sample(95.0, 1.0, false)], size(16, 64), &defaults), size(16, 64));
+    assert_eq!(ask(&[sample(1.0, 1.0, false)], size(1, 4), &defaults), size(1, 4));
+    // S3.4: min = max pins the size whatever the window says.
+    let pinned = AutoscaleSettings { min_memory_bytes: 8 * GIB, max_memory_bytes: 8 * GIB, ..defaults.clone() };
+    for window in [vec![sample(99.0, 30.0, true)], vec![sample(1.0, 0.5, false)], Vec::new()] {
+        assert_eq!(ask(&window, size(1, 4), &pinned), size(2, 8));
+    }
+    // An answer outside the bounds (inverted bounds: the plugin keeps the current size, which
+    // lies outside them): the strict call reports the failure (the coordinator changes
+    // nothing), the lenient one answers natively.
+    let broken = AutoscaleSettings { min_memory_bytes: 64 * GIB, max_memory_bytes: 4 * GIB, ..defaults };
+    let lenient = slot.recommend(&[sample(99.0, 1.0, false)], &size(2, 8), &broken);
+    assert_eq!(lenient.size, size(2, 8), "{lenient:?}");
+    match slot.recommend_strict(&[sample(99.0, 1.0, false)], &size(2, 8), &broken) {
+        Err(f) => assert!(f.detail.contains("outside the bounds"), "{f:?}"),
+        Ok(r) => panic!("an out-of-bounds answer was accepted: {r:?}"),
+    }
+}
+
 /// The value of a counter in Prometheus text, by a substring of its labels.
 fn counter(text: &str, name: &str, labels: &str) -> u64 {
     text.lines()

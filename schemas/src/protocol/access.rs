@@ -92,6 +92,7 @@ pub const DATA_METHODS: &[&str] = &[
     api::Scaling::METHOD,
     api::Events::METHOD,
     api::Autoscaling::METHOD,
+    api::Idling::METHOD,
 ];
 
 /// Whether API method `method` is admin-only (dropping a collection, loading, activating or
@@ -186,7 +187,10 @@ mod tests {
             assert!(ApiRequest::METHODS.contains(m), "{m} is not an API method");
         }
         let admin: Vec<&str> = admin_methods().collect();
-        assert_eq!(admin, ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale", "autoscale"]);
+        assert_eq!(
+            admin,
+            ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale", "autoscale"]
+        );
     }
 
     #[test]

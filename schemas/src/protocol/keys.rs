@@ -53,6 +53,9 @@ pub fn autoscale_window(role: crate::types::Role) -> String {
     format!("autoscaling.window.{}", role.as_str())
 }
 
+/// The idling state (awake, idle, waking) and the last measured start-up time.
+pub const IDLING: &str = "idling.state";
+
 /// The autoscaler's recent decisions.
 pub const AUTOSCALE_DECISIONS: &str = "autoscaling.decisions";
 

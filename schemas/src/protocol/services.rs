@@ -44,6 +44,8 @@ service! {
         Autoscale = "autoscale" (AutoscaleRequest) -> AutoscaleStatus;
         /// The autoscaler's settings, every role's metrics window and its recent decisions.
         Autoscaling = "autoscaling" (Empty) -> AutoscaleStatus;
+        /// Whether the cluster is idle (compute nodes stopped), and when it will be.
+        Idling = "idling" (Empty) -> IdlingStatus;
         /// Compact the collection's sealed segments now (Milvus' ManualCompaction): a job id.
         Compact = "compact" (CompactRequest) -> CompactionState;
         /// A compaction job's plans and their state.
@@ -84,6 +86,9 @@ service! {
         Scaling = "scaling" (Empty) -> ScalingStatus;
         Autoscale = "autoscale" (AutoscaleRequest) -> AutoscaleStatus;
         Autoscaling = "autoscaling" (Empty) -> AutoscaleStatus;
+        Idling = "idling" (Empty) -> IdlingStatus;
+        /// A request arrived while the cluster idles: start its compute nodes (idempotent).
+        Wake = "wake" (Empty) -> IdlingStatus;
         Events = "events" (Empty) -> ClusterEvents;
         /// Plan and run a compaction of the collection now; answers with the job's plans.
         Compact = "compact" (CompactRequest) -> CompactionState;

@@ -260,6 +260,7 @@ struct NodeStatus {
   hostAgent @15 :Text;          # The host agent that started the process ("" if none).
   faissSimd @16 :Text;          # faiss build searches and builds run on: generic, avx2, avx512 ("" if older).
   memoryRefusals @17 :UInt32;   # Loads refused since start because they would exceed the memory budget (OOM events).
+  lastRequestMs @18 :UInt64;    # Proxies: when the last data request arrived (0: none since start).
 }
 
 # Where a role is in its life. `serving` is 0 so nodes that predate the field read as serving.
@@ -531,6 +532,19 @@ struct AutoscaleStatus {
   windowMs @2 :UInt64;
   roles @3 :List(RoleAutoscale);
   decisions @4 :List(AutoscaleDecision);   # Oldest first.
+}
+
+# Automatic idling (MISSION S3.6, S3.7): `api.idling`, `coord.idling`, `coord.wake`.
+struct IdlingStatus {
+  enabled @0 :Bool;
+  state @1 :Text;               # awake, idle, waking.
+  sinceMs @2 :UInt64;           # When the cluster entered that state.
+  lastRequestMs @3 :UInt64;     # The last data request any proxy saw.
+  afterMs @4 :UInt64;           # idling.after, as configured.
+  timeoutMs @5 :UInt64;         # The timeout in force (grown with the measured start-up time).
+  lastStartupMs @6 :UInt64;     # How long the last wake took until the cluster served (0: none yet).
+  blocked @7 :Text;             # Why the cluster may not idle now ("" if nothing keeps it awake).
+  stopped @8 :UInt32;           # Node processes stopped for idling.
 }
 
 # Coordinator -> host agent.

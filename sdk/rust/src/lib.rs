@@ -411,6 +411,13 @@ impl Client {
         self.call::<api::Autoscale>(req).await
     }
 
+    /// Whether the cluster idles (its compute nodes stopped for want of requests), the timeout
+    /// in force, and the last measured start-up time. A read sent while it idles wakes it and
+    /// is answered once it serves.
+    pub async fn idling(&self) -> Result<IdlingStatus> {
+        self.call::<api::Idling>(&Empty {}).await
+    }
+
     /// The autoscaler's settings, every role's metrics window and its recent decisions.
     pub async fn autoscaling(&self) -> Result<AutoscaleStatus> {
         self.call::<api::Autoscaling>(&Empty {}).await

@@ -61,6 +61,9 @@ enum Command {
     /// cluster: latency, failures and the times of each step (or, with --scale-curve, steady
     /// QPS per query-node count).
     Scale(standalone::replicas::BenchScaleArgs),
+    /// A make-before-break resize of the query node under search load (QPS, p50, p99 before,
+    /// during and after), then the time an idle cluster takes to answer its first search.
+    Elastic(standalone::replicas::BenchElasticArgs),
     /// Benchmark filtered search (the query node's path) against raw faiss with a bitmap selector.
     Filter(filter::BenchFilterArgs),
     /// A selective filter with and without the segment's scalar indexes (bitmap and filtered
@@ -90,6 +93,7 @@ fn main() {
         Command::Standalone(args) => standalone::bench(args),
         Command::Replicas(args) => standalone::replicas::bench_replicas(args),
         Command::Scale(args) => standalone::replicas::bench_scale(args),
+        Command::Elastic(args) => standalone::replicas::bench_elastic(args),
         Command::Filter(args) => filter::bench_filter(args).map(|()| 0),
         Command::ScalarIndex(args) => scalar_index::bench_scalar_index(args).map(|()| 0),
         Command::Simd(args) => simd::bench_simd(args).map(|()| 0),

@@ -600,7 +600,8 @@ impl MilvusService for MilvusApi {
             let r = req.into_inner();
             let mut out = FlushResponse { status: Some(ok()), db_name: DEFAULT_DB.into(), ..Default::default() };
             for name in r.collection_names {
-                let flushed = self.proxy.forward::<coord::Flush>(&CollectionName { name: name.clone() }, &ctx).await?;
+                let req = CollectionName { name: name.clone() };
+                let flushed = self.proxy.read_awake(&ctx, || self.proxy.forward::<coord::Flush>(&req, &ctx)).await?;
                 let ids: Vec<i64> = flushed.segments.iter().map(|&s| s as i64).collect();
                 let ts = self.proxy.alloc::<coord::AllocTs>(1, &ctx).await?;
                 out.coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids.clone() });

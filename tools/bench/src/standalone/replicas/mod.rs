@@ -337,12 +337,14 @@ fn run_raw_segments(
 }
 
 mod cluster;
+mod elastic;
 mod kill;
 mod report;
 mod scale;
 mod scale_report;
 
 use cluster::{BenchCluster, ClusterSpec};
+pub use elastic::{bench_elastic, BenchElasticArgs};
 use kill::kill_phase;
 use report::{loadavg, print_report, ReplicaReport, RunFacts};
 pub use scale::{bench_scale, BenchScaleArgs};
