@@ -319,8 +319,13 @@ fn wire(dir: &Path) {
         handoff().to_bytes(),
         StartNode { node_id: "qn-7".into(), role: Role::QueryNode, size: size() }.to_bytes(),
         StopNode { node_id: "qn-7".into() }.to_bytes(),
-        AutoscaleRequest { role: "querynode".into(), min_memory_bytes: 4 << 30, max_memory_bytes: 8 << 30, reset: false }
-            .to_bytes(),
+        AutoscaleRequest {
+            role: "querynode".into(),
+            min_memory_bytes: 4 << 30,
+            max_memory_bytes: 8 << 30,
+            reset: false,
+        }
+        .to_bytes(),
         AutoscaleStatus {
             enabled: true,
             interval_ms: 60_000,
