@@ -222,8 +222,18 @@ impl Coordinator {
     /// Waking → awake once every compute role has its wanted count serving, nothing starting,
     /// and everything served; the start-up time is measured then.
     async fn follow_wake(&self, state: &Persisted) -> Result<()> {
-        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
         let hosts = self.node.shared.registry.hosts().await?;
+        let running = |host: &str, process: &str| {
+            hosts.iter().any(|h| h.host_id == host && h.nodes.iter().any(|p| p.node_id == process && p.pid != 0))
+        };
+        // Stopped processes that have exited are gone for good: their nodes' work moves to the
+        // new ones now, not once their heartbeats are old enough for a verdict.
+        for (_, process) in state.stopped.iter().filter(|(h, p)| !running(h, p)) {
+            for role in COMPUTE {
+                self.membership.left(&format!("{process}-{}", role.as_str()));
+            }
+        }
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
         // The processes stopped for idling must be gone first (a wake right after the cluster
         // went idle finds them draining): until then the layout still counts them as holders.
         let stopped = |host: &str, process: &str| state.stopped.iter().any(|(h, p)| h == host && p == process);

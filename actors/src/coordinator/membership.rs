@@ -83,6 +83,16 @@ pub fn settings(config: &Config, now_ms: u64) -> DiscoverySettings {
 }
 
 impl Membership {
+    /// Notes that `node_id` left for good (its process was stopped and has exited): once its
+    /// registry entry is gone it is forgotten at once, instead of being remembered as alive
+    /// until its heartbeat is old enough for a verdict (a registry listing may miss a key that
+    /// is being replaced; a node known to have exited cannot be one of those).
+    pub fn left(&self, node_id: &str) {
+        if let Some(n) = self.seen.borrow_mut().get_mut(node_id) {
+            n.state = NodeState::Stopped;
+        }
+    }
+
     /// Reads the registry once and classifies every known (healthy) node of every role with
     /// the discovery policy, in one call.
     pub async fn refresh(&self, node: &Node, discovery: &DiscoverySlot) -> Result<Verdicts> {
