@@ -383,7 +383,11 @@ fn idling_text(s: &quiver_client::IdlingStatus, now: u64) -> String {
     if !s.enabled {
         return "idling off (idling.enabled = false)\n".into();
     }
-    let mut out = format!("idling on: {} since {}\n", s.state, time(s.since_ms));
+    let mut out = match s.since_ms {
+        // Never changed state: awake since the cluster began.
+        0 => format!("idling on: {}\n", s.state),
+        since => format!("idling on: {} since {}\n", s.state, time(since)),
+    };
     let timeout = if s.timeout_ms == s.after_ms {
         d(s.timeout_ms)
     } else {
@@ -718,7 +722,7 @@ mod tests {
         s = quiver_client::IdlingStatus {
             enabled: true,
             state: "idle".into(),
-            since_ms: 0,
+            since_ms: 1_000,
             last_request_ms: 60_000,
             after_ms: 300_000,
             timeout_ms: 900_000,
@@ -727,12 +731,15 @@ mod tests {
             stopped: 3,
         };
         let text = idling_text(&s, 1_260_000);
-        assert!(text.starts_with("idling on: idle since 1970-01-01T00:00:00Z"), "{text}");
+        assert!(text.starts_with("idling on: idle since 1970-01-01T00:00:01Z"), "{text}");
         assert!(text.contains("idles after 15m (idling.after 5m, grown with the last start-up time)"), "{text}");
         assert!(text.contains("last data request 20m ago") && text.contains("last wake took 1234.0 s"), "{text}");
         assert!(text.contains("3 compute processes stopped"), "{text}");
         s.blocked = "2 compaction tasks running or queued".into();
         assert!(idling_text(&s, 0).contains("kept awake: 2 compaction tasks"), "{s:?}");
+        s.since_ms = 0;
+        s.state = "awake".into();
+        assert!(idling_text(&s, 0).starts_with("idling on: awake\n"), "{s:?}");
     }
 
     #[test]
