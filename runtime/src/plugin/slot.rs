@@ -336,26 +336,10 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
         native: impl FnOnce(&N) -> R,
     ) -> R {
         let active = self.active.load();
-        active.calls_total.increment(1);
-        active.health.calls.fetch_add(1, Ordering::Relaxed);
-        self.total_calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(pool) = active.pool.as_deref() {
-            if active.health.disabled.get().is_none() {
-                let start = Instant::now();
-                let outcome = wasm(pool);
-                active.call_seconds.record(start.elapsed().as_secs_f64());
-                match outcome {
-                    Ok(answer) => {
-                        if active.health.consecutive.load(Ordering::Relaxed) != 0 {
-                            active.health.consecutive.store(0, Ordering::Relaxed);
-                        }
-                        return answer;
-                    }
-                    Err(failure) => self.record_failure(&active, failure),
-                }
-            }
-            active.health.fallbacks.fetch_add(1, Ordering::Relaxed);
-            self.total_fallbacks.fetch_add(1, Ordering::Relaxed);
+        match self.call_active(&active, wasm) {
+            Some(Ok(answer)) => return answer,
+            Some(Err(_)) => self.count_fallback(&active),
+            None => {}
         }
         native(&active.native)
     }
@@ -370,32 +354,49 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
         native: impl FnOnce(&N) -> R,
     ) -> Result<R, PluginFailure> {
         let active = self.active.load();
+        match self.call_active(&active, wasm) {
+            Some(result) => result,
+            None => Ok(native(&active.native)),
+        }
+    }
+
+    /// Counts a call and asks the active Wasm plugin, if there is one and it is not switched
+    /// off: its answer, or its failure (recorded, which may switch it off). `None` when the
+    /// native built-in must answer (a switched-off plugin's call counts as a fallback).
+    fn call_active<R>(
+        &self,
+        active: &Active<N>,
+        wasm: impl FnOnce(&InstancePool) -> Result<R, PluginFailure>,
+    ) -> Option<Result<R, PluginFailure>> {
         active.calls_total.increment(1);
         active.health.calls.fetch_add(1, Ordering::Relaxed);
         self.total_calls.fetch_add(1, Ordering::Relaxed);
-        if let Some(pool) = active.pool.as_deref() {
-            if active.health.disabled.get().is_none() {
-                let start = Instant::now();
-                let outcome = wasm(pool);
-                active.call_seconds.record(start.elapsed().as_secs_f64());
-                return match outcome {
-                    Ok(answer) => {
-                        if active.health.consecutive.load(Ordering::Relaxed) != 0 {
-                            active.health.consecutive.store(0, Ordering::Relaxed);
-                        }
-                        Ok(answer)
-                    }
-                    Err(failure) => {
-                        let reported = PluginFailure { reason: failure.reason, detail: failure.detail.clone() };
-                        self.record_failure(&active, failure);
-                        Err(reported)
-                    }
-                };
-            }
-            active.health.fallbacks.fetch_add(1, Ordering::Relaxed);
-            self.total_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let pool = active.pool.as_deref()?;
+        if active.health.disabled.get().is_some() {
+            self.count_fallback(active);
+            return None;
         }
-        Ok(native(&active.native))
+        let start = Instant::now();
+        let outcome = wasm(pool);
+        active.call_seconds.record(start.elapsed().as_secs_f64());
+        Some(match outcome {
+            Ok(answer) => {
+                if active.health.consecutive.load(Ordering::Relaxed) != 0 {
+                    active.health.consecutive.store(0, Ordering::Relaxed);
+                }
+                Ok(answer)
+            }
+            Err(failure) => {
+                self.record_failure(active, failure.clone());
+                Err(failure)
+            }
+        })
+    }
+
+    /// Counts an answer of the native built-in in place of the Wasm plugin.
+    fn count_fallback(&self, active: &Active<N>) {
+        active.health.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.total_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Calls only the active Wasm plugin: no fallback, nothing counted (`quiver plugin test`).
