@@ -27,6 +27,7 @@ use quiver_schemas::protocol::keys;
 use quiver_schemas::{IdlingStatus, NodeState, Role, SegmentState};
 use serde::{Deserialize, Serialize};
 
+use super::scaler::{process_id, registry_id};
 use super::Coordinator;
 
 /// The roles idling stops (S3.6: the compute; proxies and the coordinator keep listening).
@@ -230,7 +231,7 @@ impl Coordinator {
         // new ones now, not once their heartbeats are old enough for a verdict.
         for (_, process) in state.stopped.iter().filter(|(h, p)| !running(h, p)) {
             for role in COMPUTE {
-                self.membership.left(&format!("{process}-{}", role.as_str()));
+                self.membership.left(&registry_id(process, role));
             }
         }
         let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
@@ -239,10 +240,11 @@ impl Coordinator {
         let stopped = |host: &str, process: &str| state.stopped.iter().any(|(h, p)| h == host && p == process);
         let exiting = hosts.iter().any(|h| h.nodes.iter().any(|p| p.pid != 0 && stopped(&h.host_id, &p.node_id)));
         let listed = COMPUTE.iter().any(|&role| {
-            verdicts.members(role).alive.iter().any(|n| {
-                let process = n.node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(&n.node_id);
-                stopped(&n.host_agent, process) && n.started_ms < state.wake_ms
-            })
+            verdicts
+                .members(role)
+                .alive
+                .iter()
+                .any(|n| stopped(&n.host_agent, process_id(&n.node_id, role)) && n.started_ms < state.wake_ms)
         });
         if exiting || listed {
             return Ok(());

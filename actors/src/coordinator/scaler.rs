@@ -118,8 +118,19 @@ pub struct Scaler {
 }
 
 /// The registry id of `process`'s `role`.
-fn registry_id(process: &str, role: Role) -> String {
+pub(super) fn registry_id(process: &str, role: Role) -> String {
     format!("{process}-{}", role.as_str())
+}
+
+/// The process of `role`'s registry id `node_id` (the inverse of [`registry_id`]).
+pub(super) fn process_id(node_id: &str, role: Role) -> &str {
+    node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(node_id)
+}
+
+/// The host agent's process of node `n` of `role`, if its host agent lists it.
+fn host_process<'h>(n: &NodeStatus, role: Role, hosts: &'h [HostStatus]) -> Option<&'h quiver_schemas::HostedNode> {
+    let process = process_id(&n.node_id, role);
+    hosts.iter().find(|h| h.host_id == n.host_agent)?.nodes.iter().find(|p| p.node_id == process)
 }
 
 /// Short prefix of the processes the scaler names (`qn-7`).
@@ -253,10 +264,7 @@ impl Counts {
 /// role under a host agent. Nodes started by hand, or sharing a process with other roles, are
 /// counted but never stopped (nor resized).
 fn hosted_process<'h>(n: &NodeStatus, role: Role, hosts: &'h [HostStatus]) -> Option<&'h quiver_schemas::HostedNode> {
-    let process = n.node_id.strip_suffix(&format!("-{}", role.as_str()))?;
-    let host = hosts.iter().find(|h| h.host_id == n.host_agent)?;
-    let hosted = host.nodes.iter().find(|p| p.node_id == process)?;
-    (hosted.roles == [role] && !hosted.stopping).then_some(hosted)
+    host_process(n, role, hosts).filter(|p| p.roles == [role] && !p.stopping)
 }
 
 fn counts(
@@ -268,14 +276,7 @@ fn counts(
 ) -> Counts {
     let members = verdicts.members(role);
     // A node whose host agent is stopping it is on its way out, whatever its last heartbeat said.
-    let stopping = |n: &NodeStatus| {
-        let process = n.node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(&n.node_id);
-        hosts
-            .iter()
-            .filter(|h| h.host_id == n.host_agent)
-            .flat_map(|h| &h.nodes)
-            .any(|p| p.node_id == process && p.stopping)
-    };
+    let stopping = |n: &NodeStatus| host_process(n, role, hosts).is_some_and(|p| p.stopping);
     let serving: Vec<NodeStatus> = members
         .alive
         .iter()
@@ -306,7 +307,7 @@ fn orphaned(node: &NodeStatus, role: Role, hosts: &[HostStatus]) -> bool {
     let Some(host) = hosts.iter().find(|h| !node.host_agent.is_empty() && h.host_id == node.host_agent) else {
         return false;
     };
-    let process = node.node_id.strip_suffix(&format!("-{}", role.as_str())).unwrap_or(&node.node_id);
+    let process = process_id(&node.node_id, role);
     !host.nodes.iter().any(|p| p.node_id == process && p.pid != 0) && host.started_ms > node.started_ms
 }
 

@@ -109,20 +109,22 @@ impl Proxy {
         }
     }
 
-    /// Runs a read after [`Proxy::awake`]; when it fails as unavailable and the cluster turns
-    /// out to have gone idle meanwhile, wakes it and runs it once more.
-    pub(super) async fn read_awake<T, F, Fut>(&self, ctx: &RequestContext, op: F) -> Result<T>
+    /// Runs the read `op` on `req` after [`Proxy::awake`]; when it fails as unavailable and the
+    /// cluster turns out to have gone idle meanwhile, wakes it and runs it once more. With
+    /// idling off it only notes the request (and `req` is not copied).
+    pub(super) async fn read_awake<Q, T, F, Fut>(&self, ctx: &RequestContext, req: Q, op: F) -> Result<T>
     where
-        F: Fn() -> Fut,
+        Q: Clone,
+        F: Fn(Q) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         self.touch();
         if !self.idling() {
-            return op().await;
+            return op(req).await;
         }
         let _busy = Busy::start();
         self.awake(ctx).await?;
-        match op().await {
+        match op(req.clone()).await {
             Err(Error::Unavailable(why)) => {
                 self.awake_until.0.store(0, Ordering::Relaxed);
                 match self.forward::<coord::Idling>(&Empty {}, ctx).await {
@@ -130,7 +132,7 @@ impl Proxy {
                     _ => return Err(Error::Unavailable(why)),
                 }
                 self.awake(ctx).await?;
-                op().await
+                op(req).await
             }
             other => other,
         }
@@ -156,11 +158,7 @@ impl Proxy {
         req: quiver_schemas::Search,
         ctx: &RequestContext,
     ) -> Result<quiver_schemas::SearchResults> {
-        if !self.idling() {
-            self.touch();
-            return self.search_now(req, ctx).await;
-        }
-        self.read_awake(ctx, || self.search_now(req.clone(), ctx)).await
+        self.read_awake(ctx, req, |r| self.search_now(r, ctx)).await
     }
 
     pub(super) async fn get(
@@ -168,7 +166,7 @@ impl Proxy {
         req: quiver_schemas::Get,
         ctx: &RequestContext,
     ) -> Result<quiver_schemas::GetResults> {
-        self.read_awake(ctx, || self.get_now(req.clone(), ctx)).await
+        self.read_awake(ctx, req, |r| self.get_now(r, ctx)).await
     }
 
     pub(super) async fn query(
@@ -176,6 +174,6 @@ impl Proxy {
         req: quiver_schemas::Query,
         ctx: &RequestContext,
     ) -> Result<quiver_schemas::QueryResults> {
-        self.read_awake(ctx, || self.query_now(req.clone(), ctx)).await
+        self.read_awake(ctx, req, |r| self.query_now(r, ctx)).await
     }
 }

@@ -301,7 +301,10 @@ impl Proxy {
             }
             ApiRequest::ReleaseCollection(r) => r.serve(|r| async move { self.release(&r.name, ctx).await }).await,
             ApiRequest::Flush(r) => {
-                r.serve(|r| async move { self.read_awake(ctx, || self.forward::<coord::Flush>(&r, ctx)).await }).await
+                r.serve(|r| async move {
+                    self.read_awake(ctx, r, |r| async move { self.forward::<coord::Flush>(&r, ctx).await }).await
+                })
+                .await
             }
             ApiRequest::Distribution(r) => {
                 r.serve(|r| async move { self.refresh(&r.name, ctx).await.map(|d| (*d).clone()) }).await

@@ -599,11 +599,12 @@ impl MilvusService for MilvusApi {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
             let mut out = FlushResponse { status: Some(ok()), db_name: DEFAULT_DB.into(), ..Default::default() };
+            let ctx = &ctx;
+            let flush = |r: CollectionName| async move { self.proxy.forward::<coord::Flush>(&r, ctx).await };
             for name in r.collection_names {
-                let req = CollectionName { name: name.clone() };
-                let flushed = self.proxy.read_awake(&ctx, || self.proxy.forward::<coord::Flush>(&req, &ctx)).await?;
+                let flushed = self.proxy.read_awake(ctx, CollectionName { name: name.clone() }, flush).await?;
                 let ids: Vec<i64> = flushed.segments.iter().map(|&s| s as i64).collect();
-                let ts = self.proxy.alloc::<coord::AllocTs>(1, &ctx).await?;
+                let ts = self.proxy.alloc::<coord::AllocTs>(1, ctx).await?;
                 out.coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids.clone() });
                 out.flush_coll_seg_i_ds.insert(name.clone(), ms::LongArray { data: ids });
                 out.coll_seal_times.insert(name.clone(), (quiver_schemas::ts_physical_ms(ts) / 1000) as i64);
