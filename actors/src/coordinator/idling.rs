@@ -159,17 +159,24 @@ impl Coordinator {
                         .filter(|s| s.state != SegmentState::Dropped)
                         .count() as u64
                 };
+                // What idling would stop, from one read of the hosts: the check that there is
+                // something to stop and the stop itself see the same processes.
                 let hosts = self.node.shared.registry.hosts().await?;
-                let any_stoppable = hosts.iter().flat_map(|h| &h.nodes).any(stoppable);
+                let targets: Vec<(String, String)> = hosts
+                    .iter()
+                    .flat_map(|h| {
+                        h.nodes.iter().filter(|p| stoppable(p)).map(|p| (h.host_id.clone(), p.node_id.clone()))
+                    })
+                    .collect();
                 let (compactions, builds) = (self.compactions.borrow().in_progress(), self.building.borrow().len());
                 let blocked = blocker(segments, config.max_parts, compactions, builds).or_else(|| {
-                    (!any_stoppable).then(|| {
+                    targets.is_empty().then(|| {
                         "nothing to stop: no query, data or index node runs alone under a host agent".to_string()
                     })
                 });
                 *self.idler.blocked.borrow_mut() = blocked.clone().unwrap_or_default();
                 if now_ms().saturating_sub(last) >= timeout.as_millis() as u64 && blocked.is_none() {
-                    self.go_idle(timeout).await?;
+                    self.go_idle(timeout, targets).await?;
                 }
             }
             State::Waking => self.follow_wake(&state).await?,
@@ -178,19 +185,14 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Stops the compute processes of every host agent, keeping each role's wanted count (set
-    /// to what runs now where none was set) for the wake.
-    async fn go_idle(&self, timeout: Duration) -> Result<()> {
+    /// Stops `targets` (the compute processes of every host agent: (host, process)), keeping
+    /// each role's wanted count (set to what runs now where none was set) for the wake.
+    async fn go_idle(&self, timeout: Duration, targets: Vec<(String, String)>) -> Result<()> {
         let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
         for role in COMPUTE {
             let serving = verdicts.members(role).alive.iter().filter(|n| n.state == NodeState::Serving).count() as u32;
             self.keep_wanted_count(role, serving).await?;
         }
-        let hosts = self.node.shared.registry.hosts().await?;
-        let targets: Vec<(String, String)> = hosts
-            .iter()
-            .flat_map(|h| h.nodes.iter().filter(|p| stoppable(p)).map(|p| (h.host_id.clone(), p.node_id.clone())))
-            .collect();
         self.idler.state.borrow_mut().stopped = targets.clone();
         self.set_idle_state(State::Idle).await?;
         for (host, process) in &targets {
