@@ -440,11 +440,15 @@ mod tests {
             columns: vec![Column { name: "n".into(), values: keys.map(ScalarValue::Int64).collect() }],
             dynamic: Vec::new(),
         };
-        dml::LogEntry { seq, entry: Some(DmlEntry::Insert { timestamp: seq, rows }) }
+        dml::LogEntry { seq, prev: seq - 1, entry: Some(DmlEntry::Insert { timestamp: seq, rows }) }
     }
 
     fn delete(seq: Seq, key: i64) -> dml::LogEntry {
-        dml::LogEntry { seq, entry: Some(DmlEntry::Delete { timestamp: seq, pks: vec![PrimaryKey::Int64(key)] }) }
+        dml::LogEntry {
+            seq,
+            prev: seq - 1,
+            entry: Some(DmlEntry::Delete { timestamp: seq, pks: vec![PrimaryKey::Int64(key)] }),
+        }
     }
 
     #[test]

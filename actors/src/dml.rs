@@ -140,6 +140,10 @@ fn quarantine(collection: u64, shard: u32, seq: Seq, why: &str) {
 /// A decoded log entry with its position.
 pub struct LogEntry {
     pub seq: Seq,
+    /// The position delivered just before (or the reader's start). Entries between `prev` and
+    /// `seq` were removed from the stream before the reader got to them: inserts purged once
+    /// served from segments, deletes purged below the delete floor.
+    pub prev: Seq,
     pub entry: Option<DmlEntry>,
 }
 
@@ -270,19 +274,19 @@ impl ShardLog {
                 Ok(Some(Err(e))) => return Some(Err(Error::Unavailable(format!("DML stream: {e}")))),
             }
         };
-        self.last = seq;
+        let prev = std::mem::replace(&mut self.last, seq);
         let is_insert = msg.headers.as_ref().and_then(|h| h.get(KIND_HEADER)).is_some_and(|v| v.as_str() == "insert");
         if is_insert && seq <= self.skip_inserts_until {
-            return Some(Ok(LogEntry { seq, entry: None }));
+            return Some(Ok(LogEntry { seq, prev, entry: None }));
         }
         let entry = DmlEntry::from_bytes(&msg.payload)
             .map_err(|e| e.to_string())
             .and_then(|entry| self.check.check(&entry).map(|()| entry));
         match entry {
-            Ok(entry) => Some(Ok(LogEntry { seq, entry: Some(entry) })),
+            Ok(entry) => Some(Ok(LogEntry { seq, prev, entry: Some(entry) })),
             Err(why) => {
                 quarantine(self.collection, self.shard, seq, &why);
-                Some(Ok(LogEntry { seq, entry: None }))
+                Some(Ok(LogEntry { seq, prev, entry: None }))
             }
         }
     }

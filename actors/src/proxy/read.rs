@@ -70,9 +70,18 @@ impl Pending {
         self.segments.is_empty() && self.shards.is_empty()
     }
 
-    /// A pending segment `dist` no longer lists, if any.
-    fn missing_from(&self, dist: &Distribution) -> Option<u64> {
-        self.segments.iter().copied().find(|id| !dist.segments.iter().any(|s| s.segment.id == *id))
+    /// A segment that keeps what is still needed from being asked for alone on `dist`, if any:
+    /// a pending segment `dist` no longer lists (compacted or dropped: its rows are now in a
+    /// segment other shares may have answered for already), or a segment of `dist` that spans a
+    /// pending shard's position (a merge of segments answered already with ones that were not).
+    fn unplannable_on(&self, dist: &Distribution) -> Option<u64> {
+        let gone = self.segments.iter().copied().find(|id| !dist.segments.iter().any(|s| s.segment.id == *id));
+        gone.or_else(|| {
+            dist.segments.iter().map(|s| &s.segment).find_map(|s| {
+                let after = self.shards.get(&s.shard)?;
+                (s.start_seq <= *after && s.end_seq > *after && !self.segments.contains(&s.id)).then_some(s.id)
+            })
+        })
     }
 
     fn add(&mut self, share: NodeShare) {
@@ -264,11 +273,10 @@ impl Proxy {
                 break;
             }
             dist = self.refresh(collection, ctx).await?;
-            if let Some(gone) = pending.as_ref().and_then(|p| p.missing_from(&dist)) {
-                // A failed share's segment left the layout: compacted (its rows are in a segment
-                // other shares may have answered for already, or in several) or dropped. Only a
-                // read planned afresh on the new layout counts every row once.
-                tracing::debug!(collection, segment = gone, "a failed share's segment left the layout; reading again");
+            if let Some(segment) = pending.as_ref().and_then(|p| p.unplannable_on(&dist)) {
+                // Compaction moved rows of the failed share together with rows other shares
+                // answered for: only a read planned afresh on the new layout counts every row once.
+                tracing::debug!(collection, segment, "the layout changed under a failed share; reading again");
                 metrics::counter!("quiver_proxy_read_restarts_total").increment(1);
                 parts.clear();
                 pending = None;
@@ -803,9 +811,24 @@ mod tests {
         // Compacted away: its rows are now in a segment that other shares may have answered
         // for already, so the scatter starts over rather than skip it or ask for the new one.
         let pending = Pending { segments: HashSet::from([9]), shards: BTreeMap::new() };
-        assert_eq!(pending.missing_from(&dist()), Some(9));
+        assert_eq!(pending.unplannable_on(&dist()), Some(9));
         let pending = Pending { segments: HashSet::from([1]), shards: BTreeMap::from([(0, 100)]) };
-        assert_eq!(pending.missing_from(&dist()), None);
+        assert_eq!(pending.unplannable_on(&dist()), None);
+    }
+
+    #[test]
+    fn a_merge_across_a_failed_growing_part_means_reading_again() {
+        // qa answered segment 1 (rows up to 50); qb failed the growing rows after 50. Meanwhile
+        // rows up to 100 were sealed and merged with segment 1 into segment 3 (1..=100): asking
+        // for segments that start after 50 would skip 51..=100, asking for 3 would count 1..=50
+        // twice.
+        let mut fresh = dist();
+        fresh.segments = vec![segment(3, 1, 100, &["qa", "qb"])];
+        let pending = Pending { segments: HashSet::new(), shards: BTreeMap::from([(0, 50)]) };
+        assert_eq!(pending.unplannable_on(&fresh), Some(3));
+        // A segment sealed after the failed part's position is simply asked for.
+        let pending = Pending { segments: HashSet::new(), shards: BTreeMap::from([(0, 100)]) };
+        assert_eq!(pending.unplannable_on(&fresh), None);
     }
 
     #[test]

@@ -308,13 +308,8 @@ impl QueryNode {
                     self.node.id, g.shard
                 ))
             })?;
-            let ours = shard.data.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
-            if g.sealed_seq < ours {
-                return Err(Error::Stale(format!(
-                    "shard {} has sealed up to {ours}, the request's view only to {}; refresh",
-                    g.shard, g.sealed_seq
-                )));
-            }
+            // Checked again under the growing rows' lock once the log is read far enough.
+            shard.data.check_view(g.sealed_seq)?;
             grow.push((shard.data.clone(), g.sealed_seq));
         }
         Ok((loaded.info.clone(), segs, grow))

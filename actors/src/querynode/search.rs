@@ -175,18 +175,10 @@ fn lock_err<T>(_: T) -> Error {
 }
 
 /// The growing rows of a led shard, for a request whose view of the layout has sealed rows up to
-/// `after`. Checked under the lock: if a newer layout sealed (and dropped from growing) rows past
-/// `after` since the request was checked, the request's segment list lacks them, so it must be
-/// retried with a fresh layout rather than silently miss them.
+/// `after`, if they can answer it ([`ShardData::check_view`], checked under the lock).
 fn read_growing(shard: &ShardData, after: Seq) -> Result<std::sync::RwLockReadGuard<'_, super::shard::Growing>> {
     let guard = shard.growing.read().map_err(lock_err)?;
-    let sealed = shard.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
-    if sealed > after {
-        return Err(Error::Stale(format!(
-            "shard {} sealed up to {sealed} while the request's view ends at {after}; refresh",
-            shard.shard
-        )));
-    }
+    shard.check_view(after)?;
     Ok(guard)
 }
 

@@ -44,6 +44,11 @@ pub struct ShardData {
     pub growing: RwLock<Growing>,
     pub deletes: RwLock<Deletes>,
     pub sealed_seq: std::sync::atomic::AtomicU64,
+    /// The log lost entries at or below this position before the reader got to them: the
+    /// coordinator purges inserts once segments serve them, and may do so between sending this
+    /// node a lead sealed at an older position and the reader catching up. Growing rows are
+    /// complete only after it.
+    lost_to: std::sync::atomic::AtomicU64,
     applied: watch::Sender<Seq>,
     /// Wall-clock ms at which the reader was last known to be caught up with the stream.
     caught_up_ms: std::sync::atomic::AtomicU64,
@@ -133,6 +138,7 @@ impl ShardData {
             growing: RwLock::new(Growing { rows: RowStore::new(dim), flat: FlatVectors::new(dim, metric) }),
             deletes: RwLock::new(Deletes::default()),
             sealed_seq: sealed_seq.into(),
+            lost_to: 0.into(),
             applied,
             caught_up_ms: 0.into(),
         }
@@ -141,6 +147,23 @@ impl ShardData {
     /// Applies one entry of the shard's log (in log order): deletes always, inserts after the
     /// sealed position when leading.
     pub(super) fn apply(&self, entry: dml::LogEntry) -> Result<()> {
+        if entry.seq > entry.prev.saturating_add(1) {
+            // Recorded before `applied` moves, so a read that waited for this entry sees it.
+            let lost_to = entry.seq - 1;
+            let before = self.lost_to.fetch_max(lost_to, std::sync::atomic::Ordering::AcqRel);
+            let sealed = self.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+            if self.leader && lost_to > before.max(sealed) {
+                tracing::debug!(
+                    collection = self.collection,
+                    shard = self.shard,
+                    sealed,
+                    from = entry.prev,
+                    to = lost_to,
+                    "log entries after this lead's sealed position were purged before they were read; \
+                     reads with an older view are refused"
+                );
+            }
+        }
         match entry.entry {
             Some(DmlEntry::Insert { rows, .. })
                 if self.leader && entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) =>
@@ -170,6 +193,31 @@ impl ShardData {
             let dim = g.flat.dim();
             g.flat = FlatVectors::from_vec(dim, metric, g.rows.vectors.clone())
                 .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the growing rows can answer a request whose view of the layout has sealed rows up
+    /// to `after`: not when rows past `after` were sealed since (dropped from growing, and the
+    /// request's segment list lacks them), nor when the log lost entries past `after` before
+    /// they were read (purged once a newer layout served them). Either way the request must be
+    /// planned again on a fresh layout rather than silently miss rows. Call with the growing
+    /// rows' lock held (sealing drops rows under it).
+    pub fn check_view(&self, after: Seq) -> Result<()> {
+        let sealed = self.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+        if sealed > after {
+            return Err(Error::Stale(format!(
+                "shard {} sealed up to {sealed} while the request's view ends at {after}; refresh",
+                self.shard
+            )));
+        }
+        let lost = self.lost_to.load(std::sync::atomic::Ordering::Acquire);
+        if lost > after {
+            return Err(Error::Stale(format!(
+                "shard {}'s log was purged up to {lost} (served from segments) before this node read it, \
+                 while the request's view ends at {after}; refresh",
+                self.shard
+            )));
         }
         Ok(())
     }

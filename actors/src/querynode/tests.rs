@@ -41,12 +41,12 @@ fn led_shard(sealed_seq: Seq) -> Arc<ShardData> {
 
 fn insert(shard: &ShardData, seq: Seq, keys: &[i64]) {
     let entry = DmlEntry::Insert { timestamp: 0, rows: batch(keys) };
-    shard.apply(LogEntry { seq, entry: Some(entry) }).unwrap();
+    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry) }).unwrap();
 }
 
 fn delete(shard: &ShardData, seq: Seq, keys: &[i64]) {
     let entry = DmlEntry::Delete { timestamp: 0, pks: keys.iter().map(|&k| PrimaryKey::Int64(k)).collect() };
-    shard.apply(LogEntry { seq, entry: Some(entry) }).unwrap();
+    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry) }).unwrap();
 }
 
 /// Sealed segment `id` holding `(key, seq)` rows, with a FLAT faiss index or brute force.
@@ -157,6 +157,31 @@ fn growing_rows_at_or_below_the_requests_sealed_position_are_left_to_segments() 
     let stale = run_search(&plan(10, &[], &[(&shard, 1)], None), &pool()).unwrap_err();
     assert!(matches!(stale, quiver_runtime::Error::Stale(_)), "{stale}");
     assert_eq!(found(&plan(10, &[], &[(&shard, 2)], None)).0, [3], "sealed rows are dropped from growing");
+}
+
+#[test]
+fn a_lead_whose_log_was_purged_before_it_read_it_refuses_older_views() {
+    // The coordinator sent this node a lead sealed at 0, then served the shard's first
+    // segments from another node and purged their inserts (1..=3) before this node's reader got
+    // there: it reads entry 4 right after its start. A request planned on the layout it was
+    // given (sealed at 0) would find key 4 alone and miss 1..=3 without a word.
+    let shard = led_shard(0);
+    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[4]) };
+    shard.apply(LogEntry { seq: 4, prev: 0, entry: Some(entry) }).unwrap();
+    for after in [0, 2] {
+        let stale = run_search(&plan(10, &[], &[(&shard, after)], None), &pool()).unwrap_err();
+        assert!(matches!(stale, quiver_runtime::Error::Stale(_)), "after {after}: {stale}");
+        assert!(stale.to_string().contains("purged up to 3"), "{stale}");
+    }
+    // A fresh layout serves 1..=3 from segments: the growing rows answer for the rest.
+    assert_eq!(found(&plan(10, &[], &[(&shard, 3)], None)).0, [4]);
+    insert(&shard, 5, &[5]);
+    assert_eq!(found(&plan(10, &[], &[(&shard, 3)], None)).0, [4, 5], "contiguous entries are no gap");
+    // Gaps below the view (purged before the lead's own sealed position) are harmless.
+    let later = led_shard(8);
+    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[9]) };
+    later.apply(LogEntry { seq: 9, prev: 0, entry: Some(entry) }).unwrap();
+    assert_eq!(found(&plan(10, &[], &[(&later, 8)], None)).0, [9]);
 }
 
 #[test]
