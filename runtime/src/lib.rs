@@ -66,6 +66,7 @@ impl Shared {
         let meta_name = bus.subjects().meta_bucket();
         let meta = JsonBucket::open(&bus, &meta_name, std::time::Duration::ZERO, config.nats.replicas).await?;
         let objects = Objects::open(&config)?;
+        Objects::check(&config).await?;
         let plugins = Arc::new(plugin::PluginHost::new(&config.plugins)?);
         let memory = Arc::new(admission::MemoryGuard::new(&config));
         let io = tokio::runtime::Handle::current();

@@ -151,6 +151,11 @@ impl Registry {
         self.bucket.delete(node_id).await
     }
 
+    /// One node's entry, if it has not expired.
+    pub async fn node(&self, node_id: &str) -> Result<Option<NodeStatus>> {
+        self.bucket.get(node_id).await
+    }
+
     /// Live nodes (whose entries have not expired), sorted by id.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
         self.bucket.values("").await

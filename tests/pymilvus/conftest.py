@@ -17,6 +17,11 @@ TLS on gRPC and NATS (a throw-away CA made with the `openssl` CLI), and every cl
 `MilvusClient(uri="https://…", token="admin:<password>", server_pem_path=<CA>)`. Tests that start servers of their own or use a plaintext stub are
 skipped. Against a running server, `QUIVER_MILVUS_TOKEN` and `QUIVER_MILVUS_SERVER_PEM` give the
 token and CA.
+
+`QUIVER_PYMILVUS_S3=1` (`run.sh VERSION --s3`): every server and cluster the suite starts keeps
+its objects in an S3-compatible store, an `s3rver` (npm, installed by `scripts/install-deps.sh`
+under `~/.cache/quiver-npm`; `QUIVER_S3RVER` names another) the suite starts once, each server
+under a prefix of its own in bucket `quiver`.
 """
 
 import json
@@ -34,6 +39,8 @@ from pymilvus import MilvusClient
 
 START_TIMEOUT = 60.0
 SECURE = os.environ.get("QUIVER_PYMILVUS_SECURE") == "1"
+S3 = os.environ.get("QUIVER_PYMILVUS_S3") == "1"
+_s3 = {}
 #: Arguments every suite client passes to MilvusClient besides the uri (token, CA in secure mode).
 CLIENT_ARGS = {}
 _failed = []
@@ -64,6 +71,51 @@ def _dies_with_us(cmd):
     (seen as a node of a test cluster that never started)."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else list(cmd)
+
+
+def _s3rver_bin():
+    b = os.environ.get("QUIVER_S3RVER") or os.path.expanduser("~/.cache/quiver-npm/node_modules/.bin/s3rver")
+    if not os.path.exists(b):
+        pytest.exit(f"{b} does not exist: run scripts/install-deps.sh (it installs s3rver) or set QUIVER_S3RVER", 2)
+    return b
+
+
+def storage_env():
+    """`QUIVER_STORAGE__*` settings for a fresh prefix in the suite's S3 store (started on first
+    use, stopped when the suite ends), or nothing unless `QUIVER_PYMILVUS_S3=1`."""
+    if not S3:
+        return {}
+    if "port" not in _s3:
+        directory = tempfile.mkdtemp(prefix="quiver-pymilvus-s3-")
+        port = _free_port()
+        log = open(os.path.join(directory, "s3rver.log"), "ab")
+        args = [_s3rver_bin(), "-d", directory, "-a", "127.0.0.1", "-p", str(port), "--no-vhost-buckets",
+                "--configure-bucket", "quiver"]
+        _s3.update(proc=subprocess.Popen(_dies_with_us(args), stdout=log, stderr=subprocess.STDOUT), port=port,
+                   dir=directory)
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, f"s3rver did not listen on {port}: see {directory}/s3rver.log"
+                time.sleep(0.2)
+    return {
+        "QUIVER_STORAGE__URL": f"s3://quiver/{uuid.uuid4().hex}",
+        "QUIVER_STORAGE__ENDPOINT": f"http://127.0.0.1:{_s3['port']}",
+        "QUIVER_STORAGE__ACCESS_KEY_ID": "S3RVER",
+        "QUIVER_STORAGE__SECRET_ACCESS_KEY": "S3RVER",
+    }
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc = _s3.get("proc")
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+        if exitstatus == 0:
+            shutil.rmtree(_s3["dir"], ignore_errors=True)
 
 
 def _make_certs(directory):
@@ -111,6 +163,7 @@ class _Server:
                 "RUST_LOG": os.environ.get("QUIVER_PYMILVUS_LOG", "info"),
             }
         )
+        env.update(storage_env())
         if self.secure:
             ca, cert, key = _make_certs(os.path.join(self.dir, "certs"))
             self.ca = ca

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from conftest import _dies_with_us, _free_port, _quiver_bin
+from conftest import _dies_with_us, _free_port, _quiver_bin, storage_env
 from pmutil import STRONG
 
 
@@ -24,7 +24,8 @@ class ProcCluster:
         self.nats_port = _free_port()
         self.grpc_port = _free_port()
         self.name = f"pm{test}_{os.getpid()}"
-        self.extra_env = env or {}
+        # Every process of the cluster shares its object store (S3 when the suite runs with --s3).
+        self.extra_env = {**storage_env(), **(env or {})}
         self.procs = {}
 
     def _spawn(self, name, args, env):

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the pymilvus compatibility suite with one pymilvus version.
 #
-#   tests/pymilvus/run.sh [PYMILVUS_VERSION] [--secure] [pytest args...]
+#   tests/pymilvus/run.sh [PYMILVUS_VERSION] [--secure | --s3] [pytest args...]
 #
+# --s3 (or QUIVER_PYMILVUS_S3=1): every server and cluster the suite starts keeps its objects in
+# an S3-compatible store (s3rver) the suite starts (see conftest.py).
 # --secure (or QUIVER_PYMILVUS_SECURE=1): the suite's server runs with security.enabled and TLS
 # on gRPC and NATS, and the suite connects over https with the generated admin token (see
 # conftest.py).
@@ -15,10 +17,10 @@ set -euo pipefail
 
 VERSION="${1:-2.5.14}"
 shift || true
-if [ "${1:-}" = "--secure" ]; then
-    export QUIVER_PYMILVUS_SECURE=1
-    shift
-fi
+case "${1:-}" in
+    --secure) export QUIVER_PYMILVUS_SECURE=1; shift ;;
+    --s3) export QUIVER_PYMILVUS_S3=1; shift ;;
+esac
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use quiver_policy::balancer::PlacementItem;
-use quiver_runtime::{bus::CallOptions, Result};
+use quiver_runtime::{bus::CallOptions, Error, Registry, Result};
 use quiver_schemas::protocol::{indexnode, keys, querynode};
 use quiver_schemas::{
     BuildIndex, CollectionInfo, Distribution, Empty, IndexBuilt, LoadSegments, NodeStatus, ReleaseSegments,
@@ -201,8 +201,16 @@ impl Coordinator {
         let sent_ms = quiver_runtime::bus::now_ms();
         let opts = CallOptions { timeout: Some(Duration::from_secs(600)), traceparent: None };
         let opts = &opts;
-        let calls =
-            sends.iter().map(|(node, _, load)| async move { bus.call_node::<querynode::Load>(node, load, opts).await });
+        let registry = &self.node.shared.registry;
+        // A load may take minutes (hundreds of segments to fetch), but a node that dies or
+        // restarts meanwhile never answers: the call ends with the incarnation it was sent to,
+        // so the next round can send the new one its state (and no round waits for the dead).
+        let calls = sends.iter().map(|(node, epoch, load)| async move {
+            tokio::select! {
+                reply = bus.call_node::<querynode::Load>(node, load, opts) => reply,
+                why = incarnation_ends(registry, node, *epoch) => Err(Error::Unavailable(why)),
+            }
+        });
         let results = futures::future::join_all(calls).await;
         let mut catalog = self.catalog.lock().await;
         let mut changed = Vec::new();
@@ -514,6 +522,20 @@ impl Coordinator {
         let bus = &self.node.shared.bus;
         if let Err(e) = bus.publish(bus.subjects().distribution_event(collection), &Empty {}).await {
             tracing::debug!(error = %e, "could not publish layout change");
+        }
+    }
+}
+
+/// Returns (why) once query node `node` is no longer the incarnation started at `epoch`: it
+/// restarted, or its registry entry expired. Checked every second.
+async fn incarnation_ends(registry: &Registry, node: &str, epoch: u64) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match registry.node(node).await {
+            Ok(Some(status)) if status.started_ms == epoch => {}
+            Ok(Some(_)) => return format!("{node} restarted while loading"),
+            Ok(None) => return format!("{node} is gone (its registry entry expired) while loading"),
+            Err(_) => {}
         }
     }
 }

@@ -167,6 +167,37 @@ impl Harness {
         self.start_quiver(name, &["host", "--id", host_id], env);
     }
 
+    /// Starts an S3-compatible store (`s3rver`, see [`crate::s3`]) as process `s3`, objects
+    /// under `<tempdir>/s3`, with bucket [`crate::s3::BUCKET`]; returns the `QUIVER_STORAGE__*`
+    /// settings that put a cluster's objects in it (prefix: the cluster name). `proc("s3")`
+    /// kills and restarts it; its objects stay.
+    pub fn start_s3(&mut self) -> Vec<(String, String)> {
+        let port = free_port().expect("free port");
+        let dir = self.s3_dir();
+        std::fs::create_dir_all(&dir).expect("s3 dir");
+        let (dir, port_arg) = (dir.display().to_string(), port.to_string());
+        let args = [
+            "-d",
+            &dir,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port_arg,
+            "--no-vhost-buckets",
+            "--configure-bucket",
+            crate::s3::BUCKET,
+        ];
+        self.add("s3", &crate::s3::s3rver_bin(), &args, Vec::new());
+        wait_for_port(self.proc("s3"), port, READY);
+        crate::s3::storage_env(port, crate::s3::BUCKET, &self.cluster, crate::s3::ACCESS_KEY)
+    }
+
+    /// Where the store [`Harness::start_s3`] started keeps its objects (s3rver's layout:
+    /// `<bucket>/<key>._S3rver_object`).
+    pub fn s3_dir(&self) -> PathBuf {
+        self.dir.path().join("s3")
+    }
+
     /// Environment every quiver process of this harness shares.
     fn quiver_env(&self) -> Vec<(String, String)> {
         vec![

@@ -14,6 +14,7 @@
 pub mod data;
 pub mod harness;
 pub mod process;
+pub mod s3;
 pub mod tls;
 
 pub use harness::{eventually, quiver_cli, retry, run, wait_for_port, Harness, READY};
