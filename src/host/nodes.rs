@@ -428,7 +428,13 @@ mod tests {
     }
 
     /// `/proc/<pid>/environ` as `KEY=value` strings.
+    /// The environment of node process `pid` once it runs its program (`sleep`): read between
+    /// the agent's fork and the exec, /proc/<pid>/environ can be empty.
     fn environ(pid: u32) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !proc_file(pid, "cmdline").starts_with("sleep\0") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
     }
