@@ -149,6 +149,12 @@ pub type DirectServe = dyn Fn(LocalRequest) -> Option<LocalRequest> + Send + Syn
 /// This process's nodes that take [`LocalRequest`]s, by node id.
 type LocalInboxes = Arc<RwLock<HashMap<String, LocalServer>>>;
 
+/// The servers of a `nats.url` (several servers of one NATS cluster, comma separated): the client
+/// connects to one of them and fails over to the others.
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
 /// A connected bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
@@ -191,7 +197,7 @@ impl Bus {
                     other => tracing::debug!(%other, "NATS event"),
                 }
             })
-            .connect(urls)
+            .connect(server_list(urls))
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {urls}: {e}")))?;
         let js = jetstream::new(client.clone());

@@ -17,6 +17,7 @@ mod durability;
 mod hostile;
 mod hosts;
 mod idling;
+mod nats_cluster;
 mod object_store;
 mod plugins;
 mod power_cut;

@@ -6,14 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use quiver_client::{Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
+use quiver_client::{Consistency, PrimaryKey, SearchParams, SegmentState};
 use quiver_testkit::s3;
 
 use crate::common::data::{self, dataset};
-use crate::common::{retry, run, wait_for_port, Harness, READY};
-
-const PROCS: [(&str, &str); 5] =
-    [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode"), ("qn", "querynode")];
+use crate::common::{indexed_docs, retry, run, wait_for_port, Harness, ONE_PER_ROLE, READY};
 
 /// Object keys (relative to `root`) the store holds, as s3rver lays them out on disk.
 fn stored_objects(root: &Path) -> Vec<String> {
@@ -57,19 +54,15 @@ fn a_cluster_keeps_its_objects_in_s3_and_a_flush_outlives_a_store_restart() {
         let storage = h.start_s3();
         let mut env: Vec<(&str, &str)> = storage.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         env.push(("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2000"));
-        for (id, role) in PROCS {
+        for (id, role) in ONE_PER_ROLE {
             h.start_node(id, &[role], &env);
         }
         let client = h.client().await;
-        let nodes: Vec<(String, u32)> = PROCS.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
+        let nodes: Vec<(String, u32)> =
+            ONE_PER_ROLE.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
         h.wait_ready(&client, &nodes, READY).await;
 
-        data::create_simple(&client, "docs").await;
-        data::insert_rows(&client, "docs", 0, 4_000, 1_000).await;
-        data::flush(&client, "docs").await;
-        client.create_index("docs", data::index(IndexType::Hnsw, MetricType::Ip, 0, 16, 100)).await.expect("index");
-        retry("load", Duration::from_secs(10), || client.load_collection("docs", 1)).await;
-        let d = data::wait_segments(&client, "docs", 4_000, SegmentState::Indexed, Duration::from_secs(60)).await;
+        let d = indexed_docs(&client, 4_000).await;
         finds_itself(&client, 1_234).await;
 
         // Every segment and index is in the bucket, under the cluster's prefix; none on local disk.

@@ -193,7 +193,9 @@ impl Client {
             })
             .name("quiver-client")
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            // Several servers of one NATS cluster, comma separated: one is used, the others
+            // take over when it goes.
+            .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
             .await
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
         Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60), violations })

@@ -118,3 +118,20 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// One process per role, as (process name, role): the multi-process cluster most tests start.
+pub const ONE_PER_ROLE: [(&str, &str); 5] =
+    [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode"), ("qn", "querynode")];
+
+/// Collection `docs` with base rows `0..rows` flushed, an HNSW index built on every segment and
+/// loaded with one replica; returns the served layout once every row is in an indexed segment.
+pub async fn indexed_docs(client: &quiver_client::Client, rows: usize) -> quiver_client::Distribution {
+    use quiver_client::{IndexType, MetricType, SegmentState};
+    use std::time::Duration;
+    data::create_simple(client, "docs").await;
+    data::insert_rows(client, "docs", 0, rows, 1_000).await;
+    data::flush(client, "docs").await;
+    client.create_index("docs", data::index(IndexType::Hnsw, MetricType::Ip, 0, 16, 100)).await.expect("index");
+    retry("load", Duration::from_secs(10), || client.load_collection("docs", 1)).await;
+    data::wait_segments(client, "docs", rows as u64, SegmentState::Indexed, Duration::from_secs(60)).await
+}

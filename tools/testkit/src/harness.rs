@@ -32,6 +32,11 @@ use crate::process::{free_port, Proc};
 /// How long a node may take to come up and report healthy.
 pub const READY: Duration = Duration::from_secs(30);
 
+/// The servers of a comma-separated NATS URL list.
+fn nats_servers(urls: &str) -> Vec<String> {
+    urls.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()
+}
+
 /// Runs an async test body on a fresh tokio runtime; fails the test if it takes longer than
 /// `limit`. The body stays alive while the failure unwinds, so harness logs get printed.
 pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
@@ -72,6 +77,8 @@ pub struct Harness {
     /// How [`Harness::client`] connects (TLS, credentials). With security on, the cluster's
     /// generated admin credentials are used unless these name others.
     pub client_options: ConnectOptions,
+    /// Client ports of the other servers of a NATS cluster ([`Harness::start_nats_cluster`]).
+    pub more_nats_ports: Vec<u16>,
     procs: Vec<Proc>,
 }
 
@@ -88,6 +95,7 @@ impl Harness {
             cluster,
             nats_port: free_port().expect("free port"),
             client_options: ConnectOptions::default(),
+            more_nats_ports: Vec::new(),
             procs: Vec::new(),
         }
     }
@@ -112,10 +120,7 @@ impl Harness {
     /// `quiver run` nodes, [`Harness::client`] and [`Harness::nats_as`] find them) and the
     /// authorization block the server enforces.
     pub fn start_nats(&mut self) {
-        let env = self.quiver_env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (status, conf, stderr) = quiver_cli(&self.quiver, &["config", "nats-auth"], &env, self.dir.path());
-        assert!(status.success(), "quiver config nats-auth: {status}\n{stderr}");
+        let conf = self.nats_auth();
         let conf_path = self.dir.path().join("nats-server.conf");
         std::fs::write(&conf_path, conf).expect("write the nats-server configuration");
         let store = self.dir.path().join("nats-store");
@@ -133,6 +138,53 @@ impl Harness {
         self.add("nats", Path::new("nats-server"), &args, Vec::new());
         let port = self.nats_port;
         wait_for_port(self.proc("nats"), port, READY);
+    }
+
+    /// The cluster's principals (generated under the data dir by `quiver config nats-auth`) and
+    /// the nats-server authorization block that enforces them.
+    fn nats_auth(&self) -> String {
+        let env = self.quiver_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (status, conf, stderr) = quiver_cli(&self.quiver, &["config", "nats-auth"], &env, self.dir.path());
+        assert!(status.success(), "quiver config nats-auth: {status}\n{stderr}");
+        conf
+    }
+
+    /// Starts a NATS cluster of `n` servers (processes `nats0`, `nats1`, …; routes between all,
+    /// JetStream on each with its own store, the cluster's authorization) on `nats_port` and
+    /// `more_nats_ports`; [`Harness::url`] then lists every server. Returns once each accepts
+    /// connections. A killed server restarted with `proc("natsI").restart()` keeps its store
+    /// and rejoins.
+    pub fn start_nats_cluster(&mut self, n: usize) {
+        let auth = self.nats_auth();
+        self.more_nats_ports = (1..n).map(|_| free_port().expect("free port")).collect();
+        let ports: Vec<u16> = std::iter::once(self.nats_port).chain(self.more_nats_ports.iter().copied()).collect();
+        let routes: Vec<u16> = (0..n).map(|_| free_port().expect("free port")).collect();
+        for i in 0..n {
+            let store = self.dir.path().join(format!("nats-store-{i}"));
+            let others: Vec<String> =
+                (0..n).filter(|j| *j != i).map(|j| format!("nats-route://127.0.0.1:{}", routes[j])).collect();
+            let conf = format!(
+                "{auth}\nserver_name: nats{i}\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{ name: {name:?}, listen: 127.0.0.1:{route}, routes: [{others}] }}\n",
+                port = ports[i],
+                store = store.display().to_string(),
+                name = self.cluster,
+                route = routes[i],
+                others = others.join(", "),
+            );
+            let conf_path = self.dir.path().join(format!("nats-server-{i}.conf"));
+            std::fs::write(&conf_path, conf).expect("write a nats-server configuration");
+            self.add(
+                &format!("nats{i}"),
+                Path::new("nats-server"),
+                &["-c", &conf_path.display().to_string()],
+                Vec::new(),
+            );
+        }
+        for (i, port) in ports.iter().enumerate() {
+            wait_for_port(self.proc(&format!("nats{i}")), *port, READY);
+        }
     }
 
     /// Starts `quiver run --role ...` as node `node_id` of this cluster (external NATS).
@@ -225,8 +277,13 @@ impl Harness {
         self.dir.path().join("data")
     }
 
+    /// The NATS URL(s) of this cluster: every server of a NATS cluster, comma separated.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.nats_port)
+        std::iter::once(self.nats_port)
+            .chain(self.more_nats_ports.iter().copied())
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A started process by name (`standalone`, `nats`, or a node id).
@@ -262,7 +319,7 @@ impl Harness {
                     .custom_inbox_prefix(format!("_INBOX.{user}"));
             }
         }
-        options.connect(self.url()).await.unwrap_or_else(|e| panic!("NATS connect as {principal}: {e}"))
+        options.connect(nats_servers(&self.url())).await.unwrap_or_else(|e| panic!("NATS connect as {principal}: {e}"))
     }
 
     /// A client of this cluster (20 s per call) with [`Harness::client_options`], as admin when
