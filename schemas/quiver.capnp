@@ -269,6 +269,7 @@ enum NodeState {
   starting @1;
   draining @2;
   stopped @3;
+  standby @4;                   # A coordinator waiting for the active one's lease to lapse.
 }
 
 # Search-time knobs; 0 = the index's default.

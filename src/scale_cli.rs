@@ -262,7 +262,7 @@ fn role_lines(status: &ClusterStatus) -> Vec<String> {
             NodeState::Serving => c[0] += 1,
             NodeState::Starting => c[1] += 1,
             NodeState::Draining => c[2] += 1,
-            NodeState::Stopped => {}
+            NodeState::Stopped | NodeState::Standby => {}
         }
     }
     let width = Role::ALL.iter().map(|r| r.as_str().len()).max().unwrap_or(0);

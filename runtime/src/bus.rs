@@ -287,7 +287,7 @@ impl Bus {
             None => Some(request),
         };
         if for_actor.is_some_and(|r| server.actor.send(r).is_err()) {
-            return Err(Error::Unavailable(format!("nothing serves {subject} (is the node up?)")));
+            return Err(Error::NotServed(format!("nothing serves {subject} (is the node up?)")));
         }
         metrics::counter!("quiver_bus_local_calls_total").increment(1);
         match tokio::time::timeout(timeout, answer).await {
@@ -322,7 +322,7 @@ impl Bus {
         let msg = self.client.send_request(subject.clone(), request).await.map_err(|e| {
             use async_nats::RequestErrorKind as K;
             match e.kind() {
-                K::NoResponders => Error::Unavailable(format!("nothing serves {subject} (is the node up?)")),
+                K::NoResponders => Error::NotServed(format!("nothing serves {subject} (is the node up?)")),
                 K::TimedOut => Error::Timeout { subject: subject.clone(), timeout },
                 K::MaxPayloadExceeded => Error::InvalidArgument(format!(
                     "request to {subject} is larger than the server's max_payload; send smaller batches"
@@ -410,7 +410,7 @@ fn reply_outcome(msg: &Message) -> Result<()> {
         return Err(Error::from_code(code, text));
     }
     if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-        return Err(Error::Unavailable(format!("nothing serves {}", msg.subject)));
+        return Err(Error::NotServed(format!("nothing serves {}", msg.subject)));
     }
     Ok(())
 }

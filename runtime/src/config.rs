@@ -527,11 +527,20 @@ pub struct CoordinatorConfig {
     /// How often placement is reconciled with the live query nodes.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// The active coordinator's lease in the metadata bucket: it renews it every fifth of this
+    /// and steps down when it could not for four fifths of it; a standby coordinator takes over
+    /// once the lease went unrenewed for this long (as measured by the standby's own clock).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        CoordinatorConfig { default_shards: 1, reconcile_interval: Duration::from_secs(2) }
+        CoordinatorConfig {
+            default_shards: 1,
+            reconcile_interval: Duration::from_secs(2),
+            lease_ttl: Duration::from_secs(5),
+        }
     }
 }
 
@@ -1106,6 +1115,10 @@ impl Config {
         }
         if !FAISS_SIMD_CHOICES.contains(&self.node.faiss_simd.as_str()) {
             return fail("node.faiss_simd", "must be auto, generic, avx2 or avx512");
+        }
+        if self.coordinator.lease_ttl < Duration::from_secs(1) || self.coordinator.lease_ttl > Duration::from_secs(300)
+        {
+            return fail("coordinator.lease_ttl", "must be between 1s and 5m");
         }
         if self.supervisor.max_restarts == 0 {
             return fail("supervisor.max_restarts", "must be at least 1");

@@ -30,6 +30,10 @@ pub enum Error {
     /// The target is down, not ready or draining; retry elsewhere or later.
     #[error("{0}")]
     Unavailable(String),
+    /// Nothing subscribes to the subject (its node or service is down, or between a failed
+    /// active and its standby): the request was not delivered, so any request may be sent again.
+    #[error("{0}")]
+    NotServed(String),
     /// One try got no reply in time; another try (or replica) may.
     #[error("no reply from {subject} within {timeout:?}")]
     Timeout { subject: String, timeout: Duration },
@@ -85,6 +89,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::NotServed(_) => Code::NotServed,
             Error::Timeout { .. } => Code::Timeout,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Stale(_) => Code::Stale,
@@ -108,6 +113,7 @@ impl Error {
             Code::DeadlineExceeded => Error::DeadlineExceeded(message),
             Code::Stale => Error::Stale(message),
             Code::ResourceExhausted => Error::ResourceExhausted(message),
+            Code::NotServed => Error::NotServed(message),
             Code::Internal => Error::Internal(message),
         }
     }
@@ -115,7 +121,7 @@ impl Error {
     /// Whether retrying (possibly on another node) may succeed. A spent deadline is final:
     /// nobody waits for the answer any more.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_))
+        matches!(self, Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. } | Error::Stale(_))
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Error {

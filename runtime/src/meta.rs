@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
 use async_nats::jetstream::kv;
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use futures::StreamExt;
 use quiver_schemas::{HostStatus, NodeStatus};
 use serde::{de::DeserializeOwned, Serialize};
@@ -10,10 +13,30 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 
+/// JetStream's expectation on another subject's last sequence (nats-server 2.11 and later).
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
 /// A KV bucket holding JSON values.
+///
+/// A bucket handle can be *fenced* ([`JsonBucket::fenced`]): its puts and deletes then carry
+/// JetStream's `Nats-Expected-Last-Subject-Sequence-Subject` expectation on another key of the
+/// bucket, so the server stores them only while that key is still at the revision the handle
+/// was fenced with. The coordinator fences its writes on its epoch key: once a standby took
+/// over (and wrote the next epoch), nothing the deposed one writes is stored, even if it has
+/// not noticed yet.
 #[derive(Clone)]
 pub struct JsonBucket {
     store: kv::Store,
+    js: async_nats::jetstream::Context,
+    fence: Option<Fence>,
+}
+
+#[derive(Clone)]
+struct Fence {
+    /// The fencing key's subject in the bucket's stream.
+    subject: String,
+    key: String,
+    revision: u64,
 }
 
 impl JsonBucket {
@@ -21,7 +44,7 @@ impl JsonBucket {
     pub async fn open(bus: &Bus, name: &str, max_age: Duration, replicas: usize) -> Result<JsonBucket> {
         let js = bus.jetstream();
         if let Ok(store) = js.get_key_value(name).await {
-            return Ok(JsonBucket { store });
+            return Ok(JsonBucket { store, js: js.clone(), fence: None });
         }
         let config = kv::Config {
             bucket: name.to_string(),
@@ -39,7 +62,48 @@ impl JsonBucket {
                 .await
                 .map_err(|_| Error::Unavailable(format!("cannot create KV bucket {name}: {create_err}")))?,
         };
-        Ok(JsonBucket { store })
+        Ok(JsonBucket { store, js: js.clone(), fence: None })
+    }
+
+    /// This bucket with every put and delete conditional on `key` still being at `revision`;
+    /// a write refused for that fails with [`Error::Stale`] naming the key.
+    pub fn fenced(&self, key: &str, revision: u64) -> JsonBucket {
+        let subject = format!("{}{key}", self.store.prefix);
+        JsonBucket {
+            store: self.store.clone(),
+            js: self.js.clone(),
+            fence: Some(Fence { subject, key: key.to_string(), revision }),
+        }
+    }
+
+    /// The subject a key's values are published on (buckets of this account: no JetStream
+    /// domain prefix).
+    fn subject_of(&self, key: &str) -> String {
+        format!("{}{key}", self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix))
+    }
+
+    /// Publishes one fenced message (a put, or a purge when `headers` say so).
+    async fn publish_fenced(&self, fence: &Fence, key: &str, mut headers: HeaderMap, value: Bytes) -> Result<u64> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, fence.revision.to_string().as_str());
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, fence.subject.as_str());
+        let js = &self.js;
+        let fenced_out = |e: &dyn std::fmt::Display| {
+            Error::Stale(format!(
+                "KV write {key} refused: {} is no longer at revision {} ({e}); this writer was fenced out",
+                fence.key, fence.revision
+            ))
+        };
+        let ack = js
+            .publish_with_headers(self.subject_of(key), headers, value)
+            .await
+            .map_err(|e| Error::Unavailable(format!("KV put {key}: {e}")))?
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::WrongLastSequence => fenced_out(&e),
+                _ => Error::Unavailable(format!("KV put {key}: {e}")),
+            })?;
+        Ok(ack.sequence)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -65,23 +129,39 @@ impl JsonBucket {
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<u64> {
         let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
+        if let Some(fence) = &self.fence {
+            return self.publish_fenced(fence, key, HeaderMap::new(), bytes.into()).await;
+        }
         self.store.put(key, bytes.into()).await.map_err(|e| Error::Unavailable(format!("KV put {key}: {e}")))
     }
 
-    /// Writes only if the key is still at `revision` (0 = must not exist).
+    /// Writes only if the key is still at `revision` (0 = must not exist): [`Error::Stale`]
+    /// when it is not, [`Error::Unavailable`] when the write may not have been stored (no
+    /// acknowledgement). Not fenced: one write carries one expectation, and this one is on the
+    /// key itself.
     pub async fn update<T: Serialize>(&self, key: &str, value: &T, revision: u64) -> Result<u64> {
+        use kv::{CreateErrorKind, UpdateErrorKind};
         let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
         if revision == 0 {
-            self.store.create(key, bytes.into()).await.map_err(|e| Error::Stale(format!("KV create {key}: {e}")))
+            self.store.create(key, bytes.into()).await.map_err(|e| match e.kind() {
+                CreateErrorKind::AlreadyExists => Error::Stale(format!("KV create {key}: {e}")),
+                _ => Error::Unavailable(format!("KV create {key}: {e}")),
+            })
         } else {
-            self.store
-                .update(key, bytes.into(), revision)
-                .await
-                .map_err(|e| Error::Stale(format!("KV update {key}: {e}")))
+            self.store.update(key, bytes.into(), revision).await.map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => Error::Stale(format!("KV update {key}: {e}")),
+                _ => Error::Unavailable(format!("KV update {key}: {e}")),
+            })
         }
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
+        if let Some(fence) = &self.fence {
+            let mut headers = HeaderMap::new();
+            headers.insert("KV-Operation", "PURGE");
+            headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+            return self.publish_fenced(fence, key, headers, Bytes::new()).await.map(|_| ());
+        }
         self.store.purge(key).await.map_err(|e| Error::Unavailable(format!("KV delete {key}: {e}")))
     }
 

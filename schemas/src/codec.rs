@@ -753,6 +753,7 @@ fn put_node_status(v: &NodeStatus, mut b: cp::node_status::Builder<'_>) {
         NodeState::Serving => cp::NodeState::Serving,
         NodeState::Draining => cp::NodeState::Draining,
         NodeState::Stopped => cp::NodeState::Stopped,
+        NodeState::Standby => cp::NodeState::Standby,
     });
     b.set_cpu_cores(v.cpu_cores);
     b.set_cpu_busy(v.cpu_busy);
@@ -781,6 +782,7 @@ fn get_node_status(r: cp::node_status::Reader<'_>) -> Result<NodeStatus, Fault> 
             cp::NodeState::Serving => NodeState::Serving,
             cp::NodeState::Draining => NodeState::Draining,
             cp::NodeState::Stopped => NodeState::Stopped,
+            cp::NodeState::Standby => NodeState::Standby,
         },
         cpu_cores: r.get_cpu_cores(),
         cpu_busy: r.get_cpu_busy(),

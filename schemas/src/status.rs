@@ -36,11 +36,15 @@ pub enum Code {
     /// The node is at a limit (requests in flight, memory): back off and retry (a kind of
     /// `Unavailable`).
     ResourceExhausted = 12,
+    /// Not answered by the service it was sent to: nothing serves the subject, or the node that
+    /// got it no longer acts for the service (a coordinator that may have been replaced). It
+    /// was not acted on: send it again (a kind of `Unavailable`).
+    NotServed = 13,
 }
 
 impl Code {
     /// Every code, for exhaustive tests.
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::InvalidArgument,
         Code::NotFound,
         Code::AlreadyExists,
@@ -53,6 +57,7 @@ impl Code {
         Code::NotLoaded,
         Code::DeadlineExceeded,
         Code::ResourceExhausted,
+        Code::NotServed,
     ];
 
     pub fn from_u16(v: u16) -> Code {
@@ -68,6 +73,7 @@ impl Code {
             10 => Code::NotLoaded,
             11 => Code::DeadlineExceeded,
             12 => Code::ResourceExhausted,
+            13 => Code::NotServed,
             _ => Code::Internal,
         }
     }
@@ -86,6 +92,7 @@ impl Code {
             Code::NotLoaded => "collection not loaded",
             Code::DeadlineExceeded => "deadline exceeded",
             Code::ResourceExhausted => "resource exhausted",
+            Code::NotServed => "not served",
         }
     }
 
@@ -95,7 +102,7 @@ impl Code {
             Code::CollectionNotFound | Code::IndexNotFound => Code::NotFound,
             Code::NotLoaded => Code::InvalidArgument,
             Code::DeadlineExceeded => Code::Timeout,
-            Code::ResourceExhausted => Code::Unavailable,
+            Code::ResourceExhausted | Code::NotServed => Code::Unavailable,
             other => other,
         }
     }

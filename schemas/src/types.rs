@@ -439,7 +439,8 @@ impl Role {
 }
 
 /// Where a role is in its life: `Starting` until it serves, `Serving`, then `Draining` (takes
-/// no new work, finishes or hands off what it holds), then `Stopped`.
+/// no new work, finishes or hands off what it holds), then `Stopped`. A coordinator that is not
+/// the active one is `Standby` until it takes over (then `Starting`, `Serving`).
 ///
 /// ```text
 ///   Starting ──ready──▶ Serving ──drain (SIGTERM, scale-in, ctl)──▶ Draining ──held work gone──▶ Stopped
@@ -451,6 +452,7 @@ pub enum NodeState {
     Serving,
     Draining,
     Stopped,
+    Standby,
 }
 
 impl NodeState {
@@ -460,6 +462,7 @@ impl NodeState {
             NodeState::Serving => "serving",
             NodeState::Draining => "draining",
             NodeState::Stopped => "stopped",
+            NodeState::Standby => "standby",
         }
     }
 }

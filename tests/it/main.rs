@@ -11,6 +11,7 @@ mod cluster;
 mod cluster_cli;
 mod common;
 mod compaction;
+mod coordinator_ha;
 mod crud;
 mod drain;
 mod durability;

@@ -243,7 +243,7 @@ impl Coordinator {
             }
             w.clone()
         };
-        self.node.shared.meta.put(&keys::autoscale_window(role), &window).await?;
+        self.meta.put(&keys::autoscale_window(role), &window).await?;
         Ok(())
     }
 
@@ -306,7 +306,7 @@ impl Coordinator {
                     decision.to = actual;
                 } else {
                     decision.action = "resize".into();
-                    self.scaler.set_size(&self.node.shared.meta, role, to, false).await?;
+                    self.scaler.set_size(&self.meta, role, to, false).await?;
                 }
             }
         }
@@ -371,7 +371,7 @@ impl Coordinator {
             }
             decisions.clone()
         };
-        self.node.shared.meta.put(keys::AUTOSCALE_DECISIONS, &list).await?;
+        self.meta.put(keys::AUTOSCALE_DECISIONS, &list).await?;
         Ok(())
     }
 
@@ -386,7 +386,7 @@ impl Coordinator {
                 )))
             }
         };
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         if req.reset {
             if req.min_memory_bytes != 0 || req.max_memory_bytes != 0 {
                 return Err(Error::InvalidArgument(

@@ -121,7 +121,7 @@ impl Coordinator {
         changed.dedup();
         for cid in changed {
             if let Some(layout) = catalog.layouts.get(&cid) {
-                self.node.shared.meta.put(&keys::layout(cid), layout).await?;
+                self.meta.put(&keys::layout(cid), layout).await?;
             }
         }
         Ok(moves)

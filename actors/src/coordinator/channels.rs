@@ -176,7 +176,7 @@ impl Coordinator {
         }
         drop(catalog);
         for (id, layout) in changed {
-            self.node.shared.meta.put(&keys::layout(id), &layout).await?;
+            self.meta.put(&keys::layout(id), &layout).await?;
         }
         let mut moving = self.moving_channels.borrow_mut();
         for (shard, _) in moves {
@@ -205,7 +205,7 @@ impl Coordinator {
         }
         drop(catalog);
         for (id, layout) in changed {
-            self.node.shared.meta.put(&keys::layout(id), &layout).await?;
+            self.meta.put(&keys::layout(id), &layout).await?;
         }
         self.reconcile.notify_one();
         Ok(())

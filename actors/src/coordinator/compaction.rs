@@ -490,7 +490,7 @@ impl Coordinator {
 
     /// Records a task's outcome in the catalog, if its inputs are still what it read.
     async fn commit_compaction(&self, task: &CompactTask, outcome: CompactOutcome) -> Result<Option<u64>> {
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         let cid = task.collection.id;
         let ids: Vec<u64> = task.inputs.iter().map(|s| s.id).collect();
         let mut catalog = self.catalog.lock().await;
@@ -552,7 +552,7 @@ impl Coordinator {
     /// for [`SWITCH_GRACE`] are removed (catalog, layout, query nodes, object store). Then moves
     /// each shard's delete floor and purges the log's deletes below the previous one.
     async fn settle_compactions(&self) -> Result<()> {
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         let mut removed_all = Vec::new();
         let mut changed = Vec::new();
         let mut purges = Vec::new();
@@ -628,7 +628,7 @@ impl Coordinator {
             }
         }
         layout.version += 1;
-        self.node.shared.meta.put(&keys::layout(cid), layout).await?;
+        self.meta.put(&keys::layout(cid), layout).await?;
         Ok(())
     }
 

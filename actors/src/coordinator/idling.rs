@@ -276,7 +276,7 @@ impl Coordinator {
             p.since_ms = now_ms();
             p.clone()
         };
-        self.node.shared.meta.put(keys::IDLING, &persisted).await?;
+        self.meta.put(keys::IDLING, &persisted).await?;
         Ok(())
     }
 

@@ -27,6 +27,7 @@ pub(crate) mod catalog;
 mod channels;
 mod compaction;
 mod idling;
+mod lease;
 mod membership;
 mod placement;
 mod plugins;
@@ -78,6 +79,10 @@ pub(crate) fn not_found(name: &str) -> Error {
 
 pub struct Coordinator {
     node: Node,
+    /// The lease this coordinator acts under (`lease.rs`).
+    leadership: lease::Leadership,
+    /// The metadata bucket, every write fenced on this coordinator's epoch.
+    meta: quiver_runtime::JsonBucket,
     catalog: Mutex<Catalog>,
     tso: Mutex<tso::Tso>,
     ids: Mutex<tso::IdAllocator>,
@@ -110,8 +115,10 @@ pub fn start(rc: RoleContext) {
 
 impl Coordinator {
     async fn load(node: Node) -> Result<Coordinator> {
+        let leadership = lease::acquire(&node).await?;
+        node.health.set_state(quiver_schemas::NodeState::Starting);
         let node_for_policies = node.clone();
-        let meta = &node.shared.meta;
+        let meta = &leadership.meta;
         let mut catalog = Catalog::default();
         for info in meta.values::<CollectionInfo>("collection.").await? {
             let segments: Vec<SegmentInfo> = meta.values(&keys::segments(info.id)).await?;
@@ -132,6 +139,8 @@ impl Coordinator {
         let idler = idling::Idler::load(meta).await?;
         Ok(Coordinator {
             node,
+            meta: leadership.meta.clone(),
+            leadership,
             catalog: Mutex::new(catalog),
             tso: Mutex::new(tso),
             ids: Mutex::new(ids),
@@ -152,11 +161,11 @@ impl Coordinator {
     }
 
     async fn alloc_ts(&self, count: u64) -> Result<u64> {
-        self.tso.lock().await.alloc(&self.node.shared.meta, count).await
+        self.tso.lock().await.alloc(&self.meta, count).await
     }
 
     async fn alloc_ids(&self, count: u64) -> Result<u64> {
-        self.ids.lock().await.alloc(&self.node.shared.meta, count).await
+        self.ids.lock().await.alloc(&self.meta, count).await
     }
 
     async fn create_collection(&self, req: CreateCollection) -> Result<Empty> {
@@ -177,7 +186,7 @@ impl Coordinator {
         let info = CollectionInfo { id, schema, index: None, created_ts, scalar_indexes: Vec::new() };
         catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
         let layout = Layout::new(info.schema.num_shards);
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         meta.put(&keys::layout(id), &layout).await?;
         meta.put(&keys::collection(&info.schema.name), &info).await?;
         tracing::info!(collection = %info.schema.name, id, shards = info.schema.num_shards, "collection created");
@@ -192,7 +201,7 @@ impl Coordinator {
     async fn drop_collection(&self, req: CollectionName) -> Result<Empty> {
         let mut catalog = self.catalog.lock().await;
         let info = catalog.by_name(&req.name)?.clone();
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         meta.delete(&keys::collection(&info.schema.name)).await?;
         catalog.collections.remove(&info.schema.name);
         let segments = catalog.segments.remove(&info.id).unwrap_or_default();
@@ -265,7 +274,7 @@ impl Coordinator {
             return Ok(());
         }
         layout.version += 1;
-        self.node.shared.meta.put(&keys::layout(id), layout).await?;
+        self.meta.put(&keys::layout(id), layout).await?;
         drop(catalog);
         self.publish_change(id).await;
         self.reconcile.notify_one();
@@ -286,7 +295,7 @@ impl Coordinator {
         if info.index.is_none() {
             return Err(Error::index_not_found(&req.name));
         }
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         let updated = CollectionInfo { index: None, ..info.clone() };
         meta.put(&keys::collection(&info.schema.name), &updated).await?;
         catalog.collections.insert(info.schema.name.clone(), updated);
@@ -350,7 +359,7 @@ impl Coordinator {
         }
         let mut updated = info.clone();
         updated.index = Some(req.params);
-        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
+        self.meta.put(&keys::collection(&req.collection), &updated).await?;
         catalog.collections.insert(req.collection.clone(), updated);
         drop(catalog);
         tracing::info!(collection = %req.collection, "index defined; building for sealed segments");
@@ -366,7 +375,7 @@ impl Coordinator {
         let Some(updated) = catalog::with_scalar_index(&info, req.index)? else {
             return Ok(Empty {});
         };
-        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
+        self.meta.put(&keys::collection(&req.collection), &updated).await?;
         catalog.collections.insert(req.collection.clone(), updated);
         drop(catalog);
         tracing::info!(collection = %req.collection, "scalar index defined; query nodes build it as they load");
@@ -390,7 +399,7 @@ impl Coordinator {
         if updated.scalar_indexes.len() == info.scalar_indexes.len() {
             return Ok(Empty {});
         }
-        self.node.shared.meta.put(&keys::collection(&req.collection), &updated).await?;
+        self.meta.put(&keys::collection(&req.collection), &updated).await?;
         catalog.collections.insert(req.collection.clone(), updated);
         drop(catalog);
         tracing::info!(collection = %req.collection, index = %req.name, "scalar index dropped");
@@ -421,7 +430,7 @@ impl Coordinator {
                 seg.id, seg.start_seq, seg.end_seq, seg.shard, other.id
             )));
         }
-        self.node.shared.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
+        self.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
         tracing::info!(segment = seg.id, collection = seg.collection, shard = seg.shard, rows = seg.rows,
             seqs = ?(seg.start_seq, seg.end_seq), "segment flushed");
         catalog.segments.entry(seg.collection).or_default().insert(seg.id, seg);
@@ -467,6 +476,7 @@ impl Coordinator {
 impl Coordinator {
     /// Answers one request.
     async fn dispatch(self: &Rc<Self>, req: CoordRequest, ctx: &RequestContext) -> Result<Vec<u8>> {
+        self.leadership.check(&self.node)?;
         match req {
             CoordRequest::CreateCollection(r) => r.serve(|r| self.create_collection(r)).await,
             CoordRequest::DropCollection(r) => r.serve(|r| self.drop_collection(r)).await,
@@ -522,6 +532,8 @@ impl RoleHandler for Coordinator {
 
     fn start(self: Rc<Self>) {
         let me = self.clone();
+        self.node.spawn_loop("lease", async move { me.leadership.keep(&me.node).await });
+        let me = self.clone();
         self.node.spawn_loop("reconcile", async move { me.reconcile_loop().await });
         let me = self.clone();
         self.node.spawn_loop("balance", async move { me.balance_loop().await });
@@ -535,13 +547,18 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("compaction", async move { me.compaction_loop().await });
     }
 
+    fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
+        Box::pin(async move { self.leadership.release(&self.node).await })
+    }
+
     fn heartbeat(&self) -> (u32, String) {
         match self.catalog.try_lock() {
             Ok(c) => {
                 let verdicts = self.membership.verdicts();
                 let count = |l| verdicts.values().filter(|&&v| v == l).count();
                 let detail = format!(
-                    "{} collections; members {} alive, {} suspect, {} dead",
+                    "active (epoch {}); {} collections; members {} alive, {} suspect, {} dead",
+                    self.leadership.epoch,
                     c.collections.len(),
                     count(quiver_policy::discovery::Liveness::Alive),
                     count(quiver_policy::discovery::Liveness::Suspect),

@@ -282,7 +282,7 @@ impl Coordinator {
         for cid in &changed {
             if let Some(layout) = catalog.layouts.get_mut(cid) {
                 layout.version += 1;
-                self.node.shared.meta.put(&keys::layout(*cid), layout).await?;
+                self.meta.put(&keys::layout(*cid), layout).await?;
             }
         }
         drop(catalog);
@@ -376,7 +376,7 @@ impl Coordinator {
                 next.version += 1;
                 republish = true;
             }
-            self.node.shared.meta.put(&keys::layout(info.id), &next).await?;
+            self.meta.put(&keys::layout(info.id), &next).await?;
             catalog.layouts.insert(info.id, next);
         }
         Ok(republish)
@@ -477,7 +477,7 @@ impl Coordinator {
         seg.index_path = Some(built.index_path.clone());
         seg.state = SegmentState::Indexed;
         let seg = seg.clone();
-        self.node.shared.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
+        self.meta.put(&keys::segment(seg.collection, seg.id), &seg).await?;
         metrics::counter!("quiver_indexes_built_total").increment(1);
         tracing::info!(segment = seg.id, build_ms = built.build_ms, "segment index built");
         Ok(())

@@ -367,7 +367,7 @@ impl Coordinator {
             }
         }
         let _one_at_a_time = self.scaler.requests.lock().await;
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         let previous = self.scaler.desired.borrow().get(role.as_str()).copied().unwrap_or(0);
         // A resize alone keeps the count; a role never scaled keeps the nodes it runs.
         let replicas = match req.replicas {
@@ -447,7 +447,7 @@ impl Coordinator {
         }
         let _one_at_a_time = self.scaler.requests.lock().await;
         let d = Desired { replicas: serving, requested_ms: now_ms() };
-        self.node.shared.meta.put(&keys::desired_replicas(role), &d).await?;
+        self.meta.put(&keys::desired_replicas(role), &d).await?;
         self.scaler.desired.borrow_mut().insert(role.as_str(), serving);
         Ok(())
     }
@@ -777,7 +777,7 @@ impl Coordinator {
     /// The scaler names processes `<short>-<n>` with `n` from a persisted counter, skipping
     /// names some process already uses.
     async fn next_process_id(&self, role: Role, hosts: &[HostStatus]) -> Result<String> {
-        let meta = &self.node.shared.meta;
+        let meta = &self.meta;
         let mut seq: u64 = meta.get(keys::SCALING_SEQ).await?.unwrap_or(1);
         let taken = |p: &str| hosts.iter().flat_map(|h| &h.nodes).any(|n| n.node_id == p);
         let mut name = format!("{}-{seq}", short(role));

@@ -372,7 +372,9 @@ impl ApiError {
             Error::NotLoaded(_) => (StatusCode::CONFLICT, "failed_precondition"),
             Error::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
             // The coordinator is down, not ready, busy or did not answer in time: retry later.
-            Error::Unavailable(_) | Error::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unavailable(_) | Error::NotServed(_) | Error::Stale(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             Error::Timeout { .. } | Error::DeadlineExceeded(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::ResourceExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             // The HTTP caller sends no bus messages: a malformed one is a reply from inside.

@@ -10,6 +10,7 @@
 //! - `admin.rs`: the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`).
 
 mod admin;
+mod grants;
 mod idle;
 mod load;
 pub mod milvus;
@@ -31,7 +32,7 @@ use dashmap::DashMap;
 use futures::future::{BoxFuture, LocalBoxFuture};
 use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::RequestContext;
-use quiver_runtime::{Result, RoleContext};
+use quiver_runtime::{Error, Result, RoleContext};
 
 use quiver_schemas::protocol::{coord, ApiRequest, QueueCall};
 use quiver_schemas::{
@@ -58,6 +59,8 @@ pub struct Proxy {
     load: load::NodeLoads,
     /// Until when the cluster is known not to idle (`idle.rs`).
     awake_until: idle::AwakeCache,
+    /// Timestamp and id blocks for writes (`grants.rs`).
+    grants: grants::Grants,
 }
 
 /// The role: the proxy's state (shared with the tasks of the Milvus gRPC server and the HTTP
@@ -125,6 +128,7 @@ pub fn start(rc: RoleContext) {
         Box::new(|node| {
             Box::pin(async move {
                 let policies = crate::policies::ProxyPolicies::start(&node).await?;
+                let grants = grants::Grants::new(node.shared.bus.clone(), node.shared.io.clone());
                 let proxy = Proxy {
                     node,
                     layouts: DashMap::new(),
@@ -132,6 +136,7 @@ pub fn start(rc: RoleContext) {
                     sequence: AtomicU64::new(0),
                     load: load::NodeLoads::default(),
                     awake_until: idle::AwakeCache::default(),
+                    grants,
                 };
                 Ok(ProxyRole { proxy: Arc::new(proxy), grpc: Server::default(), http: Server::default() })
             })
@@ -143,12 +148,22 @@ impl Proxy {
     /// The cached layout of a collection, fetched when missing or older than the refresh period.
     async fn distribution(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         let max_age = self.node.shared.config.proxy.distribution_refresh;
-        if let Some(c) = self.layouts.get(name) {
-            if c.fetched.elapsed() < max_age {
-                return Ok(c.dist.clone());
+        let cached = match self.layouts.get(name) {
+            Some(c) if c.fetched.elapsed() < max_age => return Ok(c.dist.clone()),
+            Some(c) => Some(c.dist.clone()),
+            None => None,
+        };
+        match (self.refresh(name, ctx).await, cached) {
+            // A periodic refresh the coordinator cannot answer now (it is failing over): the
+            // layout in hand goes on; a change event or a node's `Stale` answer forces the next.
+            (Err(e), Some(dist))
+                if matches!(e, Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. }) =>
+            {
+                tracing::debug!(collection = name, error = %e, "layout refresh failed; using the cached one");
+                Ok(dist)
             }
+            (result, _) => result,
         }
-        self.refresh(name, ctx).await
     }
 
     async fn refresh(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
@@ -172,11 +187,15 @@ impl Proxy {
         self.layouts.remove(name);
     }
 
-    /// Calls the coordinator within the caller's deadline.
+    /// Calls the coordinator within the caller's deadline, through a fail-over to a standby
+    /// (while nothing serves the coordinator's subject, the call is sent again).
     async fn forward<C: QueueCall>(&self, req: &C::Request, ctx: &RequestContext) -> Result<C::Reply> {
         let bus = &self.node.shared.bus;
-        let opts = ctx.try_options(bus.default_timeout(), C::METHOD)?;
-        bus.call::<C>(req, &opts).await
+        grants::call_coordinator(ctx, bus.default_timeout(), || async {
+            let opts = ctx.try_options(bus.default_timeout(), C::METHOD)?;
+            bus.call::<C>(req, &opts).await
+        })
+        .await
     }
 
     /// Forwards a request that changes a collection's layout, dropping the cached copy.

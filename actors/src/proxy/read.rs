@@ -243,7 +243,7 @@ impl Proxy {
                             // A node whose own try ran out while the caller still waits: retry.
                             Err(e) if e.is_retryable() || matches!(e, Error::DeadlineExceeded(_)) && !ctx.expired() => {
                                 tracing::debug!(collection, node = %node, attempt, error = %e, "node share failed; retrying it elsewhere");
-                                if matches!(e, Error::Unavailable(_) | Error::Timeout { .. }) {
+                                if matches!(e, Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. }) {
                                     self.load.failed(&node);
                                 }
                                 avoid.insert(node);

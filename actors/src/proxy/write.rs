@@ -11,7 +11,7 @@ use bytes::Bytes;
 use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
-use quiver_schemas::protocol::{coord, QueueCall};
+use quiver_schemas::protocol::QueueCall;
 use quiver_schemas::{
     Alloc, CollectionInfo, Consistency, Delete, DmlEntry, Expr, Insert, MutationResult, PrimaryKey, Query, RowBatch,
     Wire,
@@ -37,7 +37,8 @@ struct ShardWrite {
 }
 
 impl Proxy {
-    /// `count` timestamps (`coord::AllocTs`) or ids (`coord::AllocIds`); the first of them.
+    /// `count` timestamps (`coord::AllocTs`) or ids (`coord::AllocIds`) straight from the
+    /// coordinator; the first of them. Writes take theirs from the proxy's blocks (`grants.rs`).
     pub(super) async fn alloc<C: QueueCall<Request = Alloc, Reply = quiver_schemas::AllocRange>>(
         &self,
         count: u64,
@@ -53,10 +54,10 @@ impl Proxy {
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         if req.rows.pks.is_empty() {
-            let start = self.alloc::<coord::AllocIds>(n as u64, ctx).await? as i64;
+            let start = self.grants.ids(n as u64, ctx).await? as i64;
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
         }
-        let timestamp = self.alloc::<coord::AllocTs>(1, ctx).await?;
+        let timestamp = self.grants.timestamp(ctx).await?;
         let writes = self.shard_writes(&info, &req.rows, None, timestamp);
         self.write(&info, writes, n, "insert", timestamp).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
@@ -75,7 +76,7 @@ impl Proxy {
         }
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
-        let timestamp = self.alloc::<coord::AllocTs>(1, ctx).await?;
+        let timestamp = self.grants.timestamp(ctx).await?;
         let writes = self.shard_writes(&info, &req.rows, Some(timestamp), timestamp);
         self.write(&info, writes, n, "upsert", timestamp).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
@@ -178,7 +179,7 @@ impl Proxy {
         for pk in &pks {
             check_pk(info, pk)?;
         }
-        let timestamp = self.alloc::<coord::AllocTs>(1, ctx).await?;
+        let timestamp = self.grants.timestamp(ctx).await?;
         let shards = info.schema.num_shards;
         let mut by_shard: Vec<Vec<PrimaryKey>> = vec![Vec::new(); shards as usize];
         for pk in &pks {
@@ -251,7 +252,7 @@ impl Proxy {
         }
         let timestamp = match timestamp {
             Some(ts) => ts,
-            None => self.alloc::<coord::AllocTs>(1, ctx).await?,
+            None => self.grants.timestamp(ctx).await?,
         };
         Ok(MutationResult { pks: Vec::new(), timestamp, count: deleted })
     }

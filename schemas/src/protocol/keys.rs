@@ -33,6 +33,13 @@ pub const TSO: &str = "tso";
 /// The id allocator's high-water mark.
 pub const IDS: &str = "ids";
 
+/// The active coordinator's lease (holder, epoch), renewed while it acts.
+pub const COORD_LEASE: &str = "coord.lease";
+
+/// The epoch of the latest coordinator takeover: every write of the active coordinator is
+/// fenced on this key's revision.
+pub const COORD_EPOCH: &str = "coord.epoch";
+
 /// The scaler's wanted node count of a role (`quiver ctl scale`).
 pub fn desired_replicas(role: crate::types::Role) -> String {
     format!("scaling.desired.{}", role.as_str())

@@ -92,7 +92,8 @@ class DecodeError(ClientError):
 # server's cached view was out of date) is retryable like `Unavailable`, as in the Rust SDK.
 # 8-11 are finer kinds of the first ones: collection not found and index not found (NotFound),
 # collection not loaded (InvalidArgument), the caller's deadline passed (Timeout); 12 is a
-# node at one of its limits (Unavailable: back off and retry).
+# node at one of its limits (Unavailable: back off and retry); 13 a request that no active
+# node of the service got (Unavailable: send it again).
 _BY_CODE: Dict[int, Type[ClientError]] = {
     1: InvalidArgument,
     2: NotFound,
@@ -106,6 +107,7 @@ _BY_CODE: Dict[int, Type[ClientError]] = {
     10: InvalidArgument,
     11: Timeout,
     12: Unavailable,
+    13: Unavailable,
 }
 
 

@@ -40,7 +40,9 @@ pub fn status_of(e: &Error) -> common::Status {
         Error::InvalidArgument(_) | Error::Decode(_) | Error::AlreadyExists(_) => {
             (ErrorCode::IllegalArgument, 1100, false)
         }
-        Error::Unavailable(_) | Error::Timeout { .. } | Error::Stale(_) => (ErrorCode::UnexpectedError, 503, true),
+        Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. } | Error::Stale(_) => {
+            (ErrorCode::UnexpectedError, 503, true)
+        }
         // pymilvus backs off and retries a rate-limited call by itself (merr ErrServiceRateLimit).
         Error::ResourceExhausted(_) => (ErrorCode::RateLimit, 8, true),
         // The client's own deadline passed: retrying cannot help it.
