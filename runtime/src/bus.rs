@@ -28,7 +28,9 @@ use quiver_schemas::{Subjects, Wire};
 
 use crate::error::{Code, Error, Result};
 
-pub use quiver_schemas::status::{HEADER_DEADLINE, HEADER_ERROR, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT};
+pub use quiver_schemas::status::{
+    HEADER_DEADLINE, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT, MAX_REQUEST_ID,
+};
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -46,12 +48,14 @@ pub struct RequestContext {
     deadline: Option<Instant>,
     /// W3C trace context of the request.
     pub traceparent: Option<String>,
+    /// The client's id for this request, the same on every send of it (`Quiver-Request-Id`).
+    pub request_id: Option<String>,
 }
 
 impl RequestContext {
     /// A context whose caller waits `timeout` from now.
     pub fn with_timeout(timeout: Duration) -> RequestContext {
-        RequestContext { deadline: Instant::now().checked_add(timeout), traceparent: None }
+        RequestContext { deadline: Instant::now().checked_add(timeout), traceparent: None, request_id: None }
     }
 
     /// A context with no deadline (background work of the node itself).
@@ -71,7 +75,17 @@ impl RequestContext {
             (None, None) => None,
         };
         let traceparent = headers.and_then(|h| h.get(HEADER_TRACEPARENT)).map(|v| v.as_str().to_string());
-        RequestContext { deadline, traceparent }
+        // Only a well-formed id is taken: it becomes part of JetStream message ids.
+        let request_id = headers
+            .and_then(|h| h.get(HEADER_REQUEST_ID))
+            .map(|v| v.as_str())
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= MAX_REQUEST_ID
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            })
+            .map(str::to_string);
+        RequestContext { deadline, traceparent, request_id }
     }
 
     /// The same context with its deadline no later than `cap` from now (for a part of the

@@ -13,6 +13,31 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 
+/// How long a KV write is sent again while the server does not acknowledge it.
+pub const WRITE_RETRYING: Duration = Duration::from_secs(10);
+
+/// Runs `write` again while it fails with [`Error::Unavailable`], with a growing pause, for up
+/// to [`WRITE_RETRYING`].
+async fn retrying<T, F, Fut>(key: &str, mut write: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let give_up = std::time::Instant::now() + WRITE_RETRYING;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Err(Error::Unavailable(e)) if std::time::Instant::now() + pause < give_up => {
+                tracing::debug!(key, error = %e, "KV write not acknowledged; sending it again");
+                metrics::counter!("quiver_kv_write_retries_total").increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(1000));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// JetStream's expectation on another subject's last sequence (nats-server 2.11 and later).
 const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
@@ -127,12 +152,18 @@ impl JsonBucket {
         }
     }
 
+    /// Stores `value` under `key`. A write the server did not acknowledge (a nats-server lost,
+    /// the bucket's stream between leaders) is sent again for up to [`WRITE_RETRYING`]: a put
+    /// stored twice leaves the same value.
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<u64> {
-        let bytes = serde_json::to_vec(value).map_err(Error::internal)?;
-        if let Some(fence) = &self.fence {
-            return self.publish_fenced(fence, key, HeaderMap::new(), bytes.into()).await;
-        }
-        self.store.put(key, bytes.into()).await.map_err(|e| Error::Unavailable(format!("KV put {key}: {e}")))
+        let bytes: Bytes = serde_json::to_vec(value).map_err(Error::internal)?.into();
+        retrying(key, || async {
+            if let Some(fence) = &self.fence {
+                return self.publish_fenced(fence, key, HeaderMap::new(), bytes.clone()).await;
+            }
+            self.store.put(key, bytes.clone()).await.map_err(|e| Error::Unavailable(format!("KV put {key}: {e}")))
+        })
+        .await
     }
 
     /// Writes only if the key is still at `revision` (0 = must not exist): [`Error::Stale`]
@@ -155,7 +186,12 @@ impl JsonBucket {
         }
     }
 
+    /// Removes `key` and its history; sent again like [`JsonBucket::put`].
     pub async fn delete(&self, key: &str) -> Result<()> {
+        retrying(key, || self.delete_once(key)).await
+    }
+
+    async fn delete_once(&self, key: &str) -> Result<()> {
         if let Some(fence) = &self.fence {
             let mut headers = HeaderMap::new();
             headers.insert("KV-Operation", "PURGE");

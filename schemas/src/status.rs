@@ -12,6 +12,13 @@ pub const HEADER_DEADLINE: &str = "Quiver-Deadline";
 pub const HEADER_TIMEOUT: &str = "Quiver-Timeout-Ms";
 /// W3C trace context of the request.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// A client's id for one request, the same on every send of it: the proxy derives the log
+/// message ids of a write from it, so a write sent again after a lost connection is stored
+/// once (JetStream's duplicate window, 2 minutes). At most [`MAX_REQUEST_ID`] bytes of
+/// `[A-Za-z0-9._-]`; anything else is ignored.
+pub const HEADER_REQUEST_ID: &str = "Quiver-Request-Id";
+/// Longest request id taken.
+pub const MAX_REQUEST_ID: usize = 64;
 
 /// Status code carried in the `Quiver-Status` reply header. Stable: clients branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use quiver_client::{Client, ClusterStatus, NodeState, SegmentState};
 
 use crate::common::data;
 use crate::common::load::Load;
-use crate::common::{eventually, indexed_docs, run, Harness, ONE_PER_ROLE, READY};
+use crate::common::{eventually, indexed_docs, run, start_one_per_role, Harness, READY};
 
 const LEASE_TTL: &str = "3s";
 
@@ -39,18 +39,7 @@ async fn wait_roles(client: &Client, active: &str, standby: &str, limit: Duratio
 /// A cluster with coordinators `c1` (active) and `c2` (standby) and one node of each other role.
 async fn start(h: &mut Harness, env: &[(&str, &str)]) -> Client {
     h.start_nats();
-    for (id, role) in ONE_PER_ROLE {
-        let id = if role == "coordinator" { "c1" } else { id };
-        h.start_node(id, &[role], env);
-    }
-    let client = h.client().await;
-    let nodes: Vec<(String, u32)> = ONE_PER_ROLE
-        .iter()
-        .map(|(id, role)| if *role == "coordinator" { "c1" } else { id })
-        .zip(ONE_PER_ROLE.iter().map(|(_, role)| role))
-        .map(|(id, role)| (format!("{id}-{role}"), h.pid(id)))
-        .collect();
-    h.wait_ready(&client, &nodes, READY).await;
+    let (client, _) = start_one_per_role(h, "c1", env).await;
     h.start_node("c2", &["coordinator"], env);
     wait_roles(&client, "c1-coordinator", "c2-coordinator", READY).await;
     client

@@ -10,7 +10,7 @@ use quiver_client::{Consistency, PrimaryKey, SearchParams, SegmentState};
 use quiver_testkit::s3;
 
 use crate::common::data::{self, dataset};
-use crate::common::{indexed_docs, retry, run, wait_for_port, Harness, ONE_PER_ROLE, READY};
+use crate::common::{indexed_docs, retry, run, start_one_per_role, wait_for_port, Harness, READY};
 
 /// Object keys (relative to `root`) the store holds, as s3rver lays them out on disk.
 fn stored_objects(root: &Path) -> Vec<String> {
@@ -54,13 +54,7 @@ fn a_cluster_keeps_its_objects_in_s3_and_a_flush_outlives_a_store_restart() {
         let storage = h.start_s3();
         let mut env: Vec<(&str, &str)> = storage.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         env.push(("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2000"));
-        for (id, role) in ONE_PER_ROLE {
-            h.start_node(id, &[role], &env);
-        }
-        let client = h.client().await;
-        let nodes: Vec<(String, u32)> =
-            ONE_PER_ROLE.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
-        h.wait_ready(&client, &nodes, READY).await;
+        let (client, _) = start_one_per_role(&mut h, "coord", &env).await;
 
         let d = indexed_docs(&client, 4_000).await;
         finds_itself(&client, 1_234).await;

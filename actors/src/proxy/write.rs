@@ -6,6 +6,8 @@
 //! Shards are separate streams, so a write over several shards can land on some and not on
 //! others; the error then says exactly which rows landed.
 
+use std::time::{Duration, Instant};
+
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use quiver_runtime::bus::RequestContext;
@@ -25,6 +27,8 @@ use crate::dml::KIND_HEADER;
 const PAYLOAD_MARGIN: usize = 64 * 1024;
 /// Keys per delete message: ~30 bytes each on the wire, well under any payload limit.
 const KEYS_PER_MESSAGE: usize = 100_000;
+/// Longest a single-message append is sent again for (within the caller's deadline).
+const MAX_APPEND_RETRYING: Duration = Duration::from_secs(20);
 /// JetStream's limit on the messages of one atomic batch.
 const MAX_BATCH_MESSAGES: usize = 1000;
 
@@ -53,13 +57,17 @@ impl Proxy {
         self.node.shared.memory.admit("an insert")?;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
-        if req.rows.pks.is_empty() {
+        let auto_keys = req.rows.pks.is_empty();
+        if auto_keys {
             let start = self.grants.ids(n as u64, ctx).await? as i64;
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
         }
         let timestamp = self.grants.timestamp(ctx).await?;
         let writes = self.shard_writes(&info, &req.rows, None, timestamp);
-        self.write(&info, writes, n, "insert", timestamp).await?;
+        // Rows with the client's keys, under the client's request id: a resend after a lost
+        // connection is stored once. (Keys assigned here differ on a resend: no dedup key.)
+        let dedup = if auto_keys { None } else { ctx.request_id.as_deref() };
+        self.write(&info, writes, "insert", timestamp, ctx, dedup).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
     }
@@ -78,7 +86,7 @@ impl Proxy {
         let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         let timestamp = self.grants.timestamp(ctx).await?;
         let writes = self.shard_writes(&info, &req.rows, Some(timestamp), timestamp);
-        self.write(&info, writes, n, "upsert", timestamp).await?;
+        self.write(&info, writes, "upsert", timestamp, ctx, None).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
     }
@@ -122,8 +130,17 @@ impl Proxy {
     /// Appends every shard's share (concurrently) and waits for the log's acknowledgements.
     /// When some shards acknowledged and others did not, the error says which rows landed:
     /// retrying the whole write would repeat those.
-    async fn write(&self, info: &CollectionInfo, writes: Vec<ShardWrite>, n: usize, what: &str, ts: u64) -> Result<()> {
-        let results = futures::future::join_all(writes.iter().map(|w| self.append(info.id, w))).await;
+    async fn write(
+        &self,
+        info: &CollectionInfo,
+        writes: Vec<ShardWrite>,
+        what: &str,
+        ts: u64,
+        ctx: &RequestContext,
+        dedup: Option<&str>,
+    ) -> Result<()> {
+        let n: usize = writes.iter().map(|w| w.rows).sum();
+        let results = futures::future::join_all(writes.iter().map(|w| self.append(info.id, w, ctx, dedup))).await;
         let mut landed = Vec::new();
         let mut failed = Vec::new();
         for (w, result) in writes.iter().zip(results) {
@@ -198,7 +215,7 @@ impl Proxy {
                     .collect(),
             })
             .collect();
-        self.write(info, writes, pks.len(), "delete", timestamp).await?;
+        self.write(info, writes, "delete", timestamp, ctx, None).await?;
         let count = pks.len() as u64;
         Ok(MutationResult { pks, timestamp, count })
     }
@@ -261,7 +278,16 @@ impl Proxy {
     /// or an atomic JetStream batch (ADR-50: every message carries the batch id and its
     /// sequence, the last one the commit; the first is acknowledged on its own so a stream
     /// that refuses batches fails fast, the commit's acknowledgement covers the batch).
-    async fn append(&self, collection: u64, write: &ShardWrite) -> Result<()> {
+    /// Appends one shard's share. `dedup` (the client's request id) names the log message, so a
+    /// write sent again is stored once; without it the message gets a fresh id, which still
+    /// makes this function's own resends safe.
+    async fn append(
+        &self,
+        collection: u64,
+        write: &ShardWrite,
+        ctx: &RequestContext,
+        dedup: Option<&str>,
+    ) -> Result<()> {
         let bus = &self.node.shared.bus;
         let subjects = bus.subjects();
         let unacked = |e: &dyn std::fmt::Display| Error::Unavailable(format!("shard {}: {e}", write.shard));
@@ -282,12 +308,34 @@ impl Proxy {
         if last == 0 {
             let Some((kind, payload)) = write.entries.first() else { return Ok(()) };
             let subject = subjects.dml_entry(collection, write.shard, *kind);
-            let ack = bus
-                .jetstream()
-                .publish_with_headers(subject, headers(*kind), Bytes::from(payload.clone()))
-                .await
-                .map_err(|e| unacked(&e))?;
-            return ack.await.map(drop).map_err(|e| unacked(&e));
+            // Sent again until acknowledged, within the caller's deadline: a nats-server lost
+            // with the acknowledgement, or a stream between leaders ("no stream found"). The
+            // message id makes JetStream store it once (its duplicate window is 2 minutes).
+            let mut h = headers(*kind);
+            let id = match dedup {
+                Some(request) => format!("{request}.{collection}.{}", write.shard),
+                None => nuid::next().to_string(),
+            };
+            h.insert("Nats-Msg-Id", id.as_str());
+            let payload = Bytes::from(payload.clone());
+            let give_up = Instant::now() + ctx.remaining().unwrap_or(bus.default_timeout()).min(MAX_APPEND_RETRYING);
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let sent = async {
+                    let ack = bus.jetstream().publish_with_headers(subject.clone(), h.clone(), payload.clone()).await?;
+                    ack.await.map(drop)
+                };
+                match sent.await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if Instant::now() + pause < give_up => {
+                        tracing::debug!(shard = write.shard, error = %e, "log append not acknowledged; sending it again");
+                        metrics::counter!("quiver_proxy_append_retries_total").increment(1);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(unacked(&e)),
+                }
+            }
         }
         let batch = nuid::next().to_string();
         for (i, (kind, payload)) in write.entries.iter().enumerate() {

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import nats.errors
@@ -49,6 +50,8 @@ DEFAULT_TIMEOUT = 60.0
 HEADER_STATUS = "Quiver-Status"
 HEADER_ERROR = "Quiver-Error"
 HEADER_TIMEOUT = "Quiver-Timeout-Ms"
+#: The status of a request the node that got it did not act on (schemas/src/status.rs).
+STATUS_NOT_SERVED = "13"
 
 # Insert splitting, as in the Rust SDK: room left in each request for everything but the rows,
 # an estimate of each row's overhead, and the server's default `proxy.max_insert_rows`.
@@ -59,6 +62,14 @@ _MAX_INSERT_ROWS = 100_000
 log = logging.getLogger("quiver_client")
 
 T = TypeVar("T")
+
+
+class _Unserved(Exception):
+    """A request nothing acted on: sent again by ``call_raw`` while time is left."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class AsyncClient:
@@ -162,16 +173,34 @@ class AsyncClient:
 
     async def call_raw(self, method: str, payload: bytes) -> bytes:
         """Sends raw bytes to an API method and returns the raw reply (tests use it to send
-        malformed messages)."""
+        malformed messages).
+
+        A request nothing served (no proxy subscribed at that moment: one restarting, or
+        reconnecting after its nats-server was lost; status 13 from a node that no longer acts
+        for the service) was not acted on, so it is sent again, with a growing pause, within the
+        client's timeout. Any other outcome is final."""
         subject = f"quiver.{self.cluster}.api.{method}"
+        deadline = time.monotonic() + self.timeout
+        pause = 0.02
+        while True:
+            left = max(deadline - time.monotonic(), 0.001)
+            try:
+                return await self._call_once(subject, method, payload, left)
+            except _Unserved as unserved:
+                if deadline - time.monotonic() <= pause:
+                    raise unserved.error from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
+    async def _call_once(self, subject: str, method: str, payload: bytes, timeout: float) -> bytes:
         # The remaining budget, relative (clocks need not agree); the cluster stops working on
         # the request when it runs out.
-        budget = {HEADER_TIMEOUT: str(int(self.timeout * 1000))}
+        budget = {HEADER_TIMEOUT: str(int(timeout * 1000))}
         try:
-            msg = await self._nc.request(subject, payload, timeout=self.timeout, headers=budget)
+            msg = await self._nc.request(subject, payload, timeout=timeout, headers=budget)
         except nats.errors.NoRespondersError:
-            raise Unavailable(
-                f"no proxy serves {subject}: is Quiver running with cluster name {self.cluster!r}?"
+            raise _Unserved(
+                Unavailable(f"no proxy serves {subject}: is Quiver running with cluster name {self.cluster!r}?")
             ) from None
         except nats.errors.TimeoutError:
             raise Timeout(f"{method} after {self.timeout}s") from None
@@ -184,7 +213,11 @@ class AsyncClient:
             raise Unavailable(f"{method}: {e}") from None
         headers = msg.headers or {}
         if HEADER_STATUS in headers:
-            raise error_from_status(headers.get(HEADER_STATUS), headers.get(HEADER_ERROR, ""))
+            status = headers.get(HEADER_STATUS)
+            error = error_from_status(status, headers.get(HEADER_ERROR, ""))
+            if status == STATUS_NOT_SERVED:
+                raise _Unserved(error)
+            raise error
         return bytes(msg.data)
 
     async def _call(self, method: str, request: str, body: wire.Dict_, reply: str, convert: Callable[[wire.Dict_], T]) -> T:

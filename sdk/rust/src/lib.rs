@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use quiver_schemas::protocol::{api, control};
-use quiver_schemas::status::{Code, HEADER_ERROR, HEADER_STATUS, HEADER_TIMEOUT};
+use quiver_schemas::status::{Code, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT};
 pub use quiver_schemas::*;
 
 /// What a call can fail with. `Unavailable` and `Timeout` are worth retrying. The finer
@@ -157,6 +157,42 @@ async fn refusal(mut violations: tokio::sync::broadcast::Receiver<String>, subje
     }
 }
 
+/// Methods that may be sent again when the connection is lost before their answer: reads, and
+/// writes whose effect does not change when repeated (deletes and upserts by key; inserts with
+/// keys are decided per call).
+const RESENDABLE: &[&str] = &[
+    "describe_collection",
+    "list_collections",
+    "load_collection",
+    "release_collection",
+    "flush",
+    "delete",
+    "upsert",
+    "query",
+    "get",
+    "search",
+    "distribution",
+    "status",
+    "scaling",
+    "autoscaling",
+    "idling",
+    "events",
+    "compaction_state",
+    "plugin_list",
+];
+
+/// A request id: unique per call of this process (its pid, the time and a counter).
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}-{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A request that nothing acted on (sent again by [`Client::request`]), with the error to give
+/// if time runs out.
+struct Unserved(ClientError);
+
 /// A connection to a Quiver cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -166,6 +202,8 @@ pub struct Client {
     /// The server's permission violations (its `-ERR` texts): a refused publish gets no reply,
     /// so a call watches these to fail at once instead of timing out.
     violations: tokio::sync::broadcast::Sender<String>,
+    /// Fires when the connection to NATS is lost: replies to requests in flight are lost too.
+    disconnects: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Client {
@@ -177,17 +215,25 @@ impl Client {
     /// [`Client::connect`] with credentials and TLS.
     pub async fn connect_with(url: &str, cluster: &str, options: &ConnectOptions) -> Result<Client> {
         let (violations, _) = tokio::sync::broadcast::channel(16);
+        let (disconnects, _) = tokio::sync::broadcast::channel(4);
         let on_violation = violations.clone();
+        let on_disconnect = disconnects.clone();
         let nats = options
             .apply(async_nats::ConnectOptions::new())
             .await?
             .event_callback(move |event| {
-                let violations = on_violation.clone();
+                let (violations, disconnects) = (on_violation.clone(), on_disconnect.clone());
                 async move {
-                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = event {
-                        if text.starts_with("Permissions Violation") {
+                    match event {
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                            if text.starts_with("Permissions Violation") =>
+                        {
                             let _ = violations.send(text);
                         }
+                        async_nats::Event::Disconnected => {
+                            let _ = disconnects.send(());
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -198,7 +244,7 @@ impl Client {
             .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
             .await
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
-        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60), violations })
+        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60), violations, disconnects })
     }
 
     /// Sets the per-call deadline (default 60 s). It travels with every call, so the cluster
@@ -215,46 +261,122 @@ impl Client {
 
     /// Sends raw bytes to an API method (tests use it to send malformed messages).
     pub async fn call_raw(&self, method: &str, payload: Vec<u8>) -> Result<Bytes> {
-        self.request(self.subjects.api(method), method, payload).await
+        self.request(self.subjects.api(method), method, payload, None).await
     }
 
-    async fn request(&self, subject: String, method: &str, payload: Vec<u8>) -> Result<Bytes> {
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_TIMEOUT, (self.timeout.as_millis() as u64).to_string().as_str());
-        let request = async_nats::Request::new().payload(payload.into()).headers(headers).timeout(Some(self.timeout));
-        let refused = refusal(self.violations.subscribe(), &subject);
-        let sent = tokio::select! {
-            sent = self.nats.send_request(subject.clone(), request) => sent,
-            text = refused => return Err(ClientError::PermissionDenied(text)),
-        };
-        let msg = sent.map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => ClientError::Unavailable(format!(
-                "nothing serves {subject}: is Quiver running with cluster name {:?} (and the node up)?",
-                self.subjects.cluster()
-            )),
-            async_nats::RequestErrorKind::TimedOut => {
-                ClientError::Timeout(format!("{method} after {:?}", self.timeout))
+    /// One API call. A request that nothing served (no proxy subscribed at that moment: one
+    /// restarting, or reconnecting after its nats-server was lost; or a node answering that it
+    /// no longer acts for the service) was not acted on, so it is sent again, with a growing
+    /// pause, within the client's timeout.
+    ///
+    /// A request whose connection was lost before its answer came may or may not have been
+    /// acted on. With a `request_id` (reads, and writes that name their rows' keys) it is sent
+    /// again with the same id: the proxy appends a write under a log message id derived from
+    /// it, so JetStream stores it once. Without one (an insert whose keys the cluster assigns)
+    /// the caller gets an `Unavailable` error saying it may have been applied.
+    async fn request(
+        &self,
+        subject: String,
+        method: &str,
+        payload: Vec<u8>,
+        request_id: Option<String>,
+    ) -> Result<Bytes> {
+        let payload = Bytes::from(payload);
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let timeout = left.max(Duration::from_millis(1));
+            match self.request_once(&subject, method, payload.clone(), timeout, request_id.as_deref()).await {
+                Err(Unserved(_)) if left > pause => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(Unserved(e)) => return Err(e),
+                Ok(reply) => return reply,
             }
-            _ => ClientError::Unavailable(format!("{method}: {e}")),
-        })?;
+        }
+    }
+
+    async fn request_once(
+        &self,
+        subject: &str,
+        method: &str,
+        payload: Bytes,
+        timeout: Duration,
+        request_id: Option<&str>,
+    ) -> std::result::Result<Result<Bytes>, Unserved> {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
+        if let Some(id) = request_id {
+            headers.insert(HEADER_REQUEST_ID, id);
+        }
+        let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
+        let refused = refusal(self.violations.subscribe(), subject);
+        let mut disconnected = self.disconnects.subscribe();
+        let sent = tokio::select! {
+            sent = self.nats.send_request(subject.to_string(), request) => sent,
+            text = refused => return Ok(Err(ClientError::PermissionDenied(text))),
+            Ok(()) = disconnected.recv() => {
+                let lost = ClientError::Unavailable(format!(
+                    "the connection to NATS was lost before the answer to {method}; it may or may not have been applied"
+                ));
+                return match request_id {
+                    Some(_) => Err(Unserved(lost)),
+                    None => Ok(Err(lost)),
+                };
+            }
+        };
+        let msg = match sent {
+            Ok(msg) => msg,
+            Err(e) => {
+                return match e.kind() {
+                    async_nats::RequestErrorKind::NoResponders => Err(Unserved(ClientError::Unavailable(format!(
+                        "nothing serves {subject}: is Quiver running with cluster name {:?} (and the node up)?",
+                        self.subjects.cluster()
+                    )))),
+                    async_nats::RequestErrorKind::TimedOut => {
+                        Ok(Err(ClientError::Timeout(format!("{method} after {:?}", self.timeout))))
+                    }
+                    _ => Ok(Err(ClientError::Unavailable(format!("{method}: {e}")))),
+                };
+            }
+        };
+        Self::outcome(msg)
+    }
+
+    /// A reply's payload, or the error its status headers carry.
+    fn outcome(msg: async_nats::Message) -> std::result::Result<Result<Bytes>, Unserved> {
         if let Some(h) = &msg.headers {
             if let Some(status) = h.get(HEADER_STATUS) {
                 let text = h.get(HEADER_ERROR).map(|v| v.as_str().to_string()).unwrap_or_default();
-                return Err(match Code::from_u16(status.as_str().parse().unwrap_or(6)).class() {
+                let code = Code::from_u16(status.as_str().parse().unwrap_or(6));
+                if code == Code::NotServed {
+                    return Err(Unserved(ClientError::Unavailable(text)));
+                }
+                return Ok(Err(match code.class() {
                     Code::InvalidArgument => ClientError::InvalidArgument(text),
                     Code::NotFound => ClientError::NotFound(text),
                     Code::AlreadyExists => ClientError::AlreadyExists(text),
                     Code::Unavailable | Code::Stale => ClientError::Unavailable(text),
                     Code::Timeout => ClientError::Timeout(text),
                     _ => ClientError::Internal(text),
-                });
+                }));
             }
         }
-        Ok(msg.payload)
+        Ok(Ok(msg.payload))
     }
 
+    /// Calls method `C`. Reads, deletes and upserts are sent again, with one request id, if the
+    /// connection is lost before their answer (see [`Client::request`]).
     async fn call<C: Call>(&self, req: &C::Request) -> Result<C::Reply> {
-        let bytes = self.call_raw(C::METHOD, req.to_bytes()).await?;
+        let resend = RESENDABLE.contains(&C::METHOD);
+        self.call_with::<C>(req, resend).await
+    }
+
+    async fn call_with<C: Call>(&self, req: &C::Request, resend: bool) -> Result<C::Reply> {
+        let id = resend.then(request_id);
+        let bytes = self.request(self.subjects.api(C::METHOD), C::METHOD, req.to_bytes(), id).await?;
         Ok(C::Reply::from_bytes(&bytes)?)
     }
 
@@ -303,8 +425,10 @@ impl Client {
         let n = rows.num_rows();
         let row_bytes = rows.dim as usize * 4 + 128;
         let per_call = ((self.max_payload().saturating_sub(64 * 1024)) / row_bytes.max(1)).max(1);
+        // Rows that carry their keys are stored once however often they are sent.
+        let keyed = !rows.pks.is_empty();
         if n <= per_call {
-            return self.call::<api::Insert>(&Insert { collection: collection.into(), rows }).await;
+            return self.call_with::<api::Insert>(&Insert { collection: collection.into(), rows }, keyed).await;
         }
         let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0, count: 0 };
         let mut start = 0;
@@ -312,7 +436,7 @@ impl Client {
             let end = (start + per_call).min(n);
             let part = schema::slice_rows(&rows, start, end);
             let res: MutationResult =
-                self.call::<api::Insert>(&Insert { collection: collection.into(), rows: part }).await?;
+                self.call_with::<api::Insert>(&Insert { collection: collection.into(), rows: part }, keyed).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
             out.count += res.count;
@@ -459,7 +583,7 @@ impl Client {
     /// draining; [`Client::status`] shows its state until it is gone.
     pub async fn drain_node(&self, node_id: &str) -> Result<()> {
         let subject = self.subjects.node_call::<control::Drain>(node_id);
-        let bytes = self.request(subject, control::Drain::METHOD, Empty {}.to_bytes()).await?;
+        let bytes = self.request(subject, control::Drain::METHOD, Empty {}.to_bytes(), None).await?;
         Empty::from_bytes(&bytes)?;
         Ok(())
     }

@@ -22,6 +22,11 @@ pub struct Load {
 
 impl Load {
     pub fn start(client: &Client, known: usize, from: usize, to: usize) -> Load {
+        Load::start_paced(client, known, from, to, Duration::from_millis(30))
+    }
+
+    /// [`Load::start`] with `pause` between inserts (a longer run within the dataset's rows).
+    pub fn start_paced(client: &Client, known: usize, from: usize, to: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let searches = Arc::new(AtomicU64::new(0));
         let inserted = Arc::new(AtomicU64::new(from as u64));
@@ -71,7 +76,7 @@ impl Load {
                     }
                     Err(e) => failures2.lock().unwrap().push(format!("insert failed: {e}")),
                 }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::time::sleep(pause).await;
             }
         }));
         Load { stop, searches, inserted, failures, tasks }

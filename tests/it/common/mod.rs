@@ -123,6 +123,25 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub const ONE_PER_ROLE: [(&str, &str); 5] =
     [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode"), ("qn", "querynode")];
 
+/// Starts one node of each role ([`ONE_PER_ROLE`], the coordinator's id replaced by
+/// `coordinator`) with `env`, waits until each serves; returns a client and the (node id, pid)
+/// of each.
+pub async fn start_one_per_role(
+    h: &mut Harness,
+    coordinator: &str,
+    env: &[(&str, &str)],
+) -> (quiver_client::Client, Vec<(String, u32)>) {
+    let ids: Vec<(&str, &str)> =
+        ONE_PER_ROLE.iter().map(|&(id, role)| (if role == "coordinator" { coordinator } else { id }, role)).collect();
+    for &(id, role) in &ids {
+        h.start_node(id, &[role], env);
+    }
+    let client = h.client().await;
+    let nodes: Vec<(String, u32)> = ids.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
+    h.wait_ready(&client, &nodes, READY).await;
+    (client, nodes)
+}
+
 /// Collection `docs` with base rows `0..rows` flushed, an HNSW index built on every segment and
 /// loaded with one replica; returns the served layout once every row is in an indexed segment.
 pub async fn indexed_docs(client: &quiver_client::Client, rows: usize) -> quiver_client::Distribution {
