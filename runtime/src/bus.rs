@@ -178,6 +178,9 @@ pub struct Bus {
     timeout: Duration,
     /// `None` when `node.local_calls` is off.
     local: Option<LocalInboxes>,
+    /// Fires when the connection to NATS is lost: the answers to requests in flight are lost
+    /// with it, so they fail at once (retryably) instead of at their deadline.
+    disconnects: tokio::sync::broadcast::Sender<()>,
 }
 
 impl Bus {
@@ -195,27 +198,42 @@ impl Bus {
         timeout: Duration,
         options: async_nats::ConnectOptions,
     ) -> Result<Bus> {
+        let (disconnects, _) = tokio::sync::broadcast::channel(4);
+        let on_disconnect = disconnects.clone();
         let client = options
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(timeout))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    // Authorization and permission violations: the server refused something
-                    // this node did (wrong credentials, a subject outside its permissions).
-                    async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-                    other => tracing::debug!(%other, "NATS event"),
+            .event_callback(move |event| {
+                let on_disconnect = on_disconnect.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS");
+                            let _ = on_disconnect.send(());
+                        }
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        // Authorization and permission violations: the server refused something
+                        // this node did (wrong credentials, a subject outside its permissions).
+                        async_nats::Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+                        other => tracing::debug!(%other, "NATS event"),
+                    }
                 }
             })
             .connect(server_list(urls))
             .await
             .map_err(|e| Error::Unavailable(format!("cannot connect to NATS at {urls}: {e}")))?;
         let js = jetstream::new(client.clone());
-        Ok(Bus { client, js, subjects: Subjects::new(cluster), timeout, local: Some(LocalInboxes::default()) })
+        Ok(Bus {
+            client,
+            js,
+            subjects: Subjects::new(cluster),
+            timeout,
+            local: Some(LocalInboxes::default()),
+            disconnects,
+        })
     }
 
     /// The same bus with calls between this process's nodes going through NATS too
@@ -333,7 +351,17 @@ impl Bus {
             headers.insert(HEADER_TRACEPARENT, tp.as_str());
         }
         let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
-        let msg = self.client.send_request(subject.clone(), request).await.map_err(|e| {
+        let mut disconnected = self.disconnects.subscribe();
+        let sent = tokio::select! {
+            sent = self.client.send_request(subject.clone(), request) => sent,
+            Ok(()) = disconnected.recv() => {
+                metrics::counter!("quiver_bus_requests_cut_total").increment(1);
+                return Err(Error::Unavailable(format!(
+                    "the connection to NATS was lost before the answer from {subject}; it may or may not have been acted on"
+                )));
+            }
+        };
+        let msg = sent.map_err(|e| {
             use async_nats::RequestErrorKind as K;
             match e.kind() {
                 K::NoResponders => Error::NotServed(format!("nothing serves {subject} (is the node up?)")),
