@@ -19,12 +19,12 @@ use crate::common::{eventually, indexed_docs, run, start_one_per_role, Harness, 
 
 const LEASE_TTL: &str = "3s";
 
-fn state_of(s: &ClusterStatus, node: &str) -> Option<NodeState> {
+pub(crate) fn state_of(s: &ClusterStatus, node: &str) -> Option<NodeState> {
     s.nodes.iter().find(|n| n.node_id == node).map(|n| n.state)
 }
 
 /// Waits until `active` serves as the coordinator and `standby` waits as one.
-async fn wait_roles(client: &Client, active: &str, standby: &str, limit: Duration) {
+pub(crate) async fn wait_roles(client: &Client, active: &str, standby: &str, limit: Duration) {
     let poll = client.clone().with_timeout(Duration::from_secs(3));
     eventually(&format!("{active} active, {standby} standby"), limit, || async {
         let s = poll.status().await.map_err(|e| e.to_string())?;

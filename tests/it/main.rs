@@ -19,6 +19,7 @@ mod hostile;
 mod hosts;
 mod idling;
 mod nats_cluster;
+mod netns;
 mod object_store;
 mod plugins;
 mod power_cut;

@@ -79,6 +79,11 @@ pub struct Harness {
     pub client_options: ConnectOptions,
     /// Client ports of the other servers of a NATS cluster ([`Harness::start_nats_cluster`]).
     pub more_nats_ports: Vec<u16>,
+    /// The address the nats-server listens on and nodes connect to (`127.0.0.1`; a bridge's
+    /// address when nodes run on [`crate::netns::Hosts`]).
+    pub nats_host: String,
+    /// Lines added to the nats-server configuration of [`Harness::start_nats`].
+    pub nats_extra_conf: String,
     procs: Vec<Proc>,
 }
 
@@ -96,6 +101,8 @@ impl Harness {
             nats_port: free_port().expect("free port"),
             client_options: ConnectOptions::default(),
             more_nats_ports: Vec::new(),
+            nats_host: "127.0.0.1".into(),
+            nats_extra_conf: String::new(),
             procs: Vec::new(),
         }
     }
@@ -120,7 +127,7 @@ impl Harness {
     /// `quiver run` nodes, [`Harness::client`] and [`Harness::nats_as`] find them) and the
     /// authorization block the server enforces.
     pub fn start_nats(&mut self) {
-        let conf = self.nats_auth();
+        let conf = format!("{}\n{}\n", self.nats_auth(), self.nats_extra_conf);
         let conf_path = self.dir.path().join("nats-server.conf");
         std::fs::write(&conf_path, conf).expect("write the nats-server configuration");
         let store = self.dir.path().join("nats-store");
@@ -131,10 +138,13 @@ impl Harness {
             "-sd",
             &store.display().to_string(),
             "-a",
-            "127.0.0.1",
+            // Loopback alone, unless nodes on other (namespace) hosts must reach it.
+            if self.nats_host == "127.0.0.1" { "127.0.0.1" } else { "0.0.0.0" },
             "-p",
             &self.nats_port.to_string(),
         ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.add("nats", Path::new("nats-server"), &args, Vec::new());
         let port = self.nats_port;
         wait_for_port(self.proc("nats"), port, READY);
@@ -189,6 +199,12 @@ impl Harness {
 
     /// Starts `quiver run --role ...` as node `node_id` of this cluster (external NATS).
     pub fn start_node(&mut self, node_id: &str, roles: &[&str], env: &[(&str, &str)]) {
+        self.start_node_on(None, node_id, roles, env);
+    }
+
+    /// [`Harness::start_node`] inside network namespace `netns` (a host of
+    /// [`crate::netns::Hosts`]) when given: `ip netns exec <netns> quiver run ...`.
+    pub fn start_node_on(&mut self, netns: Option<&str>, node_id: &str, roles: &[&str], env: &[(&str, &str)]) {
         let mut all = self.quiver_env();
         all.push(("QUIVER_NATS__URL".into(), self.url()));
         all.push(("QUIVER_NODE__ID".into(), node_id.into()));
@@ -198,9 +214,16 @@ impl Harness {
             args.push("--role".into());
             args.push(r.to_string());
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let quiver = self.quiver.clone();
-        self.add(node_id, &quiver, &args, all);
+        let Some(netns) = netns else {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            return self.add(node_id, &quiver, &args, all);
+        };
+        // `ip netns exec` enters the namespace and execs the program: the pid stays quiver's.
+        let mut wrapped = vec!["netns".to_string(), "exec".into(), netns.into(), quiver.display().to_string()];
+        wrapped.extend(args);
+        let wrapped: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        self.add(node_id, Path::new("ip"), &wrapped, all);
     }
 
     /// Starts any other `quiver` command (e.g. `host --id h1`) as process `name`, with the
@@ -281,7 +304,7 @@ impl Harness {
     pub fn url(&self) -> String {
         std::iter::once(self.nats_port)
             .chain(self.more_nats_ports.iter().copied())
-            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .map(|p| format!("nats://{}:{p}", self.nats_host))
             .collect::<Vec<_>>()
             .join(",")
     }

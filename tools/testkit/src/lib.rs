@@ -7,12 +7,15 @@
 //! - [`harness`]: a test's cluster ([`Harness`]: standalone or node by node over an external
 //!   nats-server, temp dir, SIGKILL and restart), time-limited test bodies ([`run`]), retries.
 //! - [`data`]: a slice of the dataset, exact ground truth, recall, client helpers.
+//! - [`netns`]: hosts with their own addresses (network namespaces on a bridge), cut off and
+//!   reconnected ([`netns::Hosts`]).
 //! - [`tls`]: a throw-away CA with server and client certificates ([`TestCa`]).
 //!
 //! [`harness`] and [`data`] fail the calling test on any error, as `assert!` does.
 
 pub mod data;
 pub mod harness;
+pub mod netns;
 pub mod process;
 pub mod s3;
 pub mod tls;
