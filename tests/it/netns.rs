@@ -20,7 +20,12 @@ use crate::common::{eventually, retry, run, Harness, READY};
 use crate::coordinator_ha::{state_of, wait_roles};
 
 /// Waits until `check` holds for the cluster's status; returns how long that took.
-async fn wait_status(client: &Client, what: &str, limit: Duration, check: impl Fn(&quiver_client::ClusterStatus) -> Result<(), String>) -> Duration {
+async fn wait_status(
+    client: &Client,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&quiver_client::ClusterStatus) -> Result<(), String>,
+) -> Duration {
     let started = Instant::now();
     let poll = client.clone().with_timeout(Duration::from_secs(3));
     eventually(what, limit, || async {
@@ -56,7 +61,8 @@ fn a_host_cut_off_hands_its_work_over_and_rejoins_when_the_cut_heals() {
             h.start_node_on(netns, id, &[role], &env);
         }
         let client = h.client().await;
-        let nodes: Vec<(String, u32)> = layout.iter().map(|(_, id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
+        let nodes: Vec<(String, u32)> =
+            layout.iter().map(|(_, id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
         h.wait_ready(&client, &nodes, READY).await;
         // Started once host 1's coordinator acts: the standby, and a data node that takes the
         // shard only when host 1's is gone.
@@ -90,7 +96,12 @@ fn a_host_cut_off_hands_its_work_over_and_rejoins_when_the_cut_heals() {
         tokio::time::sleep(Duration::from_secs(4)).await;
         data::flush(&client, "docs").await;
         let during = load.failures();
-        assert!(during.is_empty(), "{} failed requests while host 1 was cut off: {:?}", during.len(), &during[..during.len().min(5)]);
+        assert!(
+            during.is_empty(),
+            "{} failed requests while host 1 was cut off: {:?}",
+            during.len(),
+            &during[..during.len().min(5)]
+        );
 
         hosts.heal(1);
         let took = wait_status(&client, "host 1's nodes back, c1 standby", Duration::from_secs(60), |s| {

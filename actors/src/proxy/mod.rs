@@ -45,6 +45,9 @@ pub use validate::shard_of;
 
 use crate::node::{start_role, ConcurrentHandler, Node, RoleHandler};
 
+/// Longest one try of a layout fetch waits for the coordinator.
+const LAYOUT_TRY: Duration = Duration::from_secs(2);
+
 struct Cached {
     dist: Arc<Distribution>,
     fetched: Instant,
@@ -168,7 +171,21 @@ impl Proxy {
 
     async fn refresh(&self, name: &str, ctx: &RequestContext) -> Result<Arc<Distribution>> {
         let req = CollectionName { name: name.to_string() };
-        let dist = self.forward::<coord::GetDistribution>(&req, ctx).await?;
+        // A read the coordinator answers at once: tries of a few seconds, so one sent to a
+        // coordinator that has just died (or been cut off, its subscription not yet dropped by
+        // the server) is sent again, to the standby that took over, within the caller's deadline.
+        let bus = &self.node.shared.bus;
+        let try_for = bus.default_timeout().min(LAYOUT_TRY);
+        let dist = grants::call_coordinator(ctx, bus.default_timeout(), || async {
+            let opts = ctx.try_options(try_for, "fetching the layout")?;
+            match bus.call::<coord::GetDistribution>(&req, &opts).await {
+                Err(Error::Timeout { subject, .. }) if !ctx.expired() => {
+                    Err(Error::NotServed(format!("no answer from {subject} within {try_for:?}")))
+                }
+                other => other,
+            }
+        })
+        .await?;
         reply::check_distribution(name, &dist)?;
         let dist = Arc::new(dist);
         self.layouts.insert(name.to_string(), Cached { dist: dist.clone(), fetched: Instant::now() });

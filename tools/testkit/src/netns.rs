@@ -7,6 +7,10 @@
 //!
 //! Only the network is separate: the hosts share the file system (the cluster's data dir and its
 //! local object store), as machines sharing an object store would.
+//!
+//! Like [`crate::harness`], it fails the calling test on any error, as `assert!` does.
+
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
