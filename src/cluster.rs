@@ -225,8 +225,12 @@ fn report_timeout(
     // the NATS server and the proxies (the registry is read through them).
     let mut logs: Vec<(String, PathBuf)> = Vec::new();
     if registry.is_err() {
-        if matches!(spec.nats, NatsSpec::Managed { .. }) {
-            logs.push((supervisor::NATS.into(), spec.log_file(supervisor::NATS)));
+        if let NatsSpec::Managed { servers, .. } = spec.nats {
+            let names: Vec<String> = match servers {
+                1 => vec![supervisor::NATS.into()],
+                _ => (0..servers).map(|i| format!("{}-{i}", supervisor::NATS)).collect(),
+            };
+            logs.extend(names.into_iter().map(|n| (n.clone(), spec.log_file(&n))));
         }
         for n in spec.nodes.iter().filter(|n| n.roles.contains(&quiver_client::Role::Proxy)) {
             logs.push((n.id.clone(), spec.log_file(&n.id)));
@@ -413,7 +417,7 @@ fn print_status(spec: &ClusterSpec, sup: Supervisor, st: Option<&State>, registr
             p.last_exit.as_deref().unwrap_or("-")
         );
     };
-    if let Some(n) = &st.nats {
+    for n in st.nats.iter().chain(&st.more_nats) {
         row(n, "-", None);
     }
     for node in &spec.nodes {

@@ -65,6 +65,12 @@ struct NatsSection {
     /// How often the started nats-server fsyncs its JetStream store: "always" (default) or a
     /// duration; as `nats.sync_interval` of `quiver standalone`.
     sync_interval: Option<String>,
+    /// How many nats-servers to start as one NATS cluster (1, 3 or 5; default 1), on client
+    /// ports `port`, `port + 1`, …; with 3 or more the nodes keep 3 replicas of every stream.
+    servers: Option<u16>,
+    /// First cluster (route) port of the started servers, `route_port + i` for server `i`
+    /// (default 6222); only with `servers` above 1.
+    route_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -130,8 +136,9 @@ pub struct ClusterSpec {
 /// Where the cluster's NATS comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NatsSpec {
-    /// The supervisor runs a nats-server with JetStream on `127.0.0.1:port`.
-    Managed { port: u16, server_bin: String, sync_interval: SyncInterval },
+    /// The supervisor runs `servers` nats-servers with JetStream on `127.0.0.1:port` and the
+    /// ports after it, routed to each other on `route_port` and after when more than one.
+    Managed { port: u16, server_bin: String, sync_interval: SyncInterval, servers: u16, route_port: u16 },
     /// An existing NATS server (cluster).
     External { url: String },
 }
@@ -208,6 +215,9 @@ impl ClusterSpec {
                          in the configuration of the server at nats.url"
                     );
                 }
+                if f.nats.servers.is_some() || f.nats.route_port.is_some() {
+                    bail!("nats.servers, nats.route_port: only used with nats.port (no nats-server is started for nats.url)");
+                }
                 NatsSpec::External { url }
             }
             (port, None) => {
@@ -216,10 +226,30 @@ impl ClusterSpec {
                     bail!("nats.port: must be a fixed port (1-65535): the nodes are given its URL");
                 }
                 let sync_interval = SyncInterval::parse(f.nats.sync_interval.as_deref().unwrap_or("always"))?;
+                let servers = f.nats.servers.unwrap_or(1);
+                if ![1, 3, 5].contains(&servers) {
+                    bail!(
+                        "nats.servers: {servers}; start 1, 3 or 5 (a NATS cluster keeps working while a majority \
+                         of its servers does)"
+                    );
+                }
+                let route_port = f.nats.route_port.unwrap_or(6222);
+                if servers == 1 && f.nats.route_port.is_some() {
+                    bail!("nats.route_port: only used with nats.servers = 3 or 5");
+                }
+                if u32::from(port) + u32::from(servers) > 65_536 || u32::from(route_port) + u32::from(servers) > 65_536 {
+                    bail!("nats.port, nats.route_port: the {servers} servers' ports must stay below 65536");
+                }
+                let clients = port..port + servers;
+                if servers > 1 && (route_port == 0 || clients.contains(&route_port) || (route_port..route_port + servers).contains(&port)) {
+                    bail!("nats.route_port: {route_port} must be a fixed port whose {servers} ports do not overlap the client ports");
+                }
                 NatsSpec::Managed {
                     port,
                     server_bin: f.nats.server_bin.unwrap_or_else(|| "nats-server".into()),
                     sync_interval,
+                    servers,
+                    route_port,
                 }
             }
         };
@@ -270,8 +300,11 @@ impl ClusterSpec {
             nodes.push(NodeSpec { id: n.id, roles, metrics: n.metrics.unwrap_or_default(), env });
         }
         let with_role = |role: Role| nodes.iter().filter(|n| n.roles.contains(&role)).count();
-        if with_role(Role::Coordinator) != 1 {
-            bail!("node: {} nodes have the coordinator role; a cluster has exactly one", with_role(Role::Coordinator));
+        if with_role(Role::Coordinator) == 0 {
+            bail!(
+                "node: no node has the coordinator role; a cluster needs one (more are hot standbys: one acts, \
+                 the others take over when it fails)"
+            );
         }
         if with_role(Role::Proxy) == 0 {
             bail!("node: no node has the proxy role; clients (and `cluster up`) reach the cluster through a proxy");
@@ -390,7 +423,9 @@ impl ClusterSpec {
     /// The NATS URL the nodes (and the CLI) use.
     pub fn nats_url(&self) -> String {
         match &self.nats {
-            NatsSpec::Managed { port, .. } => format!("nats://127.0.0.1:{port}"),
+            NatsSpec::Managed { port, servers, .. } => {
+                (*port..*port + servers).map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+            }
             NatsSpec::External { url } => url.clone(),
         }
     }
@@ -402,6 +437,9 @@ impl ClusterSpec {
         env.insert("QUIVER_CLUSTER__NAME".into(), self.name.clone());
         env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
         env.insert("QUIVER_NATS__URL".into(), self.nats_url());
+        if let Some(replicas) = self.nats_replicas() {
+            env.insert("QUIVER_NATS__REPLICAS".into(), replicas.to_string());
+        }
         env.insert("QUIVER_NODE__ID".into(), node.id.clone());
         env.insert("QUIVER_NODE__HOST_AGENT".into(), self.host_id.clone());
         env.insert("QUIVER_METRICS__LISTEN".into(), node.metrics.clone());
@@ -418,8 +456,19 @@ impl ClusterSpec {
         env.insert("QUIVER_CLUSTER__NAME".into(), self.name.clone());
         env.insert("QUIVER_CLUSTER__DATA_DIR".into(), self.data_dir.display().to_string());
         env.insert("QUIVER_NATS__URL".into(), self.nats_url());
+        if let Some(replicas) = self.nats_replicas() {
+            env.insert("QUIVER_NATS__REPLICAS".into(), replicas.to_string());
+        }
         env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.into_iter().collect()
+    }
+
+    /// Stream and KV replicas on a managed NATS cluster (3); `None`: the node default.
+    fn nats_replicas(&self) -> Option<u16> {
+        match self.nats {
+            NatsSpec::Managed { servers, .. } if servers > 1 => Some(3),
+            _ => None,
+        }
     }
 
     /// `run [--config FILE]`: the arguments of a node the scaler starts, before its role.
@@ -568,7 +617,13 @@ mod tests {
         let spec = load(MINIMAL).unwrap();
         assert_eq!(
             spec.nats,
-            NatsSpec::Managed { port: 4222, server_bin: "nats-server".into(), sync_interval: SyncInterval::Always }
+            NatsSpec::Managed {
+                port: 4222,
+                server_bin: "nats-server".into(),
+                sync_interval: SyncInterval::Always,
+                servers: 1,
+                route_port: 6222
+            }
         );
         assert!(spec.data_dir.is_absolute() && spec.data_dir.ends_with("data"), "{:?}", spec.data_dir);
         assert!(!spec.data_dir.components().any(|c| c == Component::CurDir));
@@ -625,6 +680,11 @@ mod tests {
         assert!(err(&bad_role).contains("qnode"));
         let no_proxy = MINIMAL.replace("\"proxy\", ", "");
         assert!(err(&no_proxy).contains("proxy"));
+        let no_coordinator = MINIMAL.replace("\"coordinator\", ", "");
+        assert!(err(&no_coordinator).contains("no node has the coordinator role"), "{}", err(&no_coordinator));
+        // A second coordinator is a hot standby.
+        let standby = format!("{MINIMAL}\n[[node]]\nid = \"standby\"\nroles = [\"coordinator\"]\n");
+        assert_eq!(load(&standby).expect("two coordinators").nodes.len(), 2);
         let metrics = format!(
             "{}\nmetrics = \"127.0.0.1:9200\"\n\
              [[node]]\nid = \"q\"\nroles = [\"querynode\"]\nmetrics = \"127.0.0.1:9200\"\n",

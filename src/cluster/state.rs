@@ -27,8 +27,11 @@ pub struct State {
     pub started_ms: u64,
     /// The supervisor is stopping its processes.
     pub stopping: bool,
-    /// The managed nats-server, if the cluster file starts one.
+    /// The managed nats-server, if the cluster file starts one (the first of several).
     pub nats: Option<ProcessState>,
+    /// The other managed nats-servers of a NATS cluster (`[nats] servers = 3`).
+    #[serde(default)]
+    pub more_nats: Vec<ProcessState>,
     /// The nodes, in cluster-file order.
     pub nodes: Vec<ProcessState>,
 }
@@ -80,7 +83,7 @@ impl State {
 
     /// Pids of every process the state lists as running.
     pub fn pids(&self) -> Vec<u32> {
-        self.nats.iter().chain(&self.nodes).filter_map(|p| p.pid).collect()
+        self.nats.iter().chain(&self.more_nats).chain(&self.nodes).filter_map(|p| p.pid).collect()
     }
 }
 
@@ -220,6 +223,7 @@ mod tests {
             started_ms: 2,
             stopping: false,
             nats: None,
+            more_nats: Vec::new(),
             nodes: vec![p],
         };
         s.write(&path).unwrap();

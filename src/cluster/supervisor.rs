@@ -63,9 +63,10 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
             started_ms: state::now_ms(),
             stopping: false,
             nats: None,
+            more_nats: Vec::new(),
             nodes: Vec::new(),
         },
-        nats: None,
+        nats: Vec::new(),
         nodes: HostedNodes::new(
             spec.host_id.clone(),
             launcher,
@@ -82,52 +83,72 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
         "cluster supervisor starting"
     );
 
-    if let NatsSpec::Managed { port, server_bin, sync_interval } = &spec.nats {
-        // A server already on the port would be used by the nodes while ours fails to bind:
+    if let NatsSpec::Managed { port, server_bin, sync_interval, servers, route_port } = &spec.nats {
+        let ports: Vec<u16> = (*port..*port + servers).collect();
+        // A server already on a port would be used by the nodes while ours fails to bind:
         // refuse instead of silently joining someone else's NATS.
-        if port_open(*port) {
+        if let Some(taken) = ports.iter().chain(&(*route_port..*route_port + servers).collect::<Vec<_>>()).find(|p| {
+            port_open(**p) && (*servers > 1 || ports.contains(p))
+        }) {
             bail!(
-                "port {port} is already in use, so a nats-server cannot be started there; pick another \
-                 [nats] port, or set [nats] url to use the server that listens there"
+                "port {taken} is already in use, so a nats-server cannot be started there; pick another \
+                 [nats] port (or route_port), or set [nats] url to use the server that listens there"
             );
         }
-        let store = spec.nats_store();
-        quiver_runtime::disk::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
-        let conf = store.join("nats-server.conf");
-        // Large insert batches travel as single messages: raise the 1 MiB default payload
-        // (as the embedded server of `quiver standalone` does).
-        let text = format!(
-            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n{}",
-            quiver_runtime::nats_server::jetstream_block(&store, *sync_interval)
-        );
-        // Authorization (credentials generated on the first start) and TLS, as in standalone;
-        // owner-only, since the authorization block holds passwords.
         let extra = quiver_runtime::security::nats_server_conf(&spec.shared_config()?)?;
-        quiver_runtime::security::write_private(&conf, &format!("{text}{extra}"))?;
-        let launch = Launch {
-            program: PathBuf::from(server_bin),
-            args: vec!["-c".into(), conf.display().to_string()],
-            env: Vec::new(),
-            inherit_quiver_env: false,
-            log: spec.log_file(NATS),
-            starter: STARTER,
-        };
-        let mut nats = Process::new(NATS, Vec::new(), launch, spec.restart_policy());
-        nats.start();
-        sup.nats = Some(nats);
+        for (i, client_port) in ports.iter().enumerate() {
+            // One server keeps its store and configuration where earlier versions put them.
+            let (name, store) = match servers {
+                1 => (NATS.to_string(), spec.nats_store()),
+                _ => (format!("{NATS}-{i}"), spec.nats_store().join(i.to_string())),
+            };
+            quiver_runtime::disk::create_dir_all(&store)
+                .with_context(|| format!("cannot create {}", store.display()))?;
+            let conf = store.join("nats-server.conf");
+            // Large insert batches travel as single messages: raise the 1 MiB default payload
+            // (as the embedded server of `quiver standalone` does).
+            let mut text = format!(
+                "server_name: \"{name}\"\nlisten: \"127.0.0.1:{client_port}\"\nmax_payload: 8MB\n{}",
+                quiver_runtime::nats_server::jetstream_block(&store, *sync_interval)
+            );
+            if *servers > 1 {
+                let routes: Vec<String> =
+                    (0..*servers).map(|j| format!("\"nats-route://127.0.0.1:{}\"", route_port + j)).collect();
+                text.push_str(&format!(
+                    "cluster {{\n  name: \"{}\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                    spec.name,
+                    route_port + i as u16,
+                    routes.join(", ")
+                ));
+            }
+            // Authorization (credentials generated on the first start) and TLS, as in standalone;
+            // owner-only, since the authorization block holds passwords.
+            quiver_runtime::security::write_private(&conf, &format!("{text}{extra}"))?;
+            let launch = Launch {
+                program: PathBuf::from(server_bin),
+                args: vec!["-c".into(), conf.display().to_string()],
+                env: Vec::new(),
+                inherit_quiver_env: false,
+                log: spec.log_file(&name),
+                starter: STARTER,
+            };
+            let mut nats = Process::new(&name, Vec::new(), launch, spec.restart_policy());
+            nats.start();
+            sup.nats.push(nats);
+        }
         sup.write_state();
         let ready = Instant::now();
-        while !port_open(*port) && ready.elapsed() < Duration::from_secs(15) {
-            if let Some(n) = sup.nats.as_mut() {
+        while !ports.iter().all(|p| port_open(*p)) && ready.elapsed() < Duration::from_secs(15) {
+            for n in sup.nats.iter_mut() {
                 n.poll(Instant::now());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if port_open(*port) {
-            tracing::info!(port, "nats-server is up");
+        if ports.iter().all(|p| port_open(*p)) {
+            tracing::info!(?ports, "nats-server is up");
         } else {
             // The nodes retry their connection (and are restarted if they give up): go on.
-            tracing::warn!(port, log = %spec.log_file(NATS).display(), "nats-server is not listening after 15 s");
+            tracing::warn!(?ports, logs = %spec.logs_dir().display(), "nats-server is not listening after 15 s");
         }
     }
     for node in &spec.nodes {
@@ -180,8 +201,9 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
     if let Some(a) = &agent {
         a.deregister().await;
     }
-    if let Some(n) = sup.nats.as_mut() {
-        stop_all(&mut [n], spec.supervisor.stop_grace).await;
+    if !sup.nats.is_empty() {
+        let mut servers: Vec<&mut Process> = sup.nats.iter_mut().collect();
+        stop_all(&mut servers, spec.supervisor.stop_grace).await;
     }
     if let Err(e) = std::fs::remove_file(&sup.state_file) {
         tracing::warn!(error = %e, "cannot remove the state file");
@@ -196,7 +218,8 @@ const STARTER: &str = "quiver cluster";
 /// The supervisor's children and the state file that mirrors them.
 struct Supervision {
     state: State,
-    nats: Option<Process>,
+    /// The managed nats-servers (none with `[nats] url`).
+    nats: Vec<Process>,
     /// The cluster file's nodes and those the scaler started.
     nodes: HostedNodes,
     state_file: PathBuf,
@@ -204,7 +227,8 @@ struct Supervision {
 
 impl Supervision {
     fn write_state(&mut self) {
-        self.state.nats = self.nats.as_ref().map(|p| snapshot(p, false));
+        self.state.nats = self.nats.first().map(|p| snapshot(p, false));
+        self.state.more_nats = self.nats.iter().skip(1).map(|p| snapshot(p, false)).collect();
         self.state.nodes = self.nodes.processes().map(|(p, managed)| snapshot(p, managed)).collect();
         if let Err(e) = self.state.write(&self.state_file) {
             tracing::warn!(error = format!("{e:#}"), "cannot write the state file");

@@ -26,9 +26,13 @@ impl LocalCluster {
     /// Writes a cluster file: managed nats-server on a free port, data dir `data` beside the
     /// file, gRPC and metrics off, fast restarts, then the given `[[node]]` tables.
     fn new(test: &str, nodes: &str) -> LocalCluster {
+        LocalCluster::with_nats(test, free_port().expect("free port"), "", nodes)
+    }
+
+    /// [`LocalCluster::new`] with the managed NATS on `nats_port` and `nats` added to its table.
+    fn with_nats(test: &str, nats_port: u16, nats: &str, nodes: &str) -> LocalCluster {
         let dir = tempfile::Builder::new().prefix(&format!("quiver-it-{test}-")).tempdir().expect("tempdir");
         let name = format!("it_{test}_{}", std::process::id());
-        let nats_port = free_port().expect("free port");
         let log = std::env::var("QUIVER_IT_LOG").unwrap_or_else(|_| "info".into());
         let text = format!(
             r#"
@@ -42,6 +46,7 @@ QUIVER_METRICS__LISTEN = ""
 RUST_LOG = "{log}"
 [nats]
 port = {nats_port}
+{nats}
 [supervisor]
 backoff_initial = "300ms"
 stop_grace = "5s"
@@ -143,6 +148,16 @@ roles = ["querynode"]
 id = "qn2"
 roles = ["querynode"]
 "#;
+
+/// The first of `n` consecutive free ports.
+fn free_run(n: u16) -> u16 {
+    loop {
+        let first = free_port().expect("free port");
+        if first < 65_000 && (first..first + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return first;
+        }
+    }
+}
 
 /// The lines of `status`/`up` output for one node (one per role).
 fn rows<'a>(table: &'a str, node: &str) -> Vec<&'a str> {
@@ -386,5 +401,65 @@ roles = ["indexnode"]
         // The agent deregisters before the nats-server stops.
         let log = c.log("supervisor");
         assert!(!log.contains("cannot remove the host's registry entry"), "{log}");
+    });
+}
+
+/// `[nats] servers = 3`: the supervisor runs a 3-server NATS cluster (routes, JetStream on each),
+/// the nodes get every server's URL and keep three replicas of every stream and KV bucket (one on
+/// each server, as JetStream reports), and a SIGKILLed server is restarted and rejoins while the
+/// cluster goes on.
+#[test]
+fn a_cluster_runs_a_three_server_nats_cluster_with_three_replicas() {
+    run(Duration::from_secs(120), async {
+        let (ports, routes) = (free_run(3), free_run(3));
+        let c = LocalCluster::with_nats("natsthree", ports, &format!("servers = 3\nroute_port = {routes}"), NODES);
+        let (status, out, err) = c.cli("up", &["--timeout", "60s"]);
+        assert!(status.success(), "cluster up failed: {out}\n{err}");
+        let (_, out, _) = c.cli("status", &[]);
+        for i in 0..3 {
+            assert!(rows(&out, &format!("nats-server-{i}")).iter().any(|l| l.contains(" yes ")), "{out}");
+        }
+        let client = c.client().await;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, 2_000, 500).await;
+        data::flush(&client, "docs").await;
+        assert_eq!(data::count(&client, "docs").await, 2_000);
+
+        // Every stream (the DML logs, the KV buckets) has three replicas.
+        let seed = std::fs::read_to_string(c.data_dir().join("credentials/node.nk")).expect("node.nk");
+        let nc = async_nats::ConnectOptions::new()
+            .nkey(seed.trim().to_string())
+            .connect(format!("nats://127.0.0.1:{ports}"))
+            .await
+            .expect("connect as node");
+        let js = async_nats::jetstream::new(nc);
+        let mut names = js.stream_names();
+        let mut streams = 0;
+        while let Some(name) = futures::StreamExt::next(&mut names).await {
+            let name = name.expect("stream name");
+            let mut stream = js.get_stream(&name).await.expect("stream");
+            let info = stream.info().await.expect("stream info");
+            assert_eq!(info.config.num_replicas, 3, "{name}");
+            let cluster = info.cluster.clone().expect("clustered");
+            assert_eq!(cluster.replicas.len(), 2, "{name}: a leader and two replicas: {cluster:?}");
+            streams += 1;
+        }
+        assert!(streams >= 4, "the DML stream and the KV buckets: {streams}");
+
+        // A server SIGKILLed: the supervisor starts it again and the cluster goes on.
+        let state = c.state().expect("state");
+        let server = state["more_nats"][0]["pid"].as_u64().expect("nats-server-1 pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        data::insert_rows(&client, "docs", 2_000, 3_000, 500).await;
+        eventually("nats-server-1 restarted", Duration::from_secs(15), || async {
+            let pid = c.state().and_then(|s| s["more_nats"][0]["pid"].as_u64());
+            match pid {
+                Some(p) if p as i32 != server && process_alive(p as u32) => Ok(()),
+                other => Err(format!("pid {other:?}")),
+            }
+        })
+        .await;
+        data::flush(&client, "docs").await;
+        assert_eq!(data::count(&client, "docs").await, 3_000);
     });
 }

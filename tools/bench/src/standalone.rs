@@ -162,6 +162,11 @@ pub struct BenchArgs {
     /// Write the Quiver child's log here (kept after the run) instead of into its temp dir.
     #[arg(long)]
     child_log: Option<PathBuf>,
+    /// Run the child on this NATS (comma-separated servers, e.g. a 3-server cluster without
+    /// authorization) instead of its embedded nats-server; `--child-env QUIVER_NATS__REPLICAS=3`
+    /// then keeps three replicas of every stream.
+    #[arg(long)]
+    nats_url: Option<String>,
     /// Skip the latency breakdown (NATS echo and direct query-node rows).
     #[arg(long)]
     no_breakdown: bool,
@@ -1027,7 +1032,13 @@ impl QuiverChild {
         // if the bench exits.
         let mut proc = Proc::new("quiver standalone", &bin, &["standalone"], env, log).death_signal(libc::SIGTERM);
         proc.spawn()?;
-        Ok(QuiverChild { proc, bin, dir, url: format!("nats://127.0.0.1:{port}"), metrics, grpc })
+        // The child's NATS: its embedded server, unless the environment names another.
+        let url = extra_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "QUIVER_NATS__URL")
+            .map_or_else(|| format!("nats://127.0.0.1:{port}"), |(_, url)| url.clone());
+        Ok(QuiverChild { proc, bin, dir, url, metrics, grpc })
     }
 
     fn pid(&self) -> u32 {
@@ -1167,6 +1178,10 @@ fn run_quiver(
                 .ok_or_else(|| anyhow!("--child-env wants KEY=VALUE, got {kv:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut extra_env = extra_env;
+    if let Some(url) = &args.nats_url {
+        extra_env.push(("QUIVER_NATS__URL".into(), url.clone()));
+    }
     let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref(), args.milvus)?;
     eprintln!(
         "quiver: started `{} standalone` (pid {}) on {}, data in {}",
@@ -1461,7 +1476,8 @@ fn run_pymilvus(
 async fn wait_ready(child: &mut QuiverChild) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(120);
     // The embedded nats-server first: the SDK would otherwise keep retrying in the background.
-    let addr = child.url.trim_start_matches("nats://").to_string();
+    let first = child.url.split(',').next().unwrap_or_default();
+    let addr = first.trim().trim_start_matches("nats://").to_string();
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
         child.check_alive()?;
         if Instant::now() > deadline {
