@@ -87,9 +87,11 @@ async fn run(spec: ClusterSpec) -> anyhow::Result<i32> {
         let ports: Vec<u16> = (*port..*port + servers).collect();
         // A server already on a port would be used by the nodes while ours fails to bind:
         // refuse instead of silently joining someone else's NATS.
-        if let Some(taken) = ports.iter().chain(&(*route_port..*route_port + servers).collect::<Vec<_>>()).find(|p| {
-            port_open(**p) && (*servers > 1 || ports.contains(p))
-        }) {
+        if let Some(taken) = ports
+            .iter()
+            .chain(&(*route_port..*route_port + servers).collect::<Vec<_>>())
+            .find(|p| port_open(**p) && (*servers > 1 || ports.contains(p)))
+        {
             bail!(
                 "port {taken} is already in use, so a nats-server cannot be started there; pick another \
                  [nats] port (or route_port), or set [nats] url to use the server that listens there"

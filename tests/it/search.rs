@@ -247,6 +247,18 @@ fn calls_inside_one_process_answer_like_calls_over_nats() {
             let hits: Vec<(Vec<PrimaryKey>, Vec<f32>)> = found.results.into_iter().map(|h| (h.pks, h.scores)).collect();
             answers.push((hits, got.rows.pks, got.rows.vectors));
         }
-        assert!(answers[0] == answers[1], "in-memory and NATS calls answered differently");
+        // The same keys in the same order, and the same scores up to float rounding: a row may
+        // be scored by the growing rows' kernel in one run and a sealed segment's in the other
+        // (when it seals is timing), which round the last bit differently (seen: 0.45495972 vs
+        // 0.45495978).
+        let (a, b) = (&answers[0], &answers[1]);
+        assert_eq!((&a.1, &a.2), (&b.1, &b.2), "in-memory and NATS gets answered differently");
+        assert_eq!(a.0.len(), b.0.len());
+        for (q, (x, y)) in a.0.iter().zip(&b.0).enumerate() {
+            assert_eq!(x.0, y.0, "query {q}: in-memory and NATS searches found different rows");
+            for (s1, s2) in x.1.iter().zip(&y.1) {
+                assert!((s1 - s2).abs() <= 1e-5, "query {q}: scores {:?} vs {:?}", x.1, y.1);
+            }
+        }
     });
 }
