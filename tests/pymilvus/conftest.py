@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -93,6 +94,22 @@ def storage_env():
                 "--configure-bucket", "quiver"]
         _s3.update(proc=subprocess.Popen(_dies_with_us(args), stdout=log, stderr=subprocess.STDOUT), port=port,
                    dir=directory)
+
+        # s3rver 3.7.1 dies (an unhandled ENOENT) when an object is uploaded under a prefix whose
+        # directory another request is removing (an index build finishing for a collection a
+        # test just dropped). A real S3 does not go away: start it again, on the same port and
+        # directory, so its objects stay.
+        def keep_running():
+            while True:
+                code = _s3["proc"].wait()
+                if _s3.get("stopping"):
+                    return
+                log.write(f"\n[conftest] s3rver exited with {code}; starting it again\n".encode())
+                log.flush()
+                time.sleep(0.2)
+                _s3["proc"] = subprocess.Popen(_dies_with_us(args), stdout=log, stderr=subprocess.STDOUT)
+
+        threading.Thread(target=keep_running, daemon=True).start()
         deadline = time.time() + 30
         while True:
             try:
@@ -110,6 +127,7 @@ def storage_env():
 
 
 def pytest_sessionfinish(session, exitstatus):
+    _s3["stopping"] = True
     proc = _s3.get("proc")
     if proc is not None:
         proc.kill()
