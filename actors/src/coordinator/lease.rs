@@ -195,17 +195,23 @@ impl Leadership {
             let sent = Instant::now();
             let mut next = self.lease.take();
             next.renewals += 1;
+            // (revision now, whether this renewal was stored: only then does the lease count
+            // from `sent`)
             let outcome = match tokio::time::timeout(every, meta.update(COORD_LEASE, &next, self.revision.get())).await
             {
-                Ok(Ok(rev)) => Ok(rev),
-                Ok(Err(Error::Stale(e))) => self.still_ours(meta, &next).await.ok_or(Error::Stale(e)),
+                Ok(Ok(rev)) => Ok((rev, true)),
+                Ok(Err(Error::Stale(e))) => {
+                    self.still_ours(meta, &next).await.map(|rev| (rev, false)).ok_or(Error::Stale(e))
+                }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(Error::Unavailable(format!("no acknowledgement within {every:?}"))),
             };
             match outcome {
-                Ok(rev) => {
+                Ok((rev, stored)) => {
                     self.revision.set(rev);
-                    self.renewed.set(sent);
+                    if stored {
+                        self.renewed.set(sent);
+                    }
                 }
                 Err(Error::Stale(e)) => {
                     self.lease.set(next);
@@ -244,8 +250,9 @@ impl Leadership {
         Ok(())
     }
 
-    /// After a refused renewal: the lease's revision, if the lease is still ours (our own
-    /// renewal was stored but its acknowledgement lost).
+    /// After a refused renewal: the lease's revision, if the lease is still ours (an earlier
+    /// renewal of ours was stored but its acknowledgement lost; the lease then counts from that
+    /// earlier one, so `renewed` stays).
     async fn still_ours(&self, meta: &JsonBucket, sent: &Lease) -> Option<u64> {
         match meta.get_rev::<Lease>(COORD_LEASE).await {
             Ok(Some((lease, rev))) if lease.holder == sent.holder && lease.epoch == sent.epoch => Some(rev),
