@@ -23,15 +23,39 @@ pub(crate) fn state_of(s: &ClusterStatus, node: &str) -> Option<NodeState> {
     s.nodes.iter().find(|n| n.node_id == node).map(|n| n.state)
 }
 
+/// Waits until `check` holds for the cluster's status; returns how long that took.
+pub(crate) async fn wait_status(
+    client: &Client,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&ClusterStatus) -> Result<(), String>,
+) -> Duration {
+    let started = Instant::now();
+    let poll = client.clone().with_timeout(Duration::from_secs(3));
+    eventually(what, limit, || async {
+        let s = poll.status().await.map_err(|e| e.to_string())?;
+        check(&s)
+    })
+    .await;
+    started.elapsed()
+}
+
 /// Waits until `active` serves as the coordinator and `standby` waits as one.
 pub(crate) async fn wait_roles(client: &Client, active: &str, standby: &str, limit: Duration) {
-    let poll = client.clone().with_timeout(Duration::from_secs(3));
-    eventually(&format!("{active} active, {standby} standby"), limit, || async {
-        let s = poll.status().await.map_err(|e| e.to_string())?;
-        match (state_of(&s, active), state_of(&s, standby)) {
+    wait_status(client, &format!("{active} active, {standby} standby"), limit, |s| {
+        match (state_of(s, active), state_of(s, standby)) {
             (Some(NodeState::Serving), Some(NodeState::Standby)) => Ok(()),
             other => Err(format!("states {other:?}")),
         }
+    })
+    .await;
+}
+
+/// Waits until coordinator `node` serves (it took over).
+async fn wait_active(client: &Client, node: &str, limit: Duration) {
+    wait_status(client, &format!("{node} active"), limit, |s| match state_of(s, node) {
+        Some(NodeState::Serving) => Ok(()),
+        other => Err(format!("{node} is {other:?}")),
     })
     .await;
 }
@@ -57,15 +81,7 @@ fn a_standby_coordinator_takes_over_and_no_write_or_search_fails() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         h.proc("c1").kill();
         let killed = Instant::now();
-        let poll = client.clone().with_timeout(Duration::from_secs(3));
-        eventually("c2 active", Duration::from_secs(30), || async {
-            let s = poll.status().await.map_err(|e| e.to_string())?;
-            match state_of(&s, "c2-coordinator") {
-                Some(NodeState::Serving) => Ok(()),
-                other => Err(format!("c2 is {other:?}")),
-            }
-        })
-        .await;
+        wait_active(&client, "c2-coordinator", Duration::from_secs(30)).await;
         let takeover = killed.elapsed();
         // The new coordinator does the coordinator's work under the load: flushes and builds.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -103,15 +119,7 @@ fn a_paused_coordinator_that_was_replaced_writes_nothing_and_steps_down() {
 
         let c1 = h.pid("c1").to_string();
         signal("-STOP", &c1);
-        let poll = client.clone().with_timeout(Duration::from_secs(3));
-        eventually("c2 active while c1 is paused", Duration::from_secs(30), || async {
-            let s = poll.status().await.map_err(|e| e.to_string())?;
-            match state_of(&s, "c2-coordinator") {
-                Some(NodeState::Serving) => Ok(()),
-                other => Err(format!("c2 is {other:?}")),
-            }
-        })
-        .await;
+        wait_active(&client, "c2-coordinator", Duration::from_secs(30)).await;
         // Writes go on while the old coordinator is paused (it still holds its subscription).
         data::insert_rows(&client, "docs", 2_000, 3_000, 500).await;
 

@@ -9,32 +9,15 @@
 //! rejoin, its coordinator waits as a standby (one coordinator acts), and every acknowledged row
 //! is there once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use quiver_client::{Client, IndexType, MetricType, NodeState, Role, SegmentState};
+use quiver_client::{IndexType, MetricType, NodeState, Role, SegmentState};
 use quiver_testkit::netns::Hosts;
 
 use crate::common::data;
 use crate::common::load::Load;
-use crate::common::{eventually, retry, run, Harness, READY};
-use crate::coordinator_ha::{state_of, wait_roles};
-
-/// Waits until `check` holds for the cluster's status; returns how long that took.
-async fn wait_status(
-    client: &Client,
-    what: &str,
-    limit: Duration,
-    check: impl Fn(&quiver_client::ClusterStatus) -> Result<(), String>,
-) -> Duration {
-    let started = Instant::now();
-    let poll = client.clone().with_timeout(Duration::from_secs(3));
-    eventually(what, limit, || async {
-        let s = poll.status().await.map_err(|e| e.to_string())?;
-        check(&s)
-    })
-    .await;
-    started.elapsed()
-}
+use crate::common::{retry, run, Harness, READY};
+use crate::coordinator_ha::{state_of, wait_roles, wait_status};
 
 #[test]
 fn a_host_cut_off_hands_its_work_over_and_rejoins_when_the_cut_heals() {
