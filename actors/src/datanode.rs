@@ -27,6 +27,10 @@ use crate::dml::{self, ShardLog};
 use crate::node::{start_role, Node, RoleHandler};
 use crate::rows::{encode_segment, RowStore};
 
+/// How long a flush asks its shard's log for the position to flush to while the log has no
+/// leader (a nats-server of the cluster died with it); the flush fails after that.
+const FLUSH_POSITION_WAIT: Duration = Duration::from_secs(15);
+
 type FlushReply = oneshot::Sender<Result<Vec<u64>>>;
 
 /// What a shard writer is asked to do besides consuming the log.
@@ -326,7 +330,7 @@ impl ShardWriter {
                         WriterCommand::Flush(reply) => (reply, false),
                         WriterCommand::Stop(reply) => (reply, true),
                     };
-                    let target = match dml::last_seq(&bus, self.info.id, self.shard).await {
+                    let target = match dml::last_seq_within(&bus, self.info.id, self.shard, FLUSH_POSITION_WAIT).await {
                         Ok(target) => target,
                         // Nothing has changed yet: only this flush fails (a writer asked to
                         // stop stops anyway; its next owner replays from the checkpoint).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::push::{self, OrderedErrorKind};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures::StreamExt;
+use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Bus, Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::{CollectionInfo, DataType, DmlEntry, PrimaryKey, RowBatch, ScalarValue, Seq, Wire};
@@ -164,12 +165,18 @@ pub struct ShardLog {
     last: Seq,
     /// The client's connection count when `messages` was created.
     connects: u64,
+    /// When the consumer last delivered something (or was created).
+    delivered_at: Instant,
 }
 
 /// How often an idle reader checks whether the NATS connection was re-established.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// How long a reader keeps trying to recreate its consumer before giving up (role restart).
 const REOPEN_LIMIT: Duration = Duration::from_secs(30);
+/// Silence after which a reader asks whether its log holds later entries than it got: an
+/// ordered consumer lives on one nats-server and dies with it, and the client library notices
+/// only after two missed 5 s heartbeats.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 
 fn connects(bus: &Bus) -> u64 {
     bus.client().statistics().connects.load(Ordering::Relaxed)
@@ -206,7 +213,17 @@ impl ShardLog {
         let collection = info.id;
         let messages = ordered_consumer(bus, collection, shard, after).await?;
         let check = EntryCheck::of(info);
-        Ok(ShardLog { bus: bus.clone(), collection, shard, messages, skip_inserts_until, check, last: after, connects })
+        Ok(ShardLog {
+            bus: bus.clone(),
+            collection,
+            shard,
+            messages,
+            skip_inserts_until,
+            check,
+            last: after,
+            connects,
+            delivered_at: Instant::now(),
+        })
     }
 
     /// Replaces the consumer with a new one starting after the last delivered position,
@@ -234,6 +251,7 @@ impl ShardLog {
                     );
                     self.messages = messages;
                     self.connects = connects;
+                    self.delivered_at = Instant::now();
                     return Ok(());
                 }
                 Err(e) if started.elapsed() < REOPEN_LIMIT => {
@@ -246,6 +264,14 @@ impl ShardLog {
         }
     }
 
+    /// Whether the log holds entries after the last one delivered (asked at most once per
+    /// [`STALL_CHECK`] of silence, bounded in time; `false` when the log does not answer).
+    async fn behind(&mut self) -> bool {
+        self.delivered_at = Instant::now();
+        let last = tokio::time::timeout(RECONNECT_CHECK, last_seq(&self.bus, self.collection, self.shard)).await;
+        matches!(last, Ok(Ok(last)) if last > self.last)
+    }
+
     /// The next entry; `None` when the consumer ended. Positions only grow: an entry at or
     /// below one already delivered (a replay across a consumer switch) is skipped.
     pub async fn next(&mut self) -> Option<Result<LogEntry>> {
@@ -255,8 +281,19 @@ impl ShardLog {
                     return Some(Err(e));
                 }
             }
-            match tokio::time::timeout(RECONNECT_CHECK, self.messages.next()).await {
-                Err(_) => continue,
+            let next = tokio::time::timeout(RECONNECT_CHECK, self.messages.next()).await;
+            if matches!(next, Ok(Some(Ok(_)))) {
+                self.delivered_at = Instant::now();
+            }
+            match next {
+                Err(_) => {
+                    if self.delivered_at.elapsed() >= STALL_CHECK && self.behind().await {
+                        if let Err(e) = self.reopen("delivered nothing while the log holds later entries").await {
+                            return Some(Err(e));
+                        }
+                    }
+                    continue;
+                }
                 Ok(None) => return None,
                 Ok(Some(Ok(m))) => match m.info() {
                     Ok(info) if info.stream_sequence <= self.last => continue,
@@ -310,6 +347,34 @@ pub async fn last_seq(bus: &Bus, collection: u64, shard: u32) -> Result<Seq> {
     let name = bus.subjects().dml_stream(collection, shard);
     let stream = bus.jetstream().get_stream(&name).await.map_err(|e| stream_error(&name, collection, e))?;
     Ok(stream.cached_info().state.last_sequence)
+}
+
+/// How long one ask for a stream's last sequence may take in [`last_seq_within`].
+const LAST_SEQ_TRY: Duration = Duration::from_secs(2);
+
+/// [`last_seq`], asked again for up to `within` while the stream does not answer: only its
+/// leader knows the last acknowledged position, and a stream whose leader's server died has
+/// none until its replicas elect one (JetStream's election takes 4 to 9 s, longer on a busy
+/// machine). Each ask is bounded, so the answer comes soon after the new leader does.
+pub async fn last_seq_within(bus: &Bus, collection: u64, shard: u32, within: Duration) -> Result<Seq> {
+    let backoff = Backoff::within(within, Duration::from_millis(100), Duration::from_millis(500));
+    let give_up = Instant::now() + within;
+    let ask = || async {
+        let limit = give_up.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), LAST_SEQ_TRY);
+        match tokio::time::timeout(limit, last_seq(bus, collection, shard)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                Err(Error::Unavailable(format!("shard {shard}'s log did not say its last position within {limit:?}")))
+            }
+        }
+    };
+    let retryable = |e: &Error| {
+        let Error::Unavailable(e) = e else { return false };
+        tracing::debug!(collection, shard, error = %e, "asking a shard log for its last position again");
+        metrics::counter!("quiver_log_position_retries_total").increment(1);
+        true
+    };
+    retry(backoff, retryable, ask).await
 }
 
 /// Removes inserts below `before` from a shard stream (they are sealed in segments). Deletes

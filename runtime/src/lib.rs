@@ -10,6 +10,7 @@
 //! - [`supervisor`]: actix-based supervision with backoff, restart budget and escalation.
 //! - [`nats_server`]: the embedded, supervised nats-server of standalone mode.
 //! - [`admission`]: process-wide admission control (memory high-water mark).
+//! - [`retry`]: sending a call again, with growing pauses, while it fails for a while.
 //! - [`security`]: generated credentials, per-principal NATS permissions, TLS, gRPC principals.
 //! - [`telemetry`]: the Prometheus endpoint and process statistics.
 //! - [`error`]: the runtime's error type and the status codes carried in reply headers.
@@ -23,6 +24,7 @@ pub mod meta;
 pub mod nats_server;
 pub mod objects;
 pub mod plugin;
+pub mod retry;
 pub mod security;
 pub mod supervisor;
 pub mod telemetry;

@@ -12,30 +12,26 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
+use crate::retry::{retry, Backoff};
 
 /// How long a KV write is sent again while the server does not acknowledge it.
 pub const WRITE_RETRYING: Duration = Duration::from_secs(10);
 
 /// Runs `write` again while it fails with [`Error::Unavailable`], with a growing pause, for up
 /// to [`WRITE_RETRYING`].
-async fn retrying<T, F, Fut>(key: &str, mut write: F) -> Result<T>
+async fn retrying<T, F, Fut>(key: &str, write: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let give_up = std::time::Instant::now() + WRITE_RETRYING;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match write().await {
-            Err(Error::Unavailable(e)) if std::time::Instant::now() + pause < give_up => {
-                tracing::debug!(key, error = %e, "KV write not acknowledged; sending it again");
-                metrics::counter!("quiver_kv_write_retries_total").increment(1);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(1000));
-            }
-            other => return other,
-        }
-    }
+    let backoff = Backoff::within(WRITE_RETRYING, Duration::from_millis(50), Duration::from_secs(1));
+    let retryable = |e: &Error| {
+        let Error::Unavailable(e) = e else { return false };
+        tracing::debug!(key, error = %e, "KV write not acknowledged; sending it again");
+        metrics::counter!("quiver_kv_write_retries_total").increment(1);
+        true
+    };
+    retry(backoff, retryable, write).await
 }
 
 /// JetStream's expectation on another subject's last sequence (nats-server 2.11 and later).

@@ -48,9 +48,6 @@ fn a_cluster_on_three_nats_servers_goes_on_without_one() {
 }
 
 #[test]
-#[ignore = "passes alone (5 runs), fails beside other tests on 2 cores: with one server of three down, \
-            a JetStream stream went without a leader for over 14 s and 2 Strong searches ran out of their 20 s \
-            (issue 16 goes on); run with --ignored"]
 fn a_nats_server_killed_under_search_and_insert_load_fails_nothing() {
     run(Duration::from_secs(240), async {
         let mut h = Harness::new("natsload");

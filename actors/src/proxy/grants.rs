@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_runtime::bus::{Bus, CallOptions, RequestContext};
+use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::coord;
 use quiver_schemas::{Alloc, AllocRange};
@@ -188,26 +189,17 @@ async fn fetch(bus: &Bus, kind: Kind, count: u64, opts: &CallOptions, ctx: &Requ
 /// Calls the coordinator, again and again while nothing serves its subject (it is failing over
 /// to a standby, or restarting), with a growing pause, for as long as `ctx` allows (`patience`
 /// when it has no deadline).
-pub async fn call_coordinator<T, F, Fut>(ctx: &RequestContext, patience: Duration, mut call: F) -> Result<T>
+pub async fn call_coordinator<T, F, Fut>(ctx: &RequestContext, patience: Duration, call: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let give_up = Instant::now() + ctx.remaining().unwrap_or(patience);
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match call().await {
-            Err(Error::NotServed(e)) => {
-                let left = give_up.saturating_duration_since(Instant::now());
-                if left <= pause {
-                    return Err(Error::Unavailable(format!(
-                        "{e}: no coordinator answered within the request's deadline"
-                    )));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            other => return other,
+    let backoff =
+        Backoff::within(ctx.remaining().unwrap_or(patience), Duration::from_millis(20), Duration::from_millis(500));
+    retry(backoff, |e| matches!(e, Error::NotServed(_)), call).await.map_err(|e| match e {
+        Error::NotServed(e) => {
+            Error::Unavailable(format!("{e}: no coordinator answered within the request's deadline"))
         }
-    }
+        e => e,
+    })
 }

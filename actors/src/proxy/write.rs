@@ -6,11 +6,12 @@
 //! Shards are separate streams, so a write over several shards can land on some and not on
 //! others; the error then says exactly which rows landed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use quiver_runtime::bus::RequestContext;
+use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::protocol::QueueCall;
@@ -318,24 +319,18 @@ impl Proxy {
             };
             h.insert("Nats-Msg-Id", id.as_str());
             let payload = Bytes::from(payload.clone());
-            let give_up = Instant::now() + ctx.remaining().unwrap_or(bus.default_timeout()).min(MAX_APPEND_RETRYING);
-            let mut pause = Duration::from_millis(50);
-            loop {
-                let sent = async {
-                    let ack = bus.jetstream().publish_with_headers(subject.clone(), h.clone(), payload.clone()).await?;
-                    ack.await.map(drop)
-                };
-                match sent.await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if Instant::now() + pause < give_up => {
-                        tracing::debug!(shard = write.shard, error = %e, "log append not acknowledged; sending it again");
-                        metrics::counter!("quiver_proxy_append_retries_total").increment(1);
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    }
-                    Err(e) => return Err(unacked(&e)),
-                }
-            }
+            let within = ctx.remaining().unwrap_or(bus.default_timeout()).min(MAX_APPEND_RETRYING);
+            let backoff = Backoff::within(within, Duration::from_millis(50), Duration::from_millis(500));
+            let retryable = |e: &async_nats::jetstream::context::PublishError| {
+                tracing::debug!(shard = write.shard, error = %e, "log append not acknowledged; sending it again");
+                metrics::counter!("quiver_proxy_append_retries_total").increment(1);
+                true
+            };
+            let send = || async {
+                let ack = bus.jetstream().publish_with_headers(subject.clone(), h.clone(), payload.clone()).await?;
+                ack.await.map(drop)
+            };
+            return retry(backoff, retryable, send).await.map_err(|e| unacked(&e));
         }
         let batch = nuid::next().to_string();
         for (i, (kind, payload)) in write.entries.iter().enumerate() {

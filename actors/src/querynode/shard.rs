@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quiver_runtime::{bus::now_ms, Error, Result};
 use quiver_schemas::{ts_physical_ms, CollectionInfo, Consistency, DmlEntry, MetricType, PrimaryKey, Seq, Timestamp};
@@ -258,11 +258,12 @@ impl ShardData {
         // Anything acknowledged before the request was sent is at or below the stream's last
         // position as read now.
         let started = now_ms();
-        let target = dml::last_seq(&node.shared.bus, self.collection, self.shard).await?;
         let limit = node.shared.config.querynode.max_consistency_wait;
+        let give_up = Instant::now() + limit;
+        let target = dml::last_seq_within(&node.shared.bus, self.collection, self.shard, limit).await?;
         let mut rx = self.applied.subscribe();
         let wait = async move { rx.wait_for(|applied| *applied >= target).await.map(|_| ()) };
-        match tokio::time::timeout(limit, wait).await {
+        match tokio::time::timeout_at(give_up.into(), wait).await {
             Ok(Ok(_)) => {
                 self.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
                 Ok(())

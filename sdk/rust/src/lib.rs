@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures::StreamExt;
 use quiver_schemas::protocol::{api, control};
 use quiver_schemas::status::{Code, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT};
 pub use quiver_schemas::*;
@@ -181,6 +182,20 @@ const RESENDABLE: &[&str] = &[
     "plugin_list",
 ];
 
+/// Calls sent again (same request id) when no answer came within [`HEDGE_AFTER`], while the
+/// first send is still awaited: core NATS delivers at most once, and a request or its answer
+/// routed through a nats-server that died on the way is lost without a trace. Whichever answer
+/// comes first is taken. Reads, and inserts that carry their keys (only those get a request id:
+/// each call's rows fit one log message per shard, which the proxy appends under a message id
+/// derived from the request id, so JetStream stores it once however often it is sent).
+const HEDGED: &[&str] =
+    &["describe_collection", "list_collections", "query", "get", "search", "distribution", "status", "insert"];
+
+/// Silence after which a call is sent again; it doubles for each further send.
+const HEDGE_AFTER: Duration = Duration::from_secs(2);
+/// Sends of one read at most (the first and its resends).
+const MAX_SENDS: usize = 3;
+
 /// A request id: unique per call of this process (its pid, the time and a counter).
 fn request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,7 +288,8 @@ impl Client {
     /// acted on. With a `request_id` (reads, and writes that name their rows' keys) it is sent
     /// again with the same id: the proxy appends a write under a log message id derived from
     /// it, so JetStream stores it once. Without one (an insert whose keys the cluster assigns)
-    /// the caller gets an `Unavailable` error saying it may have been applied.
+    /// the caller gets an `Unavailable` error saying it may have been applied. Reads are also
+    /// sent again when they go unanswered for a while ([`HEDGED`]).
     async fn request(
         &self,
         subject: String,
@@ -306,25 +322,49 @@ impl Client {
         timeout: Duration,
         request_id: Option<&str>,
     ) -> std::result::Result<Result<Bytes>, Unserved> {
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
-        if let Some(id) = request_id {
-            headers.insert(HEADER_REQUEST_ID, id);
-        }
-        let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let send = |timeout: Duration| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
+            if let Some(id) = request_id {
+                headers.insert(HEADER_REQUEST_ID, id);
+            }
+            let request = async_nats::Request::new().payload(payload.clone()).headers(headers).timeout(Some(timeout));
+            self.nats.send_request(subject.to_string(), request)
+        };
+        let hedged = request_id.is_some() && HEDGED.contains(&method);
+        let mut sends = futures::stream::FuturesUnordered::new();
+        sends.push(send(timeout));
+        let mut silence = HEDGE_AFTER;
+        let mut resend_at = tokio::time::Instant::now() + silence;
         let refused = refusal(self.violations.subscribe(), subject);
+        tokio::pin!(refused);
         let mut disconnected = self.disconnects.subscribe();
-        let sent = tokio::select! {
-            sent = self.nats.send_request(subject.to_string(), request) => sent,
-            text = refused => return Ok(Err(ClientError::PermissionDenied(text))),
-            Ok(()) = disconnected.recv() => {
-                let lost = ClientError::Unavailable(format!(
-                    "the connection to NATS was lost before the answer to {method}; it may or may not have been applied"
-                ));
-                return match request_id {
-                    Some(_) => Err(Unserved(lost)),
-                    None => Ok(Err(lost)),
-                };
+        let sent = loop {
+            tokio::select! {
+                Some(sent) = sends.next() => match sent {
+                    // An earlier send's own deadline passed while a later one may still answer.
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut && !sends.is_empty() => continue,
+                    sent => break sent,
+                },
+                _ = tokio::time::sleep_until(resend_at), if hedged && sends.len() < MAX_SENDS => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left > Duration::ZERO {
+                        sends.push(send(left));
+                    }
+                    silence *= 2;
+                    resend_at += silence;
+                }
+                text = &mut refused => return Ok(Err(ClientError::PermissionDenied(text))),
+                Ok(()) = disconnected.recv() => {
+                    let lost = ClientError::Unavailable(format!(
+                        "the connection to NATS was lost before the answer to {method}; it may or may not have been applied"
+                    ));
+                    return match request_id {
+                        Some(_) => Err(Unserved(lost)),
+                        None => Ok(Err(lost)),
+                    };
+                }
             }
         };
         let msg = match sent {

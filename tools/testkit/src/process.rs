@@ -41,8 +41,23 @@ pub fn quiver_bin() -> io::Result<PathBuf> {
     })
 }
 
-/// A free TCP port on 127.0.0.1 (bound once, then released).
+/// A free TCP port on 127.0.0.1 (bound once, then released), below Linux's ephemeral range
+/// (32768 and up): a port the kernel picked (`bind(0)`) can be handed to another process's
+/// outgoing connection before the server meant for it binds it (seen: a nats-server of a
+/// test's NATS cluster whose route port was taken by another server's route connection).
+/// Ports are taken in turn from a per-process start, so parallel tests get different ones.
 pub fn free_port() -> io::Result<u16> {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())
 }
 
