@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
-use quiver_runtime::bus::{CallOptions, RequestContext};
+use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::{coord, keys, DataNodeRequest};
 use quiver_schemas::{
@@ -30,6 +30,12 @@ use crate::rows::{encode_segment, RowStore};
 /// How long a flush asks its shard's log for the position to flush to while the log has no
 /// leader (a nats-server of the cluster died with it); the flush fails after that.
 const FLUSH_POSITION_WAIT: Duration = Duration::from_secs(15);
+
+/// How long one call of a shard writer to the coordinator may take, and how long it is sent
+/// again while no coordinator answers (a standby takes over within `coordinator.lease_ttl`; a
+/// metadata bucket whose nats-server died elects a new leader within seconds).
+const COORDINATOR_TRY: Duration = Duration::from_secs(5);
+const COORDINATOR_PATIENCE: Duration = Duration::from_secs(60);
 
 type FlushReply = oneshot::Sender<Result<Vec<u64>>>;
 
@@ -412,8 +418,11 @@ impl ShardWriter {
             return Ok(None);
         }
         let shared = &self.node.shared;
-        let opts = CallOptions::default();
-        let id = shared.bus.call::<coord::AllocIds>(&Alloc { count: 1 }, &opts).await?.start;
+        // Both calls are idempotent (ids granted twice are skipped; a segment reported twice is
+        // stored once), so they are sent again while the coordinator fails over.
+        let bus = &shared.bus;
+        let id =
+            bus.call_again::<coord::AllocIds>(&Alloc { count: 1 }, COORDINATOR_TRY, COORDINATOR_PATIENCE).await?.start;
         let Some((info, rows)) = self.growing.seal(id, self.info.id, self.shard) else { return Ok(None) };
         let (info, bytes) = tokio::task::spawn_blocking(move || encode_segment(&info, &rows).map(|b| (info, b)))
             .await
@@ -421,7 +430,8 @@ impl ShardWriter {
         // Durable once put returns (fsynced locally): only then may the coordinator hear of the
         // segment, since it purges the segment's inserts from the log once it is served.
         shared.objects.put(&info.data_path, bytes.into()).await?;
-        shared.bus.call::<coord::SegmentFlushed>(&SegmentFlushed { segment: info.clone() }, &opts).await?;
+        let flushed = SegmentFlushed { segment: info.clone() };
+        bus.call_again::<coord::SegmentFlushed>(&flushed, COORDINATOR_TRY, COORDINATOR_PATIENCE).await?;
         self.gauge.set(0);
         metrics::counter!("quiver_segments_flushed_total").increment(1);
         // The coordinator purges these inserts from the log once a query node serves the segment.

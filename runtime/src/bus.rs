@@ -27,10 +27,19 @@ use quiver_schemas::protocol::{NodeCall, QueueCall, Service};
 use quiver_schemas::{Subjects, Wire};
 
 use crate::error::{Code, Error, Result};
+use crate::retry::{retry, Backoff};
 
 pub use quiver_schemas::status::{
     HEADER_DEADLINE, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT, MAX_REQUEST_ID,
 };
+
+/// Whether a client's request id may name log messages: 1 to [`MAX_REQUEST_ID`] characters of
+/// ASCII letters, digits, `.`, `_` and `-` (anything else is ignored, not refused).
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -79,11 +88,7 @@ impl RequestContext {
         let request_id = headers
             .and_then(|h| h.get(HEADER_REQUEST_ID))
             .map(|v| v.as_str())
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= MAX_REQUEST_ID
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            })
+            .filter(|id| valid_request_id(id))
             .map(str::to_string);
         RequestContext { deadline, traceparent, request_id }
     }
@@ -285,6 +290,28 @@ impl Bus {
     /// Calls method `C` of a queue-group service (API, coordinator, index nodes).
     pub async fn call<C: QueueCall>(&self, req: &C::Request, opts: &CallOptions) -> Result<C::Reply> {
         self.request_with(self.subjects.call::<C>(), req, opts).await
+    }
+
+    /// [`Bus::call`] of an idempotent method of a service that fails over (the coordinator),
+    /// sent again while nothing answers it: no responder, no reply within `per_try` (a request
+    /// or answer lost with a nats-server), a dropped connection, a coordinator not acting yet.
+    /// Gives up after `within`, with the last error.
+    pub async fn call_again<C: QueueCall>(
+        &self,
+        req: &C::Request,
+        per_try: Duration,
+        within: Duration,
+    ) -> Result<C::Reply> {
+        let opts = CallOptions { timeout: Some(per_try), traceparent: None };
+        let backoff = Backoff::within(within, Duration::from_millis(100), Duration::from_secs(2));
+        let retryable = |e: &Error| {
+            let again = matches!(e, Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. });
+            if again {
+                tracing::debug!(method = C::METHOD, error = %e, "call not answered; sending it again");
+            }
+            again
+        };
+        retry(backoff, retryable, || self.call::<C>(req, &opts)).await
     }
 
     /// Calls method `C` of node `node`: in memory when the node runs in this process (see the

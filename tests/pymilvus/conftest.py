@@ -48,7 +48,23 @@ _failed = []
 _current_test = {"name": ""}
 
 
+_next_port = {"n": (os.getpid() * 7919) % 12000}
+
+
 def _free_port():
+    """A free port below Linux's ephemeral range (32768 and up), taken in turn: a port the
+    kernel picked can be handed to another process's outgoing connection before the server
+    meant for it binds it (a nats-server's route port taken by another server's route)."""
+    for _ in range(12000):
+        port = 20000 + _next_port["n"] % 12000
+        _next_port["n"] += 1
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -3,7 +3,9 @@ scaling): an external nats-server with the cluster's generated principals, `quiv
 host agents as processes of the test, `quiver ctl` as admin; and a pymilvus search + insert load.
 """
 
+import json
 import os
+import socket
 import subprocess
 import tempfile
 import threading
@@ -27,13 +29,32 @@ class ProcCluster:
         # Every process of the cluster shares its object store (S3 when the suite runs with --s3).
         self.extra_env = {**storage_env(), **(env or {})}
         self.procs = {}
+        self.specs = {}
+        # Every nats-server's client port (one unless `start_nats_cluster`).
+        self.nats_ports = [self.nats_port]
 
     def _spawn(self, name, args, env):
+        self.specs[name] = (args, env)
         log = open(os.path.join(self.dir, f"{name}.log"), "ab")
         self.procs[name] = subprocess.Popen(
             _dies_with_us(args), env=env, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
+
+    def kill(self, name):
+        """SIGKILL of process `name` (waited for)."""
+        self.procs[name].kill()
+        self.procs[name].wait()
+
+    def restart(self, name):
+        """Starts process `name` again as it was started (a supervisor would): same arguments,
+        environment, log and, for a nats-server, store."""
+        args, env = self.specs[name]
+        self._spawn(name, args, env)
+
+    @property
+    def nats_url(self):
+        return ",".join(f"nats://127.0.0.1:{p}" for p in self.nats_ports)
 
     def env(self, node=None, extra=None):
         """Environment of a Quiver process: none of the caller's QUIVER_* variables, the cluster's
@@ -42,7 +63,7 @@ class ProcCluster:
         env.update({
             "QUIVER_CLUSTER__NAME": self.name,
             "QUIVER_CLUSTER__DATA_DIR": os.path.join(self.dir, "data"),
-            "QUIVER_NATS__URL": f"nats://127.0.0.1:{self.nats_port}",
+            "QUIVER_NATS__URL": self.nats_url,
             "QUIVER_METRICS__LISTEN": "",
             "QUIVER_PROXY__GRPC_PORT": "0",
             "QUIVER_PROXY__HTTP_PORT": "0",
@@ -54,15 +75,37 @@ class ProcCluster:
         env.update(extra or {})
         return env
 
-    def start_nats(self):
-        """nats-server with JetStream, configured by `quiver config nats-auth` (security is on)."""
+    def _nats_auth(self):
         auth = subprocess.run(
             [_quiver_bin(), "config", "nats-auth"], env=self.env(), capture_output=True, text=True, timeout=60
         )
         assert auth.returncode == 0, f"quiver config nats-auth: {auth.stderr}"
+        return auth.stdout
+
+    def start_nats_cluster(self, n=3):
+        """`n` nats-servers (`nats0`, …) as one NATS cluster: routes between all, JetStream on
+        each with its own store, the cluster's principals; every node gets every URL. A killed
+        server started again with `restart("natsI")` keeps its store and rejoins."""
+        self.nats_ports = [self.nats_port] + [_free_port() for _ in range(n - 1)]
+        routes = [_free_port() for _ in range(n)]
+        auth = self._nats_auth()
+        for i in range(n):
+            others = ", ".join(f"nats-route://127.0.0.1:{routes[j]}" for j in range(n) if j != i)
+            store = os.path.join(self.dir, f"nats-store-{i}")
+            conf = os.path.join(self.dir, f"nats-server-{i}.conf")
+            with open(conf, "w") as f:
+                f.write(f"{auth}\nserver_name: nats{i}\nlisten: 127.0.0.1:{self.nats_ports[i]}\n"
+                        f"jetstream {{ store_dir: {json.dumps(store)} }}\n"
+                        f"cluster {{ name: {self.name}, listen: 127.0.0.1:{routes[i]}, routes: [{others}] }}\n")
+            self._spawn(f"nats{i}", ["nats-server", "-c", conf], None)
+        for port in self.nats_ports:
+            wait_port(port)
+
+    def start_nats(self):
+        """nats-server with JetStream, configured by `quiver config nats-auth` (security is on)."""
         conf = os.path.join(self.dir, "nats-server.conf")
         with open(conf, "w") as f:
-            f.write(auth.stdout)
+            f.write(self._nats_auth())
         store = os.path.join(self.dir, "nats")
         self._spawn(
             "nats", ["nats-server", "-c", conf, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(self.nats_port)], None
@@ -81,7 +124,7 @@ class ProcCluster:
 
     def ctl(self, *args, timeout=240):
         out = subprocess.run(
-            [_quiver_bin(), "ctl", "--url", f"nats://127.0.0.1:{self.nats_port}", "--cluster", self.name,
+            [_quiver_bin(), "ctl", "--url", self.nats_url, "--cluster", self.name,
              "--data-dir", os.path.join(self.dir, "data"), *args],
             capture_output=True, text=True, timeout=timeout,
         )
@@ -100,13 +143,13 @@ class ProcCluster:
         code = self.procs[name].wait(timeout=timeout)
         assert code == 0, f"{name} exited with {code} after draining:\n{self.log(name)[-3000:]}"
 
-    def milvus_client(self, ready=None, timeout=60):
-        """A pymilvus client on the proxy's gRPC port, as admin, once it answers (and `ready()`
-        passes); stops the cluster if that does not happen within `timeout` seconds."""
+    def milvus_client(self, ready=None, timeout=60, uri=None):
+        """A pymilvus client on the proxy's gRPC port (or `uri`), as admin, once it answers (and
+        `ready()` passes); stops the cluster if that does not happen within `timeout` seconds."""
         deadline = time.time() + timeout
         while True:
             try:
-                client = MilvusClient(uri=self.uri, timeout=5, token=self.admin_token())
+                client = MilvusClient(uri=uri or self.uri, timeout=5, token=self.admin_token())
                 client.list_collections()
                 if ready:
                     ready()
@@ -122,6 +165,95 @@ class ProcCluster:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def wait_port(port, timeout=30):
+    """Waits until something accepts connections on 127.0.0.1:`port`."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.time() < deadline, f"nothing listens on {port} after {timeout} s"
+            time.sleep(0.1)
+
+
+class TcpFront:
+    """A TCP load balancer in front of several proxies' gRPC ports, as a deployment puts one
+    (an L4 balancer, a Kubernetes Service): each client connection goes to the next backend
+    that accepts it. When a backend dies its connections are closed, so the gRPC client sees
+    the connection break (UNAVAILABLE, which pymilvus retries) and reconnects through here to
+    a live one. Test support, not part of Quiver."""
+
+    def __init__(self, backends):
+        self.backends = list(backends)
+        self.port = _free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.turn = 0
+        self.closed = False
+        # Open connections per backend port.
+        self.open = {port: 0 for port in self.backends}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client):
+        for _ in range(len(self.backends)):
+            port = self.backends[self.turn % len(self.backends)]
+            self.turn += 1
+            try:
+                backend = socket.create_connection(("127.0.0.1", port), timeout=2)
+                backend.settimeout(None)
+                break
+            except OSError:
+                continue
+        else:
+            client.close()
+            return
+        with self.lock:
+            self.open[port] += 1
+        done = threading.Barrier(2, action=lambda: self._closed(port))
+        for src, dst in ((client, backend), (backend, client)):
+            threading.Thread(target=self._pump, args=(src, dst, done), daemon=True).start()
+
+    def _closed(self, port):
+        with self.lock:
+            self.open[port] -= 1
+
+    def busiest(self):
+        """The backend port with the most open client connections."""
+        with self.lock:
+            return max(self.open, key=self.open.get)
+
+    @staticmethod
+    def _pump(src, dst, done):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        done.wait()
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
 
 
 def base_rows(total, dim, seed):

@@ -41,6 +41,29 @@ struct ShardWrite {
     entries: Vec<(DmlKind, Vec<u8>)>,
 }
 
+/// A digest of a write's keys (16 hex digits). With the request id it names the write's log
+/// messages: the same rows sent again under the same id are stored once, while another write
+/// that reuses an id (a client sending one for its own tracing) is not taken for a resend
+/// unless it names the very same keys within JetStream's 2-minute duplicate window.
+fn keys_digest(pks: &[PrimaryKey]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for pk in pks {
+        match pk {
+            PrimaryKey::Int64(v) => {
+                h.update([0]);
+                h.update(v.to_le_bytes());
+            }
+            PrimaryKey::VarChar(s) => {
+                h.update([1]);
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Proxy {
     /// `count` timestamps (`coord::AllocTs`) or ids (`coord::AllocIds`) straight from the
     /// coordinator; the first of them. Writes take theirs from the proxy's blocks (`grants.rs`).
@@ -67,8 +90,11 @@ impl Proxy {
         let writes = self.shard_writes(&info, &req.rows, None, timestamp);
         // Rows with the client's keys, under the client's request id: a resend after a lost
         // connection is stored once. (Keys assigned here differ on a resend: no dedup key.)
-        let dedup = if auto_keys { None } else { ctx.request_id.as_deref() };
-        self.write(&info, writes, "insert", timestamp, ctx, dedup).await?;
+        let dedup = match (&ctx.request_id, auto_keys) {
+            (Some(id), false) => Some(format!("{id}.{}", keys_digest(&req.rows.pks))),
+            _ => None,
+        };
+        self.write(&info, writes, "insert", timestamp, ctx, dedup.as_deref()).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
     }

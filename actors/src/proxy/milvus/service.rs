@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quiver_runtime::bus::RequestContext;
+use quiver_runtime::bus::{valid_request_id, RequestContext};
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{api, coord, Call};
 use quiver_schemas::{
@@ -87,6 +87,13 @@ fn context_of<T>(req: &Request<T>) -> RequestContext {
         None => RequestContext::background(),
     };
     ctx.traceparent = meta.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    // pymilvus sends `client_request_id=` as `client-request-id`; it is sent again unchanged
+    // when pymilvus retries a call whose connection broke, so an insert with keys is stored once.
+    ctx.request_id = meta
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| valid_request_id(id))
+        .map(str::to_string);
     ctx
 }
 
