@@ -90,6 +90,18 @@ def _dies_with_us(cmd):
     return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else list(cmd)
 
 
+def wait_port(port, timeout=30, what="anything"):
+    """Waits until something accepts connections on 127.0.0.1:`port`."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.time() < deadline, f"{what} does not listen on {port} after {timeout} s"
+            time.sleep(0.1)
+
+
 def _s3rver_bin():
     b = os.environ.get("QUIVER_S3RVER") or os.path.expanduser("~/.cache/quiver-npm/node_modules/.bin/s3rver")
     if not os.path.exists(b):
@@ -126,14 +138,7 @@ def storage_env():
                 _s3["proc"] = subprocess.Popen(_dies_with_us(args), stdout=log, stderr=subprocess.STDOUT)
 
         threading.Thread(target=keep_running, daemon=True).start()
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, f"s3rver did not listen on {port}: see {directory}/s3rver.log"
-                time.sleep(0.2)
+        wait_port(port, what=f"s3rver (see {directory}/s3rver.log)")
     return {
         "QUIVER_STORAGE__URL": f"s3://quiver/{uuid.uuid4().hex}",
         "QUIVER_STORAGE__ENDPOINT": f"http://127.0.0.1:{_s3['port']}",

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from conftest import _dies_with_us, _free_port, _quiver_bin, storage_env
+from conftest import _dies_with_us, _free_port, _quiver_bin, storage_env, wait_port
 from pmutil import STRONG
 
 
@@ -165,18 +165,6 @@ class ProcCluster:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-
-
-def wait_port(port, timeout=30):
-    """Waits until something accepts connections on 127.0.0.1:`port`."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.time() < deadline, f"nothing listens on {port} after {timeout} s"
-            time.sleep(0.1)
 
 
 class TcpFront:
