@@ -10,8 +10,10 @@ header is a success whose payload is the response message, otherwise ``Quiver-St
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
 import ssl
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
@@ -52,6 +54,21 @@ HEADER_ERROR = "Quiver-Error"
 HEADER_TIMEOUT = "Quiver-Timeout-Ms"
 #: The status of a request the node that got it did not act on (schemas/src/status.rs).
 STATUS_NOT_SERVED = "13"
+HEADER_REQUEST_ID = "Quiver-Request-Id"
+
+#: Calls sent again, while the first send is still awaited, after ``_HEDGE_AFTER`` seconds
+#: without an answer (then twice that, ``_MAX_SENDS`` sends in all): core NATS delivers at most
+#: once, and a request or its answer on its way through a nats-server that died is lost without
+#: a trace. The first answer is taken. Reads, and inserts that carry their keys (sent with a
+#: request id, which the proxy turns into the log message's id: stored once).
+_HEDGED = frozenset(
+    ["describe_collection", "list_collections", "query", "get", "search", "distribution", "status", "insert"]
+)
+_HEDGE_AFTER = 2.0
+#: Request ids: the pid, when this module was loaded (ms) and a per-process counter.
+_request_ids = itertools.count()
+_STARTED_MS = int(time.time() * 1000)
+_MAX_SENDS = 3
 
 # Insert splitting, as in the Rust SDK: room left in each request for everything but the rows,
 # an estimate of each row's overhead, and the server's default `proxy.max_insert_rows`.
@@ -171,33 +188,66 @@ class AsyncClient:
 
     # ---- transport ------------------------------------------------------------------------
 
-    async def call_raw(self, method: str, payload: bytes) -> bytes:
+    async def call_raw(self, method: str, payload: bytes, request_id: Optional[str] = None) -> bytes:
         """Sends raw bytes to an API method and returns the raw reply (tests use it to send
         malformed messages).
 
         A request nothing served (no proxy subscribed at that moment: one restarting, or
         reconnecting after its nats-server was lost; status 13 from a node that no longer acts
         for the service) was not acted on, so it is sent again, with a growing pause, within the
-        client's timeout. Any other outcome is final."""
+        client's timeout. Reads, and calls with a ``request_id``, are also sent again when they
+        go unanswered for a while (``_HEDGED``). Any other outcome is final."""
         subject = f"quiver.{self.cluster}.api.{method}"
         deadline = time.monotonic() + self.timeout
         pause = 0.02
         while True:
             left = max(deadline - time.monotonic(), 0.001)
             try:
-                return await self._call_once(subject, method, payload, left)
+                return await self._call_once(subject, method, payload, left, request_id)
             except _Unserved as unserved:
                 if deadline - time.monotonic() <= pause:
                     raise unserved.error from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
 
-    async def _call_once(self, subject: str, method: str, payload: bytes, timeout: float) -> bytes:
-        # The remaining budget, relative (clocks need not agree); the cluster stops working on
-        # the request when it runs out.
-        budget = {HEADER_TIMEOUT: str(int(timeout * 1000))}
+    async def _call_once(
+        self, subject: str, method: str, payload: bytes, timeout: float, request_id: Optional[str] = None
+    ) -> bytes:
+        deadline = time.monotonic() + timeout
+        hedged = method in _HEDGED and (method != "insert" or request_id is not None)
+
+        def send() -> "asyncio.Task[Any]":
+            left = max(deadline - time.monotonic(), 0.001)
+            # The remaining budget, relative (clocks need not agree); the cluster stops working
+            # on the request when it runs out.
+            headers = {HEADER_TIMEOUT: str(int(left * 1000))}
+            if request_id:
+                headers[HEADER_REQUEST_ID] = request_id
+            return asyncio.ensure_future(self._nc.request(subject, payload, timeout=left, headers=headers))
+
+        sends = {send()}
+        silence = _HEDGE_AFTER
+        next_send = time.monotonic() + silence
         try:
-            msg = await self._nc.request(subject, payload, timeout=timeout, headers=budget)
+            while True:
+                wait = next_send - time.monotonic() if hedged and len(sends) < _MAX_SENDS else None
+                done, _ = await asyncio.wait(sends, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if deadline - time.monotonic() > 0.001:
+                        sends.add(send())
+                    silence *= 2
+                    next_send += silence
+                    continue
+                task = done.pop()
+                sends.discard(task)
+                try:
+                    msg = task.result()
+                    break
+                except nats.errors.TimeoutError:
+                    # An earlier send ran out while a later one may still answer.
+                    if sends:
+                        continue
+                    raise
         except nats.errors.NoRespondersError:
             raise _Unserved(
                 Unavailable(f"no proxy serves {subject}: is Quiver running with cluster name {self.cluster!r}?")
@@ -211,6 +261,9 @@ class AsyncClient:
             ) from None
         except nats.errors.Error as e:
             raise Unavailable(f"{method}: {e}") from None
+        finally:
+            for task in sends:
+                task.cancel()
         headers = msg.headers or {}
         if HEADER_STATUS in headers:
             status = headers.get(HEADER_STATUS)
@@ -220,8 +273,16 @@ class AsyncClient:
             raise error
         return bytes(msg.data)
 
-    async def _call(self, method: str, request: str, body: wire.Dict_, reply: str, convert: Callable[[wire.Dict_], T]) -> T:
-        data = await self.call_raw(method, wire.encode(request, body))
+    async def _call(
+        self,
+        method: str,
+        request: str,
+        body: wire.Dict_,
+        reply: str,
+        convert: Callable[[wire.Dict_], T],
+        request_id: Optional[str] = None,
+    ) -> T:
+        data = await self.call_raw(method, wire.encode(request, body), request_id)
         return convert(wire.decode(reply, data))
 
     async def _call_empty(self, method: str, request: str, body: wire.Dict_) -> None:
@@ -294,7 +355,10 @@ class AsyncClient:
 
     async def _insert_one(self, collection: str, rows: RowBatch) -> MutationResult:
         body = {"collection": collection, "rows": wire.rows_to_wire(rows)}
-        return await self._call("insert", "Insert", body, "MutationResult", wire.mutation_from_wire)
+        # Rows that carry their keys are stored once however often they are sent (each call's
+        # rows fit one log message per shard, named after the request id and the keys).
+        request_id = f"py{os.getpid()}.{_STARTED_MS}.{next(_request_ids)}" if rows.pks else None
+        return await self._call("insert", "Insert", body, "MutationResult", wire.mutation_from_wire, request_id)
 
     async def delete(self, collection: str, pks: Sequence[PrimaryKey]) -> MutationResult:
         """Deletes rows by primary key."""
