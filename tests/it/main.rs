@@ -26,6 +26,7 @@ mod power_cut;
 mod replicas;
 mod scale_api;
 mod scaling;
+mod sdk_resend;
 mod search;
 mod security;
 mod supervisor;

@@ -243,8 +243,9 @@ class AsyncClient:
                 try:
                     msg = task.result()
                     break
-                except nats.errors.TimeoutError:
-                    # An earlier send ran out while a later one may still answer.
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    # One send ran out of time, or found no proxy (a resend reaching a proxy
+                    # that is draining), while another may still answer.
                     if sends:
                         continue
                     raise

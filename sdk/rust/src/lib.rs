@@ -343,8 +343,11 @@ impl Client {
         let sent = loop {
             tokio::select! {
                 Some(sent) = sends.next() => match sent {
-                    // An earlier send's own deadline passed while a later one may still answer.
-                    Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut && !sends.is_empty() => continue,
+                    // One send ran out of time, or found no proxy (a resend reaching a proxy
+                    // that is draining), while another may still answer.
+                    Err(e)
+                        if matches!(e.kind(), async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders)
+                            && !sends.is_empty() => continue,
                     sent => break sent,
                 },
                 _ = tokio::time::sleep_until(resend_at), if hedged && sends.len() < MAX_SENDS => {
