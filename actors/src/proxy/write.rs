@@ -385,3 +385,21 @@ impl Proxy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_digests_tell_writes_apart_and_not_resends() {
+        let ints = |v: &[i64]| v.iter().map(|k| PrimaryKey::Int64(*k)).collect::<Vec<_>>();
+        assert_eq!(keys_digest(&ints(&[1, 2, 3])), keys_digest(&ints(&[1, 2, 3])));
+        assert_eq!(keys_digest(&ints(&[1, 2, 3])).len(), 16);
+        assert_ne!(keys_digest(&ints(&[1, 2, 3])), keys_digest(&ints(&[1, 2, 4])));
+        assert_ne!(keys_digest(&ints(&[1, 2])), keys_digest(&ints(&[2, 1])));
+        // An integer key and the text of it, and text split differently, are other keys.
+        assert_ne!(keys_digest(&ints(&[1])), keys_digest(&[PrimaryKey::VarChar("1".into())]));
+        let text = |v: &[&str]| v.iter().map(|k| PrimaryKey::VarChar(k.to_string())).collect::<Vec<_>>();
+        assert_ne!(keys_digest(&text(&["ab", "c"])), keys_digest(&text(&["a", "bc"])));
+    }
+}
