@@ -122,6 +122,27 @@ impl Node {
     }
 }
 
+/// Every role state, for the one-hot `quiver_node_state` gauge.
+const STATES: [NodeState; 5] =
+    [NodeState::Starting, NodeState::Serving, NodeState::Draining, NodeState::Stopped, NodeState::Standby];
+
+/// Sets the Prometheus gauges of a heartbeat: the role's state (one series per state, 1 for the
+/// current one), health and segments (label `role`), and the process's memory and CPU (the
+/// same for every role of a process, so without a role label).
+pub fn export_gauges(status: &NodeStatus) {
+    let role = status.role.as_str();
+    for state in STATES {
+        let on = if state == status.state { 1.0 } else { 0.0 };
+        metrics::gauge!("quiver_node_state", "role" => role, "state" => state.as_str()).set(on);
+    }
+    metrics::gauge!("quiver_node_healthy", "role" => role).set(if status.healthy { 1.0 } else { 0.0 });
+    metrics::gauge!("quiver_node_segments", "role" => role).set(f64::from(status.segments));
+    metrics::gauge!("quiver_process_resident_memory_bytes").set(status.mem_used as f64);
+    metrics::gauge!("quiver_process_memory_capacity_bytes").set(status.mem_capacity as f64);
+    metrics::gauge!("quiver_process_cpu_cores_busy").set(f64::from(status.cpu_busy));
+    metrics::gauge!("quiver_process_cpu_cores_allowed").set(f64::from(status.cpu_cores));
+}
+
 /// `fut` as a loop of a role: its error or panic is reported to the role, which stops.
 async fn reporting<F>(name: &'static str, failures: mpsc::UnboundedSender<String>, fut: F)
 where
@@ -515,6 +536,7 @@ impl<H: RoleHandler> RoleActor<H> {
         let Some(handler) = &self.handler else { return };
         let (segments, detail) = handler.heartbeat();
         let status = self.node.status(segments, detail);
+        export_gauges(&status);
         let registry = self.node.shared.registry.clone();
         actix::spawn(async move {
             if let Err(e) = registry.heartbeat(&status).await {

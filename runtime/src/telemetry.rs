@@ -28,11 +28,27 @@ fn describe() {
     metrics::describe_counter!("quiver_role_restarts_total", "Role restarts by the supervisor");
     metrics::describe_counter!("quiver_role_failures_total", "Role failures seen by the supervisor");
     metrics::describe_counter!("quiver_role_escalations_total", "Restart budgets spent");
-    metrics::describe_counter!("quiver_requests_total", "API requests by method and outcome");
+    metrics::describe_counter!("quiver_requests_total", "Requests served by role and method");
     metrics::describe_histogram!("quiver_request_seconds", "API request latency by method");
     metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");
+    metrics::describe_gauge!(
+        "quiver_node_state",
+        "1 for the role's current state (starting, serving, draining, stopped, standby), else 0"
+    );
+    metrics::describe_gauge!("quiver_node_healthy", "1 while the role is healthy");
+    metrics::describe_gauge!("quiver_node_segments", "Segments the role holds, as its heartbeat reports them");
+    metrics::describe_gauge!("quiver_process_resident_memory_bytes", "Resident memory of the process");
+    metrics::describe_gauge!(
+        "quiver_process_memory_capacity_bytes",
+        "Memory the process may use (node.memory_limit_mb, else the machine's)"
+    );
+    metrics::describe_gauge!("quiver_process_cpu_cores_busy", "Cores the process kept busy since the last heartbeat");
+    metrics::describe_gauge!(
+        "quiver_process_cpu_cores_allowed",
+        "Cores the process may use (cgroup quota, else the machine's)"
+    );
 }
 
 /// Resident memory of this process in bytes (Linux `/proc/self/statm`).

@@ -23,6 +23,7 @@ mod netns;
 mod object_store;
 mod plugins;
 mod power_cut;
+mod prometheus;
 mod replicas;
 mod scale_api;
 mod scaling;

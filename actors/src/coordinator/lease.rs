@@ -115,7 +115,9 @@ pub async fn acquire(node: &Node) -> Result<Leadership> {
             if last_heartbeat.is_none() {
                 tracing::info!(node = %node.id, %detail, "coordinator waiting as a standby");
             }
-            if let Err(e) = node.shared.registry.heartbeat(&node.status(0, detail)).await {
+            let status = node.status(0, detail);
+            crate::node::export_gauges(&status);
+            if let Err(e) = node.shared.registry.heartbeat(&status).await {
                 tracing::debug!(error = %e, "standby heartbeat failed");
             }
             last_heartbeat = Some(Instant::now());

@@ -102,9 +102,15 @@ pub async fn kill_standalone(h: &mut Harness) {
 
 /// `GET /metrics` over a plain TCP connection (no HTTP client dependency for one request).
 pub async fn metrics_text(port: u16) -> Result<String, String> {
+    http_get(port, "/metrics").await
+}
+
+/// `GET path` (HTTP/1.0, headers and body as text) on 127.0.0.1:`port`.
+pub async fn http_get(port: u16, path: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).await.map_err(|e| e.to_string())?;
     Ok(body)

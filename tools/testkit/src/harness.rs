@@ -295,6 +295,17 @@ impl Harness {
         self.procs.push(p);
     }
 
+    /// Starts another program of the test (`prometheus`, …) as process `name`, logging to
+    /// `<dir>/<name>.log`, without the caller's `QUIVER_*` environment; stopped with the rest.
+    pub fn start_program(&mut self, name: &str, program: &Path, args: &[&str]) {
+        self.add(name, program, args, Vec::new());
+    }
+
+    /// The test's temp dir (logs, configuration files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The shared data dir of the cluster's quiver processes.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

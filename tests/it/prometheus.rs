@@ -1,0 +1,102 @@
+//! A real Prometheus server (Debian's `prometheus`, installed by `scripts/install-deps.sh`)
+//! scraping a multi-process cluster, one node per role, each with its own metrics endpoint
+//! (`metrics.listen`): every target is up and every role's series are there (its state, health
+//! and segments, its process's memory and CPU), and the proxy's request counters count the
+//! test's calls.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::data;
+use crate::common::{eventually, free_port, http_get, run, Harness, ONE_PER_ROLE, READY};
+
+/// The result vector of an instant query `query` (a bare metric name) on Prometheus at `port`.
+async fn query(port: u16, query: &str) -> Result<Vec<Value>, String> {
+    let reply = http_get(port, &format!("/api/v1/query?query={query}")).await?;
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+    let json: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    match json["data"]["result"].as_array() {
+        Some(series) => Ok(series.clone()),
+        None => Err(format!("no result: {body}")),
+    }
+}
+
+fn value(series: &Value) -> f64 {
+    series["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+#[test]
+fn prometheus_scrapes_every_role_of_a_cluster() {
+    run(Duration::from_secs(150), async {
+        let mut h = Harness::new("prometheus");
+        h.start_nats();
+        let mut targets = Vec::new();
+        let mut nodes = Vec::new();
+        for (id, role) in ONE_PER_ROLE {
+            let listen = format!("127.0.0.1:{}", free_port().expect("free port"));
+            h.start_node(id, &[role], &[("QUIVER_METRICS__LISTEN", &listen)]);
+            targets.push(format!("{listen:?}"));
+            nodes.push((format!("{id}-{role}"), h.pid(id)));
+        }
+        let client = h.client().await;
+        h.wait_ready(&client, &nodes, READY).await;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, 1_000, 500).await;
+
+        let config = h.dir().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: quiver\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .expect("write prometheus.yml");
+        let web = free_port().expect("free port");
+        let (config, store, listen) =
+            (config.display().to_string(), h.dir().join("tsdb").display().to_string(), format!("127.0.0.1:{web}"));
+        let args = ["--config.file", &config, "--storage.tsdb.path", &store, "--web.listen-address", &listen];
+        h.start_program("prometheus", Path::new("prometheus"), &args);
+
+        eventually("every target scraped and up", Duration::from_secs(60), || async {
+            let up = query(web, "up").await?;
+            match up.iter().filter(|s| value(s) == 1.0).count() {
+                5 => Ok(()),
+                n => Err(format!("{n} of 5 targets up: {up:?}")),
+            }
+        })
+        .await;
+        eventually("every role's series", Duration::from_secs(30), || async {
+            let states = query(web, "quiver_node_state").await?;
+            for (_, role) in ONE_PER_ROLE {
+                let serving = states
+                    .iter()
+                    .any(|s| s["metric"]["role"] == role && s["metric"]["state"] == "serving" && value(s) == 1.0);
+                if !serving {
+                    return Err(format!("no serving state for {role}: {states:?}"));
+                }
+            }
+            for gauge in ["quiver_node_healthy", "quiver_node_segments"] {
+                let series = query(web, gauge).await?;
+                for (_, role) in ONE_PER_ROLE {
+                    if !series.iter().any(|s| s["metric"]["role"] == role) {
+                        return Err(format!("no {gauge} for {role}: {series:?}"));
+                    }
+                }
+            }
+            let memory = query(web, "quiver_process_resident_memory_bytes").await?;
+            if memory.len() != 5 || memory.iter().any(|s| value(s).is_nan() || value(s) <= 1e6) {
+                return Err(format!("memory of 5 processes: {memory:?}"));
+            }
+            let requests = query(web, "quiver_requests_total").await?;
+            let inserts: f64 = requests.iter().filter(|s| s["metric"]["method"] == "insert").map(value).sum();
+            if inserts < 2.0 {
+                return Err(format!("the proxy's insert requests: {requests:?}"));
+            }
+            Ok(())
+        })
+        .await;
+    });
+}
