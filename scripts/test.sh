@@ -12,6 +12,9 @@ cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace -- --test-threads=2
+# The Prometheus alert rules: valid, and each alert's own unit tests (docs/observability.md).
+promtool check rules deploy/prometheus/quiver-alerts.yml
+promtool test rules deploy/prometheus/quiver-alerts.test.yml
 # Every fuzz target briefly (20 s each; longer campaigns: docs/fuzzing.md).
 scripts/fuzz.sh run 20
 # quiver for the Python suites below; quiver-bench so every test run builds the benchmark tool.

@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 
 use crate::error::{Error, Result};
 
+/// Bucket bounds of every histogram (all of them are durations in seconds): 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Installs the global `metrics` recorder with a Prometheus HTTP endpoint on `listen`.
 /// Returns the bound address (useful with port 0).
 pub fn install_prometheus(listen: &str) -> Result<Option<SocketAddr>> {
@@ -18,6 +22,10 @@ pub fn install_prometheus(listen: &str) -> Result<Option<SocketAddr>> {
     }
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        // Histograms as Prometheus histograms (buckets), so percentiles aggregate across
+        // processes (`histogram_quantile`); the exporter's default is a per-process summary.
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
         .install()
         .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
     describe();
@@ -33,6 +41,10 @@ fn describe() {
     metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");
+    metrics::describe_gauge!(
+        "quiver_plugin_switched_off",
+        "1 while the plugin of a kind is switched off after failing (the built-in answers)"
+    );
     metrics::describe_gauge!(
         "quiver_node_state",
         "1 for the role's current state (starting, serving, draining, stopped, standby), else 0"

@@ -1,8 +1,9 @@
 //! A real Prometheus server (Debian's `prometheus`, installed by `scripts/install-deps.sh`)
 //! scraping a multi-process cluster, one node per role, each with its own metrics endpoint
 //! (`metrics.listen`): every target is up and every role's series are there (its state, health
-//! and segments, its process's memory and CPU), and the proxy's request counters count the
-//! test's calls.
+//! and segments, its process's memory and CPU), the proxy's request counters count the test's
+//! calls, and the alert rules of `deploy/prometheus/quiver-alerts.yml` all evaluate against the
+//! real series with none firing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,8 +50,13 @@ fn prometheus_scrapes_every_role_of_a_cluster() {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: quiver\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\n\
+                 scrape_configs:\n  - job_name: quiver\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", "),
+                rules = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("deploy/prometheus/quiver-alerts.yml")
+                    .display()
+                    .to_string(),
             ),
         )
         .expect("write prometheus.yml");
@@ -90,10 +96,37 @@ fn prometheus_scrapes_every_role_of_a_cluster() {
             if memory.len() != 5 || memory.iter().any(|s| value(s).is_nan() || value(s) <= 1e6) {
                 return Err(format!("memory of 5 processes: {memory:?}"));
             }
+            // Latency histograms come as buckets (so percentiles aggregate across processes).
+            if query(web, "quiver_request_seconds_bucket").await?.is_empty() {
+                return Err("no quiver_request_seconds_bucket series".into());
+            }
             let requests = query(web, "quiver_requests_total").await?;
             let inserts: f64 = requests.iter().filter(|s| s["metric"]["method"] == "insert").map(value).sum();
             if inserts < 2.0 {
                 return Err(format!("the proxy's insert requests: {requests:?}"));
+            }
+            Ok(())
+        })
+        .await;
+        // The alert rules evaluate against the real series: all loaded, none failing, and on a
+        // healthy cluster none firing.
+        eventually("the alert rules evaluated", Duration::from_secs(30), || async {
+            let reply = http_get(web, "/api/v1/rules").await?;
+            let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+            let json: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+            let rules: Vec<&Value> = json["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                .collect();
+            let evaluated = rules.iter().filter(|r| r["health"] == "ok").count();
+            let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").copied().collect();
+            if rules.len() != 8 || evaluated != 8 {
+                return Err(format!("{evaluated} of {} rules evaluated ok: {rules:?}", rules.len()));
+            }
+            if !firing.is_empty() {
+                return Err(format!("alerts firing on a healthy cluster: {firing:?}"));
             }
             Ok(())
         })

@@ -318,6 +318,7 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
             engine = if next.pool.is_some() { "wasm" } else { "native" },
             "policy plugin activated"
         );
+        metrics::gauge!("quiver_plugin_switched_off", "kind" => N::KIND.as_str()).set(0.0);
         let old = self.active.swap(next);
         if let Ok(mut previous) = self.previous.lock() {
             *previous = Some(old);
@@ -443,6 +444,7 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
         if streak >= max {
             let why = format!("{streak} failed calls in a row, the last: {failure}");
             if health.disabled.set(why.clone()).is_ok() {
+                metrics::gauge!("quiver_plugin_switched_off", "kind" => N::KIND.as_str()).set(1.0);
                 tracing::error!(
                     kind = %N::KIND,
                     plugin = %active.source.name,
