@@ -2,8 +2,9 @@
 //! scraping a multi-process cluster, one node per role, each with its own metrics endpoint
 //! (`metrics.listen`): every target is up and every role's series are there (its state, health
 //! and segments, its process's memory and CPU), the proxy's request counters count the test's
-//! calls, and the alert rules of `deploy/prometheus/quiver-alerts.yml` all evaluate against the
-//! real series with none firing.
+//! calls, every query of the Grafana dashboard (`deploy/grafana/quiver.json`) returns series,
+//! and the alert rules of `deploy/prometheus/quiver-alerts.yml` all evaluate against the real
+//! series with none firing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,9 +14,19 @@ use serde_json::Value;
 use crate::common::data;
 use crate::common::{eventually, free_port, http_get, run, Harness, ONE_PER_ROLE, READY};
 
-/// The result vector of an instant query `query` (a bare metric name) on Prometheus at `port`.
+/// `text` percent-encoded for a URL query value (everything but unreserved characters).
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The result vector of the instant query `query` (PromQL) on Prometheus at `port`.
 async fn query(port: u16, query: &str) -> Result<Vec<Value>, String> {
-    let reply = http_get(port, &format!("/api/v1/query?query={query}")).await?;
+    let reply = http_get(port, &format!("/api/v1/query?query={}", url_encoded(query))).await?;
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
     let json: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
     match json["data"]["result"].as_array() {
@@ -108,6 +119,35 @@ fn prometheus_scrapes_every_role_of_a_cluster() {
             Ok(())
         })
         .await;
+        // Every query of the Grafana dashboard returns series from this Prometheus (its `$job`
+        // variable at "All").
+        let dashboard: Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/quiver.json"))
+                .expect("read deploy/grafana/quiver.json"),
+        )
+        .expect("the dashboard is JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        let exprs: Vec<(String, String)> = panels
+            .iter()
+            .flat_map(|p| {
+                let title = p["title"].as_str().unwrap_or_default().to_string();
+                let targets = p["targets"].as_array().cloned().unwrap_or_default();
+                targets
+                    .into_iter()
+                    .map(move |t| (title.clone(), t["expr"].as_str().unwrap_or_default().replace("$job", ".*")))
+            })
+            .collect();
+        assert!(exprs.len() >= 20, "{} dashboard queries", exprs.len());
+        eventually("every dashboard query answered", Duration::from_secs(30), || async {
+            for (title, expr) in &exprs {
+                if query(web, expr).await?.is_empty() {
+                    return Err(format!("panel {title:?}: no series for {expr}"));
+                }
+            }
+            Ok(())
+        })
+        .await;
+
         // The alert rules evaluate against the real series: all loaded, none failing, and on a
         // healthy cluster none firing.
         eventually("the alert rules evaluated", Duration::from_secs(30), || async {
