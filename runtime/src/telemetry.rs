@@ -42,6 +42,19 @@ fn describe() {
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");
     metrics::describe_gauge!(
+        "quiver_replica_groups_wanted",
+        "Replica groups loaded collections ask for (active coordinator)"
+    );
+    metrics::describe_gauge!("quiver_replica_groups", "Replica groups formed (active coordinator)");
+    metrics::describe_gauge!(
+        "quiver_replica_groups_degraded",
+        "Replica groups missing a segment or shard leader, or wanted but not formed (active coordinator)"
+    );
+    metrics::describe_gauge!(
+        "quiver_index_backlog_segments",
+        "Sealed segments waiting for their index (active coordinator)"
+    );
+    metrics::describe_gauge!(
         "quiver_plugin_switched_off",
         "1 while the plugin of a kind is switched off after failing (the built-in answers)"
     );

@@ -564,9 +564,61 @@ impl RoleHandler for Coordinator {
                     count(quiver_policy::discovery::Liveness::Suspect),
                     count(quiver_policy::discovery::Liveness::Dead),
                 );
+                export_cluster_gauges(&c);
                 (c.segments.values().map(|s| s.len() as u32).sum(), detail)
             }
             Err(_) => (0, String::new()),
         }
     }
+}
+
+/// The cluster-wide gauges only the active coordinator knows (a standby exports zeros, so
+/// `max` over coordinators is the active one's): replica groups wanted, formed and degraded,
+/// and the index backlog.
+///
+/// A group is degraded when a sealed segment of its collection has no confirmed holder among
+/// the group's nodes, or one of its shards has no confirmed leader; groups wanted but not
+/// formed (too few query nodes) count as degraded too.
+fn export_cluster_gauges(c: &Catalog) {
+    let (mut wanted, mut formed, mut degraded) = (0usize, 0usize, 0usize);
+    for (collection, layout) in &c.layouts {
+        if layout.released {
+            continue;
+        }
+        let want = layout.replica_number.max(1) as usize;
+        wanted += want;
+        formed += layout.replicas.len();
+        degraded += want.saturating_sub(layout.replicas.len());
+        let sealed: Vec<u64> = c
+            .segments
+            .get(collection)
+            .map(|s| s.values().filter(|s| s.state != SegmentState::Dropped).map(|s| s.id).collect())
+            .unwrap_or_default();
+        for group in &layout.replicas {
+            let held = |segment: &u64| {
+                layout.holders.get(segment).is_some_and(|holders| holders.iter().any(|h| group.nodes.contains(h)))
+            };
+            let leaders_ok = group.leaders.iter().all(|l| !l.node.is_empty() && l.confirmed);
+            if !leaders_ok || !sealed.iter().all(held) {
+                degraded += 1;
+            }
+        }
+    }
+    let indexed: HashSet<u64> = c.collections.values().filter(|i| i.index.is_some()).map(|i| i.id).collect();
+    let backlog = c
+        .segments
+        .iter()
+        .filter(|(collection, _)| indexed.contains(collection))
+        .flat_map(|(_, segments)| segments.values())
+        .filter(|s| s.state == SegmentState::Flushed)
+        .count();
+    set_cluster_gauges(wanted as f64, formed as f64, degraded as f64, backlog as f64);
+}
+
+/// Sets the active coordinator's cluster gauges (zeros from a standby).
+pub(crate) fn set_cluster_gauges(wanted: f64, formed: f64, degraded: f64, backlog: f64) {
+    metrics::gauge!("quiver_replica_groups_wanted").set(wanted);
+    metrics::gauge!("quiver_replica_groups").set(formed);
+    metrics::gauge!("quiver_replica_groups_degraded").set(degraded);
+    metrics::gauge!("quiver_index_backlog_segments").set(backlog);
 }
