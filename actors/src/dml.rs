@@ -165,9 +165,8 @@ pub struct ShardLog {
     last: Seq,
     /// The client's connection count when `messages` was created.
     connects: u64,
-    /// Since when the consumer has been silent: reset by a delivery, a new consumer, or a
-    /// look at the log that found nothing after `last`.
-    quiet_since: Instant,
+    /// When the consumer last delivered something (or was created).
+    delivered_at: Instant,
 }
 
 /// How often an idle reader checks whether the NATS connection was re-established.
@@ -223,7 +222,7 @@ impl ShardLog {
             check,
             last: after,
             connects,
-            quiet_since: Instant::now(),
+            delivered_at: Instant::now(),
         })
     }
 
@@ -252,7 +251,7 @@ impl ShardLog {
                     );
                     self.messages = messages;
                     self.connects = connects;
-                    self.quiet_since = Instant::now();
+                    self.delivered_at = Instant::now();
                     return Ok(());
                 }
                 Err(e) if started.elapsed() < REOPEN_LIMIT => {
@@ -265,21 +264,12 @@ impl ShardLog {
         }
     }
 
-    /// Opens a new consumer when this one has been silent for [`STALL_CHECK`] while the log
-    /// holds entries after the last one delivered (`last_in_log`, as the caller read it): an
-    /// ordered consumer dies with the nats-server it lived on. A reader that reads the log's
-    /// last position anyway (the query node's, every 500 ms) passes it here; [`ShardLog::next`]
-    /// asks for it itself after that much silence.
-    pub async fn reopen_if_stalled(&mut self, last_in_log: Seq) -> Result<()> {
-        if self.quiet_since.elapsed() < STALL_CHECK {
-            return Ok(());
-        }
-        if last_in_log > self.last {
-            return self.reopen("delivered nothing while the log holds later entries").await;
-        }
-        // Silent because the log is: look again after another STALL_CHECK.
-        self.quiet_since = Instant::now();
-        Ok(())
+    /// Whether the log holds entries after the last one delivered (asked at most once per
+    /// [`STALL_CHECK`] of silence, bounded in time; `false` when the log does not answer).
+    async fn behind(&mut self) -> bool {
+        self.delivered_at = Instant::now();
+        let last = tokio::time::timeout(RECONNECT_CHECK, last_seq(&self.bus, self.collection, self.shard)).await;
+        matches!(last, Ok(Ok(last)) if last > self.last)
     }
 
     /// The next entry; `None` when the consumer ended. Positions only grow: an entry at or
@@ -293,20 +283,13 @@ impl ShardLog {
             }
             let next = tokio::time::timeout(RECONNECT_CHECK, self.messages.next()).await;
             if matches!(next, Ok(Some(Ok(_)))) {
-                self.quiet_since = Instant::now();
+                self.delivered_at = Instant::now();
             }
             match next {
                 Err(_) => {
-                    if self.quiet_since.elapsed() >= STALL_CHECK {
-                        let last = last_seq(&self.bus, self.collection, self.shard);
-                        match tokio::time::timeout(RECONNECT_CHECK, last).await {
-                            Ok(Ok(last)) => {
-                                if let Err(e) = self.reopen_if_stalled(last).await {
-                                    return Some(Err(e));
-                                }
-                            }
-                            // The log does not answer: ask again after another STALL_CHECK.
-                            _ => self.quiet_since = Instant::now(),
+                    if self.delivered_at.elapsed() >= STALL_CHECK && self.behind().await {
+                        if let Err(e) = self.reopen("delivered nothing while the log holds later entries").await {
+                            return Some(Err(e));
                         }
                     }
                     continue;

@@ -109,8 +109,6 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
                     if *data.applied.borrow() >= last {
                         data.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
                     }
-                    // This tick cancels `log.next()` before its own silence check could run.
-                    log.reopen_if_stalled(last).await?;
                 }
             }
         }

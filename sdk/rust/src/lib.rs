@@ -193,7 +193,7 @@ const HEDGED: &[&str] =
 
 /// Silence after which a call is sent again; it doubles for each further send.
 const HEDGE_AFTER: Duration = Duration::from_secs(2);
-/// Sends of one call at most (the first and its resends).
+/// Sends of one read at most (the first and its resends).
 const MAX_SENDS: usize = 3;
 
 /// A request id: unique per call of this process (its pid, the time and a counter).
@@ -288,8 +288,8 @@ impl Client {
     /// acted on. With a `request_id` (reads, and writes that name their rows' keys) it is sent
     /// again with the same id: the proxy appends a write under a log message id derived from
     /// it, so JetStream stores it once. Without one (an insert whose keys the cluster assigns)
-    /// the caller gets an `Unavailable` error saying it may have been applied. Reads and keyed
-    /// inserts are also sent again when they go unanswered for a while ([`HEDGED`]).
+    /// the caller gets an `Unavailable` error saying it may have been applied. Reads are also
+    /// sent again when they go unanswered for a while ([`HEDGED`]).
     async fn request(
         &self,
         subject: String,
