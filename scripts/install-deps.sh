@@ -20,6 +20,8 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 # Prometheus (and promtool): a test scrapes a live cluster with a real server.
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# Headless Chromium: a test renders the web console of a live cluster.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "install-deps: apt-get install ${need_apt[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -84,18 +84,13 @@ fn main() {
         Command::Cluster(args) if args.is_supervisor() => "info",
         _ => "warn",
     };
-    // Colours only on a terminal: nodes of `quiver cluster` (and the test harness) log to files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Nodes install their subscriber once their configuration is read (it may export spans).
+    if !matches!(cli.command, Command::Standalone { .. } | Command::Run { .. }) {
+        quiver_runtime::trace::init(default_filter, None);
+    }
     let result = match cli.command {
-        Command::Standalone { config } => server::standalone(config.as_deref()),
-        Command::Run { config, roles } => server::run(config.as_deref(), &roles),
+        Command::Standalone { config } => server::standalone(config.as_deref(), default_filter),
+        Command::Run { config, roles } => server::run(config.as_deref(), &roles, default_filter),
         Command::Config { command: ConfigCommand::Default } => {
             print!("{}", quiver_runtime::Config::default_toml());
             Ok(0)

@@ -5,17 +5,17 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use quiver_actors::vector::{self, SimdChoice};
 use quiver_runtime::nats_server::{EmbeddedNats, SyncInterval};
-use quiver_runtime::{security, telemetry, Config, Shared, Supervisor};
+use quiver_runtime::{security, telemetry, trace, Config, Shared, Supervisor};
 use quiver_schemas::Role;
 
 /// All roles in one process; starts nats-server unless `nats.url` is set.
-pub fn standalone(config: Option<&Path>) -> anyhow::Result<i32> {
+pub fn standalone(config: Option<&Path>, log_filter: &str) -> anyhow::Result<i32> {
     let config = Config::load(config, std::env::vars())?;
-    serve(config, Role::ALL.to_vec(), true)
+    serve(config, Role::ALL.to_vec(), true, log_filter)
 }
 
 /// Chosen roles as one node of a cluster.
-pub fn run(config: Option<&Path>, roles: &[String]) -> anyhow::Result<i32> {
+pub fn run(config: Option<&Path>, roles: &[String], log_filter: &str) -> anyhow::Result<i32> {
     let config = Config::load(config, std::env::vars())?;
     let mut parsed = Vec::new();
     for r in roles {
@@ -28,7 +28,7 @@ pub fn run(config: Option<&Path>, roles: &[String]) -> anyhow::Result<i32> {
     if config.nats.url.is_empty() {
         bail!("`quiver run` needs nats.url (or QUIVER_NATS__URL): the nodes of a cluster share one NATS");
     }
-    serve(config, parsed, false)
+    serve(config, parsed, false, log_filter)
 }
 
 /// `quiver config nats-auth`: the credentials (generated once) and the nats-server
@@ -59,7 +59,13 @@ fn node_base(config: &Config, standalone: bool) -> String {
     }
 }
 
-fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i32> {
+fn serve(config: Config, roles: Vec<Role>, standalone: bool, log_filter: &str) -> anyhow::Result<i32> {
+    let base = node_base(&config, standalone);
+    let spans = trace::Exporter::start(&config.tracing, &config.cluster.name, &base)?;
+    trace::init(log_filter, spans.as_ref());
+    if !config.tracing.endpoint.is_empty() {
+        tracing::info!(endpoint = %config.tracing.endpoint, sampling_ratio = config.tracing.sampling_ratio, "tracing on: spans go to the OTLP collector");
+    }
     // Before anything runs faiss: a level this CPU lacks stops here, never as SIGILL later.
     let simd = config
         .node
@@ -99,7 +105,6 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
         None
     };
     let url = embedded.as_ref().map(|n| n.url().to_string()).unwrap_or_else(|| config.nats.url.clone());
-    let base = node_base(&config, standalone);
     let supervisor_cfg = config.supervisor.clone();
     let drain_timeout = config.node.drain_timeout;
     let cluster = config.cluster.name.clone();
@@ -143,6 +148,8 @@ fn serve(config: Config, roles: Vec<Role>, standalone: bool) -> anyhow::Result<i
         io.block_on(nats.stop());
     }
     tracing::info!(code, "Quiver stopped");
+    // The last spans go out before the process exits.
+    drop(spans);
     Ok(code)
 }
 

@@ -40,10 +40,11 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, LocalBoxFuture};
 use futures::{FutureExt, StreamExt};
 use quiver_runtime::bus::{Bus, LocalRequest, LocalServer, RequestContext};
-use quiver_runtime::{bus, telemetry, Error, LifeGuard, Result, RoleContext, RoleHealth, Shared};
+use quiver_runtime::{bus, telemetry, trace, Error, LifeGuard, Result, RoleContext, RoleHealth, Shared};
 use quiver_schemas::protocol::{NodeControlRequest, ProtocolError, Service, ServiceRequest};
 use quiver_schemas::{Empty, NodeState, NodeStatus, Role, Subjects, Wire};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Identity and shared handles of a running role.
 #[derive(Clone)]
@@ -701,6 +702,16 @@ where
     let label = R::known_method(method).unwrap_or("unknown");
     let role = node.role.as_str();
     let started = Instant::now();
+    // The request's server span, a child of the caller's span when it sent one (tracing on).
+    let span = tracing::debug_span!(
+        "request",
+        otel.name = %format_args!("{role}.{label}"),
+        otel.kind = "server",
+        node = %node.id,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
+    trace::set_remote_parent(&span, ctx.traceparent.as_deref());
     let result = async {
         if !stall.is_zero() {
             // Fault injection: a node too slow to answer. What it would do after the stall is
@@ -721,8 +732,10 @@ where
         })?;
         handle(req, ctx.clone()).await
     }
+    .instrument(span.clone())
     .await;
     if let Err(e) = &result {
+        trace::record_error(&span, e);
         if matches!(e, Error::DeadlineExceeded(_)) {
             metrics::counter!("quiver_requests_abandoned_total", "role" => role, "method" => label).increment(1);
         }

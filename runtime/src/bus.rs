@@ -338,7 +338,7 @@ impl Bus {
     ) -> Result<Vec<u8>> {
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let mut ctx = RequestContext::with_timeout(timeout);
-        ctx.traceparent = opts.traceparent.clone();
+        ctx.traceparent = crate::trace::current_traceparent().or_else(|| opts.traceparent.clone());
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = LocalRequest { subject: subject.clone(), payload, ctx, reply };
         let for_actor = match &server.direct {
@@ -374,7 +374,9 @@ impl Bus {
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
-        if let Some(tp) = &opts.traceparent {
+        // The span sending it is the callee's parent; with tracing off, the caller's context
+        // (a client's traceparent) is passed on as it came.
+        if let Some(tp) = crate::trace::current_traceparent().or_else(|| opts.traceparent.clone()) {
             headers.insert(HEADER_TRACEPARENT, tp.as_str());
         }
         let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));

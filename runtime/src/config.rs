@@ -17,6 +17,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub node: NodeConfig,
     pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
     pub supervisor: SupervisorConfig,
     pub coordinator: CoordinatorConfig,
     pub proxy: ProxyConfig,
@@ -490,6 +491,48 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { listen: "127.0.0.1:9091".into() }
+    }
+}
+
+/// Distributed tracing (OpenTelemetry, OTLP over gRPC; docs/observability.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC endpoint of a trace collector, e.g. `http://127.0.0.1:4317` (plain gRPC: run a
+    /// collector agent beside the node to forward over TLS); empty: no spans are recorded or
+    /// sent (the default). Setting it turns tracing on.
+    pub endpoint: String,
+    /// Share of requests traced, 0 to 1, for requests that arrive without a trace context; a
+    /// caller's W3C `traceparent` decides for its own requests (sampled or not).
+    pub sampling_ratio: f64,
+    /// A proxy keeps its last 32 searches that took at least this long, with the time each
+    /// step took, for the web console's slow-search view (whether or not tracing is on).
+    #[serde(with = "humantime_serde")]
+    pub slow_search: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig { endpoint: String::new(), sampling_ratio: 1.0, slow_search: Duration::from_millis(100) }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            return Err(Error::Config(format!(
+                "tracing.sampling_ratio: {} must be between 0 and 1 (0.01 traces one request in a hundred)",
+                self.sampling_ratio
+            )));
+        }
+        if !(self.endpoint.is_empty() || self.endpoint.starts_with("http://")) {
+            return Err(Error::Config(format!(
+                "tracing.endpoint: {:?} must be the http:// URL of an OTLP/gRPC collector (e.g. \
+                 http://127.0.0.1:4317; run a collector agent beside the node to reach a TLS one), or empty",
+                self.endpoint
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -1252,6 +1295,7 @@ impl Config {
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail("metrics.listen", "must be host:port (e.g. 127.0.0.1:9091) or empty");
         }
+        self.tracing.validate()?;
         self.host.validate()?;
         self.security.validate()?;
         self.tls.validate()?;

@@ -28,6 +28,7 @@ pub mod retry;
 pub mod security;
 pub mod supervisor;
 pub mod telemetry;
+pub mod trace;
 
 use std::sync::Arc;
 

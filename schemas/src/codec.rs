@@ -1020,6 +1020,7 @@ fn put_node_search_results(v: &NodeSearchResults, mut b: cp::node_search_results
     fill_structs(b.reborrow().init_results(len32(v.results.len())), &v.results, put_hits);
     fill_structs(b.reborrow().init_shards(len32(v.shards.len())), &v.shards, put_shard_view);
     b.set_in_flight(v.in_flight);
+    b.set_rows_searched(v.rows_searched);
 }
 
 fn get_node_search_results(r: cp::node_search_results::Reader<'_>) -> Result<NodeSearchResults, Fault> {
@@ -1027,6 +1028,7 @@ fn get_node_search_results(r: cp::node_search_results::Reader<'_>) -> Result<Nod
         results: read_structs(r.get_results(), get_hits).at("results")?,
         shards: read_structs(r.get_shards(), get_shard_view).at("shards")?,
         in_flight: r.get_in_flight(),
+        rows_searched: r.get_rows_searched(),
     })
 }
 
@@ -2478,6 +2480,7 @@ mod tests {
             results: vec![Hits { pks: pks(), scores: vec![0.1, 0.2, 0.3, 0.4], columns: vec![] }],
             shards: vec![ShardView { shard: 3, version: u64::MAX, segments: vec![7, 8, 9] }],
             in_flight: 12,
+            rows_searched: 1 << 40,
         }));
         out.push(rt(&NodeSearchResults::default()));
         out.push(rt(&FlushResult { segments: vec![1, 2, u64::MAX] }));

@@ -67,6 +67,25 @@ impl Code {
         Code::NotServed,
     ];
 
+    /// The code's name (snake case), for metric labels and span tags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "invalid_argument",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::Unavailable => "unavailable",
+            Code::Timeout => "timeout",
+            Code::Internal => "internal",
+            Code::Stale => "stale",
+            Code::CollectionNotFound => "collection_not_found",
+            Code::IndexNotFound => "index_not_found",
+            Code::NotLoaded => "not_loaded",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::NotServed => "not_served",
+        }
+    }
+
     pub fn from_u16(v: u16) -> Code {
         match v {
             1 => Code::InvalidArgument,

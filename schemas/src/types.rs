@@ -660,6 +660,9 @@ pub struct NodeSearchResults {
     pub shards: Vec<ShardView>,
     /// Requests the node was serving when it answered, from all proxies (S2.7).
     pub in_flight: u32,
+    /// Rows of the segments and growing parts searched (deleted ones included).
+    #[serde(default)]
+    pub rows_searched: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

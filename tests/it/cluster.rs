@@ -7,7 +7,7 @@ use std::time::Duration;
 use quiver_client::{Consistency, IndexType, MetricType, PrimaryKey, SearchParams, SegmentState};
 
 use crate::common::data::{self, dataset, exact_top_k, recall};
-use crate::common::{run, Harness, READY};
+use crate::common::{run, start_nodes, Harness, TWO_QUERY_NODES};
 
 #[test]
 fn multi_process_cluster_spreads_segments_and_searches_exactly() {
@@ -18,20 +18,8 @@ fn multi_process_cluster_spreads_segments_and_searches_exactly() {
         // the default (memory) placement follows the nodes' real memory use, which on one machine
         // differs by more than these small segments weigh (it is exercised in plugins.rs).
         let env = [("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2500"), ("QUIVER_PLUGINS__BALANCER", "row-count")];
-        let procs = [
-            ("coord", "coordinator"),
-            ("proxy", "proxy"),
-            ("qn1", "querynode"),
-            ("qn2", "querynode"),
-            ("dn", "datanode"),
-            ("ixn", "indexnode"),
-        ];
-        for (id, role) in procs {
-            h.start_node(id, &[role], &env);
-        }
-        let client = h.client().await;
-        let nodes: Vec<(String, u32)> = procs.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
-        let status = h.wait_ready(&client, &nodes, READY).await;
+        let (client, nodes) = start_nodes(&mut h, &TWO_QUERY_NODES, &env).await;
+        let status = client.status().await.expect("status");
         let pids: BTreeSet<u32> = status.nodes.iter().map(|n| n.pid).collect();
         assert_eq!(pids.len(), 6, "six processes, one role each: {status:?}");
 

@@ -9,6 +9,10 @@
 //!                                                                    (Proxy::scale; any of them)
 //!   GET   /v1/status         ClusterStatus                           (Proxy::status)
 //!   GET   /v1/events         ClusterEvents                           (Proxy::events)
+//!   GET   /v1/collections    each collection's replica groups, shard leaders and segments
+//!   GET   /v1/plugins        the plugin catalog: versions, active choices, what nodes run
+//!   GET   /v1/searches/slow  this proxy's last slow searches, step by step (slow.rs)
+//!   GET   /console           the web console (console/), which reads the endpoints above
 //!   GET   /v1/autoscaling    AutoscaleStatus                         (Proxy::autoscaling)
 //!   PATCH /v1/autoscaling/{role} {"min_memory_mb": A, "max_memory_mb": B, "reset": false}
 //!                                                  -> AutoscaleStatus (Proxy::autoscale)
@@ -35,7 +39,8 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::config::TlsConfig;
 use quiver_runtime::{security, Error, Result};
 use quiver_schemas::protocol::access::Principal;
-use quiver_schemas::{AutoscaleRequest, NodeSize, ScaleRequest};
+use quiver_schemas::protocol::coord;
+use quiver_schemas::{AutoscaleRequest, Empty, NodeSize, ScaleRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::rustls;
@@ -93,6 +98,13 @@ fn router(admin: Arc<Admin>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/autoscaling", get(autoscaling))
         .route("/v1/autoscaling/{role}", axum::routing::patch(autoscale))
+        .route("/v1/collections", get(collections))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/searches/slow", get(slow_searches))
+        .route("/", get(console_home))
+        .route("/console", get(console_page))
+        .route("/console/console.js", get(console_script))
+        .route("/console/console.css", get(console_style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -283,12 +295,140 @@ async fn events(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<R
     Ok(json(StatusCode::OK, &events))
 }
 
+/// Collections listed by `GET /v1/collections` at most (each costs a layout lookup).
+const MAX_COLLECTIONS_SHOWN: usize = 200;
+
+/// One collection as `GET /v1/collections` shows it.
+#[derive(Serialize)]
+struct CollectionView {
+    name: String,
+    released: bool,
+    /// Layout version.
+    version: u64,
+    rows: u64,
+    segments: usize,
+    replicas: Vec<quiver_schemas::ReplicaGroup>,
+    /// Each shard's leader per replica group.
+    shards: Vec<quiver_schemas::ShardPlacement>,
+    /// Sealed segments each query node serves.
+    segments_per_node: std::collections::BTreeMap<String, usize>,
+}
+
+#[derive(Serialize)]
+struct Collections {
+    collections: Vec<CollectionView>,
+    /// Collections not shown (beyond the first MAX_COLLECTIONS_SHOWN).
+    more: usize,
+    /// Collections whose layout could not be read, and why.
+    notes: Vec<String>,
+}
+
+async fn collections(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin.admit(&headers, Access::Read)?;
+    let ctx = context();
+    let names = admin.proxy.forward::<coord::ListCollections>(&Empty {}, &ctx).await.map_err(ApiError::of)?.names;
+    let more = names.len().saturating_sub(MAX_COLLECTIONS_SHOWN);
+    let layouts =
+        futures::future::join_all(names.iter().take(MAX_COLLECTIONS_SHOWN).map(|name| admin.proxy.refresh(name, &ctx)))
+            .await;
+    let mut out = Collections { collections: Vec::new(), more, notes: Vec::new() };
+    for (name, layout) in names.iter().zip(layouts) {
+        match layout {
+            Ok(d) => {
+                let mut segments_per_node = std::collections::BTreeMap::new();
+                for placement in &d.segments {
+                    for node in &placement.nodes {
+                        *segments_per_node.entry(node.clone()).or_insert(0) += 1;
+                    }
+                }
+                out.collections.push(CollectionView {
+                    name: name.clone(),
+                    released: d.released,
+                    version: d.version,
+                    rows: d.segments.iter().map(|s| s.segment.rows).sum(),
+                    segments: d.segments.len(),
+                    replicas: d.replicas.clone(),
+                    shards: d.shards.clone(),
+                    segments_per_node,
+                });
+            }
+            // Dropped since it was listed, or not served: said, not fatal to the page.
+            Err(e) => out.notes.push(format!("{name}: {e}")),
+        }
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn plugins(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin.admit(&headers, Access::Read)?;
+    let report = admin.proxy.forward::<coord::PluginList>(&Empty {}, &context()).await.map_err(ApiError::of)?;
+    let listing: serde_json::Value =
+        serde_json::from_str(&report.json).map_err(|e| ApiError::of(Error::internal(e)))?;
+    Ok(json(StatusCode::OK, &listing))
+}
+
+async fn slow_searches(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin.admit(&headers, Access::Read)?;
+    #[derive(Serialize)]
+    struct Slow {
+        /// The proxy that served them (each proxy keeps its own).
+        proxy: String,
+        threshold_ms: f64,
+        searches: Vec<super::slow::SlowSearch>,
+    }
+    let slow = Slow {
+        proxy: admin.proxy.node.id.clone(),
+        threshold_ms: super::slow::ms(admin.proxy.node.shared.config.tracing.slow_search),
+        searches: admin.proxy.slow.list(),
+    };
+    Ok(json(StatusCode::OK, &slow))
+}
+
+/// The console's files: static, holding no data (the page reads the API with the caller's
+/// credentials), so they are served to anyone.
+const CONSOLE_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+
+fn console_file(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    response
+}
+
+async fn console_home() -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/console"));
+    response
+}
+
+async fn console_page() -> Response {
+    console_file("text/html; charset=utf-8", CONSOLE_HTML)
+}
+
+async fn console_script() -> Response {
+    console_file("text/javascript; charset=utf-8", CONSOLE_JS)
+}
+
+async fn console_style() -> Response {
+    console_file("text/css; charset=utf-8", CONSOLE_CSS)
+}
+
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_found",
         message: "no such endpoint: the admin API serves GET /v1/roles, GET and PATCH /v1/roles/{role}, \
-                  GET /v1/status and GET /v1/events (docs/scaling.md)"
+                  GET /v1/status, /v1/events, /v1/collections, /v1/plugins, /v1/searches/slow, GET and \
+                  PATCH /v1/autoscaling[/{role}], and the web console at /console (docs/scaling.md, \
+                  docs/observability.md)"
             .into(),
     }
 }

@@ -16,6 +16,7 @@ mod load;
 pub mod milvus;
 mod read;
 mod reply;
+mod slow;
 pub(crate) mod validate;
 mod write;
 
@@ -64,6 +65,8 @@ pub struct Proxy {
     awake_until: idle::AwakeCache,
     /// Timestamp and id blocks for writes (`grants.rs`).
     grants: grants::Grants,
+    /// The last slow searches, step by step (`slow.rs`).
+    slow: slow::SlowSearches,
 }
 
 /// The role: the proxy's state (shared with the tasks of the Milvus gRPC server and the HTTP
@@ -140,6 +143,7 @@ pub fn start(rc: RoleContext) {
                     load: load::NodeLoads::default(),
                     awake_until: idle::AwakeCache::default(),
                     grants,
+                    slow: slow::SlowSearches::default(),
                 };
                 Ok(ProxyRole { proxy: Arc::new(proxy), grpc: Server::default(), http: Server::default() })
             })

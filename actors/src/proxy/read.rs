@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quiver_policy::router::RouteRequest;
 use quiver_runtime::bus::{now_ms, CallOptions, RequestContext};
-use quiver_runtime::{Error, Result};
+use quiver_runtime::{trace, Error, Result};
 use quiver_schemas::protocol::querynode;
 use quiver_schemas::{
     ts_compose, CollectionInfo, Consistency, Distribution, Expr, Get, GetResults, Hits, NodeGet, NodeQuery, NodeSearch,
@@ -20,11 +20,13 @@ use quiver_schemas::{
 
 use super::load::NodeLoads;
 use super::reply::{self, pk_type, RowsShape, SearchShape};
+use super::slow::{self, NodeStep, SlowSearch, Steps};
 use super::validate::{check_output_fields, check_pk, check_search, select_rows};
 use super::Proxy;
 use crate::limits::ReadLimits;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
+use tracing::Instrument;
 
 /// How long a read keeps retrying failed shares (backoff 20 ms doubling to 1 s), unless its
 /// caller's deadline comes first: long enough for the coordinator to declare a killed query
@@ -202,12 +204,21 @@ impl Proxy {
     /// again (MISSION S2.5); the other answers are kept. Every try is bounded by
     /// `min(caller's remaining time, per-try patience)`; retries until the caller's deadline
     /// passes or for `RETRY_WINDOW`, whichever is first.
-    pub(super) async fn scatter<T, F, Fut>(&self, collection: &str, ctx: &RequestContext, send: F) -> Result<Vec<T>>
+    /// Each layout lookup is a `get_routing` span; its time is added to `steps`.
+    pub(super) async fn scatter<T, F, Fut>(
+        &self,
+        collection: &str,
+        ctx: &RequestContext,
+        steps: &Steps,
+        send: F,
+    ) -> Result<Vec<T>>
     where
         F: Fn(Arc<Distribution>, String, NodeShare, CallOptions) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut dist = self.distribution(collection, ctx).await?;
+        let routed = Instant::now();
+        let mut dist = self.distribution(collection, ctx).instrument(routing_span(collection, false)).await?;
+        steps.routed(routed.elapsed());
         let mut parts = Vec::new();
         let mut pending: Option<Pending> = None;
         let mut avoid = self.load.failing();
@@ -272,7 +283,9 @@ impl Proxy {
             if ctx.expired() {
                 break;
             }
-            dist = self.refresh(collection, ctx).await?;
+            let routed = Instant::now();
+            dist = self.refresh(collection, ctx).instrument(routing_span(collection, true)).await?;
+            steps.routed(routed.elapsed());
             if let Some(segment) = pending.as_ref().and_then(|p| p.unplannable_on(&dist)) {
                 // Compaction moved rows of the failed share together with rows other shares
                 // answered for: only a read planned afresh on the new layout counts every row once.
@@ -328,13 +341,63 @@ impl Proxy {
         nq: usize,
         ctx: &RequestContext,
     ) -> Result<SearchResults> {
+        let started = Instant::now();
+        let steps = Steps::default();
+        let (collection, top_k, consistency) = (req.collection.clone(), req.top_k, req.consistency);
+        let mut merge_took = Duration::ZERO;
+        let result = self.search_steps(info, req, nq, ctx, &steps, &mut merge_took).await;
+        let took = started.elapsed();
+        if took >= self.node.shared.config.tracing.slow_search {
+            let search = SlowSearch {
+                at_ms: now_ms(),
+                collection,
+                nq,
+                top_k,
+                consistency: format!("{consistency:?}"),
+                ms: slow::ms(took),
+                routing_ms: 0.0,
+                merge_ms: slow::ms(merge_took),
+                nodes: Vec::new(),
+                error: result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                trace_id: trace::trace_id_of(&tracing::Span::current()).unwrap_or_default(),
+            };
+            self.slow.record(steps, search);
+        }
+        result
+    }
+
+    /// A search's steps: routing (in [`Proxy::scatter`]), one `do_search` span per query
+    /// node's share, and the `do_merge` of their answers.
+    async fn search_steps(
+        &self,
+        info: &CollectionInfo,
+        req: Search,
+        nq: usize,
+        ctx: &RequestContext,
+        steps: &Steps,
+        merge_took: &mut Duration,
+    ) -> Result<SearchResults> {
         let filter = Arc::new(parse_filter(info, &req.filter)?.1);
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
         let shape = &SearchShape { nq, k: req.top_k as usize, fields: &req.output_fields, pk_type: pk_type(info) };
         let parts = self
-            .scatter(&req.collection, ctx, |dist, node, share, opts| {
+            .scatter(&req.collection, ctx, steps, |dist, node, share, opts| {
+                let (segments, growing) = (share.segments.len(), share.growing.len());
+                let span = tracing::debug_span!(
+                    "do_search",
+                    otel.kind = "client",
+                    node = %node,
+                    segments,
+                    growing,
+                    nq,
+                    top_k = req.top_k,
+                    rows_searched = tracing::field::Empty,
+                    status = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                    otel.status_message = tracing::field::Empty,
+                );
                 let msg = NodeSearch {
                     collection: dist.collection.id,
                     search: (*req).clone(),
@@ -343,19 +406,43 @@ impl Proxy {
                     guarantee_ts,
                     filter: (*filter).clone(),
                 };
+                let traced = span.clone();
                 async move {
-                    let call = self.load.start(&node);
-                    let part: NodeSearchResults = bus.call_node::<querynode::Search>(&node, &msg, &opts).await?;
-                    drop(call);
-                    reply::check_search(&node, &part, shape)?;
+                    let started = Instant::now();
+                    let answer: Result<NodeSearchResults> = async {
+                        let call = self.load.start(&node);
+                        let part: NodeSearchResults = bus.call_node::<querynode::Search>(&node, &msg, &opts).await?;
+                        drop(call);
+                        reply::check_search(&node, &part, shape)?;
+                        Ok(part)
+                    }
+                    .await;
+                    let rows_searched = answer.as_ref().map_or(0, |part| part.rows_searched);
+                    traced.record("rows_searched", rows_searched);
+                    match &answer {
+                        Ok(_) => traced.record("status", "ok"),
+                        Err(e) => {
+                            trace::record_error(&traced, e);
+                            traced.record("status", e.code().name())
+                        }
+                    };
+                    let error = answer.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+                    let ms = slow::ms(started.elapsed());
+                    steps.node(NodeStep { node: node.clone(), segments, growing, rows_searched, ms, error });
+                    let part = answer?;
                     self.load.report(&node, part.in_flight);
                     self.check_views(&dist, &part.shards);
                     Ok(SearchResults { results: part.results })
                 }
+                .instrument(span)
             })
             .await?;
         let better = higher_is_better(metric_of(info));
-        Ok(merge(parts, nq, req.top_k as usize, better))
+        let merging = Instant::now();
+        let merged = tracing::debug_span!("do_merge", parts = parts.len(), nq, top_k = req.top_k)
+            .in_scope(|| merge(parts, nq, req.top_k as usize, better));
+        *merge_took = merging.elapsed();
+        Ok(merged)
     }
 
     /// Compares the shard leaders' authoritative segment lists with the cached layout they
@@ -392,7 +479,7 @@ impl Proxy {
             pk_type: pk_type(&info),
         };
         let parts = self
-            .scatter(&req.collection, ctx, |dist, node, share, opts| {
+            .scatter(&req.collection, ctx, &Steps::default(), |dist, node, share, opts| {
                 let msg = NodeGet {
                     collection: dist.collection.id,
                     get: (*req).clone(),
@@ -491,7 +578,7 @@ impl Proxy {
             pk_type: pk_type(&info),
         };
         let parts: Vec<GetResults> = self
-            .scatter(&req.collection, ctx, |dist, node, share, opts| {
+            .scatter(&req.collection, ctx, &Steps::default(), |dist, node, share, opts| {
                 let mut query = (*req).clone();
                 query.limit = node_limit;
                 let msg = NodeQuery {
@@ -676,6 +763,12 @@ fn merge_get(parts: Vec<GetResults>, req: &Get, dim: u32) -> GetResults {
         seqs.push(seq);
     }
     GetResults { rows, seqs }
+}
+
+/// The span of one layout lookup (`get_routing`): a cached layout is a map lookup, a fresh
+/// one a call to the coordinator.
+fn routing_span(collection: &str, refresh: bool) -> tracing::Span {
+    tracing::debug_span!("get_routing", collection, refresh)
 }
 
 #[cfg(test)]

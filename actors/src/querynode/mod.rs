@@ -31,8 +31,9 @@ use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::QueryNodeRequest;
 use quiver_schemas::{
     CollectionInfo, Empty, GetResults, LoadSegments, MetricType, NodeGet, NodeQuery, NodeSearch, NodeSearchResults,
-    ReleaseSegments, ScalarIndex, SearchResults, SegmentInfo, ShardPlacement, ShardView,
+    ReleaseSegments, ScalarIndex, SegmentInfo, ShardPlacement, ShardView,
 };
+use tracing::Instrument;
 
 use pool::SearchPool;
 use search::Sealed;
@@ -337,7 +338,15 @@ impl QueryNode {
             }
             Ok(())
         };
-        ctx.bound("the wait for consistency", wait).await?;
+        if consistency == quiver_schemas::Consistency::Eventually {
+            return ctx.check(format_args!("the read started on {}", self.node.id));
+        }
+        let span =
+            tracing::debug_span!("wait_consistency", consistency = ?consistency, shards = segs.len() + grow.len());
+        let started = std::time::Instant::now();
+        let waited = ctx.bound("the wait for consistency", wait).instrument(span).await;
+        metrics::histogram!("quiver_querynode_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
+        waited?;
         // The caller may have given up while we waited: then the search itself is not run.
         ctx.check(format_args!("the read started on {}", self.node.id))
     }
@@ -382,16 +391,24 @@ impl QueryNode {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let quick = search::is_quick(&plan);
-        let found: SearchResults = if quick && multi_thread {
+        let (found, rows_searched) = if quick && multi_thread {
             metrics::counter!("quiver_querynode_inline_searches_total").increment(1);
             search::run_search(&plan, &pool)?
         } else if quick && self.in_flight.load(Ordering::Relaxed) <= 1 {
             metrics::counter!("quiver_querynode_inline_searches_total").increment(1);
             search::run_search(&plan, &pool)?
         } else {
-            tokio::task::spawn_blocking(move || search::run_search(&plan, &pool)).await.map_err(Error::internal)??
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || span.in_scope(|| search::run_search(&plan, &pool)))
+                .await
+                .map_err(Error::internal)??
         };
-        Ok(NodeSearchResults { results: found.results, shards, in_flight: self.in_flight.load(Ordering::Relaxed) })
+        Ok(NodeSearchResults {
+            results: found.results,
+            shards,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            rows_searched: rows_searched as u64,
+        })
     }
 
     async fn get(&self, req: NodeGet, ctx: &RequestContext) -> Result<GetResults> {

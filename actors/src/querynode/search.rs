@@ -294,15 +294,25 @@ pub fn is_quick(plan: &SearchPlan) -> bool {
 /// into pieces run side by side on `pool` (this thread waits: it holds the growing rows' read
 /// locks, which the merge needs, so it must not be a pool thread that could pick up another
 /// request's piece meanwhile); pieces take their shard's delete lock themselves.
-pub fn run_search(plan: &SearchPlan, pool: &SearchPool) -> Result<SearchResults> {
+///
+/// Returns the results and the rows searched (sealed and growing, deleted ones included). Each
+/// piece is a `search_segment` span under the caller's current span (tracing on).
+pub fn run_search(plan: &SearchPlan, pool: &SearchPool) -> Result<(SearchResults, usize)> {
     let nq = plan.queries.len() / plan.dim.max(1);
     let k = plan.k;
     let guards: Vec<_> = plan.growing.iter().map(|(s, after)| read_growing(s, *after)).collect::<Result<_>>()?;
     let growing: Vec<&Growing> = guards.iter().map(|g| &**g).collect();
+    let rows_searched = plan.segments.iter().map(|(s, _)| s.rows.len()).sum::<usize>()
+        + growing.iter().map(|g| g.rows.len()).sum::<usize>();
     let matching: Vec<Option<Bitmap>> =
         growing.iter().map(|g| plan.filter.as_ref().map(|f| evaluate(&f.expr, &g.rows))).collect();
     let pieces = pieces(plan, &growing, pool.threads());
-    let found = pool.run(pieces.iter().collect(), |piece| run_piece(plan, &growing, &matching, piece));
+    let parent = tracing::Span::current();
+    let found = pool.run(pieces.iter().collect(), |piece| {
+        let span = piece_span(&parent, plan, piece);
+        let _entered = span.enter();
+        run_piece(plan, &growing, &matching, piece)
+    });
     let mut per_query: Vec<Vec<Candidate>> = (0..nq).map(|_| Vec::with_capacity(k * 2)).collect();
     for (piece, found) in pieces.iter().zip(found) {
         let (d, l) = found?;
@@ -345,7 +355,25 @@ pub fn run_search(plan: &SearchPlan, pool: &SearchPool) -> Result<SearchResults>
         }
         results.push(hits);
     }
-    Ok(SearchResults { results })
+    Ok((SearchResults { results }, rows_searched))
+}
+
+/// The span of one piece of a search: the segment (or growing shard) and the block of queries
+/// and rows it covers.
+fn piece_span(parent: &tracing::Span, plan: &SearchPlan, piece: &Piece) -> tracing::Span {
+    let (kind, id, indexed) = match piece.source {
+        Source::Segment(i) => ("sealed", plan.segments[i].0.info.id, plan.segments[i].0.index.is_some()),
+        Source::Growing(i) => ("growing", plan.growing[i].0.shard as u64, false),
+    };
+    tracing::debug_span!(
+        parent: parent,
+        "search_segment",
+        kind,
+        segment = id,
+        indexed,
+        queries = piece.queries.len(),
+        rows = piece.rows.len(),
+    )
 }
 
 /// Top-k of one sealed segment among the rows matching `filter` and not deleted: the filter's

@@ -112,7 +112,7 @@ fn pool() -> SearchPool {
 
 /// The keys and distances a plan finds for its one query, best first.
 fn found(plan: &SearchPlan) -> (Vec<i64>, Vec<f32>) {
-    let results = run_search(plan, &pool()).unwrap();
+    let results = run_search(plan, &pool()).unwrap().0;
     assert_eq!(results.results.len(), 1, "one list per query");
     let hits = &results.results[0];
     assert_eq!(hits.columns[0].values.len(), hits.pks.len(), "one tag per hit");
@@ -254,7 +254,7 @@ fn pieces_on_the_pool_merge_into_the_exact_answer() {
     let mut p = plan(5, &segs, &[(&shard, 600)], None);
     p.queries = queries.clone();
     for threads in [1, 2, 5] {
-        let found = run_search(&p, &SearchPool::new(threads).unwrap()).unwrap();
+        let found = run_search(&p, &SearchPool::new(threads).unwrap()).unwrap().0;
         for (q, hits) in queries.chunks(DIM).zip(&found.results) {
             let mut want = live.clone();
             want.sort_by(|a, b| (*a as f32 - q[0]).abs().total_cmp(&(*b as f32 - q[0]).abs()));

@@ -25,13 +25,16 @@ pub mod fvecs;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use quiver_schemas::protocol::{api, control};
-use quiver_schemas::status::{Code, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT};
+use quiver_schemas::status::{
+    Code, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT,
+};
 pub use quiver_schemas::*;
 
 /// What a call can fail with. `Unavailable` and `Timeout` are worth retrying. The finer
@@ -219,6 +222,8 @@ pub struct Client {
     violations: tokio::sync::broadcast::Sender<String>,
     /// Fires when the connection to NATS is lost: replies to requests in flight are lost too.
     disconnects: tokio::sync::broadcast::Sender<()>,
+    /// The W3C trace context sent with every call ([`Client::with_traceparent`]).
+    traceparent: Option<Arc<str>>,
 }
 
 impl Client {
@@ -259,13 +264,30 @@ impl Client {
             .connect(url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect::<Vec<_>>())
             .await
             .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
-        Ok(Client { nats, subjects: Subjects::new(cluster), timeout: Duration::from_secs(60), violations, disconnects })
+        Ok(Client {
+            nats,
+            subjects: Subjects::new(cluster),
+            timeout: Duration::from_secs(60),
+            violations,
+            disconnects,
+            traceparent: None,
+        })
     }
 
     /// Sets the per-call deadline (default 60 s). It travels with every call, so the cluster
     /// stops working on a request once its caller stopped waiting.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
+        self
+    }
+
+    /// A client whose calls carry the W3C trace context `traceparent`
+    /// (`00-<trace id>-<span id>-<flags>`, e.g. your span's, from your tracing library): with
+    /// tracing on in the cluster (`tracing.endpoint`), each call's spans join that trace as
+    /// children of that span, and the caller's sampled flag decides whether they are recorded.
+    /// Cheap: clone the client per traced operation.
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Client {
+        self.traceparent = Some(Arc::from(traceparent.into()));
         self
     }
 
@@ -328,6 +350,9 @@ impl Client {
             headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
             if let Some(id) = request_id {
                 headers.insert(HEADER_REQUEST_ID, id);
+            }
+            if let Some(tp) = &self.traceparent {
+                headers.insert(HEADER_TRACEPARENT, &**tp);
             }
             let request = async_nats::Request::new().payload(payload.clone()).headers(headers).timeout(Some(timeout));
             self.nats.send_request(subject.to_string(), request)

@@ -129,6 +129,16 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 pub const ONE_PER_ROLE: [(&str, &str); 5] =
     [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode"), ("ixn", "indexnode"), ("qn", "querynode")];
 
+/// A cluster with two query nodes, one process per node, as (process name, role).
+pub const TWO_QUERY_NODES: [(&str, &str); 6] = [
+    ("coord", "coordinator"),
+    ("proxy", "proxy"),
+    ("qn1", "querynode"),
+    ("qn2", "querynode"),
+    ("dn", "datanode"),
+    ("ixn", "indexnode"),
+];
+
 /// Starts one node of each role ([`ONE_PER_ROLE`], the coordinator's id replaced by
 /// `coordinator`) with `env`, waits until each serves; returns a client and the (node id, pid)
 /// of each.
@@ -139,13 +149,34 @@ pub async fn start_one_per_role(
 ) -> (quiver_client::Client, Vec<(String, u32)>) {
     let ids: Vec<(&str, &str)> =
         ONE_PER_ROLE.iter().map(|&(id, role)| (if role == "coordinator" { coordinator } else { id }, role)).collect();
-    for &(id, role) in &ids {
+    start_nodes(h, &ids, env).await
+}
+
+/// Starts one process per (process name, role) of `procs` with `env`, waits until each
+/// serves; returns a client and the (node id, pid) of each.
+pub async fn start_nodes(
+    h: &mut Harness,
+    procs: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (quiver_client::Client, Vec<(String, u32)>) {
+    for &(id, role) in procs {
         h.start_node(id, &[role], env);
     }
     let client = h.client().await;
-    let nodes: Vec<(String, u32)> = ids.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
+    let nodes: Vec<(String, u32)> = procs.iter().map(|(id, role)| (format!("{id}-{role}"), h.pid(id))).collect();
     h.wait_ready(&client, &nodes, READY).await;
     (client, nodes)
+}
+
+/// Collection `docs` with base rows `0..rows` inserted and flushed; returns the served layout
+/// once every row is in a flushed segment.
+pub async fn flushed_docs(client: &quiver_client::Client, rows: usize) -> quiver_client::Distribution {
+    use std::time::Duration;
+    data::create_simple(client, "docs").await;
+    data::insert_rows(client, "docs", 0, rows, 2_000).await;
+    data::flush(client, "docs").await;
+    data::wait_segments(client, "docs", rows as u64, quiver_client::SegmentState::Flushed, Duration::from_secs(30))
+        .await
 }
 
 /// Collection `docs` with base rows `0..rows` flushed, an HNSW index built on every segment and

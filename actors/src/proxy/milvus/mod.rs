@@ -48,7 +48,7 @@ use proto::milvus::milvus_service_server::MilvusServiceServer;
 pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>) -> Result<()> {
     let config = proxy.node.shared.config.clone();
     let gate = Arc::new(Gate::new(security::grpc_credentials(&config)?, credentials_hint(&config)));
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true).trace_fn(call_span);
     if let Some(tls) = server_tls(&config.tls)? {
         server = server
             .tls_config(tls)
@@ -219,6 +219,23 @@ fn authorize<T>(req: &tonic::Request<T>, method: &str, privilege: &str) -> Resul
         )));
     }
     Ok(())
+}
+
+/// The server span of one Milvus API call (`milvus.Search`, ...), a child of the client's
+/// span when it sends a W3C `traceparent` (a disabled span with tracing off).
+fn call_span(req: &axum::http::Request<()>) -> tracing::Span {
+    let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let span = tracing::debug_span!(
+        "grpc",
+        otel.name = %format_args!("milvus.{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %method,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
+    quiver_runtime::trace::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    span
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ fn answer<T: Failed>(method: &'static str, started: Instant, result: Result<T>) 
         Ok(v) => v,
         Err(e) => {
             tracing::debug!(method, error = %e, "Milvus API call failed");
+            quiver_runtime::trace::record_error(&tracing::Span::current(), &e);
             T::failed(status_of(&e))
         }
     }))

@@ -1,0 +1,208 @@
+//! Distributed tracing across a multi-process cluster (MISSION S4.5): a real OTLP/gRPC
+//! receiver (a small collector this test runs, built on `opentelemetry-proto`'s service) takes
+//! the spans every process exports, and a search's span tree is checked: the proxy's server
+//! span under the client's own span (its `traceparent` is honoured), `get_routing`, one
+//! `do_search` per query node holding segments (tagged with the node, segments, nq, top-k, rows
+//! searched and status), each with that node's server span beneath (from that node's process,
+//! with `wait_consistency` and its `search_segment` spans), and `do_merge`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use quiver_client::{Consistency, SearchParams};
+
+use crate::common::data::{self, dataset};
+use crate::common::{eventually, flushed_docs, free_port, run, start_nodes, Harness, TWO_QUERY_NODES};
+
+/// One span as received, with the process that sent it (`service.instance.id`).
+#[derive(Debug, Clone)]
+struct Received {
+    process: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+    attributes: HashMap<String, String>,
+    status_code: i32,
+}
+
+/// The test's collector: keeps every span exported to it.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Received>>>);
+
+fn text(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut kept = self.0.lock().unwrap();
+        for batch in request.into_inner().resource_spans {
+            let process = batch
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.instance.id")
+                .map(text)
+                .unwrap_or_default();
+            for span in batch.scope_spans.into_iter().flat_map(|s| s.spans) {
+                kept.push(Received {
+                    process: process.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                    name: span.name,
+                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
+                    status_code: span.status.map_or(0, |s| s.code),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    fn trace(&self, trace_id: &str) -> Vec<Received> {
+        self.0.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect()
+    }
+}
+
+fn children<'a>(spans: &'a [Received], parent: &Received, name: &str) -> Vec<&'a Received> {
+    spans.iter().filter(|s| s.parent == parent.span_id && s.name == name).collect()
+}
+
+fn number(span: &Received, key: &str) -> u64 {
+    span.attributes.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} of {span:?}"))
+}
+
+#[test]
+fn a_search_is_one_trace_across_proxy_and_query_nodes() {
+    run(Duration::from_secs(120), async {
+        let collector = Collector::default();
+        let port = free_port().expect("free port");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the collector");
+        let incoming = tokio_stream_of(listener);
+        let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(collector.clone()));
+        tokio::spawn(server.serve_with_incoming(incoming));
+
+        let mut h = Harness::new("tracing");
+        h.start_nats();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let env = [
+            ("QUIVER_TRACING__ENDPOINT", endpoint.as_str()),
+            ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2500"),
+            ("QUIVER_PLUGINS__BALANCER", "row-count"),
+        ];
+        let (client, _) = start_nodes(&mut h, &TWO_QUERY_NODES, &env).await;
+        let n = 10_000;
+        let dist = flushed_docs(&client, n).await;
+        let holders: BTreeSet<String> = dist.segments.iter().flat_map(|s| s.nodes.iter().cloned()).collect();
+        assert_eq!(holders.len(), 2, "segments on both query nodes: {dist:?}");
+
+        // The application's own span: the search's spans must join its trace beneath it.
+        let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let traced = client.clone().with_traceparent(format!("00-{trace_id}-{client_span}-01"));
+        let queries = dataset().queries(3);
+        let search = data::search("docs", queries, 10, SearchParams::default(), Consistency::Strong);
+        let found = traced.search(&search).await.expect("search");
+        assert_eq!(found.results.len(), 3);
+
+        let spans = eventually("the search's spans at the collector", Duration::from_secs(30), || async {
+            let spans = collector.trace(trace_id);
+            let searches = spans.iter().filter(|s| s.name == "querynode.search").count();
+            let merged = spans.iter().any(|s| s.name == "do_merge");
+            if searches >= 2 && merged {
+                Ok(spans)
+            } else {
+                Err(format!("{} spans so far: {:?}", spans.len(), spans.iter().map(|s| &s.name).collect::<Vec<_>>()))
+            }
+        })
+        .await;
+        let tree: Vec<String> =
+            spans.iter().map(|s| format!("{} {} <- {} ({})", s.name, s.span_id, s.parent, s.process)).collect();
+
+        // The root: the proxy's server span, a child of the client's span.
+        let roots: Vec<&Received> = spans.iter().filter(|s| s.parent == client_span).collect();
+        assert_eq!(roots.len(), 1, "one span under the client's: {tree:#?}");
+        let root = roots[0];
+        assert_eq!(root.name, "proxy.search", "{tree:#?}");
+        assert_eq!(root.process, "proxy");
+        assert_eq!(root.attributes.get("otel.kind").map(String::as_str), None, "kind is the span's, not a tag");
+
+        assert!(!children(&spans, root, "get_routing").is_empty(), "get_routing under the root: {tree:#?}");
+        assert_eq!(children(&spans, root, "do_merge").len(), 1, "one do_merge under the root: {tree:#?}");
+        let calls = children(&spans, root, "do_search");
+        let called: BTreeSet<String> = calls.iter().map(|s| s.attributes["node"].clone()).collect();
+        assert_eq!(called, holders, "one do_search per query node holding segments: {tree:#?}");
+        assert_eq!(calls.len(), 2, "{tree:#?}");
+        for call in calls {
+            let node = &call.attributes["node"];
+            let held = dist.segments.iter().filter(|s| s.nodes.contains(node)).count() as u64;
+            assert!(number(call, "segments") >= held.min(1), "segments tag of {call:?}");
+            assert_eq!(number(call, "nq"), 3);
+            assert_eq!(number(call, "top_k"), 10);
+            let rows: u64 = dist.segments.iter().filter(|s| s.nodes.contains(node)).map(|s| s.segment.rows).sum();
+            assert!(number(call, "rows_searched") >= rows, "rows_searched of {call:?}: the node holds {rows}");
+            assert_eq!(call.attributes.get("status").map(String::as_str), Some("ok"), "{call:?}");
+            assert_ne!(call.status_code, 2, "{call:?}");
+            // Beneath it: that node's own server span, sent by that node's process.
+            let served = children(&spans, call, "querynode.search");
+            assert_eq!(served.len(), 1, "{node}'s server span under its do_search: {tree:#?}");
+            let served = served[0];
+            assert_eq!(format!("{}-querynode", served.process), *node, "the span comes from {node}'s process");
+            assert_eq!(children(&spans, served, "wait_consistency").len(), 1, "strong read waits: {tree:#?}");
+            let pieces = children(&spans, served, "search_segment");
+            assert!(!pieces.is_empty(), "{node}'s per-segment spans: {tree:#?}");
+            let segments: BTreeSet<u64> = pieces.iter().map(|p| number(p, "segment")).collect();
+            let sealed: BTreeSet<u64> =
+                dist.segments.iter().filter(|s| s.nodes.contains(node)).map(|s| s.segment.id).collect();
+            assert!(sealed.is_subset(&segments), "{node} searched {segments:?}, holds {sealed:?}");
+        }
+
+        // A search without a trace context starts a trace of its own at the proxy.
+        client
+            .search(&data::search("docs", dataset().queries(1), 5, SearchParams::default(), Consistency::Eventually))
+            .await
+            .expect("search");
+        eventually("an untraced client's search traced from the proxy", Duration::from_secs(30), || async {
+            let all = collector.0.lock().unwrap().clone();
+            let ids: std::collections::HashSet<&str> = all.iter().map(|s| s.span_id.as_str()).collect();
+            let roots = all.iter().filter(|s| s.name == "proxy.search" && !ids.contains(s.parent.as_str()));
+            let own = roots.filter(|s| s.trace_id != trace_id && s.parent.is_empty()).count();
+            if own >= 1 {
+                Ok(())
+            } else {
+                Err("no proxy.search span without a parent yet".to_string())
+            }
+        })
+        .await;
+    });
+}
+
+/// The accepted connections of `listener`, for tonic.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
