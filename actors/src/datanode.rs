@@ -20,6 +20,7 @@ use quiver_schemas::{
     Seq, WatchChannels,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 mod compact;
 
@@ -318,6 +319,7 @@ impl ShardWriter {
         self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
         let mut log = ShardLog::open(&bus, &self.info, self.shard, checkpoint, 0).await?;
+        log.report_lag("datanode");
         let cfg = self.node.shared.config.datanode.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -417,6 +419,16 @@ impl ShardWriter {
         if self.growing.rows.is_empty() {
             return Ok(None);
         }
+        let span =
+            tracing::debug_span!("seal", collection = self.info.id, shard = self.shard, rows = self.growing.rows.len());
+        let started = std::time::Instant::now();
+        let sealed = self.seal_growing().instrument(span).await;
+        metrics::histogram!("quiver_datanode_seal_seconds").record(started.elapsed().as_secs_f64());
+        sealed
+    }
+
+    /// [`Self::seal`]: ids, encode, store, report.
+    async fn seal_growing(&mut self) -> Result<Option<u64>> {
         let shared = &self.node.shared;
         // Both calls are idempotent (ids granted twice are skipped; a segment reported twice is
         // stored once), so they are sent again while the coordinator fails over.

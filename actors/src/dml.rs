@@ -167,6 +167,29 @@ pub struct ShardLog {
     connects: u64,
     /// When the consumer last delivered something (or was created).
     delivered_at: Instant,
+    /// Where this reader reports how far behind the log it is ([`ShardLog::report_lag`]).
+    lag: Option<LagKey>,
+}
+
+/// One reporting reader: its kind (the role reading) and a process-unique number.
+type LagKey = (&'static str, u64);
+
+/// Entries each reporting log reader of this process still has to read: JetStream's count of
+/// messages after the last one delivered (`pending`), as of that delivery.
+static LAGS: std::sync::LazyLock<dashmap::DashMap<LagKey, u64>> = std::sync::LazyLock::new(Default::default);
+
+/// The most entries any log reader of `reader` kind (`datanode`, `querynode`) in this process
+/// still has to read (None: it has no reader). Exported as `quiver_dml_lag_entries`.
+pub fn max_lag(reader: &str) -> Option<u64> {
+    LAGS.iter().filter(|e| e.key().0 == reader).map(|e| *e.value()).max()
+}
+
+impl Drop for ShardLog {
+    fn drop(&mut self) {
+        if let Some(key) = self.lag {
+            LAGS.remove(&key);
+        }
+    }
 }
 
 /// How often an idle reader checks whether the NATS connection was re-established.
@@ -223,7 +246,16 @@ impl ShardLog {
             last: after,
             connects,
             delivered_at: Instant::now(),
+            lag: None,
         })
+    }
+
+    /// Makes this reader report its lag as one of `reader`'s ([`max_lag`]).
+    pub fn report_lag(&mut self, reader: &'static str) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let key = (reader, NEXT.fetch_add(1, Ordering::Relaxed));
+        LAGS.insert(key, 0);
+        self.lag = Some(key);
     }
 
     /// Replaces the consumer with a new one starting after the last delivered position,
@@ -298,6 +330,9 @@ impl ShardLog {
                 Ok(Some(Ok(m))) => match m.info() {
                     Ok(info) if info.stream_sequence <= self.last => continue,
                     Ok(info) => {
+                        if let Some(key) = self.lag {
+                            LAGS.insert(key, info.pending);
+                        }
                         let seq = info.stream_sequence;
                         break (m, seq);
                     }

@@ -142,6 +142,10 @@ pub fn export_gauges(status: &NodeStatus) {
     metrics::gauge!("quiver_process_memory_capacity_bytes").set(status.mem_capacity as f64);
     metrics::gauge!("quiver_process_cpu_cores_busy").set(f64::from(status.cpu_busy));
     metrics::gauge!("quiver_process_cpu_cores_allowed").set(f64::from(status.cpu_cores));
+    if matches!(status.role, Role::DataNode | Role::QueryNode) {
+        let lag = crate::dml::max_lag(role).unwrap_or(0);
+        metrics::gauge!("quiver_dml_lag_entries", "role" => role).set(lag as f64);
+    }
 }
 
 /// `fut` as a loop of a role: its error or panic is reported to the role, which stops.
@@ -712,6 +716,7 @@ where
         otel.status_message = tracing::field::Empty,
     );
     trace::set_remote_parent(&span, ctx.traceparent.as_deref());
+    let _in_flight = RequestGauge::start(role);
     let result = async {
         if !stall.is_zero() {
             // Fault injection: a node too slow to answer. What it would do after the stall is
@@ -736,6 +741,9 @@ where
     .await;
     if let Err(e) = &result {
         trace::record_error(&span, e);
+        let code = e.code().name();
+        metrics::counter!("quiver_request_errors_total", "role" => role, "method" => label, "code" => code)
+            .increment(1);
         if matches!(e, Error::DeadlineExceeded(_)) {
             metrics::counter!("quiver_requests_abandoned_total", "role" => role, "method" => label).increment(1);
         }
@@ -745,6 +753,23 @@ where
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("quiver_requests_total", "role" => role, "method" => label).increment(1);
     reply.send(&node.shared.bus, result).await;
+}
+
+/// Counts a request in `quiver_requests_in_flight{role}` until dropped (also when the request's
+/// future is dropped unfinished).
+struct RequestGauge(&'static str);
+
+impl RequestGauge {
+    fn start(role: &'static str) -> RequestGauge {
+        metrics::gauge!("quiver_requests_in_flight", "role" => role).increment(1.0);
+        RequestGauge(role)
+    }
+}
+
+impl Drop for RequestGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("quiver_requests_in_flight", "role" => self.0).decrement(1.0);
+    }
 }
 
 /// Keeps a request in the node's in-flight set until dropped.

@@ -38,6 +38,32 @@ fn describe() {
     metrics::describe_counter!("quiver_role_escalations_total", "Restart budgets spent");
     metrics::describe_counter!("quiver_requests_total", "Requests served by role and method");
     metrics::describe_histogram!("quiver_request_seconds", "API request latency by method");
+    metrics::describe_counter!(
+        "quiver_request_errors_total",
+        "Requests that failed, by role, method and error code (bounded: 13 codes)"
+    );
+    metrics::describe_gauge!("quiver_requests_in_flight", "Requests the role is serving now");
+    metrics::describe_gauge!(
+        "quiver_dml_lag_entries",
+        "Log entries the role's furthest-behind shard reader still has to read (data and query nodes)"
+    );
+    metrics::describe_histogram!("quiver_datanode_seal_seconds", "Time to seal a segment: encode, store, report");
+    metrics::describe_histogram!("quiver_index_build_seconds", "Time an index node took to build a segment's index");
+    metrics::describe_histogram!(
+        "quiver_querynode_consistency_wait_seconds",
+        "Time reads waited for their shards to apply the log far enough (bounded and strong reads)"
+    );
+    metrics::describe_gauge!("quiver_idling_state", "1 for the cluster's idling state (awake, idle, waking), else 0");
+    metrics::describe_counter!("quiver_idling_failures_total", "Idling rounds (going idle, waking) that failed");
+    metrics::describe_counter!(
+        "quiver_proxy_wake_failures_total",
+        "Requests that could not wake the idle cluster or waited past idling.wake_timeout"
+    );
+    metrics::describe_counter!("quiver_proxy_searches_total", "Searches (NATS and Milvus API) a proxy scattered");
+    metrics::describe_counter!(
+        "quiver_proxy_node_calls_total",
+        "Calls a proxy sent to query nodes, by method: their rate over the searches' is the fan-out"
+    );
     metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");

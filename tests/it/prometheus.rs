@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use quiver_client::Consistency;
 use serde_json::Value;
 
 use crate::common::data;
@@ -56,6 +57,12 @@ fn prometheus_scrapes_every_role_of_a_cluster() {
         h.wait_ready(&client, &nodes, READY).await;
         data::create_simple(&client, "docs").await;
         data::insert_rows(&client, "docs", 0, 1_000, 500).await;
+        // A sealed segment, a strong search (a consistency wait) and a refused request (an
+        // error by code), so that every dashboard panel has series.
+        data::flush(&client, "docs").await;
+        let strong = data::search("docs", data::dataset().queries(1), 5, Default::default(), Consistency::Strong);
+        crate::common::retry("search", Duration::from_secs(20), || client.search(&strong)).await;
+        assert!(client.describe_collection("no_such_collection").await.is_err());
 
         let config = h.dir().join("prometheus.yml");
         std::fs::write(
@@ -184,7 +191,7 @@ fn prometheus_scrapes_every_role_of_a_cluster() {
                 .collect();
             let evaluated = rules.iter().filter(|r| r["health"] == "ok").count();
             let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").copied().collect();
-            if rules.len() != 10 || evaluated != 10 {
+            if rules.len() != 14 || evaluated != 14 {
                 return Err(format!("{evaluated} of {} rules evaluated ok: {rules:?}", rules.len()));
             }
             // (The query node was killed just now: nothing has been wrong for an alert's `for` yet.)

@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use quiver_runtime::bus::CallOptions;
 use quiver_runtime::{Error, Result};
@@ -427,7 +428,13 @@ impl Coordinator {
             let me = self.clone();
             actix::spawn(async move {
                 let (job, task) = next;
-                let result = me.run_compaction(&task).await;
+                let span = tracing::debug_span!(
+                    "compaction",
+                    collection = task.collection.id,
+                    shard = task.shard,
+                    inputs = task.inputs.len()
+                );
+                let result = me.run_compaction(&task).instrument(span).await;
                 {
                     let mut c = me.compactions.borrow_mut();
                     c.running -= 1;

@@ -52,6 +52,15 @@ impl State {
     }
 }
 
+/// Exports the idling state (`quiver_idling_state{state}`, one-hot); None: this coordinator
+/// does not act (a standby), all zero.
+pub(crate) fn export_idling_state(state: Option<&str>) {
+    for s in [State::Awake, State::Idle, State::Waking] {
+        let on = if state == Some(s.as_str()) { 1.0 } else { 0.0 };
+        metrics::gauge!("quiver_idling_state", "state" => s.as_str()).set(on);
+    }
+}
+
 /// What is persisted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Persisted {
@@ -134,8 +143,10 @@ impl Coordinator {
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.idle_once().await {
+                metrics::counter!("quiver_idling_failures_total").increment(1);
                 tracing::warn!(error = %e, "idling round failed; will retry");
             }
+            export_idling_state(Some(self.idler.state.borrow().state.as_str()));
         }
     }
 

@@ -118,6 +118,7 @@ pub async fn acquire(node: &Node) -> Result<Leadership> {
             let status = node.status(0, detail);
             crate::node::export_gauges(&status);
             super::set_cluster_gauges(0.0, 0.0, 0.0, 0.0);
+            super::idling::export_idling_state(None);
             if let Err(e) = node.shared.registry.heartbeat(&status).await {
                 tracing::debug!(error = %e, "standby heartbeat failed");
             }

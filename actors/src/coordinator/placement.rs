@@ -14,6 +14,8 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use quiver_policy::balancer::PlacementItem;
 use quiver_runtime::{bus::CallOptions, Error, Registry, Result};
 use quiver_schemas::protocol::{indexnode, keys, querynode};
@@ -467,9 +469,15 @@ impl Coordinator {
     }
 
     async fn build_index(&self, task: BuildIndex) -> Result<()> {
+        let span = tracing::debug_span!("index_build", segment = task.segment.id, collection = task.segment.collection);
+        self.build_index_traced(task).instrument(span).await
+    }
+
+    async fn build_index_traced(&self, task: BuildIndex) -> Result<()> {
         let bus = &self.node.shared.bus;
         let opts = CallOptions { timeout: Some(Duration::from_secs(3600)), traceparent: None };
         let built: IndexBuilt = bus.call::<indexnode::Build>(&task, &opts).await?;
+        metrics::histogram!("quiver_index_build_seconds").record(built.build_ms as f64 / 1000.0);
         let mut catalog = self.catalog.lock().await;
         let Some(seg) = catalog.segments.get_mut(&built.collection).and_then(|s| s.get_mut(&built.segment)) else {
             return Ok(()); // dropped meanwhile
@@ -501,15 +509,27 @@ impl Coordinator {
     /// Publishes a hand-off (S1.4's `sealedSegmentChangeInfo`) on the collection's query
     /// channel, where the offline node releases the segments, and keeps it for `api.events`.
     pub(super) async fn publish_handoff(&self, change: SegmentChangeInfo) {
-        tracing::info!(
-            collection = change.collection,
-            online = %change.online_node_id,
-            offline = %change.offline_node_id,
-            segments = ?change.online_segment_ids,
-            reason = %change.reason,
-            "sealedSegmentChangeInfo"
-        );
-        metrics::counter!("quiver_handoffs_total", "reason" => reason_label(&change.reason)).increment(1);
+        {
+            // A span of its own (not held across the publish's await): the hand-off's record.
+            let _span = tracing::debug_span!(
+                "handoff",
+                reason = %change.reason,
+                collection = change.collection,
+                from = %change.offline_node_id,
+                to = %change.online_node_id,
+                segments = change.online_segment_ids.len().max(change.offline_segment_ids.len()),
+            )
+            .entered();
+            tracing::info!(
+                collection = change.collection,
+                online = %change.online_node_id,
+                offline = %change.offline_node_id,
+                segments = ?change.online_segment_ids,
+                reason = %change.reason,
+                "sealedSegmentChangeInfo"
+            );
+            metrics::counter!("quiver_handoffs_total", "reason" => reason_label(&change.reason)).increment(1);
+        }
         let bus = &self.node.shared.bus;
         if let Err(e) = bus.publish(bus.subjects().query_channel(change.collection), &change).await {
             tracing::debug!(error = %e, "could not publish a hand-off");

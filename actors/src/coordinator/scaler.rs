@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use quiver_runtime::bus::{now_ms, CallOptions};
 use quiver_runtime::{Error, Result};
@@ -544,7 +545,9 @@ impl Coordinator {
             // another size keep serving; only when `want` of the new size serve are the old
             // ones drained, one at a time, like a scale-in.
             if fresh + pending < want {
-                self.start_nodes(role, want - fresh - pending, size, &hosts).await?;
+                let count = want - fresh - pending;
+                let span = tracing::debug_span!("scaling_step", role = role.as_str(), action = "start", count);
+                self.start_nodes(role, count, size, &hosts).instrument(span).await?;
                 if !c.stale.is_empty() {
                     self.scaler.set_activity(
                         role,
@@ -571,7 +574,8 @@ impl Coordinator {
                     self.scaler.set_activity(role, format!("{serving} serve, {want} wanted: waiting until {why}"));
                     continue;
                 }
-                self.remove_one(role, &c.serving, &c.stale, &hosts).await;
+                let span = tracing::debug_span!("scaling_step", role = role.as_str(), action = "remove", count = 1);
+                self.remove_one(role, &c.serving, &c.stale, &hosts).instrument(span).await;
             } else if c.draining == 0 && pending == 0 {
                 self.scaler.set_activity(role, format!("{serving} of {want} serve"));
             }

@@ -97,12 +97,15 @@ impl Proxy {
                 return Ok(());
             }
             if started.elapsed() >= limit {
+                metrics::counter!("quiver_proxy_wake_failures_total").increment(1);
                 return Err(Error::Unavailable(format!(
                     "the cluster is waking from idle and did not serve within idling.wake_timeout ({limit:?}); retry \
                      (the wake goes on)"
                 )));
             }
-            status = self.forward::<coord::Wake>(&Empty {}, ctx).await?;
+            status = self.forward::<coord::Wake>(&Empty {}, ctx).await.inspect_err(|_| {
+                metrics::counter!("quiver_proxy_wake_failures_total").increment(1);
+            })?;
             if status.state != "awake" {
                 tokio::time::sleep(POLL).await;
             }
@@ -149,7 +152,10 @@ impl Proxy {
                 self.awake_until.0.store(now_ms() + AWAKE_FOR.as_millis() as u64, Ordering::Relaxed);
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not ask the coordinator to wake the cluster"),
+            Err(e) => {
+                metrics::counter!("quiver_proxy_wake_failures_total").increment(1);
+                tracing::debug!(error = %e, "could not ask the coordinator to wake the cluster")
+            }
         }
     }
 

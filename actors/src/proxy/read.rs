@@ -382,8 +382,10 @@ impl Proxy {
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
         let shape = &SearchShape { nq, k: req.top_k as usize, fields: &req.output_fields, pk_type: pk_type(info) };
+        metrics::counter!("quiver_proxy_searches_total").increment(1);
         let parts = self
             .scatter(&req.collection, ctx, steps, |dist, node, share, opts| {
+                metrics::counter!("quiver_proxy_node_calls_total", "method" => "search").increment(1);
                 let (segments, growing) = (share.segments.len(), share.growing.len());
                 let span = tracing::debug_span!(
                     "do_search",

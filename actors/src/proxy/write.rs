@@ -7,6 +7,7 @@
 //! others; the error then says exactly which rows landed.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -309,6 +310,18 @@ impl Proxy {
     /// write sent again is stored once; without it the message gets a fresh id, which still
     /// makes this function's own resends safe.
     async fn append(
+        &self,
+        collection: u64,
+        write: &ShardWrite,
+        ctx: &RequestContext,
+        dedup: Option<&str>,
+    ) -> Result<()> {
+        let span = tracing::debug_span!("append", collection, shard = write.shard, messages = write.entries.len());
+        self.append_entries(collection, write, ctx, dedup).instrument(span).await
+    }
+
+    /// [`Proxy::append`], in its span.
+    async fn append_entries(
         &self,
         collection: u64,
         write: &ShardWrite,

@@ -92,6 +92,7 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
     let mut log = ShardLog::open(&bus, &info, data.shard, floor, skip).await?;
+    log.report_lag("querynode");
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

@@ -369,6 +369,8 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
         active: &Active<N>,
         wasm: impl FnOnce(&InstancePool) -> Result<R, PluginFailure>,
     ) -> Option<Result<R, PluginFailure>> {
+        let _span =
+            tracing::debug_span!("plugin_call", kind = N::KIND.as_str(), plugin = %active.source.name).entered();
         active.calls_total.increment(1);
         active.health.calls.fetch_add(1, Ordering::Relaxed);
         self.total_calls.fetch_add(1, Ordering::Relaxed);
