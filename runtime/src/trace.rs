@@ -112,13 +112,18 @@ pub fn init(default_filter: &str, exporter: Option<&Exporter>) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
     let log = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter);
-    let spans = exporter.map(|e| {
-        tracing_opentelemetry::layer()
-            .with_tracer(e.provider.tracer("quiver"))
-            .with_filter(filter_fn(traced).with_max_level_hint(LevelFilter::DEBUG))
-    });
-    tracing_subscriber::registry().with(log).with(spans).init();
-    ON.store(exporter.is_some(), Ordering::Relaxed);
+    match exporter {
+        Some(e) => {
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(e.provider.tracer("quiver"))
+                .with_filter(filter_fn(traced).with_max_level_hint(LevelFilter::DEBUG));
+            tracing_subscriber::registry().with(log).with(spans).init();
+            ON.store(true, Ordering::Relaxed);
+        }
+        // No span layer at all (not an empty one, which would enable every call site): the
+        // log filter alone decides, so Quiver's DEBUG spans are disabled where they are made.
+        None => tracing_subscriber::registry().with(log).init(),
+    }
 }
 
 /// What becomes part of a trace: Quiver's spans, and warnings and errors logged inside them.

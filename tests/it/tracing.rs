@@ -6,84 +6,14 @@
 //! searched and status), each with that node's server span beneath (from that node's process,
 //! with `wait_consistency` and its `search_segment` spans), and `do_merge`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use quiver_client::{Consistency, SearchParams};
+use quiver_testkit::otlp::{Collector, Received};
 
 use crate::common::data::{self, dataset};
-use crate::common::{eventually, flushed_docs, free_port, run, start_nodes, Harness, TWO_QUERY_NODES};
-
-/// One span as received, with the process that sent it (`service.instance.id`).
-#[derive(Debug, Clone)]
-struct Received {
-    process: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    name: String,
-    attributes: HashMap<String, String>,
-    status_code: i32,
-}
-
-/// The test's collector: keeps every span exported to it.
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Received>>>);
-
-fn text(kv: &KeyValue) -> String {
-    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.0.lock().unwrap();
-        for batch in request.into_inner().resource_spans {
-            let process = batch
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.instance.id")
-                .map(text)
-                .unwrap_or_default();
-            for span in batch.scope_spans.into_iter().flat_map(|s| s.spans) {
-                kept.push(Received {
-                    process: process.clone(),
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name,
-                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
-                    status_code: span.status.map_or(0, |s| s.code),
-                });
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-impl Collector {
-    fn trace(&self, trace_id: &str) -> Vec<Received> {
-        self.0.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect()
-    }
-}
+use crate::common::{eventually, flushed_docs, run, start_nodes, Harness, TWO_QUERY_NODES};
 
 fn children<'a>(spans: &'a [Received], parent: &Received, name: &str) -> Vec<&'a Received> {
     spans.iter().filter(|s| s.parent == parent.span_id && s.name == name).collect()
@@ -96,16 +26,10 @@ fn number(span: &Received, key: &str) -> u64 {
 #[test]
 fn a_search_is_one_trace_across_proxy_and_query_nodes() {
     run(Duration::from_secs(120), async {
-        let collector = Collector::default();
-        let port = free_port().expect("free port");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the collector");
-        let incoming = tokio_stream_of(listener);
-        let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(collector.clone()));
-        tokio::spawn(server.serve_with_incoming(incoming));
-
+        let collector = Collector::start(true).await.expect("start the collector");
         let mut h = Harness::new("tracing");
         h.start_nats();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = collector.endpoint();
         let env = [
             ("QUIVER_TRACING__ENDPOINT", endpoint.as_str()),
             ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2500"),
@@ -183,7 +107,7 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
             .await
             .expect("search");
         eventually("an untraced client's search traced from the proxy", Duration::from_secs(30), || async {
-            let all = collector.0.lock().unwrap().clone();
+            let all = collector.spans();
             let ids: std::collections::HashSet<&str> = all.iter().map(|s| s.span_id.as_str()).collect();
             let roots = all.iter().filter(|s| s.name == "proxy.search" && !ids.contains(s.parent.as_str()));
             let own = roots.filter(|s| s.trace_id != trace_id && s.parent.is_empty()).count();
@@ -195,14 +119,4 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
         })
         .await;
     });
-}
-
-/// The accepted connections of `listener`, for tonic.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| stream);
-        Some((accepted, listener))
-    })
 }

@@ -159,6 +159,11 @@ pub struct BenchArgs {
     /// `--child-env GOMAXPROCS=1` or `--child-env QUIVER_QUERYNODE__FAISS_THREADS=2`. Repeatable.
     #[arg(long = "child-env", value_name = "KEY=VALUE")]
     child_env: Vec<String>,
+    /// Turn tracing on in the Quiver child at this sampling ratio (0 to 1), exporting its spans
+    /// over OTLP/gRPC to a collector the bench runs (it decodes and counts every batch, as a
+    /// real collector would, on the same machine). Without it, tracing stays off (the default).
+    #[arg(long, value_name = "RATIO")]
+    tracing_ratio: Option<f64>,
     /// Write the Quiver child's log here (kept after the run) instead of into its temp dir.
     #[arg(long)]
     child_log: Option<PathBuf>,
@@ -1182,6 +1187,17 @@ fn run_quiver(
     if let Some(url) = &args.nats_url {
         extra_env.push(("QUIVER_NATS__URL".into(), url.clone()));
     }
+    // Tracing on: a collector on a runtime of its own (one thread) takes the child's spans.
+    let collector = match args.tracing_ratio {
+        Some(ratio) => {
+            let sink_rt = runtime(1)?;
+            let collector = sink_rt.block_on(quiver_testkit::otlp::Collector::start(false))?;
+            extra_env.push(("QUIVER_TRACING__ENDPOINT".into(), collector.endpoint()));
+            extra_env.push(("QUIVER_TRACING__SAMPLING_RATIO".into(), ratio.to_string()));
+            Some((sink_rt, collector, ratio))
+        }
+        None => None,
+    };
     let mut child = QuiverChild::start(segment_max_rows, &extra_env, args.child_log.as_deref(), args.milvus)?;
     eprintln!(
         "quiver: started `{} standalone` (pid {}) on {}, data in {}",
@@ -1417,6 +1433,8 @@ fn run_quiver(
     let status = child.stop();
     eprintln!("quiver: stopped ({})", status.map_or("unknown status".into(), |s| s.to_string()));
     report.quiver_load = Some(load);
+    // The child sent its last spans as it stopped.
+    report.tracing = collector.map(|(_sink_rt, collector, ratio)| (ratio, collector.count()));
     Ok(())
 }
 
@@ -1902,6 +1920,8 @@ struct Report {
     segment_max_rows: usize,
     batch: usize,
     child_env: Vec<String>,
+    /// --tracing-ratio, and the spans the bench's collector received.
+    tracing: Option<(f64, u64)>,
     quiver_load: Option<QuiverLoad>,
     quiver: Vec<QuiverRow>,
     breakdown: Option<Breakdown>,
@@ -1941,6 +1961,7 @@ impl Report {
             segment_max_rows: 0,
             batch: args.batch,
             child_env: args.child_env.clone(),
+            tracing: None,
             quiver_load: None,
             quiver: Vec::new(),
             breakdown: None,
@@ -2156,6 +2177,17 @@ impl Report {
         let _ = writeln!(s, "- Quiver clients: {}", self.client_mode.describe());
         if !self.child_env.is_empty() {
             let _ = writeln!(s, "- extra environment of the Quiver child: `{}`", self.child_env.join(" "));
+        }
+        match self.tracing {
+            Some((ratio, spans)) => {
+                let _ = writeln!(
+                    s,
+                    "- tracing on, sampling ratio {ratio}: {spans} spans exported to the bench's OTLP collector"
+                );
+            }
+            None => {
+                let _ = writeln!(s, "- tracing off (the default)");
+            }
         }
         if self.segment_max_rows > 0 {
             let _ = writeln!(

@@ -16,6 +16,7 @@
 pub mod data;
 pub mod harness;
 pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod s3;
 pub mod tls;
