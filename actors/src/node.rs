@@ -701,21 +701,32 @@ where
     F: FnOnce(R, RequestContext) -> Fut,
     Fut: Future<Output = Result<Vec<u8>>>,
 {
-    let Request { subject, payload, ctx, reply } = req;
+    let Request { subject, payload, mut ctx, reply } = req;
     let method = Subjects::method_of(&subject);
     let label = R::known_method(method).unwrap_or("unknown");
     let role = node.role.as_str();
     let started = Instant::now();
-    // The request's server span, a child of the caller's span when it sent one (tracing on).
-    let span = tracing::debug_span!(
-        "request",
-        otel.name = %format_args!("{role}.{label}"),
-        otel.kind = "server",
-        node = %node.id,
-        otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
-    );
-    trace::set_remote_parent(&span, ctx.traceparent.as_deref());
+    // The request's server span, a child of the caller's span when it sent one: made only when
+    // tracing is on and the request is traced (its caller's sampled flag, else the ratio).
+    let span = match trace::sampling(ctx.traceparent.as_deref()) {
+        trace::Sampling::Traced => {
+            let span = tracing::debug_span!(
+                "request",
+                otel.name = %format_args!("{role}.{label}"),
+                otel.kind = "server",
+                node = %node.id,
+                otel.status_code = tracing::field::Empty,
+                otel.status_message = tracing::field::Empty,
+            );
+            trace::set_remote_parent(&span, ctx.traceparent.as_deref());
+            span
+        }
+        trace::Sampling::Untraced(unsampled) => {
+            ctx.traceparent = Some(unsampled);
+            tracing::Span::none()
+        }
+        trace::Sampling::Off => tracing::Span::none(),
+    };
     let _in_flight = RequestGauge::start(role);
     let result = async {
         if !stall.is_zero() {

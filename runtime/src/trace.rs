@@ -12,7 +12,7 @@
 //! gRPC metadata (a client's is honoured). Every role's request handler opens its server span
 //! as a child of the `traceparent` it received ([`set_remote_parent`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, 
 use opentelemetry_sdk::Resource;
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{filter_fn, LevelFilter};
+use tracing_subscriber::filter::{dynamic_filter_fn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -33,6 +33,15 @@ use crate::error::{Error, Result};
 
 /// Whether spans are recorded (an exporter is installed).
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// `tracing.sampling_ratio`, as `f64` bits.
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// Spans that may start a trace: requests' server spans (made only for requests that are
+/// traced, [`sampling`]) and the background work that is not part of a request. Every other
+/// span is recorded only inside one of these: with the request's root span not made, none of
+/// its spans cost more than a filter check.
+const ROOTS: &[&str] = &["request", "grpc", "seal", "index_build", "compaction", "scaling_step", "handoff"];
 
 /// The runtime the OTLP exporter's gRPC channel lives on (one thread; the batch processor's
 /// own thread hands it the batches).
@@ -86,11 +95,14 @@ impl Exporter {
                 KeyValue::new("quiver.cluster", cluster.to_string()),
             ])
             .build();
+        // Quiver decides which requests are traced before making their spans ([`sampling`]);
+        // what reaches the SDK is recorded.
         let provider = SdkTracerProvider::builder()
             .with_span_processor(batches)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio))))
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource)
             .build();
+        RATIO.store(config.sampling_ratio.to_bits(), Ordering::Relaxed);
         Ok(Some(Exporter { provider }))
     }
 }
@@ -116,7 +128,7 @@ pub fn init(default_filter: &str, exporter: Option<&Exporter>) {
         Some(e) => {
             let spans = tracing_opentelemetry::layer()
                 .with_tracer(e.provider.tracer("quiver"))
-                .with_filter(filter_fn(traced).with_max_level_hint(LevelFilter::DEBUG));
+                .with_filter(dynamic_filter_fn(traced).with_max_level_hint(LevelFilter::DEBUG));
             tracing_subscriber::registry().with(log).with(spans).init();
             ON.store(true, Ordering::Relaxed);
         }
@@ -126,13 +138,64 @@ pub fn init(default_filter: &str, exporter: Option<&Exporter>) {
     }
 }
 
-/// What becomes part of a trace: Quiver's spans, and warnings and errors logged inside them.
-fn traced(meta: &tracing::Metadata<'_>) -> bool {
+/// What becomes part of a trace: Quiver's root spans ([`ROOTS`]), its other spans inside a
+/// recorded one, and warnings and errors logged inside them.
+fn traced<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     if meta.is_span() {
-        meta.target().starts_with("quiver") && *meta.level() <= Level::DEBUG
+        meta.target().starts_with("quiver")
+            && *meta.level() <= Level::DEBUG
+            && (ROOTS.contains(&meta.name()) || cx.lookup_current().is_some())
     } else {
         *meta.level() <= Level::WARN
     }
+}
+
+/// Whether a request is traced, decided once where it enters the cluster (or a process).
+#[derive(Debug, PartialEq)]
+pub enum Sampling {
+    /// Tracing is off.
+    Off,
+    /// Make its spans: the caller's context says sampled, or it has none and the ratio chose it.
+    Traced,
+    /// Make none, and tell the nodes it calls so (this unsampled `traceparent` goes with its
+    /// calls, so that they do not decide again and trace a fragment).
+    Untraced(String),
+}
+
+/// Decides whether a request that arrived with `traceparent` is traced: a valid one's sampled
+/// flag decides; without one (or a malformed one), `tracing.sampling_ratio`.
+pub fn sampling(traceparent: Option<&str>) -> Sampling {
+    if !enabled() {
+        return Sampling::Off;
+    }
+    if let Some(tp) = traceparent {
+        if let Some(parent) = parse_traceparent(tp) {
+            return if parent.is_sampled() { Sampling::Traced } else { Sampling::Untraced(tp.to_string()) };
+        }
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    if ratio >= 1.0 || rand::random::<f64>() < ratio {
+        Sampling::Traced
+    } else {
+        Sampling::Untraced(unsampled_traceparent())
+    }
+}
+
+/// For a request that arrived without a valid trace context while tracing is on: the
+/// unsampled context its calls should carry when it is not traced (None otherwise). Callers
+/// with a recorded span send that span's context instead, so this is only a fallback.
+pub fn untraced_fallback(traceparent: Option<&str>) -> Option<String> {
+    (enabled() && traceparent.and_then(parse_traceparent).is_none()).then(unsampled_traceparent)
+}
+
+/// A fresh W3C `traceparent` with random ids and the sampled flag clear.
+fn unsampled_traceparent() -> String {
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-00")
 }
 
 /// Whether spans are recorded and exported.
@@ -240,6 +303,18 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn unsampled_contexts_are_valid_and_unsampled() {
+        for _ in 0..100 {
+            let tp = unsampled_traceparent();
+            let sc = parse_traceparent(&tp).unwrap();
+            assert!(!sc.is_sampled(), "{tp}");
+        }
+        // With tracing off nothing is decided.
+        assert_eq!(sampling(None), Sampling::Off);
+        assert_eq!(untraced_fallback(None), None);
     }
 
     #[test]

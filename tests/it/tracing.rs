@@ -4,7 +4,8 @@
 //! span under the client's own span (its `traceparent` is honoured), `get_routing`, one
 //! `do_search` per query node holding segments (tagged with the node, segments, nq, top-k, rows
 //! searched and status), each with that node's server span beneath (from that node's process,
-//! with `wait_consistency` and its `search_segment` spans), and `do_merge`.
+//! with `wait_consistency` and its `search_segment` spans), and `do_merge`; a caller's
+//! "not sampled" is obeyed everywhere, and a search without a context is traced from the proxy.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -101,6 +102,11 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
             assert!(sealed.is_subset(&segments), "{node} searched {segments:?}, holds {sealed:?}");
         }
 
+        // A caller that says "not sampled" is obeyed by every process: no spans of its trace.
+        let unsampled = "5bf92f3577b34da6a3ce929d0e0e4737";
+        let quiet = client.clone().with_traceparent(format!("00-{unsampled}-{client_span}-00"));
+        quiet.search(&search).await.expect("search");
+
         // A search without a trace context starts a trace of its own at the proxy.
         client
             .search(&data::search("docs", dataset().queries(1), 5, SearchParams::default(), Consistency::Eventually))
@@ -118,5 +124,8 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
             }
         })
         .await;
+        // (Every process sends its spans each second: the unsampled search's would be in by now.)
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(collector.trace(unsampled).is_empty(), "spans of an unsampled trace: {:?}", collector.trace(unsampled));
     });
 }

@@ -309,6 +309,8 @@ pub fn run_search(plan: &SearchPlan, pool: &SearchPool) -> Result<(SearchResults
     let pieces = pieces(plan, &growing, pool.threads());
     let parent = tracing::Span::current();
     let found = pool.run(pieces.iter().collect(), |piece| {
+        // Entered on the pool thread too: a piece's span is recorded only inside a recorded one.
+        let _parent = parent.enter();
         let span = piece_span(&parent, plan, piece);
         let _entered = span.enter();
         run_piece(plan, &growing, &matching, piece)

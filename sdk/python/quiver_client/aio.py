@@ -55,6 +55,8 @@ HEADER_TIMEOUT = "Quiver-Timeout-Ms"
 #: The status of a request the node that got it did not act on (schemas/src/status.rs).
 STATUS_NOT_SERVED = "13"
 HEADER_REQUEST_ID = "Quiver-Request-Id"
+#: The W3C trace context of a call (:meth:`AsyncClient.with_traceparent`).
+HEADER_TRACEPARENT = "traceparent"
 
 #: Calls sent again, while the first send is still awaited, after ``_HEDGE_AFTER`` seconds
 #: without an answer (then twice that, ``_MAX_SENDS`` sends in all): core NATS delivers at most
@@ -93,11 +95,13 @@ class AsyncClient:
     """A connection to a Quiver cluster. Create it with :meth:`connect`; close it with
     :meth:`close` or ``async with``."""
 
-    def __init__(self, nc: Nats, cluster: str, timeout: float) -> None:
+    def __init__(self, nc: Nats, cluster: str, timeout: float, traceparent: Optional[str] = None) -> None:
         self._nc = nc
         self.cluster = cluster
         #: Per-call deadline, seconds.
         self.timeout = timeout
+        #: W3C trace context sent with every call, or None.
+        self.traceparent = traceparent
 
     @classmethod
     async def connect(
@@ -168,7 +172,14 @@ class AsyncClient:
 
     def with_timeout(self, timeout: float) -> "AsyncClient":
         """A client sharing this connection with another per-call deadline (seconds)."""
-        return AsyncClient(self._nc, self.cluster, timeout)
+        return AsyncClient(self._nc, self.cluster, timeout, self.traceparent)
+
+    def with_traceparent(self, traceparent: Optional[str]) -> "AsyncClient":
+        """A client sharing this connection whose calls carry the W3C trace context
+        ``traceparent`` (``00-<trace id>-<span id>-<flags>``, e.g. your current span's): with
+        tracing on in the cluster (``tracing.endpoint``) each call's spans join that trace under
+        that span, and its sampled flag decides whether they are recorded. None: no context."""
+        return AsyncClient(self._nc, self.cluster, self.timeout, traceparent)
 
     async def close(self) -> None:
         """Closes the connection (shared with clients made by :meth:`with_timeout`)."""
@@ -223,6 +234,8 @@ class AsyncClient:
             headers = {HEADER_TIMEOUT: str(int(left * 1000))}
             if request_id:
                 headers[HEADER_REQUEST_ID] = request_id
+            if self.traceparent:
+                headers[HEADER_TRACEPARENT] = self.traceparent
             return asyncio.ensure_future(self._nc.request(subject, payload, timeout=left, headers=headers))
 
         sends = {send()}

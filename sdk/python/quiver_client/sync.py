@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Coroutine, List, Sequence, TypeVar, Union
+from typing import Any, Coroutine, List, Optional, Sequence, TypeVar, Union
 
 from .aio import DEFAULT_TIMEOUT, DEFAULT_URL, AsyncClient
 from .errors import ConnectError
@@ -114,6 +114,11 @@ class Client:
     def with_timeout(self, timeout: float) -> "Client":
         """A client sharing this connection and loop with another per-call deadline (seconds)."""
         return Client(self._inner.with_timeout(timeout), self._loop)
+
+    def with_traceparent(self, traceparent: Optional[str]) -> "Client":
+        """A client sharing this connection and loop whose calls carry the W3C trace context
+        ``traceparent`` (see :meth:`AsyncClient.with_traceparent`)."""
+        return Client(self._inner.with_traceparent(traceparent), self._loop)
 
     def close(self) -> None:
         """Closes the connection and stops the loop thread (shared with :meth:`with_timeout`

@@ -63,6 +63,14 @@ pub async fn serve(proxy: Arc<Proxy>, addr: String, stop: oneshot::Receiver<()>)
     let svc = tonic::service::interceptor::InterceptedService::new(svc, move |mut req: tonic::Request<()>| {
         let principal = gate.admit(&req)?;
         req.extensions_mut().insert(principal);
+        // With tracing on, a call without a trace context gets an unsampled one, which its
+        // calls to nodes carry when it is not traced (a traced call's spans send their own).
+        let traceparent = req.metadata().get("traceparent").and_then(|v| v.to_str().ok());
+        if let Some(unsampled) = quiver_runtime::trace::untraced_fallback(traceparent) {
+            if let Ok(value) = unsampled.parse() {
+                req.metadata_mut().insert("traceparent", value);
+            }
+        }
         Ok(req)
     });
     let incoming = tokio_stream_listener(listener);
@@ -224,6 +232,10 @@ fn authorize<T>(req: &tonic::Request<T>, method: &str, privilege: &str) -> Resul
 /// The server span of one Milvus API call (`milvus.Search`, ...), a child of the client's
 /// span when it sends a W3C `traceparent` (a disabled span with tracing off).
 fn call_span(req: &axum::http::Request<()>) -> tracing::Span {
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    if quiver_runtime::trace::sampling(traceparent) != quiver_runtime::trace::Sampling::Traced {
+        return tracing::Span::none();
+    }
     let method = req.uri().path().rsplit('/').next().unwrap_or_default();
     let span = tracing::debug_span!(
         "grpc",
@@ -234,7 +246,7 @@ fn call_span(req: &axum::http::Request<()>) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         otel.status_message = tracing::field::Empty,
     );
-    quiver_runtime::trace::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    quiver_runtime::trace::set_remote_parent(&span, traceparent);
     span
 }
 
