@@ -64,6 +64,17 @@ fn describe() {
         "quiver_proxy_node_calls_total",
         "Calls a proxy sent to query nodes, by method: their rate over the searches' is the fan-out"
     );
+    metrics::describe_gauge!("quiver_querynode_rows", "Rows a query node serves: sealed (loaded segments) and growing");
+    metrics::describe_counter!(
+        "quiver_plugin_fallbacks_total",
+        "Policy calls the built-in answered because the kind's plugin is switched off"
+    );
+    metrics::describe_gauge!(
+        "quiver_scaling_nodes",
+        "Nodes of a scaled role: wanted, serving, starting, draining (active coordinator)"
+    );
+    metrics::describe_gauge!("quiver_scaling_node_size_memory_bytes", "Memory every node of the role should have");
+    metrics::describe_gauge!("quiver_scaling_node_size_cpu_cores", "Cores every node of the role should have");
     metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");

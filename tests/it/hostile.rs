@@ -42,15 +42,15 @@ struct PlaceholderValue {
     values: Vec<Vec<u8>>,
 }
 
-fn placeholder(values: Vec<Vec<u8>>, kind: i32) -> Vec<u8> {
+pub(crate) fn placeholder(values: Vec<Vec<u8>>, kind: i32) -> Vec<u8> {
     PlaceholderGroup { placeholders: vec![PlaceholderValue { tag: "$0".into(), r#type: kind, values }] }.encode_to_vec()
 }
 
-fn floats(v: &[f32]) -> Vec<u8> {
+pub(crate) fn floats(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|f| f.to_le_bytes()).collect()
 }
 
-fn kv(k: &str, v: &str) -> KeyValuePair {
+pub(crate) fn kv(k: &str, v: &str) -> KeyValuePair {
     KeyValuePair { key: k.into(), value: v.into() }
 }
 
@@ -112,7 +112,7 @@ macro_rules! call_status {
     };
 }
 
-fn search_req(collection: &str, params: Vec<KeyValuePair>, group: Vec<u8>) -> SearchRequest {
+pub(crate) fn search_req(collection: &str, params: Vec<KeyValuePair>, group: Vec<u8>) -> SearchRequest {
     SearchRequest {
         collection_name: collection.into(),
         search_input: Some(search_request::SearchInput::PlaceholderGroup(group)),

@@ -6,15 +6,24 @@
 //! searched and status), each with that node's server span beneath (from that node's process,
 //! with `wait_consistency` and its `search_segment` spans), and `do_merge`; a caller's
 //! "not sampled" is obeyed everywhere, and a search without a context is traced from the proxy.
+//! The same through the Milvus gRPC API: the client's `traceparent` metadata is the parent of
+//! the call's `milvus.Search` span, with the same steps beneath.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use quiver_actors::proxy::milvus::proto::milvus::milvus_service_client::MilvusServiceClient;
 use quiver_client::{Consistency, SearchParams};
 use quiver_testkit::otlp::{Collector, Received};
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
 use crate::common::data::{self, dataset};
-use crate::common::{eventually, flushed_docs, run, start_nodes, Harness, TWO_QUERY_NODES};
+use crate::common::{eventually, flushed_docs, free_port, run, start_nodes, Harness, TWO_QUERY_NODES};
+use crate::hostile::{floats, kv, placeholder, search_req};
 
 fn children<'a>(spans: &'a [Received], parent: &Received, name: &str) -> Vec<&'a Received> {
     spans.iter().filter(|s| s.parent == parent.span_id && s.name == name).collect()
@@ -31,8 +40,10 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
         let mut h = Harness::new("tracing");
         h.start_nats();
         let endpoint = collector.endpoint();
+        let grpc = free_port().expect("free port").to_string();
         let env = [
             ("QUIVER_TRACING__ENDPOINT", endpoint.as_str()),
+            ("QUIVER_PROXY__GRPC_PORT", grpc.as_str()),
             ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2500"),
             ("QUIVER_PLUGINS__BALANCER", "row-count"),
         ];
@@ -101,6 +112,43 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
                 dist.segments.iter().filter(|s| s.nodes.contains(node)).map(|s| s.segment.id).collect();
             assert!(sealed.is_subset(&segments), "{node} searched {segments:?}, holds {sealed:?}");
         }
+
+        // The same search through the Milvus gRPC API, the client's context in gRPC metadata
+        // (`traceparent`, as OpenTelemetry's gRPC instrumentation sends it).
+        let grpc_trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}")).expect("uri").connect_lazy();
+        let token = std::fs::read_to_string(h.credentials_file("app")).expect("app credentials");
+        let token: MetadataValue<Ascii> = STANDARD.encode(token.trim()).parse().expect("metadata value");
+        let parent: MetadataValue<Ascii> = format!("00-{grpc_trace}-{client_span}-01").parse().expect("metadata value");
+        let mut milvus = MilvusServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", token.clone());
+            req.metadata_mut().insert("traceparent", parent.clone());
+            Ok(req)
+        });
+        let group = placeholder(vec![floats(&dataset().queries(1))], 101);
+        let request = search_req("docs", vec![kv("topk", "10"), kv("params", "{}")], group);
+        let reply = milvus.search(request).await.expect("gRPC search").into_inner();
+        assert_eq!(reply.status.clone().unwrap_or_default().code, 0, "{:?}", reply.status);
+        let spans = eventually("the gRPC search's spans", Duration::from_secs(30), || async {
+            let spans = collector.trace(grpc_trace);
+            let searches = spans.iter().filter(|s| s.name == "querynode.search").count();
+            if searches >= 2 && spans.iter().any(|s| s.name == "do_merge") {
+                Ok(spans)
+            } else {
+                Err(format!("{} spans so far", spans.len()))
+            }
+        })
+        .await;
+        let tree: Vec<String> = spans.iter().map(|s| format!("{} {} <- {}", s.name, s.span_id, s.parent)).collect();
+        let roots: Vec<&Received> = spans.iter().filter(|s| s.parent == client_span).collect();
+        assert_eq!(roots.len(), 1, "{tree:#?}");
+        assert_eq!((roots[0].name.as_str(), roots[0].process.as_str()), ("milvus.Search", "proxy"), "{tree:#?}");
+        let calls = children(&spans, roots[0], "do_search");
+        assert_eq!(calls.len(), 2, "one do_search per query node under the gRPC call: {tree:#?}");
+        for call in calls {
+            assert_eq!(children(&spans, call, "querynode.search").len(), 1, "{tree:#?}");
+        }
+        assert_eq!(children(&spans, roots[0], "do_merge").len(), 1, "{tree:#?}");
 
         // A caller that says "not sampled" is obeyed by every process: no spans of its trace.
         let unsampled = "5bf92f3577b34da6a3ce929d0e0e4737";

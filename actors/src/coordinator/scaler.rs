@@ -541,6 +541,7 @@ impl Coordinator {
             let starting = self.scaler.starting.borrow().clone();
             let c = counts(&verdicts, role, &starting, &hosts, size);
             let (serving, pending, fresh) = (c.serving.len() as u32, c.starting.len() as u32, c.fresh());
+            export_scaling(role, want, serving, pending, c.draining, size);
             // Make-before-break (S3.5): nodes of the wanted size are started while those of
             // another size keep serving; only when `want` of the new size serve are the old
             // ones drained, one at a time, like a scale-in.
@@ -1025,6 +1026,18 @@ fn unserved(catalog: &Catalog, datas: &[String]) -> Option<String> {
         }
     }
     None
+}
+
+/// The scaler's view of a role (`quiver_scaling_nodes{role, state}`: wanted, serving, starting,
+/// draining; `quiver_scaling_node_size_*{role}`: the size every node of it should have, 0 when
+/// unsized), exported each round by the active coordinator.
+fn export_scaling(role: Role, want: u32, serving: u32, starting: u32, draining: u32, size: NodeSize) {
+    let role = role.as_str();
+    for (state, n) in [("wanted", want), ("serving", serving), ("starting", starting), ("draining", draining)] {
+        metrics::gauge!("quiver_scaling_nodes", "role" => role, "state" => state).set(f64::from(n));
+    }
+    metrics::gauge!("quiver_scaling_node_size_memory_bytes", "role" => role).set(size.memory_bytes as f64);
+    metrics::gauge!("quiver_scaling_node_size_cpu_cores", "role" => role).set(f64::from(size.cpu_millis) / 1000.0);
 }
 
 #[cfg(test)]

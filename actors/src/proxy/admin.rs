@@ -328,9 +328,10 @@ async fn collections(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Res
     let ctx = context();
     let names = admin.proxy.forward::<coord::ListCollections>(&Empty {}, &ctx).await.map_err(ApiError::of)?.names;
     let more = names.len().saturating_sub(MAX_COLLECTIONS_SHOWN);
-    let layouts =
-        futures::future::join_all(names.iter().take(MAX_COLLECTIONS_SHOWN).map(|name| admin.proxy.refresh(name, &ctx)))
-            .await;
+    // The proxy's cached layouts (refreshed every proxy.distribution_refresh and on every
+    // change event): an open console costs the coordinator nothing per refresh.
+    let shown = names.iter().take(MAX_COLLECTIONS_SHOWN);
+    let layouts = futures::future::join_all(shown.map(|name| admin.proxy.distribution(name, &ctx))).await;
     let mut out = Collections { collections: Vec::new(), more, notes: Vec::new() };
     for (name, layout) in names.iter().zip(layouts) {
         match layout {

@@ -592,6 +592,9 @@ impl RoleHandler for QueryNodeRole {
             .flat_map(|c| c.shards.values())
             .map(|s| s.data.growing.read().map_or(0, |g| g.rows.len()))
             .sum();
+        let sealed: usize = collections.values().flat_map(|c| c.segments.values()).map(|s| s.rows.len()).sum();
+        metrics::gauge!("quiver_querynode_rows", "kind" => "sealed").set(sealed as f64);
+        metrics::gauge!("quiver_querynode_rows", "kind" => "growing").set(growing as f64);
         let leads: usize = collections.values().flat_map(|c| c.shards.values()).filter(|s| s.data.leader).count();
         let mut detail = format!("{} collections, leads {leads} shards, {growing} growing rows", collections.len());
         if let Some(note) = crate::dml::quarantine_note() {

@@ -212,7 +212,7 @@ fn wire(dir: &Path) {
         query().to_bytes(),
         QueryResults { rows: batch() }.to_bytes(),
         SearchResults { results: vec![hits(), Hits::default()] }.to_bytes(),
-        NodeSearchResults { results: vec![hits()], shards: Vec::new(), in_flight: 2 }.to_bytes(),
+        NodeSearchResults { results: vec![hits()], shards: Vec::new(), in_flight: 2, rows_searched: 10_000 }.to_bytes(),
         FlushResult { segments: vec![1, 2] }.to_bytes(),
         ClusterStatus {
             cluster: "quiver".into(),

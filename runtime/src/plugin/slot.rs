@@ -398,6 +398,7 @@ impl<N: NativePolicy + ?Sized> PolicySlot<N> {
 
     /// Counts an answer of the native built-in in place of the Wasm plugin.
     fn count_fallback(&self, active: &Active<N>) {
+        metrics::counter!("quiver_plugin_fallbacks_total", "kind" => N::KIND.as_str()).increment(1);
         active.health.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.total_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
