@@ -384,6 +384,7 @@ struct NodeSearchResults {
   results @0 :List(Hits);
   shards @1 :List(ShardView);   # For each shard of the request this node leads (S2.6).
   inFlight @2 :UInt32;          # Requests the node was serving when it answered, from all proxies (S2.7).
+  rowsSearched @3 :UInt64;      # Rows of the segments and growing parts searched (for traces).
 }
 
 struct FlushResult {
