@@ -75,6 +75,11 @@ fn describe() {
     );
     metrics::describe_gauge!("quiver_scaling_node_size_memory_bytes", "Memory every node of the role should have");
     metrics::describe_gauge!("quiver_scaling_node_size_cpu_cores", "Cores every node of the role should have");
+    metrics::describe_counter!("quiver_trace_spans_exported_total", "Spans sent to the trace collector");
+    metrics::describe_counter!(
+        "quiver_trace_export_failures_total",
+        "Span batches the trace collector did not take (dropped)"
+    );
     metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
     metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
     metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");

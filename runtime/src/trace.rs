@@ -84,7 +84,7 @@ impl Exporter {
             .with_timeout(EXPORT_TIMEOUT)
             .build()
             .map_err(|e| Error::Config(format!("tracing.endpoint {}: {e}", config.endpoint)))?;
-        let batches = BatchSpanProcessor::builder(exporter)
+        let batches = BatchSpanProcessor::builder(Counted(exporter))
             .with_batch_config(BatchConfigBuilder::default().with_scheduled_delay(EXPORT_EVERY).build())
             .build();
         let resource = Resource::builder()
@@ -104,6 +104,43 @@ impl Exporter {
             .build();
         RATIO.store(config.sampling_ratio.to_bits(), Ordering::Relaxed);
         Ok(Some(Exporter { provider }))
+    }
+}
+
+/// The OTLP exporter, counting what it sends and what it could not
+/// (`quiver_trace_spans_exported_total`, `quiver_trace_export_failures_total`), with a warning
+/// on the first failure and every 60th after it (a batch goes out every second).
+#[derive(Debug)]
+struct Counted(opentelemetry_otlp::SpanExporter);
+
+impl opentelemetry_sdk::trace::SpanExporter for Counted {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        static FAILURES: AtomicU64 = AtomicU64::new(0);
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        match &result {
+            Ok(()) => metrics::counter!("quiver_trace_spans_exported_total").increment(spans),
+            Err(e) => {
+                metrics::counter!("quiver_trace_export_failures_total").increment(1);
+                let failures = FAILURES.fetch_add(1, Ordering::Relaxed);
+                if failures.is_multiple_of(60) {
+                    tracing::warn!(error = %e, spans, failures = failures + 1, "could not send spans to the trace collector (tracing.endpoint); they are dropped");
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
     }
 }
 

@@ -22,7 +22,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::common::data::{self, dataset};
-use crate::common::{eventually, flushed_docs, free_port, run, start_nodes, Harness, TWO_QUERY_NODES};
+use crate::common::{
+    eventually, flushed_docs, free_port, metric_value, metrics_text, run, start_nodes, Harness, READY, TWO_QUERY_NODES,
+};
 use crate::hostile::{floats, kv, placeholder, search_req};
 
 fn children<'a>(spans: &'a [Received], parent: &Received, name: &str) -> Vec<&'a Received> {
@@ -175,5 +177,36 @@ fn a_search_is_one_trace_across_proxy_and_query_nodes() {
         // (Every process sends its spans each second: the unsampled search's would be in by now.)
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(collector.trace(unsampled).is_empty(), "spans of an unsampled trace: {:?}", collector.trace(unsampled));
+    });
+}
+
+/// A collector that is not there costs nothing but the spans: requests succeed, and the process
+/// counts the batches it could not send (`quiver_trace_export_failures_total`) and says so.
+#[test]
+fn a_missing_collector_drops_spans_and_is_counted() {
+    run(Duration::from_secs(60), async {
+        let (gone, metrics) = (free_port().expect("free port"), free_port().expect("free port"));
+        let (endpoint, listen) = (format!("http://127.0.0.1:{gone}"), format!("127.0.0.1:{metrics}"));
+        let h = Harness::standalone(
+            "trace-no-collector",
+            &[("QUIVER_TRACING__ENDPOINT", endpoint.as_str()), ("QUIVER_METRICS__LISTEN", listen.as_str())],
+        );
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, 1_000, 500).await;
+        let search = data::search("docs", dataset().queries(1), 5, SearchParams::default(), Consistency::Strong);
+        client.search(&search).await.expect("a search while the collector is missing");
+        eventually("the failed exports counted", Duration::from_secs(30), || async {
+            let text = metrics_text(metrics).await?;
+            match metric_value(&text, "quiver_trace_export_failures_total") {
+                n if n >= 1.0 => Ok(()),
+                _ => Err("no failed export counted yet".to_string()),
+            }
+        })
+        .await;
+        client.search(&search).await.expect("still serving");
+        let log = std::fs::read_to_string(h.dir().join("standalone.log")).unwrap_or_default();
+        assert!(log.contains("could not send spans to the trace collector"), "the failure is logged");
     });
 }
