@@ -342,7 +342,7 @@ impl QueryNode {
             return ctx.check(format_args!("the read started on {}", self.node.id));
         }
         let span =
-            tracing::debug_span!("wait_consistency", consistency = ?consistency, shards = segs.len() + grow.len());
+            tracing::debug_span!("wait_consistency", consistency = ?consistency, sources = segs.len() + grow.len());
         let started = std::time::Instant::now();
         let waited = ctx.bound("the wait for consistency", wait).instrument(span).await;
         metrics::histogram!("quiver_querynode_consistency_wait_seconds").record(started.elapsed().as_secs_f64());
