@@ -709,7 +709,7 @@ where
     // The request's server span, a child of the caller's span when it sent one: made only when
     // tracing is on and the request is traced (its caller's sampled flag, else the ratio).
     let span = match trace::sampling(ctx.traceparent.as_deref()) {
-        trace::Sampling::Traced => {
+        trace::Sampling::Traced(parent) => {
             let span = tracing::debug_span!(
                 "request",
                 otel.name = %format_args!("{role}.{label}"),
@@ -718,7 +718,7 @@ where
                 otel.status_code = tracing::field::Empty,
                 otel.status_message = tracing::field::Empty,
             );
-            trace::set_remote_parent(&span, ctx.traceparent.as_deref());
+            trace::set_remote_parent(&span, parent);
             span
         }
         trace::Sampling::Untraced(unsampled) => {

@@ -49,6 +49,15 @@ pub struct CallOptions {
     pub traceparent: Option<String>,
 }
 
+impl CallOptions {
+    /// The trace context the call carries: the sending span's, which becomes the callee's
+    /// parent (tracing on); else the caller's context (a client's traceparent), passed on as
+    /// it came.
+    fn traceparent_to_send(&self) -> Option<String> {
+        crate::trace::current_traceparent().or_else(|| self.traceparent.clone())
+    }
+}
+
 /// What a request brings from its caller: when the caller stops waiting, and the trace
 /// context. Built once where a request arrives ([`RequestContext::of`]) and passed down to
 /// everything done for it.
@@ -338,7 +347,7 @@ impl Bus {
     ) -> Result<Vec<u8>> {
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let mut ctx = RequestContext::with_timeout(timeout);
-        ctx.traceparent = crate::trace::current_traceparent().or_else(|| opts.traceparent.clone());
+        ctx.traceparent = opts.traceparent_to_send();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = LocalRequest { subject: subject.clone(), payload, ctx, reply };
         let for_actor = match &server.direct {
@@ -374,9 +383,7 @@ impl Bus {
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_TIMEOUT, (timeout.as_millis() as u64).to_string().as_str());
-        // The span sending it is the callee's parent; with tracing off, the caller's context
-        // (a client's traceparent) is passed on as it came.
-        if let Some(tp) = crate::trace::current_traceparent().or_else(|| opts.traceparent.clone()) {
+        if let Some(tp) = opts.traceparent_to_send() {
             headers.insert(HEADER_TRACEPARENT, tp.as_str());
         }
         let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
@@ -489,24 +496,6 @@ fn reply_outcome(msg: &Message) -> Result<()> {
 /// Wall clock, unix milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// A fresh W3C traceparent with random ids.
-pub fn new_traceparent() -> String {
-    let a: u128 = rand_u128();
-    let b: u64 = (rand_u128() >> 64) as u64;
-    format!("00-{a:032x}-{b:016x}-01")
-}
-
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let s = std::collections::hash_map::RandomState::new();
-    let mut h = s.build_hasher();
-    h.write_u64(now_ms());
-    let hi = h.finish();
-    let mut h2 = s.build_hasher();
-    h2.write_u64(hi);
-    ((hi as u128) << 64) | h2.finish() as u128
 }
 
 #[cfg(test)]

@@ -32,90 +32,81 @@ pub fn install_prometheus(listen: &str) -> Result<Option<SocketAddr>> {
     Ok(Some(addr))
 }
 
-fn describe() {
-    metrics::describe_counter!("quiver_role_restarts_total", "Role restarts by the supervisor");
-    metrics::describe_counter!("quiver_role_failures_total", "Role failures seen by the supervisor");
-    metrics::describe_counter!("quiver_role_escalations_total", "Restart budgets spent");
-    metrics::describe_counter!("quiver_requests_total", "Requests served by role and method");
-    metrics::describe_histogram!("quiver_request_seconds", "API request latency by method");
-    metrics::describe_counter!(
-        "quiver_request_errors_total",
-        "Requests that failed, by role, method and error code (bounded: 13 codes)"
-    );
-    metrics::describe_gauge!("quiver_requests_in_flight", "Requests the role is serving now");
-    metrics::describe_gauge!(
-        "quiver_dml_lag_entries",
-        "Log entries the role's furthest-behind shard reader still has to read (data and query nodes)"
-    );
-    metrics::describe_histogram!("quiver_datanode_seal_seconds", "Time to seal a segment: encode, store, report");
-    metrics::describe_histogram!("quiver_index_build_seconds", "Time an index node took to build a segment's index");
-    metrics::describe_histogram!(
-        "quiver_querynode_consistency_wait_seconds",
-        "Time reads waited for their shards to apply the log far enough (bounded and strong reads)"
-    );
-    metrics::describe_gauge!("quiver_idling_state", "1 for the cluster's idling state (awake, idle, waking), else 0");
-    metrics::describe_counter!("quiver_idling_failures_total", "Idling rounds (going idle, waking) that failed");
-    metrics::describe_counter!(
+/// Counters with their help text (`# HELP` on the metrics endpoint).
+const COUNTERS: &[(&str, &str)] = &[
+    ("quiver_role_restarts_total", "Role restarts by the supervisor"),
+    ("quiver_role_failures_total", "Role failures seen by the supervisor"),
+    ("quiver_role_escalations_total", "Restart budgets spent"),
+    ("quiver_requests_total", "Requests served by role and method"),
+    ("quiver_request_errors_total", "Requests that failed, by role, method and error code (bounded: 13 codes)"),
+    ("quiver_idling_failures_total", "Idling rounds (going idle, waking) that failed"),
+    (
         "quiver_proxy_wake_failures_total",
-        "Requests that could not wake the idle cluster or waited past idling.wake_timeout"
-    );
-    metrics::describe_counter!("quiver_proxy_searches_total", "Searches (NATS and Milvus API) a proxy scattered");
-    metrics::describe_counter!(
+        "Requests that could not wake the idle cluster or waited past idling.wake_timeout",
+    ),
+    ("quiver_proxy_searches_total", "Searches (NATS and Milvus API) a proxy scattered"),
+    (
         "quiver_proxy_node_calls_total",
-        "Calls a proxy sent to query nodes, by method: their rate over the searches' is the fan-out"
-    );
-    metrics::describe_gauge!("quiver_querynode_rows", "Rows a query node serves: sealed (loaded segments) and growing");
-    metrics::describe_counter!(
-        "quiver_plugin_fallbacks_total",
-        "Policy calls the built-in answered because the kind's plugin is switched off"
-    );
-    metrics::describe_gauge!(
-        "quiver_scaling_nodes",
-        "Nodes of a scaled role: wanted, serving, starting, draining (active coordinator)"
-    );
-    metrics::describe_gauge!("quiver_scaling_node_size_memory_bytes", "Memory every node of the role should have");
-    metrics::describe_gauge!("quiver_scaling_node_size_cpu_cores", "Cores every node of the role should have");
-    metrics::describe_counter!("quiver_trace_spans_exported_total", "Spans sent to the trace collector");
-    metrics::describe_counter!(
-        "quiver_trace_export_failures_total",
-        "Span batches the trace collector did not take (dropped)"
-    );
-    metrics::describe_counter!("quiver_rows_inserted_total", "Rows acknowledged by inserts");
-    metrics::describe_counter!("quiver_segments_flushed_total", "Segments sealed and flushed");
-    metrics::describe_counter!("quiver_indexes_built_total", "Segment indexes built");
-    metrics::describe_gauge!(
-        "quiver_replica_groups_wanted",
-        "Replica groups loaded collections ask for (active coordinator)"
-    );
-    metrics::describe_gauge!("quiver_replica_groups", "Replica groups formed (active coordinator)");
-    metrics::describe_gauge!(
+        "Calls a proxy sent to query nodes, by method: their rate over the searches' is the fan-out",
+    ),
+    ("quiver_plugin_fallbacks_total", "Policy calls the built-in answered because the kind's plugin is switched off"),
+    ("quiver_trace_spans_exported_total", "Spans sent to the trace collector"),
+    ("quiver_trace_export_failures_total", "Span batches the trace collector did not take (dropped)"),
+    ("quiver_rows_inserted_total", "Rows acknowledged by inserts"),
+    ("quiver_segments_flushed_total", "Segments sealed and flushed"),
+    ("quiver_indexes_built_total", "Segment indexes built"),
+];
+
+/// Gauges with their help text.
+const GAUGES: &[(&str, &str)] = &[
+    ("quiver_requests_in_flight", "Requests the role is serving now"),
+    (
+        "quiver_dml_lag_entries",
+        "Log entries the role's furthest-behind shard reader still has to read (data and query nodes)",
+    ),
+    ("quiver_idling_state", "1 for the cluster's idling state (awake, idle, waking), else 0"),
+    ("quiver_querynode_rows", "Rows a query node serves: sealed (loaded segments) and growing"),
+    ("quiver_scaling_nodes", "Nodes of a scaled role: wanted, serving, starting, draining (active coordinator)"),
+    ("quiver_scaling_node_size_memory_bytes", "Memory every node of the role should have"),
+    ("quiver_scaling_node_size_cpu_cores", "Cores every node of the role should have"),
+    ("quiver_replica_groups_wanted", "Replica groups loaded collections ask for (active coordinator)"),
+    ("quiver_replica_groups", "Replica groups formed (active coordinator)"),
+    (
         "quiver_replica_groups_degraded",
-        "Replica groups missing a segment or shard leader, or wanted but not formed (active coordinator)"
-    );
-    metrics::describe_gauge!(
-        "quiver_index_backlog_segments",
-        "Sealed segments waiting for their index (active coordinator)"
-    );
-    metrics::describe_gauge!(
-        "quiver_plugin_switched_off",
-        "1 while the plugin of a kind is switched off after failing (the built-in answers)"
-    );
-    metrics::describe_gauge!(
-        "quiver_node_state",
-        "1 for the role's current state (starting, serving, draining, stopped, standby), else 0"
-    );
-    metrics::describe_gauge!("quiver_node_healthy", "1 while the role is healthy");
-    metrics::describe_gauge!("quiver_node_segments", "Segments the role holds, as its heartbeat reports them");
-    metrics::describe_gauge!("quiver_process_resident_memory_bytes", "Resident memory of the process");
-    metrics::describe_gauge!(
-        "quiver_process_memory_capacity_bytes",
-        "Memory the process may use (node.memory_limit_mb, else the machine's)"
-    );
-    metrics::describe_gauge!("quiver_process_cpu_cores_busy", "Cores the process kept busy since the last heartbeat");
-    metrics::describe_gauge!(
-        "quiver_process_cpu_cores_allowed",
-        "Cores the process may use (cgroup quota, else the machine's)"
-    );
+        "Replica groups missing a segment or shard leader, or wanted but not formed (active coordinator)",
+    ),
+    ("quiver_index_backlog_segments", "Sealed segments waiting for their index (active coordinator)"),
+    ("quiver_plugin_switched_off", "1 while the plugin of a kind is switched off after failing (the built-in answers)"),
+    ("quiver_node_state", "1 for the role's current state (starting, serving, draining, stopped, standby), else 0"),
+    ("quiver_node_healthy", "1 while the role is healthy"),
+    ("quiver_node_segments", "Segments the role holds, as its heartbeat reports them"),
+    ("quiver_process_resident_memory_bytes", "Resident memory of the process"),
+    ("quiver_process_memory_capacity_bytes", "Memory the process may use (node.memory_limit_mb, else the machine's)"),
+    ("quiver_process_cpu_cores_busy", "Cores the process kept busy since the last heartbeat"),
+    ("quiver_process_cpu_cores_allowed", "Cores the process may use (cgroup quota, else the machine's)"),
+];
+
+/// Histograms (durations in seconds, [`LATENCY_BUCKETS`]) with their help text.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    ("quiver_request_seconds", "API request latency by method"),
+    ("quiver_datanode_seal_seconds", "Time to seal a segment: encode, store, report"),
+    ("quiver_index_build_seconds", "Time an index node took to build a segment's index"),
+    (
+        "quiver_querynode_consistency_wait_seconds",
+        "Time reads waited for their shards to apply the log far enough (bounded and strong reads)",
+    ),
+];
+
+fn describe() {
+    for &(name, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES {
+        metrics::describe_gauge!(name, help);
+    }
+    for &(name, help) in HISTOGRAMS {
+        metrics::describe_histogram!(name, help);
+    }
 }
 
 /// Resident memory of this process in bytes (Linux `/proc/self/statm`).

@@ -195,8 +195,9 @@ where
 pub enum Sampling {
     /// Tracing is off.
     Off,
-    /// Make its spans: the caller's context says sampled, or it has none and the ratio chose it.
-    Traced,
+    /// Make its spans: the caller's context (the parent, for [`set_remote_parent`]) says
+    /// sampled, or it has none and the ratio chose it.
+    Traced(Option<SpanContext>),
     /// Make none, and tell the nodes it calls so (this unsampled `traceparent` goes with its
     /// calls, so that they do not decide again and trace a fragment).
     Untraced(String),
@@ -210,12 +211,16 @@ pub fn sampling(traceparent: Option<&str>) -> Sampling {
     }
     if let Some(tp) = traceparent {
         if let Some(parent) = parse_traceparent(tp) {
-            return if parent.is_sampled() { Sampling::Traced } else { Sampling::Untraced(tp.to_string()) };
+            return if parent.is_sampled() {
+                Sampling::Traced(Some(parent))
+            } else {
+                Sampling::Untraced(tp.to_string())
+            };
         }
     }
     let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
     if ratio >= 1.0 || rand::random::<f64>() < ratio {
-        Sampling::Traced
+        Sampling::Traced(None)
     } else {
         Sampling::Untraced(unsampled_traceparent())
     }
@@ -249,33 +254,32 @@ pub fn current_traceparent() -> Option<String> {
     traceparent_of(&tracing::Span::current())
 }
 
+/// The OpenTelemetry context of `span` when it is recorded (tracing on, a valid context).
+fn recorded(span: &tracing::Span) -> Option<SpanContext> {
+    if !enabled() || span.is_disabled() {
+        return None;
+    }
+    let sc = span.context().span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
 /// The W3C `traceparent` of `span` (None when it is not recorded).
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    if !enabled() || span.is_disabled() {
-        return None;
-    }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+    recorded(span).map(|sc| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
-/// The trace id of `span` in hex (None when it is not recorded).
+/// The trace id of `span` in hex (None when it is not recorded or not sampled).
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    if !enabled() || span.is_disabled() {
-        return None;
-    }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+    recorded(span).filter(SpanContext::is_sampled).map(|sc| sc.trace_id().to_string())
 }
 
-/// Makes `span` a child of the caller's span named by a W3C `traceparent` (a malformed one is
-/// ignored: the span starts a trace of its own). Call before the span is entered.
-pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+/// Makes `span` a child of the caller's span (from its W3C `traceparent`, as [`sampling`]
+/// found it; None: the span starts a trace of its own). Call before the span is entered.
+pub fn set_remote_parent(span: &tracing::Span, parent: Option<SpanContext>) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    if let Some(parent) = traceparent.and_then(parse_traceparent) {
+    if let Some(parent) = parent {
         let _ = span.set_parent(Context::new().with_remote_span_context(parent));
     }
 }
@@ -359,6 +363,6 @@ mod tests {
         let span = tracing::debug_span!("x");
         assert_eq!(traceparent_of(&span), None);
         assert_eq!(current_traceparent(), None);
-        set_remote_parent(&span, Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        set_remote_parent(&span, parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
     }
 }

@@ -233,9 +233,9 @@ fn authorize<T>(req: &tonic::Request<T>, method: &str, privilege: &str) -> Resul
 /// span when it sends a W3C `traceparent` (a disabled span with tracing off).
 fn call_span(req: &axum::http::Request<()>) -> tracing::Span {
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
-    if quiver_runtime::trace::sampling(traceparent) != quiver_runtime::trace::Sampling::Traced {
+    let quiver_runtime::trace::Sampling::Traced(parent) = quiver_runtime::trace::sampling(traceparent) else {
         return tracing::Span::none();
-    }
+    };
     let method = req.uri().path().rsplit('/').next().unwrap_or_default();
     let span = tracing::debug_span!(
         "grpc",
@@ -246,7 +246,7 @@ fn call_span(req: &axum::http::Request<()>) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         otel.status_message = tracing::field::Empty,
     );
-    quiver_runtime::trace::set_remote_parent(&span, traceparent);
+    quiver_runtime::trace::set_remote_parent(&span, parent);
     span
 }
 
