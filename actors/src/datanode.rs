@@ -318,8 +318,7 @@ impl ShardWriter {
     async fn consume(mut self, checkpoint: Seq, mut commands: mpsc::UnboundedReceiver<WriterCommand>) -> Result<()> {
         self.growing = Growing::new(self.info.dim() as usize, checkpoint);
         let bus = self.node.shared.bus.clone();
-        let mut log = ShardLog::open(&bus, &self.info, self.shard, checkpoint, 0).await?;
-        log.report_lag("datanode");
+        let mut log = ShardLog::open(&bus, &self.info, self.shard, checkpoint, 0, Some("datanode")).await?;
         let cfg = self.node.shared.config.datanode.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {

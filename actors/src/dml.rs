@@ -12,6 +12,7 @@ use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Bus, Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::{CollectionInfo, DataType, DmlEntry, PrimaryKey, RowBatch, ScalarValue, Seq, Wire};
+use tokio::sync::mpsc;
 
 /// Header naming the kind of a DML message, so readers can skip payloads they do not need.
 pub const KIND_HEADER: &str = "Quiver-Dml";
@@ -148,26 +149,20 @@ pub struct LogEntry {
     pub entry: Option<DmlEntry>,
 }
 
-/// An ordered push consumer over one shard stream, starting after `after`.
+/// A shard stream's log read from a given position, entry by entry, in order.
 ///
-/// Survives NATS server restarts: when the client has reconnected since the consumer was
-/// created, or the consumer stops sending heartbeats, a fresh consumer resumes right after
-/// the last delivered position. (The client's own ordered consumer can miss a quick
-/// disconnect/reconnect and then wait on a consumer the restarted server no longer has.)
+/// An ordered push consumer, read by a task of its own that hands decoded entries over a
+/// short queue: [`ShardLog::next`] is only a receive, so a caller may drop it (a `select!`
+/// with a timer) at any time without losing an entry or cutting off the task's recovery
+/// mid-way. The task survives NATS server restarts: when the client has reconnected since the
+/// consumer was created, the consumer stops sending heartbeats, or it falls silent while the
+/// stream holds later entries, a fresh consumer resumes right after the last delivered
+/// position. (The client's own ordered consumer can miss a quick disconnect/reconnect and then
+/// wait on a consumer the restarted server no longer has, and lives on one nats-server.)
 pub struct ShardLog {
-    bus: Bus,
-    collection: u64,
-    shard: u32,
-    messages: push::Ordered,
-    skip_inserts_until: Seq,
-    check: EntryCheck,
-    /// Last position delivered (or the start position): a new consumer resumes after it.
-    last: Seq,
-    /// The client's connection count when `messages` was created.
-    connects: u64,
-    /// When the consumer last delivered something (or was created).
-    delivered_at: Instant,
-    /// Where this reader reports how far behind the log it is ([`ShardLog::report_lag`]).
+    entries: mpsc::Receiver<Result<LogEntry>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Where this reader reports how far behind the log it is ([`max_lag`]).
     lag: Option<LagKey>,
 }
 
@@ -186,16 +181,23 @@ pub fn max_lag(reader: &str) -> Option<u64> {
 
 impl Drop for ShardLog {
     fn drop(&mut self) {
+        self.reader.abort();
         if let Some(key) = self.lag {
             LAGS.remove(&key);
         }
     }
 }
 
+/// Decoded entries a reader task may hold ahead of its caller. Entries are at most a NATS
+/// payload each (1 MiB by default), so a reader buffers a few MiB at most.
+const QUEUE: usize = 8;
 /// How often an idle reader checks whether the NATS connection was re-established.
 const RECONNECT_CHECK: Duration = Duration::from_secs(1);
 /// How long a reader keeps trying to recreate its consumer before giving up (role restart).
 const REOPEN_LIMIT: Duration = Duration::from_secs(30);
+/// How long one try at creating a consumer may take: a request lost with a nats-server would
+/// otherwise hold the reader for the client's whole request timeout.
+const REOPEN_TRY: Duration = Duration::from_secs(5);
 /// Silence after which a reader asks whether its log holds later entries than it got: an
 /// ordered consumer lives on one nats-server and dies with it, and the client library notices
 /// only after two missed 5 s heartbeats.
@@ -224,76 +226,109 @@ async fn ordered_consumer(bus: &Bus, collection: u64, shard: u32, after: Seq) ->
 impl ShardLog {
     /// Opens the shard log of collection `info`, `shard`, from sequence `after + 1`. Insert
     /// payloads at or below `skip_inserts_until` are not decoded (the reader already has them
-    /// sealed); entries that do not fit the collection are quarantined ([`EntryCheck`]).
+    /// sealed); entries that do not fit the collection are quarantined ([`EntryCheck`]). With
+    /// `lag`, the reader reports how far behind the log it is as one of that role's
+    /// ([`max_lag`]). Fails when the first consumer cannot be created (a dropped collection
+    /// is `CollectionNotFound`).
     pub async fn open(
         bus: &Bus,
         info: &CollectionInfo,
         shard: u32,
         after: Seq,
         skip_inserts_until: Seq,
+        lag: Option<&'static str>,
     ) -> Result<ShardLog> {
         let connects = connects(bus);
         let collection = info.id;
         let messages = ordered_consumer(bus, collection, shard, after).await?;
-        let check = EntryCheck::of(info);
-        Ok(ShardLog {
+        let lag = lag.map(|reader| {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let key = (reader, NEXT.fetch_add(1, Ordering::Relaxed));
+            LAGS.insert(key, 0);
+            key
+        });
+        let reader = Reader {
             bus: bus.clone(),
             collection,
             shard,
             messages,
             skip_inserts_until,
-            check,
+            check: EntryCheck::of(info),
             last: after,
             connects,
             delivered_at: Instant::now(),
-            lag: None,
-        })
+            lag,
+        };
+        let (tx, entries) = mpsc::channel(QUEUE);
+        let reader = tokio::spawn(reader.run(tx));
+        Ok(ShardLog { entries, reader, lag })
     }
 
-    /// Makes this reader report its lag as one of `reader`'s ([`max_lag`]).
-    pub fn report_lag(&mut self, reader: &'static str) {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let key = (reader, NEXT.fetch_add(1, Ordering::Relaxed));
-        LAGS.insert(key, 0);
-        self.lag = Some(key);
+    /// The next entry; `None` when the consumer ended. After an error there are no more
+    /// entries. Positions only grow: an entry at or below one already delivered (a replay
+    /// across a consumer switch) is skipped. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Option<Result<LogEntry>> {
+        self.entries.recv().await
+    }
+}
+
+/// The task behind a [`ShardLog`]: owns the consumer and replaces it when it goes quiet.
+struct Reader {
+    bus: Bus,
+    collection: u64,
+    shard: u32,
+    messages: push::Ordered,
+    skip_inserts_until: Seq,
+    check: EntryCheck,
+    /// Last position delivered (or the start position): a new consumer resumes after it.
+    last: Seq,
+    /// The client's connection count when `messages` was created.
+    connects: u64,
+    /// When the consumer last delivered something, was created, or the stall check last ran.
+    delivered_at: Instant,
+    lag: Option<LagKey>,
+}
+
+impl Reader {
+    /// Reads until the consumer ends, fails, or the [`ShardLog`] is dropped.
+    async fn run(mut self, entries: mpsc::Sender<Result<LogEntry>>) {
+        while let Some(entry) = self.next().await {
+            let failed = entry.is_err();
+            if entries.send(entry).await.is_err() || failed {
+                return;
+            }
+            // Time spent waiting for a busy caller is not the consumer's silence.
+            self.delivered_at = Instant::now();
+        }
     }
 
     /// Replaces the consumer with a new one starting after the last delivered position,
-    /// retrying while the server is not ready.
+    /// trying again (each try bounded) for up to [`REOPEN_LIMIT`] while the server is not ready.
     async fn reopen(&mut self, why: &str) -> Result<()> {
-        tracing::debug!(
-            collection = self.collection,
-            shard = self.shard,
-            after = self.last,
-            why,
-            "reopening DML consumer"
-        );
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let connects = connects(&self.bus);
-            match ordered_consumer(&self.bus, self.collection, self.shard, self.last).await {
-                Ok(messages) => {
-                    tracing::info!(
-                        collection = self.collection,
-                        shard = self.shard,
-                        after = self.last,
-                        why,
-                        "DML consumer reopened"
-                    );
-                    self.messages = messages;
-                    self.connects = connects;
-                    self.delivered_at = Instant::now();
-                    return Ok(());
-                }
-                Err(e) if started.elapsed() < REOPEN_LIMIT => {
-                    tracing::warn!(error = %e, "cannot reopen DML consumer yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e),
+        let (collection, shard, after) = (self.collection, self.shard, self.last);
+        tracing::debug!(collection, shard, after, why, "reopening DML consumer");
+        let bus = &self.bus;
+        let try_once = || async {
+            let connects = connects(bus);
+            match tokio::time::timeout(REOPEN_TRY, ordered_consumer(bus, collection, shard, after)).await {
+                Ok(messages) => messages.map(|m| (m, connects)),
+                Err(_) => Err(Error::Unavailable(format!(
+                    "creating a consumer of shard {shard}'s log took over {REOPEN_TRY:?}"
+                ))),
             }
-        }
+        };
+        let retryable = |e: &Error| {
+            tracing::warn!(collection, shard, error = %e, "cannot reopen DML consumer yet; retrying");
+            !matches!(e, Error::CollectionNotFound(_))
+        };
+        let backoff = Backoff::within(REOPEN_LIMIT, Duration::from_millis(50), Duration::from_secs(1));
+        let (messages, connects) = retry(backoff, retryable, try_once).await?;
+        tracing::info!(collection, shard, after, why, "DML consumer reopened");
+        metrics::counter!("quiver_dml_consumer_reopens_total").increment(1);
+        self.messages = messages;
+        self.connects = connects;
+        self.delivered_at = Instant::now();
+        Ok(())
     }
 
     /// Whether the log holds entries after the last one delivered (asked at most once per
@@ -304,9 +339,8 @@ impl ShardLog {
         matches!(last, Ok(Ok(last)) if last > self.last)
     }
 
-    /// The next entry; `None` when the consumer ended. Positions only grow: an entry at or
-    /// below one already delivered (a replay across a consumer switch) is skipped.
-    pub async fn next(&mut self) -> Option<Result<LogEntry>> {
+    /// The next entry; `None` when the consumer ended.
+    async fn next(&mut self) -> Option<Result<LogEntry>> {
         let (msg, seq) = loop {
             if connects(&self.bus) != self.connects {
                 if let Err(e) = self.reopen("reconnected to NATS").await {

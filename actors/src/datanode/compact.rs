@@ -105,7 +105,7 @@ async fn read_deletes(node: &Node, task: &CompactTask) -> Result<HashMap<Primary
     if target <= task.delete_from {
         return Ok(deletes);
     }
-    let mut log = ShardLog::open(bus, &task.collection, task.shard, task.delete_from, target).await?;
+    let mut log = ShardLog::open(bus, &task.collection, task.shard, task.delete_from, target, None).await?;
     loop {
         let entry = tokio::time::timeout(LOG_WAIT, log.next())
             .await

@@ -91,8 +91,7 @@ impl Shard {
 async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor: Seq) -> Result<()> {
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
-    let mut log = ShardLog::open(&bus, &info, data.shard, floor, skip).await?;
-    log.report_lag("querynode");
+    let mut log = ShardLog::open(&bus, &info, data.shard, floor, skip, Some("querynode")).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -102,8 +101,8 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
             }
             _ = tick.tick() => {
                 // Keep Bounded reads from waiting when the log is idle. Bounded in time: a
-                // request lost to a NATS reconnect must not stall the reader for a whole
-                // request timeout.
+                // request lost to a NATS reconnect must not hold up applying entries for a
+                // whole request timeout.
                 let started = now_ms();
                 let last = tokio::time::timeout(Duration::from_secs(1), dml::last_seq(&bus, data.collection, data.shard)).await;
                 if let Ok(Ok(last)) = last {
