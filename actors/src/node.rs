@@ -211,6 +211,8 @@ struct Request {
     payload: Bytes,
     ctx: RequestContext,
     reply: Reply,
+    /// How often the caller wants word while the request is worked on (a long call over NATS).
+    progress: Option<Duration>,
 }
 
 /// Where a request's answer goes.
@@ -229,6 +231,7 @@ impl Request {
     fn nats(msg: Message) -> Request {
         Request {
             ctx: RequestContext::of(&msg),
+            progress: bus::progress_of(&msg),
             subject: msg.subject,
             payload: msg.payload,
             reply: Reply::Nats(msg.reply),
@@ -237,7 +240,7 @@ impl Request {
 
     fn local(req: LocalRequest) -> Request {
         let reply = Reply::Local(Arc::new(Mutex::new(Some(req.reply))));
-        Request { subject: Subject::from(req.subject), payload: req.payload, ctx: req.ctx, reply }
+        Request { subject: Subject::from(req.subject), payload: req.payload, ctx: req.ctx, reply, progress: None }
     }
 
     fn method(&self) -> &str {
@@ -268,6 +271,8 @@ struct Serving {
     arrivals: Arc<AtomicU64>,
     /// Fault injection: requests wait this many milliseconds before they are served.
     stall_ms: Arc<AtomicU64>,
+    /// Fault injection: requests that arrive over NATS before this time (unix ms) are dropped.
+    lose_until_ms: Arc<AtomicU64>,
 }
 
 impl Serving {
@@ -277,6 +282,15 @@ impl Serving {
 
     fn stall(&self) -> Duration {
         Duration::from_millis(self.stall_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether fault injection drops `req` unanswered (it came over NATS while told to).
+    fn loses(&self, req: &Request) -> bool {
+        let lost = matches!(req.reply, Reply::Nats(_)) && bus::now_ms() < self.lose_until_ms.load(Ordering::Relaxed);
+        if lost {
+            tracing::info!(subject = %req.subject, "fault injection: request dropped unanswered");
+        }
+        lost
     }
 
     /// Counts `req` in, or refuses it at once, before decoding, when the node already works on
@@ -302,6 +316,9 @@ impl Serving {
     where
         R: ServiceRequest + Send,
     {
+        if self.loses(&req) {
+            return;
+        }
         let (node, io) = (node.clone(), node.shared.io.clone());
         match self.admit(&node, &req) {
             Err(refused) => {
@@ -644,6 +661,11 @@ impl<H: RoleHandler> RoleActor<H> {
                 self.serving.stall_ms.store(stall.into_body().millis, Ordering::Relaxed);
                 Ok(Empty {}.to_bytes())
             }
+            Ok(NodeControlRequest::DebugLose(lose)) if self.fault_injection => {
+                let until = bus::now_ms().saturating_add(lose.into_body().millis);
+                self.serving.lose_until_ms.store(until, Ordering::Relaxed);
+                Ok(Empty {}.to_bytes())
+            }
             Ok(_) => Err(Error::InvalidArgument("fault injection is off (debug.fault_injection)".into())),
         };
         ctx.spawn(async move { req.reply.send(&bus, outcome).await }.into_actor(self));
@@ -668,6 +690,9 @@ impl<H: RoleHandler> StreamHandler<Incoming> for RoleActor<H> {
             }
         };
         let Some(req) = self.control(req, ctx) else { return };
+        if self.serving.loses(&req) {
+            return;
+        }
         let node = self.node.clone();
         let in_flight = match self.serving.admit(&node, &req) {
             Ok(in_flight) => in_flight,
@@ -701,7 +726,7 @@ where
     F: FnOnce(R, RequestContext) -> Fut,
     Fut: Future<Output = Result<Vec<u8>>>,
 {
-    let Request { subject, payload, mut ctx, reply } = req;
+    let Request { subject, payload, mut ctx, reply, progress } = req;
     let method = Subjects::method_of(&subject);
     let label = R::known_method(method).unwrap_or("unknown");
     let role = node.role.as_str();
@@ -748,8 +773,11 @@ where
         })?;
         handle(req, ctx.clone()).await
     }
-    .instrument(span.clone())
-    .await;
+    .instrument(span.clone());
+    let result = match (&reply, progress) {
+        (Reply::Nats(Some(to)), Some(every)) => node.shared.bus.with_progress(to, every, result).await,
+        _ => result.await,
+    };
     if let Err(e) = &result {
         trace::record_error(&span, e);
         let code = e.code().name();

@@ -17,12 +17,14 @@
 //! thread. Everything else (queue groups, events, the DML log) always goes through NATS.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
+use futures::StreamExt;
 use quiver_schemas::protocol::{NodeCall, QueueCall, Service};
 use quiver_schemas::{Subjects, Wire};
 
@@ -30,7 +32,8 @@ use crate::error::{Code, Error, Result};
 use crate::retry::{retry, Backoff};
 
 pub use quiver_schemas::status::{
-    HEADER_DEADLINE, HEADER_ERROR, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT, HEADER_TRACEPARENT, MAX_REQUEST_ID,
+    HEADER_DEADLINE, HEADER_ERROR, HEADER_PROGRESS, HEADER_REQUEST_ID, HEADER_STATUS, HEADER_TIMEOUT,
+    HEADER_TRACEPARENT, MAX_REQUEST_ID,
 };
 
 /// Whether a client's request id may name log messages: 1 to [`MAX_REQUEST_ID`] characters of
@@ -41,15 +44,44 @@ pub fn valid_request_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// How often the callee of a [`CallOptions::long`] call sends word that it is still working.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Words in a row a long call may miss before its caller takes the request (or the answer) as
+/// lost: a callee's thread may be held up for a while, a message lost with a server is lost.
+const PROGRESS_MISSES: u32 = 5;
+/// Bounds of a progress interval a request may ask for (a hostile header is clamped).
+const PROGRESS_MIN: Duration = Duration::from_millis(100);
+const PROGRESS_MAX: Duration = Duration::from_secs(60);
+
+/// The interval at which a request's caller asks for word while it is worked on
+/// ([`HEADER_PROGRESS`]; clamped to 100 ms – 60 s), if it asks.
+pub fn progress_of(msg: &Message) -> Option<Duration> {
+    let ms = msg.headers.as_ref()?.get(HEADER_PROGRESS)?.as_str().parse::<u64>().ok()?;
+    Some(Duration::from_millis(ms).clamp(PROGRESS_MIN, PROGRESS_MAX))
+}
+
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// How long this call may take (the bus default when `None`).
     pub timeout: Option<Duration>,
     pub traceparent: Option<String>,
+    /// Ask the callee for word every this often while it works, and fail the call as lost
+    /// after [`PROGRESS_MISSES`] missed words instead of waiting out `timeout` (see
+    /// [`CallOptions::long`]). Calls to a role of this process need none.
+    pub progress: Option<Duration>,
 }
 
 impl CallOptions {
+    /// Options of a call that may take up to `timeout` (a load, an index build, a compaction):
+    /// the callee sends word every [`PROGRESS_EVERY`] while it works, so a request or answer
+    /// lost with a nats-server (which request/reply never reports) fails the call after
+    /// about 10 s of silence rather than after `timeout`. Such calls must be safe to send
+    /// again: the caller cannot know whether a lost one was acted on.
+    pub fn long(timeout: Duration) -> CallOptions {
+        CallOptions { timeout: Some(timeout), traceparent: None, progress: Some(PROGRESS_EVERY) }
+    }
+
     /// The trace context the call carries: the sending span's, which becomes the callee's
     /// parent (tracing on); else the caller's context (a client's traceparent), passed on as
     /// it came.
@@ -137,7 +169,7 @@ impl RequestContext {
     pub fn try_options(&self, patience: Duration, what: &str) -> Result<CallOptions> {
         self.check(what)?;
         let timeout = self.remaining().map_or(patience, |left| left.min(patience));
-        Ok(CallOptions { timeout: Some(timeout), traceparent: self.traceparent.clone() })
+        Ok(CallOptions { timeout: Some(timeout), traceparent: self.traceparent.clone(), progress: None })
     }
 
     /// Runs `work` unless the deadline passes first (then `DeadlineExceeded`, naming `what`).
@@ -311,7 +343,7 @@ impl Bus {
         per_try: Duration,
         within: Duration,
     ) -> Result<C::Reply> {
-        let opts = CallOptions { timeout: Some(per_try), traceparent: None };
+        let opts = CallOptions { timeout: Some(per_try), ..Default::default() };
         let backoff = Backoff::within(within, Duration::from_millis(100), Duration::from_secs(2));
         let retryable = |e: &Error| {
             let again = matches!(e, Error::Unavailable(_) | Error::NotServed(_) | Error::Timeout { .. });
@@ -386,6 +418,9 @@ impl Bus {
         if let Some(tp) = opts.traceparent_to_send() {
             headers.insert(HEADER_TRACEPARENT, tp.as_str());
         }
+        if let Some(every) = opts.progress {
+            return self.request_with_progress(subject, payload, headers, timeout, every).await;
+        }
         let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
         let mut disconnected = self.disconnects.subscribe();
         let sent = tokio::select! {
@@ -411,6 +446,92 @@ impl Bus {
         })?;
         reply_outcome(&msg)?;
         Ok(msg.payload)
+    }
+
+    /// A request whose callee sends word every `every` while it works ([`CallOptions::long`]):
+    /// on an inbox of its own, since the word and the answer come on the same subject. Fails
+    /// as lost after [`PROGRESS_MISSES`] words missed in a row, and as cut when the
+    /// connection drops.
+    async fn request_with_progress(
+        &self,
+        subject: String,
+        payload: Bytes,
+        mut headers: HeaderMap,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Bytes> {
+        let every = every.clamp(PROGRESS_MIN, PROGRESS_MAX);
+        headers.insert(HEADER_PROGRESS, (every.as_millis() as u64).to_string().as_str());
+        let give_up = tokio::time::Instant::now() + timeout;
+        let silence = every * PROGRESS_MISSES;
+        let mut disconnected = self.disconnects.subscribe();
+        let inbox = self.client.new_inbox();
+        // Subscribed before the request goes out (same connection, in order), so no word and
+        // no answer can arrive before the subscription.
+        let mut answers = self.subscribe(inbox.clone()).await?;
+        self.client
+            .publish_with_reply_and_headers(subject.clone(), inbox, headers, payload)
+            .await
+            .map_err(|e| Error::Unavailable(format!("request to {subject} failed: {e}")))?;
+        loop {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout { subject, timeout });
+            }
+            let next = tokio::select! {
+                next = tokio::time::timeout(silence.min(left), answers.next()) => next,
+                Ok(()) = disconnected.recv() => {
+                    metrics::counter!("quiver_bus_requests_cut_total").increment(1);
+                    return Err(Error::Unavailable(format!(
+                        "the connection to NATS was lost before the answer from {subject}; it may or may not have been acted on"
+                    )));
+                }
+            };
+            let msg = match next {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(Error::Unavailable(format!("the answer subscription for {subject} ended"))),
+                Err(_) if silence < left => {
+                    metrics::counter!("quiver_bus_requests_lost_total").increment(1);
+                    return Err(Error::Unavailable(format!(
+                        "no word from {subject} for {silence:?} (it sends word every {every:?} while it works): \
+                         the request or its answer was lost; it may or may not have been acted on"
+                    )));
+                }
+                Err(_) => return Err(Error::Timeout { subject, timeout }),
+            };
+            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                return Err(Error::NotServed(format!("nothing serves {subject} (is the node up?)")));
+            }
+            if msg.headers.as_ref().is_some_and(|h| h.get(HEADER_PROGRESS).is_some()) {
+                continue;
+            }
+            reply_outcome(&msg)?;
+            return Ok(msg.payload);
+        }
+    }
+
+    /// Runs `work`, the answer to a request that asked for word every `every`
+    /// ([`progress_of`]), sending that word to `reply_to` until it is done.
+    pub async fn with_progress<T>(
+        &self,
+        reply_to: &async_nats::Subject,
+        every: Duration,
+        work: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => {
+                    let mut word = HeaderMap::new();
+                    word.insert(HEADER_PROGRESS, "1");
+                    // A word lost is what the caller's silence limit allows for.
+                    let _ = self.client.publish_with_headers(reply_to.clone(), word, Bytes::new()).await;
+                }
+            }
+        }
     }
 
     /// Answers a request with an encoded reply or an error. A reply larger than the server's `max_payload` cannot
@@ -559,5 +680,71 @@ mod tests {
             .await;
         assert!(matches!(out, Err(Error::DeadlineExceeded(_))), "{out:?}");
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// A long call against a real nats-server: word keeps a slow answer alive past the silence
+    /// limit; a request that reaches a callee which then goes silent (as one lost with a server
+    /// would) fails after the silence limit, not the timeout; no callee is `NotServed` at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_call_hears_word_and_fails_soon_once_its_callee_goes_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let nats = crate::nats_server::EmbeddedNats::start(
+            "nats-server",
+            port,
+            &dir.path().join("nats"),
+            crate::nats_server::SyncInterval::Always,
+        )
+        .await
+        .unwrap();
+        let connect = |name: &'static str| Bus::connect(nats.url(), "progress", name, Duration::from_secs(5));
+        let (caller, callee) = (connect("caller").await.unwrap(), connect("callee").await.unwrap());
+        let every = Duration::from_millis(200);
+        let opts = CallOptions { timeout: Some(Duration::from_secs(30)), traceparent: None, progress: Some(every) };
+
+        // Slow (3 s, three times the 1 s silence limit) and alive: answered.
+        let mut slow = callee.subscribe("progress.slow".into()).await.unwrap();
+        let server = callee.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = slow.next().await {
+                assert_eq!(progress_of(&msg), Some(every));
+                let to = msg.reply.clone().unwrap();
+                server.with_progress(&to, every, tokio::time::sleep(Duration::from_secs(3))).await;
+                server.reply_to(to, Ok(b"done".to_vec())).await;
+            }
+        });
+        callee.flush().await.unwrap();
+        let started = Instant::now();
+        let answer = caller.request_bytes("progress.slow".into(), Bytes::from_static(b"x"), &opts).await.unwrap();
+        assert_eq!(&answer[..], b"done");
+        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+
+        // Received, then silence: lost after 5 missed words (1 s), not after the 30 s timeout.
+        let mut silent = callee.subscribe("progress.silent".into()).await.unwrap();
+        tokio::spawn(async move { while silent.next().await.is_some() {} });
+        callee.flush().await.unwrap();
+        let started = Instant::now();
+        let lost = caller.request_bytes("progress.silent".into(), Bytes::new(), &opts).await;
+        let took = started.elapsed();
+        match lost {
+            Err(Error::Unavailable(m)) => assert!(m.contains("no word from progress.silent"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(5), "{took:?}");
+
+        // Nobody listens: refused at once.
+        let started = Instant::now();
+        match caller.request_bytes("progress.nobody".into(), Bytes::new(), &opts).await {
+            Err(Error::NotServed(m)) => assert!(m.contains("progress.nobody"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+
+        // A hostile interval is clamped.
+        let hostile = message(&[(HEADER_PROGRESS, "0")]);
+        assert_eq!(progress_of(&hostile), Some(PROGRESS_MIN));
+        let hostile = message(&[(HEADER_PROGRESS, "18446744073709551615")]);
+        assert_eq!(progress_of(&hostile), Some(PROGRESS_MAX));
+        assert_eq!(progress_of(&message(&[(HEADER_PROGRESS, "soon")])), None);
     }
 }

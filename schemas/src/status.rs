@@ -19,6 +19,11 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_REQUEST_ID: &str = "Quiver-Request-Id";
 /// Longest request id taken.
 pub const MAX_REQUEST_ID: usize = 64;
+/// On a request: the caller asks for word every this many milliseconds while the request is
+/// worked on (calls that may take minutes: loads, index builds, compactions). On a message to
+/// the reply subject: that word (empty payload), not the answer. NATS request/reply never
+/// says that a request or its answer was lost with a server; the caller's silence limit does.
+pub const HEADER_PROGRESS: &str = "Quiver-Progress-Ms";
 
 /// Status code carried in the `Quiver-Status` reply header. Stable: clients branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

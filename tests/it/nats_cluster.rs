@@ -4,11 +4,13 @@
 //! (a node started meanwhile, with the dead server first in its list, connects to another), and
 //! the server rejoins with nothing lost. Under continuous search + insert load, a server's
 //! SIGKILL fails no request: appends are sent again under their message id until acknowledged,
-//! and clients send again what no proxy was subscribed to receive.
+//! and clients send again what no proxy was subscribed to receive. A long call whose request is
+//! lost on the way (as one is when the server it was routed through dies) is sent again within
+//! seconds, not after its timeout.
 
 use std::time::{Duration, Instant};
 
-use quiver_client::SegmentState;
+use quiver_client::{SegmentState, Stall, Wire};
 
 use crate::common::data;
 use crate::common::load::Load;
@@ -107,5 +109,36 @@ fn a_nats_server_killed_under_search_and_insert_load_fails_nothing() {
         assert!(searches > 50, "the load ran: {searches} searches");
         assert!(inserted < total as u64, "the inserts ran through the outage");
         assert_eq!(data::count(&client, "docs").await, inserted as i64, "every acknowledged row, once");
+    });
+}
+
+#[test]
+fn a_load_lost_on_the_way_is_sent_again_within_seconds() {
+    run(Duration::from_secs(120), async {
+        let mut h = Harness::new("lostload");
+        h.start_nats();
+        let env = [("QUIVER_DEBUG__FAULT_INJECTION", "true"), ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2000")];
+        let (client, _) = start_one_per_role(&mut h, "coord", &env).await;
+        indexed_docs(&client, 2_000).await;
+
+        // The query node drops what reaches it in the next 4 s, unanswered: the coordinator's
+        // load of the next flush's segment among it. NATS never tells a caller that a request
+        // was lost; the load (a call of up to 10 minutes) hears no word from the node and is
+        // sent again after 10 s, and the coordinator's rounds go on meanwhile.
+        let nats = h.nats_as("node").await;
+        let subject = quiver_client::Subjects::new(&h.cluster)
+            .node_call::<quiver_client::protocol::control::DebugLose>("qn-querynode");
+        nats.request(subject, Stall { millis: 4_000 }.to_bytes().into()).await.expect("lose");
+        let started = Instant::now();
+        data::insert_rows(&client, "docs", 2_000, 4_000, 500).await;
+        data::flush(&client, "docs").await;
+        data::wait_segments(&client, "docs", 4_000, SegmentState::Indexed, Duration::from_secs(60)).await;
+        let took = started.elapsed();
+        assert_eq!(data::count(&client, "docs").await, 4_000);
+        let coord = std::fs::read_to_string(h.dir().join("coord.log")).expect("coordinator log");
+        let qn = std::fs::read_to_string(h.dir().join("qn.log")).expect("query node log");
+        assert!(qn.contains("fault injection: request dropped unanswered"), "nothing was dropped");
+        assert!(coord.contains("no word from"), "the coordinator did not notice a lost load");
+        eprintln!("a lost load: the new segment served {took:?} after the flush began");
     });
 }

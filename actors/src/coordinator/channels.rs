@@ -97,7 +97,7 @@ impl Coordinator {
                 moving.iter().filter(|(_, m)| m.from == node).map(|(shard, m)| (*shard, m.to.clone())).collect();
             let me = self.clone();
             actix::spawn(async move {
-                let opts = CallOptions { timeout: Some(timeout), traceparent: None };
+                let opts = CallOptions::long(timeout);
                 let shards = channels.len();
                 let bus = &me.node.shared.bus;
                 match bus.call_node::<datanode::WatchChannels>(&node, &WatchChannels { channels }, &opts).await {

@@ -482,7 +482,7 @@ impl Coordinator {
             return Err(Error::Unavailable(format!("shard {} has no data node to compact it", task.shard)));
         };
         let bus = &self.node.shared.bus;
-        let opts = CallOptions { timeout: Some(self.node.shared.config.compaction.timeout), traceparent: None };
+        let opts = CallOptions::long(self.node.shared.config.compaction.timeout);
         let outcome = bus.call_node::<datanode::Compact>(owner.as_str(), task, &opts).await;
         let committed = match outcome {
             Ok(outcome) => self.commit_compaction(task, outcome).await,

@@ -201,7 +201,7 @@ impl Coordinator {
         }
         let bus = &self.node.shared.bus;
         let sent_ms = quiver_runtime::bus::now_ms();
-        let opts = CallOptions { timeout: Some(Duration::from_secs(600)), traceparent: None };
+        let opts = CallOptions::long(Duration::from_secs(600));
         let opts = &opts;
         let registry = &self.node.shared.registry;
         // A load may take minutes (hundreds of segments to fetch), but a node that dies or
@@ -475,7 +475,7 @@ impl Coordinator {
 
     async fn build_index_traced(&self, task: BuildIndex) -> Result<()> {
         let bus = &self.node.shared.bus;
-        let opts = CallOptions { timeout: Some(Duration::from_secs(3600)), traceparent: None };
+        let opts = CallOptions::long(Duration::from_secs(3600));
         let built: IndexBuilt = bus.call::<indexnode::Build>(&task, &opts).await?;
         metrics::histogram!("quiver_index_build_seconds").record(built.build_ms as f64 / 1000.0);
         let mut catalog = self.catalog.lock().await;

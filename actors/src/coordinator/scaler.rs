@@ -745,7 +745,7 @@ impl Coordinator {
                 return Ok(());
             };
             let process = self.next_process_id(role, hosts).await?;
-            let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
+            let opts = CallOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
             let req = StartNode { node_id: process.clone(), role, size };
             match self.node.shared.bus.call_node::<host::StartNode>(&host.host_id, &req, &opts).await {
                 Ok(_) => {
@@ -931,7 +931,7 @@ impl Coordinator {
     }
 
     pub(super) async fn stop_process(&self, host_id: &str, process: &str) {
-        let opts = CallOptions { timeout: Some(Duration::from_secs(10)), traceparent: None };
+        let opts = CallOptions { timeout: Some(Duration::from_secs(10)), ..Default::default() };
         let req = StopNode { node_id: process.to_string() };
         if let Err(e) = self.node.shared.bus.call_node::<host::StopNode>(host_id, &req, &opts).await {
             tracing::warn!(host = host_id, process, error = %e, "host agent did not take the stop; will retry");

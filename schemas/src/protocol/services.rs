@@ -139,6 +139,9 @@ service! {
         DebugPanic = "debug_panic" (Empty) -> Empty;
         /// Tests only (`debug.fault_injection`): the node's reads wait this long first.
         DebugStall = "debug_stall" (Stall) -> Empty;
+        /// Tests only (`debug.fault_injection`): requests that reach the node over NATS in the
+        /// next `millis` are dropped unanswered, as if lost with a nats-server.
+        DebugLose = "debug_lose" (Stall) -> Empty;
     }
 }
 
