@@ -357,11 +357,18 @@ fn a_memory_budget_refusal_sizes_memory_to_150_percent() {
         let small = NodeSize { cpu_millis: 1000, memory_bytes: 256 * MIB };
         settled(&client, 1, Some(small), Duration::from_secs(90)).await;
 
-        // 100 MiB of rows (dim 4096, 16 KiB a row), twice that once served (rows and a copy of
-        // the vectors for brute force): more than a 256 MiB node loads, less than 512 MiB.
+        // 80 MiB of rows (dim 4096, 16 KiB a row): a load reserves three times a segment's
+        // rows (the rows, a copy of the vectors for brute force, room to decode), so with the
+        // process' own ~60 MiB more than a 256 MiB node takes below its high-water mark (90 %),
+        // well below a 512 MiB node's. Written
+        // while the collection is released and loaded once flushed, so that the query node
+        // loads sealed segments only: growing rows are not loads (nothing refuses them), and a
+        // node that holds them near its budget may be killed by its cgroup before any load is
+        // refused — an OOM event too, but not the one this test is about.
         let dim = 4096u32;
         retry_create(&client, dim).await;
-        let (rows, batch) = (6_400usize, 32usize);
+        crate::common::retry("release big", Duration::from_secs(10), || client.release_collection("big")).await;
+        let (rows, batch) = (5_120usize, 32usize);
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for start in (0..rows).step_by(batch) {
             let vectors: Vec<f32> = (0..batch * dim as usize)
@@ -376,6 +383,7 @@ fn a_memory_budget_refusal_sizes_memory_to_150_percent() {
             client.insert("big", quiver_client::schema::rows(keys, dim, vectors)).await.expect("insert");
         }
         data::flush(&client, "big").await;
+        crate::common::retry("load big", Duration::from_secs(10), || client.load_collection("big", 1)).await;
 
         // The node refuses what does not fit (an out-of-memory event); the autoscaler sizes
         // memory to 150 % of the budget it ran out of: 384 MiB, rounded up to whole CPUs. The
