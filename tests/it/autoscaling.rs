@@ -360,11 +360,11 @@ fn a_memory_budget_refusal_sizes_memory_to_150_percent() {
         // 80 MiB of rows (dim 4096, 16 KiB a row): a load reserves three times a segment's
         // rows (the rows, a copy of the vectors for brute force, room to decode), so with the
         // process' own ~60 MiB more than a 256 MiB node takes below its high-water mark (90 %),
-        // well below a 512 MiB node's. Written
-        // while the collection is released and loaded once flushed, so that the query node
-        // loads sealed segments only: growing rows are not loads (nothing refuses them), and a
-        // node that holds them near its budget may be killed by its cgroup before any load is
-        // refused — an OOM event too, but not the one this test is about.
+        // well below a 512 MiB node's. Written while the collection is released and loaded
+        // once flushed, so that the query node takes in sealed segments only: growing rows are
+        // not loads (nothing refuses them), and a node that holds them near its budget may be
+        // killed by its cgroup before any load is refused — an OOM event too, but not the one
+        // this test is about.
         let dim = 4096u32;
         retry_create(&client, dim).await;
         crate::common::retry("release big", Duration::from_secs(10), || client.release_collection("big")).await;
