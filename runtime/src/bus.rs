@@ -387,7 +387,7 @@ impl Bus {
             None => Some(request),
         };
         if for_actor.is_some_and(|r| server.actor.send(r).is_err()) {
-            return Err(Error::NotServed(format!("nothing serves {subject} (is the node up?)")));
+            return Err(not_served(&subject));
         }
         metrics::counter!("quiver_bus_local_calls_total").increment(1);
         match tokio::time::timeout(timeout, answer).await {
@@ -425,17 +425,12 @@ impl Bus {
         let mut disconnected = self.disconnects.subscribe();
         let sent = tokio::select! {
             sent = self.client.send_request(subject.clone(), request) => sent,
-            Ok(()) = disconnected.recv() => {
-                metrics::counter!("quiver_bus_requests_cut_total").increment(1);
-                return Err(Error::Unavailable(format!(
-                    "the connection to NATS was lost before the answer from {subject}; it may or may not have been acted on"
-                )));
-            }
+            Ok(()) = disconnected.recv() => return Err(cut(&subject)),
         };
         let msg = sent.map_err(|e| {
             use async_nats::RequestErrorKind as K;
             match e.kind() {
-                K::NoResponders => Error::NotServed(format!("nothing serves {subject} (is the node up?)")),
+                K::NoResponders => not_served(&subject),
                 K::TimedOut => Error::Timeout { subject: subject.clone(), timeout },
                 K::MaxPayloadExceeded => Error::InvalidArgument(format!(
                     "request to {subject} is larger than the server's max_payload; send smaller batches"
@@ -480,12 +475,7 @@ impl Bus {
             }
             let next = tokio::select! {
                 next = tokio::time::timeout(silence.min(left), answers.next()) => next,
-                Ok(()) = disconnected.recv() => {
-                    metrics::counter!("quiver_bus_requests_cut_total").increment(1);
-                    return Err(Error::Unavailable(format!(
-                        "the connection to NATS was lost before the answer from {subject}; it may or may not have been acted on"
-                    )));
-                }
+                Ok(()) = disconnected.recv() => return Err(cut(&subject)),
             };
             let msg = match next {
                 Ok(Some(msg)) => msg,
@@ -500,7 +490,7 @@ impl Bus {
                 Err(_) => return Err(Error::Timeout { subject, timeout }),
             };
             if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                return Err(Error::NotServed(format!("nothing serves {subject} (is the node up?)")));
+                return Err(not_served(&subject));
             }
             if msg.headers.as_ref().is_some_and(|h| h.get(HEADER_PROGRESS).is_some()) {
                 continue;
@@ -599,6 +589,19 @@ fn error_headers(err: &Error) -> HeaderMap {
     let text: String = err.to_string().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     headers.insert(HEADER_ERROR, text.as_str());
     headers
+}
+
+/// A call with nobody subscribed to its subject.
+fn not_served(subject: &str) -> Error {
+    Error::NotServed(format!("nothing serves {subject} (is the node up?)"))
+}
+
+/// A call whose connection dropped before its answer came (counted).
+fn cut(subject: &str) -> Error {
+    metrics::counter!("quiver_bus_requests_cut_total").increment(1);
+    Error::Unavailable(format!(
+        "the connection to NATS was lost before the answer from {subject}; it may or may not have been acted on"
+    ))
 }
 
 fn reply_outcome(msg: &Message) -> Result<()> {
