@@ -80,3 +80,35 @@ fn multi_process_cluster_spreads_segments_and_searches_exactly() {
         .await;
     });
 }
+
+/// A flush while no data node consumes the collection yet (a cluster still starting) waits
+/// for one within the caller's budget instead of failing at once; with none coming it
+/// answers "retry shortly" (Unavailable), not a timeout, before that budget is spent.
+#[test]
+fn a_flush_waits_for_its_shards_data_node_within_the_callers_budget() {
+    run(Duration::from_secs(60), async {
+        let mut h = Harness::new("flush-waits");
+        h.start_nats();
+        let procs = [("coord", "coordinator"), ("proxy", "proxy"), ("qn", "querynode")];
+        let (client, _) = start_nodes(&mut h, &procs, &[]).await;
+        let n = 3_000;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, n, 1_000).await;
+
+        let short = client.clone().with_timeout(Duration::from_secs(3));
+        let started = std::time::Instant::now();
+        let err = short.flush("docs").await.expect_err("no data node: the flush cannot succeed");
+        let waited = started.elapsed();
+        assert!(matches!(err, quiver_client::ClientError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("no data node yet"), "{err}");
+        assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(3), "answered after {waited:?}");
+
+        // One call, sent as the data node starts: it succeeds once the node takes the shard.
+        h.start_node("dn", &["datanode"], &[]);
+        let started = std::time::Instant::now();
+        let flushed = client.flush("docs").await.expect("the flush waits for the new data node");
+        eprintln!("flush answered {:?} after the data node was started", started.elapsed());
+        assert!(!flushed.segments.is_empty(), "{flushed:?}");
+        assert_eq!(data::count(&client, "docs").await, n as i64);
+    });
+}

@@ -36,9 +36,11 @@ mod tso;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use quiver_runtime::bus::RequestContext;
+use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::{datanode, keys, CoordRequest};
 use quiver_schemas::{
@@ -72,6 +74,12 @@ pub const MAX_REPLICAS: u32 = 20;
 
 /// Most shards a collection can have.
 pub const MAX_SHARDS: u32 = 64;
+
+/// Longest a flush waits for its shards' data nodes (a caller without a deadline).
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// What a flush keeps of its caller's budget to answer "retry shortly" in time.
+const FLUSH_MARGIN: Duration = Duration::from_millis(500);
 
 pub(crate) fn not_found(name: &str) -> Error {
     Error::collection_not_found(name)
@@ -439,7 +447,29 @@ impl Coordinator {
         Ok(Empty {})
     }
 
+    /// Seals what each shard of the collection holds. A shard with no data node consuming it
+    /// yet (a collection created moments ago, a cluster still starting, an owner that just died
+    /// and is being replaced) is waited for within the caller's budget, at most
+    /// `FLUSH_WAIT`: a flush is safe to repeat, and "retry shortly" is the answer only once
+    /// that budget is spent.
     async fn flush(&self, req: CollectionName, ctx: &RequestContext) -> Result<FlushResult> {
+        let wait = ctx.remaining().map_or(FLUSH_WAIT, |left| left.saturating_sub(FLUSH_MARGIN).min(FLUSH_WAIT));
+        let backoff = Backoff::within(wait, Duration::from_millis(100), Duration::from_millis(500));
+        retry(
+            backoff,
+            |e| {
+                let again = matches!(e, Error::Unavailable(_));
+                if again {
+                    tracing::debug!(collection = %req.name, error = %e, "flush waits for the shard's data node");
+                }
+                again
+            },
+            || self.flush_once(&req, ctx),
+        )
+        .await
+    }
+
+    async fn flush_once(&self, req: &CollectionName, ctx: &RequestContext) -> Result<FlushResult> {
         let (info, owners) = {
             let catalog = self.catalog.lock().await;
             let info = catalog.by_name(&req.name)?.clone();
@@ -460,7 +490,7 @@ impl Coordinator {
         let bus = &self.node.shared.bus;
         for owner in owners {
             let opts = ctx.try_options(bus.default_timeout(), "flushing the next shard")?;
-            let res = bus.call_node::<datanode::Flush>(owner.as_str(), &req, &opts).await?;
+            let res = bus.call_node::<datanode::Flush>(owner.as_str(), req, &opts).await?;
             segments.extend(res.segments);
         }
         Ok(FlushResult { segments })

@@ -171,7 +171,8 @@ pub async fn count(client: &Client, collection: &str) -> i64 {
     }
 }
 
-/// Flushes (retrying while no data node consumes the collection yet); returns the new segments.
+/// Flushes (retrying what the client calls retryable for up to 20 s: a flush waits up to 10 s
+/// for a data node itself, and a cluster can take longer to start); returns the new segments.
 pub async fn flush(client: &Client, collection: &str) -> Vec<u64> {
     retry("flush", Duration::from_secs(20), || client.flush(collection)).await.segments
 }
