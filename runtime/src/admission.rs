@@ -2,7 +2,7 @@
 //! (or crowd of them) can exhaust the process. Limits on a request's own size live with its
 //! validation; this module holds the process-wide ones.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -24,6 +24,8 @@ pub struct MemoryGuard {
     sampled: AtomicU64,
     /// Loads refused by [`MemoryGuard::reserve`] since the process started.
     refusals: AtomicU32,
+    /// Above the high-water mark at the last [`MemoryGuard::mark_crossed`].
+    over: AtomicBool,
 }
 
 impl MemoryGuard {
@@ -41,6 +43,7 @@ impl MemoryGuard {
             rss: AtomicU64::new(0),
             sampled: AtomicU64::new(0),
             refusals: AtomicU32::new(0),
+            over: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +77,18 @@ impl MemoryGuard {
             ceiling as f64 * 100.0 / self.limit.max(1) as f64,
             self.limit >> 20
         )))
+    }
+
+    /// `Some(over)` when resident memory (read at most every [`SAMPLE_EVERY_MS`]) crossed the
+    /// high-water mark since the last call, `over` saying which way; `None` otherwise and
+    /// when there is no mark. For a node that must tell others at once.
+    pub fn mark_crossed(&self) -> Option<(bool, u64)> {
+        if self.high_water == u64::MAX {
+            return None;
+        }
+        let rss = self.rss();
+        let over = rss > self.high_water;
+        (self.over.swap(over, Ordering::Relaxed) != over).then_some((over, rss))
     }
 
     /// Loads refused for memory since the process started.
@@ -148,5 +163,20 @@ mod tests {
         assert!(err.to_string().contains("limits.memory_high_water_percentage"), "{err}");
         config.limits.memory_high_water_percentage = 100.0;
         assert!(MemoryGuard::new(&config).admit("a search").is_ok());
+    }
+
+    #[test]
+    fn a_crossing_of_the_mark_is_reported_once() {
+        let mut config = Config::default();
+        config.node.memory_limit_mb = 1 << 20;
+        let under = MemoryGuard::new(&config);
+        assert_eq!(under.mark_crossed(), None, "starts under the mark: nothing crossed");
+        config.node.memory_limit_mb = 1;
+        let over = MemoryGuard::new(&config);
+        let (crossed, rss) = over.mark_crossed().expect("over a 1 MiB budget");
+        assert!(crossed && rss > 1 << 20);
+        assert_eq!(over.mark_crossed(), None, "still over: no new crossing");
+        config.limits.memory_high_water_percentage = 100.0;
+        assert_eq!(MemoryGuard::new(&config).mark_crossed(), None, "no mark");
     }
 }

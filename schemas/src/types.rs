@@ -467,6 +467,22 @@ impl NodeState {
     }
 }
 
+/// Published (JSON, on [`Subjects::memory_events`](crate::Subjects::memory_events)) by a
+/// query node the moment its resident memory crosses its high-water mark, either way: proxies
+/// refuse inserts into its collections meanwhile without waiting for its next heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryMarkEvent {
+    pub node_id: String,
+    /// Above the mark (else back under it).
+    pub over: bool,
+    /// Resident memory, bytes.
+    pub used: u64,
+    /// Memory budget, bytes.
+    pub budget: u64,
+    /// When it was measured, on the node's clock (as `NodeStatus::heartbeat_ms`).
+    pub at_ms: u64,
+}
+
 /// What a node publishes in the registry with every heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {

@@ -369,16 +369,8 @@ fn a_memory_budget_refusal_sizes_memory_to_150_percent() {
         retry_create(&client, dim).await;
         crate::common::retry("release big", Duration::from_secs(10), || client.release_collection("big")).await;
         let (rows, batch) = (5_120usize, 32usize);
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
         for start in (0..rows).step_by(batch) {
-            let vectors: Vec<f32> = (0..batch * dim as usize)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
+            let vectors = data::noise(0x2545_f491_4f6c_dd1d ^ start as u64, batch, dim as usize);
             let keys = start as i64..(start + batch) as i64;
             client.insert("big", quiver_client::schema::rows(keys, dim, vectors)).await.expect("insert");
         }

@@ -19,6 +19,7 @@ mod durability;
 mod hostile;
 mod hosts;
 mod idling;
+mod memory_quota;
 mod nats_cluster;
 mod netns;
 mod object_store;

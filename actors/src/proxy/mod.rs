@@ -7,6 +7,7 @@
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
 //! - `load.rs`: per-node in-flight and latency figures for the router.
 //! - `reply.rs`: checks on the replies of query nodes and the coordinator, where they arrive.
+//! - `quota.rs`: inserts refused while a query node serving the collection is over its memory mark.
 //! - `admin.rs`: the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`).
 
 mod admin;
@@ -14,6 +15,7 @@ mod grants;
 mod idle;
 mod load;
 pub mod milvus;
+mod quota;
 mod read;
 mod reply;
 mod slow;
@@ -67,6 +69,8 @@ pub struct Proxy {
     grants: grants::Grants,
     /// The last slow searches, step by step (`slow.rs`).
     slow: slow::SlowSearches,
+    /// Query nodes over their memory mark (`quota.rs`).
+    quota: quota::MemoryQuota,
 }
 
 /// The role: the proxy's state (shared with the tasks of the Milvus gRPC server and the HTTP
@@ -75,6 +79,8 @@ struct ProxyRole {
     proxy: Arc<Proxy>,
     grpc: Server,
     http: Server,
+    /// The loop keeping `proxy.quota` current (stopped with the role).
+    quota: RefCell<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A server the role runs beside the NATS API (gRPC, HTTP): how to stop it, and how to know it
@@ -144,8 +150,14 @@ pub fn start(rc: RoleContext) {
                     awake_until: idle::AwakeCache::default(),
                     grants,
                     slow: slow::SlowSearches::default(),
+                    quota: quota::MemoryQuota::default(),
                 };
-                Ok(ProxyRole { proxy: Arc::new(proxy), grpc: Server::default(), http: Server::default() })
+                Ok(ProxyRole {
+                    proxy: Arc::new(proxy),
+                    grpc: Server::default(),
+                    http: Server::default(),
+                    quota: RefCell::new(None),
+                })
             })
         }),
     );
@@ -395,6 +407,14 @@ impl ConcurrentHandler<ApiRequest> for ConcurrentApi {
     }
 }
 
+impl Drop for ProxyRole {
+    fn drop(&mut self) {
+        if let Some(watch) = self.quota.get_mut().take() {
+            watch.abort();
+        }
+    }
+}
+
 impl RoleHandler for ProxyRole {
     type Request = ApiRequest;
 
@@ -403,7 +423,7 @@ impl RoleHandler for ProxyRole {
     }
 
     fn events(&self, node: &Node) -> Vec<String> {
-        vec![node.subjects().distribution_events()]
+        vec![node.subjects().distribution_events(), node.subjects().memory_events()]
     }
 
     fn handle(self: Rc<Self>, req: ApiRequest, ctx: RequestContext) -> LocalBoxFuture<'static, Result<Vec<u8>>> {
@@ -415,6 +435,11 @@ impl RoleHandler for ProxyRole {
         // A layout changed: drop the cached copy so the next read fetches it.
         if let Some(id) = Subjects::distribution_event_collection(&msg.subject) {
             self.proxy.layouts.retain(|_, c| c.dist.collection.id != id);
+        } else if msg.subject.as_str() == self.proxy.node.subjects().memory_events() {
+            match serde_json::from_slice::<quiver_schemas::MemoryMarkEvent>(&msg.payload) {
+                Ok(event) => self.proxy.quota.heard(&event),
+                Err(e) => tracing::warn!(error = %e, "ignored a malformed memory event"),
+            }
         }
         Box::pin(async {})
     }
@@ -432,12 +457,19 @@ impl RoleHandler for ProxyRole {
             let proxy = self.proxy.clone();
             self.http.start(node, "http-admin", move |stopped| admin::serve(proxy, addr, stopped));
         }
+        if self.proxy.node.shared.config.limits.memory_high_water_percentage < 100.0 {
+            let watch = node.spawn_io_loop("memory-quota", quota::watch(self.proxy.clone()));
+            *self.quota.borrow_mut() = Some(watch);
+        }
     }
 
     /// The queue group is already left; the gRPC and HTTP servers stop accepting connections
     /// and finish the calls they are running (tonic's and axum's graceful shutdown).
     fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {
         Box::pin(async move {
+            if let Some(watch) = self.quota.borrow_mut().take() {
+                watch.abort();
+            }
             futures::join!(self.grpc.stop(), self.http.stop());
         })
     }

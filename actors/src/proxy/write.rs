@@ -17,8 +17,8 @@ use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::protocol::QueueCall;
 use quiver_schemas::{
-    Alloc, CollectionInfo, Consistency, Delete, DmlEntry, Expr, Insert, MutationResult, PrimaryKey, Query, RowBatch,
-    Wire,
+    Alloc, CollectionInfo, Consistency, Delete, Distribution, DmlEntry, Expr, Insert, MutationResult, PrimaryKey,
+    Query, RowBatch, Wire,
 };
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
@@ -78,24 +78,25 @@ impl Proxy {
 
     pub(super) async fn insert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
         self.write_awake(ctx).await;
-        let info = self.collection(&req.collection, ctx).await?;
-        self.node.shared.memory.admit("an insert")?;
+        let dist = self.distribution(&req.collection, ctx).await?;
+        self.admit_write(&dist, "an insert")?;
+        let info = &dist.collection;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
-        let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
+        let n = check_insert(info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         let auto_keys = req.rows.pks.is_empty();
         if auto_keys {
             let start = self.grants.ids(n as u64, ctx).await? as i64;
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
         }
         let timestamp = self.grants.timestamp(ctx).await?;
-        let writes = self.shard_writes(&info, &req.rows, None, timestamp);
+        let writes = self.shard_writes(info, &req.rows, None, timestamp);
         // Rows with the client's keys, under the client's request id: a resend after a lost
         // connection is stored once. (Keys assigned here differ on a resend: no dedup key.)
         let dedup = match (&ctx.request_id, auto_keys) {
             (Some(id), false) => Some(format!("{id}.{}", keys_digest(&req.rows.pks))),
             _ => None,
         };
-        self.write(&info, writes, "insert", timestamp, ctx, dedup.as_deref()).await?;
+        self.write(info, writes, "insert", timestamp, ctx, dedup.as_deref()).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
     }
@@ -105,18 +106,26 @@ impl Proxy {
     /// comes first in the log, so it hides only the rows before it, never the new ones.
     pub(super) async fn upsert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
         self.write_awake(ctx).await;
-        let info = self.collection(&req.collection, ctx).await?;
-        self.node.shared.memory.admit("an upsert")?;
+        let dist = self.distribution(&req.collection, ctx).await?;
+        self.admit_write(&dist, "an upsert")?;
+        let info = &dist.collection;
         if req.rows.pks.is_empty() {
             return Err(Error::InvalidArgument("upsert needs the primary key of every row".into()));
         }
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
-        let n = check_insert(&info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
+        let n = check_insert(info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         let timestamp = self.grants.timestamp(ctx).await?;
-        let writes = self.shard_writes(&info, &req.rows, Some(timestamp), timestamp);
-        self.write(&info, writes, "upsert", timestamp, ctx, None).await?;
+        let writes = self.shard_writes(info, &req.rows, Some(timestamp), timestamp);
+        self.write(info, writes, "upsert", timestamp, ctx, None).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
+    }
+
+    /// Refuses a write of rows while this process, or a query node serving the collection, is
+    /// above its memory high-water mark (`quota.rs`).
+    fn admit_write(&self, dist: &Distribution, what: &str) -> Result<()> {
+        self.node.shared.memory.admit(what)?;
+        self.quota.admit(dist, what, self.node.shared.config.limits.memory_high_water_percentage)
     }
 
     /// Splits checked rows by shard into log entries under the payload limit; with

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use quiver_runtime::{bus::now_ms, Error, Result};
-use quiver_schemas::{ts_physical_ms, CollectionInfo, Consistency, DmlEntry, MetricType, PrimaryKey, Seq, Timestamp};
+use quiver_schemas::{
+    ts_physical_ms, CollectionInfo, Consistency, DmlEntry, MemoryMarkEvent, MetricType, PrimaryKey, Seq, Timestamp,
+};
 use tokio::sync::watch;
 
 use crate::dml::{self, ShardLog};
@@ -88,6 +90,33 @@ impl Shard {
     }
 }
 
+/// Tells the proxies at once when this node's resident memory crosses its high-water mark,
+/// either way: growing rows come from the log, with no request here to refuse, so the proxies
+/// refuse inserts into this node's collections meanwhile (`proxy/quota.rs`; their reading of
+/// the heartbeats is the fallback for an event lost).
+async fn report_memory(node: &Node) {
+    let memory = &node.shared.memory;
+    let Some((over, used)) = memory.mark_crossed() else { return };
+    let event = MemoryMarkEvent { node_id: node.id.clone(), over, used, budget: memory.limit(), at_ms: now_ms() };
+    if over {
+        tracing::warn!(
+            used_mib = used >> 20,
+            budget_mib = memory.limit() >> 20,
+            "resident memory above the high-water mark: proxies refuse inserts into this node's collections"
+        );
+    } else {
+        tracing::info!(used_mib = used >> 20, "resident memory back under the high-water mark: inserts resume");
+    }
+    let payload = match serde_json::to_vec(&event) {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!(error = %e, "could not encode a memory event"),
+    };
+    let subject = node.subjects().memory_events();
+    if let Err(e) = node.shared.bus.client().publish(subject, payload.into()).await {
+        tracing::warn!(error = %e, "could not publish a memory event; proxies will read the heartbeat");
+    }
+}
+
 async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor: Seq) -> Result<()> {
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
@@ -98,8 +127,10 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
             entry = log.next() => {
                 let Some(entry) = entry else { return Err(Error::Unavailable("DML consumer ended".into())) };
                 data.apply(entry?)?;
+                report_memory(&node).await;
             }
             _ = tick.tick() => {
+                report_memory(&node).await;
                 // Keep Bounded reads from waiting when the log is idle. Bounded in time: a
                 // request lost to a NATS reconnect must not hold up applying entries for a
                 // whole request timeout.

@@ -106,6 +106,11 @@ impl Subjects {
         format!("quiver.{}.event.distribution.*", self.cluster)
     }
 
+    /// Query nodes' memory high-water mark crossings ([`crate::MemoryMarkEvent`]).
+    pub fn memory_events(&self) -> String {
+        format!("quiver.{}.event.memory", self.cluster)
+    }
+
     /// The collection a layout-change event is about.
     pub fn distribution_event_collection(subject: &str) -> Option<CollectionId> {
         subject.strip_prefix("quiver.")?.split('.').nth(3)?.parse().ok()

@@ -171,6 +171,20 @@ pub async fn count(client: &Client, collection: &str) -> i64 {
     }
 }
 
+/// `n` pseudo-random vectors of `dim` components in [-0.5, 0.5) (xorshift from `seed`): rows
+/// of any dimension without the dataset, e.g. large ones that fill memory fast.
+pub fn noise(seed: u64, n: usize, dim: usize) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..n * dim)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 /// Flushes (retrying what the client calls retryable for up to 20 s: a flush waits up to 10 s
 /// for a data node itself, and a cluster can take longer to start); returns the new segments.
 pub async fn flush(client: &Client, collection: &str) -> Vec<u64> {
