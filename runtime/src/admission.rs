@@ -79,9 +79,9 @@ impl MemoryGuard {
         )))
     }
 
-    /// `Some(over)` when resident memory (read at most every [`SAMPLE_EVERY_MS`]) crossed the
-    /// high-water mark since the last call, `over` saying which way; `None` otherwise and
-    /// when there is no mark. For a node that must tell others at once.
+    /// `Some((over, rss))` when resident memory (read at most every [`SAMPLE_EVERY_MS`])
+    /// crossed the high-water mark since the last call, `over` saying which way; `None`
+    /// otherwise and when there is no mark. For a node that must tell others at once.
     pub fn mark_crossed(&self) -> Option<(bool, u64)> {
         if self.high_water == u64::MAX {
             return None;

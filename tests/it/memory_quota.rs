@@ -1,8 +1,9 @@
 //! Back-pressure on inserts for a query node's memory (Milvus' memory protection): a query node
 //! takes in every insert as growing rows from the log, with no request it could refuse. Once
-//! its heartbeat shows it above its high-water mark, proxies refuse inserts into the
-//! collections it serves (ResourceExhausted, naming the node), the node stays up, and no
-//! acknowledged row is lost; writes resume once the collection is served by a node with room.
+//! it crosses its high-water mark (its event at once, its heartbeat as the fallback), proxies
+//! refuse inserts into the collections it serves (ResourceExhausted, naming the node), the
+//! node stays up, and no acknowledged row is lost; writes resume once the collection is served
+//! by a node with room.
 
 use std::time::{Duration, Instant};
 

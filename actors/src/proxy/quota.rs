@@ -92,14 +92,20 @@ impl MemoryQuota {
     /// A query node's event: taken unless a later measurement is already in hand.
     pub(super) fn heard(&self, event: &MemoryMarkEvent) {
         let mark = Mark::of_event(event);
+        let mut flipped = false;
         self.marks.rcu(|marks| {
             let mut next = HashMap::clone(marks);
-            if next.get(&event.node_id).is_none_or(|m| m.at_ms <= mark.at_ms) {
+            let current = next.get(&event.node_id).copied();
+            flipped = false;
+            if current.is_none_or(|m| m.at_ms <= mark.at_ms) {
+                flipped = current.map_or(mark.over, |m| m.over != mark.over);
                 next.insert(event.node_id.clone(), mark);
             }
             next
         });
-        self.changed(&event.node_id, mark.over);
+        if flipped {
+            self.changed(&event.node_id, mark.over);
+        }
     }
 
     /// Replaces the marks with `read` (the followed nodes' latest heartbeats), keeping a
