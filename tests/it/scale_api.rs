@@ -1,13 +1,14 @@
 //! Scaling commands and the HTTP admin API on a standalone (which has no host agent): `ctl
 //! status --json`, `ctl scale` accepted with warnings and refused with the scaler's reasons,
-//! `--wait`, `ctl events`, and `/v1/roles` with good and bad bodies and credentials.
+//! `--wait`, `ctl events`, and `/v1/roles` with good and bad bodies and credentials. And the
+//! counts behind them: a node that stopped is no longer counted as serving.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{free_port, quiver_cli, run, Harness, READY};
+use crate::common::{eventually, free_port, quiver_cli, run, start_nodes, Harness, READY, TWO_QUERY_NODES};
 
 /// One HTTP/1.1 request on a fresh connection; answers (status, JSON body).
 async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
@@ -180,5 +181,48 @@ fn ctl_scale_status_events_and_the_http_admin_api() {
             Box::leak(format!("{{\"replicas\": 2, \"pad\": \"{}\"}}", "x".repeat(100_000)).into_boxed_str());
         let (code, e) = patch("querynode", big, Some(admin_token)).await;
         assert_eq!((code, error_code(&e)), (413, "payload_too_large"), "{e}");
+    });
+}
+
+/// A node that stops deregisters; the coordinator's counts (what `ctl scaling` shows, and what
+/// the scaler, the autoscaler and idling decide on) drop it at once, not only once it has
+/// missed heartbeats for `discovery.suspect_after` (a resize once drained the only query node
+/// of the new size: the old one it had replaced still counted as serving).
+#[test]
+fn a_node_that_stops_is_no_longer_counted_as_serving() {
+    run(Duration::from_secs(120), async {
+        let mut h = Harness::new("stopped_uncounted");
+        h.start_nats();
+        // A wide window: a node silent for 30 s would only then stop counting as alive.
+        let env = [("QUIVER_DISCOVERY__SUSPECT_AFTER", "30s"), ("QUIVER_DISCOVERY__DEAD_AFTER", "40s")];
+        let (client, _) = start_nodes(&mut h, &TWO_QUERY_NODES, &env).await;
+        let serving = |client: &quiver_client::Client| {
+            let client = client.clone();
+            async move {
+                let s = client.scaling().await.map_err(|e| e.to_string())?;
+                let qn = s.roles.iter().find(|r| r.role.as_str() == "querynode").ok_or("no querynode role")?;
+                Ok::<u32, String>(qn.serving)
+            }
+        };
+        eventually("2 query nodes counted", READY, || async {
+            match serving(&client).await? {
+                2 => Ok(()),
+                n => Err(format!("{n} serving")),
+            }
+        })
+        .await;
+        let exit = h.proc("qn2").terminate(Duration::from_secs(30)).expect("qn2 exits on SIGTERM");
+        assert!(exit.success(), "qn2 exited with {exit:?}:\n{}", h.proc("qn2").log_tail(30));
+        let stopped = Instant::now();
+        eventually("1 query node counted", Duration::from_secs(20), || async {
+            match serving(&client).await? {
+                1 => Ok(()),
+                n => Err(format!("{n} serving")),
+            }
+        })
+        .await;
+        let took = stopped.elapsed();
+        eprintln!("the stopped query node was no longer counted {:.1} s after it exited", took.as_secs_f32());
+        assert!(took < Duration::from_secs(10), "counted as serving for {took:?} after it exited");
     });
 }

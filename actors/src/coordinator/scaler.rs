@@ -539,13 +539,7 @@ impl Coordinator {
             // Starts of another size than wanted now are no use: a later request changed it.
             self.cancel_resized_starts(role, size).await;
             let starting = self.scaler.starting.borrow().clone();
-            let mut c = counts(&verdicts, role, &starting, &hosts, size);
-            // A node that deregistered (it exited) no longer serves, though the membership view
-            // keeps it until it misses its heartbeats: counted, it would take a scale-in or a
-            // resize one node too far (a resize once drained the only node of the new size,
-            // the old one it replaced still counted as serving).
-            c.serving.retain(|n| registered.contains(&n.node_id));
-            c.stale.retain(|id| registered.contains(id));
+            let c = counts(&verdicts, role, &starting, &hosts, size);
             let (serving, pending, fresh) = (c.serving.len() as u32, c.starting.len() as u32, c.fresh());
             export_scaling(role, want, serving, pending, c.draining, size);
             // Make-before-break (S3.5): nodes of the wanted size are started while those of

@@ -50,12 +50,21 @@ impl Dataset {
     }
 }
 
-/// `QUIVER_IT_DATASET`, else `shared/datasets/pypi-minilm` beside the repository (which is
-/// two levels above this crate).
+/// `QUIVER_IT_DATASET`, else `shared/datasets/pypi-minilm` beside the repository this crate
+/// was compiled in (two levels above it), else beside the one the tests run in (the working
+/// directory or a folder above it): a target directory shared by two clones may hold this
+/// crate compiled in the other one.
 fn dataset_dir() -> PathBuf {
-    std::env::var_os("QUIVER_IT_DATASET")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/pypi-minilm"))
+    const SHARED: &str = "shared/datasets/pypi-minilm";
+    if let Some(dir) = std::env::var_os("QUIVER_IT_DATASET") {
+        return PathBuf::from(dir);
+    }
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../..").join(SHARED);
+    if compiled.exists() {
+        return compiled;
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors().map(|d| d.join(SHARED)).find(|d| d.exists()).unwrap_or(compiled)
 }
 
 /// Exactly `rows` rows of a TEXMEX `.fvecs` file.
