@@ -81,6 +81,36 @@ fn multi_process_cluster_spreads_segments_and_searches_exactly() {
     });
 }
 
+/// A load on a cluster still starting, with no query node yet, waits for the first one within
+/// the caller's budget instead of failing at once with "0 are alive"; asking for more replicas
+/// than there are query nodes, with none on the way, is refused at once, naming the alive ones.
+#[test]
+fn a_load_waits_for_the_first_query_node_of_a_starting_cluster() {
+    run(Duration::from_secs(60), async {
+        let mut h = Harness::new("load-waits");
+        h.start_nats();
+        let procs = [("coord", "coordinator"), ("proxy", "proxy"), ("dn", "datanode")];
+        let (client, _) = start_nodes(&mut h, &procs, &[]).await;
+        let n = 2_000;
+        data::create_simple(&client, "docs").await;
+        data::insert_rows(&client, "docs", 0, n, 1_000).await;
+        data::flush(&client, "docs").await;
+
+        // One call, sent as the query node starts: it returns once the node serves.
+        h.start_node("qn", &["querynode"], &[]);
+        let started = std::time::Instant::now();
+        client.load_collection("docs", 1).await.expect("the load waits for the first query node");
+        eprintln!("load answered {:?} after the query node was started", started.elapsed());
+        assert_eq!(data::count(&client, "docs").await, n as i64);
+
+        let started = std::time::Instant::now();
+        let err = client.load_collection("docs", 2).await.expect_err("2 replicas on one query node");
+        let m = err.to_string();
+        assert!(m.contains("needs at least 2 query nodes") && m.contains("1 is alive: qn-querynode"), "{m}");
+        assert!(started.elapsed() < Duration::from_secs(2), "refused after {:?}", started.elapsed());
+    });
+}
+
 /// A flush while no data node consumes the collection yet (a cluster still starting) waits
 /// for one within the caller's budget instead of failing at once; with none coming it
 /// answers "retry shortly" (Unavailable), not a timeout, before that budget is spent.

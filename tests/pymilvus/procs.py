@@ -259,7 +259,8 @@ def create_docs(client, rows, initial, dim):
     index = client.prepare_index_params()
     index.add_index("vector", index_type="FLAT", metric_type="L2")
     # Not loaded on creation: a cluster that just started may not have counted its query nodes
-    # yet ("0 are alive"), which the load below waits out.
+    # yet. The load below waits for them (the server within the call's budget, this loop on a
+    # start slower than that: "0 are alive").
     client.create_collection("docs", schema=schema)
     client.create_index("docs", index)
     for start in range(0, initial, 1000):

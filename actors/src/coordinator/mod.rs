@@ -36,10 +36,10 @@ mod tso;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
-use quiver_runtime::bus::RequestContext;
+use quiver_runtime::bus::{now_ms, RequestContext};
 use quiver_runtime::retry::{retry, Backoff};
 use quiver_runtime::{Error, Result, RoleContext};
 use quiver_schemas::protocol::{datanode, keys, CoordRequest};
@@ -75,11 +75,20 @@ pub const MAX_REPLICAS: u32 = 20;
 /// Most shards a collection can have.
 pub const MAX_SHARDS: u32 = 64;
 
-/// Longest a flush waits for its shards' data nodes (a caller without a deadline).
-const FLUSH_WAIT: Duration = Duration::from_secs(30);
+/// Longest a flush or a load waits for the nodes it needs (a caller without a deadline).
+const NODE_WAIT: Duration = Duration::from_secs(30);
 
-/// What a flush keeps of its caller's budget to answer "retry shortly" in time.
-const FLUSH_MARGIN: Duration = Duration::from_millis(500);
+/// What a request waiting for nodes keeps of its caller's budget to answer in time.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+/// For this long after its coordinator started, a cluster without any query node is taken
+/// for one still starting: a load waits for its first query nodes.
+const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// How long a request may wait for nodes: `NODE_WAIT`, or less to answer within its budget.
+fn node_wait(ctx: &RequestContext) -> Duration {
+    ctx.remaining().map_or(NODE_WAIT, |left| left.saturating_sub(ANSWER_MARGIN).min(NODE_WAIT))
+}
 
 pub(crate) fn not_found(name: &str) -> Error {
     Error::collection_not_found(name)
@@ -233,17 +242,30 @@ impl Coordinator {
     /// Serves a collection from `replicas` in-memory replica groups (shard leaders and segments
     /// are placed by the next reconcile round; `GetLoadingProgress` follows it). Loading a loaded
     /// collection with another replica number adds or removes groups.
-    async fn load_collection(&self, req: LoadCollection) -> Result<Empty> {
+    ///
+    /// Replicas are on disjoint query nodes. With too few alive, the load waits for more within
+    /// the caller's budget (at most `NODE_WAIT`) while more are on their way: started and not
+    /// serving yet, silent for a moment (suspect), or, in a cluster still starting, the first
+    /// ones. Otherwise it is refused at once, as in Milvus.
+    async fn load_collection(&self, req: LoadCollection, ctx: &RequestContext) -> Result<Empty> {
         let replicas = req.replicas.max(1);
         if replicas > MAX_REPLICAS {
             return Err(Error::InvalidArgument(format!(
                 "replica_number {replicas} is too large (at most {MAX_REPLICAS})"
             )));
         }
-        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
-        let mut alive: Vec<String> = verdicts.members(Role::QueryNode).alive.into_iter().map(|n| n.node_id).collect();
-        alive.sort();
-        if alive.len() < replicas as usize {
+        let until = Instant::now() + node_wait(ctx);
+        let poll = Duration::from_millis(250);
+        loop {
+            let (alive, coming) = self.query_nodes().await?;
+            if alive.len() >= replicas as usize {
+                break;
+            }
+            if coming && Instant::now() + poll < until {
+                tracing::debug!(collection = %req.name, replicas, alive = alive.len(), "load waits for query nodes");
+                tokio::time::sleep(poll).await;
+                continue;
+            }
             return Err(Error::InvalidArgument(format!(
                 "replica_number {replicas} needs at least {replicas} query nodes (replicas are on disjoint nodes), \
                  but {} {} alive{}",
@@ -261,6 +283,20 @@ impl Coordinator {
         .await?;
         tracing::info!(collection = %req.name, replicas, "collection loaded");
         Ok(Empty {})
+    }
+
+    /// The alive query nodes, sorted, and whether more may serve soon: nodes started and not
+    /// serving yet, suspect ones, or none at all in a cluster still starting.
+    async fn query_nodes(&self) -> Result<(Vec<String>, bool)> {
+        let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
+        let hosts = self.node.shared.registry.hosts().await?;
+        let starting = !self.role_counts(&verdicts, Role::QueryNode, &hosts).starting.is_empty();
+        let members = verdicts.members(Role::QueryNode);
+        let mut alive: Vec<String> = members.alive.into_iter().map(|n| n.node_id).collect();
+        alive.sort();
+        let young = now_ms().saturating_sub(self.node.started_ms) < STARTING_GRACE.as_millis() as u64;
+        let coming = starting || !members.suspect.is_empty() || (alive.is_empty() && young);
+        Ok((alive, coming))
     }
 
     /// Stops serving a collection from query nodes (inserts are still accepted).
@@ -450,11 +486,10 @@ impl Coordinator {
     /// Seals what each shard of the collection holds. A shard with no data node consuming it
     /// yet (a collection created moments ago, a cluster still starting, an owner that just died
     /// and is being replaced) is waited for within the caller's budget, at most
-    /// `FLUSH_WAIT`: a flush is safe to repeat, and "retry shortly" is the answer only once
+    /// `NODE_WAIT`: a flush is safe to repeat, and "retry shortly" is the answer only once
     /// that budget is spent.
     async fn flush(&self, req: CollectionName, ctx: &RequestContext) -> Result<FlushResult> {
-        let wait = ctx.remaining().map_or(FLUSH_WAIT, |left| left.saturating_sub(FLUSH_MARGIN).min(FLUSH_WAIT));
-        let backoff = Backoff::within(wait, Duration::from_millis(100), Duration::from_millis(500));
+        let backoff = Backoff::within(node_wait(ctx), Duration::from_millis(100), Duration::from_millis(500));
         retry(
             backoff,
             |e| {
@@ -516,7 +551,7 @@ impl Coordinator {
             CoordRequest::DropIndex(r) => r.serve(|r| self.drop_index(r)).await,
             CoordRequest::CreateScalarIndex(r) => r.serve(|r| self.create_scalar_index(r)).await,
             CoordRequest::DropScalarIndex(r) => r.serve(|r| self.drop_scalar_index(r)).await,
-            CoordRequest::LoadCollection(r) => r.serve(|r| self.load_collection(r)).await,
+            CoordRequest::LoadCollection(r) => r.serve(|r| self.load_collection(r, ctx)).await,
             CoordRequest::ReleaseCollection(r) => r.serve(|r| self.release_collection(r)).await,
             CoordRequest::Flush(r) => r.serve(|r| self.flush(r, ctx)).await,
             CoordRequest::GetDistribution(r) => r.serve(|r| self.distribution(r)).await,
