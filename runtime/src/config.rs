@@ -137,6 +137,16 @@ pub struct StorageConfig {
     /// `multipart_part_mb`, up to 4 at a time (a remote store only).
     pub multipart_threshold_mb: u64,
     pub multipart_part_mb: u64,
+    /// How often the active coordinator sweeps `collections/` for objects no segment names
+    /// (left by a crash between a catalog change and its deletes, or a delete that failed);
+    /// 0 turns the sweep off. Milvus: `dataCoord.gc.interval`.
+    #[serde(with = "humantime_serde")]
+    pub gc_interval: Duration,
+    /// An object no segment names is deleted only once it is older than this (by the store's
+    /// clock): a segment being written is not named yet. At least 5 minutes. Milvus:
+    /// `dataCoord.gc.missingTolerance`.
+    #[serde(with = "humantime_serde")]
+    pub gc_tolerance: Duration,
 }
 
 impl Default for StorageConfig {
@@ -158,9 +168,15 @@ impl Default for StorageConfig {
             connect_timeout: Duration::from_secs(5),
             multipart_threshold_mb: 16,
             multipart_part_mb: 8,
+            gc_interval: Duration::from_secs(3600),
+            gc_tolerance: Duration::from_secs(24 * 3600),
         }
     }
 }
+
+/// The shortest `storage.gc_tolerance`: well above the longest a data node takes from writing a
+/// segment to the coordinator naming it (it sends the report again for up to a minute).
+pub const MIN_GC_TOLERANCE: Duration = Duration::from_secs(300);
 
 impl StorageConfig {
     pub(crate) fn validate(&self) -> Result<()> {
@@ -176,6 +192,13 @@ impl StorageConfig {
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return fail("request_timeout", "request_timeout and connect_timeout must be above zero");
+        }
+        if !self.gc_interval.is_zero() && self.gc_tolerance < MIN_GC_TOLERANCE {
+            return fail(
+                "gc_tolerance",
+                "must be at least 5m: a data node reports a segment it wrote for up to a minute while no \
+                 coordinator answers, and the segment is not named until then",
+            );
         }
         if self.access_key_id.is_empty() != self.secret_access_key.is_empty() {
             return fail("access_key_id", "set both access_key_id and secret_access_key, or neither");
@@ -1367,6 +1390,15 @@ mod tests {
         assert!(Config::load(None, env).unwrap_err().to_string().contains("cluster.name"));
         let env = vec![("QUIVER_NODE__FAISS_SIMD".to_string(), "sse9".to_string())];
         assert!(Config::load(None, env).unwrap_err().to_string().contains("node.faiss_simd"));
+        let env = vec![("QUIVER_STORAGE__GC_TOLERANCE".to_string(), "1m".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("storage.gc_tolerance") && err.contains("at least 5m"), "{err}");
+        // With the sweep off, the tolerance does not matter.
+        let env = vec![
+            ("QUIVER_STORAGE__GC_TOLERANCE".to_string(), "1m".to_string()),
+            ("QUIVER_STORAGE__GC_INTERVAL".to_string(), "0s".to_string()),
+        ];
+        assert!(Config::load(None, env).is_ok());
     }
 
     #[test]

@@ -27,6 +27,16 @@ use crate::error::{Error, Result};
 /// Parts of a multipart upload in flight at once.
 const UPLOAD_CONCURRENCY: usize = 4;
 
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its path, as given to [`Objects::put`].
+    pub path: String,
+    pub size: u64,
+    /// When it was last written (ms since the epoch, the store's clock).
+    pub modified_ms: u64,
+}
+
 /// A handle on the cluster's shared object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Objects {
@@ -185,6 +195,28 @@ impl Objects {
         got.bytes().await.map_err(|e| self.failed("get", path, e))
     }
 
+    /// Every object whose path starts with `prefix` (a folder, `collections/`), with its
+    /// size and when it was last written, by the store's clock.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        use futures::TryStreamExt;
+        let full = self.full(prefix.trim_end_matches('/'));
+        // The local store has no root prefix of its own; a remote one lists under ours.
+        let skip = self.prefix.parts().count();
+        let found: Vec<object_store::ObjectMeta> = match self.store.list(Some(&full)).try_collect().await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(self.failed("list", prefix, e)),
+        };
+        Ok(found
+            .into_iter()
+            .map(|o| ObjectInfo {
+                path: o.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+                size: o.size,
+                modified_ms: o.last_modified.timestamp_millis().max(0) as u64,
+            })
+            .collect())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<()> {
         match self.store.delete(&self.full(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -310,6 +342,22 @@ fn url_parse(s: &str) -> Result<url::Url> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listing_names_objects_as_they_were_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::local(dir.path().join("objects")).unwrap();
+        objects.put("collections/1/segments/2/data", Bytes::from_static(b"abc")).await.unwrap();
+        objects.put("collections/1/segments/2/index", Bytes::from_static(b"de")).await.unwrap();
+        objects.put("plugins/router/r/1.wasm", Bytes::from_static(b"f")).await.unwrap();
+        let mut listed = objects.list("collections/").await.unwrap();
+        listed.sort_by(|a, b| a.path.cmp(&b.path));
+        let paths: Vec<(&str, u64)> = listed.iter().map(|o| (o.path.as_str(), o.size)).collect();
+        assert_eq!(paths, [("collections/1/segments/2/data", 3), ("collections/1/segments/2/index", 2)]);
+        let now = crate::bus::now_ms();
+        assert!(listed.iter().all(|o| o.modified_ms <= now && o.modified_ms + 60_000 > now), "{listed:?}");
+        assert!(objects.list("nothing/").await.unwrap().is_empty());
+    }
 
     fn config(url: &str, edit: impl FnOnce(&mut StorageConfig)) -> Config {
         let mut config = Config::default();

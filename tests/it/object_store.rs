@@ -1,7 +1,7 @@
 //! Objects in S3: a multi-process cluster with every segment and index in an S3-compatible store
 //! (s3rver, see `quiver_testkit::s3`), the store SIGKILLed and restarted in the middle of a flush,
-//! and a store that cannot work (no such bucket, wrong keys) stopping a node at start with the
-//! cause.
+//! a store that cannot work (no such bucket, wrong keys) stopping a node at start with the
+//! cause, and the sweep that deletes objects no segment names.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -182,5 +182,77 @@ fn large_objects_go_up_in_parts_and_a_store_that_stays_down_fails_clearly() {
             "{text}"
         );
         eprintln!("a put failed after {:?} of retries: {text}", started.elapsed());
+    });
+}
+
+/// Objects no segment names are deleted by the coordinator's sweep once older than
+/// `storage.gc_tolerance`, and only those. Here they are left by deletes that failed: an index
+/// dropped and a collection dropped while the store was down (the catalog changes, the deletes
+/// give up after `storage.retry_timeout`).
+#[test]
+fn objects_no_segment_names_are_swept_once_old_enough() {
+    run(Duration::from_secs(150), async {
+        let mut h = Harness::new("s3_gc");
+        h.start_nats();
+        let storage = h.start_s3();
+        let mut env: Vec<(&str, &str)> = storage.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend([
+            ("QUIVER_DATANODE__SEGMENT_MAX_ROWS", "2000"),
+            ("QUIVER_STORAGE__GC_INTERVAL", "1s"),
+            ("QUIVER_STORAGE__GC_TOLERANCE", "5m"),
+            ("QUIVER_STORAGE__RETRY_TIMEOUT", "1s"),
+        ]);
+        let (client, _) = start_one_per_role(&mut h, "coord", &env).await;
+        let docs = indexed_docs(&client, 4_000).await;
+        data::create_simple(&client, "other").await;
+        data::insert_rows(&client, "other", 0, 1_000, 1_000).await;
+        data::flush(&client, "other").await;
+        data::wait_segments(&client, "other", 1_000, SegmentState::Flushed, Duration::from_secs(30)).await;
+        let root = h.s3_dir().join(s3::BUCKET).join(&h.cluster);
+        let kept: Vec<String> = docs
+            .segments
+            .iter()
+            .map(|s| format!("collections/{}/segments/{}/data", s.segment.collection, s.segment.id))
+            .collect();
+        let before = stored_objects(&root);
+        assert!(before.len() > kept.len() * 2, "data and index of docs, data of other: {before:?}");
+
+        // The store goes down: the index and the collection are dropped all the same, their
+        // objects stay behind.
+        h.proc("s3").kill();
+        client.release_collection("docs").await.expect("release");
+        client.drop_index("docs").await.expect("drop the index while the store is down");
+        client.drop_collection("other").await.expect("drop a collection while the store is down");
+        h.proc("s3").restart().expect("restart s3rver");
+        wait_for_port(h.proc("s3"), s3_port(&storage), READY);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(stored_objects(&root), before, "nothing younger than the tolerance is deleted");
+
+        // Every object an hour old (by the store's clock, the file's mtime for s3rver): those no
+        // segment names go, the segments' own stay.
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for key in &before {
+            let file = root.join(format!("{key}._S3rver_object"));
+            std::fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(old)).expect("age");
+        }
+        let swept = Instant::now();
+        let segments = |root: &Path| -> Vec<String> {
+            stored_objects(root).into_iter().filter(|k| k.starts_with("collections/")).collect()
+        };
+        crate::common::eventually("orphans swept", Duration::from_secs(30), || async {
+            match segments(&root) {
+                now if now == kept => Ok(()),
+                now => Err(format!("stored {now:?}, want {kept:?}")),
+            }
+        })
+        .await;
+        eprintln!("{} objects no segment names swept within {:?}", before.len() - kept.len() - 1, swept.elapsed());
+
+        // The collection is whole: loaded again and searched without its index.
+        client.load_collection("docs", 1).await.expect("load");
+        assert_eq!(data::count(&client, "docs").await, 4_000);
+        finds_itself(&client, 1_234).await;
+        assert_eq!(segments(&root), kept, "loading deletes nothing");
+        assert!(stored_objects(&root).contains(&"quiver-check".to_string()), "the sweep stays in collections/");
     });
 }

@@ -79,7 +79,8 @@ pub(super) struct Compactions {
     /// Tasks waiting for a free slot (`compaction.max_parallel`), with their job.
     queue: VecDeque<(u64, CompactTask)>,
     running: usize,
-    /// Segments of queued or running tasks: never in two plans at once.
+    /// Segments of queued or running tasks, inputs and outputs: never in two plans at once,
+    /// and an output being written is not garbage (`gc.rs`).
     busy: HashSet<u64>,
     /// (collection, shard) → when its segments were last checked for deletes.
     delete_rounds: HashMap<(u64, u32), Instant>,
@@ -94,6 +95,11 @@ impl Compactions {
     /// Merge tasks running or waiting for a slot (idling waits for them, MISSION S3.7).
     pub fn in_progress(&self) -> usize {
         self.running + self.queue.len()
+    }
+
+    /// Whether `segment` is an input or the output of a queued or running task.
+    pub fn busy(&self, segment: u64) -> bool {
+        self.busy.contains(&segment)
     }
 }
 
@@ -384,7 +390,7 @@ impl Coordinator {
                 error: String::new(),
             });
             let mut c = self.compactions.borrow_mut();
-            c.busy.extend(task.inputs.iter().map(|s| s.id));
+            c.busy.extend(task.inputs.iter().map(|s| s.id).chain([task.output]));
             c.queue.push_back((job_id, task));
         }
         if job.plans.iter().all(|p| p.state != EXECUTING) {
@@ -441,6 +447,7 @@ impl Coordinator {
                     for s in &task.inputs {
                         c.busy.remove(&s.id);
                     }
+                    c.busy.remove(&task.output);
                 }
                 me.finish_plan(job, task.plan, result);
                 me.reconcile.notify_one();

@@ -17,6 +17,7 @@
 //!   steps, hand-offs).
 //! - `autoscale.rs`: the metrics window per role and the autoscaler plugin's size decisions.
 //! - `idling.rs`: stopping the compute nodes after a time without requests, and waking them.
+//! - `gc.rs`: deleting objects no segment names (the object store's garbage collection).
 //!
 //! Policies (balancer, discovery, autoscaler) are Wasm plugins run through the runtime's
 //! plugin host, with the built-in algorithms as fallback (`crate::policies`).
@@ -26,6 +27,7 @@ mod balance;
 pub(crate) mod catalog;
 mod channels;
 mod compaction;
+mod gc;
 mod idling;
 mod lease;
 mod membership;
@@ -610,6 +612,8 @@ impl RoleHandler for Coordinator {
         self.node.spawn_loop("idling", async move { me.idling_loop().await });
         let me = self.clone();
         self.node.spawn_loop("compaction", async move { me.compaction_loop().await });
+        let me = self.clone();
+        self.node.spawn_loop("gc", async move { me.gc_loop().await });
     }
 
     fn drain(self: Rc<Self>) -> LocalBoxFuture<'static, ()> {

@@ -480,7 +480,10 @@ impl Coordinator {
         metrics::histogram!("quiver_index_build_seconds").record(built.build_ms as f64 / 1000.0);
         let mut catalog = self.catalog.lock().await;
         let Some(seg) = catalog.segments.get_mut(&built.collection).and_then(|s| s.get_mut(&built.segment)) else {
-            return Ok(()); // dropped meanwhile
+            // Dropped or merged meanwhile: nothing will name the index.
+            drop(catalog);
+            let _ = self.node.shared.objects.delete(&built.index_path).await;
+            return Ok(());
         };
         seg.index_path = Some(built.index_path.clone());
         seg.state = SegmentState::Indexed;
