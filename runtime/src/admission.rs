@@ -107,8 +107,8 @@ impl MemoryGuard {
         self.rss.load(Ordering::Relaxed)
     }
 
-    /// `ResourceExhausted` while resident memory is above the high-water mark; `what` names
-    /// the refused work in the message.
+    /// `ResourceExhausted` while resident memory is above the high-water mark: for writes,
+    /// which add to what the node holds. `what` names the refused work in the message.
     pub fn admit(&self, what: &str) -> Result<()> {
         if self.high_water == u64::MAX {
             return Ok(());
@@ -124,6 +124,27 @@ impl MemoryGuard {
             rss >> 20,
             self.high_water >> 20,
             self.high_water as f64 * 100.0 / self.limit.max(1) as f64,
+            self.limit >> 20
+        )))
+    }
+
+    /// `ResourceExhausted` while resident memory is above the whole budget: for reads
+    /// (searches, queries, gets), which hold little once answered. The room between the
+    /// high-water mark and the budget is theirs, since writes and loads stop at the mark: a
+    /// node that is full keeps answering for what it holds. No mark, no refusal.
+    pub fn admit_read(&self, what: &str) -> Result<()> {
+        if self.high_water == u64::MAX {
+            return Ok(());
+        }
+        let rss = self.rss();
+        if rss <= self.limit {
+            return Ok(());
+        }
+        metrics::counter!("quiver_admission_refused_total", "reason" => "memory").increment(1);
+        Err(Error::ResourceExhausted(format!(
+            "{what} refused: this process uses {} MiB, over its whole memory budget of {} MiB \
+             (node.memory_limit_mb, the node's size); retry later or give the role a larger size",
+            rss >> 20,
             self.limit >> 20
         )))
     }
@@ -163,6 +184,26 @@ mod tests {
         assert!(err.to_string().contains("limits.memory_high_water_percentage"), "{err}");
         config.limits.memory_high_water_percentage = 100.0;
         assert!(MemoryGuard::new(&config).admit("a search").is_ok());
+    }
+
+    #[test]
+    fn reads_are_refused_only_above_the_whole_budget() {
+        let mut config = Config::default();
+        let rss = telemetry::process_rss();
+        assert!(rss > 4 << 20, "this test process uses {rss} bytes");
+        // Between the mark and the budget: writes refused, reads served.
+        config.node.memory_limit_mb = (rss >> 20) + 2;
+        config.limits.memory_high_water_percentage = 10.0;
+        let guard = MemoryGuard::new(&config);
+        assert!(guard.admit("an insert").is_err());
+        guard.admit_read("a search").unwrap();
+        // Over the budget: reads refused too, saying which limit.
+        config.node.memory_limit_mb = 1;
+        let err = MemoryGuard::new(&config).admit_read("a search").unwrap_err().to_string();
+        assert!(err.contains("a search refused") && err.contains("whole memory budget of 1 MiB"), "{err}");
+        // No mark: nothing refused.
+        config.limits.memory_high_water_percentage = 100.0;
+        MemoryGuard::new(&config).admit_read("a search").unwrap();
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! takes in every insert as growing rows from the log, with no request it could refuse. Once
 //! it crosses its high-water mark (its event at once, its heartbeat as the fallback), proxies
 //! refuse inserts into the collections it serves (ResourceExhausted, naming the node), the
-//! node stays up, and no acknowledged row is lost; writes resume once the collection is served
-//! by a node with room.
+//! node stays up and answers reads, and no acknowledged row is lost; writes resume once the
+//! collection is served by a node with room.
 
 use std::time::{Duration, Instant};
 
-use quiver_client::{Client, ClientError, Role};
+use quiver_client::{Client, ClientError, Consistency, Query, Role};
 
 use crate::common::data;
 use crate::common::{eventually, retry, run, start_nodes, Harness};
@@ -74,6 +74,22 @@ fn inserts_are_refused_while_a_query_node_is_over_its_memory_mark_and_resume_on_
         let status = query_node(&client, qn).await.expect("the query node is still registered");
         assert!(status.healthy && status.restarts == 0 && status.pid == h.pid("qn"), "{status:?}");
         eprintln!("3 s after the refusal the query node uses {} MiB of its 256 MiB", status.mem_used >> 20);
+        // Reads go on: the room between the mark and the budget is theirs.
+        let count = Query {
+            collection: "big".into(),
+            filter: String::new(),
+            output_fields: vec!["count(*)".into()],
+            limit: 0,
+            offset: 0,
+            consistency: Consistency::Eventually,
+        };
+        let counted = client.query(&count).await.expect("a query node over its mark answers a query");
+        let mut search = quiver_client::schema::search("big", DIM, data::noise(7, 1, DIM as usize), 5);
+        search.consistency = Consistency::Eventually;
+        let found = client.search(&search).await.expect("and a search");
+        assert_eq!(found.results[0].pks.len(), 5, "{found:?}");
+        let status = query_node(&client, qn).await.expect("the query node is still registered");
+        eprintln!("read at {} MiB: {:?}", status.mem_used >> 20, counted.rows.columns.first().map(|c| &c.values));
 
         // Replaced by a node with room (what a resize does, make-before-break): writes resume.
         let large: Vec<(&str, &str)> = env.iter().copied().chain([("QUIVER_NODE__MEMORY_LIMIT_MB", "4096")]).collect();

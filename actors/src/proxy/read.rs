@@ -309,7 +309,7 @@ impl Proxy {
     /// nats-server Quiver starts) goes out in parts of as many queries as fit, one after another.
     pub(super) async fn search_now(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.collection(&req.collection, ctx).await?;
-        self.node.shared.memory.admit("a search")?;
+        self.node.shared.memory.admit_read("a search")?;
         let nq = check_search(&info, &mut req, &ReadLimits::of(&self.node.shared.config))?;
         let max_payload = self.node.shared.bus.client().server_info().max_payload;
         let per_message = queries_per_message(max_payload, req.dim as usize)?;
@@ -465,7 +465,7 @@ impl Proxy {
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("get needs at least one primary key".into()));
         }
-        self.node.shared.memory.admit("a get")?;
+        self.node.shared.memory.admit_read("a get")?;
         ReadLimits::of(&self.node.shared.config).check_rows(req.pks.len() as u64, Some(info.dim()), "a get")?;
         for pk in &req.pks {
             check_pk(&info, pk)?;
@@ -533,7 +533,7 @@ impl Proxy {
                 req.limit.saturating_add(req.offset)
             )));
         }
-        self.node.shared.memory.admit("a query")?;
+        self.node.shared.memory.admit_read("a query")?;
         let limits = ReadLimits::of(&self.node.shared.config);
         limits.check_filter(&req.filter)?;
         let (expr, filter) = parse_filter(&info, &req.filter)?;

@@ -357,7 +357,7 @@ impl QueryNode {
 
     async fn search(&self, req: NodeSearch, ctx: &RequestContext) -> Result<NodeSearchResults> {
         let arrived = now_ms();
-        self.node.shared.memory.admit("a search")?;
+        self.node.shared.memory.admit_read("a search")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
         // Checked again here, before faiss reads `nq × dim` floats or `nq × top_k` results
         // are allocated: the proxy is a peer, not a guarantee.
@@ -413,7 +413,7 @@ impl QueryNode {
 
     async fn get(&self, req: NodeGet, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
-        self.node.shared.memory.admit("a get")?;
+        self.node.shared.memory.admit_read("a get")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
         self.limits().check_rows(req.get.pks.len() as u64, Some(info.dim()), "a get")?;
         self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived, ctx).await?;
@@ -428,7 +428,7 @@ impl QueryNode {
 
     async fn query(&self, req: NodeQuery, ctx: &RequestContext) -> Result<GetResults> {
         let arrived = now_ms();
-        self.node.shared.memory.admit("a query")?;
+        self.node.shared.memory.admit_read("a query")?;
         let (info, segments, growing) = self.sources(req.collection, &req.segments, &req.growing)?;
         let limits = self.limits();
         limits.check_query(&req.query)?;
