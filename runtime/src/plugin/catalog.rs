@@ -3,7 +3,7 @@
 //!
 //! | key                          | value                                                    |
 //! |------------------------------|----------------------------------------------------------|
-//! | `catalog.<kind>.<name>.<v>`  | [`PluginVersion`]; the binary is at `plugins/<kind>/<name>/<v>.wasm` |
+//! | `catalog.<kind>.<name>.<v>`  | [`PluginVersion`]; the binary is at `plugins/<kind>/<name>/<sha256>.wasm` |
 //! | `active.<kind>`              | [`ActiveChoice`]: what every node should run, with the history for rollback |
 //! | `node.<node-id>`             | [`NodePlugins`]: what one process actually runs           |
 //!
@@ -235,24 +235,26 @@ impl PluginCatalog {
         })
         .await
         .map_err(Error::internal)??;
+        // The file first, named by its content, then the catalog entry naming it: a crash in
+        // between leaves a file no entry names, never an entry without its file; loads racing
+        // for a version number cannot overwrite each other's bytes.
+        let sha256 = compiled.sha256().to_string();
+        let path = format!("plugins/{kind}/{name}/{sha256}.wasm");
+        self.objects.put(&path, wasm.clone()).await?;
         let mut version = self.highest_version(kind, name).await? + 1;
         for _ in 0..CAS_ATTEMPTS {
             let entry = PluginVersion {
                 kind,
                 name: name.to_string(),
                 version,
-                sha256: compiled.sha256().to_string(),
+                sha256: sha256.clone(),
                 size: wasm.len() as u64,
-                path: format!("plugins/{kind}/{name}/{version}.wasm"),
+                path: path.clone(),
                 loaded_at_ms: now_ms(),
             };
             let key = format!("catalog.{kind}.{name}.{version}");
             match self.bucket.update(&key, &entry, 0).await {
                 Ok(_) => {
-                    if let Err(e) = self.objects.put(&entry.path, wasm.clone()).await {
-                        let _ = self.bucket.delete(&key).await;
-                        return Err(e);
-                    }
                     tracing::info!(%kind, name, version, sha256 = short_sha(&entry.sha256), "plugin loaded");
                     return Ok(entry);
                 }

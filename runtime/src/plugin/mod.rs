@@ -7,7 +7,7 @@
 //!   quiver ctl plugin load / activate / rollback
 //!          │
 //!          ▼
-//!   PluginCatalog ──► object store   plugins/<kind>/<name>/<version>.wasm
+//!   PluginCatalog ──► object store   plugins/<kind>/<name>/<sha256>.wasm
 //!          └────────► KV quiver_<cluster>_plugins
 //!                       catalog.<kind>.<name>.<version>   active.<kind>   node.<node-id>
 //!                                                             │ watch          ▲ status
