@@ -27,6 +27,7 @@ from .errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Timeout,
     Unavailable,
 )
@@ -49,5 +50,6 @@ __all__ = [
     "Internal",
     "ConnectError",
     "DecodeError",
+    "PermissionDenied",
     *_types_all,
 ]

@@ -22,7 +22,7 @@ import nats.errors
 from nats.aio.client import Client as Nats
 
 from . import wire
-from .errors import ConnectError, InvalidArgument, Timeout, Unavailable, error_from_status
+from .errors import ConnectError, InvalidArgument, PermissionDenied, Timeout, Unavailable, error_from_status
 from .types import (
     ClusterStatus,
     CollectionDescription,
@@ -91,12 +91,51 @@ class _Unserved(Exception):
         self.error = error
 
 
+class _Refusals:
+    """The NATS server's permission violations on one connection. A refused publish gets no
+    reply, only an error on the connection naming the subject (``Permissions Violation for
+    Publish to "<subject>"``): a call waiting on that subject fails at once with it."""
+
+    def __init__(self) -> None:
+        self._waiting: Dict[str, List["asyncio.Future[str]"]] = {}
+
+    def heard(self, text: str) -> None:
+        # nats-py hands the server's error over lower-cased.
+        text = text.lower()
+        for subject, futures in self._waiting.items():
+            if f'"{subject.lower()}"' in text:
+                for future in futures:
+                    if not future.done():
+                        future.set_result(text)
+
+    def watch(self, subject: str) -> "asyncio.Future[str]":
+        future: "asyncio.Future[str]" = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(subject, []).append(future)
+        return future
+
+    def forget(self, subject: str, future: "asyncio.Future[str]") -> None:
+        futures = self._waiting.get(subject, [])
+        if future in futures:
+            futures.remove(future)
+        if not futures:
+            self._waiting.pop(subject, None)
+        future.cancel()
+
+
 class AsyncClient:
     """A connection to a Quiver cluster. Create it with :meth:`connect`; close it with
     :meth:`close` or ``async with``."""
 
-    def __init__(self, nc: Nats, cluster: str, timeout: float, traceparent: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        nc: Nats,
+        cluster: str,
+        timeout: float,
+        traceparent: Optional[str] = None,
+        refusals: Optional[_Refusals] = None,
+    ) -> None:
         self._nc = nc
+        self._refusals = refusals or _Refusals()
         self.cluster = cluster
         #: Per-call deadline, seconds.
         self.timeout = timeout
@@ -146,7 +185,11 @@ class AsyncClient:
                 context.load_cert_chain(tls_cert_file, tls_key_file)
             extra["tls"] = context
 
-        async def quiet(e: Exception) -> None:
+        refusals = _Refusals()
+
+        async def on_error(e: Exception) -> None:
+            if "permissions violation" in str(e).lower():
+                refusals.heard(str(e))
             log.debug("NATS: %s", e)
 
         nc = Nats()
@@ -159,7 +202,7 @@ class AsyncClient:
                     connect_timeout=min(connect_timeout, 2.0),  # type: ignore[arg-type]
                     reconnect_time_wait=0.25,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
-                    error_cb=quiet,
+                    error_cb=on_error,
                     **extra,
                 ),
                 connect_timeout,
@@ -168,18 +211,18 @@ class AsyncClient:
             await nc.close()
             reason = f"no answer within {connect_timeout}s" if isinstance(e, asyncio.TimeoutError) else str(e)
             raise ConnectError(f"{','.join(servers)}: {reason}") from None
-        return cls(nc, cluster, timeout)
+        return cls(nc, cluster, timeout, refusals=refusals)
 
     def with_timeout(self, timeout: float) -> "AsyncClient":
         """A client sharing this connection with another per-call deadline (seconds)."""
-        return AsyncClient(self._nc, self.cluster, timeout, self.traceparent)
+        return AsyncClient(self._nc, self.cluster, timeout, self.traceparent, self._refusals)
 
     def with_traceparent(self, traceparent: Optional[str]) -> "AsyncClient":
         """A client sharing this connection whose calls carry the W3C trace context
         ``traceparent`` (``00-<trace id>-<span id>-<flags>``, e.g. your current span's): with
         tracing on in the cluster (``tracing.endpoint``) each call's spans join that trace under
         that span, and its sampled flag decides whether they are recorded. None: no context."""
-        return AsyncClient(self._nc, self.cluster, self.timeout, traceparent)
+        return AsyncClient(self._nc, self.cluster, self.timeout, traceparent, self._refusals)
 
     async def close(self) -> None:
         """Closes the connection (shared with clients made by :meth:`with_timeout`)."""
@@ -238,13 +281,16 @@ class AsyncClient:
                 headers[HEADER_TRACEPARENT] = self.traceparent
             return asyncio.ensure_future(self._nc.request(subject, payload, timeout=left, headers=headers))
 
+        refused = self._refusals.watch(subject)
         sends = {send()}
         silence = _HEDGE_AFTER
         next_send = time.monotonic() + silence
         try:
             while True:
                 wait = next_send - time.monotonic() if hedged and len(sends) < _MAX_SENDS else None
-                done, _ = await asyncio.wait(sends, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({*sends, refused}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if refused in done:
+                    raise PermissionDenied(f"{method}: the NATS server refused it for this connection: {refused.result()}")
                 if not done:
                     if deadline - time.monotonic() > 0.001:
                         sends.add(send())
@@ -278,6 +324,7 @@ class AsyncClient:
         finally:
             for task in sends:
                 task.cancel()
+            self._refusals.forget(subject, refused)
         headers = msg.headers or {}
         if HEADER_STATUS in headers:
             status = headers.get(HEADER_STATUS)

@@ -18,6 +18,7 @@ __all__ = [
     "Internal",
     "ConnectError",
     "DecodeError",
+    "PermissionDenied",
     "error_from_status",
 ]
 
@@ -74,6 +75,13 @@ class Internal(ClientError):
     """The server failed; its log has the details."""
 
     kind = "server error"
+
+
+class PermissionDenied(ClientError):
+    """The NATS server refused the call for this connection's principal: its permissions do not
+    cover the method (an admin method called as the app) or the cluster. Not retryable."""
+
+    kind = "permission denied"
 
 
 class ConnectError(ClientError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Awaitable, Callable, Type
 
 import numpy as np
@@ -75,13 +76,17 @@ async def test_bad_input_is_invalid_argument(client: quiver.AsyncClient) -> None
 
 async def test_transport_errors(server: Server, client: quiver.AsyncClient) -> None:
     # Another cluster's subjects: the admin principal's permissions cover its own cluster only,
-    # so the NATS server drops the request (no reply): Timeout, retryable. (Without security the
-    # same call finds no proxy of that cluster: Unavailable, naming the cluster.)
+    # so the NATS server refuses the request with an error on the connection, not a reply:
+    # PermissionDenied at once, naming the subject, not retryable. (Without security the same
+    # call finds no proxy of that cluster: Unavailable, naming the cluster.)
     async with await quiver.AsyncClient.connect(
-        server.url, cluster="no_such_cluster", timeout=2.0, credentials_file=server.credentials_file
+        server.url, cluster="no_such_cluster", timeout=10.0, credentials_file=server.credentials_file
     ) as other:
-        err = await raises(quiver.Timeout, other.list_collections)
-        assert err.is_retryable
+        started = time.monotonic()
+        err = await raises(quiver.PermissionDenied, other.list_collections, "quiver.no_such_cluster.api")
+        assert not err.is_retryable and time.monotonic() - started < 5.0, err
+        # The connection goes on: the next refusal is told as well.
+        await raises(quiver.PermissionDenied, other.with_timeout(5.0).status, "permissions violation")
     # A deadline too short to be met: Timeout, retryable.
     err = await raises(quiver.Timeout, lambda: client.with_timeout(1e-6).status())
     assert err.is_retryable
