@@ -465,7 +465,7 @@ mod tests {
             columns: vec![Column { name: "n".into(), values: keys.map(ScalarValue::Int64).collect() }],
             dynamic: Vec::new(),
         };
-        dml::LogEntry { seq, prev: seq - 1, entry: Some(DmlEntry::Insert { timestamp: seq, rows }) }
+        dml::LogEntry { seq, prev: seq - 1, entry: Some(DmlEntry::Insert { timestamp: seq, rows }), batch_rest: 0 }
     }
 
     fn delete(seq: Seq, key: i64) -> dml::LogEntry {
@@ -473,6 +473,7 @@ mod tests {
             seq,
             prev: seq - 1,
             entry: Some(DmlEntry::Delete { timestamp: seq, pks: vec![PrimaryKey::Int64(key)] }),
+            batch_rest: 0,
         }
     }
 

@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 
 /// Header naming the kind of a DML message, so readers can skip payloads they do not need.
 pub const KIND_HEADER: &str = "Quiver-Dml";
+/// On a message of an atomic batch of several: how many messages of the batch follow it. A
+/// reader applies the batch as one step (an upsert's delete and insert are seen together).
+pub const BATCH_REST_HEADER: &str = "Quiver-Batch-Rest";
 
 /// Log entries this process refused to apply (undecodable, or not matching the collection's
 /// schema), since it started.
@@ -147,6 +150,8 @@ pub struct LogEntry {
     /// served from segments, deletes purged below the delete floor.
     pub prev: Seq,
     pub entry: Option<DmlEntry>,
+    /// Entries of the same atomic batch that follow this one (0: none, or not in a batch).
+    pub batch_rest: u32,
 }
 
 /// A shard stream's log read from a given position, entry by entry, in order.
@@ -381,18 +386,20 @@ impl Reader {
             }
         };
         let prev = std::mem::replace(&mut self.last, seq);
-        let is_insert = msg.headers.as_ref().and_then(|h| h.get(KIND_HEADER)).is_some_and(|v| v.as_str() == "insert");
+        let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        let is_insert = header(KIND_HEADER) == Some("insert");
+        let batch_rest = header(BATCH_REST_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0);
         if is_insert && seq <= self.skip_inserts_until {
-            return Some(Ok(LogEntry { seq, prev, entry: None }));
+            return Some(Ok(LogEntry { seq, prev, entry: None, batch_rest }));
         }
         let entry = DmlEntry::from_bytes(&msg.payload)
             .map_err(|e| e.to_string())
             .and_then(|entry| self.check.check(&entry).map(|()| entry));
         match entry {
-            Ok(entry) => Some(Ok(LogEntry { seq, prev, entry: Some(entry) })),
+            Ok(entry) => Some(Ok(LogEntry { seq, prev, entry: Some(entry), batch_rest })),
             Err(why) => {
                 quarantine(self.collection, self.shard, seq, &why);
-                Some(Ok(LogEntry { seq, prev, entry: None }))
+                Some(Ok(LogEntry { seq, prev, entry: None, batch_rest }))
             }
         }
     }

@@ -215,3 +215,61 @@ fn strong_consistency_reads_its_own_writes() {
         }
     });
 }
+
+/// An upsert replaces the rows of its keys, and a reader never sees them gone: per shard its
+/// delete and insert are one log batch, which the query node applies as one step.
+#[test]
+fn upserts_replace_rows_and_readers_never_see_them_gone() {
+    run(Duration::from_secs(60), async {
+        let h = Harness::standalone("upsert", &[]);
+        let client = h.client().await;
+        h.wait_ready(&client, &h.standalone_nodes(), READY).await;
+        let ds = dataset();
+        let n = 200usize;
+        data::create_simple(&client, "ups").await;
+        data::insert_rows(&client, "ups", 0, n, n).await;
+        let keys: Vec<i64> = (0..n as i64).collect();
+        let count = quiver_client::Query {
+            collection: "ups".into(),
+            filter: String::new(),
+            output_fields: vec!["count(*)".into()],
+            limit: 0,
+            offset: 0,
+            consistency: Consistency::Eventually,
+        };
+        let reader = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut counts = Vec::new();
+                let end = std::time::Instant::now() + Duration::from_secs(5);
+                while std::time::Instant::now() < end {
+                    let res = client.query(&count).await.expect("count");
+                    match res.rows.columns.first().map(|c| c.values.as_slice()) {
+                        Some([ScalarValue::Int64(c)]) => counts.push(*c),
+                        other => panic!("count(*) answered {other:?}"),
+                    }
+                }
+                counts
+            })
+        };
+        // Each round gives every key the vector of another base row.
+        let mut rounds = 0usize;
+        while !reader.is_finished() {
+            let from = (rounds % 10 + 1) * n;
+            client
+                .upsert("ups", schema::rows(keys.clone(), ds.dim32(), ds.rows(from, from + n)))
+                .await
+                .expect("upsert");
+            rounds += 1;
+        }
+        let counts = reader.await.expect("reader");
+        let wrong: Vec<&i64> = counts.iter().filter(|c| **c != n as i64).collect();
+        eprintln!("{rounds} upserts of {n} keys, {} reads, {} of them wrong", counts.len(), wrong.len());
+        assert!(rounds > 20 && counts.len() > 100, "{rounds} upserts, {} reads", counts.len());
+        assert!(wrong.is_empty(), "{} of {} reads counted {wrong:?}", wrong.len(), counts.len());
+        // The last round's vectors are what a get returns.
+        let last = ((rounds - 1) % 10 + 1) * n;
+        let got = client.get("ups", pks(&[7]), Vec::new(), Consistency::Strong).await.expect("get");
+        assert_eq!(got.rows.vectors, ds.row(last + 7), "key 7 holds the last upsert's vector");
+    });
+}

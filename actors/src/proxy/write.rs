@@ -23,7 +23,7 @@ use quiver_schemas::{
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
 use super::Proxy;
-use crate::dml::KIND_HEADER;
+use crate::dml::{BATCH_REST_HEADER, KIND_HEADER};
 
 /// Room left in each log message for headers and framing.
 const PAYLOAD_MARGIN: usize = 64 * 1024;
@@ -386,6 +386,7 @@ impl Proxy {
             let mut h = headers(*kind);
             h.insert("Nats-Batch-Id", batch.as_str());
             h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            h.insert(BATCH_REST_HEADER, (last - i).to_string().as_str());
             let payload = Bytes::from(payload.clone());
             if i == last {
                 h.insert("Nats-Batch-Commit", "1");

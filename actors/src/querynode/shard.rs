@@ -117,19 +117,48 @@ async fn report_memory(node: &Node) {
     }
 }
 
+/// How long the rest of an atomic batch of the log is waited for before what came of it is
+/// applied on its own.
+const BATCH_WAIT: Duration = Duration::from_secs(1);
+
 async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor: Seq) -> Result<()> {
     let bus = node.shared.bus.clone();
     let skip = if data.leader { data.sealed_seq.load(std::sync::atomic::Ordering::Acquire) } else { Seq::MAX };
     let mut log = ShardLog::open(&bus, &info, data.shard, floor, skip, Some("querynode")).await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Entries of an atomic batch read so far (an upsert's delete, then its inserts): applied
+    // together once its last one is in, so no reader sees the old rows gone and the new ones
+    // not there yet.
+    let mut batch: Vec<dml::LogEntry> = Vec::new();
+    let mut batch_since = Instant::now();
     loop {
         tokio::select! {
+            biased;
             entry = log.next() => {
                 let Some(entry) = entry else { return Err(Error::Unavailable("DML consumer ended".into())) };
-                data.apply(entry?)?;
+                let entry = entry?;
+                // An entry that does not continue the batch held (the rest of it was purged, or
+                // the reader started inside it) ends that batch first.
+                if batch.last().is_some_and(|b| b.batch_rest != entry.batch_rest + 1 || entry.seq != b.seq + 1) {
+                    data.apply_all(std::mem::take(&mut batch))?;
+                }
+                if entry.batch_rest > 0 {
+                    if batch.is_empty() {
+                        batch_since = Instant::now();
+                    }
+                    batch.push(entry);
+                    continue;
+                }
+                batch.push(entry);
+                data.apply_all(std::mem::take(&mut batch))?;
                 report_memory(&node).await;
             }
             _ = tick.tick() => {
+                // The rest of a batch that does not come (the log is committed whole, so only
+                // a purge or a failure can hold it back) does not hold up what came.
+                if !batch.is_empty() && batch_since.elapsed() >= BATCH_WAIT {
+                    data.apply_all(std::mem::take(&mut batch))?;
+                }
                 report_memory(&node).await;
                 // Keep Bounded reads from waiting when the log is idle. Bounded in time: a
                 // request lost to a NATS reconnect must not hold up applying entries for a
@@ -177,7 +206,57 @@ impl ShardData {
 
     /// Applies one entry of the shard's log (in log order): deletes always, inserts after the
     /// sealed position when leading.
+    #[cfg(test)]
     pub(super) fn apply(&self, entry: dml::LogEntry) -> Result<()> {
+        self.apply_all(vec![entry])
+    }
+
+    /// Applies entries of the shard's log (in log order) as one step for readers: they hold the
+    /// growing rows' lock while they read, and see either none of `entries` or all of them.
+    pub(super) fn apply_all(&self, entries: Vec<dml::LogEntry>) -> Result<()> {
+        let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
+        let sealed = self.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+        let takes_rows =
+            |e: &dml::LogEntry| self.leader && e.seq > sealed && matches!(e.entry, Some(DmlEntry::Insert { .. }));
+        // Only the locks needed, the growing rows' first (as readers take them).
+        let mut growing = match entries.iter().any(takes_rows) {
+            true => Some(self.growing.write().map_err(poisoned)?),
+            false => None,
+        };
+        let mut deletes = match entries.iter().any(|e| matches!(e.entry, Some(DmlEntry::Delete { .. }))) {
+            true => Some(self.deletes.write().map_err(poisoned)?),
+            false => None,
+        };
+        // Read again under the lock: a seal that moved it meanwhile dropped those rows here.
+        let sealed = self.sealed_seq.load(std::sync::atomic::Ordering::Acquire);
+        for entry in entries {
+            self.note_gap(&entry);
+            match entry.entry {
+                Some(DmlEntry::Insert { rows, .. }) if self.leader && entry.seq > sealed => {
+                    if let Some(g) = growing.as_mut() {
+                        g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
+                        g.rows.append(&rows, entry.seq);
+                    }
+                }
+                Some(DmlEntry::Delete { pks, .. }) => {
+                    if let Some(d) = deletes.as_mut() {
+                        for pk in pks {
+                            let slot = d.by_pk.entry(pk).or_insert(0);
+                            *slot = (*slot).max(entry.seq);
+                        }
+                        d.version += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop((deletes, growing));
+        self.applied.send_replace(last);
+        Ok(())
+    }
+
+    /// Records entries purged before this reader got to them (between `entry.prev` and `entry.seq`).
+    fn note_gap(&self, entry: &dml::LogEntry) {
         if entry.seq > entry.prev.saturating_add(1) {
             // Recorded before `applied` moves, so a read that waited for this entry sees it.
             let lost_to = entry.seq - 1;
@@ -195,26 +274,6 @@ impl ShardData {
                 );
             }
         }
-        match entry.entry {
-            Some(DmlEntry::Insert { rows, .. })
-                if self.leader && entry.seq > self.sealed_seq.load(std::sync::atomic::Ordering::Acquire) =>
-            {
-                let mut g = self.growing.write().map_err(poisoned)?;
-                g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
-                g.rows.append(&rows, entry.seq);
-            }
-            Some(DmlEntry::Delete { pks, .. }) => {
-                let mut d = self.deletes.write().map_err(poisoned)?;
-                for pk in pks {
-                    let slot = d.by_pk.entry(pk).or_insert(0);
-                    *slot = (*slot).max(entry.seq);
-                }
-                d.version += 1;
-            }
-            _ => {}
-        }
-        self.applied.send_replace(entry.seq);
-        Ok(())
     }
 
     /// Compares growing rows with `metric` from now on (the collection's index chose it).

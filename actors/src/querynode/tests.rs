@@ -41,12 +41,12 @@ fn led_shard(sealed_seq: Seq) -> Arc<ShardData> {
 
 fn insert(shard: &ShardData, seq: Seq, keys: &[i64]) {
     let entry = DmlEntry::Insert { timestamp: 0, rows: batch(keys) };
-    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry) }).unwrap();
+    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry), batch_rest: 0 }).unwrap();
 }
 
 fn delete(shard: &ShardData, seq: Seq, keys: &[i64]) {
     let entry = DmlEntry::Delete { timestamp: 0, pks: keys.iter().map(|&k| PrimaryKey::Int64(k)).collect() };
-    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry) }).unwrap();
+    shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry), batch_rest: 0 }).unwrap();
 }
 
 /// Sealed segment `id` holding `(key, seq)` rows, with a FLAT faiss index or brute force.
@@ -167,7 +167,7 @@ fn a_lead_whose_log_was_purged_before_it_read_it_refuses_older_views() {
     // given (sealed at 0) would find key 4 alone and miss 1..=3 without a word.
     let shard = led_shard(0);
     let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[4]) };
-    shard.apply(LogEntry { seq: 4, prev: 0, entry: Some(entry) }).unwrap();
+    shard.apply(LogEntry { seq: 4, prev: 0, entry: Some(entry), batch_rest: 0 }).unwrap();
     for after in [0, 2] {
         let stale = run_search(&plan(10, &[], &[(&shard, after)], None), &pool()).unwrap_err();
         assert!(matches!(stale, quiver_runtime::Error::Stale(_)), "after {after}: {stale}");
@@ -180,7 +180,7 @@ fn a_lead_whose_log_was_purged_before_it_read_it_refuses_older_views() {
     // Gaps below the view (purged before the lead's own sealed position) are harmless.
     let later = led_shard(8);
     let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[9]) };
-    later.apply(LogEntry { seq: 9, prev: 0, entry: Some(entry) }).unwrap();
+    later.apply(LogEntry { seq: 9, prev: 0, entry: Some(entry), batch_rest: 0 }).unwrap();
     assert_eq!(found(&plan(10, &[], &[(&later, 8)], None)).0, [9]);
 }
 

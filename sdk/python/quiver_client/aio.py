@@ -62,9 +62,10 @@ HEADER_TRACEPARENT = "traceparent"
 #: without an answer (then twice that, ``_MAX_SENDS`` sends in all): core NATS delivers at most
 #: once, and a request or its answer on its way through a nats-server that died is lost without
 #: a trace. The first answer is taken. Reads, and inserts that carry their keys (sent with a
-#: request id, which the proxy turns into the log message's id: stored once).
+#: request id, which the proxy turns into the log message's id: stored once), and upserts (the
+#: same rows again leave the same rows).
 _HEDGED = frozenset(
-    ["describe_collection", "list_collections", "query", "get", "search", "distribution", "status", "insert"]
+    ["describe_collection", "list_collections", "query", "get", "search", "distribution", "status", "insert", "upsert"]
 )
 _HEDGE_AFTER = 2.0
 #: Request ids: the pid, when this module was loaded (ms) and a per-process counter.
@@ -393,13 +394,23 @@ class AsyncClient:
     async def insert(self, collection: str, rows: RowBatch) -> MutationResult:
         """Inserts rows; acknowledged once they are durable in the log. Batches larger than the
         server's message limit are sent as several requests (each atomic on its own)."""
+        return await self._write("insert", collection, rows)
+
+    async def upsert(self, collection: str, rows: RowBatch) -> MutationResult:
+        """Inserts rows that replace the rows with the same keys (each row carries its key).
+        Readers see a key's old row or its new one, never neither. Acknowledged once durable in
+        the log; batches larger than the server's message limit are sent as several requests
+        (each atomic on its own)."""
+        return await self._write("upsert", collection, rows)
+
+    async def _write(self, method: str, collection: str, rows: RowBatch) -> MutationResult:
         n = rows.num_rows
         per_call = self._rows_per_insert(rows)
         if n <= per_call:
-            return await self._insert_one(collection, rows)
+            return await self._insert_one(method, collection, rows)
         out = MutationResult([], 0)
         for start in range(0, n, per_call):
-            res = await self._insert_one(collection, rows.slice(start, min(start + per_call, n)))
+            res = await self._insert_one(method, collection, rows.slice(start, min(start + per_call, n)))
             out.pks.extend(res.pks)
             out.timestamp = res.timestamp
             out.count += res.count
@@ -414,12 +425,12 @@ class AsyncClient:
         fit = max(self.max_payload - _ENVELOPE_BYTES, 0) // max(row_bytes, 1)
         return max(1, min(fit, _MAX_INSERT_ROWS))
 
-    async def _insert_one(self, collection: str, rows: RowBatch) -> MutationResult:
+    async def _insert_one(self, method: str, collection: str, rows: RowBatch) -> MutationResult:
         body = {"collection": collection, "rows": wire.rows_to_wire(rows)}
         # Rows that carry their keys are stored once however often they are sent (each call's
         # rows fit one log message per shard, named after the request id and the keys).
         request_id = f"py{os.getpid()}.{_STARTED_MS}.{next(_request_ids)}" if rows.pks else None
-        return await self._call("insert", "Insert", body, "MutationResult", wire.mutation_from_wire, request_id)
+        return await self._call(method, "Insert", body, "MutationResult", wire.mutation_from_wire, request_id)
 
     async def delete(self, collection: str, pks: Sequence[PrimaryKey]) -> MutationResult:
         """Deletes rows by primary key."""

@@ -165,6 +165,9 @@ class Client:
     def insert(self, collection: str, rows: RowBatch) -> MutationResult:
         return self._loop.run(self._inner.insert(collection, rows))
 
+    def upsert(self, collection: str, rows: RowBatch) -> MutationResult:
+        return self._loop.run(self._inner.upsert(collection, rows))
+
     def delete(self, collection: str, pks: Sequence[PrimaryKey]) -> MutationResult:
         return self._loop.run(self._inner.delete(collection, pks))
 

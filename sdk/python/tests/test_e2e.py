@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def products(name: str) -> quiver.CollectionSchema:
     )
 
 
-def product_rows(ids: range, vectors: np.ndarray) -> quiver.RowBatch:
+def product_rows(ids: Sequence[int], vectors: np.ndarray) -> quiver.RowBatch:
     return schema.rows(
         ids,
         vectors,
@@ -96,6 +98,15 @@ async def test_every_operation(client: quiver.AsyncClient) -> None:
     after = await client.search(schema.search(name, base[:10], 20, ef=64, consistency=STRONG))
     for hits in after:
         assert not set(hits.pks) & set(deleted), hits.pks
+
+    # Upsert: the keys' rows replaced (vectors and fields), the count unchanged, a new key added.
+    moved = random_vectors(3, DIM, seed=9)
+    ack = await client.upsert(name, product_rows([10, 11, N + 1], moved))
+    assert ack.pks == [10, 11, N + 1]
+    got = await client.get(name, [10, 11, N + 1], ["title"], STRONG)
+    assert got.rows.pks == [10, 11, N + 1] and np.array_equal(got.rows.vectors, moved)
+    count = await client.query(schema.query(name, "", ["count(*)"], consistency=STRONG))
+    assert count.count == N - len(deleted) + 1, count
 
     # Cluster views.
     status = await client.status()

@@ -490,13 +490,30 @@ impl Client {
     /// Inserts rows; acknowledged once they are durable in the log. Batches larger than the
     /// server's message limit are sent as several requests (each atomic on its own).
     pub async fn insert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
+        self.write::<api::Insert>(collection, rows).await
+    }
+
+    /// Inserts rows that replace the rows with the same keys (each row carries its key).
+    /// Readers see a key's old row or its new one, never neither. Acknowledged once durable in
+    /// the log; batches larger than the server's message limit are sent as several requests
+    /// (each atomic on its own).
+    pub async fn upsert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
+        self.write::<api::Upsert>(collection, rows).await
+    }
+
+    /// An insert or upsert, cut into calls under the server's message limit.
+    async fn write<C: Call<Request = Insert, Reply = MutationResult>>(
+        &self,
+        collection: &str,
+        rows: RowBatch,
+    ) -> Result<MutationResult> {
         let n = rows.num_rows();
         let row_bytes = rows.dim as usize * 4 + 128;
         let per_call = ((self.max_payload().saturating_sub(64 * 1024)) / row_bytes.max(1)).max(1);
         // Rows that carry their keys are stored once however often they are sent.
         let keyed = !rows.pks.is_empty();
         if n <= per_call {
-            return self.call_with::<api::Insert>(&Insert { collection: collection.into(), rows }, keyed).await;
+            return self.call_with::<C>(&Insert { collection: collection.into(), rows }, keyed).await;
         }
         let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0, count: 0 };
         let mut start = 0;
@@ -504,7 +521,7 @@ impl Client {
             let end = (start + per_call).min(n);
             let part = schema::slice_rows(&rows, start, end);
             let res: MutationResult =
-                self.call_with::<api::Insert>(&Insert { collection: collection.into(), rows: part }, keyed).await?;
+                self.call_with::<C>(&Insert { collection: collection.into(), rows: part }, keyed).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
             out.count += res.count;
