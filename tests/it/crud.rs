@@ -228,6 +228,9 @@ fn upserts_replace_rows_and_readers_never_see_them_gone() {
         let n = 200usize;
         data::create_simple(&client, "ups").await;
         data::insert_rows(&client, "ups", 0, n, n).await;
+        // Read with Eventually consistency from here on: first wait until the rows are served
+        // (a shard leader assigned moments ago may still be reading the log).
+        assert_eq!(data::count(&client, "ups").await, n as i64);
         let keys: Vec<i64> = (0..n as i64).collect();
         let count = quiver_client::Query {
             collection: "ups".into(),

@@ -53,6 +53,9 @@ def test_an_upsert_is_seen_whole_by_concurrent_readers(client, name):
     client.create_collection(name, dimension=8, consistency_level="Eventually")
     n = 200
     client.insert(name, rows(n, 8, seed=1))
+    # The reads below are Eventually consistent: first wait until the rows are served (a shard
+    # leader assigned moments ago may still be reading the log).
+    assert client.query(name, filter="", output_fields=["count(*)"], **STRONG)[0]["count(*)"] == n
     counts, stop = [], threading.Event()
 
     def count():

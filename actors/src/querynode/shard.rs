@@ -117,9 +117,10 @@ async fn report_memory(node: &Node) {
     }
 }
 
-/// How long the rest of an atomic batch of the log is waited for before what came of it is
-/// applied on its own.
-const BATCH_WAIT: Duration = Duration::from_secs(1);
+/// How long the rest of an atomic batch of the log that is in the log is waited for before
+/// what came of it is applied on its own (a safety net: it comes right after, however loaded
+/// the machine, unless the reader is starved for longer).
+const BATCH_WAIT: Duration = Duration::from_secs(30);
 
 async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor: Seq) -> Result<()> {
     let bus = node.shared.bus.clone();
@@ -154,11 +155,6 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
                 report_memory(&node).await;
             }
             _ = tick.tick() => {
-                // The rest of a batch that does not come (the log is committed whole, so only
-                // a purge or a failure can hold it back) does not hold up what came.
-                if !batch.is_empty() && batch_since.elapsed() >= BATCH_WAIT {
-                    data.apply_all(std::mem::take(&mut batch))?;
-                }
                 report_memory(&node).await;
                 // Keep Bounded reads from waiting when the log is idle. Bounded in time: a
                 // request lost to a NATS reconnect must not hold up applying entries for a
@@ -166,9 +162,21 @@ async fn read_log(node: Node, info: CollectionInfo, data: Arc<ShardData>, floor:
                 let started = now_ms();
                 let last = tokio::time::timeout(Duration::from_secs(1), dml::last_seq(&bus, data.collection, data.shard)).await;
                 if let Ok(Ok(last)) = last {
+                    // The log is committed whole: the rest of a batch held is on its way unless
+                    // the log ends before it (purged with the segment that holds it), and then
+                    // nothing more will come to end the batch.
+                    if batch.last().is_some_and(|b| last <= b.seq) {
+                        data.apply_all(std::mem::take(&mut batch))?;
+                    }
                     if *data.applied.borrow() >= last {
                         data.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::AcqRel);
                     }
+                }
+                // A safety net only: the rest of a batch that is in the log but does not come.
+                if !batch.is_empty() && batch_since.elapsed() >= BATCH_WAIT {
+                    tracing::warn!(collection = data.collection, shard = data.shard, entries = batch.len(),
+                        "the rest of an atomic log batch did not come; applying what came of it");
+                    data.apply_all(std::mem::take(&mut batch))?;
                 }
             }
         }
