@@ -13,7 +13,10 @@ set -euo pipefail
 out=${OUT:-device-results}
 mkdir -p "$out"
 { nproc; lscpu 2>/dev/null || true; free -g 2>/dev/null || true; } > "$out/machine.txt"
-python3 .device-pack/gen.py /tmp/quiver-device-ds "${ROWS:-50000}" > "$out/dataset.txt"
+# The pack's generator needs numpy; this repository's does not (slower: about a minute for 50,000).
+gen=tools/bench/gen-synthetic.py
+python3 -c 'import numpy' 2>/dev/null && gen=.device-pack/gen.py
+python3 "$gen" /tmp/quiver-device-ds "${ROWS:-50000}" > "$out/dataset.txt"
 quiver-bench standalone --dataset /tmp/quiver-device-ds --threads "${THREADS:-1,4,16}" \
   --consistency eventually --duration-secs 10 --warmup-secs 2 --quiet-wait-secs 0 \
   > "$out/standalone.log" 2>&1
