@@ -211,15 +211,50 @@ impl JsonBucket {
         Ok(out)
     }
 
-    /// Every value whose key starts with `prefix`.
+    /// Every value whose key starts with `prefix`, in key order.
+    ///
+    /// The keys come from the stream's subjects, one snapshot of the server's state, not from
+    /// a [`JsonBucket::keys`]-style consumer, which can miss a key whose value is being
+    /// replaced (the old message goes before the consumer reaches it, the new one comes after
+    /// it thinks it is done): a registry listing then lost a node that was heartbeating.
+    /// Deleted keys are listed too (their marker is a message) and read as absent.
     pub async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        for key in self.keys(prefix).await? {
+        for key in self.subject_keys(prefix).await? {
             if let Some(v) = self.get(&key).await? {
                 out.push(v);
             }
         }
         Ok(out)
+    }
+
+    /// Keys starting with `prefix` that have a message in the bucket's stream (deleted ones
+    /// included), sorted.
+    async fn subject_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let base = self.store.prefix.as_str();
+        // A filter on whole tokens when the prefix ends with one; the rest is checked here.
+        let filter = match prefix.rsplit_once('.') {
+            Some((tokens, _)) => format!("{base}{tokens}.>"),
+            None => format!("{base}>"),
+        };
+        let failed = |e: &dyn std::fmt::Display| Error::Unavailable(format!("KV keys of {}: {e}", self.store.name));
+        let subjects: Vec<(String, usize)> = self
+            .store
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| failed(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut keys: Vec<String> = subjects
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(base).map(str::to_string))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
     }
 }
 
@@ -271,5 +306,49 @@ impl Registry {
     /// Live nodes (whose entries have not expired), sorted by id.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
         self.bucket.values("").await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::plugin::test_support::TestCluster;
+
+    /// A listing while every value is being replaced still finds every key: `values` lists the
+    /// stream's subjects; a consumer listing (`keys`) misses keys now and then (counted, shown).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_sees_every_key_while_values_are_replaced() {
+        let cluster = TestCluster::start("kvlist").await;
+        let bus = cluster.bus("kvlist").await;
+        let bucket = JsonBucket::open(&bus, "kvlist_test", Duration::from_secs(60), 1).await.unwrap();
+        let n = 20u64;
+        for i in 0..n {
+            bucket.put(&format!("node.{i}"), &i).await.unwrap();
+        }
+        bucket.put("other", &99u64).await.unwrap();
+        bucket.put("node.gone", &1u64).await.unwrap();
+        bucket.delete("node.gone").await.unwrap();
+        let writer = {
+            let bucket = bucket.clone();
+            tokio::spawn(async move {
+                for round in 0u64.. {
+                    for i in 0..n {
+                        bucket.put(&format!("node.{i}"), &(i + round)).await.unwrap();
+                    }
+                }
+            })
+        };
+        let mut consumer_misses = 0;
+        for _ in 0..100 {
+            let listed: Vec<u64> = bucket.values("node.").await.unwrap();
+            assert_eq!(listed.len() as u64, n, "{listed:?}");
+            consumer_misses += n as usize - bucket.keys("node.").await.unwrap().len().min(n as usize);
+        }
+        writer.abort();
+        eprintln!("keys missed by consumer listings meanwhile: {consumer_misses} (of {})", 100 * n);
+        // A prefix that ends inside a token, and the empty one.
+        assert_eq!(bucket.values::<u64>("oth").await.unwrap(), vec![99]);
+        assert_eq!(bucket.values::<u64>("").await.unwrap().len() as u64, n + 1);
     }
 }

@@ -49,7 +49,7 @@ pub mod slot;
 pub mod watch;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 
