@@ -107,17 +107,24 @@ impl MemoryGuard {
         self.rss.load(Ordering::Relaxed)
     }
 
+    /// The resident memory when it is above `ceiling` (a refusal, counted); `None` under it and
+    /// when there is no mark.
+    fn over(&self, ceiling: u64) -> Option<u64> {
+        if self.high_water == u64::MAX {
+            return None;
+        }
+        let rss = self.rss();
+        if rss <= ceiling {
+            return None;
+        }
+        metrics::counter!("quiver_admission_refused_total", "reason" => "memory").increment(1);
+        Some(rss)
+    }
+
     /// `ResourceExhausted` while resident memory is above the high-water mark: for writes,
     /// which add to what the node holds. `what` names the refused work in the message.
     pub fn admit(&self, what: &str) -> Result<()> {
-        if self.high_water == u64::MAX {
-            return Ok(());
-        }
-        let rss = self.rss();
-        if rss <= self.high_water {
-            return Ok(());
-        }
-        metrics::counter!("quiver_admission_refused_total", "reason" => "memory").increment(1);
+        let Some(rss) = self.over(self.high_water) else { return Ok(()) };
         Err(Error::ResourceExhausted(format!(
             "{what} refused: this process uses {} MiB, over its high-water mark of {} MiB ({:.0}% of {} MiB; \
              limits.memory_high_water_percentage, node.memory_limit_mb); retry later or add nodes",
@@ -133,14 +140,7 @@ impl MemoryGuard {
     /// high-water mark and the budget is theirs, since writes and loads stop at the mark: a
     /// node that is full keeps answering for what it holds. No mark, no refusal.
     pub fn admit_read(&self, what: &str) -> Result<()> {
-        if self.high_water == u64::MAX {
-            return Ok(());
-        }
-        let rss = self.rss();
-        if rss <= self.limit {
-            return Ok(());
-        }
-        metrics::counter!("quiver_admission_refused_total", "reason" => "memory").increment(1);
+        let Some(rss) = self.over(self.limit) else { return Ok(()) };
         Err(Error::ResourceExhausted(format!(
             "{what} refused: this process uses {} MiB, over its whole memory budget of {} MiB \
              (node.memory_limit_mb, the node's size); retry later or give the role a larger size",

@@ -27,7 +27,7 @@ use quiver_schemas::protocol::keys;
 use quiver_schemas::{IdlingStatus, NodeState, Role, SegmentState};
 use serde::{Deserialize, Serialize};
 
-use super::scaler::{process_id, registry_id};
+use super::scaler::process_id;
 use super::Coordinator;
 
 /// The roles idling stops (S3.6: the compute; proxies and the coordinator keep listening).
@@ -237,16 +237,8 @@ impl Coordinator {
     /// and everything served; the start-up time is measured then.
     async fn follow_wake(&self, state: &Persisted) -> Result<()> {
         let hosts = self.node.shared.registry.hosts().await?;
-        let running = |host: &str, process: &str| {
-            hosts.iter().any(|h| h.host_id == host && h.nodes.iter().any(|p| p.node_id == process && p.pid != 0))
-        };
-        // Stopped processes that have exited are gone for good: their nodes' work moves to the
-        // new ones now, not once their heartbeats are old enough for a verdict.
-        for (_, process) in state.stopped.iter().filter(|(h, p)| !running(h, p)) {
-            for role in COMPUTE {
-                self.membership.left(&registry_id(process, role));
-            }
-        }
+        // Stopped processes that have exited deregistered: membership forgets them at once, so
+        // their nodes' work moves to the new ones now.
         let verdicts = self.membership.refresh(&self.node, &self.policies.discovery).await?;
         // The processes stopped for idling must be gone first (a wake right after the cluster
         // went idle finds them draining): until then the layout still counts them as holders.

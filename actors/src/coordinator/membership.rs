@@ -5,8 +5,7 @@
 //! and delete it when they stop. The coordinator remembers every node it has seen, so a node
 //! whose entry expired is still shown to the policy with its last heartbeat (and becomes
 //! suspect, then dead); an entry deleted while still fresh means the node deregistered, and it
-//! is forgotten at once (a serving node missing from one listing is read back by its key: a
-//! listing can miss a key being replaced).
+//! is forgotten at once.
 //!
 //! Verdicts: `Alive` nodes get new work; `Suspect` nodes keep what they hold but get nothing
 //! new; `Dead` nodes' work is reassigned. An alive node that reports it is draining counts as
@@ -84,62 +83,25 @@ pub fn settings(config: &Config, now_ms: u64) -> DiscoverySettings {
 }
 
 impl Membership {
-    /// Notes that `node_id` left for good (its process was stopped and has exited): once its
-    /// registry entry is gone it is forgotten at once, instead of being remembered as alive
-    /// until its heartbeat is old enough for a verdict (a registry listing may miss a key that
-    /// is being replaced; a node known to have exited cannot be one of those).
-    pub fn left(&self, node_id: &str) {
-        if let Some(n) = self.seen.borrow_mut().get_mut(node_id) {
-            n.state = NodeState::Stopped;
-        }
-    }
-
     /// Reads the registry once and classifies every known (healthy) node of every role with
     /// the discovery policy, in one call.
     pub async fn refresh(&self, node: &Node, discovery: &DiscoverySlot) -> Result<Verdicts> {
-        let registry = &node.shared.registry;
-        let entries = registry.nodes().await?;
+        let entries = node.shared.registry.nodes().await?;
         let config = &node.shared.config;
         let now = now_ms();
         let ttl_ms = config.node.heartbeat_ttl.as_millis() as u64;
-        let left = |n: &NodeStatus| matches!(n.state, NodeState::Draining | NodeState::Stopped);
-        let mut present: BTreeMap<String, NodeStatus> = entries.into_iter().map(|n| (n.node_id.clone(), n)).collect();
-        // A serving node missing from the listing while its entry is still fresh either
-        // deregistered (it stopped, maybe before its draining heartbeat was seen) or raced the
-        // listing (a KV key listing can miss a key whose value is being replaced). Reading its
-        // key tells which: such nodes are few, and only missing ones are read.
-        let missing: Vec<String> = self
-            .seen
-            .borrow()
-            .iter()
-            .filter(|(id, last)| {
-                !present.contains_key(*id) && !left(last) && now.saturating_sub(last.heartbeat_ms) < ttl_ms
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut deregistered = Vec::new();
-        for id in missing {
-            match registry.node(&id).await {
-                Ok(Some(status)) => {
-                    present.insert(id, status);
-                }
-                Ok(None) => deregistered.push(id),
-                // Unknown: judged by its last heartbeat, as before the read.
-                Err(_) => {}
-            }
-        }
         {
             let mut seen = self.seen.borrow_mut();
-            // Gone while still fresh after a drain, or read back as gone: deleted by the node
-            // itself on the way out. Gone once its entry expired: judged by its heartbeat's
+            let present: BTreeMap<String, NodeStatus> = entries.into_iter().map(|n| (n.node_id.clone(), n)).collect();
+            // Gone while still fresh: deleted by the node itself on the way out (the listing is
+            // one snapshot of the registry, `JsonBucket::values`, so a node heartbeating is
+            // never missing from it). Gone once its entry expired: judged by its heartbeat's
             // age like any other (suspect, then dead). Long dead: forgotten (it was reported
             // dead for a while already).
             let forget_after_ms = (config.discovery.dead_after.as_millis() as u64).saturating_mul(10).max(60_000);
             seen.retain(|id, last| {
                 let silent = now.saturating_sub(last.heartbeat_ms);
-                present.contains_key(id)
-                    || (silent < ttl_ms && !left(last) && !deregistered.contains(id))
-                    || (silent >= ttl_ms && silent < forget_after_ms)
+                present.contains_key(id) || (silent >= ttl_ms && silent < forget_after_ms)
             });
             seen.extend(present);
         }
