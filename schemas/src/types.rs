@@ -865,7 +865,7 @@ pub struct IdlingStatus {
     pub last_startup_ms: u64,
     /// Why the cluster may not idle now (too many segments, a compaction running), or empty.
     pub blocked: String,
-    /// Node processes stopped for idling.
+    /// Node processes stopped when the cluster last went idle.
     pub stopped: u32,
 }
 

@@ -82,8 +82,6 @@ pub struct Idler {
     state: RefCell<Persisted>,
     /// Why the cluster may not idle now.
     blocked: RefCell<String>,
-    /// Processes stopped when it last went idle.
-    stopped: Cell<u32>,
     /// The latest data request any proxy reported.
     last_request_ms: Cell<u64>,
 }
@@ -209,8 +207,7 @@ impl Coordinator {
         for (host, process) in &targets {
             self.stop_process(host, process).await;
         }
-        let stopped = targets.len() as u32;
-        self.idler.stopped.set(stopped);
+        let stopped = targets.len();
         let idle_for = format!("{:?}", Duration::from_secs(timeout.as_secs()));
         self.record_scaling(
             Role::QueryNode,
@@ -296,7 +293,8 @@ impl Coordinator {
             timeout_ms: timeout_in_force(config.after, p.last_startup_ms.map(Duration::from_millis)).as_millis() as u64,
             last_startup_ms: p.last_startup_ms.unwrap_or(0),
             blocked: self.idler.blocked.borrow().clone(),
-            stopped: self.idler.stopped.get(),
+            // Set with the state, so a status never says idle with nothing stopped.
+            stopped: p.stopped.len() as u32,
         }
     }
 }
