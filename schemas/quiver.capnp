@@ -64,6 +64,13 @@ enum SegmentState {
   dropped @2;
 }
 
+# Whether a partition's rows are read.
+enum PartitionState {
+  loaded @0;
+  released @1;
+  dropped @2;                   # Never read again; the entry stays so its id is never reused.
+}
+
 # Role a node process plays in the cluster.
 enum Role {
   coordinator @0;
@@ -175,6 +182,14 @@ struct CollectionInfo {
   }
   createdTs @4 :UInt64;
   scalarIndexes @5 :List(ScalarIndex);  # At most one per scalar field.
+  partitions @6 :List(PartitionInfo);   # Every partition ever created; empty = `_default` alone.
+}
+
+struct PartitionInfo {
+  id @0 :UInt32;                # Unique in the collection, never reused; `_default` is 0.
+  name @1 :Text;
+  createdTs @2 :UInt64;
+  state @3 :PartitionState;
 }
 
 # A sealed segment: rows of one shard between two log positions, in the object store.
@@ -194,6 +209,7 @@ struct SegmentInfo {
   memSize @10 :UInt64;          # Approximate bytes in memory when loaded.
   deleteSeq @11 :UInt64;        # Deletes at or below this log position are applied (compaction).
   compactedFrom @12 :List(UInt64);  # The segments this one replaces (empty unless compacted).
+  partitions @13 :List(UInt32);     # The partitions its rows are in, ascending (empty = `_default` alone).
 }
 
 # Where a sealed segment is served.
@@ -327,12 +343,14 @@ struct DropScalarIndex {
 struct Insert {
   collection @0 :Text;
   rows @1 :RowBatch;
+  partition @2 :Text;           # Empty = `_default`.
 }
 
 struct Delete {
   collection @0 :Text;
   pks @1 :List(PrimaryKey);
   filter @2 :Text;              # Milvus boolean expression: delete every matching row (with `pks` empty).
+  partition @3 :Text;           # Delete only rows of this partition (empty = every partition).
 }
 
 struct MutationResult {
@@ -357,6 +375,7 @@ struct Search {
   outputFields @5 :List(Text);
   consistency @6 :Consistency = bounded;
   filter @7 :Text;              # Milvus boolean expression; only matching rows are searched (pre-filter).
+  partitions @8 :List(Text);    # Search only these partitions (empty = every loaded one).
 }
 
 # Rows matching a filter, or the count of them (output field `count(*)`).
@@ -367,6 +386,14 @@ struct Query {
   limit @3 :UInt64;             # 0 = no limit.
   offset @4 :UInt64;            # Rows to skip, in primary-key order.
   consistency @5 :Consistency = bounded;
+  partitions @6 :List(Text);    # Read only these partitions (empty = every loaded one).
+}
+
+# Partitions of a collection to create, drop, load or release.
+struct PartitionRequest {
+  collection @0 :Text;
+  names @1 :List(Text);
+  replicas @2 :UInt32;          # Loading: replica groups (0 = as loaded, else 1).
 }
 
 # Query answer: matching rows in primary-key order (`rows.pks`), or one `count(*)` column.
@@ -607,6 +634,7 @@ struct DmlEntry {
     insert :group {
       timestamp @0 :UInt64;
       rows @1 :RowBatch;
+      partition @4 :UInt32;     # The partition the rows belong to (`_default` = 0).
     }
     delete :group {
       timestamp @2 :UInt64;
@@ -739,6 +767,7 @@ struct NodeGet {
   segments @2 :List(UInt64);
   growing @3 :List(ShardPlacement);
   guaranteeTs @4 :UInt64;
+  partitions @5 :List(UInt32);  # Only rows of these partitions (empty = all).
 }
 
 # A get-by-key answer: rows found, in columnar form, primary keys in `rows.pks`.

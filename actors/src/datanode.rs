@@ -239,12 +239,12 @@ impl Growing {
     /// moves the applied position, so a seal covers the deletes read since the last insert too.
     fn apply(&mut self, entry: dml::LogEntry) {
         self.applied = entry.seq;
-        if let Some(DmlEntry::Insert { rows, .. }) = entry.entry {
+        if let Some(DmlEntry::Insert { rows, partition, .. }) = entry.entry {
             if self.rows.is_empty() {
                 self.first_seq = entry.seq;
                 self.oldest = Some(Instant::now());
             }
-            self.rows.append(&rows, entry.seq);
+            self.rows.append(&rows, entry.seq, partition);
         }
     }
 
@@ -282,6 +282,7 @@ impl Growing {
             mem_size: rows.mem_bytes(),
             delete_seq: 0,
             compacted_from: Vec::new(),
+            partitions: rows.partition_set(),
         };
         Some((info, rows))
     }
@@ -465,7 +466,12 @@ mod tests {
             columns: vec![Column { name: "n".into(), values: keys.map(ScalarValue::Int64).collect() }],
             dynamic: Vec::new(),
         };
-        dml::LogEntry { seq, prev: seq - 1, entry: Some(DmlEntry::Insert { timestamp: seq, rows }), batch_rest: 0 }
+        dml::LogEntry {
+            seq,
+            prev: seq - 1,
+            entry: Some(DmlEntry::Insert { timestamp: seq, rows, partition: 0 }),
+            batch_rest: 0,
+        }
     }
 
     fn delete(seq: Seq, key: i64) -> dml::LogEntry {

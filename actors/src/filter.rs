@@ -532,6 +532,8 @@ enum Node<'a> {
     IsNull(Src<'a>, bool),
     Exists(Src<'a>),
     Contains(Src<'a>, &'a [Value], ContainsMode),
+    /// The row's partition is one of these (a handful: a linear scan beats hashing).
+    Partition(&'a [u32]),
 }
 
 impl<'a> Node<'a> {
@@ -578,6 +580,7 @@ impl<'a> Node<'a> {
                 Src::Json { slot, path } => Src::json(*slot, path, ctx).is_some(),
                 other => !matches!(other.get(ctx), Val::Null),
             }),
+            Node::Partition(ids) => Tri::of(ids.contains(&ctx.rows.partition(ctx.row))),
             Node::Contains(src, values, mode) => {
                 let Val::Json(Json::Array(items)) = src.get(ctx) else { return Tri::Unknown };
                 let has =
@@ -615,6 +618,7 @@ impl<'a> Compiler<'a> {
             Expr::IsNull { field, negated } => Node::IsNull(self.src(field), *negated),
             Expr::Exists(field) => Node::Exists(self.src(field)),
             Expr::Contains { field, values, mode } => Node::Contains(self.src(field), values, *mode),
+            Expr::Partition(ids) => Node::Partition(ids),
         }
     }
 

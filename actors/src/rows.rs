@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use quiver_runtime::{Error, Result};
-use quiver_schemas::{Column, PrimaryKey, RowBatch, ScalarValue, SegmentInfo, Seq};
+use quiver_schemas::{Column, PartitionId, PrimaryKey, RowBatch, ScalarValue, SegmentInfo, Seq};
 use serde::{Deserialize, Serialize};
 
 /// Rows in columnar form, each with the log sequence that wrote it.
@@ -18,6 +18,10 @@ pub struct RowStore {
     pub vectors: Vec<f32>,
     pub columns: Vec<Column>,
     pub dynamic: Vec<String>,
+    /// Each row's partition; empty while every row is in `_default` (0), so a collection
+    /// without partitions pays nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionId>,
 }
 
 impl RowStore {
@@ -33,8 +37,25 @@ impl RowStore {
         self.pks.is_empty()
     }
 
-    /// Appends a validated batch written at `seq`.
-    pub fn append(&mut self, batch: &RowBatch, seq: Seq) {
+    /// The partitions of the rows, ascending; empty when every row is in `_default` (what
+    /// [`SegmentInfo::partitions`] records).
+    pub fn partition_set(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<PartitionId> = self.partitions.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids == [0] {
+            ids.clear();
+        }
+        ids
+    }
+
+    /// Row `row`'s partition.
+    pub fn partition(&self, row: usize) -> PartitionId {
+        self.partitions.get(row).copied().unwrap_or(0)
+    }
+
+    /// Appends a validated batch written at `seq` to `partition`.
+    pub fn append(&mut self, batch: &RowBatch, seq: Seq, partition: PartitionId) {
         let n = batch.pks.len();
         let before = self.len();
         self.pks.extend(batch.pks.iter().cloned());
@@ -59,6 +80,10 @@ impl RowStore {
             self.dynamic.extend(batch.dynamic.iter().cloned());
             self.dynamic.resize(after, String::new());
         }
+        if partition != 0 || !self.partitions.is_empty() {
+            self.partitions.resize(before, 0);
+            self.partitions.resize(after, partition);
+        }
     }
 
     /// Drops the first `n` rows (growing data that a sealed segment now covers).
@@ -72,6 +97,9 @@ impl RowStore {
         }
         if !self.dynamic.is_empty() {
             self.dynamic.drain(..n.min(self.dynamic.len()));
+        }
+        if !self.partitions.is_empty() {
+            self.partitions.drain(..n.min(self.partitions.len()));
         }
     }
 
@@ -88,6 +116,7 @@ impl RowStore {
                 .map(|c| Column { name: c.name.clone(), values: c.values[from..to].to_vec() })
                 .collect(),
             dynamic: if self.dynamic.is_empty() { Vec::new() } else { self.dynamic[from..to].to_vec() },
+            partitions: if self.partitions.is_empty() { Vec::new() } else { self.partitions[from..to].to_vec() },
         }
     }
 
@@ -121,6 +150,10 @@ impl RowStore {
                 self.dynamic.extend(keep.iter().map(|&r| src.dynamic[r].clone()));
             }
             self.dynamic.resize(after, String::new());
+        }
+        if !src.partitions.is_empty() || !self.partitions.is_empty() {
+            self.partitions.resize(before, 0);
+            self.partitions.extend(keep.iter().map(|&r| src.partition(r)));
         }
     }
 
@@ -247,6 +280,9 @@ pub fn decode_segment(bytes: &[u8]) -> Result<(SegmentInfo, RowStore)> {
     if !rows.dynamic.is_empty() && rows.dynamic.len() != n {
         return Err(corrupt(&format!("{} dynamic values for {n} rows", rows.dynamic.len())));
     }
+    if !rows.partitions.is_empty() && rows.partitions.len() != n {
+        return Err(corrupt(&format!("{} partition ids for {n} rows", rows.partitions.len())));
+    }
     if n.checked_mul(rows.dim).and_then(|v| v.checked_mul(4)) != Some(raw.len()) {
         return Err(corrupt("vector data length does not match row count"));
     }
@@ -263,6 +299,7 @@ impl RowStore {
             vectors: Vec::new(),
             columns: self.columns.clone(),
             dynamic: self.dynamic.clone(),
+            partitions: self.partitions.clone(),
         }
     }
 }
@@ -286,13 +323,16 @@ mod tests {
     #[test]
     fn append_drain_and_segment_round_trip() {
         let mut rows = RowStore::new(2);
-        rows.append(&batch(0, 3, 2), 1);
-        rows.append(&batch(3, 2, 2), 2);
+        rows.append(&batch(0, 3, 2), 1, 0);
+        assert!(rows.partitions.is_empty(), "rows of _default alone cost nothing");
+        rows.append(&batch(3, 2, 2), 2, 4);
         assert_eq!(rows.len(), 5);
+        assert_eq!(rows.partitions, [0, 0, 0, 4, 4]);
         let cols = rows.output_columns(&[4], &["a".into(), "k".into()]);
         assert_eq!(cols[0].values[0], ScalarValue::Int64(1));
         assert_eq!(cols[1].values[0], ScalarValue::Int64(1));
         let info = SegmentInfo {
+            partitions: Default::default(),
             id: 7,
             collection: 1,
             shard: 0,
@@ -311,7 +351,14 @@ mod tests {
         assert_eq!(info2, info);
         assert_eq!(rows2.vectors, rows.vectors);
         assert_eq!(rows2.seqs, rows.seqs);
+        assert_eq!(rows2.partitions, rows.partitions);
+        assert_eq!(rows.slice(1, 4).partitions, [0, 0, 4]);
+        let mut merged = RowStore::new(2);
+        merged.append(&batch(9, 1, 2), 3, 0);
+        merged.extend_from(&rows, &[0, 4]);
+        assert_eq!(merged.partitions, [0, 0, 4]);
         rows.drain_front(3);
+        assert_eq!(rows.partitions, [4, 4]);
         assert_eq!(rows.pks[0], PrimaryKey::Int64(3));
         assert_eq!(rows.vectors.len(), 4);
         assert!(decode_segment(b"garbage").is_err());
@@ -324,8 +371,9 @@ mod tests {
     #[test]
     fn inconsistent_or_overflowing_segments_are_refused() {
         let mut rows = RowStore::new(2);
-        rows.append(&batch(0, 3, 2), 1);
+        rows.append(&batch(0, 3, 2), 1, 2);
         let info = SegmentInfo {
+            partitions: Default::default(),
             id: 1,
             collection: 1,
             shard: 0,
@@ -354,6 +402,7 @@ mod tests {
         .contains("sequence numbers"));
         assert!(damaged(&|r| r.columns[0].values.push(ScalarValue::Null)).contains("column \"a\""));
         assert!(damaged(&|r| r.dynamic.truncate(1)).contains("dynamic values"));
+        assert!(damaged(&|r| r.partitions.truncate(1)).contains("partition ids"));
         assert!(damaged(&|r| r.vectors.truncate(2)).contains("vector data length"));
         // 3 rows × 2^62 dims × 4 bytes wraps to 0: must not pass for an empty vector section.
         assert!(damaged(&|r| {

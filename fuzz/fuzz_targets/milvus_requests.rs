@@ -59,6 +59,7 @@ fn search(info: &CollectionInfo, r: &SearchRequest) {
         output_fields: fields,
         consistency: convert::consistency_of(r.consistency_level),
         filter: r.dsl.clone(),
+        partitions: r.partition_names.clone(),
     };
     if validate::check_search(info, &mut search, &ReadLimits::of(config())).is_ok() {
         filter(info, &search.filter);
@@ -75,7 +76,7 @@ fn store(info: &CollectionInfo, mut batch: RowBatch) {
         batch.pks = (0..n as i64).map(PrimaryKey::Int64).collect();
     }
     let mut rows = RowStore::new(info.dim() as usize);
-    rows.append(&batch, 1);
+    rows.append(&batch, 1, 0);
     let seg = SegmentInfo {
         id: 1,
         collection: info.id,
@@ -148,7 +149,14 @@ fuzz_target!(|data: &[u8]| {
             };
             let Ok(schema) = validate::validate_schema(schema, 2, &config().limits) else { return };
             // What DescribeCollection shows must create the same collection again.
-            let info = CollectionInfo { id: 1, schema, index: None, created_ts: 1, scalar_indexes: Vec::new() };
+            let info = CollectionInfo {
+                id: 1,
+                schema,
+                index: None,
+                created_ts: 1,
+                scalar_indexes: Vec::new(),
+                partitions: Vec::new(),
+            };
             let shown = convert::schema_to(&info).encode_to_vec();
             let level = convert::consistency_to(info.schema.consistency) as i32;
             let again = convert::schema_from(&info.schema.name, &shown, info.schema.num_shards as i32, level)

@@ -59,7 +59,7 @@ pub fn info(variant: u8) -> CollectionInfo {
         }
         _ => {}
     }
-    CollectionInfo { id: 7, schema, index: None, created_ts: 1, scalar_indexes: Vec::new() }
+    CollectionInfo { id: 7, schema, index: None, created_ts: 1, scalar_indexes: Vec::new(), partitions: Vec::new() }
 }
 
 const N: usize = 10;
@@ -174,5 +174,7 @@ pub fn rows() -> RowStore {
         vectors: (0..N * 2).map(|x| x as f32 * 0.5 - 3.0).collect(),
         columns,
         dynamic,
+        // Rows in three partitions, for filters that name some.
+        partitions: (0..N as u32).map(|i| i % 3).collect(),
     }
 }

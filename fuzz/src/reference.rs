@@ -52,6 +52,7 @@ pub fn eval(e: &Expr, rows: &RowStore, row: usize) -> Option<bool> {
             }
         }
         Expr::Not(inner) => eval(inner, rows, row).map(|b| !b),
+        Expr::Partition(ids) => Some(ids.contains(&rows.partitions.get(row).copied().unwrap_or(0))),
         Expr::Compare { left, op, right } => {
             let l = operand(left, rows, row, is_f32_column(right));
             let r = operand(right, rows, row, is_f32_column(left));

@@ -235,6 +235,7 @@ macro_rules! prim_list_codec {
 
 prim_list_codec!(fill_f32s, read_f32s, f32);
 prim_list_codec!(fill_u64s, read_u64s, u64);
+prim_list_codec!(fill_u32s, read_u32s, u32);
 
 fn fill_strings(mut list: text_list::Builder<'_>, values: &[String]) {
     for (i, v) in values.iter().enumerate() {
@@ -394,6 +395,22 @@ fn segment_state_from(v: cp::SegmentState) -> SegmentState {
         cp::SegmentState::Flushed => SegmentState::Flushed,
         cp::SegmentState::Indexed => SegmentState::Indexed,
         cp::SegmentState::Dropped => SegmentState::Dropped,
+    }
+}
+
+fn partition_state_to(v: PartitionState) -> cp::PartitionState {
+    match v {
+        PartitionState::Loaded => cp::PartitionState::Loaded,
+        PartitionState::Released => cp::PartitionState::Released,
+        PartitionState::Dropped => cp::PartitionState::Dropped,
+    }
+}
+
+fn partition_state_from(v: cp::PartitionState) -> PartitionState {
+    match v {
+        cp::PartitionState::Loaded => PartitionState::Loaded,
+        cp::PartitionState::Released => PartitionState::Released,
+        cp::PartitionState::Dropped => PartitionState::Dropped,
     }
 }
 
@@ -581,8 +598,25 @@ fn get_scalar_index(r: cp::scalar_index::Reader<'_>) -> Result<ScalarIndex, Faul
     })
 }
 
+fn put_partition_info(v: &PartitionInfo, mut b: cp::partition_info::Builder<'_>) {
+    b.set_id(v.id);
+    b.set_name(v.name.as_str());
+    b.set_created_ts(v.created_ts);
+    b.set_state(partition_state_to(v.state));
+}
+
+fn get_partition_info(r: cp::partition_info::Reader<'_>) -> Result<PartitionInfo, Fault> {
+    Ok(PartitionInfo {
+        id: r.get_id(),
+        name: read_string(r.get_name()).at("name")?,
+        created_ts: r.get_created_ts(),
+        state: partition_state_from(r.get_state().at("state")?),
+    })
+}
+
 fn put_collection_info(v: &CollectionInfo, mut b: cp::collection_info::Builder<'_>) {
     b.set_id(v.id);
+    fill_structs(b.reborrow().init_partitions(len32(v.partitions.len())), &v.partitions, put_partition_info);
     fill_structs(b.reborrow().init_scalar_indexes(len32(v.scalar_indexes.len())), &v.scalar_indexes, put_scalar_index);
     put_collection_schema(&v.schema, b.reborrow().init_schema());
     match &v.index {
@@ -604,6 +638,7 @@ fn get_collection_info(r: cp::collection_info::Reader<'_>) -> Result<CollectionI
         index,
         created_ts: r.get_created_ts(),
         scalar_indexes: read_structs(r.get_scalar_indexes(), get_scalar_index).at("scalarIndexes")?,
+        partitions: read_structs(r.get_partitions(), get_partition_info).at("partitions")?,
     })
 }
 
@@ -622,7 +657,8 @@ fn put_segment_info(v: &SegmentInfo, mut b: cp::segment_info::Builder<'_>) {
     b.set_state(segment_state_to(v.state));
     b.set_mem_size(v.mem_size);
     b.set_delete_seq(v.delete_seq);
-    fill_u64s(b.init_compacted_from(len32(v.compacted_from.len())), &v.compacted_from);
+    fill_u64s(b.reborrow().init_compacted_from(len32(v.compacted_from.len())), &v.compacted_from);
+    fill_u32s(b.init_partitions(len32(v.partitions.len())), &v.partitions);
 }
 
 fn get_segment_info(r: cp::segment_info::Reader<'_>) -> Result<SegmentInfo, Fault> {
@@ -644,6 +680,7 @@ fn get_segment_info(r: cp::segment_info::Reader<'_>) -> Result<SegmentInfo, Faul
         mem_size: r.get_mem_size(),
         delete_seq: r.get_delete_seq(),
         compacted_from: read_u64s(r.get_compacted_from()).at("compactedFrom")?,
+        partitions: read_u32s(r.get_partitions()).at("partitions")?,
     })
 }
 
@@ -900,6 +937,7 @@ fn get_drop_scalar_index(r: cp::drop_scalar_index::Reader<'_>) -> Result<DropSca
 
 fn put_insert(v: &Insert, mut b: cp::insert::Builder<'_>) {
     b.set_collection(v.collection.as_str());
+    b.set_partition(v.partition.as_str());
     put_row_batch(&v.rows, b.init_rows());
 }
 
@@ -907,6 +945,21 @@ fn get_insert(r: cp::insert::Reader<'_>) -> Result<Insert, Fault> {
     Ok(Insert {
         collection: read_string(r.get_collection()).at("collection")?,
         rows: get_row_batch(r.get_rows().at("rows")?).at("rows")?,
+        partition: read_string(r.get_partition()).at("partition")?,
+    })
+}
+
+fn put_partition_request(v: &PartitionRequest, mut b: cp::partition_request::Builder<'_>) {
+    b.set_collection(v.collection.as_str());
+    fill_strings(b.reborrow().init_names(len32(v.names.len())), &v.names);
+    b.set_replicas(v.replicas);
+}
+
+fn get_partition_request(r: cp::partition_request::Reader<'_>) -> Result<PartitionRequest, Fault> {
+    Ok(PartitionRequest {
+        collection: read_string(r.get_collection()).at("collection")?,
+        names: read_strings(r.get_names()).at("names")?,
+        replicas: r.get_replicas(),
     })
 }
 
@@ -914,6 +967,7 @@ fn put_delete(v: &Delete, mut b: cp::delete::Builder<'_>) {
     b.set_collection(v.collection.as_str());
     fill_structs(b.reborrow().init_pks(len32(v.pks.len())), &v.pks, put_pk);
     b.set_filter(v.filter.as_str());
+    b.set_partition(v.partition.as_str());
 }
 
 fn get_delete(r: cp::delete::Reader<'_>) -> Result<Delete, Fault> {
@@ -921,6 +975,7 @@ fn get_delete(r: cp::delete::Reader<'_>) -> Result<Delete, Fault> {
         collection: read_string(r.get_collection()).at("collection")?,
         pks: read_structs(r.get_pks(), get_pk).at("pks")?,
         filter: read_string(r.get_filter()).at("filter")?,
+        partition: read_string(r.get_partition()).at("partition")?,
     })
 }
 
@@ -965,6 +1020,7 @@ fn put_search(v: &Search, mut b: cp::search::Builder<'_>) {
     fill_strings(b.reborrow().init_output_fields(len32(v.output_fields.len())), &v.output_fields);
     b.set_consistency(consistency_to(v.consistency));
     b.set_filter(v.filter.as_str());
+    fill_strings(b.reborrow().init_partitions(len32(v.partitions.len())), &v.partitions);
 }
 
 fn get_search(r: cp::search::Reader<'_>) -> Result<Search, Fault> {
@@ -977,6 +1033,7 @@ fn get_search(r: cp::search::Reader<'_>) -> Result<Search, Fault> {
         output_fields: read_strings(r.get_output_fields()).at("outputFields")?,
         consistency: consistency_from(r.get_consistency().at("consistency")?),
         filter: read_string(r.get_filter()).at("filter")?,
+        partitions: read_strings(r.get_partitions()).at("partitions")?,
     })
 }
 
@@ -987,6 +1044,7 @@ fn put_query(v: &Query, mut b: cp::query::Builder<'_>) {
     b.set_limit(v.limit);
     b.set_offset(v.offset);
     b.set_consistency(consistency_to(v.consistency));
+    fill_strings(b.reborrow().init_partitions(len32(v.partitions.len())), &v.partitions);
 }
 
 fn get_query(r: cp::query::Reader<'_>) -> Result<Query, Fault> {
@@ -997,6 +1055,7 @@ fn get_query(r: cp::query::Reader<'_>) -> Result<Query, Fault> {
         limit: r.get_limit(),
         offset: r.get_offset(),
         consistency: consistency_from(r.get_consistency().at("consistency")?),
+        partitions: read_strings(r.get_partitions()).at("partitions")?,
     })
 }
 
@@ -1464,9 +1523,10 @@ fn get_alloc_range(r: cp::alloc_range::Reader<'_>) -> Result<AllocRange, Fault> 
 
 fn put_dml_entry(v: &DmlEntry, b: cp::dml_entry::Builder<'_>) {
     match v {
-        DmlEntry::Insert { timestamp, rows } => {
+        DmlEntry::Insert { timestamp, rows, partition } => {
             let mut g = b.init_insert();
             g.set_timestamp(*timestamp);
+            g.set_partition(*partition);
             put_row_batch(rows, g.init_rows());
         }
         DmlEntry::Delete { timestamp, pks } => {
@@ -1483,6 +1543,7 @@ fn get_dml_entry(r: cp::dml_entry::Reader<'_>) -> Result<DmlEntry, Fault> {
         Which::Insert(g) => DmlEntry::Insert {
             timestamp: g.get_timestamp(),
             rows: get_row_batch(g.get_rows().at("insert.rows")?).at("insert.rows")?,
+            partition: g.get_partition(),
         },
         Which::Delete(g) => {
             DmlEntry::Delete { timestamp: g.get_timestamp(), pks: read_structs(g.get_pks(), get_pk).at("delete.pks")? }
@@ -1740,6 +1801,7 @@ fn put_node_get(v: &NodeGet, mut b: cp::node_get::Builder<'_>) {
     fill_u64s(b.reborrow().init_segments(len32(v.segments.len())), &v.segments);
     fill_structs(b.reborrow().init_growing(len32(v.growing.len())), &v.growing, put_shard_placement);
     b.set_guarantee_ts(v.guarantee_ts);
+    fill_u32s(b.init_partitions(len32(v.partitions.len())), &v.partitions);
 }
 
 fn get_node_get(r: cp::node_get::Reader<'_>) -> Result<NodeGet, Fault> {
@@ -1749,6 +1811,7 @@ fn get_node_get(r: cp::node_get::Reader<'_>) -> Result<NodeGet, Fault> {
         segments: read_u64s(r.get_segments()).at("segments")?,
         growing: read_structs(r.get_growing(), get_shard_placement).at("growing")?,
         guarantee_ts: r.get_guarantee_ts(),
+        partitions: read_u32s(r.get_partitions()).at("partitions")?,
     })
 }
 
@@ -1836,6 +1899,7 @@ impl SizeHint for CollectionDescription {}
 impl SizeHint for CreateIndex {}
 impl SizeHint for CreateScalarIndex {}
 impl SizeHint for DropScalarIndex {}
+impl SizeHint for PartitionRequest {}
 impl SizeHint for SegmentFlushed {}
 impl SizeHint for BuildIndex {}
 impl SizeHint for IndexBuilt {}
@@ -2103,6 +2167,7 @@ wire! {
     CreateIndex => create_index, put_create_index, get_create_index;
     CreateScalarIndex => create_scalar_index, put_create_scalar_index, get_create_scalar_index;
     DropScalarIndex => drop_scalar_index, put_drop_scalar_index, get_drop_scalar_index;
+    PartitionRequest => partition_request, put_partition_request, get_partition_request;
     Insert => insert, put_insert, get_insert;
     Delete => delete, put_delete, get_delete;
     MutationResult => mutation_result, put_mutation_result, get_mutation_result;
@@ -2218,11 +2283,24 @@ mod tests {
                 params: vec![("json_cast_type".into(), "DOUBLE".into()), ("json_path".into(), "meta[\"a\"]".into())],
             },
         ];
-        CollectionInfo { id: 42, schema: schema(), index, created_ts: ts_compose(1_700_000_000_000, 7), scalar_indexes }
+        let partitions = vec![
+            PartitionInfo { id: 0, name: "_default".into(), created_ts: 1, state: PartitionState::Loaded },
+            PartitionInfo { id: 1, name: "p1".into(), created_ts: 2, state: PartitionState::Released },
+            PartitionInfo { id: 2, name: "p2".into(), created_ts: 3, state: PartitionState::Dropped },
+        ];
+        CollectionInfo {
+            id: 42,
+            schema: schema(),
+            index,
+            created_ts: ts_compose(1_700_000_000_000, 7),
+            scalar_indexes,
+            partitions,
+        }
     }
 
     fn segment(id: SegmentId, index_path: Option<String>, state: SegmentState) -> SegmentInfo {
         SegmentInfo {
+            partitions: vec![0, 3, 9],
             id,
             collection: 42,
             shard: 2,
@@ -2286,6 +2364,7 @@ mod tests {
 
     fn search(consistency: Consistency) -> Search {
         Search {
+            partitions: vec!["p1".into()],
             collection: "docs".to_string(),
             dim: 4,
             vectors: vec![0.5, -0.5, 1e-30, f32::MAX, 1.0, 2.0, 3.0, f32::MIN_POSITIVE],
@@ -2437,11 +2516,27 @@ mod tests {
             out.push(rt(&CreateScalarIndex { collection: "docs".to_string(), index }));
         }
         out.push(rt(&DropScalarIndex { collection: "docs".to_string(), name: "i".into() }));
-        out.push(rt(&Insert { collection: "docs".to_string(), rows: rows() }));
-        out.push(rt(&Insert { collection: "docs".to_string(), rows: RowBatch::default() }));
-        out.push(rt(&Delete { collection: "docs".to_string(), pks: pks(), filter: String::new() }));
-        out.push(rt(&Delete { collection: "docs".to_string(), pks: vec![], filter: "f > 0.5".to_string() }));
+        out.push(rt(&PartitionRequest {
+            collection: "docs".to_string(),
+            names: vec!["a".into(), "b".into()],
+            replicas: 2,
+        }));
+        out.push(rt(&Insert { collection: "docs".to_string(), rows: rows(), partition: "a".into() }));
+        out.push(rt(&Insert { collection: "docs".to_string(), rows: RowBatch::default(), partition: String::new() }));
+        out.push(rt(&Delete {
+            collection: "docs".to_string(),
+            pks: pks(),
+            filter: String::new(),
+            partition: "p".into(),
+        }));
+        out.push(rt(&Delete {
+            partition: Default::default(),
+            collection: "docs".to_string(),
+            pks: vec![],
+            filter: "f > 0.5".to_string(),
+        }));
         let query = Query {
+            partitions: vec!["a".into(), "_default".into()],
             collection: "docs".to_string(),
             filter: "id in [1, 2]".to_string(),
             output_fields: vec!["*".to_string()],
@@ -2572,8 +2667,8 @@ mod tests {
         out.push(rt(&StopNode { node_id: "querynode-5".into() }));
         out.push(rt(&Alloc { count: 1000 }));
         out.push(rt(&AllocRange { start: u64::MAX - 5, count: 5 }));
-        out.push(rt(&DmlEntry::Insert { timestamp: 77, rows: rows() }));
-        out.push(rt(&DmlEntry::Insert { timestamp: 0, rows: RowBatch::default() }));
+        out.push(rt(&DmlEntry::Insert { partition: Default::default(), timestamp: 77, rows: rows() }));
+        out.push(rt(&DmlEntry::Insert { partition: Default::default(), timestamp: 0, rows: RowBatch::default() }));
         out.push(rt(&DmlEntry::Delete { timestamp: 78, pks: pks() }));
         out.push(rt(&DmlEntry::Delete { timestamp: 79, pks: vec![] }));
         out.push(rt(&SegmentFlushed { segment: segment(1, None, SegmentState::Flushed) }));
@@ -2616,6 +2711,7 @@ mod tests {
             segments: vec![],
             growing: vec![placement(1), placement(2)],
             guarantee_ts: 0,
+            partitions: vec![0, 3],
         }));
         out.push(rt(&GetResults { rows: rows(), seqs: vec![1, 2, u64::MAX] }));
         out.push(rt(&GetResults { rows: RowBatch::default(), seqs: Vec::new() }));
@@ -2660,6 +2756,7 @@ mod tests {
             one::<CreateIndex>(bytes),
             one::<CreateScalarIndex>(bytes),
             one::<DropScalarIndex>(bytes),
+            one::<PartitionRequest>(bytes),
             one::<Insert>(bytes),
             one::<Delete>(bytes),
             one::<MutationResult>(bytes),
@@ -2703,7 +2800,7 @@ mod tests {
         assert!(reason.contains("empty"), "{reason}");
         assert!(err.to_string().contains("Insert"), "{err}");
 
-        let bytes = Insert { collection: "docs".to_string(), rows: rows() }.to_bytes();
+        let bytes = Insert { partition: Default::default(), collection: "docs".to_string(), rows: rows() }.to_bytes();
         for len in 0..bytes.len() {
             let err = Insert::from_bytes(&bytes[..len]).unwrap_err();
             assert!(!err.to_string().is_empty());
@@ -2731,6 +2828,7 @@ mod tests {
         assert!(err.contains("name") && err.contains("UTF-8"), "{err}");
 
         let mut bytes = Insert {
+            partition: Default::default(),
             collection: "c".to_string(),
             rows: RowBatch { columns: vec![Column { name: "n".into(), values: all_scalars() }], ..RowBatch::default() },
         }
@@ -2814,11 +2912,16 @@ mod tests {
             all
         };
         let rows = many(2000);
-        let insert = rt(&Insert { collection: "docs".to_string(), rows: rows.clone() });
+        let insert = rt(&Insert { partition: Default::default(), collection: "docs".to_string(), rows: rows.clone() });
         assert!(insert.len() > 1 << 20, "{} bytes", insert.len());
         rt(&QueryResults { rows: rows.clone() });
         rt(&MutationResult { pks: rows.pks.clone(), timestamp: 1, count: rows.pks.len() as u64 });
-        rt(&Delete { collection: "docs".to_string(), pks: rows.pks.clone(), filter: String::new() });
+        rt(&Delete {
+            partition: Default::default(),
+            collection: "docs".to_string(),
+            pks: rows.pks.clone(),
+            filter: String::new(),
+        });
         let hits = Hits {
             pks: rows.pks.clone(),
             scores: (0..rows.pks.len()).map(|i| i as f32).collect(),
@@ -2862,6 +2965,7 @@ mod tests {
     fn big_insert_timing() {
         let (n, dim) = (1000usize, 384usize);
         let insert = Insert {
+            partition: Default::default(),
             collection: "docs".to_string(),
             rows: RowBatch {
                 pks: (0..n as i64).map(PrimaryKey::Int64).collect(),

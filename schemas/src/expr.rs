@@ -77,6 +77,10 @@ pub enum Expr {
         values: Vec<Value>,
         mode: ContainsMode,
     },
+    /// The row belongs to one of these partitions. Never parsed from a filter: the proxy adds
+    /// it for a read that names partitions, or while some partition's rows must stay unread
+    /// (released or dropped).
+    Partition(Vec<u32>),
 }
 
 /// A field reference, resolved at parse time.
@@ -241,6 +245,7 @@ impl Expr {
             Expr::Compare { left, right, .. } => 2 + left.json_depth().max(right.json_depth()),
             Expr::In { operand, .. } => 2 + operand.json_depth().max(3),
             Expr::Like { .. } | Expr::IsNull { .. } | Expr::Exists(_) | Expr::Contains { .. } => 2 + FIELD_JSON_DEPTH,
+            Expr::Partition(_) => 3,
         }
     }
 }

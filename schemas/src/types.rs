@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub type CollectionId = u64;
 pub type SegmentId = u64;
 pub type ShardId = u32;
+/// A partition's id, unique within its collection and never reused; `_default` is 0.
+pub type PartitionId = u32;
 /// Hybrid timestamp from the coordinator's TSO: physical milliseconds << 18 | logical counter.
 pub type Timestamp = u64;
 /// JetStream stream sequence of a DML message within its shard stream.
@@ -267,6 +269,31 @@ impl RowBatch {
     }
 }
 
+/// The partition every collection has, which rows go to when none is named.
+pub const DEFAULT_PARTITION: &str = "_default";
+
+/// Whether a partition's rows are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartitionState {
+    /// Read by searches and queries that name it or no partition.
+    #[default]
+    Loaded,
+    /// Kept and written to, but not read until it is loaded again.
+    Released,
+    /// Gone: its rows are never read again, and compaction removes them. The entry stays so
+    /// its id is never reused.
+    Dropped,
+}
+
+/// A partition of a collection (Milvus' partitions: a named subset of its rows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub id: PartitionId,
+    pub name: String,
+    pub created_ts: Timestamp,
+    pub state: PartitionState,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionInfo {
     pub id: CollectionId,
@@ -277,9 +304,34 @@ pub struct CollectionInfo {
     /// filters without a pass over every row.
     #[serde(default)]
     pub scalar_indexes: Vec<ScalarIndex>,
+    /// Every partition ever created, dropped ones included, by id; empty until the first one
+    /// beside `_default` is created (then `_default` is the first entry).
+    #[serde(default)]
+    pub partitions: Vec<PartitionInfo>,
 }
 
 impl CollectionInfo {
+    /// The collection's partitions, dropped ones included: `_default` alone when none was
+    /// ever created.
+    pub fn partition_list(&self) -> Vec<PartitionInfo> {
+        if self.partitions.is_empty() {
+            vec![PartitionInfo {
+                id: 0,
+                name: DEFAULT_PARTITION.into(),
+                created_ts: self.created_ts,
+                state: PartitionState::Loaded,
+            }]
+        } else {
+            self.partitions.clone()
+        }
+    }
+
+    /// The partition named `name` (not dropped); an empty name is `_default`.
+    pub fn partition(&self, name: &str) -> Option<PartitionInfo> {
+        let name = if name.is_empty() { DEFAULT_PARTITION } else { name };
+        self.partition_list().into_iter().find(|p| p.name == name && p.state != PartitionState::Dropped)
+    }
+
     /// The collection's index on scalar field `field`, if any.
     pub fn scalar_index_on(&self, field: &str) -> Option<&ScalarIndex> {
         self.scalar_indexes.iter().find(|i| i.field == field)
@@ -329,6 +381,20 @@ pub struct SegmentInfo {
     /// The segments this one replaces (compaction's inputs; empty for a flushed segment).
     #[serde(default)]
     pub compacted_from: Vec<SegmentId>,
+    /// The partitions its rows are in, ascending (empty = `_default` alone): reads of other
+    /// partitions skip the segment, and compaction rewrites it once one of them is dropped.
+    #[serde(default)]
+    pub partitions: Vec<PartitionId>,
+}
+
+impl SegmentInfo {
+    /// Whether the segment may hold rows of a partition in `ids`.
+    pub fn holds_any(&self, ids: &[PartitionId]) -> bool {
+        if self.partitions.is_empty() {
+            return ids.contains(&0);
+        }
+        self.partitions.iter().any(|p| ids.contains(p))
+    }
 }
 
 impl SegmentInfo {
@@ -562,6 +628,16 @@ pub struct CollectionList {
     pub names: Vec<String>,
 }
 
+/// Partitions of a collection to create, drop, load or release (Milvus' partition calls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionRequest {
+    pub collection: String,
+    pub names: Vec<String>,
+    /// Loading: replica groups, as for the collection (0 = as loaded, else 1).
+    #[serde(default)]
+    pub replicas: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionDescription {
     pub info: CollectionInfo,
@@ -593,6 +669,9 @@ pub struct DropScalarIndex {
 pub struct Insert {
     pub collection: String,
     pub rows: RowBatch,
+    /// The partition the rows go to (empty = `_default`).
+    #[serde(default)]
+    pub partition: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -602,6 +681,9 @@ pub struct Delete {
     /// Milvus boolean expression: delete every row it matches (with `pks` empty).
     #[serde(default)]
     pub filter: String,
+    /// Delete only rows of this partition (empty = every partition).
+    #[serde(default)]
+    pub partition: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -636,6 +718,9 @@ pub struct Search {
     /// Milvus boolean expression; only matching rows are searched (empty = all).
     #[serde(default)]
     pub filter: String,
+    /// Search only these partitions (empty = every loaded one).
+    #[serde(default)]
+    pub partitions: Vec<String>,
 }
 
 /// The output field that turns a query into a count.
@@ -654,6 +739,9 @@ pub struct Query {
     /// Rows to skip, in primary-key order.
     pub offset: u64,
     pub consistency: Consistency,
+    /// Read only these partitions (empty = every loaded one).
+    #[serde(default)]
+    pub partitions: Vec<String>,
 }
 
 /// Matching rows in primary-key order, or one `count(*)` column with a single value.
@@ -1012,8 +1100,17 @@ pub struct AllocRange {
 /// A DML log entry (one JetStream message on a shard subject).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DmlEntry {
-    Insert { timestamp: Timestamp, rows: RowBatch },
-    Delete { timestamp: Timestamp, pks: Vec<PrimaryKey> },
+    Insert {
+        timestamp: Timestamp,
+        rows: RowBatch,
+        /// The partition the rows belong to.
+        #[serde(default)]
+        partition: PartitionId,
+    },
+    Delete {
+        timestamp: Timestamp,
+        pks: Vec<PrimaryKey>,
+    },
 }
 
 /// Data node → coordinator: a segment was sealed and written to the object store.
@@ -1191,6 +1288,9 @@ pub struct NodeGet {
     pub segments: Vec<SegmentId>,
     pub growing: Vec<ShardPlacement>,
     pub guarantee_ts: Timestamp,
+    /// Only rows of these partitions (empty = all).
+    #[serde(default)]
+    pub partitions: Vec<PartitionId>,
 }
 
 /// A get-by-key answer: rows found, in columnar form, primary keys in `rows.pks`.

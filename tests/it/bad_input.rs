@@ -122,7 +122,9 @@ fn bad_input_gets_clear_errors_and_breaks_nothing() {
         client.insert("typed", rows).await.expect("the corrected row is accepted");
 
         // Malformed bytes straight onto the API subjects.
-        let valid = Insert { collection: "good".into(), rows: one_row(5, ds.rows(5, 6)) }.to_bytes();
+        let valid =
+            Insert { partition: Default::default(), collection: "good".into(), rows: one_row(5, ds.rows(5, 6)) }
+                .to_bytes();
         let truncated = valid[..valid.len() / 2].to_vec();
         let garbage: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         for method in ["insert", "search", "create_collection"] {

@@ -144,6 +144,7 @@ fn compaction_merges_small_segments_and_drops_deleted_rows_under_load() {
                         failures.lock().unwrap().push(e);
                     }
                     let q = quiver_client::Query {
+                        partitions: Default::default(),
                         collection: "c".into(),
                         filter: String::new(),
                         output_fields: vec!["count(*)".into()],

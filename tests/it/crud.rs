@@ -233,6 +233,7 @@ fn upserts_replace_rows_and_readers_never_see_them_gone() {
         assert_eq!(data::count(&client, "ups").await, n as i64);
         let keys: Vec<i64> = (0..n as i64).collect();
         let count = quiver_client::Query {
+            partitions: Default::default(),
             collection: "ups".into(),
             filter: String::new(),
             output_fields: vec!["count(*)".into()],

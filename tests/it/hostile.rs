@@ -224,6 +224,7 @@ fn hostile_inputs_get_clear_errors_and_break_nothing() {
         }
         let count_h = || async {
             let q = Query {
+                partitions: Default::default(),
                 collection: "h".into(),
                 filter: String::new(),
                 output_fields: vec!["count(*)".into()],
@@ -758,7 +759,7 @@ fn hostile_inputs_get_clear_errors_and_break_nothing() {
         let subjects = Subjects::new(&h.cluster);
         let nats = h.nats_as("node").await;
         let js = async_nats::jetstream::new(nats);
-        let forged = |rows: RowBatch| DmlEntry::Insert { timestamp: 1, rows }.to_bytes();
+        let forged = |rows: RowBatch| DmlEntry::Insert { partition: Default::default(), timestamp: 1, rows }.to_bytes();
         let ragged = RowBatch {
             pks: vec![PrimaryKey::Int64(9_000_001)],
             dim,

@@ -23,6 +23,7 @@ mod memory_quota;
 mod nats_cluster;
 mod netns;
 mod object_store;
+mod partitions;
 mod plugins;
 mod power_cut;
 mod prometheus;

@@ -82,6 +82,7 @@ fn inserts_are_refused_while_a_query_node_is_over_its_memory_mark_and_resume_on_
         eprintln!("3 s after the refusal the query node uses {} MiB of its 256 MiB", status.mem_used >> 20);
         // Reads go on: the room between the mark and the budget is theirs.
         let count = Query {
+            partitions: Default::default(),
             collection: "big".into(),
             filter: String::new(),
             output_fields: vec!["count(*)".into()],

@@ -75,7 +75,7 @@ def test_only_the_default_database_exists(stub):
 
 def test_calls_outside_the_subset_are_unimplemented(stub):
     with pytest.raises(grpc.RpcError) as e:
-        stub.CreatePartition(milvus_pb2.CreatePartitionRequest(collection_name="x", partition_name="p"), timeout=10)
+        stub.CreateAlias(milvus_pb2.CreateAliasRequest(collection_name="x", alias="a"), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     # and the server keeps serving
     assert ok(stub.CheckHealth(milvus_pb2.CheckHealthRequest(), timeout=10).status)

@@ -120,7 +120,7 @@ impl Layout {
     }
 }
 
-fn valid_identifier(name: &str) -> bool {
+pub(super) fn valid_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -32,7 +32,7 @@ use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::{datanode, keys};
 use quiver_schemas::{
     CollectionInfo, CompactOutcome, CompactRequest, CompactTask, CompactionJobId, CompactionPlan, CompactionState,
-    SegmentInfo, Seq,
+    PartitionId, PartitionState, SegmentInfo, Seq,
 };
 
 use super::catalog::{Layout, ShardLayout};
@@ -183,7 +183,9 @@ pub fn delete_floor(segments: &BTreeMap<u64, SegmentInfo>, shard: &ShardLayout) 
 /// with `deletes`, every other segment whose deletes are not applied up to `delete_to` is
 /// rewritten alone. Segments `eligible` rejects (not served yet, in a plan, being switched)
 /// break runs, so a merge never spans one. `force` (a force merge: `small` is then
-/// `u64::MAX`) lists every other eligible segment too, as `kept`.
+/// `u64::MAX`) lists every other eligible segment too, as `kept`. A segment holding rows of a
+/// `gone` (dropped) partition is rewritten alone like one with deletes to apply.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_shard(
     live: &[&SegmentInfo],
     eligible: impl Fn(&SegmentInfo) -> bool,
@@ -192,11 +194,13 @@ pub fn plan_shard(
     delete_to: Seq,
     deletes: bool,
     force: bool,
+    gone: &[PartitionId],
 ) -> Vec<Planned> {
     let mut plans = Vec::new();
     let mut run: Vec<&SegmentInfo> = Vec::new();
     let mut run_rows = 0u64;
-    let needs_deletes = |s: &SegmentInfo| deletes && s.deletes_applied() < delete_to;
+    let needs_deletes =
+        |s: &SegmentInfo| (deletes && s.deletes_applied() < delete_to) || (!gone.is_empty() && s.holds_any(gone));
     let close = |run: &mut Vec<&SegmentInfo>, plans: &mut Vec<Planned>| {
         match run.as_slice() {
             [] => {}
@@ -321,6 +325,9 @@ impl Coordinator {
             (info.clone(), layout, catalog.segments.get(&info.id).cloned().unwrap_or_default())
         };
         let switch = Switch::of(&segments, &layout, info.index.is_some());
+        // Dropped partitions: their rows go when their segments are rewritten.
+        let gone: Vec<PartitionId> =
+            info.partitions.iter().filter(|p| p.state == PartitionState::Dropped).map(|p| p.id).collect();
         let mut planned: Vec<(Planned, Seq)> = Vec::new();
         for shard in &layout.shards {
             let mut live: Vec<&SegmentInfo> = segments.values().filter(|s| s.shard == shard.shard).collect();
@@ -337,7 +344,7 @@ impl Coordinator {
                 Mode::Force { target_rows } => (u64::MAX, target_rows, true),
                 _ => (cfg.small_rows(max_rows), cfg.target(max_rows), false),
             };
-            let plans = plan_shard(&live, eligible, small, target, last_delete, deletes, force);
+            let plans = plan_shard(&live, eligible, small, target, last_delete, deletes, force, &gone);
             if deletes {
                 self.compactions.borrow_mut().delete_rounds.insert(key, Instant::now());
             }
@@ -367,7 +374,7 @@ impl Coordinator {
             let ids = self.alloc_ids(2).await?;
             let (plan, output) = (ids, ids + 1);
             let min_dropped = match (manual, p.inputs.as_slice()) {
-                (false, [one]) => ((one.rows as f64 * cfg.delete_ratio).ceil() as u64).max(1),
+                (false, [one]) if !one.holds_any(&gone) => ((one.rows as f64 * cfg.delete_ratio).ceil() as u64).max(1),
                 _ => 1,
             };
             let task = CompactTask {
@@ -666,6 +673,7 @@ mod tests {
 
     fn seg(id: u64, start: Seq, end: Seq, rows: u64) -> SegmentInfo {
         SegmentInfo {
+            partitions: Default::default(),
             id,
             collection: 1,
             shard: 0,
@@ -690,10 +698,10 @@ mod tests {
         let segs: Vec<SegmentInfo> =
             (0..7).map(|i| seg(i + 1, i * 10 + 1, i * 10 + 10, if i == 3 { 500 } else { 40 })).collect();
         let live: Vec<&SegmentInfo> = segs.iter().collect();
-        let plans = plan_shard(&live, |_| true, 100, 100, 70, false, false);
+        let plans = plan_shard(&live, |_| true, 100, 100, 70, false, false, &[]);
         // 1,2,3 (120 > 100 splits after two), then 4 is large, then 5,6,7.
         assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![5, 6], "merge")]);
-        let plans = plan_shard(&live, |_| true, 100, 1000, 70, false, false);
+        let plans = plan_shard(&live, |_| true, 100, 1000, 70, false, false, &[]);
         assert_eq!(ids(&plans), [(vec![1, 2, 3], "merge"), (vec![5, 6, 7], "merge")]);
     }
 
@@ -703,9 +711,9 @@ mod tests {
         segs[4].rows = 1000;
         segs[0].delete_seq = 50; // has every delete applied already
         let live: Vec<&SegmentInfo> = segs.iter().collect();
-        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, true, false);
+        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, true, false, &[]);
         assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![4], "delete"), (vec![5], "delete")]);
-        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, false, false);
+        let plans = plan_shard(&live, |s| s.id != 3, 100, 1000, 50, false, false, &[]);
         assert_eq!(ids(&plans), [(vec![1, 2], "merge")], "no delete round: single segments stay");
     }
 
@@ -715,15 +723,28 @@ mod tests {
         segs[5].delete_seq = 60;
         let live: Vec<&SegmentInfo> = segs.iter().collect();
         // No limit: one merged segment per shard, big segments included.
-        let plans = plan_shard(&live, |_| true, u64::MAX, u64::MAX, 60, true, true);
+        let plans = plan_shard(&live, |_| true, u64::MAX, u64::MAX, 60, true, true, &[]);
         assert_eq!(ids(&plans), [(vec![1, 2, 3, 4, 5, 6], "merge")]);
         // 2,500 rows at most; a segment not served yet breaks the runs.
-        let plans = plan_shard(&live, |s| s.id != 4, u64::MAX, 2_500, 60, true, true);
+        let plans = plan_shard(&live, |s| s.id != 4, u64::MAX, 2_500, 60, true, true, &[]);
         assert_eq!(ids(&plans), [(vec![1, 2], "merge"), (vec![3], "delete"), (vec![5, 6], "merge")]);
         // A lone segment with nothing to drop is already merged: listed, not rewritten.
         let one = [&segs[5]];
-        assert_eq!(ids(&plan_shard(&one, |_| true, u64::MAX, u64::MAX, 60, true, true)), [(vec![6], "kept")]);
-        assert!(plan_shard(&one, |_| true, 100, 1000, 60, true, false).is_empty(), "a plain compact leaves it");
+        assert_eq!(ids(&plan_shard(&one, |_| true, u64::MAX, u64::MAX, 60, true, true, &[])), [(vec![6], "kept")]);
+        assert!(plan_shard(&one, |_| true, 100, 1000, 60, true, false, &[]).is_empty(), "a plain compact leaves it");
+    }
+
+    #[test]
+    fn segments_holding_a_dropped_partition_are_rewritten() {
+        let mut segs: Vec<SegmentInfo> = (0..3).map(|i| seg(i + 1, i * 10 + 1, i * 10 + 10, 1_000)).collect();
+        segs[0].partitions = vec![0, 2];
+        segs[1].partitions = vec![3];
+        // segs[2] holds `_default` alone (an empty list).
+        let live: Vec<&SegmentInfo> = segs.iter().collect();
+        assert!(plan_shard(&live, |_| true, 100, 1000, 0, false, false, &[]).is_empty());
+        assert_eq!(ids(&plan_shard(&live, |_| true, 100, 1000, 0, false, false, &[2])), [(vec![1], "delete")]);
+        assert_eq!(ids(&plan_shard(&live, |_| true, 100, 1000, 0, false, false, &[3, 4])), [(vec![2], "delete")]);
+        assert!(segs[2].holds_any(&[0]) && !segs[2].holds_any(&[1]) && segs[0].holds_any(&[0]));
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod gc;
 mod idling;
 mod lease;
 mod membership;
+mod partitions;
 mod placement;
 mod plugins;
 mod scaler;
@@ -202,7 +203,8 @@ impl Coordinator {
         }
         let id = self.alloc_ids(1).await?;
         let created_ts = self.alloc_ts(1).await?;
-        let info = CollectionInfo { id, schema, index: None, created_ts, scalar_indexes: Vec::new() };
+        let info =
+            CollectionInfo { id, schema, index: None, created_ts, scalar_indexes: Vec::new(), partitions: Vec::new() };
         catalog::create_streams(&self.node.shared.bus, &info, config.nats.replicas).await?;
         let layout = Layout::new(info.schema.num_shards);
         let meta = &self.meta;
@@ -249,7 +251,14 @@ impl Coordinator {
     /// the caller's budget (at most `NODE_WAIT`) while more are on their way: started and not
     /// serving yet, silent for a moment (suspect), or, in a cluster still starting, the first
     /// ones. Otherwise it is refused at once, as in Milvus.
+    /// Serves the collection, every partition of it.
     async fn load_collection(&self, req: LoadCollection, ctx: &RequestContext) -> Result<Empty> {
+        self.load_every_partition(&req.name).await?;
+        self.load_layout(req, ctx).await
+    }
+
+    /// Serves the collection from `req.replicas` replica groups (its partitions' states stay).
+    async fn load_layout(&self, req: LoadCollection, ctx: &RequestContext) -> Result<Empty> {
         let replicas = req.replicas.max(1);
         if replicas > MAX_REPLICAS {
             return Err(Error::InvalidArgument(format!(
@@ -555,6 +564,10 @@ impl Coordinator {
             CoordRequest::DropScalarIndex(r) => r.serve(|r| self.drop_scalar_index(r)).await,
             CoordRequest::LoadCollection(r) => r.serve(|r| self.load_collection(r, ctx)).await,
             CoordRequest::ReleaseCollection(r) => r.serve(|r| self.release_collection(r)).await,
+            CoordRequest::CreatePartition(r) => r.serve(|r| self.create_partition(r)).await,
+            CoordRequest::DropPartition(r) => r.serve(|r| self.drop_partition(r)).await,
+            CoordRequest::LoadPartitions(r) => r.serve(|r| self.load_partitions(r, ctx)).await,
+            CoordRequest::ReleasePartitions(r) => r.serve(|r| self.release_partitions(r)).await,
             CoordRequest::Flush(r) => r.serve(|r| self.flush(r, ctx)).await,
             CoordRequest::GetDistribution(r) => r.serve(|r| self.distribution(r)).await,
             CoordRequest::AllocTs(r) => {

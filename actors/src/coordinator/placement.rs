@@ -836,6 +836,7 @@ mod tests {
     #[test]
     fn unconfirmed_leaders_are_published_only_while_no_leader_is_confirmed() {
         let info = CollectionInfo {
+            partitions: Default::default(),
             id: 1,
             schema: quiver_schemas::CollectionSchema {
                 name: "docs".into(),

@@ -1049,6 +1049,7 @@ mod tests {
 
     fn catalog() -> Catalog {
         let info = CollectionInfo {
+            partitions: Default::default(),
             id: 1,
             schema: CollectionSchema {
                 name: "docs".into(),
@@ -1074,6 +1075,7 @@ mod tests {
         layout.holders.insert(5, vec!["q2".into()]);
         layout.holders.insert(6, vec!["q1".into()]);
         let segment = |id: u64, end_seq: u64| SegmentInfo {
+            partitions: Default::default(),
             id,
             collection: 1,
             shard: 0,

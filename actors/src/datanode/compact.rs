@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::keys;
-use quiver_schemas::{CompactOutcome, CompactTask, DmlEntry, PrimaryKey, SegmentInfo, SegmentState, Seq};
+use quiver_schemas::{
+    CompactOutcome, CompactTask, DmlEntry, PartitionId, PartitionState, PrimaryKey, SegmentInfo, SegmentState, Seq,
+};
 
 use crate::dml::{self, ShardLog};
 use crate::node::Node;
@@ -33,13 +35,15 @@ pub(super) async fn run(node: &Node, task: CompactTask) -> Result<CompactOutcome
     let dim = task.collection.dim() as usize;
     let (plan, output, collection, delete_to) = (task.plan, task.output, task.collection.id, task.delete_to);
     let min_dropped = task.min_dropped;
+    let gone: Vec<PartitionId> =
+        task.collection.partitions.iter().filter(|p| p.state == PartitionState::Dropped).map(|p| p.id).collect();
     let infos = task.inputs.clone();
     let merged = tokio::task::spawn_blocking(move || -> Result<Merged> {
         let mut rows = RowStore::new(dim);
         let mut dropped = 0u64;
         for bytes in &inputs {
             let (_, input) = decode_segment(bytes)?;
-            let keep = kept_rows(&input, &deletes);
+            let keep = kept_rows(&input, &deletes, &gone);
             dropped += (input.len() - keep.len()) as u64;
             rows.extend_from(&input, &keep);
         }
@@ -127,9 +131,13 @@ async fn read_deletes(node: &Node, task: &CompactTask) -> Result<HashMap<Primary
     Ok(deletes)
 }
 
-/// Rows of `input` that no delete hides (a delete hides the rows written before it).
-fn kept_rows(input: &RowStore, deletes: &HashMap<PrimaryKey, Seq>) -> Vec<usize> {
-    (0..input.len()).filter(|&r| deletes.get(&input.pks[r]).is_none_or(|&d| d <= input.seqs[r])).collect()
+/// Rows of `input` that no delete hides (a delete hides the rows written before it) and that
+/// are not in one of the `dropped` partitions.
+fn kept_rows(input: &RowStore, deletes: &HashMap<PrimaryKey, Seq>, dropped: &[PartitionId]) -> Vec<usize> {
+    (0..input.len())
+        .filter(|&r| deletes.get(&input.pks[r]).is_none_or(|&d| d <= input.seqs[r]))
+        .filter(|&r| dropped.is_empty() || !dropped.contains(&input.partition(r)))
+        .collect()
 }
 
 /// The merged segment's record: the inputs' log range, deletes applied up to `delete_to`.
@@ -149,6 +157,7 @@ fn merged_info(inputs: &[SegmentInfo], id: u64, collection: u64, delete_to: Seq,
         mem_size: rows.mem_bytes(),
         delete_seq: delete_to,
         compacted_from: inputs.iter().map(|s| s.id).collect(),
+        partitions: rows.partition_set(),
     }
 }
 
@@ -167,7 +176,7 @@ mod tests {
             columns: vec![Column { name: "n".into(), values: keys.map(ScalarValue::Int64).collect() }],
             dynamic: Vec::new(),
         };
-        store.append(&batch, seq);
+        store.append(&batch, seq, 0);
         store
     }
 
@@ -176,7 +185,7 @@ mod tests {
         let input = rows(10, 0..4);
         // key 0 deleted after it was written; key 1 deleted before (then written again at 10).
         let deletes: HashMap<PrimaryKey, Seq> = [(PrimaryKey::Int64(0), 11), (PrimaryKey::Int64(1), 9)].into();
-        assert_eq!(kept_rows(&input, &deletes), [1, 2, 3]);
+        assert_eq!(kept_rows(&input, &deletes, &[]), [1, 2, 3]);
     }
 
     #[test]
@@ -190,6 +199,7 @@ mod tests {
         assert_eq!(out.vectors, [0.0, 1.0, 2.0, 1.0, 4.0, 1.0]);
         assert_eq!(out.columns[0].values, [0, 2, 4].map(ScalarValue::Int64));
         let segs = |id, start, end| SegmentInfo {
+            partitions: Default::default(),
             id,
             collection: 7,
             shard: 1,
@@ -215,6 +225,7 @@ mod tests {
     #[test]
     fn tasks_out_of_order_or_of_another_shard_are_refused() {
         let info = |id, shard, start, end| SegmentInfo {
+            partitions: Default::default(),
             id,
             collection: 7,
             shard,
@@ -236,8 +247,14 @@ mod tests {
             num_shards: 1,
             consistency: quiver_schemas::Consistency::Bounded,
         };
-        let collection =
-            quiver_schemas::CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() };
+        let collection = quiver_schemas::CollectionInfo {
+            partitions: Default::default(),
+            id: 7,
+            schema,
+            index: None,
+            created_ts: 0,
+            scalar_indexes: Vec::new(),
+        };
         let task = |inputs| CompactTask {
             collection: collection.clone(),
             shard: 0,

@@ -48,6 +48,7 @@ fn rows() -> RowStore {
     let j = |s: &str| J(s.to_string());
     let s = |s: &str| S(s.to_string());
     RowStore {
+        partitions: Default::default(),
         dim: 0,
         pks: (100..106).map(PrimaryKey::Int64).collect(),
         seqs: vec![1; 6],
@@ -155,6 +156,25 @@ fn comparisons_and_nulls() {
     assert_eq!(select("later is null"), vec![0, 1, 2, 3, 4, 5]);
 }
 
+/// The partition term the proxy adds to a read of some partitions, alone and with a filter,
+/// through the JSON the query nodes receive (rows without partition ids are `_default`'s).
+#[test]
+fn partitions() {
+    let mut rows = rows();
+    let partition = |ids: Vec<u32>, rows: &RowStore| {
+        let e: Expr = serde_json::from_str(&serde_json::to_string(&Expr::Partition(ids)).unwrap()).unwrap();
+        evaluate(&e, rows).ones().collect::<Vec<_>>()
+    };
+    assert_eq!(partition(vec![0], &rows), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(partition(vec![1], &rows), Vec::<usize>::new());
+    rows.partitions = vec![0, 1, 1, 2, 0, 2];
+    assert_eq!(partition(vec![1, 2], &rows), vec![1, 2, 3, 5]);
+    let age = expr::parse("age > 15", &schema(DataType::Int64)).unwrap();
+    let both = Expr::And(vec![age, Expr::Partition(vec![2])]);
+    assert_eq!(evaluate(&both, &rows).ones().collect::<Vec<_>>(), vec![3, 5]);
+    assert!(matches(&both, &rows, 3) && !matches(&both, &rows, 1));
+}
+
 #[test]
 fn logic() {
     assert_eq!(select("age > 10 and age < 60"), vec![1, 3, 4]);
@@ -259,6 +279,7 @@ fn throughput_100k_rows() {
     const N: usize = 100_000;
     let names = ["apple", "banana", "avocado", "cherry", "apricot"];
     let rows = RowStore {
+        partitions: Default::default(),
         dim: 0,
         pks: (0..N as i64).map(PrimaryKey::Int64).collect(),
         seqs: vec![1; N],

@@ -175,6 +175,16 @@ impl Proxy {
         self.read_awake(ctx, req, |r| self.get_now(r, ctx)).await
     }
 
+    /// A get of rows in the partitions `names` only (none named: every loaded one).
+    pub(super) async fn get_in(
+        &self,
+        req: quiver_schemas::Get,
+        names: &[String],
+        ctx: &RequestContext,
+    ) -> Result<quiver_schemas::GetResults> {
+        self.read_awake(ctx, req, |r| self.get_scoped(r, names, ctx)).await
+    }
+
     pub(super) async fn query(
         &self,
         req: quiver_schemas::Query,

@@ -7,6 +7,7 @@
 //! - `read.rs`: search and get, with routing, retries and the top-k merge.
 //! - `load.rs`: per-node in-flight and latency figures for the router.
 //! - `reply.rs`: checks on the replies of query nodes and the coordinator, where they arrive.
+//! - `partitions.rs`: the partition a write goes to, the partitions a read covers.
 //! - `quota.rs`: inserts refused while a query node serving the collection is over its memory mark.
 //! - `admin.rs`: the HTTP admin API (`/v1/roles`, `/v1/status`, `/v1/events`).
 
@@ -15,6 +16,7 @@ mod grants;
 mod idle;
 mod load;
 pub mod milvus;
+mod partitions;
 mod quota;
 mod read;
 mod reply;
@@ -352,6 +354,24 @@ impl Proxy {
                 r.serve(|r| async move { self.load(&r.name, r.replicas, ctx).await }).await
             }
             ApiRequest::ReleaseCollection(r) => r.serve(|r| async move { self.release(&r.name, ctx).await }).await,
+            ApiRequest::CreatePartition(r) => {
+                r.serve(|r| async move { self.forward_change::<coord::CreatePartition>(&r.collection, &r, ctx).await })
+                    .await
+            }
+            ApiRequest::DropPartition(r) => {
+                r.serve(|r| async move { self.forward_change::<coord::DropPartition>(&r.collection, &r, ctx).await })
+                    .await
+            }
+            ApiRequest::LoadPartitions(r) => {
+                r.serve(|r| async move { self.forward_change::<coord::LoadPartitions>(&r.collection, &r, ctx).await })
+                    .await
+            }
+            ApiRequest::ReleasePartitions(r) => {
+                r.serve(
+                    |r| async move { self.forward_change::<coord::ReleasePartitions>(&r.collection, &r, ctx).await },
+                )
+                .await
+            }
             ApiRequest::Flush(r) => {
                 r.serve(|r| async move {
                     self.read_awake(ctx, r, |r| async move { self.forward::<coord::Flush>(&r, ctx).await }).await

@@ -228,7 +228,14 @@ mod tests {
             consistency: Consistency::Bounded,
         };
         Distribution {
-            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() },
+            collection: CollectionInfo {
+                partitions: Default::default(),
+                id: 7,
+                schema,
+                index: None,
+                created_ts: 0,
+                scalar_indexes: Vec::new(),
+            },
             shards: Vec::new(),
             segments: Vec::new(),
             version: 1,

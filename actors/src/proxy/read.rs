@@ -22,7 +22,7 @@ use super::load::NodeLoads;
 use super::reply::{self, pk_type, RowsShape, SearchShape};
 use super::slow::{self, NodeStep, SlowSearch, Steps};
 use super::validate::{check_output_fields, check_pk, check_search, select_rows};
-use super::Proxy;
+use super::{partitions, Proxy};
 use crate::limits::ReadLimits;
 use crate::querynode::metric_of;
 use crate::vector::higher_is_better;
@@ -308,7 +308,8 @@ impl Proxy {
     /// so a batch larger than the server's `max_payload` (1 MB by default, 8 MB for the
     /// nats-server Quiver starts) goes out in parts of as many queries as fit, one after another.
     pub(super) async fn search_now(&self, mut req: Search, ctx: &RequestContext) -> Result<SearchResults> {
-        let info = self.collection(&req.collection, ctx).await?;
+        let names: Vec<&str> = req.partitions.iter().map(String::as_str).collect();
+        let info = self.collection_with(&req.collection, &names, ctx).await?;
         self.node.shared.memory.admit_read("a search")?;
         let nq = check_search(&info, &mut req, &ReadLimits::of(&self.node.shared.config))?;
         let max_payload = self.node.shared.bus.client().server_info().max_payload;
@@ -328,6 +329,7 @@ impl Proxy {
                 output_fields: req.output_fields.clone(),
                 consistency: req.consistency,
                 filter: req.filter.clone(),
+                partitions: req.partitions.clone(),
             };
             results.extend(self.search_checked(&info, part, chunk.len() / dim, ctx).await?.results);
         }
@@ -377,7 +379,7 @@ impl Proxy {
         steps: &Steps,
         merge_took: &mut Duration,
     ) -> Result<SearchResults> {
-        let filter = Arc::new(parse_filter(info, &req.filter)?.1);
+        let filter = Arc::new(read_filter(info, &req.filter, &req.partitions)?.1);
         let req = Arc::new(req);
         let guarantee_ts = self.guarantee(req.consistency);
         let bus = &self.node.shared.bus;
@@ -460,8 +462,15 @@ impl Proxy {
         }
     }
 
-    pub(super) async fn get_now(&self, mut req: Get, ctx: &RequestContext) -> Result<GetResults> {
-        let info = self.collection(&req.collection, ctx).await?;
+    pub(super) async fn get_now(&self, req: Get, ctx: &RequestContext) -> Result<GetResults> {
+        self.get_scoped(req, &[], ctx).await
+    }
+
+    /// A get of rows in the partitions `names` (none named: every loaded one).
+    pub(super) async fn get_scoped(&self, mut req: Get, names: &[String], ctx: &RequestContext) -> Result<GetResults> {
+        let named: Vec<&str> = names.iter().map(String::as_str).collect();
+        let info = self.collection_with(&req.collection, &named, ctx).await?;
+        let scope = partitions::read_scope(&info, names)?.unwrap_or_default();
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("get needs at least one primary key".into()));
         }
@@ -488,6 +497,7 @@ impl Proxy {
                     segments: share.segments,
                     growing: share.growing,
                     guarantee_ts,
+                    partitions: scope.clone(),
                 };
                 async move {
                     let _call = self.load.start(&node);
@@ -512,10 +522,25 @@ pub(super) fn parse_filter(info: &CollectionInfo, text: &str) -> Result<(Option<
     Ok((Some(expr), json))
 }
 
+/// [`parse_filter`] for a read of the partitions `names` (none named: every loaded one).
+pub(super) fn read_filter(info: &CollectionInfo, text: &str, names: &[String]) -> Result<(Option<Expr>, String)> {
+    let scope = partitions::read_scope(info, names)?;
+    if scope.is_none() {
+        return parse_filter(info, text);
+    }
+    let expr = partitions::restrict(parse_filter(info, text)?.0, scope);
+    let json = match &expr {
+        Some(e) => serde_json::to_string(e).map_err(Error::internal)?,
+        None => String::new(),
+    };
+    Ok((expr, json))
+}
+
 impl Proxy {
     /// Rows matching a filter in primary-key order (or their count).
     pub(super) async fn query_now(&self, mut req: Query, ctx: &RequestContext) -> Result<QueryResults> {
-        let info = self.collection(&req.collection, ctx).await?;
+        let names: Vec<&str> = req.partitions.iter().map(String::as_str).collect();
+        let info = self.collection_with(&req.collection, &names, ctx).await?;
         let max = u64::from(self.node.shared.config.proxy.max_top_k);
         let count = req.output_fields.iter().any(|f| f.trim() == COUNT_STAR);
         if count && req.output_fields.len() > 1 {
@@ -536,7 +561,7 @@ impl Proxy {
         self.node.shared.memory.admit_read("a query")?;
         let limits = ReadLimits::of(&self.node.shared.config);
         limits.check_filter(&req.filter)?;
-        let (expr, filter) = parse_filter(&info, &req.filter)?;
+        let (expr, filter) = read_filter(&info, &req.filter, &req.partitions)?;
         let vector = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
         let wants_vector = req.output_fields.contains(&vector);
         let scalar: Vec<String> = req.output_fields.iter().filter(|f| **f != vector).cloned().collect();
@@ -787,6 +812,7 @@ mod tests {
     fn segment(id: u64, start_seq: u64, end_seq: u64, nodes: &[&str]) -> SegmentPlacement {
         SegmentPlacement {
             segment: SegmentInfo {
+                partitions: Default::default(),
                 id,
                 collection: 7,
                 shard: 0,
@@ -818,7 +844,14 @@ mod tests {
         let leader =
             |leader: &str, replica| ShardPlacement { shard: 0, leader: leader.into(), sealed_seq: 100, replica };
         Distribution {
-            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() },
+            collection: CollectionInfo {
+                partitions: Default::default(),
+                id: 7,
+                schema,
+                index: None,
+                created_ts: 0,
+                scalar_indexes: Vec::new(),
+            },
             shards: vec![leader("qa", 0), leader("qb", 1)],
             segments: vec![segment(1, 1, 50, &["qa", "qb"]), segment(2, 51, 100, &["qa", "qb"])],
             version: 3,

@@ -366,6 +366,7 @@ mod tests {
     fn segment(id: u64, shard: u32, start_seq: u64, end_seq: u64) -> SegmentPlacement {
         SegmentPlacement {
             segment: SegmentInfo {
+                partitions: Default::default(),
                 id,
                 collection: 7,
                 shard,
@@ -398,7 +399,14 @@ mod tests {
             consistency: Consistency::Bounded,
         };
         Distribution {
-            collection: CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() },
+            collection: CollectionInfo {
+                partitions: Default::default(),
+                id: 7,
+                schema,
+                index: None,
+                created_ts: 0,
+                scalar_indexes: Vec::new(),
+            },
             shards: vec![
                 leader(0, "qa", 100, 0),
                 leader(0, "qb", 100, 1),

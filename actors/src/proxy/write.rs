@@ -17,12 +17,12 @@ use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::subjects::DmlKind;
 use quiver_schemas::protocol::QueueCall;
 use quiver_schemas::{
-    Alloc, CollectionInfo, Consistency, Delete, Distribution, DmlEntry, Expr, Insert, MutationResult, PrimaryKey,
-    Query, RowBatch, Wire,
+    Alloc, CollectionInfo, Consistency, Delete, Distribution, DmlEntry, Expr, Get, Insert, MutationResult, PartitionId,
+    PrimaryKey, Query, RowBatch, Wire,
 };
 
 use super::validate::{check_insert, check_pk, select_rows, shard_of};
-use super::Proxy;
+use super::{partitions, Proxy};
 use crate::dml::{BATCH_REST_HEADER, KIND_HEADER};
 
 /// Room left in each log message for headers and framing.
@@ -78,9 +78,10 @@ impl Proxy {
 
     pub(super) async fn insert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
         self.write_awake(ctx).await;
-        let dist = self.distribution(&req.collection, ctx).await?;
+        let dist = self.distribution_with(&req.collection, &[&req.partition], ctx).await?;
         self.admit_write(&dist, "an insert")?;
         let info = &dist.collection;
+        let partition = partitions::write_target(info, &req.partition)?;
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         let auto_keys = req.rows.pks.is_empty();
@@ -89,7 +90,7 @@ impl Proxy {
             req.rows.pks = (start..start + n as i64).map(PrimaryKey::Int64).collect();
         }
         let timestamp = self.grants.timestamp(ctx).await?;
-        let writes = self.shard_writes(info, &req.rows, None, timestamp);
+        let writes = self.shard_writes(info, &req.rows, partition, None, timestamp);
         // Rows with the client's keys, under the client's request id: a resend after a lost
         // connection is stored once. (Keys assigned here differ on a resend: no dedup key.)
         let dedup = match (&ctx.request_id, auto_keys) {
@@ -106,16 +107,17 @@ impl Proxy {
     /// comes first in the log, so it hides only the rows before it, never the new ones.
     pub(super) async fn upsert(&self, mut req: Insert, ctx: &RequestContext) -> Result<MutationResult> {
         self.write_awake(ctx).await;
-        let dist = self.distribution(&req.collection, ctx).await?;
+        let dist = self.distribution_with(&req.collection, &[&req.partition], ctx).await?;
         self.admit_write(&dist, "an upsert")?;
         let info = &dist.collection;
+        let partition = partitions::write_target(info, &req.partition)?;
         if req.rows.pks.is_empty() {
             return Err(Error::InvalidArgument("upsert needs the primary key of every row".into()));
         }
         let max_rows = self.node.shared.config.proxy.max_insert_rows;
         let n = check_insert(info, &mut req.rows, max_rows, &self.node.shared.config.limits)?;
         let timestamp = self.grants.timestamp(ctx).await?;
-        let writes = self.shard_writes(info, &req.rows, Some(timestamp), timestamp);
+        let writes = self.shard_writes(info, &req.rows, partition, Some(timestamp), timestamp);
         self.write(info, writes, "upsert", timestamp, ctx, None).await?;
         metrics::counter!("quiver_rows_inserted_total").increment(n as u64);
         Ok(MutationResult { pks: req.rows.pks, timestamp, count: n as u64 })
@@ -128,12 +130,14 @@ impl Proxy {
         self.quota.admit(dist, what, self.node.shared.config.limits.memory_high_water_percentage)
     }
 
-    /// Splits checked rows by shard into log entries under the payload limit; with
-    /// `delete_first`, each shard's entries start with a delete of its keys at that timestamp.
+    /// Splits checked rows of `partition` by shard into log entries under the payload limit;
+    /// with `delete_first`, each shard's entries start with a delete of its keys at that
+    /// timestamp.
     fn shard_writes(
         &self,
         info: &CollectionInfo,
         rows: &RowBatch,
+        partition: PartitionId,
         delete_first: Option<u64>,
         timestamp: u64,
     ) -> Vec<ShardWrite> {
@@ -157,7 +161,7 @@ impl Proxy {
             }
             for chunk in indices.chunks(rows_per_msg) {
                 let part = if chunk.len() == n { rows.clone() } else { select_rows(rows, chunk) };
-                entries.push((DmlKind::Insert, DmlEntry::Insert { timestamp, rows: part }.to_bytes()));
+                entries.push((DmlKind::Insert, DmlEntry::Insert { timestamp, rows: part, partition }.to_bytes()));
             }
             writes.push(ShardWrite { shard: shard as u32, rows: indices.len(), entries });
         }
@@ -208,20 +212,50 @@ impl Proxy {
         )))
     }
 
+    /// Deletes rows by key or by filter; naming a partition deletes only keys found in it
+    /// (their delete then hides the key in every partition: keys are meant to be unique in a
+    /// collection).
     pub(super) async fn delete(&self, req: Delete, ctx: &RequestContext) -> Result<MutationResult> {
         self.write_awake(ctx).await;
-        let info = self.collection(&req.collection, ctx).await?;
+        let info = self.collection_with(&req.collection, &[&req.partition], ctx).await?;
+        if !req.partition.is_empty() {
+            partitions::write_target(&info, &req.partition)?;
+        }
         if !req.filter.trim().is_empty() {
             crate::limits::ReadLimits::of(&self.node.shared.config).check_filter(&req.filter)?;
             if !req.pks.is_empty() {
                 return Err(Error::InvalidArgument("delete takes primary keys or a filter, not both".into()));
             }
-            return self.delete_where(&info, &req.filter, ctx).await;
+            return self.delete_where(&info, &req.filter, &req.partition, ctx).await;
         }
         if req.pks.is_empty() {
             return Err(Error::InvalidArgument("delete needs at least one primary key or a filter".into()));
         }
-        self.delete_keys(&info, req.pks, ctx).await
+        let pks = self.keys_in(&info, req.pks, &req.partition, ctx).await?;
+        self.delete_keys(&info, pks, ctx).await
+    }
+
+    /// Those of `pks` that partition `partition` holds (all of them when it is empty).
+    async fn keys_in(
+        &self,
+        info: &CollectionInfo,
+        pks: Vec<PrimaryKey>,
+        partition: &str,
+        ctx: &RequestContext,
+    ) -> Result<Vec<PrimaryKey>> {
+        if partition.is_empty() || pks.is_empty() {
+            return Ok(pks);
+        }
+        for pk in &pks {
+            check_pk(info, pk)?;
+        }
+        let get = Get {
+            collection: info.schema.name.clone(),
+            pks,
+            output_fields: Vec::new(),
+            consistency: Consistency::Strong,
+        };
+        Ok(self.get_in(get, &[partition.to_string()], ctx).await?.rows.pks)
     }
 
     async fn delete_keys(
@@ -263,9 +297,16 @@ impl Proxy {
     /// the first page is always the next one and no cursor is needed. As in Milvus, the
     /// result counts the rows and lists no keys. A filter that names only keys deletes them
     /// directly (and lists them).
-    async fn delete_where(&self, info: &CollectionInfo, filter: &str, ctx: &RequestContext) -> Result<MutationResult> {
+    async fn delete_where(
+        &self,
+        info: &CollectionInfo,
+        filter: &str,
+        partition: &str,
+        ctx: &RequestContext,
+    ) -> Result<MutationResult> {
         let (expr, _) = super::read::parse_filter(info, filter)?;
         if let Some(pks) = expr.as_ref().and_then(Expr::primary_keys) {
+            let pks = self.keys_in(info, pks, partition, ctx).await?;
             return self.delete_keys(info, pks, ctx).await;
         }
         let page = u64::from(self.node.shared.config.proxy.max_top_k);
@@ -281,6 +322,7 @@ impl Proxy {
                 limit: page,
                 offset: 0,
                 consistency: Consistency::Strong,
+                partitions: if partition.is_empty() { Vec::new() } else { vec![partition.to_string()] },
             };
             let found = self.query(query, ctx).await?.rows.pks;
             if found.is_empty() {

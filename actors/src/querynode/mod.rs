@@ -368,6 +368,9 @@ impl QueryNode {
             req.growing.iter().filter_map(|g| views.and_then(|v| v.get(&g.shard)).cloned()).collect()
         };
         self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived, ctx).await?;
+        let filter = search::Filter::from_json(&req.filter)?;
+        let mut segments = segments;
+        search::prune(&mut segments, filter.as_ref());
         let plan = search::SearchPlan {
             dim: req.search.dim as usize,
             k: req.search.top_k as usize,
@@ -377,7 +380,7 @@ impl QueryNode {
             growing,
             output_fields: req.search.output_fields,
             queries: req.search.vectors,
-            filter: search::Filter::from_json(&req.filter)?,
+            filter,
             deadline: ctx.remaining().map(|left| std::time::Instant::now() + left),
         };
         let pool = self.pool.clone();
@@ -419,7 +422,7 @@ impl QueryNode {
         self.wait_shards(&segments, &growing, req.get.consistency, req.guarantee_ts, arrived, ctx).await?;
         let dim = info.dim() as usize;
         let (rows, seqs) = tokio::task::spawn_blocking(move || {
-            search::run_get(&req.get.pks, &req.get.output_fields, &segments, &growing, dim)
+            search::run_get(&req.get.pks, &req.get.output_fields, &segments, &growing, dim, &req.partitions)
         })
         .await
         .map_err(Error::internal)??;
@@ -445,6 +448,8 @@ impl QueryNode {
         }
         self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived, ctx).await?;
         let filter = search::Filter::from_json(&req.filter)?;
+        let mut segments = segments;
+        search::prune(&mut segments, filter.as_ref());
         let q = search::QueryPlan {
             filter,
             output_fields: req.query.output_fields,

@@ -41,6 +41,26 @@ impl Filter {
             // The proxy parsed the user's filter already: a bad one here is a peer's fault.
             .map_err(|e| Error::Internal(format!("malformed filter from proxy: {e}")))
     }
+
+    /// The partitions the read covers, when the proxy narrowed it to some
+    /// ([`Expr::Partition`], alone or in the top-level `and`).
+    pub fn partitions(&self) -> Option<&[u32]> {
+        match &self.expr {
+            Expr::Partition(ids) => Some(ids),
+            Expr::And(items) => items.iter().find_map(|e| match e {
+                Expr::Partition(ids) => Some(ids.as_slice()),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Leaves out the sealed segments that hold no row of the partitions `filter` covers.
+pub fn prune(segments: &mut Vec<(Arc<Sealed>, Arc<ShardData>)>, filter: Option<&Filter>) {
+    if let Some(ids) = filter.and_then(Filter::partitions) {
+        segments.retain(|(s, _)| s.info.holds_any(ids));
+    }
 }
 
 /// A loaded sealed segment.
@@ -412,13 +432,16 @@ fn collect(per_query: &mut [Vec<Candidate>], d: &[f32], l: &[i64], k: usize, sou
 }
 
 /// Latest visible version of each requested key among this node's sources.
+/// Only rows of `partitions` count, when it names any.
 pub fn run_get(
     pks: &[PrimaryKey],
     fields: &[String],
     segments: &[(Arc<Sealed>, Arc<ShardData>)],
     growing: &[(Arc<ShardData>, Seq)],
     dim: usize,
+    partitions: &[u32],
 ) -> Result<(RowBatch, Vec<Seq>)> {
+    let allowed = |rows: &RowStore, r: usize| partitions.is_empty() || partitions.contains(&rows.partition(r));
     let mut seqs = Vec::new();
     let mut out = RowBatch { dim: dim as u32, ..Default::default() };
     let mut per_field: Vec<Column> = fields.iter().map(|f| Column { name: f.clone(), values: Vec::new() }).collect();
@@ -436,7 +459,7 @@ pub fn run_get(
         for (i, pk) in pks.iter().enumerate() {
             for &r in seg.pk_index.get(pk).map(Vec::as_slice).unwrap_or(&[]) {
                 let seq = seg.rows.seqs[r as usize];
-                if !deletes.hides(pk, seq) && best[i].is_none_or(|b| seq > b.0) {
+                if !deletes.hides(pk, seq) && best[i].is_none_or(|b| seq > b.0) && allowed(&seg.rows, r as usize) {
                     best[i] = Some((seq, &seg.rows, r as usize));
                 }
             }
@@ -446,7 +469,7 @@ pub fn run_get(
         let deletes = shard.deletes.read().map_err(lock_err)?;
         for (r, (p, seq)) in g.rows.pks.iter().zip(&g.rows.seqs).enumerate() {
             let Some(slots) = wanted.get(p) else { continue };
-            if *seq <= *after || deletes.hides(p, *seq) {
+            if *seq <= *after || deletes.hides(p, *seq) || !allowed(&g.rows, r) {
                 continue;
             }
             for &i in slots {

@@ -240,10 +240,10 @@ impl ShardData {
         for entry in entries {
             self.note_gap(&entry);
             match entry.entry {
-                Some(DmlEntry::Insert { rows, .. }) if self.leader && entry.seq > sealed => {
+                Some(DmlEntry::Insert { rows, partition, .. }) if self.leader && entry.seq > sealed => {
                     if let Some(g) = growing.as_mut() {
                         g.flat.push(&rows.vectors).map_err(|e| Error::Internal(e.to_string()))?;
-                        g.rows.append(&rows, entry.seq);
+                        g.rows.append(&rows, entry.seq, partition);
                     }
                 }
                 Some(DmlEntry::Delete { pks, .. }) => {

@@ -40,7 +40,7 @@ fn led_shard(sealed_seq: Seq) -> Arc<ShardData> {
 }
 
 fn insert(shard: &ShardData, seq: Seq, keys: &[i64]) {
-    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(keys) };
+    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(keys), partition: 0 };
     shard.apply(LogEntry { seq, prev: seq - 1, entry: Some(entry), batch_rest: 0 }).unwrap();
 }
 
@@ -53,9 +53,10 @@ fn delete(shard: &ShardData, seq: Seq, keys: &[i64]) {
 fn sealed(id: u64, rows: &[(i64, Seq)], indexed: bool) -> Arc<Sealed> {
     let mut store = RowStore::new(DIM);
     for &(key, seq) in rows {
-        store.append(&batch(&[key]), seq);
+        store.append(&batch(&[key]), seq, 0);
     }
     let info = SegmentInfo {
+        partitions: Default::default(),
         id,
         collection: 7,
         shard: 0,
@@ -166,7 +167,7 @@ fn a_lead_whose_log_was_purged_before_it_read_it_refuses_older_views() {
     // there: it reads entry 4 right after its start. A request planned on the layout it was
     // given (sealed at 0) would find key 4 alone and miss 1..=3 without a word.
     let shard = led_shard(0);
-    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[4]) };
+    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[4]), partition: 0 };
     shard.apply(LogEntry { seq: 4, prev: 0, entry: Some(entry), batch_rest: 0 }).unwrap();
     for after in [0, 2] {
         let stale = run_search(&plan(10, &[], &[(&shard, after)], None), &pool()).unwrap_err();
@@ -179,7 +180,7 @@ fn a_lead_whose_log_was_purged_before_it_read_it_refuses_older_views() {
     assert_eq!(found(&plan(10, &[], &[(&shard, 3)], None)).0, [4, 5], "contiguous entries are no gap");
     // Gaps below the view (purged before the lead's own sealed position) are harmless.
     let later = led_shard(8);
-    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[9]) };
+    let entry = DmlEntry::Insert { timestamp: 0, rows: batch(&[9]), partition: 0 };
     later.apply(LogEntry { seq: 9, prev: 0, entry: Some(entry), batch_rest: 0 }).unwrap();
     assert_eq!(found(&plan(10, &[], &[(&later, 8)], None)).0, [9]);
 }
@@ -321,7 +322,7 @@ fn get_returns_the_latest_visible_version_of_each_key() {
     delete(&shard, 5, &[3]);
     let pks: Vec<PrimaryKey> = [3, 2, 1, 8].iter().map(|&k| PrimaryKey::Int64(k)).collect();
     let segments = vec![(segment, shard.clone())];
-    let (rows, seqs) = run_get(&pks, &["tag".into()], &segments, &[(shard, 3)], DIM).unwrap();
+    let (rows, seqs) = run_get(&pks, &["tag".into()], &segments, &[(shard, 3)], DIM, &[]).unwrap();
     assert_eq!(rows.pks, [PrimaryKey::Int64(2), PrimaryKey::Int64(1)], "3 is deleted, 8 was never written");
     assert_eq!(seqs, [4, 1], "key 2's growing version, written after the sealed one");
     assert_eq!(rows.vectors, [2.0, 0.0, 1.0, 0.0]);

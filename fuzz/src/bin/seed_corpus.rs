@@ -70,6 +70,7 @@ fn segment() -> SegmentInfo {
 
 fn search() -> Search {
     Search {
+        partitions: Default::default(),
         collection: "docs".into(),
         dim: 2,
         vectors: vec![0.5, 0.5],
@@ -83,6 +84,7 @@ fn search() -> Search {
 
 fn query() -> Query {
     Query {
+        partitions: Default::default(),
         collection: "docs".into(),
         filter: "id in [1, 2]".into(),
         output_fields: vec!["count(*)".into()],
@@ -204,8 +206,14 @@ fn wire(dir: &Path) {
         CollectionList { names: vec!["a".into(), "docs".into()] }.to_bytes(),
         CollectionDescription { info: info.clone(), num_rows: 5, sealed_segments: 1 }.to_bytes(),
         CreateIndex { collection: "docs".into(), params: index.clone() }.to_bytes(),
-        Insert { collection: "docs".into(), rows: batch() }.to_bytes(),
-        Delete { collection: "docs".into(), pks: vec![PrimaryKey::Int64(4)], filter: "i == 1".into() }.to_bytes(),
+        Insert { partition: Default::default(), collection: "docs".into(), rows: batch() }.to_bytes(),
+        Delete {
+            partition: Default::default(),
+            collection: "docs".into(),
+            pks: vec![PrimaryKey::Int64(4)],
+            filter: "i == 1".into(),
+        }
+        .to_bytes(),
         MutationResult { pks: vec![PrimaryKey::Int64(1)], timestamp: 99, count: 1 }.to_bytes(),
         get().to_bytes(),
         search().to_bytes(),
@@ -229,7 +237,7 @@ fn wire(dir: &Path) {
         Alloc { count: 3 }.to_bytes(),
         AllocRange { start: 10, count: 3 }.to_bytes(),
         Stall { millis: 5 }.to_bytes(),
-        DmlEntry::Insert { timestamp: 5, rows: batch() }.to_bytes(),
+        DmlEntry::Insert { partition: Default::default(), timestamp: 5, rows: batch() }.to_bytes(),
         SegmentFlushed { segment: segment() }.to_bytes(),
         BuildIndex { segment: segment(), params: index, dim: 2 }.to_bytes(),
         IndexBuilt { segment: 11, collection: 7, index_path: "indexes/7/11".into(), build_ms: 3 }.to_bytes(),
@@ -279,7 +287,15 @@ fn wire(dir: &Path) {
             filter: String::new(),
         }
         .to_bytes(),
-        NodeGet { collection: 7, get: get(), segments: vec![11], growing: Vec::new(), guarantee_ts: 1 }.to_bytes(),
+        NodeGet {
+            collection: 7,
+            get: get(),
+            segments: vec![11],
+            growing: Vec::new(),
+            guarantee_ts: 1,
+            partitions: Vec::new(),
+        }
+        .to_bytes(),
         NodeQuery {
             collection: 7,
             query: query(),

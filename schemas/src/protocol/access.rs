@@ -75,6 +75,10 @@ pub const DATA_METHODS: &[&str] = &[
     api::DropIndex::METHOD,
     api::LoadCollection::METHOD,
     api::ReleaseCollection::METHOD,
+    // Partitions as collections: dropping one (its rows) is admin-only.
+    api::CreatePartition::METHOD,
+    api::LoadPartitions::METHOD,
+    api::ReleasePartitions::METHOD,
     api::Flush::METHOD,
     // Applications compact what they flushed (Milvus lets a collection's users do both).
     api::Compact::METHOD,
@@ -189,7 +193,15 @@ mod tests {
         let admin: Vec<&str> = admin_methods().collect();
         assert_eq!(
             admin,
-            ["drop_collection", "plugin_load", "plugin_activate", "plugin_rollback", "scale", "autoscale"]
+            [
+                "drop_collection",
+                "drop_partition",
+                "plugin_load",
+                "plugin_activate",
+                "plugin_rollback",
+                "scale",
+                "autoscale"
+            ]
         );
     }
 

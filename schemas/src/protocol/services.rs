@@ -18,6 +18,11 @@ service! {
         /// Serve a collection from `replicas` in-memory replica groups.
         LoadCollection = "load_collection" (LoadCollection) -> Empty;
         ReleaseCollection = "release_collection" (CollectionName) -> Empty;
+        /// Partitions (Milvus'): listed by `describe_collection`.
+        CreatePartition = "create_partition" (PartitionRequest) -> Empty;
+        DropPartition = "drop_partition" (PartitionRequest) -> Empty;
+        LoadPartitions = "load_partitions" (PartitionRequest) -> Empty;
+        ReleasePartitions = "release_partitions" (PartitionRequest) -> Empty;
         /// Seal every growing segment of the collection now.
         Flush = "flush" (CollectionName) -> FlushResult;
         /// The collection's serving layout (segments, replicas, shard leaders).
@@ -68,6 +73,10 @@ service! {
         DropScalarIndex = "drop_scalar_index" (DropScalarIndex) -> Empty;
         LoadCollection = "load_collection" (LoadCollection) -> Empty;
         ReleaseCollection = "release_collection" (CollectionName) -> Empty;
+        CreatePartition = "create_partition" (PartitionRequest) -> Empty;
+        DropPartition = "drop_partition" (PartitionRequest) -> Empty;
+        LoadPartitions = "load_partitions" (PartitionRequest) -> Empty;
+        ReleasePartitions = "release_partitions" (PartitionRequest) -> Empty;
         /// Asks the data nodes owning the collection's shards to seal now.
         Flush = "flush" (CollectionName) -> FlushResult;
         GetDistribution = "get_distribution" (CollectionName) -> Distribution;

@@ -389,28 +389,59 @@ class AsyncClient:
         again, inserts are still accepted."""
         await self._call_empty("release_collection", "CollectionName", {"name": collection})
 
+    async def create_partition(self, collection: str, name: str) -> None:
+        """Creates partition ``name`` (creating it again succeeds)."""
+        await self._partitions("create_partition", collection, [name])
+
+    async def drop_partition(self, collection: str, name: str) -> None:
+        """Drops a released partition; its rows are never read again."""
+        await self._partitions("drop_partition", collection, [name])
+
+    async def load_partitions(self, collection: str, names: Sequence[str], replicas: int = 1) -> None:
+        """Reads cover partitions ``names`` again; a released collection is loaded with only them."""
+        await self._partitions("load_partitions", collection, list(names), replicas)
+
+    async def release_partitions(self, collection: str, names: Sequence[str]) -> None:
+        """Reads no longer cover partitions ``names``; with none left, the collection is released."""
+        await self._partitions("release_partitions", collection, list(names))
+
+    async def list_partitions(self, collection: str) -> List[str]:
+        """The names of the collection's partitions, ``_default`` first."""
+        body = {"name": collection}
+        d = await self._call("describe_collection", "CollectionName", body, "CollectionDescription", lambda d: d)
+        parts = d.get("info", {}).get("partitions", [])
+        if not parts:
+            return ["_default"]
+        return [p["name"] for p in parts if p.get("state") != "dropped"]
+
+    async def _partitions(self, method: str, collection: str, names: List[str], replicas: int = 0) -> None:
+        body = {"collection": collection, "names": names, "replicas": replicas}
+        await self._call_empty(method, "PartitionRequest", body)
+
     # ---- writes ---------------------------------------------------------------------------
 
-    async def insert(self, collection: str, rows: RowBatch) -> MutationResult:
-        """Inserts rows; acknowledged once they are durable in the log. Batches larger than the
-        server's message limit are sent as several requests (each atomic on its own)."""
-        return await self._write("insert", collection, rows)
+    async def insert(self, collection: str, rows: RowBatch, partition: str = "") -> MutationResult:
+        """Inserts rows (into ``partition``; empty = ``_default``); acknowledged once they are
+        durable in the log. Batches larger than the server's message limit are sent as several
+        requests (each atomic on its own)."""
+        return await self._write("insert", collection, rows, partition)
 
-    async def upsert(self, collection: str, rows: RowBatch) -> MutationResult:
-        """Inserts rows that replace the rows with the same keys (each row carries its key).
-        Readers see a key's old row or its new one, never neither. Acknowledged once durable in
-        the log; batches larger than the server's message limit are sent as several requests
-        (each atomic on its own)."""
-        return await self._write("upsert", collection, rows)
+    async def upsert(self, collection: str, rows: RowBatch, partition: str = "") -> MutationResult:
+        """Inserts rows (into ``partition``) that replace the rows with the same keys (each row
+        carries its key), whatever their partition. Readers see a key's old row or its new one,
+        never neither. Acknowledged once durable in the log; batches larger than the server's
+        message limit are sent as several requests (each atomic on its own)."""
+        return await self._write("upsert", collection, rows, partition)
 
-    async def _write(self, method: str, collection: str, rows: RowBatch) -> MutationResult:
+    async def _write(self, method: str, collection: str, rows: RowBatch, partition: str) -> MutationResult:
         n = rows.num_rows
         per_call = self._rows_per_insert(rows)
         if n <= per_call:
-            return await self._insert_one(method, collection, rows)
+            return await self._insert_one(method, collection, rows, partition)
         out = MutationResult([], 0)
         for start in range(0, n, per_call):
-            res = await self._insert_one(method, collection, rows.slice(start, min(start + per_call, n)))
+            part = rows.slice(start, min(start + per_call, n))
+            res = await self._insert_one(method, collection, part, partition)
             out.pks.extend(res.pks)
             out.timestamp = res.timestamp
             out.count += res.count
@@ -425,8 +456,8 @@ class AsyncClient:
         fit = max(self.max_payload - _ENVELOPE_BYTES, 0) // max(row_bytes, 1)
         return max(1, min(fit, _MAX_INSERT_ROWS))
 
-    async def _insert_one(self, method: str, collection: str, rows: RowBatch) -> MutationResult:
-        body = {"collection": collection, "rows": wire.rows_to_wire(rows)}
+    async def _insert_one(self, method: str, collection: str, rows: RowBatch, partition: str) -> MutationResult:
+        body = {"collection": collection, "rows": wire.rows_to_wire(rows), "partition": partition}
         # Rows that carry their keys are stored once however often they are sent (each call's
         # rows fit one log message per shard, named after the request id and the keys).
         request_id = f"py{os.getpid()}.{_STARTED_MS}.{next(_request_ids)}" if rows.pks else None
@@ -437,10 +468,11 @@ class AsyncClient:
         body = {"collection": collection, "pks": [wire.pk_to_wire(p) for p in pks], "filter": ""}
         return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
 
-    async def delete_where(self, collection: str, filter: str) -> MutationResult:
-        """Deletes every row matching a Milvus boolean expression, however many; the result's
-        ``count`` says how many were deleted (its key list is empty, as in Milvus)."""
-        body = {"collection": collection, "pks": [], "filter": filter}
+    async def delete_where(self, collection: str, filter: str, partition: str = "") -> MutationResult:
+        """Deletes every row matching a Milvus boolean expression (in ``partition``; empty =
+        every partition), however many; the result's ``count`` says how many were deleted (its
+        key list is empty, as in Milvus). A key deleted in a partition is deleted in all."""
+        body = {"collection": collection, "pks": [], "filter": filter, "partition": partition}
         return await self._call("delete", "Delete", body, "MutationResult", wire.mutation_from_wire)
 
     async def flush(self, collection: str) -> FlushResult:

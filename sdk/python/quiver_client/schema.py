@@ -81,8 +81,10 @@ def search(
     nprobe: int = 0,
     ef: int = 0,
     consistency: Consistency = Consistency.BOUNDED,
+    partitions: Sequence[str] = (),
 ) -> Search:
-    """A top-k search of ``vectors`` (``(nq, dim)``, or one 1-D vector)."""
+    """A top-k search of ``vectors`` (``(nq, dim)``, or one 1-D vector), in ``partitions``
+    (empty = every loaded one)."""
     return Search(
         collection=collection,
         vectors=vectors,
@@ -91,6 +93,7 @@ def search(
         output_fields=list(output_fields),
         consistency=consistency,
         filter=filter,
+        partitions=list(partitions),
     )
 
 
@@ -102,6 +105,8 @@ def query(
     *,
     offset: int = 0,
     consistency: Consistency = Consistency.BOUNDED,
+    partitions: Sequence[str] = (),
 ) -> Query:
-    """A query for rows matching ``filter`` (empty = every row, then give a ``limit``)."""
-    return Query(collection, filter, list(output_fields), limit, offset, consistency)
+    """A query for rows matching ``filter`` (empty = every row, then give a ``limit``) in
+    ``partitions`` (empty = every loaded one)."""
+    return Query(collection, filter, list(output_fields), limit, offset, consistency, list(partitions))

@@ -162,17 +162,32 @@ class Client:
     def release_collection(self, collection: str) -> None:
         self._loop.run(self._inner.release_collection(collection))
 
-    def insert(self, collection: str, rows: RowBatch) -> MutationResult:
-        return self._loop.run(self._inner.insert(collection, rows))
+    def create_partition(self, collection: str, name: str) -> None:
+        self._loop.run(self._inner.create_partition(collection, name))
 
-    def upsert(self, collection: str, rows: RowBatch) -> MutationResult:
-        return self._loop.run(self._inner.upsert(collection, rows))
+    def drop_partition(self, collection: str, name: str) -> None:
+        self._loop.run(self._inner.drop_partition(collection, name))
+
+    def load_partitions(self, collection: str, names: Sequence[str], replicas: int = 1) -> None:
+        self._loop.run(self._inner.load_partitions(collection, names, replicas))
+
+    def release_partitions(self, collection: str, names: Sequence[str]) -> None:
+        self._loop.run(self._inner.release_partitions(collection, names))
+
+    def list_partitions(self, collection: str) -> List[str]:
+        return self._loop.run(self._inner.list_partitions(collection))
+
+    def insert(self, collection: str, rows: RowBatch, partition: str = "") -> MutationResult:
+        return self._loop.run(self._inner.insert(collection, rows, partition))
+
+    def upsert(self, collection: str, rows: RowBatch, partition: str = "") -> MutationResult:
+        return self._loop.run(self._inner.upsert(collection, rows, partition))
 
     def delete(self, collection: str, pks: Sequence[PrimaryKey]) -> MutationResult:
         return self._loop.run(self._inner.delete(collection, pks))
 
-    def delete_where(self, collection: str, filter: str) -> MutationResult:
-        return self._loop.run(self._inner.delete_where(collection, filter))
+    def delete_where(self, collection: str, filter: str, partition: str = "") -> MutationResult:
+        return self._loop.run(self._inner.delete_where(collection, filter, partition))
 
     def flush(self, collection: str) -> FlushResult:
         return self._loop.run(self._inner.flush(collection))

@@ -426,6 +426,8 @@ class Search:
     consistency: Consistency = Consistency.BOUNDED
     #: Milvus boolean expression; only matching rows are searched (empty = all).
     filter: str = ""
+    #: Search only these partitions (empty = every loaded one).
+    partitions: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.vectors = as_vectors(self.vectors)
@@ -479,6 +481,8 @@ class Query:
     #: Rows to skip, in primary-key order.
     offset: int = 0
     consistency: Consistency = Consistency.BOUNDED
+    #: Read only these partitions (empty = every loaded one).
+    partitions: Sequence[str] = ()
 
 
 @dataclass

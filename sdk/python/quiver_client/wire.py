@@ -355,6 +355,7 @@ def search_to_wire(s: Search) -> Dict_:
         "outputFields": list(s.output_fields),
         "consistency": Consistency(s.consistency).value,
         "filter": s.filter,
+        "partitions": list(s.partitions),
     }
 
 
@@ -379,6 +380,7 @@ def query_to_wire(q: Query) -> Dict_:
         "limit": q.limit,
         "offset": q.offset,
         "consistency": Consistency(q.consistency).value,
+        "partitions": list(q.partitions),
     }
 
 

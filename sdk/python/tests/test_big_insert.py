@@ -25,9 +25,9 @@ async def test_big_insert_is_split_under_max_payload(client: quiver.AsyncClient,
     sizes: List[int] = []
     send = client._insert_one
 
-    async def spy(method: str, collection: str, rows: quiver.RowBatch) -> quiver.MutationResult:
+    async def spy(method: str, collection: str, rows: quiver.RowBatch, partition: str) -> quiver.MutationResult:
         sizes.append(rows.num_rows)
-        return await send(method, collection, rows)
+        return await send(method, collection, rows, partition)
 
     monkeypatch.setattr(client, "_insert_one", spy)
     res = await client.insert(name, schema.rows(range(n), base))

@@ -224,3 +224,35 @@ async def test_release_and_load(client: quiver.AsyncClient) -> None:
         assert [len(g.nodes) for g in d.replicas] == [1] and d.shards[0].replica == 0, d
     finally:
         await client.drop_collection(name)
+
+
+async def test_partitions(client: quiver.AsyncClient) -> None:
+    name = "py_partitions"
+    await client.create_collection(schema.simple(name, 8))
+    try:
+        await client.create_partition(name, "a")
+        assert await client.list_partitions(name) == ["_default", "a"]
+        await client.insert(name, schema.rows(range(5), np.eye(5, 8, dtype=np.float32)), partition="a")
+        await client.insert(name, schema.rows(range(5, 8), np.eye(3, 8, k=5, dtype=np.float32)))
+
+        async def count(partitions: Sequence[str] = ()) -> int:
+            q = schema.query(name, output_fields=["count(*)"], consistency=STRONG, partitions=partitions)
+            return (await client.query(q)).rows.columns[0].values[0]
+
+        assert (await count(), await count(["a"]), await count(["_default"])) == (8, 5, 3)
+        query = np.eye(1, 8, k=6, dtype=np.float32)
+        hits = await client.search(schema.search(name, query, 3, consistency=STRONG, partitions=["a"]))
+        assert 6 not in hits.results[0].pks and all(pk < 5 for pk in hits.results[0].pks)
+        res = await client.delete_where(name, "id >= 0", partition="a")
+        assert res.count == 5 and await count() == 3
+        await client.release_partitions(name, ["a"])
+        with pytest.raises(quiver.InvalidArgument) as e:
+            await client.search(schema.search(name, query, 3, partitions=["a"]))
+        assert "not loaded" in e.value.message
+        await client.drop_partition(name, "a")
+        assert await client.list_partitions(name) == ["_default"]
+        with pytest.raises(quiver.InvalidArgument) as e:
+            await client.insert(name, schema.rows([9], np.ones((1, 8), dtype=np.float32)), partition="a")
+        assert "partition not found" in e.value.message
+    finally:
+        await client.drop_collection(name)

@@ -487,10 +487,51 @@ impl Client {
         self.call::<api::ReleaseCollection>(&CollectionName { name: collection.into() }).await.map(|_| ())
     }
 
+    /// Creates partition `name` (loaded when the collection is); creating it again succeeds.
+    pub async fn create_partition(&self, collection: &str, name: &str) -> Result<()> {
+        self.partition_call::<api::CreatePartition>(collection, &[name], 0).await
+    }
+
+    /// Drops partition `name`, which must be released first; its rows are never read again.
+    pub async fn drop_partition(&self, collection: &str, name: &str) -> Result<()> {
+        self.partition_call::<api::DropPartition>(collection, &[name], 0).await
+    }
+
+    /// Reads cover partitions `names` again; a released collection is loaded with only them.
+    pub async fn load_partitions(&self, collection: &str, names: &[&str], replicas: u32) -> Result<()> {
+        self.partition_call::<api::LoadPartitions>(collection, names, replicas).await
+    }
+
+    /// Reads no longer cover partitions `names`; with none left, the collection is released.
+    pub async fn release_partitions(&self, collection: &str, names: &[&str]) -> Result<()> {
+        self.partition_call::<api::ReleasePartitions>(collection, names, 0).await
+    }
+
+    /// The collection's partitions (dropped ones left out).
+    pub async fn list_partitions(&self, collection: &str) -> Result<Vec<PartitionInfo>> {
+        let info = self.describe_collection(collection).await?.info;
+        Ok(info.partition_list().into_iter().filter(|p| p.state != PartitionState::Dropped).collect())
+    }
+
+    async fn partition_call<C: Call<Request = PartitionRequest, Reply = Empty>>(
+        &self,
+        collection: &str,
+        names: &[&str],
+        replicas: u32,
+    ) -> Result<()> {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        self.call::<C>(&PartitionRequest { collection: collection.into(), names, replicas }).await.map(|_| ())
+    }
+
     /// Inserts rows; acknowledged once they are durable in the log. Batches larger than the
     /// server's message limit are sent as several requests (each atomic on its own).
     pub async fn insert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
-        self.write::<api::Insert>(collection, rows).await
+        self.write::<api::Insert>(collection, "", rows).await
+    }
+
+    /// [`Self::insert`] into partition `partition` (empty: `_default`).
+    pub async fn insert_into(&self, collection: &str, partition: &str, rows: RowBatch) -> Result<MutationResult> {
+        self.write::<api::Insert>(collection, partition, rows).await
     }
 
     /// Inserts rows that replace the rows with the same keys (each row carries its key).
@@ -498,30 +539,36 @@ impl Client {
     /// the log; batches larger than the server's message limit are sent as several requests
     /// (each atomic on its own).
     pub async fn upsert(&self, collection: &str, rows: RowBatch) -> Result<MutationResult> {
-        self.write::<api::Upsert>(collection, rows).await
+        self.write::<api::Upsert>(collection, "", rows).await
+    }
+
+    /// [`Self::upsert`] into partition `partition` (the old rows go whatever their partition).
+    pub async fn upsert_into(&self, collection: &str, partition: &str, rows: RowBatch) -> Result<MutationResult> {
+        self.write::<api::Upsert>(collection, partition, rows).await
     }
 
     /// An insert or upsert, cut into calls under the server's message limit.
     async fn write<C: Call<Request = Insert, Reply = MutationResult>>(
         &self,
         collection: &str,
+        partition: &str,
         rows: RowBatch,
     ) -> Result<MutationResult> {
+        let insert = |rows| Insert { collection: collection.into(), rows, partition: partition.into() };
         let n = rows.num_rows();
         let row_bytes = rows.dim as usize * 4 + 128;
         let per_call = ((self.max_payload().saturating_sub(64 * 1024)) / row_bytes.max(1)).max(1);
         // Rows that carry their keys are stored once however often they are sent.
         let keyed = !rows.pks.is_empty();
         if n <= per_call {
-            return self.call_with::<C>(&Insert { collection: collection.into(), rows }, keyed).await;
+            return self.call_with::<C>(&insert(rows), keyed).await;
         }
         let mut out = MutationResult { pks: Vec::with_capacity(n), timestamp: 0, count: 0 };
         let mut start = 0;
         while start < n {
             let end = (start + per_call).min(n);
             let part = schema::slice_rows(&rows, start, end);
-            let res: MutationResult =
-                self.call_with::<C>(&Insert { collection: collection.into(), rows: part }, keyed).await?;
+            let res: MutationResult = self.call_with::<C>(&insert(part), keyed).await?;
             out.pks.extend(res.pks);
             out.timestamp = res.timestamp;
             out.count += res.count;
@@ -531,14 +578,26 @@ impl Client {
     }
 
     pub async fn delete(&self, collection: &str, pks: Vec<PrimaryKey>) -> Result<MutationResult> {
-        self.call::<api::Delete>(&Delete { collection: collection.into(), pks, filter: String::new() }).await
+        let req = Delete { collection: collection.into(), pks, filter: String::new(), partition: String::new() };
+        self.call::<api::Delete>(&req).await
     }
 
     /// Deletes every row matching a Milvus boolean expression, however many; the result's
     /// `count` says how many were deleted (its key list is empty, as in Milvus).
     pub async fn delete_where(&self, collection: &str, filter: &str) -> Result<MutationResult> {
-        self.call::<api::Delete>(&Delete { collection: collection.into(), pks: Vec::new(), filter: filter.into() })
-            .await
+        self.delete_in(collection, "", filter).await
+    }
+
+    /// [`Self::delete_where`] for the rows of partition `partition` only (empty: every
+    /// partition). A key deleted this way is deleted in every partition holding it.
+    pub async fn delete_in(&self, collection: &str, partition: &str, filter: &str) -> Result<MutationResult> {
+        let req = Delete {
+            collection: collection.into(),
+            pks: Vec::new(),
+            filter: filter.into(),
+            partition: partition.into(),
+        };
+        self.call::<api::Delete>(&req).await
     }
 
     /// Rows matching a filter (see [`Query`]); `output_fields = ["count(*)"]` counts them.

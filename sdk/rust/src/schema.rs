@@ -105,6 +105,7 @@ pub fn search(collection: &str, dim: u32, vectors: Vec<f32>, top_k: u32) -> Sear
         output_fields: Vec::new(),
         consistency: Consistency::default(),
         filter: String::new(),
+        partitions: Vec::new(),
     }
 }
 
@@ -117,6 +118,7 @@ pub fn query(collection: &str, filter: &str, output_fields: &[&str], limit: u64)
         limit,
         offset: 0,
         consistency: Consistency::default(),
+        partitions: Vec::new(),
     }
 }
 

@@ -109,6 +109,7 @@ pub fn bench_filter(args: BenchFilterArgs) -> anyhow::Result<()> {
         summaries.push(ScalarValue::VarChar(summary.to_string()));
     }
     let rows = RowStore {
+        partitions: Default::default(),
         dim,
         pks: (0..n as i64).map(PrimaryKey::Int64).collect(),
         seqs: vec![1; n],

@@ -74,6 +74,7 @@ pub fn bench_scalar_index(args: BenchScalarIndexArgs) -> anyhow::Result<()> {
         ids.swap(i, (x % (i as u64 + 1)) as usize);
     }
     let rows = RowStore {
+        partitions: Default::default(),
         dim,
         pks: (0..n as i64).map(PrimaryKey::Int64).collect(),
         seqs: vec![1; n],

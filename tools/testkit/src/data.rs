@@ -166,6 +166,7 @@ pub async fn create_simple(client: &Client, name: &str) {
 /// retryable for up to 30 s, e.g. right after a restart).
 pub async fn count(client: &Client, collection: &str) -> i64 {
     let q = Query {
+        partitions: Default::default(),
         collection: collection.into(),
         filter: String::new(),
         output_fields: vec!["count(*)".into()],

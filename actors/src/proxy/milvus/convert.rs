@@ -800,7 +800,14 @@ mod tests {
             field("$meta", ms::DataType::Json, &[]),
         ];
         let schema = schema_from("c", &schema_bytes(fields, true), 0, ConsistencyLevel::Strong as i32).unwrap();
-        CollectionInfo { id: 7, schema, index: None, created_ts: 1, scalar_indexes: Vec::new() }
+        CollectionInfo {
+            partitions: Default::default(),
+            id: 7,
+            schema,
+            index: None,
+            created_ts: 1,
+            scalar_indexes: Vec::new(),
+        }
     }
 
     fn longs(name: &str, v: Vec<i64>) -> FieldData {

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use quiver_runtime::bus::{valid_request_id, RequestContext};
 use quiver_runtime::{Error, Result};
-use quiver_schemas::protocol::{api, coord, Call};
+use quiver_schemas::protocol::{api, coord, Call, QueueCall};
 use quiver_schemas::{
     CollectionDescription, CollectionName, CompactRequest, CreateCollection, CreateIndex, CreateScalarIndex, Delete,
-    Distribution, DropScalarIndex, Empty, Get, Insert, MutationResult as QMutation, Query, Search, COUNT_STAR,
+    Distribution, DropScalarIndex, Empty, Get, Insert, MutationResult as QMutation, PartitionRequest, PartitionState,
+    Query, Search, COUNT_STAR,
 };
 use tonic::{Request, Response, Status};
 
@@ -49,6 +50,32 @@ impl MilvusApi {
     }
 
     /// The collection a request names, by name or else by id (older clients send only the id).
+    /// Milvus serves only indexed collections; so does Quiver behind this API.
+    async fn check_indexed(&self, name: &str, ctx: &RequestContext) -> Result<()> {
+        let info = self.proxy.collection(name, ctx).await?;
+        if info.index.is_none() {
+            let field = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "there is no vector index on field: [{field}], please create index firstly: collection={name}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forwards a partition change (create, drop, load, release) to the coordinator.
+    async fn partition_call<C: QueueCall<Request = PartitionRequest, Reply = Empty>>(
+        &self,
+        collection: String,
+        names: Vec<String>,
+        replicas: u32,
+        ctx: &RequestContext,
+    ) -> Result<common::Status> {
+        name_check(&collection)?;
+        let req = PartitionRequest { collection: collection.clone(), names, replicas };
+        self.proxy.forward_change::<C>(&collection, &req, ctx).await?;
+        Ok(ok())
+    }
+
     async fn name_or_id(&self, name: String, id: i64, ctx: &RequestContext) -> Result<String> {
         if !name.is_empty() {
             return Ok(name);
@@ -157,6 +184,8 @@ failed!(
     ManualCompactionResponse,
     GetCompactionStateResponse,
     GetCompactionPlansResponse,
+    GetPartitionStatisticsResponse,
+    ShowPartitionsResponse,
 );
 
 impl Failed for common::Status {
@@ -322,7 +351,8 @@ impl MilvusService for MilvusApi {
                 consistency_level: convert::consistency_to(info.schema.consistency) as i32,
                 collection_name: info.schema.name.clone(),
                 db_name: DEFAULT_DB.into(),
-                num_partitions: 1,
+                num_partitions: info.partition_list().iter().filter(|p| p.state != PartitionState::Dropped).count()
+                    as i64,
                 update_timestamp: info.created_ts,
                 ..Default::default()
             })
@@ -370,15 +400,7 @@ impl MilvusService for MilvusApi {
             if r.refresh {
                 return self.refresh_load(&r.collection_name, &ctx).await;
             }
-            // Milvus serves only indexed collections; so does Quiver behind this API.
-            let info = self.proxy.collection(&r.collection_name, &ctx).await?;
-            if info.index.is_none() {
-                let field = info.vector_field().map(|f| f.name.clone()).unwrap_or_default();
-                return Err(Error::InvalidArgument(format!(
-                    "there is no vector index on field: [{field}], please create index firstly: collection={}",
-                    r.collection_name
-                )));
-            }
+            self.check_indexed(&r.collection_name, &ctx).await?;
             self.proxy.load(&r.collection_name, r.replica_number.max(1) as u32, &ctx).await?;
             Ok(ok())
         }
@@ -399,6 +421,138 @@ impl MilvusService for MilvusApi {
         }
         .await;
         answer("ReleaseCollection", t, result)
+    }
+
+    async fn create_partition(&self, req: Request<CreatePartitionRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.partition_call::<coord::CreatePartition>(r.collection_name, vec![r.partition_name], 0, &ctx).await
+        }
+        .await;
+        answer("CreatePartition", t, result)
+    }
+
+    async fn drop_partition(&self, req: Request<DropPartitionRequest>) -> Result<Response<common::Status>, Status> {
+        super::authorize(&req, <api::DropPartition as Call>::METHOD, "PrivilegeDropPartition")?;
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.partition_call::<coord::DropPartition>(r.collection_name, vec![r.partition_name], 0, &ctx).await
+        }
+        .await;
+        answer("DropPartition", t, result)
+    }
+
+    async fn has_partition(&self, req: Request<HasPartitionRequest>) -> Result<Response<BoolResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.get_ref();
+            let info = self.describe(&r.collection_name, &ctx).await?.info;
+            Ok(BoolResponse { status: Some(ok()), value: info.partition(&r.partition_name).is_some() })
+        }
+        .await;
+        answer("HasPartition", t, result)
+    }
+
+    async fn load_partitions(&self, req: Request<LoadPartitionsRequest>) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            if r.refresh {
+                return self.refresh_load(&r.collection_name, &ctx).await;
+            }
+            self.check_indexed(&r.collection_name, &ctx).await?;
+            let replicas = r.replica_number.max(1) as u32;
+            self.partition_call::<coord::LoadPartitions>(r.collection_name, r.partition_names, replicas, &ctx).await
+        }
+        .await;
+        answer("LoadPartitions", t, result)
+    }
+
+    async fn release_partitions(
+        &self,
+        req: Request<ReleasePartitionsRequest>,
+    ) -> Result<Response<common::Status>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            self.partition_call::<coord::ReleasePartitions>(r.collection_name, r.partition_names, 0, &ctx).await
+        }
+        .await;
+        answer("ReleasePartitions", t, result)
+    }
+
+    /// `row_count`: the partition's rows, counted by a query (the collection must be loaded;
+    /// Milvus counts flushed rows, Quiver growing ones too).
+    async fn get_partition_statistics(
+        &self,
+        req: Request<GetPartitionStatisticsRequest>,
+    ) -> Result<Response<GetPartitionStatisticsResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let query = Query {
+                collection: r.collection_name,
+                filter: String::new(),
+                output_fields: vec![COUNT_STAR.into()],
+                limit: 0,
+                offset: 0,
+                consistency: quiver_schemas::Consistency::Strong,
+                partitions: vec![r.partition_name],
+            };
+            let rows = self.proxy.query(query, &ctx).await?.rows;
+            let count = match rows.columns.first().and_then(|c| c.values.first()) {
+                Some(quiver_schemas::ScalarValue::Int64(n)) => (*n).max(0) as u64,
+                _ => 0,
+            };
+            Ok(GetPartitionStatisticsResponse { status: Some(ok()), stats: vec![kv("row_count", count)] })
+        }
+        .await;
+        answer("GetPartitionStatistics", t, result)
+    }
+
+    async fn show_partitions(
+        &self,
+        req: Request<ShowPartitionsRequest>,
+    ) -> Result<Response<ShowPartitionsResponse>, Status> {
+        let t = Instant::now();
+        let ctx = context_of(&req);
+        let result = async {
+            check_db(&req, &req.get_ref().db_name)?;
+            let r = req.into_inner();
+            let name = self.name_or_id(r.collection_name, r.collection_id, &ctx).await?;
+            let dist = self.layout(&name, &ctx).await?;
+            let info = &dist.collection;
+            let mut out = ShowPartitionsResponse { status: Some(ok()), ..Default::default() };
+            for p in info.partition_list().into_iter().filter(|p| p.state != PartitionState::Dropped) {
+                if !r.partition_names.is_empty() && !r.partition_names.contains(&p.name) {
+                    continue;
+                }
+                let loaded = !dist.released && p.state == PartitionState::Loaded;
+                out.partition_names.push(p.name);
+                out.partition_i_ds.push(i64::from(p.id));
+                out.created_timestamps.push(p.created_ts);
+                out.created_utc_timestamps.push(quiver_schemas::ts_physical_ms(p.created_ts));
+                #[allow(deprecated)]
+                out.in_memory_percentages.push(if loaded { load_progress(&dist) } else { 0 });
+            }
+            Ok(out)
+        }
+        .await;
+        answer("ShowPartitions", t, result)
     }
 
     async fn get_loading_progress(
@@ -427,7 +581,17 @@ impl MilvusService for MilvusApi {
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
-            let state = if dist.released {
+            let mut released = false;
+            for name in &req.get_ref().partition_names {
+                let p = dist.collection.partition(name).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "partition not found[partition={name}]: collection {:?} has no partition {name:?}",
+                        dist.collection.schema.name
+                    ))
+                })?;
+                released |= p.state != PartitionState::Loaded;
+            }
+            let state = if dist.released || released {
                 LoadState::NotLoad
             } else if load_progress(&dist) < 100 {
                 LoadState::Loading
@@ -531,7 +695,8 @@ impl MilvusService for MilvusApi {
             let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, false)?;
             let n = rows.num_rows() as i64;
-            let out: QMutation = self.proxy.insert(Insert { collection: r.collection_name, rows }, &ctx).await?;
+            let insert = Insert { collection: r.collection_name, rows, partition: r.partition_name };
+            let out: QMutation = self.proxy.insert(insert, &ctx).await?;
             Ok(MutationResult { insert_cnt: n, ..mutation(&out.pks, out.timestamp) })
         }
         .await;
@@ -547,7 +712,8 @@ impl MilvusService for MilvusApi {
             let info = self.proxy.collection(&r.collection_name, &ctx).await?;
             let rows = convert::rows_from(&info, &r.fields_data, r.num_rows, true)?;
             let n = rows.num_rows() as i64;
-            let out = self.proxy.upsert(Insert { collection: r.collection_name, rows }, &ctx).await?;
+            let upsert = Insert { collection: r.collection_name, rows, partition: r.partition_name };
+            let out = self.proxy.upsert(upsert, &ctx).await?;
             Ok(MutationResult { upsert_cnt: n, insert_cnt: n, delete_cnt: n, ..mutation(&out.pks, out.timestamp) })
         }
         .await;
@@ -563,7 +729,8 @@ impl MilvusService for MilvusApi {
             if r.expr.trim().is_empty() {
                 return Err(Error::InvalidArgument("delete needs a filter expression (expr)".into()));
             }
-            let del = Delete { collection: r.collection_name, pks: Vec::new(), filter: r.expr };
+            let del =
+                Delete { collection: r.collection_name, pks: Vec::new(), filter: r.expr, partition: r.partition_name };
             let out = self.proxy.delete(del, &ctx).await?;
             // pymilvus reads `delete_cnt`; the ids stay empty, as Milvus leaves them.
             Ok(MutationResult {
@@ -965,9 +1132,6 @@ impl MilvusApi {
 
     async fn run_search(&self, r: SearchRequest, ctx: &RequestContext) -> Result<SearchResults> {
         let info = self.proxy.collection(&r.collection_name, ctx).await?;
-        if !r.partition_names.is_empty() && r.partition_names.iter().any(|p| p != "_default") {
-            return Err(Error::InvalidArgument("partitions are not supported by Quiver (only _default)".into()));
-        }
         let knobs = convert::knobs_from(&r.search_params)?;
         let metric = crate::querynode::metric_of(&info);
         if let Some(m) = knobs.metric {
@@ -998,6 +1162,7 @@ impl MilvusApi {
             output_fields: fields.clone(),
             consistency: self.consistency(&info, r.consistency_level, r.use_default_consistency),
             filter: r.dsl,
+            partitions: r.partition_names.clone(),
         };
         let consistency = search.consistency;
         let results = self.proxy.search(search, ctx).await?;
@@ -1007,7 +1172,10 @@ impl MilvusApi {
             let data = out.results.get_or_insert_with(Default::default);
             let pks = ids_of(data.ids.as_ref());
             let get = Get { collection: r.collection_name, pks: pks.clone(), output_fields: Vec::new(), consistency };
-            let found = if pks.is_empty() { Default::default() } else { self.proxy.get(get, ctx).await?.rows };
+            let found = match pks.is_empty() {
+                true => Default::default(),
+                false => self.proxy.get_in(get, &r.partition_names, ctx).await?.rows,
+            };
             let dim = info.dim() as usize;
             let mut by_pk: HashMap<&quiver_schemas::PrimaryKey, &[f32]> = HashMap::with_capacity(found.pks.len());
             for (i, pk) in found.pks.iter().enumerate() {
@@ -1071,6 +1239,9 @@ impl MilvusApi {
             sub.output_fields = r.output_fields.clone();
             sub.consistency_level = r.consistency_level;
             sub.use_default_consistency = r.use_default_consistency;
+            if sub.partition_names.is_empty() {
+                sub.partition_names = r.partition_names.clone();
+            }
             let (_, nq) = convert::vectors_from(convert::placeholder_group(&sub)?, info.dim(), self.max_nq())?;
             let part = self.run_search(sub, ctx).await?;
             let weight = match strategy.as_str() {
@@ -1159,6 +1330,7 @@ impl MilvusApi {
             limit,
             offset,
             consistency: self.consistency(&info, r.consistency_level, r.use_default_consistency),
+            partitions: r.partition_names,
         };
         let rows = self.proxy.query(query, ctx).await?.rows;
         let pk_name = info.primary_field().map(|f| f.name.clone()).unwrap_or_default();

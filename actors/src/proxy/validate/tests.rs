@@ -37,7 +37,14 @@ fn info(pk_type: DataType, auto_id: bool, dynamic: bool) -> CollectionInfo {
         num_shards: 2,
         consistency: Consistency::Bounded,
     };
-    CollectionInfo { id: 7, schema, index: None, created_ts: 0, scalar_indexes: Vec::new() }
+    CollectionInfo {
+        partitions: Default::default(),
+        id: 7,
+        schema,
+        index: None,
+        created_ts: 0,
+        scalar_indexes: Vec::new(),
+    }
 }
 
 fn docs() -> CollectionInfo {
@@ -201,6 +208,7 @@ fn keys_must_have_the_collections_type_and_length() {
 
 fn search(nq: usize, top_k: u32) -> Search {
     Search {
+        partitions: Default::default(),
         collection: "docs".into(),
         dim: 2,
         vectors: vec![0.5; nq * 2],
