@@ -395,6 +395,14 @@ impl SegmentInfo {
         }
         self.partitions.iter().any(|p| ids.contains(p))
     }
+
+    /// Whether every row of the segment is in a partition of `ids`.
+    pub fn within(&self, ids: &[PartitionId]) -> bool {
+        if self.partitions.is_empty() {
+            return ids.contains(&0);
+        }
+        self.partitions.iter().all(|p| ids.contains(p))
+    }
 }
 
 impl SegmentInfo {

@@ -370,7 +370,7 @@ impl QueryNode {
         self.wait_shards(&segments, &growing, req.search.consistency, req.guarantee_ts, arrived, ctx).await?;
         let filter = search::Filter::from_json(&req.filter)?;
         let mut segments = segments;
-        search::prune(&mut segments, filter.as_ref());
+        let scope = search::Scope::narrow(&mut segments, filter.as_ref())?;
         let plan = search::SearchPlan {
             dim: req.search.dim as usize,
             k: req.search.top_k as usize,
@@ -381,6 +381,7 @@ impl QueryNode {
             output_fields: req.search.output_fields,
             queries: req.search.vectors,
             filter,
+            scope,
             deadline: ctx.remaining().map(|left| std::time::Instant::now() + left),
         };
         let pool = self.pool.clone();
@@ -449,9 +450,10 @@ impl QueryNode {
         self.wait_shards(&segments, &growing, req.query.consistency, req.guarantee_ts, arrived, ctx).await?;
         let filter = search::Filter::from_json(&req.filter)?;
         let mut segments = segments;
-        search::prune(&mut segments, filter.as_ref());
+        let scope = search::Scope::narrow(&mut segments, filter.as_ref())?;
         let q = search::QueryPlan {
             filter,
+            scope,
             output_fields: req.query.output_fields,
             limit: rows,
             dim: info.dim() as usize,

@@ -42,24 +42,60 @@ impl Filter {
             .map_err(|e| Error::Internal(format!("malformed filter from proxy: {e}")))
     }
 
-    /// The partitions the read covers, when the proxy narrowed it to some
-    /// ([`Expr::Partition`], alone or in the top-level `and`).
-    pub fn partitions(&self) -> Option<&[u32]> {
-        match &self.expr {
-            Expr::Partition(ids) => Some(ids),
-            Expr::And(items) => items.iter().find_map(|e| match e {
-                Expr::Partition(ids) => Some(ids.as_slice()),
-                _ => None,
-            }),
+    /// The partitions the read covers when the proxy narrowed it to some ([`Expr::Partition`],
+    /// alone or in the top-level `and`), and the filter without that term.
+    fn split_partitions(&self) -> Result<Option<(&[u32], Option<Filter>)>> {
+        let rest = match &self.expr {
+            Expr::Partition(ids) => return Ok(Some((ids, None))),
+            Expr::And(items) => items,
+            _ => return Ok(None),
+        };
+        let Some(ids) = rest.iter().find_map(|e| match e {
+            Expr::Partition(ids) => Some(ids.as_slice()),
             _ => None,
-        }
+        }) else {
+            return Ok(None);
+        };
+        let mut rest: Vec<Expr> = rest.iter().filter(|e| !matches!(e, Expr::Partition(_))).cloned().collect();
+        let expr = match rest.len() {
+            0 => return Ok(Some((ids, None))),
+            1 => rest.remove(0),
+            _ => Expr::And(rest),
+        };
+        let json = serde_json::to_string(&expr).map_err(Error::internal)?;
+        Ok(Some((ids, Some(Filter { json, expr }))))
     }
 }
 
-/// Leaves out the sealed segments that hold no row of the partitions `filter` covers.
-pub fn prune(segments: &mut Vec<(Arc<Sealed>, Arc<ShardData>)>, filter: Option<&Filter>) {
-    if let Some(ids) = filter.and_then(Filter::partitions) {
+/// A read's partitions at one query node: which of its segments hold only rows of them.
+#[derive(Default)]
+pub struct Scope {
+    /// Per segment of the plan: all its rows are in the read's partitions.
+    pub inside: Vec<bool>,
+    /// The read's filter without its partition term, for those segments.
+    pub inside_filter: Option<Filter>,
+}
+
+impl Scope {
+    /// Leaves out the sealed segments holding no row of the partitions `filter` covers; the
+    /// segments holding only such rows are searched without the partition term (often with no
+    /// filter at all, the fast path).
+    pub fn narrow(segments: &mut Vec<(Arc<Sealed>, Arc<ShardData>)>, filter: Option<&Filter>) -> Result<Scope> {
+        let Some((ids, inside_filter)) = filter.map(Filter::split_partitions).transpose()?.flatten() else {
+            return Ok(Scope::default());
+        };
         segments.retain(|(s, _)| s.info.holds_any(ids));
+        let inside = segments.iter().map(|(s, _)| s.info.within(ids)).collect();
+        Ok(Scope { inside, inside_filter })
+    }
+
+    /// The filter segment `i` is read with.
+    fn filter<'a>(&'a self, i: usize, filter: &'a Option<Filter>) -> Option<&'a Filter> {
+        if self.inside.get(i).copied().unwrap_or(false) {
+            self.inside_filter.as_ref()
+        } else {
+            filter.as_ref()
+        }
     }
 }
 
@@ -159,8 +195,17 @@ pub struct SearchPlan {
     pub output_fields: Vec<String>,
     /// Only rows matching this are searched (a pre-filter: bitmap ID selector in faiss).
     pub filter: Option<Filter>,
+    /// Segments wholly inside the read's partitions, searched without the partition term.
+    pub scope: Scope,
     /// When the caller stops waiting: pieces not started by then are not run.
     pub deadline: Option<Instant>,
+}
+
+impl SearchPlan {
+    /// The filter sealed segment `i` is searched with.
+    fn segment_filter(&self, i: usize) -> Option<&Filter> {
+        self.scope.filter(i, &self.filter)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -219,7 +264,7 @@ fn pieces(plan: &SearchPlan, growing: &[&Growing], threads: usize) -> Vec<Piece>
     for (i, (seg, _)) in plan.segments.iter().enumerate() {
         let source = Source::Segment(i);
         match &seg.flat {
-            Some(flat) if plan.filter.is_none() => out.extend(by_rows(source, flat.len())),
+            Some(flat) if plan.segment_filter(i).is_none() => out.extend(by_rows(source, flat.len())),
             _ => {
                 let blocks = ways.min(nq.div_ceil(MIN_INDEX_QUERIES)).max(1);
                 let per = nq.div_ceil(blocks).max(1);
@@ -261,7 +306,7 @@ fn run_piece(
             let (seg, shard) = &plan.segments[i];
             let deletes = shard.deletes.read().map_err(lock_err)?;
             let hidden = |r: usize| deletes.hides(&seg.rows.pks[r], seg.rows.seqs[r]);
-            if let Some(filter) = &plan.filter {
+            if let Some(filter) = plan.segment_filter(i) {
                 return search_filtered(seg, filter, &deletes, queries, k, &plan.params, plan.metric);
             }
             if let Some(index) = &seg.index {
@@ -305,7 +350,7 @@ pub fn is_quick(plan: &SearchPlan) -> bool {
     nq <= QUICK_QUERIES
         && plan.k <= QUICK_TOP_K
         && plan.params.ef <= QUICK_EF
-        && plan.filter.is_none()
+        && (0..plan.segments.len()).all(|i| plan.segment_filter(i).is_none())
         && matches!(plan.segments.as_slice(), [(seg, _)] if hnsw(seg))
         && no_growing
 }
@@ -497,6 +542,8 @@ pub fn run_get(
 /// One node's share of a query, ready to run.
 pub struct QueryPlan {
     pub filter: Option<Filter>,
+    /// Segments wholly inside the read's partitions, read without the partition term.
+    pub scope: Scope,
     pub output_fields: Vec<String>,
     /// Rows to return at most, in primary-key order (offset + limit; 0 = all).
     pub limit: u64,
@@ -520,11 +567,11 @@ pub fn run_query(plan: &QueryPlan) -> Result<(RowBatch, Vec<Seq>)> {
     // (pk, seq, source, row); a key written twice keeps its latest visible version.
     let mut best: HashMap<&PrimaryKey, (Seq, usize, usize)> = HashMap::new();
     let mut stores: Vec<&RowStore> = Vec::new();
-    for (seg, shard) in &plan.segments {
+    for (i, (seg, shard)) in plan.segments.iter().enumerate() {
         let deletes = shard.deletes.read().map_err(lock_err)?;
         let src = stores.len();
         stores.push(&seg.rows);
-        let matching = plan.filter.as_ref().map(|f| seg.matching(f));
+        let matching = plan.scope.filter(i, &plan.filter).map(|f| seg.matching(f));
         for r in 0..seg.rows.len() {
             let (pk, seq) = (&seg.rows.pks[r], seg.rows.seqs[r]);
             if matching.as_ref().is_none_or(|m| m.get(r)) && !deletes.hides(pk, seq) {

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use quiver_schemas::{
-    CollectionSchema, Column, Consistency, DataType, DmlEntry, FieldSchema, IndexParams, IndexType, MetricType,
+    CollectionSchema, Column, Consistency, DataType, DmlEntry, Expr, FieldSchema, IndexParams, IndexType, MetricType,
     PrimaryKey, RowBatch, ScalarValue, SearchParams, SegmentInfo, SegmentState, Seq, COUNT_STAR,
 };
 
 use super::pool::SearchPool;
-use super::search::{run_get, run_query, run_search, Filter, QueryPlan, SearchPlan};
+use super::search::{is_quick, run_get, run_query, run_search, Filter, QueryPlan, Scope, SearchPlan};
 use super::shard::ShardData;
 use super::Sealed;
 use crate::dml::LogEntry;
@@ -51,12 +51,17 @@ fn delete(shard: &ShardData, seq: Seq, keys: &[i64]) {
 
 /// Sealed segment `id` holding `(key, seq)` rows, with a FLAT faiss index or brute force.
 fn sealed(id: u64, rows: &[(i64, Seq)], indexed: bool) -> Arc<Sealed> {
+    sealed_in(id, rows, indexed, 0)
+}
+
+/// [`sealed`], its rows in partition `partition`.
+fn sealed_in(id: u64, rows: &[(i64, Seq)], indexed: bool, partition: u32) -> Arc<Sealed> {
     let mut store = RowStore::new(DIM);
     for &(key, seq) in rows {
-        store.append(&batch(&[key]), seq, 0);
+        store.append(&batch(&[key]), seq, partition);
     }
     let info = SegmentInfo {
-        partitions: Default::default(),
+        partitions: store.partition_set(),
         id,
         collection: 7,
         shard: 0,
@@ -102,6 +107,7 @@ fn plan(
         growing: growing.iter().map(|(d, after)| (Arc::clone(d), *after)).collect(),
         output_fields: vec!["tag".into()],
         filter,
+        scope: Default::default(),
         deadline: None,
     }
 }
@@ -314,6 +320,39 @@ fn filtered_searches_skip_deleted_rows_too() {
     }
 }
 
+/// A read of some partitions skips the segments holding none of them and searches those holding
+/// only them without a filter; growing rows (any partition) are filtered row by row.
+#[test]
+fn a_partition_scope_skips_and_unfilters_segments() {
+    for indexed in [false, true] {
+        let shard = led_shard(4);
+        let one = sealed_in(1, &[(1, 1), (2, 2)], indexed, 1);
+        let two = sealed_in(2, &[(3, 3), (4, 4)], indexed, 2);
+        shard
+            .apply(LogEntry {
+                seq: 5,
+                prev: 4,
+                entry: Some(DmlEntry::Insert { timestamp: 0, rows: batch(&[5]), partition: 1 }),
+                batch_rest: 0,
+            })
+            .unwrap();
+        insert(&shard, 6, &[6]);
+        let json = serde_json::to_string(&Expr::Partition(vec![1])).unwrap();
+        let filter = Filter::from_json(&json).unwrap();
+        let mut segments = vec![(one.clone(), shard.clone()), (two.clone(), shard.clone())];
+        let scope = Scope::narrow(&mut segments, filter.as_ref()).unwrap();
+        assert_eq!(segments.len(), 1, "segment 2 holds no row of partition 1");
+        assert_eq!(scope.inside, [true]);
+        assert!(scope.inside_filter.is_none(), "segment 1 is searched without a filter");
+        let mut p = plan(10, &[(&one, &shard)], &[(&shard, 4)], filter);
+        p.scope = scope;
+        assert!(!is_quick(&p), "growing rows are there");
+        let (mut keys, _) = found(&p);
+        keys.sort();
+        assert_eq!(keys, [1, 2, 5], "indexed: {indexed}");
+    }
+}
+
 #[test]
 fn get_returns_the_latest_visible_version_of_each_key() {
     let shard = led_shard(3);
@@ -337,6 +376,7 @@ fn query_lists_live_rows_in_key_order_and_counts_them() {
     delete(&shard, 5, &[1]);
     let query = |fields: &[&str], limit: u64| QueryPlan {
         filter: None,
+        scope: Default::default(),
         output_fields: fields.iter().map(|f| f.to_string()).collect(),
         limit,
         dim: DIM,
