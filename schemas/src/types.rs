@@ -271,6 +271,25 @@ impl RowBatch {
 
 /// The partition every collection has, which rows go to when none is named.
 pub const DEFAULT_PARTITION: &str = "_default";
+/// Partitions a collection may have at once (Milvus' `rootCoord.maxPartitionNum`), and so the
+/// most names one request may carry.
+pub const MAX_PARTITIONS: usize = 1024;
+/// Longest partition name, in bytes (as for collection names).
+pub const MAX_PARTITION_NAME: usize = 255;
+
+/// Refuses a request naming more partitions than a collection can have, or a name longer than
+/// any partition's (before it is looked up or echoed in an error).
+pub fn check_partition_names<S: AsRef<str>>(names: &[S]) -> Result<(), String> {
+    if names.len() > MAX_PARTITIONS {
+        return Err(format!("{} partition names; a request names at most {MAX_PARTITIONS}", names.len()));
+    }
+    match names.iter().map(|n| n.as_ref().len()).max() {
+        Some(len) if len > MAX_PARTITION_NAME => {
+            Err(format!("a partition name of {len} bytes; partition names have at most {MAX_PARTITION_NAME}"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Whether a partition's rows are read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -366,6 +366,30 @@ fn hostile_inputs_get_clear_errors_and_break_nothing() {
         let mut partition = search_req("h", knobs("10", "{}"), good_group.clone());
         partition.partition_names = vec!["p1".into()];
         cases.refused("search partition", call!(g, search, partition), &["partition"]);
+        let mut huge = search_req("h", knobs("10", "{}"), good_group.clone());
+        huge.partition_names = vec!["p".repeat(1 << 20)];
+        cases.refused("search with a 1 MB partition name", call!(g, search, huge), &["at most 255"]);
+        let mut many = search_req("h", knobs("10", "{}"), good_group.clone());
+        many.partition_names = (0..100_000).map(|i| format!("p{i}")).collect();
+        cases.refused("search naming 100,000 partitions", call!(g, search, many), &["at most 1024"]);
+        let create = |name: String| CreatePartitionRequest {
+            collection_name: "h".into(),
+            partition_name: name,
+            ..Default::default()
+        };
+        for (what, name) in [("empty", String::new()), ("1 MB", "p".repeat(1 << 20)), ("NUL", "a\u{0}b".into())] {
+            cases.refused(
+                &format!("create partition, {what} name"),
+                call_status!(g, create_partition, create(name)),
+                &["partition name"],
+            );
+        }
+        let show = ShowPartitionsRequest {
+            collection_name: "h".into(),
+            partition_names: (0..100_000).map(|i| format!("p{i}")).collect(),
+            ..Default::default()
+        };
+        cases.refused("show 100,000 partitions", call!(g, show_partitions, show), &["at most 1024"]);
 
         // ---- Query ----
         let query_req = |expr: &str, params: &[(&str, &str)], fields: &[&str]| QueryRequest {

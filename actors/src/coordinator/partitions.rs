@@ -8,14 +8,11 @@ use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
 use quiver_schemas::protocol::keys;
 use quiver_schemas::{
-    CollectionInfo, CollectionName, Empty, LoadCollection, PartitionInfo, PartitionRequest, PartitionState,
-    DEFAULT_PARTITION,
+    check_partition_names, CollectionInfo, CollectionName, Empty, LoadCollection, PartitionInfo, PartitionRequest,
+    PartitionState, DEFAULT_PARTITION, MAX_PARTITIONS,
 };
 
 use super::{catalog, Coordinator};
-
-/// Partitions a collection may have at once (Milvus' `rootCoord.maxPartitionNum`).
-pub const MAX_PARTITIONS: usize = 1024;
 
 /// `name`'s partition in `partitions` (dropped ones are gone).
 fn live<'a>(partitions: &'a mut [PartitionInfo], name: &str) -> Option<&'a mut PartitionInfo> {
@@ -32,6 +29,7 @@ fn not_found(info: &CollectionInfo, name: &str) -> Error {
 /// Adds partition `name` to `info` (loaded); `false` when it exists already (as in Milvus,
 /// creating it again succeeds).
 pub fn with_partition(info: &mut CollectionInfo, name: &str, created_ts: u64) -> Result<bool> {
+    check_partition_names(&[name]).map_err(Error::InvalidArgument)?;
     if !catalog::valid_identifier(name) {
         return Err(Error::InvalidArgument(format!(
             "partition name {name:?} is invalid: use 1-255 letters, digits or '_', starting with a letter or '_'"
@@ -57,6 +55,7 @@ pub fn with_partition(info: &mut CollectionInfo, name: &str, created_ts: u64) ->
 /// Marks partition `name` of `info` dropped; `false` when there is none (dropping it again
 /// succeeds, as in Milvus). `loaded`: whether the collection is loaded.
 pub fn without_partition(info: &mut CollectionInfo, name: &str, loaded: bool) -> Result<bool> {
+    check_partition_names(&[name]).map_err(Error::InvalidArgument)?;
     if name == DEFAULT_PARTITION {
         return Err(Error::InvalidArgument("default partition cannot be deleted".into()));
     }
@@ -82,6 +81,7 @@ pub fn with_states(
     state: PartitionState,
     others: Option<PartitionState>,
 ) -> Result<bool> {
+    check_partition_names(names).map_err(Error::InvalidArgument)?;
     let mut partitions = info.partition_list();
     for name in names {
         if live(&mut partitions, name).is_none() {
@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(c.partitions[0].created_ts, 5, "_default dates from the collection");
         assert!(!with_partition(&mut c, "a", 8).unwrap(), "creating it again succeeds and changes nothing");
         for bad in ["", "1a", "a-b", &"x".repeat(256)] {
-            assert!(with_partition(&mut c, bad, 9).unwrap_err().to_string().contains("is invalid"), "{bad:?}");
+            assert!(with_partition(&mut c, bad, 9).unwrap_err().to_string().contains("partition name"), "{bad:?}");
         }
 
         let e = without_partition(&mut c, "a", true).unwrap_err().to_string();
@@ -260,6 +260,11 @@ mod tests {
         assert_eq!(states(&c), [(0, "_default", Released), (1, "a", Released), (2, "b", Loaded)]);
         let e = with_states(&mut c, &["nope".into()], Loaded, None).unwrap_err().to_string();
         assert!(e.contains("partition not found[partition=nope]"), "{e}");
+        let e = with_states(&mut c, &["x".repeat(1 << 20)], Loaded, None).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("partition names have at most 255"), "{}", &e[..200.min(e.len())]);
+        let many: Vec<String> = (0..5_000).map(|i| format!("p{i}")).collect();
+        let e = with_states(&mut c, &many, Loaded, None).unwrap_err().to_string();
+        assert!(e.contains("5000 partition names; a request names at most 1024"), "{e}");
         assert!(with_states(&mut c, &[], Loaded, Some(Loaded)).unwrap());
         assert!(c.partitions.iter().all(|p| p.state == Loaded));
     }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use quiver_runtime::bus::RequestContext;
 use quiver_runtime::{Error, Result};
-use quiver_schemas::{CollectionInfo, Distribution, Expr, PartitionId, PartitionState, DEFAULT_PARTITION};
+use quiver_schemas::{
+    check_partition_names, CollectionInfo, Distribution, Expr, PartitionId, PartitionState, DEFAULT_PARTITION,
+};
 
 use super::Proxy;
 
@@ -20,6 +22,7 @@ pub(super) fn read_scope(info: &CollectionInfo, names: &[String]) -> Result<Opti
     if info.partitions.is_empty() && names.iter().all(|n| n.is_empty() || n == DEFAULT_PARTITION) {
         return Ok(None);
     }
+    check_partition_names(names).map_err(Error::InvalidArgument)?;
     let all = info.partition_list();
     let ids: Vec<PartitionId> = if names.is_empty() {
         all.iter().filter(|p| p.state == PartitionState::Loaded).map(|p| p.id).collect()
@@ -58,6 +61,7 @@ pub(super) fn restrict(expr: Option<Expr>, scope: Option<Vec<PartitionId>>) -> O
 
 /// The partition rows written to `name` go to (empty: `_default`).
 pub(super) fn write_target(info: &CollectionInfo, name: &str) -> Result<PartitionId> {
+    check_partition_names(&[name]).map_err(Error::InvalidArgument)?;
     info.partition(name).map(|p| p.id).ok_or_else(|| not_found(info, name))
 }
 
@@ -68,9 +72,10 @@ fn not_found(info: &CollectionInfo, name: &str) -> Error {
     ))
 }
 
-/// Whether every name in `names` is a partition of `info` (an empty name is `_default`).
+/// Whether every name in `names` is a partition of `info` (an empty name is `_default`); a
+/// request that could never name partitions (too many, too long) needs no fresh layout.
 fn knows(info: &CollectionInfo, names: &[&str]) -> bool {
-    names.iter().all(|n| info.partition(n).is_some())
+    check_partition_names(names).is_err() || names.iter().all(|n| info.partition(n).is_some())
 }
 
 impl Proxy {
@@ -155,6 +160,11 @@ mod tests {
         assert_eq!(read_scope(&dropped, &names(&["p"])).unwrap(), Some(vec![2]));
         assert_eq!(write_target(&dropped, "p").unwrap(), 2);
         assert_eq!(write_target(&dropped, "").unwrap(), 0);
+        // Hostile sizes are refused before any lookup, and not echoed.
+        let e = write_target(&dropped, &"p".repeat(1 << 20)).unwrap_err().to_string();
+        assert!(e.len() < 200 && e.contains("at most 255"), "{}", &e[..200.min(e.len())]);
+        let many: Vec<String> = (0..100_000).map(|i| format!("p{i}")).collect();
+        assert!(read_scope(&dropped, &many).unwrap_err().to_string().contains("at most 1024"));
     }
 
     #[test]

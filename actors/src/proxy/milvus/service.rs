@@ -533,6 +533,7 @@ impl MilvusService for MilvusApi {
         let result = async {
             check_db(&req, &req.get_ref().db_name)?;
             let r = req.into_inner();
+            quiver_schemas::check_partition_names(&r.partition_names).map_err(Error::InvalidArgument)?;
             let name = self.name_or_id(r.collection_name, r.collection_id, &ctx).await?;
             let dist = self.layout(&name, &ctx).await?;
             let info = &dist.collection;
@@ -582,6 +583,7 @@ impl MilvusService for MilvusApi {
             check_db(&req, &req.get_ref().db_name)?;
             let dist = self.layout(&req.get_ref().collection_name, &ctx).await?;
             let mut released = false;
+            quiver_schemas::check_partition_names(&req.get_ref().partition_names).map_err(Error::InvalidArgument)?;
             for name in &req.get_ref().partition_names {
                 let p = dist.collection.partition(name).ok_or_else(|| {
                     Error::InvalidArgument(format!(
