@@ -90,6 +90,7 @@ fn store(info: &CollectionInfo, mut batch: RowBatch) {
         mem_size: rows.mem_bytes(),
         delete_seq: 0,
         compacted_from: Vec::new(),
+        partitions: rows.partition_set(),
     };
     let bytes = encode_segment(&seg, &rows).unwrap_or_else(|e| panic!("accepted rows cannot be sealed: {e}"));
     let (seg2, rows2) =

@@ -65,6 +65,7 @@ fn segment() -> SegmentInfo {
         mem_size: 4096,
         delete_seq: 0,
         compacted_from: Vec::new(),
+        partitions: vec![0, 2],
     }
 }
 
