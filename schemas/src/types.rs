@@ -348,7 +348,16 @@ impl CollectionInfo {
     /// The partition named `name` (not dropped); an empty name is `_default`.
     pub fn partition(&self, name: &str) -> Option<PartitionInfo> {
         let name = if name.is_empty() { DEFAULT_PARTITION } else { name };
-        self.partition_list().into_iter().find(|p| p.name == name && p.state != PartitionState::Dropped)
+        if self.partitions.is_empty() {
+            return self.partition_list().into_iter().find(|p| p.name == name);
+        }
+        self.partitions.iter().find(|p| p.name == name && p.state != PartitionState::Dropped).cloned()
+    }
+
+    /// Why a request naming partition `name`, which the collection lacks, is refused (Milvus'
+    /// wording first).
+    pub fn missing_partition(&self, name: &str) -> String {
+        format!("partition not found[partition={name}]: collection {:?} has no partition {name:?}", self.schema.name)
     }
 
     /// The collection's index on scalar field `field`, if any.
@@ -409,18 +418,21 @@ pub struct SegmentInfo {
 impl SegmentInfo {
     /// Whether the segment may hold rows of a partition in `ids`.
     pub fn holds_any(&self, ids: &[PartitionId]) -> bool {
-        if self.partitions.is_empty() {
-            return ids.contains(&0);
-        }
-        self.partitions.iter().any(|p| ids.contains(p))
+        self.partition_ids().iter().any(|p| ids.contains(p))
     }
 
     /// Whether every row of the segment is in a partition of `ids`.
     pub fn within(&self, ids: &[PartitionId]) -> bool {
+        self.partition_ids().iter().all(|p| ids.contains(p))
+    }
+
+    /// The partitions its rows are in (`_default`'s id when none is recorded).
+    fn partition_ids(&self) -> &[PartitionId] {
         if self.partitions.is_empty() {
-            return ids.contains(&0);
+            &[0]
+        } else {
+            &self.partitions
         }
-        self.partitions.iter().all(|p| ids.contains(p))
     }
 }
 

@@ -20,10 +20,7 @@ fn live<'a>(partitions: &'a mut [PartitionInfo], name: &str) -> Option<&'a mut P
 }
 
 fn not_found(info: &CollectionInfo, name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "partition not found[partition={name}]: collection {:?} has no partition {name:?}",
-        info.schema.name
-    ))
+    Error::InvalidArgument(info.missing_partition(name))
 }
 
 /// Adds partition `name` to `info` (loaded); `false` when it exists already (as in Milvus,

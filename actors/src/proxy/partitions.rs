@@ -66,10 +66,7 @@ pub(super) fn write_target(info: &CollectionInfo, name: &str) -> Result<Partitio
 }
 
 fn not_found(info: &CollectionInfo, name: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "partition not found[partition={name}]: collection {:?} has no partition {name:?}",
-        info.schema.name
-    ))
+    Error::InvalidArgument(info.missing_partition(name))
 }
 
 /// Whether every name in `names` is a partition of `info` (an empty name is `_default`); a

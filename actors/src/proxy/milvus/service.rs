@@ -585,12 +585,8 @@ impl MilvusService for MilvusApi {
             let mut released = false;
             quiver_schemas::check_partition_names(&req.get_ref().partition_names).map_err(Error::InvalidArgument)?;
             for name in &req.get_ref().partition_names {
-                let p = dist.collection.partition(name).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "partition not found[partition={name}]: collection {:?} has no partition {name:?}",
-                        dist.collection.schema.name
-                    ))
-                })?;
+                let missing = || Error::InvalidArgument(dist.collection.missing_partition(name));
+                let p = dist.collection.partition(name).ok_or_else(missing)?;
                 released |= p.state != PartitionState::Loaded;
             }
             let state = if dist.released || released {
